@@ -1,0 +1,141 @@
+"""Validators for untrusted wire values.
+
+Each check takes a decoded msgpack value and a field path and returns the value in its
+Python form, or raises `BadMessage` naming the field. They are small and composable so that
+the schema module reads as a table of fields and limits.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from common.status import Status
+
+Check = Callable[[Any, str], Any]
+
+
+class BadMessage(Exception):
+    """A remote peer sent something we refuse; carries the status to answer with."""
+
+    def __init__(self, status: Status, detail: str):
+        super().__init__(f"{status.name}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+def _fail(path: str, what: str) -> BadMessage:
+    return BadMessage(Status.BAD_MESSAGE, f"{path}: {what}")
+
+
+def integer(lo: int, hi: int) -> Check:
+    def check(value: Any, path: str) -> int:
+        if type(value) is not int:
+            raise _fail(path, f"expected an integer, got {type(value).__name__}")
+        if not lo <= value <= hi:
+            raise _fail(path, f"{value} outside [{lo}, {hi}]")
+        return value
+
+    return check
+
+
+def boolean(value: Any, path: str) -> bool:
+    if type(value) is not bool:
+        raise _fail(path, f"expected a boolean, got {type(value).__name__}")
+    return value
+
+
+def text(max_len: int, pattern: str | None = None) -> Check:
+    regex = re.compile(pattern) if pattern else None
+
+    def check(value: Any, path: str) -> str:
+        if type(value) is not str:
+            raise _fail(path, f"expected a string, got {type(value).__name__}")
+        if len(value) > max_len:
+            raise _fail(path, f"longer than {max_len} characters")
+        if regex is not None and not regex.fullmatch(value):
+            raise _fail(path, f"{value!r} does not match {pattern}")
+        return value
+
+    return check
+
+
+def one_of(*allowed: str) -> Check:
+    def check(value: Any, path: str) -> str:
+        if value not in allowed:
+            raise _fail(path, f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+def status(value: Any, path: str) -> Status:
+    try:
+        return Status(integer(0, 255)(value, path))
+    except ValueError:
+        raise _fail(path, f"unknown status {value}") from None
+
+
+def sequence(item: Check, max_len: int) -> Check:
+    def check(value: Any, path: str) -> tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _fail(path, f"expected a list, got {type(value).__name__}")
+        if len(value) > max_len:
+            raise _fail(path, f"more than {max_len} items")
+        return tuple(item(v, f"{path}[{i}]") for i, v in enumerate(value))
+
+    return check
+
+
+def mapping(key: Check, val: Check, max_len: int) -> Check:
+    def check(value: Any, path: str) -> dict:
+        if not isinstance(value, dict):
+            raise _fail(path, f"expected a map, got {type(value).__name__}")
+        if len(value) > max_len:
+            raise _fail(path, f"more than {max_len} entries")
+        return {key(k, f"{path}.key"): val(v, f"{path}[{k!r}]") for k, v in value.items()}
+
+    return check
+
+
+def record(fields: dict[str, Check], optional: frozenset[str] = frozenset()) -> Check:
+    """A nested map with known fields, returned as a dict; unknown fields are ignored."""
+
+    def check(value: Any, path: str) -> dict:
+        if not isinstance(value, dict):
+            raise _fail(path, f"expected a map, got {type(value).__name__}")
+        out = {}
+        for name, field_check in fields.items():
+            if name in value:
+                out[name] = field_check(value[name], f"{path}.{name}")
+            elif name not in optional:
+                raise _fail(path, f"missing field {name!r}")
+        return out
+
+    return check
+
+
+def plain_data(max_depth: int = 6, max_items: int = 100_000) -> Check:
+    """Any msgpack tree of maps, lists and scalars, bounded in depth and size (reply bodies)."""
+
+    def walk(value: Any, path: str, depth: int, budget: list[int]) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _fail(path, "too many items")
+        if isinstance(value, dict):
+            if depth >= max_depth:
+                raise _fail(path, "nested too deeply")
+            return {k: walk(v, path, depth + 1, budget) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            if depth >= max_depth:
+                raise _fail(path, "nested too deeply")
+            return [walk(v, path, depth + 1, budget) for v in value]
+        if value is None or isinstance(value, (bool, int, float, str, bytes)):
+            return value
+        raise _fail(path, f"unsupported value of type {type(value).__name__}")
+
+    def check(value: Any, path: str) -> Any:
+        return walk(value, path, 0, [max_items])
+
+    return check

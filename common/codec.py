@@ -1,0 +1,130 @@
+"""Pure codec: `encode(envelope) -> frames` and `decode(frames) -> Envelope`.
+
+No sockets here, so round-trip and fuzz tests call it directly. `decode` trusts nothing:
+header size, frame count, every field's type and range, and every tensor's byte length are
+checked, and any violation raises `BadMessage` with a reason code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import lru_cache
+from typing import Any, Sequence
+
+import msgpack
+
+from common import schema
+from common.checks import BadMessage, integer
+from common.schema import Envelope, Message
+from common.status import Status
+from common.tensors import attach, describe_tensor
+
+_U64 = integer(0, schema.U64)
+_SIGNED = integer(-schema.I64, schema.I64)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    cls: type
+    header_fields: tuple  # (name, check, required)
+    tensors: str | None  # the tensors field's name, if any
+    blob: str | None  # the blob field's name, if any
+
+
+@lru_cache(maxsize=None)
+def _plan(cls: type) -> _Plan:
+    header, tensors, blob = [], None, None
+    for fld in dataclasses.fields(cls):
+        if fld.metadata.get("tensors"):
+            tensors = fld.name
+        elif fld.metadata.get("blob"):
+            blob = fld.name
+        else:
+            required = fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING
+            header.append((fld.name, fld.metadata["check"], required))
+    return _Plan(cls, tuple(header), tensors, blob)
+
+
+def encode(body: Message, msg_id: int, parent_id: int = 0, sent_ns: int = 0) -> list:
+    """Frames for one message: a msgpack header, then tensor data, then the blob."""
+    plan = _plan(type(body))
+    header: dict[str, Any] = {
+        "type": body.TYPE.value,
+        "msg_id": msg_id,
+        "parent_id": parent_id,
+        "sent_ns": sent_ns,
+        "proto_version": schema.PROTO_VERSION,
+    }
+    for name, _check, _required in plan.header_fields:
+        header[name] = getattr(body, name)
+    frames: list = [b""]
+    if plan.tensors:
+        tensors = getattr(body, plan.tensors)
+        header["tensors"] = [t.header() for t in tensors]
+        frames.extend(t.data for t in tensors)
+    if plan.blob:
+        frames.append(getattr(body, plan.blob))
+    frames[0] = msgpack.packb(header, use_bin_type=True)
+    return frames
+
+
+def decode(frames: Sequence[Any]) -> Envelope:
+    """Validate and decode; frames are bytes-like (bytes, memoryview of a zmq frame)."""
+    if not frames:
+        raise BadMessage(Status.BAD_MESSAGE, "empty message")
+    header = _unpack_header(frames[0])
+    for key in ("type", "msg_id"):
+        if key not in header:
+            raise BadMessage(Status.BAD_MESSAGE, f"header has no {key!r}")
+    msg_id = _U64(header["msg_id"], "msg_id")
+    parent_id = _U64(header.get("parent_id", 0), "parent_id")
+    sent_ns = _SIGNED(header.get("sent_ns", 0), "sent_ns")
+    version = header.get("proto_version", schema.PROTO_VERSION)
+    if version != schema.PROTO_VERSION:
+        raise BadMessage(Status.UNSUPPORTED_VERSION, f"protocol version {version!r}, expected {schema.PROTO_VERSION}")
+    cls = schema.MESSAGE_TYPES.get(header["type"]) if isinstance(header["type"], str) else None
+    if cls is None:
+        raise BadMessage(Status.UNKNOWN_TYPE, f"unknown message type {str(header['type'])[:64]!r}")
+    body = _body(_plan(cls), header, frames)
+    return Envelope(body, msg_id, parent_id, sent_ns)
+
+
+def _unpack_header(frame: Any) -> dict:
+    raw = memoryview(frame)
+    if raw.nbytes > schema.MAX_HEADER_BYTES:
+        raise BadMessage(Status.BAD_MESSAGE, f"header of {raw.nbytes} bytes exceeds {schema.MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=False, max_bin_len=0, max_ext_len=0)
+    except Exception as exc:  # msgpack raises many types for garbage; all mean the same here
+        raise BadMessage(Status.BAD_MESSAGE, f"header is not msgpack: {type(exc).__name__}") from None
+    if not isinstance(header, dict):
+        raise BadMessage(Status.BAD_MESSAGE, "header is not a map")
+    return header
+
+
+def _body(plan: _Plan, header: dict, frames: Sequence[Any]) -> Message:
+    values: dict[str, Any] = {}
+    for name, check, required in plan.header_fields:
+        if name in header:
+            values[name] = check(header[name], name)
+        elif required:
+            raise BadMessage(Status.BAD_MESSAGE, f"{plan.cls.TYPE.value}: missing field {name!r}")
+    descriptors: tuple = ()
+    if plan.tensors:
+        descriptors = _tensor_descriptors(header.get("tensors", []))
+    expected = 1 + len(descriptors) + (1 if plan.blob else 0)
+    if len(frames) != expected:
+        raise BadMessage(Status.BAD_MESSAGE, f"{plan.cls.TYPE.value}: {len(frames)} frames, expected {expected}")
+    if plan.tensors:
+        values[plan.tensors] = attach(descriptors, list(frames[1 : 1 + len(descriptors)]), "tensors")
+    if plan.blob:
+        values[plan.blob] = memoryview(frames[-1])
+    return plan.cls(**values)
+
+
+def _tensor_descriptors(value: Any) -> tuple:
+    if not isinstance(value, list):
+        raise BadMessage(Status.BAD_MESSAGE, "tensors: expected a list")
+    if len(value) > schema.MAX_TENSORS:
+        raise BadMessage(Status.BAD_MESSAGE, f"tensors: more than {schema.MAX_TENSORS}")
+    return tuple(describe_tensor(d, f"tensors[{i}]") for i, d in enumerate(value))

@@ -1,0 +1,150 @@
+"""Configuration: every knob in a frozen dataclass with a default and a reason.
+
+Files are TOML with one table per daemon (`[controller]`, `[controller.scheduler]`,
+`[worker]`); `--set section.key=value` on the command line overrides a file. Unknown keys
+and wrongly typed values are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MS = 1_000_000
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    # Plan EXECs this far ahead of a lane becoming free: covers controller->worker message
+    # latency (~0.3 ms on loopback in Python) with room for a GC pause.
+    schedule_ahead_ns: int = 5 * MS
+    # Predicted exec time = this percentile of the recent successful measurements; high so
+    # that a deadline met on paper is met in practice.
+    latency_percentile: float = 99.0
+    # How many recent measurements per (model, batch size, device kind) the percentile uses:
+    # small enough to follow a throttling GPU, large enough that one outlier is not p99.
+    latency_window: int = 32
+    # Batch sizes the worker profiles and the planner may use (others are padded up).
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
+    # Allowance for the hop from the controller to a lane starting an action.
+    dispatch_ns: int = 1 * MS
+    # Requests waiting per model before new ones get QUEUE_FULL: bounds memory under overload.
+    max_queue_per_model: int = 4096
+    # LOADs in flight per device (one copy lane; a second queued one hides no latency).
+    max_loads_per_device: int = 1
+    # A worker silent for this long is declared lost and its devices leave the plan.
+    worker_timeout_ns: int = 2000 * MS
+    # How often workers heartbeat (told in WELCOME).
+    heartbeat_interval_ns: int = 200 * MS
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    client_endpoint: str = "tcp://127.0.0.1:5555"  # ROUTER for clients
+    worker_endpoint: str = "tcp://127.0.0.1:5556"  # ROUTER for workers
+    state_dir: str = "./clockwork-state"  # registry database and model files
+    max_model_bytes: int = 1024 * MIB  # uploads above this get TOO_LARGE
+    log_level: str = "info"
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    controller: str = "tcp://127.0.0.1:5556"
+    name: str = ""  # empty: hostname-pid
+    runtime: str = "onnxruntime"  # onnxruntime | emulated | tensorrt
+    devices: int = 1  # devices this process exposes (emulated: any number; CPU: core sets)
+    # Model memory per device. CPU and emulated devices have no natural limit, so one is set;
+    # a TensorRT device defaults to the GPU's free memory when this is 0.
+    device_memory_bytes: int = 4096 * MIB
+    page_bytes: int = 16 * MIB  # memory is accounted in pages of this size (Clockwork's value)
+    # onnxruntime intra-op threads per EXEC lane. 1: measured here, 2 threads on 2 shared cores
+    # put p99 at 9-22x the median; 1 thread keeps it at 1.1-1.4x.
+    threads_per_lane: int = 1
+    profile_runs: int = 10  # timed runs per batch size at PREPARE (after one warm-up)
+    engine_cache_dir: str = "~/.cache/clockwork/engines"  # TensorRT plans, per GPU kind
+    log_level: str = "info"
+
+
+T = TypeVar("T")
+
+
+def load(cls: type[T], section: str, path: str | Path | None = None, overrides: list[str] = ()) -> T:
+    """Build `cls` from the TOML file's `[section]` table, then `key=value` overrides."""
+    data: dict[str, Any] = {}
+    if path:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh).get(section, {})
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        _set_path(data, key.strip().split("."), _parse_value(raw.strip()))
+    return build(cls, data, section)
+
+
+def build(cls: type[T], data: dict[str, Any], where: str) -> T:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ValueError(f"[{where}]: unknown setting(s) {', '.join(sorted(unknown))}")
+    values = {}
+    for name, value in data.items():
+        default = _default(known[name])
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ValueError(f"[{where}].{name}: expected a table")
+            values[name] = build(type(default), value, f"{where}.{name}")
+        else:
+            values[name] = _coerce(value, default, f"[{where}].{name}")
+    return cls(**values)
+
+
+def _default(fld: dataclasses.Field) -> Any:
+    if fld.default_factory is not dataclasses.MISSING:
+        return fld.default_factory()
+    return fld.default
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, tuple):
+        ok = isinstance(value, (list, tuple))
+        value = tuple(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ValueError(f"{where}: expected {type(default).__name__}, got {value!r}")
+    return value
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw  # a bare word is a string
+
+
+def _set_path(data: dict, keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        data = data.setdefault(key, {})
+    data[keys[-1]] = value
+
+
+def as_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,79 @@
+"""ZeroMQ helpers shared by the daemons and clients: socket set-up, framed send and receive.
+
+Frames are received without copying (`copy=False`) and handed on as memoryviews, so tensor
+bytes travel client -> controller -> worker without being copied in Python.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import zmq
+
+from common.codec import encode
+from common.schema import Message
+
+
+class IdSource:
+    """Message ids unique within a process: a random 32-bit prefix then a counter."""
+
+    def __init__(self, seed: int | None = None):
+        import os
+
+        prefix = (seed if seed is not None else int.from_bytes(os.urandom(4), "big")) & 0xFFFFFFFF
+        self._counter = itertools.count((prefix << 32) | 1)
+
+    def next(self) -> int:
+        return next(self._counter)
+
+
+def configure_socket(sock: zmq.Socket, max_msg_bytes: int = -1, hwm: int = 100_000) -> zmq.Socket:
+    sock.setsockopt(zmq.LINGER, 0)  # never block process exit on unsent messages
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    if max_msg_bytes > 0:
+        sock.setsockopt(zmq.MAXMSGSIZE, max_msg_bytes)  # per frame: oversized peers are cut off
+    if sock.type == zmq.ROUTER:
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown peer raises instead of vanishing
+    return sock
+
+
+def router(ctx: zmq.Context, endpoint: str, max_msg_bytes: int = -1) -> zmq.Socket:
+    sock = configure_socket(ctx.socket(zmq.ROUTER), max_msg_bytes)
+    sock.bind(endpoint)
+    return sock
+
+
+def dealer(ctx: zmq.Context, endpoint: str, identity: bytes | None = None, max_msg_bytes: int = -1) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    if identity:
+        sock.setsockopt(zmq.IDENTITY, identity)
+    configure_socket(sock, max_msg_bytes)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)  # back off to 2 s while a peer is down
+    sock.connect(endpoint)
+    return sock
+
+
+def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[memoryview]:
+    return [f.buffer for f in sock.recv_multipart(flags, copy=False)]
+
+
+def send_frames(sock: zmq.Socket, frames: list[Any], identity: bytes | None = None) -> bool:
+    """Send without copying tensor frames; False when a ROUTER peer is gone (it is not an error
+    for us: the peer disconnected, and its liveness is judged elsewhere)."""
+    if identity is not None:
+        frames = [identity, *frames]
+    try:
+        sock.send_multipart(frames, copy=False)
+        return True
+    except zmq.ZMQError as exc:
+        if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+            return False
+        raise
+
+
+def send(sock: zmq.Socket, body: Message, msg_id: int, parent_id: int = 0, sent_ns: int = 0,
+         identity: bytes | None = None) -> bool:
+    return send_frames(sock, encode(body, msg_id, parent_id, sent_ns), identity)

@@ -1,0 +1,337 @@
+"""Every message of the protocol, its fields, units and limits. This module is the truth;
+docs/protocol.md explains it with examples.
+
+A message is frame 0, a msgpack map (the header), then raw frames: one per tensor, in the
+order of the header's `tensors` list, then the `blob` frame for messages that carry one.
+Header keys common to all messages: `type`, `msg_id`, `parent_id`, `sent_ns`, `proto_version`.
+Times are integers in nanoseconds on the sender's monotonic clock unless a field says otherwise.
+Unknown header keys are ignored; unknown types are answered with UNKNOWN_TYPE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from common import checks as c
+from common.status import Status
+from common.tensors import Tensor
+
+PROTO_VERSION = 1
+U64 = (1 << 64) - 1
+I64 = (1 << 63) - 1
+MAX_HEADER_BYTES = 64 * 1024
+MAX_TENSORS = 64
+MAX_BATCH = 1024
+MAX_PRIORITY = 9  # priority classes 0 (lowest) .. 9 (highest)
+MAX_MODEL_BYTES = 2 * 1024**3
+
+MODEL_NAME = c.text(128, r"[A-Za-z0-9][A-Za-z0-9._-]*")
+DETAIL = c.text(4096)
+NS = c.integer(0, I64)
+SIGNED_NS = c.integer(-I64, I64)
+DEVICE_ID = c.integer(0, 4095)
+SHAPE_FIX = c.mapping(c.text(256), c.sequence(c.integer(1, 1 << 31), 8), MAX_TENSORS)
+FORMATS = ("onnx", "profile")  # ONNX model bytes, or a JSON latency profile for emulation
+
+
+class MsgType(str, enum.Enum):
+    # client -> controller
+    UPLOAD = "upload"
+    REMOVE = "remove"
+    LIST = "list"
+    STATUS = "status"
+    INFER = "infer"
+    CANCEL = "cancel"
+    # controller -> client
+    REPLY = "reply"
+    INFER_REPLY = "infer_reply"
+    # worker -> controller
+    HELLO = "hello"
+    HEARTBEAT = "heartbeat"
+    PREPARED = "prepared"
+    RESULT = "result"
+    # controller -> worker
+    WELCOME = "welcome"
+    HEARTBEAT_ACK = "heartbeat_ack"
+    PREPARE = "prepare"
+    LOAD = "load"
+    UNLOAD = "unload"
+    EXEC = "exec"
+    DROP = "drop"
+    # any direction: a message we could not accept
+    ERROR = "error"
+
+
+def f(check: c.Check, default: Any = dataclasses.MISSING) -> Any:
+    """Declare a header field with its validator (and a default when it may be absent)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
+def tensors_field() -> Any:
+    return field(default=(), metadata={"tensors": True})
+
+
+def blob_field() -> Any:
+    return field(default=b"", metadata={"blob": True})
+
+
+class Message:
+    """Base of every message body; `TYPE` names it on the wire."""
+
+    TYPE: ClassVar[MsgType]
+
+
+# ---------------------------------------------------------------- client -> controller
+
+
+@dataclass(frozen=True, kw_only=True)
+class Upload(Message):
+    """Register a model. `blob` is the ONNX file, or a JSON profile when format == "profile"."""
+
+    TYPE = MsgType.UPLOAD
+    name: str = f(MODEL_NAME)
+    format: str = f(c.one_of(*FORMATS), "onnx")
+    input_shapes: dict = f(SHAPE_FIX, {})  # fixes for dynamic non-batch dims, without batch dim
+    max_batch: int = f(c.integer(0, MAX_BATCH), 0)  # 0: the model's own limit, capped at 16
+    replace: bool = f(c.boolean, False)
+    blob: Any = blob_field()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Remove(Message):
+    TYPE = MsgType.REMOVE
+    name: str = f(MODEL_NAME)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ListModels(Message):
+    TYPE = MsgType.LIST
+
+
+@dataclass(frozen=True, kw_only=True)
+class GetStatus(Message):
+    TYPE = MsgType.STATUS
+
+
+@dataclass(frozen=True, kw_only=True)
+class Infer(Message):
+    """Run a model. The header's msg_id is the request id; tensors carry the batch dim first."""
+
+    TYPE = MsgType.INFER
+    model: str = f(MODEL_NAME)
+    slo_ns: int = f(c.integer(1, I64))  # budget from the moment the controller receives it
+    priority: int = f(c.integer(0, MAX_PRIORITY), 0)
+    tensors: tuple[Tensor, ...] = tensors_field()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cancel(Message):
+    TYPE = MsgType.CANCEL
+    request_id: int = f(c.integer(0, U64))
+
+
+# ---------------------------------------------------------------- controller -> client
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reply(Message):
+    """Answer to UPLOAD, REMOVE, LIST, STATUS, CANCEL; `body` is documented per request."""
+
+    TYPE = MsgType.REPLY
+    status: Status = f(c.status)
+    detail: str = f(DETAIL, "")
+    body: dict = f(c.plain_data(), {})
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferReply(Message):
+    TYPE = MsgType.INFER_REPLY
+    status: Status = f(c.status)
+    detail: str = f(DETAIL, "")
+    queue_ns: int = f(NS, 0)  # received -> its batch sent to a worker
+    exec_ns: int = f(NS, 0)  # worker-measured execution of the batch
+    total_ns: int = f(NS, 0)  # received -> reply sent, on the controller's clock
+    batch_size: int = f(c.integer(0, MAX_BATCH), 0)
+    cold_start: bool = f(c.boolean, False)  # the model had to be loaded for this request
+    worker: str = f(c.text(256), "")
+    tensors: tuple[Tensor, ...] = tensors_field()
+
+
+# ---------------------------------------------------------------- worker -> controller
+
+DEVICE = c.record(
+    {
+        "device_id": DEVICE_ID,
+        "kind": c.text(128),  # e.g. "cpu-1core", "emulated-v100", "NVIDIA H200"
+        "memory_bytes": c.integer(0, I64),
+        "page_bytes": c.integer(1, I64),
+    }
+)
+RESIDENT = c.record({"device_id": DEVICE_ID, "model_id": MODEL_NAME})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hello(Message):
+    """A worker announces itself, its devices and what it already holds (for resync)."""
+
+    TYPE = MsgType.HELLO
+    worker: str = f(c.text(256))
+    runtime: str = f(c.one_of("onnxruntime", "tensorrt", "emulated"))
+    formats: tuple = f(c.sequence(c.one_of(*FORMATS), 4))
+    devices: tuple = f(c.sequence(DEVICE, 4096))
+    prepared: tuple = f(c.sequence(MODEL_NAME, 100_000), ())
+    resident: tuple = f(c.sequence(RESIDENT, 100_000), ())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heartbeat(Message):
+    """Sent by the worker from its lanes' loop; `lanes_alive` is false if a lane is stuck."""
+
+    TYPE = MsgType.HEARTBEAT
+    lanes_alive: bool = f(c.boolean, True)
+
+
+PROFILE = c.mapping(c.integer(1, MAX_BATCH), NS, 64)  # batch size -> exec ns
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prepared(Message):
+    """Result of PREPARE: the model is held in host memory and was profiled."""
+
+    TYPE = MsgType.PREPARED
+    model_id: str = f(MODEL_NAME)
+    status: Status = f(c.status)
+    detail: str = f(DETAIL, "")
+    weights_bytes: int = f(c.integer(0, I64), 0)
+    load_ns: int = f(NS, 0)
+    exec_ns: dict = f(PROFILE, {})
+    max_batch: int = f(c.integer(0, MAX_BATCH), 0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result(Message):
+    """Outcome of a LOAD, UNLOAD or EXEC action; parent_id is the action's msg_id.
+
+    begin_ns/end_ns are on the controller's clock (translated by the worker's skew estimate);
+    duration_ns is measured locally and is exact.
+    """
+
+    TYPE = MsgType.RESULT
+    action: str = f(c.one_of("load", "unload", "exec"))
+    status: Status = f(c.status)
+    detail: str = f(DETAIL, "")
+    device_id: int = f(DEVICE_ID)
+    model_id: str = f(MODEL_NAME)
+    begin_ns: int = f(SIGNED_NS, 0)
+    end_ns: int = f(SIGNED_NS, 0)
+    duration_ns: int = f(NS, 0)
+    batch_size: int = f(c.integer(0, MAX_BATCH), 0)
+    tensors: tuple[Tensor, ...] = tensors_field()
+
+
+# ---------------------------------------------------------------- controller -> worker
+
+
+@dataclass(frozen=True, kw_only=True)
+class Welcome(Message):
+    """The controller accepts a HELLO; the worker may start heartbeating."""
+
+    TYPE = MsgType.WELCOME
+    heartbeat_interval_ns: int = f(c.integer(1_000_000, I64), 200_000_000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeartbeatAck(Message):
+    """Echo of a heartbeat; with the header's sent_ns it gives the worker one skew sample."""
+
+    TYPE = MsgType.HEARTBEAT_ACK
+    echo_sent_ns: int = f(SIGNED_NS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prepare(Message):
+    TYPE = MsgType.PREPARE
+    model_id: str = f(MODEL_NAME)
+    format: str = f(c.one_of(*FORMATS), "onnx")
+    input_shapes: dict = f(SHAPE_FIX, {})
+    max_batch: int = f(c.integer(1, MAX_BATCH), 16)
+    blob: Any = blob_field()
+
+
+WINDOW_FIELDS = ("earliest_ns", "latest_ns")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Load(Message):
+    TYPE = MsgType.LOAD
+    device_id: int = f(DEVICE_ID)
+    model_id: str = f(MODEL_NAME)
+    earliest_ns: int = f(SIGNED_NS)  # window on the controller's clock
+    latest_ns: int = f(SIGNED_NS)
+    expected_ns: int = f(NS, 0)  # the controller's predicted duration
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unload(Message):
+    TYPE = MsgType.UNLOAD
+    device_id: int = f(DEVICE_ID)
+    model_id: str = f(MODEL_NAME)
+    earliest_ns: int = f(SIGNED_NS)
+    latest_ns: int = f(SIGNED_NS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Exec(Message):
+    """Run a batch; the tensors hold the real samples, the worker pads up to batch_size."""
+
+    TYPE = MsgType.EXEC
+    device_id: int = f(DEVICE_ID)
+    model_id: str = f(MODEL_NAME)
+    batch_size: int = f(c.integer(1, MAX_BATCH))
+    earliest_ns: int = f(SIGNED_NS)
+    latest_ns: int = f(SIGNED_NS)
+    expected_ns: int = f(NS, 0)
+    tensors: tuple[Tensor, ...] = tensors_field()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Drop(Message):
+    """Forget a prepared model (it is unloaded everywhere first)."""
+
+    TYPE = MsgType.DROP
+    model_id: str = f(MODEL_NAME)
+
+
+# ---------------------------------------------------------------- any direction
+
+
+@dataclass(frozen=True, kw_only=True)
+class Error(Message):
+    TYPE = MsgType.ERROR
+    status: Status = f(c.status)
+    detail: str = f(DETAIL, "")
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE.value: cls
+    for cls in (
+        Upload, Remove, ListModels, GetStatus, Infer, Cancel, Reply, InferReply,
+        Hello, Heartbeat, Prepared, Result,
+        Welcome, HeartbeatAck, Prepare, Load, Unload, Exec, Drop, Error,
+    )
+}
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A decoded message with its header ids."""
+
+    body: Message
+    msg_id: int
+    parent_id: int = 0
+    sent_ns: int = 0

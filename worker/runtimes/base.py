@@ -1,0 +1,96 @@
+"""The one interface every runtime implements.
+
+Threading contract (this is what keeps a device predictable):
+- `prepare` runs on the worker's prepare thread, never on a lane; it may take seconds
+  (validation, engine builds) and must leave everything a LOAD needs in host memory.
+- `load` and `unload` run only on the device's LOAD lane thread; `execute` and `profile` only
+  on its EXEC lane thread. Each lane is one thread, so a runtime never sees two executions on
+  one device at once.
+- `lane_started` / `lane_stopped` run on each lane thread when it starts and ends (TensorRT
+  uses them to push and pop the device's CUDA context on that thread only).
+Errors a runtime raises as `RuntimeFailure(status, detail)` are reported with that status;
+anything else is reported as RUNTIME_ERROR and the lane carries on.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from common.models import Signature
+from common.status import Status
+
+
+class RuntimeUnavailable(Exception):
+    """The runtime cannot run on this host (missing library, no device); the worker exits."""
+
+
+class RuntimeFailure(Exception):
+    def __init__(self, status: Status, detail: str):
+        super().__init__(f"{status.name}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    device_id: int
+    kind: str  # devices of one kind share latency measurements at the controller
+    memory_bytes: int  # memory for model weights, accounted in pages by the worker
+
+
+@dataclass
+class PreparedModel:
+    """A model held in host memory, ready to LOAD onto any device of this worker."""
+
+    model_id: str
+    digest: str  # sha256 of the uploaded bytes (+ shapes): identical uploads share one entry
+    signature: Signature
+    weights_bytes: int  # device memory one LOAD takes
+    host: Any  # runtime-specific: ONNX bytes, a serialized TensorRT plan, a latency profile
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Profile:
+    load_ns: int
+    exec_ns: dict[int, int]  # batch size -> measured exec time (a high percentile of runs)
+
+
+class Runtime(abc.ABC):
+    name: ClassVar[str]
+    formats: ClassVar[tuple[str, ...]]  # model formats it can serve ("onnx", "profile")
+
+    @abc.abstractmethod
+    def devices(self) -> list[DeviceInfo]: ...
+
+    @abc.abstractmethod
+    def prepare(self, model_id: str, digest: str, fmt: str, blob: bytes, signature: Signature) -> PreparedModel: ...
+
+    @abc.abstractmethod
+    def profile(self, device_id: int, model: PreparedModel, batch_sizes: list[int], runs: int) -> Profile:
+        """Measure LOAD and EXEC times on the device (called on its EXEC lane)."""
+
+    @abc.abstractmethod
+    def load(self, device_id: int, model: PreparedModel) -> Any:
+        """Make the model executable on the device; returns a handle for execute/unload."""
+
+    @abc.abstractmethod
+    def unload(self, device_id: int, handle: Any) -> None: ...
+
+    @abc.abstractmethod
+    def execute(self, device_id: int, handle: Any, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int | None]:
+        """Run one batch (inputs already padded to a profiled batch size). Returns the outputs
+        and, where the device can time itself (CUDA events), the device-measured ns."""
+
+    def lane_started(self, device_id: int, lane: str) -> None:
+        """Called on a lane's thread before its first action."""
+
+    def lane_stopped(self, device_id: int, lane: str) -> None:
+        """Called on a lane's thread after its last action."""
+
+    def close(self) -> None:
+        """Release everything (the worker is shutting down)."""
