@@ -128,3 +128,12 @@ def _tensor_descriptors(value: Any) -> tuple:
     if len(value) > schema.MAX_TENSORS:
         raise BadMessage(Status.BAD_MESSAGE, f"tensors: more than {schema.MAX_TENSORS}")
     return tuple(describe_tensor(d, f"tensors[{i}]") for i, d in enumerate(value))
+
+
+def peek_msg_id(frames: Sequence[Any]) -> int:
+    """Best-effort msg_id of a message that failed to decode, so the error reply can name it."""
+    try:
+        msg_id = _unpack_header(frames[0]).get("msg_id", 0)
+        return _U64(msg_id, "msg_id")
+    except (BadMessage, IndexError, AttributeError):
+        return 0

@@ -222,3 +222,12 @@ def check_inputs(signature: Signature, tensors: tuple[Tensor, ...]) -> int:
 
 def pages_for(weights_bytes: int, page_bytes: int) -> int:
     return max(1, math.ceil(weights_bytes / page_bytes))
+
+
+def signature_from_header(data: dict) -> Signature:
+    """Inverse of Signature.header() (for the registry's stored copy)."""
+
+    def specs(items) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in items)
+
+    return Signature(specs(data["inputs"]), specs(data["outputs"]), int(data["max_batch"]))

@@ -1,0 +1,62 @@
+"""Choosing one batch for a device whose EXEC lane is about to free up (pure functions).
+
+Rule (Clockwork's): among the models loaded on the device, serve the one whose most urgent
+request must start soonest; then grow the batch, request by request in service order, to the
+largest batch size that still meets the deadline of every member. Requests that could not
+finish on this device even alone are skipped here (another device, or expiry, handles them).
+Batch sizes are the profiled ones; a batch of 3 samples runs padded to 4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from controller.state import Request
+
+SCAN_LIMIT = 64  # requests looked at per batch: bounds work per decision under deep queues
+
+
+@dataclass(frozen=True)
+class Batch:
+    model: str
+    requests: tuple[Request, ...]
+    batch_size: int  # padded size the worker runs
+    exec_ns: int  # predicted duration
+    latest_start_ns: int  # past this, some member misses its deadline
+
+
+def padded_size(samples: int, sizes: list[int]) -> int | None:
+    """Smallest profiled batch size holding `samples` (sizes ascending)."""
+    for size in sizes:
+        if size >= samples:
+            return size
+    return None
+
+
+def grow(model: str, queue: Iterable[Request], start_ns: int, sizes: list[int],
+         exec_ns: Callable[[int], int | None]) -> Batch | None:
+    """The largest feasible batch of `model` starting at `start_ns`, or None."""
+    members: list[Request] = []
+    samples = 0
+    best: Batch | None = None
+    earliest_deadline = None
+    for scanned, req in enumerate(queue):
+        if scanned >= SCAN_LIMIT or samples + req.samples > sizes[-1]:
+            break
+        size = padded_size(samples + req.samples, sizes)
+        duration = exec_ns(size) if size else None
+        if duration is None:
+            break
+        deadline = req.deadline_ns if earliest_deadline is None else min(earliest_deadline, req.deadline_ns)
+        if start_ns + duration > deadline:
+            # Adding this request breaks the batch: skip it if it cannot make it even alone.
+            alone = exec_ns(padded_size(req.samples, sizes) or sizes[-1])
+            if alone is None or start_ns + alone > req.deadline_ns:
+                continue
+            break
+        members.append(req)
+        samples += req.samples
+        earliest_deadline = deadline
+        best = Batch(model, tuple(members), size, duration, deadline - duration)
+    return best

@@ -1,0 +1,655 @@
+"""The scheduling core: every decision the controller makes, as pure code.
+
+Rules
+- Events go in with the current time (`now_ns`, the controller's monotonic clock); effects come
+  out (controller/effects.py). No sockets, threads or clock reads here, so the daemon, the tests
+  and a virtual-time simulator all drive the same code.
+- Devices execute one action at a time per lane. The core keeps a predicted timeline per lane
+  (controller/timeline.py) and only sends an EXEC when the lane will be free within the
+  schedule-ahead horizon, with a window [earliest, latest]: past `latest` some member of the
+  batch would miss its deadline, so the worker drops it instead of running it late.
+- Memory is an explicit cache: the core alone decides LOAD and UNLOAD; it evicts only idle
+  models (nothing in flight), least recently used first, and counts pages exactly as workers do.
+
+Theory of operation
+- `on_request` admits a request or rejects it at once: MODEL_NOT_FOUND, BAD_INPUT, QUEUE_FULL,
+  UNAVAILABLE (no worker prepared the model), WOULD_MISS_DEADLINE (not even an idle device
+  could finish it in time).
+- `tick` runs the phases in order: drop lost workers, finish overdue uploads, expire requests
+  that can no longer make their deadline anywhere (answered now, not at the deadline), plan
+  EXECs on lanes about to free up (controller/batching.py), plan LOADs for models with demand
+  and no replica. Tests call `check_invariants` after every step.
+- `on_result` re-anchors the lane's timeline to what really happened, feeds the latency model
+  with successful measurements, answers the batch's requests, or puts them back in the queue
+  when the worker dropped the action unexecuted.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+from common import schema
+from common.checks import BadMessage
+from common.config import SchedulerConfig
+from common.models import Signature, check_inputs, pages_for
+from common.status import Status
+from controller.batching import Batch, grow, padded_size
+from controller.effects import Effect, PrepareOn, ToClient, ToWorker, UploadFinished
+from controller.latency import LatencyModel
+from controller.lifecycle import Residency, RequestState, move
+from controller.state import Action, Device, Model, PendingUpload, Profile, Request, Resident, Worker
+
+UPLOAD_WAIT_NS = 120 * 1_000_000_000  # answer an upload by then even if a worker is silent
+UNLOAD_WINDOW_NS = 60 * 1_000_000_000  # an UNLOAD is never too late to be useful
+
+
+class InvariantViolation(AssertionError):
+    pass
+
+
+class Core:
+    def __init__(self, config: SchedulerConfig = SchedulerConfig()):
+        self.cfg = config
+        self.latency = LatencyModel(config.latency_window, config.latency_percentile)
+        self.models: dict[str, Model] = {}
+        self.workers: dict[str, Worker] = {}
+        self.actions: dict[int, Action] = {}  # in flight, by action id (= message id)
+        self.requests: dict[tuple[bytes, int], Request] = {}  # live, by (client, request id)
+        self.pending: dict[str, None] = {}  # models with queued requests (an ordered set)
+        self.uploads: dict[str, PendingUpload] = {}
+        self.counters: Counter[str] = Counter()
+        self._ids = itertools.count(1)
+        self._out: list[Effect] = []
+
+    def _emit(self, effect: Effect) -> None:
+        self._out.append(effect)
+
+    def _take(self) -> list[Effect]:
+        out, self._out = self._out, []
+        return out
+
+    # ================================================================== models
+
+    def add_model(self, name: str, fmt: str, signature: Signature) -> None:
+        """A model known from the registry at start-up (no client waits for it)."""
+        self.models[name] = Model(name, fmt, signature)
+
+    def on_upload(self, name: str, fmt: str, signature: Signature, client: bytes, request_id: int,
+                  now_ns: int) -> list[Effect]:
+        old = self.models.get(name)
+        if old is not None and (old.removing or name in self.uploads):
+            self._emit(UploadFinished(client, request_id, name, Status.BUSY, "the model is being removed or uploaded"))
+            return self._take()
+        self.models[name] = Model(name, fmt, signature)
+        waiting = {w.name for w in self.workers.values() if fmt in w.formats}
+        for worker in waiting:
+            self._emit(PrepareOn(worker, next(self._ids), name))
+        if waiting:
+            self.uploads[name] = PendingUpload(client, request_id, waiting, now_ns + UPLOAD_WAIT_NS)
+        else:
+            self._emit(UploadFinished(client, request_id, name, Status.OK,
+                                      f"registered; no connected worker serves format {fmt!r} yet"))
+        return self._take()
+
+    def on_remove(self, name: str, now_ns: int) -> tuple[Status, list[Effect]]:
+        model = self.models.get(name)
+        if model is None or model.removing:
+            return Status.MODEL_NOT_FOUND, []
+        model.removing = True
+        self.pending.pop(name, None)
+        for req in model.queue.drain():
+            self._answer(req, Status.MODEL_NOT_FOUND, "the model was removed", now_ns)
+        upload = self.uploads.pop(name, None)
+        if upload:
+            self._emit(UploadFinished(upload.client, upload.request_id, name, Status.MODEL_NOT_FOUND,
+                                      "removed while it was being prepared"))
+        self._finish_removal(model)
+        return Status.OK, self._take()
+
+    def _finish_removal(self, model: Model) -> None:
+        """Drop the model everywhere once nothing of it is in flight."""
+        if not model.removing or model.in_flight:
+            return
+        for dev in list(model.replicas.values()):
+            self._evict(dev, model.name)
+        for worker in self.workers.values():
+            if model.name in worker.prepared or model.name in model.profiles:
+                worker.prepared.discard(model.name)
+                self._emit(ToWorker(worker.name, next(self._ids), schema.Drop(model_id=model.name)))
+        self.latency.forget(model.name)
+        del self.models[model.name]
+
+    def model_info(self, name: str) -> dict:
+        model = self.models.get(name)
+        if model is None:
+            return {}
+        profile = next(iter(model.profiles.values()), None)
+        return {
+            "prepared_on": sorted(model.profiles),
+            "load_ms": profile.load_ns / 1e6 if profile else None,
+            "exec_ms": {str(b): ns / 1e6 for b, ns in sorted(profile.exec_ns.items())} if profile else {},
+            "weights_bytes": profile.weights_bytes if profile else None,
+        }
+
+    # ================================================================== requests
+
+    def on_request(self, client: bytes, request_id: int, msg: schema.Infer, now_ns: int) -> list[Effect]:
+        self.counters["requests_offered"] += 1
+        status, detail, req = self._admit(client, request_id, msg, now_ns)
+        if status is not Status.OK:
+            self.counters[f"rejected_{status.name.lower()}"] += 1
+            self._emit(ToClient(client, request_id, schema.InferReply(status=status, detail=detail)))
+            return self._take()
+        self.counters["requests_admitted"] += 1
+        self.requests[(client, request_id)] = req
+        model = self.models[req.model]
+        model.queue.push(req)
+        self.pending[req.model] = None
+        return self._take()
+
+    def _admit(self, client: bytes, request_id: int, msg: schema.Infer, now_ns: int):
+        model = self.models.get(msg.model)
+        if model is None or model.removing:
+            return Status.MODEL_NOT_FOUND, f"no model named {msg.model!r}", None
+        if (client, request_id) in self.requests:
+            return Status.DUPLICATE_REQUEST, f"request {request_id} is already being served", None
+        try:
+            samples = check_inputs(model.signature, msg.tensors)
+        except BadMessage as exc:
+            return exc.status, exc.detail, None
+        sizes = self._sizes(model)
+        if not sizes:
+            return Status.UNAVAILABLE, f"no connected worker has prepared {model.name!r} yet", None
+        if samples > sizes[-1]:
+            return Status.BAD_INPUT, f"{samples} samples exceed the largest batch size {sizes[-1]}", None
+        if len(model.queue) >= self.cfg.max_queue_per_model:
+            return Status.QUEUE_FULL, f"{len(model.queue)} requests already queued for {model.name!r}", None
+        best = self._best_case_ns(model, samples)
+        if best is None:
+            return Status.UNAVAILABLE, f"no live device can serve {model.name!r}", None
+        if best > msg.slo_ns:
+            return (Status.WOULD_MISS_DEADLINE,
+                    f"needs at least {best / 1e6:.2f} ms even on an idle device; SLO is {msg.slo_ns / 1e6:.2f} ms", None)
+        cold = not any(r.state is Residency.LOADED for r in self._residents(model))
+        req = Request(request_id, client, model.name, samples, msg.priority, now_ns, now_ns + msg.slo_ns,
+                      msg.tensors, cold=cold)
+        return Status.OK, "", req
+
+    def on_cancel(self, client: bytes, request_id: int, now_ns: int) -> tuple[bool, str, list[Effect]]:
+        req = self.requests.get((client, request_id))
+        if req is None:
+            return False, "no such request in progress", []
+        if req.state is not RequestState.QUEUED:
+            return False, "already executing", []
+        self._answer(req, Status.CANCELLED, "cancelled by the client", now_ns)
+        return True, "", self._take()
+
+    def _answer(self, req: Request, status: Status, detail: str, now_ns: int, **timing) -> None:
+        if req.state is RequestState.QUEUED and req.model in self.models:
+            self.models[req.model].queue.removed()
+        move(req, RequestState.ANSWERED)
+        self.requests.pop((req.client, req.request_id), None)
+        total = now_ns - req.received_ns
+        self.counters["answered_" + status.name.lower()] += 1
+        if status is Status.OK and now_ns <= req.deadline_ns:
+            self.counters["met_slo"] += 1
+        body = schema.InferReply(status=status, detail=detail, total_ns=max(0, total), cold_start=req.cold, **timing)
+        self._emit(ToClient(req.client, req.request_id, body))
+
+    # ================================================================== workers
+
+    def on_hello(self, name: str, msg: schema.Hello, now_ns: int) -> list[Effect]:
+        if name in self.workers:
+            self._lose_worker(self.workers[name], now_ns, "the worker restarted")
+        devices = {
+            d["device_id"]: Device(name, d["device_id"], d["kind"], d["memory_bytes"] // d["page_bytes"], d["page_bytes"])
+            for d in msg.devices
+        }
+        worker = self.workers[name] = Worker(name, msg.runtime, tuple(msg.formats), devices, now_ns)
+        self.counters["workers_joined"] += 1
+        self._emit(ToWorker(name, next(self._ids), schema.Welcome(heartbeat_interval_ns=self.cfg.heartbeat_interval_ns)))
+        # Start from a clean slate: what it holds is unloaded and everything is prepared again
+        # (a worker answers PREPARE of bytes it already holds at once, from its store).
+        for resident in msg.resident:
+            self._emit(ToWorker(name, next(self._ids), schema.Unload(
+                device_id=resident["device_id"], model_id=resident["model_id"],
+                earliest_ns=now_ns, latest_ns=now_ns + UNLOAD_WINDOW_NS)))
+        for model in self.models.values():
+            if not model.removing and model.format in worker.formats:
+                self._emit(PrepareOn(name, next(self._ids), model.name))
+        return self._take()
+
+    def on_heartbeat(self, name: str, msg_id: int, sent_ns: int, lanes_alive: bool, now_ns: int) -> list[Effect]:
+        worker = self.workers.get(name)
+        if worker is None:
+            self._emit(ToWorker(name, next(self._ids), schema.Error(status=Status.WORKER_LOST, detail="unknown worker; say HELLO"), msg_id))
+            return self._take()
+        if lanes_alive:  # a stuck lane stops refreshing liveness, so the worker times out
+            worker.last_seen_ns = now_ns
+        self._emit(ToWorker(name, next(self._ids), schema.HeartbeatAck(echo_sent_ns=sent_ns), msg_id))
+        return self._take()
+
+    def on_prepared(self, name: str, msg: schema.Prepared, now_ns: int) -> list[Effect]:
+        worker = self.workers.get(name)
+        model = self.models.get(msg.model_id)
+        if worker is None:
+            return []
+        worker.last_seen_ns = now_ns
+        if model is None or model.removing:
+            self._emit(ToWorker(name, next(self._ids), schema.Drop(model_id=msg.model_id)))
+            return self._take()
+        upload = self.uploads.get(model.name)
+        if msg.status is Status.OK and msg.exec_ns:
+            model.profiles[name] = Profile(msg.load_ns, dict(msg.exec_ns), msg.weights_bytes)
+            worker.prepared.add(model.name)
+            for kind in {d.kind for d in worker.devices.values()}:
+                self.latency.seed(model.name, kind, msg.load_ns, msg.exec_ns)
+        elif upload is not None:
+            upload.failures.append(f"{name}: {msg.status.name}: {msg.detail}")
+        if upload is not None:
+            upload.waiting.discard(name)
+            if not upload.waiting:
+                self._finish_upload(model)
+        return self._take()
+
+    def _finish_upload(self, model: Model) -> None:
+        upload = self.uploads.pop(model.name)
+        if model.profiles or not upload.failures:
+            detail = "; ".join(upload.failures)
+            self._emit(UploadFinished(upload.client, upload.request_id, model.name, Status.OK, detail))
+            return
+        del self.models[model.name]
+        self._emit(UploadFinished(upload.client, upload.request_id, model.name, Status.BAD_MODEL,
+                                  "no worker could prepare the model: " + "; ".join(upload.failures)))
+
+    def _lose_worker(self, worker: Worker, now_ns: int, why: str) -> None:
+        del self.workers[worker.name]
+        for dev in worker.devices.values():
+            for name in list(dev.resident):
+                self._evict(dev, name)
+        self.counters["workers_lost"] += 1
+        for action_id in [a for a, act in self.actions.items() if act.device.worker == worker.name]:
+            action = self.actions.pop(action_id)
+            if action.kind == "exec":
+                self._exec_ended(action)
+                self._requeue(action.requests, now_ns)
+        for model in self.models.values():
+            model.profiles.pop(worker.name, None)
+        for name in list(self.uploads):
+            upload = self.uploads[name]
+            upload.waiting.discard(worker.name)
+            if not upload.waiting:
+                upload.failures.append(f"{worker.name}: {why}")
+                self._finish_upload(self.models[name])
+
+    # ================================================================== results
+
+    def on_result(self, name: str, action_id: int, msg: schema.Result, now_ns: int) -> list[Effect]:
+        worker = self.workers.get(name)
+        if worker is not None:
+            worker.last_seen_ns = now_ns
+        action = self.actions.get(action_id)
+        if action is None or action.device.worker != name:
+            self.counters["results_unknown"] += 1
+            return []
+        del self.actions[action_id]
+        end_ns = msg.end_ns if msg.status is Status.OK else now_ns
+        if action.kind == "exec":
+            action.device.exec_lane.completed(action_id, end_ns)
+            self._exec_result(action, msg, now_ns)
+        else:
+            action.device.load_lane.completed(action_id, end_ns)
+            if action.kind == "load":
+                self._load_result(action, msg, now_ns)
+        return self._take()
+
+    def _exec_ended(self, action: Action) -> None:
+        model = self.models.get(action.model)
+        res = action.device.resident.get(action.model)
+        if res is not None:
+            res.in_flight -= 1
+        if model is not None:
+            model.in_flight -= 1
+            self._finish_removal(model)
+
+    def _exec_result(self, action: Action, msg: schema.Result, now_ns: int) -> None:
+        self._exec_ended(action)
+        if msg.status is Status.OK:
+            self.latency.observe_exec(action.model, action.batch_size, action.device.kind, msg.duration_ns,
+                                      action.expected_ns)
+            self._answer_batch(action, msg, now_ns)
+        elif msg.status in (Status.TOO_LATE, Status.TOO_EARLY, Status.NOT_LOADED, Status.BUSY):
+            self.counters[f"exec_dropped_{msg.status.name.lower()}"] += 1
+            self._requeue(action.requests, now_ns)
+        else:
+            self.counters["exec_failed"] += 1
+            for req in action.requests:
+                self._answer(req, msg.status, msg.detail or "the worker failed to execute the batch", now_ns)
+
+    def _answer_batch(self, action: Action, msg: schema.Result, now_ns: int) -> None:
+        offset = 0
+        timing = dict(exec_ns=msg.duration_ns, batch_size=action.batch_size, worker=action.device.worker)
+        for req in action.requests:
+            try:
+                outputs = tuple(_rows(t, offset, req.samples) for t in msg.tensors)
+            except ValueError as exc:
+                self._answer(req, Status.RUNTIME_ERROR, f"bad outputs from the worker: {exc}", now_ns)
+            else:
+                self._answer(req, Status.OK, "", now_ns, queue_ns=req.dispatched_ns - req.received_ns,
+                             tensors=outputs, **timing)
+            offset += req.samples
+
+    def _requeue(self, requests: list[Request], now_ns: int) -> None:
+        for req in requests:
+            model = self.models.get(req.model)
+            if model is None or model.removing:
+                self._answer(req, Status.MODEL_NOT_FOUND, "the model was removed", now_ns)
+                continue
+            move(req, RequestState.QUEUED)
+            model.queue.push(req)
+            self.pending[req.model] = None
+
+    def _load_result(self, action: Action, msg: schema.Result, now_ns: int) -> None:
+        dev = action.device
+        dev.loads_in_flight -= 1
+        res = dev.resident.get(action.model)
+        if res is None or res.state is not Residency.LOADING:
+            return
+        if msg.status is Status.OK:
+            move(res, Residency.LOADED)
+            res.last_used_ns = now_ns
+            self.latency.observe_load(action.model, dev.kind, msg.duration_ns, action.expected_ns)
+        else:
+            self.counters[f"load_failed_{msg.status.name.lower()}"] += 1
+            self._evict(dev, action.model)
+
+    # ================================================================== tick
+
+    def tick(self, now_ns: int) -> list[Effect]:
+        self._expire_workers(now_ns)
+        self._expire_uploads(now_ns)
+        self._expire_requests(now_ns)
+        self._plan_execs(now_ns)
+        self._plan_loads(now_ns)
+        return self._take()
+
+    def _expire_workers(self, now_ns: int) -> None:
+        for worker in list(self.workers.values()):
+            if now_ns - worker.last_seen_ns > self.cfg.worker_timeout_ns:
+                self._lose_worker(worker, now_ns, "no heartbeat")
+
+    def _expire_uploads(self, now_ns: int) -> None:
+        for name in [n for n, u in self.uploads.items() if u.deadline_ns <= now_ns]:
+            self.uploads[name].failures.append("timed out waiting for PREPARED")
+            self._finish_upload(self.models[name])
+
+    def _expire_requests(self, now_ns: int) -> None:
+        for name in list(self.pending):
+            model = self.models[name]
+            soonest = self._soonest_finish_ns(model, now_ns)
+            cutoff = now_ns if soonest is None else soonest
+            for req in model.queue.pop_expired(cutoff):
+                late = (cutoff - req.deadline_ns) / 1e6
+                self._answer(req, Status.DEADLINE_MISSED,
+                             f"can no longer finish in time (at best {late:.2f} ms after its deadline)", now_ns)
+            if not model.queue:
+                self.pending.pop(name, None)
+
+    def _plan_execs(self, now_ns: int) -> None:
+        horizon = now_ns + self.cfg.schedule_ahead_ns
+        devices = [d for w in self.workers.values() for d in w.devices.values()]
+        devices.sort(key=lambda d: d.exec_lane.free_at(now_ns))
+        for dev in devices:
+            while self.pending:
+                free = dev.exec_lane.free_at(now_ns)
+                if free > horizon:
+                    break
+                batch = self._choose_batch(dev, max(free, now_ns + self.cfg.dispatch_ns))
+                if batch is None:
+                    break
+                self._send_exec(dev, batch, max(free, now_ns + self.cfg.dispatch_ns), now_ns)
+
+    def _choose_batch(self, dev: Device, start_ns: int) -> Batch | None:
+        best, best_key = None, None
+        for name, res in dev.resident.items():
+            if res.state is not Residency.LOADED or name not in self.pending:
+                continue
+            model = self.models[name]
+            sizes = self._sizes(model)
+            batch = grow(name, model.queue.in_order(), start_ns, sizes,
+                         lambda size, m=name: self.latency.exec_ns(m, size, dev.kind))
+            if batch is None:
+                continue
+            key = (-batch.requests[0].priority, batch.latest_start_ns)
+            if best_key is None or key < best_key:
+                best, best_key = batch, key
+        return best
+
+    def _send_exec(self, dev: Device, batch: Batch, start_ns: int, now_ns: int) -> None:
+        model = self.models[batch.model]
+        action_id = next(self._ids)
+        for req in batch.requests:
+            move(req, RequestState.DISPATCHED)
+            model.queue.removed()
+            req.dispatched_ns = now_ns
+        if not model.queue:
+            self.pending.pop(model.name, None)
+        model.in_flight += 1
+        res = dev.resident[batch.model]
+        res.in_flight += 1
+        res.last_used_ns = now_ns
+        dev.exec_lane.reserve(action_id, start_ns, batch.exec_ns)
+        earliest = max(now_ns, start_ns - self.cfg.schedule_ahead_ns)
+        tensors = tuple(t for req in batch.requests for t in req.tensors)  # chunks, forwarded as-is
+        self.actions[action_id] = Action(action_id, "exec", dev, batch.model, batch.exec_ns, now_ns,
+                                         list(batch.requests), batch.batch_size)
+        self.counters["execs_sent"] += 1
+        self._emit(ToWorker(dev.worker, action_id, schema.Exec(
+            device_id=dev.device_id, model_id=batch.model, batch_size=batch.batch_size,
+            earliest_ns=earliest, latest_ns=batch.latest_start_ns, expected_ns=batch.exec_ns, tensors=tensors)))
+
+    def _plan_loads(self, now_ns: int) -> None:
+        needy = [self.models[n] for n in self.pending if not self.models[n].replicas]
+        needy.sort(key=lambda m: (m.queue.earliest_deadline() or 0, m.name))
+        for model in needy:
+            choice = self._load_target(model, now_ns)
+            if choice is not None:
+                self._send_load(model, *choice, now_ns)
+
+    def _load_target(self, model: Model, now_ns: int) -> tuple[Device, int, list[str]] | None:
+        """The device to load onto, the pages needed and the models to evict there."""
+        best, best_key = None, None
+        for worker_name, profile in model.profiles.items():
+            worker = self.workers.get(worker_name)
+            if worker is None:
+                continue
+            for dev in worker.devices.values():
+                if dev.loads_in_flight >= self.cfg.max_loads_per_device:
+                    continue
+                pages = pages_for(profile.weights_bytes, dev.page_bytes)
+                victims = self._victims(dev, pages - dev.free_pages())
+                if victims is None:
+                    continue
+                key = (len(victims), dev.load_lane.free_at(now_ns), dev.exec_lane.free_at(now_ns))
+                if best_key is None or key < best_key:
+                    best, best_key = (dev, pages, victims), key
+        return best
+
+    def _victims(self, dev: Device, short_pages: int) -> list[str] | None:
+        """Idle models to evict (least recently used first) to free `short_pages`, or None."""
+        if short_pages <= 0:
+            return []
+        idle = sorted((r.last_used_ns, name) for name, r in dev.resident.items()
+                      if r.state is Residency.LOADED and r.in_flight == 0)
+        victims, freed = [], 0
+        for _, name in idle:
+            victims.append(name)
+            freed += dev.resident[name].pages
+            if freed >= short_pages:
+                return victims
+        return None
+
+    def _send_load(self, model: Model, dev: Device, pages: int, victims: list[str], now_ns: int) -> None:
+        for name in victims:
+            self._evict(dev, name)
+            action_id = next(self._ids)
+            self.actions[action_id] = Action(action_id, "unload", dev, name, 0, now_ns)
+            dev.load_lane.reserve(action_id, now_ns, 0)
+            self.counters["evictions"] += 1
+            self._emit(ToWorker(dev.worker, action_id, schema.Unload(
+                device_id=dev.device_id, model_id=name, earliest_ns=now_ns, latest_ns=now_ns + UNLOAD_WINDOW_NS)))
+        load_ns = self.latency.load_ns(model.name, dev.kind) or 0
+        action_id = next(self._ids)
+        start = max(now_ns, dev.load_lane.free_at(now_ns))
+        dev.load_lane.reserve(action_id, start, load_ns)
+        dev.resident[model.name] = Resident(Residency.LOADING, pages, now_ns)
+        dev.used_pages += pages
+        model.replicas[dev.key] = dev
+        dev.loads_in_flight += 1
+        self.actions[action_id] = Action(action_id, "load", dev, model.name, load_ns, now_ns)
+        self.counters["loads_sent"] += 1
+        self._emit(ToWorker(dev.worker, action_id, schema.Load(
+            device_id=dev.device_id, model_id=model.name, earliest_ns=now_ns,
+            latest_ns=start + 10 * load_ns + UNLOAD_WINDOW_NS // 60, expected_ns=load_ns)))
+
+    # ================================================================== estimates
+
+    def _sizes(self, model: Model) -> list[int]:
+        """Batch sizes every preparing worker profiled, capped by the model's max batch."""
+        sizes: set[int] | None = None
+        for profile in model.profiles.values():
+            sizes = set(profile.exec_ns) if sizes is None else sizes & set(profile.exec_ns)
+        return sorted(s for s in sizes or () if s <= model.signature.max_batch)
+
+    def _residents(self, model: Model):
+        return (dev.resident[model.name] for dev in model.replicas.values())
+
+    def _evict(self, dev: Device, name: str) -> None:
+        """Forget that `dev` holds `name` (its UNLOAD, if any, is sent by the caller)."""
+        res = dev.resident.pop(name)
+        move(res, Residency.ABSENT)
+        dev.used_pages -= res.pages
+        model = self.models.get(name)
+        if model is not None:
+            model.replicas.pop(dev.key, None)
+
+    def _devices_for(self, model: Model):
+        for worker_name in model.profiles:
+            worker = self.workers.get(worker_name)
+            if worker is not None:
+                yield from worker.devices.values()
+
+    def _best_case_ns(self, model: Model, samples: int) -> int | None:
+        """Shortest possible receive-to-finish time on an idle device (admission test)."""
+        size = padded_size(samples, self._sizes(model))
+        best = None
+        for dev in self._devices_for(model):
+            exec_ns = self.latency.exec_ns(model.name, size, dev.kind)
+            if exec_ns is None:
+                continue
+            res = dev.resident.get(model.name)
+            load = 0 if res is not None else (self.latency.load_ns(model.name, dev.kind) or 0)
+            total = self.cfg.dispatch_ns + load + exec_ns
+            best = total if best is None else min(best, total)
+        return best
+
+    def _soonest_finish_ns(self, model: Model, now_ns: int) -> int | None:
+        """Earliest moment any device could finish a one-sample batch of `model`, given its
+        current timeline: requests with earlier deadlines cannot be served any more."""
+        sizes = self._sizes(model)
+        if not sizes:
+            return None
+        soonest = None
+        for dev in self._devices_for(model):
+            exec_ns = self.latency.exec_ns(model.name, sizes[0], dev.kind)
+            if exec_ns is None:
+                continue
+            res = dev.resident.get(model.name)
+            start = max(now_ns + self.cfg.dispatch_ns, dev.exec_lane.free_at(now_ns))
+            if res is None:
+                load_free = max(now_ns + self.cfg.dispatch_ns, dev.load_lane.free_at(now_ns))
+                start = max(start, load_free + (self.latency.load_ns(model.name, dev.kind) or 0))
+            elif res.state is Residency.LOADING:
+                start = max(start, dev.load_lane.free_at(now_ns))
+            finish = start + exec_ns
+            soonest = finish if soonest is None else min(soonest, finish)
+        return soonest
+
+    def next_wakeup_ns(self, now_ns: int) -> int:
+        """When `tick` next has something to do (the shell sleeps until then or a message)."""
+        times = [w.last_seen_ns + self.cfg.worker_timeout_ns + 1 for w in self.workers.values()]
+        times += [u.deadline_ns for u in self.uploads.values()]
+        for name in self.pending:
+            model = self.models[name]
+            deadline = model.queue.earliest_deadline()
+            if deadline is not None:
+                times.append(deadline)
+        for worker in self.workers.values():
+            for dev in worker.devices.values():
+                if any(n in self.pending for n in dev.resident) or dev.loads_in_flight:
+                    times.append(dev.exec_lane.free_at(now_ns) - self.cfg.schedule_ahead_ns)
+        if self.pending:
+            times.append(now_ns + self.cfg.schedule_ahead_ns)  # re-check loads and expiry
+        return min(times) if times else now_ns + 1_000_000_000
+
+    # ================================================================== status and invariants
+
+    def status(self, now_ns: int) -> dict:
+        workers = []
+        for w in self.workers.values():
+            devices = [{
+                "device_id": d.device_id, "kind": d.kind, "memory_bytes": d.capacity_pages * d.page_bytes,
+                "used_bytes": d.used_pages * d.page_bytes,
+                "loaded": sorted(n for n, r in d.resident.items() if r.state is Residency.LOADED),
+                "loading": sorted(n for n, r in d.resident.items() if r.state is Residency.LOADING),
+                "busy_ms": max(0, d.exec_lane.free_at(now_ns) - now_ns) / 1e6,
+            } for d in w.devices.values()]
+            workers.append({"name": w.name, "runtime": w.runtime, "alive": True,
+                            "last_seen_ms_ago": (now_ns - w.last_seen_ns) / 1e6, "devices": devices})
+        models = [{
+            "name": m.name, "queued": len(m.queue), "in_flight": m.in_flight,
+            "resident_on": sorted(m.replicas),
+        } for m in self.models.values()]
+        counters = dict(self.counters)
+        counters.update(self.latency.error_summary())
+        return {"workers": workers, "models": models, "counters": counters}
+
+    def _all_devices(self):
+        for worker in self.workers.values():
+            yield from worker.devices.values()
+
+    def check_invariants(self, now_ns: int) -> None:
+        """Raise InvariantViolation if the plan is inconsistent; tests call it after every step."""
+        for dev in self._all_devices():
+            pages = sum(r.pages for r in dev.resident.values())
+            if pages != dev.used_pages or pages > dev.capacity_pages:
+                raise InvariantViolation(f"{dev.key}: pages {pages} vs used {dev.used_pages} / {dev.capacity_pages}")
+            prev_end = None
+            for start, end in dev.exec_lane.windows():
+                if prev_end is not None and start < prev_end:
+                    raise InvariantViolation(f"{dev.key}: overlapping EXEC windows")
+                prev_end = end
+        for action in self.actions.values():
+            if action.kind == "exec":
+                res = action.device.resident.get(action.model)
+                if res is None or res.state is not Residency.LOADED or res.in_flight <= 0:
+                    raise InvariantViolation(f"EXEC {action.action_id} of {action.model} on a non-resident model")
+        for model in self.models.values():
+            for key, dev in model.replicas.items():
+                if model.name not in dev.resident or dev.key != key:
+                    raise InvariantViolation(f"{model.name}: replica on {key} not resident there")
+            live = sum(1 for r in self.requests.values() if r.model == model.name and r.state is RequestState.QUEUED)
+            if live != len(model.queue):
+                raise InvariantViolation(f"{model.name}: queue length {len(model.queue)} but {live} queued")
+
+
+def _rows(tensor, offset: int, count: int):
+    """Rows [offset, offset+count) of an output tensor, without copying."""
+    from common.tensors import Tensor
+
+    if not tensor.shape or tensor.shape[0] < offset + count:
+        raise ValueError(f"output {tensor.name!r} has shape {list(tensor.shape)}")
+    row = tensor.nbytes // tensor.shape[0] if tensor.shape[0] else 0
+    data = memoryview(tensor.data).cast("B")[offset * row:(offset + count) * row]
+    return Tensor(tensor.name, tensor.dtype, (count, *tensor.shape[1:]), data)

@@ -1,0 +1,208 @@
+"""The controller daemon: a Poller loop around the pure scheduling core.
+
+Poll until the core's next wake-up or a message; decode; hand the event to the core or the
+registry; perform the effects the core returns; tick. Every message is validated by the codec,
+and anything that fails is answered with its reason code (or dropped and logged when it cannot
+be answered), so no input stops the loop.
+"""
+
+from __future__ import annotations
+
+import zmq
+
+from common import schema
+from common.checks import BadMessage
+from common.clock import monotonic_ns
+from common.codec import decode, peek_msg_id
+from common.config import ControllerConfig
+from common.models import signature_of
+from common.net import IdSource, recv_frames, router, send
+from common.status import Status
+from controller.core import Core
+from controller.effects import PrepareOn, ToClient, ToWorker, UploadFinished
+from controller.registry import Registry
+
+BURST = 512  # messages taken from one socket before looking at the other and ticking
+MIN_POLL_MS = 0.2  # floor on the sleep, so a wake-up that changes nothing cannot spin hot
+MAX_POLL_MS = 100.0  # ceiling, so a stop request is noticed promptly
+
+
+class ControllerDaemon:
+    def __init__(self, config: ControllerConfig, log):
+        self.cfg = config
+        self.log = log
+        self.ctx = zmq.Context.instance()
+        self.clients = router(self.ctx, config.client_endpoint, max_msg_bytes=2 * config.max_model_bytes)
+        self.workers = self.ctx.socket(zmq.ROUTER)
+        self.workers.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes its name back
+        from common.net import configure_socket
+
+        configure_socket(self.workers, max_msg_bytes=2 * config.max_model_bytes)
+        self.workers.bind(config.worker_endpoint)
+        self.registry = Registry(config.state_dir)
+        self.core = Core(config.scheduler)
+        for record in self.registry.all():
+            self.core.add_model(record.name, record.format, record.signature)
+        self.ids = IdSource()
+        self.stopping = False
+        self.log.info("controller ready", clients=config.client_endpoint, workers=config.worker_endpoint,
+                      models=len(self.core.models), state_dir=config.state_dir)
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.clients, zmq.POLLIN)
+        poller.register(self.workers, zmq.POLLIN)
+        while not self.stopping:
+            now = monotonic_ns()
+            wait_ms = min(MAX_POLL_MS, max(MIN_POLL_MS, (self.core.next_wakeup_ns(now) - now) / 1e6))
+            ready = dict(poller.poll(wait_ms))
+            if self.workers in ready:
+                self._drain(self.workers, self._on_worker)
+            if self.clients in ready:
+                self._drain(self.clients, self._on_client)
+            self._perform(self.core.tick(monotonic_ns()))
+
+    def close(self) -> None:
+        self.clients.close(0)
+        self.workers.close(0)
+        self.registry.close()
+
+    def _drain(self, sock: zmq.Socket, handler) -> None:
+        for _ in range(BURST):
+            try:
+                frames = recv_frames(sock, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                continue  # a ROUTER always prepends the identity; nothing to answer
+            try:
+                handler(bytes(frames[0]), frames[1:])
+            except Exception:  # our bug: log loudly, keep serving everyone else
+                self.log.exception("handler failed")
+
+    # ------------------------------------------------------------------ clients
+
+    def _on_client(self, client: bytes, frames: list) -> None:
+        try:
+            env = decode(frames)
+        except BadMessage as exc:
+            self._to_client(client, peek_msg_id(frames), schema.Error(status=exc.status, detail=exc.detail))
+            return
+        body, now = env.body, monotonic_ns()
+        if isinstance(body, schema.Infer):
+            self._perform(self.core.on_request(client, env.msg_id, body, now))
+        elif isinstance(body, schema.Upload):
+            self._upload(client, env.msg_id, body, now)
+        elif isinstance(body, schema.Remove):
+            self._remove(client, env.msg_id, body.name, now)
+        elif isinstance(body, schema.ListModels):
+            models = [self._model_info(r.name) for r in self.registry.all()]
+            self._reply(client, env.msg_id, Status.OK, body={"models": models})
+        elif isinstance(body, schema.GetStatus):
+            self._reply(client, env.msg_id, Status.OK, body=self.core.status(now))
+        elif isinstance(body, schema.Cancel):
+            cancelled, detail, effects = self.core.on_cancel(client, body.request_id, now)
+            self._perform(effects)
+            self._reply(client, env.msg_id, Status.OK, detail, {"cancelled": cancelled})
+        else:
+            self._to_client(client, env.msg_id, schema.Error(
+                status=Status.UNKNOWN_TYPE, detail=f"{body.TYPE.value!r} is not a client request"))
+
+    def _upload(self, client: bytes, msg_id: int, msg: schema.Upload, now: int) -> None:
+        if len(msg.blob) > self.cfg.max_model_bytes:
+            self._reply(client, msg_id, Status.TOO_LARGE,
+                        f"{len(msg.blob)} bytes exceed the limit of {self.cfg.max_model_bytes}")
+            return
+        try:
+            signature = signature_of(msg.format, msg.blob, msg.input_shapes, msg.max_batch)
+        except BadMessage as exc:
+            self._reply(client, msg_id, exc.status, exc.detail)
+            return
+        if msg.name in self.core.models:
+            if not msg.replace:
+                self._reply(client, msg_id, Status.MODEL_EXISTS, f"{msg.name!r} exists; pass replace to overwrite")
+                return
+            status, effects = self.core.on_remove(msg.name, now)
+            if status is not Status.OK or msg.name in self.core.models:
+                self._reply(client, msg_id, Status.BUSY, f"{msg.name!r} still has work in flight; retry")
+                return
+            self._perform(effects)
+        self.registry.add(msg.name, msg.format, msg.blob, msg.input_shapes, msg.max_batch, signature, replace=True)
+        self.log.info("model uploaded", model=msg.name, format=msg.format, bytes=len(msg.blob))
+        self._perform(self.core.on_upload(msg.name, msg.format, signature, client, msg_id, now))
+
+    def _remove(self, client: bytes, msg_id: int, name: str, now: int) -> None:
+        status, effects = self.core.on_remove(name, now)
+        if status is Status.OK:
+            self.registry.remove(name)
+            self.log.info("model removed", model=name)
+        self._perform(effects)
+        self._reply(client, msg_id, status, "" if status is Status.OK else f"no model named {name!r}")
+
+    def _model_info(self, name: str) -> dict:
+        record = self.registry.get(name)
+        return {**(record.info() if record else {"name": name}), **self.core.model_info(name)}
+
+    def _reply(self, client: bytes, request_id: int, status: Status, detail: str = "", body: dict | None = None):
+        self._to_client(client, request_id, schema.Reply(status=status, detail=detail, body=body or {}))
+
+    def _to_client(self, client: bytes, request_id: int, body: schema.Message) -> None:
+        send(self.clients, body, self.ids.next(), request_id, monotonic_ns(), identity=client)
+
+    # ------------------------------------------------------------------ workers
+
+    def _on_worker(self, identity: bytes, frames: list) -> None:
+        name = identity.decode("latin-1")  # bijective, so the name maps back to the identity
+        try:
+            env = decode(frames)
+        except BadMessage as exc:
+            self.log.warning("bad message from worker", worker=name, status=exc.status.name, detail=exc.detail)
+            send(self.workers, schema.Error(status=exc.status, detail=exc.detail), self.ids.next(),
+                 peek_msg_id(frames), monotonic_ns(), identity=identity)
+            return
+        body, now = env.body, monotonic_ns()
+        if isinstance(body, schema.Result):
+            self._perform(self.core.on_result(name, env.parent_id, body, now))
+        elif isinstance(body, schema.Heartbeat):
+            self._perform(self.core.on_heartbeat(name, env.msg_id, env.sent_ns, body.lanes_alive, now))
+        elif isinstance(body, schema.Prepared):
+            self.log.info("model prepared", worker=name, model=body.model_id, status=body.status.name,
+                          detail=body.detail)
+            self._perform(self.core.on_prepared(name, body, now))
+        elif isinstance(body, schema.Hello):
+            self.log.info("worker joined", worker=name, runtime=body.runtime, devices=len(body.devices))
+            self._perform(self.core.on_hello(name, body, now))
+        elif isinstance(body, schema.Error):
+            self.log.warning("worker reported an error", worker=name, status=body.status.name, detail=body.detail)
+        else:
+            send(self.workers, schema.Error(status=Status.UNKNOWN_TYPE, detail=f"{body.TYPE.value!r} is not a worker message"),
+                 self.ids.next(), env.msg_id, now, identity=identity)
+
+    # ------------------------------------------------------------------ effects
+
+    def _perform(self, effects: list) -> None:
+        for effect in effects:
+            if isinstance(effect, ToWorker):
+                send(self.workers, effect.body, effect.msg_id, effect.parent_id, monotonic_ns(),
+                     identity=effect.worker.encode("latin-1"))
+            elif isinstance(effect, ToClient):
+                self._to_client(effect.client, effect.request_id, effect.body)
+            elif isinstance(effect, PrepareOn):
+                self._prepare(effect)
+            elif isinstance(effect, UploadFinished):
+                self._upload_finished(effect)
+
+    def _prepare(self, effect: PrepareOn) -> None:
+        record = self.registry.get(effect.model)
+        if record is None:
+            return
+        msg = schema.Prepare(model_id=record.name, format=record.format, input_shapes=record.input_shapes,
+                             max_batch=record.signature.max_batch, blob=self.registry.blob(record.name))
+        send(self.workers, msg, effect.msg_id, 0, monotonic_ns(), identity=effect.worker.encode("latin-1"))
+
+    def _upload_finished(self, effect: UploadFinished) -> None:
+        info = self._model_info(effect.model)
+        if effect.status is not Status.OK:
+            self.registry.remove(effect.model)
+            self.log.warning("upload refused", model=effect.model, status=effect.status.name, detail=effect.detail)
+        self._reply(effect.client, effect.request_id, effect.status, effect.detail, {"model": info})

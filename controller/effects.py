@@ -1,0 +1,47 @@
+"""What the scheduling core asks its shell to do. The core returns these; it never does I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.schema import Message
+from common.status import Status
+
+
+@dataclass(frozen=True)
+class ToWorker:
+    worker: str  # worker name (its ZeroMQ identity)
+    msg_id: int  # the action id for LOAD/UNLOAD/EXEC
+    body: Message
+    parent_id: int = 0
+
+
+@dataclass(frozen=True)
+class ToClient:
+    client: bytes  # the client's ZeroMQ identity
+    request_id: int  # becomes the reply's parent_id
+    body: Message
+
+
+@dataclass(frozen=True)
+class PrepareOn:
+    """Send PREPARE for a registered model; the shell reads its bytes from the registry."""
+
+    worker: str
+    msg_id: int
+    model: str
+
+
+@dataclass(frozen=True)
+class UploadFinished:
+    """Workers have answered PREPARE (or the wait timed out). On failure the shell forgets the
+    model's files; either way it answers the client with the model's info."""
+
+    client: bytes
+    request_id: int
+    model: str
+    status: Status
+    detail: str
+
+
+Effect = ToWorker | ToClient | PrepareOn | UploadFinished

@@ -1,0 +1,101 @@
+"""The latency model: what the controller believes each action will take.
+
+Per (model, batch size, device kind) it keeps the last `window` successful measurements and
+predicts a high percentile of them; the worker's profile seeds it at PREPARE. LOAD time is kept
+per (model, device kind) the same way. Only successful measurements feed it (a dropped action
+says nothing about how long execution takes). Every prediction is compared with what happened;
+the error (predicted minus measured) is a metric of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+
+class _Window:
+    __slots__ = ("values", "percentile", "_cached")
+
+    def __init__(self, size: int, percentile: float):
+        self.values: deque[int] = deque(maxlen=size)
+        self.percentile = percentile
+        self._cached: int | None = None
+
+    def add(self, value_ns: int) -> None:
+        self.values.append(value_ns)
+        self._cached = None
+
+    def estimate(self) -> int:
+        if self._cached is None:
+            ordered = sorted(self.values)
+            # nearest-rank percentile: with few samples it is the max, never an interpolation below it
+            rank = max(1, math.ceil(self.percentile / 100 * len(ordered)))
+            self._cached = ordered[rank - 1]
+        return self._cached
+
+
+class LatencyModel:
+    def __init__(self, window: int = 32, percentile: float = 99.0, error_window: int = 10_000):
+        self._window = window
+        self._percentile = percentile
+        self._exec: dict[tuple[str, int, str], _Window] = {}
+        self._load: dict[tuple[str, str], _Window] = {}
+        self.exec_errors: deque[int] = deque(maxlen=error_window)  # predicted - measured, ns
+        self.load_errors: deque[int] = deque(maxlen=error_window)
+
+    def _get(self, table: dict, key) -> _Window:
+        win = table.get(key)
+        if win is None:
+            win = table[key] = _Window(self._window, self._percentile)
+        return win
+
+    # ------------------------------------------------------------------ feeding
+
+    def seed(self, model: str, kind: str, load_ns: int, exec_ns: dict[int, int]) -> None:
+        """A worker's profile: only used where nothing was measured yet."""
+        for batch, value in exec_ns.items():
+            win = self._get(self._exec, (model, batch, kind))
+            if not win.values:
+                win.add(value)
+        win = self._get(self._load, (model, kind))
+        if not win.values and load_ns:
+            win.add(load_ns)
+
+    def observe_exec(self, model: str, batch: int, kind: str, measured_ns: int, predicted_ns: int) -> None:
+        self._get(self._exec, (model, batch, kind)).add(measured_ns)
+        if predicted_ns:
+            self.exec_errors.append(predicted_ns - measured_ns)
+
+    def observe_load(self, model: str, kind: str, measured_ns: int, predicted_ns: int) -> None:
+        self._get(self._load, (model, kind)).add(measured_ns)
+        if predicted_ns:
+            self.load_errors.append(predicted_ns - measured_ns)
+
+    def forget(self, model: str) -> None:
+        self._exec = {k: v for k, v in self._exec.items() if k[0] != model}
+        self._load = {k: v for k, v in self._load.items() if k[0] != model}
+
+    # ------------------------------------------------------------------ predicting
+
+    def exec_ns(self, model: str, batch: int, kind: str) -> int | None:
+        win = self._exec.get((model, batch, kind))
+        return win.estimate() if win is not None and win.values else None
+
+    def load_ns(self, model: str, kind: str) -> int | None:
+        win = self._load.get((model, kind))
+        return win.estimate() if win is not None and win.values else None
+
+    def error_summary(self) -> dict[str, float]:
+        """Percentiles of |predicted - measured| in ms and the mean signed error (for STATUS)."""
+        out: dict[str, float] = {}
+        for name, errors in (("exec", self.exec_errors), ("load", self.load_errors)):
+            if errors:
+                arr = np.fromiter(errors, dtype=np.int64)
+                absolute = np.abs(arr)
+                out[f"{name}_prediction_error_ms_p50"] = float(np.percentile(absolute, 50)) / 1e6
+                out[f"{name}_prediction_error_ms_p99"] = float(np.percentile(absolute, 99)) / 1e6
+                out[f"{name}_prediction_bias_ms_mean"] = float(arr.mean()) / 1e6
+                out[f"{name}_predictions"] = len(arr)
+        return out

@@ -1,0 +1,143 @@
+"""The model registry: SQLite for the records, content-addressed files for the bytes.
+
+Writes are atomic in the order that makes a crash harmless: the bytes are written to a
+temporary file, fsynced and renamed into place (named by their sha256, so identical uploads
+share one file) before the record is committed; a crash leaves either the old state or the new
+one. Start-up removes leftover temporary files and files no record points to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.models import Signature, signature_from_header
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY,
+    format TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    input_shapes TEXT NOT NULL,
+    max_batch INTEGER NOT NULL,
+    signature TEXT NOT NULL,
+    created_unix_s REAL NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    format: str
+    sha256: str
+    size_bytes: int
+    input_shapes: dict
+    max_batch: int  # as requested at upload (0: the model's own limit)
+    signature: Signature
+    created_unix_s: float
+
+    def info(self) -> dict:
+        """The client-facing description (merged with the scheduler's view by the daemon)."""
+        return {"name": self.name, "format": self.format, "sha256": self.sha256, "size_bytes": self.size_bytes,
+                "created_unix_s": self.created_unix_s, **self.signature.header()}
+
+
+class Registry:
+    def __init__(self, state_dir: str | Path):
+        self.root = Path(state_dir)
+        self.files = self.root / "models"
+        self.files.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.root / "registry.sqlite3", isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(_SCHEMA)
+        self._collect_garbage()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def add(self, name: str, fmt: str, blob: bytes, input_shapes: dict, max_batch: int, signature: Signature,
+            replace: bool = False) -> ModelRecord:
+        """Store the bytes and the record; returns None-free record. Raises KeyError if the
+        name exists and `replace` is false."""
+        if not replace and self.get(name) is not None:
+            raise KeyError(name)
+        digest = hashlib.sha256(blob).hexdigest()
+        self._write_file(digest, blob)
+        record = ModelRecord(name, fmt, digest, len(blob), dict(input_shapes), max_batch, signature, time.time())
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, fmt, digest, len(blob), json.dumps(input_shapes), max_batch,
+                 json.dumps(signature.header()), record.created_unix_s))
+        self._collect_garbage()  # a replaced model's old bytes
+        return record
+
+    def remove(self, name: str) -> bool:
+        with self._transaction():
+            removed = self._db.execute("DELETE FROM models WHERE name = ?", (name,)).rowcount > 0
+        if removed:
+            self._collect_garbage()
+        return removed
+
+    def get(self, name: str) -> ModelRecord | None:
+        row = self._db.execute("SELECT * FROM models WHERE name = ?", (name,)).fetchone()
+        return _record(row) if row else None
+
+    def all(self) -> list[ModelRecord]:
+        return [_record(row) for row in self._db.execute("SELECT * FROM models ORDER BY name")]
+
+    def blob(self, name: str) -> bytes:
+        record = self.get(name)
+        if record is None:
+            raise KeyError(name)
+        return (self.files / record.sha256).read_bytes()
+
+    # ------------------------------------------------------------------ internals
+
+    def _transaction(self):
+        db = self._db
+
+        class _Tx:
+            def __enter__(self):
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, exc_type, *_):
+                db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+        return _Tx()
+
+    def _write_file(self, digest: str, blob: bytes) -> None:
+        final = self.files / digest
+        if final.exists():
+            return
+        tmp = self.files / f".{digest}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        dir_fd = os.open(self.files, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+
+    def _collect_garbage(self) -> None:
+        wanted = {row[0] for row in self._db.execute("SELECT sha256 FROM models")}
+        for path in self.files.iterdir():
+            if path.name.startswith(".") or path.name not in wanted:
+                path.unlink(missing_ok=True)
+
+
+def _record(row) -> ModelRecord:
+    name, fmt, digest, size, shapes, max_batch, signature, created = row
+    return ModelRecord(name, fmt, digest, size, json.loads(shapes), max_batch,
+                       signature_from_header(json.loads(signature)), created)

@@ -1,0 +1,108 @@
+"""The controller's bookkeeping types: requests, models, devices, workers, actions in flight."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from common.models import Signature
+from common.tensors import Tensor
+from controller.lifecycle import Residency, RequestState
+from controller.queues import RequestQueue
+from controller.timeline import Timeline
+
+
+@dataclass(eq=False)
+class Request:
+    request_id: int
+    client: bytes
+    model: str
+    samples: int
+    priority: int
+    received_ns: int
+    deadline_ns: int
+    tensors: tuple[Tensor, ...]
+    state: RequestState = RequestState.QUEUED
+    cold: bool = False  # no device held the model when it arrived
+    dispatched_ns: int = 0
+    queue_token: int = -1  # set by RequestQueue.push
+
+
+@dataclass
+class Profile:
+    """A worker's PREPARE measurements of one model."""
+
+    load_ns: int
+    exec_ns: dict[int, int]  # batch size -> ns
+    weights_bytes: int
+
+
+@dataclass(eq=False)
+class Model:
+    name: str
+    format: str
+    signature: Signature
+    profiles: dict[str, Profile] = field(default_factory=dict)  # worker name -> its PREPARE profile
+    queue: RequestQueue = field(default_factory=RequestQueue)
+    in_flight: int = 0  # EXEC actions outstanding
+    removing: bool = False  # REMOVE received; dropped from workers once in_flight == 0
+    replicas: dict[str, "Device"] = field(default_factory=dict)  # device key -> device holding it
+
+
+@dataclass(eq=False)
+class Resident:
+    state: Residency
+    pages: int
+    last_used_ns: int
+    in_flight: int = 0  # EXECs of this model outstanding on this device
+
+
+@dataclass(eq=False)
+class Device:
+    worker: str
+    device_id: int
+    kind: str
+    capacity_pages: int
+    page_bytes: int
+    resident: dict[str, Resident] = field(default_factory=dict)
+    used_pages: int = 0
+    exec_lane: Timeline = field(default_factory=Timeline)
+    load_lane: Timeline = field(default_factory=Timeline)
+    loads_in_flight: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.worker}/{self.device_id}"
+
+    def free_pages(self) -> int:
+        return self.capacity_pages - self.used_pages
+
+
+@dataclass(eq=False)
+class Worker:
+    name: str
+    runtime: str
+    formats: tuple[str, ...]
+    devices: dict[int, Device]
+    last_seen_ns: int
+    prepared: set[str] = field(default_factory=set)  # models whose PREPARED came back OK
+
+
+@dataclass(eq=False)
+class Action:
+    action_id: int
+    kind: str  # "load" | "unload" | "exec"
+    device: Device
+    model: str
+    expected_ns: int
+    sent_ns: int
+    requests: list[Request] = field(default_factory=list)
+    batch_size: int = 0
+
+
+@dataclass(eq=False)
+class PendingUpload:
+    client: bytes
+    request_id: int
+    waiting: set[str]  # worker names whose PREPARED has not come back
+    deadline_ns: int  # answer by then whatever came back
+    failures: list[str] = field(default_factory=list)

@@ -1,0 +1,251 @@
+"""The pure scheduling core, driven step by step; invariants are checked after every step."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import numpy as np
+
+from common import schema
+from common.status import Status
+from controller.effects import PrepareOn
+from tests.factories import (
+    EXEC_NS, LOAD_NS, MS, MIB, add_model, hello, infer, make_core, replies, result_for, sent, uploads,
+)
+
+
+def step(core, effects, now):
+    core.check_invariants(now)
+    return effects
+
+
+def ready_core(models=("m",), **cfg):
+    core = make_core(**cfg)
+    hello(core)
+    for name in models:
+        add_model(core, name)
+    return core
+
+
+def test_core_imports_no_clock_sockets_or_threads():
+    root = pathlib.Path(__file__).parent.parent / "controller"
+    pure = ["core.py", "batching.py", "latency.py", "timeline.py", "queues.py", "state.py", "lifecycle.py", "effects.py"]
+    for name in pure:
+        text = (root / name).read_text()
+        assert not re.search(r"^\s*(import|from)\s+(time|zmq|threading|asyncio|socket)\b", text, re.M), name
+
+
+def test_unknown_model_bad_input_and_impossible_slo_are_refused_at_once():
+    core = ready_core()
+    assert replies(infer(core, 1, model="nope"))[0].body.status is Status.MODEL_NOT_FOUND
+    bad = schema.Infer(model="m", slo_ns=100 * MS, tensors=())
+    assert replies(core.on_request(b"c", 2, bad, 0))[0].body.status is Status.BAD_INPUT
+    # 1 sample needs load 8 ms + exec 2 ms + dispatch 1 ms on an idle device
+    refused = replies(infer(core, 3, slo_ms=5))[0].body
+    assert refused.status is Status.WOULD_MISS_DEADLINE and "idle device" in refused.detail
+    assert not core.requests
+
+
+def test_no_worker_means_unavailable_not_a_hang():
+    core = make_core()
+    add_model(core, "m", workers=())
+    assert replies(infer(core, 1))[0].body.status is Status.UNAVAILABLE
+
+
+def test_cold_request_loads_then_executes_and_is_answered_with_its_rows():
+    core = ready_core()
+    infer(core, 7, now=0)
+    effects = step(core, core.tick(0), 0)
+    loads = sent(effects, schema.Load)
+    assert len(loads) == 1 and loads[0].body.model_id == "m"
+    assert not sent(effects, schema.Exec)  # never EXEC on a model that is still loading
+    effects = result_for(core, loads[0], now=LOAD_NS)
+    effects += core.tick(LOAD_NS)
+    step(core, effects, LOAD_NS)
+    execs = sent(effects, schema.Exec)
+    assert len(execs) == 1
+    ex = execs[0].body
+    assert ex.batch_size == 1 and ex.earliest_ns <= ex.latest_ns
+    assert ex.latest_ns + EXEC_NS[1] <= 100 * MS  # the window keeps the deadline
+    answer = replies(result_for(core, execs[0], now=LOAD_NS + 3 * MS))[0]
+    assert answer.body.status is Status.OK and answer.body.cold_start
+    assert answer.body.tensors[0].array().tolist() == [[7.0, 7.0]]
+    assert core.counters["met_slo"] == 1
+
+
+def warm(core, model="m", now=0):
+    """Load `model` on w1/0 and return the time it became resident."""
+    infer(core, 10_000, model=model, now=now)
+    load = sent(core.tick(now), schema.Load)[0]
+    t = now + LOAD_NS
+    effects = result_for(core, load, t) + core.tick(t)
+    for ex in sent(effects, schema.Exec):
+        result_for(core, ex, t + 2 * MS)
+    return t + 2 * MS
+
+
+def test_queued_requests_are_batched_to_the_largest_size_that_meets_every_deadline():
+    core = ready_core()
+    t = warm(core)
+    # lane busy with another batch so requests accumulate
+    for i in range(5):
+        infer(core, i, now=t, slo_ms=100)
+    effects = step(core, core.tick(t), t)
+    execs = sent(effects, schema.Exec)
+    assert len(execs) == 1
+    assert execs[0].body.batch_size == 8  # 5 samples padded to the profiled size 8
+    assert len(execs[0].body.tensors) == 5  # each request's tensor forwarded as its own chunk
+    answers = replies(result_for(core, execs[0], t + 7 * MS))
+    assert sorted(a.request_id for a in answers) == [0, 1, 2, 3, 4]
+    for a in answers:
+        assert a.body.tensors[0].array()[0, 0] == a.request_id  # each gets its own rows back
+
+
+def test_a_tight_deadline_limits_the_batch():
+    core = ready_core()
+    t = warm(core)
+    infer(core, 1, now=t, slo_ms=4.5)  # batch of 2 would take 3 ms + 1 ms dispatch: fits; 4 would not
+    for i in range(2, 6):
+        infer(core, i, now=t, slo_ms=100)
+    ex = sent(core.tick(t), schema.Exec)[0].body
+    assert ex.batch_size == 2
+
+
+def test_infeasible_queued_request_is_answered_before_its_deadline():
+    core = ready_core()
+    t = warm(core)
+    infer(core, 1, now=t, slo_ms=50)
+    first = sent(core.tick(t), schema.Exec)[0]
+    # the worker runs very late: no result yet; a new request with a short SLO cannot make it
+    infer(core, 2, now=t + 1 * MS, slo_ms=3.5)
+    later = t + 1 * MS
+    # predicted: lane busy until t + 1ms dispatch + 2ms exec; request 2 would finish at >= t+5ms > deadline t+4.5ms
+    answers = replies(core.tick(later))
+    assert [a.body.status for a in answers] == [Status.DEADLINE_MISSED]
+    assert later < t + 1 * MS + int(3.5 * MS)  # answered before its deadline
+    result_for(core, first, t + 3 * MS)
+    core.check_invariants(t + 3 * MS)
+
+
+def test_dropped_action_requeues_and_serves_later():
+    core = ready_core()
+    t = warm(core)
+    infer(core, 1, now=t, slo_ms=100)
+    ex = sent(core.tick(t), schema.Exec)[0]
+    assert not replies(result_for(core, ex, t + 1 * MS, status=Status.TOO_LATE))
+    assert len(core.models["m"].queue) == 1
+    again = sent(core.tick(t + 1 * MS), schema.Exec)
+    assert len(again) == 1
+    assert replies(result_for(core, again[0], t + 4 * MS))[0].body.status is Status.OK
+
+
+def test_eviction_takes_the_least_recently_used_idle_model_never_one_in_flight():
+    core = make_core()
+    hello(core, memory_bytes=2 * 112 * MIB)  # two 100 MB models (7 pages each) fit, not three
+    for name in ("a", "b", "c"):
+        add_model(core, name)
+    t = warm(core, "a")
+    t = warm(core, "b", now=t)
+    # "a" is busy: an EXEC of it is in flight
+    infer(core, 1, model="a", now=t)
+    busy = sent(core.tick(t), schema.Exec)
+    assert busy and busy[0].body.model_id == "a"
+    infer(core, 2, model="c", now=t)
+    effects = step(core, core.tick(t), t)
+    unloads, loads = sent(effects, schema.Unload), sent(effects, schema.Load)
+    assert [u.body.model_id for u in unloads] == ["b"]
+    assert [l.body.model_id for l in loads] == ["c"]
+    assert core.counters["evictions"] == 1
+
+
+def test_nothing_to_evict_means_no_load():
+    core = make_core()
+    hello(core, memory_bytes=112 * MIB)
+    add_model(core, "a")
+    add_model(core, "b")
+    t = warm(core, "a")
+    infer(core, 1, model="a", now=t)
+    sent(core.tick(t), schema.Exec)  # "a" now has work in flight
+    infer(core, 2, model="b", now=t)
+    assert not sent(step(core, core.tick(t), t), schema.Load)
+
+
+def test_lost_worker_is_detected_and_its_work_requeued():
+    core = ready_core(worker_timeout_ns=2000 * MS)
+    t = warm(core)
+    infer(core, 1, now=t, slo_ms=5000)
+    assert sent(core.tick(t), schema.Exec)
+    late = t + 2001 * MS
+    step(core, core.tick(late), late)
+    assert "w1" not in core.workers and core.counters["workers_lost"] == 1
+    assert len(core.models["m"].queue) == 1  # back in the queue, waiting for another device
+    hello(core, name="w2")
+    prepare = [e for e in hello(core, name="w3") if isinstance(e, PrepareOn)]
+    assert prepare and prepare[0].model == "m"
+
+
+def test_heartbeats_keep_a_worker_and_unknown_workers_are_asked_to_say_hello():
+    core = ready_core(worker_timeout_ns=2000 * MS)
+    for t in range(0, 5000 * MS, 500 * MS):
+        core.on_heartbeat("w1", 1, t, True, t)
+        core.tick(t)
+    assert "w1" in core.workers
+    err = core.on_heartbeat("ghost", 5, 0, True, 0)[0].body
+    assert isinstance(err, schema.Error) and err.status is Status.WORKER_LOST
+
+
+def test_remove_answers_queued_requests_and_drops_after_in_flight_work():
+    core = ready_core()
+    t = warm(core)
+    infer(core, 1, now=t)
+    ex = sent(core.tick(t), schema.Exec)[0]
+    infer(core, 2, now=t)
+    status, effects = core.on_remove("m", t)
+    assert status is Status.OK
+    assert [r.body.status for r in replies(effects)] == [Status.MODEL_NOT_FOUND]
+    assert not sent(effects, schema.Drop)  # request 1 is still executing
+    effects = result_for(core, ex, t + 3 * MS)
+    assert replies(effects)[0].body.status is Status.OK
+    assert sent(effects, schema.Drop) and "m" not in core.models
+    core.check_invariants(t + 3 * MS)
+
+
+def test_upload_waits_for_workers_and_fails_when_all_refuse():
+    core = make_core()
+    hello(core)
+    effects = core.on_upload("m", "profile", ready_core().models["m"].signature, b"c", 5, 0)
+    assert [e.worker for e in effects if isinstance(e, PrepareOn)] == ["w1"]
+    assert not uploads(effects)
+    done = uploads(core.on_prepared("w1", schema.Prepared(model_id="m", status=Status.BAD_MODEL, detail="op X"), 0))
+    assert done[0].status is Status.BAD_MODEL and "op X" in done[0].detail
+    assert "m" not in core.models
+
+
+def test_cancel_answers_a_queued_request():
+    core = ready_core()
+    infer(core, 1)
+    ok, _, effects = core.on_cancel(b"client-1", 1, 0)
+    assert ok and replies(effects)[0].body.status is Status.CANCELLED
+    assert core.on_cancel(b"client-1", 1, 0)[0] is False
+
+
+def test_priority_class_is_served_first():
+    core = ready_core()
+    t = warm(core)
+    infer(core, 1, now=t, slo_ms=100, samples=16)
+    infer(core, 2, now=t, slo_ms=100, samples=16, priority=5)
+    ex = sent(core.tick(t), schema.Exec)[0]
+    assert ex.body.tensors[0].array()[0, 0] == 2
+
+
+def test_latency_model_learns_from_measurements():
+    core = ready_core()
+    t = warm(core)
+    for i in range(40):
+        infer(core, 100 + i, now=t)
+        ex = sent(core.tick(t), schema.Exec)[0]
+        t += 5 * MS
+        result_for(core, ex, t, duration_ns=3 * MS)
+    assert core.latency.exec_ns("m", 1, "emulated") == 3 * MS
+    assert core.status(t)["counters"]["exec_prediction_error_ms_p50"] == 0.0
