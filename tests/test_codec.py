@@ -1,0 +1,139 @@
+"""The pure codec: round trips, limits, and fuzzing (no sockets)."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from common import schema
+from common.checks import BadMessage
+from common.codec import decode, encode, peek_msg_id
+from common.status import Status
+from common.tensors import Tensor
+
+
+def roundtrip(body, **ids):
+    frames = encode(body, ids.get("msg_id", 1), ids.get("parent_id", 0), ids.get("sent_ns", 0))
+    return decode([bytes(f) for f in frames])
+
+
+def test_every_message_type_round_trips():
+    x = Tensor.from_array("x", np.arange(12, dtype=np.float32).reshape(3, 4))
+    bodies = [
+        schema.Upload(name="resnet50", format="profile", input_shapes={"x": (3, 224, 224)}, max_batch=8, blob=b"{}"),
+        schema.Remove(name="m"), schema.ListModels(), schema.GetStatus(),
+        schema.Infer(model="m", slo_ns=10**7, priority=3, tensors=(x,)), schema.Cancel(request_id=5),
+        schema.Reply(status=Status.OK, body={"models": [{"name": "m"}]}),
+        schema.InferReply(status=Status.OK, queue_ns=1, exec_ns=2, total_ns=3, batch_size=4, cold_start=True,
+                          worker="w", tensors=(x,)),
+        schema.Hello(worker="w", runtime="emulated", formats=("profile",),
+                     devices=({"device_id": 0, "kind": "k", "memory_bytes": 10, "page_bytes": 1},)),
+        schema.Heartbeat(lanes_alive=False),
+        schema.Prepared(model_id="m", status=Status.OK, exec_ns={1: 5, 16: 9}, load_ns=3, weights_bytes=7),
+        schema.Result(action="exec", status=Status.TOO_LATE, device_id=0, model_id="m", begin_ns=-5, end_ns=5),
+        schema.Welcome(), schema.HeartbeatAck(echo_sent_ns=-3),
+        schema.Prepare(model_id="m", blob=b"onnx"), schema.Load(device_id=1, model_id="m", earliest_ns=1, latest_ns=2),
+        schema.Unload(device_id=1, model_id="m", earliest_ns=1, latest_ns=2),
+        schema.Exec(device_id=0, model_id="m", batch_size=4, earliest_ns=0, latest_ns=9, tensors=(x, x)),
+        schema.Drop(model_id="m"), schema.Error(status=Status.BAD_MESSAGE, detail="why"),
+    ]
+    assert {type(b) for b in bodies} == set(schema.MESSAGE_TYPES.values())
+    for body in bodies:
+        env = roundtrip(body, msg_id=9, parent_id=4, sent_ns=-7)
+        assert (env.msg_id, env.parent_id, env.sent_ns) == (9, 4, -7)
+        assert type(env.body) is type(body)
+        for name in body.__dataclass_fields__:
+            got, want = getattr(env.body, name), getattr(body, name)
+            if name == "tensors":
+                assert [t.array().tolist() for t in got] == [t.array().tolist() for t in want]
+            elif name == "blob":
+                assert bytes(got) == bytes(want)
+            elif isinstance(want, tuple):
+                assert tuple(got) == tuple(want) or list(map(tuple, got)) == list(map(tuple, want)) or got == want
+            else:
+                assert got == want, name
+
+
+def test_tensor_bytes_are_not_copied_on_decode():
+    data = bytearray(np.ones((2, 2), np.float32).tobytes())
+    frames = encode(schema.Infer(model="m", slo_ns=1, tensors=(Tensor("x", "float32", (2, 2), data),)), 1)
+    env = decode([frames[0], memoryview(data)])
+    data[0:4] = np.float32(5).tobytes()
+    assert env.body.tensors[0].array()[0, 0] == 5.0
+
+
+def bad(frames):
+    with pytest.raises(BadMessage) as info:
+        decode(frames)
+    return info.value
+
+
+def header(**fields):
+    base = {"type": "infer", "msg_id": 1, "model": "m", "slo_ns": 5, "tensors": []}
+    base.update(fields)
+    return msgpack.packb({k: v for k, v in base.items() if v is not None})
+
+
+def test_limits_and_reasons():
+    assert bad([]).status is Status.BAD_MESSAGE
+    assert bad([b"\xc1garbage"]).status is Status.BAD_MESSAGE
+    assert bad([msgpack.packb([1, 2])]).status is Status.BAD_MESSAGE
+    assert bad([header(type="nope")]).status is Status.UNKNOWN_TYPE
+    assert bad([header(proto_version=99)]).status is Status.UNSUPPORTED_VERSION
+    assert "slo_ns" in bad([header(slo_ns=-1)]).detail
+    assert "model" in bad([header(model="../etc")]).detail
+    assert "missing field" in bad([header(model=None)]).detail
+    desc = {"name": "x", "dtype": "float32", "shape": [2, 2]}
+    assert "needs 16" in bad([header(tensors=[desc]), b"\0" * 15]).detail  # byte length = shape x itemsize
+    assert "frames" in bad([header(tensors=[desc])]).detail  # truncated: the data frame is missing
+    assert bad([header(tensors=[{**desc, "dtype": "object"}]), b""]).status is Status.BAD_MESSAGE
+    assert bad([b"\x80" + b"\0" * (schema.MAX_HEADER_BYTES + 1)]).status is Status.BAD_MESSAGE
+    assert "more than" in bad([header(tensors=[desc] * (schema.MAX_TENSORS + 1))]).detail
+
+
+def test_unknown_header_fields_are_ignored():
+    env = decode([header(future_field={"a": 1})])
+    assert env.body.model == "m"
+
+
+def test_peek_msg_id_names_a_broken_request():
+    assert peek_msg_id([msgpack.packb({"msg_id": 42, "type": 3})]) == 42
+    assert peek_msg_id([b"junk"]) == 0
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.binary(max_size=64), min_size=0, max_size=4))
+def test_random_frames_never_raise_anything_but_bad_message(frames):
+    try:
+        decode(frames)
+    except BadMessage:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["type", "msg_id", "model", "slo_ns", "tensors", "name", "blob",
+                                        "status", "device_id", "priority", "body", "exec_ns"]),
+                       st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.text(max_size=8)
+                                    | st.binary(max_size=8), lambda c: st.lists(c, max_size=3)
+                                    | st.dictionaries(st.text(max_size=4), c, max_size=3), max_leaves=8)),
+       st.sampled_from(sorted(schema.MESSAGE_TYPES)), st.integers(0, 3))
+def test_structured_garbage_is_refused_cleanly(fields, msg_type, extra_frames):
+    fields.setdefault("type", msg_type)
+    fields.setdefault("msg_id", 1)
+    try:
+        decode([msgpack.packb(fields, use_bin_type=True)] + [b"x"] * extra_frames)
+    except BadMessage:
+        pass
+
+
+def test_truncated_encodings_of_real_messages_are_refused():
+    x = Tensor.from_array("x", np.ones((2, 3), np.float32))
+    frames = [bytes(f) for f in encode(schema.Infer(model="m", slo_ns=9, tensors=(x,)), 3)]
+    for cut in range(len(frames[0])):
+        with pytest.raises(BadMessage):
+            decode([frames[0][:cut], frames[1]])
+    for cut in range(len(frames[1])):
+        with pytest.raises(BadMessage):
+            decode([frames[0], frames[1][:cut]])

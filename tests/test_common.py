@@ -1,0 +1,95 @@
+"""Clock skew estimation, configuration loading, ONNX signatures and profiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from common import config as cfg
+from common.checks import BadMessage
+from common.clock import SkewEstimator
+from common.models import check_inputs, onnx_signature, parse_profile
+from common.status import Status
+from common.tensors import Tensor
+
+
+def test_skew_estimator_keeps_the_sample_with_the_smallest_round_trip():
+    est = SkewEstimator(window=4)
+    offset = 1_000_000
+    # (send, remote, receive): remote = local + offset, legs of 10/10 us, then a congested 10/500 us sample
+    est.add(0, 10_000 + offset, 20_000)
+    est.add(100_000, 100_010_000 - 100_000_000 + 100_000 + offset, 600_000)
+    assert est.offset_ns == offset
+    assert est.uncertainty_ns == 10_000
+    assert est.to_local(est.to_remote(123)) == 123
+
+
+def test_skew_window_slides():
+    est = SkewEstimator(window=2)
+    est.add(0, 5, 10)  # rtt 10, offset 0
+    est.add(100, 150 + 7, 200)  # rtt 100, offset 7
+    est.add(300, 350 + 7, 400)  # the rtt-10 sample has left the window
+    assert est.offset_ns == 7
+
+
+def test_config_file_and_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[controller]\nstate_dir = "/srv/cw"\n[controller.scheduler]\nlatency_window = 64\n')
+    c = cfg.load(cfg.ControllerConfig, "controller", path, ["scheduler.schedule_ahead_ns=3000000",
+                                                            "client_endpoint=tcp://0.0.0.0:1"])
+    assert c.state_dir == "/srv/cw" and c.scheduler.latency_window == 64
+    assert c.scheduler.schedule_ahead_ns == 3_000_000 and c.client_endpoint == "tcp://0.0.0.0:1"
+    with pytest.raises(ValueError, match="unknown setting"):
+        cfg.load(cfg.ControllerConfig, "controller", None, ["scheduler.typo=1"])
+    with pytest.raises(ValueError, match="expected int"):
+        cfg.load(cfg.WorkerConfig, "worker", None, ["devices=many"])
+
+
+def mlp(dims=("N", 4), extra_input=None):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    inputs = [x] + ([extra_input] if extra_input else [])
+    return helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", inputs, [y])).SerializeToString()
+
+
+def test_onnx_signature_fixes_shapes_and_explains_what_it_cannot():
+    sig = onnx_signature(mlp(), {})
+    assert sig.inputs[0].shape == (4,) and sig.max_batch == 16
+    dyn = mlp(("N", "C"))
+    with pytest.raises(BadMessage, match="--input-shape x="):
+        onnx_signature(dyn, {})
+    assert onnx_signature(dyn, {"x": [4]}).inputs[0].shape == (4,)
+    with pytest.raises(BadMessage) as info:
+        onnx_signature(mlp(), {"x": [5]})
+    assert info.value.status is Status.BAD_INPUT
+    with pytest.raises(BadMessage) as info:
+        onnx_signature(b"\x08\x07not onnx", {})
+    assert info.value.status is Status.BAD_MODEL
+    assert onnx_signature(mlp((1, 4)), {}).max_batch == 1
+    with pytest.raises(BadMessage, match="fixed at 8"):
+        onnx_signature(mlp((8, 4)), {})
+
+
+def test_request_inputs_are_checked_against_the_signature():
+    sig = onnx_signature(mlp(), {})
+    ok = Tensor.from_array("x", np.zeros((3, 4), np.float32))
+    assert check_inputs(sig, (ok,)) == 3
+    for tensors, words in [((), "expected 1"), ((Tensor.from_array("x", np.zeros((3, 4), np.float64)),), "dtype"),
+                           ((Tensor.from_array("x", np.zeros((3, 5), np.float32)),), "shape"),
+                           ((Tensor.from_array("z", np.zeros((3, 4), np.float32)),), "missing"),
+                           ((Tensor.from_array("x", np.zeros((17, 4), np.float32)),), "max batch")]:
+        with pytest.raises(BadMessage, match=words) as info:
+            check_inputs(sig, tensors)
+        assert info.value.status is Status.BAD_INPUT
+
+
+def test_profiles_parse_and_refuse_nonsense():
+    prof = parse_profile(b'{"weights_bytes": 102000000, "load_ms": 8.3, "exec_ms": {"1": 2.7, "8": 9.9}}')
+    assert prof.load_ns == 8_300_000 and prof.exec_ns == {1: 2_700_000, 8: 9_900_000}
+    assert prof.signature.max_batch == 8
+    for blob in (b"nope", b"[]", b'{"weights_bytes": 1, "load_ms": -1, "exec_ms": {"1": 1}}',
+                 b'{"weights_bytes": 1, "load_ms": 1, "exec_ms": {"2": 1}}'):
+        with pytest.raises(BadMessage) as info:
+            parse_profile(blob)
+        assert info.value.status is Status.BAD_MODEL
