@@ -1,0 +1,273 @@
+"""The worker as a real process on loopback, driven by a stand-in controller (a ROUTER).
+
+Asserts behaviour, never speed: windows are honoured (TOO_LATE is never executed), executions
+on a device never overlap, outputs are right, garbage never stops the worker.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import subprocess
+import sys
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from common.clock import monotonic_ns
+from common.codec import encode
+from common.schema import Drop, Error, Exec, Load, Prepared, Result, Unload
+from common.status import Status
+from common.tensors import Tensor
+from tests.worker_helpers import MS, WorkerProcess, direct_run, profile_blob, small_mlp, wait_until_true
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def onnx_worker(tmp_path_factory):
+    worker = WorkerProcess(tmp_path_factory.mktemp("onnx-worker"), "--runtime", "onnxruntime", "--name", "w-onnx")
+    try:
+        yield worker.start()
+    finally:
+        worker.close()
+
+
+@pytest.fixture(scope="module")
+def emulated_worker(tmp_path_factory):
+    worker = WorkerProcess(tmp_path_factory.mktemp("emu-worker"), "--runtime", "emulated", "--devices", "4",
+                           "--name", "w-emu", "--device-memory-mb", "64")
+    try:
+        yield worker.start()
+    finally:
+        worker.close()
+
+
+@pytest.fixture(scope="module")
+def mlp_loaded(onnx_worker):
+    ctl = onnx_worker.ctl
+    model = small_mlp(width=32, layers=3, seed=1)
+    prepared: Prepared = ctl.prepare("mlp", model, max_batch=8).body
+    assert prepared.status is Status.OK, prepared.detail
+    loaded: Result = ctl.load(0, "mlp").body
+    assert loaded.status is Status.OK, loaded.detail
+    return model
+
+
+def result(ctl, msg_id: int) -> Result:
+    body = ctl.reply_to(msg_id).body
+    assert isinstance(body, Result), body
+    return body
+
+
+def test_hello_announces_devices_runtime_and_formats(onnx_worker, emulated_worker):
+    hello = onnx_worker.hello
+    assert (hello.worker, hello.runtime, hello.formats) == ("w-onnx", "onnxruntime", ("onnx",))
+    assert [(d["device_id"], d["kind"]) for d in hello.devices] == [(0, "cpu-1t")]
+    emu = emulated_worker.hello
+    assert emu.runtime == "emulated" and emu.formats == ("profile",)
+    assert [d["device_id"] for d in emu.devices] == [0, 1, 2, 3]
+    assert all(d["kind"] == "emulated" and d["memory_bytes"] == 64 * 2**20 for d in emu.devices)
+    wait_until_true(lambda: "worker ready" in onnx_worker.log(), what="'worker ready' logged")
+
+
+def test_heartbeats_report_live_lanes(onnx_worker):
+    ctl = onnx_worker.ctl
+    seen = len(ctl.heartbeats)
+    ctl.pump_for(0.5)  # heartbeats every 100 ms
+    assert len(ctl.heartbeats) > seen
+    assert all(hb.lanes_alive for hb in ctl.heartbeats)
+
+
+def test_exec_outputs_match_onnxruntime(onnx_worker, mlp_loaded):
+    ctl = onnx_worker.ctl
+    x = np.random.default_rng(5).standard_normal((3, 32)).astype(np.float32)
+    res = result(ctl, ctl.exec_async(0, "mlp", {"x": x}, batch_size=4))
+    assert res.status is Status.OK, res.detail
+    assert (res.action, res.model_id, res.batch_size) == ("exec", "mlp", 4)
+    assert res.end_ns - res.begin_ns >= 0 and res.duration_ns > 0
+    (y,) = res.tensors
+    assert y.shape == (3, 32)
+    np.testing.assert_allclose(y.array(), direct_run(mlp_loaded, x), rtol=1e-5, atol=1e-6)
+
+
+def test_exec_with_a_window_in_the_past_is_too_late(onnx_worker, mlp_loaded):
+    ctl = onnx_worker.ctl
+    now = monotonic_ns()
+    x = np.zeros((1, 32), dtype=np.float32)
+    res = result(ctl, ctl.exec_async(0, "mlp", {"x": x}, earliest_ns=now - 20 * MS, latest_ns=now - 10 * MS))
+    assert res.status is Status.TOO_LATE and res.tensors == ()
+
+
+def test_concurrent_execs_on_a_device_never_overlap(onnx_worker, mlp_loaded):
+    ctl = onnx_worker.ctl
+    x = np.ones((2, 32), dtype=np.float32)
+    ids = [ctl.exec_async(0, "mlp", {"x": x}) for _ in range(12)]
+    results = [result(ctl, i) for i in ids]
+    assert all(r.status is Status.OK for r in results)
+    spans = sorted((r.begin_ns, r.end_ns) for r in results)
+    assert all(end <= nxt for (_, end), (nxt, _) in zip(spans, spans[1:]))
+
+
+def test_refusals_are_answered(onnx_worker, mlp_loaded):
+    ctl = onnx_worker.ctl
+    now = monotonic_ns()
+    far = now + 60_000 * MS
+    x = Tensor.from_array("x", np.zeros((1, 32), dtype=np.float32))
+    unknown_device = ctl.send(Exec(device_id=7, model_id="mlp", batch_size=1, earliest_ns=now, latest_ns=far,
+                                   tensors=(x,)))
+    not_loaded = ctl.send(Exec(device_id=0, model_id="ghost", batch_size=1, earliest_ns=now, latest_ns=far,
+                               tensors=(x,)))
+    not_prepared = ctl.send(Load(device_id=0, model_id="ghost", earliest_ns=now, latest_ns=far))
+    twice = ctl.send(Load(device_id=0, model_id="mlp", earliest_ns=now, latest_ns=far))
+    assert result(ctl, unknown_device).status is Status.BAD_INPUT
+    assert result(ctl, not_loaded).status is Status.NOT_LOADED
+    assert result(ctl, not_prepared).status is Status.NOT_PREPARED
+    assert result(ctl, twice).status is Status.ALREADY_LOADED
+    bad = ctl.prepare("junk", b"\x00not an onnx file").body
+    assert bad.status is Status.BAD_MODEL and bad.detail
+
+
+def test_too_big_to_load_is_insufficient_memory(emulated_worker):
+    ctl = emulated_worker.ctl
+    assert ctl.prepare("huge", profile_blob(weights_bytes=65 * 2**20), fmt="profile").body.status is Status.OK
+    res = ctl.load(1, "huge").body
+    assert res.status is Status.INSUFFICIENT_MEMORY and "pages" in res.detail
+
+
+def test_emulated_devices_follow_their_profile_and_each_runs_one_exec_at_a_time(emulated_worker):
+    ctl = emulated_worker.ctl
+    blob = profile_blob(load_ms=3.0, exec_ms={1: 4.0, 4: 8.0}, weights_bytes=16 * 2**20)
+    assert ctl.prepare("resnet", blob, fmt="profile", max_batch=4).body.status is Status.OK
+    for device_id in range(4):
+        loaded = ctl.load(device_id, "resnet").body
+        assert loaded.status is Status.OK and loaded.duration_ns >= 3 * MS
+    x = np.zeros((1, 16), dtype=np.float32)
+    ids = {ctl.exec_async(d, "resnet", {"data": x}): d for _ in range(5) for d in range(4)}
+    by_device: dict[int, list] = {d: [] for d in range(4)}
+    for msg_id, device_id in ids.items():
+        res = result(ctl, msg_id)
+        assert res.status is Status.OK and res.device_id == device_id
+        assert res.duration_ns >= 4 * MS
+        assert res.tensors[0].shape == (1, 10)
+        by_device[device_id].append((res.begin_ns, res.end_ns))
+    for spans in by_device.values():
+        spans.sort()
+        assert all(end <= nxt for (_, end), (nxt, _) in zip(spans, spans[1:]))
+
+
+def test_a_lane_stuck_far_past_its_expected_time_shows_in_heartbeats(emulated_worker):
+    ctl = emulated_worker.ctl
+    # 2.6 s of exec announced as 1 ms: past the 2 s minimum allowance, the lane counts as stuck
+    blob = profile_blob(load_ms=1.0, exec_ms={1: 2600.0})
+    assert ctl.prepare("sluggish", blob, fmt="profile").body.status is Status.OK
+    assert ctl.load(3, "sluggish").body.status is Status.OK
+    seen = len(ctl.heartbeats)
+    msg_id = ctl.exec_async(3, "sluggish", {"data": np.zeros((1, 16), np.float32)}, expected_ns=1 * MS)
+    assert result(ctl, msg_id).status is Status.OK
+    assert any(not hb.lanes_alive for hb in ctl.heartbeats[seen:])
+    after = len(ctl.heartbeats)
+    ctl.pump_for(0.35)
+    assert len(ctl.heartbeats) > after and all(hb.lanes_alive for hb in ctl.heartbeats[after:])
+
+
+def test_worker_lost_makes_it_hello_again_with_what_it_holds(emulated_worker):
+    ctl = emulated_worker.ctl
+    assert ctl.prepare("kept", profile_blob(), fmt="profile").body.status is Status.OK
+    assert ctl.load(2, "kept").body.status is Status.OK
+    ctl.send(Error(status=Status.WORKER_LOST, detail="controller restarted"))
+    hello = ctl.wait_hello(10)
+    assert "kept" in hello.prepared
+    assert {"device_id": 2, "model_id": "kept"} in hello.resident
+
+
+def test_drop_unloads_everywhere_and_forgets(emulated_worker):
+    ctl = emulated_worker.ctl
+    assert ctl.prepare("gone", profile_blob(), fmt="profile").body.status is Status.OK
+    assert ctl.load(0, "gone").body.status is Status.OK
+    assert ctl.load(3, "gone").body.status is Status.OK
+    ctl.send(Drop(model_id="gone"))
+    now = monotonic_ns()
+    unload = ctl.send(Unload(device_id=0, model_id="gone", earliest_ns=now + 50 * MS, latest_ns=now + 60_000 * MS))
+    assert result(ctl, unload).status is Status.NOT_LOADED
+    assert ctl.load(3, "gone").body.status is Status.NOT_PREPARED
+    ctl.send(Error(status=Status.WORKER_LOST))
+    hello = ctl.wait_hello(10)
+    assert "gone" not in hello.prepared and all(r["model_id"] != "gone" for r in hello.resident)
+
+
+# ------------------------------------------------------------------------------- garbage
+
+def _valid_frames() -> list[list[bytes]]:
+    x = Tensor.from_array("x", np.zeros((1, 32), dtype=np.float32))
+    msgs = [Exec(device_id=0, model_id="mlp", batch_size=1, earliest_ns=0, latest_ns=1, tensors=(x,)),
+            Load(device_id=0, model_id="mlp", earliest_ns=0, latest_ns=1)]
+    return [[bytes(f) for f in encode(m, 1 << 40)] for m in msgs]
+
+
+VALID = _valid_frames()
+packable_ints = st.integers(-2**63, 2**64 - 1)
+field_values = st.one_of(st.none(), st.booleans(), packable_ints, st.text(max_size=20),
+                         st.binary(max_size=20), st.lists(packable_ints, max_size=3), st.floats(allow_nan=True))
+headers = st.fixed_dictionaries(
+    {"type": st.sampled_from(["exec", "load", "unload", "prepare", "drop", "hello", "nonsense", 7]),
+     "msg_id": st.one_of(st.integers(0, 2**64 - 1), st.text(max_size=3))},
+    optional={"device_id": field_values, "model_id": field_values, "batch_size": field_values,
+              "earliest_ns": field_values, "latest_ns": field_values, "tensors": field_values,
+              "proto_version": field_values},
+).map(lambda h: [msgpack.packb(h, use_bin_type=True)])
+random_frames = st.lists(st.binary(max_size=200), min_size=0, max_size=4)
+
+
+def _truncate(which: int, frames_cut: int, header_cut: int) -> list[bytes]:
+    """A valid message missing its last frames and/or the end of its header."""
+    frames = VALID[which][: len(VALID[which]) - frames_cut]
+    return [f[: max(0, len(f) - header_cut)] if i == 0 else f for i, f in enumerate(frames)]
+
+
+truncated = st.builds(_truncate, st.sampled_from(range(len(VALID))), st.integers(0, 3), st.integers(0, 400))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=st.one_of(random_frames, headers, truncated))
+def test_garbage_never_stops_the_worker(onnx_worker, frames):
+    ctl = onnx_worker.ctl
+    ctl.send_frames(frames)
+    probe = ctl.send(Exec(device_id=4000, model_id="probe", batch_size=1, earliest_ns=0, latest_ns=2**62,
+                          tensors=(Tensor.from_array("x", np.zeros((1, 32), np.float32)),)))
+    assert result(ctl, probe).status is Status.BAD_INPUT
+    ctl.drain()  # the ERROR replies to the garbage
+    assert onnx_worker.proc.poll() is None
+
+
+def test_hello_repeats_until_welcomed_and_sigterm_stops_cleanly(tmp_path):
+    worker = WorkerProcess(tmp_path, "--runtime", "emulated", "--devices", "2")
+    try:
+        worker.ctl.welcome = False
+        first = worker.start().hello
+        assert worker.ctl.wait_hello(10) == first  # once a second until WELCOME
+        worker.ctl.welcome = True
+        worker.ctl.wait_hello(10)
+        wait_until_true(lambda: "worker ready" in worker.log(), what="'worker ready' logged")
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(30) == 0
+        assert "worker stopped" in worker.log()
+    finally:
+        worker.close()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_an_unavailable_runtime_exits_2_with_one_line():
+    proc = subprocess.run([sys.executable, "-m", "worker.main", "--runtime", "tensorrt", "--controller",
+                           "tcp://127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "tensorrt" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_bad_setting_exits_2():
+    proc = subprocess.run([sys.executable, "-m", "worker.main", "--set", "no_such_knob=1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no_such_knob" in proc.stderr

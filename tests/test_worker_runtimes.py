@@ -1,0 +1,142 @@
+"""Runtimes behind a device's lanes: the emulated one waits its profile, onnxruntime's outputs are
+exactly what onnxruntime gives, padding never leaks out, bad inputs are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.checks import BadMessage
+from common.clock import monotonic_ns
+from common.config import WorkerConfig
+from common.models import onnx_signature, parse_profile
+from common.schema import Prepare
+from common.status import Status
+from common.tensors import Tensor
+from worker.lanes import pad_inputs, trim_outputs, wait_until
+from worker.runtimes.emulated import EmulatedRuntime, exec_ns_for
+from worker.runtimes.onnxrt import OnnxRuntime
+from tests.worker_helpers import Collector, MS, direct_run, make_device, make_preparer, profile_blob, small_mlp, window
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_wait_until_never_returns_early():
+    for delay_ns in (0, 50_000, 300_000, 2 * MS):
+        target = monotonic_ns() + delay_ns
+        assert wait_until(target) >= target
+        assert monotonic_ns() >= target
+
+
+def test_emulated_exec_uses_the_smallest_profiled_batch_that_holds_it():
+    prof = parse_profile(profile_blob(exec_ms={1: 1.0, 4: 2.0, 16: 5.0}))
+    assert [exec_ns_for(prof, b) for b in (1, 2, 4, 5, 16)] == [1 * MS, 2 * MS, 2 * MS, 5 * MS, 5 * MS]
+
+
+def test_emulated_device_waits_its_profile_and_returns_zero_outputs_trimmed():
+    config = WorkerConfig(runtime="emulated", devices=3)
+    runtime = EmulatedRuntime(config)
+    assert [d.kind for d in runtime.devices()] == ["emulated"] * 3
+    device, emit, store = make_device(runtime, device_id=2)
+    device.start()
+    try:
+        blob = profile_blob(load_ms=4.0, exec_ms={1: 3.0, 4: 6.0},
+                            inputs=[{"name": "data", "dtype": "float32", "shape": [5]}],
+                            outputs=[{"name": "prob", "dtype": "float32", "shape": [7]},
+                                     {"name": "boxes", "dtype": "int64", "shape": [2, 3]}])
+        assert make_preparer(runtime, store, Collector()).prepare(
+            Prepare(model_id="emu", format="profile", blob=blob, max_batch=4)).status.ok
+        device.submit_load(1, "emu", *window())
+        load = emit.for_parent(1)
+        assert load.status is Status.OK and load.duration_ns >= 4 * MS
+        x = np.ones((3, 5), dtype=np.float32)
+        device.submit_exec(2, "emu", 4, (Tensor.from_array("data", x),), *window())
+        done = emit.for_parent(2)
+        assert done.status is Status.OK, done.detail
+        assert done.duration_ns >= 6 * MS  # batch 4's profiled time; no upper bound asserted
+        outputs = {t.name: t.array() for t in done.tensors}
+        assert outputs["prob"].shape == (3, 7) and not outputs["prob"].any()
+        assert outputs["boxes"].shape == (3, 2, 3) and outputs["boxes"].dtype == np.int64
+        assert done.device_id == 2 and done.batch_size == 4
+    finally:
+        device.stop()
+
+
+@pytest.fixture(scope="module")
+def onnx_device():
+    runtime = OnnxRuntime(WorkerConfig(devices=1))
+    assert runtime.devices()[0].kind == "cpu-1t"
+    device, emit, store = make_device(runtime)
+    device.start()
+    model = small_mlp(width=16, layers=3, seed=3)
+    assert make_preparer(runtime, store, Collector(), device).prepare(
+        Prepare(model_id="mlp", format="onnx", blob=model, max_batch=8)).status.ok
+    device.submit_load(1, "mlp", *window())
+    assert emit.for_parent(1).status is Status.OK
+    yield device, emit, model
+    device.stop()
+
+
+@pytest.mark.parametrize("samples, batch_size", [(1, 1), (3, 4), (5, 8), (8, 8)])
+def test_onnx_outputs_equal_onnxruntime_run_directly_with_padding_trimmed(onnx_device, samples, batch_size):
+    device, emit, model = onnx_device
+    x = np.random.default_rng(samples).standard_normal((samples, 16)).astype(np.float32)
+    parent = 100 + samples * 10 + batch_size
+    device.submit_exec(parent, "mlp", batch_size, (Tensor.from_array("x", x),), *window())
+    done = emit.for_parent(parent)
+    assert done.status is Status.OK, done.detail
+    (y,) = done.tensors
+    assert y.name == "y" and y.shape == (samples, 16)
+    np.testing.assert_allclose(y.array(), direct_run(model, x), rtol=1e-5, atol=1e-6)
+
+
+def test_onnx_exec_refusals(onnx_device):
+    device, emit, _model = onnx_device
+    x = Tensor.from_array("x", np.zeros((2, 16), dtype=np.float32))
+    cases = {
+        201: ("mlp", 1, (x,), Status.BAD_INPUT),  # 2 samples in a batch of 1
+        202: ("mlp", 16, (x,), Status.BAD_INPUT),  # over the model's max batch of 8
+        203: ("mlp", 2, (Tensor.from_array("x", np.zeros((2, 15), dtype=np.float32)),), Status.BAD_INPUT),
+        204: ("mlp", 2, (Tensor.from_array("x", np.zeros((2, 16), dtype=np.float64)),), Status.BAD_INPUT),
+        205: ("mlp", 2, (), Status.BAD_INPUT),
+        206: ("absent", 2, (x,), Status.NOT_LOADED),
+    }
+    for parent, (model_id, batch, tensors, _status) in cases.items():
+        device.submit_exec(parent, model_id, batch, tensors, *window())
+    for parent, (*_, status) in cases.items():
+        done = emit.for_parent(parent)
+        assert done.status is status and done.detail and done.tensors == ()
+    assert device.healthy(monotonic_ns())
+
+
+def test_onnx_exec_past_its_window_is_too_late_and_not_run(onnx_device):
+    device, emit, _model = onnx_device
+    now = monotonic_ns()
+    device.submit_exec(300, "mlp", 1, (Tensor.from_array("x", np.zeros((1, 16), np.float32)),), now - 5 * MS, now - MS)
+    done = emit.for_parent(300)
+    assert done.status is Status.TOO_LATE and done.tensors == () and done.duration_ns == 0
+
+
+def test_pad_and_trim_directly():
+    sig = onnx_signature(small_mlp(width=4), {}, 8)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    inputs, samples = pad_inputs(sig, (Tensor.from_array("x", x),), 4)
+    assert samples == 2 and inputs["x"].shape == (4, 4)
+    np.testing.assert_array_equal(inputs["x"][:2], x)
+    assert not inputs["x"][2:].any()
+    (y,) = trim_outputs(sig, {"y": np.ones((4, 4), np.float32)}, samples, 4)
+    assert y.shape == (2, 4)
+    with pytest.raises(BadMessage) as err:
+        pad_inputs(sig, (Tensor.from_array("x", x),), 1)
+    assert err.value.status is Status.BAD_INPUT
+
+
+def test_pad_joins_one_chunk_per_request_in_batch_order():
+    sig = onnx_signature(small_mlp(width=4), {}, 8)
+    a = np.full((1, 4), 1, np.float32)
+    b = np.full((2, 4), 2, np.float32)
+    inputs, samples = pad_inputs(sig, (Tensor.from_array("x", a), Tensor.from_array("x", b)), 4)
+    assert samples == 3
+    assert inputs["x"][:, 0].tolist() == [1, 2, 2, 0]
+    with pytest.raises(BadMessage):  # a chunk of the wrong shape is refused like any bad input
+        pad_inputs(sig, (Tensor.from_array("x", a), Tensor.from_array("x", np.ones((1, 5), np.float32))), 4)

@@ -1,0 +1,329 @@
+"""The worker's daemon shell: one socket to the controller, a Poller loop, nothing decided here.
+
+The loop (the only thread that touches the socket) does four things:
+- joins: HELLO every second until WELCOME, again whenever the controller says WORKER_LOST;
+- heartbeats every interval with `lanes_alive`, and turns each HEARTBEAT_ACK into a skew sample;
+- decodes each message and hands it to its device's lane or to the prepare thread, translating
+  windows from the controller's clock to ours;
+- sends what the lanes and the prepare thread finished. They never touch the socket (ZeroMQ
+  sockets are not thread-safe): they put results on the `Outbox`, a queue plus a pipe whose
+  read end sits in the Poller, so the loop wakes the moment a result is ready.
+Nothing a peer sends can stop the loop: bad frames are answered with ERROR or logged and dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+from typing import Any, Callable
+
+import msgpack
+import zmq
+
+from common import schema
+from common.checks import BadMessage
+from common.clock import SkewEstimator, monotonic_ns
+from common.codec import decode, encode
+from common.config import WorkerConfig
+from common.net import IdSource, dealer
+from common.schema import (Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load, Message, Prepare,
+                           Result, Unload, Welcome)
+from common.status import Status
+from worker.lanes import Device, Done
+from worker.runtimes.base import Runtime
+from worker.store import ModelStore, Preparer
+
+HELLO_RETRY_NS = 1_000_000_000  # until WELCOME arrives
+MAX_RECV_PER_WAKE = 256  # then look at the outbox, so results never wait behind a flood
+MAX_DETAIL = 4096
+
+
+class Outbox:
+    """Hand-off from any thread to the daemon loop: a queue, and a pipe the Poller watches."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        self._closed = False
+
+    def fileno(self) -> int:
+        return self._read_fd
+
+    def put(self, item: Any) -> None:
+        self._queue.put(item)
+        self.wake()
+
+    def wake(self) -> None:
+        if self._closed:
+            return  # a straggling thread after shutdown: nobody is listening
+        try:
+            os.write(self._write_fd, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is awake already and drains the queue
+
+    def drain(self) -> list:
+        try:
+            while os.read(self._read_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        items = []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return items
+
+    def close(self) -> None:
+        self._closed = True
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
+
+def default_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Daemon:
+    def __init__(self, config: WorkerConfig, runtime: Runtime, log: Any, ctx: zmq.Context | None = None):
+        self.config = config
+        self.name = config.name or default_name()
+        self.runtime = runtime
+        self.log = log
+        self.skew = SkewEstimator()
+        self.ids = IdSource()
+        self.outbox = Outbox()
+        self.store = ModelStore()
+        self.devices = {info.device_id: Device(info, config.page_bytes, runtime, self.store, self.outbox.put, log)
+                        for info in runtime.devices()}
+        self.preparer = Preparer(runtime, self.store, self._profile_on_device0,
+                                 lambda body, parent: self.outbox.put((body, parent)), config.profile_runs, log)
+        self._ctx = ctx or zmq.Context.instance()
+        self._sock = dealer(self._ctx, config.controller, self.name.encode(),
+                            max_msg_bytes=schema.MAX_MODEL_BYTES + schema.MAX_HEADER_BYTES)
+        self._welcomed = False
+        self._ever_welcomed = False
+        self._heartbeat_ns = 0
+        self._next_timer_ns = 0  # next HELLO retry or heartbeat
+        self._hellos: dict[int, int] = {}  # HELLO msg_id -> sent_ns, for a skew sample from WELCOME
+        self._lane_end_ns: dict[tuple[int, bool], int] = {}  # (device, is exec lane) -> last end, remote
+        self._stopping = False
+        self._handlers: dict[type, Callable[[Envelope], None]] = {
+            Welcome: self.on_welcome, HeartbeatAck: self.on_heartbeat_ack, Error: self.on_error,
+            Prepare: self.on_prepare, Load: self.on_load, Unload: self.on_unload, Exec: self.on_exec,
+            Drop: self.on_drop,
+        }
+
+    def _profile_on_device0(self, fn):
+        return self.devices[0].run_exclusive(fn).result()
+
+    # ---------------------------------------------------------------------------- lifecycle
+
+    def run(self) -> None:
+        """Serve until stop() is called (from a signal handler or another thread)."""
+        for device in self.devices.values():
+            device.start()
+        self.preparer.start()
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self.outbox.fileno(), zmq.POLLIN)
+        try:
+            while not self._stopping:
+                timeout_ms = max(0, (self._next_timer_ns - monotonic_ns()) // 1_000_000 + 1)
+                events = dict(poller.poll(timeout_ms))
+                if self._sock in events:
+                    self._receive()
+                self._flush_outbox()
+                if monotonic_ns() >= self._next_timer_ns:
+                    self._on_timer(monotonic_ns())
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        """Ask the loop to end; safe from signal handlers and other threads."""
+        self._stopping = True
+        self.outbox.wake()
+
+    def _shutdown(self) -> None:
+        for device in self.devices.values():
+            device.stop()  # each lane finishes its job and runs runtime.lane_stopped on its thread
+        self.preparer.stop()
+        try:
+            self.runtime.close()
+        except Exception:
+            self.log.exception("runtime close failed")
+        self._sock.close(linger=0)
+        self.outbox.close()
+        self.log.info("worker stopped", worker=self.name)
+
+    # ---------------------------------------------------------------------------- timers
+
+    def _on_timer(self, now_ns: int) -> None:
+        if not self._welcomed:
+            self._send_hello()
+            self._next_timer_ns = now_ns + HELLO_RETRY_NS
+        else:
+            self._send(Heartbeat(lanes_alive=self.lanes_alive(now_ns)))
+            self._next_timer_ns = now_ns + self._heartbeat_ns
+
+    def lanes_alive(self, now_ns: int) -> bool:
+        return self.preparer.alive() and all(d.healthy(now_ns) for d in self.devices.values())
+
+    def hello(self) -> Hello:
+        devices = [{"device_id": d.device_id, "kind": d.info.kind, "memory_bytes": d.info.memory_bytes,
+                    "page_bytes": self.config.page_bytes} for d in self.devices.values()]
+        resident = [{"device_id": d.device_id, "model_id": m} for d in self.devices.values() for m in d.resident_ids()]
+        return Hello(worker=self.name, runtime=self.runtime.name, formats=tuple(self.runtime.formats),
+                     devices=tuple(devices), prepared=tuple(self.store.model_ids()), resident=tuple(resident))
+
+    def _send_hello(self) -> None:
+        msg_id, sent_ns = self._send(self.hello())
+        self._hellos = {k: v for k, v in self._hellos.items() if sent_ns - v < 10 * HELLO_RETRY_NS}
+        self._hellos[msg_id] = sent_ns
+
+    # ---------------------------------------------------------------------------- inbound
+
+    def _receive(self) -> None:
+        for _ in range(MAX_RECV_PER_WAKE):
+            try:
+                frames = [f.buffer for f in self._sock.recv_multipart(zmq.NOBLOCK, copy=False)]
+            except zmq.Again:
+                return
+            self._on_frames(frames)
+
+    def _on_frames(self, frames: list) -> None:
+        try:
+            env = decode(frames)
+        except BadMessage as exc:
+            self._refuse(frames, exc.status, exc.detail)
+            return
+        handler = self._handlers.get(type(env.body))
+        if handler is None:
+            self._send(Error(status=Status.BAD_MESSAGE, detail=f"a worker does not handle {env.body.TYPE.value!r}"),
+                       env.msg_id)
+            return
+        try:
+            handler(env)
+        except Exception:  # our bug: logged loudly, but one message never stops the worker
+            self.log.exception("handler failed", type=env.body.TYPE.value, msg_id=env.msg_id)
+            self._send(Error(status=Status.INTERNAL, detail="the worker failed handling this message"), env.msg_id)
+
+    def _refuse(self, frames: list, status: Status, detail: str) -> None:
+        msg_type, msg_id = peek_header(frames)
+        self.log.warning("bad message", status=status.name, detail=detail[:300], type=msg_type)
+        if msg_type != schema.MsgType.ERROR.value:  # never answer an error with an error
+            self._send(Error(status=status, detail=detail[:MAX_DETAIL]), msg_id)
+
+    def on_welcome(self, env: Envelope) -> None:
+        sent_ns = self._hellos.pop(env.parent_id, None)
+        if sent_ns is not None:
+            self.skew.add(sent_ns, env.sent_ns, monotonic_ns())
+        self._heartbeat_ns = env.body.heartbeat_interval_ns
+        self._next_timer_ns = monotonic_ns() + self._heartbeat_ns
+        if not self._welcomed:
+            self._welcomed = True
+            event = "worker rejoined" if self._ever_welcomed else "worker ready"
+            self._ever_welcomed = True
+            self.log.info(event, worker=self.name, runtime=self.runtime.name, devices=len(self.devices),
+                          controller=self.config.controller, heartbeat_interval_ns=self._heartbeat_ns)
+
+    def on_heartbeat_ack(self, env: Envelope) -> None:
+        self.skew.add(env.body.echo_sent_ns, env.sent_ns, monotonic_ns())
+
+    def on_error(self, env: Envelope) -> None:
+        body: Error = env.body
+        if body.status is Status.WORKER_LOST:
+            self.log.warning("controller lost us; joining again", detail=body.detail)
+            self._welcomed = False
+            self._next_timer_ns = 0
+        else:
+            self.log.warning("controller error", status=body.status.name, detail=body.detail, parent_id=env.parent_id)
+
+    def on_prepare(self, env: Envelope) -> None:
+        self.preparer.submit(env.msg_id, env.body)
+
+    def on_load(self, env: Envelope) -> None:
+        m: Load = env.body
+        if (device := self._device(env, "load")) is not None:
+            device.submit_load(env.msg_id, m.model_id, self.skew.to_local(m.earliest_ns),
+                               self.skew.to_local(m.latest_ns), m.expected_ns)
+
+    def on_unload(self, env: Envelope) -> None:
+        m: Unload = env.body
+        if (device := self._device(env, "unload")) is not None:
+            device.submit_unload(env.msg_id, m.model_id, self.skew.to_local(m.earliest_ns),
+                                 self.skew.to_local(m.latest_ns))
+
+    def on_exec(self, env: Envelope) -> None:
+        m: Exec = env.body
+        if (device := self._device(env, "exec")) is not None:
+            device.submit_exec(env.msg_id, m.model_id, m.batch_size, m.tensors, self.skew.to_local(m.earliest_ns),
+                               self.skew.to_local(m.latest_ns), m.expected_ns)
+
+    def on_drop(self, env: Envelope) -> None:
+        model_id = env.body.model_id
+        known = self.store.forget(model_id)  # first, so that no later LOAD finds it
+        for device in self.devices.values():
+            device.submit_drop(model_id)
+        self.log.info("model dropped", model_id=model_id, was_prepared=known)
+
+    def _device(self, env: Envelope, action: str) -> Device | None:
+        device = self.devices.get(env.body.device_id)
+        if device is None:
+            self._send(Result(action=action, status=Status.BAD_INPUT, device_id=env.body.device_id,
+                              model_id=env.body.model_id, detail=f"this worker has no device {env.body.device_id}; "
+                              f"it has {len(self.devices)}", batch_size=getattr(env.body, "batch_size", 0)), env.msg_id)
+        return device
+
+    # ---------------------------------------------------------------------------- outbound
+
+    def _flush_outbox(self) -> None:
+        for item in self.outbox.drain():
+            if isinstance(item, Done):
+                self._send(self.result_of(item), item.parent_id)
+            else:
+                body, parent_id = item
+                self._send(body, parent_id)
+
+    def result_of(self, done: Done) -> Result:
+        """The RESULT for what a lane did, its times moved onto the controller's clock.
+
+        The skew estimate improves as samples arrive, so two results translated with different
+        estimates could appear to overlap by a few microseconds. A lane's actions are disjoint in
+        fact, so a begin is never put before the lane's previous end; durations stay exact.
+        """
+        begin_ns = self.skew.to_remote(done.begin_ns)
+        if done.status is not Status.TOO_LATE:  # TOO_LATE never ran, so it occupied no lane
+            lane = (done.device_id, done.action == "exec")
+            begin_ns = max(begin_ns, self._lane_end_ns.get(lane, begin_ns))
+            self._lane_end_ns[lane] = begin_ns + (done.end_ns - done.begin_ns)
+        return Result(action=done.action, status=done.status, detail=done.detail[:MAX_DETAIL],
+                      device_id=done.device_id, model_id=done.model_id, begin_ns=begin_ns,
+                      end_ns=begin_ns + (done.end_ns - done.begin_ns), duration_ns=done.duration_ns,
+                      batch_size=done.batch_size, tensors=done.tensors)
+
+    def _send(self, body: Message, parent_id: int = 0) -> tuple[int, int]:
+        msg_id, sent_ns = self.ids.next(), monotonic_ns()
+        try:
+            self._sock.send_multipart(encode(body, msg_id, parent_id, sent_ns), zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # the controller is gone and the queue is full: it will resync us
+            self.log.warning("send dropped", type=body.TYPE.value)
+        return msg_id, sent_ns
+
+
+def peek_header(frames: list) -> tuple[str | None, int]:
+    """Best effort (type, msg_id) of a message that failed to decode, for the error reply."""
+    try:
+        raw = memoryview(frames[0])
+        if raw.nbytes > schema.MAX_HEADER_BYTES:
+            return None, 0
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        msg_id = header.get("msg_id", 0) if isinstance(header, dict) else 0
+        msg_type = header.get("type") if isinstance(header, dict) else None
+        ok_id = type(msg_id) is int and 0 <= msg_id <= schema.U64
+        return (msg_type if isinstance(msg_type, str) else None), (msg_id if ok_id else 0)
+    except Exception:
+        return None, 0

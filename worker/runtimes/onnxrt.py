@@ -1,0 +1,119 @@
+"""The onnxruntime runtime: each device is a CPU core set running one session at a time.
+
+Predictability on a CPU comes from not sharing: one EXEC lane runs one `session.run` at a time
+with `threads_per_lane` intra-op threads (1 by default: measured, 2 intra-op threads on 2 shared
+cores put p99 at 9-22x the median; 1 thread keeps it at 1.1-1.4x), one inter-op thread and
+sequential execution. PREPARE validates the model by building a session once, off the lanes,
+and keeps the bytes in host memory; LOAD builds the device's session from those bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from common.clock import monotonic_ns
+from common.models import Signature
+from common.status import Status
+from worker.runtimes.base import DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure, RuntimeUnavailable
+
+PROFILE_PERCENTILE = 90  # exec time reported per batch size: a high percentile of the runs
+ORT_LOG_ERRORS_ONLY = 3
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise RuntimeUnavailable(f"onnxruntime is not installed: {exc}") from None
+    return onnxruntime
+
+
+def percentile_ns(samples: list[int], pct: float) -> int:
+    ordered = sorted(samples)
+    return int(ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))])
+
+
+def sample_inputs(signature: Signature, batch_size: int) -> dict[str, np.ndarray]:
+    """Inputs of the right shapes and dtypes for profiling (zeros: only timing matters)."""
+    return {s.name: np.zeros((batch_size, *s.shape), dtype=s.dtype) for s in signature.inputs}
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    session: Any  # onnxruntime.InferenceSession
+    output_names: tuple[str, ...]
+
+
+class OnnxRuntime(Runtime):
+    name = "onnxruntime"
+    formats = ("onnx",)
+
+    def __init__(self, config):
+        self._ort = _ort()
+        if "CPUExecutionProvider" not in self._ort.get_available_providers():
+            raise RuntimeUnavailable("onnxruntime has no CPUExecutionProvider")
+        self._config = config
+        self._threads = max(1, int(config.threads_per_lane))
+
+    def devices(self) -> list[DeviceInfo]:
+        kind = f"cpu-{self._threads}t"
+        return [DeviceInfo(i, kind, self._config.device_memory_bytes) for i in range(self._config.devices)]
+
+    def session_options(self):
+        opts = self._ort.SessionOptions()
+        opts.intra_op_num_threads = self._threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = ORT_LOG_ERRORS_ONLY
+        return opts
+
+    def _session(self, model_bytes: bytes):
+        try:
+            return self._ort.InferenceSession(model_bytes, self.session_options(), providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            first = str(exc).strip().splitlines()
+            reason = first[0][:500] if first else type(exc).__name__
+            raise RuntimeFailure(Status.RUNTIME_ERROR, f"onnxruntime cannot load the model: {reason}")
+
+    def prepare(self, model_id: str, digest: str, fmt: str, blob: bytes, signature: Signature) -> PreparedModel:
+        if fmt != "onnx":
+            raise RuntimeFailure(Status.BAD_MODEL, f"the onnxruntime runtime serves ONNX models, not {fmt!r}")
+        model_bytes = bytes(blob)
+        self._session(model_bytes)  # fail here, off the lanes, if onnxruntime cannot run it
+        return PreparedModel(model_id, digest, signature, len(model_bytes), model_bytes)
+
+    def profile(self, device_id: int, model: PreparedModel, batch_sizes: list[int], runs: int) -> Profile:
+        start = monotonic_ns()
+        session = self.load(device_id, model)
+        load_ns = monotonic_ns() - start
+        exec_ns = {}
+        for batch in batch_sizes:
+            inputs = sample_inputs(model.signature, batch)
+            self.execute(device_id, session, inputs)  # warm-up: first runs allocate
+            times = []
+            for _ in range(max(1, runs)):
+                t0 = monotonic_ns()
+                self.execute(device_id, session, inputs)
+                times.append(monotonic_ns() - t0)
+            exec_ns[batch] = percentile_ns(times, PROFILE_PERCENTILE)
+        return Profile(load_ns, exec_ns)
+
+    def load(self, device_id: int, model: PreparedModel) -> _Loaded:
+        session = self._session(model.host)
+        return _Loaded(session, tuple(o.name for o in session.get_outputs()))
+
+    def unload(self, device_id: int, handle) -> None:
+        pass  # dropping the last reference frees the session
+
+    def execute(self, device_id: int, handle: _Loaded,
+                inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int | None]:
+        names = handle.output_names
+        try:
+            values = handle.session.run(names, inputs)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()
+            raise RuntimeFailure(Status.RUNTIME_ERROR, first[0][:500] if first else type(exc).__name__)
+        return dict(zip(names, values)), None

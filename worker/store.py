@@ -1,0 +1,191 @@
+"""The host model store, and the prepare thread that fills it.
+
+Every prepared model is kept in host memory so that a LOAD is a copy, never a compile. Models
+are stored by digest (sha256 of the bytes, the input shapes and the batch limit): a thousand
+model ids uploaded with identical bytes share one `PreparedModel` and one profile, so they cost
+one copy. A digest is prepared and profiled once; later PREPAREs of it only add a name.
+
+PREPARE runs on its own thread, never on a lane: validation and `runtime.prepare` may take
+seconds. Profiling, though, executes the model, so it runs as an internal job on device 0's
+EXEC lane to keep one-execution-at-a-time true on that device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from common.checks import BadMessage
+from common.models import signature_of
+from common.schema import Message, Prepare, Prepared
+from common.status import Status
+from worker.runtimes.base import PreparedModel, Profile, Runtime, RuntimeFailure
+
+PROFILE_BATCH_SIZES = (1, 2, 4, 8, 16)  # what PREPARE measures (up to the model's max batch)
+MAX_DETAIL = 1000  # characters of an exception kept in a reply's detail
+
+
+def digest_of(fmt: str, blob: Any, input_shapes: dict, max_batch: int) -> str:
+    """Identity of a prepared model: identical uploads give identical digests."""
+    h = hashlib.sha256()
+    h.update(memoryview(blob))
+    meta = {"format": fmt, "input_shapes": {k: list(v) for k, v in input_shapes.items()}, "max_batch": max_batch}
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def describe_error(exc: BaseException) -> tuple[Status, str]:
+    """The status and detail a failure is reported with (runtime contract in runtimes/base.py)."""
+    if isinstance(exc, (RuntimeFailure, BadMessage)):
+        return exc.status, exc.detail[:MAX_DETAIL]
+    text = str(exc).strip().splitlines()
+    return Status.RUNTIME_ERROR, f"{type(exc).__name__}: {text[0] if text else ''}"[:MAX_DETAIL]
+
+
+@dataclass
+class _Entry:
+    model: PreparedModel  # the one host copy for this digest (its model_id is the first name)
+    profile: Profile
+    model_ids: set[str] = field(default_factory=set)
+
+
+class ModelStore:
+    """model_id -> digest -> one PreparedModel. Thread-safe: lanes read while PREPARE writes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_digest: dict[str, _Entry] = {}
+        self._digest_of: dict[str, str] = {}
+
+    def get(self, model_id: str) -> PreparedModel | None:
+        """The model under this name; its `host` is the shared copy (never duplicated)."""
+        with self._lock:
+            digest = self._digest_of.get(model_id)
+            if digest is None:
+                return None
+            model = self._by_digest[digest].model
+        return model if model.model_id == model_id else dataclasses.replace(model, model_id=model_id)
+
+    def profile_of(self, digest: str) -> tuple[PreparedModel, Profile] | None:
+        with self._lock:
+            entry = self._by_digest.get(digest)
+            return (entry.model, entry.profile) if entry else None
+
+    def add(self, model_id: str, model: PreparedModel, profile: Profile) -> None:
+        """Register `model_id` under `model.digest`; the first model of a digest is its copy."""
+        with self._lock:
+            self._unlink(model_id)
+            entry = self._by_digest.setdefault(model.digest, _Entry(model, profile))
+            entry.model_ids.add(model_id)
+            self._digest_of[model_id] = model.digest
+
+    def forget(self, model_id: str) -> bool:
+        """Drop a name; the host copy goes with its last name. False if it was unknown."""
+        with self._lock:
+            return self._unlink(model_id)
+
+    def _unlink(self, model_id: str) -> bool:
+        digest = self._digest_of.pop(model_id, None)
+        if digest is None:
+            return False
+        entry = self._by_digest[digest]
+        entry.model_ids.discard(model_id)
+        if not entry.model_ids:
+            del self._by_digest[digest]
+        return True
+
+    def model_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._digest_of)
+
+    def host_copies(self) -> int:
+        """How many distinct prepared models are held (identical uploads count once)."""
+        with self._lock:
+            return len(self._by_digest)
+
+    def __contains__(self, model_id: str) -> bool:
+        with self._lock:
+            return model_id in self._digest_of
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._digest_of)
+
+
+ProfileRunner = Callable[[Callable[[], Profile]], Profile]  # runs a function on device 0's EXEC lane
+ReplyFn = Callable[[Message, int], None]  # (body, parent_id) -> queued for the controller
+
+
+class Preparer:
+    """The prepare thread: PREPARE in, PREPARED out, the store filled in between."""
+
+    def __init__(self, runtime: Runtime, store: ModelStore, run_on_lane: ProfileRunner,
+                 reply: ReplyFn, profile_runs: int, log: Any):
+        self._runtime = runtime
+        self._store = store
+        self._run_on_lane = run_on_lane
+        self._reply = reply
+        self._profile_runs = profile_runs
+        self._log = log
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="prepare", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._inbox.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, msg_id: int, msg: Prepare) -> None:
+        self._inbox.put((msg_id, msg))
+
+    def _loop(self) -> None:
+        while (item := self._inbox.get()) is not None:
+            msg_id, msg = item
+            try:
+                reply = self.prepare(msg)
+            except Exception as exc:  # a bug here must not stop later PREPAREs
+                self._log.exception("prepare failed", model_id=msg.model_id)
+                reply = Prepared(model_id=msg.model_id, status=Status.INTERNAL, detail=describe_error(exc)[1])
+            self._reply(reply, msg_id)
+
+    def prepare(self, msg: Prepare) -> Prepared:
+        """Validate, hold in host memory, profile (once per digest), and describe the result."""
+        if msg.format not in self._runtime.formats:
+            return Prepared(model_id=msg.model_id, status=Status.BAD_MODEL,
+                            detail=f"the {self._runtime.name} runtime serves {', '.join(self._runtime.formats)} "
+                                   f"models, not {msg.format!r}")
+        digest = digest_of(msg.format, msg.blob, msg.input_shapes, msg.max_batch)
+        known = self._store.profile_of(digest)
+        if known is None:
+            try:
+                known = self._prepare_new(msg, digest)
+            except Exception as exc:  # bad model or runtime failure: answered, never fatal
+                status, detail = describe_error(exc)
+                self._log.info("prepare refused", model_id=msg.model_id, status=status.name, detail=detail)
+                return Prepared(model_id=msg.model_id, status=status, detail=detail)
+        model, profile = known
+        self._store.add(msg.model_id, model, profile)
+        return Prepared(model_id=msg.model_id, status=Status.OK, weights_bytes=model.weights_bytes,
+                        load_ns=profile.load_ns, exec_ns=dict(profile.exec_ns),
+                        max_batch=model.signature.max_batch)
+
+    def _prepare_new(self, msg: Prepare, digest: str) -> tuple[PreparedModel, Profile]:
+        blob = bytes(msg.blob)  # the one host copy; the zmq frame is released after this
+        signature = signature_of(msg.format, blob, dict(msg.input_shapes), msg.max_batch)
+        model = self._runtime.prepare(msg.model_id, digest, msg.format, blob, signature)
+        batch_sizes = [b for b in PROFILE_BATCH_SIZES if b <= signature.max_batch]
+        profile = self._run_on_lane(lambda: self._runtime.profile(0, model, batch_sizes, self._profile_runs))
+        self._log.info("model prepared", model_id=msg.model_id, digest=digest[:16],
+                       weights_bytes=model.weights_bytes, load_ns=profile.load_ns, exec_ns=profile.exec_ns)
+        return model, profile
