@@ -1,0 +1,202 @@
+"""The asyncio client: many concurrent calls over one DEALER, replies routed by parent_id."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from common import codec, schema
+from common.status import Status
+from client import protocol
+from client.errors import ClientClosed, DeadlineExceeded, ServerError
+from client.protocol import Call, ClientCore, Incoming, InferResult, Options
+from client.sync import open_dealer, poll_ms
+
+T = TypeVar("T")
+log = logging.getLogger("clockwork.client")
+
+
+class AsyncClient:
+    """asyncio client for a Clockwork controller; the same calls as `Client`, awaitable, and any
+    number of them in flight at once over one socket.
+
+    Quick start::
+
+        import asyncio
+        import numpy as np
+        from client import AsyncClient
+
+        async def main():
+            async with AsyncClient("tcp://127.0.0.1:5555") as cw:
+                x = np.zeros((1, 3, 224, 224), np.float32)
+                results = await asyncio.gather(
+                    *(cw.infer("resnet50", x, slo_ms=50) for _ in range(100)),
+                    return_exceptions=True)   # InferResults and ClockworkErrors
+
+        asyncio.run(main())
+
+    Defaults are those of `Client`: endpoint $CLOCKWORK_ENDPOINT or tcp://127.0.0.1:5555,
+    admin calls 30 s, uploads 300 s, an infer its SLO plus 1 s; past that DeadlineExceeded.
+    Cancelling the task awaiting an infer also sends a best-effort CANCEL to the controller.
+    `close()` (or leaving `async with`) fails pending calls with ClientClosed. Use one
+    AsyncClient from one event loop.
+    """
+
+    def __init__(self, endpoint: str | None = None, *, timeout_s: float = Options.timeout_s,
+                 upload_timeout_s: float = Options.upload_timeout_s, grace_s: float = Options.grace_s,
+                 context: zmq.asyncio.Context | None = None):
+        options = Options(endpoint or protocol.default_endpoint(), timeout_s, upload_timeout_s, grace_s)
+        self._core = ClientCore(options)
+        self._sock = open_dealer(context or zmq.asyncio.Context.instance(), options.endpoint)
+        self._pending: dict[int, asyncio.Future] = {}  # request id -> future of its Incoming
+        self._reader: asyncio.Task | None = None
+        self._listing: asyncio.Future | None = None  # a LIST fetching input names for bare-array infers
+        self._closed = False
+
+    @property
+    def endpoint(self) -> str:
+        return self._core.options.endpoint
+
+    # ------------------------------------------------------------------ the API (see Client)
+
+    async def upload(self, model: str | os.PathLike | bytes, name: str | None = None, *, format: str | None = None,
+                     input_shapes: Mapping[str, Any] | None = None, max_batch: int = 0,
+                     replace: bool = False) -> dict:
+        """See `Client.upload`. The file is read in a thread, off the event loop."""
+        call = await asyncio.to_thread(self._core.upload, model, name, time.monotonic_ns(), format=format,
+                                       input_shapes=input_shapes, max_batch=max_batch, replace=replace)
+        return await self._call(call)
+
+    async def remove(self, name: str) -> None:
+        await self._call(self._core.remove(name, time.monotonic_ns()))
+
+    async def list(self) -> list[dict]:
+        return await self._call(self._core.list(time.monotonic_ns()))
+
+    async def status(self) -> dict:
+        return await self._call(self._core.status(time.monotonic_ns()))
+
+    async def infer(self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, *,
+                    slo_ms: float | None = None, deadline: float | None = None, priority: int = 0) -> InferResult:
+        """See `Client.infer`."""
+        deadline_ns = protocol.deadline_ns(slo_ms, deadline, time.monotonic_ns())
+        if self._core.needs_signature(model, inputs):
+            await self._fetch_signatures(model, deadline_ns)
+        return await self._call(self._core.infer(model, inputs, deadline_ns, time.monotonic_ns(), priority))
+
+    async def _fetch_signatures(self, model: str, deadline_ns: int) -> None:
+        """One LIST in flight for every infer that needs a model's input names, each waiting at
+        most until its own deadline."""
+        if self._listing is None or self._listing.done():
+            self._listing = asyncio.ensure_future(self._call(self._core.list(time.monotonic_ns(), deadline_ns)))
+            self._listing.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+        remaining_s = max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._listing), remaining_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(detail=f"infer on {model!r}: no answer to the look-up of its input names from "
+                                   f"{self.endpoint} before the deadline (client-side timeout)") from None
+
+    async def close(self) -> None:
+        """Stop the reader, fail pending calls with ClientClosed, close the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.wait([self._reader])
+        self._fail_pending(lambda: ClientClosed(detail="the client was closed before the reply arrived"))
+        self._sock.close(linger=0)
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ I/O
+
+    async def _call(self, call: Call[T]) -> T:
+        if self._closed:
+            raise ClientClosed()
+        self._start_reader()
+        msg_id = self._core.next_id()
+        future = asyncio.get_running_loop().create_future()
+        self._pending[msg_id] = future
+        sent = False
+        try:
+            await self._send(call, msg_id)
+            sent = True
+            remaining_s = call.remaining_ns(time.monotonic_ns()) / 1e9
+            incoming = await asyncio.wait_for(future, max(0.0, remaining_s))
+        except asyncio.TimeoutError:
+            raise call.timeout_error(self.endpoint, sent) from None
+        except asyncio.CancelledError:
+            if sent and isinstance(call.body, schema.Infer) and not self._closed:
+                self._cancel_quietly(msg_id)
+            raise
+        finally:
+            self._pending.pop(msg_id, None)
+        return call.finish(incoming)
+
+    async def _send(self, call: Call, msg_id: int) -> None:
+        while True:
+            remaining_ns = call.remaining_ns(time.monotonic_ns())
+            if remaining_ns <= 0:
+                raise asyncio.TimeoutError
+            if not await self._sock.poll(poll_ms(remaining_ns), zmq.POLLOUT):
+                continue
+            now_ns = time.monotonic_ns()
+            try:
+                await self._sock.send_multipart(codec.encode(call.message(now_ns), msg_id, sent_ns=now_ns),
+                                                flags=zmq.DONTWAIT, copy=False)
+                return
+            except zmq.Again:  # the connection went away between poll and send
+                continue
+
+    def _cancel_quietly(self, request_id: int) -> None:
+        """Tell the controller nobody waits for this request any more; its answer is discarded."""
+        now_ns = time.monotonic_ns()
+        cancel = self._core.cancel(request_id, now_ns)
+        frames = codec.encode(cancel.message(now_ns), self._core.next_id(), sent_ns=now_ns)
+        try:
+            sent = self._sock.send_multipart(frames, flags=zmq.DONTWAIT)
+        except zmq.ZMQError:
+            return  # best effort: the controller answers the request by its deadline anyway
+        sent.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieve, so no warning
+
+    def _start_reader(self) -> None:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                frames = await self._sock.recv_multipart(copy=False)
+                self._deliver(protocol.read_incoming([f.buffer for f in frames]))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the socket failed: nothing more will arrive for anyone
+            log.warning("clockwork client receive loop failed: %r", exc)
+            self._fail_pending(lambda: ServerError(Status.INTERNAL, f"the client's receive loop failed: {exc!r}"))
+
+    def _deliver(self, incoming: Incoming) -> None:
+        request_id = protocol.route(incoming, self._pending)
+        future = self._pending.get(request_id) if request_id is not None else None
+        if future is None or future.done():
+            log.debug("discarding a reply to request %d: no call waits for it", incoming.parent_id)
+            return
+        future.set_result(incoming)
+
+    def _fail_pending(self, make_error: Callable[[], Exception]) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(make_error())  # one instance each: tracebacks are per raise

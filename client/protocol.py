@@ -1,0 +1,518 @@
+"""The client protocol without I/O: build requests, read replies, map statuses to errors.
+
+`Client` (blocking) and `AsyncClient` (asyncio) share this module and differ only in how they
+move frames; the load generator uses the module-level functions directly.
+
+Theory of operation. A call is a `Call`: the message to send, the monotonic time at which the
+client stops waiting, and the function that turns the reply into a value or raises. A shell
+(sync or async) does the same four things with it:
+
+    msg_id = core.next_id()                      # the request id; replies carry it as parent_id
+    frames = codec.encode(call.message(now_ns), msg_id, sent_ns=now_ns)   # once writable
+    incoming = read_incoming(frames_received)    # until route(incoming, pending) == msg_id
+    return call.finish(incoming)                 # value, or a typed ClockworkError
+
+Rules:
+- Every wait is bounded: `Call.wait_until_ns` is the SLO/deadline plus a grace for INFER, and a
+  fixed timeout for admin calls. Past it the shell raises `Call.timeout_error()`.
+- Replies are matched on parent_id only. A reply for a request nobody waits for any more (it
+  timed out) is discarded, never handed to a later call. An ERROR with parent_id 0 (the
+  controller could not even read our header) is given to the one pending call when there is
+  exactly one, and dropped otherwise.
+- An INFER's `slo_ns` is the budget left at the moment it is sent, so time spent waiting for a
+  connection is not granted twice.
+- Inputs are checked here before sending (names, dtypes, batch dim), so an obviously bad request
+  fails fast with `RequestError(BAD_INPUT)` and costs the controller nothing.
+
+No sockets, threads or clock reads happen here: callers pass `now_ns` (time.monotonic_ns()).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, TypeVar
+
+import msgpack
+import numpy as np
+
+from common import checks, codec, schema
+from common.checks import BadMessage
+from common.net import IdSource
+from common.schema import Envelope, Message
+from common.status import Status
+from common.tensors import MAX_DIM, MAX_DIMS, Tensor
+from client.errors import ClockworkError, DeadlineExceeded, RequestError, ServerError, error_for
+
+T = TypeVar("T")
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+ENDPOINT_ENV = "CLOCKWORK_ENDPOINT"
+MS = 1_000_000
+S = 1_000_000_000
+
+__all__ = [
+    "DEFAULT_ENDPOINT", "ENDPOINT_ENV", "default_endpoint", "Options", "InferResult", "Incoming", "Call",
+    "ClientCore", "detect_format", "deadline_ns", "build_upload", "build_remove", "build_list",
+    "build_status", "build_infer", "build_cancel", "read_incoming", "route", "parse_reply",
+    "parse_infer_reply", "parse_upload_reply", "parse_remove_reply", "parse_list_reply",
+    "parse_status_reply", "parse_cancel_reply", "input_names",
+]
+
+
+def default_endpoint() -> str:
+    """$CLOCKWORK_ENDPOINT, else tcp://127.0.0.1:5555 (the controller's default client ROUTER)."""
+    return os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a client talks to the controller; the same for the blocking and asyncio clients."""
+
+    endpoint: str = DEFAULT_ENDPOINT
+    # remove, list, status: the controller answers these from memory in milliseconds; the
+    # timeout only bounds a dead or wedged controller.
+    timeout_s: float = 30.0
+    # upload: the controller validates the model and workers prepare and profile it before
+    # the reply; a TensorRT engine build takes minutes.
+    upload_timeout_s: float = 300.0
+    # infer waits for the SLO plus this: the controller answers every request by its deadline,
+    # the grace covers the network and a GC pause before we call the controller unresponsive.
+    grace_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("timeout_s", "upload_timeout_s", "grace_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e7:
+                raise ValueError(f"{name} must be a number of seconds in [0, 1e7), got {value!r}")
+        if not isinstance(self.endpoint, str) or not self.endpoint:
+            raise ValueError(f"endpoint must be a ZeroMQ address such as {DEFAULT_ENDPOINT}")
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """A successful inference.
+
+    `outputs` maps output names to arrays with the batch dimension first (one row per sample
+    sent). The arrays are copies that own their memory. Times are on the controller's clock:
+    queue_ms from receipt to dispatch, exec_ms the worker-measured execution of the batch,
+    total_ms from receipt to reply.
+    """
+
+    outputs: dict[str, np.ndarray]
+    queue_ms: float  # received -> its batch sent to a worker
+    exec_ms: float  # worker-measured execution of the batch this request ran in
+    total_ms: float  # received -> reply sent
+    batch_size: int  # the batch the request ran in (may hold other requests' samples)
+    cold_start: bool  # the model had to be loaded for this request
+    worker: str  # which worker ran it
+    request_id: int = 0  # the INFER's msg_id
+
+    @property
+    def output(self) -> np.ndarray:
+        """The only output, for single-output models."""
+        if len(self.outputs) != 1:
+            raise ValueError(f"the model has {len(self.outputs)} outputs ({', '.join(self.outputs)}); use .outputs")
+        return next(iter(self.outputs.values()))
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _bad_input(detail: str) -> RequestError:
+    return RequestError(Status.BAD_INPUT, detail)
+
+
+def _as_int(value: Any) -> Any:
+    """numpy integers are fine where the wire wants an int; floats and bools are not."""
+    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
+        return value  # left for the schema check to refuse with a clear message
+    return operator.index(value)
+
+
+def _shape_fix(input_shapes: Mapping | None) -> dict:
+    if input_shapes is not None and not isinstance(input_shapes, Mapping):
+        raise _bad_input("input_shapes must map input names to dims, e.g. {'data': [3, 224, 224]}")
+    shapes = {}
+    for name, dims in (input_shapes or {}).items():
+        if isinstance(dims, (str, bytes)) or not hasattr(dims, "__iter__"):
+            raise _bad_input(f"input_shapes[{name!r}]: expected a list of dims, got {dims!r}")
+        shapes[name] = [_as_int(d) for d in dims]
+    return _checked(schema.SHAPE_FIX, shapes, "input_shapes")
+
+
+def _checked(check: Callable[[Any, str], Any], value: Any, path: str) -> Any:
+    """Run a schema check on a caller's value; its failure is the caller's BAD_INPUT."""
+    try:
+        return check(value, path)
+    except BadMessage as exc:
+        raise _bad_input(exc.detail) from None
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def detect_format(model: str | os.PathLike | bytes | bytearray | memoryview) -> str:
+    """The upload format: "profile" for a .json path (or bytes that look like JSON), else "onnx"."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return "profile" if bytes(memoryview(model)[:64]).lstrip().startswith(b"{") else "onnx"
+    return "profile" if os.fspath(model).lower().endswith(".json") else "onnx"
+
+
+def build_upload(name: str, blob: Any, *, format: str = "onnx", input_shapes: Mapping | None = None,
+                 max_batch: int = 0, replace: bool = False) -> schema.Upload:
+    """UPLOAD of model bytes. input_shapes fixes dynamic non-batch dims: {input: [3, 224, 224]}."""
+    _checked(schema.MODEL_NAME, name, "name")
+    _checked(checks.one_of(*schema.FORMATS), format, "format")
+    shapes = _shape_fix(input_shapes)
+    max_batch = _checked(checks.integer(0, schema.MAX_BATCH), _as_int(max_batch), "max_batch")
+    _checked(checks.boolean, replace, "replace")
+    size = memoryview(blob).nbytes
+    if size > schema.MAX_MODEL_BYTES:
+        raise RequestError(Status.TOO_LARGE, f"the model file has {size} bytes; the limit is {schema.MAX_MODEL_BYTES}")
+    if size == 0:
+        raise RequestError(Status.BAD_MODEL, "the model file is empty")
+    return schema.Upload(name=name, format=format, input_shapes={k: list(v) for k, v in shapes.items()},
+                         max_batch=max_batch, replace=replace, blob=blob)
+
+
+def build_remove(name: str) -> schema.Remove:
+    return schema.Remove(name=_checked(schema.MODEL_NAME, name, "name"))
+
+
+def build_list() -> schema.ListModels:
+    return schema.ListModels()
+
+
+def build_status() -> schema.GetStatus:
+    return schema.GetStatus()
+
+
+def build_cancel(request_id: int) -> schema.Cancel:
+    return schema.Cancel(request_id=_checked(checks.integer(0, schema.U64), request_id, "request_id"))
+
+
+def build_infer(model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, slo_ns: int, priority: int = 0,
+                input_names: tuple[str, ...] | None = None) -> schema.Infer:
+    """INFER with the given budget. `inputs` maps input names to arrays whose first dimension is
+    the batch (one sample: shape [1, ...]); a bare array is the only input and needs
+    `input_names` (the model's inputs, see `input_names()`). Raises RequestError(BAD_INPUT)."""
+    _checked(schema.MODEL_NAME, model, "model")
+    slo_ns = _checked(checks.integer(1, schema.I64), _as_int(slo_ns), "slo_ns")
+    priority = _checked(checks.integer(0, schema.MAX_PRIORITY), _as_int(priority), "priority")
+    named = _name_inputs(model, inputs, input_names)
+    return schema.Infer(model=model, slo_ns=slo_ns, priority=priority, tensors=_tensors(named))
+
+
+def _name_inputs(model: str, inputs: Any, input_names: tuple[str, ...] | None) -> Mapping:
+    if isinstance(inputs, Mapping):
+        return inputs
+    if input_names is None:
+        raise _bad_input(f"a bare array for {model!r} needs the model's input name; pass {{name: array}}")
+    if len(input_names) != 1:
+        raise _bad_input(f"model {model!r} has {len(input_names)} inputs ({', '.join(input_names)}); "
+                         "pass a dict {name: array}")
+    return {input_names[0]: inputs}
+
+
+def _tensors(inputs: Mapping) -> tuple[Tensor, ...]:
+    if not inputs:
+        raise _bad_input("no inputs given")
+    if len(inputs) > schema.MAX_TENSORS:
+        raise _bad_input(f"more than {schema.MAX_TENSORS} inputs")
+    tensors, samples = [], set()
+    for name, array in inputs.items():
+        _checked(checks.text(256), name, "input name")
+        if not isinstance(array, np.ndarray):
+            raise _bad_input(f"input {name!r} is a {type(array).__name__}; pass a numpy array")
+        if not 1 <= array.ndim <= MAX_DIMS or any(d > MAX_DIM for d in array.shape):
+            raise _bad_input(f"input {name!r} has shape {list(array.shape)}; inputs need the batch dimension "
+                             f"first (one sample: [1, ...]) and at most {MAX_DIMS} dimensions")
+        try:
+            tensors.append(Tensor.from_array(name, array))
+        except BadMessage as exc:
+            raise _bad_input(exc.detail) from None
+        samples.add(array.shape[0])
+    if len(samples) != 1:
+        raise _bad_input(f"inputs disagree on the batch dimension: {sorted(samples)}")
+    count = samples.pop()
+    if not 1 <= count <= schema.MAX_BATCH:
+        raise _bad_input(f"{count} samples; a request carries 1 to {schema.MAX_BATCH}")
+    return tuple(tensors)
+
+
+def deadline_ns(slo_ms: float | None, deadline: float | None, now_ns: int) -> int:
+    """The absolute deadline (monotonic ns) from exactly one of slo_ms or deadline (monotonic s).
+    A deadline already past raises DeadlineExceeded; nothing is sent."""
+    if (slo_ms is None) == (deadline is None):
+        raise TypeError("give exactly one of slo_ms (a budget in milliseconds) or deadline (time.monotonic() seconds)")
+    if slo_ms is not None:
+        if isinstance(slo_ms, bool) or not isinstance(slo_ms, (int, float)) or not 0 < slo_ms < 1e12:
+            raise _bad_input(f"slo_ms must be a positive number of milliseconds, got {slo_ms!r}")
+        return now_ns + max(1, int(slo_ms * MS))
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not math.isfinite(deadline):
+        raise _bad_input(f"deadline must be a time.monotonic() value in seconds, got {deadline!r}")
+    when_ns = int(deadline * S)
+    if when_ns <= now_ns:
+        raise DeadlineExceeded(detail=f"the deadline passed {(now_ns - when_ns) / MS:.3f} ms before the "
+                               "request could be sent (client-side check; nothing was sent)")
+    return when_ns
+
+
+# ----------------------------------------------------------------------------- receiving
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One received message: the request it answers, and either the decoded envelope or the
+    error that decoding it raised."""
+
+    parent_id: int
+    envelope: Envelope | None
+    error: ClockworkError | None = None
+
+
+def read_incoming(frames: list) -> Incoming:
+    """Decode a reply. An undecodable one becomes a ServerError for its request, if its header
+    is readable enough to say which request that is."""
+    try:
+        envelope = codec.decode(frames)
+    except BadMessage as exc:
+        detail = f"the controller sent an undecodable reply: {exc.status.name}: {exc.detail}"
+        return Incoming(_peek_parent(frames), None, ServerError(Status.INTERNAL, detail))
+    return Incoming(envelope.parent_id, envelope)
+
+
+def _peek_parent(frames: list) -> int:
+    try:
+        header = msgpack.unpackb(memoryview(frames[0]), raw=False, strict_map_key=False,
+                                 max_bin_len=0, max_ext_len=0)
+        parent = header.get("parent_id", 0)
+    except Exception:  # garbage: no request can be named
+        return 0
+    return parent if type(parent) is int and 0 <= parent <= schema.U64 else 0
+
+
+def route(incoming: Incoming, pending: Collection[int]) -> int | None:
+    """The pending request id this message answers, or None to discard it."""
+    if incoming.parent_id in pending:
+        return incoming.parent_id
+    anonymous_error = incoming.envelope is None or isinstance(incoming.envelope.body, schema.Error)
+    if incoming.parent_id == 0 and anonymous_error and len(pending) == 1:
+        return next(iter(pending))
+    return None
+
+
+def _checked_reply(envelope: Envelope, expected: type[Message]) -> Message:
+    body = envelope.body
+    if isinstance(body, schema.Error):
+        if body.status.ok:
+            raise ServerError(Status.INTERNAL, f"the controller sent an ERROR with status OK: {body.detail}")
+        raise error_for(body.status, body.detail or "the controller refused the message")
+    if isinstance(body, (schema.Reply, schema.InferReply)) and not body.status.ok:
+        raise error_for(body.status, body.detail)
+    if not isinstance(body, expected):
+        raise ServerError(Status.INTERNAL, f"expected a {expected.TYPE.value} message, got {body.TYPE.value}")
+    return body
+
+
+def parse_reply(envelope: Envelope) -> dict:
+    """The body of an OK REPLY; raises the typed error for anything else."""
+    return _checked_reply(envelope, schema.Reply).body
+
+
+def parse_infer_reply(envelope: Envelope) -> InferResult:
+    """The InferResult of an OK INFER_REPLY; raises the typed error for anything else."""
+    body = _checked_reply(envelope, schema.InferReply)
+    return InferResult(
+        outputs={t.name: np.array(t.array()) for t in body.tensors},  # copy: outlive the zmq frame
+        queue_ms=body.queue_ns / MS,
+        exec_ms=body.exec_ns / MS,
+        total_ms=body.total_ns / MS,
+        batch_size=body.batch_size,
+        cold_start=body.cold_start,
+        worker=body.worker,
+        request_id=envelope.parent_id,
+    )
+
+
+def parse_upload_reply(envelope: Envelope) -> dict:
+    """The uploaded model's ModelInfo (a dict; see `ClientCore` for its keys)."""
+    body = parse_reply(envelope)
+    info = body.get("model")
+    return info if isinstance(info, dict) else body
+
+
+def parse_remove_reply(envelope: Envelope) -> None:
+    parse_reply(envelope)
+
+
+def parse_list_reply(envelope: Envelope) -> list[dict]:
+    models = parse_reply(envelope).get("models")
+    return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+
+
+def parse_status_reply(envelope: Envelope) -> dict:
+    return parse_reply(envelope)
+
+
+def parse_cancel_reply(envelope: Envelope) -> bool:
+    return parse_reply(envelope).get("cancelled") is True
+
+
+def input_names(model_info: Mapping) -> tuple[str, ...] | None:
+    """The input names of a ModelInfo, or None when it does not list them readably."""
+    inputs = model_info.get("inputs")
+    if not isinstance(inputs, list):
+        return None
+    names = tuple(i.get("name") for i in inputs if isinstance(i, dict))
+    return names if names and all(isinstance(n, str) for n in names) else None
+
+
+# ----------------------------------------------------------------------------- calls
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One request, ready for a shell to send and await."""
+
+    body: Message
+    what: str  # names the request in errors, e.g. "infer on 'resnet50'"
+    started_ns: int  # when the caller asked (monotonic)
+    wait_until_ns: int  # stop waiting for the reply at this monotonic time
+    parse: Callable[[Envelope], T]
+    slo_deadline_ns: int | None = None  # INFER: slo_ns is set to the budget left at send time
+
+    def message(self, now_ns: int) -> Message:
+        """The message to send now; raises DeadlineExceeded if an INFER's deadline has passed."""
+        if self.slo_deadline_ns is None:
+            return self.body
+        left_ns = self.slo_deadline_ns - now_ns
+        if left_ns <= 0:
+            raise DeadlineExceeded(detail=f"{self.what}: the deadline passed {-left_ns / MS:.3f} ms before the "
+                                   "request could be sent (client-side check; nothing was sent)")
+        return dataclasses.replace(self.body, slo_ns=left_ns)
+
+    def remaining_ns(self, now_ns: int) -> int:
+        return self.wait_until_ns - now_ns
+
+    def finish(self, incoming: Incoming) -> T:
+        """The call's value from its reply, or the typed error."""
+        if incoming.error is not None:
+            raise incoming.error
+        return self.parse(incoming.envelope)
+
+    def timeout_error(self, endpoint: str, sent: bool) -> DeadlineExceeded:
+        waited = (self.wait_until_ns - self.started_ns) / S
+        if not sent:
+            return DeadlineExceeded(detail=f"{self.what}: could not reach the controller at {endpoint} within "
+                                    f"{waited:.3g} s (client-side timeout; nothing was sent)")
+        return DeadlineExceeded(detail=f"{self.what}: no reply from the controller at {endpoint} within "
+                                f"{waited:.3g} s (client-side timeout)")
+
+
+class ClientCore:
+    """What a client knows besides its socket: options, request ids, and each model's input
+    names (learned from upload and list replies) so that `infer(model, array)` can name a
+    single input. Builds every `Call`; shells only move frames.
+
+    ModelInfo, as returned by upload and list: {"name", "format", "max_batch",
+    "inputs": [{"name", "dtype", "shape"}], "outputs": [...], "size_bytes", "sha256",
+    "created_unix_s", "prepared_on": [worker names], "load_ms", "exec_ms": {"1": ms, ...}}.
+    """
+
+    def __init__(self, options: Options, ids: IdSource | None = None):
+        self.options = options
+        self._ids = ids or IdSource()
+        self._inputs: dict[str, tuple[str, ...]] = {}  # model -> input names
+
+    def next_id(self) -> int:
+        return self._ids.next()
+
+    def _admin(self, body: Message, what: str, parse: Callable[[Envelope], T], now_ns: int,
+               timeout_s: float | None = None) -> Call[T]:
+        wait_s = self.options.timeout_s if timeout_s is None else timeout_s
+        return Call(body, what, now_ns, now_ns + int(wait_s * S), parse)
+
+    def upload(self, model: str | os.PathLike | bytes, name: str | None, now_ns: int, *, format: str | None = None,
+               input_shapes: Mapping | None = None, max_batch: int = 0, replace: bool = False) -> Call[dict]:
+        """Reads the file when `model` is a path; `name` defaults to the file's stem."""
+        if isinstance(model, (bytes, bytearray, memoryview)):
+            if name is None:
+                raise TypeError("upload of bytes needs a name")
+            blob = model
+        else:
+            path = os.fspath(model)
+            name = name if name is not None else os.path.splitext(os.path.basename(path))[0]
+            with open(path, "rb") as fh:
+                blob = fh.read()
+        body = build_upload(name, blob, format=format or detect_format(model), input_shapes=input_shapes,
+                            max_batch=max_batch, replace=replace)
+
+        def parse(envelope: Envelope) -> dict:
+            self._inputs.pop(name, None)
+            info = parse_upload_reply(envelope)
+            self._learn(info)
+            return info
+
+        return self._admin(body, f"upload of {name!r}", parse, now_ns, self.options.upload_timeout_s)
+
+    def remove(self, name: str, now_ns: int) -> Call[None]:
+        def parse(envelope: Envelope) -> None:
+            self._inputs.pop(name, None)
+            parse_remove_reply(envelope)
+
+        return self._admin(build_remove(name), f"remove of {name!r}", parse, now_ns)
+
+    def list(self, now_ns: int, wait_until_ns: int | None = None) -> Call[list[dict]]:
+        def parse(envelope: Envelope) -> list[dict]:
+            models = parse_list_reply(envelope)
+            self._inputs.clear()
+            for info in models:
+                self._learn(info)
+            return models
+
+        call = self._admin(build_list(), "list", parse, now_ns)
+        if wait_until_ns is not None and wait_until_ns < call.wait_until_ns:
+            call = dataclasses.replace(call, wait_until_ns=wait_until_ns)
+        return call
+
+    def status(self, now_ns: int) -> Call[dict]:
+        return self._admin(build_status(), "status", parse_status_reply, now_ns)
+
+    def cancel(self, request_id: int, now_ns: int) -> Call[bool]:
+        return self._admin(build_cancel(request_id), f"cancel of request {request_id}", parse_cancel_reply, now_ns)
+
+    def needs_signature(self, model: str, inputs: Any) -> bool:
+        """True when `inputs` is a bare array and the model's input name is not known yet:
+        the shell then runs `list()` (bounded by the infer's deadline) before `infer()`."""
+        return not isinstance(inputs, Mapping) and model not in self._inputs
+
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, deadline_ns: int, now_ns: int,
+              priority: int = 0) -> Call[InferResult]:
+        """`deadline_ns` from `deadline_ns()`; the client waits until it plus the grace."""
+        names = self._inputs.get(model)
+        if not isinstance(inputs, Mapping) and names is None:
+            raise RequestError(Status.MODEL_NOT_FOUND, f"model {model!r} is not registered at {self.options.endpoint} "
+                               "(or its inputs are not listed); pass {name: array}")
+        body = build_infer(model, inputs, max(1, deadline_ns - now_ns), priority, names)
+
+        def parse(envelope: Envelope) -> InferResult:
+            try:
+                return parse_infer_reply(envelope)
+            except RequestError as exc:
+                if exc.status in (Status.MODEL_NOT_FOUND, Status.BAD_INPUT):
+                    self._inputs.pop(model, None)  # the model may have been replaced
+                raise
+
+        wait_until_ns = deadline_ns + int(self.options.grace_s * S)
+        return Call(body, f"infer on {model!r}", now_ns, wait_until_ns, parse, slo_deadline_ns=deadline_ns)
+
+    def _learn(self, info: Mapping) -> None:
+        name, names = info.get("name"), input_names(info)
+        if isinstance(name, str) and names:
+            self._inputs[name] = names

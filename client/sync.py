@@ -1,0 +1,184 @@
+"""The blocking client: one DEALER socket, one call at a time, every wait bounded."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import numpy as np
+import zmq
+
+from common import codec, net
+from client import protocol
+from client.errors import ClientClosed
+from client.protocol import Call, ClientCore, InferResult, Options
+
+T = TypeVar("T")
+log = logging.getLogger("clockwork.client")
+
+
+def open_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    """A DEALER to the controller that queues nothing while it is not connected (IMMEDIATE):
+    a request waits (within its timeout) for a live connection instead of sitting in a pipe
+    and reaching a restarted controller long after its caller gave up."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    net.configure_socket(sock)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)  # back off to 2 s while the controller is down
+    sock.connect(endpoint)
+    return sock
+
+
+def poll_ms(remaining_ns: int) -> int:
+    return max(1, math.ceil(remaining_ns / 1e6))
+
+
+class Client:
+    """Blocking client for a Clockwork controller.
+
+    Workflow: upload a model once (the controller validates it and workers prepare and profile
+    it), then send inference requests with a latency objective. Every request is answered with
+    the result inside its deadline or, as early as the controller knows, with a typed error.
+
+    Quick start::
+
+        import numpy as np
+        from client import Client, CapacityError
+
+        with Client("tcp://127.0.0.1:5555") as cw:
+            cw.upload("resnet50.onnx", "resnet50", input_shapes={"data": [3, 224, 224]})
+            x = np.random.rand(1, 3, 224, 224).astype(np.float32)   # batch dim first
+            try:
+                r = cw.infer("resnet50", x, slo_ms=50)
+                print(r.output.shape, r.queue_ms, r.exec_ms, r.total_ms)
+            except CapacityError as err:            # e.g. WOULD_MISS_DEADLINE, QUEUE_FULL
+                print("not now:", err.status.name, err.detail)
+
+    Methods: `upload(model, name=None, *, format=None, input_shapes=None, max_batch=0,
+    replace=False) -> dict`, `remove(name)`, `list() -> list[dict]`, `status() -> dict`,
+    `infer(model, inputs, *, slo_ms=None, deadline=None, priority=0) -> InferResult`.
+    Errors are `ClockworkError` subclasses carrying the status: `RequestError` (fix the
+    request), `CapacityError` (retry later or with a looser SLO), `ServerError`, and
+    `DeadlineExceeded` for the client's own timeout.
+
+    Defaults: endpoint $CLOCKWORK_ENDPOINT or tcp://127.0.0.1:5555; admin calls time out after
+    30 s (`timeout_s`), uploads after 300 s (`upload_timeout_s`), an infer after its SLO plus
+    1 s (`grace_s`). Nothing waits longer than that, whether or not the controller is up.
+
+    Threads: calls are serialized by a lock, so a Client may be shared, but a blocked call holds
+    it. For many requests in flight use `AsyncClient` (or one Client per thread).
+    """
+
+    def __init__(self, endpoint: str | None = None, *, timeout_s: float = Options.timeout_s,
+                 upload_timeout_s: float = Options.upload_timeout_s, grace_s: float = Options.grace_s,
+                 context: zmq.Context | None = None):
+        options = Options(endpoint or protocol.default_endpoint(), timeout_s, upload_timeout_s, grace_s)
+        self._core = ClientCore(options)
+        self._lock = threading.RLock()  # infer holds it across its list and infer calls
+        self._sock: zmq.Socket | None = open_dealer(context or zmq.Context.instance(), options.endpoint)
+
+    @property
+    def endpoint(self) -> str:
+        return self._core.options.endpoint
+
+    # ------------------------------------------------------------------ the API
+
+    def upload(self, model: str | os.PathLike | bytes, name: str | None = None, *, format: str | None = None,
+               input_shapes: Mapping[str, Any] | None = None, max_batch: int = 0, replace: bool = False) -> dict:
+        """Register a model; returns its ModelInfo. `model` is a path (.onnx, or a .json latency
+        profile for emulated workers) or the file's bytes; `name` defaults to the file's stem.
+        `input_shapes` fixes dynamic non-batch dims ({"data": [3, 224, 224]}); a model whose
+        shapes cannot be fixed gets RequestError(BAD_MODEL) with the reason."""
+        return self._call(self._core.upload(model, name, time.monotonic_ns(), format=format,
+                                            input_shapes=input_shapes, max_batch=max_batch, replace=replace))
+
+    def remove(self, name: str) -> None:
+        """Forget a model everywhere."""
+        self._call(self._core.remove(name, time.monotonic_ns()))
+
+    def list(self) -> list[dict]:
+        """Every registered model's ModelInfo."""
+        return self._call(self._core.list(time.monotonic_ns()))
+
+    def status(self) -> dict:
+        """Workers, devices, models and counters: {"workers": [...], "models": [...], "counters": {...}}."""
+        return self._call(self._core.status(time.monotonic_ns()))
+
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, *, slo_ms: float | None = None,
+              deadline: float | None = None, priority: int = 0) -> InferResult:
+        """Run `model` on `inputs` within a latency objective.
+
+        inputs: {input name: array} or, for a single-input model, a bare array. The first
+        dimension is the batch: one sample is shape [1, ...], several samples may be sent at once.
+        slo_ms: budget from now in milliseconds; or deadline: an absolute time.monotonic() value
+        (exactly one). priority: 0 (lowest, default) to 9.
+
+        Returns an InferResult: `outputs` {name: array, batch dim first} (copies you own),
+        `output` for a single-output model, and the controller's timing breakdown `queue_ms`,
+        `exec_ms`, `total_ms`, plus `batch_size`, `cold_start`, `worker`. Raises a
+        ClockworkError subclass carrying the status; waits at most the SLO plus `grace_s`::
+
+            r = cw.infer("resnet50", {"data": np.zeros((8, 3, 224, 224), np.float32)}, slo_ms=100)
+            top1 = r.outputs["prob"].argmax(axis=1)          # one per sample
+            print(f"{r.total_ms:.1f} ms = queue {r.queue_ms:.1f} + exec {r.exec_ms:.1f} + overhead")
+        """
+        deadline_ns = protocol.deadline_ns(slo_ms, deadline, time.monotonic_ns())
+        with self._lock:  # the signature look-up and the infer are one call for other threads
+            if self._core.needs_signature(model, inputs):
+                self._call(self._core.list(time.monotonic_ns(), deadline_ns))
+            return self._call(self._core.infer(model, inputs, deadline_ns, time.monotonic_ns(), priority))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close(linger=0)
+                self._sock = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ I/O
+
+    def _call(self, call: Call[T]) -> T:
+        with self._lock:
+            if self._sock is None:
+                raise ClientClosed()
+            msg_id = self._core.next_id()
+            self._send(call, msg_id, self._sock)
+            return call.finish(self._wait(call, msg_id, self._sock))
+
+    def _send(self, call: Call, msg_id: int, sock: zmq.Socket) -> None:
+        while True:
+            remaining_ns = call.remaining_ns(time.monotonic_ns())
+            if remaining_ns <= 0:
+                raise call.timeout_error(self.endpoint, sent=False)
+            if not sock.poll(poll_ms(remaining_ns), zmq.POLLOUT):
+                continue
+            now_ns = time.monotonic_ns()
+            try:
+                sock.send_multipart(codec.encode(call.message(now_ns), msg_id, sent_ns=now_ns),
+                                    flags=zmq.DONTWAIT, copy=False)
+                return
+            except zmq.Again:  # the connection went away between poll and send
+                continue
+
+    def _wait(self, call: Call, msg_id: int, sock: zmq.Socket) -> protocol.Incoming:
+        while True:
+            remaining_ns = call.remaining_ns(time.monotonic_ns())
+            if remaining_ns <= 0:
+                raise call.timeout_error(self.endpoint, sent=True)
+            if not sock.poll(poll_ms(remaining_ns), zmq.POLLIN):
+                continue
+            incoming = protocol.read_incoming(net.recv_frames(sock, zmq.DONTWAIT))
+            if protocol.route(incoming, (msg_id,)) == msg_id:
+                return incoming
+            log.debug("discarding a reply to request %d: no call waits for it", incoming.parent_id)

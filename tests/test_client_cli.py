@@ -1,0 +1,149 @@
+"""`clockwork` CLI, in-process, against the scripted controller."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from client import cli
+from common import schema
+from common.status import Status
+from tests.client_peer import ScriptedPeer
+from tests.test_client_sync import free_endpoint
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def peer():
+    with ScriptedPeer() as p:
+        yield p
+
+
+@pytest.fixture
+def clockwork(peer, capsys):
+    """Run the CLI; returns (exit code, stdout, stderr)."""
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = cli.main(["--endpoint", peer.endpoint, "--timeout", "5", *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def test_upload_with_input_shapes(clockwork, peer, tmp_path):
+    path = tmp_path / "net.onnx"
+    path.write_bytes(b"\x08\x07")
+    code, out, err = clockwork("upload", str(path), "--name", "net", "--input-shape", "image=3,32,32",
+                               "--max-batch", "8", "--replace")
+    assert (code, err) == (0, "")
+    assert "net" in out and "image:float32[3,32,32]" in out and "b16:20.00" in out
+    sent = peer.requests(schema.Upload)[0].body
+    assert (sent.input_shapes, sent.max_batch, sent.replace, sent.format) == ({"image": (3, 32, 32)}, 8, True, "onnx")
+
+
+def test_upload_names_a_model_after_its_file_and_detects_profiles(clockwork, peer, tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text('{"weights_bytes": 1, "load_ms": 1, "exec_ms": {"1": 1}}')
+    assert clockwork("upload", str(path))[0] == 0
+    assert (peer.requests(schema.Upload)[0].body.name, peer.requests(schema.Upload)[0].body.format) == \
+        ("tiny", "profile")
+
+
+def test_bad_model_prints_the_controllers_detail(clockwork, tmp_path):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"\x08\x07")
+    code, out, err = clockwork("upload", str(path), "--name", "broken")
+    assert code == 1 and out == ""
+    assert err.startswith(f"error: BAD_MODEL (code {int(Status.BAD_MODEL)}): input 'x' has dynamic dimensions")
+    assert "--input-shape x=3,224,224" in err and "Traceback" not in err
+
+
+def test_ls(clockwork):
+    code, out, _ = clockwork("ls")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:3] == ["NAME", "FORMAT", "MAX_BATCH"]
+    assert any(line.startswith("pair ") and "a:float32[2] b:int64[2]" in line for line in lines)
+    code, out, _ = clockwork("ls", "--json")
+    assert code == 0 and {m["name"] for m in json.loads(out)} == {"echo", "pair"}
+
+
+def test_status(clockwork):
+    code, out, _ = clockwork("status")
+    assert code == 0
+    assert "WORKER" in out and "emulated-v100" in out and "32.0 GiB" in out
+    assert "w0:0" in out and "goodput_per_s" in out and "12.50" in out
+    worker_rows = [line for line in out.splitlines() if line.startswith("w0 ")]
+    assert len(worker_rows) == 2 and worker_rows[1].split()[-1] == "-"  # a device with nothing loaded
+    code, out, _ = clockwork("status", "--json")
+    assert json.loads(out)["counters"]["requests"] == 42
+
+
+def test_infer_with_a_bare_array_and_output_file(clockwork, tmp_path):
+    np.save(tmp_path / "x.npy", np.arange(8, dtype=np.float32).reshape(2, 4))
+    code, out, err = clockwork("infer", "echo", "--input", str(tmp_path / "x.npy"), "--slo-ms", "500",
+                               "--output", str(tmp_path / "out.npz"))
+    assert (code, err) == (0, "")
+    assert "data_out: float32 [2, 4]  [ 0.,  2.,  4.,  6.,  8., 10., ...]" in out
+    assert "timing: queue 0.400 ms, exec 2.500 ms, total 3.250 ms (batch 2 on w0, cold start)" in out
+    with np.load(tmp_path / "out.npz") as saved:
+        np.testing.assert_array_equal(saved["data_out"], np.arange(8).reshape(2, 4) * 2)
+
+
+def test_infer_with_named_inputs_and_npz(clockwork, peer, tmp_path):
+    np.save(tmp_path / "a.npy", np.ones((1, 2), np.float32))
+    np.save(tmp_path / "b.npy", np.ones((1, 2), np.int64))
+    code, out, _ = clockwork("infer", "pair", "--input", f"a={tmp_path / 'a.npy'}", "--input",
+                             f"b={tmp_path / 'b.npy'}", "--slo-ms", "500", "--priority", "4")
+    assert code == 0 and "a_out" in out and "b_out: int64 [1, 2]" in out
+    assert peer.requests(schema.Infer)[-1].body.priority == 4
+    np.savez(tmp_path / "in.npz", a=np.ones((1, 2), np.float32), b=np.ones((1, 2), np.int64))
+    assert clockwork("infer", "pair", "--input", str(tmp_path / "in.npz"), "--slo-ms", "500")[0] == 0
+
+
+def test_infer_rejection_exits_1(clockwork, tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((1, 4), np.float32))
+    code, out, err = clockwork("infer", "overload", "--input", f"data={tmp_path / 'x.npy'}", "--slo-ms", "5")
+    assert code == 1 and out == ""
+    assert err == "error: WOULD_MISS_DEADLINE (code 20): needs 12 ms, 5 ms left\n"
+
+
+def test_rm(clockwork):
+    assert clockwork("rm", "echo")[:2] == (0, "removed echo\n")
+    code, _, err = clockwork("rm", "echo")
+    assert code == 1 and err.startswith("error: MODEL_NOT_FOUND (code 11):")
+
+
+@pytest.mark.parametrize("argv", [[], ["upload", "m.onnx", "--input-shape", "data"], ["infer", "echo", "--slo-ms", "5"],
+                                  ["bogus"]])
+def test_usage_errors_exit_2(clockwork, argv, tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    code, out, err = clockwork(*[str(tmp_path / a) if a == "m.onnx" else a for a in argv])
+    assert code == 2 and "Traceback" not in err and err
+
+
+def test_two_bare_inputs_are_a_usage_error(clockwork, tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((1, 4), np.float32))
+    code, _, err = clockwork("infer", "echo", "--input", str(tmp_path / "x.npy"), "--input",
+                             str(tmp_path / "x.npy"), "--slo-ms", "5")
+    assert code == 2 and "NAME=FILE" in err
+
+
+def test_missing_files_exit_1(clockwork, tmp_path):
+    code, _, err = clockwork("infer", "echo", "--input", str(tmp_path / "nope.npy"), "--slo-ms", "5")
+    assert code == 1 and err.startswith("error: cannot read")
+    code, _, err = clockwork("upload", str(tmp_path / "nope.onnx"))
+    assert code == 1 and err.startswith("error:") and "Traceback" not in err
+
+
+def test_unreachable_controller(capsys):
+    code = cli.main(["--endpoint", free_endpoint(), "--timeout", "0.3", "ls"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: DEADLINE_MISSED (code 22): list: could not reach")
+
+
+def test_endpoint_from_the_environment(peer, capsys, monkeypatch):
+    monkeypatch.setenv("CLOCKWORK_ENDPOINT", peer.endpoint)
+    assert cli.main(["rm", "pair"]) == 0 and capsys.readouterr().out == "removed pair\n"
