@@ -169,7 +169,7 @@ def parse_profile(blob: bytes, max_batch: int = 0) -> EmulatedProfile:
         prof = _PROFILE(raw, "profile")
     except BadMessage as exc:
         raise _bad(exc.detail) from None
-    exec_ns = {int(k): int(v * 1e6) for k, v in prof["exec_ms"].items()}
+    exec_ns = {int(k): round(v * 1e6) for k, v in prof["exec_ms"].items()}
     if not exec_ns or 1 not in exec_ns:
         raise _bad("profile.exec_ms needs at least batch size 1")
     if any(b < 1 for b in exec_ns):
@@ -181,7 +181,7 @@ def parse_profile(blob: bytes, max_batch: int = 0) -> EmulatedProfile:
 
     limit = max(exec_ns)
     signature = Signature(specs("inputs"), specs("outputs"), _limit_batch(limit, max_batch))
-    return EmulatedProfile(prof["weights_bytes"], int(prof["load_ms"] * 1e6), exec_ns, signature)
+    return EmulatedProfile(prof["weights_bytes"], round(prof["load_ms"] * 1e6), exec_ns, signature)
 
 
 def signature_of(fmt: str, blob: bytes, input_shapes: dict, max_batch: int) -> Signature:

@@ -1,0 +1,58 @@
+"""`clockwork-bench`: the demo and the benchmarks.
+
+    clockwork-bench demo [--duration 30] [--rate 500] ...   the whole system under load
+    clockwork-bench overhead [--requests 3000]              system overhead vs a bare relay
+    clockwork-bench predictability ...                      latency predictability study
+    clockwork-bench gpu-check ...                           TensorRT/GPU sanity check
+
+Each subcommand's options: `clockwork-bench SUBCOMMAND --help`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Sequence
+
+# name -> (module whose main(argv) runs it, one line of help). Imported only when chosen, so
+# one missing optional module (or GPU library) never breaks the others.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("bench.demo", "controller + onnxruntime and emulated workers under an open-loop load"),
+    "overhead": ("bench.overhead", "end-to-end latency minus exec, beside a bare ZeroMQ relay"),
+    "predictability": ("bench.predictability", "how well the controller predicts latency"),
+    "gpu-check": ("bench.gpu_check", "check the GPU, TensorRT and PyCUDA set-up"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: clockwork-bench SUBCOMMAND [options]", "", "subcommands:"]
+    lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "Options of a subcommand: clockwork-bench SUBCOMMAND --help"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"clockwork-bench: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name = COMMANDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise  # a real import error inside the module: show it
+        print(f"clockwork-bench: {name} is not available in this installation ({module_name} is missing)",
+              file=sys.stderr)
+        return 2
+    code = module.main(rest)
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Models for demos and benchmarks: small generated ONNX graphs and emulated latency profiles.
+
+Nothing is downloaded: the ONNX models are built with onnx.helper from seeded random weights,
+and the emulated profile carries published-order figures for ResNet-50 on a V100 (the
+Clockwork paper's reference model), which is what the emulated runtime pretends to run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from common.models import signature_of
+
+# ONNX IR version and opset: old enough for any onnxruntime >= 1.16 to load.
+IR_VERSION = 8
+OPSET = 17
+
+# ResNet-50 (batch 1..16) on a V100-class GPU: 102 MB of weights, LOAD 8.3 ms over PCIe.
+RESNET50_V100: dict = {
+    "weights_bytes": 102_000_000,
+    "load_ms": 8.3,
+    "exec_ms": {"1": 2.7, "2": 4.1, "4": 5.9, "8": 9.9, "16": 17.3},
+}
+
+
+def mlp_onnx(sizes: Sequence[int] = (64, 256, 256, 10), seed: int = 0, graph_name: str = "mlp") -> bytes:
+    """A float32 MLP (Gemm + Relu per hidden layer) with a dynamic batch dimension 'N'.
+
+    Input "x" is [N, sizes[0]], output "y" is [N, sizes[-1]]. Different seeds give different
+    weights, hence different bytes: the registry does not see two seeds as one model.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    if len(sizes) < 2:
+        raise ValueError("an MLP needs at least an input and an output size")
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    current = "x"
+    for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        weight = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+        bias = np.zeros(fan_out, dtype=np.float32)
+        inits += [numpy_helper.from_array(weight, f"w{layer}"), numpy_helper.from_array(bias, f"b{layer}")]
+        last = layer == len(sizes) - 2
+        gemm_out = "y" if last else f"h{layer}"
+        nodes.append(helper.make_node("Gemm", [current, f"w{layer}", f"b{layer}"], [gemm_out]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [gemm_out], [f"a{layer}"]))
+            current = f"a{layer}"
+    graph = helper.make_graph(
+        nodes, graph_name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", sizes[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", sizes[-1]])],
+        inits,
+    )
+    return _serialize(graph)
+
+
+def tiny_onnx(width: int = 4) -> bytes:
+    """The smallest useful model: y = x + 1 on [N, width] float32 (for the overhead bench)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    one = numpy_helper.from_array(np.ones(width, dtype=np.float32), "one")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "one"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
+        [one],
+    )
+    return _serialize(graph)
+
+
+def _serialize(graph) -> bytes:
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="clockwork-bench")
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def profile_json(profile: dict = RESNET50_V100) -> bytes:
+    """A profile as the bytes UPLOAD(format="profile") carries."""
+    return json.dumps(profile, sort_keys=True).encode("utf-8")
+
+
+def write_profile(path: str | Path, profile: dict = RESNET50_V100) -> Path:
+    path = Path(path)
+    path.write_bytes(profile_json(profile))
+    return path
+
+
+def sample_inputs(fmt: str, blob: bytes, batch: int = 1, seed: int = 0,
+                  input_shapes: dict | None = None) -> dict[str, np.ndarray]:
+    """Random inputs that fit the model's signature, `batch` samples each: {name: array}."""
+    signature = signature_of(fmt, blob, input_shapes or {}, 0)
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in signature.inputs:
+        shape = (batch, *spec.shape)
+        if np.dtype(spec.dtype).kind == "f":
+            array = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype == "bool":
+            array = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            array = rng.integers(0, 10, size=shape).astype(spec.dtype)
+        arrays[spec.name] = array
+    return arrays

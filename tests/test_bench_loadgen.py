@@ -1,0 +1,134 @@
+"""The open-loop generator against an in-process fake controller (a ROUTER thread)."""
+
+import threading
+
+import numpy as np
+import pytest
+import zmq
+
+from bench import workload
+from bench.loadgen import per_model, run_open_loop
+from bench.progress import Progress
+from common.codec import decode, encode
+from common.net import recv_frames, router
+from common.schema import InferReply
+from common.status import Status
+
+MS = 1_000_000
+
+
+class FakeController:
+    """Answers INFER: OK for most models, QUEUE_FULL for "full", nothing for "silent"."""
+
+    def __init__(self, ctx: zmq.Context):
+        self.sock = router(ctx, "tcp://127.0.0.1:*")
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.seen: list = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close(linger=0)
+
+    def _loop(self):
+        loaded = set()
+        while not self._stop.is_set():
+            if not self.sock.poll(50):
+                continue
+            ident, *frames = recv_frames(self.sock)
+            env = decode(frames)
+            body = env.body
+            self.seen.append((env.msg_id, body.model, body.slo_ns, body.tensors[0].shape))
+            if body.model == "silent":
+                continue
+            if body.model == "full":
+                reply = InferReply(status=Status.QUEUE_FULL, detail="full")
+            else:
+                cold = body.model not in loaded
+                loaded.add(body.model)
+                reply = InferReply(status=Status.OK, exec_ns=2 * MS, batch_size=1, cold_start=cold, worker="w",
+                                   tensors=body.tensors)
+            try:
+                self.sock.send_multipart([bytes(ident), *encode(reply, 1, parent_id=env.msg_id)])
+            except zmq.ZMQError:
+                pass  # the generator already left
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def inputs(names):
+    return {n: {"x": np.zeros((1, 4), np.float32)} for n in names}
+
+
+def test_every_request_sent_once_and_answered(ctx, capsys):
+    names = ["a", "b", "full"]
+    sched = workload.poisson_schedule([300, 100, 100], 0.5, seed=3)
+    with FakeController(ctx) as fake:
+        progress = Progress(0.5, label="t", tty=False, line_every_s=0.2)
+        res = run_open_loop(fake.endpoint, sched, names, {"a": 50, "b": 50, "full": 10}, inputs(names), progress,
+                            groups={"a": "ab", "b": "ab", "full": "f"}, ctx=ctx)
+    counts = sched.counts()
+    assert res.scheduled == len(sched) == res.sent == res.answered
+    assert res.unanswered == 0 and res.stray_replies == 0
+    assert res.by_status["OK"] == counts[0] + counts[1]
+    assert res.by_status["QUEUE_FULL"] == counts[2]
+    assert res.latency.count == res.ok and res.reject_latency.count == counts[2]
+    assert res.cold_starts == 2  # first request to "a" and to "b"
+    assert res.batch_sizes == {1: res.ok} and res.workers == {"w": res.ok}
+    assert res.groups["ab"].ok == res.ok and res.groups["f"].ok == 0
+    assert res.groups["ab"].sent == counts[0] + counts[1]
+    assert res.exec_time.percentile_ms(50) == pytest.approx(2.0, rel=1e-2)
+    # SLOs travel on the wire, ids are unique, the batch dimension is first.
+    slo_by_model = {m: slo for _, m, slo, _ in fake.seen}
+    assert slo_by_model == {"a": 50 * MS, "b": 50 * MS, "full": 10 * MS}
+    assert len({msg_id for msg_id, *_ in fake.seen}) == len(fake.seen)
+    assert {shape for *_, shape in fake.seen} == {(1, 4)}
+    assert res.met_slo <= res.ok
+    assert "sent" in capsys.readouterr().err
+
+
+def test_requests_go_out_on_schedule_not_after_replies(ctx):
+    # "silent" never answers: an open loop still sends everything on time.
+    sched = workload.constant_schedule([200.0], 0.3)
+    with FakeController(ctx) as fake:
+        res = run_open_loop(fake.endpoint, sched, ["silent"], 20, inputs(["silent"]), drain_timeout_s=0.2, ctx=ctx)
+    assert res.sent == len(sched) == 60
+    assert res.answered == 0 and res.unanswered == 60
+    assert res.send_lag.percentile_ms(50) < 20  # sends keep to the schedule
+    assert res.duration_ns >= 0.3e9
+
+
+def test_on_tick_can_abort_the_run(ctx):
+    sched = workload.constant_schedule([100.0], 5.0)
+
+    def boom():
+        raise RuntimeError("a daemon died")
+
+    with FakeController(ctx) as fake:
+        with pytest.raises(RuntimeError, match="daemon died"):
+            run_open_loop(fake.endpoint, sched, ["a"], 50, inputs(["a"]), on_tick=boom, ctx=ctx)
+
+
+def test_argument_checks():
+    assert per_model(5, ["a", "b"], "x") == [5, 5]
+    assert per_model({"a": 1, "b": 2}, ["b", "a"], "x") == [2, 1]
+    with pytest.raises(ValueError):
+        per_model({"a": 1}, ["a", "b"], "x")
+    with pytest.raises(ValueError):
+        per_model([1, 2, 3], ["a", "b"], "x")
+    sched = workload.constant_schedule([10.0, 10.0], 1.0)
+    with pytest.raises(ValueError, match="model index"):
+        run_open_loop("tcp://127.0.0.1:1", sched, ["only-one"], 10, inputs(["only-one"]))
+    with pytest.raises(ValueError, match="no inputs"):
+        run_open_loop("tcp://127.0.0.1:1", sched, ["a", "b"], 10, inputs(["a"]))

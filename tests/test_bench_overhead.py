@@ -1,0 +1,36 @@
+"""The bare relay of the overhead bench: real relay and echo processes, a few round trips."""
+
+import sys
+
+import numpy as np
+import zmq
+
+from bench import overhead
+from bench.procs import ProcessGroup, free_port
+from client.protocol import build_infer
+from common.net import dealer
+
+
+def test_relay_echoes_the_same_frames(tmp_path):
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    me = [sys.executable, "-m", "bench.overhead"]
+    ctx = zmq.Context()
+    try:
+        with ProcessGroup(tmp_path / "logs", grace_s=2) as group:
+            group.start("relay", [*me, "--role", "relay", "--front", front, "--back", back])
+            group.start("echo", [*me, "--role", "echo", "--back", back])
+            body = build_infer("tiny", {"x": np.arange(4, dtype=np.float32).reshape(1, 4)}, 10**9)
+            path = overhead._Path(dealer(ctx, front), body)
+            overhead.wait_relay(path, 20)
+            for _ in range(20):
+                rtt_ns, echoed = path.once()
+                assert 0 < rtt_ns < 10**9
+                assert echoed.model == "tiny" and echoed.tensors[0].array().tolist() == [[0, 1, 2, 3]]
+            group.check()
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_parse_args_defaults():
+    args = overhead.parse_args([])
+    assert args.requests == 3000 and args.role is None

@@ -1,0 +1,104 @@
+"""The process supervisor: children are stopped, crashes are reported with their last words."""
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from bench.procs import NotReady, ProcessDied, ProcessGroup, free_port, tail_file, workers_alive
+
+SLEEPER = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie still answers kill(0); our Popen.wait reaped it, so a live pid means alive.
+    return False
+
+
+def test_stop_all_terminates_running_children(tmp_path):
+    with ProcessGroup(tmp_path / "logs", grace_s=2) as group:
+        proc = group.start("sleeper", SLEEPER)
+        group.wait_until(lambda: "up" in proc.tail(), 10, "the child to start")
+        assert proc.alive()
+        group.check()
+    assert not proc.alive()
+    assert proc.popen.returncode == -signal.SIGTERM
+    assert _gone(proc.pid)
+
+
+def test_child_ignoring_sigterm_is_killed_after_grace(tmp_path):
+    stubborn = [sys.executable, "-c",
+                "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('up', flush=True); time.sleep(60)"]
+    group = ProcessGroup(tmp_path / "logs", grace_s=0.3)
+    with group:
+        proc = group.start("stubborn", stubborn)
+        group.wait_until(lambda: "up" in proc.tail(), 10, "the child to start")
+        started = time.monotonic()
+    assert proc.popen.returncode == -signal.SIGKILL
+    assert time.monotonic() - started < 5
+
+
+def test_stop_on_exception_inside_block(tmp_path):
+    with pytest.raises(RuntimeError, match="boom"):
+        with ProcessGroup(tmp_path / "logs", grace_s=2) as group:
+            proc = group.start("sleeper", SLEEPER)
+            raise RuntimeError("boom")
+    assert not proc.alive()
+
+
+def test_sigterm_to_us_becomes_keyboard_interrupt_and_stops_children(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with ProcessGroup(tmp_path / "logs", grace_s=2) as group:
+            proc = group.start("sleeper", SLEEPER)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted at once by the handler
+    assert not proc.alive()
+    assert signal.getsignal(signal.SIGTERM) == before  # our handler is gone again
+
+
+def test_crashing_child_is_reported_with_stderr_tail(tmp_path):
+    crasher = [sys.executable, "-c", "import sys; print('line one'); sys.stderr.write('fatal: no config\\n'); sys.exit(3)"]
+    with ProcessGroup(tmp_path / "logs") as group:
+        group.start("crasher", crasher)
+        with pytest.raises(ProcessDied) as info:
+            group.wait_until(lambda: False, 10, "something that never happens")
+    assert info.value.name == "crasher" and info.value.returncode == 3
+    assert "fatal: no config" in str(info.value) and "line one" in info.value.tail
+
+
+def test_timeout_message_carries_every_tail(tmp_path):
+    with ProcessGroup(tmp_path / "logs") as group:
+        proc = group.start("sleeper", SLEEPER)
+        group.wait_until(lambda: "up" in proc.tail(), 10, "the child to start")
+        with pytest.raises(NotReady) as info:
+            group.wait_until(lambda: False, 0.2, "the impossible")
+    assert "the impossible" in str(info.value) and "sleeper" in str(info.value) and "up" in str(info.value)
+
+
+def test_expected_exit_is_not_a_crash_and_names_are_unique(tmp_path):
+    with ProcessGroup(tmp_path / "logs") as group:
+        proc = group.start("oneshot", [sys.executable, "-c", "pass"])
+        group.expect_exit("oneshot")
+        proc.popen.wait(10)
+        group.check()
+        with pytest.raises(ValueError):
+            group.start("oneshot", [sys.executable, "-c", "pass"])
+
+
+def test_helpers(tmp_path):
+    assert 0 < free_port() < 65536
+    assert tail_file(tmp_path / "missing.log") == "(no log)"
+    log = tmp_path / "x.log"
+    log.write_text("\n".join(str(i) for i in range(100)))
+    assert tail_file(log, 3) == "97\n98\n99"
+    status = {"workers": [{"name": "a", "alive": True}, {"name": "b", "alive": False}]}
+    assert workers_alive(status, ["a"]) and not workers_alive(status, ["a", "b"])
+    assert not workers_alive(status, ["c"]) and workers_alive({}, [])
