@@ -1,0 +1,822 @@
+"""The `tensorrt` runtime: ONNX models run as TensorRT engines, one NVIDIA GPU per device.
+
+Theory of operation
+- PREPARE (prepare thread, seconds to minutes): for each GPU kind among this worker's devices,
+  take the plan from the engine cache (engine_cache.py) or build it from the ONNX bytes with one
+  optimization profile covering batch 1..max_batch; deserialize it once on a GPU of that kind to
+  check it and to read its tensors and its execution-memory need; keep the plan in pinned host
+  memory, so that a LOAD is a copy and never a compile.
+- LOAD (LOAD lane): deserialize the pinned plan, grow the GPU's shared workspace if this engine
+  needs more than any before it, create its one execution context with USER_MANAGED memory, and
+  allocate its device input/output buffers (sized for max_batch) and pinned staging buffers.
+- INFER (EXEC lane): stage the inputs in pinned memory; on the lane's stream copy them in,
+  `set_input_shape`, `set_tensor_address`, `execute_async_v3`, copy the outputs out; CUDA events
+  time each step on the GPU; then sample the SM clock (NVML) for the controller.
+- UNLOAD (LOAD lane): the context, then its buffers, then the engine.
+
+Memory, and why the accounting is honest
+- What a LOAD costs (`weights_bytes`, counted in pages by the worker) = the plan's size (its
+  weights and kernels, which deserialization copies to the GPU) + the model's device I/O
+  buffers at max_batch.
+- Execution memory (activations, tactic scratch) is not per model: every context on a GPU
+  shares one workspace, sized to the largest `device_memory_size_v2` among the engines loaded so
+  far. That is safe because the EXEC lane runs one engine at a time; the workspace lock spans an
+  INFER from binding to the end of its stream, so the buffer is never used by two engines and
+  never freed under one. It only grows (LOAD lane), up to a budget reserved out of the pages
+  from the start, and a model whose engine needs more than the budget is refused at PREPARE.
+- A device's `memory_bytes` = free GPU memory at start-up - the workspace budget - a safety
+  reserve (CUDA and TensorRT's own allocations, fragmentation, prepare-time builds). A value set
+  in `device_memory_bytes` is honoured up to that amount; 0, or the WorkerConfig default (which
+  is sized for CPU devices), means "use the GPU's free memory".
+
+API discipline: only what TensorRT 10.1+ and 11.x share. No `create_execution_context_without_
+device_memory`, `device_memory_size`, builder precision flags or `EXPLICIT_BATCH` (all removed in
+11): contexts come from `create_execution_context(USER_MANAGED)` + `set_device_memory(ptr,
+size)`, networks from `create_network(0)` (explicit batch is the only mode since 10).
+
+`tensorrt`, `pycuda` and (optional) `pynvml` are imported when the runtime is constructed, never
+at module import, so a CPU-only worker never loads them; tests inject stand-ins through the `gpu`
+parameter (tests/fake_tensorrt.py, tests/fake_pycuda.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import math
+import os
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import structlog
+
+from common.config import MIB, WorkerConfig
+from common.models import Signature
+from common.status import Status
+from worker.runtimes.base import DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure, RuntimeUnavailable
+from worker.runtimes.cuda import CudaDevices, GpuInfo, LaneState, SmClocks, cuda_failure, looks_like_oom
+from worker.runtimes.engine_cache import PlanCache, PlanKey
+
+MIN_TRT_VERSION = (10, 1)  # device_memory_size_v2 and set_device_memory(ptr, size) arrived in 10.1
+# device_memory_bytes values that mean "size it from the GPU" (0, or left at the CPU-sized default).
+_AUTO_MEMORY = (0, WorkerConfig.__dataclass_fields__["device_memory_bytes"].default)
+
+
+@dataclass(frozen=True)
+class TensorRTSettings:
+    """Tuning knobs of the tensorrt runtime (WorkerConfig holds the ones users set per host)."""
+
+    # Shared execution memory per GPU (activations + tactic scratch of the one running engine).
+    # 1 GiB holds e.g. ResNet-50 at batch 16 several times over; larger needs are refused at
+    # PREPARE (TOO_LARGE) rather than left to fail at LOAD.
+    workspace_bytes: int = 1024 * MIB
+    # ...but never more than this share of a small GPU.
+    workspace_max_fraction: float = 0.125
+    # Tactic scratch the builder may plan for, as a share of the workspace: the other half is
+    # left for activations, so that device_memory_size_v2 fits the workspace.
+    builder_workspace_fraction: float = 0.5
+    # Left out of the pages: the CUDA context, TensorRT's own allocations, fragmentation, and the
+    # transient memory of prepare-time builds and checks.
+    reserve_min_bytes: int = 512 * MIB
+    reserve_fraction: float = 0.02
+    # Tactics are tuned for this batch size (0: the model's max batch). Batching matters under
+    # load, which is when latency matters most; at batch 1 the GPU has time to spare.
+    opt_batch: int = 0
+    # profile() reports this percentile of its timed runs for each batch size.
+    profile_percentile: float = 99.0
+    # Load every kernel when an engine is deserialized (LOAD), not at its first INFER: with
+    # CUDA's default lazy loading the first INFER after each LOAD would be slower than the rest.
+    # Sets CUDA_MODULE_LOADING=EAGER unless the environment already chose.
+    eager_module_loading: bool = True
+
+
+# ------------------------------------------------------------------------------ libraries
+
+
+@dataclass(frozen=True)
+class GpuLibraries:
+    """The modules the runtime drives: the real ones, or named fakes in tests."""
+
+    trt: Any  # the `tensorrt` module
+    cuda: Any  # `pycuda.driver`
+    nvml: Any | None = None  # `pynvml` (nvidia-ml-py); None: SM clocks are not reported
+
+
+def import_gpu_libraries(import_module: Callable[[str], Any] = importlib.import_module,
+                         eager_module_loading: bool = True) -> GpuLibraries:
+    """Import TensorRT, PyCUDA and (optionally) NVML; RuntimeUnavailable says what is missing."""
+    if eager_module_loading:
+        os.environ.setdefault("CUDA_MODULE_LOADING", "EAGER")  # read once, at CUDA's initialisation
+    found: dict[str, Any] = {}
+    missing = []
+    for name, label in (("tensorrt", "tensorrt>=10.1"), ("pycuda.driver", "pycuda")):
+        try:
+            found[name] = import_module(name)
+        except (ImportError, OSError) as exc:  # OSError: the package is there, a CUDA library is not
+            missing.append(f"{label} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+    if missing:
+        raise RuntimeUnavailable("the tensorrt runtime needs TensorRT and PyCUDA on a host with an NVIDIA "
+                                 f"driver; missing: {'; '.join(missing)}. Install them with "
+                                 "pip install '.[gpu]' (see docs/gpu-hosts.md)")
+    try:
+        nvml = import_module("pynvml")
+    except (ImportError, OSError):
+        nvml = None
+    return GpuLibraries(found["tensorrt"], found["pycuda.driver"], nvml)
+
+
+def check_trt_version(trt: Any) -> str:
+    version = str(getattr(trt, "__version__", "0"))
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    if tuple(parts) < MIN_TRT_VERSION:
+        raise RuntimeUnavailable(f"the tensorrt runtime needs TensorRT >= 10.1, found {version}; "
+                                 "upgrade with pip install '.[gpu]'")
+    return version
+
+
+def make_logger(trt: Any, log: Any) -> Any:
+    """A trt.ILogger that forwards warnings and errors to our log, and lets a caller capture
+    the errors its own calls produce (`with logger.capture() as errors:`) to explain a failure."""
+    severity = trt.ILogger.Severity
+    error_levels = {severity.INTERNAL_ERROR, severity.ERROR}
+
+    class TrtLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self._local = threading.local()
+
+        def log(self, sev: Any, msg: str) -> None:
+            if sev in error_levels:
+                captured = getattr(self._local, "errors", None)
+                if captured is not None:
+                    captured.append(str(msg))
+                log.warning("tensorrt error", message=str(msg))
+            elif sev == severity.WARNING:
+                log.info("tensorrt warning", message=str(msg))
+
+        @contextlib.contextmanager
+        def capture(self) -> Iterator[list[str]]:
+            outer = getattr(self._local, "errors", None)
+            self._local.errors = errors = []
+            try:
+                yield errors
+            finally:
+                self._local.errors = outer
+                if outer is not None:
+                    outer.extend(errors)
+
+    return TrtLogger()
+
+
+def trt_failure(what: str, errors: list[str], default: Status = Status.RUNTIME_ERROR) -> RuntimeFailure:
+    """A failure TensorRT reported only through its logger (a None or False return)."""
+    detail = "; ".join(errors[-3:]) if errors else "TensorRT logged no reason"
+    status = Status.INSUFFICIENT_MEMORY if any(looks_like_oom(e) for e in errors) else default
+    return RuntimeFailure(status, f"{what}: {detail}")
+
+
+# ------------------------------------------------------------------------------ shapes and engines
+
+
+def profile_shapes(sample_shape: tuple[int, ...], max_batch: int, opt_batch: int = 0
+                   ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(min, opt, max) dims of one input for the optimization profile: batch 1..max_batch."""
+    opt = min(opt_batch, max_batch) if opt_batch > 0 else max_batch
+    rest = tuple(int(d) for d in sample_shape)
+    return (1, *rest), (opt, *rest), (max_batch, *rest)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One input or output tensor of an engine."""
+
+    name: str
+    engine_dtype: np.dtype  # what TensorRT reads or writes
+    wire_dtype: np.dtype  # what the model's signature promises callers (may differ for integers)
+    sample_shape: tuple[int, ...]  # without the batch (outputs: as seen at max batch)
+    max_bytes: int  # bytes at max batch, in engine_dtype
+
+    def nbytes(self, shape: tuple[int, ...]) -> int:
+        return math.prod(shape) * self.engine_dtype.itemsize
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What PREPARE learnt from deserializing a plan once."""
+
+    inputs: tuple[Binding, ...]
+    outputs: tuple[Binding, ...]
+    max_batch: int
+    device_memory_bytes: int  # the engine's device_memory_size_v2: its need from the workspace
+    plan_bytes: int
+
+    @property
+    def io_bytes(self) -> int:
+        return sum(b.max_bytes for b in self.inputs + self.outputs)
+
+    @property
+    def weights_bytes(self) -> int:
+        """What one LOAD takes on the device: the deserialized plan and the I/O buffers."""
+        return self.plan_bytes + self.io_bytes
+
+
+def _bad(detail: str) -> RuntimeFailure:
+    return RuntimeFailure(Status.BAD_MODEL, detail)
+
+
+def _np_dtype(trt: Any, trt_dtype: Any, name: str) -> np.dtype:
+    try:
+        return np.dtype(trt.nptype(trt_dtype))
+    except (TypeError, KeyError):
+        raise _bad(f"tensor {name!r} has TensorRT type {trt_dtype}, which has no numpy equivalent") from None
+
+
+def _check_dtypes(name: str, engine: np.dtype, wire: np.dtype) -> None:
+    """Integer tensors may change width (TensorRT may run int64 as int32); nothing else may."""
+    if engine == wire or (np.issubdtype(engine, np.integer) and np.issubdtype(wire, np.integer)):
+        return
+    raise _bad(f"TensorRT runs tensor {name!r} as {engine.name} but the model declares {wire.name}")
+
+
+def inspect_engine(trt: Any, engine: Any, signature: Signature, plan_bytes: int) -> EngineSpec:
+    """Check a deserialized engine against the model's signature and describe it."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    input_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    output_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    sig_in = {s.name: s for s in signature.inputs}
+    sig_out = {s.name: s for s in signature.outputs}
+    batch = signature.max_batch
+    inputs = []
+    for name in input_names:
+        spec = sig_in.get(name)
+        if spec is None:
+            raise _bad(f"the engine has an input {name!r} that the model's signature does not list")
+        max_dims = tuple(engine.get_tensor_profile_shape(name, 0)[2])
+        if not max_dims or max_dims[0] < batch:
+            raise _bad(f"the engine's profile for {name!r} stops at {max_dims}, below batch {batch}")
+        engine_dtype = _np_dtype(trt, engine.get_tensor_dtype(name), name)
+        _check_dtypes(name, engine_dtype, np.dtype(spec.dtype))
+        inputs.append(Binding(name, engine_dtype, np.dtype(spec.dtype), tuple(spec.shape),
+                              math.prod((batch, *spec.shape)) * engine_dtype.itemsize))
+    context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+    if context is None:
+        raise RuntimeFailure(Status.RUNTIME_ERROR, "TensorRT cannot create an execution context for the engine")
+    try:
+        for b in inputs:
+            if not context.set_input_shape(b.name, (batch, *b.sample_shape)):
+                raise _bad(f"the engine refuses input {b.name!r} at shape {[batch, *b.sample_shape]}")
+        outputs = [_output_binding(trt, engine, context, name, sig_out.get(name), batch) for name in output_names]
+    finally:
+        del context  # destroyed here, before the engine, as TensorRT requires
+    return EngineSpec(tuple(inputs), tuple(outputs), batch, int(engine.device_memory_size_v2), plan_bytes)
+
+
+def _output_binding(trt: Any, engine: Any, context: Any, name: str, spec: Any, batch: int) -> Binding:
+    shape = tuple(int(d) for d in context.get_tensor_shape(name))
+    if any(d < 0 for d in shape):
+        raise _bad(f"output {name!r} has a data-dependent shape {list(shape)}, which this runtime does not serve")
+    if not shape or shape[0] != batch:
+        raise _bad(f"output {name!r} has shape {list(shape)} at batch {batch}; outputs must be batch-first")
+    engine_dtype = _np_dtype(trt, engine.get_tensor_dtype(name), name)
+    wire = np.dtype(spec.dtype) if spec is not None else engine_dtype
+    _check_dtypes(name, engine_dtype, wire)
+    return Binding(name, engine_dtype, wire, shape[1:], math.prod(shape) * engine_dtype.itemsize)
+
+
+@dataclass(eq=False)
+class HostPlan:
+    """A plan held in host memory (pinned unless pinning failed) with what PREPARE learnt of it."""
+
+    buffer: Any  # np.uint8 array (pinned) or bytes
+    pinned: bool
+    spec: EngineSpec
+    source: str  # "cache" | "built"
+
+
+@dataclass(eq=False)
+class TrtModel:
+    """PreparedModel.host of this runtime: one plan per GPU kind of this worker."""
+
+    plans: dict[str, HostPlan]
+
+
+@dataclass(frozen=True)
+class ExecTiming:
+    """GPU time of the parts of one INFER, from CUDA events on the lane's stream."""
+
+    copy_in_ns: int
+    exec_ns: int
+    copy_out_ns: int
+
+    @property
+    def total_ns(self) -> int:
+        return self.copy_in_ns + self.exec_ns + self.copy_out_ns
+
+
+# ------------------------------------------------------------------------------ device state
+
+
+@dataclass(eq=False)
+class LoadedEngine:
+    """The handle LOAD returns: an engine, its context and its buffers on one device."""
+
+    device_id: int
+    model_id: str
+    spec: EngineSpec
+    engine: Any = None
+    context: Any = None
+    device_buffers: dict[str, Any] = field(default_factory=dict)  # name -> DeviceAllocation
+    host_buffers: dict[str, np.ndarray] = field(default_factory=dict)  # name -> pinned uint8
+    bound_generation: int = -1  # the workspace generation its context points at
+    released: bool = False
+    # Held by an INFER of this engine and by its release: an UNLOAD (a caller's bug) never frees
+    # buffers in use, yet unloading one model never waits for an INFER of another.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def host_view(self, binding: Binding, shape: tuple[int, ...]) -> np.ndarray:
+        nbytes = binding.nbytes(shape)
+        return self.host_buffers[binding.name][:nbytes].view(binding.engine_dtype).reshape(shape)
+
+
+class Workspace:
+    """One execution-memory buffer per GPU, shared by every execution context on it.
+
+    `lock` is held by the EXEC lane from binding a context to the end of its INFER's stream, and
+    by the LOAD lane while it swaps in a bigger buffer: the buffer is never in use by two engines,
+    nor freed under one. (So a LOAD that grows the workspace waits for the INFER in flight; growth
+    happens only when a bigger engine than any before arrives.)
+    """
+
+    def __init__(self, devices: CudaDevices, device_id: int, budget_bytes: int):
+        self.lock = threading.Lock()
+        self.device_id = device_id
+        self.budget_bytes = budget_bytes
+        self.size_bytes = 0
+        self.generation = 0  # bumped each time the buffer changes
+        self._devices = devices
+        self._buffer: Any = None
+
+    def ensure(self, nbytes: int) -> None:
+        """Grow to at least nbytes (a lane thread of this device). The new buffer is allocated
+        before taking the lock, so an INFER in flight is delayed only by the swap."""
+        nbytes = int(nbytes)
+        if nbytes <= self.size_bytes:
+            return
+        if nbytes > self.budget_bytes:
+            raise RuntimeFailure(Status.INSUFFICIENT_MEMORY, f"the engine needs {nbytes} bytes of execution "
+                                 f"memory; the workspace of device {self.device_id} is limited to {self.budget_bytes}")
+        new = self._devices.alloc(nbytes, "the shared TensorRT workspace")
+        with self.lock:
+            if nbytes <= self.size_bytes:  # the other lane grew it meanwhile
+                old = new
+            else:
+                old, self._buffer = self._buffer, new
+                self.size_bytes = nbytes
+                self.generation += 1
+            if old is not None:
+                old.free()
+
+    def bind(self, loaded: LoadedEngine) -> None:
+        """Point the context at the current buffer if it is not already (caller holds `lock`)."""
+        if loaded.bound_generation == self.generation:
+            return
+        if self._buffer is not None:
+            loaded.context.set_device_memory(int(self._buffer), self.size_bytes)
+        loaded.bound_generation = self.generation
+
+    def close(self) -> None:
+        with self.lock:
+            buffer, self._buffer = self._buffer, None
+            self.size_bytes = 0
+            self.generation += 1
+            if buffer is not None:
+                buffer.free()
+
+
+# ------------------------------------------------------------------------------ the runtime
+
+
+class TensorRTRuntime(Runtime):
+    name = "tensorrt"
+    formats = ("onnx",)
+
+    def __init__(self, config: WorkerConfig, gpu: GpuLibraries | None = None,
+                 settings: TensorRTSettings | None = None, log: Any = None):
+        self._config = config
+        self._settings = settings or TensorRTSettings()
+        self._log = log or structlog.get_logger().bind(runtime="tensorrt")
+        libs = gpu or import_gpu_libraries(eager_module_loading=self._settings.eager_module_loading)
+        self._trt = libs.trt
+        self.trt_version = check_trt_version(libs.trt)
+        self._cuda = CudaDevices(libs.cuda, config.devices)
+        self._lock = threading.Lock()  # guards _loaded
+        self._loaded: list[set[LoadedEngine]] = [set() for _ in self._cuda.infos]
+        self._plans: weakref.WeakSet[HostPlan] = weakref.WeakSet()
+        self._timings: list[ExecTiming | None] = [None] * len(self._cuda.infos)
+        self._closed = False
+        try:
+            self._logger = make_logger(libs.trt, self._log)
+            self._cache = PlanCache(config.engine_cache_dir, self._log)
+            self._open_devices()
+            self._clocks = SmClocks(libs.nvml, self._cuda.infos, self._log)
+        except libs.cuda.Error as exc:  # e.g. a GPU held by another process in exclusive mode
+            self._cuda.close()
+            raise RuntimeUnavailable(f"the tensorrt runtime cannot use the GPUs: {exc} (is another "
+                                     "process using them? see docs/gpu-hosts.md)") from None
+        except BaseException:
+            self._cuda.close()
+            raise
+        self._log.info("tensorrt runtime ready", trt_version=self.trt_version,
+                       devices=[dataclasses.asdict(d) for d in self._devices],
+                       workspace_bytes=[w.budget_bytes for w in self._workspaces])
+
+    def _open_devices(self) -> None:
+        self._runtimes: list[Any] = []  # one trt.Runtime per GPU, used under its lock
+        self._deserialize_locks = [threading.Lock() for _ in self._cuda.infos]
+        self._workspaces: list[Workspace] = []
+        self._devices: list[DeviceInfo] = []
+        for info in self._cuda.infos:
+            with self._cuda.scoped(info.device_id):
+                # Creating the runtime initialises CUDA's runtime API on this context (and, with
+                # eager loading, TensorRT's kernels), so the free memory read next excludes them.
+                self._runtimes.append(self._trt.Runtime(self._logger))
+                free, total = self._cuda.mem_info()
+            budget = min(self._settings.workspace_bytes, int(total * self._settings.workspace_max_fraction))
+            self._workspaces.append(Workspace(self._cuda, info.device_id, budget))
+            self._devices.append(DeviceInfo(info.device_id, info.name, self._memory_bytes(info, free, total, budget)))
+
+    def _memory_bytes(self, info: GpuInfo, free: int, total: int, workspace: int) -> int:
+        reserve = max(self._settings.reserve_min_bytes, int(total * self._settings.reserve_fraction))
+        available = max(0, free - workspace - reserve)
+        configured = self._config.device_memory_bytes
+        if configured in _AUTO_MEMORY:
+            return available
+        if configured > available:
+            self._log.warning("device_memory_bytes is more than the GPU has free; using what it has",
+                              device_id=info.device_id, configured=configured, available=available)
+            return available
+        return configured
+
+    # ------------------------------------------------------------------ Runtime interface
+
+    def devices(self) -> list[DeviceInfo]:
+        return list(self._devices)
+
+    def lane_started(self, device_id: int, lane: str) -> None:
+        self._cuda.enter_lane(device_id, lane)
+
+    def lane_stopped(self, device_id: int, lane: str) -> None:
+        self._cuda.leave_lane()
+
+    def last_sm_clock_mhz(self, device_id: int) -> int | None:
+        """The SM clock sampled after the device's last INFER (None: not known)."""
+        return self._clocks.last_mhz[device_id]
+
+    def last_timing(self, device_id: int) -> ExecTiming | None:
+        """The GPU-timed parts of the device's last INFER."""
+        return self._timings[device_id]
+
+    def workspace_bytes(self, device_id: int) -> int:
+        """The size of the device's shared workspace now (the largest engine loaded so far)."""
+        return self._workspaces[device_id].size_bytes
+
+    def prepare(self, model_id: str, digest: str, fmt: str, blob: bytes, signature: Signature) -> PreparedModel:
+        if fmt not in self.formats:
+            raise _bad(f"the tensorrt runtime serves ONNX models, not {fmt!r}")
+        blob = bytes(blob)
+        plans = {kind: self._prepare_on(device_id, digest, blob, signature)
+                 for kind, device_id in self._first_device_of_each_kind().items()}
+        weights = max(p.spec.weights_bytes for p in plans.values())
+        extra = {"engine": {kind: {"source": p.source, "plan_bytes": p.spec.plan_bytes, "pinned": p.pinned,
+                                   "workspace_bytes": p.spec.device_memory_bytes} for kind, p in plans.items()}}
+        return PreparedModel(model_id, digest, signature, weights, TrtModel(plans), extra)
+
+    def load(self, device_id: int, model: PreparedModel) -> LoadedEngine:
+        self._cuda.lane(device_id)
+        host = self._host_plan(device_id, model)
+        loaded = LoadedEngine(device_id, model.model_id, host.spec)
+        try:
+            self._materialize(loaded, host)
+        except BaseException as exc:
+            self._release(loaded)
+            if isinstance(exc, self._cuda.cuda.Error):
+                raise cuda_failure(self._cuda.cuda, exc, f"LOAD of {model.model_id!r}") from None
+            raise
+        with self._lock:
+            self._loaded[device_id].add(loaded)
+        return loaded
+
+    def unload(self, device_id: int, handle: Any) -> None:
+        self._cuda.lane(device_id)
+        loaded = self._loaded_handle(device_id, handle)
+        with self._lock:
+            self._loaded[device_id].discard(loaded)
+        self._release(loaded)
+
+    def execute(self, device_id: int, handle: Any, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        lane = self._cuda.lane(device_id)
+        loaded = self._loaded_handle(device_id, handle)
+        workspace = self._workspaces[device_id]
+        try:
+            with loaded.lock:
+                if loaded.released:
+                    raise RuntimeFailure(Status.NOT_LOADED, f"{loaded.model_id!r} was unloaded")
+                batch = self._stage_inputs(loaded, inputs)
+                with workspace.lock:
+                    workspace.bind(loaded)
+                    shapes = self._enqueue(loaded, lane, batch)
+                    lane.events[3].synchronize()
+                outputs = {b.name: loaded.host_view(b, shapes[b.name]).astype(b.wire_dtype, copy=True)
+                           for b in loaded.spec.outputs}
+        except self._cuda.cuda.Error as exc:
+            raise cuda_failure(self._cuda.cuda, exc, f"INFER of {loaded.model_id!r}") from None
+        timing = self._timing(lane)
+        self._timings[device_id] = timing
+        self._clocks.sample(device_id)
+        return outputs, timing.total_ns
+
+    def profile(self, device_id: int, model: PreparedModel, batch_sizes: list[int], runs: int) -> Profile:
+        """LOAD once (timed), then per batch size one warm-up and `runs` timed INFERs of zeros."""
+        self._cuda.lane(device_id)
+        started = time.perf_counter_ns()
+        handle = self.load(device_id, model)
+        load_ns = time.perf_counter_ns() - started
+        try:
+            exec_ns = {}
+            for batch in sorted({b for b in batch_sizes if 1 <= b <= model.signature.max_batch}):
+                inputs = {s.name: np.zeros((batch, *s.shape), dtype=s.dtype) for s in model.signature.inputs}
+                self.execute(device_id, handle, inputs)
+                samples = []
+                for _ in range(max(1, runs)):
+                    t0 = time.perf_counter_ns()
+                    self.execute(device_id, handle, inputs)
+                    samples.append(time.perf_counter_ns() - t0)
+                exec_ns[batch] = int(np.percentile(samples, self._settings.profile_percentile, method="higher"))
+        finally:
+            self.unload(device_id, handle)
+        return Profile(load_ns, exec_ns)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for info in self._cuda.infos:
+            with self._cuda.scoped(info.device_id):
+                with self._lock:
+                    loaded, self._loaded[info.device_id] = list(self._loaded[info.device_id]), set()
+                for engine in loaded:
+                    self._release(engine)
+                self._workspaces[info.device_id].close()
+                if info.device_id == 0:
+                    for host in list(self._plans):  # portable: any context may free them
+                        self._unpin(host)
+                self._runtimes[info.device_id] = None
+        self._clocks.close()
+        self._cuda.close()
+
+    # ------------------------------------------------------------------ PREPARE
+
+    def _first_device_of_each_kind(self) -> dict[str, int]:
+        kinds: dict[str, int] = {}
+        for info in self._cuda.infos:
+            kinds.setdefault(info.kind_key, info.device_id)
+        return kinds
+
+    def plan_key(self, device_id: int, digest: str, signature: Signature) -> PlanKey:
+        info = self._cuda.infos[device_id]
+        opt = profile_shapes((), signature.max_batch, self._settings.opt_batch)[1][0]
+        builder_workspace = int(self._workspaces[device_id].budget_bytes * self._settings.builder_workspace_fraction)
+        return PlanKey(digest, self.trt_version, info.name, tuple(info.compute_capability),
+                       signature.max_batch, opt, builder_workspace)
+
+    def plan_path(self, device_id: int, digest: str, signature: Signature) -> str:
+        return str(self._cache.path_for(self.plan_key(device_id, digest, signature)))
+
+    def _prepare_on(self, device_id: int, digest: str, blob: bytes, signature: Signature) -> HostPlan:
+        key = self.plan_key(device_id, digest, signature)
+        with self._cuda.scoped(device_id):
+            source, plan = "cache", self._cache.get(key)
+            spec = self._inspect(device_id, plan, signature) if plan is not None else None
+            if plan is not None and spec is None:
+                self._log.warning("cached engine does not deserialize; rebuilding", path=str(self._cache.path_for(key)))
+                self._cache.discard(key)
+            if spec is None:
+                source, plan = "built", self._build(blob, signature, key)
+                spec = self._inspect(device_id, plan, signature)
+                if spec is None:
+                    raise RuntimeFailure(Status.RUNTIME_ERROR, "TensorRT built an engine it cannot deserialize")
+                self._cache.put(key, plan)
+            budget = self._workspaces[device_id].budget_bytes
+            if spec.device_memory_bytes > budget:
+                raise RuntimeFailure(Status.TOO_LARGE, f"the engine needs {spec.device_memory_bytes / MIB:.0f} MiB "
+                                     f"of execution memory at batch {signature.max_batch}, over this worker's "
+                                     f"{budget / MIB:.0f} MiB workspace; upload it with a smaller max batch")
+            return self._pin(plan, spec, source)
+
+    def _build(self, blob: bytes, signature: Signature, key: PlanKey) -> bytes:
+        """ONNX -> serialized plan on the current device (the prepare thread, context scoped)."""
+        started = time.monotonic()
+        with self._logger.capture() as errors:
+            plan, problem = self._try_build(blob, signature, key)
+        # Raised only here, once the builder, network and parser are gone: a traceback that held
+        # them would destroy them later, on whatever thread, with no CUDA context current.
+        if problem:
+            raise _bad(problem)
+        if plan is None:
+            raise trt_failure("TensorRT could not build an engine", errors, default=Status.BAD_MODEL)
+        self._log.info("engine built", seconds=round(time.monotonic() - started, 3), plan_bytes=len(plan),
+                       gpu=key.gpu_name, max_batch=key.max_batch)
+        return plan
+
+    def _try_build(self, blob: bytes, signature: Signature, key: PlanKey) -> tuple[bytes | None, str]:
+        """(plan, "") or (None, why); every TensorRT object it makes dies when it returns."""
+        trt = self._trt
+        try:
+            builder = trt.Builder(self._logger)
+            network = builder.create_network(0)  # explicit batch: the only mode since TensorRT 10
+            parser = trt.OnnxParser(network, self._logger)
+            if not parser.parse(blob):
+                reasons = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+                return None, "TensorRT cannot parse the ONNX model: " + "; ".join(reasons[:3] or ["no reason given"])
+            config = builder.create_builder_config()
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, key.builder_workspace_bytes)
+            profile, problem = self._optimization_profile(builder, network, signature, key.opt_batch)
+            if problem:
+                return None, problem
+            config.add_optimization_profile(profile)
+            serialized = builder.build_serialized_network(network, config)
+        except (RuntimeError, TypeError, ValueError) as exc:  # pybind11's way of saying "invalid"
+            return None, f"TensorRT refused the model: {exc}"
+        return (None if serialized is None else bytes(memoryview(serialized))), ""
+
+    @staticmethod
+    def _optimization_profile(builder: Any, network: Any, signature: Signature, opt_batch: int) -> tuple[Any, str]:
+        profile = builder.create_optimization_profile()
+        specs = {s.name: s for s in signature.inputs}
+        for i in range(network.num_inputs):
+            name = network.get_input(i).name
+            spec = specs.get(name)
+            if spec is None:
+                return None, f"TensorRT sees an input {name!r} that the model's signature does not list"
+            profile.set_shape(name, *profile_shapes(spec.shape, signature.max_batch, opt_batch))
+        return profile, ""
+
+    def _inspect(self, device_id: int, plan: bytes, signature: Signature) -> EngineSpec | None:
+        """Deserialize once to check the plan and describe it; None if it does not deserialize."""
+        with self._logger.capture() as errors:
+            with self._deserialize_locks[device_id]:
+                engine = self._runtimes[device_id].deserialize_cuda_engine(plan)
+        if engine is None:
+            if any(looks_like_oom(e) for e in errors):
+                raise trt_failure("no GPU memory to check the engine", errors)
+            return None
+        try:
+            spec, problem = inspect_engine(self._trt, engine, signature, len(plan)), None
+        except RuntimeFailure as exc:  # re-raised below without the frames that hold the engine
+            spec, problem = None, RuntimeFailure(exc.status, exc.detail)
+        del engine  # its device memory goes now, on this thread, with the context current
+        if problem is not None:
+            raise problem
+        return spec
+
+    def _pin(self, plan: bytes, spec: EngineSpec, source: str) -> HostPlan:
+        try:
+            buffer = self._cuda.pinned(len(plan), "a TensorRT plan")
+            buffer[:] = np.frombuffer(plan, dtype=np.uint8)
+            pinned = True
+        except RuntimeFailure as exc:
+            self._log.warning("plan kept in pageable memory; LOADs will be slower", error=exc.detail)
+            buffer, pinned = plan, False
+        host = HostPlan(buffer, pinned, spec, source)
+        self._plans.add(host)
+        return host
+
+    def _unpin(self, host: HostPlan) -> None:
+        if host.pinned:
+            buffer, host.buffer, host.pinned = host.buffer, None, False
+            self._cuda.free_pinned(buffer)
+
+    # ------------------------------------------------------------------ LOAD / UNLOAD
+
+    def _host_plan(self, device_id: int, model: PreparedModel) -> HostPlan:
+        host = model.host
+        if not isinstance(host, TrtModel):
+            raise RuntimeFailure(Status.NOT_PREPARED, f"{model.model_id!r} was not prepared by the tensorrt runtime")
+        kind = self._cuda.infos[device_id].kind_key
+        plan = host.plans.get(kind)
+        if plan is None or plan.buffer is None:
+            raise RuntimeFailure(Status.NOT_PREPARED, f"{model.model_id!r} has no engine for {kind} "
+                                 f"(prepared for {', '.join(sorted(host.plans))})")
+        return plan
+
+    def _materialize(self, loaded: LoadedEngine, host: HostPlan) -> None:
+        device_id = loaded.device_id
+        with self._logger.capture() as errors:
+            with self._deserialize_locks[device_id]:
+                loaded.engine = self._runtimes[device_id].deserialize_cuda_engine(host.buffer)
+            if loaded.engine is None:
+                raise trt_failure(f"cannot deserialize the engine of {loaded.model_id!r}", errors)
+            self._workspaces[device_id].ensure(loaded.engine.device_memory_size_v2)
+            loaded.context = loaded.engine.create_execution_context(
+                self._trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            if loaded.context is None:
+                raise trt_failure(f"cannot create an execution context for {loaded.model_id!r}", errors)
+        for binding in loaded.spec.inputs + loaded.spec.outputs:
+            what = f"tensor {binding.name!r} of {loaded.model_id!r}"
+            loaded.device_buffers[binding.name] = self._cuda.alloc(binding.max_bytes, what)
+            loaded.host_buffers[binding.name] = self._cuda.pinned(binding.max_bytes, what)
+
+    def _release(self, loaded: LoadedEngine) -> None:
+        """Context, buffers, engine, in that order (a lane thread of the device, or close)."""
+        with loaded.lock:  # an INFER of it in flight ends first
+            loaded.released = True
+            context, loaded.context = loaded.context, None
+            del context
+        device_buffers, loaded.device_buffers = loaded.device_buffers, {}
+        host_buffers, loaded.host_buffers = loaded.host_buffers, {}
+        for buffer in device_buffers.values():
+            buffer.free()
+        for buffer in host_buffers.values():
+            self._cuda.free_pinned(buffer)
+        engine, loaded.engine = loaded.engine, None
+        del engine
+
+    def _loaded_handle(self, device_id: int, handle: Any) -> LoadedEngine:
+        if not isinstance(handle, LoadedEngine) or handle.device_id != device_id:
+            raise RuntimeFailure(Status.NOT_LOADED, f"not a model loaded on device {device_id}")
+        if handle.released:
+            raise RuntimeFailure(Status.NOT_LOADED, f"{handle.model_id!r} was unloaded from device {device_id}")
+        return handle
+
+    # ------------------------------------------------------------------ INFER
+
+    def _stage_inputs(self, loaded: LoadedEngine, inputs: dict[str, np.ndarray]) -> int:
+        """Check the batch against the engine and copy it into the pinned staging buffers."""
+        arrays, batch = [], None
+        for b in loaded.spec.inputs:
+            if b.name not in inputs:
+                raise RuntimeFailure(Status.BAD_INPUT, f"missing input {b.name!r}")
+            arr = np.asarray(inputs[b.name])
+            if arr.dtype != b.wire_dtype or arr.ndim != len(b.sample_shape) + 1 or arr.shape[1:] != b.sample_shape:
+                raise RuntimeFailure(Status.BAD_INPUT, f"input {b.name!r}: {arr.dtype.name}{list(arr.shape)}, "
+                                     f"expected {b.wire_dtype.name}[batch, {', '.join(map(str, b.sample_shape))}]")
+            if batch is not None and arr.shape[0] != batch:
+                raise RuntimeFailure(Status.BAD_INPUT, "inputs disagree on the batch dimension")
+            batch = arr.shape[0]
+            arrays.append((b, arr))
+        if batch is None or not 1 <= batch <= loaded.spec.max_batch:
+            raise RuntimeFailure(Status.BAD_INPUT, f"batch of {batch} outside the engine's 1..{loaded.spec.max_batch}")
+        for b, arr in arrays:
+            np.copyto(loaded.host_view(b, arr.shape), arr, casting="unsafe")  # only integer widths differ
+        return batch
+
+    def _enqueue(self, loaded: LoadedEngine, lane: LaneState, batch: int) -> dict[str, tuple[int, ...]]:
+        """Queue copy-in, execution and copy-out on the lane's stream, between its events."""
+        cuda, context, stream = self._cuda.cuda, loaded.context, lane.stream
+        start, copied_in, executed, copied_out = lane.events
+        try:
+            for b in loaded.spec.inputs:
+                if not context.set_input_shape(b.name, (batch, *b.sample_shape)):
+                    raise RuntimeFailure(Status.BAD_INPUT, f"the engine refuses input {b.name!r} at batch {batch}")
+                context.set_tensor_address(b.name, int(loaded.device_buffers[b.name]))
+            shapes = {b.name: (batch, *b.sample_shape) for b in loaded.spec.inputs}
+            for b in loaded.spec.outputs:
+                shape = tuple(int(d) for d in context.get_tensor_shape(b.name))
+                if any(d < 0 for d in shape) or b.nbytes(shape) > b.max_bytes:
+                    raise RuntimeFailure(Status.RUNTIME_ERROR, f"output {b.name!r} has shape {list(shape)} at "
+                                         f"batch {batch}, beyond its buffer")
+                context.set_tensor_address(b.name, int(loaded.device_buffers[b.name]))
+                shapes[b.name] = shape
+            start.record(stream)
+            for b in loaded.spec.inputs:
+                cuda.memcpy_htod_async(loaded.device_buffers[b.name], loaded.host_view(b, shapes[b.name]), stream)
+            copied_in.record(stream)
+            with self._logger.capture() as errors:
+                if not context.execute_async_v3(stream.handle):
+                    raise trt_failure(f"execute_async_v3 of {loaded.model_id!r} failed", errors)
+            executed.record(stream)
+            for b in loaded.spec.outputs:
+                cuda.memcpy_dtoh_async(loaded.host_view(b, shapes[b.name]), loaded.device_buffers[b.name], stream)
+            copied_out.record(stream)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                stream.synchronize()  # nothing of this INFER may still run once the lock is released
+            raise
+        return shapes
+
+    @staticmethod
+    def _timing(lane: LaneState) -> ExecTiming:
+        start, copied_in, executed, copied_out = lane.events
+
+        def ns(later: Any, earlier: Any) -> int:
+            return max(0, int(round(later.time_since(earlier) * 1e6)))
+
+        return ExecTiming(ns(copied_in, start), ns(executed, copied_in), ns(copied_out, executed))
