@@ -318,6 +318,7 @@ class Core:
         if msg.status is Status.OK:
             self.latency.observe_exec(action.model, action.batch_size, action.device.kind, msg.duration_ns,
                                       action.expected_ns)
+            self.latency.observe_hops(action.sent_ns, msg.begin_ns, msg.end_ns, now_ns)
             self._answer_batch(action, msg, now_ns)
         elif msg.status in (Status.TOO_LATE, Status.TOO_EARLY, Status.NOT_LOADED, Status.BUSY):
             self.counters[f"exec_dropped_{msg.status.name.lower()}"] += 1

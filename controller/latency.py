@@ -44,6 +44,9 @@ class LatencyModel:
         self._load: dict[tuple[str, str], _Window] = {}
         self.exec_errors: deque[int] = deque(maxlen=error_window)  # predicted - measured, ns
         self.load_errors: deque[int] = deque(maxlen=error_window)
+        # Controller send -> lane start, and lane end -> result received: what `dispatch_ns` must cover.
+        self.dispatch_delays: deque[int] = deque(maxlen=error_window)
+        self.return_delays: deque[int] = deque(maxlen=error_window)
 
     def _get(self, table: dict, key) -> _Window:
         win = table.get(key)
@@ -68,6 +71,10 @@ class LatencyModel:
         if predicted_ns:
             self.exec_errors.append(predicted_ns - measured_ns)
 
+    def observe_hops(self, sent_ns: int, begin_ns: int, end_ns: int, received_ns: int) -> None:
+        self.dispatch_delays.append(begin_ns - sent_ns)
+        self.return_delays.append(received_ns - end_ns)
+
     def observe_load(self, model: str, kind: str, measured_ns: int, predicted_ns: int) -> None:
         self._get(self._load, (model, kind)).add(measured_ns)
         if predicted_ns:
@@ -88,7 +95,8 @@ class LatencyModel:
         return win.estimate() if win is not None and win.values else None
 
     def error_summary(self) -> dict[str, float]:
-        """Percentiles of |predicted - measured| in ms and the mean signed error (for STATUS)."""
+        """Percentiles of |predicted - measured| in ms, the mean signed error, and the hop
+        delays around each EXEC (for STATUS)."""
         out: dict[str, float] = {}
         for name, errors in (("exec", self.exec_errors), ("load", self.load_errors)):
             if errors:
@@ -98,4 +106,9 @@ class LatencyModel:
                 out[f"{name}_prediction_error_ms_p99"] = float(np.percentile(absolute, 99)) / 1e6
                 out[f"{name}_prediction_bias_ms_mean"] = float(arr.mean()) / 1e6
                 out[f"{name}_predictions"] = len(arr)
+        for name, delays in (("dispatch", self.dispatch_delays), ("return", self.return_delays)):
+            if delays:
+                arr = np.fromiter(delays, dtype=np.int64)
+                out[f"{name}_delay_ms_p50"] = float(np.percentile(arr, 50)) / 1e6
+                out[f"{name}_delay_ms_p99"] = float(np.percentile(arr, 99)) / 1e6
         return out

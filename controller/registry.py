@@ -54,7 +54,9 @@ class Registry:
         self.root = Path(state_dir)
         self.files = self.root / "models"
         self.files.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.root / "registry.sqlite3", isolation_level=None)
+        # One daemon thread uses it at a time; not pinning it to the creating thread lets tests
+        # and embedders run the daemon on a thread of their own.
+        self._db = sqlite3.connect(self.root / "registry.sqlite3", isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
