@@ -20,6 +20,7 @@ else:  # pragma: no cover
 
 MS = 1_000_000
 MIB = 1024 * 1024
+HOST_DEVICE_MEMORY_BYTES = 4096 * MIB  # pretend capacity of a CPU or emulated device
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,43 @@ class ControllerConfig:
 
 
 @dataclass(frozen=True)
+class TensorRTConfig:
+    """Knobs of the tensorrt runtime (`[worker.tensorrt]`)."""
+
+    # Shared execution memory per GPU (activations + tactic scratch of the one running engine).
+    # 1 GiB holds e.g. ResNet-50 at batch 16 several times over; larger needs are refused at
+    # PREPARE (TOO_LARGE) rather than left to fail at LOAD.
+    workspace_bytes: int = 1024 * MIB
+    # ...but never more than this share of a small GPU.
+    workspace_max_fraction: float = 0.125
+    # Tactic scratch the builder may plan for, as a share of the workspace: the other half is
+    # left for activations, so that device_memory_size_v2 fits the workspace.
+    builder_workspace_fraction: float = 0.5
+    # Left out of the pages: the CUDA context, TensorRT's own allocations, fragmentation, and the
+    # transient memory of prepare-time builds and checks.
+    reserve_min_bytes: int = 512 * MIB
+    reserve_fraction: float = 0.02
+    # Tactics are tuned for this batch size (0: the model's max batch). Batching matters under
+    # load, which is when latency matters most; at batch 1 the GPU has time to spare.
+    opt_batch: int = 0
+    # profile() reports this percentile of its timed runs for each batch size.
+    profile_percentile: float = 99.0
+    # Load every kernel when an engine is deserialized (LOAD), not at its first INFER: with
+    # CUDA's default lazy loading the first INFER after each LOAD would be slower than the rest.
+    # Sets CUDA_MODULE_LOADING=EAGER unless the environment already chose.
+    eager_module_loading: bool = True
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     controller: str = "tcp://127.0.0.1:5556"
     name: str = ""  # empty: hostname-pid
     runtime: str = "onnxruntime"  # onnxruntime | emulated | tensorrt
     devices: int = 1  # devices this process exposes (emulated: any number; CPU: core sets)
-    # Model memory per device. CPU and emulated devices have no natural limit, so one is set;
-    # a TensorRT device defaults to the GPU's free memory when this is 0.
-    device_memory_bytes: int = 4096 * MIB
+    # Model memory per device; 0: the runtime decides (a TensorRT device: the GPU's free memory
+    # less workspace and reserve; CPU and emulated devices, which have no natural limit:
+    # HOST_DEVICE_MEMORY_BYTES).
+    device_memory_bytes: int = 0
     page_bytes: int = 16 * MIB  # memory is accounted in pages of this size (Clockwork's value)
     # onnxruntime intra-op threads per EXEC lane. 1: measured here, 2 threads on 2 shared cores
     # put p99 at 9-22x the median; 1 thread keeps it at 1.1-1.4x.
@@ -73,6 +103,7 @@ class WorkerConfig:
     profile_runs: int = 10  # timed runs per batch size at PREPARE (after one warm-up)
     engine_cache_dir: str = "~/.cache/clockwork/engines"  # TensorRT plans, per GPU kind
     log_level: str = "info"
+    tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
 
 
 T = TypeVar("T")

@@ -231,6 +231,8 @@ class Result(Message):
     end_ns: int = f(SIGNED_NS, 0)
     duration_ns: int = f(NS, 0)
     batch_size: int = f(c.integer(0, MAX_BATCH), 0)
+    device_ns: int = f(NS, 0)  # the device's own timing of an EXEC (CUDA events); 0: none
+    sm_clock_mhz: int = f(c.integer(0, 100_000), 0)  # GPU SM clock after an EXEC; 0: unknown
     tensors: tuple[Tensor, ...] = tensors_field()
 
 

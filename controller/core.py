@@ -319,6 +319,8 @@ class Core:
             self.latency.observe_exec(action.model, action.batch_size, action.device.kind, msg.duration_ns,
                                       action.expected_ns)
             self.latency.observe_hops(action.sent_ns, msg.begin_ns, msg.end_ns, now_ns)
+            if msg.sm_clock_mhz:
+                action.device.sm_clock_mhz = msg.sm_clock_mhz
             self._answer_batch(action, msg, now_ns)
         elif msg.status in (Status.TOO_LATE, Status.TOO_EARLY, Status.NOT_LOADED, Status.BUSY):
             self.counters[f"exec_dropped_{msg.status.name.lower()}"] += 1
@@ -605,6 +607,7 @@ class Core:
                 "loaded": sorted(n for n, r in d.resident.items() if r.state is Residency.LOADED),
                 "loading": sorted(n for n, r in d.resident.items() if r.state is Residency.LOADING),
                 "busy_ms": max(0, d.exec_lane.free_at(now_ns) - now_ns) / 1e6,
+                "sm_clock_mhz": d.sm_clock_mhz or None,
             } for d in w.devices.values()]
             workers.append({"name": w.name, "runtime": w.runtime, "alive": True,
                             "last_seen_ms_ago": (now_ns - w.last_seen_ns) / 1e6, "devices": devices})

@@ -68,6 +68,7 @@ class Device:
     exec_lane: Timeline = field(default_factory=Timeline)
     load_lane: Timeline = field(default_factory=Timeline)
     loads_in_flight: int = 0
+    sm_clock_mhz: int = 0  # last reported by the worker (GPUs); shows throttling in STATUS
 
     @property
     def key(self) -> str:

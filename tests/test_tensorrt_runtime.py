@@ -25,7 +25,7 @@ import structlog
 from bench import gpu_check
 from bench.gpu_check import DeviceLanes
 from bench.models import mlp_onnx
-from common.config import MIB, WorkerConfig
+from common.config import MIB, TensorRTConfig, WorkerConfig
 from common.models import onnx_signature, pages_for
 from common.status import Status
 from tests.fake_pycuda import FakeCudaDriver, FakeGpu, FakeNvml
@@ -33,7 +33,7 @@ from tests.fake_tensorrt import FakeTensorRT
 from worker import runtimes
 from worker.runtimes.base import RuntimeFailure, RuntimeUnavailable
 from worker.runtimes.engine_cache import PlanKey
-from worker.runtimes.tensorrt import (GpuLibraries, TensorRTRuntime, TensorRTSettings, import_gpu_libraries,
+from worker.runtimes.tensorrt import (GpuLibraries, TensorRTRuntime, import_gpu_libraries,
                                       profile_shapes)
 from worker.store import digest_of
 
@@ -80,13 +80,15 @@ class Rig:
 
 
 def make_rig(tmp_path: Path, gpus: list[dict] | None = None, version: str = "10.3.0", nvml: bool = True,
-             settings: TensorRTSettings | None = None, lanes: bool = True, cuda: FakeCudaDriver | None = None,
+             settings: TensorRTConfig | None = None, lanes: bool = True, cuda: FakeCudaDriver | None = None,
              **config) -> Rig:
     cuda = cuda or FakeCudaDriver([FakeGpu(**g) for g in (gpus or [H200])])
     trt = FakeTensorRT(cuda, version=version)
     fake_nvml = FakeNvml({g.pci_bus_id: 1980 for g in cuda.gpus}) if nvml else None
     config = {"runtime": "tensorrt", "devices": len(cuda.gpus), "engine_cache_dir": str(tmp_path / "engines"), **config}
-    runtime = TensorRTRuntime(WorkerConfig(**config), gpu=GpuLibraries(trt, cuda, fake_nvml), settings=settings, log=LOG)
+    if settings is not None:
+        config = {**config, "tensorrt": settings}
+    runtime = TensorRTRuntime(WorkerConfig(**config), gpu=GpuLibraries(trt, cuda, fake_nvml), log=LOG)
     rig = Rig(runtime, trt, cuda, fake_nvml, [])
     if lanes:
         rig.lanes = [DeviceLanes(runtime, d.device_id, LOG) for d in runtime.devices()]
@@ -226,7 +228,7 @@ def test_the_fake_lacks_what_tensorrt_11_removed(rig):
 
 
 def test_devices_size_model_memory_from_free_gpu_memory(tmp_path):
-    rig = make_rig(tmp_path, lanes=False)  # device_memory_bytes left at the (CPU-sized) default
+    rig = make_rig(tmp_path, lanes=False)  # device_memory_bytes left at 0: the runtime sizes it
     try:
         (device,) = rig.runtime.devices()
         free = 8 * GIB - rig.cuda.gpus[0].baseline_used_bytes
@@ -282,7 +284,7 @@ def test_build_uses_one_optimization_profile_over_the_batch_range(rig, blob, max
 
 
 def test_opt_batch_setting_tunes_for_that_batch(tmp_path):
-    rig = make_rig(tmp_path, settings=TensorRTSettings(opt_batch=4), lanes=False)
+    rig = make_rig(tmp_path, settings=TensorRTConfig(opt_batch=4), lanes=False)
     try:
         prepare(rig.runtime, mlp())
         assert rig.trt.builds[0].profiles == [{"x": ((1, 8), (4, 8), (16, 8))}]
@@ -424,7 +426,7 @@ def test_one_workspace_per_gpu_sized_to_the_largest_engine_and_grown_by_loads(ri
 
 
 def test_an_engine_needing_more_than_the_workspace_budget_is_too_large(tmp_path):
-    rig = make_rig(tmp_path, settings=TensorRTSettings(workspace_bytes=4 * MIB), lanes=False)
+    rig = make_rig(tmp_path, settings=TensorRTConfig(workspace_bytes=4 * MIB), lanes=False)
     try:
         error = failure(lambda: prepare(rig.runtime, mlp(device_memory_bytes=8 * MIB)))
         assert error.status is Status.TOO_LARGE and "smaller max batch" in error.detail

@@ -195,6 +195,8 @@ class Done:
     duration_ns: int = 0
     batch_size: int = 0
     tensors: tuple[Tensor, ...] = ()
+    device_ns: int = 0
+    sm_clock_mhz: int = 0
 
 
 @dataclass
@@ -363,26 +365,39 @@ class Device:
             if res is not None:
                 self._executing = req.model_id
         try:
-            status, detail, outputs, end_ns = self._exec_resident(res, req)
+            out = self._exec_resident(res, req)
         finally:
             with self._lock:
                 self._executing = None
-        self._emit(Done(req.parent_id, "exec", status, self.device_id, req.model_id, detail,
-                        start_ns, end_ns, end_ns - start_ns, req.batch_size, outputs))
+        self._emit(Done(req.parent_id, "exec", out.status, self.device_id, req.model_id, out.detail,
+                        start_ns, out.end_ns, out.end_ns - start_ns, req.batch_size, out.tensors,
+                        out.device_ns, out.sm_clock_mhz))
 
-    def _exec_resident(self, res: Resident | None, req: _Exec) -> tuple[Status, str, tuple[Tensor, ...], int]:
+    def _exec_resident(self, res: Resident | None, req: _Exec) -> "_ExecOutcome":
         """Run the batch; the end time is taken when the device is done, before outputs are trimmed
         (trimming is bookkeeping for the reply, not device time)."""
         if res is None:
-            return Status.NOT_LOADED, f"{req.model_id!r} is not loaded on device {self.device_id}", (), monotonic_ns()
+            return _ExecOutcome(Status.NOT_LOADED, f"{req.model_id!r} is not loaded on device {self.device_id}",
+                                monotonic_ns())
         try:
             inputs, samples = pad_inputs(res.model.signature, req.tensors, req.batch_size)
-            outputs, _device_ns = self._runtime.execute(self.device_id, res.handle, inputs)
+            outputs, device_ns = self._runtime.execute(self.device_id, res.handle, inputs)
             end_ns = monotonic_ns()
-            return Status.OK, "", trim_outputs(res.model.signature, outputs, samples, req.batch_size), end_ns
+            return _ExecOutcome(Status.OK, "", end_ns, trim_outputs(res.model.signature, outputs, samples, req.batch_size),
+                                device_ns or 0, self._runtime.last_sm_clock_mhz(self.device_id) or 0)
         except Exception as exc:
             status, detail = describe_error(exc)
-            return status, detail, (), monotonic_ns()
+            return _ExecOutcome(status, detail, monotonic_ns())
+
+
+@dataclass(frozen=True)
+class _ExecOutcome:
+    status: Status
+    detail: str
+    end_ns: int
+    tensors: tuple[Tensor, ...] = ()
+    device_ns: int = 0  # the device's own timing (CUDA events), 0 where it has none
+    sm_clock_mhz: int = 0  # the GPU's SM clock right after, 0 where unknown
 
 
 def pad_inputs(signature: Signature, tensors: tuple[Tensor, ...], batch_size: int) -> tuple[dict[str, np.ndarray], int]:

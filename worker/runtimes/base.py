@@ -86,6 +86,11 @@ class Runtime(abc.ABC):
         """Run one batch (inputs already padded to a profiled batch size). Returns the outputs
         and, where the device can time itself (CUDA events), the device-measured ns."""
 
+    def last_sm_clock_mhz(self, device_id: int) -> int | None:
+        """The SM clock read after the last EXEC on this device (GPUs that report it), so the
+        controller can tell a throttled GPU's slow run from a model's real cost."""
+        return None
+
     def lane_started(self, device_id: int, lane: str) -> None:
         """Called on a lane's thread before its first action."""
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.clock import monotonic_ns
+from common.config import HOST_DEVICE_MEMORY_BYTES
 from common.models import EmulatedProfile, Signature, parse_profile
 from common.status import Status
 from worker.lanes import wait_until
@@ -42,7 +43,7 @@ class EmulatedRuntime(Runtime):
         self._kind = "emulated"
 
     def devices(self) -> list[DeviceInfo]:
-        return [DeviceInfo(i, self._kind, self._config.device_memory_bytes) for i in range(self._config.devices)]
+        return [DeviceInfo(i, self._kind, self._config.device_memory_bytes or HOST_DEVICE_MEMORY_BYTES) for i in range(self._config.devices)]
 
     def prepare(self, model_id: str, digest: str, fmt: str, blob: bytes, signature: Signature) -> PreparedModel:
         if fmt != "profile":

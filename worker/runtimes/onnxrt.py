@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from common.clock import monotonic_ns
+from common.config import HOST_DEVICE_MEMORY_BYTES
 from common.models import Signature
 from common.status import Status
 from worker.runtimes.base import DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure, RuntimeUnavailable
@@ -60,7 +61,7 @@ class OnnxRuntime(Runtime):
 
     def devices(self) -> list[DeviceInfo]:
         kind = f"cpu-{self._threads}t"
-        return [DeviceInfo(i, kind, self._config.device_memory_bytes) for i in range(self._config.devices)]
+        return [DeviceInfo(i, kind, self._config.device_memory_bytes or HOST_DEVICE_MEMORY_BYTES) for i in range(self._config.devices)]
 
     def session_options(self):
         opts = self._ort.SessionOptions()

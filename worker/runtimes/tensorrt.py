@@ -26,8 +26,8 @@ Memory, and why the accounting is honest
   from the start, and a model whose engine needs more than the budget is refused at PREPARE.
 - A device's `memory_bytes` = free GPU memory at start-up - the workspace budget - a safety
   reserve (CUDA and TensorRT's own allocations, fragmentation, prepare-time builds). A value set
-  in `device_memory_bytes` is honoured up to that amount; 0, or the WorkerConfig default (which
-  is sized for CPU devices), means "use the GPU's free memory".
+  in `device_memory_bytes` is honoured up to that amount; 0 (the default) means "use the GPU's
+  free memory". Knobs live in WorkerConfig.tensorrt (`[worker.tensorrt]`).
 
 API discipline: only what TensorRT 10.1+ and 11.x share. No `create_execution_context_without_
 device_memory`, `device_memory_size`, builder precision flags or `EXPLICIT_BATCH` (all removed in
@@ -64,35 +64,6 @@ from worker.runtimes.engine_cache import PlanCache, PlanKey
 
 MIN_TRT_VERSION = (10, 1)  # device_memory_size_v2 and set_device_memory(ptr, size) arrived in 10.1
 # device_memory_bytes values that mean "size it from the GPU" (0, or left at the CPU-sized default).
-_AUTO_MEMORY = (0, WorkerConfig.__dataclass_fields__["device_memory_bytes"].default)
-
-
-@dataclass(frozen=True)
-class TensorRTSettings:
-    """Tuning knobs of the tensorrt runtime (WorkerConfig holds the ones users set per host)."""
-
-    # Shared execution memory per GPU (activations + tactic scratch of the one running engine).
-    # 1 GiB holds e.g. ResNet-50 at batch 16 several times over; larger needs are refused at
-    # PREPARE (TOO_LARGE) rather than left to fail at LOAD.
-    workspace_bytes: int = 1024 * MIB
-    # ...but never more than this share of a small GPU.
-    workspace_max_fraction: float = 0.125
-    # Tactic scratch the builder may plan for, as a share of the workspace: the other half is
-    # left for activations, so that device_memory_size_v2 fits the workspace.
-    builder_workspace_fraction: float = 0.5
-    # Left out of the pages: the CUDA context, TensorRT's own allocations, fragmentation, and the
-    # transient memory of prepare-time builds and checks.
-    reserve_min_bytes: int = 512 * MIB
-    reserve_fraction: float = 0.02
-    # Tactics are tuned for this batch size (0: the model's max batch). Batching matters under
-    # load, which is when latency matters most; at batch 1 the GPU has time to spare.
-    opt_batch: int = 0
-    # profile() reports this percentile of its timed runs for each batch size.
-    profile_percentile: float = 99.0
-    # Load every kernel when an engine is deserialized (LOAD), not at its first INFER: with
-    # CUDA's default lazy loading the first INFER after each LOAD would be slower than the rest.
-    # Sets CUDA_MODULE_LOADING=EAGER unless the environment already chose.
-    eager_module_loading: bool = True
 
 
 # ------------------------------------------------------------------------------ libraries
@@ -409,9 +380,9 @@ class TensorRTRuntime(Runtime):
     formats = ("onnx",)
 
     def __init__(self, config: WorkerConfig, gpu: GpuLibraries | None = None,
-                 settings: TensorRTSettings | None = None, log: Any = None):
+                 log: Any = None):
         self._config = config
-        self._settings = settings or TensorRTSettings()
+        self._settings = config.tensorrt
         self._log = log or structlog.get_logger().bind(runtime="tensorrt")
         libs = gpu or import_gpu_libraries(eager_module_loading=self._settings.eager_module_loading)
         self._trt = libs.trt
@@ -457,7 +428,7 @@ class TensorRTRuntime(Runtime):
         reserve = max(self._settings.reserve_min_bytes, int(total * self._settings.reserve_fraction))
         available = max(0, free - workspace - reserve)
         configured = self._config.device_memory_bytes
-        if configured in _AUTO_MEMORY:
+        if configured == 0:
             return available
         if configured > available:
             self._log.warning("device_memory_bytes is more than the GPU has free; using what it has",
