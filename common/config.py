@@ -46,6 +46,13 @@ class SchedulerConfig:
     worker_timeout_ns: int = 2000 * MS
     # How often workers heartbeat (told in WELCOME).
     heartbeat_interval_ns: int = 200 * MS
+    # How often queued requests are swept for ones no device can finish in time any more, and
+    # hot models checked for another replica. Between sweeps a doomed request waits at most this
+    # long for its answer; a sweep costs O(models with queued requests).
+    housekeeping_ns: int = 1 * MS
+    # Extra replicas of a model (beyond one) idle this long are unloaded, so memory follows
+    # demand; the last replica stays until LRU eviction needs its pages.
+    replica_idle_ns: int = 2000 * MS
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,14 @@ Theory of operation
 - `on_request` admits a request or rejects it at once: MODEL_NOT_FOUND, BAD_INPUT, QUEUE_FULL,
   UNAVAILABLE (no worker prepared the model), WOULD_MISS_DEADLINE (not even an idle device
   could finish it in time).
-- `tick` runs the phases in order: drop lost workers, finish overdue uploads, expire requests
-  that can no longer make their deadline anywhere (answered now, not at the deadline), plan
-  EXECs on lanes about to free up (controller/batching.py), plan LOADs for models with demand
-  and no replica. Tests call `check_invariants` after every step.
+- `tick` runs the phases in order: housekeeping (every `housekeeping_ns`: drop lost workers,
+  finish overdue uploads, answer queued requests no device can finish in time any more, add a
+  replica where a hot model's queue cannot drain in time, release idle extra replicas), plan
+  EXECs on the lanes about to free up (controller/batching.py), plan LOADs for models with
+  demand and no replica (controller/placement.py). Tests call `check_invariants` after every step.
+- Work per event is bounded by what the event touches, not by the cluster's size: devices wait in
+  a heap keyed by when their EXEC lane needs planning; each device knows which of its resident
+  models have queued requests; models without a replica are kept in their own set.
 - `on_result` re-anchors the lane's timeline to what really happened, feeds the latency model
   with successful measurements, answers the batch's requests, or puts them back in the queue
   when the worker dropped the action unexecuted.
@@ -26,6 +30,7 @@ Theory of operation
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections import Counter
 
@@ -34,7 +39,8 @@ from common.checks import BadMessage
 from common.config import SchedulerConfig
 from common.models import Signature, check_inputs, pages_for
 from common.status import Status
-from controller.batching import Batch, grow, padded_size
+from controller import placement
+from controller.batching import SCAN_LIMIT, Batch, grow, padded_size
 from controller.effects import Effect, PrepareOn, ToClient, ToWorker, UploadFinished
 from controller.latency import LatencyModel
 from controller.lifecycle import Residency, RequestState, move
@@ -57,8 +63,12 @@ class Core:
         self.actions: dict[int, Action] = {}  # in flight, by action id (= message id)
         self.requests: dict[tuple[bytes, int], Request] = {}  # live, by (client, request id)
         self.pending: dict[str, None] = {}  # models with queued requests (an ordered set)
+        self.unplaced: dict[str, None] = {}  # pending models with no replica: LOAD candidates
+        self.replicated: dict[str, None] = {}  # models on more than one device
         self.uploads: dict[str, PendingUpload] = {}
         self.counters: Counter[str] = Counter()
+        self._due: list[tuple[int, int, str, Device]] = []  # (plan at, version, key, device)
+        self._next_housekeeping_ns = 0
         self._ids = itertools.count(1)
         self._out: list[Effect] = []
 
@@ -83,7 +93,7 @@ class Core:
             return self._take()
         self.models[name] = Model(name, fmt, signature)
         waiting = {w.name for w in self.workers.values() if fmt in w.formats}
-        for worker in waiting:
+        for worker in sorted(waiting):
             self._emit(PrepareOn(worker, next(self._ids), name))
         if waiting:
             self.uploads[name] = PendingUpload(client, request_id, waiting, now_ns + UPLOAD_WAIT_NS)
@@ -97,7 +107,6 @@ class Core:
         if model is None or model.removing:
             return Status.MODEL_NOT_FOUND, []
         model.removing = True
-        self.pending.pop(name, None)
         for req in model.queue.drain():
             self._answer(req, Status.MODEL_NOT_FOUND, "the model was removed", now_ns)
         upload = self.uploads.pop(name, None)
@@ -132,6 +141,71 @@ class Core:
             "weights_bytes": profile.weights_bytes if profile else None,
         }
 
+    def _refresh_model(self, model: Model) -> None:
+        """Recompute what the profiles imply: usable batch sizes and the memory a replica takes."""
+        sizes: set[int] | None = None
+        for profile in model.profiles.values():
+            sizes = set(profile.exec_ns) if sizes is None else sizes & set(profile.exec_ns)
+        model.sizes = sorted(s for s in sizes or () if s <= model.signature.max_batch)
+        model.weights_bytes = max((p.weights_bytes for p in model.profiles.values()), default=0)
+
+    # ================================================================== the queue's bookkeeping
+
+    def _enqueue(self, model: Model, req: Request, now_ns: int) -> None:
+        model.queue.push(req)
+        if model.name not in self.pending:
+            self.pending[model.name] = None
+            if not model.replicas:
+                self.unplaced[model.name] = None
+        for dev in model.replicas.values():
+            dev.pending[model.name] = None
+            self._plan_device_soon(dev, now_ns)
+
+    def _dequeued(self, model: Model, req: Request) -> None:
+        """`req` left the queue (dispatched or answered)."""
+        model.queue.removed(req)
+        if not model.queue:
+            self.pending.pop(model.name, None)
+            self.unplaced.pop(model.name, None)
+            for dev in model.replicas.values():
+                dev.pending.pop(model.name, None)
+
+    def _place(self, dev: Device, model: Model, res: Resident) -> None:
+        dev.resident[model.name] = res
+        dev.used_pages += res.pages
+        model.replicas[dev.key] = dev
+        if len(model.replicas) > 1:
+            self.replicated[model.name] = None
+        self.unplaced.pop(model.name, None)
+        if model.name in self.pending:
+            dev.pending[model.name] = None
+
+    def _evict(self, dev: Device, name: str) -> None:
+        """Forget that `dev` holds `name` (its UNLOAD, if any, is sent by the caller)."""
+        res = dev.resident.pop(name)
+        move(res, Residency.ABSENT)
+        dev.used_pages -= res.pages
+        dev.pending.pop(name, None)
+        model = self.models.get(name)
+        if model is not None:
+            model.replicas.pop(dev.key, None)
+            if len(model.replicas) < 2:
+                self.replicated.pop(name, None)
+            if name in self.pending and not model.replicas:
+                self.unplaced[name] = None
+
+    def _live(self, dev: Device) -> bool:
+        worker = self.workers.get(dev.worker)
+        return worker is not None and worker.devices.get(dev.device_id) is dev
+
+    def _plan_device_soon(self, dev: Device, now_ns: int) -> None:
+        """(Re)book the device in the planning heap for when its EXEC lane nears free."""
+        if not dev.pending or not self._live(dev):
+            return
+        dev.plan_version += 1
+        due = dev.exec_lane.free_at(now_ns) - self.cfg.schedule_ahead_ns
+        heapq.heappush(self._due, (due, dev.plan_version, dev.key, dev))
+
     # ================================================================== requests
 
     def on_request(self, client: bytes, request_id: int, msg: schema.Infer, now_ns: int) -> list[Effect]:
@@ -143,9 +217,7 @@ class Core:
             return self._take()
         self.counters["requests_admitted"] += 1
         self.requests[(client, request_id)] = req
-        model = self.models[req.model]
-        model.queue.push(req)
-        self.pending[req.model] = None
+        self._enqueue(self.models[req.model], req, now_ns)
         return self._take()
 
     def _admit(self, client: bytes, request_id: int, msg: schema.Infer, now_ns: int):
@@ -158,11 +230,10 @@ class Core:
             samples = check_inputs(model.signature, msg.tensors)
         except BadMessage as exc:
             return exc.status, exc.detail, None
-        sizes = self._sizes(model)
-        if not sizes:
+        if not model.sizes:
             return Status.UNAVAILABLE, f"no connected worker has prepared {model.name!r} yet", None
-        if samples > sizes[-1]:
-            return Status.BAD_INPUT, f"{samples} samples exceed the largest batch size {sizes[-1]}", None
+        if samples > model.sizes[-1]:
+            return Status.BAD_INPUT, f"{samples} samples exceed the largest batch size {model.sizes[-1]}", None
         if len(model.queue) >= self.cfg.max_queue_per_model:
             return Status.QUEUE_FULL, f"{len(model.queue)} requests already queued for {model.name!r}", None
         best = self._best_case_ns(model, samples)
@@ -171,7 +242,7 @@ class Core:
         if best > msg.slo_ns:
             return (Status.WOULD_MISS_DEADLINE,
                     f"needs at least {best / 1e6:.2f} ms even on an idle device; SLO is {msg.slo_ns / 1e6:.2f} ms", None)
-        cold = not any(r.state is Residency.LOADED for r in self._residents(model))
+        cold = not self._loaded_somewhere(model)
         req = Request(request_id, client, model.name, samples, msg.priority, now_ns, now_ns + msg.slo_ns,
                       msg.tensors, cold=cold)
         return Status.OK, "", req
@@ -187,14 +258,14 @@ class Core:
 
     def _answer(self, req: Request, status: Status, detail: str, now_ns: int, **timing) -> None:
         if req.state is RequestState.QUEUED and req.model in self.models:
-            self.models[req.model].queue.removed()
+            self._dequeued(self.models[req.model], req)
         move(req, RequestState.ANSWERED)
         self.requests.pop((req.client, req.request_id), None)
-        total = now_ns - req.received_ns
         self.counters["answered_" + status.name.lower()] += 1
         if status is Status.OK and now_ns <= req.deadline_ns:
             self.counters["met_slo"] += 1
-        body = schema.InferReply(status=status, detail=detail, total_ns=max(0, total), cold_start=req.cold, **timing)
+        body = schema.InferReply(status=status, detail=detail, total_ns=max(0, now_ns - req.received_ns),
+                                 cold_start=req.cold, **timing)
         self._emit(ToClient(req.client, req.request_id, body))
 
     # ================================================================== workers
@@ -243,6 +314,7 @@ class Core:
         if msg.status is Status.OK and msg.exec_ns:
             model.profiles[name] = Profile(msg.load_ns, dict(msg.exec_ns), msg.weights_bytes)
             worker.prepared.add(model.name)
+            self._refresh_model(model)
             for kind in {d.kind for d in worker.devices.values()}:
                 self.latency.seed(model.name, kind, msg.load_ns, msg.exec_ns)
         elif upload is not None:
@@ -265,17 +337,20 @@ class Core:
 
     def _lose_worker(self, worker: Worker, now_ns: int, why: str) -> None:
         del self.workers[worker.name]
-        for dev in worker.devices.values():
-            for name in list(dev.resident):
-                self._evict(dev, name)
         self.counters["workers_lost"] += 1
         for action_id in [a for a, act in self.actions.items() if act.device.worker == worker.name]:
             action = self.actions.pop(action_id)
             if action.kind == "exec":
                 self._exec_ended(action)
                 self._requeue(action.requests, now_ns)
+            elif action.kind == "load":
+                action.device.loads_in_flight -= 1
+        for dev in worker.devices.values():
+            for name in list(dev.resident):
+                self._evict(dev, name)
         for model in self.models.values():
-            model.profiles.pop(worker.name, None)
+            if model.profiles.pop(worker.name, None) is not None:
+                self._refresh_model(model)
         for name in list(self.uploads):
             upload = self.uploads[name]
             upload.waiting.discard(worker.name)
@@ -302,6 +377,7 @@ class Core:
             action.device.load_lane.completed(action_id, end_ns)
             if action.kind == "load":
                 self._load_result(action, msg, now_ns)
+        self._plan_device_soon(action.device, now_ns)  # its timeline moved
         return self._take()
 
     def _exec_ended(self, action: Action) -> None:
@@ -350,8 +426,7 @@ class Core:
                 self._answer(req, Status.MODEL_NOT_FOUND, "the model was removed", now_ns)
                 continue
             move(req, RequestState.QUEUED)
-            model.queue.push(req)
-            self.pending[req.model] = None
+            self._enqueue(model, req, now_ns)
 
     def _load_result(self, action: Action, msg: schema.Result, now_ns: int) -> None:
         dev = action.device
@@ -370,12 +445,19 @@ class Core:
     # ================================================================== tick
 
     def tick(self, now_ns: int) -> list[Effect]:
-        self._expire_workers(now_ns)
-        self._expire_uploads(now_ns)
-        self._expire_requests(now_ns)
+        if now_ns >= self._next_housekeeping_ns:
+            self._housekeeping(now_ns)
         self._plan_execs(now_ns)
         self._plan_loads(now_ns)
         return self._take()
+
+    def _housekeeping(self, now_ns: int) -> None:
+        self._next_housekeeping_ns = now_ns + self.cfg.housekeeping_ns
+        self._expire_workers(now_ns)
+        self._expire_uploads(now_ns)
+        self._expire_requests(now_ns)
+        self._replicate_hot_models(now_ns)
+        self._release_idle_replicas(now_ns)
 
     def _expire_workers(self, now_ns: int) -> None:
         for worker in list(self.workers.values()):
@@ -396,31 +478,35 @@ class Core:
                 late = (cutoff - req.deadline_ns) / 1e6
                 self._answer(req, Status.DEADLINE_MISSED,
                              f"can no longer finish in time (at best {late:.2f} ms after its deadline)", now_ns)
-            if not model.queue:
-                self.pending.pop(name, None)
 
     def _plan_execs(self, now_ns: int) -> None:
-        horizon = now_ns + self.cfg.schedule_ahead_ns
-        devices = [d for w in self.workers.values() for d in w.devices.values()]
-        devices.sort(key=lambda d: d.exec_lane.free_at(now_ns))
-        for dev in devices:
-            while self.pending:
+        """Plan every device whose EXEC lane is due (free within the horizon) and has work."""
+        while self._due and self._due[0][0] <= now_ns:
+            _, version, _, dev = heapq.heappop(self._due)
+            if version != dev.plan_version or not self._live(dev):
+                continue  # a newer booking exists, or the worker left
+            horizon = now_ns + self.cfg.schedule_ahead_ns
+            while dev.pending:
                 free = dev.exec_lane.free_at(now_ns)
                 if free > horizon:
                     break
-                batch = self._choose_batch(dev, max(free, now_ns + self.cfg.dispatch_ns))
+                start = max(free, now_ns + self.cfg.dispatch_ns)
+                batch = self._choose_batch(dev, start)
                 if batch is None:
-                    break
-                self._send_exec(dev, batch, max(free, now_ns + self.cfg.dispatch_ns), now_ns)
+                    break  # nothing runnable now; a request, load or result books it again
+                self._send_exec(dev, batch, start, now_ns)
+            else:
+                continue
+            if dev.exec_lane.free_at(now_ns) > horizon:
+                self._plan_device_soon(dev, now_ns)
 
     def _choose_batch(self, dev: Device, start_ns: int) -> Batch | None:
         best, best_key = None, None
-        for name, res in dev.resident.items():
-            if res.state is not Residency.LOADED or name not in self.pending:
+        for name in dev.pending:
+            if dev.resident[name].state is not Residency.LOADED:
                 continue
             model = self.models[name]
-            sizes = self._sizes(model)
-            batch = grow(name, model.queue.in_order(), start_ns, sizes,
+            batch = grow(name, model.queue.head(SCAN_LIMIT), start_ns, model.sizes,
                          lambda size, m=name: self.latency.exec_ns(m, size, dev.kind))
             if batch is None:
                 continue
@@ -434,12 +520,11 @@ class Core:
         action_id = next(self._ids)
         for req in batch.requests:
             move(req, RequestState.DISPATCHED)
-            model.queue.removed()
+            self._dequeued(model, req)
             req.dispatched_ns = now_ns
-        if not model.queue:
-            self.pending.pop(model.name, None)
         model.in_flight += 1
-        res = dev.resident[batch.model]
+        res = dev.resident.pop(batch.model)
+        dev.resident[batch.model] = res  # most recently used goes last (LRU order)
         res.in_flight += 1
         res.last_used_ns = now_ns
         dev.exec_lane.reserve(action_id, start_ns, batch.exec_ns)
@@ -453,62 +538,60 @@ class Core:
             earliest_ns=earliest, latest_ns=batch.latest_start_ns, expected_ns=batch.exec_ns, tensors=tensors)))
 
     def _plan_loads(self, now_ns: int) -> None:
-        needy = [self.models[n] for n in self.pending if not self.models[n].replicas]
-        needy.sort(key=lambda m: (m.queue.earliest_deadline() or 0, m.name))
-        for model in needy:
-            choice = self._load_target(model, now_ns)
-            if choice is not None:
-                self._send_load(model, *choice, now_ns)
+        """Models with queued requests and no replica, most urgent first."""
+        if not self.unplaced:
+            return
+        needy = sorted(self.unplaced, key=lambda n: (self.models[n].queue.earliest_deadline() or 0, n))
+        for name in needy:
+            self._load_somewhere(self.models[name], now_ns)
 
-    def _load_target(self, model: Model, now_ns: int) -> tuple[Device, int, list[str]] | None:
-        """The device to load onto, the pages needed and the models to evict there."""
-        best, best_key = None, None
-        for worker_name, profile in model.profiles.items():
-            worker = self.workers.get(worker_name)
-            if worker is None:
+    def _load_somewhere(self, model: Model, now_ns: int) -> bool:
+        choice = placement.load_target(model, model.weights_bytes, self._devices_for(model), now_ns,
+                                       self.cfg.max_loads_per_device)
+        if choice is None:
+            return False
+        self._send_load(model, *choice, now_ns)
+        return True
+
+    def _replicate_hot_models(self, now_ns: int) -> None:
+        for name in list(self.pending):
+            model = self.models[name]
+            if model.replicas and placement.wants_replica(
+                    model, now_ns, self.cfg.dispatch_ns, lambda dev, size: self.latency.exec_ns(name, size, dev.kind)):
+                if self._load_somewhere(model, now_ns):
+                    self.counters["replicas_added"] += 1
+
+    def _release_idle_replicas(self, now_ns: int) -> None:
+        """Unload extra replicas idle for `replica_idle_ns`, keeping each model's freshest one."""
+        idle_since = now_ns - self.cfg.replica_idle_ns
+        for name in list(self.replicated):
+            model = self.models[name]
+            if name in self.pending:
                 continue
-            for dev in worker.devices.values():
-                if dev.loads_in_flight >= self.cfg.max_loads_per_device:
-                    continue
-                pages = pages_for(profile.weights_bytes, dev.page_bytes)
-                victims = self._victims(dev, pages - dev.free_pages())
-                if victims is None:
-                    continue
-                key = (len(victims), dev.load_lane.free_at(now_ns), dev.exec_lane.free_at(now_ns))
-                if best_key is None or key < best_key:
-                    best, best_key = (dev, pages, victims), key
-        return best
+            residents = sorted(((dev.resident[model.name], key, dev) for key, dev in model.replicas.items()),
+                               key=lambda item: (item[0].last_used_ns, item[1]))
+            for res, _, dev in residents[:-1]:
+                if res.state is Residency.LOADED and res.in_flight == 0 and res.last_used_ns < idle_since:
+                    self._send_unload(dev, model.name, now_ns)
+                    self.counters["replicas_released"] += 1
 
-    def _victims(self, dev: Device, short_pages: int) -> list[str] | None:
-        """Idle models to evict (least recently used first) to free `short_pages`, or None."""
-        if short_pages <= 0:
-            return []
-        idle = sorted((r.last_used_ns, name) for name, r in dev.resident.items()
-                      if r.state is Residency.LOADED and r.in_flight == 0)
-        victims, freed = [], 0
-        for _, name in idle:
-            victims.append(name)
-            freed += dev.resident[name].pages
-            if freed >= short_pages:
-                return victims
-        return None
+    def _send_unload(self, dev: Device, name: str, now_ns: int) -> None:
+        self._evict(dev, name)
+        action_id = next(self._ids)
+        self.actions[action_id] = Action(action_id, "unload", dev, name, 0, now_ns)
+        dev.load_lane.reserve(action_id, now_ns, 0)
+        self._emit(ToWorker(dev.worker, action_id, schema.Unload(
+            device_id=dev.device_id, model_id=name, earliest_ns=now_ns, latest_ns=now_ns + UNLOAD_WINDOW_NS)))
 
     def _send_load(self, model: Model, dev: Device, pages: int, victims: list[str], now_ns: int) -> None:
         for name in victims:
-            self._evict(dev, name)
-            action_id = next(self._ids)
-            self.actions[action_id] = Action(action_id, "unload", dev, name, 0, now_ns)
-            dev.load_lane.reserve(action_id, now_ns, 0)
+            self._send_unload(dev, name, now_ns)
             self.counters["evictions"] += 1
-            self._emit(ToWorker(dev.worker, action_id, schema.Unload(
-                device_id=dev.device_id, model_id=name, earliest_ns=now_ns, latest_ns=now_ns + UNLOAD_WINDOW_NS)))
         load_ns = self.latency.load_ns(model.name, dev.kind) or 0
         action_id = next(self._ids)
         start = max(now_ns, dev.load_lane.free_at(now_ns))
         dev.load_lane.reserve(action_id, start, load_ns)
-        dev.resident[model.name] = Resident(Residency.LOADING, pages, now_ns)
-        dev.used_pages += pages
-        model.replicas[dev.key] = dev
+        self._place(dev, model, Resident(Residency.LOADING, pages, now_ns))
         dev.loads_in_flight += 1
         self.actions[action_id] = Action(action_id, "load", dev, model.name, load_ns, now_ns)
         self.counters["loads_sent"] += 1
@@ -518,83 +601,67 @@ class Core:
 
     # ================================================================== estimates
 
-    def _sizes(self, model: Model) -> list[int]:
-        """Batch sizes every preparing worker profiled, capped by the model's max batch."""
-        sizes: set[int] | None = None
-        for profile in model.profiles.values():
-            sizes = set(profile.exec_ns) if sizes is None else sizes & set(profile.exec_ns)
-        return sorted(s for s in sizes or () if s <= model.signature.max_batch)
-
-    def _residents(self, model: Model):
-        return (dev.resident[model.name] for dev in model.replicas.values())
-
-    def _evict(self, dev: Device, name: str) -> None:
-        """Forget that `dev` holds `name` (its UNLOAD, if any, is sent by the caller)."""
-        res = dev.resident.pop(name)
-        move(res, Residency.ABSENT)
-        dev.used_pages -= res.pages
-        model = self.models.get(name)
-        if model is not None:
-            model.replicas.pop(dev.key, None)
+    def _loaded_somewhere(self, model: Model) -> bool:
+        return any(dev.resident[model.name].state is Residency.LOADED for dev in model.replicas.values())
 
     def _devices_for(self, model: Model):
+        """Live devices of the workers that prepared `model`."""
         for worker_name in model.profiles:
             worker = self.workers.get(worker_name)
             if worker is not None:
                 yield from worker.devices.values()
 
+    def _kinds_for(self, model: Model) -> set[str]:
+        return {dev.kind for name in model.profiles if name in self.workers
+                for dev in self.workers[name].devices.values()}
+
     def _best_case_ns(self, model: Model, samples: int) -> int | None:
         """Shortest possible receive-to-finish time on an idle device (admission test)."""
-        size = padded_size(samples, self._sizes(model))
+        size = padded_size(samples, model.sizes)
+        loaded = self._loaded_somewhere(model) or any(
+            dev.resident[model.name].state is Residency.LOADING for dev in model.replicas.values())
         best = None
-        for dev in self._devices_for(model):
-            exec_ns = self.latency.exec_ns(model.name, size, dev.kind)
+        for kind in self._kinds_for(model):
+            exec_ns = self.latency.exec_ns(model.name, size, kind)
             if exec_ns is None:
                 continue
-            res = dev.resident.get(model.name)
-            load = 0 if res is not None else (self.latency.load_ns(model.name, dev.kind) or 0)
+            load = 0 if loaded else (self.latency.load_ns(model.name, kind) or 0)
             total = self.cfg.dispatch_ns + load + exec_ns
             best = total if best is None else min(best, total)
         return best
 
     def _soonest_finish_ns(self, model: Model, now_ns: int) -> int | None:
-        """Earliest moment any device could finish a one-sample batch of `model`, given its
-        current timeline: requests with earlier deadlines cannot be served any more."""
-        sizes = self._sizes(model)
-        if not sizes:
+        """Earliest moment any device could finish a one-sample batch of `model` given the
+        timelines (optimistic where it must guess): requests due earlier cannot be served."""
+        if not model.sizes:
             return None
+        size = model.sizes[0]
         soonest = None
-        for dev in self._devices_for(model):
-            exec_ns = self.latency.exec_ns(model.name, sizes[0], dev.kind)
+        for dev in model.replicas.values():
+            exec_ns = self.latency.exec_ns(model.name, size, dev.kind)
             if exec_ns is None:
                 continue
-            res = dev.resident.get(model.name)
             start = max(now_ns + self.cfg.dispatch_ns, dev.exec_lane.free_at(now_ns))
-            if res is None:
-                load_free = max(now_ns + self.cfg.dispatch_ns, dev.load_lane.free_at(now_ns))
-                start = max(start, load_free + (self.latency.load_ns(model.name, dev.kind) or 0))
-            elif res.state is Residency.LOADING:
+            if dev.resident[model.name].state is Residency.LOADING:
                 start = max(start, dev.load_lane.free_at(now_ns))
             finish = start + exec_ns
             soonest = finish if soonest is None else min(soonest, finish)
+        if soonest is None:  # no replica: a LOAD first, on whichever kind is fastest
+            for kind in self._kinds_for(model):
+                exec_ns = self.latency.exec_ns(model.name, size, kind)
+                if exec_ns is not None:
+                    finish = now_ns + self.cfg.dispatch_ns + (self.latency.load_ns(model.name, kind) or 0) + exec_ns
+                    soonest = finish if soonest is None else min(soonest, finish)
         return soonest
 
     def next_wakeup_ns(self, now_ns: int) -> int:
         """When `tick` next has something to do (the shell sleeps until then or a message)."""
-        times = [w.last_seen_ns + self.cfg.worker_timeout_ns + 1 for w in self.workers.values()]
-        times += [u.deadline_ns for u in self.uploads.values()]
-        for name in self.pending:
-            model = self.models[name]
-            deadline = model.queue.earliest_deadline()
-            if deadline is not None:
-                times.append(deadline)
-        for worker in self.workers.values():
-            for dev in worker.devices.values():
-                if any(n in self.pending for n in dev.resident) or dev.loads_in_flight:
-                    times.append(dev.exec_lane.free_at(now_ns) - self.cfg.schedule_ahead_ns)
-        if self.pending:
-            times.append(now_ns + self.cfg.schedule_ahead_ns)  # re-check loads and expiry
-        return min(times) if times else now_ns + 1_000_000_000
+        wakeup = self._due[0][0] if self._due else now_ns + self.cfg.heartbeat_interval_ns
+        if self.pending or self.replicated:
+            wakeup = min(wakeup, self._next_housekeeping_ns)
+        elif self.workers or self.uploads:  # only liveness and upload timeouts to watch
+            wakeup = min(wakeup, max(self._next_housekeeping_ns, now_ns + self.cfg.heartbeat_interval_ns // 2))
+        return wakeup
 
     # ================================================================== status and invariants
 
@@ -634,6 +701,9 @@ class Core:
                 if prev_end is not None and start < prev_end:
                     raise InvariantViolation(f"{dev.key}: overlapping EXEC windows")
                 prev_end = end
+            want = [n for n in dev.resident if n in self.pending]
+            if sorted(want) != sorted(dev.pending):
+                raise InvariantViolation(f"{dev.key}: pending {sorted(dev.pending)} but queued residents {want}")
         for action in self.actions.values():
             if action.kind == "exec":
                 res = action.device.resident.get(action.model)
@@ -644,8 +714,10 @@ class Core:
                 if model.name not in dev.resident or dev.key != key:
                     raise InvariantViolation(f"{model.name}: replica on {key} not resident there")
             live = sum(1 for r in self.requests.values() if r.model == model.name and r.state is RequestState.QUEUED)
-            if live != len(model.queue):
+            if live != len(model.queue) or (live > 0) != (model.name in self.pending):
                 raise InvariantViolation(f"{model.name}: queue length {len(model.queue)} but {live} queued")
+            if (model.name in self.unplaced) != (model.name in self.pending and not model.replicas):
+                raise InvariantViolation(f"{model.name}: unplaced set out of date")
 
 
 def _rows(tensor, offset: int, count: int):

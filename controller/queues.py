@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from controller.lifecycle import RequestState
 
@@ -26,6 +26,7 @@ class RequestQueue:
         self._expire: list[tuple[int, int, "Request"]] = []  # (deadline, token, req)
         self._seq = itertools.count()
         self._live = 0
+        self.samples = 0  # live requests' samples: the work waiting, for replica decisions
 
     def __len__(self) -> int:
         return self._live
@@ -35,20 +36,24 @@ class RequestQueue:
         heapq.heappush(self._serve, (-req.priority, req.deadline_ns, seq, req))
         heapq.heappush(self._expire, (req.deadline_ns, seq, req))
         self._live += 1
+        self.samples += req.samples
 
-    def removed(self) -> None:
+    def removed(self, req: "Request") -> None:
         """Call when a queued request leaves the queue by any path (its state leaves QUEUED)."""
         self._live -= 1
+        self.samples -= req.samples
 
-    def in_order(self) -> Iterator["Request"]:
-        """Live requests in service order, lazily: a batch takes a few from the front."""
-        while self._serve and not _live(self._serve[0][3], self._serve[0][2]):
-            heapq.heappop(self._serve)
-        heap = list(self._serve)  # pop from a copy: order without disturbing ours
-        while heap:
-            _, _, token, req = heapq.heappop(heap)
-            if _live(req, token):
-                yield req
+    def head(self, limit: int) -> list["Request"]:
+        """Up to `limit` live requests in service order; O(limit log n), the queue unchanged."""
+        taken, out = [], []
+        while self._serve and len(out) < limit:
+            entry = heapq.heappop(self._serve)
+            if _live(entry[3], entry[2]):
+                taken.append(entry)
+                out.append(entry[3])
+        for entry in taken:
+            heapq.heappush(self._serve, entry)
+        return out
 
     def earliest_deadline(self) -> int | None:
         while self._expire and not _live(self._expire[0][2], self._expire[0][1]):
@@ -67,7 +72,7 @@ class RequestQueue:
 
     def drain(self) -> list["Request"]:
         """Every live request, in service order; the caller answers each (calling removed())."""
-        out = list(self.in_order())
+        out = self.head(self._live)
         self._serve.clear()
         self._expire.clear()
         return out

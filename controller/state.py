@@ -46,6 +46,8 @@ class Model:
     in_flight: int = 0  # EXEC actions outstanding
     removing: bool = False  # REMOVE received; dropped from workers once in_flight == 0
     replicas: dict[str, "Device"] = field(default_factory=dict)  # device key -> device holding it
+    sizes: list[int] = field(default_factory=list)  # batch sizes every preparing worker profiled
+    weights_bytes: int = 0  # device memory one replica takes (from the profiles)
 
 
 @dataclass(eq=False)
@@ -63,11 +65,14 @@ class Device:
     kind: str
     capacity_pages: int
     page_bytes: int
-    resident: dict[str, Resident] = field(default_factory=dict)
+    resident: dict[str, Resident] = field(default_factory=dict)  # in LRU order (least recent first)
     used_pages: int = 0
     exec_lane: Timeline = field(default_factory=Timeline)
     load_lane: Timeline = field(default_factory=Timeline)
     loads_in_flight: int = 0
+    # Resident models with queued requests: what the EXEC planner looks at on this device.
+    pending: dict[str, None] = field(default_factory=dict)
+    plan_version: int = 0  # bumps invalidate this device's older entries in the planning heap
     sm_clock_mhz: int = 0  # last reported by the worker (GPUs); shows throttling in STATUS
 
     @property

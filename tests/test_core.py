@@ -249,3 +249,60 @@ def test_latency_model_learns_from_measurements():
         result_for(core, ex, t, duration_ns=3 * MS)
     assert core.latency.exec_ns("m", 1, "emulated") == 3 * MS
     assert core.status(t)["counters"]["exec_prediction_error_ms_p50"] == 0.0
+
+
+def test_a_hot_model_gets_another_replica_and_both_serve():
+    core = make_core()
+    hello(core, devices=2)
+    add_model(core, "m")
+    t = warm(core)
+    # 160 samples at 16 per 10 ms on one device take 100 ms: more than the 60 ms SLO allows
+    for i in range(160):
+        infer(core, i, now=t, slo_ms=60)
+    effects = step(core, core.tick(t), t)
+    loads = sent(effects, schema.Load)
+    assert [(l.body.device_id, l.body.model_id) for l in loads] == [(1, "m")]
+    assert core.counters["replicas_added"] == 1
+    t2 = t + LOAD_NS
+    effects = step(core, result_for(core, loads[0], t2) + core.tick(t2), t2)
+    assert {e.body.device_id for e in sent(effects, schema.Exec)} == {0, 1}  # both replicas serve
+    assert len(core.models["m"].replicas) == 2
+
+
+def test_an_idle_extra_replica_is_released_but_the_last_one_stays():
+    core = make_core(replica_idle_ns=1000 * MS)
+    hello(core, devices=2)
+    add_model(core, "m")
+    t = warm(core)
+    for i in range(160):
+        infer(core, i, now=t, slo_ms=60)
+    first = core.tick(t)
+    load = sent(first, schema.Load)[0]
+    t += LOAD_NS
+    effects = sent(first, schema.Exec) + result_for(core, load, t) + core.tick(t)
+    while sent(effects, schema.Exec):  # serve everything
+        t += 10 * MS
+        effects = [e for ex in sent(effects, schema.Exec) for e in result_for(core, ex, t)] + core.tick(t)
+        core.check_invariants(t)
+    assert not core.pending
+    t += 1001 * MS
+    unloads = sent(step(core, core.tick(t), t), schema.Unload)
+    assert len(unloads) == 1 and core.counters["replicas_released"] == 1
+    assert len(core.models["m"].replicas) == 1
+
+
+def test_planning_touches_only_devices_with_work():
+    core = make_core()
+    for w in range(25):
+        hello(core, name=f"w{w}", devices=4)
+    for i in range(400):
+        add_model(core, f"m{i}", workers=tuple(f"w{w}" for w in range(25)))
+    t = 0
+    infer(core, 1, model="m7", now=t)
+    loads = sent(core.tick(t), schema.Load)
+    assert len(loads) == 1
+    t += LOAD_NS
+    effects = result_for(core, loads[0], t) + core.tick(t)
+    assert len(sent(effects, schema.Exec)) == 1
+    assert len(core._due) <= 2  # the heap holds only the device with work, not all 100
+    core.check_invariants(t)

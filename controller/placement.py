@@ -1,0 +1,85 @@
+"""Where to LOAD a model, what to evict for it, and when a hot model wants another replica
+(pure functions over the controller's state).
+
+Rules: only idle models (LOADED, nothing in flight) are evicted, least recently used first;
+a device that needs no eviction is preferred, then the one whose LOAD lane frees first. A
+model wants another replica when its queue cannot drain on the replicas it has before its most
+urgent request's deadline, at the throughput of its largest batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from common.models import pages_for
+from controller.lifecycle import Residency
+from controller.state import Device, Model
+
+
+def victims(dev: Device, short_pages: int) -> list[str] | None:
+    """Idle models to evict, least recently used first, to free `short_pages`; None if impossible."""
+    if short_pages <= 0:
+        return []
+    chosen, freed = [], 0
+    for name, res in dev.resident.items():  # insertion order = least recently used first
+        if res.state is Residency.LOADED and res.in_flight == 0:
+            chosen.append(name)
+            freed += res.pages
+            if freed >= short_pages:
+                return chosen
+    return None
+
+
+def load_target(model: Model, weights_bytes: int, devices: Iterable[Device], now_ns: int,
+                max_loads: int) -> tuple[Device, int, list[str]] | None:
+    """The device to load `model` onto, the pages it takes there and the models to evict."""
+    best, best_key = None, None
+    for dev in devices:
+        if dev.loads_in_flight >= max_loads or model.name in dev.resident:
+            continue
+        pages = pages_for(weights_bytes, dev.page_bytes)
+        if pages > dev.capacity_pages:
+            continue
+        key = (pages > dev.free_pages(), dev.load_lane.free_at(now_ns), dev.exec_lane.free_at(now_ns), dev.key)
+        if best_key is None or key < best_key:
+            best, best_key = (dev, pages), key
+    if best is None:
+        return None
+    dev, pages = best
+    chosen = victims(dev, pages - dev.free_pages())
+    if chosen is not None:
+        return dev, pages, chosen
+    # The cheapest device could not make room; fall back to any that can (rare: all in use).
+    for other in devices:
+        if other is dev or other.loads_in_flight >= max_loads or model.name in other.resident:
+            continue
+        pages = pages_for(weights_bytes, other.page_bytes)
+        chosen = victims(other, pages - other.free_pages())
+        if chosen is not None:
+            return other, pages, chosen
+    return None
+
+
+def wants_replica(model: Model, now_ns: int, dispatch_ns: int, exec_ns_at) -> bool:
+    """True when the queue cannot drain on the current replicas before its head's deadline.
+
+    `exec_ns_at(dev, size)` predicts an EXEC of `size` on `dev` (None if unknown).
+    """
+    head = model.queue.earliest_deadline()
+    if head is None or not model.replicas or not model.sizes:
+        return False
+    size = model.sizes[-1]
+    rate = 0.0  # samples per ns over all replicas
+    start = None
+    for dev in model.replicas.values():
+        res = dev.resident.get(model.name)
+        exec_ns = exec_ns_at(dev, size)
+        if res is None or exec_ns is None:
+            continue
+        rate += size / exec_ns
+        free = dev.exec_lane.free_at(now_ns)
+        start = free if start is None else min(start, free)
+    if not rate:
+        return False
+    drain_ns = model.queue.samples / rate
+    return max(start, now_ns + dispatch_ns) + drain_ns > head
