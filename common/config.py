@@ -53,6 +53,8 @@ class SchedulerConfig:
     # Extra replicas of a model (beyond one) idle this long are unloaded, so memory follows
     # demand; the last replica stays until LRU eviction needs its pages.
     replica_idle_ns: int = 2000 * MS
+    # Emit an ActionRecord effect per finished action (for the action log); off costs nothing.
+    record_actions: bool = False
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from common.models import Signature, check_inputs, pages_for
 from common.status import Status
 from controller import placement
 from controller.batching import SCAN_LIMIT, Batch, grow, padded_size
-from controller.effects import Effect, PrepareOn, ToClient, ToWorker, UploadFinished
+from controller.effects import ActionRecord, Effect, PrepareOn, ToClient, ToWorker, UploadFinished
 from controller.latency import LatencyModel
 from controller.lifecycle import Residency, RequestState, move
 from controller.state import Action, Device, Model, PendingUpload, Profile, Request, Resident, Worker
@@ -369,6 +369,11 @@ class Core:
             self.counters["results_unknown"] += 1
             return []
         del self.actions[action_id]
+        if self.cfg.record_actions:
+            dev = action.device
+            self._emit(ActionRecord(action_id, action.kind, dev.worker, dev.device_id, action.model,
+                                    action.batch_size, action.sent_ns, msg.begin_ns, msg.end_ns,
+                                    action.expected_ns, msg.duration_ns, msg.status.name))
         end_ns = msg.end_ns if msg.status is Status.OK else now_ns
         if action.kind == "exec":
             action.device.exec_lane.completed(action_id, end_ns)

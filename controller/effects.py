@@ -44,4 +44,26 @@ class UploadFinished:
     detail: str
 
 
-Effect = ToWorker | ToClient | PrepareOn | UploadFinished
+@dataclass(frozen=True)
+class ActionRecord:
+    """One finished action, for the action log (emitted only when SchedulerConfig.record_actions).
+
+    Times are on the controller's clock; the columns match bench/runlog.py's ACTION_COLUMNS so
+    the simulator and the real system write the same log.
+    """
+
+    action_id: int
+    kind: str  # load | unload | exec
+    worker: str
+    device: int
+    model: str
+    batch_size: int
+    sent_ns: int
+    begin_ns: int
+    end_ns: int
+    predicted_ns: int
+    measured_ns: int
+    status: str  # a Status name
+
+
+Effect = ToWorker | ToClient | PrepareOn | UploadFinished | ActionRecord

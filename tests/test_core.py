@@ -306,3 +306,18 @@ def test_planning_touches_only_devices_with_work():
     assert len(sent(effects, schema.Exec)) == 1
     assert len(core._due) <= 2  # the heap holds only the device with work, not all 100
     core.check_invariants(t)
+
+
+def test_finished_actions_are_recorded_when_asked():
+    core = ready_core(record_actions=True)
+    infer(core, 1)
+    load = sent(core.tick(0), schema.Load)[0]
+    from controller.effects import ActionRecord
+
+    records = [e for e in result_for(core, load, LOAD_NS) if isinstance(e, ActionRecord)]
+    assert len(records) == 1
+    rec = records[0]
+    assert (rec.kind, rec.model, rec.predicted_ns, rec.measured_ns, rec.status) == ("load", "m", LOAD_NS, LOAD_NS, "OK")
+    quiet = ready_core()
+    infer(quiet, 1)
+    assert not [e for e in result_for(quiet, sent(quiet.tick(0), schema.Load)[0], LOAD_NS) if isinstance(e, ActionRecord)]
