@@ -42,14 +42,20 @@ class SchedulerConfig:
     max_queue_per_model: int = 4096
     # LOADs in flight per device (one copy lane; a second queued one hides no latency).
     max_loads_per_device: int = 1
-    # A worker silent for this long is declared lost and its devices leave the plan.
-    worker_timeout_ns: int = 2000 * MS
-    # How often workers heartbeat (told in WELCOME).
-    heartbeat_interval_ns: int = 200 * MS
+    # A worker silent for this long is declared lost and its devices leave the plan: ten missed
+    # heartbeats, so a GC pause or a busy core does not evict a healthy worker, while a dead or
+    # frozen one is out of the plan within about a second.
+    worker_timeout_ns: int = 1000 * MS
+    # How often workers heartbeat (told in WELCOME), from the loop that watches their lanes.
+    heartbeat_interval_ns: int = 100 * MS
     # How often queued requests are swept for ones no device can finish in time any more, and
     # hot models checked for another replica. Between sweeps a doomed request waits at most this
     # long for its answer; a sweep costs O(models with queued requests).
     housekeeping_ns: int = 1 * MS
+    # A model gets another replica when draining its queue on the replicas it has would take
+    # more than this share of its most urgent request's remaining budget: early enough that the
+    # LOAD (milliseconds) finishes before the queue outgrows the replicas.
+    replicate_backlog_fraction: float = 0.5
     # Extra replicas of a model (beyond one) idle this long are unloaded, so memory follows
     # demand; the last replica stays until LRU eviction needs its pages.
     replica_idle_ns: int = 2000 * MS
@@ -65,6 +71,29 @@ class ControllerConfig:
     max_model_bytes: int = 1024 * MIB  # uploads above this get TOO_LARGE
     log_level: str = "info"
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # Security (common/security.py). Empty secret_key_file: no keys, so both ROUTERs (and the
+    # metrics endpoint) must be loopback addresses. With it, both are CURVE servers; the *_dir
+    # settings are directories of NAME.key public keys allowed in (admins may also upload/remove).
+    secret_key_file: str = ""
+    client_keys_dir: str = ""
+    admin_keys_dir: str = ""
+    worker_keys_dir: str = ""
+    # Prometheus endpoint, HOST:PORT; empty: off (and no metric is computed). Off by default
+    # because a fixed port collides when several daemons share a host; the systemd example
+    # configuration turns it on at 127.0.0.1:9464.
+    metrics_address: str = ""
+    # Models with a label of their own in per-model metrics; later ones share "_other". Each
+    # costs ~70 series (histogram buckets), so 20 models stay around 1,500 series.
+    metrics_max_models: int = 20
+    # SLO attainment, goodput and utilisation gauges cover this many recent seconds: long enough
+    # to smooth a burst, short enough to show a change within a scrape or two.
+    metrics_window_s: float = 60.0
+    # One TSV row per answered INFER (common/rotating_log.py); empty: off.
+    request_log_path: str = ""
+    # Request and action logs rotate at this size, keeping this many old files: 64 MiB holds
+    # about half a million rows, and 5 backups bound the disk at ~400 MiB.
+    log_max_bytes: int = 64 * MIB
+    log_backups: int = 5
 
 
 @dataclass(frozen=True)
@@ -112,6 +141,16 @@ class WorkerConfig:
     profile_runs: int = 10  # timed runs per batch size at PREPARE (after one warm-up)
     engine_cache_dir: str = "~/.cache/clockwork/engines"  # TensorRT plans, per GPU kind
     log_level: str = "info"
+    # Security (common/security.py): this worker's key pair (NAME.key_secret) and the
+    # controller's public key (NAME.key). Both or neither; neither: the controller endpoint must
+    # be a loopback address. With them, only the holder of the controller's secret key can
+    # command this worker.
+    secret_key_file: str = ""
+    controller_public_key_file: str = ""
+    # Prometheus endpoint, HOST:PORT; empty: off. Give each worker on a host its own port.
+    metrics_address: str = ""
+    metrics_max_models: int = 20  # as [controller].metrics_max_models
+    metrics_window_s: float = 60.0  # as [controller].metrics_window_s
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
 
 

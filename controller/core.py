@@ -224,7 +224,7 @@ class Core:
         model = self.models.get(msg.model)
         if model is None or model.removing:
             return Status.MODEL_NOT_FOUND, f"no model named {msg.model!r}", None
-        if (client, request_id) in self.requests:
+        if (client, request_id) in self.requests:  # a retry of a request still being served
             return Status.DUPLICATE_REQUEST, f"request {request_id} is already being served", None
         try:
             samples = check_inputs(model.signature, msg.tensors)
@@ -242,6 +242,12 @@ class Core:
         if best > msg.slo_ns:
             return (Status.WOULD_MISS_DEADLINE,
                     f"needs at least {best / 1e6:.2f} ms even on an idle device; SLO is {msg.slo_ns / 1e6:.2f} ms", None)
+        backlog = self._finish_behind_queue_ns(model, samples, now_ns)
+        if backlog is not None and backlog - now_ns > msg.slo_ns:
+            self.counters["rejected_for_backlog"] += 1
+            return (Status.WOULD_MISS_DEADLINE,
+                    f"the work queued ahead finishes {(backlog - now_ns) / 1e6:.2f} ms from now at the earliest; "
+                    f"SLO is {msg.slo_ns / 1e6:.2f} ms", None)
         cold = not self._loaded_somewhere(model)
         req = Request(request_id, client, model.name, samples, msg.priority, now_ns, now_ns + msg.slo_ns,
                       msg.tensors, cold=cold)
@@ -562,7 +568,8 @@ class Core:
         for name in list(self.pending):
             model = self.models[name]
             if model.replicas and placement.wants_replica(
-                    model, now_ns, self.cfg.dispatch_ns, lambda dev, size: self.latency.exec_ns(name, size, dev.kind)):
+                    model, now_ns, self.cfg.dispatch_ns, lambda dev, size: self.latency.exec_ns(name, size, dev.kind),
+                    self.cfg.replicate_backlog_fraction):
                 if self._load_somewhere(model, now_ns):
                     self.counters["replicas_added"] += 1
 
@@ -633,6 +640,30 @@ class Core:
             load = 0 if loaded else (self.latency.load_ns(model.name, kind) or 0)
             total = self.cfg.dispatch_ns + load + exec_ns
             best = total if best is None else min(best, total)
+        return best
+
+    def _finish_behind_queue_ns(self, model: Model, samples: int, now_ns: int) -> int | None:
+        """When a new request could finish at the earliest behind the work already queued for
+        its model, spread over the replicas at their largest batch's throughput (optimistic:
+        other models share those devices). None when the model has no replica yet."""
+        size = padded_size(samples, model.sizes)
+        best, rate = None, 0.0
+        for dev in model.replicas.values():
+            big = self.latency.exec_ns(model.name, model.sizes[-1], dev.kind)
+            if big:
+                rate += model.sizes[-1] / big
+        if not rate:
+            return None
+        behind_ns = int(model.queue.samples / rate)
+        for dev in model.replicas.values():
+            exec_ns = self.latency.exec_ns(model.name, size, dev.kind)
+            if exec_ns is None:
+                continue
+            start = max(now_ns + self.cfg.dispatch_ns, dev.exec_lane.free_at(now_ns))
+            if dev.resident[model.name].state is Residency.LOADING:
+                start = max(start, dev.load_lane.free_at(now_ns))
+            finish = start + behind_ns + exec_ns
+            best = finish if best is None else min(best, finish)
         return best
 
     def _soonest_finish_ns(self, model: Model, now_ns: int) -> int | None:

@@ -3,8 +3,9 @@
 
 Rules: only idle models (LOADED, nothing in flight) are evicted, least recently used first;
 a device that needs no eviction is preferred, then the one whose LOAD lane frees first. A
-model wants another replica when its queue cannot drain on the replicas it has before its most
-urgent request's deadline, at the throughput of its largest batch size.
+model wants another replica when draining its queue on the replicas it has, at the throughput of
+its largest batch size, would take more than a fraction of its most urgent request's remaining
+budget: the replica is then ready before demand outgrows the ones there are.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def load_target(model: Model, weights_bytes: int, devices: Iterable[Device], now
     return None
 
 
-def wants_replica(model: Model, now_ns: int, dispatch_ns: int, exec_ns_at) -> bool:
-    """True when the queue cannot drain on the current replicas before its head's deadline.
+def wants_replica(model: Model, now_ns: int, dispatch_ns: int, exec_ns_at, fraction: float) -> bool:
+    """True when draining the queue would use more than `fraction` of its head's remaining budget.
 
     `exec_ns_at(dev, size)` predicts an EXEC of `size` on `dev` (None if unknown).
     """
@@ -82,4 +83,4 @@ def wants_replica(model: Model, now_ns: int, dispatch_ns: int, exec_ns_at) -> bo
     if not rate:
         return False
     drain_ns = model.queue.samples / rate
-    return max(start, now_ns + dispatch_ns) + drain_ns > head
+    return max(start, now_ns + dispatch_ns) + drain_ns - now_ns > fraction * (head - now_ns)
