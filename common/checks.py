@@ -116,8 +116,9 @@ def record(fields: dict[str, Check], optional: frozenset[str] = frozenset()) -> 
     return check
 
 
-def plain_data(max_depth: int = 6, max_items: int = 100_000) -> Check:
-    """Any msgpack tree of maps, lists and scalars, bounded in depth and size (reply bodies)."""
+def plain_data(max_depth: int = 6, max_items: int = 100_000, top: type | None = None) -> Check:
+    """Any msgpack tree of maps, lists and scalars, bounded in depth and size (reply bodies);
+    `top` requires the outermost value to be of that type."""
 
     def walk(value: Any, path: str, depth: int, budget: list[int]) -> Any:
         budget[0] -= 1
@@ -136,6 +137,8 @@ def plain_data(max_depth: int = 6, max_items: int = 100_000) -> Check:
         raise _fail(path, f"unsupported value of type {type(value).__name__}")
 
     def check(value: Any, path: str) -> Any:
+        if top is not None and not isinstance(value, top):
+            raise _fail(path, f"expected a {top.__name__}, got {type(value).__name__}")
         return walk(value, path, 0, [max_items])
 
     return check

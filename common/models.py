@@ -163,8 +163,9 @@ def parse_profile(blob: bytes, max_batch: int = 0) -> EmulatedProfile:
         raw = json.loads(bytes(blob).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _bad(f"profile is not JSON: {exc}") from None
-    if isinstance(raw, dict) and isinstance(raw.get("weights_bytes"), float):
-        raw["weights_bytes"] = int(raw["weights_bytes"])
+    weights = raw.get("weights_bytes") if isinstance(raw, dict) else None
+    if isinstance(weights, float) and math.isfinite(weights) and weights.is_integer():
+        raw["weights_bytes"] = int(weights)  # JSON writers print 102e6; anything else is refused below
     try:
         prof = _PROFILE(raw, "profile")
     except BadMessage as exc:

@@ -145,7 +145,7 @@ class Reply(Message):
     TYPE = MsgType.REPLY
     status: Status = f(c.status)
     detail: str = f(DETAIL, "")
-    body: dict = f(c.plain_data(), {})
+    body: dict = f(c.plain_data(top=dict), {})
 
 
 @dataclass(frozen=True, kw_only=True)

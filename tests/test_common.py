@@ -93,3 +93,10 @@ def test_profiles_parse_and_refuse_nonsense():
         with pytest.raises(BadMessage) as info:
             parse_profile(blob)
         assert info.value.status is Status.BAD_MODEL
+
+
+def test_profile_weights_may_be_written_as_a_whole_float_but_not_infinity():
+    assert parse_profile(b'{"weights_bytes": 1.02e8, "load_ms": 1, "exec_ms": {"1": 1}}').weights_bytes == 102_000_000
+    for bad in (b"1e999", b"NaN", b"1.5"):
+        with pytest.raises(BadMessage):
+            parse_profile(b'{"weights_bytes": ' + bad + b', "load_ms": 1, "exec_ms": {"1": 1}}')
