@@ -1,0 +1,423 @@
+"""`clockwork-gateway`: the KServe v2 / Open Inference Protocol over HTTP, for the clients people
+already have (Triton's `tritonclient`, KServe's, curl), translated into the Clockwork client
+protocol.
+
+    clockwork-gateway --listen 127.0.0.1:8000 --controller tcp://127.0.0.1:5555 \\
+                      --connections 4 --default-slo-ms 1000
+
+    import tritonclient.http as httpclient
+    triton = httpclient.InferenceServerClient("127.0.0.1:8000")
+    x = httpclient.InferInput("x", [1, 64], "FP32")
+    x.set_data_from_numpy(np.zeros((1, 64), np.float32))
+    y = triton.infer("mlp", [x], timeout=50_000).as_numpy("y")    # timeout in microseconds = the SLO
+
+The gateway is a shell: `client.v2` decides what requests mean and how answers look; this module
+moves bytes between aiohttp and a pool of `AsyncClient`s (one DEALER each, used round-robin). It
+holds no scheduling logic: every request goes to the controller with its deadline and priority,
+and the controller's answer, whatever it is, goes back to the caller at once. docs/gateway.md
+lists the endpoints, the status table and the flags.
+
+Rules:
+- Every answer is bounded in time: infer by its SLO plus the client's grace, admin calls by
+  --admin-timeout-s, reading a request body by --body-timeout-s.
+- No input crashes the gateway: malformed JSON, wrong lengths and oversize bodies are answered
+  400/408/413 with a reason in the v2 error body; our own bugs answer 500 and are logged.
+- A caller that disconnects cancels its request (aiohttp handler cancellation), which sends a
+  CANCEL so the controller does not spend a device on an answer nobody reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Awaitable, Callable, Sequence
+
+import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from common import logsetup, schema
+from common.checks import BadMessage
+from common.status import Status
+from client import v2
+from client.aio import AsyncClient
+from client.errors import ClockworkError, DeadlineExceeded
+from client.protocol import DEFAULT_ENDPOINT, default_endpoint
+
+log = structlog.get_logger("clockwork.gateway")
+MiB = 1 << 20
+GATEWAY = web.AppKey("gateway", object)  # the app's Gateway, for embedders and tests
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Every knob of the gateway, with why its default is what it is."""
+
+    host: str = "127.0.0.1"  # loopback: exposing it is a deliberate --listen 0.0.0.0:8000
+    port: int = 8000  # Triton's HTTP port, where v2 tools look first
+    controller: str = DEFAULT_ENDPOINT
+    # One AsyncClient multiplexes any number of requests; a few spread the (de)serialization
+    # over several ZeroMQ connections and I/O threads' queues without any scheduling here.
+    connections: int = 4
+    # A request without parameters.timeout gets this SLO; 1 s is generous for an interactive
+    # model and still bounds how long a caller waits.
+    default_slo_ms: float = 1000.0
+    # Bodies above this are refused with 413 before they are buffered whole.
+    max_body_bytes: int = 64 * MiB
+    # A caller that announces more bytes than it sends gets 408 instead of holding a handler.
+    body_timeout_s: float = 30.0
+    # LIST and STATUS are answered from the controller's memory in milliseconds: past this the
+    # controller is unreachable and metadata calls answer 503.
+    admin_timeout_s: float = 5.0
+    # repository load waits this long for a worker to prepare the model before answering 503.
+    load_wait_s: float = 30.0
+    # Retry-After on 429/503: admission decisions change within milliseconds, so 1 s (the
+    # header's resolution) is the shortest honest hint.
+    retry_after_s: int = 1
+    # On SIGTERM, requests in flight get this long to be answered before the sockets close.
+    shutdown_timeout_s: float = 5.0
+
+
+# ----------------------------------------------------------------------------- the pool
+
+
+class ClientPool:
+    """`size` AsyncClients to one controller, handed out round-robin. Create and close it on
+    the event loop that uses it."""
+
+    def __init__(self, endpoint: str, size: int, admin_timeout_s: float):
+        self.clients = [AsyncClient(endpoint, timeout_s=admin_timeout_s) for _ in range(size)]
+        self._turn = itertools.cycle(self.clients)
+
+    def next(self) -> AsyncClient:
+        return next(self._turn)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self.clients))
+
+
+# ----------------------------------------------------------------------------- the application
+
+
+def _version() -> str:
+    try:
+        return metadata.version("clockwork-serving")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+class Gateway:
+    """The v2 endpoints, each a thin handler over `client.v2` and the pool."""
+
+    def __init__(self, config: GatewayConfig):
+        self.config = config
+        self.stats = v2.StatsBook()
+        self.pool: ClientPool | None = None
+        self.server_metadata = v2.server_metadata(_version())
+
+    # -- lifecycle (aiohttp signals)
+
+    async def on_startup(self, _app: web.Application) -> None:
+        self.pool = ClientPool(self.config.controller, self.config.connections, self.config.admin_timeout_s)
+
+    async def on_cleanup(self, _app: web.Application) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+    def routes(self) -> list[web.RouteDef]:
+        model = "/v2/models/{model}"
+        versioned = "/v2/models/{model}/versions/{version}"
+        routes = [
+            web.get("/v2/health/live", self.live),
+            web.get("/v2/health/ready", self.ready),
+            web.get("/v2", self.metadata),
+            web.get("/v2/models/stats", self.all_stats),  # before {model}: "stats" is not a model
+            web.post("/v2/repository/index", self.index),
+            web.post("/v2/repository/models/{model}/load", self.load),
+            web.post("/v2/repository/models/{model}/unload", self.unload),
+        ]
+        for base in (model, versioned):
+            routes += [
+                web.get(base, self.model_metadata),
+                web.get(base + "/ready", self.model_ready),
+                web.get(base + "/config", self.model_config),
+                web.get(base + "/stats", self.model_stats),
+                web.post(base + "/infer", self.infer),
+            ]
+        return routes
+
+    # -- controller calls
+
+    async def _admin(self, call: Callable[[AsyncClient], Awaitable[Any]]) -> Any:
+        try:
+            return await call(self.pool.next())
+        except DeadlineExceeded as exc:
+            raise v2.V2Error(503, Status.UNAVAILABLE, f"the controller at {self.config.controller} did not "
+                             f"answer: {exc.detail}", self.config.retry_after_s) from None
+        except ClockworkError as exc:
+            raise v2.error_from(exc, self.config.retry_after_s) from None
+
+    async def _models(self) -> list[dict]:
+        return await self._admin(lambda c: c.list())
+
+    async def _model(self, request: web.Request) -> dict:
+        name = request.match_info["model"]
+        v2.check_version(name, request.match_info.get("version"))
+        return dict(v2.find_model(await self._models(), name))
+
+    # -- health and metadata
+
+    async def live(self, _request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def ready(self, _request: web.Request) -> web.Response:
+        """Ready when the controller answers and lists at least one live worker."""
+        status = await self._admin(lambda c: c.status())
+        alive = [w.get("name") for w in status.get("workers", []) if isinstance(w, dict) and w.get("alive")]
+        if not alive:
+            raise v2.V2Error(503, Status.UNAVAILABLE, "the controller has no live worker", self.config.retry_after_s)
+        return web.json_response({"ready": True, "workers": alive})
+
+    async def metadata(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.server_metadata)
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(v2.model_metadata(await self._model(request)))
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        return web.json_response(v2.model_config(await self._model(request)))
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        info = await self._model(request)
+        if not v2.model_ready(info):
+            raise v2.V2Error(503, Status.NOT_PREPARED, f"model {info['name']!r} is not prepared on any connected "
+                             "worker yet", self.config.retry_after_s)
+        return web.json_response({"name": info["name"], "ready": True})
+
+    # -- model repository extension
+
+    async def index(self, request: web.Request) -> web.Response:
+        params = await self._json_body(request)
+        ready_only = params.get("ready", False) is True
+        return web.json_response(v2.repository_index(await self._models(), ready_only))
+
+    async def load(self, request: web.Request) -> web.Response:
+        """"Load" = the model is registered and prepared on some worker, so the controller can
+        make it resident where demand needs it. Models are added with `clockwork upload`."""
+        params = v2.as_object((await self._json_body(request)).get("parameters"), "parameters")
+        if "config" in params or any(str(k).startswith("file:") for k in params):
+            raise v2.bad_input("uploading a model through the v2 repository extension is not supported; "
+                               "register it with `clockwork upload` (or client.Client.upload) first")
+        name = request.match_info["model"]
+        deadline = time.monotonic() + self.config.load_wait_s
+        while True:
+            info = v2.find_model(await self._models(), name)
+            if v2.model_ready(info):
+                return web.json_response({})
+            if time.monotonic() >= deadline:
+                raise v2.V2Error(503, Status.NOT_PREPARED, f"model {name!r} is registered but no worker prepared it "
+                                 f"within {self.config.load_wait_s:g} s", self.config.retry_after_s)
+            await asyncio.sleep(0.1)
+
+    async def unload(self, request: web.Request) -> web.Response:
+        """Accepted and a no-op: only the controller decides what is resident on a device (it
+        evicts idle models when memory is needed). The model stays registered."""
+        await self._json_body(request)
+        v2.find_model(await self._models(), request.match_info["model"])
+        return web.json_response({})
+
+    # -- statistics extension
+
+    async def all_stats(self, _request: web.Request) -> web.Response:
+        names = [m.get("name") for m in await self._models() if isinstance(m.get("name"), str)]
+        return web.json_response(self.stats.document(names))
+
+    async def model_stats(self, request: web.Request) -> web.Response:
+        info = await self._model(request)
+        return web.json_response(self.stats.document([info["name"]]))
+
+    # -- inference
+
+    async def infer(self, request: web.Request) -> web.Response:
+        start_ns = time.monotonic_ns()
+        name = request.match_info["model"]
+        v2.check_version(name, request.match_info.get("version"))
+        try:
+            schema.MODEL_NAME(name, "model")
+        except BadMessage as exc:
+            raise v2.V2Error(404, Status.MODEL_NOT_FOUND, exc.detail) from None
+        body = await self._read_body(request)
+        req = v2.parse_infer_request(body, request.headers.get("Inference-Header-Content-Length"),
+                                     self.config.default_slo_ms)
+        try:
+            result = await self.pool.next().infer(name, req.inputs, slo_ms=req.slo_ms, priority=req.priority)
+        except ClockworkError as exc:
+            self.stats.failure(name, exc.status, time.monotonic_ns() - start_ns)
+            raise v2.error_from(exc, self.config.retry_after_s) from None
+        payload, header_length = v2.infer_response(name, req, result)
+        samples = next(iter(req.inputs.values())).shape[0]
+        self.stats.success(name, result, samples, time.monotonic_ns() - start_ns, time.time_ns() // 1_000_000)
+        if header_length is None:
+            return web.Response(body=payload, content_type="application/json")
+        return web.Response(body=payload, content_type="application/octet-stream",
+                            headers={"Inference-Header-Content-Length": str(header_length)})
+
+    # -- bodies
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        try:
+            return await asyncio.wait_for(request.read(), self.config.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise v2.V2Error(408, Status.BAD_MESSAGE, f"the request body did not arrive within "
+                             f"{self.config.body_timeout_s:g} s (is Content-Length right?)") from None
+        except (web.RequestPayloadError, HttpProcessingError) as exc:  # e.g. a body that is not the gzip it says
+            raise v2.V2Error(400, Status.BAD_MESSAGE, f"unreadable request body: {exc}") from None
+
+    async def _json_body(self, request: web.Request) -> dict:
+        """An optional JSON object body (repository calls); empty is {}."""
+        body = await self._read_body(request)
+        if not body.strip():
+            return {}
+        doc = v2.load_json(memoryview(body))
+        if not isinstance(doc, dict):
+            raise v2.bad_input("the request body must be a JSON object")
+        return doc
+
+
+@web.middleware
+async def v2_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """Every refusal as a v2 error body {"error": "STATUS_NAME: detail"}; our own bugs as 500."""
+    try:
+        return await handler(request)
+    except v2.V2Error as err:
+        if err.http_status >= 500:
+            log.warning("refused", path=request.path, http_status=err.http_status, error=err.message)
+        return web.Response(status=err.http_status, body=err.body(), content_type="application/json",
+                            headers=err.headers())
+    except web.HTTPException as exc:  # aiohttp's own: unknown route (404), method (405), too large (413)
+        if exc.status < 400:
+            raise
+        name = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: Status.TOO_LARGE.name}.get(exc.status, "BAD_MESSAGE")
+        detail = exc.text if exc.status == 413 else f"{exc.reason}: {request.method} {request.path}"
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return web.Response(status=exc.status, body=v2.V2Error(exc.status, name, detail).body(),
+                            content_type="application/json", headers=headers)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a bug of ours: answer, log, keep serving
+        log.exception("internal_error", path=request.path)
+        return web.Response(status=500, body=v2.V2Error(500, Status.INTERNAL, repr(exc)).body(),
+                            content_type="application/json")
+
+
+def make_app(config: GatewayConfig) -> web.Application:
+    gateway = Gateway(config)
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[v2_errors])
+    app[GATEWAY] = gateway
+    app.add_routes(gateway.routes())
+    app.on_startup.append(gateway.on_startup)
+    app.on_cleanup.append(gateway.on_cleanup)
+    return app
+
+
+async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
+    """Listen until `stop` is set (or SIGTERM/SIGINT), then stop accepting, give requests in
+    flight up to shutdown_timeout_s, and close the controller connections."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    runner = web.AppRunner(make_app(config), access_log=None, handler_cancellation=True,
+                           shutdown_timeout=config.shutdown_timeout_s)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+        await site.start()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info("listening", addresses=[f"{a[0]}:{a[1]}" for a in runner.addresses], controller=config.controller,
+                 connections=config.connections, default_slo_ms=config.default_slo_ms)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """"HOST:PORT" (or "[::1]:PORT") -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[GatewayConfig, str]:
+    d = GatewayConfig()
+    p = argparse.ArgumentParser(prog="clockwork-gateway", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--listen", type=parse_listen, default=f"{d.host}:{d.port}", help="HOST:PORT to serve HTTP on")
+    p.add_argument("--controller", default=argparse.SUPPRESS, help=f"controller client endpoint "
+                   f"(default: $CLOCKWORK_ENDPOINT or {DEFAULT_ENDPOINT})")
+    p.add_argument("--connections", type=_positive(int), default=d.connections,
+                   help="controller connections (AsyncClients), used round-robin")
+    p.add_argument("--default-slo-ms", type=_positive(float), default=d.default_slo_ms,
+                   help="SLO of a request that sets no parameters.timeout")
+    p.add_argument("--max-body-mb", type=_positive(float), default=d.max_body_bytes / MiB,
+                   help="largest request body accepted (413 above)")
+    p.add_argument("--body-timeout-s", type=_positive(float), default=d.body_timeout_s,
+                   help="time to receive a request body (408 after)")
+    p.add_argument("--admin-timeout-s", type=_positive(float), default=d.admin_timeout_s,
+                   help="time for the controller to answer LIST/STATUS (503 after)")
+    p.add_argument("--load-wait-s", type=float, default=d.load_wait_s,
+                   help="repository load: how long to wait for a worker to prepare the model")
+    p.add_argument("--retry-after-s", type=_positive(int), default=d.retry_after_s,
+                   help="Retry-After sent with 429 and 503")
+    p.add_argument("--shutdown-timeout-s", type=float, default=d.shutdown_timeout_s,
+                   help="on SIGTERM, time given to requests in flight")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                   help="log level of the JSON lines on stderr")
+    a = p.parse_args(argv)
+    listen = a.listen if isinstance(a.listen, tuple) else parse_listen(a.listen)
+    controller = getattr(a, "controller", None) or default_endpoint()
+    config = GatewayConfig(host=listen[0], port=listen[1], controller=controller,
+                           connections=a.connections, default_slo_ms=a.default_slo_ms,
+                           max_body_bytes=int(a.max_body_mb * MiB), body_timeout_s=a.body_timeout_s,
+                           admin_timeout_s=a.admin_timeout_s, load_wait_s=max(0.0, a.load_wait_s),
+                           retry_after_s=a.retry_after_s, shutdown_timeout_s=max(0.0, a.shutdown_timeout_s))
+    return config, a.log_level
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, level = parse_args(argv)
+    global log
+    log = logsetup.configure(level, "gateway")
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:  # e.g. the port is taken
+        log.error("cannot_listen", host=config.host, port=config.port, error=str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
