@@ -59,6 +59,9 @@ class SchedulerConfig:
     # Extra replicas of a model (beyond one) idle this long are unloaded, so memory follows
     # demand; the last replica stays until LRU eviction needs its pages.
     replica_idle_ns: int = 2000 * MS
+    # A result this long past its action's window (latest start + predicted duration) is taken
+    # as lost: the requests are re-planned instead of waiting for a reply that may never come.
+    result_grace_ns: int = 200 * MS
     # Emit an ActionRecord effect per finished action (for the action log); off costs nothing.
     record_actions: bool = False
 

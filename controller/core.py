@@ -465,6 +465,7 @@ class Core:
     def _housekeeping(self, now_ns: int) -> None:
         self._next_housekeeping_ns = now_ns + self.cfg.housekeeping_ns
         self._expire_workers(now_ns)
+        self._expire_actions(now_ns)
         self._expire_uploads(now_ns)
         self._expire_requests(now_ns)
         self._replicate_hot_models(now_ns)
@@ -474,6 +475,26 @@ class Core:
         for worker in list(self.workers.values()):
             if now_ns - worker.last_seen_ns > self.cfg.worker_timeout_ns:
                 self._lose_worker(worker, now_ns, "no heartbeat")
+
+    def _expire_actions(self, now_ns: int) -> None:
+        """A result that never came (lost message, wedged runtime) must not strand requests:
+        past its give-up time the action counts as dropped, its requests go back to the queue
+        (where expiry answers the ones that can no longer make it), its lane is freed."""
+        for action in [a for a in self.actions.values() if a.give_up_ns < now_ns]:
+            del self.actions[action.action_id]
+            self.counters[f"{action.kind}_results_lost"] += 1
+            dev = action.device
+            if action.kind == "exec":
+                dev.exec_lane.cancel(action.action_id)
+                self._exec_ended(action)
+                self._requeue(action.requests, now_ns)
+            else:
+                dev.load_lane.cancel(action.action_id)
+                if action.kind == "load":
+                    dev.loads_in_flight -= 1
+                    if action.model in dev.resident:
+                        self._evict(dev, action.model)
+            self._plan_device_soon(dev, now_ns)
 
     def _expire_uploads(self, now_ns: int) -> None:
         for name in [n for n, u in self.uploads.items() if u.deadline_ns <= now_ns]:
@@ -542,6 +563,7 @@ class Core:
         earliest = max(now_ns, start_ns - self.cfg.schedule_ahead_ns)
         tensors = tuple(t for req in batch.requests for t in req.tensors)  # chunks, forwarded as-is
         self.actions[action_id] = Action(action_id, "exec", dev, batch.model, batch.exec_ns, now_ns,
+                                         batch.latest_start_ns + batch.exec_ns + self.cfg.result_grace_ns,
                                          list(batch.requests), batch.batch_size)
         self.counters["execs_sent"] += 1
         self._emit(ToWorker(dev.worker, action_id, schema.Exec(
@@ -590,7 +612,8 @@ class Core:
     def _send_unload(self, dev: Device, name: str, now_ns: int) -> None:
         self._evict(dev, name)
         action_id = next(self._ids)
-        self.actions[action_id] = Action(action_id, "unload", dev, name, 0, now_ns)
+        self.actions[action_id] = Action(action_id, "unload", dev, name, 0, now_ns,
+                                         now_ns + UNLOAD_WINDOW_NS + self.cfg.result_grace_ns)
         dev.load_lane.reserve(action_id, now_ns, 0)
         self._emit(ToWorker(dev.worker, action_id, schema.Unload(
             device_id=dev.device_id, model_id=name, earliest_ns=now_ns, latest_ns=now_ns + UNLOAD_WINDOW_NS)))
@@ -605,11 +628,13 @@ class Core:
         dev.load_lane.reserve(action_id, start, load_ns)
         self._place(dev, model, Resident(Residency.LOADING, pages, now_ns))
         dev.loads_in_flight += 1
-        self.actions[action_id] = Action(action_id, "load", dev, model.name, load_ns, now_ns)
+        latest = start + 10 * load_ns + UNLOAD_WINDOW_NS // 60
+        self.actions[action_id] = Action(action_id, "load", dev, model.name, load_ns, now_ns,
+                                         latest + 10 * load_ns + self.cfg.result_grace_ns)
         self.counters["loads_sent"] += 1
         self._emit(ToWorker(dev.worker, action_id, schema.Load(
             device_id=dev.device_id, model_id=model.name, earliest_ns=now_ns,
-            latest_ns=start + 10 * load_ns + UNLOAD_WINDOW_NS // 60, expected_ns=load_ns)))
+            latest_ns=latest, expected_ns=load_ns)))
 
     # ================================================================== estimates
 

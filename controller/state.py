@@ -101,6 +101,7 @@ class Action:
     model: str
     expected_ns: int
     sent_ns: int
+    give_up_ns: int  # no result by then: the action is taken as lost (its window plus a grace)
     requests: list[Request] = field(default_factory=list)
     batch_size: int = 0
 

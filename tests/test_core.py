@@ -334,3 +334,17 @@ def test_admission_refuses_a_request_the_queue_ahead_would_make_late():
     assert refused and refused[0].body.status is Status.WOULD_MISS_DEADLINE
     assert "queued ahead" in refused[0].body.detail
     assert not replies(infer(core, 1001, now=t, slo_ms=150))  # this one can still make it
+
+
+def test_a_result_that_never_comes_does_not_strand_the_batch():
+    core = ready_core()
+    t = warm(core)
+    infer(core, 1, now=t, slo_ms=500)  # short enough that the worker's heartbeats do not lapse
+    lost = sent(core.tick(t), schema.Exec)[0]
+    late = lost.body.latest_ns + lost.body.expected_ns + core.cfg.result_grace_ns + 1
+    effects = step(core, core.tick(late), late)
+    assert core.counters["exec_results_lost"] == 1
+    again = sent(effects, schema.Exec)
+    assert len(again) == 1 and again[0].msg_id != lost.msg_id  # re-planned
+    assert replies(result_for(core, again[0], late + 3 * MS))[0].body.status is Status.OK
+    assert not result_for(core, lost, late + 4 * MS)  # the straggler is ignored
