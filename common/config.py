@@ -60,8 +60,9 @@ class SchedulerConfig:
     # demand; the last replica stays until LRU eviction needs its pages.
     replica_idle_ns: int = 2000 * MS
     # A result this long past its action's window (latest start + predicted duration) is taken
-    # as lost: the requests are re-planned instead of waiting for a reply that may never come.
-    result_grace_ns: int = 200 * MS
+    # as lost, and its requests answered instead of waiting for a reply that may never come. By
+    # then they are late anyway: an EXEC cannot start after its latest start.
+    result_grace_ns: int = 20 * MS
     # Emit an ActionRecord effect per finished action (for the action log); off costs nothing.
     record_actions: bool = False
 
