@@ -13,7 +13,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from common import codec, schema
+from common import codec, schema, security
 from common.status import Status
 from client import protocol
 from client.errors import ClientClosed, DeadlineExceeded, ServerError
@@ -43,7 +43,8 @@ class AsyncClient:
 
         asyncio.run(main())
 
-    Defaults are those of `Client`: endpoint $CLOCKWORK_ENDPOINT or tcp://127.0.0.1:5555,
+    Keys (`key_file`, `server_key_file`, or $CLOCKWORK_KEY and $CLOCKWORK_SERVER_KEY) and
+    defaults are those of `Client`: endpoint $CLOCKWORK_ENDPOINT or tcp://127.0.0.1:5555,
     admin calls 30 s, uploads 300 s, an infer its SLO plus 1 s; past that DeadlineExceeded.
     Cancelling the task awaiting an infer also sends a best-effort CANCEL to the controller.
     `close()` (or leaving `async with`) fails pending calls with ClientClosed. Use one
@@ -52,10 +53,12 @@ class AsyncClient:
 
     def __init__(self, endpoint: str | None = None, *, timeout_s: float = Options.timeout_s,
                  upload_timeout_s: float = Options.upload_timeout_s, grace_s: float = Options.grace_s,
-                 context: zmq.asyncio.Context | None = None):
+                 context: zmq.asyncio.Context | None = None, key_file: str | None = None,
+                 server_key_file: str | None = None):
         options = Options(endpoint or protocol.default_endpoint(), timeout_s, upload_timeout_s, grace_s)
+        keys = security.client_keys_from(key_file, server_key_file)  # as Client: files, else env
         self._core = ClientCore(options)
-        self._sock = open_dealer(context or zmq.asyncio.Context.instance(), options.endpoint)
+        self._sock = open_dealer(context or zmq.asyncio.Context.instance(), options.endpoint, keys)
         self._pending: dict[int, asyncio.Future] = {}  # request id -> future of its Incoming
         self._reader: asyncio.Task | None = None
         self._listing: asyncio.Future | None = None  # a LIST fetching input names for bare-array infers

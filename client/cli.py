@@ -2,12 +2,16 @@
 
     clockwork upload resnet50.onnx --name resnet50 --input-shape data=3,224,224
     clockwork ls
-    clockwork status [--json]
+    clockwork status [--json | --watch [--interval 2]]
     clockwork infer resnet50 --input x.npy --slo-ms 50 [--output out.npz]
     clockwork rm resnet50
+    clockwork keys generate --out /etc/clockwork/keys --name alice
 
-Exit codes: 0 done; 1 the controller (or the client's own timeout) refused, printed as
-"error: STATUS_NAME (code N): detail"; 2 a usage error.
+Keys: against a controller with keys configured, give --key (your NAME.key_secret) and
+--server-key (the controller's NAME.key), or set $CLOCKWORK_KEY and $CLOCKWORK_SERVER_KEY.
+
+Exit codes: 0 done (also when a --watch is ended with Ctrl-C); 1 the controller (or the client's
+own timeout) refused, printed as "error: STATUS_NAME (code N): detail"; 2 a usage error.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from common import security
 from common.schema import FORMATS
+from common.status import Fault, Status
 from client import protocol
 from client.errors import ClockworkError
 from client.protocol import InferResult
@@ -128,6 +135,82 @@ def render_status(body: dict) -> str:
     return "\n\n".join(parts)
 
 
+def _count(counters: Mapping, prefix: str) -> float:
+    """Sum of the counters named `prefix` or starting with it (e.g. "rejected_")."""
+    total = 0.0
+    for name, value in counters.items():
+        if (name == prefix or (prefix.endswith("_") and str(name).startswith(prefix))) \
+                and isinstance(value, (int, float)) and not isinstance(value, bool):
+            total += value
+    return total
+
+
+def _served(counters: Mapping) -> float:
+    """Requests answered or refused, less those refused for the caller's own fault (bad input,
+    unknown model, cancelled): the denominator of SLO attainment, as in the metrics."""
+    total = 0.0
+    for name, value in counters.items():
+        prefix, _, status = str(name).partition("_")
+        if prefix in ("answered", "rejected") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            known = Status.__members__.get(status.upper())
+            total += 0 if known is not None and known.fault is Fault.CALLER else value
+    return total
+
+
+def _percent(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%" if whole > 0 else "-"
+
+
+def render_watch(body: dict, previous: dict | None, elapsed_s: float, header: str) -> str:
+    """One frame of `status --watch`: workers and devices, models, then request rates over the
+    last refresh (counter deltas; "-" on the first frame) and SLO attainment. A device's UTIL and
+    a model's own rate and attainment appear when the controller's status carries the counts
+    they come from (a device's `exec_busy_ns`; a model's `answered` and `met_slo`)."""
+    counters = body.get("counters") if isinstance(body.get("counters"), dict) else {}
+    prev = previous if isinstance(previous, dict) else {}
+    before = prev.get("counters") if isinstance(prev.get("counters"), dict) else None
+    dt = elapsed_s if before is not None and elapsed_s > 0 else 0.0
+    before = before or {}
+
+    def per_s(now: float, then: float) -> str:
+        return f"{(now - then) / dt:.1f}" if dt else "-"
+
+    busy_before = {(w.get("name"), d.get("device_id")): d.get("exec_busy_ns")
+                   for w in prev.get("workers") or [] if isinstance(w, dict)
+                   for d in w.get("devices") or [] if isinstance(d, dict)}
+    rows = []
+    for w in [w for w in body.get("workers") or [] if isinstance(w, dict)]:
+        for d in [d for d in w.get("devices") or [] if isinstance(d, dict)] or [{}]:
+            busy, then = d.get("exec_busy_ns"), busy_before.get((w.get("name"), d.get("device_id")))
+            util = _percent((busy - then) / 1e9, dt) if dt and isinstance(busy, int) and isinstance(then, int) else "-"
+            rows.append([w.get("name"), w.get("alive"), d.get("device_id"), d.get("kind"),
+                         f"{size(d.get('used_bytes'))} / {size(d.get('memory_bytes'))}", util, d.get("busy_ms"),
+                         d.get("loaded"), d.get("loading")])
+    parts = [header, table(["WORKER", "ALIVE", "DEVICE", "KIND", "MEMORY", "UTIL", "BUSY_MS", "LOADED", "LOADING"],
+                           rows) if rows else "no workers"]
+    old = {m.get("name"): m for m in prev.get("models") or [] if isinstance(m, dict)}
+    mrows = []
+    for m in [m for m in body.get("models") or [] if isinstance(m, dict)]:
+        o = old.get(m.get("name"), {})
+        counted = all(isinstance(x.get(k), int) for x in (m, o) for k in ("answered", "met_slo"))
+        answered = m.get("answered", 0) - o.get("answered", 0) if counted else 0
+        mrows.append([m.get("name"), m.get("queued"), m.get("in_flight"), m.get("resident_on"),
+                      per_s(answered, 0) if counted else "-",
+                      _percent(m["met_slo"] - o["met_slo"], answered) if counted and dt else "-"])
+    parts.append(table(["MODEL", "QUEUED", "IN_FLIGHT", "RESIDENT_ON", "REQ/S", "SLO"], mrows)
+                 if mrows else "no models")
+    finished, finished_before = _served(counters), _served(before)
+    met, met_before = _count(counters, "met_slo"), _count(before, "met_slo")
+    parts.append(
+        f"requests/s: offered {per_s(_count(counters, 'requests_offered'), _count(before, 'requests_offered'))}, "
+        f"served {per_s(_count(counters, 'answered_ok'), _count(before, 'answered_ok'))}, "
+        f"goodput {per_s(met, met_before)}, "
+        f"refused {per_s(_count(counters, 'rejected_'), _count(before, 'rejected_'))}\n"
+        f"SLO attainment: {_percent(met - met_before, finished - finished_before) if dt else '-'} last interval, "
+        f"{_percent(met, finished)} since the controller started")
+    return "\n\n".join(parts)
+
+
 def render_result(result: InferResult, values: int = 6) -> str:
     lines = []
     for name, array in result.outputs.items():
@@ -191,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="controller client endpoint (default: $CLOCKWORK_ENDPOINT or %(default)s)")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                         help="how long admin commands wait for the controller (default 30; upload 300)")
+    parser.add_argument("--key", default=None, metavar="FILE",
+                        help="your secret key file, NAME.key_secret (default: $CLOCKWORK_KEY)")
+    parser.add_argument("--server-key", default=None, metavar="FILE",
+                        help="the controller's public key file, NAME.key (default: $CLOCKWORK_SERVER_KEY)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("upload", help="register a model (ONNX file, or a .json latency profile)")
@@ -207,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="workers, devices, models and counters")
     st.add_argument("--json", action="store_true", help="print the raw reply as JSON")
+    st.add_argument("--watch", action="store_true", help="a live table, refreshed until Ctrl-C")
+    st.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="--watch refresh (default 2)")
+    st.add_argument("--iterations", type=int, default=0, metavar="N", help="--watch: stop after N frames")
 
     inf = sub.add_parser("infer", help="run a model once and print its outputs and timing")
     inf.add_argument("name")
@@ -218,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     rm = sub.add_parser("rm", help="remove a model")
     rm.add_argument("name")
+
+    keys = sub.add_parser("keys", help="make CURVE key pairs (no controller needed)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    gen = keys_sub.add_parser("generate", help="write NAME.key (public) and NAME.key_secret (0600)")
+    gen.add_argument("--out", required=True, metavar="DIR", help="folder for the two files (created)")
+    gen.add_argument("--name", required=True, help="e.g. controller, worker-gpu0, alice")
+    gen.add_argument("--force", action="store_true", help="overwrite existing files of that name")
     return parser
 
 
@@ -236,9 +333,44 @@ def cmd_ls(cw: Client, args: argparse.Namespace) -> str:
     return json.dumps(models, indent=2, default=str) if args.json else render_models(models)
 
 
-def cmd_status(cw: Client, args: argparse.Namespace) -> str:
+def cmd_status(cw: Client, args: argparse.Namespace) -> str | None:
+    if args.watch:
+        return watch_status(cw, args.interval, args.iterations)
     body = cw.status()
     return json.dumps(body, indent=2, default=str) if args.json else render_status(body)
+
+
+def watch_status(cw: Client, interval_s: float, iterations: int = 0, out: Any = None) -> None:
+    """Redraw the status every `interval_s` (clearing the screen on a terminal) until Ctrl-C or
+    `iterations` frames. A controller that does not answer is shown, and asked again."""
+    out = out or sys.stdout
+    clear = "\x1b[H\x1b[2J" if out.isatty() else ""
+    previous, previous_at, frames = None, 0.0, 0
+    try:
+        while True:
+            started = time.monotonic()
+            header = f"clockwork status  {cw.endpoint}  {time.strftime('%H:%M:%S')}  (every {interval_s:g} s)"
+            try:
+                body = cw.status()
+                frame = render_watch(body, previous, started - previous_at, header)
+                previous, previous_at = body, started
+            except ClockworkError as err:
+                frame = f"{header}\n\ncontroller not answering: {err.status.name}: {err.detail}"
+            out.write(clear + frame + ("\n" if clear else "\n\n"))
+            out.flush()
+            frames += 1
+            if iterations and frames >= iterations:
+                return None
+            time.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+    except KeyboardInterrupt:  # the way out of a watch: not an error
+        return None
+
+
+def cmd_keys(args: argparse.Namespace) -> str:
+    public, secret = security.generate(args.out, args.name, overwrite=args.force)
+    return (f"public key: {public}  (give it out: to the controller's allow-list, or to clients and workers)\n"
+            f"secret key: {secret}  (keep it; mode 0600)\n"
+            f"z85 public: {security.load_public(public).decode()}")
 
 
 def cmd_infer(cw: Client, args: argparse.Namespace) -> str:
@@ -254,7 +386,7 @@ def cmd_rm(cw: Client, args: argparse.Namespace) -> str:
     return f"removed {args.name}"
 
 
-COMMANDS: dict[str, Callable[[Client, argparse.Namespace], str]] = {
+COMMANDS: dict[str, Callable[[Client, argparse.Namespace], str | None]] = {
     "upload": cmd_upload, "ls": cmd_ls, "status": cmd_status, "infer": cmd_infer, "rm": cmd_rm,
 }
 
@@ -264,11 +396,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse printed the usage (or --help)
         return exc.code if isinstance(exc.code, int) else 2
-    timeouts: Mapping[str, float] = {} if args.timeout is None else {"timeout_s": args.timeout,
-                                                                       "upload_timeout_s": args.timeout}
+    timeouts: dict[str, float] = {} if args.timeout is None else {"timeout_s": args.timeout,
+                                                                     "upload_timeout_s": args.timeout}
+    if args.command == "status" and args.watch and args.timeout is None:
+        timeouts["timeout_s"] = max(1.0, args.interval)  # a dead controller shows up within a frame
     try:
-        with Client(args.endpoint, **timeouts) as cw:
-            print(COMMANDS[args.command](cw, args))
+        if args.command == "keys":
+            print(cmd_keys(args))
+            return 0
+        with Client(args.endpoint, **timeouts, key_file=args.key, server_key_file=args.server_key) as cw:
+            text = COMMANDS[args.command](cw, args)
+            if text is not None:
+                print(text)
     except ClockworkError as err:
         print(f"error: {err.status.name} (code {err.code}): {err.detail}", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import numpy as np
 import zmq
 
-from common import codec, net
+from common import codec, net, security
 from client import protocol
 from client.errors import ClientClosed
 from client.protocol import Call, ClientCore, InferResult, Options
@@ -22,13 +22,16 @@ T = TypeVar("T")
 log = logging.getLogger("clockwork.client")
 
 
-def open_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def open_dealer(ctx: zmq.Context, endpoint: str, keys: security.CurveClient | None = None) -> zmq.Socket:
     """A DEALER to the controller that queues nothing while it is not connected (IMMEDIATE):
     a request waits (within its timeout) for a live connection instead of sitting in a pipe
-    and reaching a restarted controller long after its caller gave up."""
+    and reaching a restarted controller long after its caller gave up. With `keys` it is a
+    CURVE client; a controller that refuses the key never connects, so calls time out."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IMMEDIATE, 1)
     net.configure_socket(sock)
+    if keys is not None:
+        security.make_client(sock, keys)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)  # back off to 2 s while the controller is down
     sock.connect(endpoint)
@@ -67,6 +70,11 @@ class Client:
     request), `CapacityError` (retry later or with a looser SLO), `ServerError`, and
     `DeadlineExceeded` for the client's own timeout.
 
+    Keys: a controller with keys configured (docs/operations.md) admits only CURVE clients whose
+    public key it allows: pass `key_file` (your NAME.key_secret) and `server_key_file` (the
+    controller's NAME.key), or set $CLOCKWORK_KEY and $CLOCKWORK_SERVER_KEY. Uploads and
+    removals need an admin key (else RequestError(FORBIDDEN)).
+
     Defaults: endpoint $CLOCKWORK_ENDPOINT or tcp://127.0.0.1:5555; admin calls time out after
     30 s (`timeout_s`), uploads after 300 s (`upload_timeout_s`), an infer after its SLO plus
     1 s (`grace_s`). Nothing waits longer than that, whether or not the controller is up.
@@ -77,11 +85,13 @@ class Client:
 
     def __init__(self, endpoint: str | None = None, *, timeout_s: float = Options.timeout_s,
                  upload_timeout_s: float = Options.upload_timeout_s, grace_s: float = Options.grace_s,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, key_file: str | None = None,
+                 server_key_file: str | None = None):
         options = Options(endpoint or protocol.default_endpoint(), timeout_s, upload_timeout_s, grace_s)
+        keys = security.client_keys_from(key_file, server_key_file)
         self._core = ClientCore(options)
         self._lock = threading.RLock()  # infer holds it across its list and infer calls
-        self._sock: zmq.Socket | None = open_dealer(context or zmq.Context.instance(), options.endpoint)
+        self._sock: zmq.Socket | None = open_dealer(context or zmq.Context.instance(), options.endpoint, keys)
 
     @property
     def endpoint(self) -> str:

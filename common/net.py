@@ -7,7 +7,7 @@ bytes travel client -> controller -> worker without being copied in Python.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -39,17 +39,30 @@ def configure_socket(sock: zmq.Socket, max_msg_bytes: int = -1, hwm: int = 100_0
     return sock
 
 
-def router(ctx: zmq.Context, endpoint: str, max_msg_bytes: int = -1) -> zmq.Socket:
+Secure = Callable[[zmq.Socket], None]  # sets CURVE options before bind/connect (common/security.py)
+
+
+def router(ctx: zmq.Context, endpoint: str, max_msg_bytes: int = -1, *, handover: bool = False,
+           secure: Secure | None = None) -> zmq.Socket:
+    """A bound ROUTER. handover: a peer reconnecting with a known identity takes it over (a
+    restarted worker gets its name back)."""
     sock = configure_socket(ctx.socket(zmq.ROUTER), max_msg_bytes)
+    if handover:
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    if secure is not None:
+        secure(sock)
     sock.bind(endpoint)
     return sock
 
 
-def dealer(ctx: zmq.Context, endpoint: str, identity: bytes | None = None, max_msg_bytes: int = -1) -> zmq.Socket:
+def dealer(ctx: zmq.Context, endpoint: str, identity: bytes | None = None, max_msg_bytes: int = -1, *,
+           secure: Secure | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
     if identity:
         sock.setsockopt(zmq.IDENTITY, identity)
     configure_socket(sock, max_msg_bytes)
+    if secure is not None:
+        secure(sock)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)  # back off to 2 s while a peer is down
     sock.connect(endpoint)
@@ -58,6 +71,16 @@ def dealer(ctx: zmq.Context, endpoint: str, identity: bytes | None = None, max_m
 
 def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[memoryview]:
     return [f.buffer for f in sock.recv_multipart(flags, copy=False)]
+
+
+def recv_frames_from(sock: zmq.Socket, flags: int = 0) -> tuple[list[memoryview], str | None]:
+    """Frames and the sender's authenticated User-Id (a CURVE public key, z85), if any."""
+    frames = sock.recv_multipart(flags, copy=False)
+    try:
+        user = frames[-1].get("User-Id")
+    except zmq.ZMQError:  # no ZAP handler named this peer
+        user = None
+    return [f.buffer for f in frames], user
 
 
 def send_frames(sock: zmq.Socket, frames: list[Any], identity: bytes | None = None) -> bool:

@@ -28,6 +28,7 @@ class Status(enum.IntEnum):
     TOO_LARGE = 14  # over a configured size limit
     CANCELLED = 15
     DUPLICATE_REQUEST = 16
+    FORBIDDEN = 17  # the caller's key may not do this (only admin keys upload or remove models)
 
     WOULD_MISS_DEADLINE = 20  # cannot finish in time even on an idle device
     QUEUE_FULL = 21
@@ -70,6 +71,7 @@ _FAULTS: dict[Status, Fault] = {
     Status.TOO_LARGE: Fault.CALLER,
     Status.CANCELLED: Fault.CALLER,
     Status.DUPLICATE_REQUEST: Fault.CALLER,
+    Status.FORBIDDEN: Fault.CALLER,
     Status.WOULD_MISS_DEADLINE: Fault.CAPACITY,
     Status.QUEUE_FULL: Fault.CAPACITY,
     Status.DEADLINE_MISSED: Fault.CAPACITY,

@@ -4,22 +4,30 @@ Poll until the core's next wake-up or a message; decode; hand the event to the c
 registry; perform the effects the core returns; tick. Every message is validated by the codec,
 and anything that fails is answered with its reason code (or dropped and logged when it cannot
 be answered), so no input stops the loop.
+
+Operations (docs/operations.md): with keys both ROUTERs are CURVE servers and only admin keys may
+UPLOAD or REMOVE (common/security.py); the metrics and the request log are fed from the events
+and effects performed here (controller/metrics.py); systemd hears READY=1 once the sockets are
+bound and the registry is loaded (workers report their own readiness, and they start after us),
+then WATCHDOG=1 from this loop (common/sdnotify.py).
 """
 
 from __future__ import annotations
 
 import zmq
 
-from common import schema
+from common import schema, security
 from common.checks import BadMessage
 from common.clock import monotonic_ns
 from common.codec import decode, peek_msg_id
 from common.config import ControllerConfig
 from common.models import signature_of
-from common.net import IdSource, recv_frames, router, send
+from common.net import IdSource, recv_frames, recv_frames_from, router, send
+from common.sdnotify import Notifier
 from common.status import Status
 from controller.core import Core
 from controller.effects import PrepareOn, ToClient, ToWorker, UploadFinished
+from controller.metrics import ControllerTelemetry
 from controller.registry import Registry
 
 BURST = 512  # messages taken from one socket before looking at the other and ticking
@@ -32,21 +40,28 @@ class ControllerDaemon:
         self.cfg = config
         self.log = log
         self.ctx = zmq.Context.instance()
-        self.clients = router(self.ctx, config.client_endpoint, max_msg_bytes=2 * config.max_model_bytes)
-        self.workers = self.ctx.socket(zmq.ROUTER)
-        self.workers.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes its name back
-        from common.net import configure_socket
-
-        configure_socket(self.workers, max_msg_bytes=2 * config.max_model_bytes)
-        self.workers.bind(config.worker_endpoint)
+        self.keys = security.for_controller(config, log)  # None: loopback only, everyone is admin
+        self.auth = security.Authenticator(self.ctx, self.keys, log) if self.keys else None  # before binding
+        self.telemetry = ControllerTelemetry(config)
+        self.notify = Notifier.from_env()
+        self.clients = router(self.ctx, config.client_endpoint, max_msg_bytes=2 * config.max_model_bytes,
+                              secure=self._secure(security.CLIENTS_DOMAIN))
+        self.workers = router(self.ctx, config.worker_endpoint, max_msg_bytes=2 * config.max_model_bytes,
+                              handover=True, secure=self._secure(security.WORKERS_DOMAIN))
         self.registry = Registry(config.state_dir)
         self.core = Core(config.scheduler)
         for record in self.registry.all():
             self.core.add_model(record.name, record.format, record.signature)
         self.ids = IdSource()
         self.stopping = False
+        self._status_line = "starting"
         self.log.info("controller ready", clients=config.client_endpoint, workers=config.worker_endpoint,
-                      models=len(self.core.models), state_dir=config.state_dir)
+                      models=len(self.core.models), state_dir=config.state_dir, curve=self.keys is not None,
+                      metrics=self.telemetry.server and f"{self.telemetry.server.host}:{self.telemetry.server.port}")
+
+    def _secure(self, domain: str):
+        keys = self.keys
+        return keys and (lambda sock: security.make_server(sock, keys, domain))
 
     def run(self) -> None:
         poller = zmq.Poller()
@@ -59,30 +74,46 @@ class ControllerDaemon:
             if self.workers in ready:
                 self._drain(self.workers, self._on_worker)
             if self.clients in ready:
-                self._drain(self.clients, self._on_client)
+                self._drain(self.clients, self._on_client, roles=self.keys is not None)
             self._perform(self.core.tick(monotonic_ns()))
+            self._housekeeping(monotonic_ns())
+
+    def _housekeeping(self, now: int) -> None:
+        """Once a second: metrics gauges, log flushes, systemd's STATUS; the watchdog when due."""
+        if self.telemetry.due(now):
+            status = self.core.status(now) if self.telemetry.enabled or self.notify.enabled else {}
+            self.telemetry.refresh(status, now)
+            counters = status.get("counters", {})
+            self._status_line = (f"{len(status.get('workers', ()))} workers, {len(self.core.models)} models, "
+                                 f"{counters.get('answered_ok', 0)} requests served")
+        self.notify.tick(now, ready=True, status=self._status_line)
 
     def close(self) -> None:
+        self.notify.stopping()
         self.clients.close(0)
         self.workers.close(0)
         self.registry.close()
+        self.telemetry.close()
+        if self.auth is not None:
+            self.auth.stop()
+        self.notify.close()
 
-    def _drain(self, sock: zmq.Socket, handler) -> None:
+    def _drain(self, sock: zmq.Socket, handler, roles: bool = False) -> None:
         for _ in range(BURST):
             try:
-                frames = recv_frames(sock, zmq.NOBLOCK)
+                frames, user = recv_frames_from(sock, zmq.NOBLOCK) if roles else (recv_frames(sock, zmq.NOBLOCK), None)
             except zmq.Again:
                 return
             if len(frames) < 2:
                 continue  # a ROUTER always prepends the identity; nothing to answer
             try:
-                handler(bytes(frames[0]), frames[1:])
+                handler(bytes(frames[0]), frames[1:], user)
             except Exception:  # our bug: log loudly, keep serving everyone else
                 self.log.exception("handler failed")
 
     # ------------------------------------------------------------------ clients
 
-    def _on_client(self, client: bytes, frames: list) -> None:
+    def _on_client(self, client: bytes, frames: list, user: str | None) -> None:
         try:
             env = decode(frames)
         except BadMessage as exc:
@@ -90,7 +121,11 @@ class ControllerDaemon:
             return
         body, now = env.body, monotonic_ns()
         if isinstance(body, schema.Infer):
+            self.telemetry.on_request(client, env.msg_id, body, body.model in self.core.models)
             self._perform(self.core.on_request(client, env.msg_id, body, now))
+        elif isinstance(body, (schema.Upload, schema.Remove)) and self.keys and not self.keys.is_admin(user):
+            self.log.warning("refused a non-admin key", type=body.TYPE.value, key=user)
+            self._reply(client, env.msg_id, Status.FORBIDDEN, "only admin keys may upload or remove models")
         elif isinstance(body, schema.Upload):
             self._upload(client, env.msg_id, body, now)
         elif isinstance(body, schema.Remove):
@@ -151,7 +186,7 @@ class ControllerDaemon:
 
     # ------------------------------------------------------------------ workers
 
-    def _on_worker(self, identity: bytes, frames: list) -> None:
+    def _on_worker(self, identity: bytes, frames: list, _user: str | None) -> None:
         name = identity.decode("latin-1")  # bijective, so the name maps back to the identity
         try:
             env = decode(frames)
@@ -162,6 +197,7 @@ class ControllerDaemon:
             return
         body, now = env.body, monotonic_ns()
         if isinstance(body, schema.Result):
+            self.telemetry.on_result(name, env.parent_id, body, now)
             self._perform(self.core.on_result(name, env.parent_id, body, now))
         elif isinstance(body, schema.Heartbeat):
             self._perform(self.core.on_heartbeat(name, env.msg_id, env.sent_ns, body.lanes_alive, now))
@@ -183,9 +219,12 @@ class ControllerDaemon:
     def _perform(self, effects: list) -> None:
         for effect in effects:
             if isinstance(effect, ToWorker):
+                self.telemetry.on_action(effect)
                 send(self.workers, effect.body, effect.msg_id, effect.parent_id, monotonic_ns(),
                      identity=effect.worker.encode("latin-1"))
             elif isinstance(effect, ToClient):
+                if isinstance(effect.body, schema.InferReply):
+                    self.telemetry.on_reply(effect.client, effect.request_id, effect.body, monotonic_ns())
                 self._to_client(effect.client, effect.request_id, effect.body)
             elif isinstance(effect, PrepareOn):
                 self._prepare(effect)

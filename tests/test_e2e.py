@@ -98,15 +98,28 @@ def test_models_the_runtime_cannot_run_or_whose_shapes_cannot_be_fixed_are_refus
     assert client.infer("fixed", {"x": -np.ones((2, 4), np.float32)}, slo_ms=500).outputs["y"].max() == 0
 
 
-def test_an_infeasible_deadline_is_refused_within_5_ms(client):
-    x = np.zeros((1, 16), np.float32)
-    timings = []
-    for _ in range(10):
-        start = time.perf_counter()
-        err = error_of(lambda: client.infer("resnet", {"data": x}, slo_ms=1))
-        timings.append(time.perf_counter() - start)
-        assert err.status is Status.WOULD_MISS_DEADLINE and "idle device" in err.detail
-    assert min(timings) < 0.005  # best of ten, so a noisy neighbour cannot fail it
+def test_an_infeasible_deadline_is_refused_within_5_ms(system):
+    """Measured twice: by the controller (receive to reply, immune to the client's scheduling)
+    and by the client (best of 50, so a noisy neighbour cannot fail it)."""
+    from client.protocol import build_infer
+    from common.codec import decode
+    from common.net import dealer, recv_frames, send
+
+    sock = dealer(zmq.Context.instance(), system.client_endpoint)
+    try:
+        body = build_infer("resnet", {"data": np.zeros((1, 16), np.float32)}, slo_ns=1_000_000)
+        timings = []
+        for msg_id in range(1, 51):
+            start = time.perf_counter()
+            send(sock, body, msg_id, sent_ns=time.monotonic_ns())
+            assert sock.poll(5000), "no answer"
+            reply = decode(recv_frames(sock)).body
+            timings.append(time.perf_counter() - start)
+            assert reply.status is Status.WOULD_MISS_DEADLINE and "idle device" in reply.detail
+            assert reply.total_ns < 5_000_000
+        assert min(timings) < 0.005
+    finally:
+        sock.close(0)
 
 
 def test_several_samples_in_one_request_and_concurrent_requests_batch_together(system):

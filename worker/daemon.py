@@ -8,6 +8,7 @@ The loop (the only thread that touches the socket) does four things:
 - sends what the lanes and the prepare thread finished. They never touch the socket (ZeroMQ
   sockets are not thread-safe): they put results on the `Outbox`, a queue plus a pipe whose
   read end sits in the Poller, so the loop wakes the moment a result is ready.
+Each timer also tells systemd and the metrics how the worker is doing (worker/metrics.py).
 Nothing a peer sends can stop the loop: bad frames are answered with ERROR or logged and dropped.
 """
 
@@ -21,7 +22,7 @@ from typing import Any, Callable
 import msgpack
 import zmq
 
-from common import schema
+from common import schema, security
 from common.checks import BadMessage
 from common.clock import SkewEstimator, monotonic_ns
 from common.codec import decode, encode
@@ -31,6 +32,7 @@ from common.schema import (Drop, Envelope, Error, Exec, Hello, Heartbeat, Heartb
                            Result, Unload, Welcome)
 from common.status import Status
 from worker.lanes import Device, Done
+from worker.metrics import WorkerTelemetry
 from worker.runtimes.base import Runtime
 from worker.store import ModelStore, Preparer
 
@@ -102,8 +104,11 @@ class Daemon:
         self.preparer = Preparer(runtime, self.store, self._profile_on_device0,
                                  lambda body, parent: self.outbox.put((body, parent)), config.profile_runs, log)
         self._ctx = ctx or zmq.Context.instance()
+        keys = security.for_worker(config, log)  # before connecting: no keys, loopback only
         self._sock = dealer(self._ctx, config.controller, self.name.encode(),
-                            max_msg_bytes=schema.MAX_MODEL_BYTES + schema.MAX_HEADER_BYTES)
+                            max_msg_bytes=schema.MAX_MODEL_BYTES + schema.MAX_HEADER_BYTES,
+                            secure=keys and (lambda sock: security.make_client(sock, keys)))
+        self.telemetry = WorkerTelemetry(config, log=log, handshakes=self._sock if keys else None)
         self._welcomed = False
         self._ever_welcomed = False
         self._heartbeat_ns = 0
@@ -148,6 +153,7 @@ class Daemon:
         self.outbox.wake()
 
     def _shutdown(self) -> None:
+        self.telemetry.stopping()
         for device in self.devices.values():
             device.stop()  # each lane finishes its job and runs runtime.lane_stopped on its thread
         self.preparer.stop()
@@ -157,17 +163,20 @@ class Daemon:
             self.log.exception("runtime close failed")
         self._sock.close(linger=0)
         self.outbox.close()
+        self.telemetry.close()
         self.log.info("worker stopped", worker=self.name)
 
     # ---------------------------------------------------------------------------- timers
 
     def _on_timer(self, now_ns: int) -> None:
+        healthy = self.lanes_alive(now_ns)
         if not self._welcomed:
             self._send_hello()
             self._next_timer_ns = now_ns + HELLO_RETRY_NS
         else:
-            self._send(Heartbeat(lanes_alive=self.lanes_alive(now_ns)))
+            self._send(Heartbeat(lanes_alive=healthy))
             self._next_timer_ns = now_ns + self._heartbeat_ns
+        self.telemetry.tick(now_ns, self._welcomed, healthy, self.devices.values(), len(self.store))
 
     def lanes_alive(self, now_ns: int) -> bool:
         return self.preparer.alive() and all(d.healthy(now_ns) for d in self.devices.values())
@@ -243,6 +252,7 @@ class Daemon:
             self.log.warning("controller error", status=body.status.name, detail=body.detail, parent_id=env.parent_id)
 
     def on_prepare(self, env: Envelope) -> None:
+        self.telemetry.on_prepare()
         self.preparer.submit(env.msg_id, env.body)
 
     def on_load(self, env: Envelope) -> None:
@@ -281,7 +291,9 @@ class Daemon:
     # ---------------------------------------------------------------------------- outbound
 
     def _flush_outbox(self) -> None:
+        now_ns = monotonic_ns()
         for item in self.outbox.drain():
+            self.telemetry.on_sent(item, now_ns)
             if isinstance(item, Done):
                 self._send(self.result_of(item), item.parent_id)
             else:

@@ -6,7 +6,9 @@
 
 Settings come from the `[worker]` table of --config, then each --set key=value, then the
 convenience flags. SIGTERM or SIGINT stops it cleanly (exit 0); a runtime that cannot run on
-this host (e.g. TensorRT missing) exits 2 with a one-line reason.
+this host (e.g. TensorRT missing), unusable keys, or a non-loopback controller without keys exit 2
+with a one-line reason. Under systemd (Type=notify) it reports READY=1 once the controller has
+welcomed it and its models are prepared, and feeds the watchdog while its lanes are healthy.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import zmq
 from common import config as cfg
 from common import logsetup
 from common.config import MIB, WorkerConfig
+from common.security import SecurityError
 
 # Lanes spin the last ~0.2 ms before a start time while holding the GIL; a short switch interval
 # lets the other lanes and the socket loop in within ~0.1 ms instead of CPython's default 5 ms.
@@ -79,8 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         daemon = Daemon(config, runtime, log)
+    except SecurityError as exc:  # keys unreadable, or no keys and a non-loopback address
+        print(f"clockwork-worker: {exc}", file=sys.stderr)
+        return 2
     except zmq.ZMQError as exc:
         print(f"clockwork-worker: cannot connect to {config.controller!r}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the metrics port is taken
+        print(f"clockwork-worker: cannot start: {exc}", file=sys.stderr)
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: daemon.stop())
