@@ -121,9 +121,9 @@ def render_status(body: dict) -> str:
         devices = [d for d in w.get("devices") or [] if isinstance(d, dict)] or [{}]
         for d in devices:
             rows.append([w.get("name"), w.get("runtime"), w.get("alive"), d.get("device_id"), d.get("kind"),
-                         size(d.get("memory_bytes")), size(d.get("used_bytes")), d.get("busy_until_ms"),
+                         size(d.get("memory_bytes")), size(d.get("used_bytes")), d.get("busy_ms"),
                          d.get("loaded")])
-    parts = [table(["WORKER", "RUNTIME", "ALIVE", "DEVICE", "KIND", "MEMORY", "USED", "BUSY_UNTIL_MS", "LOADED"],
+    parts = [table(["WORKER", "RUNTIME", "ALIVE", "DEVICE", "KIND", "MEMORY", "USED", "BUSY_MS", "LOADED"],
                    rows) if rows else "no workers"]
     models = [m for m in body.get("models") or [] if isinstance(m, dict)]
     parts.append(table(["MODEL", "QUEUED", "IN_FLIGHT", "RESIDENT_ON"],

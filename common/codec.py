@@ -130,10 +130,16 @@ def _tensor_descriptors(value: Any) -> tuple:
     return tuple(describe_tensor(d, f"tensors[{i}]") for i, d in enumerate(value))
 
 
-def peek_msg_id(frames: Sequence[Any]) -> int:
-    """Best-effort msg_id of a message that failed to decode, so the error reply can name it."""
+def peek_header(frames: Sequence[Any]) -> tuple[str | None, int]:
+    """Best-effort (type, msg_id) of a message that failed to decode, so the error reply can
+    name it; (None, 0) where even that is unreadable."""
     try:
-        msg_id = _unpack_header(frames[0]).get("msg_id", 0)
-        return _U64(msg_id, "msg_id")
-    except (BadMessage, IndexError, AttributeError):
-        return 0
+        header = _unpack_header(frames[0])
+    except (BadMessage, IndexError, TypeError):
+        return None, 0
+    msg_type = header.get("type")
+    try:
+        msg_id = _U64(header.get("msg_id", 0), "msg_id")
+    except BadMessage:
+        msg_id = 0
+    return (msg_type if isinstance(msg_type, str) else None), msg_id

@@ -94,6 +94,8 @@ class ControllerConfig:
     metrics_window_s: float = 60.0
     # One TSV row per answered INFER (common/rotating_log.py); empty: off.
     request_log_path: str = ""
+    # One TSV row per finished action (the columns of bench/runlog.py's action log); "" = off.
+    action_log_path: str = ""
     # Request and action logs rotate at this size, keeping this many old files: 64 MiB holds
     # about half a million rows, and 5 backups bound the disk at ~400 MiB.
     log_max_bytes: int = 64 * MIB

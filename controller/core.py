@@ -268,8 +268,13 @@ class Core:
         move(req, RequestState.ANSWERED)
         self.requests.pop((req.client, req.request_id), None)
         self.counters["answered_" + status.name.lower()] += 1
+        model = self.models.get(req.model)
+        if model is not None:
+            model.answered += 1
         if status is Status.OK and now_ns <= req.deadline_ns:
             self.counters["met_slo"] += 1
+            if model is not None:
+                model.met_slo += 1
         body = schema.InferReply(status=status, detail=detail, total_ns=max(0, now_ns - req.received_ns),
                                  cold_start=req.cold, **timing)
         self._emit(ToClient(req.client, req.request_id, body))
@@ -406,6 +411,7 @@ class Core:
             self.latency.observe_exec(action.model, action.batch_size, action.device.kind, msg.duration_ns,
                                       action.expected_ns)
             self.latency.observe_hops(action.sent_ns, msg.begin_ns, msg.end_ns, now_ns)
+            action.device.exec_busy_ns += msg.duration_ns
             if msg.sm_clock_mhz:
                 action.device.sm_clock_mhz = msg.sm_clock_mhz
             self._answer_batch(action, msg, now_ns)
@@ -736,12 +742,13 @@ class Core:
                 "loading": sorted(n for n, r in d.resident.items() if r.state is Residency.LOADING),
                 "busy_ms": max(0, d.exec_lane.free_at(now_ns) - now_ns) / 1e6,
                 "sm_clock_mhz": d.sm_clock_mhz or None,
+                "exec_busy_ns": d.exec_busy_ns,
             } for d in w.devices.values()]
             workers.append({"name": w.name, "runtime": w.runtime, "alive": True,
                             "last_seen_ms_ago": (now_ns - w.last_seen_ns) / 1e6, "devices": devices})
         models = [{
             "name": m.name, "queued": len(m.queue), "in_flight": m.in_flight,
-            "resident_on": sorted(m.replicas),
+            "resident_on": sorted(m.replicas), "answered": m.answered, "met_slo": m.met_slo,
         } for m in self.models.values()]
         counters = dict(self.counters)
         counters.update(self.latency.error_summary())

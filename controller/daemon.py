@@ -14,19 +14,21 @@ then WATCHDOG=1 from this loop (common/sdnotify.py).
 
 from __future__ import annotations
 
+import dataclasses
+
 import zmq
 
 from common import schema, security
 from common.checks import BadMessage
 from common.clock import monotonic_ns
-from common.codec import decode, peek_msg_id
+from common.codec import decode, peek_header
 from common.config import ControllerConfig
 from common.models import signature_of
 from common.net import IdSource, recv_frames, recv_frames_from, router, send
 from common.sdnotify import Notifier
 from common.status import Status
 from controller.core import Core
-from controller.effects import PrepareOn, ToClient, ToWorker, UploadFinished
+from controller.effects import ActionRecord, PrepareOn, ToClient, ToWorker, UploadFinished
 from controller.metrics import ControllerTelemetry
 from controller.registry import Registry
 
@@ -49,7 +51,10 @@ class ControllerDaemon:
         self.workers = router(self.ctx, config.worker_endpoint, max_msg_bytes=2 * config.max_model_bytes,
                               handover=True, secure=self._secure(security.WORKERS_DOMAIN))
         self.registry = Registry(config.state_dir)
-        self.core = Core(config.scheduler)
+        scheduler = config.scheduler
+        if self.telemetry.action_log.enabled:  # the core emits action rows only when someone logs them
+            scheduler = dataclasses.replace(scheduler, record_actions=True)
+        self.core = Core(scheduler)
         for record in self.registry.all():
             self.core.add_model(record.name, record.format, record.signature)
         self.ids = IdSource()
@@ -117,7 +122,7 @@ class ControllerDaemon:
         try:
             env = decode(frames)
         except BadMessage as exc:
-            self._to_client(client, peek_msg_id(frames), schema.Error(status=exc.status, detail=exc.detail))
+            self._to_client(client, peek_header(frames)[1], schema.Error(status=exc.status, detail=exc.detail))
             return
         body, now = env.body, monotonic_ns()
         if isinstance(body, schema.Infer):
@@ -193,7 +198,7 @@ class ControllerDaemon:
         except BadMessage as exc:
             self.log.warning("bad message from worker", worker=name, status=exc.status.name, detail=exc.detail)
             send(self.workers, schema.Error(status=exc.status, detail=exc.detail), self.ids.next(),
-                 peek_msg_id(frames), monotonic_ns(), identity=identity)
+                 peek_header(frames)[1], monotonic_ns(), identity=identity)
             return
         body, now = env.body, monotonic_ns()
         if isinstance(body, schema.Result):
@@ -230,6 +235,8 @@ class ControllerDaemon:
                 self._prepare(effect)
             elif isinstance(effect, UploadFinished):
                 self._upload_finished(effect)
+            elif isinstance(effect, ActionRecord):
+                self.telemetry.on_action_record(effect)
 
     def _prepare(self, effect: PrepareOn) -> None:
         record = self.registry.get(effect.model)

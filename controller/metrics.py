@@ -34,6 +34,7 @@ Metrics (all in seconds, bytes or ratios; `model` bounded by `metrics_max_models
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -45,10 +46,11 @@ from common.metrics import (ALL, UNKNOWN, ERROR_BUCKETS_S, LATENCY_BUCKETS_S, LO
                             Window, outcome)
 from common.rotating_log import open_tsv
 from common.status import Fault, Status
-from controller.effects import ToWorker
+from controller.effects import ActionRecord, ToWorker
 
 REQUEST_LOG_COLUMNS = ("request_id", "model", "priority", "status", "queue_ns", "exec_ns", "total_ns",
                        "batch_size", "cold_start", "worker", "slo_ns", "unix_s")
+ACTION_LOG_COLUMNS = tuple(f.name for f in dataclasses.fields(ActionRecord))
 MAX_TRACKED = 1 << 20  # requests/actions remembered awaiting their answer; beyond this the oldest go
 MAX_DEVICE_SERIES = 1024  # (worker, device) pairs with their own series
 REFRESH_NS = 1_000_000_000
@@ -60,6 +62,8 @@ class ControllerTelemetry:
         self.enabled = bool(config.metrics_address)  # metrics cost nothing when nobody scrapes
         self.request_log = open_tsv(config.request_log_path, REQUEST_LOG_COLUMNS, config.log_max_bytes,
                                     config.log_backups)
+        self.action_log = open_tsv(config.action_log_path, ACTION_LOG_COLUMNS, config.log_max_bytes,
+                                   config.log_backups)
         self.active = self.enabled or self.request_log.enabled  # else every on_ call returns at once
         self.registry = CollectorRegistry()
         self.model_label = BoundedLabels(config.metrics_max_models)
@@ -205,6 +209,10 @@ class ControllerTelemetry:
             if expected_ns:
                 self._child(self.load_error, label).observe(error_s)
 
+    def on_action_record(self, record: ActionRecord) -> None:
+        """A finished action, as the core saw it (emitted only while the action log is on)."""
+        self.action_log.write(dataclasses.astuple(record))
+
     # ------------------------------------------------------------------ once a second
 
     def due(self, now_ns: int) -> bool:
@@ -215,6 +223,7 @@ class ControllerTelemetry:
         self._next_refresh_ns = now_ns + REFRESH_NS
         self._started_ns = self._started_ns or now_ns
         self.request_log.maybe_flush(now_ns)
+        self.action_log.maybe_flush(now_ns)
         if not self.enabled:
             return
         span_s = max(1.0, min(self.window.seconds, (now_ns - self._started_ns) * S + 1))
@@ -279,5 +288,6 @@ class ControllerTelemetry:
 
     def close(self) -> None:
         self.request_log.close()
+        self.action_log.close()
         if self.server is not None:
             self.server.close()

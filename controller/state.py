@@ -45,6 +45,8 @@ class Model:
     queue: RequestQueue = field(default_factory=RequestQueue)
     in_flight: int = 0  # EXEC actions outstanding
     removing: bool = False  # REMOVE received; dropped from workers once in_flight == 0
+    answered: int = 0  # admitted requests answered, and those of them inside their deadline
+    met_slo: int = 0
     replicas: dict[str, "Device"] = field(default_factory=dict)  # device key -> device holding it
     sizes: list[int] = field(default_factory=list)  # batch sizes every preparing worker profiled
     weights_bytes: int = 0  # device memory one replica takes (from the profiles)
@@ -74,6 +76,7 @@ class Device:
     pending: dict[str, None] = field(default_factory=dict)
     plan_version: int = 0  # bumps invalidate this device's older entries in the planning heap
     sm_clock_mhz: int = 0  # last reported by the worker (GPUs); shows throttling in STATUS
+    exec_busy_ns: int = 0  # measured EXEC time so far: utilisation is its rate of change
 
     @property
     def key(self) -> str:

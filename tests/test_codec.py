@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from common import schema
 from common.checks import BadMessage
-from common.codec import decode, encode, peek_msg_id
+from common.codec import decode, encode, peek_header
 from common.status import Status
 from common.tensors import Tensor
 
@@ -98,9 +98,10 @@ def test_unknown_header_fields_are_ignored():
     assert env.body.model == "m"
 
 
-def test_peek_msg_id_names_a_broken_request():
-    assert peek_msg_id([msgpack.packb({"msg_id": 42, "type": 3})]) == 42
-    assert peek_msg_id([b"junk"]) == 0
+def test_peek_header_names_a_broken_request():
+    assert peek_header([msgpack.packb({"msg_id": 42, "type": 3})]) == (None, 42)
+    assert peek_header([msgpack.packb({"msg_id": -1, "type": "infer"})]) == ("infer", 0)
+    assert peek_header([b"junk"]) == (None, 0)
 
 
 @settings(max_examples=400, deadline=None)

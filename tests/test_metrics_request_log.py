@@ -57,3 +57,23 @@ def test_appending_to_an_existing_log_does_not_repeat_the_header(tmp_path):
         log.write((n,))
         log.close()
     assert (tmp_path / "r.tsv").read_text() == "n\n0\n1\n"
+
+
+def test_the_action_log_has_one_row_per_finished_action(tmp_path):
+    import numpy as np
+
+    from bench.models import profile_json
+    from bench.procs import WorkerSpec, cluster
+    from controller.metrics import ACTION_LOG_COLUMNS
+
+    log = tmp_path / "actions.tsv"
+    with cluster(tmp_path, [WorkerSpec("emu", "emulated")], controller_settings=[f'action_log_path="{log}"']) as c:
+        with c.client() as cw:
+            cw.upload(profile_json(), "m", format="profile")
+            for _ in range(3):
+                cw.infer("m", {"data": np.zeros((1, 16), np.float32)}, slo_ms=200)
+    lines = log.read_text().splitlines()
+    assert lines[0].split("\t") == list(ACTION_LOG_COLUMNS)
+    rows = [dict(zip(ACTION_LOG_COLUMNS, line.split("\t"))) for line in lines[1:]]
+    assert [r["kind"] for r in rows].count("load") == 1 and [r["kind"] for r in rows].count("exec") == 3
+    assert all(r["status"] == "OK" and int(r["measured_ns"]) > 0 for r in rows)

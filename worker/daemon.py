@@ -15,23 +15,22 @@ Nothing a peer sends can stop the loop: bad frames are answered with ERROR or lo
 from __future__ import annotations
 
 import os
-import queue
 import socket
 from typing import Any, Callable
 
-import msgpack
 import zmq
 
 from common import schema, security
 from common.checks import BadMessage
 from common.clock import SkewEstimator, monotonic_ns
-from common.codec import decode, encode
+from common.codec import decode, encode, peek_header
 from common.config import WorkerConfig
 from common.net import IdSource, dealer
 from common.schema import (Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load, Message, Prepare,
                            Result, Unload, Welcome)
 from common.status import Status
 from worker.lanes import Device, Done
+from worker.outbox import Outbox
 from worker.metrics import WorkerTelemetry
 from worker.runtimes.base import Runtime
 from worker.store import ModelStore, Preparer
@@ -39,50 +38,6 @@ from worker.store import ModelStore, Preparer
 HELLO_RETRY_NS = 1_000_000_000  # until WELCOME arrives
 MAX_RECV_PER_WAKE = 256  # then look at the outbox, so results never wait behind a flood
 MAX_DETAIL = 4096
-
-
-class Outbox:
-    """Hand-off from any thread to the daemon loop: a queue, and a pipe the Poller watches."""
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self._read_fd, False)
-        os.set_blocking(self._write_fd, False)
-        self._closed = False
-
-    def fileno(self) -> int:
-        return self._read_fd
-
-    def put(self, item: Any) -> None:
-        self._queue.put(item)
-        self.wake()
-
-    def wake(self) -> None:
-        if self._closed:
-            return  # a straggling thread after shutdown: nobody is listening
-        try:
-            os.write(self._write_fd, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full: the loop is awake already and drains the queue
-
-    def drain(self) -> list:
-        try:
-            while os.read(self._read_fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        items = []
-        while True:
-            try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                return items
-
-    def close(self) -> None:
-        self._closed = True
-        os.close(self._read_fd)
-        os.close(self._write_fd)
 
 
 def default_name() -> str:
@@ -325,18 +280,3 @@ class Daemon:
         except zmq.Again:  # the controller is gone and the queue is full: it will resync us
             self.log.warning("send dropped", type=body.TYPE.value)
         return msg_id, sent_ns
-
-
-def peek_header(frames: list) -> tuple[str | None, int]:
-    """Best effort (type, msg_id) of a message that failed to decode, for the error reply."""
-    try:
-        raw = memoryview(frames[0])
-        if raw.nbytes > schema.MAX_HEADER_BYTES:
-            return None, 0
-        header = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-        msg_id = header.get("msg_id", 0) if isinstance(header, dict) else 0
-        msg_type = header.get("type") if isinstance(header, dict) else None
-        ok_id = type(msg_id) is int and 0 <= msg_id <= schema.U64
-        return (msg_type if isinstance(msg_type, str) else None), (msg_id if ok_id else 0)
-    except Exception:
-        return None, 0
