@@ -16,7 +16,7 @@ import zmq.asyncio
 from common import codec, schema, security
 from common.status import Status
 from client import protocol
-from client.errors import ClientClosed, DeadlineExceeded, ServerError
+from client.errors import ClockworkError, ClientClosed, DeadlineExceeded, ServerError
 from client.protocol import Call, ClientCore, Incoming, InferResult, Options
 from client.sync import open_dealer, poll_ms
 
@@ -138,8 +138,7 @@ class AsyncClient:
         try:
             await self._send(call, msg_id)
             sent = True
-            remaining_s = call.remaining_ns(time.monotonic_ns()) / 1e9
-            incoming = await asyncio.wait_for(future, max(0.0, remaining_s))
+            incoming = await self._await_reply(call, msg_id, future)
         except asyncio.TimeoutError:
             raise call.timeout_error(self.endpoint, sent) from None
         except asyncio.CancelledError:
@@ -149,6 +148,23 @@ class AsyncClient:
         finally:
             self._pending.pop(msg_id, None)
         return call.finish(incoming)
+
+    async def _await_reply(self, call: Call, msg_id: int, future: asyncio.Future) -> Incoming:
+        """Wait for the reply, resending idempotent calls (same id) as Call.retry_ns says."""
+        while True:
+            now_ns = time.monotonic_ns()
+            resend_ns = call.next_send_ns(now_ns)
+            remaining_ns = call.remaining_ns(now_ns)
+            wait_ns = remaining_ns if resend_ns is None else min(remaining_ns, resend_ns - now_ns)
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), max(0.0, wait_ns / 1e9))
+            except asyncio.TimeoutError:
+                if call.remaining_ns(time.monotonic_ns()) <= 0 or resend_ns is None:
+                    raise
+            try:
+                await self._send(call, msg_id)
+            except ClockworkError:  # the deadline passed while resending
+                raise asyncio.TimeoutError from None
 
     async def _send(self, call: Call, msg_id: int) -> None:
         while True:

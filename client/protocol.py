@@ -83,9 +83,13 @@ class Options:
     # infer waits for the SLO plus this: the controller answers every request by its deadline,
     # the grace covers the network and a GC pause before we call the controller unresponsive.
     grace_s: float = 1.0
+    # infer, list and status are resent with the same request id when no reply came within
+    # this (0: never): a controller that restarted lost them, and the one that is still
+    # serving them ignores the copy. Uploads and removals are never resent.
+    retry_s: float = 0.25
 
     def __post_init__(self) -> None:
-        for name in ("timeout_s", "upload_timeout_s", "grace_s"):
+        for name in ("timeout_s", "upload_timeout_s", "grace_s", "retry_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e7:
                 raise ValueError(f"{name} must be a number of seconds in [0, 1e7), got {value!r}")
@@ -386,6 +390,11 @@ class Call(Generic[T]):
     wait_until_ns: int  # stop waiting for the reply at this monotonic time
     parse: Callable[[Envelope], T]
     slo_deadline_ns: int | None = None  # INFER: slo_ns is set to the budget left at send time
+    retry_ns: int = 0  # resend after this long without a reply (0: never; idempotent calls only)
+
+    def next_send_ns(self, sent_ns: int) -> int | None:
+        """When to resend if no reply has come, or None."""
+        return sent_ns + self.retry_ns if self.retry_ns else None
 
     def message(self, now_ns: int) -> Message:
         """The message to send now; raises DeadlineExceeded if an INFER's deadline has passed."""
@@ -436,7 +445,9 @@ class ClientCore:
     def _admin(self, body: Message, what: str, parse: Callable[[Envelope], T], now_ns: int,
                timeout_s: float | None = None) -> Call[T]:
         wait_s = self.options.timeout_s if timeout_s is None else timeout_s
-        return Call(body, what, now_ns, now_ns + int(wait_s * S), parse)
+        idempotent = isinstance(body, (schema.ListModels, schema.GetStatus))
+        return Call(body, what, now_ns, now_ns + int(wait_s * S), parse,
+                    retry_ns=int(self.options.retry_s * S) if idempotent else 0)
 
     def upload(self, model: str | os.PathLike | bytes, name: str | None, now_ns: int, *, format: str | None = None,
                input_shapes: Mapping | None = None, max_batch: int = 0, replace: bool = False) -> Call[dict]:
@@ -510,7 +521,8 @@ class ClientCore:
                 raise
 
         wait_until_ns = deadline_ns + int(self.options.grace_s * S)
-        return Call(body, f"infer on {model!r}", now_ns, wait_until_ns, parse, slo_deadline_ns=deadline_ns)
+        return Call(body, f"infer on {model!r}", now_ns, wait_until_ns, parse, slo_deadline_ns=deadline_ns,
+                    retry_ns=int(self.options.retry_s * S))
 
     def _learn(self, info: Mapping) -> None:
         name, names = info.get("name"), input_names(info)

@@ -15,7 +15,7 @@ import zmq
 
 from common import codec, net, security
 from client import protocol
-from client.errors import ClientClosed
+from client.errors import ClientClosed, ClockworkError
 from client.protocol import Call, ClientCore, InferResult, Options
 
 T = TypeVar("T")
@@ -28,6 +28,8 @@ def open_dealer(ctx: zmq.Context, endpoint: str, keys: security.CurveClient | No
     and reaching a restarted controller long after its caller gave up. With `keys` it is a
     CURVE client; a controller that refuses the key never connects, so calls time out."""
     sock = ctx.socket(zmq.DEALER)
+    # A fixed identity: after a reconnect, a resent request is still the same (client, id) pair.
+    sock.setsockopt(zmq.IDENTITY, b"client-" + os.urandom(8).hex().encode())
     sock.setsockopt(zmq.IMMEDIATE, 1)
     net.configure_socket(sock)
     if keys is not None:
@@ -182,11 +184,21 @@ class Client:
                 continue
 
     def _wait(self, call: Call, msg_id: int, sock: zmq.Socket) -> protocol.Incoming:
+        resend_ns = call.next_send_ns(time.monotonic_ns())
         while True:
-            remaining_ns = call.remaining_ns(time.monotonic_ns())
+            now_ns = time.monotonic_ns()
+            remaining_ns = call.remaining_ns(now_ns)
             if remaining_ns <= 0:
                 raise call.timeout_error(self.endpoint, sent=True)
-            if not sock.poll(poll_ms(remaining_ns), zmq.POLLIN):
+            if resend_ns is not None and now_ns >= resend_ns:
+                try:  # same request id: a controller still serving it ignores the copy
+                    self._send(call, msg_id, sock)
+                except ClockworkError:
+                    raise call.timeout_error(self.endpoint, sent=True) from None
+                resend_ns = call.next_send_ns(time.monotonic_ns())
+                continue
+            wait_ns = remaining_ns if resend_ns is None else min(remaining_ns, resend_ns - now_ns)
+            if not sock.poll(poll_ms(wait_ns), zmq.POLLIN):
                 continue
             incoming = protocol.read_incoming(net.recv_frames(sock, zmq.DONTWAIT))
             if protocol.route(incoming, (msg_id,)) == msg_id:

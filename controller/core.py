@@ -209,6 +209,11 @@ class Core:
     # ================================================================== requests
 
     def on_request(self, client: bytes, request_id: int, msg: schema.Infer, now_ns: int) -> list[Effect]:
+        if (client, request_id) in self.requests:
+            # A client's resend of a request still being served (it retries when a reply is slow,
+            # in case we restarted and lost it): the original's answer serves both.
+            self.counters["duplicates_absorbed"] += 1
+            return []
         self.counters["requests_offered"] += 1
         status, detail, req = self._admit(client, request_id, msg, now_ns)
         if status is not Status.OK:
@@ -224,8 +229,6 @@ class Core:
         model = self.models.get(msg.model)
         if model is None or model.removing:
             return Status.MODEL_NOT_FOUND, f"no model named {msg.model!r}", None
-        if (client, request_id) in self.requests:  # a retry of a request still being served
-            return Status.DUPLICATE_REQUEST, f"request {request_id} is already being served", None
         try:
             samples = check_inputs(model.signature, msg.tensors)
         except BadMessage as exc:

@@ -137,7 +137,7 @@ class ControllerTelemetry:
     def on_request(self, client: bytes, request_id: int, msg: schema.Infer, known: bool) -> None:
         """`known`: the model is registered (only those get a label of their own)."""
         key = (client, request_id)
-        if self.active and key not in self._requests:  # a DUPLICATE_REQUEST must not replace the original
+        if self.active and key not in self._requests:  # a client's resend must not replace the original
             if len(self._requests) >= MAX_TRACKED:
                 del self._requests[next(iter(self._requests))]
             label = self.model_label(msg.model) if known else UNKNOWN
@@ -147,7 +147,7 @@ class ControllerTelemetry:
         if not self.active:
             return
         key = (client, request_id)
-        known = self._requests.get(key) if reply.status is Status.DUPLICATE_REQUEST else self._requests.pop(key, None)
+        known = self._requests.pop(key, None)
         model, priority, slo_ns, label = known or ("", 0, 0, UNKNOWN)
         status = reply.status
         if self.request_log.enabled:  # one f-string: this runs for every request

@@ -349,3 +349,15 @@ def test_a_result_that_never_comes_does_not_strand_the_batch():
     assert not result_for(core, lost, late + 4 * MS)  # the straggler is ignored
     infer(core, 2, now=late, slo_ms=100)  # and the lane is free for new work
     assert sent(core.tick(late), schema.Exec)
+
+
+def test_a_resent_request_still_being_served_is_absorbed_and_answered_once():
+    core = ready_core()
+    t = warm(core)
+    infer(core, 5, now=t)
+    assert infer(core, 5, now=t + MS) == []  # the client's retry: no second reply, no second copy
+    assert core.counters["duplicates_absorbed"] == 1 and len(core.models["m"].queue) == 1
+    ex = sent(core.tick(t + MS), schema.Exec)[0]
+    assert [r.request_id for r in replies(result_for(core, ex, t + 4 * MS))] == [5]
+    assert len(replies(infer(core, 5, now=t + 5 * MS))) == 0  # once answered, a late resend is new work
+    assert len(core.models["m"].queue) == 1

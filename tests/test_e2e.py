@@ -181,3 +181,34 @@ def test_the_demo_runs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "met SLO" in proc.stdout
     assert (tmp_path / "demo-latency-cdf.png").stat().st_size > 10_000
+
+
+def test_a_request_in_flight_when_the_controller_dies_is_retried_and_answered(tmp_path):
+    import json
+    import threading
+
+    slow = json.dumps({"weights_bytes": 1_000_000, "load_ms": 1, "exec_ms": {"1": 1500}}).encode()
+    with cluster(tmp_path, [WorkerSpec("emu", "emulated")]) as c:
+        with c.client() as admin:
+            admin.upload(slow, "slow", format="profile")
+        outcome = {}
+
+        def call():
+            with Client(c.client_endpoint, timeout_s=30) as cw:
+                try:
+                    outcome["result"] = cw.infer("slow", {"data": np.zeros((1, 16), np.float32)}, slo_ms=15_000)
+                except ClockworkError as exc:
+                    outcome["error"] = exc
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.8)  # the request is executing on the worker now
+        old = c.group.get("controller")
+        old.popen.send_signal(signal.SIGKILL)
+        old.popen.wait(timeout=10)
+        c.group.expect_exit("controller")
+        c.group.start("controller-again", controller_argv(c.state_dir, c.client_endpoint, c.worker_endpoint,
+                                                          "warning", ()))
+        caller.join(timeout=30)
+        assert "error" not in outcome, outcome.get("error")
+        assert outcome["result"].outputs["prob"].shape == (1, 10)
