@@ -42,7 +42,11 @@ def grow(model: str, queue: Iterable[Request], start_ns: int, sizes: list[int],
     best: Batch | None = None
     earliest_deadline = None
     for scanned, req in enumerate(queue):
-        if scanned >= SCAN_LIMIT or samples + req.samples > sizes[-1]:
+        if scanned >= SCAN_LIMIT:
+            break
+        if req.samples > sizes[-1]:
+            continue  # no profiled size holds it (it waited for a worker that profiled less); expiry answers it
+        if samples + req.samples > sizes[-1]:
             break
         size = padded_size(samples + req.samples, sizes)
         duration = exec_ns(size) if size else None

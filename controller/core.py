@@ -48,6 +48,7 @@ from controller.state import Action, Device, Model, PendingUpload, Profile, Requ
 
 UPLOAD_WAIT_NS = 120 * 1_000_000_000  # answer an upload by then even if a worker is silent
 UNLOAD_WINDOW_NS = 60 * 1_000_000_000  # an UNLOAD is never too late to be useful
+UNLOAD_RETRY_NS = 5_000_000  # an UNLOAD refused BUSY (the model was executing) is retried after this
 
 
 class InvariantViolation(AssertionError):
@@ -69,6 +70,7 @@ class Core:
         self.counters: Counter[str] = Counter()
         self._due: list[tuple[int, int, str, Device]] = []  # (plan at, version, key, device)
         self._next_housekeeping_ns = 0
+        self._started_ns: int | None = None  # first event seen: workers get a timeout's grace to (re)join
         self._ids = itertools.count(1)
         self._out: list[Effect] = []
 
@@ -94,7 +96,7 @@ class Core:
         self.models[name] = Model(name, fmt, signature)
         waiting = {w.name for w in self.workers.values() if fmt in w.formats}
         for worker in sorted(waiting):
-            self._emit(PrepareOn(worker, next(self._ids), name))
+            self._prepare_on(worker, self.models[name])
         if waiting:
             self.uploads[name] = PendingUpload(client, request_id, waiting, now_ns + UPLOAD_WAIT_NS)
         else:
@@ -140,6 +142,10 @@ class Core:
             "exec_ms": {str(b): ns / 1e6 for b, ns in sorted(profile.exec_ns.items())} if profile else {},
             "weights_bytes": profile.weights_bytes if profile else None,
         }
+
+    def _prepare_on(self, worker: str, model: Model) -> None:
+        model.preparing.add(worker)
+        self._emit(PrepareOn(worker, next(self._ids), model.name))
 
     def _refresh_model(self, model: Model) -> None:
         """Recompute what the profiles imply: usable batch sizes and the memory a replica takes."""
@@ -209,6 +215,8 @@ class Core:
     # ================================================================== requests
 
     def on_request(self, client: bytes, request_id: int, msg: schema.Infer, now_ns: int) -> list[Effect]:
+        if self._started_ns is None:
+            self._started_ns = now_ns
         if (client, request_id) in self.requests:
             # A client's resend of a request still being served (it retries when a reply is slow,
             # in case we restarted and lost it): the original's answer serves both.
@@ -233,12 +241,16 @@ class Core:
             samples = check_inputs(model.signature, msg.tensors)
         except BadMessage as exc:
             return exc.status, exc.detail, None
+        if len(model.queue) >= self.cfg.max_queue_per_model:
+            return Status.QUEUE_FULL, f"{len(model.queue)} requests already queued for {model.name!r}", None
         if not model.sizes:
+            if model.preparing or now_ns < self._started_ns + self.cfg.worker_timeout_ns:
+                # Workers are (re)joining or preparing it: wait for them, up to the deadline.
+                return Status.OK, "", Request(request_id, client, model.name, samples, msg.priority, now_ns,
+                                              now_ns + msg.slo_ns, msg.tensors, cold=True)
             return Status.UNAVAILABLE, f"no connected worker has prepared {model.name!r} yet", None
         if samples > model.sizes[-1]:
             return Status.BAD_INPUT, f"{samples} samples exceed the largest batch size {model.sizes[-1]}", None
-        if len(model.queue) >= self.cfg.max_queue_per_model:
-            return Status.QUEUE_FULL, f"{len(model.queue)} requests already queued for {model.name!r}", None
         best = self._best_case_ns(model, samples)
         if best is None:
             return Status.UNAVAILABLE, f"no live device can serve {model.name!r}", None
@@ -297,12 +309,12 @@ class Core:
         # Start from a clean slate: what it holds is unloaded and everything is prepared again
         # (a worker answers PREPARE of bytes it already holds at once, from its store).
         for resident in msg.resident:
-            self._emit(ToWorker(name, next(self._ids), schema.Unload(
-                device_id=resident["device_id"], model_id=resident["model_id"],
-                earliest_ns=now_ns, latest_ns=now_ns + UNLOAD_WINDOW_NS)))
+            dev = devices.get(resident["device_id"])
+            if dev is not None:
+                self._send_unload(dev, resident["model_id"], now_ns, evict=False)
         for model in self.models.values():
             if not model.removing and model.format in worker.formats:
-                self._emit(PrepareOn(name, next(self._ids), model.name))
+                self._prepare_on(name, model)
         return self._take()
 
     def on_heartbeat(self, name: str, msg_id: int, sent_ns: int, lanes_alive: bool, now_ns: int) -> list[Effect]:
@@ -324,6 +336,7 @@ class Core:
         if model is None or model.removing:
             self._emit(ToWorker(name, next(self._ids), schema.Drop(model_id=msg.model_id)))
             return self._take()
+        model.preparing.discard(name)
         upload = self.uploads.get(model.name)
         if msg.status is Status.OK and msg.exec_ns:
             model.profiles[name] = Profile(msg.load_ns, dict(msg.exec_ns), msg.weights_bytes)
@@ -363,6 +376,7 @@ class Core:
             for name in list(dev.resident):
                 self._evict(dev, name)
         for model in self.models.values():
+            model.preparing.discard(worker.name)
             if model.profiles.pop(worker.name, None) is not None:
                 self._refresh_model(model)
         for name in list(self.uploads):
@@ -396,6 +410,8 @@ class Core:
             action.device.load_lane.completed(action_id, end_ns)
             if action.kind == "load":
                 self._load_result(action, msg, now_ns)
+            elif msg.status is Status.BUSY:  # it was executing; the worker holds it until unloaded
+                self._send_unload(action.device, action.model, now_ns + UNLOAD_RETRY_NS, evict=False)
         self._plan_device_soon(action.device, now_ns)  # its timeline moved
         return self._take()
 
@@ -454,10 +470,11 @@ class Core:
         res = dev.resident.get(action.model)
         if res is None or res.state is not Residency.LOADING:
             return
-        if msg.status is Status.OK:
+        if msg.status in (Status.OK, Status.ALREADY_LOADED):  # either way it is resident, as planned
             move(res, Residency.LOADED)
             res.last_used_ns = now_ns
-            self.latency.observe_load(action.model, dev.kind, msg.duration_ns, action.expected_ns)
+            if msg.status is Status.OK:
+                self.latency.observe_load(action.model, dev.kind, msg.duration_ns, action.expected_ns)
         else:
             self.counters[f"load_failed_{msg.status.name.lower()}"] += 1
             self._evict(dev, action.model)
@@ -465,6 +482,8 @@ class Core:
     # ================================================================== tick
 
     def tick(self, now_ns: int) -> list[Effect]:
+        if self._started_ns is None:
+            self._started_ns = now_ns
         if now_ns >= self._next_housekeeping_ns:
             self._housekeeping(now_ns)
         self._plan_execs(now_ns)
@@ -618,8 +637,10 @@ class Core:
                     self._send_unload(dev, model.name, now_ns)
                     self.counters["replicas_released"] += 1
 
-    def _send_unload(self, dev: Device, name: str, now_ns: int) -> None:
-        self._evict(dev, name)
+    def _send_unload(self, dev: Device, name: str, now_ns: int, evict: bool = True) -> None:
+        """UNLOAD `name` from `dev` from `now_ns` on; `evict=False` when our books already say it is gone."""
+        if evict:
+            self._evict(dev, name)
         action_id = next(self._ids)
         self.actions[action_id] = Action(action_id, "unload", dev, name, 0, now_ns,
                                          now_ns + UNLOAD_WINDOW_NS + self.cfg.result_grace_ns)

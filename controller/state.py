@@ -49,6 +49,7 @@ class Model:
     met_slo: int = 0
     replicas: dict[str, "Device"] = field(default_factory=dict)  # device key -> device holding it
     sizes: list[int] = field(default_factory=list)  # batch sizes every preparing worker profiled
+    preparing: set[str] = field(default_factory=set)  # workers sent PREPARE, not answered yet
     weights_bytes: int = 0  # device memory one replica takes (from the profiles)
 
 

@@ -11,7 +11,7 @@ from common import schema
 from common.status import Status
 from controller.effects import PrepareOn
 from tests.factories import (
-    EXEC_NS, LOAD_NS, MS, MIB, add_model, hello, infer, make_core, replies, result_for, sent, uploads,
+    EXEC_NS, LOAD_NS, MS, MIB, SIG, add_model, hello, infer, make_core, replies, result_for, sent, uploads,
 )
 
 
@@ -47,10 +47,25 @@ def test_unknown_model_bad_input_and_impossible_slo_are_refused_at_once():
     assert not core.requests
 
 
-def test_no_worker_means_unavailable_not_a_hang():
-    core = make_core()
+def test_without_workers_requests_wait_a_grace_for_them_then_are_refused_at_once():
+    core = make_core(worker_timeout_ns=1000 * MS)
     add_model(core, "m", workers=())
-    assert replies(infer(core, 1))[0].body.status is Status.UNAVAILABLE
+    assert not replies(infer(core, 1, now=0, slo_ms=100))  # just started: workers may be rejoining
+    assert replies(core.tick(101 * MS))[0].body.status is Status.DEADLINE_MISSED  # nobody came
+    assert replies(infer(core, 2, now=1001 * MS))[0].body.status is Status.UNAVAILABLE
+
+
+def test_a_request_waits_for_a_prepare_in_flight_and_is_served_when_it_lands():
+    core = make_core()
+    core.tick(0)
+    hello(core)
+    t = 5000 * MS  # long after start-up: only the PREPARE in flight makes it wait
+    core.on_heartbeat("w1", 1, t, True, t)
+    prepare = [e for e in core.on_upload("m", "profile", SIG, b"c", 9, t) if isinstance(e, PrepareOn)]
+    assert not replies(infer(core, 1, now=t, slo_ms=100))
+    core.on_prepared("w1", schema.Prepared(model_id="m", status=Status.OK, weights_bytes=100 * MIB,
+                                           load_ns=LOAD_NS, exec_ns=EXEC_NS, max_batch=16), t + MS)
+    assert prepare and sent(step(core, core.tick(t + MS), t + MS), schema.Load)
 
 
 def test_cold_request_loads_then_executes_and_is_answered_with_its_rows():
@@ -361,3 +376,20 @@ def test_a_resent_request_still_being_served_is_absorbed_and_answered_once():
     assert [r.request_id for r in replies(result_for(core, ex, t + 4 * MS))] == [5]
     assert len(replies(infer(core, 5, now=t + 5 * MS))) == 0  # once answered, a late resend is new work
     assert len(core.models["m"].queue) == 1
+
+
+def test_rejoining_worker_keeps_nothing_behind_our_back():
+    """Its residents are unloaded; one still executing (BUSY) is unloaded again shortly after,
+    and a LOAD that finds the model already there counts as loaded."""
+    core = ready_core()
+    t = 0
+    msg = schema.Hello(worker="w1", runtime="emulated", formats=("profile",), resident=({"device_id": 0, "model_id": "m"},),
+                       devices=({"device_id": 0, "kind": "emulated", "memory_bytes": 1024 * MIB, "page_bytes": 16 * MIB},))
+    unload = sent(core.on_hello("w1", msg, t), schema.Unload)[0]
+    retry = sent(result_for(core, unload, t + MS, status=Status.BUSY), schema.Unload)
+    assert len(retry) == 1 and retry[0].body.earliest_ns > t + MS
+    add_model(core, "m")
+    infer(core, 1, now=t + MS)
+    load = sent(core.tick(t + MS), schema.Load)[0]
+    result_for(core, load, t + 2 * MS, status=Status.ALREADY_LOADED)
+    assert sent(step(core, core.tick(t + 2 * MS), t + 2 * MS), schema.Exec)
