@@ -69,6 +69,7 @@ class Core:
         self.uploads: dict[str, PendingUpload] = {}
         self.counters: Counter[str] = Counter()
         self._due: list[tuple[int, int, str, Device]] = []  # (plan at, version, key, device)
+        self._give_ups: list[tuple[int, int]] = []  # (give up at, action id), lazily cleaned
         self._next_housekeeping_ns = 0
         self._started_ns: int | None = None  # first event seen: workers get a timeout's grace to (re)join
         self._ids = itertools.count(1)
@@ -201,8 +202,9 @@ class Core:
                 self.unplaced[name] = None
 
     def _live(self, dev: Device) -> bool:
+        """The device belongs to a connected worker that is not suspected of losing work."""
         worker = self.workers.get(dev.worker)
-        return worker is not None and worker.devices.get(dev.device_id) is dev
+        return worker is not None and not worker.suspect and worker.devices.get(dev.device_id) is dev
 
     def _plan_device_soon(self, dev: Device, now_ns: int) -> None:
         """(Re)book the device in the planning heap for when its EXEC lane nears free."""
@@ -323,7 +325,7 @@ class Core:
             self._emit(ToWorker(name, next(self._ids), schema.Error(status=Status.WORKER_LOST, detail="unknown worker; say HELLO"), msg_id))
             return self._take()
         if lanes_alive:  # a stuck lane stops refreshing liveness, so the worker times out
-            worker.last_seen_ns = now_ns
+            self._heard_from(worker, now_ns)
         self._emit(ToWorker(name, next(self._ids), schema.HeartbeatAck(echo_sent_ns=sent_ns), msg_id))
         return self._take()
 
@@ -332,7 +334,7 @@ class Core:
         model = self.models.get(msg.model_id)
         if worker is None:
             return []
-        worker.last_seen_ns = now_ns
+        self._heard_from(worker, now_ns)
         if model is None or model.removing:
             self._emit(ToWorker(name, next(self._ids), schema.Drop(model_id=msg.model_id)))
             return self._take()
@@ -351,6 +353,13 @@ class Core:
             if not upload.waiting:
                 self._finish_upload(model)
         return self._take()
+
+    def _heard_from(self, worker: Worker, now_ns: int) -> None:
+        worker.last_seen_ns = now_ns
+        if worker.suspect:
+            worker.suspect = False
+            for dev in worker.devices.values():
+                self._plan_device_soon(dev, now_ns)
 
     def _finish_upload(self, model: Model) -> None:
         upload = self.uploads.pop(model.name)
@@ -391,7 +400,7 @@ class Core:
     def on_result(self, name: str, action_id: int, msg: schema.Result, now_ns: int) -> list[Effect]:
         worker = self.workers.get(name)
         if worker is not None:
-            worker.last_seen_ns = now_ns
+            self._heard_from(worker, now_ns)
         action = self.actions.get(action_id)
         if action is None or action.device.worker != name:
             self.counters["results_unknown"] += 1
@@ -504,14 +513,23 @@ class Core:
             if now_ns - worker.last_seen_ns > self.cfg.worker_timeout_ns:
                 self._lose_worker(worker, now_ns, "no heartbeat")
 
+    def _track(self, action: Action) -> None:
+        self.actions[action.action_id] = action
+        heapq.heappush(self._give_ups, (action.give_up_ns, action.action_id))
+
     def _expire_actions(self, now_ns: int) -> None:
         """A result that never came (lost message, wedged runtime) must not strand requests:
         past its give-up time the action counts as dropped, its requests go back to the queue
         (where expiry answers the ones that can no longer make it), its lane is freed."""
-        for action in [a for a in self.actions.values() if a.give_up_ns < now_ns]:
-            del self.actions[action.action_id]
+        while self._give_ups and self._give_ups[0][0] < now_ns:
+            action = self.actions.pop(heapq.heappop(self._give_ups)[1], None)
+            if action is None:
+                continue  # its result came
             self.counters[f"{action.kind}_results_lost"] += 1
             dev = action.device
+            worker = self.workers.get(dev.worker)
+            if worker is not None and action.kind != "unload":
+                worker.suspect = True
             if action.kind == "exec":
                 dev.exec_lane.cancel(action.action_id)
                 self._exec_ended(action)
@@ -590,9 +608,9 @@ class Core:
         dev.exec_lane.reserve(action_id, start_ns, batch.exec_ns)
         earliest = max(now_ns, start_ns - self.cfg.schedule_ahead_ns)
         tensors = tuple(t for req in batch.requests for t in req.tensors)  # chunks, forwarded as-is
-        self.actions[action_id] = Action(action_id, "exec", dev, batch.model, batch.exec_ns, now_ns,
-                                         batch.latest_start_ns + batch.exec_ns + self.cfg.result_grace_ns,
-                                         list(batch.requests), batch.batch_size)
+        self._track(Action(action_id, "exec", dev, batch.model, batch.exec_ns, now_ns,
+                           batch.latest_start_ns + batch.exec_ns + self.cfg.result_grace_ns,
+                           list(batch.requests), batch.batch_size))
         self.counters["execs_sent"] += 1
         self._emit(ToWorker(dev.worker, action_id, schema.Exec(
             device_id=dev.device_id, model_id=batch.model, batch_size=batch.batch_size,
@@ -642,8 +660,8 @@ class Core:
         if evict:
             self._evict(dev, name)
         action_id = next(self._ids)
-        self.actions[action_id] = Action(action_id, "unload", dev, name, 0, now_ns,
-                                         now_ns + UNLOAD_WINDOW_NS + self.cfg.result_grace_ns)
+        self._track(Action(action_id, "unload", dev, name, 0, now_ns,
+                           now_ns + UNLOAD_WINDOW_NS + self.cfg.result_grace_ns))
         dev.load_lane.reserve(action_id, now_ns, 0)
         self._emit(ToWorker(dev.worker, action_id, schema.Unload(
             device_id=dev.device_id, model_id=name, earliest_ns=now_ns, latest_ns=now_ns + UNLOAD_WINDOW_NS)))
@@ -659,8 +677,8 @@ class Core:
         self._place(dev, model, Resident(Residency.LOADING, pages, now_ns))
         dev.loads_in_flight += 1
         latest = start + 10 * load_ns + UNLOAD_WINDOW_NS // 60
-        self.actions[action_id] = Action(action_id, "load", dev, model.name, load_ns, now_ns,
-                                         latest + 10 * load_ns + self.cfg.result_grace_ns)
+        self._track(Action(action_id, "load", dev, model.name, load_ns, now_ns,
+                           latest + 10 * load_ns + self.cfg.result_grace_ns))
         self.counters["loads_sent"] += 1
         self._emit(ToWorker(dev.worker, action_id, schema.Load(
             device_id=dev.device_id, model_id=model.name, earliest_ns=now_ns,
@@ -675,7 +693,7 @@ class Core:
         """Live devices of the workers that prepared `model`."""
         for worker_name in model.profiles:
             worker = self.workers.get(worker_name)
-            if worker is not None:
+            if worker is not None and not worker.suspect:
                 yield from worker.devices.values()
 
     def _kinds_for(self, model: Model) -> set[str]:
@@ -748,6 +766,10 @@ class Core:
     def next_wakeup_ns(self, now_ns: int) -> int:
         """When `tick` next has something to do (the shell sleeps until then or a message)."""
         wakeup = self._due[0][0] if self._due else now_ns + self.cfg.heartbeat_interval_ns
+        while self._give_ups and self._give_ups[0][1] not in self.actions:
+            heapq.heappop(self._give_ups)
+        if self._give_ups:  # a lost result must be noticed on time, not at the next heartbeat
+            wakeup = min(wakeup, max(self._give_ups[0][0] + 1, self._next_housekeeping_ns))
         if self.pending or self.replicated:
             wakeup = min(wakeup, self._next_housekeeping_ns)
         elif self.workers or self.uploads:  # only liveness and upload timeouts to watch

@@ -95,6 +95,9 @@ class Worker:
     devices: dict[int, Device]
     last_seen_ns: int
     prepared: set[str] = field(default_factory=set)  # models whose PREPARED came back OK
+    # A result it owed us never came: plan nothing on it until it is heard from again, rather
+    # than lose more work to it while its heartbeat timeout runs.
+    suspect: bool = False
 
 
 @dataclass(eq=False)

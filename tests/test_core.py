@@ -393,3 +393,24 @@ def test_rejoining_worker_keeps_nothing_behind_our_back():
     load = sent(core.tick(t + MS), schema.Load)[0]
     result_for(core, load, t + 2 * MS, status=Status.ALREADY_LOADED)
     assert sent(step(core, core.tick(t + 2 * MS), t + 2 * MS), schema.Exec)
+
+
+def test_a_worker_that_lost_a_result_gets_no_work_until_heard_from():
+    core = make_core()
+    hello(core, name="w1")
+    hello(core, name="w2")
+    add_model(core, "m", workers=("w1", "w2"))
+    infer(core, 1, slo_ms=50)
+    load = sent(core.tick(0), schema.Load)[0]
+    t = LOAD_NS
+    ex = sent(result_for(core, load, t) + core.tick(t), schema.Exec)[0]
+    silent = ex.worker
+    t = ex.body.latest_ns + ex.body.expected_ns + core.cfg.result_grace_ns + 2 * MS
+    core.on_heartbeat("w1" if silent == "w2" else "w2", 1, t, True, t)
+    core.tick(t)  # the result is overdue: the worker is suspect
+    assert core.workers[silent].suspect
+    infer(core, 2, now=t, slo_ms=100)
+    effects = core.tick(t)
+    assert all(e.worker != silent for e in sent(effects, schema.Exec) + sent(effects, schema.Load))
+    core.on_heartbeat(silent, 2, t, True, t + MS)
+    assert not core.workers[silent].suspect
