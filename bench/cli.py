@@ -19,8 +19,11 @@ from typing import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("bench.demo", "controller + onnxruntime and emulated workers under an open-loop load"),
     "overhead": ("bench.overhead", "end-to-end latency minus exec, beside a bare ZeroMQ relay"),
-    "predictability": ("bench.predictability", "how well the controller predicts latency"),
-    "gpu-check": ("bench.gpu_check", "check the GPU, TensorRT and PyCUDA set-up"),
+    "predictability": ("bench.predictability", "exec percentiles through the worker vs onnxruntime called directly"),
+    "gpu-check": ("bench.gpu_check", "on a GPU host: TensorRT exec percentiles per batch size and LOAD speed"),
+    "gateway": ("bench.gateway_bench", "KServe v2 gateway overhead vs the native client, and its request rate"),
+    "chaos": ("bench.chaos", "kill and freeze workers, restart the controller under load; check invariants"),
+    "fuzz": ("bench.fuzz", "fuzz every decoder of untrusted bytes"),
 }
 
 
