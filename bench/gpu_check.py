@@ -28,7 +28,6 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, TextIO
 
@@ -40,7 +39,7 @@ from bench.report import format_table
 from common.clock import monotonic_ns
 from common.config import WorkerConfig
 from common.models import onnx_signature
-from worker.lanes import NEVER_NS, Job, Lane
+from worker.lanes import Lane, run_on
 from worker.runtimes.base import RuntimeUnavailable
 
 BATCH_SIZES = (1, 2, 4, 8, 16)
@@ -104,19 +103,7 @@ class DeviceLanes:
 
     @staticmethod
     def call(lane: Lane, fn: Callable[[], Any], label: str = "gpu-check") -> Any:
-        fut: Future = Future()
-
-        def run(_start_ns: int) -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:
-                fut.set_exception(exc)
-
-        def abandoned(_now_ns: int) -> None:
-            fut.set_exception(RuntimeError(f"lane {lane.name} stopped"))
-
-        lane.submit(Job(monotonic_ns(), NEVER_NS, run, abandoned, 0, label))
-        return fut.result()
+        return run_on(lane, fn, label).result()
 
     def stop(self) -> None:
         self.load.stop()

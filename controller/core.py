@@ -730,14 +730,17 @@ class Core:
         behind_ns = int(model.queue.samples / rate)
         for dev in model.replicas.values():
             exec_ns = self.latency.exec_ns(model.name, size, dev.kind)
-            if exec_ns is None:
-                continue
-            start = max(now_ns + self.cfg.dispatch_ns, dev.exec_lane.free_at(now_ns))
-            if dev.resident[model.name].state is Residency.LOADING:
-                start = max(start, dev.load_lane.free_at(now_ns))
-            finish = start + behind_ns + exec_ns
-            best = finish if best is None else min(best, finish)
+            if exec_ns is not None:
+                finish = self._replica_start_ns(dev, model, now_ns) + behind_ns + exec_ns
+                best = finish if best is None else min(best, finish)
         return best
+
+    def _replica_start_ns(self, dev: Device, model: Model, now_ns: int) -> int:
+        """The earliest an EXEC of `model` could start on `dev`, which holds or is loading it."""
+        start = max(now_ns + self.cfg.dispatch_ns, dev.exec_lane.free_at(now_ns))
+        if dev.resident[model.name].state is Residency.LOADING:
+            start = max(start, dev.load_lane.free_at(now_ns))
+        return start
 
     def _soonest_finish_ns(self, model: Model, now_ns: int) -> int | None:
         """Earliest moment any device could finish a one-sample batch of `model` given the
@@ -748,13 +751,9 @@ class Core:
         soonest = None
         for dev in model.replicas.values():
             exec_ns = self.latency.exec_ns(model.name, size, dev.kind)
-            if exec_ns is None:
-                continue
-            start = max(now_ns + self.cfg.dispatch_ns, dev.exec_lane.free_at(now_ns))
-            if dev.resident[model.name].state is Residency.LOADING:
-                start = max(start, dev.load_lane.free_at(now_ns))
-            finish = start + exec_ns
-            soonest = finish if soonest is None else min(soonest, finish)
+            if exec_ns is not None:
+                finish = self._replica_start_ns(dev, model, now_ns) + exec_ns
+                soonest = finish if soonest is None else min(soonest, finish)
         if soonest is None:  # no replica: a LOAD first, on whichever kind is fastest
             for kind in self._kinds_for(model):
                 exec_ns = self.latency.exec_ns(model.name, size, kind)

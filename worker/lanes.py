@@ -177,6 +177,24 @@ class Lane:
             self._log.exception("lane too-late answer failed", lane=self.name, job=job.label)
 
 
+def run_on(lane: Lane, fn: Callable[[], Any], label: str) -> Future:
+    """Run fn on `lane` as soon as it is free, outside any window; the future holds its result
+    (or the error, or a RuntimeError if the lane stopped first)."""
+    fut: Future = Future()
+
+    def run(_start_ns: int) -> None:
+        try:
+            fut.set_result(fn())
+        except BaseException as exc:
+            fut.set_exception(exc)
+
+    def abandoned(_now_ns: int) -> None:
+        fut.set_exception(RuntimeError(f"lane {lane.name} stopped"))
+
+    lane.submit(Job(monotonic_ns(), NEVER_NS, run, abandoned, 0, label))
+    return fut
+
+
 # ------------------------------------------------------------------------------- devices
 
 
@@ -276,18 +294,7 @@ class Device:
 
     def run_exclusive(self, fn: Callable[[], Any]) -> Future:
         """Run fn on the EXEC lane as soon as it is free (profiling); the future holds its result."""
-        fut: Future = Future()
-
-        def run(_start_ns: int) -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:
-                fut.set_exception(exc)
-
-        def abandoned(_now_ns: int) -> None:
-            fut.set_exception(RuntimeError("the device's EXEC lane stopped"))
-
-        self.exec_lane.submit(Job(monotonic_ns(), NEVER_NS, run, abandoned, 0, "internal"))
+        return run_on(self.exec_lane, fn, "internal")
         return fut
 
     def _too_late(self, parent_id: int, action: str, model_id: str, batch_size: int = 0) -> Callable[[int], None]:
