@@ -36,7 +36,6 @@ import structlog
 
 from bench.models import mlp_onnx, sample_inputs
 from bench.report import format_table
-from common.clock import monotonic_ns
 from common.config import WorkerConfig
 from common.models import onnx_signature
 from worker.lanes import Lane, run_on

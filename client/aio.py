@@ -205,7 +205,8 @@ class AsyncClient:
             raise
         except Exception as exc:  # the socket failed: nothing more will arrive for anyone
             log.warning("clockwork client receive loop failed: %r", exc)
-            self._fail_pending(lambda: ServerError(Status.INTERNAL, f"the client's receive loop failed: {exc!r}"))
+            detail = f"the client's receive loop failed: {exc!r}"
+            self._fail_pending(lambda: ServerError(Status.INTERNAL, detail))
 
     def _deliver(self, incoming: Incoming) -> None:
         request_id = protocol.route(incoming, self._pending)

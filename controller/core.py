@@ -37,7 +37,7 @@ from collections import Counter
 from common import schema
 from common.checks import BadMessage
 from common.config import SchedulerConfig
-from common.models import Signature, check_inputs, pages_for
+from common.models import Signature, check_inputs
 from common.status import Status
 from controller import placement
 from controller.batching import SCAN_LIMIT, Batch, grow, padded_size

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pathlib
 import re
 
-import numpy as np
 
 from common import schema
 from common.status import Status

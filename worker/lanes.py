@@ -295,7 +295,6 @@ class Device:
     def run_exclusive(self, fn: Callable[[], Any]) -> Future:
         """Run fn on the EXEC lane as soon as it is free (profiling); the future holds its result."""
         return run_on(self.exec_lane, fn, "internal")
-        return fut
 
     def _too_late(self, parent_id: int, action: str, model_id: str, batch_size: int = 0) -> Callable[[int], None]:
         def answer(now_ns: int) -> None:
