@@ -1,4 +1,4 @@
-"""Open-loop load generator: one thread, one DEALER, thousands of requests a second.
+"""Open-loop load generator: one thread, one DEALER, tens of thousands of requests a second.
 
 Rules of measurement:
 - Open loop. Each request is sent at its scheduled time whatever happened to earlier ones; a
@@ -13,6 +13,16 @@ The loop is: send everything due, read every reply already here, sleep in `poll`
 next send is due (or a reply arrives). Request ids are consecutive from a random base, so a
 reply finds its request by subtraction, without a dict.
 
+What keeps the per-request cost low (a few microseconds of Python each way):
+- Each model's INFER is encoded once (by the client library's shared builder and the codec);
+  per send only the header's msg_id and sent_ns change, and they are patched into the packed
+  header as fixed-width msgpack uint64s (`FrameTemplate`), byte-identical to `codec.encode`.
+- A reply's header is unpacked with msgpack and the few fields needed are stored as one tuple
+  by request index; validation, status names, histograms and the request log are all built
+  once after the run, with numpy, not per reply.
+- With `procs=N` the schedule is split round-robin over N generator processes that start at
+  the same monotonic instant (CLOCK_MONOTONIC is system-wide), and their results are merged.
+
 Example:
     sched = workload.poisson_schedule(workload.zipf_rates(500, 10), duration_s=30, seed=1)
     results = run_open_loop("tcp://127.0.0.1:5555", sched, names, slo_ms=100,
@@ -25,25 +35,35 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+import msgpack
 import numpy as np
 import zmq
 
 from bench.progress import NullProgress, Progress
 from bench.report import Latencies
 from bench.workload import Schedule
-from common.checks import BadMessage
 from client.protocol import build_infer
+from common.checks import BadMessage
 from common.codec import decode, encode
-from common.net import IdSource, dealer, recv_frames
-from common.schema import InferReply
+from common.net import IdSource, dealer
+from common.schema import Message
 from common.status import Status
+
+if TYPE_CHECKING:
+    from bench.runlog import RunLog
 
 TICK_S = 0.1  # how often progress is drawn and the health check runs
 MAX_SLEEP_MS = 100  # never sleep longer than this, so ticks stay on time
 SEND_FAILED = "SEND_FAILED"  # the socket refused a send (high-water mark reached)
 BAD_REPLY = "BAD_REPLY"  # a reply that did not decode
+UNANSWERED = "UNANSWERED"  # sent, no reply before the drain deadline (request log only)
+# Codes in the raw status array beside the (non-negative) Status values.
+CODE_UNANSWERED = -1
+CODE_SEND_FAILED = -2
+CODE_BAD_REPLY = -3
+SNDHWM = 1_000_000  # the generator must never be the one to refuse a send
 
 
 @dataclass
@@ -77,6 +97,7 @@ class LoadResults:
     exec_time: Latencies = field(default_factory=Latencies)  # worker-measured, OK replies
     send_lag: Latencies = field(default_factory=Latencies)  # sent - scheduled
     groups: dict[str, GroupResults] = field(default_factory=dict)
+    start_ns: int = 0  # monotonic time of the schedule's offset 0 (the request log's time origin)
 
     @property
     def ok(self) -> int:
@@ -102,107 +123,159 @@ def per_model(value: float | Sequence[float] | Mapping[str, float], models: Sequ
     return values
 
 
+# ----------------------------------------------------------------------------- frames
+
+_ID_MARK = 0x7EADBEEF5A5A0001  # placeholders: distinctive, >= 2**32 (so packed as uint64), < 2**63
+_SENT_MARK = 0x7EEDFACE5A5A0002
+_FIXED_MIN = 1 << 32  # msgpack packs an int as a 9-byte uint64 from here up
+_U63 = 1 << 63
+
+
+class FrameTemplate:
+    """One message's frames with msg_id and sent_ns patched into the packed header.
+
+    msgpack writes every integer in [2**32, 2**64) as 0xcf + 8 big-endian bytes, so a header
+    packed with placeholder values there can take any other such value by splicing, and the
+    result is byte-identical to `codec.encode(body, msg_id, sent_ns=sent_ns)`. Values outside
+    that range (a zero id prefix, a clock under 4.3 s since boot) fall back to `encode`.
+    """
+
+    def __init__(self, body: Message):
+        self.body = body
+        frames = encode(body, _ID_MARK, sent_ns=_SENT_MARK)
+        head = bytes(frames[0])
+        id_mark = b"\xcf" + _ID_MARK.to_bytes(8, "big")
+        sent_mark = b"\xcf" + _SENT_MARK.to_bytes(8, "big")
+        if head.count(id_mark) != 1 or head.count(sent_mark) != 1 or head.index(id_mark) > head.index(sent_mark):
+            raise ValueError("cannot find the msg_id and sent_ns placeholders in the packed header")
+        id_at, sent_at = head.index(id_mark) + 1, head.index(sent_mark) + 1
+        self.prefix = head[:id_at]
+        self.middle = head[id_at + 8:sent_at]
+        self.suffix = head[sent_at + 8:]
+        self.rest = [bytes(f) for f in frames[1:]]  # tensor bytes: sent as they are, every time
+
+    def header(self, msg_id: int, sent_ns: int) -> bytes:
+        if _FIXED_MIN <= msg_id < (1 << 64) and _FIXED_MIN <= sent_ns < _U63:
+            return self.prefix + msg_id.to_bytes(8, "big") + self.middle + sent_ns.to_bytes(8, "big") + self.suffix
+        return bytes(encode(self.body, msg_id, sent_ns=sent_ns)[0])
+
+    def frames(self, msg_id: int, sent_ns: int) -> list:
+        return [self.header(msg_id, sent_ns), *self.rest]
+
+
+# ----------------------------------------------------------------------------- raw results
+
+
+@dataclass
+class RawResults:
+    """What one loop saw, by request index (numpy arrays), before any summary is made."""
+
+    base_id: int  # request i went out with msg_id base_id + i
+    start_ns: int  # monotonic time of schedule offset 0
+    end_ns: int  # monotonic time the loop ended
+    status: np.ndarray  # int16: Status value, or CODE_UNANSWERED / CODE_SEND_FAILED / CODE_BAD_REPLY
+    sent_ns: np.ndarray  # int64 monotonic send time, 0 if never sent
+    recv_ns: np.ndarray  # int64 monotonic reply time, 0 if none
+    queue_ns: np.ndarray  # int64, OK replies only (else -1)
+    exec_ns: np.ndarray  # int64, OK replies only (else -1)
+    batch_size: np.ndarray  # int32, OK replies only (else 0)
+    cold_start: np.ndarray  # int8
+    worker: np.ndarray  # int32 index into `workers`, -1 if none
+    workers: list[str]  # worker names
+    first_detail: dict[str, str]  # status name -> detail of its first reply
+    bad_replies: int = 0  # replies that did not decode (not attributable to a request)
+    stray_replies: int = 0
+
+
 class _OpenLoop:
     """The state of one run; `run()` is the loop, the rest are its steps."""
 
     def __init__(self, sock: zmq.Socket, schedule: Schedule, models: Sequence[str], slo_ms: list[float],
-                 inputs: list[Mapping[str, np.ndarray]], groups: list[str | None], priority: int):
+                 inputs: list[Mapping[str, np.ndarray]], priority: int, counters: Any = None):
         self.sock = sock
         self.times = schedule.times_ns.tolist()
         self.model_of = schedule.models.tolist()
-        self.slo_ns = [int(s * 1e6) for s in slo_ms]
+        self.schedule_duration_ns = schedule.duration_ns
+        slo_ns = [int(s * 1e6) for s in slo_ms]
         # One body per model, built (and checked) once by the client library's shared builder;
         # only the header's msg_id and sent_ns change from one request to the next.
-        self.bodies = [build_infer(m, inputs[i], self.slo_ns[i], priority) for i, m in enumerate(models)]
-        self.group_of = groups
-        self.res = LoadResults(len(self.times), schedule.duration_ns)
-        for label, slo in sorted({(g, s) for g, s in zip(groups, slo_ms) if g is not None}):
-            if label in self.res.groups and self.res.groups[label].slo_ms != slo:
-                raise ValueError(f"group {label!r} mixes SLOs; give each SLO its own group")
-            self.res.groups[label] = GroupResults(slo)
+        self.templates = [FrameTemplate(build_infer(m, inputs[i], slo_ns[i], priority)) for i, m in enumerate(models)]
+        n = len(self.times)
         self.base_id = IdSource().next()
-        self.answered = bytearray(len(self.times))
+        self.replies: list = [None] * n  # index -> reply tuple (see receive_ready)
+        self.sent_at = [0] * n
         self.next_index = 0
-        self.outstanding = 0
+        self.sent = self.answered = self.ok = 0
+        self.bad_replies = self.stray_replies = 0
+        self.first_bad: list = []
         self.start_ns = 0
+        self.counters = counters  # a shared array [sent, ok, rejected] for a parent's progress
+        self.track: list[int] | None = None  # a closed loop collects answered indices here
 
     def send_due(self, now_ns: int) -> None:
-        times, start, res = self.times, self.start_ns, self.res
-        while self.next_index < len(times) and start + times[self.next_index] <= now_ns:
-            index = self.next_index
-            self.next_index += 1
-            model = self.model_of[index]
-            sent_ns = time.monotonic_ns()
-            frames = encode(self.bodies[model], self.base_id + index, sent_ns=sent_ns)
+        times, model_of, templates = self.times, self.model_of, self.templates
+        sent_at, replies, send = self.sent_at, self.replies, self.sock.send_multipart
+        i, n, start, base = self.next_index, len(times), self.start_ns, self.base_id
+        monotonic_ns, noblock = time.monotonic_ns, zmq.NOBLOCK
+        while i < n and start + times[i] <= now_ns:
+            tpl = templates[model_of[i]]
+            sent_ns = monotonic_ns()
+            msg_id = base + i
+            if _FIXED_MIN <= msg_id and _FIXED_MIN <= sent_ns < _U63:  # always, in practice
+                head = tpl.prefix + msg_id.to_bytes(8, "big") + tpl.middle + sent_ns.to_bytes(8, "big") + tpl.suffix
+            else:
+                head = tpl.header(msg_id, sent_ns)
             try:
-                self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                send([head, *tpl.rest], noblock)
             except zmq.Again:
-                res.by_status[SEND_FAILED] += 1
-                continue
-            res.sent += 1
-            self.outstanding += 1
-            res.send_lag.record_ns(sent_ns - (start + times[index]))
-            label = self.group_of[model]
-            if label is not None:
-                res.groups[label].sent += 1
+                replies[i] = CODE_SEND_FAILED
+            else:
+                sent_at[i] = sent_ns
+                self.sent += 1
+            i += 1
             now_ns = sent_ns
+        self.next_index = i
 
     def receive_ready(self) -> None:
+        recv, unpackb = self.sock.recv_multipart, msgpack.unpackb
+        replies, base, noblock, track = self.replies, self.base_id, zmq.NOBLOCK, self.track
+        monotonic_ns = time.monotonic_ns
         while True:
             try:
-                frames = recv_frames(self.sock, zmq.NOBLOCK)
+                frames = recv(noblock)
             except zmq.Again:
                 return
-            self.on_reply(frames, time.monotonic_ns())
+            recv_ns = monotonic_ns()
+            try:
+                h = unpackb(frames[0])
+                index = h["parent_id"] - base
+                status = h["status"]
+                if status == 0:
+                    reply = (recv_ns, 0, h["queue_ns"], h["exec_ns"], h["batch_size"], h["cold_start"], h["worker"])
+                else:
+                    reply = (recv_ns, status, h.get("detail", ""))
+            except Exception:  # msgpack raises many types for garbage; all mean the same here
+                self.bad_replies += 1
+                if not self.first_bad:
+                    self.first_bad.append(frames)
+                continue
+            if not 0 <= index < self.next_index or replies[index] is not None:
+                self.stray_replies += 1
+                continue
+            replies[index] = reply
+            self.answered += 1
+            self.ok += status == 0
+            if track is not None:
+                track.append(index)
 
-    def on_reply(self, frames: list, recv_ns: int) -> None:
-        res = self.res
-        try:
-            envelope = decode(frames)
-        except BadMessage:
-            res.by_status[BAD_REPLY] += 1
-            return
-        index = envelope.parent_id - self.base_id
-        if not 0 <= index < self.next_index or self.answered[index]:
-            res.stray_replies += 1
-            return
-        self.answered[index] = 1
-        self.outstanding -= 1
-        res.answered += 1
-        body = envelope.body
-        status = getattr(body, "status", Status.INTERNAL)
-        res.by_status[status.name] += 1
-        if status.name not in res.first_detail:
-            res.first_detail[status.name] = getattr(body, "detail", "")
-        latency_ns = recv_ns - (self.start_ns + self.times[index])
-        if status is not Status.OK or not isinstance(body, InferReply):
-            res.reject_latency.record_ns(latency_ns)
-            return
-        self.on_ok(self.model_of[index], body, latency_ns)
-
-    def on_ok(self, model: int, body: InferReply, latency_ns: int) -> None:
-        res = self.res
-        res.latency.record_ns(latency_ns)
-        res.exec_time.record_ns(body.exec_ns)
-        res.batch_sizes[body.batch_size] += 1
-        res.workers[body.worker] += 1
-        res.cold_starts += body.cold_start
-        met = latency_ns <= self.slo_ns[model]
-        res.met_slo += met
-        label = self.group_of[model]
-        if label is not None:
-            group = res.groups[label]
-            group.ok += 1
-            group.met_slo += met
-            group.latency.record_ns(latency_ns)
-
-    def run(self, progress: Progress, drain_timeout_ns: int, start_delay_ns: int,
-            on_tick: Callable[[], None] | None) -> LoadResults:
+    def run(self, progress: Progress, drain_timeout_ns: int, start_ns: int,
+            on_tick: Callable[[], None] | None) -> RawResults:
         n = len(self.times)
-        self.start_ns = time.monotonic_ns() + start_delay_ns
-        total_s = max(self.res.schedule_duration_ns / 1e9, 1e-9)
+        self.start_ns = start_ns
+        total_s = max(self.schedule_duration_ns / 1e9, 1e-9)
         drain_deadline_ns = None
         next_tick_ns = self.start_ns
+        poll = self.sock.poll
         while True:
             now_ns = time.monotonic_ns()
             self.send_due(now_ns)
@@ -212,7 +285,7 @@ class _OpenLoop:
                 next_tick_ns = now_ns + int(TICK_S * 1e9)
                 self.tick(progress, now_ns, total_s, on_tick)
             if self.next_index >= n:
-                if self.outstanding == 0:
+                if self.answered >= self.sent:
                     break
                 if drain_deadline_ns is None:
                     drain_deadline_ns = now_ns + drain_timeout_ns
@@ -225,19 +298,171 @@ class _OpenLoop:
             # accounted for anyway (latency counts from the scheduled time).
             wait_ms = min(MAX_SLEEP_MS, math.ceil((wake_ns - time.monotonic_ns()) / 1e6))
             if wait_ms > 0:
-                self.sock.poll(wait_ms, zmq.POLLIN)
+                poll(wait_ms, zmq.POLLIN)
         end_ns = time.monotonic_ns()
         self.tick(progress, end_ns, total_s, None, force=True)
-        self.res.unanswered = self.outstanding
-        self.res.duration_ns = max(0, end_ns - self.start_ns)
-        return self.res
+        return self.collect(end_ns)
 
     def tick(self, progress: Progress, now_ns: int, total_s: float, on_tick: Callable[[], None] | None,
              force: bool = False) -> None:
         elapsed_s = min(max(0.0, (now_ns - self.start_ns) / 1e9), total_s)
-        progress.update(elapsed_s, self.res.sent, self.res.ok, self.res.rejected, force=force)
+        progress.update(elapsed_s, self.sent, self.ok, self.answered - self.ok, force=force)
+        if self.counters is not None:
+            self.counters[0], self.counters[1], self.counters[2] = self.sent, self.ok, self.answered - self.ok
         if on_tick is not None:
             on_tick()
+
+    def collect(self, end_ns: int) -> RawResults:
+        """The replies, checked and laid out as arrays (once, after the run)."""
+        n = len(self.times)
+        status = np.full(n, CODE_UNANSWERED, dtype=np.int16)
+        recv = np.zeros(n, dtype=np.int64)
+        queue = np.full(n, -1, dtype=np.int64)
+        exec_ = np.full(n, -1, dtype=np.int64)
+        batch = np.zeros(n, dtype=np.int32)
+        cold = np.zeros(n, dtype=np.int8)
+        worker = np.full(n, -1, dtype=np.int32)
+        worker_ids: dict[str, int] = {}
+        first_detail: dict[str, str] = {}
+        valid = {int(s) for s in Status}
+        for i, reply in enumerate(self.replies):
+            if reply is None:
+                continue
+            if isinstance(reply, int):  # CODE_SEND_FAILED
+                status[i] = CODE_SEND_FAILED
+                continue
+            try:
+                code = reply[1]
+                if not isinstance(code, int) or code not in valid:
+                    raise ValueError(code)
+                if code == 0:
+                    q, e, b, c, w = (_nonneg(reply[2]), _nonneg(reply[3]), _nonneg(reply[4]), bool(reply[5]),
+                                     reply[6])
+                    if not isinstance(w, str):
+                        raise ValueError(w)
+                    queue[i], exec_[i], batch[i], cold[i] = q, e, b, c
+                    worker[i] = worker_ids.setdefault(w, len(worker_ids))
+                elif Status(code).name not in first_detail:
+                    first_detail[Status(code).name] = str(reply[2])
+                status[i], recv[i] = code, reply[0]
+            except (ValueError, TypeError, IndexError, OverflowError):
+                status[i], recv[i] = CODE_BAD_REPLY, reply[0]
+        if "OK" not in first_detail:
+            first_detail["OK"] = ""
+        for frames in self.first_bad[:1]:
+            first_detail.setdefault(BAD_REPLY, _why_bad(frames))
+        return RawResults(self.base_id, self.start_ns, end_ns, status, np.array(self.sent_at, dtype=np.int64), recv,
+                          queue, exec_, batch, cold, worker, list(worker_ids), first_detail, self.bad_replies,
+                          self.stray_replies)
+
+
+def _nonneg(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(value)
+    return value
+
+
+def _why_bad(frames: list) -> str:
+    try:
+        decode(frames)
+    except BadMessage as exc:
+        return exc.detail
+    return "a reply header without the fields of an INFER reply"
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def results_from_raw(raw: RawResults, schedule: Schedule, slo_ms: Sequence[float],
+                     groups: Sequence[str | None]) -> LoadResults:
+    """The LoadResults (counts and HDR histograms) of a run, from its raw arrays."""
+    res = LoadResults(len(schedule), schedule.duration_ns)
+    for label, slo in sorted({(g, s) for g, s in zip(groups, slo_ms) if g is not None}):
+        if label in res.groups and res.groups[label].slo_ms != slo:
+            raise ValueError(f"group {label!r} mixes SLOs; give each SLO its own group")
+        res.groups[label] = GroupResults(slo)
+    status, models = raw.status, schedule.models
+    sent = status != CODE_SEND_FAILED
+    answered = status >= 0
+    ok = status == 0
+    res.sent = int(sent.sum())
+    res.answered = int(answered.sum())
+    res.unanswered = int((status == CODE_UNANSWERED).sum())
+    res.stray_replies = raw.stray_replies
+    res.duration_ns = max(0, raw.end_ns - raw.start_ns)
+    res.start_ns = raw.start_ns
+    codes, counts = np.unique(status, return_counts=True)
+    for code, count in zip(codes.tolist(), counts.tolist()):
+        if code >= 0:
+            res.by_status[Status(code).name] += count
+        elif code == CODE_SEND_FAILED:
+            res.by_status[SEND_FAILED] += count
+        elif code == CODE_BAD_REPLY:
+            res.by_status[BAD_REPLY] += count
+    if raw.bad_replies:
+        res.by_status[BAD_REPLY] += raw.bad_replies
+    res.first_detail = {k: v for k, v in raw.first_detail.items() if k in res.by_status}
+    scheduled_ns = raw.start_ns + schedule.times_ns
+    latency = raw.recv_ns - scheduled_ns
+    slo_ns = (np.asarray(slo_ms, dtype=np.float64) * 1e6).astype(np.int64) if len(slo_ms) else np.zeros(0, np.int64)
+    met = ok & (latency <= slo_ns[models]) if len(models) else ok
+    res.latency.record_many_ns(latency[ok])
+    res.reject_latency.record_many_ns(latency[answered & ~ok])
+    res.exec_time.record_many_ns(raw.exec_ns[ok])
+    res.send_lag.record_many_ns(raw.sent_ns[sent & (raw.sent_ns > 0)] - scheduled_ns[sent & (raw.sent_ns > 0)])
+    res.met_slo = int(met.sum())
+    res.cold_starts = int(raw.cold_start[ok].sum())
+    res.batch_sizes.update(_counts(raw.batch_size[ok]))
+    res.workers.update({raw.workers[w]: c for w, c in _counts(raw.worker[ok]).items()})
+    label_of = np.array([g if g is not None else "" for g in groups] or [""], dtype=object)
+    for label, group in res.groups.items():
+        in_group = label_of[models] == label if len(models) else np.zeros(0, bool)
+        group.sent = int((in_group & sent).sum())
+        group.ok = int((in_group & ok).sum())
+        group.met_slo = int((in_group & met).sum())
+        group.latency.record_many_ns(latency[in_group & ok])
+    return res
+
+
+def _counts(values: np.ndarray) -> dict[int, int]:
+    if not len(values):
+        return {}
+    keys, counts = np.unique(values, return_counts=True)
+    return {int(k): int(c) for k, c in zip(keys, counts)}
+
+
+def add_to_runlog(log: "RunLog", raw: RawResults, schedule: Schedule, models: Sequence[str],
+                  slo_ms: Sequence[float], priority: int = 0) -> None:
+    """One request row per scheduled request, times relative to the schedule's start; the
+    request_id is the request's index in the schedule."""
+    n = len(schedule)
+    if not n:
+        return
+    times = schedule.times_ns
+    slo_ns = (np.asarray(slo_ms, dtype=np.float64) * 1e6).astype(np.int64)[schedule.models]
+    names = {int(s): s.name for s in Status}
+    names.update({CODE_UNANSWERED: UNANSWERED, CODE_SEND_FAILED: SEND_FAILED, CODE_BAD_REPLY: BAD_REPLY})
+    status_names = [names[c] for c in raw.status.tolist()]
+    has_reply = raw.status >= 0
+    latency = np.where(has_reply, raw.recv_ns - raw.start_ns - times, -1)
+    workers = raw.workers + [""]
+    log.add_requests({
+        "request_id": np.arange(n, dtype=np.int64),
+        "model": [models[m] for m in schedule.models.tolist()],
+        "priority": np.full(n, priority, dtype=np.int64),
+        "arrival_ns": times,
+        "deadline_ns": times + slo_ns,
+        "status": status_names,
+        "latency_ns": latency,
+        "queue_ns": raw.queue_ns,
+        "exec_ns": raw.exec_ns,
+        "batch_size": raw.batch_size,
+        "cold_start": raw.cold_start,
+        "worker": [workers[w] for w in raw.worker.tolist()],
+    })
+
+
+# ----------------------------------------------------------------------------- entry points
 
 
 def run_open_loop(endpoint: str, schedule: Schedule, models: Sequence[str],
@@ -245,7 +470,8 @@ def run_open_loop(endpoint: str, schedule: Schedule, models: Sequence[str],
                   inputs_by_model: Mapping[str, Mapping[str, np.ndarray]], progress: Progress | None = None, *,
                   groups: Sequence[str | None] | Mapping[str, str] | None = None, priority: int = 0,
                   drain_timeout_s: float | None = None, start_delay_s: float = 0.05,
-                  on_tick: Callable[[], None] | None = None, ctx: zmq.Context | None = None) -> LoadResults:
+                  on_tick: Callable[[], None] | None = None, ctx: zmq.Context | None = None,
+                  request_log: "RunLog | None" = None, procs: int = 1) -> LoadResults:
     """Play `schedule` against the controller's client endpoint and measure every reply.
 
     models: names, indexed by the schedule's model indices.
@@ -257,6 +483,8 @@ def run_open_loop(endpoint: str, schedule: Schedule, models: Sequence[str],
     drain_timeout_s: how long to wait for the last replies after the last send; default the
         largest SLO plus 5 s, after which requests still unanswered are counted as such.
     on_tick: called every ~0.1 s; raise from it (e.g. a process died) to abort the run.
+    request_log: a bench.runlog.RunLog that receives one row per scheduled request.
+    procs: generator processes sharing the schedule (1: this thread does it all).
     """
     if len(schedule) and int(schedule.models.max()) >= len(models):
         raise ValueError(f"the schedule uses model index {int(schedule.models.max())}; only {len(models)} names given")
@@ -264,12 +492,31 @@ def run_open_loop(endpoint: str, schedule: Schedule, models: Sequence[str],
     inputs = [inputs_by_model[m] if m in inputs_by_model else _missing(m) for m in models]
     labels = per_model(groups, models, "groups") if groups is not None else [None] * len(models)
     drain_s = drain_timeout_s if drain_timeout_s is not None else max(slos, default=0) / 1000 + 5.0
+    if procs > 1:
+        raw = run_in_processes(endpoint, schedule, list(models), slos, inputs, priority, drain_s, start_delay_s,
+                               procs, progress or NullProgress(), on_tick)
+    else:
+        raw = run_raw(endpoint, schedule, models, slos, inputs, priority, drain_s,
+                      time.monotonic_ns() + int(start_delay_s * 1e9), progress or NullProgress(), on_tick, ctx)
+    results = results_from_raw(raw, schedule, slos, labels)
+    if request_log is not None:
+        add_to_runlog(request_log, raw, schedule, models, slos, priority)
+    return results
+
+
+def run_raw(endpoint: str, schedule: Schedule, models: Sequence[str], slo_ms: list[float],
+            inputs: list[Mapping[str, np.ndarray]], priority: int, drain_s: float, start_ns: int,
+            progress: Progress, on_tick: Callable[[], None] | None = None, ctx: zmq.Context | None = None,
+            counters: Any = None) -> RawResults:
+    """One loop in this thread, schedule offset 0 at monotonic `start_ns`."""
     own_ctx = ctx is None
     context = zmq.Context() if own_ctx else ctx
     sock = dealer(context, endpoint)
+    sock.setsockopt(zmq.SNDHWM, SNDHWM)
+    sock.setsockopt(zmq.RCVHWM, SNDHWM)
     try:
-        loop = _OpenLoop(sock, schedule, models, slos, inputs, labels, priority)
-        return loop.run(progress or NullProgress(), int(drain_s * 1e9), int(start_delay_s * 1e9), on_tick)
+        loop = _OpenLoop(sock, schedule, models, slo_ms, inputs, priority, counters)
+        return loop.run(progress, int(drain_s * 1e9), start_ns, on_tick)
     finally:
         sock.close(linger=0)
         if own_ctx:
@@ -278,6 +525,276 @@ def run_open_loop(endpoint: str, schedule: Schedule, models: Sequence[str],
 
 def _missing(model: str) -> tuple:
     raise ValueError(f"inputs_by_model has no inputs for model {model!r}")
+
+
+# ----------------------------------------------------------------------------- closed loop
+
+
+class _ClosedLoop(_OpenLoop):
+    """Clients with one request outstanding each (bench.workload.ClosedLoop decides when each
+    sends next). The "schedule" grows as the run goes: a request's scheduled time is when its
+    client decided to send it (reply + think), so latency is still counted from that moment."""
+
+    def __init__(self, sock: zmq.Socket, closed: Any, models: Sequence[str], slo_ms: list[float],
+                 inputs: list[Mapping[str, np.ndarray]], priority: int, drain_ns: int):
+        empty = Schedule(np.zeros(0, np.int64), np.zeros(0, np.int32), closed.duration_ns, np.zeros(len(models)))
+        super().__init__(sock, empty, models, slo_ms, inputs, priority)
+        self.closed = closed
+        self.client_of: list[int] = []
+        self.drain_ns = drain_ns
+        self.heap = [(t, c, m) for t, c, m in closed.first_sends()]
+        self.track = []  # indices answered since the last look: their clients send again
+
+    def send_due(self, now_ns: int) -> None:
+        import heapq
+
+        heap, start = self.heap, self.start_ns
+        while heap and start + heap[0][0] <= now_ns:
+            t, client, model = heapq.heappop(heap)
+            self.times.append(t)
+            self.model_of.append(model)
+            self.client_of.append(client)
+            self.replies.append(None)
+            self.sent_at.append(0)
+            super().send_due(now_ns)  # sends exactly the one just appended
+            if isinstance(self.replies[-1], int):  # refused by the socket: the client tries again
+                heapq.heappush(heap, (t + 1_000_000, client, model))
+
+    def receive_ready(self) -> None:
+        import heapq
+
+        super().receive_ready()
+        for index in self.track:
+            reply = self.replies[index]
+            nxt = self.closed.next_send(self.client_of[index], reply[0] - self.start_ns)
+            if nxt is not None:
+                heapq.heappush(self.heap, (nxt[0], self.client_of[index], nxt[1]))
+        self.track.clear()
+
+    def run_closed(self, progress: Progress, start_ns: int, on_tick: Callable[[], None] | None) -> RawResults:
+        self.start_ns = start_ns
+        total_s = max(self.closed.duration_ns / 1e9, 1e-9)
+        end_by_ns = start_ns + self.closed.duration_ns + self.drain_ns
+        next_tick_ns = start_ns
+        while True:
+            now_ns = time.monotonic_ns()
+            self.send_due(now_ns)
+            self.receive_ready()
+            now_ns = time.monotonic_ns()
+            if now_ns >= next_tick_ns:
+                next_tick_ns = now_ns + int(TICK_S * 1e9)
+                self.tick(progress, now_ns, total_s, on_tick)
+            if (not self.heap and self.answered >= self.sent) or now_ns >= end_by_ns:
+                break
+            wake_ns = min(start_ns + self.heap[0][0], next_tick_ns) if self.heap else next_tick_ns
+            wait_ms = min(MAX_SLEEP_MS, math.ceil((wake_ns - time.monotonic_ns()) / 1e6))
+            if wait_ms > 0:
+                self.sock.poll(wait_ms, zmq.POLLIN)
+        end_ns = time.monotonic_ns()
+        self.tick(progress, end_ns, total_s, None, force=True)
+        self.next_index = len(self.times)
+        return self.collect(end_ns)
+
+
+def run_closed_loop(endpoint: str, closed: Any, models: Sequence[str],
+                    slo_ms: float | Sequence[float] | Mapping[str, float],
+                    inputs_by_model: Mapping[str, Mapping[str, np.ndarray]], progress: Progress | None = None, *,
+                    priority: int = 0, drain_timeout_s: float | None = None, start_delay_s: float = 0.05,
+                    on_tick: Callable[[], None] | None = None, request_log: "RunLog | None" = None,
+                    ctx: zmq.Context | None = None) -> tuple[LoadResults, Schedule]:
+    """Drive a bench.workload.ClosedLoop (clients, each with one request outstanding) against
+    the controller. Returns the results and the schedule as it happened (for reports)."""
+    slos = [float(s) for s in per_model(slo_ms, models, "slo_ms")]
+    inputs = [inputs_by_model[m] if m in inputs_by_model else _missing(m) for m in models]
+    drain_s = drain_timeout_s if drain_timeout_s is not None else max(slos, default=0) / 1000 + 5.0
+    own_ctx = ctx is None
+    context = zmq.Context() if own_ctx else ctx
+    sock = dealer(context, endpoint)
+    try:
+        loop = _ClosedLoop(sock, closed, models, slos, inputs, priority, int(drain_s * 1e9))
+        raw = loop.run_closed(progress or NullProgress(), time.monotonic_ns() + int(start_delay_s * 1e9), on_tick)
+        model_of = np.array(loop.model_of, dtype=np.int32)
+        rates = np.bincount(model_of, minlength=len(models)) / max(closed.duration_ns / 1e9, 1e-9)
+        schedule = Schedule(np.array(loop.times, dtype=np.int64), model_of, closed.duration_ns, rates)
+    finally:
+        sock.close(linger=0)
+        if own_ctx:
+            context.term()
+    results = results_from_raw(raw, schedule, slos, [None] * len(models))
+    if request_log is not None:
+        add_to_runlog(request_log, raw, schedule, models, slos, priority)
+    return results, schedule
+
+
+# ----------------------------------------------------------------------------- several processes
+
+
+class _Slot:
+    """Three cells [sent, ok, rejected] of a shared array, for a parent's progress line."""
+
+    def __init__(self, shared: Any, offset: int):
+        self.shared, self.offset = shared, offset
+
+    def __setitem__(self, index: int, value: int) -> None:
+        self.shared[self.offset + index] = value
+
+
+def run_in_processes(endpoint: str, schedule: Schedule, models: list[str], slo_ms: list[float],
+                     inputs: list[Mapping[str, np.ndarray]], priority: int, drain_s: float, start_delay_s: float,
+                     procs: int, progress: Progress, on_tick: Callable[[], None] | None = None) -> RawResults:
+    """Split the schedule round-robin over `procs` generator processes started together.
+
+    Each child connects its own DEALER, says it is ready, and is then given the common
+    monotonic start time; its raw arrays come back in a .npz file (no pickle) and are merged
+    by schedule index. The parent only watches: progress, `on_tick`, children's health.
+    """
+    import json
+    import multiprocessing
+    import tempfile
+    from pathlib import Path
+
+    mp = multiprocessing.get_context("spawn")  # never fork a process that holds ZeroMQ sockets
+    shared = mp.Array("q", 3 * procs, lock=False)
+    parts = [np.arange(k, len(schedule), procs) for k in range(procs)]
+    with tempfile.TemporaryDirectory(prefix="clockwork-loadgen-") as tmp:
+        children, pipes = [], []
+        try:
+            for k, part in enumerate(parts):
+                sub = Schedule(schedule.times_ns[part], schedule.models[part], schedule.duration_ns,
+                               schedule.rates_per_s / procs)
+                parent_end, child_end = mp.Pipe()
+                child = mp.Process(target=_child_main, name=f"loadgen-{k}", daemon=True,
+                                   args=(child_end, shared, k, endpoint, sub, models, slo_ms, inputs, priority,
+                                         drain_s, str(Path(tmp) / f"part{k}.npz")))
+                child.start()
+                children.append(child)
+                pipes.append(parent_end)
+            for k, pipe in enumerate(pipes):
+                _wait_message(pipe, children[k], 60.0, "ready")
+            start_ns = time.monotonic_ns() + int(max(start_delay_s, 0.05) * 1e9)
+            for pipe in pipes:
+                pipe.send(("start", start_ns))
+            total_s = max(schedule.duration_ns / 1e9, 1e-9)
+            while any(c.is_alive() for c in children):
+                for c in children:
+                    if c.exitcode not in (None, 0):
+                        raise RuntimeError(f"load generator process {c.name} exited with status {c.exitcode}")
+                sent, ok, rejected = (sum(shared[i::3]) for i in range(3))
+                elapsed_s = min(max(0.0, (time.monotonic_ns() - start_ns) / 1e9), total_s)
+                progress.update(elapsed_s, sent, ok, rejected)
+                if on_tick is not None:
+                    on_tick()
+                for c in children:
+                    c.join(TICK_S / len(children))
+            for c in children:
+                if c.exitcode != 0:
+                    raise RuntimeError(f"load generator process {c.name} exited with status {c.exitcode}")
+            sent, ok, rejected = (sum(shared[i::3]) for i in range(3))
+            progress.update(total_s, sent, ok, rejected, force=True)
+            part_raws = []
+            for k in range(procs):
+                with np.load(Path(tmp) / f"part{k}.npz", allow_pickle=False) as data:
+                    arrays = {key: data[key] for key in data.files}
+                meta = json.loads(str(arrays.pop("meta")))
+                part_raws.append(RawResults(**arrays, **meta))
+        finally:
+            for c in children:
+                if c.is_alive():
+                    c.kill()
+                    c.join(5)
+    return _merge_raw(part_raws, parts, len(schedule))
+
+
+def _wait_message(pipe: Any, child: Any, timeout_s: float, expected: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not pipe.poll(0.1):
+        if not child.is_alive():
+            raise RuntimeError(f"load generator process {child.name} exited with status {child.exitcode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"load generator process {child.name} not {expected} after {timeout_s:g} s")
+    return pipe.recv()
+
+
+def _child_main(pipe: Any, shared: Any, k: int, endpoint: str, schedule: Schedule, models: list[str],
+                slo_ms: list[float], inputs: list, priority: int, drain_s: float, out_path: str) -> None:
+    import json
+
+    context = zmq.Context()
+    sock = dealer(context, endpoint)
+    sock.setsockopt(zmq.SNDHWM, SNDHWM)
+    sock.setsockopt(zmq.RCVHWM, SNDHWM)
+    try:
+        loop = _OpenLoop(sock, schedule, models, slo_ms, inputs, priority, _Slot(shared, 3 * k))
+        pipe.send(("ready", 0))
+        _what, start_ns = pipe.recv()
+        raw = loop.run(NullProgress(), int(drain_s * 1e9), start_ns, None)
+    finally:
+        sock.close(linger=0)
+        context.term()
+    meta = {key: getattr(raw, key) for key in ("base_id", "start_ns", "end_ns", "workers", "first_detail",
+                                               "bad_replies", "stray_replies")}
+    arrays = {key: getattr(raw, key) for key in ("status", "sent_ns", "recv_ns", "queue_ns", "exec_ns",
+                                                 "batch_size", "cold_start", "worker")}
+    np.savez(out_path, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def _merge_raw(raws: list[RawResults], parts: list[np.ndarray], n: int) -> RawResults:
+    """The parts' arrays put back at their schedule indices; worker names re-numbered."""
+    first = raws[0]
+    merged = RawResults(first.base_id, first.start_ns, max(r.end_ns for r in raws),
+                        np.full(n, CODE_UNANSWERED, np.int16), np.zeros(n, np.int64), np.zeros(n, np.int64),
+                        np.full(n, -1, np.int64), np.full(n, -1, np.int64), np.zeros(n, np.int32),
+                        np.zeros(n, np.int8), np.full(n, -1, np.int32), [], {},
+                        sum(r.bad_replies for r in raws), sum(r.stray_replies for r in raws))
+    ids: dict[str, int] = {}
+    for raw, part in zip(raws, parts):
+        for key in ("status", "sent_ns", "recv_ns", "queue_ns", "exec_ns", "batch_size", "cold_start"):
+            getattr(merged, key)[part] = getattr(raw, key)
+        remap = np.array([ids.setdefault(w, len(ids)) for w in raw.workers] + [-1], dtype=np.int32)
+        merged.worker[part] = remap[raw.worker]  # -1 indexes the trailing -1
+        for name, detail in raw.first_detail.items():
+            merged.first_detail.setdefault(name, detail)
+    merged.workers = list(ids)
+    return merged
+
+
+# ----------------------------------------------------------------------------- a bare echo server
+
+
+def serve_echo(endpoint: str, ready: Any = None, stop: Any = None) -> None:
+    """A ROUTER answering every message with an OK INFER reply (batch 1, exec 0, worker "echo"):
+    the fastest possible "controller", to measure what the generator alone can offer.
+    `ready`/`stop`: multiprocessing Events (set once bound / set to end)."""
+    from common.schema import InferReply
+
+    context = zmq.Context()
+    sock = context.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.SNDHWM, SNDHWM)
+    sock.setsockopt(zmq.RCVHWM, SNDHWM)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint)
+    reply = encode(InferReply(status=Status.OK, batch_size=1, worker="echo"), _ID_MARK, parent_id=_SENT_MARK,
+                   sent_ns=_ID_MARK + 1)
+    head = bytes(reply[0])
+    at = head.index(b"\xcf" + _SENT_MARK.to_bytes(8, "big")) + 1
+    before, after = head[:at], head[at + 8:]
+    unpackb, recv, send, noblock = msgpack.unpackb, sock.recv_multipart, sock.send_multipart, zmq.NOBLOCK
+    if ready is not None:
+        ready.set()
+    try:
+        while stop is None or not stop.is_set():
+            if not sock.poll(100):
+                continue
+            for _ in range(10_000):
+                try:
+                    frames = recv(noblock)
+                except zmq.Again:
+                    break
+                msg_id = unpackb(frames[1])["msg_id"]
+                send([frames[0], before + msg_id.to_bytes(8, "big") + after], noblock)
+    finally:
+        sock.close(0)
+        context.term()
 
 
 def rates_summary(schedule: Schedule) -> str:

@@ -1,0 +1,327 @@
+"""`clockwork-bench capacity`: the highest rate the real system sustains within its SLO.
+
+Each step starts a fresh cluster (as `clockwork-bench run` would: controller, emulated
+workers, models uploaded, a short warm-up), so an overloaded step cannot poison the next one
+(--reuse-cluster keeps one cluster instead). It then plays one open-loop schedule at the
+step's rate: --ramp-s seconds not judged (replicas of hot models get made, batch sizes
+settle), then --step-s seconds judged by SLO attainment: the share of *offered* requests
+answered OK within the SLO, latency measured from the scheduled send time. A step passes when
+attainment >= --target (0.999 by default: 99.9%).
+
+The search (`search`, pure) grows the rate geometrically from --start-rate while steps pass,
+then bisects between the last pass and the first failure until the bracket is narrower than
+--precision (relative), or --max-steps is reached. If the first step already fails it steps
+down geometrically first. The answer is the highest passing rate seen.
+
+    clockwork-bench capacity --workers 4 --devices-per-worker 4 --step-s 6 --out runs/capacity
+    clockwork-bench capacity --echo --start-rate 20000   # the generator's own ceiling
+
+Output in --out: capacity.json, capacity.csv (one row per step), capacity.png (attainment and
+latency vs offered rate); with --step-reports, each step's full run report in steps/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from bench.procs import NotReady, ProcessDied
+from bench.report import _finite, format_table
+from bench.run import (WORKLOADS, add_system_args, cpu_seconds, cpu_usage, describe, drive, make_schedule, setup_of,
+                       start_system, warm_up)
+from bench import workload
+from bench.runlog import summarize_run, window, write_run
+from client import ClockworkError
+
+
+@dataclass(frozen=True)
+class Step:
+    """The verdict on one rate."""
+
+    rate: float  # offered requests/s asked for
+    passed: bool
+    attainment: float  # met SLO / offered
+    offered_per_s: float = math.nan  # as actually scheduled
+    throughput_per_s: float = math.nan  # OK replies per second
+    goodput_per_s: float = math.nan  # OK within SLO per second
+    p50_ms: float = math.nan
+    p99_ms: float = math.nan
+    p999_ms: float = math.nan
+    send_lag_p99_ms: float = math.nan  # the generator's own lateness (large: it is saturated)
+    not_ok: dict[str, int] = field(default_factory=dict)  # status -> count, statuses other than OK
+    wall_s: float = 0.0
+    controller_cpu: float = math.nan  # share of one core the controller used during the step
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    best_rate: float  # highest passing rate (0 if none passed)
+    steps: list[Step]
+    bracket: tuple[float, float]  # (highest pass, lowest failure above it; inf if none failed)
+
+
+def search(judge: Callable[[float], Step], start_rate: float, max_rate: float = math.inf, growth: float = 1.5,
+           precision: float = 0.05, max_steps: int = 12, min_rate: float = 1.0) -> SearchResult:
+    """Find the highest rate `judge` passes: grow by `growth` while passing, then bisect.
+
+    Pure apart from `judge`: the tests drive it with a fake. Assumes pass/fail is monotone in
+    the rate (it is noisy near the edge; the bracket says how sure the answer is).
+    """
+    if start_rate <= 0 or growth <= 1 or precision <= 0 or max_steps < 1:
+        raise ValueError("need start_rate > 0, growth > 1, precision > 0 and max_steps >= 1")
+    steps: list[Step] = []
+    lo, hi = 0.0, math.inf  # highest pass, lowest failure
+
+    def trial(rate: float) -> bool:
+        nonlocal lo, hi
+        step = judge(rate)
+        steps.append(step)
+        if step.passed:
+            lo = max(lo, rate)
+        else:
+            hi = min(hi, rate)
+        return step.passed
+
+    rate = min(start_rate, max_rate)
+    # Phase 1: bracket. Up while passing (to max_rate), or down while failing (to min_rate).
+    if trial(rate):
+        while len(steps) < max_steps and rate < max_rate:
+            rate = min(rate * growth, max_rate)
+            if not trial(rate):
+                break
+    else:
+        while len(steps) < max_steps and rate > min_rate:
+            rate = max(rate / growth, min_rate)
+            if trial(rate):
+                break
+    # Phase 2: bisect (geometric mean: the bracket spans a ratio) until narrow enough.
+    while len(steps) < max_steps and lo > 0 and math.isfinite(hi) and (hi - lo) / lo > precision:
+        trial(math.sqrt(lo * hi))
+    return SearchResult(lo, steps, (lo, hi))
+
+
+# ----------------------------------------------------------------------------- the real judge
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="clockwork-bench capacity", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_system_args(p)
+    p.add_argument("--workload", choices=WORKLOADS, default="poisson", help="arrival process of each step")
+    p.add_argument("--start-rate", type=float, default=2000.0, help="first rate tried (requests/s)")
+    p.add_argument("--max-rate", type=float, default=100_000.0, help="never try above this")
+    p.add_argument("--growth", type=float, default=1.5, help="rate multiplier while steps pass")
+    p.add_argument("--precision", type=float, default=0.05, help="stop bisecting at this relative bracket")
+    p.add_argument("--max-steps", type=int, default=10, help="steps at most")
+    p.add_argument("--step-s", type=float, default=6.0, help="seconds of load per step")
+    p.add_argument("--ramp-s", type=float, default=2.0,
+                   help="seconds at the step's rate before the judged part (not judged)")
+    p.add_argument("--pause-s", type=float, default=1.0, help="idle seconds between steps")
+    p.add_argument("--target", type=float, default=0.999, help="attainment a step needs to pass")
+    p.add_argument("--step-reports", action="store_true", help="write each step's full run report")
+    p.add_argument("--reuse-cluster", action="store_true",
+                   help="one cluster for every step (faster; but a failed step's backlog and latency "
+                        "estimates then weigh on the next)")
+    p.add_argument("--out", default="runs/capacity", help="folder for the results")
+    args = p.parse_args(argv)
+    args.duration_s, args.rate, args.title = args.step_s, args.start_rate, ""
+    return args
+
+
+def real_judge(args: argparse.Namespace, out_dir: Path, run_dir: Path, say: Callable[[str], None],
+               shared=None) -> Callable[[float], Step]:
+    """Each step on a fresh cluster (started, models uploaded, warmed up) unless `shared` is a
+    running System to reuse: an overloaded step leaves queues, replicas and inflated latency
+    estimates behind, and the next step must not inherit them."""
+    counter = {"n": 0}
+
+    def judge(rate: float) -> Step:
+        counter["n"] += 1
+        n = counter["n"]
+        if shared is not None:
+            return measure(shared, rate, n)
+        quiet_say = (lambda text: None) if args.quiet else say
+        with start_system(args, run_dir / f"step{n:02d}", quiet_say, action_log=False) as system:
+            warm_up(system, args, quiet_say)
+            return measure(system, rate, n)
+
+    def measure(system, rate: float, n: int) -> Step:
+        # Ramp (unjudged) then the judged part, one schedule: the system meets the rate in
+        # steady state (replicas of hot models made, batch sizes settled), as "sustained" means.
+        ramp = make_schedule(args.workload, rate, len(system.models), args.ramp_s, args.seed + 1000 + n, args.zipf) \
+            if args.ramp_s > 0 else None
+        judged = make_schedule(args.workload, rate, len(system.models), args.step_s, args.seed + n, args.zipf)
+        schedule = workload.concat(ramp, judged) if ramp is not None else judged
+        started, cpu_before = time.monotonic(), cpu_seconds(system.pids, threads=False)
+        results, full_log = drive(system, schedule, args, f"step {n} {rate:.0f}/s", quiet=args.quiet)
+        system.check()
+        wall_s = time.monotonic() - started
+        cpu = cpu_usage(cpu_before, cpu_seconds(system.pids, threads=False), wall_s, len(schedule))
+        log = window(full_log, ramp.duration_ns) if ramp is not None else full_log
+        if args.step_reports:
+            summary = write_run(out_dir / "steps" / f"{n:02d}-{rate:.0f}", log, describe(args, rate), args.slo_ms)
+        else:
+            summary = summarize_run(log, describe(args, rate), args.slo_ms)
+        step = step_from_summary(rate, summary, results.send_lag.percentile_ms(99), args.target, wall_s,
+                                 cpu.get("controller", {}).get("core_share", math.nan))
+        say(f"step {n}: {rate:.0f}/s -> attainment {100 * step.attainment:.3f}% "
+            f"({'pass' if step.passed else 'FAIL'}), p99 {step.p99_ms:.1f} ms, goodput {step.goodput_per_s:.0f}/s"
+            + (f", not OK {step.not_ok}" if step.not_ok else ""))
+        time.sleep(args.pause_s)
+        return step
+
+    return judge
+
+
+def step_from_summary(rate: float, s: dict, send_lag_p99_ms: float, target: float, wall_s: float = 0.0,
+                      controller_cpu: float = math.nan) -> Step:
+    attainment = s["attainment"] if s["requests"] else 0.0
+    lat = s["latency_ms"]
+    return Step(rate=rate, passed=bool(attainment >= target), attainment=attainment,
+                offered_per_s=s["offered_per_s"], throughput_per_s=s["throughput_per_s"],
+                goodput_per_s=s["goodput_per_s"], p50_ms=_num(lat.get("p50")), p99_ms=_num(lat.get("p99")),
+                p999_ms=_num(lat.get("p99.9")), send_lag_p99_ms=send_lag_p99_ms,
+                not_ok={k: v for k, v in s["by_status"].items() if k != "OK"}, wall_s=round(wall_s, 2),
+                controller_cpu=controller_cpu)
+
+
+def _num(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def format_steps(steps: Sequence[Step]) -> str:
+    rows = [(i + 1, f"{s.rate:.0f}", f"{s.offered_per_s:.0f}", f"{s.goodput_per_s:.0f}",
+             f"{100 * s.attainment:.3f}%", s.p50_ms, s.p99_ms, s.p999_ms, s.send_lag_p99_ms,
+             "-" if math.isnan(s.controller_cpu) else f"{100 * s.controller_cpu:.0f}%",
+             "pass" if s.passed else "FAIL", _top(s.not_ok))
+            for i, s in enumerate(steps)]
+    header = ("step", "rate/s", "offered/s", "goodput/s", "attainment", "p50 ms", "p99 ms", "p99.9 ms",
+              "send lag p99", "ctl CPU", "verdict", "not OK (top)")
+    return format_table(rows, header=header)
+
+
+def _top(counts: dict[str, int], n: int = 2) -> str:
+    items = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+    return ", ".join(f"{k} {v}" for k, v in items) or "-"
+
+
+def write_outputs(out_dir: Path, result: SearchResult, args: argparse.Namespace) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = {"best_rate_per_s": result.best_rate, "bracket": list(result.bracket), "target": args.target,
+            "slo_ms": args.slo_ms, "setup": setup_of(args), "steps": [asdict(s) for s in result.steps]}
+    json_path = out_dir / "capacity.json"
+    json_path.write_text(json.dumps(_finite(data), indent=2, sort_keys=True) + "\n")
+    csv_path = out_dir / "capacity.csv"
+    with open(csv_path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        keys = [k for k in asdict(result.steps[0]) if k != "not_ok"] + ["not_ok"] if result.steps else []
+        w.writerow(keys)
+        for s in result.steps:
+            row = asdict(s)
+            w.writerow([json.dumps(row[k], sort_keys=True) if k == "not_ok" else row[k] for k in keys])
+    png_path = write_capacity_png(out_dir / "capacity.png", result, args.target, args.slo_ms)
+    return [json_path, csv_path, png_path]
+
+
+def write_capacity_png(path: Path, result: SearchResult, target: float, slo_ms: float) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted(result.steps, key=lambda s: s.rate)
+    rates = [s.rate for s in steps]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    try:
+        miss = [max(1.0 - s.attainment, 1e-6) for s in steps]
+        colors = ["tab:green" if s.passed else "tab:red" for s in steps]
+        ax1.plot(rates, miss, color="grey", linewidth=1)
+        ax1.scatter(rates, miss, c=colors, zorder=3)
+        ax1.axhline(1.0 - target, linestyle="--", color="grey", linewidth=1,
+                    label=f"target: {100 * target:g}% within SLO")
+        ax1.set_yscale("log")
+        ax1.set_xlabel("offered rate (requests/s)")
+        ax1.set_ylabel("share of requests NOT OK within SLO (log)")
+        ax1.set_title(f"SLO attainment ({slo_ms:g} ms); best {result.best_rate:.0f}/s")
+        ax1.legend(fontsize=8)
+        for label, key in (("p50", "p50_ms"), ("p99", "p99_ms"), ("p99.9", "p999_ms")):
+            ax2.plot(rates, [getattr(s, key) for s in steps], marker="o", label=label)
+        ax2.axhline(slo_ms, linestyle="--", color="grey", linewidth=1, label=f"SLO {slo_ms:g} ms")
+        ax2.set_yscale("log")
+        ax2.set_xlabel("offered rate (requests/s)")
+        ax2.set_ylabel("latency of OK replies (ms, log)")
+        ax2.set_title("latency vs offered rate")
+        ax2.legend(fontsize=8)
+        for ax in (ax1, ax2):
+            ax.grid(True, which="both", alpha=0.3)
+            if result.best_rate > 0:
+                ax.axvline(result.best_rate, color="tab:green", linewidth=1, alpha=0.5)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def run(args: argparse.Namespace) -> int:
+    say = _say
+    out_dir = Path(args.out)
+    run_dir = Path(tempfile.mkdtemp(prefix="clockwork-capacity-"))
+    keep = args.keep
+    try:
+        if args.reuse_cluster or args.echo:
+            with start_system(args, run_dir, say, action_log=False) as system:
+                warm_up(system, args, say)
+                judge = real_judge(args, out_dir, run_dir, say, shared=system)
+                result = search(judge, args.start_rate, args.max_rate, args.growth, args.precision, args.max_steps)
+        else:
+            judge = real_judge(args, out_dir, run_dir, say)
+            result = search(judge, args.start_rate, args.max_rate, args.growth, args.precision, args.max_steps)
+    except (ProcessDied, NotReady, ClockworkError, TimeoutError, RuntimeError) as exc:
+        say(f"capacity failed: {exc}")
+        keep = True
+        return 1
+    finally:
+        if keep:
+            say(f"state and logs kept in {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    print(format_steps(result.steps))
+    hi = "none failed" if not math.isfinite(result.bracket[1]) else f"{result.bracket[1]:.0f}/s failed"
+    print(f"\ncapacity: {result.best_rate:.0f} requests/s with >= {100 * args.target:g}% within "
+          f"{args.slo_ms:g} ms ({hi}; {describe(args, result.best_rate)})")
+    paths = write_outputs(out_dir, result, args)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0 if result.best_rate > 0 else 1
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        _say("interrupted; every process the search started has been stopped")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,515 @@
+"""`clockwork-bench run`: the real system under a chosen workload, with a full run report.
+
+A controller and emulated workers start on loopback (bench.procs.cluster); M copies of the
+emulated ResNet-50 profile are uploaded; a short warm-up loads them; then the open-loop load
+generator plays the workload for --duration-s at --rate and every request becomes a row of the
+run log. The report (bench.runlog.write_run) goes to --out: requests.tsv, actions.tsv (when the
+controller can write an action log), summary.json/.csv, timeseries.csv/.png, cdf.png.
+
+Latency is measured at the client from each request's *scheduled* send time (no coordinated
+omission); --loadgen-procs N splits the schedule over N generator processes.
+
+    clockwork-bench run --rate 2000 --duration-s 20 --workers 4 --devices-per-worker 4 --out runs/r1
+    clockwork-bench run --workload azure --rate 1000 --models 200 --device-memory-mb 1024
+    clockwork-bench run --echo --rate 40000   # the generator alone, against a bare echo ROUTER
+
+Workloads: poisson (Zipf popularity, --zipf 0 for uniform), bursty (independent on/off
+sources), azure (Azure-Functions-like: Zipf, per-minute changes, bursts), closed (--clients
+each with one request outstanding, --think-ms between a reply and the next request; latency
+then counts from when the client meant to send).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import multiprocessing
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from bench import models as bench_models
+from bench import workload
+from bench.loadgen import LoadResults, rates_summary, run_closed_loop, run_open_loop, serve_echo
+from bench.procs import NotReady, ProcessDied, WorkerSpec, cluster, free_port
+from bench.progress import NullProgress, Progress
+from bench.report import format_table, prediction_counters
+from bench.runlog import RunLog, format_run_summary, write_run
+from client import ClockworkError
+from common.config import ControllerConfig
+
+WORKLOADS = ("poisson", "bursty", "azure")
+ACTION_LOG_SETTING = "action_log_path"  # the controller's TSV action log, when it has one
+WARMUP_RATE_PER_MODEL = 20.0  # requests/s per model during warm-up: enough to load each one
+
+
+def parse_args(argv: Sequence[str] | None, prog: str = "clockwork-bench run") -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_system_args(p)
+    p.add_argument("--rate", type=float, default=1000.0, help="offered requests per second (mean)")
+    p.add_argument("--duration-s", type=float, default=10.0, help="seconds of measured load")
+    p.add_argument("--workload", choices=WORKLOADS + ("closed",), default="poisson", help="arrival process")
+    p.add_argument("--clients", type=int, default=64,
+                   help="closed workload: clients, each with one request outstanding (spread over models by --zipf)")
+    p.add_argument("--think-ms", type=float, default=0.0,
+                   help="closed workload: mean think time between a reply and the client's next request")
+    p.add_argument("--out", default="runs/run", help="folder for the report")
+    p.add_argument("--title", default="", help="title of the report (default: a description of the run)")
+    return p.parse_args(argv)
+
+
+def add_system_args(p: argparse.ArgumentParser) -> None:
+    """Options shared with `clockwork-bench capacity`: the system and the generator."""
+    p.add_argument("--workers", type=int, default=4, help="emulated worker processes")
+    p.add_argument("--devices-per-worker", type=int, default=4, help="pretend GPUs per worker")
+    p.add_argument("--device-memory-mb", type=int, default=None,
+                   help="model memory per device (default: the worker's); small values force evictions")
+    p.add_argument("--models", type=int, default=16, help="copies of the emulated ResNet-50 to upload")
+    p.add_argument("--exec-scale", type=float, default=1.0,
+                   help="multiply the profile's exec and load times (< 1: faster pretend GPUs)")
+    p.add_argument("--zipf", type=float, default=1.0, help="popularity skew over models (0: uniform)")
+    p.add_argument("--slo-ms", type=float, default=100.0, help="SLO of every request")
+    p.add_argument("--seed", type=int, default=1, help="seed of the arrival schedule")
+    p.add_argument("--warmup-s", type=float, default=2.0, help="seconds of light load before measuring (0: none)")
+    p.add_argument("--loadgen-procs", type=int, default=1, help="load generator processes")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="controller setting, e.g. --set scheduler.schedule_ahead_ns=3000000 (repeatable)")
+    p.add_argument("--echo", action="store_true",
+                   help="no controller: a bare echo ROUTER answers (measures the generator alone)")
+    p.add_argument("--log-level", default="warning", help="daemons' log level")
+    p.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for the daemons")
+    p.add_argument("--keep", action="store_true", help="keep the daemons' state and log folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--profile", action="append", default=[], metavar="PROCESS",
+                   help="sample PROCESS (controller, worker-emu0, ...) with py-spy during the measured load; "
+                        "raw stacks and a top-functions table go to --out (repeatable)")
+    p.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
+    p.add_argument("--profile-gil", action="store_true",
+                   help="keep only samples holding the GIL (Python work; drops waits in syscalls and for a CPU)")
+
+
+# ----------------------------------------------------------------------------- the system
+
+
+@dataclass
+class System:
+    """Where the generator sends, how to check the daemons, what was uploaded."""
+
+    endpoint: str
+    check: Callable[[], None]  # raises when a daemon died
+    models: list[str]
+    inputs: dict[str, dict[str, np.ndarray]]
+    status: Callable[[], dict]  # the controller's STATUS ({} for the echo server)
+    action_log: Path | None  # the controller's action log file, when it writes one
+    pids: dict[str, int]  # process name -> pid (for a profiler)
+
+
+def scaled_profile(scale: float) -> dict:
+    base = bench_models.RESNET50_V100
+    return {"weights_bytes": base["weights_bytes"], "load_ms": round(base["load_ms"] * scale, 4),
+            "exec_ms": {k: round(v * scale, 4) for k, v in base["exec_ms"].items()}}
+
+
+def controller_supports(setting: str) -> bool:
+    """Whether this checkout's controller has a top-level setting (e.g. action_log_path)."""
+    return setting in {f.name for f in dataclasses.fields(ControllerConfig)}
+
+
+@contextlib.contextmanager
+def start_system(args: argparse.Namespace, run_dir: Path, say: Callable[[str], None],
+                 action_log: bool = True) -> Iterator[System]:
+    """The controller, workers and models of `args` (or an echo server); stopped on exit.
+    action_log: have the controller write its action log (when this controller can)."""
+    names = [f"resnet50-{i:0{len(str(max(args.models - 1, 0)))}d}" for i in range(args.models)]
+    profile = bench_models.profile_json(scaled_profile(args.exec_scale))
+    inputs = bench_models.sample_inputs("profile", profile)
+    by_model = {n: inputs for n in names}
+    if args.echo:
+        with _echo_server() as (endpoint, proc):
+            def check() -> None:
+                if not proc.is_alive():
+                    raise ProcessDied("echo", proc.exitcode or 0, "")
+            yield System(endpoint, check, names, by_model, dict, None, {"echo": proc.pid})
+        return
+    settings = list(args.settings)
+    log_path = None
+    if action_log and controller_supports(ACTION_LOG_SETTING) and \
+            not any(s.startswith(ACTION_LOG_SETTING + "=") for s in settings):
+        log_path = run_dir / "controller-actions.tsv"
+        settings.append(f"{ACTION_LOG_SETTING}={log_path}")
+    specs = [WorkerSpec(f"emu{w}", "emulated", devices=args.devices_per_worker, device_memory_mb=args.device_memory_mb)
+             for w in range(args.workers)]
+    say(f"starting a controller and {args.workers} emulated workers x {args.devices_per_worker} devices in {run_dir}")
+    with cluster(run_dir, specs, log_level=args.log_level, controller_settings=settings,
+                 ready_timeout_s=args.ready_timeout) as c:
+        with c.client(timeout_s=60.0) as admin:
+            started = time.monotonic()
+            for name in names:
+                admin.upload(profile, name, format="profile", replace=True)
+            say(f"uploaded {len(names)} emulated ResNet-50 models ({time.monotonic() - started:.1f} s)")
+            pids = {p.name: p.pid for p in c.group.procs}
+            yield System(c.client_endpoint, c.check, names, by_model, admin.status, log_path, pids)
+
+
+@contextlib.contextmanager
+def _echo_server() -> Iterator[tuple[str, multiprocessing.Process]]:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    mp = multiprocessing.get_context("spawn")
+    ready, stop = mp.Event(), mp.Event()
+    proc = mp.Process(target=serve_echo, args=(endpoint, ready, stop), name="echo", daemon=True)
+    proc.start()
+    try:
+        if not ready.wait(30):
+            raise NotReady("the echo server did not start")
+        yield endpoint, proc
+    finally:
+        stop.set()
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+
+
+# ----------------------------------------------------------------------------- workloads
+
+
+def make_schedule(kind: str, rate: float, num_models: int, duration_s: float, seed: int,
+                  zipf: float = 1.0) -> workload.Schedule:
+    if kind == "poisson":
+        return workload.poisson_schedule(workload.zipf_rates(rate, num_models, zipf), duration_s, seed)
+    if kind == "bursty":
+        # On half the time on average, at twice the rate: the same mean, in bursts.
+        rates = 2.0 * workload.zipf_rates(rate, num_models, zipf)
+        return workload.on_off_schedule(rates, duration_s, seed, on_s=2.0, off_s=2.0)
+    if kind == "azure":
+        shape = workload.AzureLike(zipf_exponent=zipf)
+        return workload.azure_like_schedule(rate, num_models, duration_s, seed, shape)
+    raise ValueError(f"unknown workload {kind!r}; choose one of {', '.join(WORKLOADS)}")
+
+
+def warm_up(system: System, args: argparse.Namespace, say: Callable[[str], None]) -> LoadResults | None:
+    """A light uniform load so every model is resident before the measured part."""
+    if args.warmup_s <= 0 or args.echo:
+        return None
+    rates = np.full(len(system.models), WARMUP_RATE_PER_MODEL)
+    schedule = workload.constant_schedule(rates, args.warmup_s)
+    say(f"warm-up: {rates_summary(schedule)}")
+    return run_open_loop(system.endpoint, schedule, system.models, args.slo_ms, system.inputs,
+                         on_tick=system.check, drain_timeout_s=args.slo_ms / 1000 + 2)
+
+
+def drive(system: System, schedule: workload.Schedule, args: argparse.Namespace, label: str,
+          quiet: bool = False) -> tuple[LoadResults, RunLog]:
+    """Play `schedule`; the request log comes back beside the LoadResults."""
+    log = RunLog()
+    progress = NullProgress() if quiet else Progress(schedule.duration_ns / 1e9, label=label)
+    with progress:
+        results = run_open_loop(system.endpoint, schedule, system.models, args.slo_ms, system.inputs, progress,
+                                on_tick=system.check, request_log=log, procs=args.loadgen_procs,
+                                drain_timeout_s=args.slo_ms / 1000 + 2)
+    return results, log
+
+
+def drive_closed(system: System, args: argparse.Namespace, quiet: bool = False
+                 ) -> tuple[LoadResults, RunLog, workload.Schedule]:
+    """Closed-loop clients (bench.workload.ClosedLoop) for --duration-s."""
+    clients = workload.ClosedLoop.clients_for(args.clients, len(system.models), args.seed, args.zipf)
+    closed = workload.ClosedLoop(clients, args.duration_s, args.seed, think_s=args.think_ms / 1000)
+    log = RunLog()
+    progress = NullProgress() if quiet else Progress(args.duration_s, label="run (closed loop)")
+    with progress:
+        results, schedule = run_closed_loop(system.endpoint, closed, system.models, args.slo_ms, system.inputs,
+                                            progress, on_tick=system.check, request_log=log,
+                                            drain_timeout_s=args.slo_ms / 1000 + 2)
+    return results, log, schedule
+
+
+def merge_action_log(log: RunLog, path: Path | None, start_ns: int) -> int:
+    """The controller's action log (and its rotated parts), times made relative to the run's
+    start (controller and generator share the host's monotonic clock). Rows sent before the
+    run started (uploads, warm-up) are left out. Returns rows merged."""
+    if path is None:
+        return 0
+    parts = sorted(path.parent.glob(path.name + ".*"), key=lambda p: -_rotation_index(p)) + [path]
+    raw = RunLog()
+    for part in parts:
+        if part.exists() and part.stat().st_size:
+            raw.read_actions_tsv(part, lenient=True)
+    if not raw.num_actions:
+        return 0
+    cols = dict(raw.actions())
+    keep = cols["sent_ns"] >= start_ns
+    out = {}
+    for name, values in cols.items():
+        if isinstance(values, np.ndarray):
+            values = values[keep]
+            if name in ("sent_ns", "begin_ns", "end_ns"):
+                values = np.where(values >= 0, values - start_ns, -1)
+            out[name] = values
+        else:
+            out[name] = [v for v, k in zip(values, keep.tolist()) if k]
+    log.add_actions(out)
+    return int(keep.sum())
+
+
+def _rotation_index(path: Path) -> int:
+    suffix = path.suffix.lstrip(".")
+    return int(suffix) if suffix.isdigit() else 0
+
+
+# ----------------------------------------------------------------------------- CPU accounting
+
+
+def cpu_seconds(pids: dict[str, int], threads: bool = True) -> dict[str, float]:
+    """user + system CPU seconds so far of each process and, as "NAME/THREAD", of its threads
+    grouped by thread name (Python threads are "python"; ZeroMQ's I/O thread "ZMQbg/IO/0").
+    Linux /proc; processes it cannot read are left out."""
+    import os
+
+    out = {}
+    for name, pid in {**pids, "loadgen": os.getpid()}.items():
+        total = _proc_cpu(Path(f"/proc/{pid}/stat"))
+        if total is None:
+            continue
+        out[name] = total
+        if not threads:
+            continue
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            used = _proc_cpu(task / "stat")
+            try:
+                comm = (task / "comm").read_text().strip()
+            except OSError:
+                continue
+            if used is not None:
+                key = f"{name}/{comm}"
+                out[key] = out.get(key, 0.0) + used
+    return out
+
+
+def _proc_cpu(stat: Path) -> float | None:
+    import os
+
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cpu_usage(before: dict[str, float], after: dict[str, float], wall_s: float, requests: int) -> dict:
+    """Per process: share of one core over the run and CPU microseconds per offered request."""
+    out = {}
+    for name, end in after.items():
+        if "/" in name and end - before.get(name, 0.0) < 0.005:
+            continue  # an idle helper thread (ZeroMQ's reaper): noise in the table
+        if name in before:
+            used = max(0.0, end - before[name])
+            out[name] = {"cpu_s": round(used, 3), "core_share": round(used / max(wall_s, 1e-9), 3),
+                         "cpu_us_per_request": round(1e6 * used / requests, 1) if requests else None}
+    return out
+
+
+def format_cpu(usage: dict) -> str:
+    rows = [(name, u["cpu_s"], f"{100 * u['core_share']:.0f}%", u["cpu_us_per_request"]) for name, u in usage.items()]
+    return format_table(rows, header=("process", "CPU s", "of one core", "CPU us/request"))
+
+
+# ----------------------------------------------------------------------------- profiling
+
+
+def py_spy_path() -> str:
+    beside = Path(sys.executable).parent / "py-spy"
+    found = str(beside) if beside.exists() else shutil.which("py-spy")
+    if not found:
+        raise RuntimeError("py-spy is not installed (pip install py-spy)")
+    return found
+
+
+@contextlib.contextmanager
+def profiled(system: System, names: Sequence[str], seconds: float, out_dir: Path, rate: int,
+             say: Callable[[str], None], gil: bool = False) -> Iterator[dict[str, Path]]:
+    """py-spy (non-blocking: the target is never paused) on each named process while the
+    block runs; yields {name: raw stacks file}, complete once the block has exited."""
+    import subprocess
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    procs, paths = [], {}
+    for name in names:
+        if name not in system.pids:
+            raise RuntimeError(f"no process named {name!r} to profile; choose from {', '.join(system.pids)}")
+        path = out_dir / f"profile-{name}.txt"
+        argv = [py_spy_path(), "record", "-p", str(system.pids[name]), "-d", str(max(1, int(math.ceil(seconds)))),
+                "-r", str(rate), "-f", "raw", "-o", str(path), "--nonblocking"] + (["--gil"] if gil else [])
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        paths[name] = path
+    try:
+        yield paths
+    finally:
+        for proc, name in zip(procs, paths):
+            try:
+                _, err = proc.communicate(timeout=seconds + 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            if proc.returncode:
+                say(f"py-spy on {name} failed: {err.decode(errors='replace').strip()[-300:]}")
+
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def profile_tables(raw_path: Path, top: int = 20) -> dict:
+    """Collapsed stacks -> where the samples went: by function's own time (leaf frame) and
+    inclusive time (anywhere on the stack), as (function, samples, % of samples)."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in raw_path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_short(f) for f in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + count
+
+    def rows(counts: dict[str, int]) -> list[tuple[str, int, float]]:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return [(f, n, round(100.0 * n / total, 1) if total else 0.0) for f, n in ranked]
+
+    return {"samples": total, "own": rows(own), "inclusive": rows(inclusive)}
+
+
+def _short(frame: str) -> str:
+    """"on_request (/work/main/controller/core.py:123)" -> "on_request (controller/core.py)"."""
+    m = _FRAME.match(frame.strip())
+    if not m:
+        return frame.strip()
+    path = m.group("file")
+    for marker in ("site-packages/", "/lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    else:
+        parts = Path(path).parts
+        path = "/".join(parts[-2:]) if len(parts) >= 2 else path
+    return f"{m.group('func')} ({path})"
+
+
+def format_profile(name: str, tables: dict, seconds: float, rate: int) -> str:
+    busy = 100.0 * tables["samples"] / max(1.0, seconds * rate)
+    head = (f"== py-spy: {name}, {tables['samples']} samples (~{busy:.0f}% of {seconds:g} s at {rate}/s "
+            "were on-CPU/non-idle) ==")
+    own = format_table(tables["own"], header=("own time: function", "samples", "%"))
+    inc = format_table(tables["inclusive"], header=("inclusive: function", "samples", "%"))
+    return "\n".join([head, own, "", inc])
+
+
+def describe(args: argparse.Namespace, rate: float) -> str:
+    if getattr(args, "workload", "") == "closed":
+        return (f"closed loop, {args.clients} clients, think {args.think_ms:g} ms, {args.models} models"
+                + ("" if args.echo else f", {args.workers}x{args.devices_per_worker} emulated devices"))
+    if args.echo:
+        return f"generator vs echo, {rate:g}/s"
+    return (f"{args.workload} {rate:g}/s, {args.models} models, {args.workers}x{args.devices_per_worker} "
+            f"emulated devices, SLO {args.slo_ms:g} ms")
+
+
+def setup_of(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("keep", "quiet")}
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def run(args: argparse.Namespace) -> int:
+    say = _say
+    run_dir = Path(tempfile.mkdtemp(prefix="clockwork-run-"))
+    out_dir = Path(args.out)
+    keep = args.keep
+    title = args.title or describe(args, args.rate)
+    closed = args.workload == "closed"
+    schedule = None if closed else make_schedule(args.workload, args.rate, args.models, args.duration_s, args.seed,
+                                                 args.zipf)
+    try:
+        with start_system(args, run_dir, say) as system:
+            warm_up(system, args, say)
+            if closed:
+                say(f"load: {args.clients} closed-loop clients, think {args.think_ms:g} ms, {args.duration_s:g} s, "
+                    f"SLO {args.slo_ms:g} ms")
+            else:
+                say(f"load: {rates_summary(schedule)} ({args.workload}), SLO {args.slo_ms:g} ms, "
+                    f"{args.loadgen_procs} generator process(es)")
+            cpu_before, wall_before = cpu_seconds(system.pids), time.monotonic()
+            with profiled(system, args.profile, args.duration_s, out_dir, args.profile_rate, say,
+                          args.profile_gil) as profiles:
+                if closed:
+                    results, log, schedule = drive_closed(system, args, args.quiet)
+                else:
+                    results, log = drive(system, schedule, args, "run", args.quiet)
+            cpu = cpu_usage(cpu_before, cpu_seconds(system.pids), time.monotonic() - wall_before, len(schedule))
+            system.check()
+            status = system.status()
+            action_log = system.action_log
+        merged = merge_action_log(log, action_log, results.start_ns)
+        counters = status.get("counters", {}) if isinstance(status.get("counters"), dict) else {}
+        extra = {"setup": setup_of(args), "controller_counters": counters,
+                 "prediction_counters": prediction_counters(counters),
+                 "generator": {"send_lag_ms": results.send_lag.summary_ms(), "stray_replies": results.stray_replies,
+                               "procs": args.loadgen_procs},
+                 "action_log_rows": merged, "cpu": cpu}
+        summary = write_run(out_dir, log, title, args.slo_ms, extra=extra)
+        print(format_run_summary(summary))
+        lag = results.send_lag.summary_ms()
+        print(f"\ngenerator send lag ms: p50 {lag['p50']:.3f}  p99 {lag['p99']:.3f}  max {lag['max']:.3f}")
+        print("\n" + format_cpu(cpu))
+        if action_log is None and not args.echo:
+            print(f"(no action log: this controller has no {ACTION_LOG_SETTING} setting)")
+        for name, path in profiles.items():
+            if path.exists():
+                text = format_profile(name, profile_tables(path), args.duration_s, args.profile_rate)
+                (out_dir / f"profile-{name}-top.txt").write_text(text + "\n")
+                print("\n" + text)
+        print(f"wrote the report to {out_dir}/")
+        return 0 if summary["ok"] else 1
+    except (ProcessDied, NotReady, ClockworkError, TimeoutError, RuntimeError) as exc:
+        keep = True
+        say(f"run failed: {exc}")
+        return 1
+    finally:
+        if keep:
+            say(f"state and logs kept in {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        _say("interrupted; every process the run started has been stopped")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""clockwork-bench capacity: the search logic with a fake judge, and tiny real searches."""
+
+import json
+import math
+
+import pytest
+
+from bench import capacity
+from bench.capacity import Step, search
+
+
+def fake_judge(threshold: float, seen: list):
+    def judge(rate: float) -> Step:
+        seen.append(rate)
+        ok = rate <= threshold
+        return Step(rate=rate, passed=ok, attainment=1.0 if ok else 0.9)
+    return judge
+
+
+def test_grows_then_bisects_to_the_threshold():
+    seen = []
+    result = search(fake_judge(7000, seen), start_rate=2000, growth=1.5, precision=0.05, max_steps=20)
+    assert seen[:5] == pytest.approx([2000, 3000, 4500, 6750, 10125])
+    lo, hi = result.bracket
+    assert lo == result.best_rate <= 7000 < hi
+    assert (hi - lo) / lo <= 0.05
+    assert [s.rate for s in result.steps] == seen
+    assert all(s.passed == (s.rate <= 7000) for s in result.steps)
+
+
+def test_steps_down_when_the_first_rate_fails():
+    seen = []
+    result = search(fake_judge(500, seen), start_rate=2000, growth=2, precision=0.1, max_steps=20)
+    assert seen[:3] == [2000, 1000, 500]
+    assert result.best_rate == 500 and result.bracket[0] == 500
+    assert 500 < result.bracket[1] <= 550  # bisected down from 1000 to within 10%
+
+
+def test_nothing_passes():
+    result = search(fake_judge(0, []), start_rate=100, growth=10, max_steps=5, min_rate=1)
+    assert result.best_rate == 0 and [s.rate for s in result.steps] == [100, 10, 1]
+
+
+def test_everything_passes_up_to_max_rate():
+    result = search(fake_judge(math.inf, []), start_rate=1000, max_rate=5000, growth=2, max_steps=10)
+    assert [s.rate for s in result.steps] == [1000, 2000, 4000, 5000]
+    assert result.best_rate == 5000 and result.bracket == (5000, math.inf)
+
+
+def test_max_steps_is_a_hard_limit():
+    seen = []
+    result = search(fake_judge(123_456, seen), start_rate=1, growth=1.1, max_steps=7)
+    assert len(seen) == len(result.steps) == 7
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        search(fake_judge(1, []), start_rate=0)
+    with pytest.raises(ValueError):
+        search(fake_judge(1, []), start_rate=1, growth=1.0)
+
+
+def test_step_verdict_from_a_run_summary():
+    summary = {"requests": 1000, "attainment": 0.9991, "offered_per_s": 500.0, "throughput_per_s": 499.0,
+               "goodput_per_s": 499.5, "latency_ms": {"p50": 3.0, "p99": 9.0, "p99.9": 20.0},
+               "by_status": {"OK": 999, "QUEUE_FULL": 1}}
+    step = capacity.step_from_summary(500, summary, 1.5, target=0.999)
+    assert step.passed and step.not_ok == {"QUEUE_FULL": 1} and step.p999_ms == 20.0
+    assert not capacity.step_from_summary(500, {**summary, "attainment": 0.998}, 1.5, 0.999).passed
+    empty = {**summary, "requests": 0, "attainment": None, "latency_ms": {}}
+    assert not capacity.step_from_summary(500, empty, 0.0, 0.999).passed
+
+
+def test_outputs(tmp_path):
+    result = search(fake_judge(3000, []), start_rate=1000, growth=2, max_steps=4)
+    args = capacity.parse_args(["--out", str(tmp_path)])
+    paths = capacity.write_outputs(tmp_path, result, args)
+    assert [p.name for p in paths] == ["capacity.json", "capacity.csv", "capacity.png"]
+    data = json.loads((tmp_path / "capacity.json").read_text())
+    assert data["best_rate_per_s"] == result.best_rate and len(data["steps"]) == 4
+    assert len((tmp_path / "capacity.csv").read_text().splitlines()) == 5
+    assert "attainment" in capacity.format_steps(result.steps)
+
+
+def test_tiny_search_against_the_echo_server(tmp_path, capsys):
+    code = capacity.main(["--echo", "--start-rate", "300", "--max-steps", "2", "--step-s", "0.5", "--pause-s", "0",
+                          "--quiet", "--out", str(tmp_path)])
+    assert code == 0
+    data = json.loads((tmp_path / "capacity.json").read_text())
+    assert [s["rate"] for s in data["steps"]] == [300, 450] and data["best_rate_per_s"] == 450
+    assert "capacity: 450 requests/s" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(120)
+def test_one_real_step(tmp_path):
+    code = capacity.main(["--workers", "1", "--devices-per-worker", "2", "--models", "2", "--warmup-s", "0.5",
+                          "--start-rate", "100", "--max-steps", "1", "--step-s", "1", "--pause-s", "0", "--quiet",
+                          "--step-reports", "--out", str(tmp_path)])
+    assert code == 0
+    data = json.loads((tmp_path / "capacity.json").read_text())
+    step = data["steps"][0]
+    assert step["passed"] and step["attainment"] >= 0.999 and data["best_rate_per_s"] == 100
+    assert step["controller_cpu"] is not None
+    assert (tmp_path / "steps" / "01-100" / "requests.tsv").exists()
