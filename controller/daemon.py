@@ -15,6 +15,7 @@ then WATCHDOG=1 from this loop (common/sdnotify.py).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import zmq
 
@@ -33,7 +34,7 @@ from controller.metrics import ControllerTelemetry
 from controller.registry import Registry
 
 BURST = 512  # messages taken from one socket before looking at the other and ticking
-MIN_POLL_MS = 0.2  # floor on the sleep, so a wake-up that changes nothing cannot spin hot
+MIN_POLL_MS = 1  # floor on the sleep, so a wake-up that changes nothing cannot spin hot
 MAX_POLL_MS = 100.0  # ceiling, so a stop request is noticed promptly
 
 
@@ -74,7 +75,9 @@ class ControllerDaemon:
         poller.register(self.workers, zmq.POLLIN)
         while not self.stopping:
             now = monotonic_ns()
-            wait_ms = min(MAX_POLL_MS, max(MIN_POLL_MS, (self.core.next_wakeup_ns(now) - now) / 1e6))
+            # Whole milliseconds (pyzmq truncates fractions, and poll(0) would spin): a timer
+            # a fraction of a millisecond late costs nothing, as planning runs 5 ms ahead.
+            wait_ms = min(MAX_POLL_MS, max(MIN_POLL_MS, math.ceil((self.core.next_wakeup_ns(now) - now) / 1e6)))
             ready = dict(poller.poll(wait_ms))
             if self.workers in ready:
                 self._drain(self.workers, self._on_worker)

@@ -122,7 +122,7 @@ def test_an_infeasible_deadline_is_refused_within_5_ms(system):
         sock.close(0)
 
 
-def test_several_samples_in_one_request_and_concurrent_requests_batch_together(system):
+def test_several_samples_per_request_and_concurrent_requests_each_get_their_own_rows(system):
     from client.aio import AsyncClient
     import asyncio
 
@@ -136,7 +136,32 @@ def test_several_samples_in_one_request_and_concurrent_requests_batch_together(s
     session = ort.InferenceSession(mlp_onnx(), providers=["CPUExecutionProvider"])
     for x, result in zip(xs, results):
         np.testing.assert_allclose(result.outputs["y"], session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
-    assert max(r.batch_size for r in results) > 2  # some requests shared an EXEC
+
+
+def test_requests_queued_behind_busy_devices_share_one_exec(system):
+    import asyncio
+    import json
+
+    from client.aio import AsyncClient
+
+    slow = json.dumps({"weights_bytes": 1_000_000, "load_ms": 1,
+                       "exec_ms": {"1": 40, "2": 41, "4": 42, "8": 43, "16": 44}}).encode()
+    with Client(system.client_endpoint) as admin:
+        admin.upload(slow, "batchy", format="profile")
+    x = {"data": np.zeros((1, 16), np.float32)}
+
+    async def scenario():
+        async with AsyncClient(system.client_endpoint) as c:
+            await c.infer("batchy", x, slo_ms=1000)  # loaded now
+            blockers = [asyncio.create_task(c.infer("batchy", x, slo_ms=1000)) for _ in range(2)]
+            await asyncio.sleep(0.01)  # both emulated devices are busy for 40 ms
+            queued = await asyncio.gather(*(c.infer("batchy", x, slo_ms=1000) for _ in range(8)))
+            await asyncio.gather(*blockers)
+            return queued
+
+    queued = asyncio.run(scenario())
+    assert max(r.batch_size for r in queued) >= 4  # they waited together, so they ran together
+    assert all(r.outputs["prob"].shape == (1, 10) for r in queued)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
