@@ -50,3 +50,36 @@ class SkewEstimator:
 
     def to_remote(self, local_ns: int) -> int:
         return local_ns + self.offset_ns
+
+
+class QueueDelay:
+    """How long each peer's messages waited on their way to us, from the peer's send stamps.
+
+    For one peer, received - sent = clock offset + transit + queueing. The offset is constant
+    and the bare transit nearly so, so the smallest recent value is offset + transit and the
+    excess over it is the time spent in queues (sockets, a loop that was behind). That works
+    across unsynchronised clocks. The minimum is kept over two rotating buckets of `window`
+    samples (O(1) per message). A peer whose stamps stop increasing (a restart, a clock that is
+    not monotonic) starts over.
+    """
+
+    def __init__(self, window: int = 64, max_peers: int = 4096):
+        self._window = window
+        self._max_peers = max_peers
+        self._peers: dict[bytes, list[int]] = {}  # peer -> [last_sent, count, cur_min, prev_min]
+
+    def waited_ns(self, peer: bytes, sent_ns: int, recv_ns: int) -> int:
+        delta = recv_ns - sent_ns
+        state = self._peers.get(peer)
+        if state is None or sent_ns <= state[0]:
+            if state is None and len(self._peers) >= self._max_peers:
+                self._peers.pop(next(iter(self._peers)))  # forget the oldest peer
+            self._peers[peer] = [sent_ns, 1, delta, delta]
+            return 0
+        state[0] = sent_ns
+        state[1] += 1
+        if state[1] > self._window:  # rotate: the oldest bucket's minimum ages out
+            state[1], state[3], state[2] = 1, state[2], delta
+        elif delta < state[2]:
+            state[2] = delta
+        return max(0, delta - min(state[2], state[3]))

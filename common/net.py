@@ -83,13 +83,18 @@ def recv_frames_from(sock: zmq.Socket, flags: int = 0) -> tuple[list[memoryview]
     return [f.buffer for f in frames], user
 
 
+_MORE = int(zmq.SNDMORE)
+
+
 def send_frames(sock: zmq.Socket, frames: list[Any], identity: bytes | None = None) -> bool:
     """Send without copying tensor frames; False when a ROUTER peer is gone (it is not an error
     for us: the peer disconnected, and its liveness is judged elsewhere)."""
-    if identity is not None:
-        frames = [identity, *frames]
     try:
-        sock.send_multipart(frames, copy=False)
+        if identity is not None:
+            sock.send(identity, _MORE, copy=False)
+        last = len(frames) - 1
+        for i, frame in enumerate(frames):  # send_multipart costs ~1.6 us more per message in enum handling
+            sock.send(frame, _MORE if i < last else 0, copy=False)
         return True
     except zmq.ZMQError as exc:
         if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):

@@ -39,6 +39,7 @@ from common.checks import BadMessage
 from common.config import SchedulerConfig
 from common.models import Signature, check_inputs
 from common.status import Status
+from common.tensors import Tensor
 from controller import placement
 from controller.batching import SCAN_LIMIT, Batch, grow, padded_size
 from controller.effects import ActionRecord, Effect, PrepareOn, ToClient, ToWorker, UploadFinished
@@ -154,6 +155,8 @@ class Core:
         for profile in model.profiles.values():
             sizes = set(profile.exec_ns) if sizes is None else sizes & set(profile.exec_ns)
         model.sizes = sorted(s for s in sizes or () if s <= model.signature.max_batch)
+        model.kinds = sorted({dev.kind for name in model.profiles if name in self.workers
+                              for dev in self.workers[name].devices.values()})
         model.weights_bytes = max((p.weights_bytes for p in model.profiles.values()), default=0)
 
     # ================================================================== the queue's bookkeeping
@@ -216,7 +219,10 @@ class Core:
 
     # ================================================================== requests
 
-    def on_request(self, client: bytes, request_id: int, msg: schema.Infer, now_ns: int) -> list[Effect]:
+    def on_request(self, client: bytes, request_id: int, msg: schema.Infer, now_ns: int,
+                   waited_ns: int = 0) -> list[Effect]:
+        """`waited_ns`: how long the request sat in queues before reaching us (the shell
+        estimates it from the client's send stamps); it comes out of the SLO budget."""
         if self._started_ns is None:
             self._started_ns = now_ns
         if (client, request_id) in self.requests:
@@ -225,7 +231,7 @@ class Core:
             self.counters["duplicates_absorbed"] += 1
             return []
         self.counters["requests_offered"] += 1
-        status, detail, req = self._admit(client, request_id, msg, now_ns)
+        status, detail, req = self._admit(client, request_id, msg, now_ns, waited_ns)
         if status is not Status.OK:
             self.counters[f"rejected_{status.name.lower()}"] += 1
             self._emit(ToClient(client, request_id, schema.InferReply(status=status, detail=detail)))
@@ -235,7 +241,7 @@ class Core:
         self._enqueue(self.models[req.model], req, now_ns)
         return self._take()
 
-    def _admit(self, client: bytes, request_id: int, msg: schema.Infer, now_ns: int):
+    def _admit(self, client: bytes, request_id: int, msg: schema.Infer, now_ns: int, waited_ns: int):
         model = self.models.get(msg.model)
         if model is None or model.removing:
             return Status.MODEL_NOT_FOUND, f"no model named {msg.model!r}", None
@@ -245,28 +251,36 @@ class Core:
             return exc.status, exc.detail, None
         if len(model.queue) >= self.cfg.max_queue_per_model:
             return Status.QUEUE_FULL, f"{len(model.queue)} requests already queued for {model.name!r}", None
+        budget = msg.slo_ns - waited_ns
+        if budget <= 0:
+            return (Status.WOULD_MISS_DEADLINE,
+                    f"it waited {waited_ns / 1e6:.2f} ms in queues before reaching the controller; "
+                    f"SLO is {msg.slo_ns / 1e6:.2f} ms", None)
+        received, deadline = now_ns - waited_ns, now_ns + budget
         if not model.sizes:
             if model.preparing or now_ns < self._started_ns + self.cfg.worker_timeout_ns:
                 # Workers are (re)joining or preparing it: wait for them, up to the deadline.
-                return Status.OK, "", Request(request_id, client, model.name, samples, msg.priority, now_ns,
-                                              now_ns + msg.slo_ns, msg.tensors, cold=True)
+                return Status.OK, "", Request(request_id, client, model.name, samples, msg.priority, received,
+                                              deadline, msg.tensors, cold=True)
             return Status.UNAVAILABLE, f"no connected worker has prepared {model.name!r} yet", None
         if samples > model.sizes[-1]:
             return Status.BAD_INPUT, f"{samples} samples exceed the largest batch size {model.sizes[-1]}", None
         best = self._best_case_ns(model, samples)
         if best is None:
             return Status.UNAVAILABLE, f"no live device can serve {model.name!r}", None
-        if best > msg.slo_ns:
+        if best > budget:
+            waited = f" after waiting {waited_ns / 1e6:.2f} ms in queues" if waited_ns > self.cfg.dispatch_ns else ""
             return (Status.WOULD_MISS_DEADLINE,
-                    f"needs at least {best / 1e6:.2f} ms even on an idle device; SLO is {msg.slo_ns / 1e6:.2f} ms", None)
+                    f"needs at least {best / 1e6:.2f} ms even on an idle device; {budget / 1e6:.2f} ms of its "
+                    f"{msg.slo_ns / 1e6:.2f} ms SLO are left{waited}", None)
         backlog = self._finish_behind_queue_ns(model, samples, now_ns)
-        if backlog is not None and backlog - now_ns > msg.slo_ns:
+        if backlog is not None and backlog > deadline:
             self.counters["rejected_for_backlog"] += 1
             return (Status.WOULD_MISS_DEADLINE,
                     f"the work queued ahead finishes {(backlog - now_ns) / 1e6:.2f} ms from now at the earliest; "
-                    f"SLO is {msg.slo_ns / 1e6:.2f} ms", None)
+                    f"{budget / 1e6:.2f} ms of its SLO are left", None)
         cold = not self._loaded_somewhere(model)
-        req = Request(request_id, client, model.name, samples, msg.priority, now_ns, now_ns + msg.slo_ns,
+        req = Request(request_id, client, model.name, samples, msg.priority, received, deadline,
                       msg.tensors, cold=cold)
         return Status.OK, "", req
 
@@ -696,9 +710,6 @@ class Core:
             if worker is not None and not worker.suspect:
                 yield from worker.devices.values()
 
-    def _kinds_for(self, model: Model) -> set[str]:
-        return {dev.kind for name in model.profiles if name in self.workers
-                for dev in self.workers[name].devices.values()}
 
     def _best_case_ns(self, model: Model, samples: int) -> int | None:
         """Shortest possible receive-to-finish time on an idle device (admission test)."""
@@ -706,7 +717,7 @@ class Core:
         loaded = self._loaded_somewhere(model) or any(
             dev.resident[model.name].state is Residency.LOADING for dev in model.replicas.values())
         best = None
-        for kind in self._kinds_for(model):
+        for kind in model.kinds:
             exec_ns = self.latency.exec_ns(model.name, size, kind)
             if exec_ns is None:
                 continue
@@ -755,7 +766,7 @@ class Core:
                 finish = self._replica_start_ns(dev, model, now_ns) + exec_ns
                 soonest = finish if soonest is None else min(soonest, finish)
         if soonest is None:  # no replica: a LOAD first, on whichever kind is fastest
-            for kind in self._kinds_for(model):
+            for kind in model.kinds:
                 exec_ns = self.latency.exec_ns(model.name, size, kind)
                 if exec_ns is not None:
                     finish = now_ns + self.cfg.dispatch_ns + (self.latency.load_ns(model.name, kind) or 0) + exec_ns
@@ -833,10 +844,8 @@ class Core:
                 raise InvariantViolation(f"{model.name}: unplaced set out of date")
 
 
-def _rows(tensor, offset: int, count: int):
+def _rows(tensor: Tensor, offset: int, count: int) -> Tensor:
     """Rows [offset, offset+count) of an output tensor, without copying."""
-    from common.tensors import Tensor
-
     if not tensor.shape or tensor.shape[0] < offset + count:
         raise ValueError(f"output {tensor.name!r} has shape {list(tensor.shape)}")
     row = tensor.nbytes // tensor.shape[0] if tensor.shape[0] else 0

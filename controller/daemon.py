@@ -21,7 +21,7 @@ import zmq
 
 from common import schema, security
 from common.checks import BadMessage
-from common.clock import monotonic_ns
+from common.clock import QueueDelay, monotonic_ns
 from common.codec import decode, peek_header
 from common.config import ControllerConfig
 from common.models import signature_of
@@ -59,6 +59,7 @@ class ControllerDaemon:
         for record in self.registry.all():
             self.core.add_model(record.name, record.format, record.signature)
         self.ids = IdSource()
+        self.queue_delay = QueueDelay()  # time each client's requests spent in queues before us
         self.stopping = False
         self._status_line = "starting"
         self.log.info("controller ready", clients=config.client_endpoint, workers=config.worker_endpoint,
@@ -130,7 +131,8 @@ class ControllerDaemon:
         body, now = env.body, monotonic_ns()
         if isinstance(body, schema.Infer):
             self.telemetry.on_request(client, env.msg_id, body, body.model in self.core.models)
-            self._perform(self.core.on_request(client, env.msg_id, body, now))
+            waited = self.queue_delay.waited_ns(client, env.sent_ns, now)
+            self._perform(self.core.on_request(client, env.msg_id, body, now, waited))
         elif isinstance(body, (schema.Upload, schema.Remove)) and self.keys and not self.keys.is_admin(user):
             self.log.warning("refused a non-admin key", type=body.TYPE.value, key=user)
             self._reply(client, env.msg_id, Status.FORBIDDEN, "only admin keys may upload or remove models")

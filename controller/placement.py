@@ -2,7 +2,8 @@
 (pure functions over the controller's state).
 
 Rules: only idle models (LOADED, nothing in flight) are evicted, least recently used first;
-a device that needs no eviction is preferred, then the one whose LOAD lane frees first. A
+a device that needs no eviction is preferred, then the one idle soonest and holding the fewest
+models. A
 model wants another replica when draining its queue on the replicas it has, at the throughput of
 its largest batch size, would take more than a fraction of its most urgent request's remaining
 budget: the replica is then ready before demand outgrows the ones there are.
@@ -41,7 +42,10 @@ def load_target(model: Model, weights_bytes: int, devices: Iterable[Device], now
         pages = pages_for(weights_bytes, dev.page_bytes)
         if pages > dev.capacity_pages:
             continue
-        key = (pages > dev.free_pages(), dev.load_lane.free_at(now_ns), dev.exec_lane.free_at(now_ns), dev.key)
+        # No eviction first; then the device that will be idle soonest and holds the fewest
+        # models, so work spreads over workers instead of piling onto the first one listed.
+        key = (pages > dev.free_pages(), dev.exec_lane.free_at(now_ns), len(dev.resident),
+               dev.load_lane.free_at(now_ns), dev.key)
         if best_key is None or key < best_key:
             best, best_key = (dev, pages), key
     if best is None:

@@ -50,6 +50,7 @@ class Model:
     replicas: dict[str, "Device"] = field(default_factory=dict)  # device key -> device holding it
     sizes: list[int] = field(default_factory=list)  # batch sizes every preparing worker profiled
     preparing: set[str] = field(default_factory=set)  # workers sent PREPARE, not answered yet
+    kinds: list[str] = field(default_factory=list)  # device kinds of the workers that prepared it
     weights_bytes: int = 0  # device memory one replica takes (from the profiles)
 
 

@@ -100,3 +100,25 @@ def test_profile_weights_may_be_written_as_a_whole_float_but_not_infinity():
     for bad in (b"1e999", b"NaN", b"1.5"):
         with pytest.raises(BadMessage):
             parse_profile(b'{"weights_bytes": ' + bad + b', "load_ms": 1, "exec_ms": {"1": 1}}')
+
+
+def test_queue_delay_sees_waiting_across_an_unknown_clock_offset():
+    from common.clock import QueueDelay
+
+    q = QueueDelay(window=4)
+    offset = 7_000_000_000  # the peer's clock is far from ours: it cancels out
+    assert q.waited_ns(b"a", 1_000, 1_000 + offset + 50) == 0  # first message: nothing known
+    assert q.waited_ns(b"a", 2_000, 2_000 + offset + 50) == 0
+    assert q.waited_ns(b"a", 3_000, 3_000 + offset + 50 + 30_000) == 30_000  # sat 30 us in a queue
+    assert q.waited_ns(b"b", 3_000, 3_000 + 10) == 0  # peers are independent
+    assert q.waited_ns(b"a", 2_500, 2_500 + offset + 900) == 0  # stamps went backwards: start over
+
+
+def test_queue_delay_forgets_old_minimums():
+    from common.clock import QueueDelay
+
+    q = QueueDelay(window=2)
+    q.waited_ns(b"a", 1, 1 + 100)
+    for i in range(2, 7):  # transit slows to 500 for good: after two buckets 500 is the new floor
+        last = q.waited_ns(b"a", i, i + 500)
+    assert last == 0

@@ -6,6 +6,8 @@ import pathlib
 import re
 
 
+import numpy as np
+
 from common import schema
 from common.status import Status
 from controller.effects import PrepareOn
@@ -413,3 +415,19 @@ def test_a_worker_that_lost_a_result_gets_no_work_until_heard_from():
     assert all(e.worker != silent for e in sent(effects, schema.Exec) + sent(effects, schema.Load))
     core.on_heartbeat(silent, 2, t, True, t + MS)
     assert not core.workers[silent].suspect
+
+
+def test_time_spent_in_queues_before_the_controller_comes_out_of_the_budget():
+    core = ready_core()
+    t = warm(core)
+    x = np.zeros((1, 4), np.float32)
+    from common.tensors import Tensor
+
+    msg = schema.Infer(model="m", slo_ns=10 * MS, tensors=(Tensor.from_array("x", x),))
+    gone = replies(core.on_request(b"c", 1, msg, t, waited_ns=11 * MS))[0].body
+    assert gone.status is Status.WOULD_MISS_DEADLINE and "waited 11.00 ms" in gone.detail
+    tight = replies(core.on_request(b"c", 2, msg, t, waited_ns=8 * MS))[0].body  # 2 ms left < 3 ms needed
+    assert tight.status is Status.WOULD_MISS_DEADLINE and "left" in tight.detail
+    assert not core.on_request(b"c", 3, msg, t, waited_ns=2 * MS)
+    req = core.requests[(b"c", 3)]
+    assert (req.received_ns, req.deadline_ns) == (t - 2 * MS, t + 8 * MS)
