@@ -90,10 +90,28 @@ class AsyncClient:
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, *,
                     slo_ms: float | None = None, deadline: float | None = None, priority: int = 0) -> InferResult:
         """See `Client.infer`."""
+        return await self.submit(model, inputs, slo_ms=slo_ms, deadline=deadline, priority=priority)
+
+    def submit(self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, *,
+               slo_ms: float | None = None, deadline: float | None = None, priority: int = 0) -> "PendingInfer":
+        """Start an infer and return at once a handle: `await handle` for the InferResult,
+        `await handle.cancel()` to withdraw it while it is still queued (True when the controller
+        confirms; the handle then raises RequestError(CANCELLED))."""
         deadline_ns = protocol.deadline_ns(slo_ms, deadline, time.monotonic_ns())
-        if self._core.needs_signature(model, inputs):
-            await self._fetch_signatures(model, deadline_ns)
-        return await self._call(self._core.infer(model, inputs, deadline_ns, time.monotonic_ns(), priority))
+        request_id = self._core.next_id()
+
+        async def run() -> InferResult:
+            if self._core.needs_signature(model, inputs):
+                await self._fetch_signatures(model, deadline_ns)
+            call = self._core.infer(model, inputs, deadline_ns, time.monotonic_ns(), priority)
+            return await self._call(call, request_id)
+
+        return PendingInfer(self, request_id, asyncio.ensure_future(run()))
+
+    async def cancel(self, request_id: int) -> bool:
+        """Ask the controller to drop a queued request; True if it was still queued (it is then
+        answered CANCELLED), False if it was already executing or done."""
+        return await self._call(self._core.cancel(request_id, time.monotonic_ns()))
 
     async def _fetch_signatures(self, model: str, deadline_ns: int) -> None:
         """One LIST in flight for every infer that needs a model's input names, each waiting at
@@ -127,11 +145,11 @@ class AsyncClient:
 
     # ------------------------------------------------------------------ I/O
 
-    async def _call(self, call: Call[T]) -> T:
+    async def _call(self, call: Call[T], msg_id: int | None = None) -> T:
         if self._closed:
             raise ClientClosed()
         self._start_reader()
-        msg_id = self._core.next_id()
+        msg_id = self._core.next_id() if msg_id is None else msg_id
         future = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = future
         sent = False
@@ -220,3 +238,18 @@ class AsyncClient:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(make_error())  # one instance each: tracebacks are per raise
+
+
+class PendingInfer:
+    """An infer in flight (from `AsyncClient.submit`): await it for the result."""
+
+    def __init__(self, client: AsyncClient, request_id: int, task: asyncio.Future):
+        self.request_id = request_id
+        self._client = client
+        self._task = task
+
+    def __await__(self):
+        return self._task.__await__()
+
+    async def cancel(self) -> bool:
+        return await self._client.cancel(self.request_id)

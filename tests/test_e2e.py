@@ -115,7 +115,7 @@ def test_an_infeasible_deadline_is_refused_within_5_ms(system):
             assert sock.poll(5000), "no answer"
             reply = decode(recv_frames(sock)).body
             timings.append(time.perf_counter() - start)
-            assert reply.status is Status.WOULD_MISS_DEADLINE and "idle device" in reply.detail
+            assert reply.status is Status.WOULD_MISS_DEADLINE and "SLO is 1.00 ms" in reply.detail
             assert reply.total_ns < 5_000_000
         assert min(timings) < 0.005
     finally:
@@ -237,3 +237,34 @@ def test_a_request_in_flight_when_the_controller_dies_is_retried_and_answered(tm
         caller.join(timeout=30)
         assert "error" not in outcome, outcome.get("error")
         assert outcome["result"].outputs["prob"].shape == (1, 10)
+
+
+def test_a_queued_request_can_be_cancelled_and_the_cancel_is_acknowledged(system):
+    import asyncio
+    import json
+
+    from client.aio import AsyncClient
+    from client.errors import RequestError
+
+    slow = json.dumps({"weights_bytes": 1_000_000, "load_ms": 1, "exec_ms": {"1": 300}}).encode()
+    with Client(system.client_endpoint) as admin:
+        admin.upload(slow, "cancellable", format="profile")
+    x = {"data": np.zeros((1, 16), np.float32)}
+
+    async def scenario():
+        async with AsyncClient(system.client_endpoint) as c:
+            await c.infer("cancellable", x, slo_ms=5000)  # loaded
+            busy = [c.submit("cancellable", x, slo_ms=5000) for _ in range(2)]  # both devices busy 300 ms
+            await asyncio.sleep(0.05)
+            queued = c.submit("cancellable", x, slo_ms=5000)
+            await asyncio.sleep(0.05)
+            acknowledged = await queued.cancel()
+            with pytest.raises(RequestError) as info:
+                await queued
+            late = await busy[0].cancel()  # already executing: not cancelled, and it completes
+            results = [await b for b in busy]
+            return acknowledged, info.value.status, late, results
+
+    acknowledged, status, late, results = asyncio.run(scenario())
+    assert acknowledged and status is Status.CANCELLED
+    assert late is False and all(r.outputs["prob"].shape == (1, 10) for r in results)
