@@ -309,6 +309,19 @@ def _proc_cpu(stat: Path) -> float | None:
         return None
 
 
+def peak_rss_mib(pids: dict[str, int]) -> dict[str, float]:
+    """Each process's peak resident memory so far (VmHWM), in MiB; unreadable ones left out."""
+    out = {}
+    for name, pid in pids.items():
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    out[name] = int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return out
+
+
 def cpu_usage(before: dict[str, float], after: dict[str, float], wall_s: float, requests: int) -> dict:
     """Per process: share of one core over the run and CPU microseconds per offered request."""
     out = {}
@@ -463,6 +476,7 @@ def run(args: argparse.Namespace) -> int:
                 else:
                     results, log = drive(system, schedule, args, "run", args.quiet)
             cpu = cpu_usage(cpu_before, cpu_seconds(system.pids), time.monotonic() - wall_before, len(schedule))
+            peak_rss = peak_rss_mib(system.pids)
             system.check()
             status = system.status()
             action_log = system.action_log
@@ -472,12 +486,13 @@ def run(args: argparse.Namespace) -> int:
                  "prediction_counters": prediction_counters(counters),
                  "generator": {"send_lag_ms": results.send_lag.summary_ms(), "stray_replies": results.stray_replies,
                                "procs": args.loadgen_procs},
-                 "action_log_rows": merged, "cpu": cpu}
+                 "action_log_rows": merged, "cpu": cpu, "peak_rss_mib": peak_rss}
         summary = write_run(out_dir, log, title, args.slo_ms, extra=extra)
         print(format_run_summary(summary))
         lag = results.send_lag.summary_ms()
         print(f"\ngenerator send lag ms: p50 {lag['p50']:.3f}  p99 {lag['p99']:.3f}  max {lag['max']:.3f}")
         print("\n" + format_cpu(cpu))
+        print("peak memory (RSS, MiB): " + ", ".join(f"{name} {mib:.0f}" for name, mib in peak_rss.items()))
         if action_log is None and not args.echo:
             print(f"(no action log: this controller has no {ACTION_LOG_SETTING} setting)")
         for name, path in profiles.items():

@@ -58,15 +58,16 @@ class QueueDelay:
     For one peer, received - sent = clock offset + transit + queueing. The offset is constant
     and the bare transit nearly so, so the smallest recent value is offset + transit and the
     excess over it is the time spent in queues (sockets, a loop that was behind). That works
-    across unsynchronised clocks. The minimum is kept over two rotating buckets of `window`
-    samples (O(1) per message). A peer whose stamps stop increasing (a restart, a clock that is
-    not monotonic) starts over.
+    across unsynchronised clocks. The minimum is kept over two rotating buckets of `window_ns`
+    each (O(1) per message), long enough that a loop behind for a while cannot make its own
+    delay the new floor. A peer whose stamps stop increasing (a restart, a clock that is not
+    monotonic) starts over.
     """
 
-    def __init__(self, window: int = 64, max_peers: int = 4096):
-        self._window = window
+    def __init__(self, window_ns: int = 2_000_000_000, max_peers: int = 4096):
+        self._window_ns = window_ns
         self._max_peers = max_peers
-        self._peers: dict[bytes, list[int]] = {}  # peer -> [last_sent, count, cur_min, prev_min]
+        self._peers: dict[bytes, list[int]] = {}  # peer -> [last_sent, bucket_start, cur_min, prev_min]
 
     def waited_ns(self, peer: bytes, sent_ns: int, recv_ns: int) -> int:
         delta = recv_ns - sent_ns
@@ -74,12 +75,11 @@ class QueueDelay:
         if state is None or sent_ns <= state[0]:
             if state is None and len(self._peers) >= self._max_peers:
                 self._peers.pop(next(iter(self._peers)))  # forget the oldest peer
-            self._peers[peer] = [sent_ns, 1, delta, delta]
+            self._peers[peer] = [sent_ns, recv_ns, delta, delta]
             return 0
         state[0] = sent_ns
-        state[1] += 1
-        if state[1] > self._window:  # rotate: the oldest bucket's minimum ages out
-            state[1], state[3], state[2] = 1, state[2], delta
+        if recv_ns - state[1] > self._window_ns:  # rotate: the older bucket's minimum ages out
+            state[1], state[3], state[2] = recv_ns, state[2], delta
         elif delta < state[2]:
             state[2] = delta
         return max(0, delta - min(state[2], state[3]))

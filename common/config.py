@@ -36,8 +36,11 @@ class SchedulerConfig:
     latency_window: int = 32
     # Batch sizes the worker profiles and the planner may use (others are padded up).
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
-    # Allowance for the hop from the controller to a lane starting an action.
+    # Allowance for the hop from the controller to a lane starting an action: the floor; the
+    # core adds how late lanes have recently started (p99), up to max_dispatch_ns, so a host
+    # short of CPU is planned further ahead instead of dropping actions as TOO_LATE.
     dispatch_ns: int = 1 * MS
+    max_dispatch_ns: int = 20 * MS
     # Requests waiting per model before new ones get QUEUE_FULL: bounds memory under overload.
     max_queue_per_model: int = 4096
     # LOADs in flight per device (one copy lane; a second queued one hides no latency).

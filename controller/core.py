@@ -49,6 +49,7 @@ from controller.state import Action, Device, Model, PendingUpload, Profile, Requ
 
 UPLOAD_WAIT_NS = 120 * 1_000_000_000  # answer an upload by then even if a worker is silent
 UNLOAD_WINDOW_NS = 60 * 1_000_000_000  # an UNLOAD is never too late to be useful
+DISPATCH_REFRESH_NS = 100_000_000  # how often the dispatch allowance follows the measured lateness
 UNLOAD_RETRY_NS = 5_000_000  # an UNLOAD refused BUSY (the model was executing) is retried after this
 
 
@@ -72,6 +73,10 @@ class Core:
         self._due: list[tuple[int, int, str, Device]] = []  # (plan at, version, key, device)
         self._give_ups: list[tuple[int, int]] = []  # (give up at, action id), lazily cleaned
         self._next_housekeeping_ns = 0
+        # The allowance from sending an EXEC to its lane starting it: the configured floor plus
+        # how late lanes have recently started (p99), so a busy host plans further ahead.
+        self.dispatch_ns = config.dispatch_ns
+        self._next_dispatch_refresh_ns = 0
         self._started_ns: int | None = None  # first event seen: workers get a timeout's grace to (re)join
         self._ids = itertools.count(1)
         self._out: list[Effect] = []
@@ -452,7 +457,7 @@ class Core:
         if msg.status is Status.OK:
             self.latency.observe_exec(action.model, action.batch_size, action.device.kind, msg.duration_ns,
                                       action.expected_ns)
-            self.latency.observe_hops(action.sent_ns, msg.begin_ns, msg.end_ns, now_ns)
+            self.latency.observe_hops(action.sent_ns, action.planned_start_ns, msg.begin_ns, msg.end_ns, now_ns)
             action.device.exec_busy_ns += msg.duration_ns
             if msg.sm_clock_mhz:
                 action.device.sm_clock_mhz = msg.sm_clock_mhz
@@ -515,6 +520,10 @@ class Core:
 
     def _housekeeping(self, now_ns: int) -> None:
         self._next_housekeeping_ns = now_ns + self.cfg.housekeeping_ns
+        if now_ns >= self._next_dispatch_refresh_ns:
+            self._next_dispatch_refresh_ns = now_ns + DISPATCH_REFRESH_NS
+            late = self.latency.start_lateness_ns(self.cfg.latency_percentile)
+            self.dispatch_ns = min(self.cfg.dispatch_ns + late, self.cfg.max_dispatch_ns)
         self._expire_workers(now_ns)
         self._expire_actions(now_ns)
         self._expire_uploads(now_ns)
@@ -542,8 +551,8 @@ class Core:
             self.counters[f"{action.kind}_results_lost"] += 1
             dev = action.device
             worker = self.workers.get(dev.worker)
-            if worker is not None and action.kind != "unload":
-                worker.suspect = True
+            if worker is not None and action.kind != "unload" and worker.last_seen_ns <= action.sent_ns:
+                worker.suspect = True  # silent since we sent it: probably frozen or cut off
             if action.kind == "exec":
                 dev.exec_lane.cancel(action.action_id)
                 self._exec_ended(action)
@@ -582,7 +591,7 @@ class Core:
                 free = dev.exec_lane.free_at(now_ns)
                 if free > horizon:
                     break
-                start = max(free, now_ns + self.cfg.dispatch_ns)
+                start = max(free, now_ns + self.dispatch_ns)
                 batch = self._choose_batch(dev, start)
                 if batch is None:
                     break  # nothing runnable now; a request, load or result books it again
@@ -623,8 +632,8 @@ class Core:
         earliest = max(now_ns, start_ns - self.cfg.schedule_ahead_ns)
         tensors = tuple(t for req in batch.requests for t in req.tensors)  # chunks, forwarded as-is
         self._track(Action(action_id, "exec", dev, batch.model, batch.exec_ns, now_ns,
-                           batch.latest_start_ns + batch.exec_ns + self.cfg.result_grace_ns,
-                           list(batch.requests), batch.batch_size))
+                           batch.latest_start_ns + batch.exec_ns + self.dispatch_ns + self.cfg.result_grace_ns,
+                           list(batch.requests), batch.batch_size, start_ns))
         self.counters["execs_sent"] += 1
         self._emit(ToWorker(dev.worker, action_id, schema.Exec(
             device_id=dev.device_id, model_id=batch.model, batch_size=batch.batch_size,
@@ -650,7 +659,7 @@ class Core:
         for name in list(self.pending):
             model = self.models[name]
             if model.replicas and placement.wants_replica(
-                    model, now_ns, self.cfg.dispatch_ns, lambda dev, size: self.latency.exec_ns(name, size, dev.kind),
+                    model, now_ns, self.dispatch_ns, lambda dev, size: self.latency.exec_ns(name, size, dev.kind),
                     self.cfg.replicate_backlog_fraction):
                 if self._load_somewhere(model, now_ns):
                     self.counters["replicas_added"] += 1
@@ -722,7 +731,7 @@ class Core:
             if exec_ns is None:
                 continue
             load = 0 if loaded else (self.latency.load_ns(model.name, kind) or 0)
-            total = self.cfg.dispatch_ns + load + exec_ns
+            total = self.dispatch_ns + load + exec_ns
             best = total if best is None else min(best, total)
         return best
 
@@ -748,7 +757,7 @@ class Core:
 
     def _replica_start_ns(self, dev: Device, model: Model, now_ns: int) -> int:
         """The earliest an EXEC of `model` could start on `dev`, which holds or is loading it."""
-        start = max(now_ns + self.cfg.dispatch_ns, dev.exec_lane.free_at(now_ns))
+        start = max(now_ns + self.dispatch_ns, dev.exec_lane.free_at(now_ns))
         if dev.resident[model.name].state is Residency.LOADING:
             start = max(start, dev.load_lane.free_at(now_ns))
         return start
@@ -769,7 +778,7 @@ class Core:
             for kind in model.kinds:
                 exec_ns = self.latency.exec_ns(model.name, size, kind)
                 if exec_ns is not None:
-                    finish = now_ns + self.cfg.dispatch_ns + (self.latency.load_ns(model.name, kind) or 0) + exec_ns
+                    finish = now_ns + self.dispatch_ns + (self.latency.load_ns(model.name, kind) or 0) + exec_ns
                     soonest = finish if soonest is None else min(soonest, finish)
         return soonest
 

@@ -47,6 +47,8 @@ class LatencyModel:
         # Controller send -> lane start, and lane end -> result received: what `dispatch_ns` must cover.
         self.dispatch_delays: deque[int] = deque(maxlen=error_window)
         self.return_delays: deque[int] = deque(maxlen=error_window)
+        # How much later than planned lanes started EXECs: what the dispatch allowance must add.
+        self.start_lateness: deque[int] = deque(maxlen=1000)
 
     def _get(self, table: dict, key) -> _Window:
         win = table.get(key)
@@ -71,9 +73,15 @@ class LatencyModel:
         if predicted_ns:
             self.exec_errors.append(predicted_ns - measured_ns)
 
-    def observe_hops(self, sent_ns: int, begin_ns: int, end_ns: int, received_ns: int) -> None:
+    def observe_hops(self, sent_ns: int, planned_start_ns: int, begin_ns: int, end_ns: int, received_ns: int) -> None:
         self.dispatch_delays.append(begin_ns - sent_ns)
         self.return_delays.append(received_ns - end_ns)
+        self.start_lateness.append(max(0, begin_ns - planned_start_ns))
+
+    def start_lateness_ns(self, percentile: float) -> int:
+        if not self.start_lateness:
+            return 0
+        return int(np.percentile(np.fromiter(self.start_lateness, dtype=np.int64), percentile))
 
     def observe_load(self, model: str, kind: str, measured_ns: int, predicted_ns: int) -> None:
         self._get(self._load, (model, kind)).add(measured_ns)

@@ -112,6 +112,7 @@ class Action:
     give_up_ns: int  # no result by then: the action is taken as lost (its window plus a grace)
     requests: list[Request] = field(default_factory=list)
     batch_size: int = 0
+    planned_start_ns: int = 0  # EXEC: when the timeline expected the lane to start it
 
 
 @dataclass(eq=False)

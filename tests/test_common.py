@@ -105,7 +105,7 @@ def test_profile_weights_may_be_written_as_a_whole_float_but_not_infinity():
 def test_queue_delay_sees_waiting_across_an_unknown_clock_offset():
     from common.clock import QueueDelay
 
-    q = QueueDelay(window=4)
+    q = QueueDelay()
     offset = 7_000_000_000  # the peer's clock is far from ours: it cancels out
     assert q.waited_ns(b"a", 1_000, 1_000 + offset + 50) == 0  # first message: nothing known
     assert q.waited_ns(b"a", 2_000, 2_000 + offset + 50) == 0
@@ -117,8 +117,9 @@ def test_queue_delay_sees_waiting_across_an_unknown_clock_offset():
 def test_queue_delay_forgets_old_minimums():
     from common.clock import QueueDelay
 
-    q = QueueDelay(window=2)
+    q = QueueDelay(window_ns=1000)
     q.waited_ns(b"a", 1, 1 + 100)
-    for i in range(2, 7):  # transit slows to 500 for good: after two buckets 500 is the new floor
-        last = q.waited_ns(b"a", i, i + 500)
+    assert q.waited_ns(b"a", 2, 2 + 500) == 400  # within the window: the 100 is still the floor
+    for t in range(600, 3000, 600):  # transit slows to 500 for good: two windows on, 500 is the floor
+        last = q.waited_ns(b"a", t, t + 500)
     assert last == 0

@@ -357,11 +357,11 @@ def test_a_result_that_never_comes_does_not_strand_the_batch():
     t = warm(core)
     infer(core, 1, now=t, slo_ms=500)
     lost = sent(core.tick(t), schema.Exec)[0]
-    late = lost.body.latest_ns + lost.body.expected_ns + core.cfg.result_grace_ns + 1
+    late = lost.body.latest_ns + lost.body.expected_ns + core.dispatch_ns + core.cfg.result_grace_ns + 1
     answers = replies(step(core, core.tick(late), late))
     assert core.counters["exec_results_lost"] == 1
     assert [(a.request_id, a.body.status) for a in answers] == [(1, Status.DEADLINE_MISSED)]
-    assert late - (t + 500 * MS) <= core.cfg.result_grace_ns + core.cfg.housekeeping_ns  # within the grace
+    assert late - (t + 500 * MS) <= core.dispatch_ns + core.cfg.result_grace_ns + core.cfg.housekeeping_ns
     assert not result_for(core, lost, late + 4 * MS)  # the straggler is ignored
     infer(core, 2, now=late, slo_ms=100)  # and the lane is free for new work
     assert sent(core.tick(late), schema.Exec)
@@ -406,7 +406,7 @@ def test_a_worker_that_lost_a_result_gets_no_work_until_heard_from():
     t = LOAD_NS
     ex = sent(result_for(core, load, t) + core.tick(t), schema.Exec)[0]
     silent = ex.worker
-    t = ex.body.latest_ns + ex.body.expected_ns + core.cfg.result_grace_ns + 2 * MS
+    t = ex.body.latest_ns + ex.body.expected_ns + core.dispatch_ns + core.cfg.result_grace_ns + 2 * MS
     core.on_heartbeat("w1" if silent == "w2" else "w2", 1, t, True, t)
     core.tick(t)  # the result is overdue: the worker is suspect
     assert core.workers[silent].suspect
@@ -431,3 +431,27 @@ def test_time_spent_in_queues_before_the_controller_comes_out_of_the_budget():
     assert not core.on_request(b"c", 3, msg, t, waited_ns=2 * MS)
     req = core.requests[(b"c", 3)]
     assert (req.received_ns, req.deadline_ns) == (t - 2 * MS, t + 8 * MS)
+
+
+def test_the_dispatch_allowance_follows_how_late_lanes_really_start():
+    core = ready_core()
+    t = warm(core)
+    for i in range(50):  # the host is busy: every EXEC starts 6 ms after the planned start
+        infer(core, 100 + i, now=t, slo_ms=100)
+        ex = sent(core.tick(t), schema.Exec)[0]
+        planned = core.actions[ex.msg_id].planned_start_ns
+        msg = schema.Result(action="exec", status=Status.OK, device_id=0, model_id="m", begin_ns=planned + 6 * MS,
+                            end_ns=planned + 8 * MS, duration_ns=2 * MS, batch_size=1,
+                            tensors=(result_tensor(1),))
+        core.on_result("w1", ex.msg_id, msg, planned + 9 * MS)
+        t = planned + 9 * MS
+    core.tick(t + 200 * MS)
+    assert core.dispatch_ns == core.cfg.dispatch_ns + 6 * MS
+    infer(core, 1, now=t + 200 * MS, slo_ms=8)  # 2 ms exec + 7 ms allowance no longer fits 8 ms
+    assert replies(core.tick(t + 200 * MS)) == [] and core.counters["rejected_would_miss_deadline"] == 1
+
+
+def result_tensor(rows: int):
+    from common.tensors import Tensor
+
+    return Tensor.from_array("y", np.zeros((rows, 2), np.float32))
