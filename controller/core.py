@@ -209,6 +209,12 @@ class Core:
             if name in self.pending and not model.replicas:
                 self.unplaced[name] = None
 
+    def _ahead_ns(self) -> int:
+        """How far ahead of a lane freeing up its next EXEC is sent: the configured horizon plus
+        the lateness learned into the dispatch allowance, so that on a busy host the next action
+        is already at the worker when the lane frees, instead of the lane idling for it."""
+        return self.cfg.schedule_ahead_ns + self.dispatch_ns - self.cfg.dispatch_ns
+
     def _live(self, dev: Device) -> bool:
         """The device belongs to a connected worker that is not suspected of losing work."""
         worker = self.workers.get(dev.worker)
@@ -219,7 +225,7 @@ class Core:
         if not dev.pending or not self._live(dev):
             return
         dev.plan_version += 1
-        due = dev.exec_lane.free_at(now_ns) - self.cfg.schedule_ahead_ns
+        due = dev.exec_lane.free_at(now_ns) - self._ahead_ns()
         heapq.heappush(self._due, (due, dev.plan_version, dev.key, dev))
 
     # ================================================================== requests
@@ -586,7 +592,7 @@ class Core:
             _, version, _, dev = heapq.heappop(self._due)
             if version != dev.plan_version or not self._live(dev):
                 continue  # a newer booking exists, or the worker left
-            horizon = now_ns + self.cfg.schedule_ahead_ns
+            horizon = now_ns + self._ahead_ns()
             while dev.pending:
                 free = dev.exec_lane.free_at(now_ns)
                 if free > horizon:
@@ -629,7 +635,7 @@ class Core:
         res.in_flight += 1
         res.last_used_ns = now_ns
         dev.exec_lane.reserve(action_id, start_ns, batch.exec_ns)
-        earliest = max(now_ns, start_ns - self.cfg.schedule_ahead_ns)
+        earliest = max(now_ns, start_ns - self._ahead_ns())
         tensors = tuple(t for req in batch.requests for t in req.tensors)  # chunks, forwarded as-is
         self._track(Action(action_id, "exec", dev, batch.model, batch.exec_ns, now_ns,
                            batch.latest_start_ns + batch.exec_ns + self.dispatch_ns + self.cfg.result_grace_ns,
@@ -736,23 +742,24 @@ class Core:
         return best
 
     def _finish_behind_queue_ns(self, model: Model, samples: int, now_ns: int) -> int | None:
-        """When a new request could finish at the earliest behind the work already queued for
-        its model, spread over the replicas at their largest batch's throughput (optimistic:
-        other models share those devices). None when the model has no replica yet."""
+        """When a new request could finish at the earliest behind the work already queued on
+        each of its model's replicas: every model queued on that device, its share of it split
+        over its replicas, at its largest batch's throughput (optimistic: perfect batching).
+        None when the model has no replica yet."""
         size = padded_size(samples, model.sizes)
-        best, rate = None, 0.0
-        for dev in model.replicas.values():
-            big = self.latency.exec_ns(model.name, model.sizes[-1], dev.kind)
-            if big:
-                rate += model.sizes[-1] / big
-        if not rate:
-            return None
-        behind_ns = int(model.queue.samples / rate)
+        best = None
         for dev in model.replicas.values():
             exec_ns = self.latency.exec_ns(model.name, size, dev.kind)
-            if exec_ns is not None:
-                finish = self._replica_start_ns(dev, model, now_ns) + behind_ns + exec_ns
-                best = finish if best is None else min(best, finish)
+            if exec_ns is None:
+                continue
+            ahead_ns = 0.0
+            for name in dev.pending:
+                other = self.models[name]
+                big = self.latency.exec_ns(name, other.sizes[-1], dev.kind) if other.sizes else None
+                if big:
+                    ahead_ns += other.queue.samples * big / other.sizes[-1] / len(other.replicas)
+            finish = self._replica_start_ns(dev, model, now_ns) + int(ahead_ns) + exec_ns
+            best = finish if best is None else min(best, finish)
         return best
 
     def _replica_start_ns(self, dev: Device, model: Model, now_ns: int) -> int:
