@@ -130,6 +130,15 @@ def _tensor_descriptors(value: Any) -> tuple:
     return tuple(describe_tensor(d, f"tensors[{i}]") for i, d in enumerate(value))
 
 
+def peek_map(frames: Sequence[Any]) -> dict | None:
+    """The header as a plain map, unvalidated (every value must be type-checked by the caller),
+    or None: for deciding cheaply about a message before paying for a full decode."""
+    try:
+        return _unpack_header(frames[0])
+    except (BadMessage, IndexError, TypeError):
+        return None
+
+
 def peek_header(frames: Sequence[Any]) -> tuple[str | None, int]:
     """Best-effort (type, msg_id) of a message that failed to decode, so the error reply can
     name it; (None, 0) where even that is unreadable."""

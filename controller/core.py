@@ -264,9 +264,7 @@ class Core:
             return Status.QUEUE_FULL, f"{len(model.queue)} requests already queued for {model.name!r}", None
         budget = msg.slo_ns - waited_ns
         if budget <= 0:
-            return (Status.WOULD_MISS_DEADLINE,
-                    f"it waited {waited_ns / 1e6:.2f} ms in queues before reaching the controller; "
-                    f"SLO is {msg.slo_ns / 1e6:.2f} ms", None)
+            return Status.WOULD_MISS_DEADLINE, _stale_detail(waited_ns, msg.slo_ns), None
         received, deadline = now_ns - waited_ns, now_ns + budget
         if not model.sizes:
             if model.preparing or now_ns < self._started_ns + self.cfg.worker_timeout_ns:
@@ -294,6 +292,16 @@ class Core:
         req = Request(request_id, client, model.name, samples, msg.priority, received, deadline,
                       msg.tensors, cold=cold)
         return Status.OK, "", req
+
+    def refuse_stale(self, client: bytes, request_id: int, waited_ns: int, slo_ns: int) -> list[Effect]:
+        """A request that waited in queues longer than its whole SLO, refused before it is even
+        decoded: when the controller falls behind, this keeps the cost of each hopeless request
+        small, so the queue in front of it drains and fresh requests are served again."""
+        self.counters["requests_offered"] += 1
+        self.counters["rejected_stale"] += 1
+        self._emit(ToClient(client, request_id, schema.InferReply(status=Status.WOULD_MISS_DEADLINE,
+                                                                  detail=_stale_detail(waited_ns, slo_ns))))
+        return self._take()
 
     def on_cancel(self, client: bytes, request_id: int, now_ns: int) -> tuple[bool, str, list[Effect]]:
         req = self.requests.get((client, request_id))
@@ -858,6 +866,11 @@ class Core:
                 raise InvariantViolation(f"{model.name}: queue length {len(model.queue)} but {live} queued")
             if (model.name in self.unplaced) != (model.name in self.pending and not model.replicas):
                 raise InvariantViolation(f"{model.name}: unplaced set out of date")
+
+
+def _stale_detail(waited_ns: int, slo_ns: int) -> str:
+    return (f"it waited {waited_ns / 1e6:.2f} ms in queues before reaching the controller; "
+            f"SLO is {slo_ns / 1e6:.2f} ms")
 
 
 def _rows(tensor: Tensor, offset: int, count: int) -> Tensor:

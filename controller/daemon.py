@@ -22,7 +22,7 @@ import zmq
 from common import schema, security
 from common.checks import BadMessage
 from common.clock import QueueDelay, monotonic_ns
-from common.codec import decode, peek_header
+from common.codec import decode, peek_header, peek_map
 from common.config import ControllerConfig
 from common.models import signature_of
 from common.net import IdSource, recv_frames, recv_frames_from, router, send
@@ -123,15 +123,18 @@ class ControllerDaemon:
     # ------------------------------------------------------------------ clients
 
     def _on_client(self, client: bytes, frames: list, user: str | None) -> None:
+        now = monotonic_ns()
+        waited = self._waited_or_refused(client, frames, now)
+        if waited is None:
+            return
         try:
             env = decode(frames)
         except BadMessage as exc:
             self._to_client(client, peek_header(frames)[1], schema.Error(status=exc.status, detail=exc.detail))
             return
-        body, now = env.body, monotonic_ns()
+        body = env.body
         if isinstance(body, schema.Infer):
             self.telemetry.on_request(client, env.msg_id, body, body.model in self.core.models)
-            waited = self.queue_delay.waited_ns(client, env.sent_ns, now)
             self._perform(self.core.on_request(client, env.msg_id, body, now, waited))
         elif isinstance(body, (schema.Upload, schema.Remove)) and self.keys and not self.keys.is_admin(user):
             self.log.warning("refused a non-admin key", type=body.TYPE.value, key=user)
@@ -152,6 +155,19 @@ class ControllerDaemon:
         else:
             self._to_client(client, env.msg_id, schema.Error(
                 status=Status.UNKNOWN_TYPE, detail=f"{body.TYPE.value!r} is not a client request"))
+
+    def _waited_or_refused(self, client: bytes, frames: list, now: int) -> int | None:
+        """How long an INFER waited in queues (0 for other messages), from its header alone;
+        None once one that waited longer than its SLO has been refused without a full decode."""
+        head = peek_map(frames)
+        if head is None or head.get("type") != "infer" or type(head.get("sent_ns")) is not int:
+            return 0
+        waited = self.queue_delay.waited_ns(client, head["sent_ns"], now)
+        slo_ns, msg_id = head.get("slo_ns"), head.get("msg_id")
+        if type(slo_ns) is int and type(msg_id) is int and 0 < slo_ns <= waited and 0 <= msg_id <= schema.U64:
+            self._perform(self.core.refuse_stale(client, msg_id, waited, slo_ns))
+            return None
+        return waited
 
     def _upload(self, client: bytes, msg_id: int, msg: schema.Upload, now: int) -> None:
         if len(msg.blob) > self.cfg.max_model_bytes:

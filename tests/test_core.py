@@ -455,3 +455,10 @@ def result_tensor(rows: int):
     from common.tensors import Tensor
 
     return Tensor.from_array("y", np.zeros((rows, 2), np.float32))
+
+
+def test_a_stale_request_is_refused_without_being_looked_at():
+    core = ready_core()
+    answer = replies(core.refuse_stale(b"c", 7, 120 * MS, 100 * MS))[0]
+    assert answer.request_id == 7 and answer.body.status is Status.WOULD_MISS_DEADLINE
+    assert "waited 120.00 ms" in answer.body.detail and core.counters["rejected_stale"] == 1
