@@ -50,6 +50,8 @@ from controller.state import Action, Device, Model, PendingUpload, Profile, Requ
 UPLOAD_WAIT_NS = 120 * 1_000_000_000  # answer an upload by then even if a worker is silent
 UNLOAD_WINDOW_NS = 60 * 1_000_000_000  # an UNLOAD is never too late to be useful
 DISPATCH_REFRESH_NS = 100_000_000  # how often the dispatch allowance follows the measured lateness
+REPLICATION_CHECK_NS = 10_000_000  # how often hot models are checked for another replica (a LOAD takes ms)
+RELEASE_CHECK_NS = 100_000_000  # how often idle extra replicas are looked for (they idle for seconds)
 UNLOAD_RETRY_NS = 5_000_000  # an UNLOAD refused BUSY (the model was executing) is retried after this
 
 
@@ -77,6 +79,8 @@ class Core:
         # how late lanes have recently started (p99), so a busy host plans further ahead.
         self.dispatch_ns = config.dispatch_ns
         self._next_dispatch_refresh_ns = 0
+        self._next_replication_ns = 0
+        self._next_release_ns = 0
         self._started_ns: int | None = None  # first event seen: workers get a timeout's grace to (re)join
         self._ids = itertools.count(1)
         self._out: list[Effect] = []
@@ -654,32 +658,53 @@ class Core:
             earliest_ns=earliest, latest_ns=batch.latest_start_ns, expected_ns=batch.exec_ns, tensors=tensors)))
 
     def _plan_loads(self, now_ns: int) -> None:
-        """Models with queued requests and no replica, most urgent first."""
+        """Models with queued requests and no replica, longest waiting first. Only as many as
+        there are free LOAD slots are tried (a few more, for models that fit nowhere), so a
+        tick costs O(devices), not O(unplaced models x devices)."""
         if not self.unplaced:
             return
-        needy = sorted(self.unplaced, key=lambda n: (self.models[n].queue.earliest_deadline() or 0, n))
-        for name in needy:
-            self._load_somewhere(self.models[name], now_ns)
+        slots = self._free_load_slots()
+        if not slots:
+            return
+        for name in list(itertools.islice(self.unplaced, 2 * len(slots) + 8)):
+            if self._load_somewhere(self.models[name], now_ns, slots):
+                slots = [d for d in slots if d.loads_in_flight < self.cfg.max_loads_per_device]
+                if not slots:
+                    return
 
-    def _load_somewhere(self, model: Model, now_ns: int) -> bool:
-        choice = placement.load_target(model, model.weights_bytes, self._devices_for(model), now_ns,
-                                       self.cfg.max_loads_per_device)
+    def _free_load_slots(self) -> list[Device]:
+        return [d for w in self.workers.values() if not w.suspect for d in w.devices.values()
+                if d.loads_in_flight < self.cfg.max_loads_per_device]
+
+    def _load_somewhere(self, model: Model, now_ns: int, slots: list[Device]) -> bool:
+        devices = [d for d in slots if d.worker in model.profiles]
+        choice = placement.load_target(model, model.weights_bytes, devices, now_ns, self.cfg.max_loads_per_device)
         if choice is None:
             return False
         self._send_load(model, *choice, now_ns)
         return True
 
     def _replicate_hot_models(self, now_ns: int) -> None:
+        if now_ns < self._next_replication_ns:
+            return
+        self._next_replication_ns = now_ns + REPLICATION_CHECK_NS
+        slots = self._free_load_slots()
         for name in list(self.pending):
+            if not slots:
+                return
             model = self.models[name]
             if model.replicas and placement.wants_replica(
                     model, now_ns, self.dispatch_ns, lambda dev, size: self.latency.exec_ns(name, size, dev.kind),
                     self.cfg.replicate_backlog_fraction):
-                if self._load_somewhere(model, now_ns):
+                if self._load_somewhere(model, now_ns, slots):
+                    slots = [d for d in slots if d.loads_in_flight < self.cfg.max_loads_per_device]
                     self.counters["replicas_added"] += 1
 
     def _release_idle_replicas(self, now_ns: int) -> None:
         """Unload extra replicas idle for `replica_idle_ns`, keeping each model's freshest one."""
+        if now_ns < self._next_release_ns:
+            return
+        self._next_release_ns = now_ns + RELEASE_CHECK_NS
         idle_since = now_ns - self.cfg.replica_idle_ns
         for name in list(self.replicated):
             model = self.models[name]
@@ -753,8 +778,10 @@ class Core:
         """When a new request could finish at the earliest behind the work already queued on
         each of its model's replicas: every model queued on that device, its share of it split
         over its replicas, at its largest batch's throughput (optimistic: perfect batching).
-        None when the model has no replica yet."""
+        With no replica yet: behind the LOADs already booked on the best device for it."""
         size = padded_size(samples, model.sizes)
+        if not model.replicas:
+            return self._finish_after_load_ns(model, size, now_ns)
         best = None
         for dev in model.replicas.values():
             exec_ns = self.latency.exec_ns(model.name, size, dev.kind)
@@ -767,6 +794,18 @@ class Core:
                 if big:
                     ahead_ns += other.queue.samples * big / other.sizes[-1] / len(other.replicas)
             finish = self._replica_start_ns(dev, model, now_ns) + int(ahead_ns) + exec_ns
+            best = finish if best is None else min(best, finish)
+        return best
+
+    def _finish_after_load_ns(self, model: Model, size: int, now_ns: int) -> int | None:
+        best = None
+        for dev in self._devices_for(model):
+            exec_ns = self.latency.exec_ns(model.name, size, dev.kind)
+            load_ns = self.latency.load_ns(model.name, dev.kind)
+            if exec_ns is None or load_ns is None:
+                continue
+            loaded = max(now_ns + self.dispatch_ns, dev.load_lane.free_at(now_ns)) + load_ns
+            finish = max(loaded, dev.exec_lane.free_at(now_ns)) + exec_ns
             best = finish if best is None else min(best, finish)
         return best
 

@@ -11,8 +11,6 @@ budget: the replica is then ready before demand outgrows the ones there are.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from common.models import pages_for
 from controller.lifecycle import Residency
 from controller.state import Device, Model
@@ -32,7 +30,7 @@ def victims(dev: Device, short_pages: int) -> list[str] | None:
     return None
 
 
-def load_target(model: Model, weights_bytes: int, devices: Iterable[Device], now_ns: int,
+def load_target(model: Model, weights_bytes: int, devices: list[Device], now_ns: int,
                 max_loads: int) -> tuple[Device, int, list[str]] | None:
     """The device to load `model` onto, the pages it takes there and the models to evict."""
     best, best_key = None, None
