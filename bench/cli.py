@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predictability": ("bench.predictability", "exec percentiles through the worker vs onnxruntime called directly"),
     "gpu-check": ("bench.gpu_check", "on a GPU host: TensorRT exec percentiles per batch size and LOAD speed"),
     "gateway": ("bench.gateway_bench", "KServe v2 gateway overhead vs the native client, and its request rate"),
+    "sim": ("bench.sim", "virtual-time simulator: the real scheduling core against emulated GPUs, or a baseline"),
     "run": ("bench.run", "the real system under a workload, with a full run report"),
     "capacity": ("bench.capacity", "highest rate sustained with >= 99.9% of requests within the SLO"),
     "chaos": ("bench.chaos", "kill and freeze workers, restart the controller under load; check invariants"),

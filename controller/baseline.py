@@ -1,0 +1,263 @@
+"""Baseline schedulers with the core's interface, so comparisons run in the same harness.
+
+What a conventional serving system does (Triton's dynamic batcher, as usually deployed):
+- FIFO per model: requests are served in arrival order.
+- Dynamic batching: a model's queue is dispatched when it holds `max_batch` requests, or when
+  its oldest request has waited `max_queue_delay_ns`, onto a device that holds the model and
+  is idle (one EXEC in flight per device; no schedule-ahead, no windows).
+- Load on miss: a model with queued requests and no copy on any device is loaded where memory
+  allows, evicting idle models least recently used first (the core's own LOAD planning).
+- No admission control: nothing is refused for lack of capacity (no WOULD_MISS_DEADLINE, no
+  QUEUE_FULL); requests wait however long it takes.
+- `queue_timeout=True` (baseline b) adds Triton's per-request queue timeout set to the SLO:
+  a request still queued at its deadline is answered DEADLINE_MISSED then (not earlier, as the
+  core does, and a batch already sent runs to completion however late it is).
+
+`FifoCore` is the core (controller/core.py) with its policy phases replaced: admission,
+expiry, EXEC planning and (by default) hot-model replication. Everything else (models,
+uploads, workers, results, LOAD planning with LRU eviction, the planning heap, the timelines
+and the latency model, the invariants) is the core's code, unchanged, so the two differ only in
+what is being compared.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from dataclasses import dataclass
+
+from common import schema
+from common.checks import BadMessage
+from common.config import MS, SchedulerConfig
+from common.models import Signature, check_inputs
+from common.status import Status
+from controller.batching import Batch, padded_size
+from controller.core import Core
+from controller.effects import Effect
+from controller.lifecycle import RequestState, Residency
+from controller.state import Device, Model, Request
+
+NO_WINDOW_NS = 3600 * 1_000_000_000  # a baseline EXEC is never too late for the worker
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    # Triton's max_batch_size: the most requests dispatched together (capped by the model's
+    # profiled batch sizes). 16: the largest size the profiles cover.
+    max_batch: int = 16
+    # Triton's max_queue_delay: how long the oldest request may wait for a fuller batch while a
+    # device is idle. 1 ms: a few requests of a popular model arrive meanwhile, and it is
+    # noise against a 100 ms SLO. 0 dispatches at once.
+    max_queue_delay_ns: int = 1 * MS
+    # Triton's default_timeout_microseconds set to each request's SLO (baseline b).
+    queue_timeout: bool = False
+    # Give a hot model more replicas the way the core does. Off: the baseline as specified
+    # (one copy per model, loaded on a miss); on: isolates the batching/admission policies.
+    replicate_hot_models: bool = False
+
+
+class FifoQueue:
+    """The per-model queue in arrival order, with the interface of controller.queues.RequestQueue.
+
+    A deque in arrival order (service) and a heap by deadline (expiry), both with lazy
+    deletion: an entry is live while its request is QUEUED and carries the token of its latest
+    push. When nothing is live both are cleared, so stale entries never pile up.
+    """
+
+    def __init__(self) -> None:
+        self._fifo: deque[tuple[int, Request]] = deque()  # (token, request), arrival order
+        self._expire: list[tuple[int, int, Request]] = []  # (deadline, token, request)
+        self._seq = itertools.count()
+        self._live = 0
+        self.samples = 0  # live requests' samples
+
+    def __len__(self) -> int:
+        return self._live
+
+    def push(self, req: Request) -> None:
+        token = req.queue_token = next(self._seq)
+        entry = (token, req)
+        if self._fifo and req.received_ns < self._fifo[-1][1].received_ns:
+            # Put back after a drop: it keeps its place by arrival (rare; linear is fine).
+            index = next(i for i, (_, r) in enumerate(self._fifo) if r.received_ns > req.received_ns)
+            self._fifo.insert(index, entry)
+        else:
+            self._fifo.append(entry)
+        heapq.heappush(self._expire, (req.deadline_ns, token, req))
+        self._live += 1
+        self.samples += req.samples
+
+    def removed(self, req: Request) -> None:
+        self._live -= 1
+        self.samples -= req.samples
+        if self._live == 0:
+            self._fifo.clear()
+            self._expire.clear()
+
+    def head(self, limit: int) -> list[Request]:
+        """Up to `limit` live requests, oldest first."""
+        while self._fifo and not _live(*self._fifo[0]):
+            self._fifo.popleft()
+        out = []
+        for token, req in self._fifo:
+            if len(out) >= limit:
+                break
+            if _live(token, req):
+                out.append(req)
+        return out
+
+    def oldest(self) -> Request | None:
+        head = self.head(1)
+        return head[0] if head else None
+
+    def earliest_deadline(self) -> int | None:
+        while self._expire and not _live(self._expire[0][1], self._expire[0][2]):
+            heapq.heappop(self._expire)
+        return self._expire[0][0] if self._expire else None
+
+    def pop_expired(self, before_ns: int) -> list[Request]:
+        out = []
+        while self._expire and self._expire[0][0] < before_ns:
+            _, token, req = heapq.heappop(self._expire)
+            if _live(token, req):
+                out.append(req)
+        return out
+
+    def drain(self) -> list[Request]:
+        out = self.head(self._live)
+        self._fifo.clear()
+        self._expire.clear()
+        return out
+
+
+def _live(token: int, req: Request) -> bool:
+    return req.state is RequestState.QUEUED and req.queue_token == token
+
+
+class FifoCore(Core):
+    """Baseline (a), or (b) with `BaselineConfig(queue_timeout=True)`; drives like `Core`."""
+
+    def __init__(self, config: SchedulerConfig = SchedulerConfig(), baseline: BaselineConfig = BaselineConfig()):
+        super().__init__(config)
+        if baseline.max_batch < 1 or baseline.max_queue_delay_ns < 0:
+            raise ValueError("max_batch must be >= 1 and max_queue_delay_ns >= 0")
+        self.baseline = baseline
+        self._timeouts: list[tuple[int, int, Request]] = []  # (b): (deadline, seq, request), lazily pruned
+        self._timeout_seq = itertools.count()
+
+    # ------------------------------------------------------------------ models get FIFO queues
+
+    def add_model(self, name: str, fmt: str, signature: Signature) -> None:
+        super().add_model(name, fmt, signature)
+        self._fifo_queue(name)
+
+    def on_upload(self, name: str, fmt: str, signature: Signature, client: bytes, request_id: int,
+                  now_ns: int) -> list[Effect]:
+        effects = super().on_upload(name, fmt, signature, client, request_id, now_ns)
+        self._fifo_queue(name)
+        return effects
+
+    def _fifo_queue(self, name: str) -> None:
+        model = self.models.get(name)
+        if model is not None and not isinstance(model.queue, FifoQueue) and not len(model.queue):
+            model.queue = FifoQueue()
+
+    # ------------------------------------------------------------------ admission: none
+
+    def _admit(self, client: bytes, request_id: int, msg: schema.Infer, now_ns: int, waited_ns: int = 0):
+        """Only what no system could serve is refused: unknown model, bad input, no worker.
+        Time spent in queues before arriving comes out of the SLO budget, as in the core."""
+        model = self.models.get(msg.model)
+        if model is None or model.removing:
+            return Status.MODEL_NOT_FOUND, f"no model named {msg.model!r}", None
+        try:
+            samples = check_inputs(model.signature, msg.tensors)
+        except BadMessage as exc:
+            return exc.status, exc.detail, None
+        if not model.sizes or next(self._devices_for(model), None) is None:
+            return Status.UNAVAILABLE, f"no connected worker has prepared {model.name!r} yet", None
+        if samples > model.sizes[-1]:
+            return Status.BAD_INPUT, f"{samples} samples exceed the largest batch size {model.sizes[-1]}", None
+        req = Request(request_id, client, model.name, samples, msg.priority, now_ns - waited_ns,
+                      now_ns - waited_ns + msg.slo_ns, msg.tensors, cold=not self._loaded_somewhere(model))
+        return Status.OK, "", req
+
+    # ------------------------------------------------------------------ expiry: only (b), at the deadline
+
+    def _enqueue(self, model: Model, req: Request, now_ns: int) -> None:
+        super()._enqueue(model, req, now_ns)
+        if self.baseline.queue_timeout:  # every enqueue, so a request put back keeps its timeout
+            heapq.heappush(self._timeouts, (req.deadline_ns, next(self._timeout_seq), req))
+
+    def _expire_requests(self, now_ns: int) -> None:
+        """No early answers: (a) never expires a request, (b) does so in `tick`, at the deadline."""
+
+    def tick(self, now_ns: int) -> list[Effect]:
+        while self._timeouts and self._timeouts[0][0] <= now_ns:
+            req = heapq.heappop(self._timeouts)[2]
+            if req.state is RequestState.QUEUED:
+                self._answer(req, Status.DEADLINE_MISSED, "queue timeout (the SLO) reached", now_ns)
+        return super().tick(now_ns)
+
+    def next_wakeup_ns(self, now_ns: int) -> int:
+        wakeup = super().next_wakeup_ns(now_ns)
+        while self._timeouts and self._timeouts[0][2].state is not RequestState.QUEUED:
+            heapq.heappop(self._timeouts)  # dispatched or answered: no timeout to watch
+        return min(wakeup, self._timeouts[0][0]) if self._timeouts else wakeup
+
+    def _replicate_hot_models(self, now_ns: int) -> None:
+        if self.baseline.replicate_hot_models:
+            super()._replicate_hot_models(now_ns)
+
+    # ------------------------------------------------------------------ the dynamic batcher
+
+    def _plan_execs(self, now_ns: int) -> None:
+        """Each due device that is idle runs the ready model whose oldest request is oldest; a
+        device whose models are all waiting out the queue delay is booked for when one is due."""
+        while self._due and self._due[0][0] <= now_ns:
+            _, version, _, dev = heapq.heappop(self._due)
+            if version != dev.plan_version or not self._live(dev) or dev.exec_lane.outstanding:
+                continue  # stale booking, a lost worker, or busy (its result books it again)
+            chosen, wake = self._ready_model(dev, now_ns)
+            if chosen is not None:
+                self._dispatch(dev, chosen, now_ns)
+            elif wake is not None:
+                self._book(dev, wake)
+
+    def _ready_model(self, dev: Device, now_ns: int) -> tuple[Model | None, int | None]:
+        """The model to run now on idle `dev` (oldest request first), else when one will be due."""
+        best, best_key, wake = None, None, None
+        for name in dev.pending:
+            if dev.resident[name].state is not Residency.LOADED:
+                continue
+            model = self.models[name]
+            oldest = model.queue.oldest()
+            if oldest is None:
+                continue
+            due = oldest.received_ns + self.baseline.max_queue_delay_ns
+            if len(model.queue) < self.baseline.max_batch and now_ns < due:
+                wake = due if wake is None else min(wake, due)
+                continue
+            key = (oldest.received_ns, name)
+            if best_key is None or key < best_key:
+                best, best_key = model, key
+        return best, wake
+
+    def _book(self, dev: Device, at_ns: int) -> None:
+        dev.plan_version += 1
+        heapq.heappush(self._due, (at_ns, dev.plan_version, dev.key, dev))
+
+    def _dispatch(self, dev: Device, model: Model, now_ns: int) -> None:
+        sizes = model.sizes
+        limit = min(self.baseline.max_batch, sizes[-1])
+        members, samples = [], 0
+        for req in model.queue.head(limit):
+            if samples + req.samples > limit:
+                break
+            members.append(req)
+            samples += req.samples
+        size = padded_size(samples, sizes)
+        exec_ns = self.latency.exec_ns(model.name, size, dev.kind) or 0
+        batch = Batch(model.name, tuple(members), size, exec_ns, now_ns + NO_WINDOW_NS)
+        self._send_exec(dev, batch, now_ns + self.cfg.dispatch_ns, now_ns)
