@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from bench.procs import NotReady, ProcessDied
+from bench.progress import command_main, say as _say
 from bench.report import _finite, format_table
 from bench.run import (WORKLOADS, add_system_args, cpu_seconds, cpu_usage, describe, drive, make_schedule, setup_of,
                        start_system, warm_up)
@@ -310,17 +311,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.best_rate > 0 else 1
 
 
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        _say("interrupted; every process the search started has been stopped")
-        return 130
+main = command_main(parse_args, run, "search")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from bench import models as bench_models
 from bench import workload
 from bench.loadgen import LoadResults, rates_summary, run_open_loop
 from bench.procs import NotReady, ProcessDied, WorkerSpec, cluster
-from bench.progress import Progress
+from bench.progress import Progress, command_main, say as _say
 from bench.report import format_summary, prediction_counters, summarize, write_cdf_png, write_json
 from client import Client, ClockworkError
 from common.status import Fault, Status
@@ -205,17 +205,7 @@ def unexpected_replies(by_status: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        _say("interrupted; every process the demo started has been stopped")
-        return 130
+main = command_main(parse_args, run, "demo")
 
 
 if __name__ == "__main__":

@@ -91,3 +91,23 @@ def _isatty(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def say(text: str) -> None:
+    """A line for the person watching (stderr, so stdout stays the report)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def command_main(parse_args, run, what: str):
+    """The `main(argv)` of a command that starts processes: Ctrl-C ends it with status 130 once
+    every process it started has been stopped (bench.procs does the stopping)."""
+
+    def main(argv=None) -> int:
+        args = parse_args(argv)
+        try:
+            return run(args)
+        except KeyboardInterrupt:
+            say(f"interrupted; every process the {what} started has been stopped")
+            return 130
+
+    return main

@@ -41,7 +41,7 @@ from bench import models as bench_models
 from bench import workload
 from bench.loadgen import LoadResults, rates_summary, run_closed_loop, run_open_loop, serve_echo
 from bench.procs import NotReady, ProcessDied, WorkerSpec, cluster, free_port
-from bench.progress import NullProgress, Progress
+from bench.progress import NullProgress, Progress, command_main, say as _say
 from bench.report import format_table, prediction_counters
 from bench.runlog import RunLog, format_run_summary, write_run
 from client import ClockworkError
@@ -513,17 +513,7 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        _say("interrupted; every process the run started has been stopped")
-        return 130
+main = command_main(parse_args, run, "run")
 
 
 if __name__ == "__main__":
