@@ -51,6 +51,10 @@ UPLOAD_WAIT_NS = 120 * 1_000_000_000  # answer an upload by then even if a worke
 UNLOAD_WINDOW_NS = 60 * 1_000_000_000  # an UNLOAD is never too late to be useful
 DISPATCH_REFRESH_NS = 100_000_000  # how often the dispatch allowance follows the measured lateness
 REPLICATION_CHECK_NS = 10_000_000  # how often hot models are checked for another replica (a LOAD takes ms)
+# Admission looks at this many of a model's replicas and this many queued models on each: the
+# estimate is bounded work per request even for a hot model replicated on a hundred GPUs.
+ADMISSION_REPLICAS = 3
+ADMISSION_MODELS_PER_DEVICE = 32
 RELEASE_CHECK_NS = 100_000_000  # how often idle extra replicas are looked for (they idle for seconds)
 UNLOAD_RETRY_NS = 5_000_000  # an UNLOAD refused BUSY (the model was executing) is retried after this
 
@@ -783,12 +787,12 @@ class Core:
         if not model.replicas:
             return self._finish_after_load_ns(model, size, now_ns)
         best = None
-        for dev in model.replicas.values():
+        for dev in itertools.islice(model.replicas.values(), ADMISSION_REPLICAS):
             exec_ns = self.latency.exec_ns(model.name, size, dev.kind)
             if exec_ns is None:
                 continue
             ahead_ns = 0.0
-            for name in dev.pending:
+            for name in itertools.islice(dev.pending, ADMISSION_MODELS_PER_DEVICE):
                 other = self.models[name]
                 big = self.latency.exec_ns(name, other.sizes[-1], dev.kind) if other.sizes else None
                 if big:
