@@ -218,6 +218,8 @@ class Simulation:
         self.link = Link(cfg.wire)
         self.runlog = runlog
         self.progress = progress or NullProgress()
+        self._label = self.progress.label
+        self._wall0 = time.monotonic()
         self.out = Outcome()  # the measured window
         self.warm = Outcome()  # requests sent before it (and set-up CPU time, apart)
         self.setup_cpu_ns = 0
@@ -449,6 +451,7 @@ class Simulation:
 
     def _show_progress(self, force: bool = False) -> None:
         elapsed = max(0.0, (self.now - self.cfg.warmup_ns) / NS_PER_S)
+        self.progress.label = f"{self._label} wall {time.monotonic() - self._wall0:.0f} s, simulated"
         offered = self.out.offered + self.warm.offered
         ok = self.out.ok + self.warm.ok
         rejected = sum(self.out.rejected.values()) + sum(self.warm.rejected.values())
