@@ -26,22 +26,20 @@ import argparse
 import csv
 import json
 import math
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
-from bench.procs import NotReady, ProcessDied
+from bench.loadgen import LoadResults
+from bench.procs import run_in_temp_dir
 from bench.progress import command_main, say as _say
 from bench.report import _finite, format_table
-from bench.run import (WORKLOADS, add_system_args, cpu_seconds, cpu_usage, describe, drive, make_schedule, setup_of,
-                       start_system, warm_up)
+from bench.run import (WORKLOADS, System, add_system_args, cpu_seconds, cpu_usage, describe, drive, make_schedule,
+                       setup_of, start_system, warm_up)
 from bench import workload
-from bench.runlog import summarize_run, window, write_run
-from client import ClockworkError
+from bench.runlog import RunLog, summarize_run, window, write_run
 
 
 @dataclass(frozen=True)
@@ -156,18 +154,7 @@ def real_judge(args: argparse.Namespace, out_dir: Path, run_dir: Path, say: Call
             return measure(system, rate, n)
 
     def measure(system, rate: float, n: int) -> Step:
-        # Ramp (unjudged) then the judged part, one schedule: the system meets the rate in
-        # steady state (replicas of hot models made, batch sizes settled), as "sustained" means.
-        ramp = make_schedule(args.workload, rate, len(system.models), args.ramp_s, args.seed + 1000 + n, args.zipf) \
-            if args.ramp_s > 0 else None
-        judged = make_schedule(args.workload, rate, len(system.models), args.step_s, args.seed + n, args.zipf)
-        schedule = workload.concat(ramp, judged) if ramp is not None else judged
-        started, cpu_before = time.monotonic(), cpu_seconds(system.pids, threads=False)
-        results, full_log = drive(system, schedule, args, f"step {n} {rate:.0f}/s", quiet=args.quiet)
-        system.check()
-        wall_s = time.monotonic() - started
-        cpu = cpu_usage(cpu_before, cpu_seconds(system.pids, threads=False), wall_s, len(schedule))
-        log = window(full_log, ramp.duration_ns) if ramp is not None else full_log
+        log, results, wall_s, cpu = play_step(system, args, rate, n, f"step {n} {rate:.0f}/s")
         if args.step_reports:
             summary = write_run(out_dir / "steps" / f"{n:02d}-{rate:.0f}", log, describe(args, rate), args.slo_ms)
         else:
@@ -183,19 +170,39 @@ def real_judge(args: argparse.Namespace, out_dir: Path, run_dir: Path, say: Call
     return judge
 
 
+def play_step(system: System, args: argparse.Namespace, rate: float, n: int, label: str
+              ) -> tuple[RunLog, LoadResults, float, dict]:
+    """Step `n` at `rate` on a running system: --ramp-s unjudged, then --step-s judged, as one
+    open-loop schedule, so the judged part meets the rate in steady state (replicas of hot
+    models made, batch sizes settled), as "sustained" means. Returns the judged part's request
+    log, the generator's results, the wall seconds and the CPU used (bench.run.cpu_usage)."""
+    ramp = make_schedule(args.workload, rate, len(system.models), args.ramp_s, args.seed + 1000 + n, args.zipf) \
+        if args.ramp_s > 0 else None
+    judged = make_schedule(args.workload, rate, len(system.models), args.step_s, args.seed + n, args.zipf)
+    schedule = workload.concat(ramp, judged) if ramp is not None else judged
+    started, cpu_before = time.monotonic(), cpu_seconds(system.pids, threads=False)
+    results, full_log = drive(system, schedule, args, label, quiet=args.quiet)
+    system.check()
+    wall_s = time.monotonic() - started
+    cpu = cpu_usage(cpu_before, cpu_seconds(system.pids, threads=False), wall_s, len(schedule))
+    log = window(full_log, ramp.duration_ns) if ramp is not None else full_log
+    return log, results, wall_s, cpu
+
+
 def step_from_summary(rate: float, s: dict, send_lag_p99_ms: float, target: float, wall_s: float = 0.0,
                       controller_cpu: float = math.nan) -> Step:
     attainment = s["attainment"] if s["requests"] else 0.0
     lat = s["latency_ms"]
     return Step(rate=rate, passed=bool(attainment >= target), attainment=attainment,
                 offered_per_s=s["offered_per_s"], throughput_per_s=s["throughput_per_s"],
-                goodput_per_s=s["goodput_per_s"], p50_ms=_num(lat.get("p50")), p99_ms=_num(lat.get("p99")),
-                p999_ms=_num(lat.get("p99.9")), send_lag_p99_ms=send_lag_p99_ms,
+                goodput_per_s=s["goodput_per_s"], p50_ms=num(lat.get("p50")), p99_ms=num(lat.get("p99")),
+                p999_ms=num(lat.get("p99.9")), send_lag_p99_ms=send_lag_p99_ms,
                 not_ok={k: v for k, v in s["by_status"].items() if k != "OK"}, wall_s=round(wall_s, 2),
                 controller_cpu=controller_cpu)
 
 
-def _num(value) -> float:
+def num(value) -> float:
+    """A summary's figure as a float: NaN where it is missing (None)."""
     return math.nan if value is None else float(value)
 
 
@@ -206,14 +213,15 @@ def format_steps(steps: Sequence[Step]) -> str:
     rows = [(i + 1, f"{s.rate:.0f}", f"{s.offered_per_s:.0f}", f"{s.goodput_per_s:.0f}",
              f"{100 * s.attainment:.3f}%", s.p50_ms, s.p99_ms, s.p999_ms, s.send_lag_p99_ms,
              "-" if math.isnan(s.controller_cpu) else f"{100 * s.controller_cpu:.0f}%",
-             "pass" if s.passed else "FAIL", _top(s.not_ok))
+             "pass" if s.passed else "FAIL", top_counts(s.not_ok))
             for i, s in enumerate(steps)]
     header = ("step", "rate/s", "offered/s", "goodput/s", "attainment", "p50 ms", "p99 ms", "p99.9 ms",
               "send lag p99", "ctl CPU", "verdict", "not OK (top)")
     return format_table(rows, header=header)
 
 
-def _top(counts: dict[str, int], n: int = 2) -> str:
+def top_counts(counts: Mapping[str, int], n: int = 2) -> str:
+    """The `n` largest counts as "KEY count, KEY count", or "-" when there are none."""
     items = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
     return ", ".join(f"{k} {v}" for k, v in items) or "-"
 
@@ -282,9 +290,10 @@ def write_capacity_png(path: Path, result: SearchResult, target: float, slo_ms: 
 def run(args: argparse.Namespace) -> int:
     say = _say
     out_dir = Path(args.out)
-    run_dir = Path(tempfile.mkdtemp(prefix="clockwork-capacity-"))
-    keep = args.keep
-    try:
+    result: SearchResult | None = None
+
+    def body(run_dir: Path) -> int:
+        nonlocal result
         if args.reuse_cluster or args.echo:
             with start_system(args, run_dir, say, action_log=False) as system:
                 warm_up(system, args, say)
@@ -293,15 +302,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             judge = real_judge(args, out_dir, run_dir, say)
             result = search(judge, args.start_rate, args.max_rate, args.growth, args.precision, args.max_steps)
-    except (ProcessDied, NotReady, ClockworkError, TimeoutError, RuntimeError) as exc:
-        say(f"capacity failed: {exc}")
-        keep = True
-        return 1
-    finally:
-        if keep:
-            say(f"state and logs kept in {run_dir}")
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        return 0
+
+    status = run_in_temp_dir("clockwork-capacity-", args.keep, "capacity", body)
+    if status:  # failed: said why and kept the folder
+        return status
     print(format_steps(result.steps))
     hi = "none failed" if not math.isfinite(result.bracket[1]) else f"{result.bracket[1]:.0f}/s failed"
     print(f"\ncapacity: {result.best_rate:.0f} requests/s with >= {100 * args.target:g}% within "

@@ -15,9 +15,7 @@ Every process it started is stopped at the end, on errors and on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +26,10 @@ import numpy as np
 from bench import models as bench_models
 from bench import workload
 from bench.loadgen import LoadResults, rates_summary, run_open_loop
-from bench.procs import NotReady, ProcessDied, WorkerSpec, cluster
+from bench.procs import WorkerSpec, cluster, run_in_temp_dir
 from bench.progress import Progress, command_main, say as _say
 from bench.report import format_summary, prediction_counters, summarize, write_cdf_png, write_json
-from client import Client, ClockworkError
+from client import Client
 from common.status import Fault, Status
 
 EMULATED = "emulated"
@@ -126,44 +124,35 @@ def residency(status: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    say = _say
     demo_models = build_models(args)
-    names = [m.name for m in demo_models]
-    rates = offered_rates(args, demo_models)
-    schedule = workload.poisson_schedule(rates, args.duration, seed=args.seed)
+    schedule = workload.poisson_schedule(offered_rates(args, demo_models), args.duration, seed=args.seed)
     workers = [WorkerSpec("cpu", "onnxruntime", devices=1)] if args.onnx_models else []
     if args.models:
         workers.append(WorkerSpec("emu", "emulated", devices=args.emulated_devices,
                                   device_memory_mb=args.emulated_device_mb))
-    run_dir = Path(tempfile.mkdtemp(prefix="clockwork-demo-"))
-    out_dir = Path(args.out)
-    keep = args.keep
-    try:
-        say(f"starting controller and workers ({', '.join(f'{w.name}: {w.runtime} x{w.devices}' for w in workers)})"
-            f" in {run_dir}")
-        with cluster(run_dir, workers, log_level=args.log_level, ready_timeout_s=args.ready_timeout) as c:
-            with c.client() as admin:
-                say(f"uploading {args.onnx_models} ONNX MLPs and {args.models} emulated ResNet-50 copies")
-                upload_all(admin, demo_models, say)
-                say(f"load: {rates_summary(schedule)}; SLO {args.slo_ms:g} ms emulated, "
-                    f"{args.onnx_slo_ms:g} ms ONNX")
-                with Progress(args.duration, label="demo") as bar:
-                    results = run_open_loop(
-                        c.client_endpoint, schedule, names, {m.name: m.slo_ms for m in demo_models},
-                        {m.name: m.inputs for m in demo_models}, bar,
-                        groups={m.name: m.group for m in demo_models}, on_tick=c.check)
-                c.check()
-                status = admin.status()
-        return 0 if report(args, demo_models, results, status, out_dir) else 1
-    except (ProcessDied, NotReady, ClockworkError, TimeoutError) as exc:
-        keep = True  # the daemons' logs explain it
-        say(f"demo failed: {exc}")
-        return 1
-    finally:
-        if keep:
-            say(f"state and logs kept in {run_dir}")
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)
+    return run_in_temp_dir("clockwork-demo-", args.keep, "demo",
+                           lambda run_dir: serve_and_report(args, demo_models, schedule, workers, run_dir))
+
+
+def serve_and_report(args: argparse.Namespace, demo_models: Sequence[DemoModel], schedule: workload.Schedule,
+                     workers: Sequence[WorkerSpec], run_dir: Path) -> int:
+    say = _say
+    say(f"starting controller and workers ({', '.join(f'{w.name}: {w.runtime} x{w.devices}' for w in workers)})"
+        f" in {run_dir}")
+    with cluster(run_dir, workers, log_level=args.log_level, ready_timeout_s=args.ready_timeout) as c:
+        with c.client() as admin:
+            say(f"uploading {args.onnx_models} ONNX MLPs and {args.models} emulated ResNet-50 copies")
+            upload_all(admin, demo_models, say)
+            say(f"load: {rates_summary(schedule)}; SLO {args.slo_ms:g} ms emulated, "
+                f"{args.onnx_slo_ms:g} ms ONNX")
+            with Progress(args.duration, label="demo") as bar:
+                results = run_open_loop(
+                    c.client_endpoint, schedule, [m.name for m in demo_models],
+                    {m.name: m.slo_ms for m in demo_models}, {m.name: m.inputs for m in demo_models}, bar,
+                    groups={m.name: m.group for m in demo_models}, on_tick=c.check)
+            c.check()
+            status = admin.status()
+    return 0 if report(args, demo_models, results, status, Path(args.out)) else 1
 
 
 def report(args: argparse.Namespace, demo_models: Sequence[DemoModel], results: LoadResults, status: dict,

@@ -20,9 +20,7 @@ import argparse
 import asyncio
 import http.client
 import json
-import shutil
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -31,9 +29,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from bench import models as bench_models
-from bench.procs import NotReady, ProcessDied, WorkerSpec, cluster, free_port
+from bench.procs import WorkerSpec, cluster, free_port, run_in_temp_dir
 from bench.report import Latencies, format_table, write_json
-from client import Client, ClockworkError
+from client import Client
 
 MODEL = "tiny"
 WIDTH = 4
@@ -198,47 +196,40 @@ def _gateway_live(url: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_dir = Path(tempfile.mkdtemp(prefix="clockwork-gateway-bench-"))
-    keep = args.keep
-    try:
-        with cluster(run_dir, [WorkerSpec("cpu", "onnxruntime", devices=1)], log_level=args.log_level) as c:
-            port = free_port()
-            address, url = f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"
-            c.group.start("gateway", [sys.executable, "-m", "client.gateway", "--listen", address,
-                                      "--controller", c.client_endpoint, "--connections", str(args.connections),
-                                      "--log-level", args.log_level])
-            with c.client() as admin:
-                admin.upload(bench_models.tiny_onnx(WIDTH), MODEL, format="onnx", replace=True)
-                c.group.wait_until(lambda: admin.infer(MODEL, {"x": np.zeros((1, WIDTH), np.float32)},
-                                                       slo_ms=SLO_MS), 60, "the model to serve")
-            c.group.wait_until(lambda: _gateway_live(url), 30, "the gateway to be ready")
-            native, close_native = native_path(c.client_endpoint)
-            gateway, close_gateway = gateway_path(address, args.client)
-            failures: dict[str, int] = {}
-            try:
-                print(f"measuring {args.requests} requests per path ({args.client} client through the gateway) "
-                      f"after {args.warmup} warm-up ...", file=sys.stderr, flush=True)
-                native_lat, gateway_lat = measure_overhead(native, gateway, args.requests, args.warmup,
-                                                           args.block, failures)
-            finally:
-                close_native()
-                close_gateway()
-            rate = None
-            if args.rate_seconds > 0:
-                print(f"request rate: {args.concurrency} connections for {args.rate_seconds:g} s ...",
-                      file=sys.stderr, flush=True)
-                rate = asyncio.run(measure_rate(url, args.concurrency, args.rate_seconds))
-            c.check()
-        return report(args, native_lat, gateway_lat, failures, rate)
-    except (ProcessDied, NotReady, ClockworkError, TimeoutError) as exc:
-        keep = True
-        print(f"gateway bench failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if keep:
-            print(f"state and logs kept in {run_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)
+    return run_in_temp_dir("clockwork-gateway-bench-", args.keep, "gateway bench",
+                           lambda run_dir: measure_and_report(args, run_dir))
+
+
+def measure_and_report(args: argparse.Namespace, run_dir: Path) -> int:
+    with cluster(run_dir, [WorkerSpec("cpu", "onnxruntime", devices=1)], log_level=args.log_level) as c:
+        port = free_port()
+        address, url = f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"
+        c.group.start("gateway", [sys.executable, "-m", "client.gateway", "--listen", address,
+                                  "--controller", c.client_endpoint, "--connections", str(args.connections),
+                                  "--log-level", args.log_level])
+        with c.client() as admin:
+            admin.upload(bench_models.tiny_onnx(WIDTH), MODEL, format="onnx", replace=True)
+            c.group.wait_until(lambda: admin.infer(MODEL, {"x": np.zeros((1, WIDTH), np.float32)},
+                                                   slo_ms=SLO_MS), 60, "the model to serve")
+        c.group.wait_until(lambda: _gateway_live(url), 30, "the gateway to be ready")
+        native, close_native = native_path(c.client_endpoint)
+        gateway, close_gateway = gateway_path(address, args.client)
+        failures: dict[str, int] = {}
+        try:
+            print(f"measuring {args.requests} requests per path ({args.client} client through the gateway) "
+                  f"after {args.warmup} warm-up ...", file=sys.stderr, flush=True)
+            native_lat, gateway_lat = measure_overhead(native, gateway, args.requests, args.warmup,
+                                                       args.block, failures)
+        finally:
+            close_native()
+            close_gateway()
+        rate = None
+        if args.rate_seconds > 0:
+            print(f"request rate: {args.concurrency} connections for {args.rate_seconds:g} s ...",
+                  file=sys.stderr, flush=True)
+            rate = asyncio.run(measure_rate(url, args.concurrency, args.rate_seconds))
+        c.check()
+    return report(args, native_lat, gateway_lat, failures, rate)
 
 
 def report(args: argparse.Namespace, native: Latencies, gateway: Latencies, failures: dict[str, int],

@@ -191,8 +191,10 @@ class _OpenLoop:
     """The state of one run; `run()` is the loop, the rest are its steps."""
 
     def __init__(self, sock: zmq.Socket, schedule: Schedule, models: Sequence[str], slo_ms: list[float],
-                 inputs: list[Mapping[str, np.ndarray]], priority: int, counters: Any = None):
+                 inputs: list[Mapping[str, np.ndarray]], priority: int, drain_ns: int, counters: Any = None):
         self.sock = sock
+        self.drain_ns = drain_ns  # how long the last replies are waited for (see next_wake_ns)
+        self.drain_deadline_ns: int | None = None
         self.times = schedule.times_ns.tolist()
         self.model_of = schedule.models.tolist()
         self.schedule_duration_ns = schedule.duration_ns
@@ -268,13 +270,11 @@ class _OpenLoop:
             if track is not None:
                 track.append(index)
 
-    def run(self, progress: Progress, drain_timeout_ns: int, start_ns: int,
-            on_tick: Callable[[], None] | None) -> RawResults:
-        n = len(self.times)
+    def run(self, progress: Progress, start_ns: int, on_tick: Callable[[], None] | None) -> RawResults:
+        """The loop of open and closed loops alike; `next_wake_ns` says when it is over."""
         self.start_ns = start_ns
         total_s = max(self.schedule_duration_ns / 1e9, 1e-9)
-        drain_deadline_ns = None
-        next_tick_ns = self.start_ns
+        next_tick_ns = start_ns
         poll = self.sock.poll
         while True:
             now_ns = time.monotonic_ns()
@@ -284,16 +284,9 @@ class _OpenLoop:
             if now_ns >= next_tick_ns:
                 next_tick_ns = now_ns + int(TICK_S * 1e9)
                 self.tick(progress, now_ns, total_s, on_tick)
-            if self.next_index >= n:
-                if self.answered >= self.sent:
-                    break
-                if drain_deadline_ns is None:
-                    drain_deadline_ns = now_ns + drain_timeout_ns
-                elif now_ns >= drain_deadline_ns:
-                    break
-                wake_ns = min(drain_deadline_ns, next_tick_ns)
-            else:
-                wake_ns = min(self.start_ns + self.times[self.next_index], next_tick_ns)
+            wake_ns = self.next_wake_ns(now_ns, next_tick_ns)
+            if wake_ns is None:
+                break
             # Round up: waking early would spin the CPU the daemons need; a late send is
             # accounted for anyway (latency counts from the scheduled time).
             wait_ms = min(MAX_SLEEP_MS, math.ceil((wake_ns - time.monotonic_ns()) / 1e6))
@@ -302,6 +295,19 @@ class _OpenLoop:
         end_ns = time.monotonic_ns()
         self.tick(progress, end_ns, total_s, None, force=True)
         return self.collect(end_ns)
+
+    def next_wake_ns(self, now_ns: int, next_tick_ns: int) -> int | None:
+        """When the loop has something to do next, the next tick at the latest; None once the
+        whole schedule is sent and answered, or the drain deadline after it has passed."""
+        if self.next_index < len(self.times):
+            return min(self.start_ns + self.times[self.next_index], next_tick_ns)
+        if self.answered >= self.sent:
+            return None
+        if self.drain_deadline_ns is None:
+            self.drain_deadline_ns = now_ns + self.drain_ns
+        elif now_ns >= self.drain_deadline_ns:
+            return None
+        return min(self.drain_deadline_ns, next_tick_ns)
 
     def tick(self, progress: Progress, now_ns: int, total_s: float, on_tick: Callable[[], None] | None,
              force: bool = False) -> None:
@@ -515,8 +521,8 @@ def run_raw(endpoint: str, schedule: Schedule, models: Sequence[str], slo_ms: li
     sock.setsockopt(zmq.SNDHWM, SNDHWM)
     sock.setsockopt(zmq.RCVHWM, SNDHWM)
     try:
-        loop = _OpenLoop(sock, schedule, models, slo_ms, inputs, priority, counters)
-        return loop.run(progress, int(drain_s * 1e9), start_ns, on_tick)
+        loop = _OpenLoop(sock, schedule, models, slo_ms, inputs, priority, int(drain_s * 1e9), counters)
+        return loop.run(progress, start_ns, on_tick)
     finally:
         sock.close(linger=0)
         if own_ctx:
@@ -538,10 +544,9 @@ class _ClosedLoop(_OpenLoop):
     def __init__(self, sock: zmq.Socket, closed: Any, models: Sequence[str], slo_ms: list[float],
                  inputs: list[Mapping[str, np.ndarray]], priority: int, drain_ns: int):
         empty = Schedule(np.zeros(0, np.int64), np.zeros(0, np.int32), closed.duration_ns, np.zeros(len(models)))
-        super().__init__(sock, empty, models, slo_ms, inputs, priority)
+        super().__init__(sock, empty, models, slo_ms, inputs, priority, drain_ns)
         self.closed = closed
         self.client_of: list[int] = []
-        self.drain_ns = drain_ns
         self.heap = [(t, c, m) for t, c, m in closed.first_sends()]
         self.track = []  # indices answered since the last look: their clients send again
 
@@ -571,29 +576,13 @@ class _ClosedLoop(_OpenLoop):
                 heapq.heappush(self.heap, (nxt[0], self.client_of[index], nxt[1]))
         self.track.clear()
 
-    def run_closed(self, progress: Progress, start_ns: int, on_tick: Callable[[], None] | None) -> RawResults:
-        self.start_ns = start_ns
-        total_s = max(self.closed.duration_ns / 1e9, 1e-9)
-        end_by_ns = start_ns + self.closed.duration_ns + self.drain_ns
-        next_tick_ns = start_ns
-        while True:
-            now_ns = time.monotonic_ns()
-            self.send_due(now_ns)
-            self.receive_ready()
-            now_ns = time.monotonic_ns()
-            if now_ns >= next_tick_ns:
-                next_tick_ns = now_ns + int(TICK_S * 1e9)
-                self.tick(progress, now_ns, total_s, on_tick)
-            if (not self.heap and self.answered >= self.sent) or now_ns >= end_by_ns:
-                break
-            wake_ns = min(start_ns + self.heap[0][0], next_tick_ns) if self.heap else next_tick_ns
-            wait_ms = min(MAX_SLEEP_MS, math.ceil((wake_ns - time.monotonic_ns()) / 1e6))
-            if wait_ms > 0:
-                self.sock.poll(wait_ms, zmq.POLLIN)
-        end_ns = time.monotonic_ns()
-        self.tick(progress, end_ns, total_s, None, force=True)
-        self.next_index = len(self.times)
-        return self.collect(end_ns)
+    def next_wake_ns(self, now_ns: int, next_tick_ns: int) -> int | None:
+        """A client's next send, the next tick at the latest; None once every client is done
+        and answered, or the run's duration and the drain after it have passed."""
+        over_ns = self.start_ns + self.closed.duration_ns + self.drain_ns
+        if (not self.heap and self.answered >= self.sent) or now_ns >= over_ns:
+            return None
+        return min(self.start_ns + self.heap[0][0], next_tick_ns) if self.heap else next_tick_ns
 
 
 def run_closed_loop(endpoint: str, closed: Any, models: Sequence[str],
@@ -612,7 +601,7 @@ def run_closed_loop(endpoint: str, closed: Any, models: Sequence[str],
     sock = dealer(context, endpoint)
     try:
         loop = _ClosedLoop(sock, closed, models, slos, inputs, priority, int(drain_s * 1e9))
-        raw = loop.run_closed(progress or NullProgress(), time.monotonic_ns() + int(start_delay_s * 1e9), on_tick)
+        raw = loop.run(progress or NullProgress(), time.monotonic_ns() + int(start_delay_s * 1e9), on_tick)
         model_of = np.array(loop.model_of, dtype=np.int32)
         rates = np.bincount(model_of, minlength=len(models)) / max(closed.duration_ns / 1e9, 1e-9)
         schedule = Schedule(np.array(loop.times, dtype=np.int64), model_of, closed.duration_ns, rates)
@@ -724,10 +713,10 @@ def _child_main(pipe: Any, shared: Any, k: int, endpoint: str, schedule: Schedul
     sock.setsockopt(zmq.SNDHWM, SNDHWM)
     sock.setsockopt(zmq.RCVHWM, SNDHWM)
     try:
-        loop = _OpenLoop(sock, schedule, models, slo_ms, inputs, priority, _Slot(shared, 3 * k))
+        loop = _OpenLoop(sock, schedule, models, slo_ms, inputs, priority, int(drain_s * 1e9), _Slot(shared, 3 * k))
         pipe.send(("ready", 0))
         _what, start_ns = pipe.recv()
-        raw = loop.run(NullProgress(), int(drain_s * 1e9), start_ns, None)
+        raw = loop.run(NullProgress(), start_ns, None)
     finally:
         sock.close(linger=0)
         context.term()

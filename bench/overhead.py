@@ -15,9 +15,7 @@ Goal: overhead p50 <= 1.5 x the relay's p50.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -25,9 +23,8 @@ from typing import Sequence
 import zmq
 
 from bench import models as bench_models
-from bench.procs import NotReady, ProcessDied, WorkerSpec, cluster, free_port
+from bench.procs import WorkerSpec, cluster, free_port, run_in_temp_dir
 from bench.report import Latencies, format_table, write_json
-from client import ClockworkError
 from client.protocol import build_infer
 from common.codec import decode, encode
 from common.net import IdSource, dealer, recv_frames, router
@@ -199,40 +196,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_dir = Path(tempfile.mkdtemp(prefix="clockwork-overhead-"))
-    keep = args.keep
+    return run_in_temp_dir("clockwork-overhead-", args.keep, "overhead bench",
+                           lambda run_dir: measure_and_report(args, run_dir))
+
+
+def measure_and_report(args: argparse.Namespace, run_dir: Path) -> int:
     blob = bench_models.tiny_onnx()
     body = build_infer(MODEL, bench_models.sample_inputs("onnx", blob), int(REPLY_TIMEOUT_S * 1e9))
-    try:
-        with cluster(run_dir, [WorkerSpec("cpu", "onnxruntime", devices=1)], log_level=args.log_level) as c:
-            front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-            me = [sys.executable, "-m", "bench.overhead"]
-            c.group.start("relay", [*me, "--role", "relay", "--front", front, "--back", back])
-            c.group.start("echo", [*me, "--role", "echo", "--back", back])
-            with c.client() as admin:
-                admin.upload(blob, MODEL, format="onnx", replace=True)
-            ctx = zmq.Context()
-            try:
-                system = _Path(dealer(ctx, c.client_endpoint), body)
-                relay = _Path(dealer(ctx, front), body)
-                wait_serving(system, 60.0)
-                wait_relay(relay, 30.0)
-                print(f"measuring {args.requests} requests per path after {args.warmup} warm-up ...",
-                      file=sys.stderr, flush=True)
-                m = measure(system, relay, args.requests, args.warmup, args.block)
-                c.check()
-            finally:
-                ctx.destroy(linger=0)
-        return report(args, m)
-    except (ProcessDied, NotReady, ClockworkError, TimeoutError) as exc:
-        keep = True
-        print(f"overhead bench failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if keep:
-            print(f"state and logs kept in {run_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)
+    with cluster(run_dir, [WorkerSpec("cpu", "onnxruntime", devices=1)], log_level=args.log_level) as c:
+        front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+        me = [sys.executable, "-m", "bench.overhead"]
+        c.group.start("relay", [*me, "--role", "relay", "--front", front, "--back", back])
+        c.group.start("echo", [*me, "--role", "echo", "--back", back])
+        with c.client() as admin:
+            admin.upload(blob, MODEL, format="onnx", replace=True)
+        ctx = zmq.Context()
+        try:
+            system = _Path(dealer(ctx, c.client_endpoint), body)
+            relay = _Path(dealer(ctx, front), body)
+            wait_serving(system, 60.0)
+            wait_relay(relay, 30.0)
+            print(f"measuring {args.requests} requests per path after {args.warmup} warm-up ...",
+                  file=sys.stderr, flush=True)
+            m = measure(system, relay, args.requests, args.warmup, args.block)
+            c.check()
+        finally:
+            ctx.destroy(linger=0)
+    return report(args, m)
 
 
 def report(args: argparse.Namespace, m: _Measure) -> int:

@@ -23,10 +23,12 @@ import atexit
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import zmq
 
+from bench.progress import say
 from client import Client, ClockworkError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -341,3 +344,26 @@ def cluster(run_dir: str | Path, workers: Sequence[WorkerSpec], *, log_level: st
                              f"the controller to list workers {', '.join(names) or '(none)'} as alive",
                              interval_s=0.2)
         yield Cluster(client_ep, worker_ep, state_dir, group, tuple(workers))
+
+
+def run_in_temp_dir(prefix: str, keep: bool, what: str, body: Callable[[Path], int]) -> int:
+    """`body(run_dir)`'s exit status, with a new temporary folder as `run_dir` for the daemons'
+    state and logs, removed afterwards unless `keep`.
+
+    A failure of the system (a daemon died or never got ready, a request was refused, a wait
+    timed out, a step the system could not carry out: RuntimeError) ends the command with
+    status 1 and "<what> failed: why", and keeps the folder: the daemons' logs in it explain
+    the failure.
+    """
+    run_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        return body(run_dir)
+    except (ProcessDied, NotReady, ClockworkError, TimeoutError, RuntimeError) as exc:
+        keep = True
+        say(f"{what} failed: {exc}")
+        return 1
+    finally:
+        if keep:
+            say(f"state and logs kept in {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)

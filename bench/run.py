@@ -29,7 +29,6 @@ import multiprocessing
 import re
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +39,10 @@ import numpy as np
 from bench import models as bench_models
 from bench import workload
 from bench.loadgen import LoadResults, rates_summary, run_closed_loop, run_open_loop, serve_echo
-from bench.procs import NotReady, ProcessDied, WorkerSpec, cluster, free_port
+from bench.procs import NotReady, ProcessDied, WorkerSpec, cluster, free_port, run_in_temp_dir
 from bench.progress import NullProgress, Progress, command_main, say as _say
 from bench.report import format_table, prediction_counters
 from bench.runlog import RunLog, format_run_summary, write_run
-from client import ClockworkError
 from common.config import ControllerConfig
 
 WORKLOADS = ("poisson", "bursty", "azure")
@@ -452,14 +450,14 @@ def setup_of(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     say = _say
-    run_dir = Path(tempfile.mkdtemp(prefix="clockwork-run-"))
     out_dir = Path(args.out)
-    keep = args.keep
     title = args.title or describe(args, args.rate)
     closed = args.workload == "closed"
     schedule = None if closed else make_schedule(args.workload, args.rate, args.models, args.duration_s, args.seed,
                                                  args.zipf)
-    try:
+
+    def body(run_dir: Path) -> int:
+        nonlocal schedule
         with start_system(args, run_dir, say) as system:
             warm_up(system, args, say)
             if closed:
@@ -502,15 +500,8 @@ def run(args: argparse.Namespace) -> int:
                 print("\n" + text)
         print(f"wrote the report to {out_dir}/")
         return 0 if summary["ok"] else 1
-    except (ProcessDied, NotReady, ClockworkError, TimeoutError, RuntimeError) as exc:
-        keep = True
-        say(f"run failed: {exc}")
-        return 1
-    finally:
-        if keep:
-            say(f"state and logs kept in {run_dir}")
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)
+
+    return run_in_temp_dir("clockwork-run-", args.keep, "run", body)
 
 
 main = command_main(parse_args, run, "run")

@@ -16,7 +16,7 @@ OTHER. OTHER and ALL start with "_", which no model name can, so they never coll
 from __future__ import annotations
 
 import collections
-from typing import Hashable
+from typing import Any, Hashable
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -56,6 +56,26 @@ class BoundedLabels:
             if label != OTHER:
                 self._labels[name] = label
         return label
+
+
+class ChildCache:
+    """`metric.labels(*values)`, looked up once per (metric, values): prometheus-client converts
+    and checks the values and takes a lock on every `labels` call, too slow for a daemon's loop,
+    which touches a few children for each message it handles."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple, Any] = {}
+
+    def __call__(self, metric: Any, *labels: Any) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def forget(self, metric: Any, *labels: Any) -> None:
+        """After `metric.remove(*labels)`: a later call makes a new child, in a new series."""
+        self._children.pop((id(metric), *labels), None)
 
 
 class Window:

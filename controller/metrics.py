@@ -36,14 +36,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from common import schema
 from common.config import ControllerConfig
-from common.metrics import (ALL, UNKNOWN, ERROR_BUCKETS_S, LATENCY_BUCKETS_S, LOAD_BUCKETS_S, BoundedLabels, Server,
-                            Window, outcome)
+from common.metrics import (ALL, UNKNOWN, ERROR_BUCKETS_S, LATENCY_BUCKETS_S, LOAD_BUCKETS_S, BoundedLabels,
+                            ChildCache, Server, Window, outcome)
 from common.rotating_log import open_tsv
 from common.status import Fault, Status
 from controller.effects import ActionRecord, ToWorker
@@ -71,7 +70,8 @@ class ControllerTelemetry:
         self.busy = Window(config.metrics_window_s, width=1)  # (worker, device) -> busy seconds
         self._requests: dict[tuple[bytes, int], tuple] = {}  # -> (model, priority, slo_ns, label)
         self._actions: dict[int, tuple[str, str, int, tuple[str, str]]] = {}  # id -> kind, model, expected, dev
-        self._children: dict[tuple, Any] = {}
+        self._child = ChildCache()
+        self._model_children: dict[str, tuple] = {}  # model label -> what an OK reply touches
         self._counters_seen: dict[str, int] = {}
         self._device_series: set[tuple[str, str]] = set()
         self._model_series: set[str] = set()
@@ -117,20 +117,13 @@ class ControllerTelemetry:
 
     def _per_model(self, label: str) -> tuple:
         """The children an OK reply touches for one model label, looked up once."""
-        children = self._children.get(label)
+        children = self._model_children.get(label)
         if children is None:
-            children = self._children[label] = (
+            children = self._model_children[label] = (
                 self.duration.labels(label, "queue"), self.duration.labels(label, "exec"),
                 self.duration.labels(label, "end_to_end"), self.requests.labels(label, "ok", "OK"),
                 self.slo_met.labels(label), self.cold_starts.labels(label))
         return children
-
-    def _child(self, metric, *labels):
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     # ------------------------------------------------------------------ fed by the daemon
 
@@ -254,7 +247,7 @@ class ControllerTelemetry:
                     metric.remove(*key)
                 except KeyError:
                     pass
-            self._children.pop((id(self.device_busy), *key), None)
+            self._child.forget(self.device_busy, *key)
             self.busy.forget(key)
         self._device_series = present
         self.workers.set(len(status.get("workers", [])))

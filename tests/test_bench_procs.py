@@ -1,13 +1,14 @@
 """The process supervisor: children are stopped, crashes are reported with their last words."""
 
 import os
+import shutil
 import signal
 import sys
 import time
 
 import pytest
 
-from bench.procs import NotReady, ProcessDied, ProcessGroup, free_port, tail_file, workers_alive
+from bench.procs import NotReady, ProcessDied, ProcessGroup, free_port, run_in_temp_dir, tail_file, workers_alive
 
 SLEEPER = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
 
@@ -102,3 +103,29 @@ def test_helpers(tmp_path):
     status = {"workers": [{"name": "a", "alive": True}, {"name": "b", "alive": False}]}
     assert workers_alive(status, ["a"]) and not workers_alive(status, ["a", "b"])
     assert not workers_alive(status, ["c"]) and workers_alive({}, [])
+
+
+def test_run_folder_is_removed_after_a_clean_run_and_kept_after_a_failure(capsys):
+    folders = []
+
+    def body(fails: Exception | None):
+        def in_folder(run_dir):
+            folders.append(run_dir)
+            assert run_dir.is_dir()
+            if fails is not None:
+                raise fails
+            return 7
+        return in_folder
+
+    assert run_in_temp_dir("clockwork-test-", False, "test", body(None)) == 7
+    assert not folders[-1].exists()
+    assert run_in_temp_dir("clockwork-test-", False, "test", body(NotReady("the daemons are late"))) == 1
+    assert folders[-1].is_dir()
+    assert f"test failed: the daemons are late\nstate and logs kept in {folders[-1]}" in capsys.readouterr().err
+    with pytest.raises(ValueError):  # not a failure of the system: raised, and nothing kept
+        run_in_temp_dir("clockwork-test-", False, "test", body(ValueError("a bug")))
+    assert not folders[-1].exists()
+    assert run_in_temp_dir("clockwork-test-", True, "test", body(None)) == 7  # --keep
+    assert folders[-1].is_dir()
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -8,7 +8,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.models import profile_json
@@ -16,7 +16,7 @@ from bench.procs import WorkerSpec, cluster, free_port
 from client import Client
 from common import schema
 from common.config import ControllerConfig
-from common.metrics import ALL, OTHER, UNKNOWN, BoundedLabels, Window
+from common.metrics import ALL, OTHER, UNKNOWN, BoundedLabels, ChildCache, Window
 from common.status import Status
 from controller.effects import ToWorker
 from controller.metrics import ControllerTelemetry
@@ -57,6 +57,18 @@ def test_bounded_labels_and_windows():
     assert w.sums("k", 5 * S) == [3, 2]
     assert w.sums("k", 12 * S) == [1, 1]  # the first second aged out
     assert w.sums("nothing", 0) == [0, 0]
+
+
+def test_child_cache_looks_a_child_up_once_until_forgotten():
+    registry = CollectorRegistry()
+    a = Counter("a", "a", ["x"], registry=registry)
+    b = Counter("b", "b", ["x"], registry=registry)
+    child = ChildCache()
+    first = child(a, "1")
+    assert child(a, "1") is first and child(b, "1") is not first
+    a.remove("1")
+    child.forget(a, "1")
+    assert child(a, "1") is not first
 
 
 def test_telemetry_from_events(tmp_path):

@@ -39,7 +39,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from common import schema
 from common.config import WorkerConfig
-from common.metrics import LATENCY_BUCKETS_S, BoundedLabels, Server, Window, outcome
+from common.metrics import LATENCY_BUCKETS_S, BoundedLabels, ChildCache, Server, Window, outcome
 from common.sdnotify import Notifier
 from common.status import Status
 from worker.lanes import Done
@@ -69,7 +69,7 @@ class WorkerTelemetry:
         self.model_label = BoundedLabels(config.metrics_max_models)
         self.busy = Window(config.metrics_window_s, width=1)
         self._started_ns = 0
-        self._children: dict[tuple, Any] = {}
+        self._child = ChildCache()
         r = self.registry
         self.actions = Counter("clockwork_worker_actions", "Actions answered", ["action", "outcome", "reason"],
                                registry=r)
@@ -90,13 +90,6 @@ class WorkerTelemetry:
         self.healthy = Gauge("clockwork_worker_lanes_healthy", "1 when every lane is alive and on time", registry=r)
         self.connected = Gauge("clockwork_worker_connected", "1 when welcomed by the controller", registry=r)
         self.server = Server(config.metrics_address, self.registry) if self.enabled else None
-
-    def _child(self, metric, *labels):
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     def on_prepare(self) -> None:
         self.prepares_pending += 1
