@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("bench.sim", "virtual-time simulator: the real scheduling core against emulated GPUs, or a baseline"),
     "run": ("bench.run", "the real system under a workload, with a full run report"),
     "capacity": ("bench.capacity", "highest rate sustained with >= 99.9% of requests within the SLO"),
+    "overload": ("bench.overload", "goodput, admitted requests' SLO and memory at 3x a device-bound capacity"),
     "chaos": ("bench.chaos", "kill and freeze workers, restart the controller under load; check invariants"),
     "fuzz": ("bench.fuzz", "fuzz every decoder of untrusted bytes"),
 }
