@@ -215,10 +215,9 @@ class FifoCore(Core):
     def _plan_execs(self, now_ns: int) -> None:
         """Each due device that is idle runs the ready model whose oldest request is oldest; a
         device whose models are all waiting out the queue delay is booked for when one is due."""
-        while self._due and self._due[0][0] <= now_ns:
-            _, version, _, dev = heapq.heappop(self._due)
-            if version != dev.plan_version or not self._live(dev) or dev.exec_lane.outstanding:
-                continue  # stale booking, a lost worker, or busy (its result books it again)
+        for dev in self._due_devices(now_ns):
+            if dev.exec_lane.outstanding:
+                continue  # busy: its result books it again
             chosen, wake = self._ready_model(dev, now_ns)
             if chosen is not None:
                 self._dispatch(dev, chosen, now_ns)
@@ -243,10 +242,6 @@ class FifoCore(Core):
             if best_key is None or key < best_key:
                 best, best_key = model, key
         return best, wake
-
-    def _book(self, dev: Device, at_ns: int) -> None:
-        dev.plan_version += 1
-        heapq.heappush(self._due, (at_ns, dev.plan_version, dev.key, dev))
 
     def _dispatch(self, dev: Device, model: Model, now_ns: int) -> None:
         sizes = model.sizes

@@ -1,10 +1,12 @@
 """Choosing one batch for a device whose EXEC lane is about to free up (pure functions).
 
-Rule (Clockwork's): among the models loaded on the device, serve the one whose most urgent
-request must start soonest; then grow the batch, request by request in service order, to the
-largest batch size that still meets the deadline of every member. Requests that could not
-finish on this device even alone are skipped here (another device, or expiry, handles them).
-Batch sizes are the profiled ones; a batch of 3 samples runs padded to 4.
+Rule (Clockwork's): among the models loaded on the device, serve the one whose batch must
+start soonest (its most urgent request's deadline less the batch's duration); then grow the
+batch, request by request in service order, to the largest batch size that still meets the
+deadline of every member. Requests that could not finish on this device even alone are
+skipped here (another device, or expiry, handles them). Batch sizes are the profiled ones; a
+batch of 3 samples runs padded to 4. The core (`Core._choose_batch`) ranks models by an
+estimate of that start and adds one step of lookahead, because an EXEC cannot be preempted.
 """
 
 from __future__ import annotations
@@ -39,8 +41,7 @@ def grow(model: str, queue: Iterable[Request], start_ns: int, sizes: list[int],
     """The largest feasible batch of `model` starting at `start_ns`, or None."""
     members: list[Request] = []
     samples = 0
-    best: Batch | None = None
-    earliest_deadline = None
+    size = duration = deadline = 0
     for scanned, req in enumerate(queue):
         if scanned >= SCAN_LIMIT:
             break
@@ -48,12 +49,12 @@ def grow(model: str, queue: Iterable[Request], start_ns: int, sizes: list[int],
             continue  # no profiled size holds it (it waited for a worker that profiled less); expiry answers it
         if samples + req.samples > sizes[-1]:
             break
-        size = padded_size(samples + req.samples, sizes)
-        duration = exec_ns(size) if size else None
-        if duration is None:
+        next_size = padded_size(samples + req.samples, sizes)
+        next_duration = exec_ns(next_size) if next_size else None
+        if next_duration is None:
             break
-        deadline = req.deadline_ns if earliest_deadline is None else min(earliest_deadline, req.deadline_ns)
-        if start_ns + duration > deadline:
+        next_deadline = min(deadline, req.deadline_ns) if members else req.deadline_ns
+        if start_ns + next_duration > next_deadline:
             # Adding this request breaks the batch: skip it if it cannot make it even alone.
             alone = exec_ns(padded_size(req.samples, sizes) or sizes[-1])
             if alone is None or start_ns + alone > req.deadline_ns:
@@ -61,6 +62,5 @@ def grow(model: str, queue: Iterable[Request], start_ns: int, sizes: list[int],
             break
         members.append(req)
         samples += req.samples
-        earliest_deadline = deadline
-        best = Batch(model, tuple(members), size, duration, deadline - duration)
-    return best
+        size, duration, deadline = next_size, next_duration, next_deadline
+    return Batch(model, tuple(members), size, duration, deadline - duration) if members else None

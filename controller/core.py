@@ -14,7 +14,11 @@ Rules
 Theory of operation
 - `on_request` admits a request or rejects it at once: MODEL_NOT_FOUND, BAD_INPUT, QUEUE_FULL,
   UNAVAILABLE (no worker prepared the model), WOULD_MISS_DEADLINE (not even an idle device
-  could finish it in time).
+  could finish it in time, or not behind the work already queued where it would run).
+- Admission is O(1) per replica looked at: every device keeps `backlog_ns`, the predicted EXEC
+  time of its models' queued samples (each model's queue split over its replicas, priced at
+  the batch sizes it would run in), updated on every queue and replica change (`_reshare`);
+  work of models waiting for a LOAD is kept apart and spread over all devices.
 - `tick` runs the phases in order: housekeeping (every `housekeeping_ns`: drop lost workers,
   finish overdue uploads, answer queued requests no device can finish in time any more, add a
   replica where a hot model's queue cannot drain in time, release idle extra replicas), plan
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import Counter
 
 from common import schema
@@ -41,7 +46,7 @@ from common.models import Signature, check_inputs
 from common.status import Status
 from common.tensors import Tensor
 from controller import placement
-from controller.batching import SCAN_LIMIT, Batch, grow, padded_size
+from controller.batching import Batch, grow, padded_size
 from controller.effects import ActionRecord, Effect, PrepareOn, ToClient, ToWorker, UploadFinished
 from controller.latency import LatencyModel
 from controller.lifecycle import Residency, RequestState, move
@@ -51,12 +56,14 @@ UPLOAD_WAIT_NS = 120 * 1_000_000_000  # answer an upload by then even if a worke
 UNLOAD_WINDOW_NS = 60 * 1_000_000_000  # an UNLOAD is never too late to be useful
 DISPATCH_REFRESH_NS = 100_000_000  # how often the dispatch allowance follows the measured lateness
 REPLICATION_CHECK_NS = 10_000_000  # how often hot models are checked for another replica (a LOAD takes ms)
-# Admission looks at this many of a model's replicas and this many queued models on each: the
-# estimate is bounded work per request even for a hot model replicated on a hundred GPUs.
-ADMISSION_REPLICAS = 3
-ADMISSION_MODELS_PER_DEVICE = 32
+# Admission looks at this many of a model's replicas: bounded work per request even for a hot
+# model replicated on a hundred GPUs (their backlogs differ only by the other models they hold).
+ADMISSION_REPLICAS = 4
 RELEASE_CHECK_NS = 100_000_000  # how often idle extra replicas are looked for (they idle for seconds)
 UNLOAD_RETRY_NS = 5_000_000  # an UNLOAD refused BUSY (the model was executing) is retried after this
+# A batch is grown from this many requests beyond the largest batch size: room to skip requests
+# that can no longer make it (expiry answers them within a housekeeping interval).
+HOPELESS_SCAN = 8
 
 
 class InvariantViolation(AssertionError):
@@ -75,6 +82,8 @@ class Core:
         self.unplaced: dict[str, None] = {}  # pending models with no replica: LOAD candidates
         self.replicated: dict[str, None] = {}  # models on more than one device
         self.uploads: dict[str, PendingUpload] = {}
+        self.unplaced_backlog_ns = 0  # EXEC time queued for models waiting for a LOAD (admission)
+        self._device_count = 0  # devices of connected workers
         self.counters: Counter[str] = Counter()
         self._due: list[tuple[int, int, str, Device]] = []  # (plan at, version, key, device)
         self._give_ups: list[tuple[int, int]] = []  # (give up at, action id), lazily cleaned
@@ -180,18 +189,57 @@ class Core:
             self.pending[model.name] = None
             if not model.replicas:
                 self.unplaced[model.name] = None
+        self._reshare(model)
         for dev in model.replicas.values():
             dev.pending[model.name] = None
             self._plan_device_soon(dev, now_ns)
 
-    def _dequeued(self, model: Model, req: Request) -> None:
-        """`req` left the queue (dispatched or answered)."""
-        model.queue.removed(req)
+    def _dequeued(self, model: Model, requests) -> None:
+        """`requests` left the queue (dispatched or answered)."""
+        for req in requests:
+            model.queue.removed(req)
+        self._reshare(model)
         if not model.queue:
             self.pending.pop(model.name, None)
             self.unplaced.pop(model.name, None)
             for dev in model.replicas.values():
                 dev.pending.pop(model.name, None)
+
+    def _reshare(self, model: Model, removed: Device | None = None) -> None:
+        """Keep every replica's `backlog_ns` holding the time its share of the model's queue
+        takes (after a queue change, a replica added, or `removed` taken away); a model with no
+        replica counts in `unplaced_backlog_ns` instead."""
+        shares = model.backlog_shares
+        if removed is not None:
+            removed.backlog_ns -= shares.pop(removed.key, 0)
+        unplaced_ns = 0 if model.replicas or not model.kinds else \
+            self._drain_ns(model, model.queue.samples, model.kinds[0])
+        self.unplaced_backlog_ns += unplaced_ns - model.unplaced_ns
+        model.unplaced_ns = unplaced_ns
+        if not model.replicas:
+            return
+        samples = model.queue.samples / len(model.replicas)
+        by_kind: dict[str, int] = {}
+        for key, dev in model.replicas.items():
+            cost = by_kind.get(dev.kind)
+            if cost is None:
+                cost = by_kind[dev.kind] = self._drain_ns(model, samples, dev.kind)
+            dev.backlog_ns += cost - shares.get(key, 0)
+            shares[key] = cost
+
+    def _drain_ns(self, model: Model, samples: float, kind: str) -> int:
+        """Predicted EXEC time of `samples` queued samples of `model` on a device of `kind`,
+        batched as they would run: full batches of the largest size, then the rest padded up
+        (a fraction of a sample, a replica's share of a small queue, costs its fraction)."""
+        if samples <= 0 or not model.sizes:
+            return 0
+        big = model.sizes[-1]
+        full, rest = divmod(samples, big)
+        ns = full * (self.latency.exec_ns(model.name, big, kind) or 0)
+        if rest:
+            size = padded_size(max(1, math.ceil(rest)), model.sizes)
+            ns += min(rest, 1.0) * (self.latency.exec_ns(model.name, size, kind) or 0)
+        return int(ns)
 
     def _place(self, dev: Device, model: Model, res: Resident) -> None:
         dev.resident[model.name] = res
@@ -199,6 +247,7 @@ class Core:
         model.replicas[dev.key] = dev
         if len(model.replicas) > 1:
             self.replicated[model.name] = None
+        self._reshare(model)
         self.unplaced.pop(model.name, None)
         if model.name in self.pending:
             dev.pending[model.name] = None
@@ -212,6 +261,7 @@ class Core:
         model = self.models.get(name)
         if model is not None:
             model.replicas.pop(dev.key, None)
+            self._reshare(model, removed=dev)
             if len(model.replicas) < 2:
                 self.replicated.pop(name, None)
             if name in self.pending and not model.replicas:
@@ -229,12 +279,28 @@ class Core:
         return worker is not None and not worker.suspect and worker.devices.get(dev.device_id) is dev
 
     def _plan_device_soon(self, dev: Device, now_ns: int) -> None:
-        """(Re)book the device in the planning heap for when its EXEC lane nears free."""
-        if not dev.pending or not self._live(dev):
+        """Book the device in the planning heap for when its EXEC lane nears free."""
+        if dev.pending and self._live(dev):
+            self._book(dev, dev.exec_lane.free_at(now_ns) - self._ahead_ns())
+
+    def _book(self, dev: Device, at_ns: int) -> None:
+        """Plan `dev` at `at_ns`, unless it is booked no later already (then that booking
+        serves: planning early finds the lane busy and books again), so a burst of requests
+        for a model on many devices does not push a heap entry per device per request."""
+        if dev.booked_ns is not None and dev.booked_ns <= at_ns:
             return
         dev.plan_version += 1
-        due = dev.exec_lane.free_at(now_ns) - self._ahead_ns()
-        heapq.heappush(self._due, (due, dev.plan_version, dev.key, dev))
+        dev.booked_ns = at_ns
+        heapq.heappush(self._due, (at_ns, dev.plan_version, dev.key, dev))
+
+    def _due_devices(self, now_ns: int):
+        """The live devices whose booking has come due, each unbooked as it is handed out."""
+        while self._due and self._due[0][0] <= now_ns:
+            _, version, _, dev = heapq.heappop(self._due)
+            if version == dev.plan_version:  # else a newer booking replaced this one
+                dev.booked_ns = None
+                if self._live(dev):
+                    yield dev
 
     # ================================================================== requests
 
@@ -322,7 +388,7 @@ class Core:
 
     def _answer(self, req: Request, status: Status, detail: str, now_ns: int, **timing) -> None:
         if req.state is RequestState.QUEUED and req.model in self.models:
-            self._dequeued(self.models[req.model], req)
+            self._dequeued(self.models[req.model], (req,))
         move(req, RequestState.ANSWERED)
         self.requests.pop((req.client, req.request_id), None)
         self.counters["answered_" + status.name.lower()] += 1
@@ -347,6 +413,7 @@ class Core:
             for d in msg.devices
         }
         worker = self.workers[name] = Worker(name, msg.runtime, tuple(msg.formats), devices, now_ns)
+        self._device_count += len(devices)
         self.counters["workers_joined"] += 1
         self._emit(ToWorker(name, next(self._ids), schema.Welcome(heartbeat_interval_ns=self.cfg.heartbeat_interval_ns)))
         # Start from a clean slate: what it holds is unloaded and everything is prepared again
@@ -414,6 +481,7 @@ class Core:
 
     def _lose_worker(self, worker: Worker, now_ns: int, why: str) -> None:
         del self.workers[worker.name]
+        self._device_count -= len(worker.devices)
         self.counters["workers_lost"] += 1
         for action_id in [a for a, act in self.actions.items() if act.device.worker == worker.name]:
             action = self.actions.pop(action_id)
@@ -604,10 +672,7 @@ class Core:
 
     def _plan_execs(self, now_ns: int) -> None:
         """Plan every device whose EXEC lane is due (free within the horizon) and has work."""
-        while self._due and self._due[0][0] <= now_ns:
-            _, version, _, dev = heapq.heappop(self._due)
-            if version != dev.plan_version or not self._live(dev):
-                continue  # a newer booking exists, or the worker left
+        for dev in self._due_devices(now_ns):
             horizon = now_ns + self._ahead_ns()
             while dev.pending:
                 free = dev.exec_lane.free_at(now_ns)
@@ -624,27 +689,49 @@ class Core:
                 self._plan_device_soon(dev, now_ns)
 
     def _choose_batch(self, dev: Device, start_ns: int) -> Batch | None:
-        best, best_key = None, None
+        """The batch to run next on `dev` from `start_ns` (the rule is controller/batching.py's).
+
+        Models are ranked by when their batch must start, estimated from the most urgent
+        request and the batch size its queue makes (no queue is scanned for that), and only
+        the winners are grown. One step of lookahead, since an EXEC cannot be preempted: if
+        running the first batch would make a shorter one late, and the first still fits after
+        it, the shorter one runs first.
+        """
+        ranked = []
         for name in dev.pending:
             if dev.resident[name].state is not Residency.LOADED:
                 continue
             model = self.models[name]
-            batch = grow(name, model.queue.head(SCAN_LIMIT), start_ns, model.sizes,
+            head = model.queue.first()
+            size = padded_size(min(model.queue.samples, model.sizes[-1]), model.sizes)
+            exec_ns = self.latency.exec_ns(name, size, dev.kind) if head is not None and size else None
+            if exec_ns is not None:
+                ranked.append((-head.priority, head.deadline_ns - exec_ns, name))
+        ranked.sort()
+        first = None
+        for priority, latest_start_ns, name in ranked:
+            if first is not None and (priority != -first.requests[0].priority
+                                      or latest_start_ns >= start_ns + first.exec_ns):
+                break  # running `first` makes nobody else late
+            model = self.models[name]
+            batch = grow(name, model.queue.head(model.sizes[-1] + HOPELESS_SCAN), start_ns, model.sizes,
                          lambda size, m=name: self.latency.exec_ns(m, size, dev.kind))
             if batch is None:
                 continue
-            key = (-batch.requests[0].priority, batch.latest_start_ns)
-            if best_key is None or key < best_key:
-                best, best_key = batch, key
-        return best
+            if first is None:
+                first = batch
+            elif (batch.latest_start_ns < start_ns + first.exec_ns
+                  and start_ns + batch.exec_ns <= first.latest_start_ns):
+                return batch
+        return first
 
     def _send_exec(self, dev: Device, batch: Batch, start_ns: int, now_ns: int) -> None:
         model = self.models[batch.model]
         action_id = next(self._ids)
         for req in batch.requests:
             move(req, RequestState.DISPATCHED)
-            self._dequeued(model, req)
             req.dispatched_ns = now_ns
+        self._dequeued(model, batch.requests)
         model.in_flight += 1
         res = dev.resident.pop(batch.model)
         dev.resident[batch.model] = res  # most recently used goes last (LRU order)
@@ -780,36 +867,48 @@ class Core:
 
     def _finish_behind_queue_ns(self, model: Model, samples: int, now_ns: int) -> int | None:
         """When a new request could finish at the earliest behind the work already queued on
-        each of its model's replicas: every model queued on that device, its share of it split
-        over its replicas, at its largest batch's throughput (optimistic: perfect batching).
-        With no replica yet: behind the LOADs already booked on the best device for it."""
+        one of its model's replicas (the device's `backlog_ns`: under load a new request has
+        the latest deadline, so earliest-deadline-first serves it last), plus its part of the
+        work still waiting for LOADs, which will land on some device ahead of it.
+        With no replica yet: after its own LOAD, behind those of the models ahead of it."""
         size = padded_size(samples, model.sizes)
+        spill_ns = self.unplaced_backlog_ns // max(1, self._device_count)
         if not model.replicas:
-            return self._finish_after_load_ns(model, size, now_ns)
+            return self._finish_after_load_ns(model, size, spill_ns, now_ns)
         best = None
         for dev in itertools.islice(model.replicas.values(), ADMISSION_REPLICAS):
             exec_ns = self.latency.exec_ns(model.name, size, dev.kind)
             if exec_ns is None:
                 continue
-            ahead_ns = 0.0
-            for name in itertools.islice(dev.pending, ADMISSION_MODELS_PER_DEVICE):
-                other = self.models[name]
-                big = self.latency.exec_ns(name, other.sizes[-1], dev.kind) if other.sizes else None
-                if big:
-                    ahead_ns += other.queue.samples * big / other.sizes[-1] / len(other.replicas)
-            finish = self._replica_start_ns(dev, model, now_ns) + int(ahead_ns) + exec_ns
+            ahead_ns = dev.backlog_ns + spill_ns
+            finish = self._replica_start_ns(dev, model, now_ns) + ahead_ns + \
+                self._overtaken_ns(model, exec_ns, dev.kind, ahead_ns) + exec_ns
             best = finish if best is None else min(best, finish)
         return best
 
-    def _finish_after_load_ns(self, model: Model, size: int, now_ns: int) -> int | None:
+    def _overtaken_ns(self, model: Model, exec_ns: int, kind: str, ahead_ns: int) -> int:
+        """How much work arriving later can still go ahead of a request that waits behind
+        `ahead_ns` of queued work: a batch must start by its deadline less its duration, so a
+        full batch due up to (its duration less this request's) later must start first. At
+        most one such batch (the model's own largest stands for the others'), and no more
+        than the wait."""
+        big = self.latency.exec_ns(model.name, model.sizes[-1], kind) or 0
+        return max(0, min(big - exec_ns, ahead_ns))
+
+    def _finish_after_load_ns(self, model: Model, size: int, spill_ns: int, now_ns: int) -> int | None:
+        # Models waiting for a LOAD get one in turn, as LOAD slots free up on any device.
+        slots = max(1, self._device_count * self.cfg.max_loads_per_device)
         best = None
         for dev in self._devices_for(model):
             exec_ns = self.latency.exec_ns(model.name, size, dev.kind)
             load_ns = self.latency.load_ns(model.name, dev.kind)
             if exec_ns is None or load_ns is None:
                 continue
-            loaded = max(now_ns + self.dispatch_ns, dev.load_lane.free_at(now_ns)) + load_ns
-            finish = max(loaded, dev.exec_lane.free_at(now_ns)) + exec_ns
+            turn_ns = len(self.unplaced) * load_ns // slots
+            loaded = max(now_ns + self.dispatch_ns, dev.load_lane.free_at(now_ns)) + turn_ns + load_ns
+            ahead_ns = dev.backlog_ns + spill_ns
+            behind = dev.exec_lane.free_at(now_ns) + ahead_ns + self._overtaken_ns(model, exec_ns, dev.kind, ahead_ns)
+            finish = max(loaded, behind) + exec_ns
             best = finish if best is None else min(best, finish)
         return best
 
@@ -892,21 +991,30 @@ class Core:
                 if prev_end is not None and start < prev_end:
                     raise InvariantViolation(f"{dev.key}: overlapping EXEC windows")
                 prev_end = end
+            shares = sum(self.models[n].backlog_shares.get(dev.key, 0) for n in dev.resident if n in self.models)
+            if shares != dev.backlog_ns:
+                raise InvariantViolation(f"{dev.key}: backlog {dev.backlog_ns} ns but its models' shares add to {shares}")
             want = [n for n in dev.resident if n in self.pending]
             if sorted(want) != sorted(dev.pending):
                 raise InvariantViolation(f"{dev.key}: pending {sorted(dev.pending)} but queued residents {want}")
+        if self.unplaced_backlog_ns != sum(m.unplaced_ns for m in self.models.values()):
+            raise InvariantViolation(f"work waiting for LOADs {self.unplaced_backlog_ns} ns is not its models' sum")
         for action in self.actions.values():
             if action.kind == "exec":
                 res = action.device.resident.get(action.model)
                 if res is None or res.state is not Residency.LOADED or res.in_flight <= 0:
                     raise InvariantViolation(f"EXEC {action.action_id} of {action.model} on a non-resident model")
         for model in self.models.values():
+            if not set(model.backlog_shares) <= set(model.replicas):
+                raise InvariantViolation(f"{model.name}: backlog shares on devices that do not hold it")
             for key, dev in model.replicas.items():
                 if model.name not in dev.resident or dev.key != key:
                     raise InvariantViolation(f"{model.name}: replica on {key} not resident there")
             live = sum(1 for r in self.requests.values() if r.model == model.name and r.state is RequestState.QUEUED)
             if live != len(model.queue) or (live > 0) != (model.name in self.pending):
                 raise InvariantViolation(f"{model.name}: queue length {len(model.queue)} but {live} queued")
+            if model.unplaced_ns and model.replicas:
+                raise InvariantViolation(f"{model.name}: counted as waiting for a LOAD but it has replicas")
             if (model.name in self.unplaced) != (model.name in self.pending and not model.replicas):
                 raise InvariantViolation(f"{model.name}: unplaced set out of date")
 

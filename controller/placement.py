@@ -1,11 +1,11 @@
 """Where to LOAD a model, what to evict for it, and when a hot model wants another replica
 (pure functions over the controller's state).
 
-Rules: only idle models (LOADED, nothing in flight) are evicted, least recently used first;
-a device that needs no eviction is preferred, then the one idle soonest and holding the fewest
-models. A
-model wants another replica when draining its queue on the replicas it has, at the throughput of
-its largest batch size, would take more than a fraction of its most urgent request's remaining
+Rules: only idle models (LOADED, nothing in flight) are evicted, least recently used first,
+those with queued requests last; a device that needs no eviction is preferred, then the one
+with the least work running and queued, then the one holding the fewest models. A model
+wants another replica when draining its queue on the replicas it has, at the throughput of its
+largest batch size, would take more than a fraction of its most urgent request's remaining
 budget: the replica is then ready before demand outgrows the ones there are.
 """
 
@@ -17,16 +17,19 @@ from controller.state import Device, Model
 
 
 def victims(dev: Device, short_pages: int) -> list[str] | None:
-    """Idle models to evict, least recently used first, to free `short_pages`; None if impossible."""
+    """Idle models to evict to free `short_pages`, least recently used first, and models with
+    requests queued here only if the others do not free enough (evicting one strands its
+    queue until it is loaded again); None if impossible."""
     if short_pages <= 0:
         return []
     chosen, freed = [], 0
-    for name, res in dev.resident.items():  # insertion order = least recently used first
-        if res.state is Residency.LOADED and res.in_flight == 0:
-            chosen.append(name)
-            freed += res.pages
-            if freed >= short_pages:
-                return chosen
+    for queued in (False, True):
+        for name, res in dev.resident.items():  # insertion order = least recently used first
+            if res.state is Residency.LOADED and res.in_flight == 0 and (name in dev.pending) is queued:
+                chosen.append(name)
+                freed += res.pages
+                if freed >= short_pages:
+                    return chosen
     return None
 
 
@@ -40,9 +43,10 @@ def load_target(model: Model, weights_bytes: int, devices: list[Device], now_ns:
         pages = pages_for(weights_bytes, dev.page_bytes)
         if pages > dev.capacity_pages:
             continue
-        # No eviction first; then the device that will be idle soonest and holds the fewest
-        # models, so work spreads over workers instead of piling onto the first one listed.
-        key = (pages > dev.free_pages(), dev.exec_lane.free_at(now_ns), len(dev.resident),
+        # No eviction first; then the device that will be done soonest with what it has running
+        # and queued, and holds the fewest models, so work spreads over devices and workers
+        # instead of piling onto a busy one or the first one listed.
+        key = (pages > dev.free_pages(), dev.exec_lane.free_at(now_ns) + dev.backlog_ns, len(dev.resident),
                dev.load_lane.free_at(now_ns), dev.key)
         if best_key is None or key < best_key:
             best, best_key = (dev, pages), key

@@ -55,6 +55,13 @@ class RequestQueue:
             heapq.heappush(self._serve, entry)
         return out
 
+    def first(self) -> "Request | None":
+        """The live request served next (amortised O(1): stale entries on top are dropped)."""
+        serve = self._serve
+        while serve and not _live(serve[0][3], serve[0][2]):
+            heapq.heappop(serve)
+        return serve[0][3] if serve else None
+
     def earliest_deadline(self) -> int | None:
         while self._expire and not _live(self._expire[0][2], self._expire[0][1]):
             heapq.heappop(self._expire)

@@ -52,6 +52,10 @@ class Model:
     preparing: set[str] = field(default_factory=set)  # workers sent PREPARE, not answered yet
     kinds: list[str] = field(default_factory=list)  # device kinds of the workers that prepared it
     weights_bytes: int = 0  # device memory one replica takes (from the profiles)
+    # Device key -> the time this model's queue adds to that replica's backlog (its share of the
+    # queued samples, batched): kept so the device's sum can be updated exactly.
+    backlog_shares: dict[str, int] = field(default_factory=dict)
+    unplaced_ns: int = 0  # with no replica: its queue's EXEC time, part of the work waiting for LOADs
 
 
 @dataclass(eq=False)
@@ -77,6 +81,11 @@ class Device:
     # Resident models with queued requests: what the EXEC planner looks at on this device.
     pending: dict[str, None] = field(default_factory=dict)
     plan_version: int = 0  # bumps invalidate this device's older entries in the planning heap
+    booked_ns: int | None = None  # when its live planning-heap entry is due (None: not booked)
+    # Predicted EXEC time of the work queued for it: each held model's queued samples, split
+    # evenly over that model's replicas, at the batch sizes they would run in. Admission puts
+    # it ahead of a new request (kept up to date on every queue and replica change: O(1) to read).
+    backlog_ns: int = 0
     sm_clock_mhz: int = 0  # last reported by the worker (GPUs); shows throttling in STATUS
     exec_busy_ns: int = 0  # measured EXEC time so far: utilisation is its rate of change
 

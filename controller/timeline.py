@@ -21,25 +21,36 @@ class Timeline:
     def __init__(self) -> None:
         self._slots: dict[int, _Slot] = {}  # action id -> reservation, in insertion (= start) order
         self._anchor_ns = 0  # when the lane last became free, as measured
+        self._end_ns: int | None = 0  # predicted end of the last reservation (None: to recompute)
 
     def reserve(self, action_id: int, start_ns: int, duration_ns: int) -> int:
         """Book an action; returns its predicted end."""
         self._slots[action_id] = _Slot(start_ns, duration_ns)
-        return self.free_at(start_ns)
+        self._end_ns = max(self._predicted_end_ns(), start_ns) + duration_ns
+        return max(start_ns, self._end_ns)
 
     def completed(self, action_id: int, end_ns: int) -> None:
         if self._slots.pop(action_id, None) is not None:
             self._anchor_ns = max(self._anchor_ns, end_ns)
+            self._end_ns = None
 
     def cancel(self, action_id: int) -> None:
-        self._slots.pop(action_id, None)
+        if self._slots.pop(action_id, None) is not None:
+            self._end_ns = None
 
     def free_at(self, now_ns: int) -> int:
         """When the lane is predicted to be free, never earlier than now."""
-        t = self._anchor_ns
-        for slot in self._slots.values():
-            t = max(t, slot.start_ns) + slot.duration_ns
-        return max(now_ns, t)
+        return max(now_ns, self._predicted_end_ns())
+
+    def _predicted_end_ns(self) -> int:
+        """The replay of the reservations from the anchor, kept until the next change (the
+        planner asks for it many times between results)."""
+        if self._end_ns is None:
+            t = self._anchor_ns
+            for slot in self._slots.values():
+                t = max(t, slot.start_ns) + slot.duration_ns
+            self._end_ns = t
+        return self._end_ns
 
     def windows(self) -> list[tuple[int, int]]:
         """Predicted [start, end) of every outstanding action, in order (for invariant checks)."""

@@ -352,6 +352,67 @@ def test_admission_refuses_a_request_the_queue_ahead_would_make_late():
     assert not replies(infer(core, 1001, now=t, slo_ms=150))  # this one can still make it
 
 
+def test_admission_prices_other_models_queues_at_the_batch_size_they_will_run_in():
+    core = make_core()
+    hello(core)
+    names = [f"m{i}" for i in range(20)]
+    t = 0
+    for name in names:
+        add_model(core, name, weights_bytes=16 * MIB)
+        t = warm(core, name, now=t)
+    for i, name in enumerate(names):  # one request each: 20 batches of 1 at 2 ms, 40 ms of work
+        infer(core, i, model=name, now=t, slo_ms=200)
+    core.check_invariants(t)
+    # Priced at the batch-16 rate (10 ms / 16 a sample) it would look like 12.5 ms of work.
+    refused = replies(infer(core, 1000, model="m0", now=t, slo_ms=30))
+    assert refused and refused[0].body.status is Status.WOULD_MISS_DEADLINE
+    assert not replies(infer(core, 1001, model="m0", now=t, slo_ms=60))
+
+
+def test_the_backlog_follows_the_queue():
+    core = ready_core()
+    t = warm(core)
+    dev = core.workers["w1"].devices[0]
+    for i in range(19):
+        infer(core, i, now=t, slo_ms=500)
+    assert dev.backlog_ns == EXEC_NS[16] + EXEC_NS[4]  # 16 + 3 padded to 4
+    effects = step(core, core.tick(t), t)  # a batch of 16 is dispatched: 3 stay queued
+    assert sent(effects, schema.Exec) and dev.backlog_ns == EXEC_NS[4]
+
+
+def test_a_short_batch_goes_first_when_the_urgent_long_one_would_make_it_late():
+    core = ready_core(models=("long", "short"))
+    t = warm(core, "long")
+    sent_at = warm(core, "short", now=t)
+    t = sent_at + 20 * MS  # both queued 20 ms before the lane is planned (no tick in between)
+    for i in range(16):  # a batch of 16 runs 10 ms and must start by t+6 ms
+        assert not replies(infer(core, 100 + i, model="long", now=sent_at, slo_ms=36))
+    assert not replies(infer(core, 1, model="short", now=sent_at, slo_ms=29))  # must start by t+7 ms (2 ms alone)
+    execs = sent(step(core, core.tick(t), t), schema.Exec)
+    # "long" must start first, yet running it first (t+1 to t+11) would make "short" late,
+    # while "short" first (t+1 to t+3) leaves "long" on time: so "short" goes first.
+    assert [e.body.model_id for e in execs] == ["short", "long"]
+    assert [e.body.batch_size for e in execs] == [1, 16]
+
+
+def test_eviction_spares_a_model_with_queued_requests():
+    core = make_core()
+    hello(core, memory_bytes=3 * 112 * MIB)  # three 100 MB models fit, not four
+    for name in ("a", "b", "d", "c"):
+        add_model(core, name)
+    t = warm(core, "a")
+    t = warm(core, "b", now=t)
+    t = warm(core, "d", now=t)
+    for i in range(16):  # "d" runs for 10 ms: the lane is busy past the planning horizon
+        infer(core, i, model="d", now=t)
+    assert sent(core.tick(t), schema.Exec)
+    infer(core, 100, model="a", now=t)  # "a" is the least recently used, but has a request waiting
+    assert not sent(core.tick(t), schema.Exec)
+    infer(core, 101, model="c", now=t)
+    effects = step(core, core.tick(t), t)
+    assert [u.body.model_id for u in sent(effects, schema.Unload)] == ["b"]
+
+
 def test_a_result_that_never_comes_does_not_strand_the_batch():
     core = ready_core()
     t = warm(core)
