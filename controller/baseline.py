@@ -190,7 +190,7 @@ class FifoCore(Core):
         if self.baseline.queue_timeout:  # every enqueue, so a request put back keeps its timeout
             heapq.heappush(self._timeouts, (req.deadline_ns, next(self._timeout_seq), req))
 
-    def _expire_requests(self, now_ns: int) -> None:
+    def _watch_expiry(self, model: Model, at_ns: int) -> None:
         """No early answers: (a) never expires a request, (b) does so in `tick`, at the deadline."""
 
     def tick(self, now_ns: int) -> list[Effect]:

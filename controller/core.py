@@ -59,6 +59,7 @@ REPLICATION_CHECK_NS = 10_000_000  # how often hot models are checked for anothe
 # Admission looks at this many of a model's replicas: bounded work per request even for a hot
 # model replicated on a hundred GPUs (their backlogs differ only by the other models they hold).
 ADMISSION_REPLICAS = 4
+EXPIRY_RECHECK_NS = 5_000_000  # a model's queue is looked at for hopeless requests at least this often
 RELEASE_CHECK_NS = 100_000_000  # how often idle extra replicas are looked for (they idle for seconds)
 UNLOAD_RETRY_NS = 5_000_000  # an UNLOAD refused BUSY (the model was executing) is retried after this
 # A batch is grown from this many requests beyond the largest batch size: room to skip requests
@@ -87,6 +88,8 @@ class Core:
         self.counters: Counter[str] = Counter()
         self._due: list[tuple[int, int, str, Device]] = []  # (plan at, version, key, device)
         self._give_ups: list[tuple[int, int]] = []  # (give up at, action id), lazily cleaned
+        self._expiry: list[tuple[int, int, Model]] = []  # (look at, token, model): see _expire_requests
+        self._expiry_tokens = itertools.count(1)
         self._next_housekeeping_ns = 0
         # The allowance from sending an EXEC to its lane starting it: the configured floor plus
         # how late lanes have recently started (p99), so a busy host plans further ahead.
@@ -184,7 +187,10 @@ class Core:
     # ================================================================== the queue's bookkeeping
 
     def _enqueue(self, model: Model, req: Request, now_ns: int) -> None:
+        head = model.queue.earliest_deadline()
         model.queue.push(req)
+        if head is None or req.deadline_ns < head:
+            self._watch_expiry(model, now_ns)  # a new most urgent request: look at it soon
         if model.name not in self.pending:
             self.pending[model.name] = None
             if not model.replicas:
@@ -660,15 +666,33 @@ class Core:
             self.uploads[name].failures.append("timed out waiting for PREPARED")
             self._finish_upload(self.models[name])
 
+    def _watch_expiry(self, model: Model, at_ns: int) -> None:
+        """Look at `model`'s queue for requests that can no longer make it at `at_ns` (this
+        replaces any earlier look booked for it)."""
+        model.expiry_token = token = next(self._expiry_tokens)
+        heapq.heappush(self._expiry, (at_ns, token, model))
+
     def _expire_requests(self, now_ns: int) -> None:
-        for name in list(self.pending):
-            model = self.models[name]
-            soonest = self._soonest_finish_ns(model, now_ns)
+        """Answer DEADLINE_MISSED, early, the queued requests no device can finish in time.
+        A model is looked at again after half the slack its most urgent request had (between
+        one housekeeping interval and EXPIRY_RECHECK_NS), so the sweep costs O(models near a
+        miss), not O(models with a queue), every millisecond."""
+        while self._expiry and self._expiry[0][0] <= now_ns:
+            _, token, model = heapq.heappop(self._expiry)
+            if token != model.expiry_token or model.name not in self.pending or self.models.get(model.name) is not model:
+                continue
+            head = model.queue.earliest_deadline()
+            soonest = self._soonest_finish_ns(model, now_ns, head)
             cutoff = now_ns if soonest is None else soonest
-            for req in model.queue.pop_expired(cutoff):
-                late = (cutoff - req.deadline_ns) / 1e6
-                self._answer(req, Status.DEADLINE_MISSED,
-                             f"can no longer finish in time (at best {late:.2f} ms after its deadline)", now_ns)
+            if head is not None and head < cutoff:
+                for req in model.queue.pop_expired(cutoff):
+                    late = (cutoff - req.deadline_ns) / 1e6
+                    self._answer(req, Status.DEADLINE_MISSED,
+                                 f"can no longer finish in time (at best {late:.2f} ms after its deadline)", now_ns)
+                head = model.queue.earliest_deadline()
+            if model.name in self.pending and head is not None:
+                slack = (head - cutoff) // 2
+                self._watch_expiry(model, now_ns + min(max(slack, self.cfg.housekeeping_ns), EXPIRY_RECHECK_NS))
 
     def _plan_execs(self, now_ns: int) -> None:
         """Plan every device whose EXEC lane is due (free within the horizon) and has work."""
@@ -919,9 +943,10 @@ class Core:
             start = max(start, dev.load_lane.free_at(now_ns))
         return start
 
-    def _soonest_finish_ns(self, model: Model, now_ns: int) -> int | None:
+    def _soonest_finish_ns(self, model: Model, now_ns: int, enough_ns: int | None = None) -> int | None:
         """Earliest moment any device could finish a one-sample batch of `model` given the
-        timelines (optimistic where it must guess): requests due earlier cannot be served."""
+        timelines (optimistic where it must guess): requests due earlier cannot be served.
+        The first replica that finishes by `enough_ns` is answer enough (a hot model has many)."""
         if not model.sizes:
             return None
         size = model.sizes[0]
@@ -931,6 +956,8 @@ class Core:
             if exec_ns is not None:
                 finish = self._replica_start_ns(dev, model, now_ns) + exec_ns
                 soonest = finish if soonest is None else min(soonest, finish)
+                if enough_ns is not None and soonest <= enough_ns:
+                    return soonest
         if soonest is None:  # no replica: a LOAD first, on whichever kind is fastest
             for kind in model.kinds:
                 exec_ns = self.latency.exec_ns(model.name, size, kind)

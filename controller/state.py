@@ -56,6 +56,7 @@ class Model:
     # queued samples, batched): kept so the device's sum can be updated exactly.
     backlog_shares: dict[str, int] = field(default_factory=dict)
     unplaced_ns: int = 0  # with no replica: its queue's EXEC time, part of the work waiting for LOADs
+    expiry_token: int = 0  # its live entry in the core's expiry heap
 
 
 @dataclass(eq=False)
