@@ -51,10 +51,15 @@ class SchedulerConfig:
     worker_timeout_ns: int = 1000 * MS
     # How often workers heartbeat (told in WELCOME), from the loop that watches their lanes.
     heartbeat_interval_ns: int = 100 * MS
-    # How often queued requests are swept for ones no device can finish in time any more, and
-    # hot models checked for another replica. Between sweeps a doomed request waits at most this
-    # long for its answer; a sweep costs O(models with queued requests).
+    # How often the core's housekeeping runs (lost workers and results, expiry, replicas). A
+    # queue near a miss is looked at this often, so a doomed request waits about this long at
+    # most for its answer.
     housekeeping_ns: int = 1 * MS
+    # Admission keeps this share of a request's budget unplanned: its estimate of when the
+    # request finishes behind the queued work must leave that much before the deadline. Covers
+    # what the estimate cannot see (LOADs placed later, lanes idling between actions) at the
+    # price of refusing a few requests that would just have made it.
+    admission_headroom: float = 0.05
     # A model gets another replica when draining its queue on the replicas it has would take
     # more than this share of its most urgent request's remaining budget: early enough that the
     # LOAD (milliseconds) finishes before the queue outgrows the replicas.

@@ -363,7 +363,7 @@ class Core:
                     f"needs at least {best / 1e6:.2f} ms even on an idle device; {budget / 1e6:.2f} ms of its "
                     f"{msg.slo_ns / 1e6:.2f} ms SLO are left{waited}", None)
         backlog = self._finish_behind_queue_ns(model, samples, now_ns)
-        if backlog is not None and backlog > deadline:
+        if backlog is not None and backlog > deadline - int(self.cfg.admission_headroom * budget):
             self.counters["rejected_for_backlog"] += 1
             return (Status.WOULD_MISS_DEADLINE,
                     f"the work queued ahead finishes {(backlog - now_ns) / 1e6:.2f} ms from now at the earliest; "

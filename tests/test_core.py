@@ -273,10 +273,10 @@ def test_a_hot_model_gets_another_replica_and_both_serve():
     hello(core, devices=2)
     add_model(core, "m")
     t = warm(core)
-    # 160 samples at 16 per 10 ms on one device take 100 ms; admitted with a 105 ms SLO, they
+    # 160 samples at 16 per 10 ms on one device take 100 ms; admitted with a 110 ms SLO, they
     # leave no slack for the ones that follow: a second replica is wanted
     for i in range(10):
-        assert not replies(infer(core, i, now=t, slo_ms=105, samples=16))
+        assert not replies(infer(core, i, now=t, slo_ms=110, samples=16))
     effects = step(core, core.tick(t), t)
     loads = sent(effects, schema.Load)
     assert [(l.body.device_id, l.body.model_id) for l in loads] == [(1, "m")]
@@ -367,6 +367,18 @@ def test_admission_prices_other_models_queues_at_the_batch_size_they_will_run_in
     refused = replies(infer(core, 1000, model="m0", now=t, slo_ms=30))
     assert refused and refused[0].body.status is Status.WOULD_MISS_DEADLINE
     assert not replies(infer(core, 1001, model="m0", now=t, slo_ms=60))
+
+
+def test_admission_keeps_its_headroom_free():
+    outcomes = {}
+    for headroom in (0.0, 0.05):
+        core = ready_core(admission_headroom=headroom)
+        t = warm(core)
+        for i in range(96):  # 60 ms of queued work; with dispatch, overtaking and its own run: 71 ms
+            infer(core, i, now=t, slo_ms=500)
+        outcomes[headroom] = replies(infer(core, 1000, now=t, slo_ms=73))
+    assert not outcomes[0.0]
+    assert outcomes[0.05] and outcomes[0.05][0].body.status is Status.WOULD_MISS_DEADLINE
 
 
 def test_the_backlog_follows_the_queue():
