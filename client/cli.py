@@ -129,6 +129,9 @@ def render_status(body: dict) -> str:
     parts.append(table(["MODEL", "QUEUED", "IN_FLIGHT", "RESIDENT_ON"],
                        [[m.get("name"), m.get("queued"), m.get("in_flight"), m.get("resident_on")] for m in models])
                  if models else "no models")
+    scheduler = body.get("scheduler")
+    if isinstance(scheduler, dict) and scheduler:
+        parts.append(table(["SCHEDULER", "VALUE"], sorted(scheduler.items(), key=lambda kv: str(kv[0]))))
     counters = body.get("counters")
     if isinstance(counters, dict) and counters:
         parts.append(table(["COUNTER", "VALUE"], sorted(counters.items(), key=lambda kv: str(kv[0]))))

@@ -58,8 +58,12 @@ class SchedulerConfig:
     # Admission keeps this share of a request's budget unplanned: its estimate of when the
     # request finishes behind the queued work must leave that much before the deadline. Covers
     # what the estimate cannot see (LOADs placed later, lanes idling between actions) at the
-    # price of refusing a few requests that would just have made it.
+    # price of refusing a few requests that would just have made it. It is the floor: while
+    # more than `admission_miss_target` of admitted requests miss, the core widens the
+    # headroom (up to `max_admission_headroom`), and narrows it again once they stop.
     admission_headroom: float = 0.05
+    max_admission_headroom: float = 0.3
+    admission_miss_target: float = 0.0001
     # A model gets another replica when draining its queue on the replicas it has would take
     # more than this share of its most urgent request's remaining budget: early enough that the
     # LOAD (milliseconds) finishes before the queue outgrows the replicas.

@@ -60,6 +60,7 @@ REPLICATION_CHECK_NS = 10_000_000  # how often hot models are checked for anothe
 # model replicated on a hundred GPUs (their backlogs differ only by the other models they hold).
 ADMISSION_REPLICAS = 4
 EXPIRY_RECHECK_NS = 5_000_000  # a model's queue is looked at for hopeless requests at least this often
+HEADROOM_STEP = 0.02  # admission headroom widens by this per refresh while requests miss, narrows by a quarter of it
 RELEASE_CHECK_NS = 100_000_000  # how often idle extra replicas are looked for (they idle for seconds)
 UNLOAD_RETRY_NS = 5_000_000  # an UNLOAD refused BUSY (the model was executing) is retried after this
 # A batch is grown from this many requests beyond the largest batch size: room to skip requests
@@ -95,6 +96,10 @@ class Core:
         # how late lanes have recently started (p99), so a busy host plans further ahead.
         self.dispatch_ns = config.dispatch_ns
         self._next_dispatch_refresh_ns = 0
+        # The share of a budget admission leaves unplanned, between the configured floor and
+        # ceiling, following how many admitted requests missed since the last refresh.
+        self.headroom = config.admission_headroom
+        self._admitted_since = self._missed_since = 0
         self._next_replication_ns = 0
         self._next_release_ns = 0
         self._started_ns: int | None = None  # first event seen: workers get a timeout's grace to (re)join
@@ -328,6 +333,7 @@ class Core:
             self._emit(ToClient(client, request_id, schema.InferReply(status=status, detail=detail)))
             return self._take()
         self.counters["requests_admitted"] += 1
+        self._admitted_since += 1
         self.requests[(client, request_id)] = req
         self._enqueue(self.models[req.model], req, now_ns)
         return self._take()
@@ -363,7 +369,7 @@ class Core:
                     f"needs at least {best / 1e6:.2f} ms even on an idle device; {budget / 1e6:.2f} ms of its "
                     f"{msg.slo_ns / 1e6:.2f} ms SLO are left{waited}", None)
         backlog = self._finish_behind_queue_ns(model, samples, now_ns)
-        if backlog is not None and backlog > deadline - int(self.cfg.admission_headroom * budget):
+        if backlog is not None and backlog > deadline - int(self.headroom * budget):
             self.counters["rejected_for_backlog"] += 1
             return (Status.WOULD_MISS_DEADLINE,
                     f"the work queued ahead finishes {(backlog - now_ns) / 1e6:.2f} ms from now at the earliest; "
@@ -620,12 +626,24 @@ class Core:
             self._next_dispatch_refresh_ns = now_ns + DISPATCH_REFRESH_NS
             late = self.latency.start_lateness_ns(self.cfg.latency_percentile)
             self.dispatch_ns = min(self.cfg.dispatch_ns + late, self.cfg.max_dispatch_ns)
+            self._refresh_headroom()
         self._expire_workers(now_ns)
         self._expire_actions(now_ns)
         self._expire_uploads(now_ns)
         self._expire_requests(now_ns)
         self._replicate_hot_models(now_ns)
         self._release_idle_replicas(now_ns)
+
+    def _refresh_headroom(self) -> None:
+        """Widen admission's headroom quickly while admitted requests miss more often than the
+        target (overload puts every admitted request at the edge of its estimate), narrow it
+        slowly once none do (so at moderate load little is refused for it)."""
+        cfg = self.cfg
+        if self._missed_since > cfg.admission_miss_target * self._admitted_since:
+            self.headroom = min(cfg.max_admission_headroom, self.headroom + HEADROOM_STEP)
+        elif not self._missed_since:
+            self.headroom = max(cfg.admission_headroom, self.headroom - HEADROOM_STEP / 4)
+        self._admitted_since = self._missed_since = 0
 
     def _expire_workers(self, now_ns: int) -> None:
         for worker in list(self.workers.values()):
@@ -686,6 +704,7 @@ class Core:
             cutoff = now_ns if soonest is None else soonest
             if head is not None and head < cutoff:
                 for req in model.queue.pop_expired(cutoff):
+                    self._missed_since += 1
                     late = (cutoff - req.deadline_ns) / 1e6
                     self._answer(req, Status.DEADLINE_MISSED,
                                  f"can no longer finish in time (at best {late:.2f} ms after its deadline)", now_ns)
@@ -1001,7 +1020,8 @@ class Core:
         } for m in self.models.values()]
         counters = dict(self.counters)
         counters.update(self.latency.error_summary())
-        return {"workers": workers, "models": models, "counters": counters}
+        scheduler = {"admission_headroom": round(self.headroom, 4), "dispatch_ms": self.dispatch_ns / 1e6}
+        return {"workers": workers, "models": models, "counters": counters, "scheduler": scheduler}
 
     def _all_devices(self):
         for worker in self.workers.values():

@@ -113,6 +113,9 @@ class ControllerTelemetry:
         self.in_flight = Gauge("clockwork_in_flight_requests", "Requests executing", ["model"], registry=r)
         self.workers = Gauge("clockwork_workers", "Connected workers", registry=r)
         self.models = Gauge("clockwork_models", "Registered models", registry=r)
+        self.headroom = Gauge("clockwork_admission_headroom_ratio",
+                              "Share of a request's budget admission leaves unplanned (widens while admitted "
+                              "requests miss)", registry=r)
         self.events = Counter("clockwork_scheduler_events", "The scheduling core's counters", ["event"], registry=r)
 
     def _per_model(self, label: str) -> tuple:
@@ -228,6 +231,7 @@ class ControllerTelemetry:
         self._refresh_devices(status, now_ns, span_s)
         self._refresh_models(status)
         self._refresh_counters(status.get("counters", {}))
+        self.headroom.set(status.get("scheduler", {}).get("admission_headroom", 0.0))
 
     def _refresh_devices(self, status: dict, now_ns: int, span_s: float) -> None:
         present = set()

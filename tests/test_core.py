@@ -5,8 +5,8 @@ from __future__ import annotations
 import pathlib
 import re
 
-
 import numpy as np
+import pytest
 
 from common import schema
 from common.status import Status
@@ -379,6 +379,21 @@ def test_admission_keeps_its_headroom_free():
         outcomes[headroom] = replies(infer(core, 1000, now=t, slo_ms=73))
     assert not outcomes[0.0]
     assert outcomes[0.05] and outcomes[0.05][0].body.status is Status.WOULD_MISS_DEADLINE
+
+
+def test_headroom_widens_while_admitted_requests_miss_and_narrows_once_they_stop():
+    core = make_core(admission_headroom=0.05, max_admission_headroom=0.3, admission_miss_target=0.001)
+    for _ in range(20):  # 0.5% of admitted requests missing, ten times the target
+        core._admitted_since, core._missed_since = 1000, 5
+        core._refresh_headroom()
+    assert core.headroom == pytest.approx(0.3)
+    core._admitted_since, core._missed_since = 1000, 1  # at the target: hold
+    core._refresh_headroom()
+    assert core.headroom == pytest.approx(0.3)
+    for _ in range(100):  # none missing: back to the floor, more slowly than it rose
+        core._admitted_since, core._missed_since = 1000, 0
+        core._refresh_headroom()
+    assert core.headroom == pytest.approx(0.05)
 
 
 def test_the_backlog_follows_the_queue():

@@ -100,7 +100,8 @@ def test_telemetry_from_events(tmp_path):
     status = {"workers": [{"name": "w0", "devices": [{"device_id": 0, "memory_bytes": 1024, "used_bytes": 512,
                                                       "loaded": ["resnet"]}]}],
               "models": [{"name": "resnet", "queued": 4, "in_flight": 2}, {"name": "bert", "queued": 1}],
-              "counters": {"evictions": 3, "requests_offered": 4, "exec_prediction_error_ms_p50": 0.5}}
+              "counters": {"evictions": 3, "requests_offered": 4, "exec_prediction_error_ms_p50": 0.5},
+              "scheduler": {"admission_headroom": 0.07, "dispatch_ms": 1.0}}
     t.refresh(status, now)
     p = samples(generate_latest(t.registry).decode())
 
@@ -126,6 +127,7 @@ def test_telemetry_from_events(tmp_path):
     assert value(p, "clockwork_evictions_total") == 3
     assert value(p, "clockwork_scheduler_events_total", event="requests_offered") == 4
     assert value(p, "clockwork_workers") == 1
+    assert value(p, "clockwork_admission_headroom_ratio") == pytest.approx(0.07)
 
     status["workers"] = []  # the worker left: its device series go, nothing else
     t.refresh(status, now + S)
