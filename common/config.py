@@ -87,6 +87,11 @@ class ControllerConfig:
     max_model_bytes: int = 1024 * MIB  # uploads above this get TOO_LARGE
     log_level: str = "info"
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # An INFER that waited this share of its SLO in queues before the controller read it is
+    # refused from its header alone (WOULD_MISS_DEADLINE), without a full decode. When the
+    # controller falls behind, this keeps the queue in front of it short and its CPU for
+    # requests that can still make it, instead of decoding ones that almost surely cannot.
+    refuse_after_waiting: float = 0.5
     # Security (common/security.py). Empty secret_key_file: no keys, so both ROUTERs (and the
     # metrics endpoint) must be loopback addresses. With it, both are CURVE servers; the *_dir
     # settings are directories of NAME.key public keys allowed in (admins may also upload/remove).

@@ -380,9 +380,10 @@ class Core:
         return Status.OK, "", req
 
     def refuse_stale(self, client: bytes, request_id: int, waited_ns: int, slo_ns: int) -> list[Effect]:
-        """A request that waited in queues longer than its whole SLO, refused before it is even
-        decoded: when the controller falls behind, this keeps the cost of each hopeless request
-        small, so the queue in front of it drains and fresh requests are served again."""
+        """A request that waited in queues for much of its SLO (the shell decides how much),
+        refused before it is even decoded: when the controller falls behind, this keeps the cost
+        of each hopeless request small, so the queue in front of it drains and fresh requests
+        are served again."""
         self.counters["requests_offered"] += 1
         self.counters["rejected_stale"] += 1
         self._emit(ToClient(client, request_id, schema.InferReply(status=Status.WOULD_MISS_DEADLINE,

@@ -158,13 +158,15 @@ class ControllerDaemon:
 
     def _waited_or_refused(self, client: bytes, frames: list, now: int) -> int | None:
         """How long an INFER waited in queues (0 for other messages), from its header alone;
-        None once one that waited longer than its SLO has been refused without a full decode."""
+        None once one that waited `refuse_after_waiting` of its SLO or more has been refused
+        without a full decode."""
         head = peek_map(frames)
         if head is None or head.get("type") != "infer" or type(head.get("sent_ns")) is not int:
             return 0
         waited = self.queue_delay.waited_ns(client, head["sent_ns"], now)
         slo_ns, msg_id = head.get("slo_ns"), head.get("msg_id")
-        if type(slo_ns) is int and type(msg_id) is int and 0 < slo_ns <= waited and 0 <= msg_id <= schema.U64:
+        if (type(slo_ns) is int and type(msg_id) is int and 0 < slo_ns * self.cfg.refuse_after_waiting <= waited
+                and 0 <= msg_id <= schema.U64):
             self._perform(self.core.refuse_stale(client, msg_id, waited, slo_ns))
             return None
         return waited

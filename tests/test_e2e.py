@@ -122,6 +122,29 @@ def test_an_infeasible_deadline_is_refused_within_5_ms(system):
         sock.close(0)
 
 
+def test_a_request_that_waited_half_its_slo_before_the_controller_is_refused_from_its_header(system):
+    from client.protocol import build_infer
+    from common.codec import decode
+    from common.net import dealer, recv_frames, send
+
+    sock = dealer(zmq.Context.instance(), system.client_endpoint)
+    try:
+        body = build_infer("resnet", {"data": np.zeros((1, 16), np.float32)}, slo_ns=200_000_000)
+
+        def ask(msg_id: int, waited_ms: float):
+            send(sock, body, msg_id, sent_ns=time.monotonic_ns() - int(waited_ms * 1e6))
+            assert sock.poll(5000), "no answer"
+            return decode(recv_frames(sock)).body
+
+        assert ask(1, 0).status is Status.OK  # the controller learns this client's queueing floor
+        time.sleep(0.15)  # send stamps must keep increasing
+        late = ask(2, 120)  # as if it sat 120 ms (60% of its SLO) in queues before being read
+        assert late.status is Status.WOULD_MISS_DEADLINE and "in queues before reaching the controller" in late.detail
+        assert ask(3, 0).status is Status.OK
+    finally:
+        sock.close(0)
+
+
 def test_several_samples_per_request_and_concurrent_requests_each_get_their_own_rows(system):
     from client.aio import AsyncClient
     import asyncio
