@@ -41,6 +41,9 @@ class SchedulerConfig:
     # short of CPU is planned further ahead instead of dropping actions as TOO_LATE.
     dispatch_ns: int = 1 * MS
     max_dispatch_ns: int = 20 * MS
+    # Allowance for the reply's hop back to the client: every request is planned to finish this
+    # long before its deadline, so that the client, not only the controller, sees it in time.
+    reply_ns: int = 1 * MS
     # Requests waiting per model before new ones get QUEUE_FULL: bounds memory under overload.
     max_queue_per_model: int = 4096
     # LOADs in flight per device (one copy lane; a second queued one hides no latency).

@@ -351,6 +351,7 @@ class Core:
         budget = msg.slo_ns - waited_ns
         if budget <= 0:
             return Status.WOULD_MISS_DEADLINE, _stale_detail(waited_ns, msg.slo_ns), None
+        budget -= self.cfg.reply_ns  # what is left to finish in, with the reply's hop kept apart
         received, deadline = now_ns - waited_ns, now_ns + budget
         if not model.sizes:
             if model.preparing or now_ns < self._started_ns + self.cfg.worker_timeout_ns:

@@ -121,7 +121,7 @@ def test_queued_requests_are_batched_to_the_largest_size_that_meets_every_deadli
 def test_a_tight_deadline_limits_the_batch():
     core = ready_core()
     t = warm(core)
-    infer(core, 1, now=t, slo_ms=4.5)  # batch of 2 would take 3 ms + 1 ms dispatch: fits; 4 would not
+    infer(core, 1, now=t, slo_ms=5.5)  # 1 ms of it is the reply's hop; 2 would take 3 ms + 1 ms dispatch: fits; 4 would not
     for i in range(2, 6):
         infer(core, i, now=t, slo_ms=100)
     ex = sent(core.tick(t), schema.Exec)[0].body
@@ -133,7 +133,7 @@ def test_infeasible_queued_request_is_answered_before_its_deadline():
     t = warm(core)
     infer(core, 1, now=t, slo_ms=50)
     first = sent(core.tick(t), schema.Exec)[0]  # predicted to run t+1 .. t+3 ms
-    assert not replies(infer(core, 2, now=t, slo_ms=6))  # admitted: t+3 + 2 ms exec fits t+6
+    assert not replies(infer(core, 2, now=t, slo_ms=7))  # admitted: t+3 + 2 ms exec fits t+6 (1 ms is the reply's)
     # the worker runs late: at t+4.5 ms there is still no result, so request 2 cannot finish
     # before t+4.5 + 1 ms dispatch + 2 ms exec = t+7.5 > its deadline t+6
     later = t + int(4.5 * MS)
@@ -412,9 +412,9 @@ def test_a_short_batch_goes_first_when_the_urgent_long_one_would_make_it_late():
     t = warm(core, "long")
     sent_at = warm(core, "short", now=t)
     t = sent_at + 20 * MS  # both queued 20 ms before the lane is planned (no tick in between)
-    for i in range(16):  # a batch of 16 runs 10 ms and must start by t+6 ms
+    for i in range(16):  # a batch of 16 runs 10 ms and must start by t+5 ms (1 ms is the reply's)
         assert not replies(infer(core, 100 + i, model="long", now=sent_at, slo_ms=36))
-    assert not replies(infer(core, 1, model="short", now=sent_at, slo_ms=29))  # must start by t+7 ms (2 ms alone)
+    assert not replies(infer(core, 1, model="short", now=sent_at, slo_ms=29))  # must start by t+6 ms (2 ms alone)
     execs = sent(step(core, core.tick(t), t), schema.Exec)
     # "long" must start first, yet running it first (t+1 to t+11) would make "short" late,
     # while "short" first (t+1 to t+3) leaves "long" on time: so "short" goes first.
@@ -518,7 +518,7 @@ def test_time_spent_in_queues_before_the_controller_comes_out_of_the_budget():
     assert tight.status is Status.WOULD_MISS_DEADLINE and "left" in tight.detail
     assert not core.on_request(b"c", 3, msg, t, waited_ns=2 * MS)
     req = core.requests[(b"c", 3)]
-    assert (req.received_ns, req.deadline_ns) == (t - 2 * MS, t + 8 * MS)
+    assert (req.received_ns, req.deadline_ns) == (t - 2 * MS, t + 7 * MS)  # the reply's hop kept apart
 
 
 def test_the_dispatch_allowance_follows_how_late_lanes_really_start():
