@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from common import schema
 from common.checks import BadMessage
 from common.config import MS, SchedulerConfig
-from common.models import Signature, check_inputs
+from common.models import Signature
 from common.status import Status
 from controller.batching import Batch, padded_size
 from controller.core import Core
@@ -168,11 +168,8 @@ class FifoCore(Core):
     def _admit(self, client: bytes, request_id: int, msg: schema.Infer, now_ns: int, waited_ns: int = 0):
         """Only what no system could serve is refused: unknown model, bad input, no worker.
         Time spent in queues before arriving comes out of the SLO budget, as in the core."""
-        model = self.models.get(msg.model)
-        if model is None or model.removing:
-            return Status.MODEL_NOT_FOUND, f"no model named {msg.model!r}", None
         try:
-            samples = check_inputs(model.signature, msg.tensors)
+            model, samples = self._model_and_samples(msg)
         except BadMessage as exc:
             return exc.status, exc.detail, None
         if not model.sizes or next(self._devices_for(model), None) is None:

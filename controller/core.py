@@ -338,12 +338,17 @@ class Core:
         self._enqueue(self.models[req.model], req, now_ns)
         return self._take()
 
-    def _admit(self, client: bytes, request_id: int, msg: schema.Infer, now_ns: int, waited_ns: int):
+    def _model_and_samples(self, msg: schema.Infer) -> tuple[Model, int]:
+        """The model a request names and how many samples it carries; BadMessage (with its
+        reason code) if the model is unknown or the tensors do not fit its signature."""
         model = self.models.get(msg.model)
         if model is None or model.removing:
-            return Status.MODEL_NOT_FOUND, f"no model named {msg.model!r}", None
+            raise BadMessage(Status.MODEL_NOT_FOUND, f"no model named {msg.model!r}")
+        return model, check_inputs(model.signature, msg.tensors)
+
+    def _admit(self, client: bytes, request_id: int, msg: schema.Infer, now_ns: int, waited_ns: int):
         try:
-            samples = check_inputs(model.signature, msg.tensors)
+            model, samples = self._model_and_samples(msg)
         except BadMessage as exc:
             return exc.status, exc.detail, None
         if len(model.queue) >= self.cfg.max_queue_per_model:
