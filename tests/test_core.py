@@ -390,7 +390,7 @@ def test_headroom_widens_while_admitted_requests_miss_and_narrows_once_they_stop
     core._admitted_since, core._missed_since = 1000, 1  # at the target: hold
     core._refresh_headroom()
     assert core.headroom == pytest.approx(0.3)
-    for _ in range(100):  # none missing: back to the floor, more slowly than it rose
+    for _ in range(200):  # none missing: back to the floor, 16 times more slowly than it rose
         core._admitted_since, core._missed_since = 1000, 0
         core._refresh_headroom()
     assert core.headroom == pytest.approx(0.05)
