@@ -101,6 +101,7 @@ class FakeController:
             ]}],
             "models": [{"name": "echo", "queued": 3, "in_flight": 1, "resident_on": ["w0:0"]}],
             "counters": {"requests": 42, "rejected": 2, "goodput_per_s": 12.5},
+            "scheduler": {"admission_headroom": 0.07, "dispatch_ms": 1.5},
         }))]
 
     def on_cancel(self, env: Envelope) -> list[Send]:

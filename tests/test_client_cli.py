@@ -75,6 +75,7 @@ def test_status(clockwork):
     assert code == 0
     assert "WORKER" in out and "emulated-v100" in out and "32.0 GiB" in out
     assert "w0:0" in out and "goodput_per_s" in out and "12.50" in out
+    assert any(line.split() == ["admission_headroom", "0.07"] for line in out.splitlines())
     worker_rows = [line for line in out.splitlines() if line.startswith("w0 ")]
     assert len(worker_rows) == 2 and worker_rows[1].split()[-1] == "-"  # a device with nothing loaded
     code, out, _ = clockwork("status", "--json")
