@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gpu-check": ("bench.gpu_check", "on a GPU host: TensorRT exec percentiles per batch size and LOAD speed"),
     "gateway": ("bench.gateway_bench", "KServe v2 gateway overhead vs the native client, and its request rate"),
     "sim": ("bench.sim", "virtual-time simulator: the real scheduling core against emulated GPUs, or a baseline"),
+    "sweep": ("bench.sweep", "simulated schedulers across offered loads: goodput, SLO misses and p99 in one plot"),
     "run": ("bench.run", "the real system under a workload, with a full run report"),
     "capacity": ("bench.capacity", "highest rate sustained with >= 99.9% of requests within the SLO"),
     "overload": ("bench.overload", "goodput, admitted requests' SLO and memory at 3x a device-bound capacity"),
