@@ -36,6 +36,7 @@ from controller.batching import Batch, padded_size
 from controller.core import Core
 from controller.effects import Effect
 from controller.lifecycle import RequestState, Residency
+from controller.queues import CLASSES
 from controller.state import Device, Model, Request
 
 NO_WINDOW_NS = 3600 * 1_000_000_000  # a baseline EXEC is never too late for the worker
@@ -71,6 +72,7 @@ class FifoQueue:
         self._seq = itertools.count()
         self._live = 0
         self.samples = 0  # live requests' samples
+        self.samples_by_class = [0] * CLASSES
 
     def __len__(self) -> int:
         return self._live
@@ -87,10 +89,12 @@ class FifoQueue:
         heapq.heappush(self._expire, (req.deadline_ns, token, req))
         self._live += 1
         self.samples += req.samples
+        self.samples_by_class[req.priority] += req.samples
 
     def removed(self, req: Request) -> None:
         self._live -= 1
         self.samples -= req.samples
+        self.samples_by_class[req.priority] -= req.samples
         if self._live == 0:
             self._fifo.clear()
             self._expire.clear()

@@ -15,10 +15,11 @@ Theory of operation
 - `on_request` admits a request or rejects it at once: MODEL_NOT_FOUND, BAD_INPUT, QUEUE_FULL,
   UNAVAILABLE (no worker prepared the model), WOULD_MISS_DEADLINE (not even an idle device
   could finish it in time, or not behind the work already queued where it would run).
-- Admission is O(1) per replica looked at: every device keeps `backlog_ns`, the predicted EXEC
-  time of its models' queued samples (each model's queue split over its replicas, priced at
-  the batch sizes it would run in), updated on every queue and replica change (`_reshare`);
-  work of models waiting for a LOAD is kept apart and spread over all devices.
+- Admission is O(1) per replica looked at: every device keeps its backlog per priority class,
+  the predicted EXEC time of its models' queued samples (each model's queue split over its
+  replicas, priced at the batch sizes it would run in), updated on every queue and replica
+  change (`_reshare`); a request is charged the classes at and above its own. Work of models
+  waiting for a LOAD is kept apart and spread over all devices.
 - `tick` runs the phases in order: housekeeping (every `housekeeping_ns`: drop lost workers,
   finish overdue uploads, answer queued requests no device can finish in time any more, add a
   replica where a hot model's queue cannot drain in time, release idle extra replicas), plan
@@ -38,6 +39,7 @@ import heapq
 import itertools
 import math
 from collections import Counter
+from collections.abc import Iterable
 
 from common import schema
 from common.checks import BadMessage
@@ -50,6 +52,7 @@ from controller.batching import Batch, grow, padded_size
 from controller.effects import ActionRecord, Effect, PrepareOn, ToClient, ToWorker, UploadFinished
 from controller.latency import LatencyModel
 from controller.lifecycle import Residency, RequestState, move
+from controller.queues import CLASSES
 from controller.state import Action, Device, Model, PendingUpload, Profile, Request, Resident, Worker
 
 UPLOAD_WAIT_NS = 120 * 1_000_000_000  # answer an upload by then even if a worker is silent
@@ -87,7 +90,7 @@ class Core:
         self.unplaced: dict[str, None] = {}  # pending models with no replica: LOAD candidates
         self.replicated: dict[str, None] = {}  # models on more than one device
         self.uploads: dict[str, PendingUpload] = {}
-        self.unplaced_backlog_ns = 0  # EXEC time queued for models waiting for a LOAD (admission)
+        self.unplaced_by_class = [0] * CLASSES  # EXEC time queued for models waiting for a LOAD (admission)
         self._device_count = 0  # devices of connected workers
         self.counters: Counter[str] = Counter()
         self._due: list[tuple[int, int, str, Device]] = []  # (plan at, version, key, device)
@@ -203,7 +206,7 @@ class Core:
             self.pending[model.name] = None
             if not model.replicas:
                 self.unplaced[model.name] = None
-        self._reshare(model)
+        self._reshare(model, classes=(req.priority,))
         for dev in model.replicas.values():
             dev.pending[model.name] = None
             self._plan_device_soon(dev, now_ns)
@@ -212,34 +215,43 @@ class Core:
         """`requests` left the queue (dispatched or answered)."""
         for req in requests:
             model.queue.removed(req)
-        self._reshare(model)
+        self._reshare(model, classes={req.priority for req in requests})
         if not model.queue:
             self.pending.pop(model.name, None)
             self.unplaced.pop(model.name, None)
             for dev in model.replicas.values():
                 dev.pending.pop(model.name, None)
 
-    def _reshare(self, model: Model, removed: Device | None = None) -> None:
-        """Keep every replica's `backlog_ns` holding the time its share of the model's queue
-        takes (after a queue change, a replica added, or `removed` taken away); a model with no
-        replica counts in `unplaced_backlog_ns` instead."""
+    def _reshare(self, model: Model, removed: Device | None = None, classes: Iterable[int] | None = None) -> None:
+        """Keep every replica's backlog holding the time its share of the model's queue takes,
+        per priority class (after the queue changed in `classes`, or for every class with queued
+        work after a replica was added or `removed` taken away); a model with no replica counts
+        in `unplaced_by_class` instead. A class with nothing queued has no share anywhere."""
         shares = model.backlog_shares
         if removed is not None:
-            removed.backlog_ns -= shares.pop(removed.key, 0)
-        unplaced_ns = 0 if model.replicas or not model.kinds else \
-            self._drain_ns(model, model.queue.samples, model.kinds[0])
-        self.unplaced_backlog_ns += unplaced_ns - model.unplaced_ns
-        model.unplaced_ns = unplaced_ns
+            for c, ns in enumerate(shares.pop(removed.key, ())):
+                removed.backlog_by_class[c] -= ns
+        waiting = model.queue.samples_by_class
+        if classes is None:
+            classes = [c for c in range(CLASSES) if waiting[c] or model.unplaced_ns[c]]
+        for c in classes:
+            cost = self._drain_ns(model, waiting[c], model.kinds[0]) if not model.replicas and model.kinds else 0
+            self.unplaced_by_class[c] += cost - model.unplaced_ns[c]
+            model.unplaced_ns[c] = cost
         if not model.replicas:
             return
-        samples = model.queue.samples / len(model.replicas)
-        by_kind: dict[str, int] = {}
-        for key, dev in model.replicas.items():
-            cost = by_kind.get(dev.kind)
-            if cost is None:
-                cost = by_kind[dev.kind] = self._drain_ns(model, samples, dev.kind)
-            dev.backlog_ns += cost - shares.get(key, 0)
-            shares[key] = cost
+        for c in classes:
+            samples = waiting[c] / len(model.replicas)
+            by_kind: dict[str, int] = {}
+            for key, dev in model.replicas.items():
+                cost = by_kind.get(dev.kind)
+                if cost is None:
+                    cost = by_kind[dev.kind] = self._drain_ns(model, samples, dev.kind)
+                share = shares.get(key)
+                if share is None:
+                    share = shares[key] = [0] * CLASSES
+                dev.backlog_by_class[c] += cost - share[c]
+                share[c] = cost
 
     def _drain_ns(self, model: Model, samples: float, kind: str) -> int:
         """Predicted EXEC time of `samples` queued samples of `model` on a device of `kind`,
@@ -377,7 +389,7 @@ class Core:
             return (Status.WOULD_MISS_DEADLINE,
                     f"needs at least {best / 1e6:.2f} ms even on an idle device; {budget / 1e6:.2f} ms of its "
                     f"{msg.slo_ns / 1e6:.2f} ms SLO are left{waited}", None)
-        backlog = self._finish_behind_queue_ns(model, samples, now_ns)
+        backlog = self._finish_behind_queue_ns(model, samples, msg.priority, now_ns)
         if backlog is not None and backlog > deadline - int(self.headroom * budget):
             self.counters["rejected_for_backlog"] += 1
             return (Status.WOULD_MISS_DEADLINE,
@@ -918,22 +930,23 @@ class Core:
             best = total if best is None else min(best, total)
         return best
 
-    def _finish_behind_queue_ns(self, model: Model, samples: int, now_ns: int) -> int | None:
+    def _finish_behind_queue_ns(self, model: Model, samples: int, priority: int, now_ns: int) -> int | None:
         """When a new request could finish at the earliest behind the work already queued on
-        one of its model's replicas (the device's `backlog_ns`: under load a new request has
-        the latest deadline, so earliest-deadline-first serves it last), plus its part of the
-        work still waiting for LOADs, which will land on some device ahead of it.
-        With no replica yet: after its own LOAD, behind those of the models ahead of it."""
+        one of its model's replicas in its priority class and above (under load a new request
+        has the latest deadline, so earliest-deadline-first serves it last in its class; lower
+        classes wait for it), plus its part of the work still waiting for LOADs, which will land
+        on some device ahead of it. With no replica yet: after its own LOAD, behind those of the
+        models ahead of it."""
         size = padded_size(samples, model.sizes)
-        spill_ns = self.unplaced_backlog_ns // max(1, self._device_count)
+        spill_ns = sum(self.unplaced_by_class[priority:]) // max(1, self._device_count)
         if not model.replicas:
-            return self._finish_after_load_ns(model, size, spill_ns, now_ns)
+            return self._finish_after_load_ns(model, size, priority, spill_ns, now_ns)
         best = None
         for dev in itertools.islice(model.replicas.values(), ADMISSION_REPLICAS):
             exec_ns = self.latency.exec_ns(model.name, size, dev.kind)
             if exec_ns is None:
                 continue
-            ahead_ns = dev.backlog_ns + spill_ns
+            ahead_ns = dev.backlog_ns(priority) + spill_ns
             finish = self._replica_start_ns(dev, model, now_ns) + ahead_ns + \
                 self._overtaken_ns(model, exec_ns, dev.kind, ahead_ns) + exec_ns
             best = finish if best is None else min(best, finish)
@@ -948,7 +961,7 @@ class Core:
         big = self.latency.exec_ns(model.name, model.sizes[-1], kind) or 0
         return max(0, min(big - exec_ns, ahead_ns))
 
-    def _finish_after_load_ns(self, model: Model, size: int, spill_ns: int, now_ns: int) -> int | None:
+    def _finish_after_load_ns(self, model: Model, size: int, priority: int, spill_ns: int, now_ns: int) -> int | None:
         # Models waiting for a LOAD get one in turn, as LOAD slots free up on any device.
         slots = max(1, self._device_count * self.cfg.max_loads_per_device)
         best = None
@@ -959,7 +972,7 @@ class Core:
                 continue
             turn_ns = len(self.unplaced) * load_ns // slots
             loaded = max(now_ns + self.dispatch_ns, dev.load_lane.free_at(now_ns)) + turn_ns + load_ns
-            ahead_ns = dev.backlog_ns + spill_ns
+            ahead_ns = dev.backlog_ns(priority) + spill_ns
             behind = dev.exec_lane.free_at(now_ns) + ahead_ns + self._overtaken_ns(model, exec_ns, dev.kind, ahead_ns)
             finish = max(loaded, behind) + exec_ns
             best = finish if best is None else min(best, finish)
@@ -1048,14 +1061,16 @@ class Core:
                 if prev_end is not None and start < prev_end:
                     raise InvariantViolation(f"{dev.key}: overlapping EXEC windows")
                 prev_end = end
-            shares = sum(self.models[n].backlog_shares.get(dev.key, 0) for n in dev.resident if n in self.models)
-            if shares != dev.backlog_ns:
-                raise InvariantViolation(f"{dev.key}: backlog {dev.backlog_ns} ns but its models' shares add to {shares}")
+            shares = [sum(col) for col in zip([0] * CLASSES, *(self.models[n].backlog_shares.get(dev.key, [0] * CLASSES)
+                                                               for n in dev.resident if n in self.models))]
+            if shares != dev.backlog_by_class:
+                raise InvariantViolation(f"{dev.key}: backlog {dev.backlog_by_class} ns but its models' shares add to {shares}")
             want = [n for n in dev.resident if n in self.pending]
             if sorted(want) != sorted(dev.pending):
                 raise InvariantViolation(f"{dev.key}: pending {sorted(dev.pending)} but queued residents {want}")
-        if self.unplaced_backlog_ns != sum(m.unplaced_ns for m in self.models.values()):
-            raise InvariantViolation(f"work waiting for LOADs {self.unplaced_backlog_ns} ns is not its models' sum")
+        unplaced = [sum(col) for col in zip([0] * CLASSES, *(m.unplaced_ns for m in self.models.values()))]
+        if unplaced != self.unplaced_by_class:
+            raise InvariantViolation(f"work waiting for LOADs {self.unplaced_by_class} ns is not its models' sum")
         for action in self.actions.values():
             if action.kind == "exec":
                 res = action.device.resident.get(action.model)
@@ -1070,7 +1085,7 @@ class Core:
             live = sum(1 for r in self.requests.values() if r.model == model.name and r.state is RequestState.QUEUED)
             if live != len(model.queue) or (live > 0) != (model.name in self.pending):
                 raise InvariantViolation(f"{model.name}: queue length {len(model.queue)} but {live} queued")
-            if model.unplaced_ns and model.replicas:
+            if any(model.unplaced_ns) and model.replicas:
                 raise InvariantViolation(f"{model.name}: counted as waiting for a LOAD but it has replicas")
             if (model.name in self.unplaced) != (model.name in self.pending and not model.replicas):
                 raise InvariantViolation(f"{model.name}: unplaced set out of date")

@@ -46,7 +46,7 @@ def load_target(model: Model, weights_bytes: int, devices: list[Device], now_ns:
         # No eviction first; then the device that will be done soonest with what it has running
         # and queued, and holds the fewest models, so work spreads over devices and workers
         # instead of piling onto a busy one or the first one listed.
-        key = (pages > dev.free_pages(), dev.exec_lane.free_at(now_ns) + dev.backlog_ns, len(dev.resident),
+        key = (pages > dev.free_pages(), dev.exec_lane.free_at(now_ns) + dev.backlog_ns(), len(dev.resident),
                dev.load_lane.free_at(now_ns), dev.key)
         if best_key is None or key < best_key:
             best, best_key = (dev, pages), key

@@ -12,7 +12,10 @@ import heapq
 import itertools
 from typing import TYPE_CHECKING
 
+from common.schema import MAX_PRIORITY
 from controller.lifecycle import RequestState
+
+CLASSES = MAX_PRIORITY + 1  # priority classes 0 .. MAX_PRIORITY
 
 if TYPE_CHECKING:
     from controller.state import Request
@@ -27,6 +30,7 @@ class RequestQueue:
         self._seq = itertools.count()
         self._live = 0
         self.samples = 0  # live requests' samples: the work waiting, for replica decisions
+        self.samples_by_class = [0] * CLASSES  # the same per priority class, for admission
 
     def __len__(self) -> int:
         return self._live
@@ -37,11 +41,13 @@ class RequestQueue:
         heapq.heappush(self._expire, (req.deadline_ns, seq, req))
         self._live += 1
         self.samples += req.samples
+        self.samples_by_class[req.priority] += req.samples
 
     def removed(self, req: "Request") -> None:
         """Call when a queued request leaves the queue by any path (its state leaves QUEUED)."""
         self._live -= 1
         self.samples -= req.samples
+        self.samples_by_class[req.priority] -= req.samples
 
     def head(self, limit: int) -> list["Request"]:
         """Up to `limit` live requests in service order; O(limit log n), the queue unchanged."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from common.models import Signature
 from common.tensors import Tensor
 from controller.lifecycle import Residency, RequestState
-from controller.queues import RequestQueue
+from controller.queues import CLASSES, RequestQueue
 from controller.timeline import Timeline
 
 
@@ -52,10 +52,12 @@ class Model:
     preparing: set[str] = field(default_factory=set)  # workers sent PREPARE, not answered yet
     kinds: list[str] = field(default_factory=list)  # device kinds of the workers that prepared it
     weights_bytes: int = 0  # device memory one replica takes (from the profiles)
-    # Device key -> the time this model's queue adds to that replica's backlog (its share of the
-    # queued samples, batched): kept so the device's sum can be updated exactly.
-    backlog_shares: dict[str, int] = field(default_factory=dict)
-    unplaced_ns: int = 0  # with no replica: its queue's EXEC time, part of the work waiting for LOADs
+    # Device key -> the time this model's queue adds to that replica's backlog, per priority
+    # class (its share of the queued samples, batched): kept so the device's sums can be updated
+    # exactly.
+    backlog_shares: dict[str, list[int]] = field(default_factory=dict)
+    # With no replica: its queue's EXEC time per class, part of the work waiting for LOADs.
+    unplaced_ns: list[int] = field(default_factory=lambda: [0] * CLASSES)
     expiry_token: int = 0  # its live entry in the core's expiry heap
 
 
@@ -83,10 +85,11 @@ class Device:
     pending: dict[str, None] = field(default_factory=dict)
     plan_version: int = 0  # bumps invalidate this device's older entries in the planning heap
     booked_ns: int | None = None  # when its live planning-heap entry is due (None: not booked)
-    # Predicted EXEC time of the work queued for it: each held model's queued samples, split
-    # evenly over that model's replicas, at the batch sizes they would run in. Admission puts
-    # it ahead of a new request (kept up to date on every queue and replica change: O(1) to read).
-    backlog_ns: int = 0
+    # Predicted EXEC time of the work queued for it, per priority class: each held model's
+    # queued samples, split evenly over that model's replicas, at the batch sizes they would run
+    # in. Admission puts the classes at and above a new request's ahead of it (kept up to date
+    # on every queue and replica change, so reading it costs a sum of ten).
+    backlog_by_class: list[int] = field(default_factory=lambda: [0] * CLASSES)
     sm_clock_mhz: int = 0  # last reported by the worker (GPUs); shows throttling in STATUS
     exec_busy_ns: int = 0  # measured EXEC time so far: utilisation is its rate of change
 
@@ -96,6 +99,10 @@ class Device:
 
     def free_pages(self) -> int:
         return self.capacity_pages - self.used_pages
+
+    def backlog_ns(self, min_priority: int = 0) -> int:
+        """Predicted EXEC time queued here in priority classes `min_priority` and above."""
+        return sum(self.backlog_by_class[min_priority:])
 
 
 @dataclass(eq=False)

@@ -402,9 +402,26 @@ def test_the_backlog_follows_the_queue():
     dev = core.workers["w1"].devices[0]
     for i in range(19):
         infer(core, i, now=t, slo_ms=500)
-    assert dev.backlog_ns == EXEC_NS[16] + EXEC_NS[4]  # 16 + 3 padded to 4
+    assert dev.backlog_ns() == EXEC_NS[16] + EXEC_NS[4]  # 16 + 3 padded to 4
     effects = step(core, core.tick(t), t)  # a batch of 16 is dispatched: 3 stay queued
-    assert sent(effects, schema.Exec) and dev.backlog_ns == EXEC_NS[4]
+    assert sent(effects, schema.Exec) and dev.backlog_ns() == EXEC_NS[4]
+
+
+def test_a_higher_class_is_not_refused_for_work_queued_in_lower_ones():
+    core = ready_core()
+    t = warm(core)
+    for i in range(96):  # 60 ms of class-0 work queued
+        infer(core, i, now=t, slo_ms=500)
+    for i in range(16):  # 10 ms of class-5 work
+        infer(core, 200 + i, now=t, slo_ms=500, priority=5)
+    assert core.workers["w1"].devices[0].backlog_ns(5) == EXEC_NS[16]
+    refused = replies(infer(core, 1000, now=t, slo_ms=40))  # class 0: behind all 70 ms
+    assert refused and refused[0].body.status is Status.WOULD_MISS_DEADLINE
+    assert not replies(infer(core, 1001, now=t, slo_ms=40, priority=5))  # class 5: behind 10 ms only
+    core.check_invariants(t)
+    execs = sent(core.tick(t), schema.Exec)
+    assert execs[0].body.batch_size == 16 and {len(e.body.tensors) for e in execs[:1]} == {16}
+    assert all(chunk.array()[0, 0] >= 200 for chunk in execs[0].body.tensors)  # class 5 runs first
 
 
 def test_a_short_batch_goes_first_when_the_urgent_long_one_would_make_it_late():
