@@ -35,7 +35,7 @@ from typing import Callable, Mapping, Sequence
 from bench.loadgen import LoadResults
 from bench.procs import run_in_temp_dir
 from bench.progress import command_main, say as _say
-from bench.report import _finite, format_table
+from bench.report import _finite, format_table, saved_figure
 from bench.run import (WORKLOADS, System, add_system_args, cpu_seconds, cpu_usage, describe, drive, make_schedule,
                        setup_of, start_system, warm_up)
 from bench import workload
@@ -245,15 +245,9 @@ def write_outputs(out_dir: Path, result: SearchResult, args: argparse.Namespace)
 
 
 def write_capacity_png(path: Path, result: SearchResult, target: float, slo_ms: float) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = sorted(result.steps, key=lambda s: s.rate)
     rates = [s.rate for s in steps]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
-    try:
+    with saved_figure(path, 1, 2, figsize=(12, 4.5), dpi=100) as (_, (ax1, ax2)):
         miss = [max(1.0 - s.attainment, 1e-6) for s in steps]
         colors = ["tab:green" if s.passed else "tab:red" for s in steps]
         ax1.plot(rates, miss, color="grey", linewidth=1)
@@ -277,10 +271,6 @@ def write_capacity_png(path: Path, result: SearchResult, target: float, slo_ms: 
             ax.grid(True, which="both", alpha=0.3)
             if result.best_rate > 0:
                 ax.axvline(result.best_rate, color="tab:green", linewidth=1, alpha=0.5)
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
     return path
 
 

@@ -42,7 +42,7 @@ from bench.capacity import num, top_counts
 from bench.procs import run_in_temp_dir
 from bench.progress import command_main
 from bench.progress import say as _say
-from bench.report import _finite, format_table
+from bench.report import _finite, format_table, saved_figure
 from bench.run import (
     WORKLOADS,
     add_system_args,
@@ -209,15 +209,9 @@ def write_outputs(out_dir: Path, args: argparse.Namespace, rate: float, search: 
 
 
 def write_png(path: Path, steps: Sequence[OverloadStep], target: float, slo_ms: float) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = [s.label for s in steps]
     x = range(len(steps))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
-    try:
+    with saved_figure(path, 1, 2, figsize=(10, 4), dpi=100) as (_, (ax1, ax2)):
         width = 0.27
         for i, (name, values) in enumerate((("offered", [s.offered_per_s for s in steps]),
                                             ("admitted", [s.admitted / max(s.requests, 1) * s.offered_per_s
@@ -239,10 +233,6 @@ def write_png(path: Path, steps: Sequence[OverloadStep], target: float, slo_ms: 
         ax2.legend(fontsize=8, loc="lower left")
         for ax in (ax1, ax2):
             ax.grid(True, axis="y", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
     return path
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -275,18 +277,31 @@ def _finite(value: Any) -> Any:
     return value
 
 
+@contextmanager
+def saved_figure(path: str | Path, *args: Any, **kwargs: Any) -> Iterator[tuple[Any, Any]]:
+    """`plt.subplots(*args, **kwargs)` for the block to draw on; laid out and saved to `path`
+    when it ends, and closed either way. matplotlib is imported on first use, headless (no
+    display needed, and never stealing a terminal's window system)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(*args, **kwargs)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
 def write_cdf_png(path: str | Path, series: Mapping[str, Latencies], slo_ms: float | Mapping[str, float] | None = None,
                   title: str = "Latency CDF") -> Path:
     """One CDF line per series on a log-x axis, with a dashed vertical line at each SLO."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed, and never steal a terminal's window system
-    import matplotlib.pyplot as plt
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    try:
+    with saved_figure(path, figsize=(7, 4.5), dpi=110) as (_, ax):
         for label, lat in series.items():
             xs, ys = lat.cdf_ms()
             if xs:
@@ -308,8 +323,4 @@ def write_cdf_png(path: str | Path, series: Mapping[str, Latencies], slo_ms: flo
         ax.grid(True, which="both", alpha=0.3)
         if series:
             ax.legend(loc="lower right", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
     return path

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from bench.report import Latencies, _finite, format_table
+from bench.report import Latencies, _finite, format_table, saved_figure
 
 REQUEST_COLUMNS: tuple[str, ...] = (
     "request_id",  # unique within the run
@@ -543,20 +543,9 @@ def write_timeseries_csv(path: str | Path, series: Mapping[str, np.ndarray]) -> 
 # ----------------------------------------------------------------------------- plots
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def write_timeseries_png(path: str | Path, series: Mapping[str, np.ndarray], title: str, slo_ms: float) -> Path:
-    plt = _plt()
     t = series["t_s"]
-    fig, axes = plt.subplots(4, 1, figsize=(9, 10), dpi=100, sharex=True)
-    try:
+    with saved_figure(path, 4, 1, figsize=(9, 10), dpi=100, sharex=True) as (_, axes):
         ax = axes[0]
         ax.plot(t, series["offered_per_s"], label="offered", color="grey", linestyle="--")
         ax.plot(t, series["throughput_per_s"], label="throughput (OK)")
@@ -585,24 +574,19 @@ def write_timeseries_png(path: str | Path, series: Mapping[str, np.ndarray], tit
         for ax in axes:
             ax.grid(True, alpha=0.3)
         axes[0].set_title(title)
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
     return Path(path)
 
 
 def write_run_cdf_png(path: str | Path, log: RunLog, title: str, slo_ms: float) -> Path:
     """Latency CDF of OK requests (from HDR buckets); beside it, when actions carry both a
     prediction and a measurement, the CDF of measured - predicted per action kind."""
-    plt = _plt()
     req = log.requests()
     ok = np.array(req["status"], dtype=object) == "OK" if log.num_requests else np.zeros(0, bool)
     act = log.actions()
     errors = {k: prediction_error_ns(act, k) for k in PREDICTION_KINDS} if log.num_actions else {}
     errors = {k: v for k, v in errors.items() if len(v)}
-    fig, axes = plt.subplots(1, 2 if errors else 1, figsize=(12 if errors else 7, 4.5), dpi=100, squeeze=False)
-    try:
+    with saved_figure(path, 1, 2 if errors else 1, figsize=(12 if errors else 7, 4.5), dpi=100,
+                      squeeze=False) as (_, axes):
         ax = axes[0][0]
         for label, mask in (("OK", ok), ("all answered", req["latency_ns"] >= 0)):
             lat = _hdr(req["latency_ns"][mask])
@@ -630,10 +614,6 @@ def write_run_cdf_png(path: str | Path, log: RunLog, title: str, slo_ms: float) 
             ax.set_title("prediction error")
             ax.grid(True, alpha=0.3)
             ax.legend(loc="lower right", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
     return Path(path)
 
 

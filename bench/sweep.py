@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench import sim
 from bench.progress import NullProgress, Progress
-from bench.report import format_table, write_json
+from bench.report import format_table, saved_figure, write_json
 
 MISS_FLOOR = 1e-6  # a run with no miss is drawn here on the log axis (and labelled as such)
 
@@ -72,13 +72,7 @@ def run_sweep(args: argparse.Namespace, sim_args: argparse.Namespace) -> list[di
 
 
 def write_png(path: Path, rows: Sequence[Mapping], title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.5), dpi=100)
-    try:
+    with saved_figure(path, 1, 3, figsize=(15, 4.5), dpi=100) as (fig, (ax1, ax2, ax3)):
         for name in dict.fromkeys(r["scheduler"] for r in rows):
             mine = sorted((r for r in rows if r["scheduler"] == name), key=lambda r: r["offered_per_s"])
             x = [r["offered_per_s"] for r in mine]
@@ -101,10 +95,6 @@ def write_png(path: Path, rows: Sequence[Mapping], title: str) -> Path:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
         fig.suptitle(title)
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
     return path
 
 
