@@ -36,7 +36,7 @@ from controller.batching import Batch, padded_size
 from controller.core import Core
 from controller.effects import Effect
 from controller.lifecycle import RequestState, Residency
-from controller.queues import CLASSES
+from controller.queues import QueueBase, is_live
 from controller.state import Device, Model, Request
 
 NO_WINDOW_NS = 3600 * 1_000_000_000  # a baseline EXEC is never too late for the worker
@@ -58,27 +58,19 @@ class BaselineConfig:
     replicate_hot_models: bool = False
 
 
-class FifoQueue:
+class FifoQueue(QueueBase):
     """The per-model queue in arrival order, with the interface of controller.queues.RequestQueue.
 
-    A deque in arrival order (service) and a heap by deadline (expiry), both with lazy
-    deletion: an entry is live while its request is QUEUED and carries the token of its latest
-    push. When nothing is live both are cleared, so stale entries never pile up.
+    A deque in arrival order (service) beside the base's heap by deadline (expiry), both with
+    lazy deletion. When nothing is live both are cleared, so stale entries never pile up.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._fifo: deque[tuple[int, Request]] = deque()  # (token, request), arrival order
-        self._expire: list[tuple[int, int, Request]] = []  # (deadline, token, request)
-        self._seq = itertools.count()
-        self._live = 0
-        self.samples = 0  # live requests' samples
-        self.samples_by_class = [0] * CLASSES
-
-    def __len__(self) -> int:
-        return self._live
 
     def push(self, req: Request) -> None:
-        token = req.queue_token = next(self._seq)
+        token = self._added(req)
         entry = (token, req)
         if self._fifo and req.received_ns < self._fifo[-1][1].received_ns:
             # Put back after a drop: it keeps its place by arrival (rare; linear is fine).
@@ -86,28 +78,22 @@ class FifoQueue:
             self._fifo.insert(index, entry)
         else:
             self._fifo.append(entry)
-        heapq.heappush(self._expire, (req.deadline_ns, token, req))
-        self._live += 1
-        self.samples += req.samples
-        self.samples_by_class[req.priority] += req.samples
 
     def removed(self, req: Request) -> None:
-        self._live -= 1
-        self.samples -= req.samples
-        self.samples_by_class[req.priority] -= req.samples
+        super().removed(req)
         if self._live == 0:
             self._fifo.clear()
             self._expire.clear()
 
     def head(self, limit: int) -> list[Request]:
         """Up to `limit` live requests, oldest first."""
-        while self._fifo and not _live(*self._fifo[0]):
+        while self._fifo and not is_live(self._fifo[0][1], self._fifo[0][0]):
             self._fifo.popleft()
         out = []
         for token, req in self._fifo:
             if len(out) >= limit:
                 break
-            if _live(token, req):
+            if is_live(req, token):
                 out.append(req)
         return out
 
@@ -115,28 +101,11 @@ class FifoQueue:
         head = self.head(1)
         return head[0] if head else None
 
-    def earliest_deadline(self) -> int | None:
-        while self._expire and not _live(self._expire[0][1], self._expire[0][2]):
-            heapq.heappop(self._expire)
-        return self._expire[0][0] if self._expire else None
-
-    def pop_expired(self, before_ns: int) -> list[Request]:
-        out = []
-        while self._expire and self._expire[0][0] < before_ns:
-            _, token, req = heapq.heappop(self._expire)
-            if _live(token, req):
-                out.append(req)
-        return out
-
     def drain(self) -> list[Request]:
         out = self.head(self._live)
         self._fifo.clear()
         self._expire.clear()
         return out
-
-
-def _live(token: int, req: Request) -> bool:
-    return req.state is RequestState.QUEUED and req.queue_token == token
 
 
 class FifoCore(Core):

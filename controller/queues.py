@@ -4,6 +4,9 @@ Two heaps over the same requests with lazy deletion: a request that left the que
 answered) stays in the heaps until it surfaces and is skipped. An entry is live only while its
 request is QUEUED and carries the token of its latest push, so a request put back after a drop
 is never served twice. `len()` counts only live requests.
+
+`QueueBase` is what every queue order shares (the expiry heap and the counts); the baselines'
+FIFO queue (controller/baseline.py) is another order on it.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ if TYPE_CHECKING:
 _QUEUED = RequestState.QUEUED
 
 
-class RequestQueue:
+class QueueBase:
+    """The expiry heap and the counts of a per-model queue; subclasses add the service order."""
+
     def __init__(self) -> None:
-        self._serve: list[tuple[int, int, int, "Request"]] = []  # (-priority, deadline, token, req)
         self._expire: list[tuple[int, int, "Request"]] = []  # (deadline, token, req)
         self._seq = itertools.count()
         self._live = 0
@@ -35,13 +39,14 @@ class RequestQueue:
     def __len__(self) -> int:
         return self._live
 
-    def push(self, req: "Request") -> None:
-        seq = req.queue_token = next(self._seq)
-        heapq.heappush(self._serve, (-req.priority, req.deadline_ns, seq, req))
-        heapq.heappush(self._expire, (req.deadline_ns, seq, req))
+    def _added(self, req: "Request") -> int:
+        """Count a request in and file it for expiry; returns the token of this push."""
+        token = req.queue_token = next(self._seq)
+        heapq.heappush(self._expire, (req.deadline_ns, token, req))
         self._live += 1
         self.samples += req.samples
         self.samples_by_class[req.priority] += req.samples
+        return token
 
     def removed(self, req: "Request") -> None:
         """Call when a queued request leaves the queue by any path (its state leaves QUEUED)."""
@@ -49,27 +54,8 @@ class RequestQueue:
         self.samples -= req.samples
         self.samples_by_class[req.priority] -= req.samples
 
-    def head(self, limit: int) -> list["Request"]:
-        """Up to `limit` live requests in service order; O(limit log n), the queue unchanged."""
-        taken, out = [], []
-        while self._serve and len(out) < limit:
-            entry = heapq.heappop(self._serve)
-            if _live(entry[3], entry[2]):
-                taken.append(entry)
-                out.append(entry[3])
-        for entry in taken:
-            heapq.heappush(self._serve, entry)
-        return out
-
-    def first(self) -> "Request | None":
-        """The live request served next (amortised O(1): stale entries on top are dropped)."""
-        serve = self._serve
-        while serve and not _live(serve[0][3], serve[0][2]):
-            heapq.heappop(serve)
-        return serve[0][3] if serve else None
-
     def earliest_deadline(self) -> int | None:
-        while self._expire and not _live(self._expire[0][2], self._expire[0][1]):
+        while self._expire and not is_live(self._expire[0][2], self._expire[0][1]):
             heapq.heappop(self._expire)
         return self._expire[0][0] if self._expire else None
 
@@ -79,9 +65,38 @@ class RequestQueue:
         out = []
         while self._expire and self._expire[0][0] < before_ns:
             _, token, req = heapq.heappop(self._expire)
-            if _live(req, token):
+            if is_live(req, token):
                 out.append(req)
         return out
+
+
+class RequestQueue(QueueBase):
+    def __init__(self) -> None:
+        super().__init__()
+        self._serve: list[tuple[int, int, int, "Request"]] = []  # (-priority, deadline, token, req)
+
+    def push(self, req: "Request") -> None:
+        token = self._added(req)
+        heapq.heappush(self._serve, (-req.priority, req.deadline_ns, token, req))
+
+    def head(self, limit: int) -> list["Request"]:
+        """Up to `limit` live requests in service order; O(limit log n), the queue unchanged."""
+        taken, out = [], []
+        while self._serve and len(out) < limit:
+            entry = heapq.heappop(self._serve)
+            if is_live(entry[3], entry[2]):
+                taken.append(entry)
+                out.append(entry[3])
+        for entry in taken:
+            heapq.heappush(self._serve, entry)
+        return out
+
+    def first(self) -> "Request | None":
+        """The live request served next (amortised O(1): stale entries on top are dropped)."""
+        serve = self._serve
+        while serve and not is_live(serve[0][3], serve[0][2]):
+            heapq.heappop(serve)
+        return serve[0][3] if serve else None
 
     def drain(self) -> list["Request"]:
         """Every live request, in service order; the caller answers each (calling removed())."""
@@ -91,5 +106,6 @@ class RequestQueue:
         return out
 
 
-def _live(req: "Request", token: int) -> bool:
+def is_live(req: "Request", token: int) -> bool:
+    """The entry filed with `token` still stands for `req`: it is queued, and this is its latest push."""
     return req.state is _QUEUED and req.queue_token == token
