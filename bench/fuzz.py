@@ -125,15 +125,15 @@ def target_codec(frames: list[bytes]) -> None:
 def target_client(frames: list[bytes]) -> None:
     from client import protocol
 
-    incoming = protocol.read_incoming(frames)
-    if incoming.envelope is None:
-        return
-    for parse in (protocol.parse_infer_reply, protocol.parse_reply, protocol.parse_list_reply,
-                  protocol.parse_status_reply, protocol.parse_upload_reply):
-        try:
-            parse(incoming.envelope)
-        except ClockworkError:
-            pass
+    for incoming in protocol.read_incoming(frames):
+        if incoming.envelope is None:
+            continue
+        for parse in (protocol.parse_infer_reply, protocol.parse_reply, protocol.parse_list_reply,
+                      protocol.parse_status_reply, protocol.parse_upload_reply):
+            try:
+                parse(incoming.envelope)
+            except ClockworkError:
+                pass
 
 
 def target_profile(frames: list[bytes]) -> None:

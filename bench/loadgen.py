@@ -17,6 +17,9 @@ What keeps the per-request cost low (a few microseconds of Python each way):
 - Each model's INFER is encoded once (by the client library's shared builder and the codec);
   per send only the header's msg_id and sent_ns change, and they are patched into the packed
   header as fixed-width msgpack uint64s (`FrameTemplate`), byte-identical to `codec.encode`.
+- Every request due at one wake-up leaves in one bundle (schema.BUNDLE), and the controller
+  answers a batch's requests in one bundle too, so ZeroMQ's per-message cost (and the
+  controller's per-message loop) is paid per wake-up and per batch, not per request.
 - A reply's header is unpacked with msgpack and the few fields needed are stored as one tuple
   by request index; validation, status names, histograms and the request log are all built
   once after the run, with numpy, not per reply.
@@ -46,9 +49,9 @@ from bench.report import Latencies
 from bench.workload import Schedule
 from client.protocol import build_infer
 from common.checks import BadMessage
-from common.codec import decode, encode
+from common.codec import bundle, decode, encode, split
 from common.net import IdSource, dealer
-from common.schema import Message
+from common.schema import MAX_BUNDLE_PARTS, PROTO_VERSION, Message
 from common.status import Status
 
 if TYPE_CHECKING:
@@ -153,6 +156,7 @@ class FrameTemplate:
         self.middle = head[id_at + 8:sent_at]
         self.suffix = head[sent_at + 8:]
         self.rest = [bytes(f) for f in frames[1:]]  # tensor bytes: sent as they are, every time
+        self.n_frames = len(frames)
 
     def header(self, msg_id: int, sent_ns: int) -> bytes:
         if _FIXED_MIN <= msg_id < (1 << 64) and _FIXED_MIN <= sent_ns < _U63:
@@ -215,10 +219,14 @@ class _OpenLoop:
         self.track: list[int] | None = None  # a closed loop collects answered indices here
 
     def send_due(self, now_ns: int) -> None:
+        """Send every request now due, as one bundle (schema.BUNDLE) of up to MAX_BUNDLE_PARTS."""
         times, model_of, templates = self.times, self.model_of, self.templates
-        sent_at, replies, send = self.sent_at, self.replies, self.sock.send_multipart
+        sent_at = self.sent_at
         i, n, start, base = self.next_index, len(times), self.start_ns, self.base_id
-        monotonic_ns, noblock = time.monotonic_ns, zmq.NOBLOCK
+        monotonic_ns = time.monotonic_ns
+        frames: list = []
+        parts: list[int] = []
+        first = i
         while i < n and start + times[i] <= now_ns:
             tpl = templates[model_of[i]]
             sent_ns = monotonic_ns()
@@ -227,20 +235,35 @@ class _OpenLoop:
                 head = tpl.prefix + msg_id.to_bytes(8, "big") + tpl.middle + sent_ns.to_bytes(8, "big") + tpl.suffix
             else:
                 head = tpl.header(msg_id, sent_ns)
-            try:
-                send([head, *tpl.rest], noblock)
-            except zmq.Again:
-                replies[i] = CODE_SEND_FAILED
-            else:
-                sent_at[i] = sent_ns
-                self.sent += 1
+            frames.append(head)
+            frames.extend(tpl.rest)
+            parts.append(tpl.n_frames)
+            sent_at[i] = sent_ns
             i += 1
             now_ns = sent_ns
+            if len(parts) == MAX_BUNDLE_PARTS:
+                self._send(frames, parts, first, i)
+                frames, parts, first = [], [], i
+        if parts:
+            self._send(frames, parts, first, i)
         self.next_index = i
 
+    def _send(self, frames: list, parts: list[int], first: int, end: int) -> None:
+        """Requests first..end-1 (their frames back to back), in one ZeroMQ message."""
+        if len(parts) > 1:
+            frames.insert(0, msgpack.packb({"type": "bundle", "parts": parts, "proto_version": PROTO_VERSION}))
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            for i in range(first, end):
+                self.replies[i] = CODE_SEND_FAILED
+                self.sent_at[i] = 0
+        else:
+            self.sent += end - first
+
     def receive_ready(self) -> None:
-        recv, unpackb = self.sock.recv_multipart, msgpack.unpackb
-        replies, base, noblock, track = self.replies, self.base_id, zmq.NOBLOCK, self.track
+        recv, unpackb, noblock = self.sock.recv_multipart, msgpack.unpackb, zmq.NOBLOCK
+        record = self._record
         monotonic_ns = time.monotonic_ns
         while True:
             try:
@@ -250,25 +273,42 @@ class _OpenLoop:
             recv_ns = monotonic_ns()
             try:
                 h = unpackb(frames[0])
-                index = h["parent_id"] - base
-                status = h["status"]
-                if status == 0:
-                    reply = (recv_ns, 0, h["queue_ns"], h["exec_ns"], h["batch_size"], h["cold_start"], h["worker"])
-                else:
-                    reply = (recv_ns, status, h.get("detail", ""))
+                if h.get("type") != "bundle":
+                    record(h, recv_ns, frames)
+                    continue
+                at = 1
+                for count in h["parts"]:
+                    record(unpackb(frames[at]), recv_ns, frames[at:at + count])
+                    at += count
             except Exception:  # msgpack raises many types for garbage; all mean the same here
-                self.bad_replies += 1
-                if not self.first_bad:
-                    self.first_bad.append(frames)
-                continue
-            if not 0 <= index < self.next_index or replies[index] is not None:
-                self.stray_replies += 1
-                continue
-            replies[index] = reply
-            self.answered += 1
-            self.ok += status == 0
-            if track is not None:
-                track.append(index)
+                self._bad(frames)
+
+    def _record(self, h: dict, recv_ns: int, frames: list) -> None:
+        """One reply's header: its few fields stored by request index (checked after the run)."""
+        try:
+            index = h["parent_id"] - self.base_id
+            status = h["status"]
+            if status == 0:
+                reply = (recv_ns, 0, h["queue_ns"], h["exec_ns"], h["batch_size"], h["cold_start"], h["worker"])
+            else:
+                reply = (recv_ns, status, h.get("detail", ""))
+        except Exception:  # a header without the fields of a reply
+            self._bad(frames)
+            return
+        replies = self.replies
+        if not 0 <= index < self.next_index or replies[index] is not None:
+            self.stray_replies += 1
+            return
+        replies[index] = reply
+        self.answered += 1
+        self.ok += status == 0
+        if self.track is not None:
+            self.track.append(index)
+
+    def _bad(self, frames: list) -> None:
+        self.bad_replies += 1
+        if not self.first_bad:
+            self.first_bad.append(frames)
 
     def run(self, progress: Progress, start_ns: int, on_tick: Callable[[], None] | None) -> RawResults:
         """The loop of open and closed loops alike; `next_wake_ns` says when it is over."""
@@ -767,7 +807,7 @@ def serve_echo(endpoint: str, ready: Any = None, stop: Any = None) -> None:
     head = bytes(reply[0])
     at = head.index(b"\xcf" + _SENT_MARK.to_bytes(8, "big")) + 1
     before, after = head[:at], head[at + 8:]
-    unpackb, recv, send, noblock = msgpack.unpackb, sock.recv_multipart, sock.send_multipart, zmq.NOBLOCK
+    recv, send, noblock = sock.recv_multipart, sock.send_multipart, zmq.NOBLOCK
     if ready is not None:
         ready.set()
     try:
@@ -779,8 +819,8 @@ def serve_echo(endpoint: str, ready: Any = None, stop: Any = None) -> None:
                     frames = recv(noblock)
                 except zmq.Again:
                     break
-                msg_id = unpackb(frames[1])["msg_id"]
-                send([frames[0], before + msg_id.to_bytes(8, "big") + after], noblock)
+                replies = [[before + head["msg_id"].to_bytes(8, "big") + after] for head, _ in split(frames[1:])]
+                send([frames[0], *bundle(replies)], noblock)
     finally:
         sock.close(0)
         context.term()

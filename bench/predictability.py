@@ -27,7 +27,7 @@ import numpy as np
 import zmq
 
 from common.clock import monotonic_ns
-from common.codec import decode, encode
+from common.codec import decode, encode, split
 from common.net import IdSource, configure_socket
 from common.schema import Envelope, Exec, Heartbeat, HeartbeatAck, Hello, Load, Message, Prepare, Result, Welcome
 from common.status import Status
@@ -112,9 +112,13 @@ class StubController:
         if not self.sock.poll(timeout_ms):
             return False
         identity, *frames = self.sock.recv_multipart(copy=False)
-        env = decode([f.buffer for f in frames])
+        for head, part in split([f.buffer for f in frames]):  # a worker bundles results finished together
+            self._keep(identity.bytes, decode(part, head))
+        return True
+
+    def _keep(self, identity: bytes, env: Envelope) -> None:
         if isinstance(env.body, Hello):
-            self.worker = identity.bytes
+            self.worker = identity
             self.hellos.append(env.body)
             if self.welcome:
                 self.send(Welcome(heartbeat_interval_ns=self.heartbeat_interval_ns), env.msg_id)
@@ -123,7 +127,6 @@ class StubController:
             self.send(HeartbeatAck(echo_sent_ns=env.sent_ns), env.msg_id)
         else:
             self._backlog.append(env)
-        return True
 
     def wait_for(self, predicate: Callable[[Envelope], bool], timeout_s: float = 30.0) -> Envelope:
         """The first kept message matching `predicate` (others stay kept); TimeoutError if none."""

@@ -218,7 +218,8 @@ class AsyncClient:
         try:
             while True:
                 frames = await self._sock.recv_multipart(copy=False)
-                self._deliver(protocol.read_incoming([f.buffer for f in frames]))
+                for incoming in protocol.read_incoming([f.buffer for f in frames]):
+                    self._deliver(incoming)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the socket failed: nothing more will arrive for anyone

@@ -9,7 +9,7 @@ client stops waiting, and the function that turns the reply into a value or rais
 
     msg_id = core.next_id()                      # the request id; replies carry it as parent_id
     frames = codec.encode(call.message(now_ns), msg_id, sent_ns=now_ns)   # once writable
-    incoming = read_incoming(frames_received)    # until route(incoming, pending) == msg_id
+    incoming = read_incoming(frames_received)    # a list: until route(one, pending) == msg_id
     return call.finish(incoming)                 # value, or a typed ClockworkError
 
 Rules:
@@ -280,15 +280,28 @@ class Incoming:
     error: ClockworkError | None = None
 
 
-def read_incoming(frames: list) -> Incoming:
-    """Decode a reply. An undecodable one becomes a ServerError for its request, if its header
-    is readable enough to say which request that is."""
+def read_incoming(frames: list) -> list[Incoming]:
+    """Decode what arrived: one reply, or each reply of a bundle (the controller bundles the
+    replies it has for one client at once). An undecodable reply becomes a ServerError for its
+    request, if its header is readable enough to say which request that is."""
     try:
-        envelope = codec.decode(frames)
+        messages = codec.split(frames)
     except BadMessage as exc:
-        detail = f"the controller sent an undecodable reply: {exc.status.name}: {exc.detail}"
-        return Incoming(_peek_parent(frames), None, ServerError(Status.INTERNAL, detail))
+        return [_undecodable(0, exc)]
+    return [_read_one(part, head) for head, part in messages]
+
+
+def _read_one(frames: Any, header: dict | None) -> Incoming:
+    try:
+        envelope = codec.decode(frames, header)
+    except BadMessage as exc:
+        return _undecodable(_peek_parent(frames), exc)
     return Incoming(envelope.parent_id, envelope)
+
+
+def _undecodable(parent_id: int, exc: BadMessage) -> Incoming:
+    detail = f"the controller sent an undecodable reply: {exc.status.name}: {exc.detail}"
+    return Incoming(parent_id, None, ServerError(Status.INTERNAL, detail))
 
 
 def _peek_parent(frames: list) -> int:

@@ -200,7 +200,7 @@ class Client:
             wait_ns = remaining_ns if resend_ns is None else min(remaining_ns, resend_ns - now_ns)
             if not sock.poll(poll_ms(wait_ns), zmq.POLLIN):
                 continue
-            incoming = protocol.read_incoming(net.recv_frames(sock, zmq.DONTWAIT))
-            if protocol.route(incoming, (msg_id,)) == msg_id:
-                return incoming
-            log.debug("discarding a reply to request %d: no call waits for it", incoming.parent_id)
+            for incoming in protocol.read_incoming(net.recv_frames(sock, zmq.DONTWAIT)):
+                if protocol.route(incoming, (msg_id,)) == msg_id:
+                    return incoming
+                log.debug("discarding a reply to request %d: no call waits for it", incoming.parent_id)

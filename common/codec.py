@@ -1,4 +1,5 @@
-"""Pure codec: `encode(envelope) -> frames` and `decode(frames) -> Envelope`.
+"""Pure codec: `encode(envelope) -> frames` and `decode(frames) -> Envelope`; `bundle` and
+`split` put several messages in one ZeroMQ message and take them apart again.
 
 No sockets here, so round-trip and fuzz tests call it directly. `decode` trusts nothing:
 header size, frame count, every field's type and range, and every tensor's byte length are
@@ -68,11 +69,15 @@ def encode(body: Message, msg_id: int, parent_id: int = 0, sent_ns: int = 0) -> 
     return frames
 
 
-def decode(frames: Sequence[Any]) -> Envelope:
-    """Validate and decode; frames are bytes-like (bytes, memoryview of a zmq frame)."""
+def decode(frames: Sequence[Any], header: dict | None = None) -> Envelope:
+    """Validate and decode; frames are bytes-like (bytes, memoryview of a zmq frame). `header`:
+    frame 0 already unpacked by `split` or `peek_map` (it is validated here all the same)."""
     if not frames:
         raise BadMessage(Status.BAD_MESSAGE, "empty message")
-    header = _unpack_header(frames[0])
+    if header is None:
+        header = _unpack_header(frames[0])
+    if header.get("type") == schema.MsgType.BUNDLE.value:
+        raise BadMessage(Status.BAD_MESSAGE, "a bundle is not one message (and bundles do not nest)")
     for key in ("type", "msg_id"):
         if key not in header:
             raise BadMessage(Status.BAD_MESSAGE, f"header has no {key!r}")
@@ -127,7 +132,48 @@ def _tensor_descriptors(value: Any) -> tuple:
         raise BadMessage(Status.BAD_MESSAGE, "tensors: expected a list")
     if len(value) > schema.MAX_TENSORS:
         raise BadMessage(Status.BAD_MESSAGE, f"tensors: more than {schema.MAX_TENSORS}")
-    return tuple(describe_tensor(d, f"tensors[{i}]") for i, d in enumerate(value))
+    return tuple(describe_tensor(d, ("tensors", i)) for i, d in enumerate(value))
+
+
+def bundle(messages: Sequence[list]) -> list:
+    """The frames of one ZeroMQ message carrying `messages` (each a message's frames, as
+    `encode` makes them): the message itself when there is one, else a bundle (schema.BUNDLE)."""
+    if len(messages) == 1:
+        return messages[0]
+    if not 1 < len(messages) <= schema.MAX_BUNDLE_PARTS:
+        raise ValueError(f"a bundle holds 1 to {schema.MAX_BUNDLE_PARTS} messages, not {len(messages)}")
+    head = {"type": schema.MsgType.BUNDLE.value, "parts": [len(m) for m in messages],
+            "proto_version": schema.PROTO_VERSION}
+    frames = [msgpack.packb(head, use_bin_type=True)]
+    for message in messages:
+        frames.extend(message)
+    return frames
+
+
+def split(frames: Sequence[Any]) -> list[tuple[dict | None, Sequence[Any]]]:
+    """The messages in one ZeroMQ message (itself, or a bundle's parts), each as (its header
+    map, unvalidated, or None where unreadable; its frames), ready for `decode(frames, header)`.
+    Raises BadMessage when a bundle's part counts do not describe its frames."""
+    head = peek_map(frames)
+    if head is None or head.get("type") != schema.MsgType.BUNDLE.value:
+        return [(head, frames)]
+    version = head.get("proto_version", schema.PROTO_VERSION)
+    if version != schema.PROTO_VERSION:
+        raise BadMessage(Status.UNSUPPORTED_VERSION, f"protocol version {version!r}, expected {schema.PROTO_VERSION}")
+    counts = head.get("parts")
+    if not isinstance(counts, list) or not 1 <= len(counts) <= schema.MAX_BUNDLE_PARTS:
+        raise BadMessage(Status.BAD_MESSAGE, f"bundle: parts must list 1 to {schema.MAX_BUNDLE_PARTS} frame counts")
+    parts, at = [], 1
+    for n in counts:
+        if type(n) is not int or not 1 <= n <= schema.MAX_PART_FRAMES:
+            raise BadMessage(Status.BAD_MESSAGE, f"bundle: a part of {str(n)[:32]} frames "
+                                                 f"(1 to {schema.MAX_PART_FRAMES})")
+        part = frames[at:at + n]
+        at += n
+        parts.append((peek_map(part), part))
+    if at != len(frames):
+        raise BadMessage(Status.BAD_MESSAGE, f"bundle: parts count {at - 1} frames, the message has {len(frames) - 1}")
+    return parts
 
 
 def peek_map(frames: Sequence[Any]) -> dict | None:

@@ -11,8 +11,8 @@ from typing import Any, Callable
 
 import zmq
 
-from common.codec import encode
-from common.schema import Message
+from common.codec import bundle, encode
+from common.schema import MAX_BUNDLE_PARTS, Message
 
 
 class IdSource:
@@ -105,3 +105,25 @@ def send_frames(sock: zmq.Socket, frames: list[Any], identity: bytes | None = No
 def send(sock: zmq.Socket, body: Message, msg_id: int, parent_id: int = 0, sent_ns: int = 0,
          identity: bytes | None = None) -> bool:
     return send_frames(sock, encode(body, msg_id, parent_id, sent_ns), identity)
+
+
+class Outgoing:
+    """Messages for a ROUTER's peers, held until `flush`, which sends each peer one ZeroMQ
+    message (a bundle when it has several): the replies to a batch then cost the sender and
+    their receiver one message each, not one per request. Callers flush once per unit of work
+    (one incoming message, one planning pass), so nothing waits longer than that unit."""
+
+    def __init__(self, sock: zmq.Socket):
+        self.sock = sock
+        self._by_peer: dict[bytes, list[list]] = {}
+
+    def add(self, identity: bytes, frames: list) -> None:
+        self._by_peer.setdefault(identity, []).append(frames)
+
+    def flush(self) -> None:
+        if not self._by_peer:
+            return
+        by_peer, self._by_peer = self._by_peer, {}
+        for identity, messages in by_peer.items():
+            for at in range(0, len(messages), MAX_BUNDLE_PARTS):
+                send_frames(self.sock, bundle(messages[at:at + MAX_BUNDLE_PARTS]), identity)

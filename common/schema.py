@@ -27,6 +27,7 @@ MAX_TENSORS = 64
 MAX_BATCH = 1024
 MAX_PRIORITY = 9  # priority classes 0 (lowest) .. 9 (highest)
 MAX_MODEL_BYTES = 2 * 1024**3
+MAX_BUNDLE_PARTS = 1024  # messages in one bundle (see BUNDLE below)
 
 MODEL_NAME = c.text(128, r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DETAIL = c.text(4096)
@@ -63,6 +64,8 @@ class MsgType(str, enum.Enum):
     DROP = "drop"
     # any direction: a message we could not accept
     ERROR = "error"
+    # any direction: several messages in one ZeroMQ message (not a Message itself; see BUNDLE)
+    BUNDLE = "bundle"
 
 
 def f(check: c.Check, default: Any = dataclasses.MISSING) -> Any:
@@ -327,6 +330,17 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Welcome, HeartbeatAck, Prepare, Load, Unload, Exec, Drop, Error,
     )
 }
+
+
+# ---------------------------------------------------------------- bundles
+
+# A bundle carries several complete messages in one ZeroMQ message, so a sender with many
+# messages for one peer at once (a load generator's due requests, a batch's replies) pays the
+# per-message cost of ZeroMQ and of the receiver's loop once. Frame 0 is the map
+# {"type": "bundle", "parts": [n1, n2, ...], "proto_version": 1}; then the first message's n1
+# frames (its header first), the second's n2, and so on. A part is never itself a bundle.
+# Every part is validated and answered on its own, so one bad part spoils only itself.
+MAX_PART_FRAMES = MAX_TENSORS + 2  # header, tensors, blob
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ import zmq
 from common import schema, security
 from common.checks import BadMessage
 from common.clock import QueueDelay, monotonic_ns
-from common.codec import decode, peek_header, peek_map
+from common.codec import decode, encode, peek_header, split
 from common.config import ControllerConfig
 from common.models import signature_of
-from common.net import IdSource, recv_frames, recv_frames_from, router, send
+from common.net import IdSource, Outgoing, recv_frames, recv_frames_from, router, send
 from common.sdnotify import Notifier
 from common.status import Status
 from controller.core import Core
@@ -59,6 +59,9 @@ class ControllerDaemon:
         for record in self.registry.all():
             self.core.add_model(record.name, record.format, record.signature)
         self.ids = IdSource()
+        # Replies and actions leave in bundles: one ZeroMQ message per peer and unit of work.
+        self.to_clients = Outgoing(self.clients)
+        self.to_workers = Outgoing(self.workers)
         self.queue_delay = QueueDelay()  # time each client's requests spent in queues before us
         self.stopping = False
         self._status_line = "starting"
@@ -85,6 +88,7 @@ class ControllerDaemon:
             if self.clients in ready:
                 self._drain(self.clients, self._on_client, roles=self.keys is not None)
             self._perform(self.core.tick(monotonic_ns()))
+            self._flush()
             self._housekeeping(monotonic_ns())
 
     def _housekeeping(self, now: int) -> None:
@@ -108,6 +112,8 @@ class ControllerDaemon:
         self.notify.close()
 
     def _drain(self, sock: zmq.Socket, handler, roles: bool = False) -> None:
+        """Up to BURST ZeroMQ messages, each a message or a bundle of them; what answers one
+        leaves together (the outgoing bundles are flushed after each)."""
         for _ in range(BURST):
             try:
                 frames, user = recv_frames_from(sock, zmq.NOBLOCK) if roles else (recv_frames(sock, zmq.NOBLOCK), None)
@@ -115,20 +121,34 @@ class ControllerDaemon:
                 return
             if len(frames) < 2:
                 continue  # a ROUTER always prepends the identity; nothing to answer
+            peer = bytes(frames[0])
             try:
-                handler(bytes(frames[0]), frames[1:], user)
-            except Exception:  # our bug: log loudly, keep serving everyone else
-                self.log.exception("handler failed")
+                messages = split(frames[1:])
+            except BadMessage as exc:  # a bundle whose parts cannot be told apart: none is answered
+                self.log.warning("bad bundle", status=exc.status.name, detail=exc.detail)
+                send(sock, schema.Error(status=exc.status, detail=exc.detail), self.ids.next(), 0, monotonic_ns(),
+                     identity=peer)
+                continue
+            for head, part in messages:
+                try:
+                    handler(peer, part, head, user)
+                except Exception:  # our bug: log loudly, keep serving everyone else
+                    self.log.exception("handler failed")
+            self._flush()
+
+    def _flush(self) -> None:
+        self.to_clients.flush()
+        self.to_workers.flush()
 
     # ------------------------------------------------------------------ clients
 
-    def _on_client(self, client: bytes, frames: list, user: str | None) -> None:
+    def _on_client(self, client: bytes, frames: list, head: dict | None, user: str | None) -> None:
         now = monotonic_ns()
-        waited = self._waited_or_refused(client, frames, now)
+        waited = self._waited_or_refused(client, head, now)
         if waited is None:
             return
         try:
-            env = decode(frames)
+            env = decode(frames, head)
         except BadMessage as exc:
             self._to_client(client, peek_header(frames)[1], schema.Error(status=exc.status, detail=exc.detail))
             return
@@ -156,11 +176,10 @@ class ControllerDaemon:
             self._to_client(client, env.msg_id, schema.Error(
                 status=Status.UNKNOWN_TYPE, detail=f"{body.TYPE.value!r} is not a client request"))
 
-    def _waited_or_refused(self, client: bytes, frames: list, now: int) -> int | None:
-        """How long an INFER waited in queues (0 for other messages), from its header alone;
-        None once one that waited `refuse_after_waiting` of its SLO or more has been refused
-        without a full decode."""
-        head = peek_map(frames)
+    def _waited_or_refused(self, client: bytes, head: dict | None, now: int) -> int | None:
+        """How long an INFER waited in queues (0 for other messages), from its header alone
+        (unvalidated: every value is type-checked here); None once one that waited
+        `refuse_after_waiting` of its SLO or more has been refused without a full decode."""
         if head is None or head.get("type") != "infer" or type(head.get("sent_ns")) is not int:
             return 0
         waited = self.queue_delay.waited_ns(client, head["sent_ns"], now)
@@ -210,14 +229,14 @@ class ControllerDaemon:
         self._to_client(client, request_id, schema.Reply(status=status, detail=detail, body=body or {}))
 
     def _to_client(self, client: bytes, request_id: int, body: schema.Message) -> None:
-        send(self.clients, body, self.ids.next(), request_id, monotonic_ns(), identity=client)
+        self.to_clients.add(client, encode(body, self.ids.next(), request_id, monotonic_ns()))
 
     # ------------------------------------------------------------------ workers
 
-    def _on_worker(self, identity: bytes, frames: list, _user: str | None) -> None:
+    def _on_worker(self, identity: bytes, frames: list, head: dict | None, _user: str | None) -> None:
         name = identity.decode("latin-1")  # bijective, so the name maps back to the identity
         try:
-            env = decode(frames)
+            env = decode(frames, head)
         except BadMessage as exc:
             self.log.warning("bad message from worker", worker=name, status=exc.status.name, detail=exc.detail)
             send(self.workers, schema.Error(status=exc.status, detail=exc.detail), self.ids.next(),
@@ -248,8 +267,8 @@ class ControllerDaemon:
         for effect in effects:
             if isinstance(effect, ToWorker):
                 self.telemetry.on_action(effect)
-                send(self.workers, effect.body, effect.msg_id, effect.parent_id, monotonic_ns(),
-                     identity=effect.worker.encode("latin-1"))
+                self.to_workers.add(effect.worker.encode("latin-1"),
+                                    encode(effect.body, effect.msg_id, effect.parent_id, monotonic_ns()))
             elif isinstance(effect, ToClient):
                 if isinstance(effect.body, schema.InferReply):
                     self.telemetry.on_reply(effect.client, effect.request_id, effect.body, monotonic_ns())
@@ -267,7 +286,8 @@ class ControllerDaemon:
             return
         msg = schema.Prepare(model_id=record.name, format=record.format, input_shapes=record.input_shapes,
                              max_batch=record.signature.max_batch, blob=self.registry.blob(record.name))
-        send(self.workers, msg, effect.msg_id, 0, monotonic_ns(), identity=effect.worker.encode("latin-1"))
+        # Through the same bundles as the actions, so a worker sees them in the order made.
+        self.to_workers.add(effect.worker.encode("latin-1"), encode(msg, effect.msg_id, 0, monotonic_ns()))
 
     def _upload_finished(self, effect: UploadFinished) -> None:
         info = self._model_info(effect.model)

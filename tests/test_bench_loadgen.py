@@ -9,7 +9,7 @@ import zmq
 from bench import workload
 from bench.loadgen import per_model, run_open_loop
 from bench.progress import Progress
-from common.codec import decode, encode
+from common.codec import bundle, decode, encode, split
 from common.net import recv_frames, router
 from common.schema import InferReply
 from common.status import Status
@@ -42,22 +42,26 @@ class FakeController:
             if not self.sock.poll(50):
                 continue
             ident, *frames = recv_frames(self.sock)
-            env = decode(frames)
-            body = env.body
-            self.seen.append((env.msg_id, body.model, body.slo_ns, body.tensors[0].shape))
-            if body.model == "silent":
-                continue
-            if body.model == "full":
-                reply = InferReply(status=Status.QUEUE_FULL, detail="full")
-            else:
-                cold = body.model not in loaded
-                loaded.add(body.model)
-                reply = InferReply(status=Status.OK, exec_ns=2 * MS, batch_size=1, cold_start=cold, worker="w",
-                                   tensors=body.tensors)
+            replies = [r for head, part in split(frames) if (r := self._answer(decode(part, head), loaded))]
             try:
-                self.sock.send_multipart([bytes(ident), *encode(reply, 1, parent_id=env.msg_id)])
+                if replies:  # a bundle's replies go back in one bundle, as the controller does
+                    self.sock.send_multipart([bytes(ident), *bundle(replies)])
             except zmq.ZMQError:
                 pass  # the generator already left
+
+    def _answer(self, env, loaded: set) -> list | None:
+        body = env.body
+        self.seen.append((env.msg_id, body.model, body.slo_ns, body.tensors[0].shape))
+        if body.model == "silent":
+            return None
+        if body.model == "full":
+            reply = InferReply(status=Status.QUEUE_FULL, detail="full")
+        else:
+            cold = body.model not in loaded
+            loaded.add(body.model)
+            reply = InferReply(status=Status.OK, exec_ns=2 * MS, batch_size=1, cold_start=cold, worker="w",
+                               tensors=body.tensors)
+        return encode(reply, 1, parent_id=env.msg_id)
 
 
 @pytest.fixture

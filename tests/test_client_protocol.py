@@ -262,19 +262,35 @@ def test_input_names_is_tolerant():
 
 
 def test_read_incoming_decodes_and_keeps_the_parent():
-    incoming = protocol.read_incoming(codec.encode(schema.Reply(status=Status.OK), 5, 42))
+    [incoming] = protocol.read_incoming(codec.encode(schema.Reply(status=Status.OK), 5, 42))
     assert incoming.parent_id == 42 and incoming.error is None
+
+
+def test_read_incoming_reads_every_reply_of_a_bundle_and_spoils_only_the_bad_one():
+    bad = [msgpack.packb({"type": "reply", "msg_id": 6, "parent_id": 43, "status": "not a number"})]
+    frames = codec.bundle([codec.encode(schema.Reply(status=Status.OK), 5, 42), bad,
+                           codec.encode(schema.InferReply(status=Status.OK, batch_size=2), 7, 44)])
+    first, second, third = protocol.read_incoming(frames)
+    assert (first.parent_id, first.error) == (42, None)
+    assert second.parent_id == 43 and isinstance(second.error, ServerError)
+    assert third.parent_id == 44 and third.envelope.body.batch_size == 2
+
+
+def test_a_bundle_whose_counts_are_wrong_is_one_anonymous_error():
+    frames = codec.bundle([codec.encode(schema.Reply(status=Status.OK), 5, 42)] * 2)[:-1]
+    [incoming] = protocol.read_incoming(frames)
+    assert incoming.parent_id == 0 and isinstance(incoming.error, ServerError)
 
 
 def test_undecodable_reply_becomes_a_server_error_for_its_request():
     header = msgpack.packb({"type": "reply", "msg_id": 5, "parent_id": 42, "status": "not a number"})
-    incoming = protocol.read_incoming([header])
+    [incoming] = protocol.read_incoming([header])
     assert incoming.parent_id == 42 and incoming.envelope is None
     assert isinstance(incoming.error, ServerError) and incoming.error.status is Status.INTERNAL
     with pytest.raises(ServerError, match="undecodable"):
         Call(schema.ListModels(), "list", 0, 1, protocol.parse_list_reply).finish(incoming)
-    assert protocol.read_incoming([b"\xc1garbage"]).parent_id == 0
-    assert protocol.read_incoming([]).parent_id == 0
+    assert [i.parent_id for i in protocol.read_incoming([b"\xc1garbage"])] == [0]
+    assert [i.parent_id for i in protocol.read_incoming([])] == [0]
 
 
 def test_route_matches_parent_ids_only():

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from common import schema
 from common.checks import BadMessage
-from common.codec import decode, encode, peek_header
+from common.codec import bundle, decode, encode, peek_header, split
 from common.status import Status
 from common.tensors import Tensor
 
@@ -138,3 +138,68 @@ def test_truncated_encodings_of_real_messages_are_refused():
     for cut in range(len(frames[1])):
         with pytest.raises(BadMessage):
             decode([frames[0], frames[1][:cut]])
+
+
+# ----------------------------------------------------------------------------- bundles
+
+
+def test_a_bundle_splits_back_into_its_messages_with_their_headers():
+    x = Tensor.from_array("x", np.arange(6, dtype=np.float32).reshape(2, 3))
+    bodies = [schema.Infer(model="a", slo_ns=5, tensors=(x,)), schema.ListModels(),
+              schema.Upload(name="b", format="profile", blob=b"{}")]
+    frames = [bytes(f) for f in bundle([encode(b, 10 + i) for i, b in enumerate(bodies)])]
+    parts = split(frames)
+    assert len(frames) == 1 + 2 + 1 + 2 and len(parts) == 3
+    decoded = [decode(part, head) for head, part in parts]
+    assert [e.msg_id for e in decoded] == [10, 11, 12]
+    assert [e.body for e in decoded[1:]] == bodies[1:]
+    assert decoded[0].body.tensors[0].array().tolist() == x.array().tolist()
+
+
+def test_one_message_is_sent_as_itself_and_splits_into_itself():
+    frames = encode(schema.GetStatus(), 3)
+    assert bundle([frames]) is frames
+    [(head, part)] = split(frames)
+    assert head["type"] == "status" and decode(part, head).msg_id == 3
+
+
+@pytest.mark.parametrize("parts", [[], [0, 1], [1, 100], "2", [1.5], [1] * (schema.MAX_BUNDLE_PARTS + 1)])
+def test_a_bundle_with_bad_counts_is_refused(parts):
+    frame = encode(schema.ListModels(), 1)[0]
+    with pytest.raises(BadMessage) as info:
+        split([msgpack.packb({"type": "bundle", "parts": parts}), frame, frame])
+    assert info.value.status is Status.BAD_MESSAGE
+
+
+def test_counts_must_cover_the_frames_exactly():
+    frame = encode(schema.ListModels(), 1)[0]
+    for frames in ([frame] * 2, [frame] * 4):
+        with pytest.raises(BadMessage, match="bundle: parts count 3 frames"):
+            split([msgpack.packb({"type": "bundle", "parts": [1, 2]}), *frames])
+
+
+def test_a_bundle_of_another_version_is_refused():
+    frame = encode(schema.ListModels(), 1)[0]
+    with pytest.raises(BadMessage) as info:
+        split([msgpack.packb({"type": "bundle", "parts": [1], "proto_version": 99}), frame])
+    assert info.value.status is Status.UNSUPPORTED_VERSION
+
+
+def test_bundles_do_not_nest_and_a_bad_part_spoils_only_itself():
+    inner = msgpack.packb({"type": "bundle", "parts": [1]})
+    (head, part), (head2, part2) = split(bundle([[inner], encode(schema.ListModels(), 3)]))
+    with pytest.raises(BadMessage, match="do not nest"):
+        decode(part, head)
+    assert decode(part2, head2).msg_id == 3
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(-2, 70) | st.text(max_size=2), max_size=6), st.integers(0, 8))
+def test_garbage_bundles_split_or_raise_bad_message_only(parts, n_frames):
+    frame = encode(schema.ListModels(), 1)[0]
+    try:
+        for head, part in split([msgpack.packb({"type": "bundle", "parts": parts}), *[frame] * n_frames]):
+            decode(part, head)
+    except BadMessage:
+        pass
+

@@ -23,11 +23,11 @@ import zmq
 from common import schema, security
 from common.checks import BadMessage
 from common.clock import SkewEstimator, monotonic_ns
-from common.codec import decode, encode, peek_header
+from common.codec import bundle, decode, encode, peek_header, split
 from common.config import WorkerConfig
 from common.net import IdSource, dealer
-from common.schema import (Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load, Message, Prepare,
-                           Result, Unload, Welcome)
+from common.schema import (MAX_BUNDLE_PARTS, Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load,
+                           Message, Prepare, Result, Unload, Welcome)
 from common.status import Status
 from worker.lanes import Device, Done
 from worker.outbox import Outbox
@@ -159,8 +159,18 @@ class Daemon:
             self._on_frames(frames)
 
     def _on_frames(self, frames: list) -> None:
+        """One ZeroMQ message: a message, or a bundle of them (each handled on its own)."""
         try:
-            env = decode(frames)
+            messages = split(frames)
+        except BadMessage as exc:
+            self._refuse(frames, exc.status, exc.detail)
+            return
+        for head, part in messages:
+            self._on_message(part, head)
+
+    def _on_message(self, frames: list, head: dict | None) -> None:
+        try:
+            env = decode(frames, head)
         except BadMessage as exc:
             self._refuse(frames, exc.status, exc.detail)
             return
@@ -246,14 +256,16 @@ class Daemon:
     # ---------------------------------------------------------------------------- outbound
 
     def _flush_outbox(self) -> None:
+        """Send what the lanes and the preparer finished; several at once leave as one bundle
+        (a ZeroMQ message, and a wake-up of the controller, per flush rather than per result)."""
         now_ns = monotonic_ns()
+        messages = []
         for item in self.outbox.drain():
             self.telemetry.on_sent(item, now_ns)
-            if isinstance(item, Done):
-                self._send(self.result_of(item), item.parent_id)
-            else:
-                body, parent_id = item
-                self._send(body, parent_id)
+            body, parent_id = (self.result_of(item), item.parent_id) if isinstance(item, Done) else item
+            messages.append(encode(body, self.ids.next(), parent_id, monotonic_ns()))
+        for at in range(0, len(messages), MAX_BUNDLE_PARTS):
+            self._send_frames(bundle(messages[at:at + MAX_BUNDLE_PARTS]))
 
     def result_of(self, done: Done) -> Result:
         """The RESULT for what a lane did, its times moved onto the controller's clock.
@@ -275,8 +287,11 @@ class Daemon:
 
     def _send(self, body: Message, parent_id: int = 0) -> tuple[int, int]:
         msg_id, sent_ns = self.ids.next(), monotonic_ns()
-        try:
-            self._sock.send_multipart(encode(body, msg_id, parent_id, sent_ns), zmq.NOBLOCK, copy=False)
-        except zmq.Again:  # the controller is gone and the queue is full: it will resync us
-            self.log.warning("send dropped", type=body.TYPE.value)
+        self._send_frames(encode(body, msg_id, parent_id, sent_ns))
         return msg_id, sent_ns
+
+    def _send_frames(self, frames: list) -> None:
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # the controller is gone and the queue is full: it will resync us
+            self.log.warning("send dropped", frames=len(frames))
