@@ -13,7 +13,11 @@ from typing import Any
 
 from common.status import Status
 
-Check = Callable[[Any, str], Any]
+# Where a value sits in a message: a field name, or (parent path, key) pairs built as checks
+# descend, rendered as text only when a check fails (formatting every path up front cost more
+# than the checks themselves). A str key renders as ".key", an int as "[i]", a list [k] as "[k!r]".
+FieldPath = Any
+Check = Callable[[Any, FieldPath], Any]
 
 
 class BadMessage(Exception):
@@ -25,12 +29,24 @@ class BadMessage(Exception):
         self.detail = detail
 
 
-def _fail(path: str, what: str) -> BadMessage:
-    return BadMessage(Status.BAD_MESSAGE, f"{path}: {what}")
+def render(path: FieldPath) -> str:
+    """A field path as text, e.g. `tensors[0].shape[1]`."""
+    if not isinstance(path, tuple):
+        return str(path)
+    parent, key = path
+    if isinstance(key, int):
+        return f"{render(parent)}[{key}]"
+    if isinstance(key, list):
+        return f"{render(parent)}[{key[0]!r}]"
+    return f"{render(parent)}.{key}"
+
+
+def _fail(path: FieldPath, what: str) -> BadMessage:
+    return BadMessage(Status.BAD_MESSAGE, f"{render(path)}: {what}")
 
 
 def integer(lo: int, hi: int) -> Check:
-    def check(value: Any, path: str) -> int:
+    def check(value: Any, path: FieldPath) -> int:
         if type(value) is not int:
             raise _fail(path, f"expected an integer, got {type(value).__name__}")
         if not lo <= value <= hi:
@@ -40,7 +56,7 @@ def integer(lo: int, hi: int) -> Check:
     return check
 
 
-def boolean(value: Any, path: str) -> bool:
+def boolean(value: Any, path: FieldPath) -> bool:
     if type(value) is not bool:
         raise _fail(path, f"expected a boolean, got {type(value).__name__}")
     return value
@@ -49,7 +65,7 @@ def boolean(value: Any, path: str) -> bool:
 def text(max_len: int, pattern: str | None = None) -> Check:
     regex = re.compile(pattern) if pattern else None
 
-    def check(value: Any, path: str) -> str:
+    def check(value: Any, path: FieldPath) -> str:
         if type(value) is not str:
             raise _fail(path, f"expected a string, got {type(value).__name__}")
         if len(value) > max_len:
@@ -62,7 +78,7 @@ def text(max_len: int, pattern: str | None = None) -> Check:
 
 
 def one_of(*allowed: str) -> Check:
-    def check(value: Any, path: str) -> str:
+    def check(value: Any, path: FieldPath) -> str:
         if value not in allowed:
             raise _fail(path, f"{value!r} is not one of {', '.join(allowed)}")
         return value
@@ -70,7 +86,7 @@ def one_of(*allowed: str) -> Check:
     return check
 
 
-def status(value: Any, path: str) -> Status:
+def status(value: Any, path: FieldPath) -> Status:
     try:
         return Status(integer(0, 255)(value, path))
     except ValueError:
@@ -78,23 +94,23 @@ def status(value: Any, path: str) -> Status:
 
 
 def sequence(item: Check, max_len: int) -> Check:
-    def check(value: Any, path: str) -> tuple:
+    def check(value: Any, path: FieldPath) -> tuple:
         if not isinstance(value, (list, tuple)):
             raise _fail(path, f"expected a list, got {type(value).__name__}")
         if len(value) > max_len:
             raise _fail(path, f"more than {max_len} items")
-        return tuple(item(v, f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(item(v, (path, i)) for i, v in enumerate(value))
 
     return check
 
 
 def mapping(key: Check, val: Check, max_len: int) -> Check:
-    def check(value: Any, path: str) -> dict:
+    def check(value: Any, path: FieldPath) -> dict:
         if not isinstance(value, dict):
             raise _fail(path, f"expected a map, got {type(value).__name__}")
         if len(value) > max_len:
             raise _fail(path, f"more than {max_len} entries")
-        return {key(k, f"{path}.key"): val(v, f"{path}[{k!r}]") for k, v in value.items()}
+        return {key(k, (path, "key")): val(v, (path, [k])) for k, v in value.items()}
 
     return check
 
@@ -102,13 +118,13 @@ def mapping(key: Check, val: Check, max_len: int) -> Check:
 def record(fields: dict[str, Check], optional: frozenset[str] = frozenset()) -> Check:
     """A nested map with known fields, returned as a dict; unknown fields are ignored."""
 
-    def check(value: Any, path: str) -> dict:
+    def check(value: Any, path: FieldPath) -> dict:
         if not isinstance(value, dict):
             raise _fail(path, f"expected a map, got {type(value).__name__}")
         out = {}
         for name, field_check in fields.items():
             if name in value:
-                out[name] = field_check(value[name], f"{path}.{name}")
+                out[name] = field_check(value[name], (path, name))
             elif name not in optional:
                 raise _fail(path, f"missing field {name!r}")
         return out
@@ -136,7 +152,7 @@ def plain_data(max_depth: int = 6, max_items: int = 100_000, top: type | None = 
             return value
         raise _fail(path, f"unsupported value of type {type(value).__name__}")
 
-    def check(value: Any, path: str) -> Any:
+    def check(value: Any, path: FieldPath) -> Any:
         if top is not None and not isinstance(value, top):
             raise _fail(path, f"expected a {top.__name__}, got {type(value).__name__}")
         return walk(value, path, 0, [max_items])

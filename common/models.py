@@ -151,9 +151,9 @@ DEFAULT_EMULATED_IO = {
 }
 
 
-def _positive_ms(value: Any, path: str) -> float:
+def _positive_ms(value: Any, path: c.FieldPath) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e7:
-        raise _bad(f"{path}: expected a positive number of milliseconds, got {value!r}")
+        raise _bad(f"{c.render(path)}: expected a positive number of milliseconds, got {value!r}")
     return float(value)
 
 

@@ -203,3 +203,12 @@ def test_garbage_bundles_split_or_raise_bad_message_only(parts, n_frames):
     except BadMessage:
         pass
 
+
+def test_a_refusal_names_the_field_path_down_to_the_item():
+    fields = {"type": "infer", "msg_id": 1, "model": "m", "slo_ns": 5,
+              "tensors": [{"name": "x", "dtype": "float32", "shape": [2, -1]}]}
+    with pytest.raises(BadMessage, match=r"^BAD_MESSAGE: tensors\[0\]\.shape\[1\]: -1 outside"):
+        decode([msgpack.packb(fields), b""])
+    fields = {"type": "prepared", "msg_id": 1, "model_id": "m", "status": 0, "exec_ns": {1: 5, 2: "slow"}}
+    with pytest.raises(BadMessage, match=r"exec_ns\[2\]: expected an integer"):
+        decode([msgpack.packb(fields)])
