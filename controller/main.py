@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clockwork-controller: bad configuration: {exc}", file=sys.stderr)
         return 2
     log = configure(config.log_level, "controller")
+    from common.gc_tuning import tune_for_serving
     from controller.daemon import ControllerDaemon
 
     try:
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    tune_for_serving()
     try:
         daemon.run()
     finally:

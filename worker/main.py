@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clockwork-worker: {exc}", file=sys.stderr)
         return 2
 
+    from common.gc_tuning import tune_for_serving
     from worker.daemon import Daemon
     from worker.runtimes import RuntimeUnavailable, create
 
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda _signum, _frame: daemon.stop())
     log.info("worker starting", worker=daemon.name, runtime=runtime.name, controller=config.controller,
              devices=[d.kind for d in runtime.devices()])
+    tune_for_serving()
     daemon.run()
     return 0
 
