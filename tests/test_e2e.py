@@ -291,3 +291,40 @@ def test_a_queued_request_can_be_cancelled_and_the_cancel_is_acknowledged(system
     acknowledged, status, late, results = asyncio.run(scenario())
     assert acknowledged and status is Status.CANCELLED
     assert late is False and all(r.outputs["prob"].shape == (1, 10) for r in results)
+
+
+def test_a_bundle_of_requests_is_answered_part_by_part_and_a_bad_part_spoils_only_itself(system):
+    import msgpack
+
+    from client.protocol import build_infer, read_incoming
+    from common import schema
+    from common.codec import bundle, encode
+    from common.net import dealer, recv_frames, send_frames
+
+    sock = dealer(zmq.Context.instance(), system.client_endpoint)
+    try:
+        infer = build_infer("resnet", {"data": np.zeros((1, 16), np.float32)}, slo_ns=2_000_000_000)
+        now = time.monotonic_ns()
+        broken = [msgpack.packb({"type": "infer", "msg_id": 12, "slo_ns": 5})]  # no model, no tensors
+        send_frames(sock, bundle([encode(infer, 11, sent_ns=now), broken, encode(infer, 13, sent_ns=now),
+                                  encode(schema.ListModels(), 14, sent_ns=now)]))
+        replies = {}
+        deadline = time.monotonic() + 10
+        while len(replies) < 4 and time.monotonic() < deadline:
+            if sock.poll(200):
+                replies.update((i.parent_id, i.envelope.body) for i in read_incoming(recv_frames(sock)))
+        assert replies[11].status is Status.OK and replies[13].status is Status.OK
+        assert isinstance(replies[12], schema.Error) and replies[12].status is Status.BAD_MESSAGE
+        assert "model" in replies[12].detail
+        assert replies[14].status is Status.OK and any(m["name"] == "resnet" for m in replies[14].body["models"])
+
+        # Counts that do not describe the frames: one anonymous error, and the controller serves on.
+        send_frames(sock, [msgpack.packb({"type": "bundle", "parts": [1, 5]}), *encode(schema.ListModels(), 15)])
+        assert sock.poll(5000)
+        [incoming] = read_incoming(recv_frames(sock))
+        assert incoming.parent_id == 0 and incoming.envelope.body.status is Status.BAD_MESSAGE
+        send_frames(sock, encode(schema.ListModels(), 16, sent_ns=time.monotonic_ns()))
+        assert sock.poll(5000)
+        assert read_incoming(recv_frames(sock))[0].parent_id == 16
+    finally:
+        sock.close(0)

@@ -1,0 +1,56 @@
+"""The controller daemon's loop in-process, on real ZeroMQ sockets (no worker attached)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import zmq
+
+from bench.procs import free_port
+from client.protocol import read_incoming
+from common import schema
+from common.codec import bundle, encode
+from common.config import ControllerConfig
+from common.logsetup import configure
+from common.net import dealer, recv_frames, send_frames
+from common.status import Status
+from controller import daemon as daemon_module
+from controller.daemon import ControllerDaemon
+
+
+@pytest.fixture
+def controller(tmp_path):
+    cfg = ControllerConfig(client_endpoint=f"tcp://127.0.0.1:{free_port()}",
+                           worker_endpoint=f"tcp://127.0.0.1:{free_port()}", state_dir=str(tmp_path / "state"))
+    ctl = ControllerDaemon(cfg, configure("warning", "controller"))
+    sock = dealer(zmq.Context.instance(), cfg.client_endpoint)
+    yield ctl, sock
+    sock.close(0)
+    ctl.close()
+
+
+def replies(sock, wanted: int, timeout_s: float = 5.0) -> dict:
+    got: dict = {}
+    deadline = time.monotonic() + timeout_s
+    while len(got) < wanted and time.monotonic() < deadline:
+        if sock.poll(100):
+            got.update((i.parent_id, i.envelope.body) for i in read_incoming(recv_frames(sock)))
+    return got
+
+
+def test_a_drain_stops_after_its_time_budget_so_planning_is_never_starved(controller, monkeypatch):
+    """Bundles can hold many requests: a drain bounded only by message count once took half
+    a second behind a backlog, with no planning in between, and the devices went idle."""
+    ctl, sock = controller
+    for first in range(1, 40, 3):
+        send_frames(sock, bundle([encode(schema.ListModels(), first + i) for i in range(3)]))
+    time.sleep(0.3)  # all of it queued at the controller's socket
+    monkeypatch.setattr(daemon_module, "DRAIN_BUDGET_NS", 0)
+    ctl._drain(ctl.clients, ctl._on_client)
+    assert len(replies(sock, 3)) == 3  # one bundle, and its three replies
+    assert len(replies(sock, 1, timeout_s=0.3)) == 0
+    monkeypatch.setattr(daemon_module, "DRAIN_BUDGET_NS", 10**9)
+    ctl._drain(ctl.clients, ctl._on_client)
+    answered = replies(sock, 36)
+    assert sorted(answered) == list(range(4, 40)) and all(r.status is Status.OK for r in answered.values())
