@@ -78,6 +78,19 @@ class InvariantViolation(AssertionError):
     pass
 
 
+_ANSWERED = {s: f"answered_{s.name.lower()}" for s in Status}  # counter names, made once
+_REJECTED = {s: f"rejected_{s.name.lower()}" for s in Status}
+
+
+def _overtaken_ns(full_batch_ns: int, exec_ns: int, ahead_ns: int) -> int:
+    """How much work arriving later can still go ahead of a request that waits behind
+    `ahead_ns` of queued work: a batch must start by its deadline less its duration, so a full
+    batch due up to (its duration less this request's) later must start first. At most one
+    such batch (the model's own largest, `full_batch_ns`, stands for the others'), and no more
+    than the wait."""
+    return max(0, min(full_batch_ns - exec_ns, ahead_ns))
+
+
 class Core:
     def __init__(self, config: SchedulerConfig = SchedulerConfig()):
         self.cfg = config
@@ -202,14 +215,17 @@ class Core:
         model.queue.push(req)
         if head is None or req.deadline_ns < head:
             self._watch_expiry(model, now_ns)  # a new most urgent request: look at it soon
-        if model.name not in self.pending:
+        newly_pending = model.name not in self.pending
+        if newly_pending:
             self.pending[model.name] = None
             if not model.replicas:
                 self.unplaced[model.name] = None
         self._reshare(model, classes=(req.priority,))
         for dev in model.replicas.values():
-            dev.pending[model.name] = None
-            self._plan_device_soon(dev, now_ns)
+            if newly_pending:  # else every replica lists it already (see _place)
+                dev.pending[model.name] = None
+            if dev.booked_ns is None:  # a booked device plans all it has pending when due
+                self._plan_device_soon(dev, now_ns)
 
     def _dequeued(self, model: Model, requests) -> None:
         """`requests` left the queue (dispatched or answered)."""
@@ -344,7 +360,7 @@ class Core:
         self.counters["requests_offered"] += 1
         status, detail, req = self._admit(client, request_id, msg, now_ns, waited_ns)
         if status is not Status.OK:
-            self.counters[f"rejected_{status.name.lower()}"] += 1
+            self.counters[_REJECTED[status]] += 1
             self._emit(ToClient(client, request_id, schema.InferReply(status=status, detail=detail)))
             return self._take()
         self.counters["requests_admitted"] += 1
@@ -381,7 +397,8 @@ class Core:
             return Status.UNAVAILABLE, f"no connected worker has prepared {model.name!r} yet", None
         if samples > model.sizes[-1]:
             return Status.BAD_INPUT, f"{samples} samples exceed the largest batch size {model.sizes[-1]}", None
-        best = self._best_case_ns(model, samples)
+        loaded = self._loaded_somewhere(model)
+        best = self._best_case_ns(model, samples, loaded)
         if best is None:
             return Status.UNAVAILABLE, f"no live device can serve {model.name!r}", None
         if best > budget:
@@ -395,9 +412,8 @@ class Core:
             return (Status.WOULD_MISS_DEADLINE,
                     f"the work queued ahead finishes {(backlog - now_ns) / 1e6:.2f} ms from now at the earliest; "
                     f"{budget / 1e6:.2f} ms of its SLO are left", None)
-        cold = not self._loaded_somewhere(model)
         req = Request(request_id, client, model.name, samples, msg.priority, received, deadline,
-                      msg.tensors, cold=cold)
+                      msg.tensors, cold=not loaded)
         return Status.OK, "", req
 
     def refuse_stale(self, client: bytes, request_id: int, waited_ns: int, slo_ns: int) -> list[Effect]:
@@ -425,7 +441,7 @@ class Core:
             self._dequeued(self.models[req.model], (req,))
         move(req, RequestState.ANSWERED)
         self.requests.pop((req.client, req.request_id), None)
-        self.counters["answered_" + status.name.lower()] += 1
+        self.counters[_ANSWERED[status]] += 1
         model = self.models.get(req.model)
         if model is not None:
             model.answered += 1
@@ -915,11 +931,11 @@ class Core:
                 yield from worker.devices.values()
 
 
-    def _best_case_ns(self, model: Model, samples: int) -> int | None:
-        """Shortest possible receive-to-finish time on an idle device (admission test)."""
+    def _best_case_ns(self, model: Model, samples: int, loaded: bool) -> int | None:
+        """Shortest possible receive-to-finish time on an idle device (admission test);
+        `loaded`: a replica holds the model already."""
         size = padded_size(samples, model.sizes)
-        loaded = self._loaded_somewhere(model) or any(
-            dev.resident[model.name].state is Residency.LOADING for dev in model.replicas.values())
+        loaded = loaded or any(dev.resident[model.name].state is Residency.LOADING for dev in model.replicas.values())
         best = None
         for kind in model.kinds:
             exec_ns = self.latency.exec_ns(model.name, size, kind)
@@ -942,24 +958,23 @@ class Core:
         if not model.replicas:
             return self._finish_after_load_ns(model, size, priority, spill_ns, now_ns)
         best = None
+        costs: dict[str, tuple[int | None, int]] = {}  # kind -> (exec_ns, a full batch's): replicas share kinds
         for dev in itertools.islice(model.replicas.values(), ADMISSION_REPLICAS):
-            exec_ns = self.latency.exec_ns(model.name, size, dev.kind)
+            cost = costs.get(dev.kind)
+            if cost is None:
+                cost = costs[dev.kind] = (self.latency.exec_ns(model.name, size, dev.kind),
+                                          self._full_batch_ns(model, dev.kind))
+            exec_ns, full_ns = cost
             if exec_ns is None:
                 continue
             ahead_ns = dev.backlog_ns(priority) + spill_ns
             finish = self._replica_start_ns(dev, model, now_ns) + ahead_ns + \
-                self._overtaken_ns(model, exec_ns, dev.kind, ahead_ns) + exec_ns
+                _overtaken_ns(full_ns, exec_ns, ahead_ns) + exec_ns
             best = finish if best is None else min(best, finish)
         return best
 
-    def _overtaken_ns(self, model: Model, exec_ns: int, kind: str, ahead_ns: int) -> int:
-        """How much work arriving later can still go ahead of a request that waits behind
-        `ahead_ns` of queued work: a batch must start by its deadline less its duration, so a
-        full batch due up to (its duration less this request's) later must start first. At
-        most one such batch (the model's own largest stands for the others'), and no more
-        than the wait."""
-        big = self.latency.exec_ns(model.name, model.sizes[-1], kind) or 0
-        return max(0, min(big - exec_ns, ahead_ns))
+    def _full_batch_ns(self, model: Model, kind: str) -> int:
+        return self.latency.exec_ns(model.name, model.sizes[-1], kind) or 0
 
     def _finish_after_load_ns(self, model: Model, size: int, priority: int, spill_ns: int, now_ns: int) -> int | None:
         # Models waiting for a LOAD get one in turn, as LOAD slots free up on any device.
@@ -973,7 +988,8 @@ class Core:
             turn_ns = len(self.unplaced) * load_ns // slots
             loaded = max(now_ns + self.dispatch_ns, dev.load_lane.free_at(now_ns)) + turn_ns + load_ns
             ahead_ns = dev.backlog_ns(priority) + spill_ns
-            behind = dev.exec_lane.free_at(now_ns) + ahead_ns + self._overtaken_ns(model, exec_ns, dev.kind, ahead_ns)
+            behind = dev.exec_lane.free_at(now_ns) + ahead_ns + \
+                _overtaken_ns(self._full_batch_ns(model, dev.kind), exec_ns, ahead_ns)
             finish = max(loaded, behind) + exec_ns
             best = finish if best is None else min(best, finish)
         return best
