@@ -421,10 +421,20 @@ class Core:
         refused before it is even decoded: when the controller falls behind, this keeps the cost
         of each hopeless request small, so the queue in front of it drains and fresh requests
         are served again."""
+        return self._refuse_unread(client, request_id, "rejected_stale", Status.WOULD_MISS_DEADLINE,
+                                   _stale_detail(waited_ns, slo_ns))
+
+    def refuse_shed(self, client: bytes, request_id: int, waited_ns: int) -> list[Effect]:
+        """A request refused unread because the controller is behind on its input
+        (controller/shedding.py): QUEUE_FULL, as "too many requests right now"."""
+        return self._refuse_unread(client, request_id, "rejected_shed", Status.QUEUE_FULL,
+                                   f"the controller is {waited_ns / 1e6:.1f} ms behind on its input and sheds load "
+                                   "to catch up; retry shortly")
+
+    def _refuse_unread(self, client: bytes, request_id: int, counter: str, status: Status, detail: str) -> list[Effect]:
         self.counters["requests_offered"] += 1
-        self.counters["rejected_stale"] += 1
-        self._emit(ToClient(client, request_id, schema.InferReply(status=Status.WOULD_MISS_DEADLINE,
-                                                                  detail=_stale_detail(waited_ns, slo_ns))))
+        self.counters[counter] += 1
+        self._emit(ToClient(client, request_id, schema.InferReply(status=status, detail=detail)))
         return self._take()
 
     def on_cancel(self, client: bytes, request_id: int, now_ns: int) -> tuple[bool, str, list[Effect]]:

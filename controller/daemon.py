@@ -32,6 +32,7 @@ from controller.core import Core
 from controller.effects import ActionRecord, PrepareOn, ToClient, ToWorker, UploadFinished
 from controller.metrics import ControllerTelemetry
 from controller.registry import Registry
+from controller.shedding import InputShedder
 
 BURST = 512  # messages taken from one socket before looking at the other and ticking
 # ... or this long, whichever comes first. A message may be a bundle of many requests: bounded
@@ -69,6 +70,7 @@ class ControllerDaemon:
         self.to_clients = Outgoing(self.clients)
         self.to_workers = Outgoing(self.workers)
         self.queue_delay = QueueDelay()  # time each client's requests spent in queues before us
+        self.shedder = InputShedder(config.shed_lag_ns, config.shed_interval_ns)
         self.stopping = False
         self._status_line = "starting"
         self.log.info("controller ready", clients=config.client_endpoint, workers=config.worker_endpoint,
@@ -193,9 +195,13 @@ class ControllerDaemon:
             return 0
         waited = self.queue_delay.waited_ns(client, head["sent_ns"], now)
         slo_ns, msg_id = head.get("slo_ns"), head.get("msg_id")
-        if (type(slo_ns) is int and type(msg_id) is int and 0 < slo_ns * self.cfg.refuse_after_waiting <= waited
-                and 0 <= msg_id <= schema.U64):
+        if type(slo_ns) is not int or type(msg_id) is not int or not 0 <= msg_id <= schema.U64:
+            return waited  # the full decode says what is wrong
+        if 0 < slo_ns * self.cfg.refuse_after_waiting <= waited:
             self._perform(self.core.refuse_stale(client, msg_id, waited, slo_ns))
+            return None
+        if self.shedder.shed(waited, now):
+            self._perform(self.core.refuse_shed(client, msg_id, waited))
             return None
         return waited
 

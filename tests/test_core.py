@@ -567,3 +567,11 @@ def test_a_stale_request_is_refused_without_being_looked_at():
     answer = replies(core.refuse_stale(b"c", 7, 120 * MS, 100 * MS))[0]
     assert answer.request_id == 7 and answer.body.status is Status.WOULD_MISS_DEADLINE
     assert "waited 120.00 ms" in answer.body.detail and core.counters["rejected_stale"] == 1
+
+
+def test_a_shed_request_is_refused_queue_full_and_counted_apart():
+    core = ready_core()
+    answer = replies(core.refuse_shed(b"c", 8, 25 * MS))[0]
+    assert answer.request_id == 8 and answer.body.status is Status.QUEUE_FULL
+    assert "25.0 ms behind" in answer.body.detail
+    assert core.counters["rejected_shed"] == 1 and core.counters["requests_offered"] == 1

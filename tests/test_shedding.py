@@ -1,0 +1,34 @@
+"""CoDel-style shedding at the controller's input (controller/shedding.py), in virtual time."""
+
+from controller.shedding import InputShedder
+
+MS = 1_000_000
+
+
+def feed(shedder: InputShedder, start_ms: float, end_ms: float, waited_ms: float, every_ms: float = 1.0) -> list[bool]:
+    out, t = [], start_ms
+    while t < end_ms:
+        out.append(shedder.shed(int(waited_ms * MS), int(t * MS)))
+        t += every_ms
+    return out
+
+
+def test_a_burst_shorter_than_the_interval_is_not_shed():
+    shedder = InputShedder(10 * MS, 100 * MS)
+    assert not any(feed(shedder, 0, 100, 1))
+    assert not any(feed(shedder, 100, 150, 30))  # half an interval of lag
+    assert not any(feed(shedder, 150, 400, 2))
+
+
+def test_a_standing_lag_is_shed_until_a_request_is_read_within_the_target():
+    shedder = InputShedder(10 * MS, 100 * MS)
+    assert not any(feed(shedder, 0, 100, 1))
+    assert not any(feed(shedder, 100, 200, 25))  # a whole interval above the target...
+    assert all(feed(shedder, 200, 260, 25))  # ...so the next late ones are refused
+    assert not shedder.shed(5 * MS, 260 * MS)  # caught up: served, and shedding stops
+    assert not any(feed(shedder, 261, 280, 25))
+
+
+def test_shedding_off():
+    shedder = InputShedder(0, 100 * MS)
+    assert not any(feed(shedder, 0, 500, 1000))
