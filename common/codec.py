@@ -18,7 +18,7 @@ from common import schema
 from common.checks import BadMessage, integer
 from common.schema import Envelope, Message
 from common.status import Status
-from common.tensors import attach, describe_tensor
+from common.tensors import attach, read_specs
 
 _U64 = integer(0, schema.U64)
 _SIGNED = integer(-schema.I64, schema.I64)
@@ -114,25 +114,17 @@ def _body(plan: _Plan, header: dict, frames: Sequence[Any]) -> Message:
             values[name] = check(header[name], name)
         elif required:
             raise BadMessage(Status.BAD_MESSAGE, f"{plan.cls.TYPE.value}: missing field {name!r}")
-    descriptors: tuple = ()
+    specs: list = []
     if plan.tensors:
-        descriptors = _tensor_descriptors(header.get("tensors", []))
-    expected = 1 + len(descriptors) + (1 if plan.blob else 0)
+        specs = read_specs(header.get("tensors", []))
+    expected = 1 + len(specs) + (1 if plan.blob else 0)
     if len(frames) != expected:
         raise BadMessage(Status.BAD_MESSAGE, f"{plan.cls.TYPE.value}: {len(frames)} frames, expected {expected}")
     if plan.tensors:
-        values[plan.tensors] = attach(descriptors, list(frames[1 : 1 + len(descriptors)]), "tensors")
+        values[plan.tensors] = attach(specs, frames[1 : 1 + len(specs)], "tensors")
     if plan.blob:
         values[plan.blob] = memoryview(frames[-1])
     return plan.cls(**values)
-
-
-def _tensor_descriptors(value: Any) -> tuple:
-    if not isinstance(value, list):
-        raise BadMessage(Status.BAD_MESSAGE, "tensors: expected a list")
-    if len(value) > schema.MAX_TENSORS:
-        raise BadMessage(Status.BAD_MESSAGE, f"tensors: more than {schema.MAX_TENSORS}")
-    return tuple(describe_tensor(d, ("tensors", i)) for i, d in enumerate(value))
 
 
 def bundle(messages: Sequence[list]) -> list:

@@ -17,13 +17,12 @@ from typing import Any, ClassVar
 
 from common import checks as c
 from common.status import Status
-from common.tensors import Tensor
+from common.tensors import MAX_TENSORS, Tensor  # noqa: F401 (MAX_TENSORS is part of the schema)
 
 PROTO_VERSION = 1
 U64 = (1 << 64) - 1
 I64 = (1 << 63) - 1
 MAX_HEADER_BYTES = 64 * 1024
-MAX_TENSORS = 64
 MAX_BATCH = 1024
 MAX_PRIORITY = 9  # priority classes 0 (lowest) .. 9 (highest)
 MAX_MODEL_BYTES = 2 * 1024**3

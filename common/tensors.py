@@ -29,7 +29,9 @@ DTYPE_SIZES: dict[str, int] = {
 }
 MAX_DIMS = 8
 MAX_DIM = 1 << 31
-TENSOR_NAME = text(256)
+MAX_NAME = 256
+MAX_TENSORS = 64  # per message
+TENSOR_NAME = text(MAX_NAME)
 
 describe_tensor = record(
     {
@@ -67,17 +69,38 @@ class Tensor:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
 
-def attach(descriptors: tuple[dict, ...], frames: list, path: str) -> tuple[Tensor, ...]:
-    """Pair validated descriptors with their data frames, checking every byte length."""
+def read_specs(value: Any, field: str = "tensors") -> list[tuple[str, str, tuple[int, ...]]]:
+    """A header's tensor descriptors, validated by `describe_tensor`'s rules, as (name, dtype,
+    shape) tuples. The rules are unrolled for speed (every tensor of every message passes
+    here); on any doubt the generic check runs and says exactly what is wrong."""
+    if not isinstance(value, list):
+        raise BadMessage(Status.BAD_MESSAGE, f"{field}: expected a list")
+    if len(value) > MAX_TENSORS:
+        raise BadMessage(Status.BAD_MESSAGE, f"{field}: more than {MAX_TENSORS}")
+    specs = []
+    for i, desc in enumerate(value):
+        if type(desc) is dict:
+            name, dtype, shape = desc.get("name"), desc.get("dtype"), desc.get("shape")
+            if (type(name) is str and len(name) <= MAX_NAME and type(dtype) is str and dtype in DTYPE_SIZES
+                    and type(shape) is list and len(shape) <= MAX_DIMS
+                    and all(type(d) is int and 0 <= d <= MAX_DIM for d in shape)):
+                specs.append((name, dtype, tuple(shape)))
+                continue
+        describe_tensor(desc, (field, i))  # raises, naming the field
+        raise BadMessage(Status.BAD_MESSAGE, f"{field}[{i}]: not a tensor descriptor")
+    return specs
+
+
+def attach(specs: list[tuple[str, str, tuple[int, ...]]], frames: list, path: str) -> tuple[Tensor, ...]:
+    """Pair validated specs (`read_specs`) with their data frames, checking every byte length."""
     tensors = []
-    for i, (desc, frame) in enumerate(zip(descriptors, frames)):
+    for i, ((name, dtype, shape), frame) in enumerate(zip(specs, frames)):
         view = memoryview(frame)
-        tensor = Tensor(desc["name"], desc["dtype"], tuple(desc["shape"]), view)
-        if view.nbytes != tensor.nbytes:
+        needs = math.prod(shape) * DTYPE_SIZES[dtype]
+        if view.nbytes != needs:
             raise BadMessage(
                 Status.BAD_MESSAGE,
-                f"{path}[{i}] ({desc['name']!r}): {view.nbytes} bytes, but shape "
-                f"{list(tensor.shape)} of {tensor.dtype} needs {tensor.nbytes}",
+                f"{path}[{i}] ({name!r}): {view.nbytes} bytes, but shape {list(shape)} of {dtype} needs {needs}",
             )
-        tensors.append(tensor)
+        tensors.append(Tensor(name, dtype, shape, view))
     return tuple(tensors)
