@@ -1,9 +1,10 @@
 """Fuzzing campaigns for every decoder that reads untrusted bytes.
 
-Targets: the protocol codec (`common.codec.decode`, every message type), the emulated-profile
-parser, the ONNX signature reader, and the client's reply reader. A target may only refuse
-input with its documented error (`BadMessage`, or `ClockworkError` in the client); any other
-exception is a crash, printed with the input that caused it and saved under --crashes.
+Targets: the protocol codec (`common.codec.split` and `decode`: every message type, and bundles
+of them), the emulated-profile parser, the ONNX signature reader, and the client's reply reader.
+A target may only refuse input with its documented error (`BadMessage`, or `ClockworkError` in
+the client); any other exception is a crash, printed with the input that caused it and saved
+under --crashes.
 
 Engines:
 - `mutate` (default, no extra packages): mutates valid seed messages (bit flips, byte
@@ -34,7 +35,7 @@ from bench.models import mlp_onnx, profile_json, tiny_onnx
 from client.errors import ClockworkError
 from common import schema
 from common.checks import BadMessage
-from common.codec import decode, encode
+from common.codec import bundle, decode, encode, split
 from common.models import onnx_signature, parse_profile
 from common.status import Status
 from common.tensors import Tensor
@@ -55,7 +56,8 @@ def _seed_messages() -> list[list[bytes]]:
         schema.InferReply(status=Status.OK, tensors=(x,)),
         schema.Reply(status=Status.OK, body={"models": [{"name": "m", "inputs": []}]}),
     ]
-    return [[bytes(f) for f in encode(body, 7, 3, 11)] for body in bodies]
+    messages = [[bytes(f) for f in encode(body, 7, 3, 11)] for body in bodies]
+    return [*messages, bundle(messages[:3]), bundle(messages[5:])]  # bundles of several, as sent
 
 
 def _mutate_bytes(data: bytes, rng: random.Random) -> bytes:
@@ -114,12 +116,18 @@ def mutate(seed: list[bytes], rng: random.Random) -> list[bytes]:
 
 
 def target_codec(frames: list[bytes]) -> None:
+    """As the daemons read: split a bundle (or take the one message), then decode each part."""
     try:
-        env = decode(frames)
+        parts = split(frames)
     except BadMessage:
         return
-    for t in getattr(env.body, "tensors", ()):  # a decoded tensor must be usable as an array
-        t.array()
+    for head, part in parts:
+        try:
+            env = decode(part, head)
+        except BadMessage:
+            continue
+        for t in getattr(env.body, "tensors", ()):  # a decoded tensor must be usable as an array
+            t.array()
 
 
 def target_client(frames: list[bytes]) -> None:
