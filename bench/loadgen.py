@@ -50,7 +50,7 @@ from bench.workload import Schedule
 from client.protocol import build_infer
 from common.checks import BadMessage
 from common.codec import bundle, decode, encode, split
-from common.net import IdSource, dealer
+from common.net import IdSource, dealer, recv_frames
 from common.schema import MAX_BUNDLE_PARTS, PROTO_VERSION, Message
 from common.status import Status
 
@@ -262,12 +262,12 @@ class _OpenLoop:
             self.sent += end - first
 
     def receive_ready(self) -> None:
-        recv, unpackb, noblock = self.sock.recv_multipart, msgpack.unpackb, zmq.NOBLOCK
+        sock, unpackb, noblock = self.sock, msgpack.unpackb, zmq.NOBLOCK
         record = self._record
         monotonic_ns = time.monotonic_ns
         while True:
             try:
-                frames = recv(noblock)
+                frames = recv_frames(sock, noblock)
             except zmq.Again:
                 return
             recv_ns = monotonic_ns()

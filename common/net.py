@@ -69,18 +69,31 @@ def dealer(ctx: zmq.Context, endpoint: str, identity: bytes | None = None, max_m
     return sock
 
 
+def _recv(sock: zmq.Socket, flags: int) -> tuple[list[memoryview], zmq.Frame]:
+    """One message's frames, and its last zmq.Frame. Frame by frame on `Frame.more`: pyzmq's
+    recv_multipart asks the socket for RCVMORE after every frame, which made receiving the
+    small frames of INFER and RESULT cost twice as much (27 against 12 us for 21 frames)."""
+    recv = sock.recv
+    frame = recv(flags, copy=False)
+    frames = [frame.buffer]
+    while frame.more:
+        frame = recv(flags, copy=False)
+        frames.append(frame.buffer)
+    return frames, frame
+
+
 def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[memoryview]:
-    return [f.buffer for f in sock.recv_multipart(flags, copy=False)]
+    return _recv(sock, flags)[0]
 
 
 def recv_frames_from(sock: zmq.Socket, flags: int = 0) -> tuple[list[memoryview], str | None]:
     """Frames and the sender's authenticated User-Id (a CURVE public key, z85), if any."""
-    frames = sock.recv_multipart(flags, copy=False)
+    frames, last = _recv(sock, flags)
     try:
-        user = frames[-1].get("User-Id")
+        user = last.get("User-Id")
     except zmq.ZMQError:  # no ZAP handler named this peer
         user = None
-    return [f.buffer for f in frames], user
+    return frames, user
 
 
 _MORE = int(zmq.SNDMORE)

@@ -25,7 +25,7 @@ from common.checks import BadMessage
 from common.clock import SkewEstimator, monotonic_ns
 from common.codec import bundle, decode, encode, peek_header, split
 from common.config import WorkerConfig
-from common.net import IdSource, dealer
+from common.net import IdSource, dealer, recv_frames
 from common.schema import (MAX_BUNDLE_PARTS, Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load,
                            Message, Prepare, Result, Unload, Welcome)
 from common.status import Status
@@ -153,7 +153,7 @@ class Daemon:
     def _receive(self) -> None:
         for _ in range(MAX_RECV_PER_WAKE):
             try:
-                frames = [f.buffer for f in self._sock.recv_multipart(zmq.NOBLOCK, copy=False)]
+                frames = recv_frames(self._sock, zmq.NOBLOCK)
             except zmq.Again:
                 return
             self._on_frames(frames)
