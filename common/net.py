@@ -134,9 +134,17 @@ class Outgoing:
         self._by_peer.setdefault(identity, []).append(frames)
 
     def flush(self) -> None:
+        """Send everything held; a socket error for one peer does not keep the others' messages
+        back (the first such error is raised once all were tried)."""
         if not self._by_peer:
             return
         by_peer, self._by_peer = self._by_peer, {}
+        error: zmq.ZMQError | None = None
         for identity, messages in by_peer.items():
             for at in range(0, len(messages), MAX_BUNDLE_PARTS):
-                send_frames(self.sock, bundle(messages[at:at + MAX_BUNDLE_PARTS]), identity)
+                try:
+                    send_frames(self.sock, bundle(messages[at:at + MAX_BUNDLE_PARTS]), identity)
+                except zmq.ZMQError as exc:
+                    error = error or exc
+        if error is not None:
+            raise error

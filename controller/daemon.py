@@ -148,8 +148,11 @@ class ControllerDaemon:
                 return
 
     def _flush(self) -> None:
-        self.to_clients.flush()
-        self.to_workers.flush()
+        for outgoing in (self.to_clients, self.to_workers):
+            try:
+                outgoing.flush()
+            except zmq.ZMQError:  # not a vanished peer (send_frames absorbs that): log, serve on
+                self.log.exception("send failed")
 
     # ------------------------------------------------------------------ clients
 

@@ -12,19 +12,23 @@ The rule (Nichols and Jacobson's CoDel, with "drop" meaning "refuse unread, at o
 lag has stayed above `target_ns` for a whole `interval_ns` (a standing queue, not a burst), every
 request read more than `target_ns` late is refused from its header, which costs a fraction of
 serving it, until one arrives within the target: the backlog clears in milliseconds and the
-requests behind it are fresh again. Pure: the shell passes the times in.
+requests behind it are fresh again. A window must also have seen `min_requests`: a few
+requests jittered by a slow network are not a standing queue, and refusing them would turn a
+lightly loaded controller away from a remote client. Pure: the shell passes the times in.
 """
 
 from __future__ import annotations
 
 
 class InputShedder:
-    def __init__(self, target_ns: int, interval_ns: int):
+    def __init__(self, target_ns: int, interval_ns: int, min_requests: int = 64):
         self.target_ns = target_ns  # 0: never shed
         self.interval_ns = interval_ns
+        self.min_requests = min_requests
         self.shedding = False
         self._window_end_ns: int | None = None
         self._window_min_ns: int | None = None  # the smallest lag seen in the current window
+        self._window_count = 0
 
     def shed(self, waited_ns: int, now_ns: int) -> bool:
         """Whether to refuse a request that waited `waited_ns` before being read at `now_ns`."""
@@ -32,10 +36,11 @@ class InputShedder:
             return False
         if self._window_end_ns is None or now_ns >= self._window_end_ns:
             if self._window_min_ns is not None:
-                self.shedding = self._window_min_ns > self.target_ns
-            self._window_end_ns, self._window_min_ns = now_ns + self.interval_ns, None
+                self.shedding = self._window_count >= self.min_requests and self._window_min_ns > self.target_ns
+            self._window_end_ns, self._window_min_ns, self._window_count = now_ns + self.interval_ns, None, 0
         if self._window_min_ns is None or waited_ns < self._window_min_ns:
             self._window_min_ns = waited_ns
+        self._window_count += 1
         if waited_ns <= self.target_ns:
             self.shedding = False  # caught up
         return self.shedding

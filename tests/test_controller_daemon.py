@@ -54,3 +54,22 @@ def test_a_drain_stops_after_its_time_budget_so_planning_is_never_starved(contro
     ctl._drain(ctl.clients, ctl._on_client)
     answered = replies(sock, 36)
     assert sorted(answered) == list(range(4, 40)) and all(r.status is Status.OK for r in answered.values())
+
+
+def test_a_send_that_fails_for_one_peer_does_not_hold_back_the_others(controller, monkeypatch):
+    from common import net
+
+    ctl, sock = controller
+    real_send = net.send_frames
+
+    def send_frames_failing_for_one(s, frames, identity=None):
+        if identity == b"broken":
+            raise zmq.ZMQError(zmq.EFSM)
+        return real_send(s, frames, identity)
+
+    monkeypatch.setattr(net, "send_frames", send_frames_failing_for_one)
+    ctl.to_clients.add(b"broken", encode(schema.Reply(status=Status.OK), 1, 5))
+    send_frames(sock, encode(schema.ListModels(), 7))
+    assert ctl.clients.poll(2000)
+    ctl._drain(ctl.clients, ctl._on_client)  # logs the failure and goes on
+    assert list(replies(sock, 1)) == [7]

@@ -32,3 +32,9 @@ def test_a_standing_lag_is_shed_until_a_request_is_read_within_the_target():
 def test_shedding_off():
     shedder = InputShedder(0, 100 * MS)
     assert not any(feed(shedder, 0, 500, 1000))
+
+
+def test_a_few_late_requests_are_not_a_standing_queue():
+    """A remote client at 2 requests a second over a jittery network must not be turned away."""
+    shedder = InputShedder(10 * MS, 100 * MS)
+    assert not any(feed(shedder, 0, 2000, 40, every_ms=50))  # 2 per window, all 40 ms late
