@@ -49,9 +49,9 @@ from bench.report import Latencies
 from bench.workload import Schedule
 from client.protocol import build_infer
 from common.checks import BadMessage
-from common.codec import bundle, decode, encode, split
+from common.codec import bundle, bundle_header, decode, encode, split
 from common.net import IdSource, dealer, recv_frames
-from common.schema import MAX_BUNDLE_PARTS, PROTO_VERSION, Message
+from common.schema import MAX_BUNDLE_PARTS, Message
 from common.status import Status
 
 if TYPE_CHECKING:
@@ -251,7 +251,7 @@ class _OpenLoop:
     def _send(self, frames: list, parts: list[int], first: int, end: int) -> None:
         """Requests first..end-1 (their frames back to back), in one ZeroMQ message."""
         if len(parts) > 1:
-            frames.insert(0, msgpack.packb({"type": "bundle", "parts": parts, "proto_version": PROTO_VERSION}))
+            frames.insert(0, bundle_header(parts))
         try:
             self.sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:

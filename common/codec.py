@@ -134,12 +134,17 @@ def bundle(messages: Sequence[list]) -> list:
         return messages[0]
     if not 1 < len(messages) <= schema.MAX_BUNDLE_PARTS:
         raise ValueError(f"a bundle holds 1 to {schema.MAX_BUNDLE_PARTS} messages, not {len(messages)}")
-    head = {"type": schema.MsgType.BUNDLE.value, "parts": [len(m) for m in messages],
-            "proto_version": schema.PROTO_VERSION}
-    frames = [msgpack.packb(head, use_bin_type=True)]
+    frames = [bundle_header([len(m) for m in messages])]
     for message in messages:
         frames.extend(message)
     return frames
+
+
+def bundle_header(counts: list[int]) -> bytes:
+    """Frame 0 of a bundle whose messages have `counts` frames each (for senders that lay the
+    frames out themselves, as the load generator does)."""
+    return msgpack.packb({"type": schema.MsgType.BUNDLE.value, "parts": counts,
+                          "proto_version": schema.PROTO_VERSION}, use_bin_type=True)
 
 
 def split(frames: Sequence[Any]) -> list[tuple[dict | None, Sequence[Any]]]:

@@ -38,7 +38,7 @@ BURST = 512  # messages taken from one socket before looking at the other and ti
 # ... or this long, whichever comes first. A message may be a bundle of many requests: bounded
 # by count alone, a drain behind a backlog once ran for half a second without planning, the
 # devices went idle, queues and replicas grew, and the controller never caught up (at 20,000
-# requests/s most runs collapsed to 20-55% within the SLO, with ~250 LOADs of new replicas).
+# requests/s most runs collapsed to 18-55% within the SLO, with ~250 LOADs of new replicas).
 # 4 ms keeps planning (5 ms ahead) fed and input flowing.
 DRAIN_BUDGET_NS = 4_000_000
 MIN_POLL_MS = 1  # floor on the sleep, so a wake-up that changes nothing cannot spin hot
@@ -120,8 +120,8 @@ class ControllerDaemon:
         self.notify.close()
 
     def _drain(self, sock: zmq.Socket, handler, roles: bool = False) -> None:
-        """Up to BURST ZeroMQ messages, each a message or a bundle of them; what answers one
-        leaves together (the outgoing bundles are flushed after each)."""
+        """Up to BURST ZeroMQ messages or DRAIN_BUDGET_NS, each a message or a bundle of them;
+        what answers one leaves together (the outgoing bundles are flushed after each)."""
         until_ns = monotonic_ns() + DRAIN_BUDGET_NS
         for _ in range(BURST):
             try:
