@@ -56,18 +56,24 @@ class QueueDelay:
     """How long each peer's messages waited on their way to us, from the peer's send stamps.
 
     For one peer, received - sent = clock offset + transit + queueing. The offset is constant
-    and the bare transit nearly so, so the smallest recent value is offset + transit and the
-    excess over it is the time spent in queues (sockets, a loop that was behind). That works
-    across unsynchronised clocks. The minimum is kept over two rotating buckets of `window_ns`
-    each (O(1) per message), long enough that a loop behind for a while cannot make its own
-    delay the new floor. A peer whose stamps stop increasing (a restart, a clock that is not
-    monotonic) starts over.
+    and the bare transit nearly so, so the smallest value is offset + transit (the floor) and
+    the excess over it is the time spent in queues (sockets, a loop that was behind). That works
+    across unsynchronised clocks, in O(1) per message.
+
+    The floor falls at once to any smaller value. It rises toward the smallest value of the last
+    `window_ns`, but by at most `max_rise_ns` per window: enough for a slewed clock or a new
+    route, which move it slowly. A controller that stays behind its input inflates every value
+    by its lag and never shows the true floor again; rising freely (as it did, to the minimum of
+    the last 2-4 s), the floor took the lag in within seconds and the requests stuck behind it
+    looked fresh. A peer whose stamps stop increasing (a restart, a clock that is not monotonic)
+    starts over.
     """
 
-    def __init__(self, window_ns: int = 2_000_000_000, max_peers: int = 4096):
+    def __init__(self, window_ns: int = 2_000_000_000, max_rise_ns: int = 1_000_000, max_peers: int = 4096):
         self._window_ns = window_ns
+        self._max_rise_ns = max_rise_ns
         self._max_peers = max_peers
-        self._peers: dict[bytes, list[int]] = {}  # peer -> [last_sent, bucket_start, cur_min, prev_min]
+        self._peers: dict[bytes, list[int]] = {}  # peer -> [last_sent, window_start, window_min, floor]
 
     def waited_ns(self, peer: bytes, sent_ns: int, recv_ns: int) -> int:
         delta = recv_ns - sent_ns
@@ -78,8 +84,11 @@ class QueueDelay:
             self._peers[peer] = [sent_ns, recv_ns, delta, delta]
             return 0
         state[0] = sent_ns
-        if recv_ns - state[1] > self._window_ns:  # rotate: the older bucket's minimum ages out
-            state[1], state[3], state[2] = recv_ns, state[2], delta
+        if recv_ns - state[1] > self._window_ns:  # a new window: the floor may rise a little
+            state[3] = min(state[2], state[3] + self._max_rise_ns)
+            state[1], state[2] = recv_ns, delta
         elif delta < state[2]:
             state[2] = delta
-        return max(0, delta - min(state[2], state[3]))
+        if delta < state[3]:
+            state[3] = delta
+        return delta - state[3]

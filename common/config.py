@@ -97,10 +97,9 @@ class ControllerConfig:
     refuse_after_waiting: float = 0.5
     # Load shedding at the input (controller/shedding.py): once requests have been read more than
     # shed_lag_ns late for a whole shed_interval_ns (with at least 64 read in it), those read
-    # that late are refused unread (QUEUE_FULL) until one is read within it. 20 ms leaves a 100 ms SLO most of its budget;
-    # 500 ms outlasts a burst of replica LOADs or a collector pause (10 ms over 100 ms refused
-    # ~800 requests a run at 90% of capacity), and stays well inside QueueDelay's 2 s window,
-    # which a standing lag would otherwise become the floor of. 0 turns shedding off.
+    # that late are refused unread (QUEUE_FULL) until one is read within it. 20 ms leaves a
+    # 100 ms SLO most of its budget; 500 ms outlasts a burst of replica LOADs or a collector
+    # pause (10 ms over 100 ms refused ~800 requests a run at 90% of capacity). 0: off.
     shed_lag_ns: int = 20_000_000
     shed_interval_ns: int = 500_000_000
     # Security (common/security.py). Empty secret_key_file: no keys, so both ROUTERs (and the

@@ -2,11 +2,11 @@
 
 When the controller cannot keep up with its clients, requests wait in the sockets ahead of it,
 and a FIFO queue makes every request behind a backlog late as well: served late, they miss
-their SLOs at the client, and the estimate of how long they waited (common/clock.QueueDelay,
-from the smallest recent delay) drifts up with a lag that stands for seconds, so the controller
-stops noticing. Measured at 24,000 requests/s offered against ~21,500 of capacity (one 8 s
-run each): goodput fell to zero within 5 s (6,871/s over the run); with this rule it held at
-19,101/s, 79.6% of all offered requests answered within the SLO and 13% refused at once.
+their SLOs at the client. Measured at 24,000 requests/s offered against ~21,500 of capacity
+(one 8 s run each): goodput fell to zero within 5 s (6,871/s over the run); with this rule it
+held at 19,101/s, and at 19,581-20,340/s once common/clock.QueueDelay stopped taking a standing
+lag for the floor of its estimate (80-84% of all offered requests within the SLO, the rest
+refused at once).
 
 The rule (Nichols and Jacobson's CoDel, with "drop" meaning "refuse unread, at once"): once the
 lag has stayed above `target_ns` for a whole `interval_ns` (a standing queue, not a burst), every

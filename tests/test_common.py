@@ -123,3 +123,15 @@ def test_queue_delay_forgets_old_minimums():
     for t in range(600, 3000, 600):  # transit slows to 500 for good: two windows on, 500 is the floor
         last = q.waited_ns(b"a", t, t + 500)
     assert last == 0
+
+
+def test_a_standing_lag_does_not_become_the_floor():
+    """A controller that stays 5 ms behind must keep seeing 5 ms, less at most max_rise_ns per
+    window, not 0 after a window or two."""
+    from common.clock import QueueDelay
+
+    q = QueueDelay(window_ns=1_000_000, max_rise_ns=10_000)
+    q.waited_ns(b"a", 1, 1 + 100)
+    seen = [q.waited_ns(b"a", t, t + 100 + 5_000_000) for t in range(100_000, 10_000_000, 100_000)]
+    assert min(seen) >= 5_000_000 - 10 * 10_000
+    assert q.waited_ns(b"a", 10_000_001, 10_000_001 + 100) == 0  # the floor falls back at once
