@@ -21,7 +21,9 @@ CLIENT = b"client-1"
 
 
 def make_core(**overrides) -> Core:
-    return Core(SchedulerConfig(**overrides))
+    """A core with the default configuration, except a 1 ms reply allowance: the tests' timings
+    (an SLO that fits a batch of 2 but not 4, and so on) are worked out with it."""
+    return Core(SchedulerConfig(**{"reply_ns": MS, **overrides}))
 
 
 def hello(core: Core, name: str = "w1", devices: int = 1, memory_bytes: int = 1024 * MIB, now: int = 0,
