@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import msgpack
 
@@ -84,14 +84,18 @@ def decode(frames: Sequence[Any], header: dict | None = None) -> Envelope:
     msg_id = _U64(header["msg_id"], "msg_id")
     parent_id = _U64(header.get("parent_id", 0), "parent_id")
     sent_ns = _SIGNED(header.get("sent_ns", 0), "sent_ns")
-    version = header.get("proto_version", schema.PROTO_VERSION)
-    if version != schema.PROTO_VERSION:
-        raise BadMessage(Status.UNSUPPORTED_VERSION, f"protocol version {version!r}, expected {schema.PROTO_VERSION}")
+    _check_version(header)
     cls = schema.MESSAGE_TYPES.get(header["type"]) if isinstance(header["type"], str) else None
     if cls is None:
         raise BadMessage(Status.UNKNOWN_TYPE, f"unknown message type {str(header['type'])[:64]!r}")
     body = _body(_plan(cls), header, frames)
     return Envelope(body, msg_id, parent_id, sent_ns)
+
+
+def _check_version(header: dict) -> None:
+    version = header.get("proto_version", schema.PROTO_VERSION)
+    if version != schema.PROTO_VERSION:
+        raise BadMessage(Status.UNSUPPORTED_VERSION, f"protocol version {version!r}, expected {schema.PROTO_VERSION}")
 
 
 def _unpack_header(frame: Any) -> dict:
@@ -140,6 +144,12 @@ def bundle(messages: Sequence[list]) -> list:
     return frames
 
 
+def bundles(messages: Sequence[list]) -> Iterator[list]:
+    """The ZeroMQ messages that carry `messages` in order: one `bundle` per MAX_BUNDLE_PARTS."""
+    for at in range(0, len(messages), schema.MAX_BUNDLE_PARTS):
+        yield bundle(messages[at:at + schema.MAX_BUNDLE_PARTS])
+
+
 def bundle_header(counts: list[int]) -> bytes:
     """Frame 0 of a bundle whose messages have `counts` frames each (for senders that lay the
     frames out themselves, as the load generator does)."""
@@ -154,9 +164,7 @@ def split(frames: Sequence[Any]) -> list[tuple[dict | None, Sequence[Any]]]:
     head = peek_map(frames)
     if head is None or head.get("type") != schema.MsgType.BUNDLE.value:
         return [(head, frames)]
-    version = head.get("proto_version", schema.PROTO_VERSION)
-    if version != schema.PROTO_VERSION:
-        raise BadMessage(Status.UNSUPPORTED_VERSION, f"protocol version {version!r}, expected {schema.PROTO_VERSION}")
+    _check_version(head)
     counts = head.get("parts")
     if not isinstance(counts, list) or not 1 <= len(counts) <= schema.MAX_BUNDLE_PARTS:
         raise BadMessage(Status.BAD_MESSAGE, f"bundle: parts must list 1 to {schema.MAX_BUNDLE_PARTS} frame counts")

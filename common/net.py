@@ -11,8 +11,8 @@ from typing import Any, Callable
 
 import zmq
 
-from common.codec import bundle, encode
-from common.schema import MAX_BUNDLE_PARTS, Message
+from common.codec import bundles, encode
+from common.schema import Message
 
 
 class IdSource:
@@ -141,9 +141,9 @@ class Outgoing:
         by_peer, self._by_peer = self._by_peer, {}
         error: zmq.ZMQError | None = None
         for identity, messages in by_peer.items():
-            for at in range(0, len(messages), MAX_BUNDLE_PARTS):
+            for frames in bundles(messages):
                 try:
-                    send_frames(self.sock, bundle(messages[at:at + MAX_BUNDLE_PARTS]), identity)
+                    send_frames(self.sock, frames, identity)
                 except zmq.ZMQError as exc:
                     error = error or exc
         if error is not None:

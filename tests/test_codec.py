@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from common import schema
 from common.checks import BadMessage
-from common.codec import bundle, decode, encode, peek_header, split
+from common.codec import bundle, bundles, decode, encode, peek_header, split
 from common.status import Status
 from common.tensors import Tensor
 
@@ -212,3 +212,10 @@ def test_a_refusal_names_the_field_path_down_to_the_item():
     fields = {"type": "prepared", "msg_id": 1, "model_id": "m", "status": 0, "exec_ns": {1: 5, 2: "slow"}}
     with pytest.raises(BadMessage, match=r"exec_ns\[2\]: expected an integer"):
         decode([msgpack.packb(fields)])
+
+
+def test_more_messages_than_a_bundle_holds_go_out_in_several_in_order():
+    messages = [encode(schema.ListModels(), i + 1) for i in range(schema.MAX_BUNDLE_PARTS + 1)]
+    out = list(bundles(messages))
+    assert len(out) == 2 and out[1] == messages[-1]
+    assert [decode(part, head).msg_id for head, part in split(out[0])] == list(range(1, schema.MAX_BUNDLE_PARTS + 1))

@@ -23,11 +23,11 @@ import zmq
 from common import schema, security
 from common.checks import BadMessage
 from common.clock import SkewEstimator, monotonic_ns
-from common.codec import bundle, decode, encode, peek_header, split
+from common.codec import bundles, decode, encode, peek_header, split
 from common.config import WorkerConfig
 from common.net import IdSource, dealer, recv_frames
-from common.schema import (MAX_BUNDLE_PARTS, Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load,
-                           Message, Prepare, Result, Unload, Welcome)
+from common.schema import (Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load, Message, Prepare,
+                           Result, Unload, Welcome)
 from common.status import Status
 from worker.lanes import Device, Done
 from worker.outbox import Outbox
@@ -264,8 +264,8 @@ class Daemon:
             self.telemetry.on_sent(item, now_ns)
             body, parent_id = (self.result_of(item), item.parent_id) if isinstance(item, Done) else item
             messages.append(encode(body, self.ids.next(), parent_id, monotonic_ns()))
-        for at in range(0, len(messages), MAX_BUNDLE_PARTS):
-            self._send_frames(bundle(messages[at:at + MAX_BUNDLE_PARTS]))
+        for frames in bundles(messages):
+            self._send_frames(frames)
 
     def result_of(self, done: Done) -> Result:
         """The RESULT for what a lane did, its times moved onto the controller's clock.
