@@ -38,7 +38,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 
 from common import schema
@@ -72,6 +72,10 @@ UNLOAD_RETRY_NS = 5_000_000  # an UNLOAD refused BUSY (the model was executing) 
 # A batch is grown from this many requests beyond the largest batch size: room to skip requests
 # that can no longer make it (expiry answers them within a housekeeping interval).
 HOPELESS_SCAN = 8
+# An answered request's id is remembered this long: a client resends a request it has no reply
+# for (every 250 ms by default), and a resend that crossed the answer on the wire must not run
+# the request a second time. The crossing takes a round trip, so seconds are ample.
+ANSWERED_MEMORY_NS = 2 * 1_000_000_000
 
 
 class InvariantViolation(AssertionError):
@@ -99,6 +103,7 @@ class Core:
         self.workers: dict[str, Worker] = {}
         self.actions: dict[int, Action] = {}  # in flight, by action id (= message id)
         self.requests: dict[tuple[bytes, int], Request] = {}  # live, by (client, request id)
+        self.answered: OrderedDict[tuple[bytes, int], int] = OrderedDict()  # recently answered -> when
         self.pending: dict[str, None] = {}  # models with queued requests (an ordered set)
         self.unplaced: dict[str, None] = {}  # pending models with no replica: LOAD candidates
         self.replicated: dict[str, None] = {}  # models on more than one device
@@ -352,9 +357,9 @@ class Core:
         estimates it from the client's send stamps); it comes out of the SLO budget."""
         if self._started_ns is None:
             self._started_ns = now_ns
-        if (client, request_id) in self.requests:
-            # A client's resend of a request still being served (it retries when a reply is slow,
-            # in case we restarted and lost it): the original's answer serves both.
+        if (client, request_id) in self.requests or (client, request_id) in self.answered:
+            # A client's resend of a request still being served or just answered (it retries when
+            # a reply is slow, in case we restarted and lost it): the original's answer serves both.
             self.counters["duplicates_absorbed"] += 1
             return []
         self.counters["requests_offered"] += 1
@@ -451,6 +456,7 @@ class Core:
             self._dequeued(self.models[req.model], (req,))
         move(req, RequestState.ANSWERED)
         self.requests.pop((req.client, req.request_id), None)
+        self.answered[(req.client, req.request_id)] = now_ns
         self.counters[_ANSWERED[status]] += 1
         model = self.models.get(req.model)
         if model is not None:
@@ -679,6 +685,7 @@ class Core:
         self._expire_actions(now_ns)
         self._expire_uploads(now_ns)
         self._expire_requests(now_ns)
+        self._forget_answered(now_ns)
         self._replicate_hot_models(now_ns)
         self._release_idle_replicas(now_ns)
 
@@ -726,6 +733,12 @@ class Core:
                     if action.model in dev.resident:
                         self._evict(dev, action.model)
             self._plan_device_soon(dev, now_ns)
+
+    def _forget_answered(self, now_ns: int) -> None:
+        """Drop the answered ids older than ANSWERED_MEMORY_NS (the oldest come first)."""
+        answered = self.answered
+        while answered and next(iter(answered.values())) <= now_ns - ANSWERED_MEMORY_NS:
+            answered.popitem(last=False)
 
     def _expire_uploads(self, now_ns: int) -> None:
         for name in [n for n, u in self.uploads.items() if u.deadline_ns <= now_ns]:

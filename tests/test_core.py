@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import pathlib
 import re
 
@@ -10,6 +11,7 @@ import pytest
 
 from common import schema
 from common.status import Status
+from controller.core import ANSWERED_MEMORY_NS
 from controller.effects import PrepareOn
 from tests.factories import (
     EXEC_NS, LOAD_NS, MS, MIB, SIG, add_model, hello, infer, make_core, replies, result_for, sent, uploads,
@@ -90,9 +92,12 @@ def test_cold_request_loads_then_executes_and_is_answered_with_its_rows():
     assert core.counters["met_slo"] == 1
 
 
+WARM_IDS = itertools.count(10_000)
+
+
 def warm(core, model="m", now=0):
     """Load `model` on w1/0 and return the time it became resident."""
-    infer(core, 10_000, model=model, now=now)
+    infer(core, next(WARM_IDS), model=model, now=now)  # ids once used are remembered a while
     load = sent(core.tick(now), schema.Load)[0]
     t = now + LOAD_NS
     effects = result_for(core, load, t) + core.tick(t)
@@ -472,7 +477,7 @@ def test_a_result_that_never_comes_does_not_strand_the_batch():
     assert sent(core.tick(late), schema.Exec)
 
 
-def test_a_resent_request_still_being_served_is_absorbed_and_answered_once():
+def test_a_resent_request_being_served_or_just_answered_is_absorbed_and_answered_once():
     core = ready_core()
     t = warm(core)
     infer(core, 5, now=t)
@@ -480,8 +485,14 @@ def test_a_resent_request_still_being_served_is_absorbed_and_answered_once():
     assert core.counters["duplicates_absorbed"] == 1 and len(core.models["m"].queue) == 1
     ex = sent(core.tick(t + MS), schema.Exec)[0]
     assert [r.request_id for r in replies(result_for(core, ex, t + 4 * MS))] == [5]
-    assert len(replies(infer(core, 5, now=t + 5 * MS))) == 0  # once answered, a late resend is new work
-    assert len(core.models["m"].queue) == 1
+    # A resend that crossed the answer on the wire is absorbed too: it must not run again.
+    assert infer(core, 5, now=t + 5 * MS) == [] and not core.models["m"].queue
+    assert core.counters["duplicates_absorbed"] == 2
+    later = t + 5 * MS + ANSWERED_MEMORY_NS
+    core.on_heartbeat("w1", 1, later, True, later)
+    core.tick(later)  # housekeeping forgets the answered id
+    assert not core.answered and replies(infer(core, 5, now=later)) == []
+    assert len(core.models["m"].queue) == 1  # long after, the same id is new work
 
 
 def test_rejoining_worker_keeps_nothing_behind_our_back():

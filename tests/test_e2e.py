@@ -269,24 +269,34 @@ def test_a_queued_request_can_be_cancelled_and_the_cancel_is_acknowledged(system
     from client.aio import AsyncClient
     from client.errors import RequestError
 
-    slow = json.dumps({"weights_bytes": 1_000_000, "load_ms": 1, "exec_ms": {"1": 300}}).encode()
+    slow = json.dumps({"weights_bytes": 1_000_000, "load_ms": 1, "exec_ms": {"1": 1000}}).encode()
     with Client(system.client_endpoint) as admin:
         admin.upload(slow, "cancellable", format="profile")
     x = {"data": np.zeros((1, 16), np.float32)}
 
+    async def until(c, ready):
+        """Wait for the controller's own view of the model, not for time to pass."""
+        for _ in range(500):
+            [m] = [m for m in (await c.status())["models"] if m["name"] == "cancellable"]
+            if ready(m):
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"the controller never reached the state the test waits for: {m}")
+
     async def scenario():
         async with AsyncClient(system.client_endpoint) as c:
-            await c.infer("cancellable", x, slo_ms=5000)  # loaded
-            busy = [c.submit("cancellable", x, slo_ms=5000) for _ in range(2)]  # both devices busy 300 ms
-            await asyncio.sleep(0.05)
-            queued = c.submit("cancellable", x, slo_ms=5000)
-            await asyncio.sleep(0.05)
+            await c.infer("cancellable", x, slo_ms=10000)  # loaded
+            executing = c.submit("cancellable", x, slo_ms=10000)
+            await until(c, lambda m: m["in_flight"] == 1 and m["queued"] == 0)  # sent to a device
+            other = c.submit("cancellable", x, slo_ms=10000)  # runs beside it, or next on its device
+            await until(c, lambda m: m["in_flight"] + m["queued"] == 2)
+            queued = c.submit("cancellable", x, slo_ms=10000)  # behind both: no device frees for ~1 s
+            await until(c, lambda m: m["in_flight"] + m["queued"] == 3 and m["queued"] >= 1)
             acknowledged = await queued.cancel()
             with pytest.raises(RequestError) as info:
                 await queued
-            late = await busy[0].cancel()  # already executing: not cancelled, and it completes
-            results = [await b for b in busy]
-            return acknowledged, info.value.status, late, results
+            late = await executing.cancel()  # already executing: not cancelled, and it completes
+            return acknowledged, info.value.status, late, [await executing, await other]
 
     acknowledged, status, late, results = asyncio.run(scenario())
     assert acknowledged and status is Status.CANCELLED

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.models import profile_json
 from bench.procs import WorkerSpec, cluster, free_port
-from client import Client
+from client import CapacityError, Client
 from common import schema
 from common.config import ControllerConfig
 from common.metrics import ALL, OTHER, UNKNOWN, BoundedLabels, ChildCache, Window
@@ -160,7 +160,11 @@ def scraped_cluster(tmp_path_factory):
     with cluster(run_dir, [worker], controller_settings=settings) as c:
         with c.client() as admin:
             admin.upload(profile_json(), "resnet", format="profile")
+            admin.upload(profile_json(SLOW), "slow", format="profile")
         yield c, controller_port, worker_port, run_dir
+
+
+SLOW = {"weights_bytes": 1_000_000, "load_ms": 1, "exec_ms": {"1": 1000}}  # no 200 ms SLO fits
 
 
 def scrape(port: int) -> str:
@@ -174,17 +178,24 @@ def test_endpoints_are_scraped_and_parsed(scraped_cluster):
     with Client(c.client_endpoint, timeout_s=10) as client:
         for _ in range(5):
             client.infer("resnet", {"data": x}, slo_ms=200)
-        with pytest.raises(Exception):
-            client.infer("resnet", {"data": x}, slo_ms=0.5)  # WOULD_MISS_DEADLINE
-    time.sleep(1.3)  # gauges and the request log refresh once a second
+        with pytest.raises(CapacityError) as refused:
+            client.infer("slow", {"data": x}, slo_ms=200)
+        assert refused.value.status is Status.WOULD_MISS_DEADLINE  # by the controller, so counted there
 
-    text = scrape(controller_port)
-    p = samples(text)
+    # Gauges and the request log refresh once a second: wait for them, not for a second to pass.
+    attainment = ("clockwork_slo_attainment_ratio", (("model", "slow"),))
+    for _ in range(100):
+        text = scrape(controller_port)
+        p = samples(text)
+        if attainment in p and len((run_dir / "requests.tsv").read_text().splitlines()) == 7:
+            break
+        time.sleep(0.1)
     assert value(p, "clockwork_requests_total", model="resnet", outcome="ok", reason="OK") == 5
-    assert value(p, "clockwork_requests_total", model="resnet", outcome="capacity", reason="WOULD_MISS_DEADLINE") == 1
+    assert value(p, "clockwork_requests_total", model="slow", outcome="capacity", reason="WOULD_MISS_DEADLINE") == 1
     assert value(p, "clockwork_request_duration_seconds_count", model="resnet", phase="exec") == 5
     assert value(p, "clockwork_requests_slo_met_total", model="resnet") == 5
-    assert 0.8 < value(p, "clockwork_slo_attainment_ratio", model="resnet") <= 1.0  # 5 of 6
+    assert value(p, "clockwork_slo_attainment_ratio", model="resnet") == 1.0  # 5 of 5
+    assert p[attainment] == 0.0  # 0 of 1
     assert value(p, "clockwork_cold_starts_total", model="resnet") >= 1
     assert value(p, "clockwork_workers") == 1
     assert value(p, "clockwork_exec_prediction_error_seconds_count", model="resnet") == 5
@@ -197,7 +208,7 @@ def test_endpoints_are_scraped_and_parsed(scraped_cluster):
     p = samples(text)
     assert value(p, "clockwork_worker_actions_total", action="exec", outcome="ok", reason="OK") == 5
     assert value(p, "clockwork_worker_connected") == 1 and value(p, "clockwork_worker_lanes_healthy") == 1
-    assert value(p, "clockwork_worker_models_prepared") == 1
+    assert value(p, "clockwork_worker_models_prepared") == 2
     assert value(p, "clockwork_worker_action_duration_seconds_count", action="load", model="resnet") >= 1
     assert "clockwork_device_utilization_ratio" in family_names(text)
 
