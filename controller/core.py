@@ -16,9 +16,11 @@ Theory of operation
   UNAVAILABLE (no worker prepared the model), WOULD_MISS_DEADLINE (not even an idle device
   could finish it in time, or not behind the work already queued where it would run).
 - Admission is O(1) per replica looked at: every device keeps its backlog per priority class,
-  the predicted EXEC time of its models' queued samples (each model's queue split over its
+  the typical EXEC time of its models' queued samples (each model's queue split over its
   replicas, priced at the batch sizes it would run in), updated on every queue and replica
-  change (`_reshare`); a request is charged the classes at and above its own. Work of models
+  change (`_reshare`); a request is charged the classes at and above its own. Tails do not add
+  up, so the queue is priced at medians and the request's own EXEC carries the one tail
+  allowance (`_own_exec_ns`); EXEC windows, which must hold whatever happens, use the tail. Work of models
   waiting for a LOAD is kept apart and spread over all devices.
 - `tick` runs the phases in order: housekeeping (every `housekeeping_ns`: drop lost workers,
   finish overdue uploads, answer queued requests no device can finish in time any more, add a
@@ -119,6 +121,10 @@ class Core:
         # The allowance from sending an EXEC to its lane starting it: the configured floor plus
         # how late lanes have recently started (p99), so a busy host plans further ahead.
         self.dispatch_ns = config.dispatch_ns
+        # Admission prices queued work at typical durations and adds one allowance for the tail:
+        # how much later than typically predicted EXECs have recently ended (p99), and never
+        # less than the request's own EXEC tail above its typical time (_own_exec_ns).
+        self.finish_tail_ns = 0
         self._next_dispatch_refresh_ns = 0
         # The share of a budget admission leaves unplanned, between the configured floor and
         # ceiling, following how many admitted requests missed since the last refresh.
@@ -282,10 +288,10 @@ class Core:
             return 0
         big = model.sizes[-1]
         full, rest = divmod(samples, big)
-        ns = full * (self.latency.exec_ns(model.name, big, kind) or 0)
+        ns = full * (self.latency.typical_exec_ns(model.name, big, kind) or 0)
         if rest:
             size = padded_size(max(1, math.ceil(rest)), model.sizes)
-            ns += min(rest, 1.0) * (self.latency.exec_ns(model.name, size, kind) or 0)
+            ns += min(rest, 1.0) * (self.latency.typical_exec_ns(model.name, size, kind) or 0)
         return int(ns)
 
     def _place(self, dev: Device, model: Model, res: Resident) -> None:
@@ -614,6 +620,7 @@ class Core:
             self.latency.observe_exec(action.model, action.batch_size, action.device.kind, msg.duration_ns,
                                       action.expected_ns)
             self.latency.observe_hops(action.sent_ns, action.planned_start_ns, msg.begin_ns, msg.end_ns, now_ns)
+            self.latency.observe_finish(action.typical_end_ns, msg.end_ns)
             action.device.exec_busy_ns += msg.duration_ns
             if msg.sm_clock_mhz:
                 action.device.sm_clock_mhz = msg.sm_clock_mhz
@@ -680,6 +687,7 @@ class Core:
             self._next_dispatch_refresh_ns = now_ns + DISPATCH_REFRESH_NS
             late = self.latency.start_lateness_ns(self.cfg.latency_percentile)
             self.dispatch_ns = min(self.cfg.dispatch_ns + late, self.cfg.max_dispatch_ns)
+            self.finish_tail_ns = self.latency.finish_tail_ns(self.cfg.latency_percentile)
             self._refresh_headroom()
         self._expire_workers(now_ns)
         self._expire_actions(now_ns)
@@ -841,12 +849,15 @@ class Core:
         dev.resident[batch.model] = res  # most recently used goes last (LRU order)
         res.in_flight += 1
         res.last_used_ns = now_ns
-        dev.exec_lane.reserve(action_id, start_ns, batch.exec_ns)
         earliest = max(now_ns, start_ns - self._ahead_ns())
+        typical_ns = self.latency.typical_exec_ns(batch.model, batch.batch_size, dev.kind) or batch.exec_ns
+        typical_end = self._typical_start_ns(dev, now_ns) + typical_ns
+        dev.exec_lane.reserve(action_id, start_ns, batch.exec_ns, max(earliest, now_ns + self.cfg.dispatch_ns),
+                              typical_ns)
         tensors = tuple(t for req in batch.requests for t in req.tensors)  # chunks, forwarded as-is
         self._track(Action(action_id, "exec", dev, batch.model, batch.exec_ns, now_ns,
                            batch.latest_start_ns + batch.exec_ns + self.dispatch_ns + self.cfg.result_grace_ns,
-                           list(batch.requests), batch.batch_size, start_ns))
+                           list(batch.requests), batch.batch_size, start_ns, typical_end))
         self.counters["execs_sent"] += 1
         self._emit(ToWorker(dev.worker, action_id, schema.Exec(
             device_id=dev.device_id, model_id=batch.model, batch_size=batch.batch_size,
@@ -961,11 +972,11 @@ class Core:
         loaded = loaded or any(dev.resident[model.name].state is Residency.LOADING for dev in model.replicas.values())
         best = None
         for kind in model.kinds:
-            exec_ns = self.latency.exec_ns(model.name, size, kind)
+            exec_ns = self._own_exec_ns(model, size, kind)
             if exec_ns is None:
                 continue
             load = 0 if loaded else (self.latency.load_ns(model.name, kind) or 0)
-            total = self.dispatch_ns + load + exec_ns
+            total = self.cfg.dispatch_ns + load + exec_ns
             best = total if best is None else min(best, total)
         return best
 
@@ -975,47 +986,63 @@ class Core:
         has the latest deadline, so earliest-deadline-first serves it last in its class; lower
         classes wait for it), plus its part of the work still waiting for LOADs, which will land
         on some device ahead of it. With no replica yet: after its own LOAD, behind those of the
-        models ahead of it."""
+        models ahead of it. Everything ahead is priced at typical durations, the request's own
+        EXEC with the tail allowance (_own_exec_ns)."""
         size = padded_size(samples, model.sizes)
         spill_ns = sum(self.unplaced_by_class[priority:]) // max(1, self._device_count)
         if not model.replicas:
             return self._finish_after_load_ns(model, size, priority, spill_ns, now_ns)
         best = None
-        costs: dict[str, tuple[int | None, int]] = {}  # kind -> (exec_ns, a full batch's): replicas share kinds
+        costs: dict[str, tuple] = {}  # kind -> (typical, own, a full batch's): replicas share kinds
         for dev in itertools.islice(model.replicas.values(), ADMISSION_REPLICAS):
             cost = costs.get(dev.kind)
             if cost is None:
-                cost = costs[dev.kind] = (self.latency.exec_ns(model.name, size, dev.kind),
-                                          self._full_batch_ns(model, dev.kind))
-            exec_ns, full_ns = cost
-            if exec_ns is None:
+                cost = costs[dev.kind] = (self.latency.typical_exec_ns(model.name, size, dev.kind),
+                                          self._own_exec_ns(model, size, dev.kind), self._full_batch_ns(model, dev.kind))
+            typical_ns, own_ns, full_ns = cost
+            if typical_ns is None:
                 continue
+            start = self._typical_start_ns(dev, now_ns)
+            if dev.resident[model.name].state is Residency.LOADING:
+                start = max(start, dev.load_lane.free_at(now_ns))
             ahead_ns = dev.backlog_ns(priority) + spill_ns
-            finish = self._replica_start_ns(dev, model, now_ns) + ahead_ns + \
-                _overtaken_ns(full_ns, exec_ns, ahead_ns) + exec_ns
+            finish = start + ahead_ns + _overtaken_ns(full_ns, typical_ns, ahead_ns) + own_ns
             best = finish if best is None else min(best, finish)
         return best
 
     def _full_batch_ns(self, model: Model, kind: str) -> int:
-        return self.latency.exec_ns(model.name, model.sizes[-1], kind) or 0
+        return self.latency.typical_exec_ns(model.name, model.sizes[-1], kind) or 0
+
+    def _own_exec_ns(self, model: Model, size: int, kind: str) -> int | None:
+        """A new request's own EXEC as admission counts it: typical, plus the one tail
+        allowance for everything its finish estimate could not see."""
+        typical = self.latency.typical_exec_ns(model.name, size, kind)
+        if typical is None:
+            return None
+        return typical + max(self.finish_tail_ns, self.latency.exec_ns(model.name, size, kind) - typical)
 
     def _finish_after_load_ns(self, model: Model, size: int, priority: int, spill_ns: int, now_ns: int) -> int | None:
         # Models waiting for a LOAD get one in turn, as LOAD slots free up on any device.
         slots = max(1, self._device_count * self.cfg.max_loads_per_device)
         best = None
         for dev in self._devices_for(model):
-            exec_ns = self.latency.exec_ns(model.name, size, dev.kind)
+            typical_ns = self.latency.typical_exec_ns(model.name, size, dev.kind)
             load_ns = self.latency.load_ns(model.name, dev.kind)
-            if exec_ns is None or load_ns is None:
+            if typical_ns is None or load_ns is None:
                 continue
             turn_ns = len(self.unplaced) * load_ns // slots
-            loaded = max(now_ns + self.dispatch_ns, dev.load_lane.free_at(now_ns)) + turn_ns + load_ns
+            loaded = max(now_ns + self.cfg.dispatch_ns, dev.load_lane.free_at(now_ns)) + turn_ns + load_ns
             ahead_ns = dev.backlog_ns(priority) + spill_ns
-            behind = dev.exec_lane.free_at(now_ns) + ahead_ns + \
-                _overtaken_ns(self._full_batch_ns(model, dev.kind), exec_ns, ahead_ns)
-            finish = max(loaded, behind) + exec_ns
+            behind = self._typical_start_ns(dev, now_ns) + ahead_ns + \
+                _overtaken_ns(self._full_batch_ns(model, dev.kind), typical_ns, ahead_ns)
+            finish = max(loaded, behind) + self._own_exec_ns(model, size, dev.kind)
             best = finish if best is None else min(best, finish)
         return best
+
+    def _typical_start_ns(self, dev: Device, now_ns: int) -> int:
+        """When an EXEC sent now would typically start on `dev`: after the hop, once what is
+        booked on its lane has typically run."""
+        return max(now_ns + self.cfg.dispatch_ns, dev.exec_lane.typical_free_at(now_ns))
 
     def _replica_start_ns(self, dev: Device, model: Model, now_ns: int) -> int:
         """The earliest an EXEC of `model` could start on `dev`, which holds or is loading it."""

@@ -1,7 +1,12 @@
 """The latency model: what the controller believes each action will take.
 
 Per (model, batch size, device kind) it keeps the last `window` successful measurements and
-predicts a high percentile of them; the worker's profile seeds it at PREPARE. LOAD time is kept
+predicts two figures from them: the tail (a high percentile), which bounds an EXEC's window so
+that a batch started in it meets every deadline, and the typical duration (the median), at
+which queued work is priced. Tails do not add up: a queue of ten actions does not take ten
+p99s, so admission adds one tail allowance to a typical sum, and that allowance is measured
+too: how much later than its typical prediction each EXEC really ended (`finish_errors`). The
+worker's profile seeds both at PREPARE. LOAD time is kept
 per (model, device kind) the same way. Only successful measurements feed it (a dropped action
 says nothing about how long execution takes). Every prediction is compared with what happened;
 the error (predicted minus measured) is a metric of its own.
@@ -16,24 +21,34 @@ import numpy as np
 
 
 class _Window:
-    __slots__ = ("values", "percentile", "_cached")
+    __slots__ = ("values", "percentile", "_tail", "_typical")
 
     def __init__(self, size: int, percentile: float):
         self.values: deque[int] = deque(maxlen=size)
         self.percentile = percentile
-        self._cached: int | None = None
+        self._tail: int | None = None
+        self._typical: int | None = None
 
     def add(self, value_ns: int) -> None:
         self.values.append(value_ns)
-        self._cached = None
+        self._tail = self._typical = None
 
     def estimate(self) -> int:
-        if self._cached is None:
-            ordered = sorted(self.values)
-            # nearest-rank percentile: with few samples it is the max, never an interpolation below it
-            rank = max(1, math.ceil(self.percentile / 100 * len(ordered)))
-            self._cached = ordered[rank - 1]
-        return self._cached
+        """The tail: the window's `percentile`, nearest rank (with few samples it is the max,
+        never an interpolation below it)."""
+        if self._tail is None:
+            self._tail = _nearest_rank(sorted(self.values), self.percentile)
+        return self._tail
+
+    def typical(self) -> int:
+        """The median, nearest rank."""
+        if self._typical is None:
+            self._typical = _nearest_rank(sorted(self.values), 50.0)
+        return self._typical
+
+
+def _nearest_rank(ordered: list[int], percentile: float) -> int:
+    return ordered[max(1, math.ceil(percentile / 100 * len(ordered))) - 1]
 
 
 class LatencyModel:
@@ -49,6 +64,8 @@ class LatencyModel:
         self.return_delays: deque[int] = deque(maxlen=error_window)
         # How much later than planned lanes started EXECs: what the dispatch allowance must add.
         self.start_lateness: deque[int] = deque(maxlen=1000)
+        # How much later than its typical prediction each EXEC ended: the one tail allowance.
+        self.finish_errors: deque[int] = deque(maxlen=1000)
 
     def _get(self, table: dict, key) -> _Window:
         win = table.get(key)
@@ -79,9 +96,16 @@ class LatencyModel:
         self.start_lateness.append(max(0, begin_ns - planned_start_ns))
 
     def start_lateness_ns(self, percentile: float) -> int:
-        if not self.start_lateness:
-            return 0
-        return int(np.percentile(np.fromiter(self.start_lateness, dtype=np.int64), percentile))
+        return _percentile(self.start_lateness, percentile)
+
+    def observe_finish(self, predicted_end_ns: int, end_ns: int) -> None:
+        """An EXEC ended at `end_ns`; at dispatch its typical end was `predicted_end_ns`."""
+        self.finish_errors.append(end_ns - predicted_end_ns)
+
+    def finish_tail_ns(self, percentile: float) -> int:
+        """How much later than typically predicted EXECs end, at `percentile` (0 when they end
+        earlier, or before any was measured)."""
+        return max(0, _percentile(self.finish_errors, percentile))
 
     def observe_load(self, model: str, kind: str, measured_ns: int, predicted_ns: int) -> None:
         self._get(self._load, (model, kind)).add(measured_ns)
@@ -95,8 +119,14 @@ class LatencyModel:
     # ------------------------------------------------------------------ predicting
 
     def exec_ns(self, model: str, batch: int, kind: str) -> int | None:
+        """The tail: what an EXEC's window must leave for it."""
         win = self._exec.get((model, batch, kind))
         return win.estimate() if win is not None and win.values else None
+
+    def typical_exec_ns(self, model: str, batch: int, kind: str) -> int | None:
+        """The median: what queued work is priced at."""
+        win = self._exec.get((model, batch, kind))
+        return win.typical() if win is not None and win.values else None
 
     def load_ns(self, model: str, kind: str) -> int | None:
         win = self._load.get((model, kind))
@@ -114,9 +144,16 @@ class LatencyModel:
                 out[f"{name}_prediction_error_ms_p99"] = float(np.percentile(absolute, 99)) / 1e6
                 out[f"{name}_prediction_bias_ms_mean"] = float(arr.mean()) / 1e6
                 out[f"{name}_predictions"] = len(arr)
-        for name, delays in (("dispatch", self.dispatch_delays), ("return", self.return_delays)):
+        for name, delays in (("dispatch", self.dispatch_delays), ("return", self.return_delays),
+                             ("finish", self.finish_errors)):
             if delays:
                 arr = np.fromiter(delays, dtype=np.int64)
                 out[f"{name}_delay_ms_p50"] = float(np.percentile(arr, 50)) / 1e6
                 out[f"{name}_delay_ms_p99"] = float(np.percentile(arr, 99)) / 1e6
         return out
+
+
+def _percentile(values: deque, percentile: float) -> int:
+    if not values:
+        return 0
+    return int(np.percentile(np.fromiter(values, dtype=np.int64), percentile))

@@ -130,6 +130,7 @@ class Action:
     requests: list[Request] = field(default_factory=list)
     batch_size: int = 0
     planned_start_ns: int = 0  # EXEC: when the timeline expected the lane to start it
+    typical_end_ns: int = 0  # EXEC: when admission's typical prediction expected it to end
 
 
 @dataclass(eq=False)

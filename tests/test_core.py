@@ -586,3 +586,54 @@ def test_a_shed_request_is_refused_queue_full_and_counted_apart():
     assert answer.request_id == 8 and answer.body.status is Status.QUEUE_FULL
     assert "25.0 ms behind" in answer.body.detail
     assert core.counters["rejected_shed"] == 1 and core.counters["requests_offered"] == 1
+
+
+def noisy(core, model="m", kind="emulated"):
+    """Measurements whose tail is far above their median, as a shared CPU gives: per batch
+    size, 31 at the profile's time and one at four times it."""
+    for size, ns in EXEC_NS.items():
+        for i in range(32):
+            core.latency.observe_exec(model, size, kind, ns * (4 if i == 0 else 1), 0)
+
+
+def test_queued_work_is_priced_at_typical_durations_with_one_tail_allowance():
+    """96 queued samples run as 6 batches of 16: typically 60 ms, 240 ms if every batch took
+    its tail. The new request's finish is 60 ms + its own exec (2 ms) + one allowance (its own
+    tail above typical, 6 ms) + the hop: about 70 ms."""
+    core = ready_core()
+    t = warm(core)
+    noisy(core)
+    for i in range(96):
+        infer(core, i, now=t, slo_ms=400)
+    assert not replies(infer(core, 1000, now=t, slo_ms=100))  # p99s summed would refuse it
+    refused = replies(infer(core, 1001, now=t, slo_ms=60))
+    assert refused and refused[0].body.status is Status.WOULD_MISS_DEADLINE
+    step(core, core.tick(t), t)
+
+
+def test_the_tail_allowance_follows_how_late_execs_really_end():
+    core = ready_core()
+    t = warm(core)
+    noisy(core)
+    for _ in range(100):
+        core.latency.observe_finish(0, 40 * MS)  # every EXEC ended 40 ms after its typical end
+    core.tick(t + 200 * MS)  # the allowance is refreshed with the dispatch allowance
+    t += 200 * MS
+    core.on_heartbeat("w1", 1, t, True, t)
+    assert core.finish_tail_ns == 40 * MS
+    for i in range(96):
+        infer(core, i, now=t, slo_ms=400)
+    refused = replies(infer(core, 1000, now=t, slo_ms=100))  # 60 + 2 + 40 ms, past 95 ms
+    assert refused and refused[0].body.status is Status.WOULD_MISS_DEADLINE
+
+
+def test_an_execs_typical_end_is_measured_against_its_result():
+    core = ready_core()
+    t = warm(core)
+    infer(core, 1, now=t)
+    ex = sent(core.tick(t), schema.Exec)[0]
+    predicted = core.actions[ex.msg_id].typical_end_ns
+    assert predicted == t + core.cfg.dispatch_ns + EXEC_NS[1]
+    before = len(core.latency.finish_errors)
+    result_for(core, ex, predicted + 3 * MS)
+    assert len(core.latency.finish_errors) == before + 1 and core.latency.finish_errors[-1] == 3 * MS
