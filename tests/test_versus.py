@@ -1,0 +1,98 @@
+"""`clockwork-bench versus` and its plain reference server: a real server process answering
+like the model itself, the verdicts as ratios within one run, and a short end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import zmq
+
+from bench import versus
+from bench.models import cnn_onnx
+from bench.procs import free_port
+from client import Client
+from common.codec import decode, encode
+from common.net import dealer, recv_frames, send_frames
+from common.schema import GetStatus
+from common.status import Status
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    path = tmp_path_factory.mktemp("plain") / "cnn.onnx"
+    path.write_bytes(cnn_onnx())
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    server = subprocess.Popen([sys.executable, "-m", "bench.plain_server", str(path), endpoint, "--max-batch", "4"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        yield endpoint
+    finally:
+        server.terminate()
+        assert server.wait(timeout=10) == 0
+
+
+def test_the_plain_server_answers_what_the_model_computes(plain):
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with Client(plain, timeout_s=10) as client:
+        result = client.infer("cnn", {"input": x}, slo_ms=5000)
+        busy = versus.busy_ns(client.status())
+    (expected,) = ort.InferenceSession(cnn_onnx(), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    np.testing.assert_allclose(result.outputs["logits"], expected, rtol=1e-4, atol=1e-5)
+    assert result.worker == "plain" and 0 < result.exec_ms and busy >= result.exec_ms * 1e6 * 0.99
+
+
+def test_the_plain_server_answers_garbage_with_a_reason_and_serves_on(plain):
+    sock = dealer(zmq.Context.instance(), plain)
+    try:
+        send_frames(sock, [b"\xc1 not msgpack"])
+        assert sock.poll(5000)
+        assert decode(recv_frames(sock)).body.status is Status.BAD_MESSAGE
+        send_frames(sock, encode(GetStatus(), 7))
+        assert sock.poll(5000)
+        assert decode(recv_frames(sock)).parent_id == 7
+    finally:
+        sock.close(0)
+
+
+def point(target, rate, offered, within, refused=0, p99=5.0):
+    return versus.Point(target, rate, offered, within, refused, 0, 1.0, p99, p99, 0.5)
+
+
+def test_verdicts_compare_targets_within_the_run():
+    points = [point("plain", 0, 100, 100), point("clockwork", 0, 100, 100),
+              point("plain", 100, 1000, 1000), point("plain", 200, 2000, 1999), point("plain", 400, 4000, 40),
+              point("clockwork", 100, 1000, 1000), point("clockwork", 200, 2000, 1997, 3),
+              point("clockwork", 400, 4000, 1900, 2000)]
+    assert versus.sustained(points, "plain") == 200  # 99.95% at 200/s
+    assert versus.sustained(points, "clockwork") == 100  # 99.85% at 200/s falls short
+    rows = {what: measured for what, measured, _ in versus.verdicts(points, _floor(0.5))}
+    assert rows["lone request p50 - direct p50"] == "0.50 ms"
+    assert rows["refusals at rates <= 70% of plain's"] == "0"
+    assert "goodput 190/s" in rows["clockwork at 400/s = 2.0 x plain's"]
+
+
+def _floor(ms):
+    from bench.report import Latencies
+
+    lat = Latencies()
+    lat.record_ns(int(ms * 1e6))
+    return lat
+
+
+def test_versus_runs_end_to_end_and_writes_its_report(tmp_path):
+    out = tmp_path / "out"
+    assert versus.main(["--duration-s", "1", "--lone-s", "1", "--rates", "50", "--out", str(out)]) == 0
+    report = json.loads((out / "versus.json").read_text())
+    runs = {(p["target"], p["rate"]) for p in report["points"]}
+    assert runs == {("plain", 0.0), ("plain", 50.0), ("clockwork", 0.0), ("clockwork", 50.0)}
+    assert all(p["offered"] > 0 and p["within_slo"] + p["refused"] + p["unanswered"] <= p["offered"]
+               for p in report["points"])
+    assert report["direct_ms"]["p50"] > 0 and (out / "versus.png").stat().st_size > 0
