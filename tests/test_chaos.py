@@ -16,5 +16,7 @@ def test_invariants_hold_through_worker_and_controller_failures(tmp_path):
     assert report.violations() == [], report.render()
     assert len(report.outcomes) > 300
     assert sum(o.status == "OK" for o in report.outcomes) > len(report.outcomes) / 2
-    assert {"SIGKILL controller", "restart controller", "SIGSTOP emu1", "SIGKILL emu0"} & set(report.faults)
+    faults = set(report.faults)
+    assert {"SIGKILL controller", "restart controller"} <= faults  # every kind of fault happened
+    assert any(f.startswith("SIGKILL emu") for f in faults) and any(f.startswith("SIGSTOP emu") for f in faults)
     assert report.detection_ms["killed"] < 2000 and report.detection_ms["frozen"] < 2000

@@ -33,10 +33,11 @@ def ready_core(models=("m",), **cfg):
 
 def test_core_imports_no_clock_sockets_or_threads():
     root = pathlib.Path(__file__).parent.parent / "controller"
-    pure = ["core.py", "batching.py", "latency.py", "timeline.py", "queues.py", "state.py", "lifecycle.py", "effects.py"]
+    pure = ["core.py", "batching.py", "latency.py", "timeline.py", "queues.py", "state.py", "lifecycle.py", "effects.py",
+            "placement.py", "shedding.py", "baseline.py"]
     for name in pure:
         text = (root / name).read_text()
-        assert not re.search(r"^\s*(import|from)\s+(time|zmq|threading|asyncio|socket)\b", text, re.M), name
+        assert not re.search(r"^\s*(import|from)\s+(time|zmq|threading|asyncio|socket|logging|structlog)\b", text, re.M), name
 
 
 def test_unknown_model_bad_input_and_impossible_slo_are_refused_at_once():
@@ -169,10 +170,14 @@ def test_eviction_takes_the_least_recently_used_idle_model_never_one_in_flight()
         add_model(core, name)
     t = warm(core, "a")
     t = warm(core, "b", now=t)
-    # "a" is busy: an EXEC of it is in flight
+    # "a" is busy: an EXEC of it is in flight; and it is the least recently used, so LRU alone
+    # would pick it
     infer(core, 1, model="a", now=t)
     busy = sent(core.tick(t), schema.Exec)
     assert busy and busy[0].body.model_id == "a"
+    resident = core.workers["w1"].devices[0].resident  # in LRU order: "b" used last
+    resident["b"] = resident.pop("b")
+    assert next(iter(resident)) == "a"
     infer(core, 2, model="c", now=t)
     effects = step(core, core.tick(t), t)
     unloads, loads = sent(effects, schema.Unload), sent(effects, schema.Load)
@@ -244,12 +249,24 @@ def test_upload_waits_for_workers_and_fails_when_all_refuse():
     assert "m" not in core.models
 
 
-def test_cancel_answers_a_queued_request():
+def test_cancel_answers_a_queued_request_and_it_never_runs():
     core = ready_core()
-    infer(core, 1)
-    ok, _, effects = core.on_cancel(b"client-1", 1, 0)
-    assert ok and replies(effects)[0].body.status is Status.CANCELLED
-    assert core.on_cancel(b"client-1", 1, 0)[0] is False
+    t = warm(core)
+    infer(core, 1, now=t)
+    ok, _, effects = core.on_cancel(b"client-1", 1, t)
+    assert ok and replies(step(core, effects, t))[0].body.status is Status.CANCELLED
+    assert not core.models["m"].queue and not core.pending
+    assert not sent(step(core, core.tick(t), t), schema.Exec)
+    assert core.on_cancel(b"client-1", 1, t)[0] is False
+
+
+def test_inside_a_priority_class_the_earliest_deadline_is_served_first():
+    core = ready_core()
+    t = warm(core)
+    infer(core, 1, now=t, slo_ms=300, samples=16)  # full batches, so each EXEC carries one request
+    infer(core, 2, now=t, slo_ms=100, samples=16)  # arrived later, due sooner
+    [ex] = sent(step(core, core.tick(t), t), schema.Exec)
+    assert ex.body.tensors[0].array()[0, 0] == 2
 
 
 def test_priority_class_is_served_first():

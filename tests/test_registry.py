@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import pytest
 
 from common.models import parse_profile
@@ -54,3 +56,49 @@ def test_a_crash_mid_write_leaves_the_old_state(tmp_path):
     reg = Registry(tmp_path)
     assert [r.name for r in reg.all()] == ["a"] and reg.blob("a") == PROFILE
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [reg.get("a").sha256]
+
+
+def _upload_forever(state_dir: str) -> None:
+    """A child that uploads 16 MB models until it is killed."""
+    import os
+
+    reg = Registry(state_dir)
+    base = os.urandom(16 << 20)
+    for i in range(10_000):
+        reg.add(f"big{os.getpid()}-{i}", "profile", i.to_bytes(8, "big") + base, {}, 0, SIG)
+
+
+def test_a_process_killed_while_uploading_leaves_no_partial_model_visible(tmp_path):
+    """SIGKILL the moment an upload's first file appears, again and again: every file a reader
+    can see under its final name holds exactly the bytes its name (their sha256) says, and
+    after reopening every record's file is there and whole."""
+    import hashlib
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    ctx = multiprocessing.get_context("spawn")
+    models = tmp_path / "models"
+    for round_ in range(6):
+        child = ctx.Process(target=_upload_forever, args=(str(tmp_path),))
+        seen = set(os.listdir(models)) if models.exists() else set()
+        child.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # kill at the first new file: mid-write
+            if models.exists() and set(os.listdir(models)) - seen:
+                break
+            time.sleep(0.0002)
+        if round_ % 2:
+            time.sleep(0.2)  # every other round, later: after some uploads finished
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        for path in models.iterdir():
+            if not path.name.startswith("."):  # temporary files are not models
+                assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name, "a partial model is visible"
+    with closing(Registry(tmp_path)) as reg:
+        records = reg.all()
+        assert records  # some uploads finished
+        for record in records:
+            assert hashlib.sha256(reg.blob(record.name)).hexdigest() == record.sha256
+        assert {p.name for p in models.iterdir()} == {r.sha256 for r in records}

@@ -121,8 +121,7 @@ def test_real_run_end_to_end(tmp_path, capsys):
     back = RunLog.load(out)
     assert back.num_requests == summary["requests"]
     assert set(back.requests()["worker"]) <= {"emu0", ""}
-    if (out / "actions.tsv").exists():  # a controller with an action log: its rows are merged in
-        assert back.num_actions > 0
+    assert back.num_actions > 0  # the controller's action log: its rows are merged in
     text = capsys.readouterr().out
     assert "met SLO" in text and "CPU us/request" in text
 

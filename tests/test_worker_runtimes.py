@@ -16,7 +16,8 @@ from common.tensors import Tensor
 from worker.lanes import pad_inputs, trim_outputs, wait_until
 from worker.runtimes.emulated import EmulatedRuntime, exec_ns_for
 from worker.runtimes.onnxrt import OnnxRuntime
-from tests.worker_helpers import Collector, MS, direct_run, make_device, make_preparer, profile_blob, small_mlp, window
+from tests.worker_helpers import (Collector, MS, direct_run, make_device, make_preparer, profile_blob, small_mlp,
+                                  wait_until_true, window)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -140,3 +141,25 @@ def test_pad_joins_one_chunk_per_request_in_batch_order():
     assert inputs["x"][:, 0].tolist() == [1, 2, 2, 0]
     with pytest.raises(BadMessage):  # a chunk of the wrong shape is refused like any bad input
         pad_inputs(sig, (Tensor.from_array("x", a), Tensor.from_array("x", np.ones((1, 5), np.float32))), 4)
+
+
+def test_an_unload_meeting_the_model_executing_is_refused_busy_and_the_exec_completes():
+    runtime = EmulatedRuntime(WorkerConfig(runtime="emulated", devices=1))
+    device, emit, store = make_device(runtime)
+    device.start()
+    try:
+        blob = profile_blob(load_ms=1.0, exec_ms={1: 300.0}, inputs=[{"name": "data", "dtype": "float32", "shape": [5]}])
+        assert make_preparer(runtime, store, Collector()).prepare(
+            Prepare(model_id="emu", format="profile", blob=blob, max_batch=1)).status.ok
+        device.submit_load(1, "emu", *window())
+        assert emit.for_parent(1).status is Status.OK
+        device.submit_exec(2, "emu", 1, (Tensor.from_array("data", np.ones((1, 5), np.float32)),), *window())
+        wait_until_true(lambda: device._executing == "emu", what="the EXEC to start")  # the guard's own state
+        device.submit_unload(3, "emu", *window())
+        unload = emit.for_parent(3)
+        assert unload.status is Status.BUSY  # never pulled from under a running EXEC
+        assert emit.for_parent(2).status is Status.OK
+        device.submit_unload(4, "emu", *window())
+        assert emit.for_parent(4).status is Status.OK  # once it is done, it goes
+    finally:
+        device.stop()
