@@ -118,7 +118,7 @@ def residency(status: dict) -> str:
     for worker in status.get("workers", []):
         for dev in worker.get("devices", []):
             used, total = dev.get("used_bytes", 0), dev.get("memory_bytes", 0) or 1
-            parts.append(f"{worker.get('name')}/{dev.get('device_id')}: {len(dev.get('loaded', []))} models, "
+            parts.append(f"{worker.get('name')}/{dev.get('device_id')}: {dev.get('loaded_count', 0)} models, "
                          f"{100 * used / total:.0f}% memory")
     return "; ".join(parts) or "-"
 

@@ -54,7 +54,8 @@ def _seed_messages() -> list[list[bytes]]:
         schema.Prepared(model_id="m", status=Status.OK, exec_ns={1: 5, 16: 9}),
         schema.Exec(device_id=0, model_id="m", batch_size=4, earliest_ns=1, latest_ns=2, tensors=(x, x)),
         schema.InferReply(status=Status.OK, tensors=(x,)),
-        schema.Reply(status=Status.OK, body={"models": [{"name": "m", "inputs": []}]}),
+        schema.Reply(status=Status.OK, body={"models": [{"name": "m", "inputs": []}], "total": 3, "next": "m"}),
+        schema.ListModels(prefix="m", after="l", limit=5), schema.GetModel(name="m"),
     ]
     messages = [[bytes(f) for f in encode(body, 7, 3, 11)] for body in bodies]
     return [*messages, bundle(messages[:3]), bundle(messages[5:])]  # bundles of several, as sent
@@ -137,7 +138,7 @@ def target_client(frames: list[bytes]) -> None:
         if incoming.envelope is None:
             continue
         for parse in (protocol.parse_infer_reply, protocol.parse_reply, protocol.parse_list_reply,
-                      protocol.parse_status_reply, protocol.parse_upload_reply):
+                      protocol.parse_model_reply, protocol.parse_status_reply, protocol.parse_upload_reply):
             try:
                 parse(incoming.envelope)
             except ClockworkError:

@@ -61,7 +61,7 @@ class AsyncClient:
         self._sock = open_dealer(context or zmq.asyncio.Context.instance(), options.endpoint, keys)
         self._pending: dict[int, asyncio.Future] = {}  # request id -> future of its Incoming
         self._reader: asyncio.Task | None = None
-        self._listing: asyncio.Future | None = None  # a LIST fetching input names for bare-array infers
+        self._lookups: dict[str, asyncio.Future] = {}  # model -> its look-up for bare-array infers
         self._closed = False
 
     @property
@@ -81,11 +81,24 @@ class AsyncClient:
     async def remove(self, name: str) -> None:
         await self._call(self._core.remove(name, time.monotonic_ns()))
 
-    async def list(self) -> list[dict]:
-        return await self._call(self._core.list(time.monotonic_ns()))
+    async def list(self, prefix: str | None = None, *, limit: int = 0) -> list[dict]:
+        """See `Client.list`."""
+        listing = self._core.listing(prefix, limit)
+        while (call := listing.next_call(time.monotonic_ns())) is not None:
+            listing.add(await self._call(call))
+        return listing.models
 
-    async def status(self) -> dict:
-        return await self._call(self._core.status(time.monotonic_ns()))
+    async def list_page(self, prefix: str = "", after: str = "", limit: int = 0) -> dict:
+        """See `Client.list_page`."""
+        return await self._call(self._core.list_page(time.monotonic_ns(), prefix, after, limit))
+
+    async def model(self, name: str) -> dict:
+        """See `Client.model`."""
+        return await self._call(self._core.model(name, time.monotonic_ns()))
+
+    async def status(self, models_limit: int = schema.STATUS_MODELS) -> dict:
+        """See `Client.status`."""
+        return await self._call(self._core.status(time.monotonic_ns(), models_limit))
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, *,
                     slo_ms: float | None = None, deadline: float | None = None, priority: int = 0) -> InferResult:
@@ -102,7 +115,7 @@ class AsyncClient:
 
         async def run() -> InferResult:
             if self._core.needs_signature(model, inputs):
-                await self._fetch_signatures(model, deadline_ns)
+                await self._fetch_signature(model, deadline_ns)
             call = self._core.infer(model, inputs, deadline_ns, time.monotonic_ns(), priority)
             return await self._call(call, request_id)
 
@@ -113,15 +126,17 @@ class AsyncClient:
         answered CANCELLED), False if it was already executing or done."""
         return await self._call(self._core.cancel(request_id, time.monotonic_ns()))
 
-    async def _fetch_signatures(self, model: str, deadline_ns: int) -> None:
-        """One LIST in flight for every infer that needs a model's input names, each waiting at
-        most until its own deadline."""
-        if self._listing is None or self._listing.done():
-            self._listing = asyncio.ensure_future(self._call(self._core.list(time.monotonic_ns(), deadline_ns)))
-            self._listing.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+    async def _fetch_signature(self, model: str, deadline_ns: int) -> None:
+        """One look-up of a model in flight for every infer that needs its input names, each
+        waiting at most until its own deadline."""
+        lookup = self._lookups.get(model)
+        if lookup is None or lookup.done():
+            lookup = asyncio.ensure_future(self._call(self._core.model(model, time.monotonic_ns(), deadline_ns)))
+            lookup.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+            self._lookups[model] = lookup
         remaining_s = max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9)
         try:
-            await asyncio.wait_for(asyncio.shield(self._listing), remaining_s)
+            await asyncio.wait_for(asyncio.shield(lookup), remaining_s)
         except asyncio.TimeoutError:
             raise DeadlineExceeded(detail=f"infer on {model!r}: no answer to the look-up of its input names from "
                                    f"{self.endpoint} before the deadline (client-side timeout)") from None

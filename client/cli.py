@@ -1,8 +1,9 @@
 """`clockwork`: the command line for a Clockwork controller.
 
     clockwork upload resnet50.onnx --name resnet50 --input-shape data=3,224,224
-    clockwork ls
-    clockwork status [--json | --watch [--interval 2]]
+    clockwork ls [--prefix res] [--limit N] [--json]
+    clockwork show resnet50 [--json]
+    clockwork status [--json | --watch [--interval 2]] [--models 50]
     clockwork infer resnet50 --input x.npy --slo-ms 50 [--output out.npz]
     clockwork rm resnet50
     clockwork keys generate --out /etc/clockwork/keys --name alice
@@ -27,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from common import security
-from common.schema import FORMATS
+from common.schema import FORMATS, STATUS_MODELS
 from common.status import Fault, Status
 from client import protocol
 from client.errors import ClockworkError
@@ -105,6 +106,31 @@ def render_models(models: list[dict]) -> str:
                   "EXEC_MS"], rows)
 
 
+def some(names: Any, count: Any, most: int = 2) -> str:
+    """At most `most` names of `count` in all, e.g. "a,b +38", so that a column stays narrow
+    (a STATUS lists only a few names per device and per model anyway); "-" for none."""
+    shown = [n for n in names if isinstance(n, str)][:most] if isinstance(names, list) else []
+    total = count if isinstance(count, int) and not isinstance(count, bool) else len(shown)
+    more = f" +{total - len(shown)}" if total > len(shown) else ""
+    return (cell(shown) + more) if shown else (str(total) if total else "-")
+
+
+def status_models(body: dict) -> list[dict]:
+    return [m for m in body.get("models") or [] if isinstance(m, dict)]
+
+
+def model_table(body: dict, headers: Sequence[str], rows: list[list]) -> str:
+    """The models table of a STATUS, and under it how many models it leaves out: a STATUS
+    lists only the busiest (50 by default) of what may be thousands."""
+    total = body.get("models_total")
+    more = total - len(rows) if isinstance(total, int) and not isinstance(total, bool) else 0
+    note = (f"… and {more} more model{'s' if more > 1 else ''} (the busiest {len(rows)} are shown: --models N for more, "
+            "`clockwork ls` for every one)") if more > 0 else ""
+    if not rows:
+        return note or "no models"
+    return table(headers, rows) + (f"\n{note}" if note else "")
+
+
 def render_model(info: dict) -> str:
     keys = [("name", info.get("name")), ("format", info.get("format")), ("max batch", info.get("max_batch")),
             ("inputs", tensors(info.get("inputs"))), ("outputs", tensors(info.get("outputs"))),
@@ -122,13 +148,12 @@ def render_status(body: dict) -> str:
         for d in devices:
             rows.append([w.get("name"), w.get("runtime"), w.get("alive"), d.get("device_id"), d.get("kind"),
                          size(d.get("memory_bytes")), size(d.get("used_bytes")), d.get("busy_ms"),
-                         d.get("loaded")])
+                         some(d.get("loaded"), d.get("loaded_count"))])
     parts = [table(["WORKER", "RUNTIME", "ALIVE", "DEVICE", "KIND", "MEMORY", "USED", "BUSY_MS", "LOADED"],
                    rows) if rows else "no workers"]
-    models = [m for m in body.get("models") or [] if isinstance(m, dict)]
-    parts.append(table(["MODEL", "QUEUED", "IN_FLIGHT", "RESIDENT_ON"],
-                       [[m.get("name"), m.get("queued"), m.get("in_flight"), m.get("resident_on")] for m in models])
-                 if models else "no models")
+    parts.append(model_table(body, ["MODEL", "QUEUED", "IN_FLIGHT", "RESIDENT_ON"], [
+        [m.get("name"), m.get("queued"), m.get("in_flight"), some(m.get("resident_on"), m.get("replicas"))]
+        for m in status_models(body)]))
     scheduler = body.get("scheduler")
     if isinstance(scheduler, dict) and scheduler:
         parts.append(table(["SCHEDULER", "VALUE"], sorted(scheduler.items(), key=lambda kv: str(kv[0]))))
@@ -188,20 +213,19 @@ def render_watch(body: dict, previous: dict | None, elapsed_s: float, header: st
             util = _percent((busy - then) / 1e9, dt) if dt and isinstance(busy, int) and isinstance(then, int) else "-"
             rows.append([w.get("name"), w.get("alive"), d.get("device_id"), d.get("kind"),
                          f"{size(d.get('used_bytes'))} / {size(d.get('memory_bytes'))}", util, d.get("busy_ms"),
-                         d.get("loaded"), d.get("loading")])
+                         some(d.get("loaded"), d.get("loaded_count")), some(d.get("loading"), d.get("loading_count"))])
     parts = [header, table(["WORKER", "ALIVE", "DEVICE", "KIND", "MEMORY", "UTIL", "BUSY_MS", "LOADED", "LOADING"],
                            rows) if rows else "no workers"]
     old = {m.get("name"): m for m in prev.get("models") or [] if isinstance(m, dict)}
     mrows = []
-    for m in [m for m in body.get("models") or [] if isinstance(m, dict)]:
+    for m in status_models(body):
         o = old.get(m.get("name"), {})
         counted = all(isinstance(x.get(k), int) for x in (m, o) for k in ("answered", "met_slo"))
         answered = m.get("answered", 0) - o.get("answered", 0) if counted else 0
-        mrows.append([m.get("name"), m.get("queued"), m.get("in_flight"), m.get("resident_on"),
+        mrows.append([m.get("name"), m.get("queued"), m.get("in_flight"), some(m.get("resident_on"), m.get("replicas")),
                       per_s(answered, 0) if counted else "-",
                       _percent(m["met_slo"] - o["met_slo"], answered) if counted and dt else "-"])
-    parts.append(table(["MODEL", "QUEUED", "IN_FLIGHT", "RESIDENT_ON", "REQ/S", "SLO"], mrows)
-                 if mrows else "no models")
+    parts.append(model_table(body, ["MODEL", "QUEUED", "IN_FLIGHT", "RESIDENT_ON", "REQ/S", "SLO"], mrows))
     finished, finished_before = _served(counters), _served(before)
     met, met_before = _count(counters, "met_slo"), _count(before, "met_slo")
     parts.append(
@@ -292,14 +316,22 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--replace", action="store_true", help="replace a model of the same name")
     up.add_argument("--format", choices=FORMATS, help="default: profile for .json files, else onnx")
 
-    ls = sub.add_parser("ls", help="list models")
-    ls.add_argument("--json", action="store_true", help="print the raw reply as JSON")
+    ls = sub.add_parser("ls", help="list models (every one, page by page)")
+    ls.add_argument("--prefix", default="", help="only models whose names start with this")
+    ls.add_argument("--limit", type=int, default=0, metavar="N", help="show at most N models (default: all)")
+    ls.add_argument("--json", action="store_true", help="print a JSON array of ModelInfo")
+
+    show = sub.add_parser("show", help="one model's details")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="print its ModelInfo as JSON")
 
     st = sub.add_parser("status", help="workers, devices, models and counters")
     st.add_argument("--json", action="store_true", help="print the raw reply as JSON")
     st.add_argument("--watch", action="store_true", help="a live table, refreshed until Ctrl-C")
     st.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="--watch refresh (default 2)")
     st.add_argument("--iterations", type=int, default=0, metavar="N", help="--watch: stop after N frames")
+    st.add_argument("--models", type=int, default=STATUS_MODELS, metavar="N",
+                    help="list the N busiest models (default %(default)s)")
 
     inf = sub.add_parser("infer", help="run a model once and print its outputs and timing")
     inf.add_argument("name")
@@ -332,18 +364,26 @@ def cmd_upload(cw: Client, args: argparse.Namespace) -> str:
 
 
 def cmd_ls(cw: Client, args: argparse.Namespace) -> str:
-    models = cw.list()
+    if args.limit < 0:
+        raise UsageError(f"--limit {args.limit}: expected a number of models, 0 for all")
+    models = cw.list(args.prefix, limit=args.limit)
     return json.dumps(models, indent=2, default=str) if args.json else render_models(models)
+
+
+def cmd_show(cw: Client, args: argparse.Namespace) -> str:
+    info = cw.model(args.name)
+    return json.dumps(info, indent=2, default=str) if args.json else render_model(info)
 
 
 def cmd_status(cw: Client, args: argparse.Namespace) -> str | None:
     if args.watch:
-        return watch_status(cw, args.interval, args.iterations)
-    body = cw.status()
+        return watch_status(cw, args.interval, args.iterations, models_limit=args.models)
+    body = cw.status(args.models)
     return json.dumps(body, indent=2, default=str) if args.json else render_status(body)
 
 
-def watch_status(cw: Client, interval_s: float, iterations: int = 0, out: Any = None) -> None:
+def watch_status(cw: Client, interval_s: float, iterations: int = 0, out: Any = None,
+                 models_limit: int = STATUS_MODELS) -> None:
     """Redraw the status every `interval_s` (clearing the screen on a terminal) until Ctrl-C or
     `iterations` frames. A controller that does not answer is shown, and asked again."""
     out = out or sys.stdout
@@ -354,7 +394,7 @@ def watch_status(cw: Client, interval_s: float, iterations: int = 0, out: Any = 
             started = time.monotonic()
             header = f"clockwork status  {cw.endpoint}  {time.strftime('%H:%M:%S')}  (every {interval_s:g} s)"
             try:
-                body = cw.status()
+                body = cw.status(models_limit)
                 frame = render_watch(body, previous, started - previous_at, header)
                 previous, previous_at = body, started
             except ClockworkError as err:
@@ -390,7 +430,7 @@ def cmd_rm(cw: Client, args: argparse.Namespace) -> str:
 
 
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], str | None]] = {
-    "upload": cmd_upload, "ls": cmd_ls, "status": cmd_status, "infer": cmd_infer, "rm": cmd_rm,
+    "upload": cmd_upload, "ls": cmd_ls, "show": cmd_show, "status": cmd_status, "infer": cmd_infer, "rm": cmd_rm,
 }
 
 

@@ -72,8 +72,8 @@ class GatewayConfig:
     max_body_bytes: int = 64 * MiB
     # A caller that announces more bytes than it sends gets 408 instead of holding a handler.
     body_timeout_s: float = 30.0
-    # LIST and STATUS are answered from the controller's memory in milliseconds: past this the
-    # controller is unreachable and metadata calls answer 503.
+    # LIST pages, model look-ups and STATUS are answered from the controller's memory and
+    # registry in milliseconds: past this the controller is unreachable and metadata calls 503.
     admin_timeout_s: float = 5.0
     # repository load waits this long for a worker to prepare the model before answering 503.
     load_wait_s: float = 30.0
@@ -164,12 +164,13 @@ class Gateway:
             raise v2.error_from(exc, self.config.retry_after_s) from None
 
     async def _models(self) -> list[dict]:
+        """Every model, page by page (the repository index and the statistics of all)."""
         return await self._admin(lambda c: c.list())
 
     async def _model(self, request: web.Request) -> dict:
-        name = request.match_info["model"]
-        v2.check_version(name, request.match_info.get("version"))
-        return dict(v2.find_model(await self._models(), name))
+        """The ModelInfo of the request's model: one look-up, whatever the number of models."""
+        name = _model_name(request)
+        return await self._admin(lambda c: c.model(name))
 
     # -- health and metadata
 
@@ -178,7 +179,7 @@ class Gateway:
 
     async def ready(self, _request: web.Request) -> web.Response:
         """Ready when the controller answers and lists at least one live worker."""
-        status = await self._admin(lambda c: c.status())
+        status = await self._admin(lambda c: c.status(models_limit=0))
         alive = [w.get("name") for w in status.get("workers", []) if isinstance(w, dict) and w.get("alive")]
         if not alive:
             raise v2.V2Error(503, Status.UNAVAILABLE, "the controller has no live worker", self.config.retry_after_s)
@@ -217,7 +218,7 @@ class Gateway:
         name = request.match_info["model"]
         deadline = time.monotonic() + self.config.load_wait_s
         while True:
-            info = v2.find_model(await self._models(), name)
+            info = await self._model(request)
             if v2.model_ready(info):
                 return web.json_response({})
             if time.monotonic() >= deadline:
@@ -229,7 +230,7 @@ class Gateway:
         """Accepted and a no-op: only the controller decides what is resident on a device (it
         evicts idle models when memory is needed). The model stays registered."""
         await self._json_body(request)
-        v2.find_model(await self._models(), request.match_info["model"])
+        await self._model(request)
         return web.json_response({})
 
     # -- statistics extension
@@ -246,12 +247,7 @@ class Gateway:
 
     async def infer(self, request: web.Request) -> web.Response:
         start_ns = time.monotonic_ns()
-        name = request.match_info["model"]
-        v2.check_version(name, request.match_info.get("version"))
-        try:
-            schema.MODEL_NAME(name, "model")
-        except BadMessage as exc:
-            raise v2.V2Error(404, Status.MODEL_NOT_FOUND, exc.detail) from None
+        name = _model_name(request)
         body = await self._read_body(request)
         req = v2.parse_infer_request(body, request.headers.get("Inference-Header-Content-Length"),
                                      self.config.default_slo_ms)
@@ -288,6 +284,17 @@ class Gateway:
         if not isinstance(doc, dict):
             raise v2.bad_input("the request body must be a JSON object")
         return doc
+
+
+def _model_name(request: web.Request) -> str:
+    """The model a /v2/models/{model}[/versions/{version}] path names; 404 for a version other
+    than 1 or a name no model could have."""
+    name = request.match_info["model"]
+    v2.check_version(name, request.match_info.get("version"))
+    try:
+        return schema.MODEL_NAME(name, "model")
+    except BadMessage as exc:
+        raise v2.V2Error(404, Status.MODEL_NOT_FOUND, exc.detail) from None
 
 
 @web.middleware

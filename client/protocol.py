@@ -57,9 +57,9 @@ S = 1_000_000_000
 
 __all__ = [
     "DEFAULT_ENDPOINT", "ENDPOINT_ENV", "default_endpoint", "Options", "InferResult", "Incoming", "Call",
-    "ClientCore", "detect_format", "deadline_ns", "build_upload", "build_remove", "build_list",
-    "build_status", "build_infer", "build_cancel", "read_incoming", "route", "parse_reply",
-    "parse_infer_reply", "parse_upload_reply", "parse_remove_reply", "parse_list_reply",
+    "ClientCore", "Listing", "detect_format", "deadline_ns", "build_upload", "build_remove", "build_list",
+    "build_model", "build_status", "build_infer", "build_cancel", "read_incoming", "route", "parse_reply",
+    "parse_infer_reply", "parse_upload_reply", "parse_remove_reply", "parse_list_reply", "parse_model_reply",
     "parse_status_reply", "parse_cancel_reply", "input_names",
 ]
 
@@ -188,12 +188,22 @@ def build_remove(name: str) -> schema.Remove:
     return schema.Remove(name=_checked(schema.MODEL_NAME, name, "name"))
 
 
-def build_list() -> schema.ListModels:
-    return schema.ListModels()
+def build_list(prefix: str = "", after: str = "", limit: int = 0) -> schema.ListModels:
+    """One page of LIST: names starting with `prefix`, after `after` (the previous page's
+    "next"), at most `limit` (0: as many as fit one reply; at most schema.MAX_LIST_PAGE)."""
+    return schema.ListModels(prefix=_checked(checks.text(128), prefix, "prefix"),
+                             after=_checked(checks.text(128), after, "after"),
+                             limit=_checked(checks.integer(0, schema.MAX_LIST_PAGE), _as_int(limit), "limit"))
 
 
-def build_status() -> schema.GetStatus:
-    return schema.GetStatus()
+def build_model(name: str) -> schema.GetModel:
+    return schema.GetModel(name=_checked(schema.MODEL_NAME, name, "name"))
+
+
+def build_status(models_limit: int = schema.STATUS_MODELS) -> schema.GetStatus:
+    """STATUS listing the `models_limit` busiest models (0 to schema.MAX_LIST_PAGE)."""
+    limit = _checked(checks.integer(0, schema.MAX_LIST_PAGE), _as_int(models_limit), "models_limit")
+    return schema.GetStatus(models_limit=limit)
 
 
 def build_cancel(request_id: int) -> schema.Cancel:
@@ -368,9 +378,17 @@ def parse_remove_reply(envelope: Envelope) -> None:
     parse_reply(envelope)
 
 
-def parse_list_reply(envelope: Envelope) -> list[dict]:
-    models = parse_reply(envelope).get("models")
-    return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+def parse_list_reply(envelope: Envelope) -> dict:
+    """A LIST page: {"models": [ModelInfo, ...], "total": int, "next": str ("" on the last)}."""
+    body = parse_reply(envelope)
+    models, total, after = body.get("models"), body.get("total"), body.get("next")
+    return {"models": [m for m in models if isinstance(m, dict)] if isinstance(models, list) else [],
+            "total": total if type(total) is int else 0, "next": after if isinstance(after, str) else ""}
+
+
+def parse_model_reply(envelope: Envelope) -> dict:
+    """A MODEL reply: the model's ModelInfo."""
+    return parse_reply(envelope)
 
 
 def parse_status_reply(envelope: Envelope) -> dict:
@@ -439,10 +457,10 @@ class Call(Generic[T]):
 
 class ClientCore:
     """What a client knows besides its socket: options, request ids, and each model's input
-    names (learned from upload and list replies) so that `infer(model, array)` can name a
+    names (learned from upload, list and model replies) so that `infer(model, array)` can name a
     single input. Builds every `Call`; shells only move frames.
 
-    ModelInfo, as returned by upload and list: {"name", "format", "max_batch",
+    ModelInfo, as returned by upload, list and model: {"name", "format", "max_batch",
     "inputs": [{"name", "dtype", "shape"}], "outputs": [...], "size_bytes", "sha256",
     "created_unix_s", "prepared_on": [worker names], "load_ms", "exec_ms": {"1": ms, ...}}.
     """
@@ -458,7 +476,7 @@ class ClientCore:
     def _admin(self, body: Message, what: str, parse: Callable[[Envelope], T], now_ns: int,
                timeout_s: float | None = None) -> Call[T]:
         wait_s = self.options.timeout_s if timeout_s is None else timeout_s
-        idempotent = isinstance(body, (schema.ListModels, schema.GetStatus))
+        idempotent = isinstance(body, (schema.ListModels, schema.GetModel, schema.GetStatus))
         return Call(body, what, now_ns, now_ns + int(wait_s * S), parse,
                     retry_ns=int(self.options.retry_s * S) if idempotent else 0)
 
@@ -492,28 +510,41 @@ class ClientCore:
 
         return self._admin(build_remove(name), f"remove of {name!r}", parse, now_ns)
 
-    def list(self, now_ns: int, wait_until_ns: int | None = None) -> Call[list[dict]]:
-        def parse(envelope: Envelope) -> list[dict]:
-            models = parse_list_reply(envelope)
-            self._inputs.clear()
-            for info in models:
+    def list_page(self, now_ns: int, prefix: str = "", after: str = "", limit: int = 0) -> Call[dict]:
+        """One LIST page (see `build_list`); {"models", "total", "next"}."""
+        def parse(envelope: Envelope) -> dict:
+            page = parse_list_reply(envelope)
+            for info in page["models"]:
                 self._learn(info)
-            return models
+            return page
 
-        call = self._admin(build_list(), "list", parse, now_ns)
+        return self._admin(build_list(prefix, after, limit), "list", parse, now_ns)
+
+    def listing(self, prefix: str | None = None, limit: int = 0) -> "Listing":
+        """Every model (whose name starts with `prefix`; at most `limit`, 0: all), page by page."""
+        return Listing(self, prefix or "", limit)
+
+    def model(self, name: str, now_ns: int, wait_until_ns: int | None = None) -> Call[dict]:
+        """One model's ModelInfo; `wait_until_ns` bounds it by an infer's deadline."""
+        def parse(envelope: Envelope) -> dict:
+            info = parse_model_reply(envelope)
+            self._learn(info)
+            return info
+
+        call = self._admin(build_model(name), f"look-up of {name!r}", parse, now_ns)
         if wait_until_ns is not None and wait_until_ns < call.wait_until_ns:
             call = dataclasses.replace(call, wait_until_ns=wait_until_ns)
         return call
 
-    def status(self, now_ns: int) -> Call[dict]:
-        return self._admin(build_status(), "status", parse_status_reply, now_ns)
+    def status(self, now_ns: int, models_limit: int = schema.STATUS_MODELS) -> Call[dict]:
+        return self._admin(build_status(models_limit), "status", parse_status_reply, now_ns)
 
     def cancel(self, request_id: int, now_ns: int) -> Call[bool]:
         return self._admin(build_cancel(request_id), f"cancel of request {request_id}", parse_cancel_reply, now_ns)
 
     def needs_signature(self, model: str, inputs: Any) -> bool:
         """True when `inputs` is a bare array and the model's input name is not known yet:
-        the shell then runs `list()` (bounded by the infer's deadline) before `infer()`."""
+        the shell then runs `model()` (bounded by the infer's deadline) before `infer()`."""
         return not isinstance(inputs, Mapping) and model not in self._inputs
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, deadline_ns: int, now_ns: int,
@@ -541,3 +572,38 @@ class ClientCore:
         name, names = info.get("name"), input_names(info)
         if isinstance(name, str) and names:
             self._inputs[name] = names
+
+
+class Listing:
+    """A LIST paged to its end, for a shell to drive::
+
+        listing = core.listing(prefix)
+        while (call := listing.next_call(now_ns)) is not None:
+            listing.add(send_and_wait(call))
+        listing.models   # every ModelInfo, in name order, each once
+
+    Pages are keyed by name (`after`), so models added or removed meanwhile never make another
+    appear twice or be skipped; a controller whose `next` does not advance is an error, not a loop.
+    """
+
+    def __init__(self, core: ClientCore, prefix: str, limit: int = 0):
+        self._core = core
+        self.prefix = prefix
+        self.limit = limit  # at most this many models in all (0: every one)
+        self.models: list[dict] = []
+        self._after: str | None = ""  # None once the last page came
+
+    def next_call(self, now_ns: int) -> Call[dict] | None:
+        """The next page's request, or None when the listing is complete."""
+        wanted = self.limit - len(self.models) if self.limit else 0
+        if self._after is None or (self.limit and wanted <= 0):
+            return None
+        return self._core.list_page(now_ns, self.prefix, self._after, min(wanted, schema.MAX_LIST_PAGE))
+
+    def add(self, page: dict) -> None:
+        """Take a page (the value of `next_call`'s Call)."""
+        after = page["next"]
+        if after and (after <= self._after or not page["models"]):
+            raise ServerError(Status.INTERNAL, f"the controller's LIST did not advance past {self._after!r}")
+        self.models.extend(page["models"][:self.limit - len(self.models)] if self.limit else page["models"])
+        self._after = after or None

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import numpy as np
 import zmq
 
-from common import codec, net, security
+from common import codec, net, schema, security
 from client import protocol
 from client.errors import ClientClosed, ClockworkError
 from client.protocol import Call, ClientCore, InferResult, Options
@@ -66,8 +66,10 @@ class Client:
                 print("not now:", err.status.name, err.detail)
 
     Methods: `upload(model, name=None, *, format=None, input_shapes=None, max_batch=0,
-    replace=False) -> dict`, `remove(name)`, `list() -> list[dict]`, `status() -> dict`,
-    `infer(model, inputs, *, slo_ms=None, deadline=None, priority=0) -> InferResult`.
+    replace=False) -> dict`, `remove(name)`, `list(prefix=None) -> list[dict]` (every page),
+    `list_page(prefix="", after="", limit=0) -> dict`, `model(name) -> dict`,
+    `status(models_limit=50) -> dict`, `infer(model, inputs, *, slo_ms=None, deadline=None,
+    priority=0) -> InferResult`.
     Errors are `ClockworkError` subclasses carrying the status: `RequestError` (fix the
     request), `CapacityError` (retry later or with a looser SLO), `ServerError`, and
     `DeadlineExceeded` for the client's own timeout.
@@ -114,13 +116,27 @@ class Client:
         """Forget a model everywhere."""
         self._call(self._core.remove(name, time.monotonic_ns()))
 
-    def list(self) -> list[dict]:
-        """Every registered model's ModelInfo."""
-        return self._call(self._core.list(time.monotonic_ns()))
+    def list(self, prefix: str | None = None, *, limit: int = 0) -> list[dict]:
+        """Every registered model's ModelInfo in name order (those whose names start with
+        `prefix`; at most `limit`, 0: all), fetched page by page."""
+        listing = self._core.listing(prefix, limit)
+        while (call := listing.next_call(time.monotonic_ns())) is not None:
+            listing.add(self._call(call))
+        return listing.models
 
-    def status(self) -> dict:
-        """Workers, devices, models and counters: {"workers": [...], "models": [...], "counters": {...}}."""
-        return self._call(self._core.status(time.monotonic_ns()))
+    def list_page(self, prefix: str = "", after: str = "", limit: int = 0) -> dict:
+        """One page: {"models": [ModelInfo, ...], "total": models matching `prefix`, "next": the
+        `after` of the following page ("" on the last)}. `limit` 0: as many as fit one reply."""
+        return self._call(self._core.list_page(time.monotonic_ns(), prefix, after, limit))
+
+    def model(self, name: str) -> dict:
+        """One model's ModelInfo; RequestError(MODEL_NOT_FOUND) when it is not registered."""
+        return self._call(self._core.model(name, time.monotonic_ns()))
+
+    def status(self, models_limit: int = schema.STATUS_MODELS) -> dict:
+        """Workers, devices, models and counters: {"workers": [...], "models": [...],
+        "models_total": n, "counters": {...}}; "models" holds the `models_limit` busiest."""
+        return self._call(self._core.status(time.monotonic_ns(), models_limit))
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, *, slo_ms: float | None = None,
               deadline: float | None = None, priority: int = 0) -> InferResult:
@@ -143,7 +159,7 @@ class Client:
         deadline_ns = protocol.deadline_ns(slo_ms, deadline, time.monotonic_ns())
         with self._lock:  # the signature look-up and the infer are one call for other threads
             if self._core.needs_signature(model, inputs):
-                self._call(self._core.list(time.monotonic_ns(), deadline_ns))
+                self._call(self._core.model(model, time.monotonic_ns(), deadline_ns))
             return self._call(self._core.infer(model, inputs, deadline_ns, time.monotonic_ns(), priority))
 
     def close(self) -> None:

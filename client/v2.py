@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,7 @@ from client.protocol import InferResult
 
 __all__ = [
     "VERSION", "V2_TO_NUMPY", "NUMPY_TO_V2", "HTTP_STATUS", "V2Error", "error_from", "http_status_of",
-    "bad_input", "as_object", "load_json", "split_body", "find_model", "max_batch_size", "timing_parameters",
+    "bad_input", "as_object", "load_json", "split_body", "max_batch_size", "timing_parameters",
     "OutputRequest", "InferRequest", "parse_infer_request", "infer_response", "priority_from_v2",
     "slo_ms_from_timeout_us", "check_version", "server_metadata", "model_metadata", "model_config",
     "model_ready", "repository_index", "ModelStats", "StatsBook",
@@ -449,13 +449,6 @@ def model_ready(info: Mapping) -> bool:
     demand needs it (only the controller decides what is resident)."""
     prepared = info.get("prepared_on")
     return isinstance(prepared, list) and len(prepared) > 0
-
-
-def find_model(models: Sequence[Mapping], name: str) -> Mapping:
-    for info in models:
-        if info.get("name") == name:
-            return info
-    raise V2Error(404, Status.MODEL_NOT_FOUND, f"model {name!r} is not registered (upload it with `clockwork upload`)")
 
 
 def repository_index(models: Iterable[Mapping], ready_only: bool = False) -> list[dict]:

@@ -47,7 +47,8 @@ def _plan(cls: type) -> _Plan:
 
 
 def encode(body: Message, msg_id: int, parent_id: int = 0, sent_ns: int = 0) -> list:
-    """Frames for one message: a msgpack header, then tensor data, then the blob."""
+    """Frames for one message: a msgpack header, then tensor data, then the blob. Raises
+    BadMessage(TOO_LARGE) for a header over MAX_HEADER_BYTES, which no peer would decode."""
     plan = _plan(type(body))
     header: dict[str, Any] = {
         "type": body.TYPE.value,
@@ -66,6 +67,9 @@ def encode(body: Message, msg_id: int, parent_id: int = 0, sent_ns: int = 0) -> 
     if plan.blob:
         frames.append(getattr(body, plan.blob))
     frames[0] = msgpack.packb(header, use_bin_type=True)
+    if len(frames[0]) > schema.MAX_HEADER_BYTES:  # refused here rather than by the receiver's decode
+        raise BadMessage(Status.TOO_LARGE, f"a {body.TYPE.value} header of {len(frames[0])} bytes exceeds the "
+                                           f"{schema.MAX_HEADER_BYTES}-byte header limit")
     return frames
 
 

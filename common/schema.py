@@ -27,6 +27,12 @@ MAX_BATCH = 1024
 MAX_PRIORITY = 9  # priority classes 0 (lowest) .. 9 (highest)
 MAX_MODEL_BYTES = 2 * 1024**3
 MAX_BUNDLE_PARTS = 1024  # messages in one bundle (see BUNDLE below)
+# Models in one LIST or STATUS reply at most. A reply is one header of at most MAX_HEADER_BYTES,
+# so the controller also stops a page early when the next model would not fit (a ModelInfo is
+# ~350 bytes for a one-input model: a page holds ~180); callers page on with `after`.
+MAX_LIST_PAGE = 1000
+STATUS_MODELS = 50  # models a STATUS lists by default: the busiest, enough for a screen
+STATUS_NAMES = 4  # names a STATUS lists per device (models held) and per model (its devices)
 
 MODEL_NAME = c.text(128, r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DETAIL = c.text(4096)
@@ -42,6 +48,7 @@ class MsgType(str, enum.Enum):
     UPLOAD = "upload"
     REMOVE = "remove"
     LIST = "list"
+    MODEL = "model"
     STATUS = "status"
     INFER = "infer"
     CANCEL = "cancel"
@@ -112,12 +119,33 @@ class Remove(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class ListModels(Message):
+    """One page of the registered models, in name order. Thousands of ModelInfos do not fit one
+    header, so the reply body is {"models": [ModelInfo, ...], "total": models matching `prefix`,
+    "next": the `after` of the following page, "" on the last}."""
+
     TYPE = MsgType.LIST
+    prefix: str = f(c.text(128), "")  # only names starting with this (case-sensitive, no wildcards)
+    after: str = f(c.text(128), "")  # names sorting strictly after this: the previous page's `next`
+    limit: int = f(c.integer(0, MAX_LIST_PAGE), 0)  # at most this many; 0: as many as fit one reply
+
+
+@dataclass(frozen=True, kw_only=True)
+class GetModel(Message):
+    """One model's ModelInfo (the reply body), or MODEL_NOT_FOUND: a look-up whose cost does not
+    grow with the number of models, for clients that need one signature."""
+
+    TYPE = MsgType.MODEL
+    name: str = f(MODEL_NAME)
 
 
 @dataclass(frozen=True, kw_only=True)
 class GetStatus(Message):
+    """Workers, devices, the busiest models and the counters, bounded whatever the number of
+    models: a device lists counts and at most STATUS_NAMES names, and `models` holds the
+    `models_limit` busiest (queued + in flight, then answered, then name) of "models_total"."""
+
     TYPE = MsgType.STATUS
+    models_limit: int = f(c.integer(0, MAX_LIST_PAGE), STATUS_MODELS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,7 +170,7 @@ class Cancel(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class Reply(Message):
-    """Answer to UPLOAD, REMOVE, LIST, STATUS, CANCEL; `body` is documented per request."""
+    """Answer to UPLOAD, REMOVE, LIST, MODEL, STATUS, CANCEL; `body` is documented per request."""
 
     TYPE = MsgType.REPLY
     status: Status = f(c.status)
@@ -174,20 +202,19 @@ DEVICE = c.record(
         "page_bytes": c.integer(1, I64),
     }
 )
-RESIDENT = c.record({"device_id": DEVICE_ID, "model_id": MODEL_NAME})
 
 
 @dataclass(frozen=True, kw_only=True)
 class Hello(Message):
-    """A worker announces itself, its devices and what it already holds (for resync)."""
+    """A worker announces itself and its devices. It holds nothing the controller did not ask
+    for: a worker joining again releases its resident models itself first (a clean slate), so
+    HELLO stays small however many models a host holds."""
 
     TYPE = MsgType.HELLO
     worker: str = f(c.text(256))
     runtime: str = f(c.one_of("onnxruntime", "tensorrt", "emulated"))
     formats: tuple = f(c.sequence(c.one_of(*FORMATS), 4))
     devices: tuple = f(c.sequence(DEVICE, 4096))
-    prepared: tuple = f(c.sequence(MODEL_NAME, 100_000), ())
-    resident: tuple = f(c.sequence(RESIDENT, 100_000), ())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -324,7 +351,7 @@ class Error(Message):
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE.value: cls
     for cls in (
-        Upload, Remove, ListModels, GetStatus, Infer, Cancel, Reply, InferReply,
+        Upload, Remove, ListModels, GetModel, GetStatus, Infer, Cancel, Reply, InferReply,
         Hello, Heartbeat, Prepared, Result,
         Welcome, HeartbeatAck, Prepare, Load, Unload, Exec, Drop, Error,
     )

@@ -488,12 +488,8 @@ class Core:
         self._device_count += len(devices)
         self.counters["workers_joined"] += 1
         self._emit(ToWorker(name, next(self._ids), schema.Welcome(heartbeat_interval_ns=self.cfg.heartbeat_interval_ns)))
-        # Start from a clean slate: what it holds is unloaded and everything is prepared again
-        # (a worker answers PREPARE of bytes it already holds at once, from its store).
-        for resident in msg.resident:
-            dev = devices.get(resident["device_id"])
-            if dev is not None:
-                self._send_unload(dev, resident["model_id"], now_ns, evict=False)
+        # Start from a clean slate: the worker released what it held before saying HELLO, and
+        # everything is prepared again (a worker answers PREPARE of bytes it holds at once).
         for model in self.models.values():
             if not model.removing and model.format in worker.formats:
                 self._prepare_on(name, model)
@@ -1089,28 +1085,45 @@ class Core:
 
     # ================================================================== status and invariants
 
-    def status(self, now_ns: int) -> dict:
+    def status(self, now_ns: int, models_limit: int | None = None) -> dict:
+        """Workers, devices, models and counters, bounded for a reply whatever the number of
+        models: a device gives counts and its schema.STATUS_NAMES most recently used models, a
+        model its replica count and a few of them, and `models` holds the `models_limit`
+        busiest (queued + in flight, then answered, then name; None: every model, unranked,
+        for the metrics) of "models_total"."""
+        few = schema.STATUS_NAMES
+
+        def held(dev: Device, state: Residency) -> list[str]:  # most recently used first
+            return [n for n, r in reversed(dev.resident.items()) if r.state is state]
+
         workers = []
         for w in self.workers.values():
-            devices = [{
-                "device_id": d.device_id, "kind": d.kind, "memory_bytes": d.capacity_pages * d.page_bytes,
-                "used_bytes": d.used_pages * d.page_bytes,
-                "loaded": sorted(n for n, r in d.resident.items() if r.state is Residency.LOADED),
-                "loading": sorted(n for n, r in d.resident.items() if r.state is Residency.LOADING),
-                "busy_ms": max(0, d.exec_lane.free_at(now_ns) - now_ns) / 1e6,
-                "sm_clock_mhz": d.sm_clock_mhz or None,
-                "exec_busy_ns": d.exec_busy_ns,
-            } for d in w.devices.values()]
+            devices = []
+            for d in w.devices.values():
+                loaded, loading = held(d, Residency.LOADED), held(d, Residency.LOADING)
+                devices.append({
+                    "device_id": d.device_id, "kind": d.kind, "memory_bytes": d.capacity_pages * d.page_bytes,
+                    "used_bytes": d.used_pages * d.page_bytes,
+                    "loaded": loaded[:few], "loaded_count": len(loaded),
+                    "loading": loading[:few], "loading_count": len(loading),
+                    "busy_ms": max(0, d.exec_lane.free_at(now_ns) - now_ns) / 1e6,
+                    "sm_clock_mhz": d.sm_clock_mhz or None,
+                    "exec_busy_ns": d.exec_busy_ns,
+                })
             workers.append({"name": w.name, "runtime": w.runtime, "alive": True,
                             "last_seen_ms_ago": (now_ns - w.last_seen_ns) / 1e6, "devices": devices})
+        chosen = self.models.values() if models_limit is None else heapq.nsmallest(
+            models_limit, self.models.values(), key=lambda m: (-len(m.queue) - m.in_flight, -m.answered, m.name))
         models = [{
             "name": m.name, "queued": len(m.queue), "in_flight": m.in_flight,
-            "resident_on": sorted(m.replicas), "answered": m.answered, "met_slo": m.met_slo,
-        } for m in self.models.values()]
+            "resident_on": sorted(m.replicas)[:few], "replicas": len(m.replicas),
+            "answered": m.answered, "met_slo": m.met_slo,
+        } for m in chosen]
         counters = dict(self.counters)
         counters.update(self.latency.error_summary())
         scheduler = {"admission_headroom": round(self.headroom, 4), "dispatch_ms": self.dispatch_ns / 1e6}
-        return {"workers": workers, "models": models, "counters": counters, "scheduler": scheduler}
+        return {"workers": workers, "models": models, "models_total": len(self.models), "counters": counters,
+                "scheduler": scheduler}
 
     def _all_devices(self):
         for worker in self.workers.values():

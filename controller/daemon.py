@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from contextlib import closing
 
 import zmq
 
@@ -28,10 +29,11 @@ from common.models import signature_of
 from common.net import IdSource, Outgoing, recv_frames, recv_frames_from, router, send
 from common.sdnotify import Notifier
 from common.status import Status
+from controller import listing
 from controller.core import Core
 from controller.effects import ActionRecord, PrepareOn, ToClient, ToWorker, UploadFinished
 from controller.metrics import ControllerTelemetry
-from controller.registry import Registry
+from controller.registry import ModelRecord, Registry
 from controller.shedding import InputShedder
 
 BURST = 512  # messages taken from one socket before looking at the other and ticking
@@ -178,10 +180,15 @@ class ControllerDaemon:
         elif isinstance(body, schema.Remove):
             self._remove(client, env.msg_id, body.name, now)
         elif isinstance(body, schema.ListModels):
-            models = [self._model_info(r.name) for r in self.registry.all()]
-            self._reply(client, env.msg_id, Status.OK, body={"models": models})
+            self._reply(client, env.msg_id, Status.OK, body=self._list(body))
+        elif isinstance(body, schema.GetModel):
+            record = self.registry.get(body.name)
+            if record is None:
+                self._reply(client, env.msg_id, Status.MODEL_NOT_FOUND, f"no model named {body.name!r}")
+            else:
+                self._reply(client, env.msg_id, Status.OK, body=self._model_info(record))
         elif isinstance(body, schema.GetStatus):
-            self._reply(client, env.msg_id, Status.OK, body=self.core.status(now))
+            self._reply(client, env.msg_id, Status.OK, body=listing.fit_status(self.core.status(now, body.models_limit)))
         elif isinstance(body, schema.Cancel):
             cancelled, detail, effects = self.core.on_cancel(client, body.request_id, now)
             self._perform(effects)
@@ -239,15 +246,27 @@ class ControllerDaemon:
         self._perform(effects)
         self._reply(client, msg_id, status, "" if status is Status.OK else f"no model named {name!r}")
 
-    def _model_info(self, name: str) -> dict:
-        record = self.registry.get(name)
-        return {**(record.info() if record else {"name": name}), **self.core.model_info(name)}
+    def _list(self, msg: schema.ListModels) -> dict:
+        """One page, its ModelInfos made only for the models that fit (the query asks for one
+        more than the limit, so that a full page knows whether another follows)."""
+        limit = msg.limit or schema.MAX_LIST_PAGE
+        with closing(self.registry.page(msg.prefix, msg.after, limit + 1)) as records:
+            return listing.page(map(self._model_info, records), limit, self.registry.count(msg.prefix))
+
+    def _model_info(self, record: ModelRecord) -> dict:
+        return {**record.info(), **self.core.model_info(record.name)}
 
     def _reply(self, client: bytes, request_id: int, status: Status, detail: str = "", body: dict | None = None):
         self._to_client(client, request_id, schema.Reply(status=status, detail=detail, body=body or {}))
 
     def _to_client(self, client: bytes, request_id: int, body: schema.Message) -> None:
-        self.to_clients.add(client, encode(body, self.ids.next(), request_id, monotonic_ns()))
+        try:
+            frames = encode(body, self.ids.next(), request_id, monotonic_ns())
+        except BadMessage as exc:  # over the header limit: the client could not read it, so say why
+            self.log.error("reply too large", type=body.TYPE.value, detail=exc.detail)
+            detail = f"{exc.detail}, so it was not sent; ask for less (a smaller LIST page or STATUS models_limit)"
+            frames = encode(schema.Error(status=exc.status, detail=detail), self.ids.next(), request_id, monotonic_ns())
+        self.to_clients.add(client, frames)
 
     # ------------------------------------------------------------------ workers
 
@@ -308,7 +327,8 @@ class ControllerDaemon:
         self.to_workers.add(effect.worker.encode("latin-1"), encode(msg, effect.msg_id, 0, monotonic_ns()))
 
     def _upload_finished(self, effect: UploadFinished) -> None:
-        info = self._model_info(effect.model)
+        record = self.registry.get(effect.model)
+        info = self._model_info(record) if record else {"name": effect.model}
         if effect.status is not Status.OK:
             self.registry.remove(effect.model)
             self.log.warning("upload refused", model=effect.model, status=effect.status.name, detail=effect.detail)

@@ -244,7 +244,7 @@ class ControllerTelemetry:
                 present.add(key)
                 self.memory.labels(*key).set(d.get("memory_bytes", 0))
                 self.memory_used.labels(*key).set(d.get("used_bytes", 0))
-                self.loaded.labels(*key).set(len(d.get("loaded", ())))
+                self.loaded.labels(*key).set(d.get("loaded_count", 0))
                 self.utilization.labels(*key).set(min(1.0, self.busy.sums(key, now_ns)[0] / span_s))
         for key in self._device_series - present:  # a worker left: its devices' series go too
             for metric in (self.memory, self.memory_used, self.loaded, self.utilization, self.device_busy):
@@ -271,7 +271,7 @@ class ControllerTelemetry:
             self.queued.labels(label).set(value)
             self.in_flight.labels(label).set(in_flight[label])
         self._model_series = set(queued)
-        self.models.set(len(status.get("models", [])))
+        self.models.set(status.get("models_total", 0))
 
     def _refresh_counters(self, counters: dict) -> None:
         for name, value in counters.items():

@@ -15,8 +15,11 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from common.models import Signature, signature_from_header
+
+PAGE_ROWS = 32  # rows parsed per fetch while a page is filled (a full reply holds ~180 models)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -95,6 +98,27 @@ class Registry:
 
     def all(self) -> list[ModelRecord]:
         return [_record(row) for row in self._db.execute("SELECT * FROM models ORDER BY name")]
+
+    # A prefix is compared exactly (substr, not LIKE: LIKE ignores ASCII case and reads % and _
+    # as wildcards). Names with a prefix sort at or after it, so the primary key's index starts
+    # the scan there (or after `after`) and a page reads its rows in order.
+    _PAGE = "SELECT * FROM models WHERE name > ? AND name >= ? AND substr(name, 1, ?) = ? ORDER BY name LIMIT ?"
+    _COUNT = "SELECT COUNT(*) FROM models WHERE name >= ? AND substr(name, 1, ?) = ?"
+
+    def page(self, prefix: str = "", after: str = "", limit: int = -1) -> Iterator[ModelRecord]:
+        """The records whose names start with `prefix` and sort strictly after `after`, in name
+        order, at most `limit` (-1: no limit). Read lazily, a few rows at a time, so a caller
+        that stops early (a reply that is full) parses no more; close it when done."""
+        cursor = self._db.execute(self._PAGE, (after, prefix, len(prefix), prefix, limit))
+        try:
+            while rows := cursor.fetchmany(PAGE_ROWS):
+                yield from map(_record, rows)
+        finally:
+            cursor.close()
+
+    def count(self, prefix: str = "") -> int:
+        """How many names start with `prefix`."""
+        return self._db.execute(self._COUNT, (prefix, len(prefix), prefix)).fetchone()[0]
 
     def blob(self, name: str) -> bytes:
         record = self.get(name)

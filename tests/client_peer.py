@@ -57,6 +57,8 @@ def model_info(name: str, inputs: list[dict] | None = None) -> dict:
 class FakeController:
     """Answers like the controller would, from a dict of registered models."""
 
+    PAGE = 2  # models per LIST page: fewer than the controller's, so that clients page here too
+
     def __init__(self):
         self.models: dict[str, dict] = {"echo": model_info("echo"),
                                         "pair": model_info("pair", [{"name": "a", "dtype": "float32", "shape": [2]},
@@ -90,16 +92,29 @@ class FakeController:
         return [Send(reply())]
 
     def on_list(self, env: Envelope) -> list[Send]:
-        return [Send(reply(body={"models": list(self.models.values())}))]
+        want: schema.ListModels = env.body
+        matching = sorted(n for n in self.models if n.startswith(want.prefix))
+        names = [n for n in matching if n > want.after]
+        shown = names[:min(want.limit or self.PAGE, self.PAGE)]
+        after = shown[-1] if len(names) > len(shown) else ""
+        return [Send(reply(body={"models": [self.models[n] for n in shown], "total": len(matching), "next": after}))]
+
+    def on_model(self, env: Envelope) -> list[Send]:
+        info = self.models.get(env.body.name)
+        if info is None:
+            return [Send(reply(Status.MODEL_NOT_FOUND, f"no model named {env.body.name!r}"))]
+        return [Send(reply(body=info))]
 
     def on_status(self, env: Envelope) -> list[Send]:
         return [Send(reply(body={
             "workers": [{"name": "w0", "runtime": "emulated", "alive": True, "devices": [
                 {"device_id": 0, "kind": "emulated-v100", "memory_bytes": 32 << 30, "used_bytes": 1 << 30,
-                 "loaded": ["echo"], "busy_until_ms": 1.5},
-                {"device_id": 1, "kind": "emulated-v100", "memory_bytes": 32 << 30, "used_bytes": 0, "loaded": []},
+                 "loaded": ["echo"], "loaded_count": 1, "loading": [], "loading_count": 0, "busy_until_ms": 1.5},
+                {"device_id": 1, "kind": "emulated-v100", "memory_bytes": 32 << 30, "used_bytes": 0, "loaded": [],
+                 "loaded_count": 0, "loading": [], "loading_count": 0},
             ]}],
-            "models": [{"name": "echo", "queued": 3, "in_flight": 1, "resident_on": ["w0:0"]}],
+            "models": [{"name": "echo", "queued": 3, "in_flight": 1, "resident_on": ["w0:0"], "replicas": 1}],
+            "models_total": len(self.models),
             "counters": {"requests": 42, "rejected": 2, "goodput_per_s": 12.5},
             "scheduler": {"admission_headroom": 0.07, "dispatch_ms": 1.5},
         }))]

@@ -36,7 +36,10 @@ def test_admin_calls():
     async def scenario(c, peer):
         info = await c.upload(b'{"load_ms": 1}', "emu")
         models = await c.list()
-        status = await c.status()
+        assert [m["name"] for m in await c.list("e", limit=1)] == ["echo"]
+        assert (await c.list_page(after="emu"))["models"][0]["name"] == "pair"
+        assert (await c.model("emu"))["name"] == "emu"
+        status = await c.status(models_limit=3)
         await c.remove("emu")
         with pytest.raises(RequestError) as info_missing:
             await c.remove("emu")
@@ -44,7 +47,7 @@ def test_admin_calls():
 
     info, models, status, missing, upload = run(scenario)
     assert info["name"] == "emu" and upload.format == "profile"
-    assert "emu" in {m["name"] for m in models} and status["counters"]["rejected"] == 2
+    assert [m["name"] for m in models] == ["echo", "emu", "pair"] and status["counters"]["rejected"] == 2
     assert missing.status is Status.MODEL_NOT_FOUND
 
 
@@ -58,7 +61,7 @@ def test_many_concurrent_infers_get_their_own_replies():
     for i, result in enumerate(results[:20]):
         assert result.output.shape == (1 + i % 3, 4) and np.all(result.output == 2 * i)
     assert results[20].output[0, 0] == 198
-    assert len(peer.requests(schema.ListModels)) == 1  # one signature look-up for all 20
+    assert len(peer.requests(schema.GetModel)) == 1  # one signature look-up for all 20
 
 
 def test_errors_are_typed():

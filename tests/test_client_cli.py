@@ -67,10 +67,24 @@ def test_ls(clockwork):
     assert code == 0 and lines[0].split()[:3] == ["NAME", "FORMAT", "MAX_BATCH"]
     assert any(line.startswith("pair ") and "a:float32[2] b:int64[2]" in line for line in lines)
     code, out, _ = clockwork("ls", "--json")
-    assert code == 0 and {m["name"] for m in json.loads(out)} == {"echo", "pair"}
+    assert code == 0 and [m["name"] for m in json.loads(out)] == ["echo", "pair"]
+    code, out, _ = clockwork("ls", "--prefix", "pa", "--json")
+    assert code == 0 and [m["name"] for m in json.loads(out)] == ["pair"]
+    code, out, _ = clockwork("ls", "--limit", "1")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["NAME", "echo"]
+    assert clockwork("ls", "--limit", "-1")[0] == 2
 
 
-def test_status(clockwork):
+def test_show(clockwork, peer):
+    code, out, _ = clockwork("show", "pair")
+    assert code == 0 and "inputs:      a:float32[2] b:int64[2]" in out
+    assert json.loads(clockwork("show", "pair", "--json")[1])["name"] == "pair"
+    assert [e.body.name for e in peer.requests(schema.GetModel)] == ["pair", "pair"]
+    code, out, err = clockwork("show", "ghost")
+    assert code == 1 and err.startswith("error: MODEL_NOT_FOUND (code 11): no model named 'ghost'")
+
+
+def test_status(clockwork, peer):
     code, out, _ = clockwork("status")
     assert code == 0
     assert "WORKER" in out and "emulated-v100" in out and "32.0 GiB" in out
@@ -78,8 +92,8 @@ def test_status(clockwork):
     assert any(line.split() == ["admission_headroom", "0.07"] for line in out.splitlines())
     worker_rows = [line for line in out.splitlines() if line.startswith("w0 ")]
     assert len(worker_rows) == 2 and worker_rows[1].split()[-1] == "-"  # a device with nothing loaded
-    code, out, _ = clockwork("status", "--json")
-    assert json.loads(out)["counters"]["requests"] == 42
+    code, out, _ = clockwork("status", "--json", "--models", "7")
+    assert json.loads(out)["counters"]["requests"] == 42 and peer.requests(schema.GetStatus)[-1].body.models_limit == 7
 
 
 def test_infer_with_a_bare_array_and_output_file(clockwork, tmp_path):

@@ -152,8 +152,12 @@ def test_detect_format():
 
 
 def test_admin_builders_round_trip():
-    assert isinstance(wire(protocol.build_list()).body, schema.ListModels)
-    assert isinstance(wire(protocol.build_status()).body, schema.GetStatus)
+    assert wire(protocol.build_list()).body == schema.ListModels(prefix="", after="", limit=0)
+    assert wire(protocol.build_list("re", "res1", np.int64(5))).body == schema.ListModels(prefix="re", after="res1",
+                                                                                           limit=5)
+    assert wire(protocol.build_model("m")).body == schema.GetModel(name="m")
+    assert wire(protocol.build_status()).body.models_limit == schema.STATUS_MODELS
+    assert wire(protocol.build_status(0)).body.models_limit == 0
     assert wire(protocol.build_remove("m")).body.name == "m"
     assert wire(protocol.build_cancel(2**63 + 5)).body.request_id == 2**63 + 5
 
@@ -238,9 +242,13 @@ def test_parse_infer_reply_raises_typed_errors(body, cls, status):
 def test_parse_admin_replies():
     info = {"name": "m", "inputs": [{"name": "data", "dtype": "float32", "shape": [3]}]}
     assert protocol.parse_upload_reply(wire(schema.Reply(status=Status.OK, body={"model": info}))) == info
-    listed = wire(schema.Reply(status=Status.OK, body={"models": [info, "junk"]}))
-    assert protocol.parse_list_reply(listed) == [info]
-    assert protocol.parse_list_reply(wire(schema.Reply(status=Status.OK))) == []
+    listed = wire(schema.Reply(status=Status.OK, body={"models": [info, "junk"], "total": 7, "next": "m"}))
+    assert protocol.parse_list_reply(listed) == {"models": [info], "total": 7, "next": "m"}
+    assert protocol.parse_list_reply(wire(schema.Reply(status=Status.OK))) == {"models": [], "total": 0, "next": ""}
+    assert protocol.parse_model_reply(wire(schema.Reply(status=Status.OK, body=info))) == info
+    with pytest.raises(RequestError) as err:
+        protocol.parse_model_reply(wire(schema.Reply(status=Status.MODEL_NOT_FOUND, detail="no model named 'x'")))
+    assert err.value.status is Status.MODEL_NOT_FOUND
     assert protocol.parse_cancel_reply(wire(schema.Reply(status=Status.OK, body={"cancelled": True}))) is True
     assert protocol.parse_remove_reply(wire(schema.Reply(status=Status.OK))) is None
     status = {"workers": [], "models": [], "counters": {"requests": 1}}
@@ -311,22 +319,24 @@ def test_route_gives_an_anonymous_error_to_the_only_pending_call():
 # ----------------------------------------------------------------------------- the core
 
 
-def test_core_learns_input_names_from_list_and_upload_and_forgets_on_remove():
+def test_core_learns_input_names_from_list_model_and_upload_and_forgets_on_remove():
     core = ClientCore(Options())
     x = np.zeros((1, 2), np.float32)
     assert core.needs_signature("m", x) and not core.needs_signature("m", {"a": x})
-    listed = core.list(0).parse(wire(schema.Reply(status=Status.OK, body={"models": [model("m", "a")]})))
-    assert listed == [model("m", "a")] and not core.needs_signature("m", x)
+    listed = core.list_page(0).parse(wire(schema.Reply(status=Status.OK, body={"models": [model("m", "a")]})))
+    assert listed["models"] == [model("m", "a")] and not core.needs_signature("m", x)
     assert [t.name for t in core.infer("m", x, 10 * MS, 0).body.tensors] == ["a"]
     core.upload(b"x", "n", 0).parse(wire(schema.Reply(status=Status.OK, body={"model": model("n", "b")})))
     assert not core.needs_signature("n", x)
     core.remove("n", 0).parse(wire(schema.Reply(status=Status.OK)))
     assert core.needs_signature("n", x)
+    assert core.model("n", 0).parse(wire(schema.Reply(status=Status.OK, body=model("n", "c")))) == model("n", "c")
+    assert [t.name for t in core.infer("n", x, 10 * MS, 0).body.tensors] == ["c"]
 
 
 def test_core_forgets_a_signature_the_controller_refuses():
     core = ClientCore(Options())
-    core.list(0).parse(wire(schema.Reply(status=Status.OK, body={"models": [model("m", "a")]})))
+    core.model("m", 0).parse(wire(schema.Reply(status=Status.OK, body=model("m", "a"))))
     call = core.infer("m", np.zeros((1, 2), np.float32), 10 * MS, 0)
     with pytest.raises(RequestError):
         call.parse(wire(schema.InferReply(status=Status.BAD_INPUT, detail="missing input 'b'")))
@@ -339,9 +349,45 @@ def test_core_bare_array_for_an_unknown_model():
     assert info.value.status is Status.MODEL_NOT_FOUND
 
 
-def test_core_list_for_a_signature_is_bounded_by_the_infer_deadline():
-    call = ClientCore(Options(timeout_s=30)).list(0, wait_until_ns=5 * MS)
-    assert call.wait_until_ns == 5 * MS
+def test_core_look_up_for_a_signature_is_bounded_by_the_infer_deadline():
+    call = ClientCore(Options(timeout_s=30)).model("m", 0, wait_until_ns=5 * MS)
+    assert call.wait_until_ns == 5 * MS and call.body == schema.GetModel(name="m") and call.retry_ns > 0
+
+
+def page(names: list[str], after: str, total: int = 5) -> schema.Envelope:
+    return wire(schema.Reply(status=Status.OK, body={"models": [model(n, "a") for n in names], "total": total,
+                                                     "next": after}))
+
+
+def test_a_listing_pages_on_from_each_next_until_the_last():
+    listing = ClientCore(Options()).listing("m")
+    call = listing.next_call(0)
+    assert call.body == schema.ListModels(prefix="m", after="", limit=0)
+    listing.add(call.parse(page(["m1", "m2"], "m2")))
+    call = listing.next_call(0)
+    assert call.body == schema.ListModels(prefix="m", after="m2", limit=0)
+    listing.add(call.parse(page(["m3", "m4", "m5"], "")))
+    assert listing.next_call(0) is None
+    assert [m["name"] for m in listing.models] == ["m1", "m2", "m3", "m4", "m5"]
+
+
+def test_a_listing_with_a_limit_asks_for_no_more_than_it_needs():
+    listing = ClientCore(Options()).listing(None, limit=3)
+    assert listing.next_call(0).body.limit == 3
+    listing.add(protocol.parse_list_reply(page(["a", "b"], "b")))
+    assert listing.next_call(0).body == schema.ListModels(prefix="", after="b", limit=1)
+    listing.add(protocol.parse_list_reply(page(["c", "d"], "d")))  # a controller that sent more: only what was asked is kept
+    assert listing.next_call(0) is None and [m["name"] for m in listing.models] == ["a", "b", "c"]
+    assert ClientCore(Options()).listing(limit=schema.MAX_LIST_PAGE * 3).next_call(0).body.limit == schema.MAX_LIST_PAGE
+
+
+def test_a_listing_whose_next_does_not_advance_is_an_error_not_a_loop():
+    listing = ClientCore(Options()).listing()
+    listing.add(protocol.parse_list_reply(page(["a", "b"], "b")))
+    with pytest.raises(ServerError, match="did not advance"):
+        listing.add(protocol.parse_list_reply(page(["a", "b"], "b")))
+    with pytest.raises(ServerError, match="did not advance"):
+        listing.add(protocol.parse_list_reply(page([], "c")))
 
 
 def test_core_upload_reads_a_file_and_names_it(tmp_path):

@@ -48,11 +48,18 @@ def test_upload_list_status_remove(cw, peer, tmp_path):
     assert info["name"] == "r50" and info["inputs"][0]["shape"] == [3, 8, 8]
     sent = peer.requests(schema.Upload)[-1].body
     assert (sent.format, sent.max_batch, bytes(sent.blob)) == ("onnx", 4, b"\x08\x07model")
-    assert {m["name"] for m in cw.list()} == {"echo", "pair", "r50"}
+    assert [m["name"] for m in cw.list()] == ["echo", "pair", "r50"]  # two pages of the fake's two
+    assert [m["name"] for m in cw.list("p")] == ["pair"] and cw.list(limit=1)[0]["name"] == "echo"
+    assert cw.list_page(limit=1) == {"models": [cw.model("echo")], "total": 3, "next": "echo"}
+    assert cw.list_page(after="pair")["models"][0]["name"] == "r50"
     status = cw.status()
     assert status["workers"][0]["name"] == "w0" and status["counters"]["requests"] == 42
+    assert peer.requests(schema.GetStatus)[-1].body.models_limit == schema.STATUS_MODELS
     cw.remove("r50")
     assert "r50" not in {m["name"] for m in cw.list()}
+    with pytest.raises(RequestError) as missing:
+        cw.model("r50")
+    assert missing.value.status is Status.MODEL_NOT_FOUND
 
 
 def test_upload_of_a_model_whose_shapes_cannot_be_fixed(cw):
@@ -82,7 +89,7 @@ def test_infer_with_named_inputs_and_several_samples(cw, peer):
 def test_bare_array_fetches_the_signature_once(cw, peer):
     assert cw.infer("echo", x(value=3), slo_ms=500).outputs["data_out"][0, 0] == 6
     assert cw.infer("echo", x(value=4), deadline=time.monotonic() + 0.5).output[0, 0] == 8
-    assert len(peer.requests(schema.ListModels)) == 1
+    assert [e.body.name for e in peer.requests(schema.GetModel)] == ["echo"] and not peer.requests(schema.ListModels)
     assert [t.name for t in peer.requests(schema.Infer)[0].body.tensors] == ["data"]
 
 

@@ -23,7 +23,8 @@ def test_every_message_type_round_trips():
     x = Tensor.from_array("x", np.arange(12, dtype=np.float32).reshape(3, 4))
     bodies = [
         schema.Upload(name="resnet50", format="profile", input_shapes={"x": (3, 224, 224)}, max_batch=8, blob=b"{}"),
-        schema.Remove(name="m"), schema.ListModels(), schema.GetStatus(),
+        schema.Remove(name="m"), schema.ListModels(), schema.ListModels(prefix="re%_", after="res", limit=7),
+        schema.GetModel(name="m"), schema.GetStatus(), schema.GetStatus(models_limit=0),
         schema.Infer(model="m", slo_ns=10**7, priority=3, tensors=(x,)), schema.Cancel(request_id=5),
         schema.Reply(status=Status.OK, body={"models": [{"name": "m"}]}),
         schema.InferReply(status=Status.OK, queue_ns=1, exec_ns=2, total_ns=3, batch_size=4, cold_start=True,
@@ -91,6 +92,39 @@ def test_limits_and_reasons():
     assert bad([header(tensors=[{**desc, "dtype": "object"}]), b""]).status is Status.BAD_MESSAGE
     assert bad([b"\x80" + b"\0" * (schema.MAX_HEADER_BYTES + 1)]).status is Status.BAD_MESSAGE
     assert "more than" in bad([header(tensors=[desc] * (schema.MAX_TENSORS + 1))]).detail
+
+
+def test_a_header_over_the_limit_is_refused_when_encoded_and_when_decoded():
+    """Both ends hold the limit: a sender learns at once that a message cannot go (the
+    controller then answers TOO_LARGE), and a receiver never unpacks one that came anyway."""
+    def reply(pad: int) -> schema.Reply:
+        return schema.Reply(status=Status.OK, body={"pad": "x" * pad})
+
+    fill = schema.MAX_HEADER_BYTES - len(encode(reply(300), 1)[0]) + 300  # a str16 pad from 256 characters
+    assert len(encode(reply(fill), 1)[0]) == schema.MAX_HEADER_BYTES
+    assert decode(encode(reply(fill), 1)).body == reply(fill)
+    with pytest.raises(BadMessage) as info:
+        encode(reply(fill + 1), 1)
+    assert info.value.status is Status.TOO_LARGE
+    assert f"{schema.MAX_HEADER_BYTES + 1} bytes exceeds the {schema.MAX_HEADER_BYTES}-byte" in info.value.detail
+    too_big = msgpack.packb({"type": "reply", "msg_id": 1, "status": 0, "body": {"pad": "x" * schema.MAX_HEADER_BYTES}})
+    with pytest.raises(BadMessage, match=f"exceeds {schema.MAX_HEADER_BYTES}") as info:
+        decode([too_big])
+    assert info.value.status is Status.BAD_MESSAGE
+
+
+def test_list_model_and_status_fields_are_checked():
+    def fields(**extra) -> bytes:
+        return msgpack.packb({"type": "list", "msg_id": 1, **extra})
+
+    assert decode([fields()]).body == schema.ListModels(prefix="", after="", limit=0)
+    for bad_fields in (dict(limit=schema.MAX_LIST_PAGE + 1), dict(limit=-1), dict(prefix="x" * 129), dict(after=3)):
+        with pytest.raises(BadMessage):
+            decode([fields(**bad_fields)])
+    with pytest.raises(BadMessage, match="models_limit"):
+        decode([msgpack.packb({"type": "status", "msg_id": 1, "models_limit": schema.MAX_LIST_PAGE + 1})])
+    with pytest.raises(BadMessage, match="does not match"):
+        decode([msgpack.packb({"type": "model", "msg_id": 1, "name": "../x"})])
 
 
 def test_unknown_header_fields_are_ignored():

@@ -73,3 +73,15 @@ def test_a_send_that_fails_for_one_peer_does_not_hold_back_the_others(controller
     assert ctl.clients.poll(2000)
     ctl._drain(ctl.clients, ctl._on_client)  # logs the failure and goes on
     assert list(replies(sock, 1)) == [7]
+
+
+def test_a_reply_over_the_header_limit_is_answered_too_large_instead(controller, monkeypatch):
+    """Sent as it was, the client's decode would refuse it and report an undecodable reply."""
+    ctl, sock = controller
+    monkeypatch.setattr(ctl.core, "status", lambda now, limit=None: {"workers": ["w" * schema.MAX_HEADER_BYTES]})
+    send_frames(sock, encode(schema.GetStatus(), 8))
+    assert ctl.clients.poll(2000)
+    ctl._drain(ctl.clients, ctl._on_client)
+    [(request_id, body)] = replies(sock, 1).items()
+    assert request_id == 8 and isinstance(body, schema.Error) and body.status is Status.TOO_LARGE
+    assert f"exceeds the {schema.MAX_HEADER_BYTES}-byte header limit, so it was not sent" in body.detail

@@ -512,21 +512,24 @@ def test_a_resent_request_being_served_or_just_answered_is_absorbed_and_answered
     assert len(core.models["m"].queue) == 1  # long after, the same id is new work
 
 
-def test_rejoining_worker_keeps_nothing_behind_our_back():
-    """Its residents are unloaded; one still executing (BUSY) is unloaded again shortly after,
-    and a LOAD that finds the model already there counts as loaded."""
-    core = ready_core()
-    t = 0
-    msg = schema.Hello(worker="w1", runtime="emulated", formats=("profile",), resident=({"device_id": 0, "model_id": "m"},),
-                       devices=({"device_id": 0, "kind": "emulated", "memory_bytes": 1024 * MIB, "page_bytes": 16 * MIB},))
-    unload = sent(core.on_hello("w1", msg, t), schema.Unload)[0]
+def test_an_unload_refused_busy_is_sent_again_and_a_load_finding_the_model_counts_as_loaded():
+    """The worker knows best what it holds: a model it is still executing (a result the core
+    gave up on) is unloaded again shortly after; a model it already holds is loaded."""
+    core = make_core()
+    hello(core, memory_bytes=2 * 112 * MIB)  # two 100 MB models fit, not three
+    for name in ("a", "b", "c"):
+        add_model(core, name)
+    t = warm(core, "a")
+    t = warm(core, "b", now=t)
+    infer(core, 1, model="c", now=t)
+    effects = step(core, core.tick(t), t)
+    [unload], [load] = sent(effects, schema.Unload), sent(effects, schema.Load)
     retry = sent(result_for(core, unload, t + MS, status=Status.BUSY), schema.Unload)
-    assert len(retry) == 1 and retry[0].body.earliest_ns > t + MS
-    add_model(core, "m")
-    infer(core, 1, now=t + MS)
-    load = sent(core.tick(t + MS), schema.Load)[0]
-    result_for(core, load, t + 2 * MS, status=Status.ALREADY_LOADED)
-    assert sent(step(core, core.tick(t + 2 * MS), t + 2 * MS), schema.Exec)
+    assert len(retry) == 1 and retry[0].body.model_id == unload.body.model_id
+    assert retry[0].body.earliest_ns > t + MS
+    result_for(core, retry[0], t + 10 * MS)
+    result_for(core, load, t + 11 * MS, status=Status.ALREADY_LOADED)
+    assert sent(step(core, core.tick(t + 11 * MS), t + 11 * MS), schema.Exec)
 
 
 def test_a_worker_that_lost_a_result_gets_no_work_until_heard_from():

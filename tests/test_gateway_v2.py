@@ -304,8 +304,6 @@ def test_readiness_and_the_repository_index():
     index = v2.repository_index([MLP_INFO, unprepared])
     assert [(m["name"], m["state"]) for m in index] == [("mlp", "READY"), ("cold", "UNAVAILABLE")]
     assert [m["name"] for m in v2.repository_index([MLP_INFO, unprepared], ready_only=True)] == ["mlp"]
-    assert v2.find_model([MLP_INFO], "mlp") is MLP_INFO
-    assert refusal(lambda: v2.find_model([MLP_INFO], "nope")).http_status == 404
 
 
 def test_server_metadata_lists_the_extensions():

@@ -98,8 +98,9 @@ def test_telemetry_from_events(tmp_path):
     t.on_result("w0", 78, schema.Result(action="load", status=Status.OK, device_id=0, model_id="resnet",
                                   duration_ns=90 * MS), now)
     status = {"workers": [{"name": "w0", "devices": [{"device_id": 0, "memory_bytes": 1024, "used_bytes": 512,
-                                                      "loaded": ["resnet"]}]}],
+                                                      "loaded": ["resnet"], "loaded_count": 1}]}],
               "models": [{"name": "resnet", "queued": 4, "in_flight": 2}, {"name": "bert", "queued": 1}],
+              "models_total": 2,
               "counters": {"evictions": 3, "requests_offered": 4, "exec_prediction_error_ms_p50": 0.5},
               "scheduler": {"admission_headroom": 0.07, "dispatch_ms": 1.0}}
     t.refresh(status, now)

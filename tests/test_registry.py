@@ -58,6 +58,39 @@ def test_a_crash_mid_write_leaves_the_old_state(tmp_path):
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [reg.get("a").sha256]
 
 
+def test_pages_walk_names_in_order_from_after_and_match_prefixes_exactly(tmp_path):
+    """A prefix is literal and case-sensitive: % and _ are characters, not LIKE's wildcards."""
+    reg = Registry(tmp_path)
+    names = ["a%c", "a_b", "A_b", "abc", "axb", "b", "a\\x"]
+    for name in names:
+        reg.add(name, "profile", PROFILE, {}, 0, SIG)
+
+    def page(prefix="", after="", limit=-1):
+        with closing(reg.page(prefix, after, limit)) as records:
+            return [r.name for r in records]
+
+    assert page() == sorted(names) == [r.name for r in reg.all()]
+    assert page("a_") == ["a_b"] and reg.count("a_") == 1
+    assert page("a%") == ["a%c"] and reg.count("a%") == 1
+    assert page("a\\") == ["a\\x"]
+    assert page("a") == ["a%c", "a\\x", "a_b", "abc", "axb"] and reg.count("a") == 5
+    assert page("A") == ["A_b"] and reg.count("") == len(names) and reg.count("zz") == 0
+    assert page(after="a_b") == ["abc", "axb", "b"]
+    assert page("a", after="a\\x", limit=2) == ["a_b", "abc"]
+    assert page(after="b") == [] and page(limit=0) == []
+
+
+def test_a_page_left_unread_releases_its_cursor(tmp_path):
+    reg = Registry(tmp_path)
+    for i in range(100):
+        reg.add(f"m{i:03}", "profile", PROFILE, {}, 0, SIG)
+    records = reg.page()
+    assert [next(records).name for _ in range(3)] == ["m000", "m001", "m002"]
+    records.close()  # the cursor is released; the registry stays usable
+    reg.add("n", "profile", PROFILE, {}, 0, SIG)
+    assert reg.count() == 101
+
+
 def _upload_forever(state_dir: str) -> None:
     """A child that uploads 16 MB models until it is killed."""
     import os

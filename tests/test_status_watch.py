@@ -73,8 +73,26 @@ def test_ctrl_c_ends_a_watch_cleanly():
     class Interrupting:
         endpoint = "tcp://127.0.0.1:1"
 
-        def status(self):
+        def status(self, models_limit=50):
             raise KeyboardInterrupt
 
     out = io.StringIO()
     assert cli.watch_status(Interrupting(), 0.1, out=out) is None
+
+
+def test_a_frame_at_4000_models_stays_readable():
+    names = [f"tenant-{i % 40:02}-model-{i:04}" for i in range(4000)]
+    devices = [{"device_id": i, "kind": "h200", "memory_bytes": 141 << 30, "used_bytes": 100 << 30,
+                "loaded": names[i:i + 4], "loaded_count": 2000, "loading": names[:1], "loading_count": 1}
+               for i in range(8)]
+    models = [{"name": n, "queued": 1, "in_flight": 0, "resident_on": ["w/0", "w/1", "w/2", "w/3"], "replicas": 6,
+               "answered": 0, "met_slo": 0} for n in names[:50]]
+    body = {"workers": [{"name": "w", "alive": True, "devices": devices}], "models": models, "models_total": 4000,
+            "counters": {}}
+    for frame in (cli.render_watch(body, None, 0.0, "H"), cli.render_status(body)):
+        lines = frame.splitlines()
+        assert "… and 3950 more models" in frame and len(lines) < 80
+        assert max(map(len, lines)) < 160
+        assert "tenant-00-model-0000,tenant-01-model-0001 +1998" in frame and "w/0,w/1 +4" in frame
+    assert cli.model_table({"models_total": 3}, ["MODEL"], []).startswith("… and 3 more models")
+    assert cli.some([], 0) == "-" and cli.some(None, 7) == "7" and cli.some(["a"], None) == "a"

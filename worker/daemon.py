@@ -139,9 +139,8 @@ class Daemon:
     def hello(self) -> Hello:
         devices = [{"device_id": d.device_id, "kind": d.info.kind, "memory_bytes": d.info.memory_bytes,
                     "page_bytes": self.config.page_bytes} for d in self.devices.values()]
-        resident = [{"device_id": d.device_id, "model_id": m} for d in self.devices.values() for m in d.resident_ids()]
         return Hello(worker=self.name, runtime=self.runtime.name, formats=tuple(self.runtime.formats),
-                     devices=tuple(devices), prepared=tuple(self.store.model_ids()), resident=tuple(resident))
+                     devices=tuple(devices))
 
     def _send_hello(self) -> None:
         msg_id, sent_ns = self._send(self.hello())
@@ -213,8 +212,17 @@ class Daemon:
             self.log.warning("controller lost us; joining again", detail=body.detail)
             self._welcomed = False
             self._next_timer_ns = 0
+            self._release_everything()
         else:
             self.log.warning("controller error", status=body.status.name, detail=body.detail, parent_id=env.parent_id)
+
+    def _release_everything(self) -> None:
+        """A clean slate before joining again: the controller plans each device as empty, so
+        every resident model is released (on the LOAD lanes, ahead of any LOAD the controller
+        sends after WELCOME). Prepared models stay in the store: PREPARE finds them there."""
+        for device in self.devices.values():
+            for model_id in device.resident_ids():
+                device.submit_drop(model_id)
 
     def on_prepare(self, env: Envelope) -> None:
         self.telemetry.on_prepare()

@@ -291,7 +291,8 @@ class Device:
                                   self._too_late(parent_id, "exec", model_id, batch_size), expected_ns, "exec"))
 
     def submit_drop(self, model_id: str, earliest_ns: int | None = None) -> None:
-        """Unload `model_id` if resident (on the LOAD lane, no window, no reply)."""
+        """Unload `model_id` if resident (on the LOAD lane, no window, no reply; retried while
+        it is executing)."""
         start = monotonic_ns() if earliest_ns is None else earliest_ns
         self.load_lane.submit(Job(start, NEVER_NS, lambda t: self._drop(model_id), lambda t: None, 0, "drop"))
 
