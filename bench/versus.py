@@ -5,8 +5,9 @@ what they would otherwise write (bench/plain_server.py: one process, FIFO, one o
 session on one thread, no admission). Both are driven by the same open-loop load generator
 with the same seeded schedules, one target at a time, in one run:
 
-- the floor: the model called directly in this process, one request every 10 ms;
-- a lone request: each target at 20 requests/s, evenly spaced (gaps, as real clients leave);
+- the floor: the model called directly in this process, one request every 50 ms;
+- a lone request: each target called through the native client, one request every 50 ms (gaps,
+  as real clients leave them, so nothing stays hot), timed around the call;
 - Poisson (or bursty) arrivals at each rate of `--rates`, by default fractions of the plain
   server's nominal capacity (1 / the direct exec time) up to 2x.
 
@@ -43,7 +44,8 @@ from client import Client
 from client.cli import parse_shape
 
 MODEL = "model"
-LONE_RATE = 20.0  # requests/s of the lone-request floor: 50 ms apart, the system idles between
+GAP_S = 0.05  # between lone requests: the system idles, as it does between real clients' calls
+LONE_REQUESTS = 100
 FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.85, 1.0, 1.25, 1.5, 2.0)  # of the plain server's nominal capacity
 IN_SLO = 0.999  # a rate is sustained when this share of offered requests is answered within the SLO
 
@@ -85,23 +87,34 @@ def busy_ns(status: dict) -> int:
     return sum(int(d.get("exec_busy_ns") or 0) for w in status.get("workers") or [] for d in w.get("devices") or [])
 
 
-def direct_floor(model: bytes, inputs: dict, requests: int = 200, gap_s: float = 0.01) -> Latencies:
-    """The model called directly on one onnxruntime thread, `gap_s` apart (after a warm-up)."""
+def spaced(call: Callable[[], object], requests: int = LONE_REQUESTS, gap_s: float = GAP_S) -> np.ndarray:
+    """How long `call` took (ns), `requests` times, `gap_s` apart, after a warm-up."""
+    for _ in range(10):
+        call()
+    took = np.empty(requests, dtype=np.int64)
+    for i in range(requests):
+        time.sleep(gap_s)
+        start = time.monotonic_ns()
+        call()
+        took[i] = time.monotonic_ns() - start
+    return took
+
+
+def latencies(values_ns: np.ndarray) -> Latencies:
+    lat = Latencies()
+    lat.record_many_ns(values_ns)
+    return lat
+
+
+def direct_floor(model: bytes, inputs: dict) -> Latencies:
+    """The model called directly on one onnxruntime thread, as the plain server and the worker run it."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-    for _ in range(20):
-        session.run(None, inputs)
-    lat = Latencies()
-    for _ in range(requests):
-        time.sleep(gap_s)
-        start = time.monotonic_ns()
-        session.run(None, inputs)
-        lat.record_ns(time.monotonic_ns() - start)
-    return lat
+    return latencies(spaced(lambda: session.run(None, inputs)))
 
 
 def schedule_for(kind: str, rate: float, duration_s: float, seed: int) -> workload.Schedule:
@@ -111,20 +124,21 @@ def schedule_for(kind: str, rate: float, duration_s: float, seed: int) -> worklo
     return workload.poisson_schedule([rate], duration_s, seed)
 
 
-def measure(target: str, endpoint: str, status: Callable[[], dict], inputs: dict, rates: Sequence[float],
+def measure(target: str, client: Client, inputs: dict, rates: Sequence[float],
             args: argparse.Namespace) -> list[Point]:
-    """The lone-request run, then every rate, against one running target."""
-    runs = [(0.0, workload.constant_schedule([LONE_RATE], args.lone_s))]
-    runs += [(r, schedule_for(args.workload, r, args.duration_s, args.seed + i)) for i, r in enumerate(rates)]
-    # A short warm-up: the first requests pay for first-touch allocations in every process.
-    run_open_loop(endpoint, workload.constant_schedule([50.0], 1.0), [MODEL], args.slo_ms, {MODEL: inputs})
-    points = []
-    for rate, schedule in runs:
-        label = f"{target} {'lone' if rate == 0 else f'{rate:g}/s'}"
-        before = busy_ns(status())
+    """Lone requests through the native client, then every rate, against one running target."""
+    took = spaced(lambda: client.infer(MODEL, inputs, slo_ms=args.slo_ms))
+    lone = latencies(took)
+    say(f"{target} lone: p50 {lone.percentile_ms(50):.2f} ms, p99 {lone.percentile_ms(99):.2f} ms")
+    points = [Point(target, 0.0, len(took), int((took <= args.slo_ms * 1e6).sum()), 0, 0, lone.percentile_ms(50),
+                    lone.percentile_ms(99), lone.percentile_ms(99.9), math.nan)]
+    for i, rate in enumerate(rates):
+        schedule = schedule_for(args.workload, rate, args.duration_s, args.seed + i)
+        label = f"{target} {rate:g}/s"
+        before = busy_ns(client.status())
         with Progress(total_s=schedule.duration_ns / 1e9, label=label) as bar:
-            results = run_open_loop(endpoint, schedule, [MODEL], args.slo_ms, {MODEL: inputs}, bar)
-        points.append(point(target, rate, results, busy_ns(status()) - before))
+            results = run_open_loop(client.endpoint, schedule, [MODEL], args.slo_ms, {MODEL: inputs}, bar)
+        points.append(point(target, rate, results, busy_ns(client.status()) - before))
         p = points[-1]
         say(f"{label}: {p.within_slo}/{p.offered} within {args.slo_ms:g} ms, {p.refused} refused, "
             f"p50 {p.p50_ms:.2f} ms, p99 {p.p99_ms:.2f} ms, busy {100 * p.busy_share:.0f}%")
@@ -133,9 +147,9 @@ def measure(target: str, endpoint: str, status: Callable[[], dict], inputs: dict
 
 def run_clockwork(run_dir: Path, model: bytes, shapes: dict, inputs: dict, rates, args) -> list[Point]:
     with cluster(run_dir / "clockwork", [WorkerSpec("cpu", "onnxruntime")], controller_settings=args.set) as c:
-        with Client(c.client_endpoint, timeout_s=60) as admin:
-            admin.upload(model, MODEL, input_shapes=shapes)
-            return measure("clockwork", c.client_endpoint, admin.status, inputs, rates, args)
+        with Client(c.client_endpoint, timeout_s=60) as client:
+            client.upload(model, MODEL, input_shapes=shapes)
+            return measure("clockwork", client, inputs, rates, args)
 
 
 def run_plain(run_dir: Path, model_path: Path, inputs: dict, rates, args) -> list[Point]:
@@ -146,7 +160,7 @@ def run_plain(run_dir: Path, model_path: Path, inputs: dict, rates, args) -> lis
         if server.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the plain server did not start (exit status {server.poll()})")
         with Client(endpoint, timeout_s=5) as client:
-            return measure("plain", endpoint, client.status, inputs, rates, args)
+            return measure("plain", client, inputs, rates, args)
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -245,7 +259,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rates", help="comma-separated requests/s (default: fractions of nominal capacity)")
     parser.add_argument("--workload", choices=("poisson", "bursty"), default="poisson")
     parser.add_argument("--duration-s", type=float, default=10.0, help="seconds per rate")
-    parser.add_argument("--lone-s", type=float, default=5.0, help="seconds of the lone-request run")
     parser.add_argument("--plain-batch", type=int, default=1, help="the plain server batches up to this many")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -253,8 +266,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="out/versus")
     parser.add_argument("--keep", action="store_true", help="keep the daemons' logs")
     args = parser.parse_args(argv)
-    if args.slo_ms <= 0 or args.duration_s <= 0 or args.lone_s <= 0 or args.plain_batch < 1:
-        parser.error("--slo-ms, --duration-s and --lone-s must be > 0 and --plain-batch >= 1")
+    if args.slo_ms <= 0 or args.duration_s <= 0 or args.plain_batch < 1:
+        parser.error("--slo-ms and --duration-s must be > 0 and --plain-batch >= 1")
     return args
 
 

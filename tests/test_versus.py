@@ -89,7 +89,7 @@ def _floor(ms):
 
 def test_versus_runs_end_to_end_and_writes_its_report(tmp_path):
     out = tmp_path / "out"
-    assert versus.main(["--duration-s", "1", "--lone-s", "1", "--rates", "50", "--out", str(out)]) == 0
+    assert versus.main(["--duration-s", "1", "--rates", "50", "--out", str(out)]) == 0
     report = json.loads((out / "versus.json").read_text())
     runs = {(p["target"], p["rate"]) for p in report["points"]}
     assert runs == {("plain", 0.0), ("plain", 50.0), ("clockwork", 0.0), ("clockwork", 50.0)}
