@@ -191,6 +191,58 @@ def signature_of(fmt: str, blob: bytes, input_shapes: dict, max_batch: int) -> S
     return onnx_signature(blob, input_shapes, max_batch)
 
 
+# ONNX models from this size on are checked in a child process: onnx's checker holds the GIL
+# for about 1.4 s per GB (and parsing copies the model twice), which would stall every other
+# thread of a daemon: its serving loop, its heartbeats, its lanes. Below it, a child's start-up
+# (~0.3 s) would cost more than the check.
+ISOLATED_CHECK_BYTES = 32 * 1024 * 1024
+
+
+def signature_from_file(path: str, fmt: str, input_shapes: dict, max_batch: int) -> Signature:
+    """signature_of for a model stored in a file; large ONNX models are checked in a child
+    process (`python -m common.models`), so that only the calling thread waits, without the GIL."""
+    import os
+    import subprocess
+    import sys
+
+    if fmt != "onnx" or os.path.getsize(path) < ISOLATED_CHECK_BYTES:
+        with open(path, "rb") as fh:
+            return signature_of(fmt, fh.read(), input_shapes, max_batch)
+    child = subprocess.run([sys.executable, "-m", "common.models", path, json.dumps(input_shapes), str(max_batch)],
+                           capture_output=True, text=True)
+    try:
+        answer = json.loads(child.stdout)
+    except ValueError:
+        raise _bad(f"the model check failed (exit status {child.returncode}; out of memory?): "
+                   f"{child.stderr.strip()[-300:]}") from None
+    if "signature" not in answer:
+        raise BadMessage(Status(answer["status"]), answer["detail"])
+    return signature_from_header(answer["signature"])
+
+
+def signature_isolated(fmt: str, blob: bytes, input_shapes: dict, max_batch: int) -> Signature:
+    """signature_of; a large ONNX model is written to a temporary file and checked in a child
+    process (see signature_from_file), so that only the calling thread waits."""
+    if fmt != "onnx" or len(blob) < ISOLATED_CHECK_BYTES:
+        return signature_of(fmt, blob, input_shapes, max_batch)
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(prefix="clockwork-check-", suffix=".onnx") as fh:
+        fh.write(blob)
+        fh.flush()
+        return signature_from_file(fh.name, fmt, input_shapes, max_batch)
+
+
+def _check_file(argv: list[str]) -> dict:
+    """The child's side: {"signature": header} or {"status", "detail"}."""
+    path, input_shapes, max_batch = argv[0], json.loads(argv[1]), int(argv[2])
+    try:
+        with open(path, "rb") as fh:
+            return {"signature": onnx_signature(fh.read(), input_shapes, max_batch).header()}
+    except BadMessage as exc:
+        return {"status": int(exc.status), "detail": exc.detail}
+
+
 # ----------------------------------------------------------------------------- requests
 
 
@@ -232,3 +284,9 @@ def signature_from_header(data: dict) -> Signature:
         return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in items)
 
     return Signature(specs(data["inputs"]), specs(data["outputs"]), int(data["max_batch"]))
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(json.dumps(_check_file(sys.argv[1:])))

@@ -25,13 +25,14 @@ from common.checks import BadMessage
 from common.clock import QueueDelay, monotonic_ns
 from common.codec import decode, encode, peek_header, split
 from common.config import ControllerConfig
-from common.models import signature_of
+from common.models import Signature, signature_of
 from common.net import IdSource, Outgoing, recv_frames, recv_frames_from, router, send
 from common.sdnotify import Notifier
 from common.status import Status
 from controller import listing
 from controller.core import Core
 from controller.effects import ActionRecord, PrepareOn, ToClient, ToWorker, UploadFinished
+from controller.intake import Checked, Intake
 from controller.metrics import ControllerTelemetry
 from controller.registry import ModelRecord, Registry
 from controller.shedding import InputShedder
@@ -43,6 +44,7 @@ BURST = 512  # messages taken from one socket before looking at the other and ti
 # requests/s most runs collapsed to 18-55% within the SLO, with ~250 LOADs of new replicas).
 # 4 ms keeps planning (5 ms ahead) fed and input flowing.
 DRAIN_BUDGET_NS = 4_000_000
+INTAKE_POLL_MS = 10  # how soon a large upload's finished check is picked up
 MIN_POLL_MS = 1  # floor on the sleep, so a wake-up that changes nothing cannot spin hot
 MAX_POLL_MS = 100.0  # ceiling, so a stop request is noticed promptly
 
@@ -61,6 +63,7 @@ class ControllerDaemon:
         self.workers = router(self.ctx, config.worker_endpoint, max_msg_bytes=2 * config.max_model_bytes,
                               handover=True, secure=self._secure(security.WORKERS_DOMAIN))
         self.registry = Registry(config.state_dir)
+        self.intake = Intake(self.registry)
         scheduler = config.scheduler
         if self.telemetry.action_log.enabled:  # the core emits action rows only when someone logs them
             scheduler = dataclasses.replace(scheduler, record_actions=True)
@@ -92,7 +95,11 @@ class ControllerDaemon:
             # Whole milliseconds (pyzmq truncates fractions, and poll(0) would spin): a timer
             # a fraction of a millisecond late costs nothing, as planning runs 5 ms ahead.
             wait_ms = min(MAX_POLL_MS, max(MIN_POLL_MS, math.ceil((self.core.next_wakeup_ns(now) - now) / 1e6)))
+            if self.intake.checking:
+                wait_ms = min(wait_ms, INTAKE_POLL_MS)
             ready = dict(poller.poll(wait_ms))
+            for checked in self.intake.finished():
+                self._checked(checked)
             if self.workers in ready:
                 self._drain(self.workers, self._on_worker)
             if self.clients in ready:
@@ -219,24 +226,54 @@ class ControllerDaemon:
         if len(msg.blob) > self.cfg.max_model_bytes:
             self._reply(client, msg_id, Status.TOO_LARGE,
                         f"{len(msg.blob)} bytes exceed the limit of {self.cfg.max_model_bytes}")
-            return
-        try:
-            signature = signature_of(msg.format, msg.blob, msg.input_shapes, msg.max_batch)
-        except BadMessage as exc:
-            self._reply(client, msg_id, exc.status, exc.detail)
-            return
-        if msg.name in self.core.models:
-            if not msg.replace:
-                self._reply(client, msg_id, Status.MODEL_EXISTS, f"{msg.name!r} exists; pass replace to overwrite")
+        elif msg.name in self.intake.checking:
+            self._reply(client, msg_id, Status.BUSY, f"an upload of {msg.name!r} is being checked; retry")
+        elif self.intake.wants(msg):
+            self.log.info("checking a large model", model=msg.name, bytes=len(msg.blob))
+            self.intake.submit(client, msg_id, msg)  # _register follows in the loop once it is checked
+        else:
+            try:
+                signature = signature_of(msg.format, msg.blob, msg.input_shapes, msg.max_batch)
+            except BadMessage as exc:
+                self._reply(client, msg_id, exc.status, exc.detail)
                 return
-            status, effects = self.core.on_remove(msg.name, now)
-            if status is not Status.OK or msg.name in self.core.models:
-                self._reply(client, msg_id, Status.BUSY, f"{msg.name!r} still has work in flight; retry")
-                return
-            self._perform(effects)
-        self.registry.add(msg.name, msg.format, msg.blob, msg.input_shapes, msg.max_batch, signature, replace=True)
-        self.log.info("model uploaded", model=msg.name, format=msg.format, bytes=len(msg.blob))
+            self._register(client, msg_id, msg, len(msg.blob), signature, None, now)
+
+    def _checked(self, checked: Checked) -> None:
+        if checked.error is not None:
+            self.log.info("large model refused", model=checked.msg.name, status=checked.error.status.name)
+            self._reply(checked.client, checked.msg_id, checked.error.status, checked.error.detail)
+        else:
+            self._register(checked.client, checked.msg_id, checked.msg, checked.size_bytes, checked.signature,
+                           checked.digest, monotonic_ns())
+
+    def _register(self, client: bytes, msg_id: int, msg: schema.Upload, size_bytes: int, signature: Signature,
+                  digest: str | None, now: int) -> None:
+        """Record a checked model (its bytes stored already when `digest` is given) and have
+        the workers prepare it."""
+        refusal = self._name_refusal(msg, now)
+        if refusal is not None:
+            if digest is not None:
+                self.registry.release(digest)
+            self._reply(client, msg_id, *refusal)
+            return
+        digest = digest if digest is not None else self.registry.store(msg.blob)
+        self.registry.add_stored(msg.name, msg.format, digest, size_bytes, msg.input_shapes, msg.max_batch,
+                                 signature, replace=True)
+        self.log.info("model uploaded", model=msg.name, format=msg.format, bytes=size_bytes)
         self._perform(self.core.on_upload(msg.name, msg.format, signature, client, msg_id, now))
+
+    def _name_refusal(self, msg: schema.Upload, now: int) -> tuple[Status, str] | None:
+        """Why the name cannot take this upload, or None (a model it replaces is removed)."""
+        if msg.name not in self.core.models:
+            return None
+        if not msg.replace:
+            return Status.MODEL_EXISTS, f"{msg.name!r} exists; pass replace to overwrite"
+        status, effects = self.core.on_remove(msg.name, now)
+        if status is not Status.OK or msg.name in self.core.models:
+            return Status.BUSY, f"{msg.name!r} still has work in flight; retry"
+        self._perform(effects)
+        return None
 
     def _remove(self, client: bytes, msg_id: int, name: str, now: int) -> None:
         status, effects = self.core.on_remove(name, now)

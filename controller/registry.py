@@ -4,15 +4,21 @@ Writes are atomic in the order that makes a crash harmless: the bytes are writte
 temporary file, fsynced and renamed into place (named by their sha256, so identical uploads
 share one file) before the record is committed; a crash leaves either the old state or the new
 one. Start-up removes leftover temporary files and files no record points to.
+
+A large upload's bytes are stored from another thread (`store`, while its model is checked) and
+named by a record later (`add_stored`); until then garbage collection leaves them alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import sqlite3
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -63,6 +69,8 @@ class Registry:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        self._lock = threading.Lock()  # guards _pending against garbage collection
+        self._pending: Counter[str] = Counter()  # digests stored for records not written yet
         self._collect_garbage()
 
     def close(self) -> None:
@@ -70,20 +78,50 @@ class Registry:
 
     def add(self, name: str, fmt: str, blob: bytes, input_shapes: dict, max_batch: int, signature: Signature,
             replace: bool = False) -> ModelRecord:
-        """Store the bytes and the record; returns None-free record. Raises KeyError if the
-        name exists and `replace` is false."""
-        if not replace and self.get(name) is not None:
-            raise KeyError(name)
+        """Store the bytes and the record. Raises KeyError if the name exists and `replace` is
+        false."""
+        return self.add_stored(name, fmt, self.store(blob), len(blob), input_shapes, max_batch, signature, replace)
+
+    def store(self, blob) -> str:
+        """Write `blob` under its sha256 (atomically, once) and keep it for `add_stored`, which
+        must follow (or `release`); returns the digest. Safe from any thread."""
         digest = hashlib.sha256(blob).hexdigest()
-        self._write_file(digest, blob)
-        record = ModelRecord(name, fmt, digest, len(blob), dict(input_shapes), max_batch, signature, time.time())
-        with self._transaction():
-            self._db.execute(
-                "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, fmt, digest, len(blob), json.dumps(input_shapes), max_batch,
-                 json.dumps(signature.header()), record.created_unix_s))
+        with self._lock:
+            self._pending[digest] += 1
+        try:
+            self._write_file(digest, blob)
+        except BaseException:
+            self.release(digest)
+            raise
+        return digest
+
+    def release(self, digest: str) -> None:
+        """Give up stored bytes no record will name (the next collection removes them)."""
+        with self._lock:
+            self._pending[digest] -= 1
+            if self._pending[digest] <= 0:
+                del self._pending[digest]
+
+    def add_stored(self, name: str, fmt: str, digest: str, size_bytes: int, input_shapes: dict, max_batch: int,
+                   signature: Signature, replace: bool = False) -> ModelRecord:
+        """The record for bytes `store` wrote. Raises KeyError if the name exists and `replace`
+        is false."""
+        try:
+            if not replace and self.get(name) is not None:
+                raise KeyError(name)
+            record = ModelRecord(name, fmt, digest, size_bytes, dict(input_shapes), max_batch, signature, time.time())
+            with self._transaction():
+                self._db.execute(
+                    "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, fmt, digest, size_bytes, json.dumps(input_shapes), max_batch,
+                     json.dumps(signature.header()), record.created_unix_s))
+        finally:
+            self.release(digest)
         self._collect_garbage()  # a replaced model's old bytes
         return record
+
+    def path(self, digest: str) -> Path:
+        return self.files / digest
 
     def remove(self, name: str) -> bool:
         with self._transaction():
@@ -120,11 +158,14 @@ class Registry:
         """How many names start with `prefix`."""
         return self._db.execute(self._COUNT, (prefix, len(prefix), prefix)).fetchone()[0]
 
-    def blob(self, name: str) -> bytes:
+    def blob(self, name: str) -> memoryview:
+        """The model's bytes, mapped from its file rather than read: sending a large model to a
+        worker then costs no copy in this process, and no time in the serving loop."""
         record = self.get(name)
         if record is None:
             raise KeyError(name)
-        return (self.files / record.sha256).read_bytes()
+        with open(self.files / record.sha256, "rb") as fh:
+            return memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
 
     # ------------------------------------------------------------------ internals
 
@@ -158,9 +199,12 @@ class Registry:
 
     def _collect_garbage(self) -> None:
         wanted = {row[0] for row in self._db.execute("SELECT sha256 FROM models")}
-        for path in self.files.iterdir():
-            if path.name.startswith(".") or path.name not in wanted:
-                path.unlink(missing_ok=True)
+        with self._lock:  # `store` marks a digest pending before it creates any file for it
+            for path in self.files.iterdir():
+                temporary = path.name.startswith(".")
+                digest = path.name[1:].split(".", 1)[0] if temporary else path.name
+                if digest not in self._pending and (temporary or digest not in wanted):
+                    path.unlink(missing_ok=True)
 
 
 def _record(row) -> ModelRecord:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from common.checks import BadMessage
-from common.models import signature_of
+from common.models import signature_isolated
 from common.schema import Message, Prepare, Prepared
 from common.status import Status
 from worker.runtimes.base import PreparedModel, Profile, Runtime, RuntimeFailure
@@ -182,7 +182,9 @@ class Preparer:
 
     def _prepare_new(self, msg: Prepare, digest: str) -> tuple[PreparedModel, Profile]:
         blob = bytes(msg.blob)  # the one host copy; the zmq frame is released after this
-        signature = signature_of(msg.format, blob, dict(msg.input_shapes), msg.max_batch)
+        # A large model is checked in a child process: onnx's checker holds the GIL for seconds,
+        # which would stop this worker's heartbeats and its lanes.
+        signature = signature_isolated(msg.format, blob, dict(msg.input_shapes), msg.max_batch)
         model = self._runtime.prepare(msg.model_id, digest, msg.format, blob, signature)
         batch_sizes = [b for b in PROFILE_BATCH_SIZES if b <= signature.max_batch]
         profile = self._run_on_lane(lambda: self._runtime.profile(0, model, batch_sizes, self._profile_runs))
