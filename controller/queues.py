@@ -49,7 +49,10 @@ class QueueBase:
         return token
 
     def removed(self, req: "Request") -> None:
-        """Call when a queued request leaves the queue by any path (its state leaves QUEUED)."""
+        """Call when a queued request leaves the queue by any path (its state leaves QUEUED).
+        Its entries die with it: a request put back later (a dropped batch) is pushed anew, and
+        an old entry must not pass for the new one (it did, and hid the request from expiry)."""
+        req.queue_token = -1
         self._live -= 1
         self.samples -= req.samples
         self.samples_by_class[req.priority] -= req.samples

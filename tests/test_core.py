@@ -657,3 +657,19 @@ def test_an_execs_typical_end_is_measured_against_its_result():
     before = len(core.latency.finish_errors)
     result_for(core, ex, predicted + 3 * MS)
     assert len(core.latency.finish_errors) == before + 1 and core.latency.finish_errors[-1] == 3 * MS
+
+
+def test_a_request_put_back_by_a_restarted_worker_still_expires():
+    """Found by the stateful test: a requeued request's old queue entry passed for the new one,
+    so expiry never looked at it and it waited forever."""
+    core = ready_core()
+    t = warm(core)
+    infer(core, 1, now=t, slo_ms=40)
+    assert sent(core.tick(t), schema.Exec)
+    core.on_heartbeat("w1", 1, t + 20 * MS, True, t + 20 * MS)
+    core.tick(t + 20 * MS)  # expiry looks while the request is executing, and lets it be
+    hello(core, now=t + 21 * MS)  # the worker restarted: its EXEC is lost, the request queued again
+    later = t + 50 * MS
+    core.on_heartbeat("w1", 1, later, True, later)
+    answer = replies(step(core, core.tick(later), later))
+    assert [(r.request_id, r.body.status) for r in answer] == [(1, Status.DEADLINE_MISSED)]
