@@ -98,28 +98,28 @@ def test_models_the_runtime_cannot_run_or_whose_shapes_cannot_be_fixed_are_refus
     assert client.infer("fixed", {"x": -np.ones((2, 4), np.float32)}, slo_ms=500).outputs["y"].max() == 0
 
 
-def test_an_infeasible_deadline_is_refused_within_5_ms(system):
-    """Measured twice: by the controller (receive to reply, immune to the client's scheduling)
-    and by the client (best of 50, so a noisy neighbour cannot fail it)."""
+def test_an_infeasible_deadline_is_refused_at_admission_never_queued(system, client):
+    """Refused at once, by admission: not queued, not answered at its deadline. (How fast that
+    is, is a benchmark's business: clockwork-bench overhead.)"""
     from client.protocol import build_infer
     from common.codec import decode
     from common.net import dealer, recv_frames, send
 
+    before = client.status()["counters"]
     sock = dealer(zmq.Context.instance(), system.client_endpoint)
     try:
         body = build_infer("resnet", {"data": np.zeros((1, 16), np.float32)}, slo_ns=1_000_000)
-        timings = []
         for msg_id in range(1, 51):
-            start = time.perf_counter()
             send(sock, body, msg_id, sent_ns=time.monotonic_ns())
             assert sock.poll(5000), "no answer"
             reply = decode(recv_frames(sock)).body
-            timings.append(time.perf_counter() - start)
-            assert reply.status is Status.WOULD_MISS_DEADLINE and "SLO" in reply.detail
-            assert reply.total_ns < 5_000_000
-        assert min(timings) < 0.005
+            assert reply.status is Status.WOULD_MISS_DEADLINE and "idle device" in reply.detail
+            assert reply.queue_ns == reply.exec_ns == 0
     finally:
         sock.close(0)
+    after = client.status()["counters"]
+    assert after["rejected_would_miss_deadline"] - before.get("rejected_would_miss_deadline", 0) == 50
+    assert after.get("requests_admitted", 0) == before.get("requests_admitted", 0)
 
 
 def test_a_request_that_waited_half_its_slo_before_the_controller_is_refused_from_its_header(system):
@@ -196,6 +196,9 @@ def test_random_and_truncated_frames_do_not_stop_the_daemons(system, frames, tar
     sock.connect(system.client_endpoint if target == "client" else system.worker_endpoint)
     sock.send_multipart(frames)
     sock.close()
+    with Client(system.client_endpoint, timeout_s=10) as after:
+        assert {w["name"] for w in after.status()["workers"]} == {"cpu", "emu"}  # it still answers, all there
+    system.check()  # and no process died
 
 
 def test_daemons_still_serve_after_the_garbage(client, system):
@@ -250,7 +253,9 @@ def test_a_request_in_flight_when_the_controller_dies_is_retried_and_answered(tm
 
         caller = threading.Thread(target=call)
         caller.start()
-        time.sleep(0.8)  # the request is executing on the worker now
+        with c.client() as watcher:  # wait until the request is executing on the worker
+            c.group.wait_until(lambda: [m["in_flight"] for m in watcher.status()["models"]] == [1], 30,
+                               "the request to be executing")
         old = c.group.get("controller")
         old.popen.send_signal(signal.SIGKILL)
         old.popen.wait(timeout=10)

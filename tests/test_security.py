@@ -7,7 +7,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +170,9 @@ def test_keys_come_from_the_environment_too(secured, monkeypatch, capsys):
 
 def test_workers_with_the_wrong_controller_key_or_an_unlisted_key_are_refused(secured):
     endpoint, keys, group = secured
-    time.sleep(2.5)  # both have been sending HELLO every second since the start
+    group.wait_until(lambda: "controller_public_key_file" in group.get("worker-wrong-server-key").tail()
+                     and "refused a key" in group.get("controller").tail(100), 30,
+                     "both refused workers to have tried to join")
     with admin_client(endpoint, keys) as admin:
         names = [w["name"] for w in admin.status()["workers"]]
         assert names == ["good"]
