@@ -97,8 +97,10 @@ def decode(frames: Sequence[Any], header: dict | None = None) -> Envelope:
 
 
 def _check_version(header: dict) -> None:
+    """Refuse another protocol version, except in an ERROR: it is how a peer of another version
+    says it refused us (its two fields, status and detail, are the same in every version)."""
     version = header.get("proto_version", schema.PROTO_VERSION)
-    if version != schema.PROTO_VERSION:
+    if version != schema.PROTO_VERSION and header["type"] != schema.MsgType.ERROR.value:
         raise BadMessage(Status.UNSUPPORTED_VERSION, f"protocol version {version!r}, expected {schema.PROTO_VERSION}")
 
 

@@ -64,6 +64,7 @@ class ControllerDaemon:
                               handover=True, secure=self._secure(security.WORKERS_DOMAIN))
         self.registry = Registry(config.state_dir)
         self.intake = Intake(self.registry)
+        self._other_versions: set[str] = set()  # workers refused for their protocol version (logged once)
         scheduler = config.scheduler
         if self.telemetry.action_log.enabled:  # the core emits action rows only when someone logs them
             scheduler = dataclasses.replace(scheduler, record_actions=True)
@@ -312,7 +313,10 @@ class ControllerDaemon:
         try:
             env = decode(frames, head)
         except BadMessage as exc:
-            self.log.warning("bad message from worker", worker=name, status=exc.status.name, detail=exc.detail)
+            if exc.status is not Status.UNSUPPORTED_VERSION or name not in self._other_versions:
+                self.log.warning("bad message from worker", worker=name, status=exc.status.name, detail=exc.detail)
+            if exc.status is Status.UNSUPPORTED_VERSION:  # it retries its HELLO: said once is enough
+                self._other_versions.add(name)
             send(self.workers, schema.Error(status=exc.status, detail=exc.detail), self.ids.next(),
                  peek_header(frames)[1], monotonic_ns(), identity=identity)
             return

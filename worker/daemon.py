@@ -66,6 +66,7 @@ class Daemon:
         self.telemetry = WorkerTelemetry(config, log=log, handshakes=self._sock if keys else None)
         self._welcomed = False
         self._ever_welcomed = False
+        self._version_refused = False  # the controller refused our protocol version (logged once)
         self._heartbeat_ns = 0
         self._next_timer_ns = 0  # next HELLO retry or heartbeat
         self._hellos: dict[int, int] = {}  # HELLO msg_id -> sent_ns, for a skew sample from WELCOME
@@ -213,6 +214,11 @@ class Daemon:
             self._welcomed = False
             self._next_timer_ns = 0
             self._release_everything()
+        elif body.status is Status.UNSUPPORTED_VERSION:
+            if not self._version_refused:  # it answers every HELLO so: said once is enough
+                self.log.error("the controller speaks another protocol version; upgrade one of them (joining "
+                               "is retried)", detail=body.detail, proto_version=schema.PROTO_VERSION)
+            self._version_refused = True
         else:
             self.log.warning("controller error", status=body.status.name, detail=body.detail, parent_id=env.parent_id)
 
