@@ -1,0 +1,115 @@
+"""The scheduling core's parts on their own: lifecycles, batch growth, placement and the latency
+model. test_core drives them together through the core."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller import placement
+from controller.batching import grow, padded_size
+from controller.latency import LatencyModel
+from controller.lifecycle import IllegalTransition, RequestState, Residency, move
+from controller.state import Device, Request, Resident
+
+MS = 1_000_000
+SIZES = [1, 2, 4, 8]
+EXEC = {1: 2 * MS, 2: 3 * MS, 4: 5 * MS, 8: 9 * MS}
+
+
+def request(request_id: int, deadline_ms: float, samples: int = 1) -> Request:
+    return Request(request_id, b"c", "m", samples, 0, 0, int(deadline_ms * MS), ())
+
+
+# ----------------------------------------------------------------------------- lifecycle
+
+
+def test_legal_moves_go_through_and_an_illegal_one_raises_and_changes_nothing():
+    req = request(1, 100)
+    move(req, RequestState.DISPATCHED)
+    move(req, RequestState.QUEUED)  # a dropped batch's request goes back
+    move(req, RequestState.ANSWERED)
+    with pytest.raises(IllegalTransition):
+        move(req, RequestState.QUEUED)  # an answered request never comes back
+    assert req.state is RequestState.ANSWERED
+    res = Resident(Residency.LOADED, 7, 0)
+    with pytest.raises(IllegalTransition):
+        move(res, Residency.LOADING)
+    assert res.state is Residency.LOADED
+    move(res, Residency.ABSENT)
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def test_padded_size_is_the_smallest_profiled_size_that_holds_the_samples():
+    assert [padded_size(n, SIZES) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, None]
+
+
+def test_a_batch_grows_to_the_largest_size_every_member_meets():
+    queue = [request(i, 6) for i in range(3)] + [request(9, 100)]
+    batch = grow("m", queue, 0, SIZES, EXEC.get)
+    assert [r.request_id for r in batch.requests] == [0, 1, 2, 9]  # 4 samples in 5 ms: all make 6 ms
+    assert (batch.batch_size, batch.exec_ns, batch.latest_start_ns) == (4, 5 * MS, 1 * MS)
+    tight = grow("m", [request(0, 3.5), request(1, 100), request(2, 100)], 0, SIZES, EXEC.get)
+    assert [r.request_id for r in tight.requests] == [0, 1]  # a third would pad to 4 (5 ms): past 3.5 ms
+
+
+def test_a_request_that_cannot_make_it_even_alone_is_skipped_not_a_stopper():
+    batch = grow("m", [request(0, 1), request(1, 50)], 0, SIZES, EXEC.get)
+    assert [r.request_id for r in batch.requests] == [1]
+    assert grow("m", [request(0, 1)], 0, SIZES, EXEC.get) is None
+
+
+# ----------------------------------------------------------------------------- placement
+
+
+def device(resident: dict[str, Resident], capacity: int = 20) -> Device:
+    dev = Device("w", 0, "emulated", capacity, 16 * 1024 * 1024, dict(resident))
+    dev.used_pages = sum(r.pages for r in resident.values())
+    return dev
+
+
+def test_victims_are_idle_least_recently_used_first_queued_last_never_in_flight():
+    dev = device({"old_busy": Resident(Residency.LOADED, 5, 0, in_flight=1),
+                  "old_queued": Resident(Residency.LOADED, 5, 1),
+                  "loading": Resident(Residency.LOADING, 5, 2),
+                  "idle": Resident(Residency.LOADED, 5, 3)})
+    dev.pending["old_queued"] = None
+    assert placement.victims(dev, 0) == []
+    assert placement.victims(dev, 5) == ["idle"]
+    assert placement.victims(dev, 10) == ["idle", "old_queued"]  # a queue stranded only if it must be
+    assert placement.victims(dev, 11) is None  # never the busy one, nor one still loading
+
+
+# ----------------------------------------------------------------------------- latency
+
+
+def test_the_tail_is_a_nearest_rank_percentile_and_the_typical_the_median():
+    model = LatencyModel(window=10, percentile=99)
+    for ms in (1, 1, 1, 1, 1, 1, 1, 1, 2, 9):
+        model.observe_exec("m", 1, "k", ms * MS, 0)
+    assert model.exec_ns("m", 1, "k") == 9 * MS and model.typical_exec_ns("m", 1, "k") == 1 * MS
+    for _ in range(10):  # the window slides: the outlier is gone
+        model.observe_exec("m", 1, "k", 3 * MS, 0)
+    assert model.exec_ns("m", 1, "k") == model.typical_exec_ns("m", 1, "k") == 3 * MS
+
+
+def test_a_profile_seeds_only_what_was_never_measured_and_forget_drops_a_model():
+    model = LatencyModel()
+    model.observe_exec("m", 1, "k", 4 * MS, 0)
+    model.seed("m", "k", 8 * MS, {1: 1 * MS, 2: 2 * MS})
+    assert model.exec_ns("m", 1, "k") == 4 * MS and model.exec_ns("m", 2, "k") == 2 * MS
+    assert model.load_ns("m", "k") == 8 * MS
+    model.forget("m")
+    assert model.exec_ns("m", 1, "k") is None and model.load_ns("m", "k") is None
+
+
+def test_the_tail_allowance_is_the_late_side_of_the_finish_error_only():
+    model = LatencyModel()
+    assert model.finish_tail_ns(99) == 0  # nothing measured yet
+    for error_ms in range(-50, 50):
+        model.observe_finish(100 * MS, (100 + error_ms) * MS)
+    assert 48 * MS <= model.finish_tail_ns(99) <= 49 * MS
+    early = LatencyModel()
+    early.observe_finish(100 * MS, 90 * MS)
+    assert early.finish_tail_ns(99) == 0  # ending early asks for no allowance
