@@ -71,6 +71,11 @@ def test_every_served_datatype_round_trips_as_binary_and_json(datatype):
     via_json = v2.parse_infer_request(json_request([{"name": "a", "shape": [2, 3], "datatype": datatype,
                                                      "data": array.reshape(-1).tolist()}]), None, 1000)
     np.testing.assert_array_equal(via_json.inputs["a"], array)
+    reply, length = v2.infer_response("m", via_json, make_result(y=array[:, ::-1]))  # not contiguous either
+    assert length is None
+    [out] = json.loads(reply)["outputs"]
+    assert (out["datatype"], out["shape"]) == (datatype, [2, 3])
+    assert out["data"] == array[:, ::-1].reshape(-1).tolist()
 
 
 def test_several_binary_inputs_are_cut_from_the_tail_in_order():
