@@ -291,6 +291,7 @@ class Prepare(Message):
     format: str = f(c.one_of(*FORMATS), "onnx")
     input_shapes: dict = f(SHAPE_FIX, {})
     max_batch: int = f(c.integer(1, MAX_BATCH), 16)
+    sha256: str = f(c.text(64, r"[0-9a-f]{64}|"), "")  # of the bytes, as registered ("": not checked)
     blob: Any = blob_field()
 
 

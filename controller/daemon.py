@@ -362,8 +362,16 @@ class ControllerDaemon:
         record = self.registry.get(effect.model)
         if record is None:
             return
+        try:
+            blob = self.registry.blob(record.name)
+        except OSError as exc:  # the file is gone: this model cannot be prepared, the others can
+            self.log.error("model file unreadable", model=record.name, detail=str(exc))
+            self._perform(self.core.on_prepared(effect.worker, schema.Prepared(
+                model_id=record.name, status=Status.BAD_MODEL,
+                detail=f"the controller cannot read the model's file: {exc}"), monotonic_ns()))
+            return
         msg = schema.Prepare(model_id=record.name, format=record.format, input_shapes=record.input_shapes,
-                             max_batch=record.signature.max_batch, blob=self.registry.blob(record.name))
+                             max_batch=record.signature.max_batch, sha256=record.sha256, blob=blob)
         # Through the same bundles as the actions, so a worker sees them in the order made.
         self.to_workers.add(effect.worker.encode("latin-1"), encode(msg, effect.msg_id, 0, monotonic_ns()))
 

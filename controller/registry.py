@@ -25,6 +25,9 @@ from typing import Iterator
 
 from common.models import Signature, signature_from_header
 
+# The layout of registry.sqlite3 (PRAGMA user_version). A registry of a later version is refused
+# rather than misread; one made before the version was recorded (0) is version 1.
+SCHEMA_VERSION = 1
 PAGE_ROWS = 32  # rows parsed per fetch while a page is filled (a full reply holds ~180 models)
 
 _SCHEMA = """
@@ -58,6 +61,10 @@ class ModelRecord:
                 "created_unix_s": self.created_unix_s, **self.signature.header()}
 
 
+class RegistryError(RuntimeError):
+    """The registry cannot be used as it is on disk."""
+
+
 class Registry:
     def __init__(self, state_dir: str | Path):
         self.root = Path(state_dir)
@@ -69,12 +76,22 @@ class Registry:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        self._check_version()
         self._lock = threading.Lock()  # guards _pending against garbage collection
         self._pending: Counter[str] = Counter()  # digests stored for records not written yet
         self._collect_garbage()
 
     def close(self) -> None:
         self._db.close()
+
+    def _check_version(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            self._db.close()
+            raise RegistryError(f"the registry in {self.root} has schema version {version}; this controller "
+                                f"reads versions up to {SCHEMA_VERSION}: run a newer controller")
+        if version < SCHEMA_VERSION:
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def add(self, name: str, fmt: str, blob: bytes, input_shapes: dict, max_batch: int, signature: Signature,
             replace: bool = False) -> ModelRecord:

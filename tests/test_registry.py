@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 
 from common.models import parse_profile
-from controller.registry import Registry
+from controller.registry import SCHEMA_VERSION, Registry, RegistryError
 
 PROFILE = b'{"weights_bytes": 1000, "load_ms": 1, "exec_ms": {"1": 1}}'
 SIG = parse_profile(PROFILE).signature
@@ -135,3 +136,74 @@ def test_a_process_killed_while_uploading_leaves_no_partial_model_visible(tmp_pa
         for record in records:
             assert hashlib.sha256(reg.blob(record.name)).hexdigest() == record.sha256
         assert {p.name for p in models.iterdir()} == {r.sha256 for r in records}
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "registry-v1"  # written by schema version 1
+
+
+@pytest.mark.parametrize("recorded_version", [0, 1])  # 0: made before the version was recorded
+def test_a_registry_of_schema_version_1_opens_and_serves_its_models(tmp_path, recorded_version):
+    import shutil
+    import sqlite3
+
+    shutil.copytree(FIXTURE, tmp_path / "state")
+    with closing(sqlite3.connect(tmp_path / "state" / "registry.sqlite3")) as db:
+        db.execute(f"PRAGMA user_version = {recorded_version}")
+        db.commit()
+    with closing(Registry(tmp_path / "state")) as reg:
+        assert [(r.name, r.format) for r in reg.all()] == [("emulated", "profile"), ("tiny", "onnx")]
+        assert reg.get("tiny").signature.inputs[0].name == "x"
+        assert bytes(reg.blob("emulated")).startswith(b'{"weights_bytes"')
+
+
+def test_a_registry_of_a_later_schema_version_is_refused_with_a_reason(tmp_path):
+    import sqlite3
+
+    Registry(tmp_path).close()
+    with closing(sqlite3.connect(tmp_path / "registry.sqlite3")) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        db.commit()
+    with pytest.raises(RegistryError, match=f"schema version {SCHEMA_VERSION + 1}.*run a newer controller"):
+        Registry(tmp_path)
+
+
+def test_a_damaged_or_missing_model_file_is_refused_at_prepare_and_the_rest_serve(tmp_path):
+    """The controller restarts on a registry whose files were damaged behind its back: the worker
+    checks the bytes against their registered sha256, the controller a file it cannot read; both
+    models are refused with their reason, and the intact one serves."""
+    import signal
+
+    import numpy as np
+
+    from bench.models import profile_json
+    from bench.procs import WorkerSpec, cluster, controller_argv
+    from client import Client, ClockworkError
+    from common.status import Status
+
+    with cluster(tmp_path, [WorkerSpec("emu", "emulated")], log_level="info") as c:
+        with c.client() as admin:
+            for name, ms in (("intact", 1), ("damaged", 2), ("missing", 3)):
+                admin.upload(profile_json({"weights_bytes": 1000, "load_ms": 1, "exec_ms": {"1": ms}}), name,
+                             format="profile")
+        old = c.group.get("controller")
+        old.popen.send_signal(signal.SIGTERM)
+        old.popen.wait(timeout=30)
+        c.group.expect_exit("controller")
+        with closing(Registry(c.state_dir)) as reg:
+            damaged, missing = reg.path(reg.get("damaged").sha256), reg.path(reg.get("missing").sha256)
+        damaged.write_bytes(damaged.read_bytes().replace(b'"exec_ms"', b'"exec_MS"'))
+        missing.unlink()
+        again = c.group.start("controller-again", controller_argv(c.state_dir, c.client_endpoint, c.worker_endpoint,
+                                                                  "info", ()))
+        with Client(c.client_endpoint, timeout_s=10) as client:
+            c.group.wait_until(lambda: client.model("intact")["prepared_on"] == ["emu"], 30, "the intact model")
+            assert client.infer("intact", {"data": np.zeros((1, 16), np.float32)}, slo_ms=1000).outputs
+            for name in ("damaged", "missing"):
+                assert client.model(name)["prepared_on"] == []
+                with pytest.raises(ClockworkError) as refused:
+                    client.infer(name, {"data": np.zeros((1, 16), np.float32)}, slo_ms=1000)
+                # UNAVAILABLE, or DEADLINE_MISSED while the restarted controller still gives workers
+                # their start-up grace to prepare it
+                assert refused.value.status in (Status.UNAVAILABLE, Status.DEADLINE_MISSED)
+        assert "do not match the sha256" in c.group.get("worker-emu").tail(200)
+        assert "model file unreadable" in again.tail(200)

@@ -165,6 +165,11 @@ class Preparer:
             return Prepared(model_id=msg.model_id, status=Status.BAD_MODEL,
                             detail=f"the {self._runtime.name} runtime serves {', '.join(self._runtime.formats)} "
                                    f"models, not {msg.format!r}")
+        if msg.sha256 and hashlib.sha256(memoryview(msg.blob)).hexdigest() != msg.sha256:
+            detail = (f"the bytes of {msg.model_id!r} do not match the sha256 they were registered with: the "
+                      "controller's copy is damaged; upload the model again")
+            self._log.error("prepare refused", model_id=msg.model_id, status="BAD_MODEL", detail=detail)
+            return Prepared(model_id=msg.model_id, status=Status.BAD_MODEL, detail=detail)
         digest = digest_of(msg.format, msg.blob, msg.input_shapes, msg.max_batch)
         known = self._store.profile_of(digest)
         if known is None:
