@@ -1121,7 +1121,12 @@ class Core:
         } for m in chosen]
         counters = dict(self.counters)
         counters.update(self.latency.error_summary())
-        scheduler = {"admission_headroom": round(self.headroom, 4), "dispatch_ms": self.dispatch_ns / 1e6}
+        scheduler = {"admission_headroom": round(self.headroom, 4), "dispatch_ms": self.dispatch_ns / 1e6,
+                     "finish_tail_ms": self.finish_tail_ns / 1e6,
+                     # The sizes of what the core keeps: bounded under any load (bench/soak.py).
+                     "requests_live": len(self.requests), "actions_in_flight": len(self.actions),
+                     "answered_remembered": len(self.answered), "give_up_heap": len(self._give_ups),
+                     "expiry_heap": len(self._expiry), "planning_heap": len(self._due)}
         return {"workers": workers, "models": models, "models_total": len(self.models), "counters": counters,
                 "scheduler": scheduler}
 
