@@ -11,6 +11,9 @@ test checks what a client and a worker would see:
 - no UNLOAD is sent for a model with an EXEC outstanding on that device;
 - every action's window is well formed (earliest <= latest).
 
+The FIFO baselines (controller/baseline.py) run the same machine with the same checks, less the
+deadline windows, which they do not have.
+
 CI runs a bounded number of examples; CLOCKWORK_STATEFUL_EXAMPLES=2000 runs longer.
 """
 
@@ -26,6 +29,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from common import schema
 from common.status import Status
 from common.tensors import Tensor
+from common.config import SchedulerConfig
+from controller.baseline import NO_WINDOW_NS, BaselineConfig, FifoCore
 from controller.effects import PrepareOn, ToClient, ToWorker
 from tests.factories import CLIENT, EXEC_NS, LOAD_NS, MIB, MS, SIG, make_core, result_for
 
@@ -35,9 +40,14 @@ REPLY_NS = MS  # make_core's reply allowance: a request's deadline is its SLO le
 
 
 class CoreMachine(RuleBasedStateMachine):
+    windows_keep_deadlines = True  # the FIFO baselines send EXECs without windows
+
+    def make(self):
+        return make_core(worker_timeout_ns=300 * MS)
+
     @initialize()
     def start(self):
-        self.core = make_core(worker_timeout_ns=300 * MS)
+        self.core = self.make()
         self.now = 0
         self.joined: set[str] = set()
         self.outstanding: dict[int, ToWorker] = {}  # actions sent and not yet answered (or lost)
@@ -72,7 +82,7 @@ class CoreMachine(RuleBasedStateMachine):
     def check_exec(self, body: schema.Exec) -> None:
         ids = {int(v) for t in body.tensors for v in t.array()[:, 0]}
         assert not ids & self.cancelled, f"cancelled requests {ids & self.cancelled} in an EXEC"
-        for request_id in ids:
+        for request_id in ids if self.windows_keep_deadlines else ():
             assert body.latest_ns + body.expected_ns <= self.deadlines[request_id], \
                 f"EXEC of {request_id} may start at {body.latest_ns} and take {body.expected_ns}: past its deadline"
 
@@ -153,20 +163,40 @@ class CoreMachine(RuleBasedStateMachine):
         """Let everything finish: every admitted request is answered, exactly once."""
         if not hasattr(self, "core"):
             return
-        for _ in range(400):
+        for step in range(400):
             if not self.core.requests:
                 break
             for msg_id in sorted(self.outstanding):
                 effect = self.outstanding.pop(msg_id)
                 self.now = max(self.now, effect.body.earliest_ns + getattr(effect.body, "expected_ns", 0))
                 self.absorb(result_for(self.core, effect, self.now))
-            self.tick(5)
+            # a lost result is given up on after its window: hours for the baselines, which have none
+            self.tick(5 if step < 300 else 2 * NO_WINDOW_NS / MS)
             self.core.check_invariants(self.now)
         assert not self.core.requests, f"{len(self.core.requests)} requests never answered"
         assert all(self.replies[i] == 1 for i in self.sent), "a request was not answered exactly once"
 
 
+class FifoMachine(CoreMachine):
+    """Baseline (a): FIFO, dynamic batching, no admission. Same rules and checks, except that its
+    EXECs carry no deadline windows (it runs late work by design)."""
+
+    windows_keep_deadlines = False
+
+    def make(self):
+        return FifoCore(SchedulerConfig(reply_ns=MS, worker_timeout_ns=300 * MS), BaselineConfig())
+
+
+class FifoTimeoutMachine(FifoMachine):
+    """Baseline (b): (a) with a queue timeout at each request's SLO."""
+
+    def make(self):
+        return FifoCore(SchedulerConfig(reply_ns=MS, worker_timeout_ns=300 * MS), BaselineConfig(queue_timeout=True))
+
+
+SETTINGS = settings(max_examples=int(os.environ.get("CLOCKWORK_STATEFUL_EXAMPLES", "60")), stateful_step_count=60,
+                    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 TestCore = CoreMachine.TestCase
-TestCore.settings = settings(max_examples=int(os.environ.get("CLOCKWORK_STATEFUL_EXAMPLES", "60")),
-                             stateful_step_count=60, deadline=None,
-                             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+TestFifo = FifoMachine.TestCase
+TestFifoTimeout = FifoTimeoutMachine.TestCase
+TestCore.settings = TestFifo.settings = TestFifoTimeout.settings = SETTINGS
