@@ -40,7 +40,7 @@ from bench.loadgen import LoadResults, run_open_loop
 from bench.procs import WorkerSpec, cluster, free_port, run_in_temp_dir
 from bench.progress import Progress, command_main, say
 from bench.report import Latencies, format_table, saved_figure, write_json
-from client import Client
+from client import Client, ClockworkError
 from client.cli import parse_shape
 
 MODEL = "model"
@@ -127,10 +127,20 @@ def schedule_for(kind: str, rate: float, duration_s: float, seed: int) -> worklo
 def measure(target: str, client: Client, inputs: dict, rates: Sequence[float],
             args: argparse.Namespace) -> list[Point]:
     """Lone requests through the native client, then every rate, against one running target."""
-    took = spaced(lambda: client.infer(MODEL, inputs, slo_ms=args.slo_ms))
+    refused = []
+
+    def call() -> None:
+        try:
+            client.infer(MODEL, inputs, slo_ms=args.slo_ms)
+        except ClockworkError as exc:  # counted, not fatal: a refusal is an outcome to report
+            refused.append(exc.status.name)
+
+    took = spaced(call)
     lone = latencies(took)
-    say(f"{target} lone: p50 {lone.percentile_ms(50):.2f} ms, p99 {lone.percentile_ms(99):.2f} ms")
-    points = [Point(target, 0.0, len(took), int((took <= args.slo_ms * 1e6).sum()), 0, 0, lone.percentile_ms(50),
+    say(f"{target} lone: p50 {lone.percentile_ms(50):.2f} ms, p99 {lone.percentile_ms(99):.2f} ms"
+        + (f", refused {len(refused)}: {sorted(set(refused))}" if refused else ""))
+    within = int((took <= args.slo_ms * 1e6).sum()) - len(refused)
+    points = [Point(target, 0.0, len(took), max(0, within), len(refused), 0, lone.percentile_ms(50),
                     lone.percentile_ms(99), lone.percentile_ms(99.9), math.nan)]
     for i, rate in enumerate(rates):
         schedule = schedule_for(args.workload, rate, args.duration_s, args.seed + i)

@@ -113,12 +113,16 @@ def test_an_infeasible_deadline_is_refused_at_admission_never_queued(system, cli
             send(sock, body, msg_id, sent_ns=time.monotonic_ns())
             assert sock.poll(5000), "no answer"
             reply = decode(recv_frames(sock)).body
-            assert reply.status is Status.WOULD_MISS_DEADLINE and "idle device" in reply.detail
+            # "even on an idle device"; or, if this busy host held it 0.5 ms on the way, "it waited
+            # ... in queues": refused from its header, before the core even looks at it
+            assert reply.status is Status.WOULD_MISS_DEADLINE and ("idle device" in reply.detail
+                                                                  or "in queues" in reply.detail)
             assert reply.queue_ns == reply.exec_ns == 0
     finally:
         sock.close(0)
     after = client.status()["counters"]
-    assert after["rejected_would_miss_deadline"] - before.get("rejected_would_miss_deadline", 0) == 50
+    refused = [after.get(k, 0) - before.get(k, 0) for k in ("rejected_would_miss_deadline", "rejected_stale")]
+    assert sum(refused) == 50
     assert after.get("requests_admitted", 0) == before.get("requests_admitted", 0)
 
 

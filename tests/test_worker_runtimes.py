@@ -163,3 +163,29 @@ def test_an_unload_meeting_the_model_executing_is_refused_busy_and_the_exec_comp
         assert emit.for_parent(4).status is Status.OK  # once it is done, it goes
     finally:
         device.stop()
+
+
+def test_a_release_waiting_for_an_exec_gives_way_to_a_load_that_comes_after_it():
+    """A worker joining again releases what it holds, but a model still executing is released
+    only once its EXEC ends; if the new controller LOADs it meanwhile (answered ALREADY_LOADED),
+    it must stay: the controller now counts on it."""
+    runtime = EmulatedRuntime(WorkerConfig(runtime="emulated", devices=1))
+    device, emit, store = make_device(runtime)
+    device.start()
+    try:
+        blob = profile_blob(load_ms=1.0, exec_ms={1: 300.0}, inputs=[{"name": "data", "dtype": "float32", "shape": [5]}])
+        assert make_preparer(runtime, store, Collector()).prepare(
+            Prepare(model_id="emu", format="profile", blob=blob, max_batch=1)).status.ok
+        device.submit_load(1, "emu", *window())
+        assert emit.for_parent(1).status is Status.OK
+        device.submit_exec(2, "emu", 1, (Tensor.from_array("data", np.ones((1, 5), np.float32)),), *window())
+        wait_until_true(lambda: device._executing == "emu", what="the EXEC to start")
+        device.submit_drop("emu")  # retried while it executes
+        device.submit_load(3, "emu", *window())
+        assert emit.for_parent(3).status is Status.ALREADY_LOADED
+        assert emit.for_parent(2).status is Status.OK
+        device.submit_exec(4, "emu", 1, (Tensor.from_array("data", np.ones((1, 5), np.float32)),), *window())
+        assert emit.for_parent(4).status is Status.OK  # still resident
+        assert device.resident_ids() == ["emu"]
+    finally:
+        device.stop()

@@ -250,6 +250,9 @@ class Device:
         self._lock = threading.Lock()  # guards pool, _resident, _executing
         self._resident: dict[str, Resident] = {}
         self._executing: str | None = None  # model id the EXEC lane is running right now
+        # LOADs asked of each model so far: a drop waiting for an EXEC to end gives up once a LOAD
+        # of that model came after it (the model then belongs to the controller's new plan).
+        self._loads: dict[str, int] = {}
         self.load_lane = self._lane("load")
         self.exec_lane = self._lane("exec")
 
@@ -290,11 +293,14 @@ class Device:
         self.exec_lane.submit(Job(earliest_ns, latest_ns, lambda t: self._exec(req, t),
                                   self._too_late(parent_id, "exec", model_id, batch_size), expected_ns, "exec"))
 
-    def submit_drop(self, model_id: str, earliest_ns: int | None = None) -> None:
+    def submit_drop(self, model_id: str, earliest_ns: int | None = None, loads: int | None = None) -> None:
         """Unload `model_id` if resident (on the LOAD lane, no window, no reply; retried while
-        it is executing)."""
+        it is executing, unless a LOAD of it comes meanwhile)."""
         start = monotonic_ns() if earliest_ns is None else earliest_ns
-        self.load_lane.submit(Job(start, NEVER_NS, lambda t: self._drop(model_id), lambda t: None, 0, "drop"))
+        if loads is None:
+            with self._lock:
+                loads = self._loads.get(model_id, 0)
+        self.load_lane.submit(Job(start, NEVER_NS, lambda t: self._drop(model_id, loads), lambda t: None, 0, "drop"))
 
     def run_exclusive(self, fn: Callable[[], Any]) -> Future:
         """Run fn on the EXEC lane as soon as it is free (profiling); the future holds its result."""
@@ -316,6 +322,7 @@ class Device:
             self._emit(Done(parent_id, "load", status, self.device_id, model_id, detail, start_ns, end, end - start_ns))
 
         with self._lock:
+            self._loads[model_id] = self._loads.get(model_id, 0) + 1
             if model_id in self._resident:
                 return done(Status.ALREADY_LOADED, f"{model_id!r} is already loaded on device {self.device_id}")
             model = self._store.get(model_id)
@@ -361,10 +368,13 @@ class Device:
             with self._lock:
                 self.pool.release(res.num_pages)
 
-    def _drop(self, model_id: str) -> None:
+    def _drop(self, model_id: str, loads: int) -> None:
+        with self._lock:
+            if self._loads.get(model_id, 0) != loads:
+                return  # loaded again since the drop was asked: it stays
         status, detail = self._release(model_id)
         if status is Status.BUSY:
-            self.submit_drop(model_id, monotonic_ns() + DROP_RETRY_NS)
+            self.submit_drop(model_id, monotonic_ns() + DROP_RETRY_NS, loads)
         elif status is not Status.NOT_LOADED:
             self._log.info("dropped from device", device_id=self.device_id, model_id=model_id,
                            status=status.name, detail=detail)
