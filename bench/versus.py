@@ -106,6 +106,15 @@ def latencies(values_ns: np.ndarray) -> Latencies:
     return lat
 
 
+def breakdown(parts: list[tuple[float, float, float, float]]) -> dict[str, float]:
+    """Medians of where a lone request's time goes, from the client's round trip and the reply's
+    own timings (the server's clock): the client's hops to the server and back (and the client
+    library), the server's queue, its hops to the device and back, and the execution itself."""
+    rtt, queue, execute, total = (np.median([p[i] for p in parts]) for i in range(4))
+    return {"client hops": rtt - total, "queue": queue, "server to device and back": total - queue - execute,
+            "exec": execute}
+
+
 def direct_floor(model: bytes, inputs: dict) -> Latencies:
     """The model called directly on one onnxruntime thread, as the plain server and the worker run it."""
     import onnxruntime as ort
@@ -127,18 +136,23 @@ def schedule_for(kind: str, rate: float, duration_s: float, seed: int) -> worklo
 def measure(target: str, client: Client, inputs: dict, rates: Sequence[float],
             args: argparse.Namespace) -> list[Point]:
     """Lone requests through the native client, then every rate, against one running target."""
-    refused = []
+    refused, parts = [], []
 
     def call() -> None:
+        start = time.monotonic_ns()
         try:
-            client.infer(MODEL, inputs, slo_ms=args.slo_ms)
+            result = client.infer(MODEL, inputs, slo_ms=args.slo_ms)
         except ClockworkError as exc:  # counted, not fatal: a refusal is an outcome to report
             refused.append(exc.status.name)
+            return
+        parts.append(((time.monotonic_ns() - start) / 1e6, result.queue_ms, result.exec_ms, result.total_ms))
 
     took = spaced(call)
     lone = latencies(took)
     say(f"{target} lone: p50 {lone.percentile_ms(50):.2f} ms, p99 {lone.percentile_ms(99):.2f} ms"
         + (f", refused {len(refused)}: {sorted(set(refused))}" if refused else ""))
+    if parts:
+        say(f"{target} lone, where the p50 goes: " + ", ".join(f"{k} {v:.3f} ms" for k, v in breakdown(parts).items()))
     within = int((took <= args.slo_ms * 1e6).sum()) - len(refused)
     points = [Point(target, 0.0, len(took), max(0, within), len(refused), 0, lone.percentile_ms(50),
                     lone.percentile_ms(99), lone.percentile_ms(99.9), math.nan)]
