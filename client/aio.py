@@ -72,11 +72,15 @@ class AsyncClient:
 
     async def upload(self, model: str | os.PathLike | bytes, name: str | None = None, *, format: str | None = None,
                      input_shapes: Mapping[str, Any] | None = None, max_batch: int = 0,
-                     replace: bool = False) -> dict:
+                     replace: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
         """See `Client.upload`. The file is read in a thread, off the event loop."""
-        call = await asyncio.to_thread(self._core.upload, model, name, time.monotonic_ns(), format=format,
-                                       input_shapes=input_shapes, max_batch=max_batch, replace=replace)
-        return await self._call(call)
+        uploading = await asyncio.to_thread(self._core.uploading, model, name, format=format,
+                                            input_shapes=input_shapes, max_batch=max_batch, replace=replace)
+        while (call := await asyncio.to_thread(uploading.next_call, time.monotonic_ns())) is not None:
+            uploading.add(await self._call(call))
+            if progress is not None:
+                progress(uploading.sent, uploading.total)
+        return uploading.info
 
     async def remove(self, name: str) -> None:
         await self._call(self._core.remove(name, time.monotonic_ns()))

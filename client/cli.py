@@ -359,8 +359,28 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_upload(cw: Client, args: argparse.Namespace) -> str:
     shapes = dict(parse_shape(s) for s in args.input_shape)
     info = cw.upload(args.file, args.name, format=args.format, input_shapes=shapes, max_batch=args.max_batch,
-                     replace=args.replace)
+                     replace=args.replace, progress=UploadProgress(sys.stderr))
     return render_model(info)
+
+
+class UploadProgress:
+    """`progress` for a chunked upload: a line redrawn in place on a terminal, else a line per
+    quarter; the last chunk's reply waits for the workers to prepare the model, which it says."""
+
+    def __init__(self, stream):
+        self.stream, self.tty, self._shown = stream, stream.isatty(), -1
+
+    def __call__(self, sent: int, total: int) -> None:
+        if sent == total:
+            if self._shown >= 0:
+                self.stream.write(("\n" if self.tty else "") + "uploaded; the workers have prepared it\n")
+            return
+        percent = 100 * sent // total
+        if self.tty or percent // 25 > self._shown // 25:
+            text = f"uploading: {percent}% ({sent / 1e6:.0f} of {total / 1e6:.0f} MB)"
+            self.stream.write(f"\r{text}" if self.tty else text + "\n")
+            self.stream.flush()
+        self._shown = percent
 
 
 def cmd_ls(cw: Client, args: argparse.Namespace) -> str:

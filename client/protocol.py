@@ -30,6 +30,7 @@ No sockets, threads or clock reads happen here: callers pass `now_ns` (time.mono
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import operator
 import os
@@ -54,10 +55,13 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 ENDPOINT_ENV = "CLOCKWORK_ENDPOINT"
 MS = 1_000_000
 S = 1_000_000_000
+# A model larger than this travels in chunks of this size (schema.Upload): the controller then
+# holds one chunk at a time, and writing one to its staging file stays a few milliseconds.
+UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024
 
 __all__ = [
     "DEFAULT_ENDPOINT", "ENDPOINT_ENV", "default_endpoint", "Options", "InferResult", "Incoming", "Call",
-    "ClientCore", "Listing", "detect_format", "deadline_ns", "build_upload", "build_remove", "build_list",
+    "ClientCore", "Listing", "Uploading", "UPLOAD_CHUNK_BYTES", "detect_format", "deadline_ns", "build_upload", "build_remove", "build_list",
     "build_model", "build_status", "build_infer", "build_cancel", "read_incoming", "route", "parse_reply",
     "parse_infer_reply", "parse_upload_reply", "parse_remove_reply", "parse_list_reply", "parse_model_reply",
     "parse_status_reply", "parse_cancel_reply", "input_names",
@@ -168,20 +172,23 @@ def detect_format(model: str | os.PathLike | bytes | bytearray | memoryview) -> 
 
 
 def build_upload(name: str, blob: Any, *, format: str = "onnx", input_shapes: Mapping | None = None,
-                 max_batch: int = 0, replace: bool = False) -> schema.Upload:
-    """UPLOAD of model bytes. input_shapes fixes dynamic non-batch dims: {input: [3, 224, 224]}."""
+                 max_batch: int = 0, replace: bool = False, offset: int = 0, total_bytes: int = 0,
+                 sha256: str = "") -> schema.Upload:
+    """UPLOAD of model bytes, or of one chunk of them (offset, total_bytes and sha256 of the whole,
+    see schema.Upload). input_shapes fixes dynamic non-batch dims: {input: [3, 224, 224]}."""
     _checked(schema.MODEL_NAME, name, "name")
     _checked(checks.one_of(*schema.FORMATS), format, "format")
     shapes = _shape_fix(input_shapes)
     max_batch = _checked(checks.integer(0, schema.MAX_BATCH), _as_int(max_batch), "max_batch")
     _checked(checks.boolean, replace, "replace")
-    size = memoryview(blob).nbytes
-    if size > schema.MAX_MODEL_BYTES:
-        raise RequestError(Status.TOO_LARGE, f"the model file has {size} bytes; the limit is {schema.MAX_MODEL_BYTES}")
-    if size == 0:
+    whole = total_bytes or memoryview(blob).nbytes
+    if whole > schema.MAX_MODEL_BYTES:
+        raise RequestError(Status.TOO_LARGE, f"the model file has {whole} bytes; the limit is {schema.MAX_MODEL_BYTES}")
+    if whole == 0:
         raise RequestError(Status.BAD_MODEL, "the model file is empty")
     return schema.Upload(name=name, format=format, input_shapes={k: list(v) for k, v in shapes.items()},
-                         max_batch=max_batch, replace=replace, blob=blob)
+                         max_batch=max_batch, replace=replace, offset=offset, total_bytes=total_bytes,
+                         sha256=sha256, blob=blob)
 
 
 def build_remove(name: str) -> schema.Remove:
@@ -480,28 +487,40 @@ class ClientCore:
         return Call(body, what, now_ns, now_ns + int(wait_s * S), parse,
                     retry_ns=int(self.options.retry_s * S) if idempotent else 0)
 
-    def upload(self, model: str | os.PathLike | bytes, name: str | None, now_ns: int, *, format: str | None = None,
-               input_shapes: Mapping | None = None, max_batch: int = 0, replace: bool = False) -> Call[dict]:
-        """Reads the file when `model` is a path; `name` defaults to the file's stem."""
+    def uploading(self, model: str | os.PathLike | bytes, name: str | None, *, format: str | None = None,
+                  input_shapes: Mapping | None = None, max_batch: int = 0, replace: bool = False,
+                  chunk_bytes: int = UPLOAD_CHUNK_BYTES) -> "Uploading":
+        """An upload for a shell to drive (see `Uploading`). `model` is a path, read a chunk at
+        a time, or the bytes; `name` defaults to the file's stem."""
         if isinstance(model, (bytes, bytearray, memoryview)):
             if name is None:
                 raise TypeError("upload of bytes needs a name")
-            blob = model
+            source: Any = memoryview(model).cast("B")
+            size = source.nbytes
         else:
-            path = os.fspath(model)
-            name = name if name is not None else os.path.splitext(os.path.basename(path))[0]
-            with open(path, "rb") as fh:
-                blob = fh.read()
-        body = build_upload(name, blob, format=format or detect_format(model), input_shapes=input_shapes,
-                            max_batch=max_batch, replace=replace)
+            source = os.fspath(model)
+            name = name if name is not None else os.path.splitext(os.path.basename(source))[0]
+            size = os.path.getsize(source)
+        fields = dict(format=format or detect_format(model), input_shapes=input_shapes, max_batch=max_batch,
+                      replace=replace)
+        build_upload(name, b"", total_bytes=max(size, 1), **fields)  # refuse bad fields before reading anything
+        return Uploading(self, name, source, size, fields, chunk_bytes)
+
+    def _upload_call(self, body: schema.Upload, now_ns: int) -> Call[dict]:
+        """One UPLOAD message: a chunk ({"received": bytes}) or the whole or last one (ModelInfo)."""
+        name, last = body.name, not body.total_bytes or body.offset + len(body.blob) == body.total_bytes
 
         def parse(envelope: Envelope) -> dict:
+            if not last:
+                return parse_reply(envelope)
             self._inputs.pop(name, None)
             info = parse_upload_reply(envelope)
             self._learn(info)
             return info
 
-        return self._admin(body, f"upload of {name!r}", parse, now_ns, self.options.upload_timeout_s)
+        what = f"upload of {name!r}" if not body.total_bytes else f"upload of {name!r} at byte {body.offset}"
+        wait_s = self.options.upload_timeout_s if last else self.options.timeout_s
+        return self._admin(body, what, parse, now_ns, wait_s)
 
     def remove(self, name: str, now_ns: int) -> Call[None]:
         def parse(envelope: Envelope) -> None:
@@ -572,6 +591,63 @@ class ClientCore:
         name, names = info.get("name"), input_names(info)
         if isinstance(name, str) and names:
             self._inputs[name] = names
+
+
+class Uploading:
+    """An upload, in one message or, for a model over `chunk_bytes`, in chunks, for a shell to
+    drive::
+
+        uploading = core.uploading(path, name)
+        while (call := uploading.next_call(now_ns)) is not None:
+            uploading.add(send_and_wait(call))
+        uploading.info   # the model's ModelInfo; uploading.sent / uploading.total: progress
+
+    A file is read one chunk at a time (its sha256 first, for the controller to check the whole),
+    so neither this process nor the controller holds a large model in one piece.
+    """
+
+    def __init__(self, core: ClientCore, name: str, source: Any, size: int, fields: dict, chunk_bytes: int):
+        self._core, self.name, self._source, self.total = core, name, source, size
+        self._fields, self._chunk_bytes = fields, chunk_bytes
+        self.sent = 0
+        self.info: dict | None = None
+        self._pending = 0  # bytes in the call out now
+        self._sha256 = _sha256(self._read, size) if size > chunk_bytes else ""
+
+    def next_call(self, now_ns: int) -> Call[dict] | None:
+        """The next message's call, or None once the upload is answered."""
+        if self.info is not None:
+            return None
+        if not self._sha256:  # small: the whole model in one message
+            blob, chunk = self._read(0, self.total), {}
+        else:
+            blob = self._read(self.sent, min(self._chunk_bytes, self.total - self.sent))
+            chunk = dict(offset=self.sent, total_bytes=self.total, sha256=self._sha256)
+        self._pending = len(blob)
+        return self._core._upload_call(build_upload(self.name, blob, **self._fields, **chunk), now_ns)
+
+    def add(self, value: dict) -> None:
+        """Take the reply (the value of `next_call`'s Call)."""
+        self.sent += self._pending
+        if self.sent == self.total:
+            self.info = value
+        elif value.get("received") != self.sent:
+            raise ServerError(Status.INTERNAL, f"the controller acknowledged {value.get('received')!r} bytes of "
+                                               f"{self.name!r}, {self.sent} were sent")
+
+    def _read(self, offset: int, count: int) -> Any:
+        if isinstance(self._source, memoryview):
+            return self._source[offset:offset + count]
+        with open(self._source, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(count)
+
+
+def _sha256(read: Callable[[int, int], Any], size: int) -> str:
+    digest = hashlib.sha256()
+    for offset in range(0, size, 1 << 22):
+        digest.update(read(offset, min(1 << 22, size - offset)))
+    return digest.hexdigest()
 
 
 class Listing:

@@ -7,7 +7,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -104,13 +104,20 @@ class Client:
     # ------------------------------------------------------------------ the API
 
     def upload(self, model: str | os.PathLike | bytes, name: str | None = None, *, format: str | None = None,
-               input_shapes: Mapping[str, Any] | None = None, max_batch: int = 0, replace: bool = False) -> dict:
+               input_shapes: Mapping[str, Any] | None = None, max_batch: int = 0, replace: bool = False,
+               progress: Callable[[int, int], None] | None = None) -> dict:
         """Register a model; returns its ModelInfo. `model` is a path (.onnx, or a .json latency
         profile for emulated workers) or the file's bytes; `name` defaults to the file's stem.
         `input_shapes` fixes dynamic non-batch dims ({"data": [3, 224, 224]}); a model whose
-        shapes cannot be fixed gets RequestError(BAD_MODEL) with the reason."""
-        return self._call(self._core.upload(model, name, time.monotonic_ns(), format=format,
-                                            input_shapes=input_shapes, max_batch=max_batch, replace=replace))
+        shapes cannot be fixed gets RequestError(BAD_MODEL) with the reason. A model over
+        protocol.UPLOAD_CHUNK_BYTES travels in chunks; `progress(bytes_sent, total)` follows them."""
+        uploading = self._core.uploading(model, name, format=format, input_shapes=input_shapes,
+                                         max_batch=max_batch, replace=replace)
+        while (call := uploading.next_call(time.monotonic_ns())) is not None:
+            uploading.add(self._call(call))
+            if progress is not None:
+                progress(uploading.sent, uploading.total)
+        return uploading.info
 
     def remove(self, name: str) -> None:
         """Forget a model everywhere."""

@@ -100,7 +100,13 @@ class Message:
 
 @dataclass(frozen=True, kw_only=True)
 class Upload(Message):
-    """Register a model. `blob` is the ONNX file, or a JSON profile when format == "profile"."""
+    """Register a model. `blob` is the ONNX file, or a JSON profile when format == "profile".
+
+    A large model travels in chunks, in order, so that neither side holds it in one message:
+    every chunk repeats the upload's fields with the whole model's `total_bytes` and `sha256`
+    and where it starts (`offset`); each is answered {"received": bytes so far}, and the last
+    as a whole upload is, once the bytes match their sha256. `total_bytes` 0: this message
+    carries the whole model."""
 
     TYPE = MsgType.UPLOAD
     name: str = f(MODEL_NAME)
@@ -108,6 +114,9 @@ class Upload(Message):
     input_shapes: dict = f(SHAPE_FIX, {})  # fixes for dynamic non-batch dims, without batch dim
     max_batch: int = f(c.integer(0, MAX_BATCH), 0)  # 0: the model's own limit, capped at 16
     replace: bool = f(c.boolean, False)
+    offset: int = f(c.integer(0, MAX_MODEL_BYTES), 0)  # a chunk: where it starts in the model
+    total_bytes: int = f(c.integer(0, MAX_MODEL_BYTES), 0)  # a chunk: the whole model's size (0: not chunked)
+    sha256: str = f(c.text(64, r"[0-9a-f]{64}|"), "")  # a chunk: the whole model's, checked at the end
     blob: Any = blob_field()
 
 

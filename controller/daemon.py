@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from contextlib import closing
 
 import zmq
@@ -63,7 +64,7 @@ class ControllerDaemon:
         self.workers = router(self.ctx, config.worker_endpoint, max_msg_bytes=2 * config.max_model_bytes,
                               handover=True, secure=self._secure(security.WORKERS_DOMAIN))
         self.registry = Registry(config.state_dir)
-        self.intake = Intake(self.registry)
+        self.intake = Intake(self.registry, Path(config.state_dir) / "incoming")
         self._other_versions: set[str] = set()  # workers refused for their protocol version (logged once)
         scheduler = config.scheduler
         if self.telemetry.action_log.enabled:  # the core emits action rows only when someone logs them
@@ -110,8 +111,10 @@ class ControllerDaemon:
             self._housekeeping(monotonic_ns())
 
     def _housekeeping(self, now: int) -> None:
-        """Once a second: metrics gauges, log flushes, systemd's STATUS; the watchdog when due."""
+        """Once a second: metrics gauges, log flushes, systemd's STATUS, abandoned chunked uploads;
+        the watchdog when due."""
         if self.telemetry.due(now):
+            self.intake.expire(now)
             status = self.core.status(now) if self.telemetry.enabled or self.notify.enabled else {}
             self.telemetry.refresh(status, now)
             counters = status.get("counters", {})
@@ -224,11 +227,19 @@ class ControllerDaemon:
         return waited
 
     def _upload(self, client: bytes, msg_id: int, msg: schema.Upload, now: int) -> None:
-        if len(msg.blob) > self.cfg.max_model_bytes:
-            self._reply(client, msg_id, Status.TOO_LARGE,
-                        f"{len(msg.blob)} bytes exceed the limit of {self.cfg.max_model_bytes}")
+        size = msg.total_bytes or len(msg.blob)
+        if size > self.cfg.max_model_bytes:
+            self._reply(client, msg_id, Status.TOO_LARGE, f"{size} bytes exceed the limit of {self.cfg.max_model_bytes}")
         elif msg.name in self.intake.checking:
             self._reply(client, msg_id, Status.BUSY, f"an upload of {msg.name!r} is being checked; retry")
+        elif msg.total_bytes:  # a chunk: the last one goes on like a large upload (_checked follows)
+            chunk = self.intake.chunk(client, msg_id, msg, now)
+            if chunk.error is not None:
+                self._reply(client, msg_id, chunk.error.status, chunk.error.detail)
+            elif chunk.complete:
+                self.log.info("checking a large model", model=msg.name, bytes=msg.total_bytes, chunked=True)
+            else:
+                self._reply(client, msg_id, Status.OK, body={"received": chunk.received})
         elif self.intake.wants(msg):
             self.log.info("checking a large model", model=msg.name, bytes=len(msg.blob))
             self.intake.submit(client, msg_id, msg)  # _register follows in the loop once it is checked

@@ -64,3 +64,46 @@ def test_a_large_model_is_checked_off_the_loops_while_another_model_serves(tmp_p
         assert outcomes and all(shape == (1, 10) for shape in outcomes)
         log = (c.group.log_dir / "controller.log").read_text()
         assert log.count("checking a large model") == 2
+
+
+def test_a_model_over_the_chunk_size_travels_in_chunks_with_progress_and_a_hash_check(tmp_path, capsys):
+    from client import cli
+    from client.protocol import UPLOAD_CHUNK_BYTES, build_upload
+    from common import schema
+    from common.codec import decode
+    from common.net import dealer, recv_frames, send
+
+    blob = big_matmul(2300)  # 21 MB: three chunks
+    assert 2 * UPLOAD_CHUNK_BYTES < len(blob) < ISOLATED_CHECK_BYTES
+    path = tmp_path / "matmul.onnx"
+    path.write_bytes(blob)
+    with cluster(tmp_path / "run", [WorkerSpec("cpu", "onnxruntime")],
+                 controller_settings=["max_model_bytes=200000000"]) as c:
+        assert cli.main(["--endpoint", c.client_endpoint, "upload", str(path)]) == 0
+        out, err = capsys.readouterr()
+        assert out.startswith("name:        matmul")
+        assert err == "uploading: 39% (8 of 21 MB)\nuploading: 79% (17 of 21 MB)\nuploaded; the workers have prepared it\n"
+        with Client(c.client_endpoint, timeout_s=60) as client:
+            y = client.infer("matmul", {"x": np.ones((1, 2300), np.float32)}, slo_ms=5000).outputs["y"]
+            assert y.shape == (1, 2300)
+
+        sock = dealer(__import__("zmq").Context.instance(), c.client_endpoint)
+        try:
+            def chunk(msg_id, offset, data, sha="0" * 64, total=1000):
+                send(sock, build_upload("forged", data, offset=offset, total_bytes=total, sha256=sha), msg_id)
+                assert sock.poll(30_000)
+                return decode(recv_frames(sock)).body
+
+            assert chunk(1, 0, b"a" * 600).body == {"received": 600}
+            skipped = chunk(2, 700, b"b" * 300)  # not where the last one ended
+            assert skipped.status is Status.BAD_INPUT and "600 of 1000 were expected next" in skipped.detail
+            assert chunk(3, 0, b"a" * 600).body == {"received": 600}
+            forged = chunk(4, 600, b"b" * 400)  # whole, but not the announced sha256
+            assert forged.status is Status.BAD_INPUT and "not the" in forged.detail and "announced" in forged.detail
+            orphan = chunk(5, 600, b"b" * 400)
+            assert orphan.status is Status.BAD_INPUT and "send its first chunk" in orphan.detail
+        finally:
+            sock.close(0)
+        with Client(c.client_endpoint) as client:
+            assert [m["name"] for m in client.list()] == ["matmul"]
+        assert not list((c.state_dir / "incoming").iterdir())  # nothing left staged

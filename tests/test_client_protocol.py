@@ -326,7 +326,7 @@ def test_core_learns_input_names_from_list_model_and_upload_and_forgets_on_remov
     listed = core.list_page(0).parse(wire(schema.Reply(status=Status.OK, body={"models": [model("m", "a")]})))
     assert listed["models"] == [model("m", "a")] and not core.needs_signature("m", x)
     assert [t.name for t in core.infer("m", x, 10 * MS, 0).body.tensors] == ["a"]
-    core.upload(b"x", "n", 0).parse(wire(schema.Reply(status=Status.OK, body={"model": model("n", "b")})))
+    core.uploading(b"x", "n").next_call(0).parse(wire(schema.Reply(status=Status.OK, body={"model": model("n", "b")})))
     assert not core.needs_signature("n", x)
     core.remove("n", 0).parse(wire(schema.Reply(status=Status.OK)))
     assert core.needs_signature("n", x)
@@ -393,8 +393,35 @@ def test_a_listing_whose_next_does_not_advance_is_an_error_not_a_loop():
 def test_core_upload_reads_a_file_and_names_it(tmp_path):
     path = tmp_path / "tiny-net.json"
     path.write_bytes(b'{"weights_bytes": 1, "load_ms": 1, "exec_ms": {"1": 1}}')
-    call = ClientCore(Options(upload_timeout_s=7)).upload(path, None, 0)
+    call = ClientCore(Options(upload_timeout_s=7)).uploading(path, None).next_call(0)
     assert (call.body.name, call.body.format, call.wait_until_ns) == ("tiny-net", "profile", 7_000_000_000)
+    assert call.body.total_bytes == 0 and bytes(call.body.blob) == path.read_bytes()  # small: one message
+
+
+def test_a_large_model_goes_in_chunks_that_name_the_whole_and_the_last_is_the_upload(tmp_path):
+    import hashlib
+
+    path = tmp_path / "big.onnx"
+    path.write_bytes(bytes(range(256)) * 10)  # 2,560 bytes in chunks of 1,000
+    uploading = ClientCore(Options(timeout_s=3, upload_timeout_s=9)).uploading(path, None, chunk_bytes=1000)
+    sha, bodies = hashlib.sha256(path.read_bytes()).hexdigest(), []
+    while (call := uploading.next_call(0)) is not None:
+        bodies.append(call.body)
+        last = len(bodies) == 3
+        assert call.wait_until_ns == (9 if last else 3) * 1_000_000_000  # only the last waits for workers
+        reply = {"model": model("big", "x")} if last else {"received": uploading.sent + len(call.body.blob)}
+        uploading.add(call.parse(wire(schema.Reply(status=Status.OK, body=reply))))
+    assert [(b.offset, len(b.blob), b.total_bytes, b.sha256) for b in bodies] == [
+        (0, 1000, 2560, sha), (1000, 1000, 2560, sha), (2000, 560, 2560, sha)]
+    assert b"".join(bytes(b.blob) for b in bodies) == path.read_bytes()
+    assert uploading.info == model("big", "x") and uploading.sent == uploading.total == 2560
+
+
+def test_a_controller_that_acknowledges_other_bytes_is_an_error():
+    uploading = ClientCore(Options()).uploading(b"y" * 30, "m", format="profile", chunk_bytes=10)
+    call = uploading.next_call(0)
+    with pytest.raises(ServerError):
+        uploading.add(call.parse(wire(schema.Reply(status=Status.OK, body={"received": 7}))))
 
 
 @pytest.mark.parametrize("kwargs", [dict(timeout_s=-1), dict(grace_s=float("nan")), dict(endpoint="")])
