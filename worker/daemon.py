@@ -14,6 +14,7 @@ Nothing a peer sends can stop the loop: bad frames are answered with ERROR or lo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from typing import Any, Callable
@@ -231,8 +232,10 @@ class Daemon:
                 device.submit_drop(model_id)
 
     def on_prepare(self, env: Envelope) -> None:
+        """The bytes become the host copy here, so that the message's frame (a second copy of a
+        model that may be gigabytes) is freed now, not after the model is prepared."""
         self.telemetry.on_prepare()
-        self.preparer.submit(env.msg_id, env.body)
+        self.preparer.submit(env.msg_id, dataclasses.replace(env.body, blob=bytes(env.body.blob)))
 
     def on_load(self, env: Envelope) -> None:
         m: Load = env.body

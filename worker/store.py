@@ -186,7 +186,7 @@ class Preparer:
                         max_batch=model.signature.max_batch)
 
     def _prepare_new(self, msg: Prepare, digest: str) -> tuple[PreparedModel, Profile]:
-        blob = bytes(msg.blob)  # the one host copy; the zmq frame is released after this
+        blob = bytes(msg.blob)  # the one host copy (already bytes when it came from the daemon)
         # A large model is checked in a child process: onnx's checker holds the GIL for seconds,
         # which would stop this worker's heartbeats and its lanes.
         signature = signature_isolated(msg.format, blob, dict(msg.input_shapes), msg.max_batch)
