@@ -3,6 +3,8 @@ exactly what onnxruntime gives, padding never leaks out, bad inputs are refused.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 
@@ -143,7 +145,10 @@ def test_pad_joins_one_chunk_per_request_in_batch_order():
         pad_inputs(sig, (Tensor.from_array("x", a), Tensor.from_array("x", np.ones((1, 5), np.float32))), 4)
 
 
-def test_an_unload_meeting_the_model_executing_is_refused_busy_and_the_exec_completes():
+@contextmanager
+def executing_device():
+    """An emulated device with model "emu" loaded and a 300 ms EXEC of it (parent 2) running:
+    yields (device, emit, submit_exec)."""
     runtime = EmulatedRuntime(WorkerConfig(runtime="emulated", devices=1))
     device, emit, store = make_device(runtime)
     device.start()
@@ -153,39 +158,35 @@ def test_an_unload_meeting_the_model_executing_is_refused_busy_and_the_exec_comp
             Prepare(model_id="emu", format="profile", blob=blob, max_batch=1)).status.ok
         device.submit_load(1, "emu", *window())
         assert emit.for_parent(1).status is Status.OK
-        device.submit_exec(2, "emu", 1, (Tensor.from_array("data", np.ones((1, 5), np.float32)),), *window())
-        wait_until_true(lambda: device._executing == "emu", what="the EXEC to start")  # the guard's own state
+
+        def submit_exec(parent: int) -> None:
+            device.submit_exec(parent, "emu", 1, (Tensor.from_array("data", np.ones((1, 5), np.float32)),), *window())
+
+        submit_exec(2)
+        wait_until_true(lambda: device._executing == "emu", what="the EXEC to start")  # the guards' own state
+        yield device, emit, submit_exec
+    finally:
+        device.stop()
+
+
+def test_an_unload_meeting_the_model_executing_is_refused_busy_and_the_exec_completes():
+    with executing_device() as (device, emit, _):
         device.submit_unload(3, "emu", *window())
-        unload = emit.for_parent(3)
-        assert unload.status is Status.BUSY  # never pulled from under a running EXEC
+        assert emit.for_parent(3).status is Status.BUSY  # never pulled from under a running EXEC
         assert emit.for_parent(2).status is Status.OK
         device.submit_unload(4, "emu", *window())
         assert emit.for_parent(4).status is Status.OK  # once it is done, it goes
-    finally:
-        device.stop()
 
 
 def test_a_release_waiting_for_an_exec_gives_way_to_a_load_that_comes_after_it():
     """A worker joining again releases what it holds, but a model still executing is released
     only once its EXEC ends; if the new controller LOADs it meanwhile (answered ALREADY_LOADED),
     it must stay: the controller now counts on it."""
-    runtime = EmulatedRuntime(WorkerConfig(runtime="emulated", devices=1))
-    device, emit, store = make_device(runtime)
-    device.start()
-    try:
-        blob = profile_blob(load_ms=1.0, exec_ms={1: 300.0}, inputs=[{"name": "data", "dtype": "float32", "shape": [5]}])
-        assert make_preparer(runtime, store, Collector()).prepare(
-            Prepare(model_id="emu", format="profile", blob=blob, max_batch=1)).status.ok
-        device.submit_load(1, "emu", *window())
-        assert emit.for_parent(1).status is Status.OK
-        device.submit_exec(2, "emu", 1, (Tensor.from_array("data", np.ones((1, 5), np.float32)),), *window())
-        wait_until_true(lambda: device._executing == "emu", what="the EXEC to start")
+    with executing_device() as (device, emit, submit_exec):
         device.submit_drop("emu")  # retried while it executes
         device.submit_load(3, "emu", *window())
         assert emit.for_parent(3).status is Status.ALREADY_LOADED
         assert emit.for_parent(2).status is Status.OK
-        device.submit_exec(4, "emu", 1, (Tensor.from_array("data", np.ones((1, 5), np.float32)),), *window())
+        submit_exec(4)
         assert emit.for_parent(4).status is Status.OK  # still resident
         assert device.resident_ids() == ["emu"]
-    finally:
-        device.stop()
