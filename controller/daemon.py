@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from contextlib import closing
+from pathlib import Path
 
 import zmq
 

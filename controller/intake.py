@@ -85,9 +85,11 @@ class Intake:
         """Whether `msg` is large enough to be stored and checked off the loop."""
         return msg.format == "onnx" and len(msg.blob) >= ISOLATED_CHECK_BYTES
 
-    def submit(self, client: bytes, msg_id: int, msg: schema.Upload) -> None:
+    def submit(self, client: bytes, msg_id: int, msg: schema.Upload, staged: Staged | None = None) -> None:
+        """Store and check `msg`'s model on a thread of its own: its bytes, or the `staged` file
+        of a chunked upload (then `msg` carries no bytes)."""
         self.checking.add(msg.name)
-        threading.Thread(target=self._check, args=(client, msg_id, msg), name=f"intake-{msg.name}",
+        threading.Thread(target=self._check, args=(client, msg_id, msg, staged), name=f"intake-{msg.name}",
                          daemon=True).start()
 
     def chunk(self, client: bytes, msg_id: int, msg: schema.Upload, now_ns: int) -> Chunk:
@@ -121,9 +123,7 @@ class Intake:
             return Chunk(received=staged.received)
         del self._staged[key]
         staged.file.close()
-        self.checking.add(msg.name)
-        threading.Thread(target=self._check, args=(client, msg_id, dataclasses.replace(msg, blob=b""), staged),
-                         name=f"intake-{msg.name}", daemon=True).start()
+        self.submit(client, msg_id, dataclasses.replace(msg, blob=b""), staged)
         return Chunk(received=staged.received, complete=True)
 
     def expire(self, now_ns: int) -> None:

@@ -37,14 +37,20 @@ class _Window:
         """The tail: the window's `percentile`, nearest rank (with few samples it is the max,
         never an interpolation below it)."""
         if self._tail is None:
-            self._tail = _nearest_rank(sorted(self.values), self.percentile)
+            self._rank()
         return self._tail
 
     def typical(self) -> int:
         """The median, nearest rank."""
         if self._typical is None:
-            self._typical = _nearest_rank(sorted(self.values), 50.0)
+            self._rank()
         return self._typical
+
+    def _rank(self) -> None:
+        """Both figures from one sort: admission asks for both after every new measurement."""
+        ordered = sorted(self.values)
+        self._tail = _nearest_rank(ordered, self.percentile)
+        self._typical = _nearest_rank(ordered, 50.0)
 
 
 def _nearest_rank(ordered: list[int], percentile: float) -> int:
