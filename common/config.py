@@ -161,10 +161,29 @@ class TensorRTConfig:
 
 
 @dataclass(frozen=True)
+class TorchConfig:
+    """Knobs of the torch runtime (`[worker.torch]`)."""
+
+    # "cuda": one device per visible GPU (up to `devices`). "cpu": `devices` CPU core sets with
+    # `threads_per_lane` intra-op threads, for hosts without a GPU and for tests on CPU torch.
+    device: str = "cuda"
+    # Capture one CUDA graph per profiled batch size at LOAD, so an INFER is one graph launch
+    # instead of hundreds of kernel launches from Python; models that cannot be captured (host
+    # synchronisation, data-dependent shapes) run eagerly.
+    cuda_graphs: bool = True
+    # Left out of the pages: the CUDA context, cuBLAS/cuDNN workspaces, the caching allocator's
+    # rounding and fragmentation.
+    reserve_min_bytes: int = 1024 * MIB
+    reserve_fraction: float = 0.05
+    # profile() reports this percentile of its timed runs for each batch size.
+    profile_percentile: float = 99.0
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     controller: str = "tcp://127.0.0.1:5556"
     name: str = ""  # empty: hostname-pid
-    runtime: str = "onnxruntime"  # onnxruntime | emulated | tensorrt
+    runtime: str = "onnxruntime"  # onnxruntime | emulated | tensorrt | torch
     devices: int = 1  # devices this process exposes (emulated: any number; CPU: core sets)
     # Model memory per device; 0: the runtime decides (a TensorRT device: the GPU's free memory
     # less workspace and reserve; CPU and emulated devices, which have no natural limit:
@@ -188,6 +207,7 @@ class WorkerConfig:
     metrics_max_models: int = 20  # as [controller].metrics_max_models
     metrics_window_s: float = 60.0  # as [controller].metrics_window_s
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+    torch: TorchConfig = field(default_factory=TorchConfig)
 
 
 T = TypeVar("T")

@@ -221,7 +221,7 @@ class Hello(Message):
 
     TYPE = MsgType.HELLO
     worker: str = f(c.text(256))
-    runtime: str = f(c.one_of("onnxruntime", "tensorrt", "emulated"))
+    runtime: str = f(c.one_of("onnxruntime", "tensorrt", "torch", "emulated"))
     formats: tuple = f(c.sequence(c.one_of(*FORMATS), 4))
     devices: tuple = f(c.sequence(DEVICE, 4096))
 

@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                    help="override one setting (repeatable), e.g. --set page_bytes=8388608")
     p.add_argument("--controller", help="controller endpoint for workers, e.g. tcp://127.0.0.1:5556")
-    p.add_argument("--runtime", choices=("onnxruntime", "emulated", "tensorrt"))
+    p.add_argument("--runtime", choices=("onnxruntime", "emulated", "tensorrt", "torch"))
     p.add_argument("--devices", type=int, help="devices this process exposes")
     p.add_argument("--name", help="worker name (default: hostname-pid)")
     p.add_argument("--device-memory-mb", type=int, help="model memory per device, in MiB")

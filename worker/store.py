@@ -193,6 +193,8 @@ class Preparer:
         model = self._runtime.prepare(msg.model_id, digest, msg.format, blob, signature)
         batch_sizes = [b for b in PROFILE_BATCH_SIZES if b <= signature.max_batch]
         profile = self._run_on_lane(lambda: self._runtime.profile(0, model, batch_sizes, self._profile_runs))
+        if profile.weights_bytes is not None:
+            model.weights_bytes = profile.weights_bytes
         self._log.info("model prepared", model_id=msg.model_id, digest=digest[:16],
                        weights_bytes=model.weights_bytes, load_ns=profile.load_ns, exec_ns=profile.exec_ns)
         return model, profile

@@ -1,5 +1,5 @@
 """Runtimes execute models on devices; the worker picks one by name (imported lazily, so a
-CPU-only host never imports TensorRT)."""
+CPU-only host never imports TensorRT or PyTorch)."""
 
 from __future__ import annotations
 
@@ -19,4 +19,8 @@ def create(name: str, config) -> Runtime:
         from worker.runtimes.tensorrt import TensorRTRuntime
 
         return TensorRTRuntime(config)
-    raise RuntimeUnavailable(f"unknown runtime {name!r}; choose onnxruntime, emulated or tensorrt")
+    if name == "torch":
+        from worker.runtimes.torchrt import TorchRuntime
+
+        return TorchRuntime(config)
+    raise RuntimeUnavailable(f"unknown runtime {name!r}; choose onnxruntime, emulated, tensorrt or torch")

@@ -58,6 +58,9 @@ class PreparedModel:
 class Profile:
     load_ns: int
     exec_ns: dict[int, int]  # batch size -> measured exec time (a high percentile of runs)
+    # What one LOAD was measured to hold on the device, where the runtime can measure it (torch:
+    # the caching allocator's segments); it replaces PREPARE's estimate in weights_bytes.
+    weights_bytes: int | None = None
 
 
 class Runtime(abc.ABC):

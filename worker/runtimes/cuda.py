@@ -198,7 +198,7 @@ class CudaDevices:
 
 
 class SmClocks:
-    """The SM clock of each GPU, sampled after each INFER through NVML (nvidia-ml-py).
+    """The SM clock of each GPU, read through NVML (nvidia-ml-py) after each INFER or by a poller.
 
     Optional: without `pynvml`, or where NVML cannot be initialised, nothing is reported (None).
     GPUs are matched by PCI bus id, because NVML ignores CUDA_VISIBLE_DEVICES.
@@ -206,6 +206,7 @@ class SmClocks:
 
     def __init__(self, nvml: Any | None, infos: list[GpuInfo], log: Any):
         self._nvml = nvml
+        self._stop: threading.Event | None = None  # set while a background poll runs
         self._handles: list[Any] = [None] * len(infos)
         self.last_mhz: list[int | None] = [None] * len(infos)
         if nvml is None:
@@ -223,6 +224,20 @@ class SmClocks:
                 log.warning("nvml cannot find GPU", device_id=info.device_id, pci_bus_id=info.pci_bus_id,
                             error=str(exc))
 
+    def poll_in_background(self, interval_s: float) -> None:
+        """Sample every GPU from a daemon thread every `interval_s`, so that no INFER pays for an
+        NVML call; `last_mhz` then holds the latest reading. Stops at close()."""
+        if self._nvml is None:
+            return
+        self._stop = threading.Event()
+
+        def poll() -> None:
+            while not self._stop.wait(interval_s):
+                for device_id in range(len(self._handles)):
+                    self.sample(device_id)
+
+        threading.Thread(target=poll, name="sm-clocks", daemon=True).start()
+
     def sample(self, device_id: int) -> int | None:
         handle = self._handles[device_id]
         if handle is None:
@@ -235,6 +250,8 @@ class SmClocks:
         return mhz
 
     def close(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
         nvml, self._nvml = self._nvml, None
         self._handles = [None] * len(self._handles)
         if nvml is not None:
