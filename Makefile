@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean gpu-carry
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "Python 3.10+ is required")'
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+# The folder a lent GPU machine (no network) needs: wheels for Python 3.12 and PyCUDA's sdist.
+gpu-carry: $(STAMP)
+	$(PY) -m bench.gpu_check --prepare
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -3,7 +3,7 @@
     clockwork-bench demo [--duration 30] [--rate 500] ...   the whole system under load
     clockwork-bench overhead [--requests 3000]              system overhead vs a bare relay
     clockwork-bench predictability ...                      latency predictability study
-    clockwork-bench gpu-check ...                           TensorRT/GPU sanity check
+    clockwork-bench gpu-check [--dry-run]                   a lent GPU host, end to end
 
 Each subcommand's options: `clockwork-bench SUBCOMMAND --help`.
 """
@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("bench.demo", "controller + onnxruntime and emulated workers under an open-loop load"),
     "overhead": ("bench.overhead", "end-to-end latency minus exec, beside a bare ZeroMQ relay"),
     "predictability": ("bench.predictability", "exec percentiles through the worker vs onnxruntime called directly"),
-    "gpu-check": ("bench.gpu_check", "on a GPU host: TensorRT exec percentiles per batch size and LOAD speed"),
+    "gpu-check": ("bench.gpu_check", "on a lent GPU: install what was carried, build PyCUDA, GPU tests, measure"),
     "gateway": ("bench.gateway_bench", "KServe v2 gateway overhead vs the native client, and its request rate"),
     "sim": ("bench.sim", "virtual-time simulator: the real scheduling core against emulated GPUs, or a baseline"),
     "sweep": ("bench.sweep", "simulated schedulers across offered loads: goodput, SLO misses and p99 in one plot"),

@@ -1,23 +1,24 @@
-"""GPU-host check of the tensorrt runtime: build, load, run and time test engines.
+"""`clockwork-bench gpu-check`: one prepared script for a GPU host that was lent bare.
 
-On a host with an NVIDIA GPU, TensorRT and PyCUDA (`pip install '.[gpu]'`, docs/gpu-hosts.md):
+A lent GPU machine has CUDA (nvcc), Python, PyTorch, numpy and onnx, and no network. What this
+project needs beside them travels in one folder, prepared here beforehand:
 
-    python -m bench.gpu_check                  # all checks, 10000 timed runs per batch size
-    python -m bench.gpu_check --quick          # 1000 runs: a smoke test in under a minute
-    python -m bench.gpu_check --json out.json  # also keep the numbers
+    make gpu-carry                              # here, with network: fill .gpu-carry/
+    clockwork-bench gpu-check --dry-run         # here: every step it would take, and what is missing
+    python3 -m bench.gpu_check --out "$OUT"     # there (carry .gpu-carry): everything, in one call
 
-For each device and each generated test model (an MLP and a small conv net, both with a dynamic
-batch dimension, built with onnx.helper: nothing is downloaded) it:
-1. PREPAREs the model (builds the engine into a fresh cache unless --cache-dir is given), then
-   PREPAREs it again and checks that the plan cache answered (no second build);
-2. LOADs and UNLOADs it repeatedly on the device's LOAD lane: LOAD time, and per MiB;
-3. on the EXEC lane, for each batch size, checks the outputs against onnxruntime on the CPU,
-   then times --runs INFERs: p50 / p99 / p99.9 / p99.99 of wall time and of GPU time (CUDA events).
-The lanes are the worker's own (worker.lanes.Lane), one LOAD and one EXEC thread per device,
-each calling the runtime's lane_started / lane_stopped, exactly as the worker drives a runtime.
+The steps, each logged to --out and timed:
+1. look: the GPU (nvidia-smi), Python, and whether torch sees CUDA;
+2. install the carried wheels (pyzmq, structlog, onnx2torch, pytools, ...) into a private folder;
+3. build PyCUDA from its sdist against the machine's CUDA (siteconf written from what is found);
+4. run the GPU-facing tests there: tests/test_cuda_devices.py with the real PyCUDA as well as the
+   fake, and tests/test_torch_runtime.py with its CUDA parts;
+5. measure (bench/gpu_measure.py): the torch runtime's exec percentiles beside PyTorch called
+   directly, LOAD time against bytes, SLO attainment at 50/80/100% of capacity; a JSON and a plot;
+6. the TensorRT engine check (bench/trt_check.py) where TensorRT is installed; skipped otherwise.
 
-Where there is no GPU, or TensorRT or PyCUDA is missing, it says so and exits 0. It exits 1 if a
-check failed (wrong outputs, a cache miss on the second PREPARE, a runtime error).
+A failed step is reported and the later steps still run where they can. The exit status is 1
+if any step failed. Only the standard library is imported here: the rest is not installed yet.
 """
 
 from __future__ import annotations
@@ -25,270 +26,304 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, TextIO
+from pathlib import Path
+from typing import Sequence
 
-import numpy as np
-import structlog
-
-from bench.models import mlp_onnx, sample_inputs
-from bench.report import format_table
-from common.config import WorkerConfig
-from common.models import onnx_signature
-from worker.lanes import Lane, run_on
-from worker.runtimes.base import RuntimeUnavailable
-
-BATCH_SIZES = (1, 2, 4, 8, 16)
-PERCENTILES = (50.0, 99.0, 99.9, 99.99)
-MIB = 1024 * 1024
-# TensorRT may run float32 matmuls and convolutions in TF32 (10 mantissa bits) on Ampere and later.
-RTOL = 2e-2
-
-
-def conv_onnx(channels: int = 32, classes: int = 10, size: int = 64, seed: int = 0) -> bytes:
-    """A small float32 conv net: image [N, 3, size, size] -> Conv/Relu x2 -> mean -> Gemm -> [N, classes]."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    from bench.models import IR_VERSION, OPSET
-
-    rng = np.random.default_rng(seed)
-
-    def weight(name: str, *shape: int) -> Any:
-        fan_in = int(np.prod(shape[1:])) or 1
-        return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name)
-
-    inits = [weight("w1", channels, 3, 3, 3), weight("w2", 2 * channels, channels, 3, 3),
-             weight("fc", 2 * channels, classes), numpy_helper.from_array(np.zeros(classes, np.float32), "fcb")]
-    nodes = [
-        helper.make_node("Conv", ["image", "w1"], ["c1"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
-        helper.make_node("Relu", ["c2"], ["r2"]),
-        helper.make_node("ReduceMean", ["r2"], ["pooled"], axes=[2, 3], keepdims=0),
-        helper.make_node("Gemm", ["pooled", "fc", "fcb"], ["logits"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "convnet",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="gpu-check")
-    model.ir_version = IR_VERSION
-    return model.SerializeToString()
-
-
-def check_models() -> dict[str, bytes]:
-    return {"mlp": mlp_onnx(sizes=(512, 2048, 2048, 10)), "conv": conv_onnx()}
-
-
-# ------------------------------------------------------------------------------ lanes
-
-
-class DeviceLanes:
-    """A device's LOAD and EXEC lanes, as the worker runs them; `call` runs fn on one and waits."""
-
-    def __init__(self, runtime: Any, device_id: int, log: Any):
-        self.load = self._lane(runtime, device_id, "load", log)
-        self.exec = self._lane(runtime, device_id, "exec", log)
-        self.load.start()
-        self.exec.start()
-
-    @staticmethod
-    def _lane(runtime: Any, device_id: int, kind: str, log: Any) -> Lane:
-        return Lane(f"dev{device_id}-{kind}", log, on_start=lambda: runtime.lane_started(device_id, kind),
-                    on_stop=lambda: runtime.lane_stopped(device_id, kind))
-
-    @staticmethod
-    def call(lane: Lane, fn: Callable[[], Any], label: str = "gpu-check") -> Any:
-        return run_on(lane, fn, label).result()
-
-    def stop(self) -> None:
-        self.load.stop()
-        self.exec.stop()
-
-
-# ------------------------------------------------------------------------------ measuring
+REPO = Path(__file__).resolve().parent.parent
+CARRY_DIR = REPO / ".gpu-carry"
+SITE = Path(tempfile.gettempdir()) / "clockwork-gpu-site"
+# What the lent machine's image lacks, pinned to versions tested together. Pure-Python wheels
+# and manylinux wheels for CPython 3.12 (the image's Python).
+WHEELS = ("pyzmq==27.3.0", "structlog==26.1.0", "onnx2torch==1.5.15", "orjson==3.13.0", "hdrhistogram==0.10.8",
+          "pbr==7.1.3", "pytools==2026.1.1", "platformdirs==4.14.9", "mako==1.4.3", "siphash24==1.9")
+PYCUDA = "pycuda==2026.1"
+TARGET_PYTHON = "3.12"
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_26_x86_64", "manylinux_2_24_x86_64",
+             "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_5_x86_64", "manylinux1_x86_64")
+GPU_TESTS = ("tests/test_cuda_devices.py", "tests/test_torch_runtime.py")
+CUDA_ROOTS = ("/usr/local/cuda", "/usr/cuda", "/opt/cuda")
+DRIVER_DIRS = ("/usr/local/nvidia/lib64", "/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/local/nvidia/lib")
 
 
 @dataclass
-class ExecRow:
-    device_id: int
-    model: str
-    batch: int
-    runs: int
-    wall_ms: dict[str, float]  # percentile label -> ms
-    gpu_ms: dict[str, float]
-    max_abs_err: float
-    outputs_ok: bool
+class StepResult:
+    name: str
+    status: str  # ok | failed | skipped
+    seconds: float
+    detail: str = ""
 
 
 @dataclass
-class LoadRow:
-    device_id: int
-    model: str
-    weights_mib: float
-    plan_source: str
-    second_prepare_source: str
-    pinned: bool
-    load_ms: dict[str, float]
-    ms_per_mib: float
+class Summary:
+    steps: list[StepResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(s.status == "failed" for s in self.steps)
 
 
-@dataclass
-class Report:
-    environment: dict = field(default_factory=dict)
-    loads: list[LoadRow] = field(default_factory=list)
-    execs: list[ExecRow] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
+# ------------------------------------------------------------------------------ here: the carried folder
 
 
-def percentiles_ms(samples_ns: list[int]) -> dict[str, float]:
-    arr = np.asarray(samples_ns, dtype=np.float64) / 1e6
-    return {f"p{p:g}": float(np.percentile(arr, p, method="higher")) for p in PERCENTILES}
+def prepare_commands(carry_dir: Path, python: str = sys.executable) -> list[list[str]]:
+    """The pip downloads that fill the carried folder (wheels for the target, PyCUDA's sdist)."""
+    platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
+    wheels = [python, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--python-version",
+              TARGET_PYTHON, "--implementation", "cp", *platforms, "-d", str(carry_dir), *WHEELS]
+    sdist = [python, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", "pycuda", "-d", str(carry_dir),
+             PYCUDA]
+    return [wheels, sdist]
 
 
-def reference_outputs(blob: bytes, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
+def missing_from(carry_dir: Path) -> list[str]:
+    """The pinned distributions that the carried folder lacks."""
+    present = {p.name.lower().replace("_", "-") for p in carry_dir.glob("*")} if carry_dir.is_dir() else set()
+    missing = []
+    for pin in (*WHEELS, PYCUDA):
+        name, version = pin.split("==")
+        prefix = f"{name.lower().replace('_', '-')}-{version}"
+        if not any(p.startswith(prefix) for p in present):
+            missing.append(pin)
+    return missing
 
-    session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(None, inputs)))
+
+# ------------------------------------------------------------------------------ there: finding CUDA
 
 
-def check_device(runtime: Any, lanes: DeviceLanes, device_id: int, name: str, blob: bytes, args: Any,
-                 report: Report) -> None:
-    signature = onnx_signature(blob, {}, max(args.batch_sizes))
-    digest = f"gpu-check-{name}-{len(blob)}"
-    model = runtime.prepare(name, digest, "onnx", blob, signature)
-    again = runtime.prepare(name, digest, "onnx", blob, signature)  # must come from the plan cache
-    kind = next(iter(model.extra["engine"]))
-    first, second = model.extra["engine"][kind]["source"], again.extra["engine"][kind]["source"]
-    if second != "cache":
-        report.failures.append(f"{name}: the second PREPARE did not hit the plan cache ({second})")
+def find_cuda_root(env: dict | None = None, which=shutil.which) -> Path | None:
+    """The CUDA toolkit whose include/cuda.h PyCUDA compiles against."""
+    env = os.environ if env is None else env
+    candidates = [env.get("CUDA_HOME"), env.get("CUDA_PATH"), *CUDA_ROOTS]
+    nvcc = which("nvcc")
+    if nvcc:
+        candidates.append(str(Path(os.path.realpath(nvcc)).parent.parent))
+    for root in filter(None, candidates):
+        if (Path(root) / "include" / "cuda.h").is_file():
+            return Path(root)
+    return None
 
-    def loads() -> list[int]:
-        samples = []
-        for _ in range(args.load_runs):
-            t0 = time.perf_counter_ns()
-            handle = runtime.load(device_id, again)
-            samples.append(time.perf_counter_ns() - t0)
-            runtime.unload(device_id, handle)
-        return samples
 
-    load_ns = lanes.call(lanes.load, loads, "load")
-    mib = model.weights_bytes / MIB
-    load_ms = percentiles_ms(load_ns)
-    report.loads.append(LoadRow(device_id, name, round(mib, 3), first, second, model.extra["engine"][kind]["pinned"],
-                                load_ms, load_ms["p50"] / mib if mib else float("nan")))
-    handle = lanes.call(lanes.load, lambda: runtime.load(device_id, again), "load")
+def siteconf(root: Path, driver_dirs: Sequence[str] = DRIVER_DIRS, scratch: Path | None = None) -> dict:
+    """PyCUDA's build settings for the toolkit at `root`: where libcuda.so is to link against
+    (the toolkit's stub, else the driver's own; where the driver has only libcuda.so.1, a link
+    to it in `scratch`), and cuRAND only where its header exists."""
+    lib_dirs = [root / "lib64", root / "lib", root / "targets" / "x86_64-linux" / "lib"]
+    stubs = [d / "stubs" for d in lib_dirs]
+    candidates = (*stubs, *map(Path, driver_dirs), *lib_dirs)
+    driver = [d for d in candidates if (d / "libcuda.so").exists()]
+    versioned = [d for d in candidates if (d / "libcuda.so.1").exists()]
+    if not driver and versioned and scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+        (scratch / "libcuda.so").symlink_to(versioned[0] / "libcuda.so.1")
+        driver = [scratch]
+    curand = (root / "include" / "curand.h").is_file() and any(
+        (d / "libcurand.so").exists() for d in lib_dirs)
+    existing = [str(d) for d in lib_dirs if d.is_dir()]
+    return {"CUDA_ROOT": str(root), "CUDA_INC_DIR": [str(root / "include")],
+            "CUDADRV_LIB_DIR": [str(d) for d in driver[:1]] + existing, "CUDART_LIB_DIR": existing,
+            "CURAND_LIB_DIR": existing, "CUDA_ENABLE_CURAND": curand}
+
+
+def unpack_pycuda(sdist: Path, into: Path, settings: dict, jobs: int) -> Path:
+    """PyCUDA's sdist unpacked, with its siteconf.py and a parallel build_ext."""
+    with tarfile.open(sdist) as tar:
+        tar.extractall(into, filter="data")
+    src = next(into.glob("pycuda-*"))
+    (src / "siteconf.py").write_text("".join(f"{k} = {v!r}\n" for k, v in settings.items()))
+    with open(src / "setup.cfg", "a") as fh:
+        fh.write(f"\n[build_ext]\nparallel = {jobs}\n")
+    return src
+
+
+# ------------------------------------------------------------------------------ the steps
+
+
+@dataclass(frozen=True)
+class Plan:
+    python: str
+    carry_dir: Path
+    out: Path
+    site: Path
+    quick: bool
+    steps: tuple[str, ...] = ()  # of pycuda, tests, measure, trt; empty: all
+    test_args: tuple[str, ...] = ()
+
+    def env(self) -> dict:
+        paths = [str(self.site), str(REPO), os.environ.get("PYTHONPATH", "")]
+        return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "PYTHONUNBUFFERED": "1"}
+
+    def install(self) -> list[str]:
+        return [self.python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
+                "--upgrade", "--target", str(self.site), *map(str, sorted(self.carry_dir.glob("*.whl")))]
+
+    def pycuda_install(self, src: Path) -> list[str]:
+        return [self.python, "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation",
+                "--target", str(self.site), str(src)]
+
+    def tests(self) -> list[str]:
+        return [self.python, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *self.test_args, *GPU_TESTS]
+
+    def measure(self) -> list[str]:
+        return [self.python, "-m", "bench.gpu_measure", "--out", str(self.out), *(["--quick"] if self.quick else [])]
+
+    def trt(self) -> list[str]:
+        return [self.python, "-m", "bench.trt_check", "--quick", "--json", str(self.out / "trt-check.json")]
+
+
+def run_logged(cmd: list[str], log: Path, env: dict | None = None, cwd: Path = REPO, timeout_s: float = 900) -> int:
+    """Run cmd, its output both shown and kept in `log`."""
+    print(f"$ {' '.join(cmd[:8])}{' ...' if len(cmd) > 8 else ''}", flush=True)
+    with open(log, "a") as fh:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + timeout_s
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            fh.write(line)
+            if "Warning" not in line and "warnings.warn" not in line:
+                print(line, end="", flush=True)
+            if time.monotonic() > deadline:
+                proc.kill()
+                fh.write(f"killed after {timeout_s:.0f} s\n")
+                break
+        return proc.wait()
+
+
+def step(summary: Summary, name: str, body) -> bool:
+    print(f"\n=== {name}", flush=True)
+    t0 = time.monotonic()
     try:
-        for batch in [b for b in args.batch_sizes if b <= signature.max_batch]:
-            report.execs.append(lanes.call(lanes.exec, lambda: _time_batch(runtime, device_id, handle, name, blob,
-                                                                          batch, args.runs), "exec"))
-            if not report.execs[-1].outputs_ok:
-                report.failures.append(f"{name} batch {batch}: outputs differ from onnxruntime "
-                                       f"(max abs error {report.execs[-1].max_abs_err:.3g})")
-    finally:
-        lanes.call(lanes.load, lambda: runtime.unload(device_id, handle), "unload")
+        status, detail = body()
+    except Exception as exc:  # report it, and let the later steps run
+        status, detail = "failed", f"{type(exc).__name__}: {exc}"
+    summary.steps.append(StepResult(name, status, round(time.monotonic() - t0, 1), detail))
+    print(f"=== {name}: {status}{' - ' + detail if detail else ''} ({summary.steps[-1].seconds:.0f} s)", flush=True)
+    return status == "ok"
 
 
-def _time_batch(runtime: Any, device_id: int, handle: Any, name: str, blob: bytes, batch: int, runs: int) -> ExecRow:
-    """On the EXEC lane: check outputs once, then time `runs` INFERs of the same inputs."""
-    inputs = sample_inputs("onnx", blob, batch=batch, seed=batch)
-    outputs, _ = runtime.execute(device_id, handle, inputs)
-    expected = reference_outputs(blob, inputs)
-    err, ok = 0.0, True
-    for key, ref in expected.items():
-        diff = float(np.max(np.abs(outputs[key].astype(np.float64) - ref))) if ref.size else 0.0
-        err = max(err, diff)
-        ok &= bool(np.allclose(outputs[key], ref, rtol=RTOL, atol=RTOL * max(1.0, float(np.max(np.abs(ref))))))
-    wall, gpu = [], []
-    for _ in range(runs):
-        t0 = time.perf_counter_ns()
-        _, gpu_ns = runtime.execute(device_id, handle, inputs)
-        wall.append(time.perf_counter_ns() - t0)
-        gpu.append(gpu_ns or 0)
-    return ExecRow(device_id, name, batch, runs, percentiles_ms(wall), percentiles_ms(gpu), err, ok)
+def outcome(code: int, what: str) -> tuple[str, str]:
+    return ("ok", "") if code == 0 else ("failed", f"{what} exited with status {code}")
 
 
-# ------------------------------------------------------------------------------ report
+def run_all(plan: Plan) -> Summary:
+    summary = Summary()
+    plan.out.mkdir(parents=True, exist_ok=True)
+    log = plan.out / "gpu-check.log"
+
+    def look() -> tuple[str, str]:
+        run_logged(["nvidia-smi", "-L"], log) if shutil.which("nvidia-smi") else None
+        code = run_logged([plan.python, "-c", "import sys, torch; print(sys.version.split()[0], torch.__version__, "
+                           "'cuda', torch.version.cuda, torch.cuda.is_available())"], log)
+        return outcome(code, "torch")
+
+    def install() -> tuple[str, str]:
+        missing = missing_from(plan.carry_dir)
+        if missing:
+            return "failed", f"the carried folder lacks {', '.join(missing)} (make gpu-carry)"
+        return outcome(run_logged(plan.install(), log), "pip install")
+
+    def pycuda() -> tuple[str, str]:
+        root = find_cuda_root()
+        if root is None:
+            return "failed", "no CUDA toolkit with include/cuda.h was found"
+        sdist = next(plan.carry_dir.glob("pycuda-*.tar.gz"))
+        with tempfile.TemporaryDirectory(prefix="pycuda-build-") as scratch:
+            settings = siteconf(root, scratch=Path(scratch) / "libcuda")
+            print(f"siteconf: {settings}", flush=True)
+            src = unpack_pycuda(sdist, Path(scratch), settings, os.cpu_count() or 4)
+            code = run_logged(plan.pycuda_install(src), plan.out / "pycuda-build.log", plan.env())
+        if code:
+            return outcome(code, "the PyCUDA build (pycuda-build.log)")
+        return outcome(run_logged([plan.python, "-c", "import pycuda.driver as d; d.init(); "
+                                   "print('pycuda', d.get_version(), d.Device(0).name())"], log, plan.env()), "pycuda")
+
+    def wanted(name: str) -> bool:
+        return not plan.steps or name in plan.steps
+
+    step(summary, "look at the machine", look)
+    installed = step(summary, "install the carried wheels", install)
+    if installed and wanted("pycuda"):
+        step(summary, "build PyCUDA from its sdist", pycuda)
+    if installed and wanted("tests"):
+        step(summary, "GPU-facing tests", lambda: outcome(run_logged(plan.tests(), plan.out / "tests.log", plan.env()),
+                                                          "pytest (tests.log)"))
+    if installed and wanted("measure"):
+        step(summary, "measure", lambda: outcome(run_logged(plan.measure(), plan.out / "measure.log", plan.env()),
+                                                 "gpu_measure (its goals are in measure.log)"))
+
+    def trt() -> tuple[str, str]:
+        probe = subprocess.run([plan.python, "-c", "import tensorrt"], capture_output=True, env=plan.env())
+        if probe.returncode:
+            return "skipped", "TensorRT is not installed"
+        return outcome(run_logged(plan.trt(), log, plan.env()), "trt_check")
+
+    if wanted("trt"):
+        step(summary, "TensorRT engine check", trt)
+    (plan.out / "gpu-check.json").write_text(json.dumps(asdict(summary), indent=1) + "\n")
+    print("\n" + "\n".join(f"{s.status:>7}  {s.seconds:6.0f} s  {s.name}{'  - ' + s.detail if s.detail else ''}"
+                           for s in summary.steps))
+    return summary
 
 
-def format_report(report: Report) -> str:
-    env = report.environment
-    lines = [f"TensorRT {env.get('trt_version')}, CUDA_MODULE_LOADING={env.get('cuda_module_loading')}"]
-    for d in env.get("devices", []):
-        lines.append(f"device {d['device_id']}: {d['kind']}, {d['memory_bytes'] / MIB:.0f} MiB for models, "
-                     f"SM clock {d.get('sm_clock_mhz') or '-'} MHz")
-    lines += ["", "LOAD (plan already in pinned host memory; ms)", format_table(
-        [[r.device_id, r.model, r.weights_mib, r.plan_source, r.second_prepare_source, "yes" if r.pinned else "NO",
-          r.load_ms["p50"], r.load_ms["p99"], r.ms_per_mib] for r in report.loads],
-        ["dev", "model", "MiB", "1st prepare", "2nd prepare", "pinned", "p50", "p99", "ms/MiB"])]
-    lines += ["", "INFER (wall = what the EXEC lane sees; gpu = CUDA events; ms)", format_table(
-        [[r.device_id, r.model, r.batch, r.runs, *r.wall_ms.values(), r.gpu_ms["p50"], r.gpu_ms["p99"],
-          r.wall_ms["p99"] / r.wall_ms["p50"] if r.wall_ms["p50"] else None, "ok" if r.outputs_ok else "WRONG"]
-         for r in report.execs],
-        ["dev", "model", "batch", "runs", "p50", "p99", "p99.9", "p99.99", "gpu p50", "gpu p99", "p99/p50", "outputs"])]
-    lines.append("")
-    lines += [f"FAILED: {f}" for f in report.failures] or ["all checks passed"]
-    return "\n".join(lines)
+def dry_run(plan: Plan) -> int:
+    """Each step and its command, and whether the carried folder is complete."""
+    root = find_cuda_root()
+    missing = missing_from(plan.carry_dir)
+    lines = [
+        f"1. look: nvidia-smi -L; {plan.python} -c 'import torch; ...'",
+        f"2. install {len(list(plan.carry_dir.glob('*.whl')))} carried wheels: {' '.join(plan.install()[:10])} ...",
+        f"3. build {PYCUDA} from {plan.carry_dir.name}/ with siteconf "
+        f"{siteconf(root) if root else '(no CUDA toolkit here; found there)'}: {' '.join(plan.pycuda_install(Path('SRC')))}",
+        f"4. tests: {' '.join(plan.tests())}",
+        f"5. measure: {' '.join(plan.measure())}",
+        f"6. TensorRT engine check, if TensorRT imports: {' '.join(plan.trt())}",
+        f"PYTHONPATH there: {plan.env()['PYTHONPATH']}",
+    ]
+    print("\n".join(lines))
+    if missing:
+        print(f"the carried folder {plan.carry_dir} lacks: {', '.join(missing)}; run make gpu-carry")
+        return 1
+    print(f"the carried folder {plan.carry_dir} is complete")
+    return 0
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0])
-    p.add_argument("--devices", type=int, default=1, help="GPUs to check (the first N visible)")
-    p.add_argument("--runs", type=int, default=10_000, help="timed INFERs per model and batch size")
-    p.add_argument("--load-runs", type=int, default=20, help="timed LOADs per model")
-    p.add_argument("--quick", action="store_true", help="1000 runs and 5 loads: a smoke test")
-    p.add_argument("--batch-sizes", type=lambda s: tuple(int(x) for x in s.split(",")), default=BATCH_SIZES)
-    p.add_argument("--cache-dir", default="", help="engine cache (default: a fresh temporary one)")
-    p.add_argument("--json", default="", help="also write the numbers to this file")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.runs, args.load_runs = min(args.runs, 1000), min(args.load_runs, 5)
-    return args
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="clockwork-bench gpu-check", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/gpu-check", help="logs, gpu-check.json, gpu-measure.json and .png")
+    p.add_argument("--carry-dir", default=str(CARRY_DIR))
+    p.add_argument("--site", default=str(SITE), help="where the carried packages and PyCUDA are installed")
+    p.add_argument("--python", default=sys.executable)
+    p.add_argument("--quick", action="store_true", help="measure with fewer runs and shorter load steps")
+    p.add_argument("--steps", default="", help="only these of pycuda,tests,measure,trt (comma-separated); "
+                   "the machine is always looked at and the wheels installed")
+    p.add_argument("--test-args", default="", help="extra pytest arguments for the tests step, e.g. '-k cuda'")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print each step and check the carried folder")
+    mode.add_argument("--prepare", action="store_true", help="fill the carried folder (needs the package index)")
+    return p.parse_args(argv)
 
 
-def run_check(args: argparse.Namespace, gpu: Any = None, out: TextIO = sys.stdout) -> int:
-    """Run every check; `gpu` injects GpuLibraries (tests pass the fakes). Returns the exit code."""
-    from worker.runtimes.tensorrt import TensorRTRuntime
-
-    log = structlog.get_logger().bind(process="gpu-check")
-    with tempfile.TemporaryDirectory(prefix="clockwork-gpu-check-") as scratch:
-        config = WorkerConfig(runtime="tensorrt", devices=args.devices, device_memory_bytes=0,
-                              engine_cache_dir=args.cache_dir or scratch)
-        try:
-            runtime = TensorRTRuntime(config, gpu=gpu, log=log)
-        except RuntimeUnavailable as exc:
-            print(f"gpu_check: skipped, no usable GPU here: {exc}", file=out)
-            return 0
-        report = Report({"trt_version": runtime.trt_version,
-                         "cuda_module_loading": os.environ.get("CUDA_MODULE_LOADING", "(default)")})
-        all_lanes = [DeviceLanes(runtime, d.device_id, log) for d in runtime.devices()]
-        try:
-            for device, lanes in zip(runtime.devices(), all_lanes):
-                for name, blob in check_models().items():
-                    try:
-                        check_device(runtime, lanes, device.device_id, name, blob, args, report)
-                    except Exception as exc:  # report and go on: one failure should not hide the rest
-                        report.failures.append(f"device {device.device_id} {name}: {type(exc).__name__}: {exc}")
-        finally:
-            for lanes in all_lanes:
-                lanes.stop()
-            report.environment["devices"] = [{**asdict(d), "sm_clock_mhz": runtime.last_sm_clock_mhz(d.device_id)}
-                                             for d in runtime.devices()]
-            runtime.close()
-    print(format_report(report), file=out)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(asdict(report), fh, indent=1, default=str)
-    return 1 if report.failures else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_check(parse_args(argv))
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = Plan(args.python, Path(args.carry_dir), Path(args.out), Path(args.site), args.quick,
+                tuple(s for s in args.steps.split(",") if s), tuple(args.test_args.split()))
+    if args.prepare:
+        plan.carry_dir.mkdir(parents=True, exist_ok=True)
+        for cmd in prepare_commands(plan.carry_dir, args.python):
+            subprocess.run(cmd, check=True)
+        missing = missing_from(plan.carry_dir)
+        print(f"{plan.carry_dir}: {len(list(plan.carry_dir.iterdir()))} files"
+              + (f"; still missing {', '.join(missing)}" if missing else ", complete"))
+        return 1 if missing else 0
+    if args.dry_run:
+        return dry_run(plan)
+    return 1 if run_all(plan).failed else 0
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ import onnxruntime as ort
 import pytest
 import structlog
 
-from bench import gpu_check
-from bench.gpu_check import DeviceLanes
+from bench import trt_check
+from bench.device_lanes import DeviceLanes
 from bench.models import mlp_onnx
 from common.config import MIB, TensorRTConfig, WorkerConfig
 from common.models import onnx_signature, pages_for
@@ -155,7 +155,7 @@ def failure(fn) -> RuntimeFailure:
 
 
 def test_importing_the_module_loads_no_gpu_library():
-    code = ("import sys, worker.runtimes, worker.runtimes.tensorrt, bench.gpu_check\n"
+    code = ("import sys, worker.runtimes, worker.runtimes.tensorrt, bench.trt_check\n"
             "loaded = [m for m in ('tensorrt', 'pycuda', 'pycuda.driver', 'pynvml') if m in sys.modules]\n"
             "assert not loaded, loaded\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
@@ -635,18 +635,18 @@ def test_profile_loads_and_times_each_batch_size_on_the_exec_lane(rig):
     assert rig.cuda.live_device_bytes() == rig.runtime.workspace_bytes(0)  # unloaded afterwards
 
 
-# ------------------------------------------------------------------------------ bench/gpu_check.py
+# ------------------------------------------------------------------------------ bench/trt_check.py
 
 
-def test_gpu_check_runs_end_to_end_on_the_fakes(tmp_path):
+def test_trt_check_runs_end_to_end_on_the_fakes(tmp_path):
     import io
 
     cuda = FakeCudaDriver([FakeGpu(**H200)])
     trt = FakeTensorRT(cuda)
     out = io.StringIO()
-    args = gpu_check.parse_args(["--runs", "3", "--load-runs", "2", "--batch-sizes", "1,4",
+    args = trt_check.parse_args(["--runs", "3", "--load-runs", "2", "--batch-sizes", "1,4",
                                  "--json", str(tmp_path / "check.json")])
-    assert gpu_check.run_check(args, gpu=GpuLibraries(trt, cuda, FakeNvml({H200["pci_bus_id"]: 1980})), out=out) == 0
+    assert trt_check.run_check(args, gpu=GpuLibraries(trt, cuda, FakeNvml({H200["pci_bus_id"]: 1980})), out=out) == 0
     text = out.getvalue()
     assert "all checks passed" in text and "SM clock 1980 MHz" in text
     assert text.count(" ok") == 4  # 2 models x 2 batch sizes, outputs checked against onnxruntime
@@ -655,8 +655,8 @@ def test_gpu_check_runs_end_to_end_on_the_fakes(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
-def test_gpu_check_without_a_gpu_says_so_and_exits_0():
-    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--quick"], cwd=REPO, capture_output=True,
+def test_trt_check_without_a_gpu_says_so_and_exits_0():
+    proc = subprocess.run([sys.executable, "-m", "bench.trt_check", "--quick"], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and "skipped" in proc.stdout
 
