@@ -78,6 +78,11 @@ HOPELESS_SCAN = 8
 # for (every 250 ms by default), and a resend that crossed the answer on the wire must not run
 # the request a second time. The crossing takes a round trip, so seconds are ample.
 ANSWERED_MEMORY_NS = 2 * 1_000_000_000
+# After this many requests of a model refused on its estimates alone (nothing of it queued or
+# running, so no measurement can come to correct them), its worst measurements are doubted
+# (LatencyModel.doubt). On a lent H200 the slow first run after a LOAD made a model's p99, and
+# every later request with a 25 ms SLO was refused for good.
+DOUBT_AFTER = 16
 
 
 class InvariantViolation(AssertionError):
@@ -413,6 +418,7 @@ class Core:
         if best is None:
             return Status.UNAVAILABLE, f"no live device can serve {model.name!r}", None
         if best > budget:
+            self._refused_on_estimates(model)
             waited = f" after waiting {waited_ns / 1e6:.2f} ms in queues" if waited_ns > self.cfg.dispatch_ns else ""
             return (Status.WOULD_MISS_DEADLINE,
                     f"needs at least {best / 1e6:.2f} ms even on an idle device; {budget / 1e6:.2f} ms of its "
@@ -420,12 +426,25 @@ class Core:
         backlog = self._finish_behind_queue_ns(model, samples, msg.priority, now_ns)
         if backlog is not None and backlog > deadline - int(self.headroom * budget):
             self.counters["rejected_for_backlog"] += 1
+            self._refused_on_estimates(model)
             return (Status.WOULD_MISS_DEADLINE,
                     f"the work queued ahead finishes {(backlog - now_ns) / 1e6:.2f} ms from now at the earliest; "
                     f"{budget / 1e6:.2f} ms of its SLO are left", None)
         req = Request(request_id, client, model.name, samples, msg.priority, received, deadline,
                       msg.tensors, cold=not loaded)
         return Status.OK, "", req
+
+    def _refused_on_estimates(self, model: Model) -> None:
+        """A refusal with nothing of the model queued or running rests on its estimates alone;
+        a run of them means no measurement will come to correct those (DOUBT_AFTER)."""
+        if model.queue or model.in_flight:
+            return
+        model.refused_unseen += 1
+        if model.refused_unseen >= DOUBT_AFTER:
+            model.refused_unseen = 0
+            self.latency.doubt(model.name)
+            self.finish_tail_ns = self.latency.finish_tail_ns(self.cfg.latency_percentile)
+            self.counters["estimates_doubted"] += 1
 
     def refuse_stale(self, client: bytes, request_id: int, waited_ns: int, slo_ns: int) -> list[Effect]:
         """A request that waited in queues for much of its SLO (the shell decides how much),
@@ -613,6 +632,9 @@ class Core:
     def _exec_result(self, action: Action, msg: schema.Result, now_ns: int) -> None:
         self._exec_ended(action)
         if msg.status is Status.OK:
+            model = self.models.get(action.model)
+            if model is not None:
+                model.refused_unseen = 0
             self.latency.observe_exec(action.model, action.batch_size, action.device.kind, msg.duration_ns,
                                       action.expected_ns)
             self.latency.observe_hops(action.sent_ns, action.planned_start_ns, msg.begin_ns, msg.end_ns, now_ns)

@@ -33,6 +33,12 @@ class _Window:
         self.values.append(value_ns)
         self._tail = self._typical = None
 
+    def drop_worst(self) -> None:
+        """Forget the largest measurement, never the last one."""
+        if len(self.values) > 1:
+            self.values.remove(max(self.values))
+            self._tail = self._typical = None
+
     def estimate(self) -> int:
         """The tail: the window's `percentile`, nearest rank (with few samples it is the max,
         never an interpolation below it)."""
@@ -62,6 +68,7 @@ class LatencyModel:
         self._window = window
         self._percentile = percentile
         self._exec: dict[tuple[str, int, str], _Window] = {}
+        self._exec_of: dict[str, list[_Window]] = {}  # model -> its exec windows (for doubt)
         self._load: dict[tuple[str, str], _Window] = {}
         self.exec_errors: deque[int] = deque(maxlen=error_window)  # predicted - measured, ns
         self.load_errors: deque[int] = deque(maxlen=error_window)
@@ -77,6 +84,8 @@ class LatencyModel:
         win = table.get(key)
         if win is None:
             win = table[key] = _Window(self._window, self._percentile)
+            if table is self._exec:
+                self._exec_of.setdefault(key[0], []).append(win)
         return win
 
     # ------------------------------------------------------------------ feeding
@@ -118,7 +127,19 @@ class LatencyModel:
         if predicted_ns:
             self.load_errors.append(predicted_ns - measured_ns)
 
+    def doubt(self, model: str) -> None:
+        """Admission keeps refusing `model` on these estimates while nothing of it runs, so no new
+        measurement can correct them: forget the worst measurement of each of its windows (never
+        the last) and the worst finish error. A lone outlier (a pause, a slow first run) then
+        stops shutting the model out; a model that really is slow keeps its other slow samples,
+        and with them its refusals."""
+        for win in self._exec_of.get(model, ()):
+            win.drop_worst()
+        if self.finish_errors:
+            self.finish_errors.remove(max(self.finish_errors))
+
     def forget(self, model: str) -> None:
+        self._exec_of.pop(model, None)
         self._exec = {k: v for k, v in self._exec.items() if k[0] != model}
         self._load = {k: v for k, v in self._load.items() if k[0] != model}
 

@@ -59,6 +59,9 @@ class Model:
     # With no replica: its queue's EXEC time per class, part of the work waiting for LOADs.
     unplaced_ns: list[int] = field(default_factory=lambda: [0] * CLASSES)
     expiry_token: int = 0  # its live entry in the core's expiry heap
+    # Requests refused on its estimates alone (nothing of it queued or running) since its last
+    # EXEC result: past DOUBT_AFTER the core asks the latency model to doubt its worst samples.
+    refused_unseen: int = 0
 
 
 @dataclass(eq=False)

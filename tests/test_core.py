@@ -11,7 +11,7 @@ import pytest
 
 from common import schema
 from common.status import Status
-from controller.core import ANSWERED_MEMORY_NS
+from controller.core import ANSWERED_MEMORY_NS, DOUBT_AFTER
 from controller.effects import PrepareOn
 from tests.factories import (
     EXEC_NS, LOAD_NS, MS, MIB, SIG, add_model, hello, infer, make_core, replies, result_for, sent, uploads,
@@ -673,3 +673,30 @@ def test_a_request_put_back_by_a_restarted_worker_still_expires():
     core.on_heartbeat("w1", 1, later, True, later)
     answer = replies(step(core, core.tick(later), later))
     assert [(r.request_id, r.body.status) for r in answer] == [(1, Status.DEADLINE_MISSED)]
+
+
+def refusals_until_admitted(core, t, slo_ms, first_id, most=200):
+    for i in range(most):
+        if not replies(infer(core, first_id + i, now=t, slo_ms=slo_ms)):
+            return i
+    return most
+
+
+def test_one_slow_run_cannot_shut_a_model_out_for_good():
+    """A lone 40 ms run (a pause, a slow first run) becomes the p99 of a short window, so a 20 ms
+    SLO is refused. Refused, nothing runs, and no measurement can come to correct it: after
+    DOUBT_AFTER such refusals the worst sample is doubted and the model is served again."""
+    core = ready_core()
+    t = warm(core)
+    core.latency.observe_exec("m", 1, "emulated", 40 * MS, 0)
+    assert refusals_until_admitted(core, t, 20, 1000) == DOUBT_AFTER
+    assert core.counters["estimates_doubted"] == 1
+
+
+def test_a_model_that_really_is_slow_stays_refused():
+    core = make_core()
+    hello(core)
+    add_model(core, "m", exec_ns={**EXEC_NS, 1: 40 * MS})
+    t = warm(core)  # its runs take 40 ms, as profiled
+    assert refusals_until_admitted(core, t, 20, 1000) == 200
+    assert core.counters["estimates_doubted"] >= 10 and core.latency.exec_ns("m", 1, "emulated") == 40 * MS

@@ -104,6 +104,25 @@ def test_a_profile_seeds_only_what_was_never_measured_and_forget_drops_a_model()
     assert model.exec_ns("m", 1, "k") is None and model.load_ns("m", "k") is None
 
 
+def test_doubt_forgets_a_models_worst_measurements_but_never_its_last():
+    model = LatencyModel()
+    for ns in (2 * MS, 2 * MS, 40 * MS):
+        model.observe_exec("m", 1, "k", ns, 0)
+    model.observe_exec("m", 4, "k", 9 * MS, 0)
+    model.observe_exec("other", 1, "k", 30 * MS, 0)
+    model.observe_exec("other", 1, "k", 3 * MS, 0)
+    model.observe_finish(0, 30 * MS)
+    model.observe_finish(0, 1 * MS)
+    model.doubt("m")
+    assert model.exec_ns("m", 1, "k") == 2 * MS  # the lone 40 ms run is forgotten
+    assert model.exec_ns("m", 4, "k") == 9 * MS  # a window keeps its last measurement
+    assert model.exec_ns("other", 1, "k") == 30 * MS  # other models keep theirs
+    assert list(model.finish_errors) == [1 * MS]
+    model.forget("m")
+    model.doubt("m")  # a removed model has nothing left to doubt
+    assert model.exec_ns("m", 1, "k") is None
+
+
 def test_the_tail_allowance_is_the_late_side_of_the_finish_error_only():
     model = LatencyModel()
     assert model.finish_tail_ns(99) == 0  # nothing measured yet
