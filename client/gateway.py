@@ -53,6 +53,9 @@ from client.protocol import DEFAULT_ENDPOINT, default_endpoint
 log = structlog.get_logger("clockwork.gateway")
 MiB = 1 << 20
 GATEWAY = web.AppKey("gateway", object)  # the app's Gateway, for embedders and tests
+# Readiness answers within this: Kubernetes' default probe timeout is 1 s, and a probe that times
+# out says nothing about why.
+READY_TIMEOUT_S = 0.8
 
 
 @dataclass(frozen=True)
@@ -175,15 +178,18 @@ class Gateway:
     # -- health and metadata
 
     async def live(self, _request: web.Request) -> web.Response:
-        return web.json_response({"live": True})
+        """200 and an empty body, as Triton answers: probes read the status code only."""
+        return web.Response(status=200)
 
     async def ready(self, _request: web.Request) -> web.Response:
-        """Ready when the controller answers and lists at least one live worker."""
-        status = await self._admin(lambda c: c.status(models_limit=0))
-        alive = [w.get("name") for w in status.get("workers", []) if isinstance(w, dict) and w.get("alive")]
-        if not alive:
-            raise v2.V2Error(503, Status.UNAVAILABLE, "the controller has no live worker", self.config.retry_after_s)
-        return web.json_response({"ready": True, "workers": alive})
+        """200 when the controller answers within READY_TIMEOUT_S and lists a live worker, else
+        503; the body is empty either way (who serves is nobody else's business)."""
+        try:
+            status = await asyncio.wait_for(self._admin(lambda c: c.status(models_limit=0)), READY_TIMEOUT_S)
+        except (asyncio.TimeoutError, v2.V2Error):
+            return web.Response(status=503)
+        alive = any(isinstance(w, dict) and w.get("alive") for w in status.get("workers", []))
+        return web.Response(status=200 if alive else 503)
 
     async def metadata(self, _request: web.Request) -> web.Response:
         return web.json_response(self.server_metadata)

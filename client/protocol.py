@@ -115,10 +115,11 @@ class InferResult:
     queue_ms: float  # received -> its batch sent to a worker
     exec_ms: float  # worker-measured execution of the batch this request ran in
     total_ms: float  # received -> reply sent
-    batch_size: int  # the batch the request ran in (may hold other requests' samples)
+    batch_size: int  # the batch the request ran in, padded (may hold other requests' samples)
     cold_start: bool  # the model had to be loaded for this request
     worker: str  # which worker ran it
     request_id: int = 0  # the INFER's msg_id
+    batch_samples: int = 0  # the real samples in that batch (0: a controller that does not say)
 
     @property
     def output(self) -> np.ndarray:
@@ -371,6 +372,7 @@ def parse_infer_reply(envelope: Envelope) -> InferResult:
         cold_start=body.cold_start,
         worker=body.worker,
         request_id=envelope.parent_id,
+        batch_samples=body.batch_samples,
     )
 
 

@@ -493,26 +493,57 @@ class _Duration:
 
 
 @dataclass
+class _Executions:
+    """Executions (batches) seen through the requests that shared them. A request that ran in a
+    batch of b samples carrying s of them is s/b of that execution, so the shares of the requests
+    of one batch add up to one execution; with every request through this gateway the count is
+    exact, otherwise it is this gateway's share."""
+
+    count: float = 0.0
+    infer_ns: float = 0.0
+    hops_ns: float = 0.0
+
+    def add(self, share: float, exec_ns: int, hops_ns: int) -> None:
+        self.count += share
+        self.infer_ns += share * exec_ns
+        self.hops_ns += share * hops_ns
+
+    def doc(self) -> dict:
+        count = round(self.count)
+        return {"compute_input": {"count": count, "ns": round(self.hops_ns)},
+                "compute_infer": {"count": count, "ns": round(self.infer_ns)},
+                "compute_output": {"count": count, "ns": 0}}
+
+
+@dataclass
 class ModelStats:
-    """What the gateway saw of one model's requests (gateway bookkeeping, never on a wire)."""
+    """What the gateway saw of one model's requests (gateway bookkeeping, never on a wire), in
+    Triton's meaning: inference_stats count requests, execution_count and batch_stats count
+    executions (batches), inference_count counts samples."""
 
     inference_count: int = 0  # samples answered OK (a request of shape [4, ...] counts 4)
-    execution_count: int = 0  # requests answered OK
+    executions: _Executions = field(default_factory=_Executions)
     last_inference_ms: int = 0  # unix ms of the last OK answer
     success: _Duration = field(default_factory=_Duration)  # request received -> answered OK, at the gateway
     fail: _Duration = field(default_factory=_Duration)  # refused by the controller, or timed out
     queue: _Duration = field(default_factory=_Duration)  # the controller's queue_ms
-    compute_infer: _Duration = field(default_factory=_Duration)  # the worker-measured exec_ms
+    # The hops between controller and worker, both ways (compute_output counts the same requests
+    # at 0 ns: the two directions are not timed apart), and the worker-measured execution.
+    compute_input: _Duration = field(default_factory=_Duration)
+    compute_infer: _Duration = field(default_factory=_Duration)
+    compute_output: _Duration = field(default_factory=_Duration)
+    batches: dict[int, _Executions] = field(default_factory=dict)  # batch size -> its executions
 
     def doc(self, name: str) -> dict:
         zero = {"count": 0, "ns": 0}
         return {"name": name, "version": VERSION, "last_inference": self.last_inference_ms,
-                "inference_count": self.inference_count, "execution_count": self.execution_count,
+                "inference_count": self.inference_count, "execution_count": round(self.executions.count),
                 "inference_stats": {"success": self.success.doc(), "fail": self.fail.doc(),
-                                    "queue": self.queue.doc(), "compute_input": dict(zero),
-                                    "compute_infer": self.compute_infer.doc(), "compute_output": dict(zero),
+                                    "queue": self.queue.doc(), "compute_input": self.compute_input.doc(),
+                                    "compute_infer": self.compute_infer.doc(),
+                                    "compute_output": self.compute_output.doc(),
                                     "cache_hit": dict(zero), "cache_miss": dict(zero)},
-                "batch_stats": []}
+                "batch_stats": [{"batch_size": size, **ex.doc()} for size, ex in sorted(self.batches.items())]}
 
 
 class StatsBook:
@@ -535,12 +566,19 @@ class StatsBook:
 
     def success(self, model: str, result: InferResult, samples: int, duration_ns: int, now_unix_ms: int) -> None:
         stats = self._entry(model)
+        queue_ns, exec_ns = round(result.queue_ms * 1e6), round(result.exec_ms * 1e6)
+        hops_ns = max(0, round(result.total_ms * 1e6) - queue_ns - exec_ns)
         stats.inference_count += samples
-        stats.execution_count += 1
         stats.last_inference_ms = now_unix_ms
         stats.success.add(duration_ns)
-        stats.queue.add(round(result.queue_ms * 1e6))
-        stats.compute_infer.add(round(result.exec_ms * 1e6))
+        stats.queue.add(queue_ns)
+        stats.compute_input.add(hops_ns)
+        stats.compute_infer.add(exec_ns)
+        stats.compute_output.add(0)
+        batch = max(result.batch_size, samples, 1)  # batch_stats are per size run, padding included
+        share = samples / max(result.batch_samples or batch, samples)  # of one execution
+        stats.executions.add(share, exec_ns, hops_ns)
+        stats.batches.setdefault(batch, _Executions()).add(share, exec_ns, hops_ns)
 
     def failure(self, model: str, status: Status, duration_ns: int) -> None:
         """Counted for registered models only: an unknown name must not grow the book."""

@@ -195,7 +195,8 @@ class InferReply(Message):
     queue_ns: int = f(NS, 0)  # received -> its batch sent to a worker
     exec_ns: int = f(NS, 0)  # worker-measured execution of the batch
     total_ns: int = f(NS, 0)  # received -> reply sent, on the controller's clock
-    batch_size: int = f(c.integer(0, MAX_BATCH), 0)
+    batch_size: int = f(c.integer(0, MAX_BATCH), 0)  # the padded size the batch ran at
+    batch_samples: int = f(c.integer(0, MAX_BATCH), 0)  # the real samples in it, this request's among them
     cold_start: bool = f(c.boolean, False)  # the model had to be loaded for this request
     worker: str = f(c.text(256), "")
     tensors: tuple[Tensor, ...] = tensors_field()

@@ -653,7 +653,8 @@ class Core:
 
     def _answer_batch(self, action: Action, msg: schema.Result, now_ns: int) -> None:
         offset = 0
-        timing = dict(exec_ns=msg.duration_ns, batch_size=action.batch_size, worker=action.device.worker)
+        timing = dict(exec_ns=msg.duration_ns, batch_size=action.batch_size, worker=action.device.worker,
+                      batch_samples=sum(req.samples for req in action.requests))
         for req in action.requests:
             try:
                 outputs = tuple(_rows(t, offset, req.samples) for t in msg.tensors)

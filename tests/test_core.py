@@ -122,6 +122,7 @@ def test_queued_requests_are_batched_to_the_largest_size_that_meets_every_deadli
     assert sorted(a.request_id for a in answers) == [0, 1, 2, 3, 4]
     for a in answers:
         assert a.body.tensors[0].array()[0, 0] == a.request_id  # each gets its own rows back
+        assert (a.body.batch_size, a.body.batch_samples) == (8, 5)  # run at 8, 5 of them real
 
 
 def test_a_tight_deadline_limits_the_batch():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -326,13 +327,30 @@ def test_statistics_accumulate_per_model():
     book.failure("mlp", Status.WOULD_MISS_DEADLINE, 500)
     book.failure("ghost", Status.MODEL_NOT_FOUND, 500)
     (mlp, other) = book.document(["mlp", "other"])["model_stats"]
-    assert mlp["inference_count"] == 3 and mlp["execution_count"] == 2 and mlp["last_inference"] == 100
+    # Both requests ran in batches of 4 (make_result): 2/4 + 1/4 of an execution so far.
+    assert mlp["inference_count"] == 3 and mlp["execution_count"] == 1 and mlp["last_inference"] == 100
     stats = mlp["inference_stats"]
     assert stats["success"] == {"count": 2, "ns": 4_000_000}
     assert stats["queue"] == {"count": 2, "ns": 1_000_000} and stats["compute_infer"] == {"count": 2, "ns": 2_500_000}
+    # perf_analyzer stops unless the three compute counts agree; the hops are total - queue - exec
+    assert stats["compute_input"] == {"count": 2, "ns": 500_000} and stats["compute_output"]["count"] == 2
     assert stats["fail"] == {"count": 1, "ns": 500}
+    assert [b["batch_size"] for b in mlp["batch_stats"]] == [4]
+    assert mlp["batch_stats"][0]["compute_infer"] == {"count": 1, "ns": 937_500}
     assert other["inference_count"] == 0 and other["inference_stats"]["success"]["count"] == 0
     assert "ghost" not in book._models
+
+
+def test_executions_are_counted_once_per_batch_from_the_requests_that_shared_it():
+    book = v2.StatsBook()
+    for samples in (1, 1, 2):  # three requests that made one batch of 4
+        book.success("m", make_result(), samples=samples, duration_ns=1, now_unix_ms=1)
+    book.success("m", dataclasses.replace(make_result(), batch_size=1), samples=1, duration_ns=1, now_unix_ms=2)
+    # a lone request of 3 samples, run padded to 4: one execution, whatever the padding
+    book.success("m", dataclasses.replace(make_result(), batch_samples=3), samples=3, duration_ns=1, now_unix_ms=3)
+    (m,) = book.document(["m"])["model_stats"]
+    assert m["execution_count"] == 3 and m["inference_count"] == 8
+    assert [(b["batch_size"], b["compute_infer"]["count"]) for b in m["batch_stats"]] == [(1, 1), (4, 2)]
 
 
 def test_the_stats_book_is_bounded():
