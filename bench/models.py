@@ -1,19 +1,30 @@
-"""Models for demos and benchmarks: small generated ONNX graphs and emulated latency profiles.
+"""Models for demos, benchmarks and tests: generated ONNX graphs, emulated latency profiles, and
+real exports that ship inside packages on the index.
 
-Nothing is downloaded: the ONNX models are built with onnx.helper from seeded random weights,
-and the emulated profile carries published-order figures for ResNet-50 on a V100 (the
-Clockwork paper's reference model), which is what the emulated runtime pretends to run.
+The generated ONNX models are built with onnx.helper from seeded random weights, and the
+emulated profile carries published-order figures for ResNet-50 on a V100 (the Clockwork paper's
+reference model), which is what the emulated runtime pretends to run. `index_model` fetches a
+model file out of a wheel on the package index (pip download --no-deps, cached), for testing
+with the exports users really bring.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from common.models import signature_of
+
+# Real exports inside wheels on the index: (requirement, member path in the wheel).
+PPOCR_CLS = ("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx")
+INDEX_CACHE = Path(os.environ.get("CLOCKWORK_MODEL_CACHE", Path.home() / ".cache" / "clockwork" / "index-models"))
 
 # ONNX IR version and opset: old enough for any onnxruntime >= 1.16 to load.
 IR_VERSION = 8
@@ -140,3 +151,21 @@ def sample_inputs(fmt: str, blob: bytes, batch: int = 1, seed: int = 0,
             array = rng.integers(0, 10, size=shape).astype(spec.dtype)
         arrays[spec.name] = array
     return arrays
+
+
+def index_model(requirement: str, member: str, cache: Path = INDEX_CACHE) -> bytes:
+    """The bytes of `member` inside the wheel of `requirement` (name==version), downloaded once
+    with pip (no dependencies) into `cache`. Raises OSError when the index cannot be reached."""
+    name, version = requirement.split("==")
+    target = cache / requirement / member
+    if not target.exists():
+        wheels = cache / "wheels"
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                               "-d", str(wheels), requirement], capture_output=True, text=True, timeout=300)
+        found = sorted(wheels.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+        if proc.returncode or not found:
+            raise OSError(f"pip download {requirement} failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(found[0]) as wheel:
+            target.write_bytes(wheel.read(member))
+    return target.read_bytes()

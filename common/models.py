@@ -89,7 +89,10 @@ def onnx_signature(model_bytes: bytes, input_shapes: dict[str, Any], max_batch: 
         return name
 
     def dims(value_info) -> list:
-        return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
+        """Fixed sizes, and None for a dynamic dimension however the exporter spells it: named
+        (dim_param), left empty, or a dim_value of -1 or 0 (Paddle exports write -1)."""
+        return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in value_info.type.tensor_type.shape.dim]
 
     model_limit = None
     inputs = []

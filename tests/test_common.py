@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -69,6 +70,23 @@ def test_onnx_signature_fixes_shapes_and_explains_what_it_cannot():
     assert onnx_signature(mlp((1, 4)), {}).max_batch == 1
     with pytest.raises(BadMessage, match="fixed at 8"):
         onnx_signature(mlp((8, 4)), {})
+
+
+@pytest.mark.parametrize("spelling", ["named", "empty", -1, 0])
+def test_every_spelling_of_a_dynamic_dimension_is_dynamic(spelling):
+    """Exporters write a dynamic dim as a name, as nothing, or as dim_value -1 (Paddle) or 0."""
+    model = onnx.load_model_from_string(mlp(("N", "C")))
+    for dim in model.graph.input[0].type.tensor_type.shape.dim:
+        dim.Clear()
+        if spelling == "named":
+            dim.dim_param = "D"
+        elif spelling != "empty":
+            dim.dim_value = spelling
+    blob = model.SerializeToString()
+    with pytest.raises(BadMessage, match="--input-shape x="):  # the non-batch one too
+        onnx_signature(blob, {})
+    sig = onnx_signature(blob, {"x": [4]})
+    assert sig.inputs[0].shape == (4,) and sig.max_batch == 16  # the batch one: not fixed at 1
 
 
 def test_request_inputs_are_checked_against_the_signature():

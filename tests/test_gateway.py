@@ -9,6 +9,7 @@ import http.client
 import json
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -19,7 +20,7 @@ import pytest
 tritonclient_http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from bench.models import mlp_onnx, profile_json  # noqa: E402
+from bench.models import PPOCR_CLS, index_model, mlp_onnx, profile_json  # noqa: E402
 from bench.procs import WorkerSpec, cluster, free_port  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
@@ -94,6 +95,29 @@ def expected_mlp(x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- health and metadata
 
 
+def test_health_answers_with_the_status_code_and_an_empty_body(system):
+    for path in ("/v2/health/live", "/v2/health/ready"):
+        with urllib.request.urlopen(system.url + path, timeout=2) as reply:
+            assert reply.status == 200 and reply.read() == b""
+
+
+def test_without_a_controller_readiness_is_503_within_a_second_and_liveness_holds(system):
+    port = free_port()
+    proc = system.group.start("gateway-orphan", gateway_argv(port, f"tcp://127.0.0.1:{free_port()}"))  # no one there
+    url = f"http://127.0.0.1:{port}"
+    try:
+        system.group.wait_until(lambda: live(url), 30, "the orphan gateway")
+        start = time.monotonic()
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(url + "/v2/health/ready", timeout=5)
+        assert info.value.code == 503 and info.value.read() == b""
+        assert time.monotonic() - start < 1.0
+    finally:
+        system.group.expect_exit("gateway-orphan")
+        proc.popen.send_signal(signal.SIGTERM)
+        proc.popen.wait(timeout=15)
+
+
 def test_server_is_live_and_ready_and_describes_itself(triton):
     assert triton.is_server_live() and triton.is_server_ready()
     meta = triton.get_server_metadata()
@@ -147,6 +171,34 @@ def test_infer_on_the_emulated_model_with_priority(triton):
     data.set_data_from_numpy(np.zeros((1, 16), np.float32))
     result = triton.infer("resnet", [data], priority=1, timeout=200_000)
     assert result.as_numpy("prob").shape == (1, 10)
+
+
+@pytest.fixture(scope="module")
+def ppocr_cls(system):
+    """PaddleOCR's angle classifier as rapidocr-onnxruntime ships it: its batch, height and
+    width are written dim_value -1 (rapidocr feeds it 48x192 crops), and its output is named
+    save_infer_model/scale_0.tmp_1."""
+    try:
+        blob = index_model(*PPOCR_CLS)
+    except OSError as exc:
+        pytest.skip(f"the package index is out of reach: {exc}")
+    with system.client() as admin:
+        admin.upload(blob, "ppocr-cls", input_shapes={"x": [3, 48, 192]})
+    return blob
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("binary", [True, False])
+def test_a_paddle_export_with_batch_dim_minus_one_serves_onnxruntimes_outputs(triton, ppocr_cls, batch, binary):
+    # quarters: short in JSON, so batch 4 stays under this gateway's 1 MB body limit
+    x = (np.random.default_rng(batch).integers(0, 4, (batch, 3, 48, 192)) / 4).astype(np.float32)
+    tensor = tritonclient_http.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    name = "save_infer_model/scale_0.tmp_1"
+    result = triton.infer("ppocr-cls", [tensor], outputs=[tritonclient_http.InferRequestedOutput(name, binary_data=binary)])
+    (expected,) = ort.InferenceSession(ppocr_cls, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(result.as_numpy(name), expected, rtol=1e-4, atol=1e-5)
+    assert triton.get_model_metadata("ppocr-cls")["inputs"][0]["shape"] == [-1, 3, 48, 192]
 
 
 def test_compressed_requests_are_understood(triton):
@@ -289,7 +341,9 @@ def test_statistics_count_what_the_gateway_saw(triton):
     stats, old = after["inference_stats"], before["inference_stats"]
     assert after["name"] == "mlp" and after["version"] == "1"
     assert after["inference_count"] == before["inference_count"] + 2
-    assert after["execution_count"] == before["execution_count"] + 1
+    assert after["execution_count"] == before["execution_count"] + 1  # a lone request: a batch of its own
+    counts = {stats[k]["count"] - old[k]["count"] for k in ("compute_input", "compute_infer", "compute_output")}
+    assert counts == {1}  # perf_analyzer stops unless the three agree
     assert stats["success"]["count"] == old["success"]["count"] + 1
     assert stats["success"]["ns"] > old["success"]["ns"] and stats["compute_infer"]["ns"] > old["compute_infer"]["ns"]
     assert stats["fail"]["count"] == old["fail"]["count"] + 1
