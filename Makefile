@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean gpu-carry
+.PHONY: demo test bench clean gpu-carry perf-analyzer
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "Python 3.10+ is required")'
@@ -23,6 +23,10 @@ test: $(STAMP)
 # The folder a lent GPU machine (no network) needs: wheels for Python 3.12 and PyCUDA's sdist.
 gpu-carry: $(STAMP)
 	$(PY) -m bench.gpu_check --prepare
+
+# Triton's perf_analyzer with the C/C++ runtime it needs, in ~/.cache/clockwork/perf-analyzer.
+perf-analyzer: $(STAMP)
+	$(PY) -m bench.perf_analyzer prepare
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,100 @@
+"""Triton's real perf_analyzer against the v2 gateway: the load tool Triton users reach for first.
+
+perf_analyzer is found or prepared by bench/perf_analyzer.py (the real binary, with Debian 13's
+libraries in a private folder); where neither works, every test here is skipped and says why.
+The system is real: a controller, an onnxruntime worker and the gateway on loopback.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from bench import perf_analyzer
+from bench.models import mlp_onnx
+from bench.procs import WorkerSpec, cluster, free_port
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def perf():
+    cmd = perf_analyzer.command()
+    if cmd is None:
+        try:
+            cmd = perf_analyzer.prepare()
+        except OSError as exc:
+            pytest.skip(f"perf_analyzer is not installed and could not be prepared: {exc}")
+    return cmd
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory, perf):
+    with cluster(tmp_path_factory.mktemp("perf"), [WorkerSpec("cpu", "onnxruntime")]) as c:
+        with c.client() as admin:
+            admin.upload(mlp_onnx(), "mlp")
+        port = free_port()
+        c.group.start("gateway", [sys.executable, "-m", "client.gateway", "--listen", f"127.0.0.1:{port}",
+                                  "--controller", c.client_endpoint, "--default-slo-ms", "1000",
+                                  "--log-level", "warning"])
+        c.url = f"127.0.0.1:{port}"
+        c.group.wait_until(lambda: live(c.url), 30, "the gateway")
+        yield c
+
+
+def live(address: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{address}/v2/health/live", timeout=1) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def run(perf: list[str], system, *args: str) -> str:
+    # Stability is judged loosely: on a 2-core machine perf_analyzer, the gateway, the controller
+    # and the worker share the cores, and throughput varies more than its default 10%.
+    proc = subprocess.run([*perf, "-m", "mlp", "-u", system.url, "-i", "http", "--measurement-interval", "800",
+                           "--stability-percentage", "100", "--max-trials", "10", *args],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+def client_and_server_counts(report: str) -> list[tuple[int, int, int]]:
+    """Per load level: (client request count, server successful request count, server executions)."""
+    clients = [int(n) for n in re.findall(r"Client:\s*\n\s*Request count: (\d+)", report)]
+    servers = [int(n) for n in re.findall(r"Successful request count: (\d+)", report)]
+    executions = [int(n) for n in re.findall(r"Execution count: (\d+)", report)]
+    return list(zip(clients, servers, executions))
+
+
+def agree(client: int, server: int) -> bool:
+    """The same requests, give or take the one or two in flight as a measurement window closes
+    (perf_analyzer reads the server's statistics at the window's edges)."""
+    return client > 0 and abs(server - client) <= max(2, client // 200)
+
+
+def answered(system) -> int:
+    return next(m["answered"] for m in system.status()["models"] if m["name"] == "mlp")
+
+
+def test_a_concurrency_sweep_runs_and_the_server_counts_what_the_client_sent(perf, system):
+    before = answered(system)
+    levels = client_and_server_counts(run(perf, system, "--concurrency-range", "1:4"))
+    assert len(levels) == 4
+    for client, server, executions in levels:
+        assert agree(client, server)  # one gateway sees all of this model's traffic
+        assert 0 < executions <= server  # requests that shared a batch share an execution
+    # the controller answered everything perf_analyzer measured, and its warm-up besides
+    assert answered(system) - before >= sum(server for _, server, _ in levels)
+
+
+def test_a_poisson_request_rate_sweep_runs(perf, system):
+    levels = client_and_server_counts(run(perf, system, "--request-rate-range", "100:300:100",
+                                          "--request-distribution", "poisson"))
+    assert len(levels) == 3
+    assert all(agree(client, server) for client, server, _ in levels)
