@@ -22,14 +22,13 @@ import http.client
 import json
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from bench import models as bench_models
-from bench.procs import WorkerSpec, cluster, free_port, run_in_temp_dir
+from bench.procs import WorkerSpec, cluster, free_port, http_ok, run_in_temp_dir
 from bench.report import Latencies, format_table, write_json
 from client import Client
 
@@ -187,14 +186,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _gateway_live(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
     return run_in_temp_dir("clockwork-gateway-bench-", args.keep, "gateway bench",
                            lambda run_dir: measure_and_report(args, run_dir))
@@ -211,7 +202,7 @@ def measure_and_report(args: argparse.Namespace, run_dir: Path) -> int:
             admin.upload(bench_models.tiny_onnx(WIDTH), MODEL, format="onnx", replace=True)
             c.group.wait_until(lambda: admin.infer(MODEL, {"x": np.zeros((1, WIDTH), np.float32)},
                                                    slo_ms=SLO_MS), 60, "the model to serve")
-        c.group.wait_until(lambda: _gateway_live(url), 30, "the gateway to be ready")
+        c.group.wait_until(lambda: http_ok(f"{url}/v2/health/ready"), 30, "the gateway to be ready")
         native, close_native = native_path(c.client_endpoint)
         gateway, close_gateway = gateway_path(address, args.client)
         failures: dict[str, int] = {}

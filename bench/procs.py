@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
@@ -260,6 +261,15 @@ def _signal_group(proc: Proc, signum: int, even_if_exited: bool = False) -> None
 
 
 # ----------------------------------------------------------------------------- the cluster
+
+
+def http_ok(url: str, timeout_s: float = 1.0) -> bool:
+    """A GET of `url` answered 200 within `timeout_s` (a daemon's health endpoint, polled)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:

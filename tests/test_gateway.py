@@ -21,7 +21,7 @@ tritonclient_http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from bench.models import PPOCR_CLS, index_model, mlp_onnx, profile_json  # noqa: E402
-from bench.procs import WorkerSpec, cluster, free_port  # noqa: E402
+from bench.procs import WorkerSpec, cluster, free_port, http_ok  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,11 +35,7 @@ def gateway_argv(port: int, controller: str, *extra: str) -> list[str]:
 
 
 def live(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/v2/health/live", timeout=1) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
+    return http_ok(f"{url}/v2/health/live")
 
 
 @pytest.fixture(scope="module")

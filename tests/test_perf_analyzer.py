@@ -10,13 +10,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import urllib.request
 
 import pytest
 
 from bench import perf_analyzer
 from bench.models import mlp_onnx
-from bench.procs import WorkerSpec, cluster, free_port
+from bench.procs import WorkerSpec, cluster, free_port, http_ok
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -42,16 +41,8 @@ def system(tmp_path_factory, perf):
                                   "--controller", c.client_endpoint, "--default-slo-ms", "1000",
                                   "--log-level", "warning"])
         c.url = f"127.0.0.1:{port}"
-        c.group.wait_until(lambda: live(c.url), 30, "the gateway")
+        c.group.wait_until(lambda: http_ok(f"http://{c.url}/v2/health/live"), 30, "the gateway")
         yield c
-
-
-def live(address: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{address}/v2/health/live", timeout=1) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
 
 
 def run(perf: list[str], system, *args: str) -> str:
