@@ -330,6 +330,21 @@ def workers_alive(status: Mapping, names: Sequence[str]) -> bool:
     return all(name in listed and listed[name].get("alive", False) for name in names)
 
 
+def start_gateway(group: ProcessGroup, controller: str, name: str = "gateway", grpc: bool = False,
+                  extra: Sequence[str] = ()) -> dict[str, str]:
+    """A `clockwork-gateway` for `controller` on free loopback ports, started in `group` and
+    answering /v2/health/live; its HOST:PORT by protocol ("http", and "grpc" when asked)."""
+    addresses = {"http": f"127.0.0.1:{free_port()}"}
+    argv = [sys.executable, "-m", "client.gateway", "--listen", addresses["http"], "--controller", controller,
+            "--default-slo-ms", "1000", "--log-level", "warning", *extra]
+    if grpc:
+        addresses["grpc"] = f"127.0.0.1:{free_port()}"
+        argv += ["--grpc-listen", addresses["grpc"]]
+    group.start(name, argv)
+    group.wait_until(lambda: http_ok(f"http://{addresses['http']}/v2/health/live"), 30, f"{name} to answer")
+    return addresses
+
+
 @contextlib.contextmanager
 def cluster(run_dir: str | Path, workers: Sequence[WorkerSpec], *, log_level: str = "warning",
             controller_settings: Sequence[str] = (), ready_timeout_s: float = 60.0,

@@ -48,7 +48,7 @@ from common.status import Status
 from client import v2
 from client.aio import AsyncClient
 from client.errors import ClockworkError, DeadlineExceeded
-from client.protocol import DEFAULT_ENDPOINT, default_endpoint
+from client.protocol import DEFAULT_ENDPOINT, InferResult, default_endpoint
 
 log = structlog.get_logger("clockwork.gateway")
 MiB = 1 << 20
@@ -64,6 +64,10 @@ class GatewayConfig:
 
     host: str = "127.0.0.1"  # loopback: exposing it is a deliberate --listen 0.0.0.0:8000
     port: int = 8000  # Triton's HTTP port, where v2 tools look first
+    # gRPC (client/grpc_gateway.py) is served only when asked (--grpc-listen; Triton uses 8001),
+    # so that a second port is opened deliberately. 0: off.
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 0
     controller: str = DEFAULT_ENDPOINT
     # One AsyncClient multiplexes any number of requests; a few spread the (de)serialization
     # over several ZeroMQ connections and I/O threads' queues without any scheduling here.
@@ -166,14 +170,36 @@ class Gateway:
         except ClockworkError as exc:
             raise v2.error_from(exc, self.config.retry_after_s) from None
 
-    async def _models(self) -> list[dict]:
+    async def all_models(self) -> list[dict]:
         """Every model, page by page (the repository index and the statistics of all)."""
         return await self._admin(lambda c: c.list())
 
     async def _model(self, request: web.Request) -> dict:
         """The ModelInfo of the request's model: one look-up, whatever the number of models."""
-        name = _model_name(request)
+        return await self.model_info(_model_name(request))
+
+    async def model_info(self, name: str) -> dict:
         return await self._admin(lambda c: c.model(name))
+
+    async def is_ready(self) -> bool:
+        """The controller answered within READY_TIMEOUT_S and lists a live worker."""
+        try:
+            status = await asyncio.wait_for(self._admin(lambda c: c.status(models_limit=0)), READY_TIMEOUT_S)
+        except (asyncio.TimeoutError, v2.V2Error):
+            return False
+        return any(isinstance(w, dict) and w.get("alive") for w in status.get("workers", []))
+
+    async def run_infer(self, name: str, req: v2.InferRequest) -> InferResult:
+        """One inference for either protocol, counted in the statistics; V2Error on refusal."""
+        start_ns = time.monotonic_ns()
+        try:
+            result = await self.pool.next().infer(name, req.inputs, slo_ms=req.slo_ms, priority=req.priority)
+        except ClockworkError as exc:
+            self.stats.failure(name, exc.status, time.monotonic_ns() - start_ns)
+            raise v2.error_from(exc, self.config.retry_after_s) from None
+        samples = next(iter(req.inputs.values())).shape[0]
+        self.stats.success(name, result, samples, time.monotonic_ns() - start_ns, time.time_ns() // 1_000_000)
+        return result
 
     # -- health and metadata
 
@@ -182,14 +208,9 @@ class Gateway:
         return web.Response(status=200)
 
     async def ready(self, _request: web.Request) -> web.Response:
-        """200 when the controller answers within READY_TIMEOUT_S and lists a live worker, else
-        503; the body is empty either way (who serves is nobody else's business)."""
-        try:
-            status = await asyncio.wait_for(self._admin(lambda c: c.status(models_limit=0)), READY_TIMEOUT_S)
-        except (asyncio.TimeoutError, v2.V2Error):
-            return web.Response(status=503)
-        alive = any(isinstance(w, dict) and w.get("alive") for w in status.get("workers", []))
-        return web.Response(status=200 if alive else 503)
+        """200 when ready (is_ready), else 503; the body is empty either way (who serves is
+        nobody else's business)."""
+        return web.Response(status=200 if await self.is_ready() else 503)
 
     async def metadata(self, _request: web.Request) -> web.Response:
         return web.json_response(self.server_metadata)
@@ -212,7 +233,7 @@ class Gateway:
     async def index(self, request: web.Request) -> web.Response:
         params = await self._json_body(request)
         ready_only = params.get("ready", False) is True
-        return web.json_response(v2.repository_index(await self._models(), ready_only))
+        return web.json_response(v2.repository_index(await self.all_models(), ready_only))
 
     async def load(self, request: web.Request) -> web.Response:
         """"Load" = the model is registered and prepared on some worker, so the controller can
@@ -221,12 +242,16 @@ class Gateway:
         if "config" in params or any(str(k).startswith("file:") for k in params):
             raise v2.bad_input("uploading a model through the v2 repository extension is not supported; "
                                "register it with `clockwork upload` (or client.Client.upload) first")
-        name = request.match_info["model"]
+        await self.wait_prepared(_model_name(request))
+        return web.json_response({})
+
+    async def wait_prepared(self, name: str) -> None:
+        """Until some worker has prepared the model, up to load_wait_s; V2Error (503) after."""
         deadline = time.monotonic() + self.config.load_wait_s
         while True:
-            info = await self._model(request)
+            info = await self.model_info(name)
             if v2.model_ready(info):
-                return web.json_response({})
+                return
             if time.monotonic() >= deadline:
                 raise v2.V2Error(503, Status.NOT_PREPARED, f"model {name!r} is registered but no worker prepared it "
                                  f"within {self.config.load_wait_s:g} s", self.config.retry_after_s)
@@ -242,7 +267,7 @@ class Gateway:
     # -- statistics extension
 
     async def all_stats(self, _request: web.Request) -> web.Response:
-        names = [m.get("name") for m in await self._models() if isinstance(m.get("name"), str)]
+        names = [m.get("name") for m in await self.all_models() if isinstance(m.get("name"), str)]
         return web.json_response(self.stats.document(names))
 
     async def model_stats(self, request: web.Request) -> web.Response:
@@ -252,19 +277,12 @@ class Gateway:
     # -- inference
 
     async def infer(self, request: web.Request) -> web.Response:
-        start_ns = time.monotonic_ns()
         name = _model_name(request)
         body = await self._read_body(request)
         req = v2.parse_infer_request(body, request.headers.get("Inference-Header-Content-Length"),
                                      self.config.default_slo_ms)
-        try:
-            result = await self.pool.next().infer(name, req.inputs, slo_ms=req.slo_ms, priority=req.priority)
-        except ClockworkError as exc:
-            self.stats.failure(name, exc.status, time.monotonic_ns() - start_ns)
-            raise v2.error_from(exc, self.config.retry_after_s) from None
+        result = await self.run_infer(name, req)
         payload, header_length = v2.infer_response(name, req, result)
-        samples = next(iter(req.inputs.values())).shape[0]
-        self.stats.success(name, result, samples, time.monotonic_ns() - start_ns, time.time_ns() // 1_000_000)
         if header_length is None:
             return web.Response(body=payload, content_type="application/json")
         return web.Response(body=payload, content_type="application/octet-stream",
@@ -347,18 +365,27 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     runner = web.AppRunner(make_app(config), access_log=None, handler_cancellation=True,
                            shutdown_timeout=config.shutdown_timeout_s)
     await runner.setup()
+    grpc_server = None
     try:
         site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
         await site.start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        if config.grpc_port:
+            from client import grpc_gateway  # grpcio only where gRPC is served
+
+            grpc_server = await grpc_gateway.start(runner.app[GATEWAY], config.grpc_host, config.grpc_port,
+                                                   config.max_body_bytes, log)
         log.info("listening", addresses=[f"{a[0]}:{a[1]}" for a in runner.addresses], controller=config.controller,
+                 grpc=f"{config.grpc_host}:{config.grpc_port}" if config.grpc_port else None,
                  connections=config.connections, default_slo_ms=config.default_slo_ms)
         await stop.wait()
         log.info("stopping")
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        if grpc_server is not None:
+            await grpc_server.stop(config.shutdown_timeout_s)
         await runner.cleanup()
 
 
@@ -387,6 +414,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[GatewayConfig, str]:
     p = argparse.ArgumentParser(prog="clockwork-gateway", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--listen", type=parse_listen, default=f"{d.host}:{d.port}", help="HOST:PORT to serve HTTP on")
+    p.add_argument("--grpc-listen", type=parse_listen, default=None,
+                   help="HOST:PORT to serve the v2 gRPC protocol on as well (Triton's is 8001); default: off")
     p.add_argument("--controller", default=argparse.SUPPRESS, help=f"controller client endpoint "
                    f"(default: $CLOCKWORK_ENDPOINT or {DEFAULT_ENDPOINT})")
     p.add_argument("--connections", type=_positive(int), default=d.connections,
@@ -410,7 +439,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[GatewayConfig, str]:
     a = p.parse_args(argv)
     listen = a.listen if isinstance(a.listen, tuple) else parse_listen(a.listen)
     controller = getattr(a, "controller", None) or default_endpoint()
-    config = GatewayConfig(host=listen[0], port=listen[1], controller=controller,
+    grpc_listen = a.grpc_listen or (d.grpc_host, 0)
+    config = GatewayConfig(host=listen[0], port=listen[1], grpc_host=grpc_listen[0], grpc_port=grpc_listen[1],
+                           controller=controller,
                            connections=a.connections, default_slo_ms=a.default_slo_ms,
                            max_body_bytes=int(a.max_body_mb * MiB), body_timeout_s=a.body_timeout_s,
                            admin_timeout_s=a.admin_timeout_s, load_wait_s=max(0.0, a.load_wait_s),

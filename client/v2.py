@@ -42,6 +42,7 @@ __all__ = [
     "VERSION", "V2_TO_NUMPY", "NUMPY_TO_V2", "HTTP_STATUS", "V2Error", "error_from", "http_status_of",
     "bad_input", "as_object", "load_json", "split_body", "max_batch_size", "timing_parameters",
     "OutputRequest", "InferRequest", "parse_infer_request", "infer_response", "priority_from_v2",
+    "tensor_from_bytes", "tensor_from_values", "chosen_outputs",
     "slo_ms_from_timeout_us", "check_version", "server_metadata", "model_metadata", "model_config",
     "model_ready", "repository_index", "ModelStats", "StatsBook",
 ]
@@ -292,6 +293,18 @@ def _parse_inputs(items: Any, tail: memoryview) -> dict[str, np.ndarray]:
     return arrays
 
 
+def tensor_from_bytes(name: str, datatype: Any, shape: Any, data: memoryview) -> np.ndarray:
+    """One input sent as raw little-endian bytes (gRPC's raw_input_contents), checked."""
+    path = f"input {name!r}"
+    return _from_bytes(data, _shape(shape, path), _dtype(datatype, path), path)
+
+
+def tensor_from_values(name: str, datatype: Any, shape: Any, values: Any) -> np.ndarray:
+    """One input sent as a flat list of values (gRPC's typed contents), checked."""
+    path = f"input {name!r}"
+    return _from_json(values, _shape(shape, path), _dtype(datatype, path), path)
+
+
 def _tensor_head(item: Any, path: str) -> tuple[str, tuple[int, ...], np.dtype, Mapping]:
     if not isinstance(item, Mapping):
         raise bad_input(f"{path} must be a JSON object with name, shape, datatype and data")
@@ -365,7 +378,7 @@ def _parse_outputs(items: Any, params: Mapping) -> tuple[OutputRequest, ...] | N
 def infer_response(model: str, request: InferRequest, result: InferResult) -> tuple[bytes, int | None]:
     """(body, JSON header length) of the response; the length is None when no output is binary,
     else the value of the `Inference-Header-Content-Length` header."""
-    chosen = _chosen_outputs(model, request, result)
+    chosen = chosen_outputs(model, request, result)
     entries, blobs = [], []
     for name, binary in chosen:
         array = result.outputs[name]
@@ -395,7 +408,7 @@ def timing_parameters(result: InferResult) -> dict[str, Any]:
             "cold_start": result.cold_start, "worker": result.worker}
 
 
-def _chosen_outputs(model: str, request: InferRequest, result: InferResult) -> list[tuple[str, bool]]:
+def chosen_outputs(model: str, request: InferRequest, result: InferResult) -> list[tuple[str, bool]]:
     if request.outputs is None:
         return [(name, request.binary_output) for name in result.outputs]
     for out in request.outputs:

@@ -1,4 +1,5 @@
-"""Triton's real perf_analyzer against the v2 gateway: the load tool Triton users reach for first.
+"""Triton's real perf_analyzer against the v2 gateway, over HTTP and gRPC: the load tool Triton
+users reach for first.
 
 perf_analyzer is found or prepared by bench/perf_analyzer.py (the real binary, with Debian 13's
 libraries in a private folder); where neither works, every test here is skipped and says why.
@@ -9,13 +10,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 
 import pytest
 
 from bench import perf_analyzer
 from bench.models import mlp_onnx
-from bench.procs import WorkerSpec, cluster, free_port, http_ok
+from bench.procs import WorkerSpec, cluster, start_gateway
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -36,19 +36,14 @@ def system(tmp_path_factory, perf):
     with cluster(tmp_path_factory.mktemp("perf"), [WorkerSpec("cpu", "onnxruntime")]) as c:
         with c.client() as admin:
             admin.upload(mlp_onnx(), "mlp")
-        port = free_port()
-        c.group.start("gateway", [sys.executable, "-m", "client.gateway", "--listen", f"127.0.0.1:{port}",
-                                  "--controller", c.client_endpoint, "--default-slo-ms", "1000",
-                                  "--log-level", "warning"])
-        c.url = f"127.0.0.1:{port}"
-        c.group.wait_until(lambda: http_ok(f"http://{c.url}/v2/health/live"), 30, "the gateway")
+        c.urls = start_gateway(c.group, c.client_endpoint, grpc=True)
         yield c
 
 
-def run(perf: list[str], system, *args: str) -> str:
+def run(perf: list[str], system, protocol: str, *args: str) -> str:
     # Stability is judged loosely: on a 2-core machine perf_analyzer, the gateway, the controller
     # and the worker share the cores, and throughput varies more than its default 10%.
-    proc = subprocess.run([*perf, "-m", "mlp", "-u", system.url, "-i", "http", "--measurement-interval", "800",
+    proc = subprocess.run([*perf, "-m", "mlp", "-u", system.urls[protocol], "-i", protocol, "--measurement-interval", "800",
                            "--stability-percentage", "100", "--max-trials", "10", *args],
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -73,9 +68,10 @@ def answered(system) -> int:
     return next(m["answered"] for m in system.status()["models"] if m["name"] == "mlp")
 
 
-def test_a_concurrency_sweep_runs_and_the_server_counts_what_the_client_sent(perf, system):
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_concurrency_sweep_runs_and_the_server_counts_what_the_client_sent(perf, system, protocol):
     before = answered(system)
-    levels = client_and_server_counts(run(perf, system, "--concurrency-range", "1:4"))
+    levels = client_and_server_counts(run(perf, system, protocol, "--concurrency-range", "1:4"))
     assert len(levels) == 4
     for client, server, executions in levels:
         assert agree(client, server)  # one gateway sees all of this model's traffic
@@ -84,8 +80,9 @@ def test_a_concurrency_sweep_runs_and_the_server_counts_what_the_client_sent(per
     assert answered(system) - before >= sum(server for _, server, _ in levels)
 
 
-def test_a_poisson_request_rate_sweep_runs(perf, system):
-    levels = client_and_server_counts(run(perf, system, "--request-rate-range", "100:300:100",
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_poisson_request_rate_sweep_runs(perf, system, protocol):
+    levels = client_and_server_counts(run(perf, system, protocol, "--request-rate-range", "100:300:100",
                                           "--request-distribution", "poisson"))
     assert len(levels) == 3
     assert all(agree(client, server) for client, server, _ in levels)
