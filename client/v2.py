@@ -65,6 +65,7 @@ _SERVED = ", ".join(V2_TO_NUMPY)
 
 # Platforms as Triton names them, for tools that look at model metadata.
 PLATFORMS = {"onnx": "onnxruntime_onnx", "profile": "clockwork_emulated"}
+BACKENDS = {"onnxruntime": "onnxruntime", "torch": "pytorch", "tensorrt": "tensorrt", "emulated": "clockwork_emulated"}
 
 # Clockwork status -> HTTP status. Statuses not listed follow their fault: a caller's fault is
 # 400, a capacity refusal 503 with Retry-After, a system fault 500.
@@ -453,9 +454,7 @@ def max_batch_size(info: Mapping) -> int:
     max_batch = info.get("max_batch")
     if isinstance(max_batch, int) and max_batch > 0:
         return max_batch
-    exec_ms = info.get("exec_ms")
-    sizes = [int(k) for k in exec_ms if str(k).isascii() and str(k).isdigit()] if isinstance(exec_ms, Mapping) else []
-    return max(sizes, default=1)
+    return max(batch_sizes(info), default=1)
 
 
 def model_config(info: Mapping) -> dict:
@@ -468,7 +467,37 @@ def model_config(info: Mapping) -> dict:
         return out
 
     return {"name": info.get("name"), "platform": PLATFORMS.get(info.get("format"), str(info.get("format"))),
-            "max_batch_size": max_batch_size(info), "input": tensors("inputs"), "output": tensors("outputs")}
+            "backend": backend_of(info), "max_batch_size": max_batch_size(info),
+            "input": tensors("inputs"), "output": tensors("outputs"),
+            # the batch sizes the controller forms batches of (profiled; requests are padded up)
+            "dynamic_batching": {"preferred_batch_size": batch_sizes(info)},
+            "instance_group": [{"name": kind, "kind": instance_kind(kind), "count": 1}
+                               for kind in _strings(info.get("device_kinds"))]}
+
+
+def _strings(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def batch_sizes(info: Mapping) -> list[int]:
+    exec_ms = info.get("exec_ms")
+    return sorted(int(k) for k in exec_ms if str(k).isascii() and str(k).isdigit()) if isinstance(exec_ms, Mapping) else []
+
+
+def backend_of(info: Mapping) -> str:
+    """Triton's name for the backend: the workers' runtime, when they all run the same one."""
+    runtimes = set(_strings(info.get("runtimes")))
+    if len(runtimes) != 1:
+        return "clockwork"
+    return BACKENDS.get(runtimes.pop(), "clockwork")
+
+
+def instance_kind(device_kind: str) -> str:
+    """KIND_CPU for CPU core sets, KIND_MODEL for emulated devices, KIND_GPU otherwise."""
+    lowered = device_kind.lower()
+    if "cpu" in lowered:
+        return "KIND_CPU"
+    return "KIND_MODEL" if "emulated" in lowered else "KIND_GPU"
 
 
 def model_ready(info: Mapping) -> bool:

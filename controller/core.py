@@ -208,6 +208,8 @@ class Core:
             "load_ms": profile.load_ns / 1e6 if profile else None,
             "exec_ms": {str(b): ns / 1e6 for b, ns in sorted(profile.exec_ns.items())} if profile else {},
             "weights_bytes": profile.weights_bytes if profile else None,
+            "device_kinds": list(model.kinds),
+            "runtimes": sorted({self.workers[w].runtime for w in model.profiles if w in self.workers}),
         }
 
     def _prepare_on(self, worker: str, model: Model) -> None:

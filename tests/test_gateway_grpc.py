@@ -57,7 +57,9 @@ def test_health_and_metadata(triton):
     assert model["inputs"][0] == {"name": "x", "datatype": "FP32", "shape": ["-1", "64"]}  # int64 as JSON strings
     config = triton.get_model_config("mlp", as_json=True)["config"]
     assert config["max_batch_size"] == 16 and config["input"][0]["data_type"] == "TYPE_FP32"
-    assert config["input"][0]["dims"] == ["64"]
+    assert config["input"][0]["dims"] == ["64"] and config["backend"] == "onnxruntime"
+    assert config["instance_group"][0]["kind"] == "KIND_CPU"
+    assert [int(b) for b in config["dynamic_batching"]["preferred_batch_size"]] == [1, 2, 4, 8, 16]
     assert triton.is_model_ready("mlp") and not triton.is_model_ready("nope")
     assert not triton.is_model_ready("mlp", model_version="7")
 

@@ -297,6 +297,17 @@ def test_model_metadata_and_config_from_model_info():
     assert v2.model_config({**MLP_INFO, "max_batch": 4})["max_batch_size"] == 4
 
 
+def test_the_config_says_how_a_model_is_batched_where_and_by_what():
+    info = {**MLP_INFO, "device_kinds": ["cpu-1t", "NVIDIA H200 sm90", "emulated"], "runtimes": ["onnxruntime"]}
+    config = v2.model_config(info)
+    assert config["dynamic_batching"] == {"preferred_batch_size": [1, 2, 4, 8, 16]}
+    assert [(g["name"], g["kind"]) for g in config["instance_group"]] == [
+        ("cpu-1t", "KIND_CPU"), ("NVIDIA H200 sm90", "KIND_GPU"), ("emulated", "KIND_MODEL")]
+    assert config["backend"] == "onnxruntime"
+    assert v2.model_config({**info, "runtimes": ["torch"]})["backend"] == "pytorch"
+    assert v2.model_config({**info, "runtimes": ["torch", "tensorrt"]})["backend"] == "clockwork"  # mixed
+
+
 def test_metadata_of_a_sparse_model_info_does_not_raise():
     meta = v2.model_metadata({"name": "odd", "inputs": [{"name": "a", "dtype": "weird", "shape": [None, 3]}, 5]})
     assert meta["inputs"][0] == {"name": "a", "datatype": "WEIRD", "shape": [-1, -1, 3]}
