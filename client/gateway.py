@@ -41,9 +41,11 @@ from typing import Any, Awaitable, Callable, Sequence
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from common import logsetup, schema
 from common.checks import BadMessage
+from common.metrics import LATENCY_BUCKETS_S, UNKNOWN, BoundedLabels, new_registry, outcome
 from common.status import Status
 from client import v2
 from client.aio import AsyncClient
@@ -119,12 +121,43 @@ def _version() -> str:
         return "0"
 
 
+class GatewayMetrics:
+    """The gateway's own Prometheus metrics, served at GET /metrics on its HTTP port:
+
+        clockwork_gateway_requests_total{model,protocol,outcome,reason}  every infer answered
+        clockwork_gateway_request_duration_seconds{model,protocol}       OK ones, receipt to answer
+        clockwork_gateway_requests_in_flight{protocol}                   infers being handled
+        process_*                                                        CPU, memory, descriptors
+
+    `model` is bounded like the controller's (the first 20 names seen, then _other), and a name
+    the controller does not know counts as _unknown: callers choose names, so they are unbounded."""
+
+    def __init__(self, max_models: int = 20):
+        self.registry = new_registry()
+        r = self.registry
+        self.requests = Counter("clockwork_gateway_requests", "Infer requests answered by the gateway",
+                                ["model", "protocol", "outcome", "reason"], registry=r)
+        self.duration = Histogram("clockwork_gateway_request_duration_seconds",
+                                  "OK infer requests, gateway receipt to answer", ["model", "protocol"],
+                                  buckets=LATENCY_BUCKETS_S, registry=r)
+        self.in_flight = Gauge("clockwork_gateway_requests_in_flight", "Infer requests being handled",
+                               ["protocol"], registry=r)
+        self._models = BoundedLabels(max_models)
+
+    def answered(self, model: str, protocol: str, status: Status, seconds: float) -> None:
+        label = UNKNOWN if status is Status.MODEL_NOT_FOUND else self._models(model)
+        self.requests.labels(label, protocol, outcome(status), status.name).inc()
+        if status is Status.OK:
+            self.duration.labels(label, protocol).observe(seconds)
+
+
 class Gateway:
     """The v2 endpoints, each a thin handler over `client.v2` and the pool."""
 
     def __init__(self, config: GatewayConfig):
         self.config = config
         self.stats = v2.StatsBook()
+        self.metrics = GatewayMetrics()
         self.pool: ClientPool | None = None
         self.server_metadata = v2.server_metadata(_version())
 
@@ -142,6 +175,7 @@ class Gateway:
         versioned = "/v2/models/{model}/versions/{version}"
         routes = [
             web.get("/v2/health/live", self.live),
+            web.get("/metrics", self.prometheus),
             web.get("/v2/health/ready", self.ready),
             web.get("/v2", self.metadata),
             web.get("/v2/models/stats", self.all_stats),  # before {model}: "stats" is not a model
@@ -189,19 +223,26 @@ class Gateway:
             return False
         return any(isinstance(w, dict) and w.get("alive") for w in status.get("workers", []))
 
-    async def run_infer(self, name: str, req: v2.InferRequest) -> InferResult:
-        """One inference for either protocol, counted in the statistics; V2Error on refusal."""
-        start_ns = time.monotonic_ns()
+    async def run_infer(self, name: str, req: v2.InferRequest, protocol: str, start_ns: int) -> InferResult:
+        """One inference for either protocol (received at `start_ns`), counted in the statistics
+        and the metrics; V2Error on refusal."""
         try:
             result = await self.pool.next().infer(name, req.inputs, slo_ms=req.slo_ms, priority=req.priority)
         except ClockworkError as exc:
-            self.stats.failure(name, exc.status, time.monotonic_ns() - start_ns)
+            took_ns = time.monotonic_ns() - start_ns
+            self.stats.failure(name, exc.status, took_ns)
+            self.metrics.answered(name, protocol, exc.status, took_ns / 1e9)
             raise v2.error_from(exc, self.config.retry_after_s) from None
+        took_ns = time.monotonic_ns() - start_ns
         samples = next(iter(req.inputs.values())).shape[0]
-        self.stats.success(name, result, samples, time.monotonic_ns() - start_ns, time.time_ns() // 1_000_000)
+        self.stats.success(name, result, samples, took_ns, time.time_ns() // 1_000_000)
+        self.metrics.answered(name, protocol, Status.OK, took_ns / 1e9)
         return result
 
     # -- health and metadata
+
+    async def prometheus(self, _request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def live(self, _request: web.Request) -> web.Response:
         """200 and an empty body, as Triton answers: probes read the status code only."""
@@ -277,11 +318,13 @@ class Gateway:
     # -- inference
 
     async def infer(self, request: web.Request) -> web.Response:
+        start_ns = time.monotonic_ns()
         name = _model_name(request)
-        body = await self._read_body(request)
-        req = v2.parse_infer_request(body, request.headers.get("Inference-Header-Content-Length"),
-                                     self.config.default_slo_ms)
-        result = await self.run_infer(name, req)
+        with self.metrics.in_flight.labels("http").track_inprogress():
+            body = await self._read_body(request)
+            req = v2.parse_infer_request(body, request.headers.get("Inference-Header-Content-Length"),
+                                         self.config.default_slo_ms)
+            result = await self.run_infer(name, req, "http", start_ns)
         payload, header_length = v2.infer_response(name, req, result)
         if header_length is None:
             return web.Response(body=payload, content_type="application/json")

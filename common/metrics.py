@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 from typing import Any, Hashable
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
 from common.status import Fault, Status
 
@@ -34,6 +34,14 @@ LOAD_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 ERROR_BUCKETS_S = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.1)
 
 OUTCOMES = {Fault.NONE: "ok", Fault.CALLER: "caller_error", Fault.CAPACITY: "capacity", Fault.SYSTEM: "system_error"}
+
+
+def new_registry() -> CollectorRegistry:
+    """A daemon's own registry, with prometheus-client's process_* metrics (CPU seconds,
+    resident memory, open descriptors) in it."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    return registry
 
 
 def outcome(status: Status) -> str:

@@ -30,6 +30,7 @@ Metrics (all in seconds, bytes or ratios; `model` bounded by `metrics_max_models
     clockwork_queued_requests{model}, clockwork_in_flight_requests{model}
     clockwork_workers, clockwork_models                     connected workers, registered models
     clockwork_scheduler_events_total{event}                 the core's counters, as they are
+    process_*                                               the process's CPU, memory and descriptors
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from common import schema
 from common.config import ControllerConfig
 from common.metrics import (ALL, UNKNOWN, ERROR_BUCKETS_S, LATENCY_BUCKETS_S, LOAD_BUCKETS_S, BoundedLabels,
-                            ChildCache, Server, Window, outcome)
+                            ChildCache, Server, Window, new_registry, outcome)
 from common.rotating_log import open_tsv
 from common.status import Fault, Status
 from controller.effects import ActionRecord, ToWorker
@@ -64,7 +65,7 @@ class ControllerTelemetry:
         self.action_log = open_tsv(config.action_log_path, ACTION_LOG_COLUMNS, config.log_max_bytes,
                                    config.log_backups)
         self.active = self.enabled or self.request_log.enabled  # else every on_ call returns at once
-        self.registry = CollectorRegistry()
+        self.registry = new_registry()
         self.model_label = BoundedLabels(config.metrics_max_models)
         self.window = Window(config.metrics_window_s)  # model label -> (answered, met)
         self.busy = Window(config.metrics_window_s, width=1)  # (worker, device) -> busy seconds

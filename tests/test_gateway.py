@@ -348,6 +348,25 @@ def test_statistics_count_what_the_gateway_saw(triton):
     assert v2_error(lambda: triton.get_inference_statistics("nope")).status() == "404"
 
 
+def test_the_gateway_serves_its_own_prometheus_metrics(system, triton):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    triton.infer("mlp", [mlp_input(np.zeros((1, 64), np.float32), True)])
+    v2_error(lambda: triton.infer("ghost", [mlp_input(np.zeros((1, 64), np.float32), True)]))
+    status, _, body = raw(system, "GET", "/metrics")
+    assert status == 200
+    found = {(s.name, tuple(sorted(s.labels.items()))): s.value
+             for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+    ok = ("clockwork_gateway_requests_total",
+          (("model", "mlp"), ("outcome", "ok"), ("protocol", "http"), ("reason", "OK")))
+    unknown = ("clockwork_gateway_requests_total", (("model", "_unknown"), ("outcome", "caller_error"),
+                                                   ("protocol", "http"), ("reason", "MODEL_NOT_FOUND")))
+    assert found[ok] >= 1 and found[unknown] >= 1  # a made-up name never becomes a label
+    assert found[("clockwork_gateway_request_duration_seconds_count", (("model", "mlp"), ("protocol", "http")))] >= 1
+    assert found[("clockwork_gateway_requests_in_flight", (("protocol", "http"),))] == 0
+    assert found[("process_resident_memory_bytes", ())] > 0
+
+
 # ----------------------------------------------------------------------------- process
 
 

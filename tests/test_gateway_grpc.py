@@ -4,6 +4,8 @@ Each test states a promise the gateway makes to Triton's gRPC clients."""
 
 from __future__ import annotations
 
+import urllib.request
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -22,7 +24,8 @@ def system(tmp_path_factory):
     with cluster(tmp_path_factory.mktemp("grpc"), [WorkerSpec("cpu", "onnxruntime")]) as c:
         with c.client() as admin:
             admin.upload(mlp_onnx(), "mlp")
-        c.grpc_address = start_gateway(c.group, c.client_endpoint, grpc=True)["grpc"]
+        addresses = start_gateway(c.group, c.client_endpoint, grpc=True)
+        c.grpc_address, c.http_address = addresses["grpc"], addresses["http"]
         yield c
 
 
@@ -110,7 +113,7 @@ def test_the_grpc_deadline_becomes_the_slo(triton):
     assert result.as_numpy("y").shape == (1, 10)
 
 
-def test_statistics_and_repository(triton):
+def test_statistics_repository_and_metrics(triton, system):
     before = triton.get_inference_statistics("mlp", as_json=True)["model_stats"][0]
     mlp_infer(triton, np.zeros((2, 64), np.float32))
     after = triton.get_inference_statistics("mlp", as_json=True)["model_stats"][0]
@@ -121,6 +124,8 @@ def test_statistics_and_repository(triton):
     index = triton.get_model_repository_index(as_json=True)["models"]
     assert {"name": "mlp", "version": "1", "state": "READY"} in [{k: m.get(k) for k in ("name", "version", "state")}
                                                                    for m in index]
+    metrics = urllib.request.urlopen(f"http://{system.http_address}/metrics", timeout=5).read().decode()
+    assert 'clockwork_gateway_requests_total{model="mlp",outcome="ok",protocol="grpc",reason="OK"}' in metrics
     triton.load_model("mlp")
     triton.unload_model("mlp")
     assert triton.is_model_ready("mlp")  # unload changes nothing: the controller decides residency

@@ -201,7 +201,8 @@ def test_endpoints_are_scraped_and_parsed(scraped_cluster):
     assert value(p, "clockwork_workers") == 1
     assert value(p, "clockwork_exec_prediction_error_seconds_count", model="resnet") == 5
     assert {"clockwork_device_utilization_ratio", "clockwork_evictions", "clockwork_goodput_requests_per_second",
-            "clockwork_load_duration_seconds", "clockwork_device_memory_bytes"} <= family_names(text)
+            "clockwork_load_duration_seconds", "clockwork_device_memory_bytes",
+            "process_resident_memory_bytes"} <= family_names(text)
     assert value(p, "clockwork_device_busy_seconds_total", worker="emu", device="0") + \
         value(p, "clockwork_device_busy_seconds_total", worker="emu", device="1") > 0
 
@@ -211,7 +212,9 @@ def test_endpoints_are_scraped_and_parsed(scraped_cluster):
     assert value(p, "clockwork_worker_connected") == 1 and value(p, "clockwork_worker_lanes_healthy") == 1
     assert value(p, "clockwork_worker_models_prepared") == 2
     assert value(p, "clockwork_worker_action_duration_seconds_count", action="load", model="resnet") >= 1
-    assert "clockwork_device_utilization_ratio" in family_names(text)
+    assert {"clockwork_worker_lane_utilization_ratio", "clockwork_worker_device_memory_bytes",
+            "process_resident_memory_bytes"} <= family_names(text)
+    assert not {n for n in family_names(text) if n.startswith("clockwork_device_")}  # the controller's names
 
     rows = (run_dir / "requests.tsv").read_text().splitlines()
     assert rows[0].startswith("request_id\tmodel\tpriority\tstatus") and len(rows) == 7

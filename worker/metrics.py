@@ -20,13 +20,17 @@ Metrics (seconds, bytes, ratios; `model` bounded by metrics_max_models, `lane` i
 
     clockwork_worker_actions_total{action,outcome,reason}   every LOAD/UNLOAD/EXEC answered
     clockwork_worker_action_duration_seconds{action,model}  measured duration of successful ones
-    clockwork_device_busy_seconds_total{device,lane}        time the lane spent running actions
-    clockwork_device_utilization_ratio{device,lane}         busy share of the last metrics_window_s
-    clockwork_device_memory_bytes / _used_bytes{device}     page-accounted model memory
-    clockwork_device_resident_models{device}
+    clockwork_worker_lane_busy_seconds_total{device,lane}   time the lane spent running actions
+    clockwork_worker_lane_utilization_ratio{device,lane}    busy share of the last metrics_window_s
+    clockwork_worker_device_memory_bytes / _used_bytes{device}  page-accounted model memory
+    clockwork_worker_device_resident_models{device}
     clockwork_worker_prepares_total{outcome,reason}, clockwork_worker_prepares_pending
     clockwork_worker_models_prepared, clockwork_worker_lanes_healthy (0/1),
     clockwork_worker_connected (0/1: welcomed by the controller)
+    process_*                                               the process's CPU, memory and descriptors
+
+Every name is the worker's own: the controller's `clockwork_device_*` series are the
+controller's view of the same devices, labelled by worker. One meaning per name.
 """
 
 from __future__ import annotations
@@ -34,12 +38,12 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 import zmq
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from zmq.utils.monitor import recv_monitor_message
 
 from common import schema
 from common.config import WorkerConfig
-from common.metrics import LATENCY_BUCKETS_S, BoundedLabels, ChildCache, Server, Window, outcome
+from common.metrics import LATENCY_BUCKETS_S, BoundedLabels, ChildCache, Server, Window, new_registry, outcome
 from common.sdnotify import Notifier
 from common.status import Status
 from worker.lanes import Done
@@ -65,7 +69,7 @@ class WorkerTelemetry:
             zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(HANDSHAKE_FAILURES)) if handshakes is not None else None
         self.enabled = bool(config.metrics_address)
         self.prepares_pending = 0
-        self.registry = CollectorRegistry()
+        self.registry = new_registry()
         self.model_label = BoundedLabels(config.metrics_max_models)
         self.busy = Window(config.metrics_window_s, width=1)
         self._started_ns = 0
@@ -75,14 +79,14 @@ class WorkerTelemetry:
                                registry=r)
         self.duration = Histogram("clockwork_worker_action_duration_seconds", "Measured duration of actions",
                                   ["action", "model"], buckets=LATENCY_BUCKETS_S, registry=r)
-        self.device_busy = Counter("clockwork_device_busy_seconds", "Time a lane spent running actions",
+        self.device_busy = Counter("clockwork_worker_lane_busy_seconds", "Time a lane spent running actions",
                                    ["device", "lane"], registry=r)
-        self.utilization = Gauge("clockwork_device_utilization_ratio", "Busy share of a lane, last window",
+        self.utilization = Gauge("clockwork_worker_lane_utilization_ratio", "Busy share of a lane, last window",
                                  ["device", "lane"], registry=r)
-        self.memory = Gauge("clockwork_device_memory_bytes", "Model memory of a device", ["device"], registry=r)
-        self.memory_used = Gauge("clockwork_device_memory_used_bytes", "Model memory in use", ["device"],
+        self.memory = Gauge("clockwork_worker_device_memory_bytes", "Model memory of a device", ["device"], registry=r)
+        self.memory_used = Gauge("clockwork_worker_device_memory_used_bytes", "Model memory in use", ["device"],
                                  registry=r)
-        self.resident = Gauge("clockwork_device_resident_models", "Models loaded on a device", ["device"],
+        self.resident = Gauge("clockwork_worker_device_resident_models", "Models loaded on a device", ["device"],
                               registry=r)
         self.prepares = Counter("clockwork_worker_prepares", "PREPAREs answered", ["outcome", "reason"], registry=r)
         self.pending = Gauge("clockwork_worker_prepares_pending", "PREPAREs accepted, not yet answered", registry=r)
