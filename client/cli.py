@@ -307,14 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the controller's public key file, NAME.key (default: $CLOCKWORK_SERVER_KEY)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("upload", help="register a model (ONNX file, or a .json latency profile)")
+    up = sub.add_parser("upload", help="register a model (ONNX file, NNEF folder or .nnef.tgz, or a .json latency profile)")
     up.add_argument("file")
     up.add_argument("--name", help="model name (default: the file's stem)")
     up.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
                     help="fix an input's dynamic non-batch dims, e.g. data=3,224,224 (repeatable)")
     up.add_argument("--max-batch", type=int, default=0, help="largest batch to serve (default: model's, max 16)")
     up.add_argument("--replace", action="store_true", help="replace a model of the same name")
-    up.add_argument("--format", choices=FORMATS, help="default: profile for .json files, else onnx")
+    up.add_argument("--format", choices=(*FORMATS, "nnef"),
+                    help="default: nnef for a folder with graph.nnef or a .nnef(.tgz) path (converted to ONNX "
+                         "here), profile for .json files, else onnx")
 
     ls = sub.add_parser("ls", help="list models (every one, page by page)")
     ls.add_argument("--prefix", default="", help="only models whose names start with this")

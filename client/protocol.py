@@ -47,6 +47,7 @@ from common.net import IdSource
 from common.schema import Envelope, Message
 from common.status import Status
 from common.tensors import MAX_DIM, MAX_DIMS, Tensor
+from client import nnef
 from client.errors import ClockworkError, DeadlineExceeded, RequestError, ServerError, error_for
 
 T = TypeVar("T")
@@ -493,7 +494,13 @@ class ClientCore:
                   input_shapes: Mapping | None = None, max_batch: int = 0, replace: bool = False,
                   chunk_bytes: int = UPLOAD_CHUNK_BYTES) -> "Uploading":
         """An upload for a shell to drive (see `Uploading`). `model` is a path, read a chunk at
-        a time, or the bytes; `name` defaults to the file's stem."""
+        a time, or the bytes; `name` defaults to the file's stem. An NNEF model (format "nnef",
+        or a folder with graph.nnef, or a .nnef.tgz) is converted to ONNX first (client/nnef.py)."""
+        if format == nnef.FORMAT or (format is None and nnef.looks_like_nnef(model)):
+            if isinstance(model, (bytes, bytearray, memoryview)):
+                raise TypeError("an NNEF model is uploaded from its folder or .tgz path, not from bytes")
+            name = name if name is not None else nnef.default_name(os.fspath(model))
+            model, format = nnef.to_onnx(model), "onnx"  # converted here: the daemons serve ONNX
         if isinstance(model, (bytes, bytearray, memoryview)):
             if name is None:
                 raise TypeError("upload of bytes needs a name")
