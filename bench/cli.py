@@ -14,6 +14,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from common import version
+
 # name -> (module whose main(argv) runs it, one line of help). Imported only when chosen, so
 # one missing optional module (or GPU library) never breaks the others.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -48,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if args else 2
+    if args[0] == "--version":
+        print(f"clockwork-bench {version()}")
+        return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"clockwork-bench: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from common import security
+from common import security, version
 from common.schema import FORMATS, STATUS_MODELS
 from common.status import Fault, Status
 from client import protocol
@@ -297,6 +297,7 @@ def _load_array(path: str) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clockwork", description="Talk to a Clockwork controller.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("--endpoint", default=protocol.default_endpoint(),
                         help="controller client endpoint (default: $CLOCKWORK_ENDPOINT or %(default)s)")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",

@@ -35,7 +35,6 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Awaitable, Callable, Sequence
 
 import structlog
@@ -43,7 +42,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
-from common import logsetup, schema
+from common import logsetup, schema, version
 from common.checks import BadMessage
 from common.metrics import LATENCY_BUCKETS_S, UNKNOWN, BoundedLabels, new_registry, outcome
 from common.status import Status
@@ -114,13 +113,6 @@ class ClientPool:
 # ----------------------------------------------------------------------------- the application
 
 
-def _version() -> str:
-    try:
-        return metadata.version("clockwork-serving")
-    except metadata.PackageNotFoundError:
-        return "0"
-
-
 class GatewayMetrics:
     """The gateway's own Prometheus metrics, served at GET /metrics on its HTTP port:
 
@@ -159,7 +151,7 @@ class Gateway:
         self.stats = v2.StatsBook()
         self.metrics = GatewayMetrics()
         self.pool: ClientPool | None = None
-        self.server_metadata = v2.server_metadata(_version())
+        self.server_metadata = v2.server_metadata(version())
 
     # -- lifecycle (aiohttp signals)
 
@@ -456,6 +448,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[GatewayConfig, str]:
     d = GatewayConfig()
     p = argparse.ArgumentParser(prog="clockwork-gateway", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument("--listen", type=parse_listen, default=f"{d.host}:{d.port}", help="HOST:PORT to serve HTTP on")
     p.add_argument("--grpc-listen", type=parse_listen, default=None,
                    help="HOST:PORT to serve the v2 gRPC protocol on as well (Triton's is 8001); default: off")

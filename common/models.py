@@ -259,7 +259,10 @@ def check_inputs(signature: Signature, tensors: tuple[Tensor, ...]) -> int:
     for spec in signature.inputs:
         t = by_name.get(spec.name)
         if t is None:
-            raise BadMessage(Status.BAD_INPUT, f"missing input {spec.name!r}")
+            unexpected = sorted(set(by_name) - {s.name for s in signature.inputs})
+            raise BadMessage(Status.BAD_INPUT, f"missing input {spec.name!r}"
+                             + (f"; got {', '.join(map(repr, unexpected))}, which the model does not have" if unexpected else "")
+                             + f" (the model's inputs: {', '.join(s.name for s in signature.inputs)})")
         if t.dtype != spec.dtype:
             raise BadMessage(Status.BAD_INPUT, f"input {spec.name!r}: dtype {t.dtype}, expected {spec.dtype}")
         if len(t.shape) != len(spec.shape) + 1 or tuple(t.shape[1:]) != spec.shape:

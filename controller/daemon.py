@@ -280,7 +280,8 @@ class ControllerDaemon:
         if msg.name not in self.core.models:
             return None
         if not msg.replace:
-            return Status.MODEL_EXISTS, f"{msg.name!r} exists; pass replace to overwrite"
+            return Status.MODEL_EXISTS, (f"{msg.name!r} exists; upload it with replace=True "
+                                         "(clockwork upload --replace) to overwrite it")
         status, effects = self.core.on_remove(msg.name, now)
         if status is not Status.OK or msg.name in self.core.models:
             return Status.BUSY, f"{msg.name!r} still has work in flight; retry"

@@ -8,6 +8,7 @@ import signal
 import sys
 
 from common import config as cfg
+from common import version
 from common.logsetup import configure
 
 
@@ -19,7 +20,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--client-endpoint", help="ROUTER for clients (default tcp://127.0.0.1:5555)")
     parser.add_argument("--worker-endpoint", help="ROUTER for workers (default tcp://127.0.0.1:5556)")
     parser.add_argument("--state-dir", help="registry and model files (default ./clockwork-state)")
-    parser.add_argument("--log-level", help="debug, info, warning, error")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return parser.parse_args(argv)
 
 
@@ -33,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"{key}={json.dumps(value)}")
     try:
         config = cfg.load(cfg.ControllerConfig, "controller", args.config, overrides)
+        log = configure(config.log_level, "controller")
     except (ValueError, OSError) as exc:
         print(f"clockwork-controller: bad configuration: {exc}", file=sys.stderr)
         return 2
-    log = configure(config.log_level, "controller")
     from common.gc_tuning import tune_for_serving
     from controller.daemon import ControllerDaemon
 

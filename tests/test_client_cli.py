@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from client import cli
-from common import schema
+from common import schema, version
 from common.status import Status
 from tests.client_peer import ScriptedPeer
 from tests.test_client_sync import free_endpoint
@@ -162,3 +165,17 @@ def test_unreachable_controller(capsys):
 def test_endpoint_from_the_environment(peer, capsys, monkeypatch):
     monkeypatch.setenv("CLOCKWORK_ENDPOINT", peer.endpoint)
     assert cli.main(["rm", "pair"]) == 0 and capsys.readouterr().out == "removed pair\n"
+
+
+@pytest.mark.parametrize("command", ["clockwork", "clockwork-controller", "clockwork-worker", "clockwork-gateway",
+                                     "clockwork-bench"])
+def test_every_command_says_its_version(command):
+    proc = subprocess.run([str(Path(sys.executable).parent / command), "--version"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"{command} {version()}"
+
+
+def test_a_bad_log_level_is_a_clean_configuration_error():
+    proc = subprocess.run([sys.executable, "-m", "controller.main", "--set", 'log_level="loud"'],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown log level 'loud'" in proc.stderr and "Traceback" not in proc.stderr

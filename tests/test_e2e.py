@@ -76,6 +76,9 @@ def test_bad_requests_get_their_reason_and_serving_goes_on(client):
     ]
     for call, status in cases:
         assert error_of(call).status is status
+    wrong_name = error_of(lambda: client.infer("mlp", {"X": x}, slo_ms=100)).detail
+    assert "'X', which the model does not have" in wrong_name and "the model's inputs: x" in wrong_name
+    assert "clockwork upload --replace" in error_of(lambda: client.upload(mlp_onnx(), "mlp")).detail
     assert client.infer("mlp", {"x": x}, slo_ms=500).outputs["y"].shape == (1, 10)
 
 

@@ -21,7 +21,7 @@ import sys
 import zmq
 
 from common import config as cfg
-from common import logsetup
+from common import logsetup, version
 from common.config import MIB, WorkerConfig
 from common.security import SecurityError
 
@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--name", help="worker name (default: hostname-pid)")
     p.add_argument("--device-memory-mb", type=int, help="model memory per device, in MiB")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return p.parse_args(argv)
 
 
