@@ -17,6 +17,7 @@ from client.errors import (
     DeadlineExceeded,
     RequestError,
     ServerError,
+    Unreachable,
     error_for,
 )
 from client.protocol import InferResult
@@ -32,5 +33,6 @@ __all__ = [
     "ServerError",
     "DeadlineExceeded",
     "ClientClosed",
+    "Unreachable",
     "error_for",
 ]

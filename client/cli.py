@@ -28,11 +28,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from common import security, version
+from common.checks import BadMessage
+from common.models import signature_of
 from common.schema import FORMATS, STATUS_MODELS
 from common.status import Fault, Status
-from client import protocol
-from client.errors import ClockworkError
-from client.protocol import InferResult
+from client import nnef, protocol
+from client.errors import CapacityError, ClockworkError, DeadlineExceeded, RequestError, Unreachable, error_for
+from client.protocol import InferResult, detect_format
 from client.sync import Client
 
 
@@ -296,7 +298,8 @@ def _load_array(path: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clockwork", description="Talk to a Clockwork controller.")
+    parser = argparse.ArgumentParser(prog="clockwork", description="Talk to a Clockwork controller.",
+                                     epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("--endpoint", default=protocol.default_endpoint(),
                         help="controller client endpoint (default: $CLOCKWORK_ENDPOINT or %(default)s)")
@@ -457,6 +460,65 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], str | None]] = {
 }
 
 
+# Exit codes by error class, so scripts can tell them apart (also in `clockwork --help`).
+EXIT_CODES_HELP = """exit codes:
+  0  done
+  1  internal error (the system failed; report it)
+  2  usage error (bad flags)
+  3  not found (no such model)
+  4  bad input (a bad model file, input, shape or option; fix the request)
+  5  no capacity now (would miss its deadline, queue full, no device can hold it; retry later)
+  6  unavailable (no controller answered at the endpoint, or no worker can serve the model)
+  7  deadline missed (no answer in time)
+  130 interrupted"""
+PROBE_TIMEOUT_S = 2.0  # how long a command waits to learn that nothing answers at the endpoint
+LOCAL_CHECK_BYTES = 32 * 1024 * 1024  # ONNX files up to this are checked here before uploading
+
+
+def exit_code(err: ClockworkError) -> int:
+    if isinstance(err, DeadlineExceeded) or err.status is Status.DEADLINE_MISSED:
+        return 7
+    if isinstance(err, Unreachable) or err.status in (Status.UNAVAILABLE, Status.NOT_PREPARED):
+        return 6
+    if err.status is Status.MODEL_NOT_FOUND:
+        return 3
+    if isinstance(err, RequestError):
+        return 4
+    if isinstance(err, CapacityError):
+        return 5
+    return 1
+
+
+def probe(endpoint: str | None, **keys: Any) -> None:
+    """Fail within PROBE_TIMEOUT_S, saying where, when nothing answers at the endpoint, instead of
+    after the command's own timeout (30 s; 300 s for an upload)."""
+    with Client(endpoint, timeout_s=PROBE_TIMEOUT_S, **keys) as quick:
+        try:
+            quick.status(models_limit=0)
+        except DeadlineExceeded:
+            raise Unreachable(detail=f"no controller answered at {quick.endpoint} within {PROBE_TIMEOUT_S:g} s: "
+                                     "is it running, and is the endpoint right (--endpoint, $CLOCKWORK_ENDPOINT)?"
+                              ) from None
+
+
+def check_model_file(path: str, fmt: str | None, input_shapes: dict, max_batch: int) -> None:
+    """A file that is no model fails here at once, with the same reason the controller would give,
+    even when no controller is running. (Large ONNX files are left to the controller.)"""
+    if os.path.isdir(path) or nnef.looks_like_nnef(path) or (fmt or detect_format(path)) == "nnef":
+        return  # converted, and so checked, by the upload itself
+    size = os.path.getsize(path)  # OSError: missing or unreadable
+    if size == 0:
+        raise error_for(Status.BAD_MODEL, f"{path} is empty")
+    if size > LOCAL_CHECK_BYTES and (fmt or detect_format(path)) == "onnx":
+        return
+    with open(path, "rb") as fh:
+        blob = fh.read()
+    try:
+        signature_of(fmt or detect_format(path), blob, input_shapes, max_batch)
+    except BadMessage as exc:
+        raise error_for(exc.status, exc.detail) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -470,19 +532,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "keys":
             print(cmd_keys(args))
             return 0
-        with Client(args.endpoint, **timeouts, key_file=args.key, server_key_file=args.server_key) as cw:
+        keys = dict(key_file=args.key, server_key_file=args.server_key)
+        if args.command == "upload":
+            check_model_file(args.file, args.format, dict(parse_shape(s) for s in args.input_shape), args.max_batch)
+        if not (args.command == "status" and args.watch):  # a watch shows a dead controller itself
+            probe(args.endpoint, **keys)
+        with Client(args.endpoint, **timeouts, **keys) as cw:
             text = COMMANDS[args.command](cw, args)
             if text is not None:
                 print(text)
     except ClockworkError as err:
         print(f"error: {err.status.name} (code {err.code}): {err.detail}", file=sys.stderr)
-        return 1
+        return exit_code(err)
     except UsageError as err:
         print(f"clockwork {args.command}: error: {err}", file=sys.stderr)
         return 2
     except (OSError, ValueError) as err:  # e.g. an unreadable model file, a bad --timeout
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 4
     except KeyboardInterrupt:
         return 130
     return 0

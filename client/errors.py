@@ -73,6 +73,14 @@ class DeadlineExceeded(CapacityError):
         super().__init__(status, detail)
 
 
+class Unreachable(CapacityError):
+    """Nothing answered at the endpoint within a short probe: the controller is not running
+    there, the endpoint is wrong, or the network drops it."""
+
+    def __init__(self, status: Status = Status.UNAVAILABLE, detail: str = ""):
+        super().__init__(status, detail)
+
+
 class ClientClosed(RequestError):
     """The client was closed while the call was pending, or used after close()."""
 

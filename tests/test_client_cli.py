@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,20 @@ def clockwork(peer, capsys):
     return run
 
 
+def onnx_file(path, name: str, dims: tuple) -> str:
+    """A one-node ONNX model (Relu) whose input `name` has `dims`, written to `path`."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", [name], ["y"])], "g",
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(dims))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(dims))])
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+                     .SerializeToString())
+    return str(path)
+
+
 def test_upload_with_input_shapes(clockwork, peer, tmp_path):
-    path = tmp_path / "net.onnx"
-    path.write_bytes(b"\x08\x07")
+    path = onnx_file(tmp_path / "net.onnx", "image", ("N", 3, "H", "W"))
     code, out, err = clockwork("upload", str(path), "--name", "net", "--input-shape", "image=3,32,32",
                                "--max-batch", "8", "--replace")
     assert (code, err) == (0, "")
@@ -55,11 +67,10 @@ def test_upload_names_a_model_after_its_file_and_detects_profiles(clockwork, pee
         ("tiny", "profile")
 
 
-def test_bad_model_prints_the_controllers_detail(clockwork, tmp_path):
-    path = tmp_path / "broken.onnx"
-    path.write_bytes(b"\x08\x07")
+def test_a_file_that_is_no_model_fails_at_once_with_the_reason(clockwork, peer, tmp_path):
+    path = onnx_file(tmp_path / "broken.onnx", "x", ("N", "C"))
     code, out, err = clockwork("upload", str(path), "--name", "broken")
-    assert code == 1 and out == ""
+    assert code == 4 and out == "" and not peer.requests(schema.Upload)  # checked here, nothing sent
     assert err.startswith(f"error: BAD_MODEL (code {int(Status.BAD_MODEL)}): input 'x' has dynamic dimensions")
     assert "--input-shape x=3,224,224" in err and "Traceback" not in err
 
@@ -84,7 +95,7 @@ def test_show(clockwork, peer):
     assert json.loads(clockwork("show", "pair", "--json")[1])["name"] == "pair"
     assert [e.body.name for e in peer.requests(schema.GetModel)] == ["pair", "pair"]
     code, out, err = clockwork("show", "ghost")
-    assert code == 1 and err.startswith("error: MODEL_NOT_FOUND (code 11): no model named 'ghost'")
+    assert code == 3 and err.startswith("error: MODEL_NOT_FOUND (code 11): no model named 'ghost'")
 
 
 def test_status(clockwork, peer):
@@ -121,17 +132,17 @@ def test_infer_with_named_inputs_and_npz(clockwork, peer, tmp_path):
     assert clockwork("infer", "pair", "--input", str(tmp_path / "in.npz"), "--slo-ms", "500")[0] == 0
 
 
-def test_infer_rejection_exits_1(clockwork, tmp_path):
+def test_a_refusal_for_capacity_exits_5(clockwork, tmp_path):
     np.save(tmp_path / "x.npy", np.ones((1, 4), np.float32))
     code, out, err = clockwork("infer", "overload", "--input", f"data={tmp_path / 'x.npy'}", "--slo-ms", "5")
-    assert code == 1 and out == ""
+    assert code == 5 and out == ""
     assert err == "error: WOULD_MISS_DEADLINE (code 20): needs 12 ms, 5 ms left\n"
 
 
 def test_rm(clockwork):
     assert clockwork("rm", "echo")[:2] == (0, "removed echo\n")
     code, _, err = clockwork("rm", "echo")
-    assert code == 1 and err.startswith("error: MODEL_NOT_FOUND (code 11):")
+    assert code == 3 and err.startswith("error: MODEL_NOT_FOUND (code 11):")
 
 
 @pytest.mark.parametrize("argv", [[], ["upload", "m.onnx", "--input-shape", "data"], ["infer", "echo", "--slo-ms", "5"],
@@ -149,17 +160,35 @@ def test_two_bare_inputs_are_a_usage_error(clockwork, tmp_path):
     assert code == 2 and "NAME=FILE" in err
 
 
-def test_missing_files_exit_1(clockwork, tmp_path):
+def test_missing_files_exit_4(clockwork, tmp_path):
     code, _, err = clockwork("infer", "echo", "--input", str(tmp_path / "nope.npy"), "--slo-ms", "5")
-    assert code == 1 and err.startswith("error: cannot read")
+    assert code == 4 and err.startswith("error: cannot read")
     code, _, err = clockwork("upload", str(tmp_path / "nope.onnx"))
-    assert code == 1 and err.startswith("error:") and "Traceback" not in err
+    assert code == 4 and err.startswith("error:") and "Traceback" not in err
 
 
-def test_unreachable_controller(capsys):
-    code = cli.main(["--endpoint", free_endpoint(), "--timeout", "0.3", "ls"])
+@pytest.mark.parametrize("argv", [["ls"], ["status"], ["upload", "MODEL"]])
+def test_an_unreachable_controller_fails_within_seconds_saying_where(capsys, tmp_path, argv):
+    endpoint = free_endpoint()
+    model = onnx_file(tmp_path / "m.onnx", "x", ("N", 4))
+    start = time.monotonic()
+    code = cli.main(["--endpoint", endpoint, *[model if a == "MODEL" else a for a in argv]])  # default timeouts
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("error: DEADLINE_MISSED (code 22): list: could not reach")
+    assert code == 6 and time.monotonic() - start < 5  # not the 30 s (300 s for an upload) of the command
+    assert err.startswith(f"error: UNAVAILABLE (code {int(Status.UNAVAILABLE)}): no controller answered at {endpoint}")
+
+
+def test_a_file_that_is_no_model_fails_at_once_even_with_no_controller(capsys, tmp_path):
+    path = tmp_path / "notes.onnx"
+    path.write_text("shopping list")
+    start = time.monotonic()
+    assert cli.main(["--endpoint", free_endpoint(), "upload", str(path)]) == 4
+    assert "not a valid ONNX model" in capsys.readouterr().err and time.monotonic() - start < 5
+
+
+def test_the_help_documents_the_exit_codes(capsys):
+    assert cli.main(["--help"]) == 0
+    assert "exit codes:" in capsys.readouterr().out
 
 
 def test_endpoint_from_the_environment(peer, capsys, monkeypatch):

@@ -33,7 +33,7 @@ def test_generate_writes_a_public_and_a_private_file(tmp_path, capsys):
     pub, sec = security.load_secret(secret)
     assert security.load_public(public) == pub and len(pub) == len(sec) == 40
     assert pub.decode() in capsys.readouterr().out
-    assert cli.main(["keys", "generate", "--out", str(tmp_path / "k"), "--name", "alice"]) == 1  # no overwrite
+    assert cli.main(["keys", "generate", "--out", str(tmp_path / "k"), "--name", "alice"]) == 4  # no overwrite
     with pytest.raises(SecurityError):
         security.load_secret(public)  # a public file is not a key pair
     with pytest.raises(SecurityError):
