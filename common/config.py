@@ -8,6 +8,7 @@ and wrongly typed values are errors, so a typo never silently falls back to a de
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,7 +266,28 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         ok = isinstance(value, type(default))
     if not ok:
         raise ValueError(f"{where}: expected {type(default).__name__}, got {value!r}")
+    _check_range(value, default, where)
     return value
+
+
+def _check_range(value: Any, default: Any, where: str) -> None:
+    """Every number here is a count, a size, a duration, a share or a percentile: none is
+    negative, shares stay within 0..1 and percentiles within 0..100 (by the setting's name), and
+    a tuple holds values of its default's element type, e.g. batch sizes that are positive ints."""
+    name = where.rsplit(".", 1)[-1].rstrip("]")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{where}: must be a finite number >= 0, got {value!r}")
+        if name.endswith("percentile") and not 0 < value <= 100:
+            raise ValueError(f"{where}: a percentile is within (0, 100], got {value!r}")
+        if name.endswith(("fraction", "headroom")) and value > 1:
+            raise ValueError(f"{where}: a share is within [0, 1], got {value!r}")
+    if isinstance(value, tuple) and default:
+        kind = type(default[0])
+        if any(type(v) is not kind for v in value):
+            raise ValueError(f"{where}: expected a list of {kind.__name__}, got {list(value)!r}")
+        if kind is int and (not value or any(v < 1 for v in value) or list(value) != sorted(set(value))):
+            raise ValueError(f"{where}: expected positive integers in ascending order, got {list(value)!r}")
 
 
 def _parse_value(raw: str) -> Any:

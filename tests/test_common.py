@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -45,6 +47,18 @@ def test_config_file_and_overrides(tmp_path):
         cfg.load(cfg.ControllerConfig, "controller", None, ["scheduler.typo=1"])
     with pytest.raises(ValueError, match="expected int"):
         cfg.load(cfg.WorkerConfig, "worker", None, ["devices=many"])
+
+
+@pytest.mark.parametrize("override, reason", [
+    ("scheduler.latency_percentile=250", "a percentile is within (0, 100]"),
+    ('scheduler.batch_sizes=["a",3]', "expected a list of int"),
+    ("scheduler.batch_sizes=[4,2]", "positive integers in ascending order"),
+    ("scheduler.admission_headroom=2", "a share is within [0, 1]"),
+    ("scheduler.reply_ns=-1", "must be a finite number >= 0"),
+])
+def test_config_values_out_of_range_are_refused_with_the_reason(override, reason):
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        cfg.load(cfg.ControllerConfig, "controller", None, [override])
 
 
 def mlp(dims=("N", 4), extra_input=None):
