@@ -421,10 +421,11 @@ class Core:
             return Status.UNAVAILABLE, f"no live device can serve {model.name!r}", None
         if best > budget:
             self._refused_on_estimates(model)
-            waited = f" after waiting {waited_ns / 1e6:.2f} ms in queues" if waited_ns > self.cfg.dispatch_ns else ""
+            waited = (f", {waited_ns / 1e6:.2f} ms of which it spent in queues ({max(0, msg.slo_ns - waited_ns) / 1e6:.2f} "
+                      "ms left)") if waited_ns > self.cfg.dispatch_ns else ""
             return (Status.WOULD_MISS_DEADLINE,
-                    f"needs at least {best / 1e6:.2f} ms even on an idle device; {budget / 1e6:.2f} ms of its "
-                    f"{msg.slo_ns / 1e6:.2f} ms SLO are left{waited}", None)
+                    f"needs at least {(best + self.cfg.reply_ns) / 1e6:.2f} ms even on an idle device (its execution "
+                    f"and the hops to the worker and back to you); its SLO is {msg.slo_ns / 1e6:.2f} ms{waited}", None)
         backlog = self._finish_behind_queue_ns(model, samples, msg.priority, now_ns)
         if backlog is not None and backlog > deadline - int(self.headroom * budget):
             self.counters["rejected_for_backlog"] += 1
