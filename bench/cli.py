@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("bench.run", "the real system under a workload, with a full run report"),
     "versus": ("bench.versus", "a real ONNX model on this system vs a plain FIFO server, same schedule, rate by rate"),
     "many-models": ("bench.many_models", "every control path (ls, status, list, gateway, metrics) with 4,026 models"),
+    "big-model": ("bench.big_model", "a 1 GiB ONNX model uploads and serves while other models serve: SLO, RSS"),
     "soak": ("bench.soak", "minutes of mixed load with cancels and expiries: memory, descriptors and core tables stay bounded"),
     "capacity": ("bench.capacity", "highest rate sustained with >= 99.9% of requests within the SLO"),
     "overload": ("bench.overload", "goodput, admitted requests' SLO and memory at 3x a device-bound capacity"),

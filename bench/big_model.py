@@ -1,0 +1,201 @@
+"""`clockwork-bench big-model`: a 1 GiB ONNX model uploads and serves while other models serve.
+
+Real processes: a controller, an onnxruntime worker that will hold the big model, and an emulated
+worker serving the other models. The same seeded Poisson schedule on the other models is played
+twice, without and with the upload (the real `clockwork upload`, started 2 s into the run), and
+each figure is a comparison within this run:
+
+- the other models' share of requests answered within their SLO, with and without the upload,
+  and the difference in points (goal: within 0.1);
+- workers declared lost during the run (goal: none);
+- each process's peak RSS above its idle RSS, as a multiple of the model's size (goal: <= 1.5):
+  the controller and the worker (VmHWM, reset just before the upload), and the uploading CLI
+  (its peak, above that of a `clockwork ls`, which imports the same code and holds no model).
+  A child process that a daemon starts to check a big model is not counted in its parent;
+- the upload's wall time, and the big model's first answers after it.
+
+    clockwork-bench big-model                            # 16384 x 16384 float32: 1 GiB
+    clockwork-bench big-model --size 4096 --duration-s 10 --out runs/big   # a quick one (64 MiB)
+
+Writes big-model.json into --out (and prints the verdicts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from bench import workload
+from bench.loadgen import run_open_loop
+from bench.models import profile_json
+from bench.procs import WorkerSpec, cluster, run_in_temp_dir
+from bench.progress import Progress, command_main, say
+from bench.report import format_table, write_json
+from client import Client
+
+MIB = 1 << 20
+OTHERS = 4  # emulated models serving traffic
+OTHER_INPUT = {"data": np.zeros((1, 16), np.float32)}
+
+
+@dataclass
+class Result:
+    model_bytes: int
+    rate: float
+    duration_s: float
+    share_without: float = 0.0
+    share_with: float = 0.0
+    workers_lost: int = 0
+    upload_s: float = 0.0
+    big_exec_ms: list[float] = field(default_factory=list)
+    idle_rss_mib: dict[str, float] = field(default_factory=dict)
+    peak_rss_mib: dict[str, float] = field(default_factory=dict)
+    verdicts: list[tuple[str, str, str, bool]] = field(default_factory=list)
+
+    def judge(self) -> None:
+        drop = 100 * (self.share_without - self.share_with)
+        self.verdicts.append(("other models within SLO, points lost to the upload", f"{drop:.3f}", "<= 0.1",
+                              drop <= 0.1))
+        self.verdicts.append(("workers declared lost", str(self.workers_lost), "0", self.workers_lost == 0))
+        for name, peak in self.peak_rss_mib.items():
+            ratio = (peak - self.idle_rss_mib.get(name, 0.0)) * MIB / self.model_bytes
+            self.verdicts.append((f"{name}: peak RSS above idle / model size", f"{ratio:.2f}", "<= 1.5", ratio <= 1.5))
+
+
+def matmul_onnx(path: Path, n: int) -> int:
+    """y = x @ W, W n x n float32 (4 n^2 bytes), written to `path`; returns the file's size."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.random.default_rng(0).random((n, n), dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return path.stat().st_size
+
+
+def status_kb(pid: int, key: str) -> float:
+    """A /proc/PID/status figure (VmRSS, VmHWM) in MiB; 0 when the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def reset_peak(pid: int) -> None:
+    """Make VmHWM start again from the current RSS (Linux: write 5 to clear_refs)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def cli_peak_mib(argv: list[str]) -> tuple[float, float, int]:
+    """Run a `clockwork` command; (its peak RSS in MiB, wall seconds, exit status)."""
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, status_kb(proc.pid, "VmHWM"))
+        time.sleep(0.02)
+    return peak, time.monotonic() - start, proc.returncode
+
+
+def play(endpoint: str, args: argparse.Namespace, label: str) -> float:
+    schedule = workload.poisson_schedule([args.rate / OTHERS] * OTHERS, args.duration_s, args.seed)
+    names = [f"other{i}" for i in range(OTHERS)]
+    with Progress(total_s=args.duration_s, label=label) as bar:
+        results = run_open_loop(endpoint, schedule, names, args.slo_ms, {n: OTHER_INPUT for n in names}, bar)
+    return results.met_slo / results.scheduled if results.scheduled else 0.0
+
+
+def measure(args: argparse.Namespace, run_dir: Path) -> Result:
+    model_path = run_dir / "big.onnx"
+    say(f"writing a {4 * args.size ** 2 / MIB:.0f} MiB MatMul model")
+    size = matmul_onnx(model_path, args.size)
+    result = Result(size, args.rate, args.duration_s)
+    workers = [WorkerSpec("cpu", "onnxruntime"), WorkerSpec("emu", "emulated", devices=2, device_memory_mb=4096)]
+    with cluster(run_dir, workers, controller_settings=[f"max_model_bytes={2 * size + MIB}"]) as c:
+        with Client(c.client_endpoint, timeout_s=60) as admin:
+            for i in range(OTHERS):
+                admin.upload(profile_json(), f"other{i}", format="profile")
+        cli = [sys.executable, "-m", "client.cli", "--endpoint", c.client_endpoint]
+        cli_idle, _, _ = cli_peak_mib([*cli, "ls"])
+        result.share_without = play(c.client_endpoint, args, "without the upload")
+        pids = {"controller": c.group.get("controller").pid, "worker": c.group.get("worker-cpu").pid}
+        lost_before = c.status()["counters"].get("workers_lost", 0)
+        result.idle_rss_mib = {name: status_kb(pid, "VmRSS") for name, pid in pids.items()}
+        result.idle_rss_mib["cli"] = cli_idle
+        for pid in pids.values():
+            reset_peak(pid)
+        upload: dict = {}
+
+        def upload_big() -> None:
+            time.sleep(2.0)
+            upload["peak"], upload["s"], upload["code"] = cli_peak_mib(
+                [*cli, "--timeout", "600", "upload", str(model_path), "--name", "big", "--max-batch", "1"])
+
+        uploader = threading.Thread(target=upload_big)
+        uploader.start()
+        result.share_with = play(c.client_endpoint, args, "with the upload")
+        uploader.join()
+        if upload.get("code"):
+            raise RuntimeError(f"clockwork upload of the big model exited {upload['code']}")
+        result.upload_s = round(upload["s"], 2)
+        with Client(c.client_endpoint, timeout_s=120) as client:
+            x = {"x": np.ones((1, args.size), np.float32)}
+            result.big_exec_ms = [round(client.infer("big", x, slo_ms=60_000).exec_ms, 2) for _ in range(3)]
+        result.peak_rss_mib = {name: status_kb(pid, "VmHWM") for name, pid in pids.items()}
+        result.peak_rss_mib["cli"] = upload["peak"]
+        result.workers_lost = c.status()["counters"].get("workers_lost", 0) - lost_before
+    result.judge()
+    return result
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="clockwork-bench big-model", description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=16384, help="the MatMul's n: 4 n^2 bytes of weights")
+    p.add_argument("--rate", type=float, default=200.0, help="requests/s to the other models, together")
+    p.add_argument("--duration-s", type=float, default=30.0, help="each run's length")
+    p.add_argument("--slo-ms", type=float, default=100.0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", default="", help="folder for big-model.json")
+    p.add_argument("--keep", action="store_true", help="keep the run's state and logs")
+    return p.parse_args(argv)
+
+
+def report(result: Result, out: str) -> int:
+    say(f"model {result.model_bytes / MIB:.0f} MiB: upload {result.upload_s} s; big model exec "
+        f"{result.big_exec_ms} ms; within SLO without/with the upload {100 * result.share_without:.3f}% / "
+        f"{100 * result.share_with:.3f}%; idle RSS {result.idle_rss_mib}; peak RSS {result.peak_rss_mib} (MiB)")
+    print(format_table([[w, m, g, "met" if ok else "NOT MET"] for w, m, g, ok in result.verdicts],
+                       ["what", "measured", "goal", ""]))
+    if out:
+        write_json(Path(out) / "big-model.json", asdict(result))
+    return 0 if all(v[3] for v in result.verdicts) else 1
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_in_temp_dir("clockwork-big-model-", args.keep, "big model",
+                           lambda run_dir: report(measure(args, run_dir), args.out))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return command_main(parse_args, run, "big model")(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
