@@ -35,7 +35,7 @@ import numpy as np
 
 from bench import workload
 from bench.loadgen import run_open_loop
-from bench.models import profile_json
+from bench.models import matmul_onnx, profile_json
 from bench.procs import WorkerSpec, cluster, run_in_temp_dir
 from bench.progress import Progress, command_main, say
 from bench.report import format_table, write_json
@@ -68,20 +68,6 @@ class Result:
         for name, peak in self.peak_rss_mib.items():
             ratio = (peak - self.idle_rss_mib.get(name, 0.0)) * MIB / self.model_bytes
             self.verdicts.append((f"{name}: peak RSS above idle / model size", f"{ratio:.2f}", "<= 1.5", ratio <= 1.5))
-
-
-def matmul_onnx(path: Path, n: int) -> int:
-    """y = x @ W, W n x n float32 (4 n^2 bytes), written to `path`; returns the file's size."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    weights = numpy_helper.from_array(np.random.default_rng(0).random((n, n), dtype=np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])], [weights])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.write_bytes(model.SerializeToString())
-    return path.stat().st_size
 
 
 def status_kb(pid: int, key: str) -> float:
@@ -125,7 +111,8 @@ def play(endpoint: str, args: argparse.Namespace, label: str) -> float:
 def measure(args: argparse.Namespace, run_dir: Path) -> Result:
     model_path = run_dir / "big.onnx"
     say(f"writing a {4 * args.size ** 2 / MIB:.0f} MiB MatMul model")
-    size = matmul_onnx(model_path, args.size)
+    model_path.write_bytes(matmul_onnx(args.size))
+    size = model_path.stat().st_size
     result = Result(size, args.rate, args.duration_s)
     workers = [WorkerSpec("cpu", "onnxruntime"), WorkerSpec("emu", "emulated", devices=2, device_memory_mb=4096)]
     with cluster(run_dir, workers, controller_settings=[f"max_model_bytes={2 * size + MIB}"]) as c:

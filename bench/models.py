@@ -99,6 +99,17 @@ def cnn_onnx(seed: int = 0, channels: Sequence[int] = (32, 64, 128), strides: Se
     return _serialize(graph)
 
 
+def matmul_onnx(n: int, seed: int = 0) -> bytes:
+    """y = x @ W with W n x n float32: 4 n^2 bytes of weights (a big model of any size)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.random.default_rng(seed).random((n, n), dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])], [weights])
+    return _serialize(graph)
+
+
 def tiny_onnx(width: int = 4) -> bytes:
     """The smallest useful model: y = x + 1 on [N, width] float32 (for the overhead bench)."""
     from onnx import TensorProto, helper, numpy_helper

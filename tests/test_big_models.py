@@ -8,9 +8,8 @@ import threading
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from bench.models import mlp_onnx
+from bench.models import matmul_onnx, mlp_onnx
 from bench.procs import WorkerSpec, cluster
 from client import Client, RequestError
 from common.models import ISOLATED_CHECK_BYTES
@@ -19,19 +18,8 @@ from common.status import Status
 pytestmark = pytest.mark.timeout(180)
 
 
-def big_matmul(n: int) -> bytes:
-    """y = x @ W with W n x n float32: 4 n^2 bytes of weights."""
-    weights = numpy_helper.from_array(np.random.default_rng(0).random((n, n), dtype=np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])], [weights])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
 def test_a_large_model_is_checked_off_the_loops_while_another_model_serves(tmp_path):
-    blob = big_matmul(3200)  # 41 MB
+    blob = matmul_onnx(3200)  # 41 MB
     assert len(blob) > ISOLATED_CHECK_BYTES
     with cluster(tmp_path, [WorkerSpec("cpu", "onnxruntime")], log_level="info",
                  controller_settings=["max_model_bytes=200000000"]) as c:
@@ -69,11 +57,10 @@ def test_a_large_model_is_checked_off_the_loops_while_another_model_serves(tmp_p
 def test_a_model_over_the_chunk_size_travels_in_chunks_with_progress_and_a_hash_check(tmp_path, capsys):
     from client import cli
     from client.protocol import UPLOAD_CHUNK_BYTES, build_upload
-    from common import schema
     from common.codec import decode
     from common.net import dealer, recv_frames, send
 
-    blob = big_matmul(2300)  # 21 MB: three chunks
+    blob = matmul_onnx(2300)  # 21 MB: three chunks
     assert 2 * UPLOAD_CHUNK_BYTES < len(blob) < ISOLATED_CHECK_BYTES
     path = tmp_path / "matmul.onnx"
     path.write_bytes(blob)
