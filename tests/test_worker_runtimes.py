@@ -15,7 +15,8 @@ from common.models import onnx_signature, parse_profile
 from common.schema import Prepare
 from common.status import Status
 from common.tensors import Tensor
-from worker.lanes import pad_inputs, trim_outputs, wait_until
+from common.clock import wait_until
+from worker.lanes import pad_inputs, trim_outputs
 from worker.runtimes.emulated import EmulatedRuntime, exec_ns_for
 from worker.runtimes.onnxrt import OnnxRuntime
 from tests.worker_helpers import (Collector, MS, direct_run, make_device, make_preparer, profile_blob, small_mlp,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -28,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from common.checks import BadMessage
-from common.clock import monotonic_ns
+from common.clock import SPIN_NS, monotonic_ns, wait_until
 from common.models import Signature, check_inputs
 from common.status import Status
 from common.tensors import Tensor
@@ -37,11 +36,6 @@ from worker.runtimes.base import DeviceInfo, PreparedModel, Runtime
 from worker.store import ModelStore, describe_error
 
 NEVER_NS = 1 << 62  # a `latest` that never passes (internal jobs)
-# Sleeping is only accurate to ~0.1 ms, so the last stretch before a deadline is spun. A spin
-# holds the GIL from the worker's other threads: measured here, 200 us spins hit targets within
-# 3 us at p99 but cost the worker ~28% more CPU under load than 20 us spins (which overshoot
-# 109 us at p99); 50 us overshoots 75 us at p99, inside the emulated device's +-100 us goal.
-SPIN_NS = 50_000
 # A job is "stuck" once it has run STUCK_FACTOR times its expected duration (at least
 # STUCK_MIN_NS, so that scheduling noise on a tiny action does not raise the alarm); jobs with
 # no expectation (profiling, drops) get STUCK_UNKNOWN_NS, enough for a large model's profile.
@@ -49,17 +43,6 @@ STUCK_FACTOR = 20
 STUCK_MIN_NS = 2_000_000_000
 STUCK_UNKNOWN_NS = 300_000_000_000
 DROP_RETRY_NS = 1_000_000  # a DROP that meets the model executing tries again this much later
-
-
-def wait_until(target_ns: int) -> int:
-    """Wait precisely until the monotonic clock reaches target_ns: sleep, then spin. Returns now."""
-    now = monotonic_ns()
-    if target_ns - now > SPIN_NS:
-        time.sleep((target_ns - now - SPIN_NS) / 1e9)
-        now = monotonic_ns()
-    while now < target_ns:
-        now = monotonic_ns()
-    return now
 
 
 @dataclass

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.clock import monotonic_ns
+from common.clock import monotonic_ns, wait_until
 from common.config import HOST_DEVICE_MEMORY_BYTES
 from common.models import EmulatedProfile, Signature, parse_profile
 from common.status import Status
-from worker.lanes import wait_until
 from worker.runtimes.base import DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure
 
 
