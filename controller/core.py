@@ -429,13 +429,19 @@ class Core:
         backlog = self._finish_behind_queue_ns(model, samples, msg.priority, now_ns)
         if backlog is not None and backlog > deadline - int(self.headroom * budget):
             self.counters["rejected_for_backlog"] += 1
-            self._refused_on_estimates(model)
+            if self._replicas_idle(model, now_ns):  # nothing ahead: the model's own estimates refused it
+                self._refused_on_estimates(model)
             return (Status.WOULD_MISS_DEADLINE,
                     f"the work queued ahead finishes {(backlog - now_ns) / 1e6:.2f} ms from now at the earliest; "
                     f"{budget / 1e6:.2f} ms of its SLO are left", None)
         req = Request(request_id, client, model.name, samples, msg.priority, received, deadline,
                       msg.tensors, cold=not loaded)
         return Status.OK, "", req
+
+    def _replicas_idle(self, model: Model, now_ns: int) -> bool:
+        """No work queued or booked on any device holding the model (or it has none yet)."""
+        return all(not dev.backlog_ns() and dev.exec_lane.typical_free_at(now_ns) <= now_ns
+                   for dev in model.replicas.values())
 
     def _refused_on_estimates(self, model: Model) -> None:
         """A refusal with nothing of the model queued or running rests on its estimates alone;

@@ -701,3 +701,17 @@ def test_a_model_that_really_is_slow_stays_refused():
     t = warm(core)  # its runs take 40 ms, as profiled
     assert refusals_until_admitted(core, t, 20, 1000) == 200
     assert core.counters["estimates_doubted"] >= 10 and core.latency.exec_ns("m", 1, "emulated") == 40 * MS
+
+
+def test_refusals_behind_another_models_queue_doubt_nothing():
+    """A model refused because another model's work is queued ahead on the device refuses on
+    that queue, not on its own estimates: its measurements stay as they are."""
+    core = ready_core(models=("m", "hog"))
+    t = warm(core, "m")
+    t = warm(core, "hog", now=t)
+    core.latency.observe_exec("m", 1, "emulated", 9 * MS, 0)
+    for i in range(96):
+        infer(core, 5000 + i, model="hog", now=t, slo_ms=400)
+    refused = [replies(infer(core, 1000 + i, model="m", now=t, slo_ms=20)) for i in range(3 * DOUBT_AFTER)]
+    assert all(r and r[0].body.status is Status.WOULD_MISS_DEADLINE for r in refused)
+    assert core.counters["estimates_doubted"] == 0 and core.latency.exec_ns("m", 1, "emulated") == 9 * MS
