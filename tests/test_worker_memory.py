@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from common.config import MIB, WorkerConfig
@@ -98,8 +100,10 @@ def test_a_load_measures_its_begin_end_and_duration(emulated_device):
 
 
 def test_digest_depends_on_bytes_shapes_and_batch():
-    base = digest_of("onnx", b"abc", {}, 16)
-    assert base == digest_of("onnx", memoryview(b"abc"), {}, 16)
-    assert base != digest_of("onnx", b"abd", {}, 16)
-    assert base != digest_of("onnx", b"abc", {"x": [3]}, 16)
-    assert base != digest_of("onnx", b"abc", {}, 8)
+    abc, abd = hashlib.sha256(b"abc").hexdigest(), hashlib.sha256(b"abd").hexdigest()
+    base = digest_of("onnx", abc, {}, 16)
+    assert base == digest_of("onnx", abc, {}, 16)
+    assert base != digest_of("onnx", abd, {}, 16)
+    assert base != digest_of("onnx", abc, {"x": [3]}, 16)
+    assert base != digest_of("onnx", abc, {}, 8)
+    assert base != digest_of("profile", abc, {}, 16)

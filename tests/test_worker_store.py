@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from common.config import MIB, WorkerConfig
@@ -87,6 +89,34 @@ def test_onnx_prepare_profiles_on_the_device_exec_lane_and_refuses_garbage():
         assert store.model_ids() == ["mlp"]
     finally:
         device.stop()
+
+
+def test_a_large_model_lives_in_its_spooled_file_until_its_last_name_goes(tmp_path):
+    """From ISOLATED_CHECK_BYTES on, the bytes go to a file before anything parses them; a runtime
+    that reads files keeps the path, not the bytes, and the file goes with the model's last name
+    (or at once, when the PREPARE is refused or the digest was already held)."""
+    from bench.models import matmul_onnx
+    from common.models import ISOLATED_CHECK_BYTES
+
+    runtime = OnnxRuntime(WorkerConfig(devices=1))
+    store = ModelStore()
+    preparer = make_preparer(runtime, store, Collector(), spool_dir=tmp_path)
+    blob = matmul_onnx(2900)  # 33.6 MB
+    assert len(blob) >= ISOLATED_CHECK_BYTES
+    assert preparer.prepare(Prepare(model_id="big", format="onnx", blob=blob, max_batch=1)).status is Status.OK
+    (spooled,) = tmp_path.iterdir()
+    model = store.get("big")
+    assert model.host == str(spooled) and model.weights_bytes == len(blob) and spooled.read_bytes() == blob
+    assert preparer.prepare(Prepare(model_id="twin", format="onnx", blob=blob, max_batch=1)).status is Status.OK
+    assert list(tmp_path.iterdir()) == [spooled]  # one file for identical bytes
+    damaged = preparer.prepare(Prepare(model_id="bad", format="onnx", blob=blob[:-1] + b"x", max_batch=1,
+                                       sha256=hashlib.sha256(blob).hexdigest()))
+    assert damaged.status is Status.BAD_MODEL and "do not match" in damaged.detail
+    assert list(tmp_path.iterdir()) == [spooled]  # the refused one's file is gone
+    store.forget("big")
+    assert spooled.exists()  # "twin" still names it
+    store.forget("twin")
+    assert not spooled.exists()
 
 
 def test_the_prepare_thread_answers_every_prepare_in_order():

@@ -102,10 +102,12 @@ def make_device(runtime: Runtime, store: ModelStore | None = None, device_id: in
     return device, emit, store
 
 
-def make_preparer(runtime: Runtime, store: ModelStore, replies: Collector, device: Device | None = None) -> Preparer:
+def make_preparer(runtime: Runtime, store: ModelStore, replies: Collector, device: Device | None = None,
+                  spool_dir: Path | None = None) -> Preparer:
     """A Preparer profiling on `device`'s EXEC lane, or inline when no device is given."""
     run_on_lane = (lambda fn: device.run_exclusive(fn).result()) if device else (lambda fn: fn())
-    return Preparer(runtime, store, run_on_lane, lambda body, parent: replies((body, parent)), 3, LOG)
+    return Preparer(runtime, store, run_on_lane, lambda body, parent: replies((body, parent)), 3, LOG,
+                    spool_dir=spool_dir)
 
 
 def window(ahead_ms: float = 0.0, width_ms: float = 60_000.0) -> tuple[int, int]:

@@ -14,9 +14,11 @@ Nothing a peer sends can stop the loop: bad frames are answered with ERROR or lo
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import shutil
 import socket
+import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
 import zmq
@@ -57,8 +59,10 @@ class Daemon:
         self.store = ModelStore()
         self.devices = {info.device_id: Device(info, config.page_bytes, runtime, self.store, self.outbox.put, log)
                         for info in runtime.devices()}
+        self._spool_dir = Path(tempfile.mkdtemp(prefix="clockwork-worker-spool-"))  # large models, as files
         self.preparer = Preparer(runtime, self.store, self._profile_on_device0,
-                                 lambda body, parent: self.outbox.put((body, parent)), config.profile_runs, log)
+                                 lambda body, parent: self.outbox.put((body, parent)), config.profile_runs, log,
+                                 spool_dir=self._spool_dir)
         self._ctx = ctx or zmq.Context.instance()
         keys = security.for_worker(config, log)  # before connecting: no keys, loopback only
         self._sock = dealer(self._ctx, config.controller, self.name.encode(),
@@ -118,6 +122,7 @@ class Daemon:
             self.runtime.close()
         except Exception:
             self.log.exception("runtime close failed")
+        shutil.rmtree(self._spool_dir, ignore_errors=True)
         self._sock.close(linger=0)
         self.outbox.close()
         self.telemetry.close()
@@ -232,10 +237,10 @@ class Daemon:
                 device.submit_drop(model_id)
 
     def on_prepare(self, env: Envelope) -> None:
-        """The bytes become the host copy here, so that the message's frame (a second copy of a
-        model that may be gigabytes) is freed now, not after the model is prepared."""
+        """Handed over as it came: the prepare thread hashes the bytes, spools a large model to a
+        file and drops the message's frame, off this loop (a gigabyte is seconds of I/O)."""
         self.telemetry.on_prepare()
-        self.preparer.submit(env.msg_id, dataclasses.replace(env.body, blob=bytes(env.body.blob)))
+        self.preparer.submit(env.msg_id, env.body)
 
     def on_load(self, env: Envelope) -> None:
         m: Load = env.body

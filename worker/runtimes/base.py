@@ -66,6 +66,9 @@ class Profile:
 class Runtime(abc.ABC):
     name: ClassVar[str]
     formats: ClassVar[tuple[str, ...]]  # model formats it can serve ("onnx", "profile")
+    # prepare() may get a large model as the Path of the file it was spooled to (which lives as
+    # long as the prepared model) instead of its bytes, and then keeps no copy in memory.
+    reads_files: ClassVar[bool] = False
 
     @abc.abstractmethod
     def devices(self) -> list[DeviceInfo]: ...

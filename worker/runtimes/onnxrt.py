@@ -10,6 +10,7 @@ and keeps the bytes in host memory; LOAD builds the device's session from those 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,7 @@ class _Loaded:
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
     formats = ("onnx",)
+    reads_files = True  # a session built from a file parses one copy; from bytes, a copy of the copy
 
     def __init__(self, config):
         self._ort = _ort()
@@ -71,20 +73,22 @@ class OnnxRuntime(Runtime):
         opts.log_severity_level = ORT_LOG_ERRORS_ONLY
         return opts
 
-    def _session(self, model_bytes: bytes):
+    def _session(self, model: bytes | str):
+        """A session from the model's bytes, or from the file at `model` (a path)."""
         try:
-            return self._ort.InferenceSession(model_bytes, self.session_options(), providers=["CPUExecutionProvider"])
+            return self._ort.InferenceSession(model, self.session_options(), providers=["CPUExecutionProvider"])
         except Exception as exc:
             first = str(exc).strip().splitlines()
             reason = first[0][:500] if first else type(exc).__name__
             raise RuntimeFailure(Status.RUNTIME_ERROR, f"onnxruntime cannot load the model: {reason}")
 
-    def prepare(self, model_id: str, digest: str, fmt: str, blob: bytes, signature: Signature) -> PreparedModel:
+    def prepare(self, model_id: str, digest: str, fmt: str, blob: bytes | Path, signature: Signature) -> PreparedModel:
         if fmt != "onnx":
             raise RuntimeFailure(Status.BAD_MODEL, f"the onnxruntime runtime serves ONNX models, not {fmt!r}")
-        model_bytes = bytes(blob)
-        self._session(model_bytes)  # fail here, off the lanes, if onnxruntime cannot run it
-        return PreparedModel(model_id, digest, signature, len(model_bytes), model_bytes)
+        model = str(blob) if isinstance(blob, Path) else bytes(blob)  # a spooled model stays in its file
+        self._session(model)  # fail here, off the lanes, if onnxruntime cannot run it
+        size = blob.stat().st_size if isinstance(blob, Path) else len(model)
+        return PreparedModel(model_id, digest, signature, size, model)
 
     def profile(self, device_id: int, model: PreparedModel, batch_sizes: list[int], runs: int) -> Profile:
         start = monotonic_ns()

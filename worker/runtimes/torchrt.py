@@ -38,6 +38,7 @@ import copy
 import importlib
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -130,6 +131,7 @@ class LaneStream:
 class TorchRuntime(Runtime):
     name = "torch"
     formats = ("onnx",)
+    reads_files = True
 
     def __init__(self, config: WorkerConfig, log: Any = None):
         self._config = config
@@ -207,14 +209,16 @@ class TorchRuntime(Runtime):
 
     # ---------------------------------------------------------------------------- prepare
 
-    def prepare(self, model_id: str, digest: str, fmt: str, blob: bytes, signature: Signature) -> PreparedModel:
+    def prepare(self, model_id: str, digest: str, fmt: str, blob: bytes | Path, signature: Signature) -> PreparedModel:
         if fmt != "onnx":
             raise RuntimeFailure(Status.BAD_MODEL, f"the torch runtime serves ONNX models, not {fmt!r}")
         import onnx
 
         torch = self.torch
         try:
-            module = self._onnx2torch.convert(weights_as_initializers(onnx.load_from_string(bytes(blob)))).eval()
+            proto = onnx.load(str(blob)) if isinstance(blob, Path) else onnx.load_from_string(bytes(blob))
+            module = self._onnx2torch.convert(weights_as_initializers(proto)).eval()
+            del proto
         except Exception as exc:
             raise RuntimeFailure(Status.BAD_MODEL, f"onnx2torch cannot convert the model: {reason(exc)}") from None
         try:
