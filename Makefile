@@ -11,7 +11,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "Python 3.10+ is required")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,torch,nnef]'
+	$(PY) -m pip install --quiet -e '.[test,bench,gateway,torch,nnef]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

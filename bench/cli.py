@@ -38,6 +38,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Modules that come with an extra (setup.cfg), so a missing one can name what to install.
+EXTRA_OF = {"hdrh": "bench", "matplotlib": "bench", "aiohttp": "gateway", "orjson": "gateway", "tritonclient": "gateway",
+            "grpc": "gateway", "torch": "torch", "onnx2torch": "torch", "nnef_tools": "nnef"}
+
+
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: clockwork-bench SUBCOMMAND [options]", "", "subcommands:"]
@@ -62,6 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing in EXTRA_OF:
+            extra = EXTRA_OF[missing]
+            print(f"clockwork-bench {name} needs the {extra} extra: pip install 'clockwork-serving[{extra}]' "
+                  f"({missing} is missing)", file=sys.stderr)
+            return 2
         if exc.name != module_name:
             raise  # a real import error inside the module: show it
         print(f"clockwork-bench: {name} is not available in this installation ({module_name} is missing)",

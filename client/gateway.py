@@ -38,9 +38,14 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
 import structlog
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+try:
+    from aiohttp import web
+    from aiohttp.http_exceptions import HttpProcessingError
+except ImportError as exc:  # the daemons do not need it: it comes with the gateway extra
+    raise SystemExit(f"clockwork-gateway needs the gateway extra: pip install 'clockwork-serving[gateway]' "
+                     f"({exc})") from None
 
 from common import logsetup, schema, version
 from common.checks import BadMessage
