@@ -235,3 +235,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 main = command_main(parse_args, run, "benchmark")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

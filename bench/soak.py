@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -196,3 +197,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 main = command_main(parse_args, run, "soak")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
