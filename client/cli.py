@@ -340,9 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="list the N busiest models (default %(default)s)")
 
     inf = sub.add_parser("infer", help="run a model once and print its outputs and timing")
-    inf.add_argument("name")
-    inf.add_argument("--input", action="append", required=True, metavar="[NAME=]FILE",
-                     help="x.npy (batch dim first) for a single-input model, NAME=x.npy per input, or one .npz")
+    inf.add_argument("name", help="the model")
+    # A metavar with brackets ("[NAME=]FILE") breaks argparse's wrapping of the usage line.
+    inf.add_argument("--input", action="append", required=True, metavar="INPUT",
+                     help="FILE.npy (batch dim first) for a single-input model, NAME=FILE.npy per input "
+                          "(repeat --input), or one FILE.npz")
     inf.add_argument("--slo-ms", type=float, required=True, help="latency objective in milliseconds")
     inf.add_argument("--priority", type=int, default=0, help="0 (lowest, default) to 9")
     inf.add_argument("--output", metavar="FILE.npz", help="save the outputs")

@@ -208,3 +208,9 @@ def test_a_bad_log_level_is_a_clean_configuration_error():
     proc = subprocess.run([sys.executable, "-m", "controller.main", "--set", 'log_level="loud"'],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown log level 'loud'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_infer_usage_line_keeps_its_options_whole(capsys):
+    assert cli.main(["infer", "--help"]) == 0
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert "--input INPUT" in " ".join(usage.split())  # not split across lines around brackets
