@@ -115,7 +115,7 @@ class FakeCudaDriver:
         self.host_alloc_flags = SimpleNamespace(PORTABLE=1, DEVICEMAP=2, WRITECOMBINED=4)
         self.Device = type("Device", (_Device,), {"_driver": self})
         self.Context = type("Context", (_Context,), {"_driver": self})
-        self.Stream = lambda flags=0: _Stream(self)
+        self.Stream = lambda flags=0: _Stream(self, flags)
         self.Event = lambda flags=0: _Event(self)
 
     # ---------------------------------------------------------------- pycuda.driver functions
@@ -307,9 +307,10 @@ class _DeviceAllocation:
 
 
 class _Stream:
-    def __init__(self, driver: FakeCudaDriver):
+    def __init__(self, driver: FakeCudaDriver, flags: int = 0):
         driver.current_index("cuStreamCreate")
         self._driver = driver
+        self.flags = flags  # what cuStreamGetFlags would say
         self.handle = driver.next_handle()
 
     def synchronize(self) -> None:

@@ -26,7 +26,7 @@ from common.status import Status
 from tests import fake_pycuda
 from tests.fake_pycuda import FakeCudaDriver, FakeGpu
 from worker.runtimes.base import RuntimeFailure
-from worker.runtimes.cuda import CudaDevices, cuda_failure
+from worker.runtimes.cuda import NON_BLOCKING_STREAM, CudaDevices, cuda_failure
 from worker.runtimes.tensorrt import TensorRTRuntime
 
 pytestmark = pytest.mark.timeout(120)
@@ -217,6 +217,16 @@ def test_each_lane_owns_its_stream_and_events(driver, devices):
     assert 0 not in (stream_a, stream_b)  # never the legacy default stream
     assert len(set(events_a)) == len(set(events_b)) == 4
     assert not set(events_a) & set(events_b)
+
+
+def test_a_lane_stream_does_not_wait_for_the_legacy_default_stream():
+    """Only the fake says a stream's flags (PyCUDA has no cuStreamGetFlags)."""
+    devices = CudaDevices(fake_driver().cuda, 1)
+    try:
+        (flags,) = in_threads(as_lane(devices, 0, lambda state: state.stream.flags))
+        assert flags == NON_BLOCKING_STREAM
+    finally:
+        devices.close()
 
 
 def test_events_on_the_lane_stream_time_a_copy_in_ns(driver, devices):

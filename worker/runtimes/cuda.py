@@ -6,7 +6,8 @@ Rules (why the GPU stays predictable and the process stays sane):
   runtime's `lane_started` / `lane_stopped`) and, for the length of one call, around work the
   prepare thread does on a device (`scoped`). Never `pycuda.autoinit`: it would make a context
   current on whichever thread imported it, for good.
-- Every lane thread owns one stream and its own CUDA events; nothing else enqueues on it.
+- Every lane thread owns one stream (non-blocking: it never waits for the legacy default stream)
+  and its own CUDA events; nothing else enqueues on it.
 - Host buffers that feed copies are pinned (page-locked), so a copy is one DMA and its time does
   not depend on the kernel's page cache. Pinned buffers are allocated PORTABLE, so a plan pinned
   under device 0's context serves LOADs on device 1.
@@ -34,6 +35,11 @@ from worker.runtimes.base import RuntimeFailure, RuntimeUnavailable
 # cudaErrorMemoryAllocation, TensorRT's "Requested amount of GPU memory ... could not be allocated").
 _OOM_MARKERS = ("out of memory", "out_of_memory", "memoryallocation", "could not be allocated",
                 "failed_allocation", "insufficient memory")
+
+
+# CU_STREAM_NON_BLOCKING: a lane's stream never waits for the legacy default stream, which work
+# done off the lanes (an engine build on the prepare thread) may use.
+NON_BLOCKING_STREAM = 0x1
 
 
 def looks_like_oom(text: str) -> bool:
@@ -114,7 +120,8 @@ class CudaDevices:
         self._contexts[device_id].push()
         try:
             cuda = self.cuda
-            state = LaneState(device_id, lane, cuda.Stream(), tuple(cuda.Event() for _ in range(4)))
+            state = LaneState(device_id, lane, cuda.Stream(flags=NON_BLOCKING_STREAM),
+                              tuple(cuda.Event() for _ in range(4)))
         except BaseException:
             self.cuda.Context.pop()
             raise
