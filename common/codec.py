@@ -1,5 +1,5 @@
-"""Pure codec: `encode(envelope) -> frames` and `decode(frames) -> Envelope`; `bundle` and
-`split` put several messages in one ZeroMQ message and take them apart again.
+"""Pure codec: `encode(body, msg_id, parent_id, sent_ns) -> frames` and `decode(frames) -> Envelope`;
+`bundle` and `split` put several messages in one ZeroMQ message and take them apart again.
 
 No sockets here, so round-trip and fuzz tests call it directly. `decode` trusts nothing:
 header size, frame count, every field's type and range, and every tensor's byte length are
