@@ -39,6 +39,7 @@ from bench.models import matmul_onnx, profile_json
 from bench.procs import WorkerSpec, cluster, run_in_temp_dir
 from bench.progress import Progress, command_main, say
 from bench.report import format_table, write_json
+from bench.run import proc_status_mib
 from client import Client
 
 MIB = 1 << 20
@@ -70,15 +71,9 @@ class Result:
             self.verdicts.append((f"{name}: peak RSS above idle / model size", f"{ratio:.2f}", "<= 1.5", ratio <= 1.5))
 
 
-def status_kb(pid: int, key: str) -> float:
-    """A /proc/PID/status figure (VmRSS, VmHWM) in MiB; 0 when the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+def status_mib(pid: int, key: str) -> float:
+    """proc_status_mib, 0 once the process is gone."""
+    return proc_status_mib(pid, key) or 0.0
 
 
 def reset_peak(pid: int) -> None:
@@ -95,7 +90,7 @@ def cli_peak_mib(argv: list[str]) -> tuple[float, float, int]:
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = 0.0
     while proc.poll() is None:
-        peak = max(peak, status_kb(proc.pid, "VmHWM"))
+        peak = max(peak, status_mib(proc.pid, "VmHWM"))
         time.sleep(0.02)
     return peak, time.monotonic() - start, proc.returncode
 
@@ -124,7 +119,7 @@ def measure(args: argparse.Namespace, run_dir: Path) -> Result:
         result.share_without = play(c.client_endpoint, args, "without the upload")
         pids = {"controller": c.group.get("controller").pid, "worker": c.group.get("worker-cpu").pid}
         lost_before = c.status()["counters"].get("workers_lost", 0)
-        result.idle_rss_mib = {name: status_kb(pid, "VmRSS") for name, pid in pids.items()}
+        result.idle_rss_mib = {name: status_mib(pid, "VmRSS") for name, pid in pids.items()}
         result.idle_rss_mib["cli"] = cli_idle
         for pid in pids.values():
             reset_peak(pid)
@@ -145,7 +140,7 @@ def measure(args: argparse.Namespace, run_dir: Path) -> Result:
         with Client(c.client_endpoint, timeout_s=120) as client:
             x = {"x": np.ones((1, args.size), np.float32)}
             result.big_exec_ms = [round(client.infer("big", x, slo_ms=60_000).exec_ms, 2) for _ in range(3)]
-        result.peak_rss_mib = {name: status_kb(pid, "VmHWM") for name, pid in pids.items()}
+        result.peak_rss_mib = {name: status_mib(pid, "VmHWM") for name, pid in pids.items()}
         result.peak_rss_mib["cli"] = upload["peak"]
         result.workers_lost = c.status()["counters"].get("workers_lost", 0) - lost_before
     result.judge()

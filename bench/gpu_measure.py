@@ -40,7 +40,7 @@ from bench.loadgen import run_open_loop
 from bench.models import mlp_onnx
 from bench.procs import WorkerSpec, cluster
 from bench.progress import Progress, say
-from bench.report import format_table, saved_figure, write_json
+from bench.report import format_table, percentiles_ms, saved_figure, write_json
 from bench import workload
 from client import Client
 from common.config import MIB, TorchConfig, WorkerConfig
@@ -102,11 +102,6 @@ class Report:
     capacity_steps: list[dict] = field(default_factory=list)
     slo: list[SloRow] = field(default_factory=list)
     verdicts: list[tuple[str, str, str, bool]] = field(default_factory=list)  # what, measured, goal, met
-
-
-def percentiles_ms(samples_ns: Sequence[int]) -> dict[str, float]:
-    arr = np.asarray(samples_ns, dtype=np.float64) / 1e6
-    return {f"p{p:g}": float(np.percentile(arr, p, method="higher")) for p in PERCENTILES}
 
 
 def resnet50(image: int = 224) -> tuple[Any, bytes]:
@@ -229,8 +224,9 @@ def measure_exec(runtime: Any, lanes: DeviceLanes, torch_model: Any, blob: bytes
                 direct += d
             eager = time_eager(torch_model, x, max(50, args.runs // 10), args.device)
             first = first_after_load(runtime, lanes, model, {"image": x}, FRESH_LOADS)
-            row = ExecRow(batch, len(wall), percentiles_ms(wall), percentiles_ms(gpu), percentiles_ms(direct),
-                          percentiles_ms(eager), float(np.max(np.abs(outputs["logits"] - expected))), first)
+            lane_ms, gpu_ms, direct_ms, eager_ms = (percentiles_ms(s, PERCENTILES) for s in (wall, gpu, direct, eager))
+            row = ExecRow(batch, len(wall), lane_ms, gpu_ms, direct_ms, eager_ms,
+                          float(np.max(np.abs(outputs["logits"] - expected))), first)
             report.execs.append(row)
             say(f"exec batch {batch}: lane p50 {row.lane_ms['p50']:.3f} p99 {row.lane_ms['p99']:.3f} "
                 f"p99.9 {row.lane_ms['p99.9']:.3f} ms; direct graph p50 {row.direct_ms['p50']:.3f} p99 "
@@ -284,7 +280,7 @@ def measure_loads(runtime: Any, lanes: DeviceLanes, resnet: Any, args: argparse.
             return took
 
         held = profile.weights_bytes if profile.weights_bytes is not None else prepared.weights_bytes
-        row = LoadRow(name, round(held / MIB, 1), percentiles_ms(lanes.call(lanes.load, loads, "load")))
+        row = LoadRow(name, round(held / MIB, 1), percentiles_ms(lanes.call(lanes.load, loads, "load"), PERCENTILES))
         report.loads.append(row)
         say(f"load {name}: {row.weights_mib:.0f} MiB on the device, p50 {row.load_ms['p50']:.1f} ms")
     mib = np.array([r.weights_mib for r in report.loads])

@@ -167,6 +167,15 @@ def summarize(results: "LoadResults", name: str = "run", prediction_error: Mappi
     )
 
 
+def percentiles_ms(samples_ns: Sequence[int], percentiles: Sequence[float]) -> dict[str, float]:
+    """{"p50": ms, "p99": ms, ...} of ns samples; each the sample at or above its rank (numpy's
+    "higher"), so a tail is a time that was really measured."""
+    import numpy as np
+
+    arr = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    return {f"p{p:g}": float(np.percentile(arr, p, method="higher")) for p in percentiles}
+
+
 def prediction_counters(counters: Mapping[str, Any]) -> dict[str, Any]:
     """The controller's predicted-vs-measured counters: every key that mentions "prediction"."""
     return {k: v for k, v in sorted(counters.items()) if "prediction" in str(k)}

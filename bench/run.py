@@ -307,17 +307,21 @@ def _proc_cpu(stat: Path) -> float | None:
         return None
 
 
+def proc_status_mib(pid: int, key: str) -> float | None:
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM...) in MiB; None when unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mib(pids: dict[str, int]) -> dict[str, float]:
     """Each process's peak resident memory so far (VmHWM), in MiB; unreadable ones left out."""
-    out = {}
-    for name, pid in pids.items():
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    out[name] = int(line.split()[1]) / 1024
-        except OSError:
-            pass
-    return out
+    peaks = {name: proc_status_mib(pid, "VmHWM") for name, pid in pids.items()}
+    return {name: mib for name, mib in peaks.items() if mib is not None}
 
 
 def cpu_usage(before: dict[str, float], after: dict[str, float], wall_s: float, requests: int) -> dict:

@@ -36,7 +36,7 @@ import structlog
 
 from bench.device_lanes import DeviceLanes
 from bench.models import mlp_onnx, sample_inputs
-from bench.report import format_table
+from bench.report import format_table, percentiles_ms
 from common.config import WorkerConfig
 from common.models import onnx_signature
 from worker.runtimes.base import RuntimeUnavailable
@@ -118,11 +118,6 @@ class Report:
     failures: list[str] = field(default_factory=list)
 
 
-def percentiles_ms(samples_ns: list[int]) -> dict[str, float]:
-    arr = np.asarray(samples_ns, dtype=np.float64) / 1e6
-    return {f"p{p:g}": float(np.percentile(arr, p, method="higher")) for p in PERCENTILES}
-
-
 def reference_outputs(blob: bytes, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
@@ -153,7 +148,7 @@ def check_device(runtime: Any, lanes: DeviceLanes, device_id: int, name: str, bl
 
     load_ns = lanes.call(lanes.load, loads, "load")
     mib = model.weights_bytes / MIB
-    load_ms = percentiles_ms(load_ns)
+    load_ms = percentiles_ms(load_ns, PERCENTILES)
     report.loads.append(LoadRow(device_id, name, round(mib, 3), first, second, model.extra["engine"][kind]["pinned"],
                                 load_ms, load_ms["p50"] / mib if mib else float("nan")))
     handle = lanes.call(lanes.load, lambda: runtime.load(device_id, again), "load")
@@ -184,7 +179,8 @@ def _time_batch(runtime: Any, device_id: int, handle: Any, name: str, blob: byte
         _, gpu_ns = runtime.execute(device_id, handle, inputs)
         wall.append(time.perf_counter_ns() - t0)
         gpu.append(gpu_ns or 0)
-    return ExecRow(device_id, name, batch, runs, percentiles_ms(wall), percentiles_ms(gpu), err, ok)
+    return ExecRow(device_id, name, batch, runs, percentiles_ms(wall, PERCENTILES), percentiles_ms(gpu, PERCENTILES),
+                   err, ok)
 
 
 # ------------------------------------------------------------------------------ report
