@@ -49,7 +49,7 @@ except ImportError as exc:  # the daemons do not need it: it comes with the gate
 
 from common import logsetup, schema, version
 from common.checks import BadMessage
-from common.metrics import LATENCY_BUCKETS_S, UNKNOWN, BoundedLabels, new_registry, outcome
+from common.metrics import LATENCY_BUCKETS_S, UNKNOWN, BoundedLabels, ChildCache, new_registry, outcome
 from common.status import Status
 from client import v2
 from client.aio import AsyncClient
@@ -140,12 +140,13 @@ class GatewayMetrics:
         self.in_flight = Gauge("clockwork_gateway_requests_in_flight", "Infer requests being handled",
                                ["protocol"], registry=r)
         self._models = BoundedLabels(max_models)
+        self._child = ChildCache()  # labels() checks and locks on every call: once per series here
 
     def answered(self, model: str, protocol: str, status: Status, seconds: float) -> None:
         label = UNKNOWN if status is Status.MODEL_NOT_FOUND else self._models(model)
-        self.requests.labels(label, protocol, outcome(status), status.name).inc()
+        self._child(self.requests, label, protocol, outcome(status), status.name).inc()
         if status is Status.OK:
-            self.duration.labels(label, protocol).observe(seconds)
+            self._child(self.duration, label, protocol).observe(seconds)
 
 
 class Gateway:
