@@ -146,11 +146,6 @@ class ModelStore:
                 entry.spooled.unlink(missing_ok=True)
         return True
 
-    def holds(self, path: Path) -> bool:
-        """Some prepared model was spooled to `path` (the preparer keeps such files)."""
-        with self._lock:
-            return any(entry.spooled == path for entry in self._by_digest.values())
-
     def model_ids(self) -> list[str]:
         with self._lock:
             return sorted(self._digest_of)
@@ -222,14 +217,14 @@ class Preparer:
 
     def prepare_taken(self, incoming: Incoming) -> Prepared:
         """`prepare`, once the bytes are hashed (and a large model spooled)."""
-        msg = incoming.msg
         try:
-            return self._prepare(incoming, msg)
+            return self._prepare(incoming)
         finally:
-            if incoming.path is not None and not self._store.holds(incoming.path):
-                incoming.path.unlink(missing_ok=True)  # refused, or the digest was already held
+            if incoming.path is not None:  # refused, or the digest was already held: nobody adopted it
+                incoming.path.unlink(missing_ok=True)
 
-    def _prepare(self, incoming: Incoming, msg: Prepare) -> Prepared:
+    def _prepare(self, incoming: Incoming) -> Prepared:
+        msg = incoming.msg
         if msg.format not in self._runtime.formats:
             return Prepared(model_id=msg.model_id, status=Status.BAD_MODEL,
                             detail=f"the {self._runtime.name} runtime serves {', '.join(self._runtime.formats)} "
@@ -249,7 +244,7 @@ class Preparer:
                 status, detail = describe_error(exc)
                 self._log.info("prepare refused", model_id=msg.model_id, status=status.name, detail=detail)
                 return Prepared(model_id=msg.model_id, status=status, detail=detail)
-            spooled = incoming.path
+            spooled, incoming.path = incoming.path, None  # the store owns the file now
         model, profile = known
         self._store.add(msg.model_id, model, profile, spooled)
         return Prepared(model_id=msg.model_id, status=Status.OK, weights_bytes=model.weights_bytes,
