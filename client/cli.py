@@ -29,7 +29,7 @@ import numpy as np
 
 from common import security, version
 from common.checks import BadMessage
-from common.models import signature_of
+from common.models import ISOLATED_CHECK_BYTES, signature_of  # big ONNX: checked by the controller
 from common.schema import FORMATS, STATUS_MODELS
 from common.status import Fault, Status
 from client import nnef, protocol
@@ -474,7 +474,6 @@ EXIT_CODES_HELP = """exit codes:
   7  deadline missed (no answer in time)
   130 interrupted"""
 PROBE_TIMEOUT_S = 2.0  # how long a command waits to learn that nothing answers at the endpoint
-LOCAL_CHECK_BYTES = 32 * 1024 * 1024  # ONNX files up to this are checked here before uploading
 
 
 def exit_code(err: ClockworkError) -> int:
@@ -506,17 +505,18 @@ def probe(endpoint: str | None, **keys: Any) -> None:
 def check_model_file(path: str, fmt: str | None, input_shapes: dict, max_batch: int) -> None:
     """A file that is no model fails here at once, with the same reason the controller would give,
     even when no controller is running. (Large ONNX files are left to the controller.)"""
-    if os.path.isdir(path) or nnef.looks_like_nnef(path) or (fmt or detect_format(path)) == "nnef":
+    fmt = fmt or detect_format(path)
+    if os.path.isdir(path) or nnef.looks_like_nnef(path) or fmt == "nnef":
         return  # converted, and so checked, by the upload itself
     size = os.path.getsize(path)  # OSError: missing or unreadable
     if size == 0:
         raise error_for(Status.BAD_MODEL, f"{path} is empty")
-    if size > LOCAL_CHECK_BYTES and (fmt or detect_format(path)) == "onnx":
+    if size >= ISOLATED_CHECK_BYTES and fmt == "onnx":
         return
     with open(path, "rb") as fh:
         blob = fh.read()
     try:
-        signature_of(fmt or detect_format(path), blob, input_shapes, max_batch)
+        signature_of(fmt, blob, input_shapes, max_batch)
     except BadMessage as exc:
         raise error_for(exc.status, exc.detail) from None
 
