@@ -15,8 +15,9 @@ anything else is reported as RUNTIME_ERROR and the lane carries on.
 from __future__ import annotations
 
 import abc
+import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -61,6 +62,28 @@ class Profile:
     # What one LOAD was measured to hold on the device, where the runtime can measure it (torch:
     # the caching allocator's segments); it replaces PREPARE's estimate in weights_bytes.
     weights_bytes: int | None = None
+
+
+def percentile_ns(samples: list[int], pct: float) -> int:
+    ordered = sorted(samples)
+    return int(ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))])
+
+
+def sample_inputs(signature: Signature, batch_size: int) -> dict[str, np.ndarray]:
+    """Inputs of the right shapes and dtypes for profiling (zeros: only timing matters)."""
+    return {s.name: np.zeros((batch_size, *s.shape), dtype=s.dtype) for s in signature.inputs}
+
+
+def timed_runs(execute: Callable[[dict[str, np.ndarray]], Any], inputs: dict[str, np.ndarray], runs: int) -> list[int]:
+    """What profile() measures per batch size: one warm-up call (first runs allocate), then `runs`
+    timed calls of `execute(inputs)`, in ns."""
+    execute(inputs)
+    times = []
+    for _ in range(max(1, runs)):
+        t0 = time.perf_counter_ns()
+        execute(inputs)
+        times.append(time.perf_counter_ns() - t0)
+    return times
 
 
 class Runtime(abc.ABC):

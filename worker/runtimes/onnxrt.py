@@ -19,7 +19,8 @@ from common.clock import monotonic_ns
 from common.config import HOST_DEVICE_MEMORY_BYTES
 from common.models import Signature
 from common.status import Status
-from worker.runtimes.base import DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure, RuntimeUnavailable
+from worker.runtimes.base import (DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure, RuntimeUnavailable,
+                                  percentile_ns, sample_inputs, timed_runs)
 
 PROFILE_PERCENTILE = 90  # exec time reported per batch size: a high percentile of the runs
 ORT_LOG_ERRORS_ONLY = 3
@@ -31,16 +32,6 @@ def _ort():
     except ImportError as exc:  # pragma: no cover - a dependency of the package
         raise RuntimeUnavailable(f"onnxruntime is not installed: {exc}") from None
     return onnxruntime
-
-
-def percentile_ns(samples: list[int], pct: float) -> int:
-    ordered = sorted(samples)
-    return int(ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))])
-
-
-def sample_inputs(signature: Signature, batch_size: int) -> dict[str, np.ndarray]:
-    """Inputs of the right shapes and dtypes for profiling (zeros: only timing matters)."""
-    return {s.name: np.zeros((batch_size, *s.shape), dtype=s.dtype) for s in signature.inputs}
 
 
 @dataclass(frozen=True)
@@ -94,16 +85,9 @@ class OnnxRuntime(Runtime):
         start = monotonic_ns()
         session = self.load(device_id, model)
         load_ns = monotonic_ns() - start
-        exec_ns = {}
-        for batch in batch_sizes:
-            inputs = sample_inputs(model.signature, batch)
-            self.execute(device_id, session, inputs)  # warm-up: first runs allocate
-            times = []
-            for _ in range(max(1, runs)):
-                t0 = monotonic_ns()
-                self.execute(device_id, session, inputs)
-                times.append(monotonic_ns() - t0)
-            exec_ns[batch] = percentile_ns(times, PROFILE_PERCENTILE)
+        exec_ns = {batch: percentile_ns(timed_runs(lambda x: self.execute(device_id, session, x),
+                                                   sample_inputs(model.signature, batch), runs), PROFILE_PERCENTILE)
+                   for batch in batch_sizes}
         return Profile(load_ns, exec_ns)
 
     def load(self, device_id: int, model: PreparedModel) -> _Loaded:

@@ -58,7 +58,8 @@ import structlog
 from common.config import MIB, WorkerConfig
 from common.models import Signature
 from common.status import Status
-from worker.runtimes.base import DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure, RuntimeUnavailable
+from worker.runtimes.base import (DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure, RuntimeUnavailable,
+                                  sample_inputs, timed_runs)
 from worker.runtimes.cuda import CudaDevices, GpuInfo, LaneState, SmClocks, cuda_failure, looks_like_oom
 from worker.runtimes.engine_cache import PlanCache, PlanKey
 
@@ -523,13 +524,8 @@ class TensorRTRuntime(Runtime):
         try:
             exec_ns = {}
             for batch in sorted({b for b in batch_sizes if 1 <= b <= model.signature.max_batch}):
-                inputs = {s.name: np.zeros((batch, *s.shape), dtype=s.dtype) for s in model.signature.inputs}
-                self.execute(device_id, handle, inputs)
-                samples = []
-                for _ in range(max(1, runs)):
-                    t0 = time.perf_counter_ns()
-                    self.execute(device_id, handle, inputs)
-                    samples.append(time.perf_counter_ns() - t0)
+                samples = timed_runs(lambda x: self.execute(device_id, handle, x), sample_inputs(model.signature, batch),
+                                     runs)
                 exec_ns[batch] = int(np.percentile(samples, self._settings.profile_percentile, method="higher"))
         finally:
             self.unload(device_id, handle)

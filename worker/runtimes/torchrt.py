@@ -48,9 +48,9 @@ from common.clock import monotonic_ns
 from common.config import HOST_DEVICE_MEMORY_BYTES, WorkerConfig
 from common.models import Signature
 from common.status import Status
-from worker.runtimes.base import DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure, RuntimeUnavailable
+from worker.runtimes.base import (DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure, RuntimeUnavailable,
+                                  percentile_ns, sample_inputs, timed_runs)
 from worker.runtimes.cuda import GpuInfo, SmClocks, looks_like_oom
-from worker.runtimes.onnxrt import percentile_ns, sample_inputs
 from worker.store import PROFILE_BATCH_SIZES  # EXEC pads to these: one graph each
 
 # The SM clock is read by a background thread this often, not after each INFER: an NVML call
@@ -371,16 +371,10 @@ class TorchRuntime(Runtime):
             handle = self.load(device_id, model)
             load_ns = monotonic_ns() - t0
             try:
-                exec_ns = {}
-                for batch in batch_sizes:
-                    inputs = sample_inputs(model.signature, batch)
-                    self.execute(device_id, handle, inputs)
-                    times = []
-                    for _ in range(max(1, runs)):
-                        t0 = monotonic_ns()
-                        self.execute(device_id, handle, inputs)
-                        times.append(monotonic_ns() - t0)
-                    exec_ns[batch] = percentile_ns(times, self._settings.profile_percentile)
+                exec_ns = {batch: percentile_ns(timed_runs(lambda x: self.execute(device_id, handle, x),
+                                                           sample_inputs(model.signature, batch), runs),
+                                                self._settings.profile_percentile)
+                           for batch in batch_sizes}
                 device_bytes = self._device_bytes(handle) if self._cuda else None
             finally:
                 self.unload(device_id, handle)
