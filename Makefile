@@ -22,11 +22,11 @@ test: $(STAMP)
 
 # The folder a lent GPU machine (no network) needs: wheels for Python 3.12 and PyCUDA's sdist.
 gpu-carry: $(STAMP)
-	$(PY) -m bench.gpu_check --prepare
+	$(PY) -m clockwork.bench.gpu_check --prepare
 
 # Triton's perf_analyzer with the C/C++ runtime it needs, in ~/.cache/clockwork/perf-analyzer.
 perf-analyzer: $(STAMP)
-	$(PY) -m bench.perf_analyzer prepare
+	$(PY) -m clockwork.bench.perf_analyzer prepare
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -33,14 +33,14 @@ from typing import Sequence
 
 import numpy as np
 
-from bench import workload
-from bench.loadgen import run_open_loop
-from bench.models import matmul_onnx, profile_json
-from bench.procs import WorkerSpec, cluster, run_in_temp_dir
-from bench.progress import Progress, command_main, say
-from bench.report import format_table, write_json
-from bench.run import proc_status_mib
-from client import Client
+from clockwork.bench import workload
+from clockwork.bench.loadgen import run_open_loop
+from clockwork.bench.models import matmul_onnx, profile_json
+from clockwork.bench.procs import WorkerSpec, cluster, run_in_temp_dir
+from clockwork.bench.progress import Progress, command_main, say
+from clockwork.bench.report import format_table, write_json
+from clockwork.bench.run import proc_status_mib
+from clockwork.client import Client
 
 MIB = 1 << 20
 OTHERS = 4  # emulated models serving traffic
@@ -114,7 +114,7 @@ def measure(args: argparse.Namespace, run_dir: Path) -> Result:
         with Client(c.client_endpoint, timeout_s=60) as admin:
             for i in range(OTHERS):
                 admin.upload(profile_json(), f"other{i}", format="profile")
-        cli = [sys.executable, "-m", "client.cli", "--endpoint", c.client_endpoint]
+        cli = [sys.executable, "-m", "clockwork.client.cli", "--endpoint", c.client_endpoint]
         cli_idle, _, _ = cli_peak_mib([*cli, "ls"])
         result.share_without = play(c.client_endpoint, args, "without the upload")
         pids = {"controller": c.group.get("controller").pid, "worker": c.group.get("worker-cpu").pid}

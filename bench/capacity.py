@@ -32,14 +32,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from bench.loadgen import LoadResults
-from bench.procs import run_in_temp_dir
-from bench.progress import command_main, say as _say
-from bench.report import _finite, format_table, saved_figure
-from bench.run import (WORKLOADS, System, add_system_args, cpu_seconds, cpu_usage, describe, drive, make_schedule,
+from clockwork.bench.loadgen import LoadResults
+from clockwork.bench.procs import run_in_temp_dir
+from clockwork.bench.progress import command_main, say as _say
+from clockwork.bench.report import _finite, format_table, saved_figure
+from clockwork.bench.run import (WORKLOADS, System, add_system_args, cpu_seconds, cpu_usage, describe, drive, make_schedule,
                        setup_of, start_system, warm_up)
-from bench import workload
-from bench.runlog import RunLog, summarize_run, window, write_run
+from clockwork.bench import workload
+from clockwork.bench.runlog import RunLog, summarize_run, window, write_run
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.models import profile_json
-from bench.procs import Cluster, WorkerSpec, cluster, controller_argv, worker_argv
-from client import AsyncClient, ClockworkError, DeadlineExceeded
+from clockwork.bench.models import profile_json
+from clockwork.bench.procs import Cluster, WorkerSpec, cluster, controller_argv, worker_argv
+from clockwork.client import AsyncClient, ClockworkError, DeadlineExceeded
 
 MS = 1_000_000
 

@@ -14,27 +14,27 @@ import importlib
 import sys
 from typing import Sequence
 
-from common import version
+from clockwork.common import version
 
 # name -> (module whose main(argv) runs it, one line of help). Imported only when chosen, so
 # one missing optional module (or GPU library) never breaks the others.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("bench.demo", "controller + onnxruntime and emulated workers under an open-loop load"),
-    "overhead": ("bench.overhead", "end-to-end latency minus exec, beside a bare ZeroMQ relay"),
-    "predictability": ("bench.predictability", "exec percentiles through the worker vs onnxruntime called directly"),
-    "gpu-check": ("bench.gpu_check", "on a lent GPU: install what was carried, build PyCUDA, GPU tests, measure"),
-    "gateway": ("bench.gateway_bench", "KServe v2 gateway overhead vs the native client, and its request rate"),
-    "sim": ("bench.sim", "virtual-time simulator: the real scheduling core against emulated GPUs, or a baseline"),
-    "sweep": ("bench.sweep", "simulated schedulers across offered loads: goodput, SLO misses and p99 in one plot"),
-    "run": ("bench.run", "the real system under a workload, with a full run report"),
-    "versus": ("bench.versus", "a real ONNX model on this system vs a plain FIFO server, same schedule, rate by rate"),
-    "many-models": ("bench.many_models", "every control path (ls, status, list, gateway, metrics) with 4,026 models"),
-    "big-model": ("bench.big_model", "a 1 GiB ONNX model uploads and serves while other models serve: SLO, RSS"),
-    "soak": ("bench.soak", "minutes of mixed load with cancels and expiries: memory, descriptors and core tables stay bounded"),
-    "capacity": ("bench.capacity", "highest rate sustained with >= 99.9% of requests within the SLO"),
-    "overload": ("bench.overload", "goodput, admitted requests' SLO and memory at 3x a device-bound capacity"),
-    "chaos": ("bench.chaos", "kill and freeze workers, restart the controller under load; check invariants"),
-    "fuzz": ("bench.fuzz", "fuzz every decoder of untrusted bytes"),
+    "demo": ("clockwork.bench.demo", "controller + onnxruntime and emulated workers under an open-loop load"),
+    "overhead": ("clockwork.bench.overhead", "end-to-end latency minus exec, beside a bare ZeroMQ relay"),
+    "predictability": ("clockwork.bench.predictability", "exec percentiles through the worker vs onnxruntime called directly"),
+    "gpu-check": ("clockwork.bench.gpu_check", "on a lent GPU: install what was carried, build PyCUDA, GPU tests, measure"),
+    "gateway": ("clockwork.bench.gateway_bench", "KServe v2 gateway overhead vs the native client, and its request rate"),
+    "sim": ("clockwork.bench.sim", "virtual-time simulator: the real scheduling core against emulated GPUs, or a baseline"),
+    "sweep": ("clockwork.bench.sweep", "simulated schedulers across offered loads: goodput, SLO misses and p99 in one plot"),
+    "run": ("clockwork.bench.run", "the real system under a workload, with a full run report"),
+    "versus": ("clockwork.bench.versus", "a real ONNX model on this system vs a plain FIFO server, same schedule, rate by rate"),
+    "many-models": ("clockwork.bench.many_models", "every control path (ls, status, list, gateway, metrics) with 4,026 models"),
+    "big-model": ("clockwork.bench.big_model", "a 1 GiB ONNX model uploads and serves while other models serve: SLO, RSS"),
+    "soak": ("clockwork.bench.soak", "minutes of mixed load with cancels and expiries: memory, descriptors and core tables stay bounded"),
+    "capacity": ("clockwork.bench.capacity", "highest rate sustained with >= 99.9% of requests within the SLO"),
+    "overload": ("clockwork.bench.overload", "goodput, admitted requests' SLO and memory at 3x a device-bound capacity"),
+    "chaos": ("clockwork.bench.chaos", "kill and freeze workers, restart the controller under load; check invariants"),
+    "fuzz": ("clockwork.bench.fuzz", "fuzz every decoder of untrusted bytes"),
 }
 
 

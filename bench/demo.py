@@ -23,14 +23,14 @@ from typing import Sequence
 
 import numpy as np
 
-from bench import models as bench_models
-from bench import workload
-from bench.loadgen import LoadResults, rates_summary, run_open_loop
-from bench.procs import WorkerSpec, cluster, run_in_temp_dir
-from bench.progress import Progress, command_main, say as _say
-from bench.report import format_summary, prediction_counters, summarize, write_cdf_png, write_json
-from client import Client
-from common.status import Fault, Status
+from clockwork.bench import models as bench_models
+from clockwork.bench import workload
+from clockwork.bench.loadgen import LoadResults, rates_summary, run_open_loop
+from clockwork.bench.procs import WorkerSpec, cluster, run_in_temp_dir
+from clockwork.bench.progress import Progress, command_main, say as _say
+from clockwork.bench.report import format_summary, prediction_counters, summarize, write_cdf_png, write_json
+from clockwork.client import Client
+from clockwork.common.status import Fault, Status
 
 EMULATED = "emulated"
 ONNX = "onnx"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from worker.lanes import Lane, run_on
+from clockwork.worker.lanes import Lane, run_on
 
 
 class DeviceLanes:

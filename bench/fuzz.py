@@ -31,14 +31,14 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from bench.models import mlp_onnx, profile_json, tiny_onnx
-from client.errors import ClockworkError
-from common import schema
-from common.checks import BadMessage
-from common.codec import bundle, decode, encode, split
-from common.models import onnx_signature, parse_profile
-from common.status import Status
-from common.tensors import Tensor
+from clockwork.bench.models import mlp_onnx, profile_json, tiny_onnx
+from clockwork.client.errors import ClockworkError
+from clockwork.common import schema
+from clockwork.common.checks import BadMessage
+from clockwork.common.codec import bundle, decode, encode, split
+from clockwork.common.models import onnx_signature, parse_profile
+from clockwork.common.status import Status
+from clockwork.common.tensors import Tensor
 
 INTERESTING_INTS = (0, 1, -1, 2**31 - 1, 2**31, 2**32, 2**63 - 1, -(2**63), 2**64 - 1)
 
@@ -132,7 +132,7 @@ def target_codec(frames: list[bytes]) -> None:
 
 
 def target_client(frames: list[bytes]) -> None:
-    from client import protocol
+    from clockwork.client import protocol
 
     for incoming in protocol.read_incoming(frames):
         if incoming.envelope is None:

@@ -27,10 +27,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from bench import models as bench_models
-from bench.procs import WorkerSpec, cluster, free_port, http_ok, run_in_temp_dir
-from bench.report import Latencies, format_table, write_json
-from client import Client
+from clockwork.bench import models as bench_models
+from clockwork.bench.procs import WorkerSpec, cluster, free_port, http_ok, run_in_temp_dir
+from clockwork.bench.report import Latencies, format_table, write_json
+from clockwork.client import Client
 
 MODEL = "tiny"
 WIDTH = 4
@@ -195,7 +195,7 @@ def measure_and_report(args: argparse.Namespace, run_dir: Path) -> int:
     with cluster(run_dir, [WorkerSpec("cpu", "onnxruntime", devices=1)], log_level=args.log_level) as c:
         port = free_port()
         address, url = f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"
-        c.group.start("gateway", [sys.executable, "-m", "client.gateway", "--listen", address,
+        c.group.start("gateway", [sys.executable, "-m", "clockwork.client.gateway", "--listen", address,
                                   "--controller", c.client_endpoint, "--connections", str(args.connections),
                                   "--log-level", args.log_level])
         with c.client() as admin:

@@ -5,7 +5,7 @@ project needs beside them travels in one folder, prepared here beforehand:
 
     make gpu-carry                              # here, with network: fill .gpu-carry/
     clockwork-bench gpu-check --dry-run         # here: every step it would take, and what is missing
-    python3 -m bench.gpu_check --out "$OUT"     # there (carry .gpu-carry): everything, in one call
+    python3 bench/gpu_check.py --out "$OUT"      # there (carry .gpu-carry): everything, in one call
 
 The steps, each logged to --out and timed:
 1. look: the GPU (nvidia-smi), Python, and whether torch sees CUDA;
@@ -145,6 +145,25 @@ def unpack_pycuda(sdist: Path, into: Path, settings: dict, jobs: int) -> Path:
 # ------------------------------------------------------------------------------ the steps
 
 
+PACKAGES = ("common", "controller", "worker", "client", "bench")
+
+
+def namespace_root(site: Path) -> Path:
+    """A folder whose clockwork/ links to this checkout's top-level folders.
+
+    The project imports itself as clockwork.* (setup.cfg maps the folders), and the lent machine
+    has no install of it: these links give the tests and the measurement the same import names
+    without running pip on the checkout."""
+    root = site / "namespace"
+    package = root / "clockwork"
+    package.mkdir(parents=True, exist_ok=True)
+    for name in PACKAGES:
+        link = package / name
+        if not link.is_symlink():
+            link.symlink_to(REPO / name, target_is_directory=True)
+    return root
+
+
 @dataclass(frozen=True)
 class Plan:
     python: str
@@ -156,7 +175,7 @@ class Plan:
     test_args: tuple[str, ...] = ()
 
     def env(self) -> dict:
-        paths = [str(self.site), str(REPO), os.environ.get("PYTHONPATH", "")]
+        paths = [str(namespace_root(self.site)), str(self.site), str(REPO), os.environ.get("PYTHONPATH", "")]
         return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "PYTHONUNBUFFERED": "1"}
 
     def install(self) -> list[str]:
@@ -171,10 +190,10 @@ class Plan:
         return [self.python, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *self.test_args, *GPU_TESTS]
 
     def measure(self) -> list[str]:
-        return [self.python, "-m", "bench.gpu_measure", "--out", str(self.out), *(["--quick"] if self.quick else [])]
+        return [self.python, "-m", "clockwork.bench.gpu_measure", "--out", str(self.out), *(["--quick"] if self.quick else [])]
 
     def trt(self) -> list[str]:
-        return [self.python, "-m", "bench.trt_check", "--quick", "--json", str(self.out / "trt-check.json")]
+        return [self.python, "-m", "clockwork.bench.trt_check", "--quick", "--json", str(self.out / "trt-check.json")]
 
 
 def run_logged(cmd: list[str], log: Path, env: dict | None = None, cwd: Path = REPO, timeout_s: float = 900) -> int:

@@ -34,17 +34,17 @@ from typing import Any, Sequence
 import numpy as np
 import structlog
 
-from bench.capacity import Step, search
-from bench.device_lanes import DeviceLanes
-from bench.loadgen import run_open_loop
-from bench.models import mlp_onnx
-from bench.procs import WorkerSpec, cluster
-from bench.progress import Progress, say
-from bench.report import format_table, percentiles_ms, saved_figure, write_json
-from bench import workload
-from client import Client
-from common.config import MIB, TorchConfig, WorkerConfig
-from common.models import onnx_signature
+from clockwork.bench.capacity import Step, search
+from clockwork.bench.device_lanes import DeviceLanes
+from clockwork.bench.loadgen import run_open_loop
+from clockwork.bench.models import mlp_onnx
+from clockwork.bench.procs import WorkerSpec, cluster
+from clockwork.bench.progress import Progress, say
+from clockwork.bench.report import format_table, percentiles_ms, saved_figure, write_json
+from clockwork.bench import workload
+from clockwork.client import Client
+from clockwork.common.config import MIB, TorchConfig, WorkerConfig
+from clockwork.common.models import onnx_signature
 
 PERCENTILES = (50.0, 99.0, 99.9)
 EXEC_BATCHES = (1, 16)
@@ -197,7 +197,7 @@ def measure_exec(runtime: Any, lanes: DeviceLanes, torch_model: Any, blob: bytes
     import onnx
     import onnx2torch
 
-    from worker.runtimes.torchrt import weights_as_initializers
+    from clockwork.worker.runtimes.torchrt import weights_as_initializers
 
     signature = onnx_signature(blob, {}, max(EXEC_BATCHES))
     model = runtime.prepare(MODEL, "gpu-check", "onnx", blob, signature)
@@ -412,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from worker.runtimes.torchrt import TorchRuntime
+    from clockwork.worker.runtimes.torchrt import TorchRuntime
 
     runtime = TorchRuntime(WorkerConfig(runtime="torch", torch=TorchConfig(device=args.device)))
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else "none (CPU torch)"

@@ -44,18 +44,18 @@ import msgpack
 import numpy as np
 import zmq
 
-from bench.progress import NullProgress, Progress
-from bench.report import Latencies
-from bench.workload import Schedule
-from client.protocol import build_infer
-from common.checks import BadMessage
-from common.codec import bundle, bundle_header, decode, encode, split
-from common.net import IdSource, dealer, recv_frames
-from common.schema import MAX_BUNDLE_PARTS, Message
-from common.status import Status
+from clockwork.bench.progress import NullProgress, Progress
+from clockwork.bench.report import Latencies
+from clockwork.bench.workload import Schedule
+from clockwork.client.protocol import build_infer
+from clockwork.common.checks import BadMessage
+from clockwork.common.codec import bundle, bundle_header, decode, encode, split
+from clockwork.common.net import IdSource, dealer, recv_frames
+from clockwork.common.schema import MAX_BUNDLE_PARTS, Message
+from clockwork.common.status import Status
 
 if TYPE_CHECKING:
-    from bench.runlog import RunLog
+    from clockwork.bench.runlog import RunLog
 
 TICK_S = 0.1  # how often progress is drawn and the health check runs
 MAX_SLEEP_MS = 100  # never sleep longer than this, so ticks stay on time
@@ -794,7 +794,7 @@ def serve_echo(endpoint: str, ready: Any = None, stop: Any = None) -> None:
     """A ROUTER answering every message with an OK INFER reply (batch 1, exec 0, worker "echo"):
     the fastest possible "controller", to measure what the generator alone can offer.
     `ready`/`stop`: multiprocessing Events (set once bound / set to end)."""
-    from common.schema import InferReply
+    from clockwork.common.schema import InferReply
 
     context = zmq.Context()
     sock = context.socket(zmq.ROUTER)

@@ -14,8 +14,8 @@ Example:
 
 from __future__ import annotations
 
-from common.codec import decode, encode
-from common.schema import Message
+from clockwork.common.codec import decode, encode
+from clockwork.common.schema import Message
 
 
 class Link:

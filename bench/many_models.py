@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from bench.models import mlp_onnx, profile_json
-from bench.procs import Cluster, WorkerSpec, cluster, controller_argv, free_port, run_in_temp_dir, workers_alive
-from bench.progress import Progress, command_main, say
-from bench.report import format_table, write_json
-from client import Client, cli
+from clockwork.bench.models import mlp_onnx, profile_json
+from clockwork.bench.procs import Cluster, WorkerSpec, cluster, controller_argv, free_port, run_in_temp_dir, workers_alive
+from clockwork.bench.progress import Progress, command_main, say
+from clockwork.bench.report import format_table, write_json
+from clockwork.client import Client, cli
 
 ONNX_MODELS = 3  # real models among the emulated profiles: their signatures come from ONNX
 SMALL = 10  # the reference size
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     def body(run_dir: Path) -> int:
         with cluster(run_dir, workers, controller_settings=settings) as c:
             port = free_port()
-            c.group.start("gateway", [sys.executable, "-m", "client.gateway", "--listen", f"127.0.0.1:{port}",
+            c.group.start("gateway", [sys.executable, "-m", "clockwork.client.gateway", "--listen", f"127.0.0.1:{port}",
                                       "--controller", c.client_endpoint, "--log-level", "warning"])
             gateway, metrics = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
             c.group.wait_until(lambda: _answers(f"{gateway}/v2/health/live"), 30, "the gateway to answer")

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from common.models import signature_of
+from clockwork.common.models import signature_of
 
 # Real exports inside wheels on the index: (requirement, member path in the wheel).
 PPOCR_CLS = ("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx")

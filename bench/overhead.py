@@ -22,14 +22,14 @@ from typing import Sequence
 
 import zmq
 
-from bench import models as bench_models
-from bench.procs import WorkerSpec, cluster, free_port, run_in_temp_dir
-from bench.report import Latencies, format_table, write_json
-from client.protocol import build_infer
-from common.codec import decode, encode
-from common.net import IdSource, dealer, recv_frames, router
-from common.schema import Infer, InferReply
-from common.status import Status
+from clockwork.bench import models as bench_models
+from clockwork.bench.procs import WorkerSpec, cluster, free_port, run_in_temp_dir
+from clockwork.bench.report import Latencies, format_table, write_json
+from clockwork.client.protocol import build_infer
+from clockwork.common.codec import decode, encode
+from clockwork.common.net import IdSource, dealer, recv_frames, router
+from clockwork.common.schema import Infer, InferReply
+from clockwork.common.status import Status
 
 MODEL = "tiny"
 HELLO = b"hello"
@@ -205,7 +205,7 @@ def measure_and_report(args: argparse.Namespace, run_dir: Path) -> int:
     body = build_infer(MODEL, bench_models.sample_inputs("onnx", blob), int(REPLY_TIMEOUT_S * 1e9))
     with cluster(run_dir, [WorkerSpec("cpu", "onnxruntime", devices=1)], log_level=args.log_level) as c:
         front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-        me = [sys.executable, "-m", "bench.overhead"]
+        me = [sys.executable, "-m", "clockwork.bench.overhead"]
         c.group.start("relay", [*me, "--role", "relay", "--front", front, "--back", back])
         c.group.start("echo", [*me, "--role", "echo", "--back", back])
         with c.client() as admin:

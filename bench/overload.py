@@ -37,13 +37,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import capacity
-from bench.capacity import num, top_counts
-from bench.procs import run_in_temp_dir
-from bench.progress import command_main
-from bench.progress import say as _say
-from bench.report import _finite, format_table, saved_figure
-from bench.run import (
+from clockwork.bench import capacity
+from clockwork.bench.capacity import num, top_counts
+from clockwork.bench.procs import run_in_temp_dir
+from clockwork.bench.progress import command_main
+from clockwork.bench.progress import say as _say
+from clockwork.bench.report import _finite, format_table, saved_figure
+from clockwork.bench.run import (
     WORKLOADS,
     add_system_args,
     describe,
@@ -52,7 +52,7 @@ from bench.run import (
     start_system,
     warm_up,
 )
-from bench.runlog import summarize_run
+from clockwork.bench.runlog import summarize_run
 
 # What the controller answers when it refuses a request at once (controller/core.py on_request).
 REFUSED_AT_ONCE = ("WOULD_MISS_DEADLINE", "QUEUE_FULL", "UNAVAILABLE", "MODEL_NOT_FOUND", "BAD_INPUT")

@@ -24,12 +24,12 @@ from typing import Sequence
 import numpy as np
 import zmq
 
-from common.checks import BadMessage
-from common.codec import bundle, decode, encode, split
-from common.net import IdSource
-from common.schema import Error, GetStatus, Infer, InferReply, Reply
-from common.status import Status
-from common.tensors import Tensor
+from clockwork.common.checks import BadMessage
+from clockwork.common.codec import bundle, decode, encode, split
+from clockwork.common.net import IdSource
+from clockwork.common.schema import Error, GetStatus, Infer, InferReply, Reply
+from clockwork.common.status import Status
+from clockwork.common.tensors import Tensor
 
 WORKER_NAME = "plain"
 

@@ -20,20 +20,18 @@ import subprocess
 import sys
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import zmq
 
-from common.clock import monotonic_ns
-from common.codec import decode, encode, split
-from common.net import IdSource, configure_socket
-from common.schema import Envelope, Exec, Heartbeat, HeartbeatAck, Hello, Load, Message, Prepare, Result, Welcome
-from common.status import Status
-from common.tensors import Tensor
+from clockwork.common.clock import monotonic_ns
+from clockwork.common.codec import decode, encode, split
+from clockwork.common.net import IdSource, configure_socket
+from clockwork.common.schema import Envelope, Exec, Heartbeat, HeartbeatAck, Hello, Load, Message, Prepare, Result, Welcome
+from clockwork.common.status import Status
+from clockwork.common.tensors import Tensor
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SECOND_NS = 1_000_000_000
 
 
@@ -63,8 +61,8 @@ def mlp_model(width: int = 256, rows: int = 0, layers: int = 2, seed: int = 0, o
 
 def spawn_worker(endpoint: str, *args: str, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen:
     """Start `python -m worker.main` connected to `endpoint`."""
-    cmd = [sys.executable, "-m", "worker.main", "--controller", endpoint, *args]
-    return subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+    cmd = [sys.executable, "-m", "clockwork.worker.main", "--controller", endpoint, *args]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
 def stop_worker(proc: subprocess.Popen, timeout_s: float = 10.0) -> int:

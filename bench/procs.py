@@ -38,10 +38,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import zmq
 
-from bench.progress import say
-from client import Client, ClockworkError
+from clockwork.bench.progress import say
+from clockwork.client import Client, ClockworkError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_GRACE_S = 5.0  # a daemon drains and closes its sockets well within this
 TAIL_LINES = 20
 T = TypeVar("T")
@@ -153,8 +152,6 @@ class ProcessGroup:
         log_file = open(log_path, "wb")
         child_env = dict(os.environ if env is None else env)
         child_env["PYTHONUNBUFFERED"] = "1"  # a crash's last words reach the log
-        child_env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), child_env.get("PYTHONPATH", "")) if p)
         try:
             popen = subprocess.Popen(
                 list(argv), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
@@ -310,7 +307,7 @@ class Cluster:
 
 def controller_argv(state_dir: Path, client_ep: str, worker_ep: str, log_level: str,
                     settings: Sequence[str]) -> list[str]:
-    argv = [sys.executable, "-m", "controller.main", "--state-dir", str(state_dir),
+    argv = [sys.executable, "-m", "clockwork.controller.main", "--state-dir", str(state_dir),
             "--client-endpoint", client_ep, "--worker-endpoint", worker_ep, "--log-level", log_level]
     for item in settings:
         argv += ["--set", item]
@@ -318,7 +315,7 @@ def controller_argv(state_dir: Path, client_ep: str, worker_ep: str, log_level: 
 
 
 def worker_argv(spec: WorkerSpec, worker_ep: str, log_level: str) -> list[str]:
-    argv = [sys.executable, "-m", "worker.main", "--controller", worker_ep, "--runtime", spec.runtime,
+    argv = [sys.executable, "-m", "clockwork.worker.main", "--controller", worker_ep, "--runtime", spec.runtime,
             "--devices", str(spec.devices), "--name", spec.name, "--log-level", log_level]
     if spec.device_memory_mb is not None:
         argv += ["--device-memory-mb", str(spec.device_memory_mb)]
@@ -335,7 +332,7 @@ def start_gateway(group: ProcessGroup, controller: str, name: str = "gateway", g
     """A `clockwork-gateway` for `controller` on free loopback ports, started in `group` and
     answering /v2/health/live; its HOST:PORT by protocol ("http", and "grpc" when asked)."""
     addresses = {"http": f"127.0.0.1:{free_port()}"}
-    argv = [sys.executable, "-m", "client.gateway", "--listen", addresses["http"], "--controller", controller,
+    argv = [sys.executable, "-m", "clockwork.client.gateway", "--listen", addresses["http"], "--controller", controller,
             "--default-slo-ms", "1000", "--log-level", "warning", *extra]
     if grpc:
         addresses["grpc"] = f"127.0.0.1:{free_port()}"

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from hdrh.histogram import HdrHistogram
 
 if TYPE_CHECKING:
-    from bench.loadgen import LoadResults
+    from clockwork.bench.loadgen import LoadResults
 
 PERCENTILES = (50.0, 99.0, 99.9, 99.99)
 LOWEST_US = 1  # 1 microsecond: below anything a message round trip can take

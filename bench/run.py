@@ -36,14 +36,14 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from bench import models as bench_models
-from bench import workload
-from bench.loadgen import LoadResults, rates_summary, run_closed_loop, run_open_loop, serve_echo
-from bench.procs import NotReady, ProcessDied, WorkerSpec, cluster, free_port, run_in_temp_dir
-from bench.progress import NullProgress, Progress, command_main, say as _say
-from bench.report import format_table, prediction_counters
-from bench.runlog import RunLog, format_run_summary, write_run
-from common.config import ControllerConfig
+from clockwork.bench import models as bench_models
+from clockwork.bench import workload
+from clockwork.bench.loadgen import LoadResults, rates_summary, run_closed_loop, run_open_loop, serve_echo
+from clockwork.bench.procs import NotReady, ProcessDied, WorkerSpec, cluster, free_port, run_in_temp_dir
+from clockwork.bench.progress import NullProgress, Progress, command_main, say as _say
+from clockwork.bench.report import format_table, prediction_counters
+from clockwork.bench.runlog import RunLog, format_run_summary, write_run
+from clockwork.common.config import ControllerConfig
 
 WORKLOADS = ("poisson", "bursty", "azure")
 ACTION_LOG_SETTING = "action_log_path"  # the controller's TSV action log, when it has one

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from bench.report import Latencies, _finite, format_table, saved_figure
+from clockwork.bench.report import Latencies, _finite, format_table, saved_figure
 
 REQUEST_COLUMNS: tuple[str, ...] = (
     "request_id",  # unique within the run

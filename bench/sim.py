@@ -57,17 +57,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import workload
-from bench.loopback import Link
-from bench.models import RESNET50_V100, profile_json
-from bench.progress import NullProgress, Progress
-from bench.report import Latencies, format_table, write_cdf_png, write_json
-from common import schema
-from common.config import MIB, MS, SchedulerConfig
-from common.models import EmulatedProfile, pages_for, parse_profile
-from common.status import Status
-from common.tensors import Tensor
-from controller.effects import (
+from clockwork.bench import workload
+from clockwork.bench.loopback import Link
+from clockwork.bench.models import RESNET50_V100, profile_json
+from clockwork.bench.progress import NullProgress, Progress
+from clockwork.bench.report import Latencies, format_table, write_cdf_png, write_json
+from clockwork.common import schema
+from clockwork.common.config import MIB, MS, SchedulerConfig
+from clockwork.common.models import EmulatedProfile, pages_for, parse_profile
+from clockwork.common.status import Status
+from clockwork.common.tensors import Tensor
+from clockwork.controller.effects import (
     ActionRecord,
     PrepareOn,
     ToClient,
@@ -716,11 +716,11 @@ SCHEDULERS = ("clockwork", "fifo", "fifo-timeout")
 def make_core(scheduler: str, sched_cfg: SchedulerConfig, max_batch: int = 16, max_queue_delay_ns: int = MS,
               replicate: bool = False):
     """The scheduling core by name: the real one, or baseline (a) `fifo` / (b) `fifo-timeout`."""
-    from controller.core import Core
+    from clockwork.controller.core import Core
 
     if scheduler == "clockwork":
         return Core(sched_cfg)
-    from controller.baseline import BaselineConfig, FifoCore
+    from clockwork.controller.baseline import BaselineConfig, FifoCore
 
     if scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; one of {', '.join(SCHEDULERS)}")
@@ -1029,7 +1029,7 @@ def _runlog_for(args: argparse.Namespace, schedule):
     if not args.logs and size > LOG_LIMIT:
         return None
     try:
-        from bench.runlog import RunLog
+        from clockwork.bench.runlog import RunLog
     except ImportError:
         return None
     return RunLog()
@@ -1039,7 +1039,7 @@ def _write_outputs(args: argparse.Namespace, spec: RunSpec, s: dict, runlog, nam
     out_dir = Path(args.out)
     write_summary(out_dir, s, name)
     if runlog is not None:
-        from bench.runlog import write_run
+        from clockwork.bench.runlog import write_run
 
         write_run(out_dir / name, runlog, f"{name}: {spec.workload}, {spec.sim.gpus} GPUs, {spec.models} models",
                   spec.slo_ms)

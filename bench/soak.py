@@ -29,14 +29,14 @@ from typing import Sequence
 
 import numpy as np
 
-from bench import workload
-from bench.loadgen import run_open_loop
-from bench.models import RESNET50_V100, profile_json
-from bench.procs import WorkerSpec, cluster, run_in_temp_dir
-from bench.progress import Progress, command_main, say
-from bench.report import format_table, saved_figure, write_json
-from client import Client, ClockworkError
-from client.aio import AsyncClient
+from clockwork.bench import workload
+from clockwork.bench.loadgen import run_open_loop
+from clockwork.bench.models import RESNET50_V100, profile_json
+from clockwork.bench.procs import WorkerSpec, cluster, run_in_temp_dir
+from clockwork.bench.progress import Progress, command_main, say
+from clockwork.bench.report import format_table, saved_figure, write_json
+from clockwork.client import Client, ClockworkError
+from clockwork.client.aio import AsyncClient
 
 # model -> SLO (ms): 2 ms cannot be met even on an idle device (refused at once); 8 ms is tight
 # (some become infeasible while queued); the rest are comfortable.

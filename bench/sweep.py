@@ -26,9 +26,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from bench import sim
-from bench.progress import NullProgress, Progress
-from bench.report import format_table, saved_figure, write_json
+from clockwork.bench import sim
+from clockwork.bench.progress import NullProgress, Progress
+from clockwork.bench.report import format_table, saved_figure, write_json
 
 MISS_FLOOR = 1e-6  # a run with no miss is drawn here on the log axis (and labelled as such)
 

@@ -34,12 +34,12 @@ from typing import Any, TextIO
 import numpy as np
 import structlog
 
-from bench.device_lanes import DeviceLanes
-from bench.models import mlp_onnx, sample_inputs
-from bench.report import format_table, percentiles_ms
-from common.config import WorkerConfig
-from common.models import onnx_signature
-from worker.runtimes.base import RuntimeUnavailable
+from clockwork.bench.device_lanes import DeviceLanes
+from clockwork.bench.models import mlp_onnx, sample_inputs
+from clockwork.bench.report import format_table, percentiles_ms
+from clockwork.common.config import WorkerConfig
+from clockwork.common.models import onnx_signature
+from clockwork.worker.runtimes.base import RuntimeUnavailable
 
 BATCH_SIZES = (1, 2, 4, 8, 16)
 PERCENTILES = (50.0, 99.0, 99.9, 99.99)
@@ -52,7 +52,7 @@ def conv_onnx(channels: int = 32, classes: int = 10, size: int = 64, seed: int =
     """A small float32 conv net: image [N, 3, size, size] -> Conv/Relu x2 -> mean -> Gemm -> [N, classes]."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from bench.models import IR_VERSION, OPSET
+    from clockwork.bench.models import IR_VERSION, OPSET
 
     rng = np.random.default_rng(seed)
 
@@ -223,7 +223,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_check(args: argparse.Namespace, gpu: Any = None, out: TextIO = sys.stdout) -> int:
     """Run every check; `gpu` injects GpuLibraries (tests pass the fakes). Returns the exit code."""
-    from worker.runtimes.tensorrt import TensorRTRuntime
+    from clockwork.worker.runtimes.tensorrt import TensorRTRuntime
 
     log = structlog.get_logger().bind(process="gpu-check")
     with tempfile.TemporaryDirectory(prefix="clockwork-gpu-check-") as scratch:

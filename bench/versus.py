@@ -34,14 +34,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from bench import models as bench_models
-from bench import workload
-from bench.loadgen import LoadResults, run_open_loop
-from bench.procs import WorkerSpec, cluster, free_port, run_in_temp_dir
-from bench.progress import Progress, command_main, say
-from bench.report import Latencies, format_table, saved_figure, write_json
-from client import Client, ClockworkError
-from client.cli import parse_shape
+from clockwork.bench import models as bench_models
+from clockwork.bench import workload
+from clockwork.bench.loadgen import LoadResults, run_open_loop
+from clockwork.bench.procs import WorkerSpec, cluster, free_port, run_in_temp_dir
+from clockwork.bench.progress import Progress, command_main, say
+from clockwork.bench.report import Latencies, format_table, saved_figure, write_json
+from clockwork.client import Client, ClockworkError
+from clockwork.client.cli import parse_shape
 
 MODEL = "model"
 GAP_S = 0.05  # between lone requests: the system idles, as it does between real clients' calls
@@ -178,7 +178,7 @@ def run_clockwork(run_dir: Path, model: bytes, shapes: dict, inputs: dict, rates
 
 def run_plain(run_dir: Path, model_path: Path, inputs: dict, rates, args) -> list[Point]:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    argv = [sys.executable, "-m", "bench.plain_server", str(model_path), endpoint, "--max-batch", str(args.plain_batch)]
+    argv = [sys.executable, "-m", "clockwork.bench.plain_server", str(model_path), endpoint, "--max-batch", str(args.plain_batch)]
     server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         if server.stdout.readline().strip() != "ready":

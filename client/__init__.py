@@ -1,6 +1,6 @@
 """Clockwork client library: `Client` (blocking) and `AsyncClient` (asyncio).
 
-    from client import Client
+    from clockwork.client import Client
     with Client() as cw:                      # $CLOCKWORK_ENDPOINT or tcp://127.0.0.1:5555
         cw.upload("resnet50.onnx", "resnet50")
         result = cw.infer("resnet50", batch, slo_ms=50)   # batch: np.ndarray, batch dim first
@@ -9,8 +9,8 @@ See `Client` for the workflow and defaults, `client.protocol` for the I/O-free b
 parsers (used by the load generator), and `client.errors` for the typed errors.
 """
 
-from client.aio import AsyncClient
-from client.errors import (
+from clockwork.client.aio import AsyncClient
+from clockwork.client.errors import (
     CapacityError,
     ClientClosed,
     ClockworkError,
@@ -20,8 +20,8 @@ from client.errors import (
     Unreachable,
     error_for,
 )
-from client.protocol import InferResult
-from client.sync import Client
+from clockwork.client.protocol import InferResult
+from clockwork.client.sync import Client
 
 __all__ = [
     "Client",

@@ -13,12 +13,12 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from common import codec, schema, security
-from common.status import Status
-from client import protocol
-from client.errors import ClockworkError, ClientClosed, DeadlineExceeded, ServerError
-from client.protocol import Call, ClientCore, Incoming, InferResult, Options
-from client.sync import open_dealer, poll_ms
+from clockwork.common import codec, schema, security
+from clockwork.common.status import Status
+from clockwork.client import protocol
+from clockwork.client.errors import ClockworkError, ClientClosed, DeadlineExceeded, ServerError
+from clockwork.client.protocol import Call, ClientCore, Incoming, InferResult, Options
+from clockwork.client.sync import open_dealer, poll_ms
 
 T = TypeVar("T")
 log = logging.getLogger("clockwork.client")
@@ -32,7 +32,7 @@ class AsyncClient:
 
         import asyncio
         import numpy as np
-        from client import AsyncClient
+        from clockwork.client import AsyncClient
 
         async def main():
             async with AsyncClient("tcp://127.0.0.1:5555") as cw:

@@ -27,15 +27,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from common import security, version
-from common.checks import BadMessage
-from common.models import ISOLATED_CHECK_BYTES, signature_of  # big ONNX: checked by the controller
-from common.schema import FORMATS, STATUS_MODELS
-from common.status import Fault, Status
-from client import nnef, protocol
-from client.errors import CapacityError, ClockworkError, DeadlineExceeded, RequestError, Unreachable, error_for
-from client.protocol import InferResult, detect_format
-from client.sync import Client
+from clockwork.common import security, version
+from clockwork.common.checks import BadMessage
+from clockwork.common.models import ISOLATED_CHECK_BYTES, signature_of  # big ONNX: checked by the controller
+from clockwork.common.schema import FORMATS, STATUS_MODELS
+from clockwork.common.status import Fault, Status
+from clockwork.client import nnef, protocol
+from clockwork.client.errors import CapacityError, ClockworkError, DeadlineExceeded, RequestError, Unreachable, error_for
+from clockwork.client.protocol import InferResult, detect_format
+from clockwork.client.sync import Client
 
 
 class UsageError(Exception):

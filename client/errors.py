@@ -16,7 +16,7 @@ Status.DEADLINE_MISSED` covers both, and `isinstance(err, DeadlineExceeded)` onl
 
 from __future__ import annotations
 
-from common.status import Fault, Status
+from clockwork.common.status import Fault, Status
 
 __all__ = [
     "ClockworkError",

@@ -47,14 +47,14 @@ except ImportError as exc:  # the daemons do not need it: it comes with the gate
     raise SystemExit(f"clockwork-gateway needs the gateway extra: pip install 'clockwork-serving[gateway]' "
                      f"({exc})") from None
 
-from common import logsetup, schema, version
-from common.checks import BadMessage
-from common.metrics import LATENCY_BUCKETS_S, UNKNOWN, BoundedLabels, ChildCache, new_registry, outcome
-from common.status import Status
-from client import v2
-from client.aio import AsyncClient
-from client.errors import ClockworkError, DeadlineExceeded
-from client.protocol import DEFAULT_ENDPOINT, InferResult, default_endpoint
+from clockwork.common import logsetup, schema, version
+from clockwork.common.checks import BadMessage
+from clockwork.common.metrics import LATENCY_BUCKETS_S, UNKNOWN, BoundedLabels, ChildCache, new_registry, outcome
+from clockwork.common.status import Status
+from clockwork.client import v2
+from clockwork.client.aio import AsyncClient
+from clockwork.client.errors import ClockworkError, DeadlineExceeded
+from clockwork.client.protocol import DEFAULT_ENDPOINT, InferResult, default_endpoint
 
 log = structlog.get_logger("clockwork.gateway")
 MiB = 1 << 20
@@ -413,7 +413,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         if config.grpc_port:
-            from client import grpc_gateway  # grpcio only where gRPC is served
+            from clockwork.client import grpc_gateway  # grpcio only where gRPC is served
 
             grpc_server = await grpc_gateway.start(runner.app[GATEWAY], config.grpc_host, config.grpc_port,
                                                    config.max_body_bytes, log)

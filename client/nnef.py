@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from client.errors import error_for
-from common.status import Status
+from clockwork.client.errors import error_for
+from clockwork.common.status import Status
 
 FORMAT = "nnef"  # the upload format a client accepts; what it registers is "onnx"
 

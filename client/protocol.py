@@ -41,14 +41,14 @@ from typing import Any, Callable, Generic, TypeVar
 import msgpack
 import numpy as np
 
-from common import checks, codec, schema
-from common.checks import BadMessage
-from common.net import IdSource
-from common.schema import Envelope, Message
-from common.status import Status
-from common.tensors import MAX_DIM, MAX_DIMS, Tensor
-from client import nnef
-from client.errors import ClockworkError, DeadlineExceeded, RequestError, ServerError, error_for
+from clockwork.common import checks, codec, schema
+from clockwork.common.checks import BadMessage
+from clockwork.common.net import IdSource
+from clockwork.common.schema import Envelope, Message
+from clockwork.common.status import Status
+from clockwork.common.tensors import MAX_DIM, MAX_DIMS, Tensor
+from clockwork.client import nnef
+from clockwork.client.errors import ClockworkError, DeadlineExceeded, RequestError, ServerError, error_for
 
 T = TypeVar("T")
 

@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 import numpy as np
 import zmq
 
-from common import codec, net, schema, security
-from client import protocol
-from client.errors import ClientClosed, ClockworkError
-from client.protocol import Call, ClientCore, InferResult, Options
+from clockwork.common import codec, net, schema, security
+from clockwork.client import protocol
+from clockwork.client.errors import ClientClosed, ClockworkError
+from clockwork.client.protocol import Call, ClientCore, InferResult, Options
 
 T = TypeVar("T")
 log = logging.getLogger("clockwork.client")
@@ -54,7 +54,7 @@ class Client:
     Quick start::
 
         import numpy as np
-        from client import Client, CapacityError
+        from clockwork.client import Client, CapacityError
 
         with Client("tcp://127.0.0.1:5555") as cw:
             cw.upload("resnet50.onnx", "resnet50", input_shapes={"data": [3, 224, 224]})

@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 import orjson
 
-from common import schema
-from common.status import Fault, Status
-from common.tensors import MAX_DIM, MAX_DIMS
-from client.errors import ClientClosed, ClockworkError, DeadlineExceeded
-from client.protocol import InferResult
+from clockwork.common import schema
+from clockwork.common.status import Fault, Status
+from clockwork.common.tensors import MAX_DIM, MAX_DIMS
+from clockwork.client.errors import ClientClosed, ClockworkError, DeadlineExceeded
+from clockwork.client.protocol import InferResult
 
 __all__ = [
     "VERSION", "V2_TO_NUMPY", "NUMPY_TO_V2", "HTTP_STATUS", "V2Error", "error_from", "http_status_of",

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from common.status import Status
+from clockwork.common.status import Status
 
 # Where a value sits in a message: a field name, or (parent path, key) pairs built as checks
 # descend, rendered as text only when a check fails (formatting every path up front cost more

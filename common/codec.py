@@ -14,11 +14,11 @@ from typing import Any, Iterator, Sequence
 
 import msgpack
 
-from common import schema
-from common.checks import BadMessage, integer
-from common.schema import Envelope, Message
-from common.status import Status
-from common.tensors import attach, read_specs
+from clockwork.common import schema
+from clockwork.common.checks import BadMessage, integer
+from clockwork.common.schema import Envelope, Message
+from clockwork.common.status import Status
+from clockwork.common.tensors import attach, read_specs
 
 _U64 = integer(0, schema.U64)
 _SIGNED = integer(-schema.I64, schema.I64)

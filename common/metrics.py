@@ -20,7 +20,7 @@ from typing import Any, Hashable
 
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
-from common.status import Fault, Status
+from clockwork.common.status import Fault, Status
 
 OTHER = "_other"  # models beyond the label cap
 ALL = "_all"  # every model together (ratio gauges, which cannot be summed afterwards)

@@ -12,10 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from common import checks as c
-from common.checks import BadMessage
-from common.status import Status
-from common.tensors import DTYPE_SIZES, Tensor, describe_tensor
+from clockwork.common import checks as c
+from clockwork.common.checks import BadMessage
+from clockwork.common.status import Status
+from clockwork.common.tensors import DTYPE_SIZES, Tensor, describe_tensor
 
 DEFAULT_MAX_BATCH = 16  # the largest batch size profiled unless the uploader asks otherwise
 
@@ -211,7 +211,7 @@ def signature_from_file(path: str, fmt: str, input_shapes: dict, max_batch: int)
     if fmt != "onnx" or os.path.getsize(path) < ISOLATED_CHECK_BYTES:
         with open(path, "rb") as fh:
             return signature_of(fmt, fh.read(), input_shapes, max_batch)
-    child = subprocess.run([sys.executable, "-m", "common.models", path, json.dumps(input_shapes), str(max_batch)],
+    child = subprocess.run([sys.executable, "-m", "clockwork.common.models", path, json.dumps(input_shapes), str(max_batch)],
                            capture_output=True, text=True)
     try:
         answer = json.loads(child.stdout)

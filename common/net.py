@@ -11,8 +11,8 @@ from typing import Any, Callable
 
 import zmq
 
-from common.codec import bundles, encode
-from common.schema import Message
+from clockwork.common.codec import bundles, encode
+from clockwork.common.schema import Message
 
 
 class IdSource:

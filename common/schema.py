@@ -15,9 +15,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from common import checks as c
-from common.status import Status
-from common.tensors import MAX_TENSORS, Tensor  # noqa: F401 (MAX_TENSORS is part of the schema)
+from clockwork.common import checks as c
+from clockwork.common.status import Status
+from clockwork.common.tensors import MAX_TENSORS, Tensor  # noqa: F401 (MAX_TENSORS is part of the schema)
 
 PROTO_VERSION = 1
 U64 = (1 << 64) - 1

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from common.checks import BadMessage, integer, one_of, record, sequence, text
-from common.status import Status
+from clockwork.common.checks import BadMessage, integer, one_of, record, sequence, text
+from clockwork.common.status import Status
 
 # The dtype allow-list: names as numpy spells them, item sizes in bytes.
 DTYPE_SIZES: dict[str, int] = {

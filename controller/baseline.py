@@ -27,17 +27,17 @@ import itertools
 from collections import deque
 from dataclasses import dataclass
 
-from common import schema
-from common.checks import BadMessage
-from common.config import MS, SchedulerConfig
-from common.models import Signature
-from common.status import Status
-from controller.batching import Batch, padded_size
-from controller.core import Core
-from controller.effects import Effect
-from controller.lifecycle import RequestState, Residency
-from controller.queues import QueueBase, is_live
-from controller.state import Device, Model, Request
+from clockwork.common import schema
+from clockwork.common.checks import BadMessage
+from clockwork.common.config import MS, SchedulerConfig
+from clockwork.common.models import Signature
+from clockwork.common.status import Status
+from clockwork.controller.batching import Batch, padded_size
+from clockwork.controller.core import Core
+from clockwork.controller.effects import Effect
+from clockwork.controller.lifecycle import RequestState, Residency
+from clockwork.controller.queues import QueueBase, is_live
+from clockwork.controller.state import Device, Model, Request
 
 NO_WINDOW_NS = 3600 * 1_000_000_000  # a baseline EXEC is never too late for the worker
 

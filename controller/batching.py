@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from controller.state import Request
+from clockwork.controller.state import Request
 
 SCAN_LIMIT = 64  # requests looked at per batch: bounds work per decision under deep queues
 

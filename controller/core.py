@@ -43,19 +43,19 @@ import math
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 
-from common import schema
-from common.checks import BadMessage
-from common.config import SchedulerConfig
-from common.models import Signature, check_inputs
-from common.status import Status
-from common.tensors import Tensor
-from controller import placement
-from controller.batching import Batch, grow, padded_size
-from controller.effects import ActionRecord, Effect, PrepareOn, ToClient, ToWorker, UploadFinished
-from controller.latency import LatencyModel
-from controller.lifecycle import Residency, RequestState, move
-from controller.queues import CLASSES
-from controller.state import Action, Device, Model, PendingUpload, Profile, Request, Resident, Worker
+from clockwork.common import schema
+from clockwork.common.checks import BadMessage
+from clockwork.common.config import SchedulerConfig
+from clockwork.common.models import Signature, check_inputs
+from clockwork.common.status import Status
+from clockwork.common.tensors import Tensor
+from clockwork.controller import placement
+from clockwork.controller.batching import Batch, grow, padded_size
+from clockwork.controller.effects import ActionRecord, Effect, PrepareOn, ToClient, ToWorker, UploadFinished
+from clockwork.controller.latency import LatencyModel
+from clockwork.controller.lifecycle import Residency, RequestState, move
+from clockwork.controller.queues import CLASSES
+from clockwork.controller.state import Action, Device, Model, PendingUpload, Profile, Request, Resident, Worker
 
 UPLOAD_WAIT_NS = 120 * 1_000_000_000  # answer an upload by then even if a worker is silent
 UNLOAD_WINDOW_NS = 60 * 1_000_000_000  # an UNLOAD is never too late to be useful

@@ -21,22 +21,22 @@ from pathlib import Path
 
 import zmq
 
-from common import schema, security
-from common.checks import BadMessage
-from common.clock import QueueDelay, monotonic_ns
-from common.codec import decode, encode, peek_header, split
-from common.config import ControllerConfig
-from common.models import Signature, signature_of
-from common.net import IdSource, Outgoing, recv_frames, recv_frames_from, router, send
-from common.sdnotify import Notifier
-from common.status import Status
-from controller import listing
-from controller.core import Core
-from controller.effects import ActionRecord, PrepareOn, ToClient, ToWorker, UploadFinished
-from controller.intake import Checked, Intake
-from controller.metrics import ControllerTelemetry
-from controller.registry import ModelRecord, Registry
-from controller.shedding import InputShedder
+from clockwork.common import schema, security
+from clockwork.common.checks import BadMessage
+from clockwork.common.clock import QueueDelay, monotonic_ns
+from clockwork.common.codec import decode, encode, peek_header, split
+from clockwork.common.config import ControllerConfig
+from clockwork.common.models import Signature, signature_of
+from clockwork.common.net import IdSource, Outgoing, recv_frames, recv_frames_from, router, send
+from clockwork.common.sdnotify import Notifier
+from clockwork.common.status import Status
+from clockwork.controller import listing
+from clockwork.controller.core import Core
+from clockwork.controller.effects import ActionRecord, PrepareOn, ToClient, ToWorker, UploadFinished
+from clockwork.controller.intake import Checked, Intake
+from clockwork.controller.metrics import ControllerTelemetry
+from clockwork.controller.registry import ModelRecord, Registry
+from clockwork.controller.shedding import InputShedder
 
 BURST = 512  # messages taken from one socket before looking at the other and ticking
 # ... or this long, whichever comes first. A message may be a bundle of many requests: bounded

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.schema import Message
-from common.status import Status
+from clockwork.common.schema import Message
+from clockwork.common.status import Status
 
 
 @dataclass(frozen=True)

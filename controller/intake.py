@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from common import schema
-from common.checks import BadMessage
-from common.models import ISOLATED_CHECK_BYTES, Signature, signature_from_file
-from common.status import Status
-from controller.registry import Registry
+from clockwork.common import schema
+from clockwork.common.checks import BadMessage
+from clockwork.common.models import ISOLATED_CHECK_BYTES, Signature, signature_from_file
+from clockwork.common.status import Status
+from clockwork.controller.registry import Registry
 
 
 @dataclass(frozen=True)

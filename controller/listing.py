@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import msgpack
 
-from common import schema
+from clockwork.common import schema
 
 # What one reply's entries may take: the header limit less room for the rest of the reply (its
 # envelope, detail, "total" and a "next" name of up to 128 characters take well under 1 KiB).

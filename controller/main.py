@@ -7,9 +7,9 @@ import json
 import signal
 import sys
 
-from common import config as cfg
-from common import version
-from common.logsetup import configure
+from clockwork.common import config as cfg
+from clockwork.common import version
+from clockwork.common.logsetup import configure
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"clockwork-controller: bad configuration: {exc}", file=sys.stderr)
         return 2
-    from common.gc_tuning import tune_for_serving
-    from controller.daemon import ControllerDaemon
+    from clockwork.common.gc_tuning import tune_for_serving
+    from clockwork.controller.daemon import ControllerDaemon
 
     try:
         daemon = ControllerDaemon(config, log)

@@ -40,13 +40,13 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from common import schema
-from common.config import ControllerConfig
-from common.metrics import (ALL, UNKNOWN, ERROR_BUCKETS_S, LATENCY_BUCKETS_S, LOAD_BUCKETS_S, BoundedLabels,
+from clockwork.common import schema
+from clockwork.common.config import ControllerConfig
+from clockwork.common.metrics import (ALL, UNKNOWN, ERROR_BUCKETS_S, LATENCY_BUCKETS_S, LOAD_BUCKETS_S, BoundedLabels,
                             ChildCache, Server, Window, new_registry, outcome)
-from common.rotating_log import open_tsv
-from common.status import Fault, Status
-from controller.effects import ActionRecord, ToWorker
+from clockwork.common.rotating_log import open_tsv
+from clockwork.common.status import Fault, Status
+from clockwork.controller.effects import ActionRecord, ToWorker
 
 REQUEST_LOG_COLUMNS = ("request_id", "model", "priority", "status", "queue_ns", "exec_ns", "total_ns",
                        "batch_size", "cold_start", "worker", "slo_ns", "unix_s")

@@ -11,9 +11,9 @@ budget: the replica is then ready before demand outgrows the ones there are.
 
 from __future__ import annotations
 
-from common.models import pages_for
-from controller.lifecycle import Residency
-from controller.state import Device, Model
+from clockwork.common.models import pages_for
+from clockwork.controller.lifecycle import Residency
+from clockwork.controller.state import Device, Model
 
 
 def victims(dev: Device, short_pages: int) -> list[str] | None:

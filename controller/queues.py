@@ -15,13 +15,13 @@ import heapq
 import itertools
 from typing import TYPE_CHECKING
 
-from common.schema import MAX_PRIORITY
-from controller.lifecycle import RequestState
+from clockwork.common.schema import MAX_PRIORITY
+from clockwork.controller.lifecycle import RequestState
 
 CLASSES = MAX_PRIORITY + 1  # priority classes 0 .. MAX_PRIORITY
 
 if TYPE_CHECKING:
-    from controller.state import Request
+    from clockwork.controller.state import Request
 
 _QUEUED = RequestState.QUEUED
 

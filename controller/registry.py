@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from common.models import Signature, signature_from_header
+from clockwork.common.models import Signature, signature_from_header
 
 # The layout of registry.sqlite3 (PRAGMA user_version). A registry of a later version is refused
 # rather than misread; one made before the version was recorded (0) is version 1.

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.models import Signature
-from common.tensors import Tensor
-from controller.lifecycle import Residency, RequestState
-from controller.queues import CLASSES, RequestQueue
-from controller.timeline import Timeline
+from clockwork.common.models import Signature
+from clockwork.common.tensors import Tensor
+from clockwork.controller.lifecycle import Residency, RequestState
+from clockwork.controller.queues import CLASSES, RequestQueue
+from clockwork.controller.timeline import Timeline
 
 
 @dataclass(eq=False)

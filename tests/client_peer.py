@@ -26,10 +26,10 @@ import msgpack
 import numpy as np
 import zmq
 
-from common import codec, schema
-from common.schema import Envelope, Message
-from common.status import Status
-from common.tensors import Tensor
+from clockwork.common import codec, schema
+from clockwork.common.schema import Envelope, Message
+from clockwork.common.status import Status
+from clockwork.common.tensors import Tensor
 
 DEFAULT_INPUTS = [{"name": "data", "dtype": "float32", "shape": [4]}]
 

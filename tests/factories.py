@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from common import schema
-from common.config import SchedulerConfig
-from common.models import Signature, TensorSpec
-from common.status import Status
-from common.tensors import Tensor
-from controller.core import Core
-from controller.effects import PrepareOn, ToClient, ToWorker, UploadFinished
+from clockwork.common import schema
+from clockwork.common.config import SchedulerConfig
+from clockwork.common.models import Signature, TensorSpec
+from clockwork.common.status import Status
+from clockwork.common.tensors import Tensor
+from clockwork.controller.core import Core
+from clockwork.controller.effects import PrepareOn, ToClient, ToWorker, UploadFinished
 
 MS = 1_000_000
 MIB = 1024 * 1024

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pathlib
 import re
 
-from common import schema
-from common.config import SchedulerConfig
-from common.status import Status
-from controller.baseline import BaselineConfig, FifoCore
+from clockwork.common import schema
+from clockwork.common.config import SchedulerConfig
+from clockwork.common.status import Status
+from clockwork.controller.baseline import BaselineConfig, FifoCore
 from tests.factories import (
     EXEC_NS,
     LOAD_NS,

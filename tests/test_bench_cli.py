@@ -3,7 +3,7 @@
 import sys
 import types
 
-from bench import cli
+from clockwork.bench import cli
 
 
 def test_usage_lists_subcommands(capsys):
@@ -21,15 +21,15 @@ def test_unknown_subcommand(capsys):
 
 def test_forwards_remaining_argv(monkeypatch):
     seen = []
-    fake = types.ModuleType("bench.fake_cmd")
+    fake = types.ModuleType("clockwork.bench.fake_cmd")
     fake.main = lambda argv: seen.append(argv) or 3
-    monkeypatch.setitem(sys.modules, "bench.fake_cmd", fake)
-    monkeypatch.setitem(cli.COMMANDS, "fake", ("bench.fake_cmd", "a fake"))
+    monkeypatch.setitem(sys.modules, "clockwork.bench.fake_cmd", fake)
+    monkeypatch.setitem(cli.COMMANDS, "fake", ("clockwork.bench.fake_cmd", "a fake"))
     assert cli.main(["fake", "--x", "1"]) == 3
     assert seen == [["--x", "1"]]
 
 
 def test_missing_optional_module_is_reported(monkeypatch, capsys):
-    monkeypatch.setitem(cli.COMMANDS, "ghost", ("bench.no_such_module_here", "missing"))
+    monkeypatch.setitem(cli.COMMANDS, "ghost", ("clockwork.bench.no_such_module_here", "missing"))
     assert cli.main(["ghost"]) == 2
     assert "not available" in capsys.readouterr().err

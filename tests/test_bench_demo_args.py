@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bench import demo
+from clockwork.bench import demo
 
 
 def test_defaults_and_models():

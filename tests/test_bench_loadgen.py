@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import zmq
 
-from bench import workload
-from bench.loadgen import per_model, run_open_loop
-from bench.progress import Progress
-from common.codec import bundle, decode, encode, split
-from common.net import recv_frames, router
-from common.schema import InferReply
-from common.status import Status
+from clockwork.bench import workload
+from clockwork.bench.loadgen import per_model, run_open_loop
+from clockwork.bench.progress import Progress
+from clockwork.common.codec import bundle, decode, encode, split
+from clockwork.common.net import recv_frames, router
+from clockwork.common.schema import InferReply
+from clockwork.common.status import Status
 
 MS = 1_000_000
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from bench import many_models
+from clockwork.bench import many_models
 
 pytestmark = pytest.mark.timeout(300)
 

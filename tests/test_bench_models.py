@@ -5,8 +5,8 @@ import json
 import numpy as np
 import onnxruntime as ort
 
-from bench import models
-from common.models import onnx_signature, parse_profile
+from clockwork.bench import models
+from clockwork.common.models import onnx_signature, parse_profile
 
 
 def test_mlp_has_dynamic_batch_and_runs():

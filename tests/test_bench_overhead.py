@@ -5,15 +5,15 @@ import sys
 import numpy as np
 import zmq
 
-from bench import overhead
-from bench.procs import ProcessGroup, free_port
-from client.protocol import build_infer
-from common.net import dealer
+from clockwork.bench import overhead
+from clockwork.bench.procs import ProcessGroup, free_port
+from clockwork.client.protocol import build_infer
+from clockwork.common.net import dealer
 
 
 def test_relay_echoes_the_same_frames(tmp_path):
     front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    me = [sys.executable, "-m", "bench.overhead"]
+    me = [sys.executable, "-m", "clockwork.bench.overhead"]
     ctx = zmq.Context()
     try:
         with ProcessGroup(tmp_path / "logs", grace_s=2) as group:

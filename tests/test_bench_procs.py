@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from bench.procs import NotReady, ProcessDied, ProcessGroup, free_port, run_in_temp_dir, tail_file, workers_alive
+from clockwork.bench.procs import NotReady, ProcessDied, ProcessGroup, free_port, run_in_temp_dir, tail_file, workers_alive
 
 SLEEPER = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
 

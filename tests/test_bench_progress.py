@@ -2,7 +2,7 @@
 
 import io
 
-from bench.progress import NullProgress, Progress
+from clockwork.bench.progress import NullProgress, Progress
 
 
 def test_plain_lines_when_not_a_tty():

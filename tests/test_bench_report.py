@@ -7,9 +7,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from bench import report
-from bench.loadgen import GroupResults, LoadResults
-from bench.report import Latencies
+from clockwork.bench import report
+from clockwork.bench.loadgen import GroupResults, LoadResults
+from clockwork.bench.report import Latencies
 
 
 def test_percentiles_match_known_data_within_hdr_precision():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from bench import workload
-from bench.workload import NS_PER_S
+from clockwork.bench import workload
+from clockwork.bench.workload import NS_PER_S
 
 
 def test_same_seed_same_schedule_and_different_seed_differs():

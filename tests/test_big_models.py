@@ -9,11 +9,11 @@ import threading
 import numpy as np
 import pytest
 
-from bench.models import matmul_onnx, mlp_onnx
-from bench.procs import WorkerSpec, cluster
-from client import Client, RequestError
-from common.models import ISOLATED_CHECK_BYTES
-from common.status import Status
+from clockwork.bench.models import matmul_onnx, mlp_onnx
+from clockwork.bench.procs import WorkerSpec, cluster
+from clockwork.client import Client, RequestError
+from clockwork.common.models import ISOLATED_CHECK_BYTES
+from clockwork.common.status import Status
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -55,10 +55,10 @@ def test_a_large_model_is_checked_off_the_loops_while_another_model_serves(tmp_p
 
 
 def test_a_model_over_the_chunk_size_travels_in_chunks_with_progress_and_a_hash_check(tmp_path, capsys):
-    from client import cli
-    from client.protocol import UPLOAD_CHUNK_BYTES, build_upload
-    from common.codec import decode
-    from common.net import dealer, recv_frames, send
+    from clockwork.client import cli
+    from clockwork.client.protocol import UPLOAD_CHUNK_BYTES, build_upload
+    from clockwork.common.codec import decode
+    from clockwork.common.net import dealer, recv_frames, send
 
     blob = matmul_onnx(2300)  # 21 MB: three chunks
     assert 2 * UPLOAD_CHUNK_BYTES < len(blob) < ISOLATED_CHECK_BYTES
@@ -102,7 +102,7 @@ def test_the_big_model_benchmark_measures_each_figure(tmp_path):
     process's peak RSS against the model's size."""
     import json
 
-    from bench import big_model
+    from clockwork.bench import big_model
 
     code = big_model.main(["--size", "2048", "--duration-s", "3", "--rate", "100", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "big-model.json").read_text())

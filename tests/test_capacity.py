@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from bench import capacity
-from bench.capacity import Step, search
+from clockwork.bench import capacity
+from clockwork.bench.capacity import Step, search
 
 
 def fake_judge(threshold: float, seen: list):

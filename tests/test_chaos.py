@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.chaos import run
+from clockwork.bench.chaos import run
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from client import AsyncClient, CapacityError, ClientClosed, DeadlineExceeded, RequestError
-from common import schema
-from common.status import Status
+from clockwork.client import AsyncClient, CapacityError, ClientClosed, DeadlineExceeded, RequestError
+from clockwork.common import schema
+from clockwork.common.status import Status
 from tests.client_peer import ScriptedPeer
 from tests.test_client_sync import free_endpoint
 

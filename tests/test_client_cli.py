@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import cli
-from common import schema, version
-from common.status import Status
+from clockwork.client import cli
+from clockwork.common import schema, version
+from clockwork.common.status import Status
 from tests.client_peer import ScriptedPeer
 from tests.test_client_sync import free_endpoint
 
@@ -205,7 +205,7 @@ def test_every_command_says_its_version(command):
 
 
 def test_a_bad_log_level_is_a_clean_configuration_error():
-    proc = subprocess.run([sys.executable, "-m", "controller.main", "--set", 'log_level="loud"'],
+    proc = subprocess.run([sys.executable, "-m", "clockwork.controller.main", "--set", 'log_level="loud"'],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown log level 'loud'" in proc.stderr and "Traceback" not in proc.stderr
 

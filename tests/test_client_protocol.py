@@ -9,13 +9,13 @@ import msgpack
 import numpy as np
 import pytest
 
-from client import protocol
-from client.errors import (CapacityError, ClientClosed, ClockworkError, DeadlineExceeded, RequestError, ServerError,
+from clockwork.client import protocol
+from clockwork.client.errors import (CapacityError, ClientClosed, ClockworkError, DeadlineExceeded, RequestError, ServerError,
                            error_for)
-from client.protocol import Call, ClientCore, Incoming, Options
-from common import codec, schema
-from common.status import Fault, Status
-from common.tensors import Tensor
+from clockwork.client.protocol import Call, ClientCore, Incoming, Options
+from clockwork.common import codec, schema
+from clockwork.common.status import Fault, Status
+from clockwork.common.tensors import Tensor
 
 MS = 1_000_000
 

@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from client import CapacityError, Client, ClientClosed, DeadlineExceeded, RequestError, ServerError
+from clockwork.client import CapacityError, Client, ClientClosed, DeadlineExceeded, RequestError, ServerError
 from tests.client_peer import ScriptedPeer
-from common import schema
-from common.status import Status
+from clockwork.common import schema
+from clockwork.common.status import Status
 
 pytestmark = pytest.mark.timeout(30)
 GRACE_S = 0.2

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from common import schema
-from common.checks import BadMessage
-from common.codec import bundle, bundles, decode, encode, peek_header, split
-from common.status import Status
-from common.tensors import Tensor
+from clockwork.common import schema
+from clockwork.common.checks import BadMessage
+from clockwork.common.codec import bundle, bundles, decode, encode, peek_header, split
+from clockwork.common.status import Status
+from clockwork.common.tensors import Tensor
 
 
 def roundtrip(body, **ids):

@@ -9,12 +9,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from common import config as cfg
-from common.checks import BadMessage
-from common.clock import SkewEstimator
-from common.models import check_inputs, onnx_signature, parse_profile
-from common.status import Status
-from common.tensors import Tensor
+from clockwork.common import config as cfg
+from clockwork.common.checks import BadMessage
+from clockwork.common.clock import SkewEstimator
+from clockwork.common.models import check_inputs, onnx_signature, parse_profile
+from clockwork.common.status import Status
+from clockwork.common.tensors import Tensor
 
 
 def test_skew_estimator_keeps_the_sample_with_the_smallest_round_trip():
@@ -135,7 +135,7 @@ def test_profile_weights_may_be_written_as_a_whole_float_but_not_infinity():
 
 
 def test_queue_delay_sees_waiting_across_an_unknown_clock_offset():
-    from common.clock import QueueDelay
+    from clockwork.common.clock import QueueDelay
 
     q = QueueDelay()
     offset = 7_000_000_000  # the peer's clock is far from ours: it cancels out
@@ -147,7 +147,7 @@ def test_queue_delay_sees_waiting_across_an_unknown_clock_offset():
 
 
 def test_queue_delay_forgets_old_minimums():
-    from common.clock import QueueDelay
+    from clockwork.common.clock import QueueDelay
 
     q = QueueDelay(window_ns=1000)
     q.waited_ns(b"a", 1, 1 + 100)
@@ -160,7 +160,7 @@ def test_queue_delay_forgets_old_minimums():
 def test_a_standing_lag_does_not_become_the_floor():
     """A controller that stays 5 ms behind must keep seeing 5 ms, less at most max_rise_ns per
     window, not 0 after a window or two."""
-    from common.clock import QueueDelay
+    from clockwork.common.clock import QueueDelay
 
     q = QueueDelay(window_ns=1_000_000, max_rise_ns=10_000)
     q.waited_ns(b"a", 1, 1 + 100)

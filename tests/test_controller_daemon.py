@@ -7,16 +7,16 @@ import time
 import pytest
 import zmq
 
-from bench.procs import free_port
-from client.protocol import read_incoming
-from common import schema
-from common.codec import bundle, encode
-from common.config import ControllerConfig
-from common.logsetup import configure
-from common.net import dealer, recv_frames, send_frames
-from common.status import Status
-from controller import daemon as daemon_module
-from controller.daemon import ControllerDaemon
+from clockwork.bench.procs import free_port
+from clockwork.client.protocol import read_incoming
+from clockwork.common import schema
+from clockwork.common.codec import bundle, encode
+from clockwork.common.config import ControllerConfig
+from clockwork.common.logsetup import configure
+from clockwork.common.net import dealer, recv_frames, send_frames
+from clockwork.common.status import Status
+from clockwork.controller import daemon as daemon_module
+from clockwork.controller.daemon import ControllerDaemon
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_a_drain_stops_after_its_time_budget_so_planning_is_never_starved(contro
 
 
 def test_a_send_that_fails_for_one_peer_does_not_hold_back_the_others(controller, monkeypatch):
-    from common import net
+    from clockwork.common import net
 
     ctl, sock = controller
     real_send = net.send_frames

@@ -9,10 +9,10 @@ import re
 import numpy as np
 import pytest
 
-from common import schema
-from common.status import Status
-from controller.core import ANSWERED_MEMORY_NS, DOUBT_AFTER
-from controller.effects import PrepareOn
+from clockwork.common import schema
+from clockwork.common.status import Status
+from clockwork.controller.core import ANSWERED_MEMORY_NS, DOUBT_AFTER
+from clockwork.controller.effects import PrepareOn
 from tests.factories import (
     EXEC_NS, LOAD_NS, MS, MIB, SIG, add_model, hello, infer, make_core, replies, result_for, sent, uploads,
 )
@@ -353,7 +353,7 @@ def test_finished_actions_are_recorded_when_asked():
     core = ready_core(record_actions=True)
     infer(core, 1)
     load = sent(core.tick(0), schema.Load)[0]
-    from controller.effects import ActionRecord
+    from clockwork.controller.effects import ActionRecord
 
     records = [e for e in result_for(core, load, LOAD_NS) if isinstance(e, ActionRecord)]
     assert len(records) == 1
@@ -558,7 +558,7 @@ def test_time_spent_in_queues_before_the_controller_comes_out_of_the_budget():
     core = ready_core()
     t = warm(core)
     x = np.zeros((1, 4), np.float32)
-    from common.tensors import Tensor
+    from clockwork.common.tensors import Tensor
 
     msg = schema.Infer(model="m", slo_ns=10 * MS, tensors=(Tensor.from_array("x", x),))
     gone = replies(core.on_request(b"c", 1, msg, t, waited_ns=11 * MS))[0].body
@@ -589,7 +589,7 @@ def test_the_dispatch_allowance_follows_how_late_lanes_really_start():
 
 
 def result_tensor(rows: int):
-    from common.tensors import Tensor
+    from clockwork.common.tensors import Tensor
 
     return Tensor.from_array("y", np.zeros((rows, 2), np.float32))
 

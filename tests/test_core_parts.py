@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from controller import placement
-from controller.batching import grow, padded_size
-from controller.latency import LatencyModel
-from controller.lifecycle import IllegalTransition, RequestState, Residency, move
-from controller.state import Device, Request, Resident
+from clockwork.controller import placement
+from clockwork.controller.batching import grow, padded_size
+from clockwork.controller.latency import LatencyModel
+from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency, move
+from clockwork.controller.state import Device, Request, Resident
 
 MS = 1_000_000
 SIZES = [1, 2, 4, 8]

@@ -26,12 +26,12 @@ import numpy as np
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from common import schema
-from common.status import Status
-from common.tensors import Tensor
-from common.config import SchedulerConfig
-from controller.baseline import NO_WINDOW_NS, BaselineConfig, FifoCore
-from controller.effects import PrepareOn, ToClient, ToWorker
+from clockwork.common import schema
+from clockwork.common.status import Status
+from clockwork.common.tensors import Tensor
+from clockwork.common.config import SchedulerConfig
+from clockwork.controller.baseline import NO_WINDOW_NS, BaselineConfig, FifoCore
+from clockwork.controller.effects import PrepareOn, ToClient, ToWorker
 from tests.factories import CLIENT, EXEC_NS, LOAD_NS, MIB, MS, SIG, make_core, result_for
 
 MODELS = ("a", "b", "c", "d")

@@ -22,12 +22,12 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from common.status import Status
+from clockwork.common.status import Status
 from tests import fake_pycuda
 from tests.fake_pycuda import FakeCudaDriver, FakeGpu
-from worker.runtimes.base import RuntimeFailure
-from worker.runtimes.cuda import NON_BLOCKING_STREAM, CudaDevices, cuda_failure
-from worker.runtimes.tensorrt import TensorRTRuntime
+from clockwork.worker.runtimes.base import RuntimeFailure
+from clockwork.worker.runtimes.cuda import NON_BLOCKING_STREAM, CudaDevices, cuda_failure
+from clockwork.worker.runtimes.tensorrt import TensorRTRuntime
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,10 +15,10 @@ import zmq
 from hypothesis import HealthCheck, given, settings, strategies as st
 from onnx import TensorProto, helper
 
-from bench.models import mlp_onnx, profile_json
-from bench.procs import WorkerSpec, cluster, controller_argv
-from client import Client, ClockworkError
-from common.status import Status
+from clockwork.bench.models import mlp_onnx, profile_json
+from clockwork.bench.procs import WorkerSpec, cluster, controller_argv
+from clockwork.client import Client, ClockworkError
+from clockwork.common.status import Status
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -104,9 +104,9 @@ def test_models_the_runtime_cannot_run_or_whose_shapes_cannot_be_fixed_are_refus
 def test_an_infeasible_deadline_is_refused_at_admission_never_queued(system, client):
     """Refused at once, by admission: not queued, not answered at its deadline. (How fast that
     is, is a benchmark's business: clockwork-bench overhead.)"""
-    from client.protocol import build_infer
-    from common.codec import decode
-    from common.net import dealer, recv_frames, send
+    from clockwork.client.protocol import build_infer
+    from clockwork.common.codec import decode
+    from clockwork.common.net import dealer, recv_frames, send
 
     before = client.status()["counters"]
     sock = dealer(zmq.Context.instance(), system.client_endpoint)
@@ -130,9 +130,9 @@ def test_an_infeasible_deadline_is_refused_at_admission_never_queued(system, cli
 
 
 def test_a_request_that_waited_half_its_slo_before_the_controller_is_refused_from_its_header(system):
-    from client.protocol import build_infer
-    from common.codec import decode
-    from common.net import dealer, recv_frames, send
+    from clockwork.client.protocol import build_infer
+    from clockwork.common.codec import decode
+    from clockwork.common.net import dealer, recv_frames, send
 
     sock = dealer(zmq.Context.instance(), system.client_endpoint)
     try:
@@ -153,7 +153,7 @@ def test_a_request_that_waited_half_its_slo_before_the_controller_is_refused_fro
 
 
 def test_several_samples_per_request_and_concurrent_requests_each_get_their_own_rows(system):
-    from client.aio import AsyncClient
+    from clockwork.client.aio import AsyncClient
     import asyncio
 
     async def burst():
@@ -172,7 +172,7 @@ def test_requests_queued_behind_busy_devices_share_one_exec(system):
     import asyncio
     import json
 
-    from client.aio import AsyncClient
+    from clockwork.client.aio import AsyncClient
 
     slow = json.dumps({"weights_bytes": 1_000_000, "load_ms": 1,
                        "exec_ms": {"1": 40, "2": 41, "4": 42, "8": 43, "16": 44}}).encode()
@@ -234,7 +234,7 @@ def test_uploads_survive_a_controller_restart(tmp_path):
 
 def test_the_demo_runs_end_to_end(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.demo", "--duration", "4", "--rate", "150", "--strict", "--out", str(tmp_path)],
+        [sys.executable, "-m", "clockwork.bench.demo", "--duration", "4", "--rate", "150", "--strict", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "met SLO" in proc.stdout
@@ -278,8 +278,8 @@ def test_a_queued_request_can_be_cancelled_and_the_cancel_is_acknowledged(system
     import asyncio
     import json
 
-    from client.aio import AsyncClient
-    from client.errors import RequestError
+    from clockwork.client.aio import AsyncClient
+    from clockwork.client.errors import RequestError
 
     slow = json.dumps({"weights_bytes": 1_000_000, "load_ms": 1, "exec_ms": {"1": 1000}}).encode()
     with Client(system.client_endpoint) as admin:
@@ -318,10 +318,10 @@ def test_a_queued_request_can_be_cancelled_and_the_cancel_is_acknowledged(system
 def test_a_bundle_of_requests_is_answered_part_by_part_and_a_bad_part_spoils_only_itself(system):
     import msgpack
 
-    from client.protocol import build_infer, read_incoming
-    from common import schema
-    from common.codec import bundle, encode
-    from common.net import dealer, recv_frames, send_frames
+    from clockwork.client.protocol import build_infer, read_incoming
+    from clockwork.common import schema
+    from clockwork.common.codec import bundle, encode
+    from clockwork.common.net import dealer, recv_frames, send_frames
 
     sock = dealer(zmq.Context.instance(), system.client_endpoint)
     try:

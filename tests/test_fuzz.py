@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.fuzz import TARGETS, run_mutate
+from clockwork.bench.fuzz import TARGETS, run_mutate
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))

@@ -20,8 +20,8 @@ import pytest
 tritonclient_http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from bench.models import PPOCR_CLS, index_model, mlp_onnx, profile_json  # noqa: E402
-from bench.procs import WorkerSpec, cluster, free_port, http_ok  # noqa: E402
+from clockwork.bench.models import PPOCR_CLS, index_model, mlp_onnx, profile_json  # noqa: E402
+from clockwork.bench.procs import WorkerSpec, cluster, free_port, http_ok  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -29,7 +29,7 @@ MAX_BODY_MB = 1
 
 
 def gateway_argv(port: int, controller: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "client.gateway", "--listen", f"127.0.0.1:{port}", "--controller", controller,
+    return [sys.executable, "-m", "clockwork.client.gateway", "--listen", f"127.0.0.1:{port}", "--controller", controller,
             "--connections", "2", "--default-slo-ms", "1000", "--max-body-mb", str(MAX_BODY_MB),
             "--body-timeout-s", "1", "--load-wait-s", "1", "--log-level", "warning", *extra]
 
@@ -371,7 +371,7 @@ def test_the_gateway_serves_its_own_prometheus_metrics(system, triton):
 
 
 def test_command_line_flags_make_the_config(monkeypatch):
-    from client.gateway import GatewayConfig, parse_args, parse_listen
+    from clockwork.client.gateway import GatewayConfig, parse_args, parse_listen
 
     monkeypatch.setenv("CLOCKWORK_ENDPOINT", "tcp://10.0.0.1:5555")
     config, level = parse_args([])

@@ -13,8 +13,8 @@ import pytest
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from bench.models import PPOCR_CLS, index_model, mlp_onnx  # noqa: E402
-from bench.procs import WorkerSpec, cluster, start_gateway  # noqa: E402
+from clockwork.bench.models import PPOCR_CLS, index_model, mlp_onnx  # noqa: E402
+from clockwork.bench.procs import WorkerSpec, cluster, start_gateway  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 

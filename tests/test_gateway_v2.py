@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from client import v2
-from client.errors import CapacityError, ClientClosed, DeadlineExceeded, RequestError, ServerError
-from client.protocol import InferResult
-from common.status import Status
+from clockwork.client import v2
+from clockwork.client.errors import CapacityError, ClientClosed, DeadlineExceeded, RequestError, ServerError
+from clockwork.client.protocol import InferResult
+from clockwork.common.status import Status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -255,7 +255,7 @@ def test_an_unknown_requested_output_is_400():
     (Status.INTERNAL, 500, False), (Status.UNKNOWN_TYPE, 500, False), (Status.DUPLICATE_REQUEST, 400, False),
 ])
 def test_status_table(status, http, retry):
-    from client.errors import error_for
+    from clockwork.client.errors import error_for
 
     err = v2.error_from(error_for(status, "why"), retry_after_s=2)
     assert err.http_status == http

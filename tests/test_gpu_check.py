@@ -8,12 +8,15 @@ bench/gpu_measure.py's steps on CPU torch (the same code that runs on the GPU th
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tarfile
 
 import pytest
 
-from bench import gpu_check
-from bench.gpu_check import PYCUDA, WHEELS, Plan, find_cuda_root, missing_from, siteconf, unpack_pycuda
+from clockwork.bench import gpu_check
+from clockwork.bench.gpu_check import PYCUDA, WHEELS, Plan, find_cuda_root, missing_from, siteconf, unpack_pycuda
 
 
 def carried(tmp_path, pins=(*WHEELS, PYCUDA)):
@@ -110,7 +113,7 @@ def test_without_the_carried_folder_the_run_fails_says_why_and_skips_what_needs_
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision's export: the TorchScript exporter
 def test_the_measurements_run_on_cpu_torch_and_the_lane_gives_the_direct_outputs(tmp_path):
     pytest.importorskip("torch", reason="the torch extra is not installed")
-    from bench import gpu_measure
+    from clockwork.bench import gpu_measure
 
     gpu_measure.main(["--out", str(tmp_path), "--device", "cpu", "--image", "32", "--runs", "5",
                       "--load-runs", "1", "--load-mib", "1,2", "--skip", "slo"])
@@ -119,3 +122,14 @@ def test_the_measurements_run_on_cpu_torch_and_the_lane_gives_the_direct_outputs
     assert all(r["max_abs_err"] < 1e-3 for r in report["execs"])  # the lane serves what PyTorch computes
     assert [r["model"] for r in report["loads"]] == ["mlp-1MiB", "mlp-2MiB", "resnet50"]
     assert len(report["verdicts"]) == 4 and (tmp_path / "gpu-measure.png").stat().st_size > 10_000
+
+
+def test_an_uninstalled_checkout_imports_as_clockwork_through_the_namespace_links(tmp_path):
+    """The lent machine runs the checkout without installing it: Plan.env's first path gives the
+    same clockwork.* names (checked without site-packages, so the venv's install cannot help)."""
+    plan = Plan("python3", tmp_path / "carry", tmp_path / "out", tmp_path / "site", quick=True)
+    env = {**plan.env(), "PYTHONPATH": plan.env()["PYTHONPATH"].split(os.pathsep)[0]}
+    proc = subprocess.run([sys.executable, "-S", "-c", "import clockwork.common.status as s; print(s.__file__)"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "site/namespace/clockwork/common/status.py")

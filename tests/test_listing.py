@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from common import schema
-from common.codec import encode
-from common.status import Status
-from controller import listing
-from controller.lifecycle import Residency
-from controller.state import Resident
+from clockwork.common import schema
+from clockwork.common.codec import encode
+from clockwork.common.status import Status
+from clockwork.controller import listing
+from clockwork.controller.lifecycle import Residency
+from clockwork.controller.state import Resident
 from tests.factories import add_model, hello, infer, make_core
 
 GIB = 1 << 30

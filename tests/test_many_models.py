@@ -13,11 +13,11 @@ import msgpack
 import numpy as np
 import pytest
 
-from bench.models import profile_json
-from bench.procs import WorkerSpec, cluster, free_port
-from client import Client, RequestError, cli
-from common import schema
-from common.status import Status
+from clockwork.bench.models import profile_json
+from clockwork.bench.procs import WorkerSpec, cluster, free_port
+from clockwork.client import Client, RequestError, cli
+from clockwork.common import schema
+from clockwork.common.status import Status
 from tests.test_gateway import gateway_argv, live
 
 pytestmark = pytest.mark.timeout(120)

@@ -11,15 +11,15 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.models import profile_json
-from bench.procs import WorkerSpec, cluster, free_port
-from client import CapacityError, Client
-from common import schema
-from common.config import ControllerConfig
-from common.metrics import ALL, OTHER, UNKNOWN, BoundedLabels, ChildCache, Window
-from common.status import Status
-from controller.effects import ToWorker
-from controller.metrics import ControllerTelemetry
+from clockwork.bench.models import profile_json
+from clockwork.bench.procs import WorkerSpec, cluster, free_port
+from clockwork.client import CapacityError, Client
+from clockwork.common import schema
+from clockwork.common.config import ControllerConfig
+from clockwork.common.metrics import ALL, OTHER, UNKNOWN, BoundedLabels, ChildCache, Window
+from clockwork.common.status import Status
+from clockwork.controller.effects import ToWorker
+from clockwork.controller.metrics import ControllerTelemetry
 
 pytestmark = pytest.mark.timeout(120)
 MS = 1_000_000

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.rotating_log import NullLog, TsvLog, open_tsv
+from clockwork.common.rotating_log import NullLog, TsvLog, open_tsv
 
 S = 1_000_000_000
 
@@ -62,9 +62,9 @@ def test_appending_to_an_existing_log_does_not_repeat_the_header(tmp_path):
 def test_the_action_log_has_one_row_per_finished_action(tmp_path):
     import numpy as np
 
-    from bench.models import profile_json
-    from bench.procs import WorkerSpec, cluster
-    from controller.metrics import ACTION_LOG_COLUMNS
+    from clockwork.bench.models import profile_json
+    from clockwork.bench.procs import WorkerSpec, cluster
+    from clockwork.controller.metrics import ACTION_LOG_COLUMNS
 
     log = tmp_path / "actions.tsv"
     with cluster(tmp_path, [WorkerSpec("emu", "emulated")], controller_settings=[f'action_log_path="{log}"']) as c:

@@ -13,11 +13,11 @@ import pytest
 
 pytest.importorskip("nnef_tools", reason="the nnef extra is not installed (pip install '.[nnef]')")
 
-from bench.models import cnn_onnx, sample_inputs  # noqa: E402
-from bench.procs import WorkerSpec, cluster  # noqa: E402
-from client import RequestError  # noqa: E402
-from client.cli import main as cli  # noqa: E402
-from common.status import Status  # noqa: E402
+from clockwork.bench.models import cnn_onnx, sample_inputs  # noqa: E402
+from clockwork.bench.procs import WorkerSpec, cluster  # noqa: E402
+from clockwork.client import RequestError  # noqa: E402
+from clockwork.client.cli import main as cli  # noqa: E402
+from clockwork.common.status import Status  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from bench import overload
+from clockwork.bench import overload
 
 
 def summary(requests=1000, met=600, by_status=None, goodput=600.0):

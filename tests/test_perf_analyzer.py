@@ -13,9 +13,9 @@ import subprocess
 
 import pytest
 
-from bench import perf_analyzer
-from bench.models import mlp_onnx
-from bench.procs import WorkerSpec, cluster, start_gateway
+from clockwork.bench import perf_analyzer
+from clockwork.bench.models import mlp_onnx
+from clockwork.bench.procs import WorkerSpec, cluster, start_gateway
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from bench.procs import WorkerSpec, cluster, worker_argv
-from client import Client, ClockworkError
-from common import schema
-from common.status import Status
-from worker.daemon import HELLO_RETRY_NS
+from clockwork.bench.procs import WorkerSpec, cluster, worker_argv
+from clockwork.client import Client, ClockworkError
+from clockwork.common import schema
+from clockwork.common.status import Status
+from clockwork.worker.daemon import HELLO_RETRY_NS
 
 pytestmark = pytest.mark.timeout(120)
 OTHER = schema.PROTO_VERSION + 1
@@ -22,8 +22,8 @@ OTHER = schema.PROTO_VERSION + 1
 def test_a_worker_of_another_version_is_refused_once_and_both_serve_on(tmp_path):
     with cluster(tmp_path, [WorkerSpec("good", "emulated")]) as c:
         argv = worker_argv(WorkerSpec("future", "emulated"), c.worker_endpoint, "info")
-        wrapper = (f"import sys, common.schema as s; s.PROTO_VERSION = {OTHER}; "
-                   "from worker.main import main; sys.exit(main(sys.argv[1:]))")
+        wrapper = (f"import sys, clockwork.common.schema as s; s.PROTO_VERSION = {OTHER}; "
+                   "from clockwork.worker.main import main; sys.exit(main(sys.argv[1:]))")
         future = c.group.start("worker-future", [sys.executable, "-c", wrapper, *argv[3:]])
         c.group.wait_until(lambda: "speaks another protocol version" in future.tail(), 30,
                            "the worker to read the controller's refusal")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.models import parse_profile
-from controller.registry import SCHEMA_VERSION, Registry, RegistryError
+from clockwork.common.models import parse_profile
+from clockwork.controller.registry import SCHEMA_VERSION, Registry, RegistryError
 
 PROFILE = b'{"weights_bytes": 1000, "load_ms": 1, "exec_ms": {"1": 1}}'
 SIG = parse_profile(PROFILE).signature
@@ -175,10 +175,10 @@ def test_a_damaged_or_missing_model_file_is_refused_at_prepare_and_the_rest_serv
 
     import numpy as np
 
-    from bench.models import profile_json
-    from bench.procs import WorkerSpec, cluster, controller_argv
-    from client import Client, ClockworkError
-    from common.status import Status
+    from clockwork.bench.models import profile_json
+    from clockwork.bench.procs import WorkerSpec, cluster, controller_argv
+    from clockwork.client import Client, ClockworkError
+    from clockwork.common.status import Status
 
     with cluster(tmp_path, [WorkerSpec("emu", "emulated")], log_level="info") as c:
         with c.client() as admin:

@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from bench import run as bench_run
-from bench import workload
-from bench.loadgen import FrameTemplate, RawResults, _merge_raw, add_to_runlog, results_from_raw
-from bench.runlog import ACTION_COLUMNS, REQUEST_COLUMNS, RunLog
-from client.protocol import build_infer
-from common.codec import decode, encode
+from clockwork.bench import run as bench_run
+from clockwork.bench import workload
+from clockwork.bench.loadgen import FrameTemplate, RawResults, _merge_raw, add_to_runlog, results_from_raw
+from clockwork.bench.runlog import ACTION_COLUMNS, REQUEST_COLUMNS, RunLog
+from clockwork.client.protocol import build_infer
+from clockwork.common.codec import decode, encode
 
 REPORT_FILES = ("requests.tsv", "summary.json", "summary.csv", "timeseries.csv", "timeseries.png", "cdf.png")
 

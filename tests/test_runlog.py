@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from bench import runlog
-from bench.report import Latencies
-from bench.runlog import ACTION_COLUMNS, REQUEST_COLUMNS, RunLog, summarize_run, write_run
-from common.status import Status
+from clockwork.bench import runlog
+from clockwork.bench.report import Latencies
+from clockwork.bench.runlog import ACTION_COLUMNS, REQUEST_COLUMNS, RunLog, summarize_run, write_run
+from clockwork.common.status import Status
 
 MS = 1_000_000
 

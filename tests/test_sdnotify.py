@@ -12,12 +12,12 @@ import uuid
 
 import pytest
 
-from bench.procs import ProcessGroup, free_port
-from common.config import WorkerConfig
-from common.schema import Prepared
-from common.status import Status
-from common.sdnotify import Notifier, socket_address, watchdog_interval_ns
-from worker.metrics import WorkerTelemetry
+from clockwork.bench.procs import ProcessGroup, free_port
+from clockwork.common.config import WorkerConfig
+from clockwork.common.schema import Prepared
+from clockwork.common.status import Status
+from clockwork.common.sdnotify import Notifier, socket_address, watchdog_interval_ns
+from clockwork.worker.metrics import WorkerTelemetry
 
 pytestmark = pytest.mark.timeout(90)
 S = 1_000_000_000
@@ -124,14 +124,14 @@ def test_real_controller_and_worker_notify(tmp_path):
         with ProcessGroup(tmp_path / "logs") as group:
             env = {**os.environ, "NOTIFY_SOCKET": controller_sd.name, "WATCHDOG_USEC": "400000"}
             controller = group.start("controller", [
-                sys.executable, "-m", "controller.main", "--state-dir", str(tmp_path / "state"),
+                sys.executable, "-m", "clockwork.controller.main", "--state-dir", str(tmp_path / "state"),
                 "--client-endpoint", client_ep, "--worker-endpoint", worker_ep, "--log-level", "warning"], env=env)
             assert controller_sd.wait_for("READY", "1")
             pings = [controller_sd.wait_for("WATCHDOG", "1", 5) for _ in range(3)]  # every 0.2 s
             assert len(pings) == 3
             env = {**os.environ, "NOTIFY_SOCKET": worker_sd.name, "WATCHDOG_USEC": "2000000"}
             worker = group.start("worker", [
-                sys.executable, "-m", "worker.main", "--controller", worker_ep, "--runtime", "emulated",
+                sys.executable, "-m", "clockwork.worker.main", "--controller", worker_ep, "--runtime", "emulated",
                 "--name", "w0", "--log-level", "warning"], env=env)
             ready = worker_sd.wait_for("READY", "1")
             assert ready.get("STATUS", "").startswith("serving")

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.models import profile_json
-from bench.procs import ProcessGroup, free_port, workers_alive
-from client import Client, DeadlineExceeded, RequestError, cli
-from common import security
-from common.security import SecurityError
-from common.status import Status
+from clockwork.bench.models import profile_json
+from clockwork.bench.procs import ProcessGroup, free_port, workers_alive
+from clockwork.client import Client, DeadlineExceeded, RequestError, cli
+from clockwork.common import security
+from clockwork.common.security import SecurityError
+from clockwork.common.status import Status
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,10 +79,10 @@ def test_allow_lists_see_keys_added_later(tmp_path):
 
 
 def test_without_keys_daemons_refuse_non_loopback_addresses(tmp_path):
-    controller = subprocess.run([sys.executable, "-m", "controller.main", "--state-dir", str(tmp_path / "s"),
+    controller = subprocess.run([sys.executable, "-m", "clockwork.controller.main", "--state-dir", str(tmp_path / "s"),
                                  "--client-endpoint", "tcp://0.0.0.0:0"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert controller.returncode == 1 and "loopback only" in controller.stderr
-    worker = subprocess.run([sys.executable, "-m", "worker.main", "--controller", "tcp://10.0.0.1:5556",
+    worker = subprocess.run([sys.executable, "-m", "clockwork.worker.main", "--controller", "tcp://10.0.0.1:5556",
                              "--runtime", "emulated"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert worker.returncode == 2 and "loopback only" in worker.stderr
 
@@ -105,7 +105,7 @@ def secured(tmp_path_factory):
     client_ep, worker_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     with ProcessGroup(root / "logs") as group:
         group.start("controller", [
-            sys.executable, "-m", "controller.main", "--state-dir", str(root / "state"), "--client-endpoint", client_ep,
+            sys.executable, "-m", "clockwork.controller.main", "--state-dir", str(root / "state"), "--client-endpoint", client_ep,
             "--worker-endpoint", worker_ep, "--log-level", "info",
             "--set", f'secret_key_file="{keys / "controller.key_secret"}"',
             "--set", f'client_keys_dir="{keys / "clients"}"', "--set", f'admin_keys_dir="{keys / "admins"}"',
@@ -114,7 +114,7 @@ def secured(tmp_path_factory):
                                                  ("wrong-server-key", "worker", "impostor-controller"),
                                                  ("unlisted", "stranger-worker", "controller")):
             group.start(f"worker-{name}", [
-                sys.executable, "-m", "worker.main", "--controller", worker_ep, "--runtime", "emulated",
+                sys.executable, "-m", "clockwork.worker.main", "--controller", worker_ep, "--runtime", "emulated",
                 "--name", name, "--log-level", "info",
                 "--set", f'secret_key_file="{keys / (worker_key + ".key_secret")}"',
                 "--set", f'controller_public_key_file="{keys / (controller_key + ".key")}"'])

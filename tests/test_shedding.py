@@ -1,6 +1,6 @@
 """CoDel-style shedding at the controller's input (controller/shedding.py), in virtual time."""
 
-from controller.shedding import InputShedder
+from clockwork.controller.shedding import InputShedder
 
 MS = 1_000_000
 

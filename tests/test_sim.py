@@ -10,12 +10,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bench import sim, workload
-from bench.sim import MS, NS_PER_S, RunSpec, SimConfig, Simulation
-from common import schema
-from common.config import SchedulerConfig
-from common.status import Status
-from controller.effects import ToWorker, UploadFinished
+from clockwork.bench import sim, workload
+from clockwork.bench.sim import MS, NS_PER_S, RunSpec, SimConfig, Simulation
+from clockwork.common import schema
+from clockwork.common.config import SchedulerConfig
+from clockwork.common.status import Status
+from clockwork.controller.effects import ToWorker, UploadFinished
 
 SMALL = SimConfig(workers=2, devices_per_worker=2, device_memory_bytes=2 * 10**9)  # 4 GPUs, 17 models each
 VOLATILE = ("wall_s", "process_cpu_s", "core_cpu_s", "core_cpu_us_per_request", "core_setup_cpu_s", "latencies", "warmup")
@@ -168,7 +168,7 @@ def exec_body(earliest, latest, model="m00000", samples=1):
 def simulation_inputs(samples):
     import numpy as np
 
-    from common.tensors import Tensor
+    from clockwork.common.tensors import Tensor
 
     return (Tensor.from_array("data", np.zeros((samples, 16), dtype=np.float32)),)
 

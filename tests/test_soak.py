@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from bench import soak
+from clockwork.bench import soak
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -9,9 +9,9 @@ import threading
 import numpy as np
 import pytest
 
-from bench.models import profile_json
-from bench.procs import WorkerSpec, cluster
-from client import Client, cli
+from clockwork.bench.models import profile_json
+from clockwork.bench.procs import WorkerSpec, cluster
+from clockwork.client import Client, cli
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench import sim, sweep
+from clockwork.bench import sim, sweep
 
 
 def summary(scheduler: str, offered_per_s: float, attainment: float) -> dict:

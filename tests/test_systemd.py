@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common import config
+from clockwork.common import config
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = ROOT / "systemd"

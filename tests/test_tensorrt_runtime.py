@@ -23,20 +23,20 @@ import onnxruntime as ort
 import pytest
 import structlog
 
-from bench import trt_check
-from bench.device_lanes import DeviceLanes
-from bench.models import mlp_onnx
-from common.config import MIB, TensorRTConfig, WorkerConfig
-from common.models import onnx_signature, pages_for
-from common.status import Status
+from clockwork.bench import trt_check
+from clockwork.bench.device_lanes import DeviceLanes
+from clockwork.bench.models import mlp_onnx
+from clockwork.common.config import MIB, TensorRTConfig, WorkerConfig
+from clockwork.common.models import onnx_signature, pages_for
+from clockwork.common.status import Status
 from tests.fake_pycuda import FakeCudaDriver, FakeGpu, FakeNvml
 from tests.fake_tensorrt import FakeTensorRT
-from worker import runtimes
-from worker.runtimes.base import RuntimeFailure, RuntimeUnavailable
-from worker.runtimes.engine_cache import PlanKey
-from worker.runtimes.tensorrt import (GpuLibraries, TensorRTRuntime, import_gpu_libraries,
+from clockwork.worker import runtimes
+from clockwork.worker.runtimes.base import RuntimeFailure, RuntimeUnavailable
+from clockwork.worker.runtimes.engine_cache import PlanKey
+from clockwork.worker.runtimes.tensorrt import (GpuLibraries, TensorRTRuntime, import_gpu_libraries,
                                       profile_shapes)
-from worker.store import digest_of
+from clockwork.worker.store import digest_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -157,7 +157,7 @@ def failure(fn) -> RuntimeFailure:
 
 
 def test_importing_the_module_loads_no_gpu_library():
-    code = ("import sys, worker.runtimes, worker.runtimes.tensorrt, bench.trt_check\n"
+    code = ("import sys, clockwork.worker.runtimes, clockwork.worker.runtimes.tensorrt, clockwork.bench.trt_check\n"
             "loaded = [m for m in ('tensorrt', 'pycuda', 'pycuda.driver', 'pynvml') if m in sys.modules]\n"
             "assert not loaded, loaded\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
@@ -184,7 +184,7 @@ def test_missing_libraries_are_named_with_the_install_command():
 def test_worker_without_tensorrt_exits_2_with_one_line():
     with pytest.raises(RuntimeUnavailable, match=r"pip install '\.\[gpu\]'"):
         runtimes.create("tensorrt", WorkerConfig(runtime="tensorrt"))
-    proc = subprocess.run([sys.executable, "-m", "worker.main", "--runtime", "tensorrt"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "clockwork.worker.main", "--runtime", "tensorrt"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "tensorrt" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -658,7 +658,7 @@ def test_trt_check_runs_end_to_end_on_the_fakes(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_trt_check_without_a_gpu_says_so_and_exits_0():
-    proc = subprocess.run([sys.executable, "-m", "bench.trt_check", "--quick"], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "clockwork.bench.trt_check", "--quick"], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and "skipped" in proc.stdout
 

@@ -1,6 +1,6 @@
 """The lane timeline: reservations replayed at the tail (for windows) and typically (for pricing)."""
 
-from controller.timeline import Timeline
+from clockwork.controller.timeline import Timeline
 
 
 def test_reservations_replay_at_the_tail_from_the_plan_and_typically_from_the_earliest_start():

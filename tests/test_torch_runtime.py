@@ -19,14 +19,14 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed (pip install '.[torch]')")
 
-from bench.models import cnn_onnx, mlp_onnx, sample_inputs  # noqa: E402
-from bench.procs import WorkerSpec, cluster  # noqa: E402
-from client import Client  # noqa: E402
-from common.config import TorchConfig, WorkerConfig  # noqa: E402
-from common.models import onnx_signature  # noqa: E402
-from common.status import Status  # noqa: E402
-from worker.runtimes.base import RuntimeFailure, RuntimeUnavailable  # noqa: E402
-from worker.runtimes.torchrt import TorchRuntime  # noqa: E402
+from clockwork.bench.models import cnn_onnx, mlp_onnx, sample_inputs  # noqa: E402
+from clockwork.bench.procs import WorkerSpec, cluster  # noqa: E402
+from clockwork.client import Client  # noqa: E402
+from clockwork.common.config import TorchConfig, WorkerConfig  # noqa: E402
+from clockwork.common.models import onnx_signature  # noqa: E402
+from clockwork.common.status import Status  # noqa: E402
+from clockwork.worker.runtimes.base import RuntimeFailure, RuntimeUnavailable  # noqa: E402
+from clockwork.worker.runtimes.torchrt import TorchRuntime  # noqa: E402
 
 # torchvision's export goes through the TorchScript exporter, which torch now marks deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

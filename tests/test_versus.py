@@ -12,14 +12,14 @@ import onnxruntime as ort
 import pytest
 import zmq
 
-from bench import versus
-from bench.models import cnn_onnx
-from bench.procs import free_port
-from client import Client
-from common.codec import decode, encode
-from common.net import dealer, recv_frames, send_frames
-from common.schema import GetStatus
-from common.status import Status
+from clockwork.bench import versus
+from clockwork.bench.models import cnn_onnx
+from clockwork.bench.procs import free_port
+from clockwork.client import Client
+from clockwork.common.codec import decode, encode
+from clockwork.common.net import dealer, recv_frames, send_frames
+from clockwork.common.schema import GetStatus
+from clockwork.common.status import Status
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -29,7 +29,7 @@ def plain(tmp_path_factory):
     path = tmp_path_factory.mktemp("plain") / "cnn.onnx"
     path.write_bytes(cnn_onnx())
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    server = subprocess.Popen([sys.executable, "-m", "bench.plain_server", str(path), endpoint, "--max-batch", "4"],
+    server = subprocess.Popen([sys.executable, "-m", "clockwork.bench.plain_server", str(path), endpoint, "--max-batch", "4"],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().strip() == "ready"
@@ -80,7 +80,7 @@ def test_verdicts_compare_targets_within_the_run():
 
 
 def _floor(ms):
-    from bench.report import Latencies
+    from clockwork.bench.report import Latencies
 
     lat = Latencies()
     lat.record_ns(int(ms * 1e6))

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from common.clock import monotonic_ns
-from worker.lanes import NEVER_NS, Job, Lane
+from clockwork.common.clock import monotonic_ns
+from clockwork.worker.lanes import NEVER_NS, Job, Lane
 from tests.worker_helpers import LOG, MS, wait_until_true
 
 pytestmark = pytest.mark.timeout(60)

@@ -6,12 +6,12 @@ import hashlib
 
 import pytest
 
-from common.config import MIB, WorkerConfig
-from common.schema import Prepare
-from common.status import Status
-from worker.memory import PagePool
-from worker.runtimes.emulated import EmulatedRuntime
-from worker.store import digest_of
+from clockwork.common.config import MIB, WorkerConfig
+from clockwork.common.schema import Prepare
+from clockwork.common.status import Status
+from clockwork.worker.memory import PagePool
+from clockwork.worker.runtimes.emulated import EmulatedRuntime
+from clockwork.worker.store import digest_of
 from tests.worker_helpers import Collector, make_device, make_preparer, profile_blob, window
 
 pytestmark = pytest.mark.timeout(60)

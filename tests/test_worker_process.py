@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.clock import monotonic_ns
-from common.codec import encode
-from common.schema import Drop, Error, Exec, Load, Prepared, Result, Unload
-from common.status import Status
-from common.tensors import Tensor
+from clockwork.common.clock import monotonic_ns
+from clockwork.common.codec import encode
+from clockwork.common.schema import Drop, Error, Exec, Load, Prepared, Result, Unload
+from clockwork.common.status import Status
+from clockwork.common.tensors import Tensor
 from tests.worker_helpers import MS, WorkerProcess, direct_run, profile_blob, small_mlp, wait_until_true
 
 pytestmark = pytest.mark.timeout(180)
@@ -263,13 +263,13 @@ def test_hello_repeats_until_welcomed_and_sigterm_stops_cleanly(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_an_unavailable_runtime_exits_2_with_one_line():
-    proc = subprocess.run([sys.executable, "-m", "worker.main", "--runtime", "tensorrt", "--controller",
+    proc = subprocess.run([sys.executable, "-m", "clockwork.worker.main", "--runtime", "tensorrt", "--controller",
                            "tcp://127.0.0.1:1"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "tensorrt" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_a_bad_setting_exits_2():
-    proc = subprocess.run([sys.executable, "-m", "worker.main", "--set", "no_such_knob=1"],
+    proc = subprocess.run([sys.executable, "-m", "clockwork.worker.main", "--set", "no_such_knob=1"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "no_such_knob" in proc.stderr

@@ -8,17 +8,17 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from common.checks import BadMessage
-from common.clock import monotonic_ns
-from common.config import WorkerConfig
-from common.models import onnx_signature, parse_profile
-from common.schema import Prepare
-from common.status import Status
-from common.tensors import Tensor
-from common.clock import wait_until
-from worker.lanes import pad_inputs, trim_outputs
-from worker.runtimes.emulated import EmulatedRuntime, exec_ns_for
-from worker.runtimes.onnxrt import OnnxRuntime
+from clockwork.common.checks import BadMessage
+from clockwork.common.clock import monotonic_ns
+from clockwork.common.config import WorkerConfig
+from clockwork.common.models import onnx_signature, parse_profile
+from clockwork.common.schema import Prepare
+from clockwork.common.status import Status
+from clockwork.common.tensors import Tensor
+from clockwork.common.clock import wait_until
+from clockwork.worker.lanes import pad_inputs, trim_outputs
+from clockwork.worker.runtimes.emulated import EmulatedRuntime, exec_ns_for
+from clockwork.worker.runtimes.onnxrt import OnnxRuntime
 from tests.worker_helpers import (Collector, MS, direct_run, make_device, make_preparer, profile_blob, small_mlp,
                                   wait_until_true, window)
 

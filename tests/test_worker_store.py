@@ -6,11 +6,11 @@ import hashlib
 
 import pytest
 
-from common.config import MIB, WorkerConfig
-from common.schema import Prepare
-from common.status import Status
-from worker.runtimes.onnxrt import OnnxRuntime
-from worker.store import ModelStore
+from clockwork.common.config import MIB, WorkerConfig
+from clockwork.common.schema import Prepare
+from clockwork.common.status import Status
+from clockwork.worker.runtimes.onnxrt import OnnxRuntime
+from clockwork.worker.store import ModelStore
 from tests.worker_helpers import Collector, CountingEmulated, make_device, make_preparer, profile_blob, small_mlp
 
 pytestmark = pytest.mark.timeout(120)
@@ -95,8 +95,8 @@ def test_a_large_model_lives_in_its_spooled_file_until_its_last_name_goes(tmp_pa
     """From ISOLATED_CHECK_BYTES on, the bytes go to a file before anything parses them; a runtime
     that reads files keeps the path, not the bytes, and the file goes with the model's last name
     (or at once, when the PREPARE is refused or the digest was already held)."""
-    from bench.models import matmul_onnx
-    from common.models import ISOLATED_CHECK_BYTES
+    from clockwork.bench.models import matmul_onnx
+    from clockwork.common.models import ISOLATED_CHECK_BYTES
 
     runtime = OnnxRuntime(WorkerConfig(devices=1))
     store = ModelStore()

@@ -6,8 +6,8 @@ import csv
 import numpy as np
 import pytest
 
-from bench import workload
-from bench.workload import NS_PER_S, AzureLike, ClosedLoop
+from clockwork.bench import workload
+from clockwork.bench.workload import NS_PER_S, AzureLike, ClosedLoop
 
 
 def same(a, b) -> bool:

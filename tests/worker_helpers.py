@@ -17,13 +17,13 @@ from typing import Any, Callable
 import numpy as np
 import structlog
 
-from bench.predictability import StubController, mlp_model, spawn_worker, stop_worker
-from common.clock import monotonic_ns
-from common.config import MIB, WorkerConfig
-from worker.lanes import Device, Done
-from worker.runtimes.base import Profile, Runtime
-from worker.runtimes.emulated import EmulatedRuntime
-from worker.store import ModelStore, Preparer
+from clockwork.bench.predictability import StubController, mlp_model, spawn_worker, stop_worker
+from clockwork.common.clock import monotonic_ns
+from clockwork.common.config import MIB, WorkerConfig
+from clockwork.worker.lanes import Device, Done
+from clockwork.worker.runtimes.base import Profile, Runtime
+from clockwork.worker.runtimes.emulated import EmulatedRuntime
+from clockwork.worker.store import ModelStore, Preparer
 
 LOG = structlog.get_logger()
 MS = 1_000_000

@@ -23,20 +23,20 @@ from typing import Any, Callable
 
 import zmq
 
-from common import schema, security
-from common.checks import BadMessage
-from common.clock import SkewEstimator, monotonic_ns
-from common.codec import bundles, decode, encode, peek_header, split
-from common.config import WorkerConfig
-from common.net import IdSource, dealer, recv_frames
-from common.schema import (Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load, Message, Prepare,
+from clockwork.common import schema, security
+from clockwork.common.checks import BadMessage
+from clockwork.common.clock import SkewEstimator, monotonic_ns
+from clockwork.common.codec import bundles, decode, encode, peek_header, split
+from clockwork.common.config import WorkerConfig
+from clockwork.common.net import IdSource, dealer, recv_frames
+from clockwork.common.schema import (Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load, Message, Prepare,
                            Result, Unload, Welcome)
-from common.status import Status
-from worker.lanes import Device, Done
-from worker.outbox import Outbox
-from worker.metrics import WorkerTelemetry
-from worker.runtimes.base import Runtime
-from worker.store import ModelStore, Preparer
+from clockwork.common.status import Status
+from clockwork.worker.lanes import Device, Done
+from clockwork.worker.outbox import Outbox
+from clockwork.worker.metrics import WorkerTelemetry
+from clockwork.worker.runtimes.base import Runtime
+from clockwork.worker.store import ModelStore, Preparer
 
 HELLO_RETRY_NS = 1_000_000_000  # until WELCOME arrives
 MAX_RECV_PER_WAKE = 256  # then look at the outbox, so results never wait behind a flood

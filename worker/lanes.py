@@ -26,14 +26,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from common.checks import BadMessage
-from common.clock import SPIN_NS, monotonic_ns, wait_until
-from common.models import Signature, check_inputs
-from common.status import Status
-from common.tensors import Tensor
-from worker.memory import PagePool
-from worker.runtimes.base import DeviceInfo, PreparedModel, Runtime
-from worker.store import ModelStore, describe_error
+from clockwork.common.checks import BadMessage
+from clockwork.common.clock import SPIN_NS, monotonic_ns, wait_until
+from clockwork.common.models import Signature, check_inputs
+from clockwork.common.status import Status
+from clockwork.common.tensors import Tensor
+from clockwork.worker.memory import PagePool
+from clockwork.worker.runtimes.base import DeviceInfo, PreparedModel, Runtime
+from clockwork.worker.store import ModelStore, describe_error
 
 NEVER_NS = 1 << 62  # a `latest` that never passes (internal jobs)
 # A job is "stuck" once it has run STUCK_FACTOR times its expected duration (at least

@@ -20,10 +20,10 @@ import sys
 
 import zmq
 
-from common import config as cfg
-from common import logsetup, version
-from common.config import MIB, WorkerConfig
-from common.security import SecurityError
+from clockwork.common import config as cfg
+from clockwork.common import logsetup, version
+from clockwork.common.config import MIB, WorkerConfig
+from clockwork.common.security import SecurityError
 
 # Lanes spin the last ~0.2 ms before a start time while holding the GIL; a short switch interval
 # lets the other lanes and the socket loop in within ~0.1 ms instead of CPython's default 5 ms.
@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clockwork-worker: {exc}", file=sys.stderr)
         return 2
 
-    from common.gc_tuning import tune_for_serving
-    from worker.daemon import Daemon
-    from worker.runtimes import RuntimeUnavailable, create
+    from clockwork.common.gc_tuning import tune_for_serving
+    from clockwork.worker.daemon import Daemon
+    from clockwork.worker.runtimes import RuntimeUnavailable, create
 
     try:
         runtime = create(config.runtime, config)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.models import pages_for
+from clockwork.common.models import pages_for
 
 
 @dataclass

@@ -41,12 +41,12 @@ import zmq
 from prometheus_client import Counter, Gauge, Histogram
 from zmq.utils.monitor import recv_monitor_message
 
-from common import schema
-from common.config import WorkerConfig
-from common.metrics import LATENCY_BUCKETS_S, BoundedLabels, ChildCache, Server, Window, new_registry, outcome
-from common.sdnotify import Notifier
-from common.status import Status
-from worker.lanes import Done
+from clockwork.common import schema
+from clockwork.common.config import WorkerConfig
+from clockwork.common.metrics import LATENCY_BUCKETS_S, BoundedLabels, ChildCache, Server, Window, new_registry, outcome
+from clockwork.common.sdnotify import Notifier
+from clockwork.common.status import Status
+from clockwork.worker.lanes import Done
 
 S = 1e-9
 HANDSHAKE_FAILURES = {

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from common.checks import BadMessage
-from common.models import ISOLATED_CHECK_BYTES, signature_from_file, signature_of
-from common.schema import Message, Prepare, Prepared
-from common.status import Status
-from worker.runtimes.base import PreparedModel, Profile, Runtime, RuntimeFailure
+from clockwork.common.checks import BadMessage
+from clockwork.common.models import ISOLATED_CHECK_BYTES, signature_from_file, signature_of
+from clockwork.common.schema import Message, Prepare, Prepared
+from clockwork.common.status import Status
+from clockwork.worker.runtimes.base import PreparedModel, Profile, Runtime, RuntimeFailure
 
 PROFILE_BATCH_SIZES = (1, 2, 4, 8, 16)  # what PREPARE measures (up to the model's max batch)
 MAX_DETAIL = 1000  # characters of an exception kept in a reply's detail

@@ -3,24 +3,24 @@ CPU-only host never imports TensorRT or PyTorch)."""
 
 from __future__ import annotations
 
-from worker.runtimes.base import Runtime, RuntimeUnavailable
+from clockwork.worker.runtimes.base import Runtime, RuntimeUnavailable
 
 
 def create(name: str, config) -> Runtime:
     if name == "onnxruntime":
-        from worker.runtimes.onnxrt import OnnxRuntime
+        from clockwork.worker.runtimes.onnxrt import OnnxRuntime
 
         return OnnxRuntime(config)
     if name == "emulated":
-        from worker.runtimes.emulated import EmulatedRuntime
+        from clockwork.worker.runtimes.emulated import EmulatedRuntime
 
         return EmulatedRuntime(config)
     if name == "tensorrt":
-        from worker.runtimes.tensorrt import TensorRTRuntime
+        from clockwork.worker.runtimes.tensorrt import TensorRTRuntime
 
         return TensorRTRuntime(config)
     if name == "torch":
-        from worker.runtimes.torchrt import TorchRuntime
+        from clockwork.worker.runtimes.torchrt import TorchRuntime
 
         return TorchRuntime(config)
     raise RuntimeUnavailable(f"unknown runtime {name!r}; choose onnxruntime, emulated, tensorrt or torch")

@@ -21,8 +21,8 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from common.models import Signature
-from common.status import Status
+from clockwork.common.models import Signature
+from clockwork.common.status import Status
 
 
 class RuntimeUnavailable(Exception):

@@ -28,8 +28,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from common.status import Status
-from worker.runtimes.base import RuntimeFailure, RuntimeUnavailable
+from clockwork.common.status import Status
+from clockwork.worker.runtimes.base import RuntimeFailure, RuntimeUnavailable
 
 # Markers of an out-of-memory failure in CUDA / TensorRT error text (CUDA_ERROR_OUT_OF_MEMORY,
 # cudaErrorMemoryAllocation, TensorRT's "Requested amount of GPU memory ... could not be allocated").

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.clock import monotonic_ns, wait_until
-from common.config import HOST_DEVICE_MEMORY_BYTES
-from common.models import EmulatedProfile, Signature, parse_profile
-from common.status import Status
-from worker.runtimes.base import DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure
+from clockwork.common.clock import monotonic_ns, wait_until
+from clockwork.common.config import HOST_DEVICE_MEMORY_BYTES
+from clockwork.common.models import EmulatedProfile, Signature, parse_profile
+from clockwork.common.status import Status
+from clockwork.worker.runtimes.base import DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure
 
 
 @dataclass(frozen=True)

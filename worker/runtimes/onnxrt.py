@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from common.clock import monotonic_ns
-from common.config import HOST_DEVICE_MEMORY_BYTES
-from common.models import Signature
-from common.status import Status
-from worker.runtimes.base import (DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure, RuntimeUnavailable,
+from clockwork.common.clock import monotonic_ns
+from clockwork.common.config import HOST_DEVICE_MEMORY_BYTES
+from clockwork.common.models import Signature
+from clockwork.common.status import Status
+from clockwork.worker.runtimes.base import (DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure, RuntimeUnavailable,
                                   percentile_ns, sample_inputs, timed_runs)
 
 PROFILE_PERCENTILE = 90  # exec time reported per batch size: a high percentile of the runs

@@ -55,13 +55,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import structlog
 
-from common.config import MIB, WorkerConfig
-from common.models import Signature
-from common.status import Status
-from worker.runtimes.base import (DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure, RuntimeUnavailable,
+from clockwork.common.config import MIB, WorkerConfig
+from clockwork.common.models import Signature
+from clockwork.common.status import Status
+from clockwork.worker.runtimes.base import (DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure, RuntimeUnavailable,
                                   sample_inputs, timed_runs)
-from worker.runtimes.cuda import CudaDevices, GpuInfo, LaneState, SmClocks, cuda_failure, looks_like_oom
-from worker.runtimes.engine_cache import PlanCache, PlanKey
+from clockwork.worker.runtimes.cuda import CudaDevices, GpuInfo, LaneState, SmClocks, cuda_failure, looks_like_oom
+from clockwork.worker.runtimes.engine_cache import PlanCache, PlanKey
 
 MIN_TRT_VERSION = (10, 1)  # device_memory_size_v2 and set_device_memory(ptr, size) arrived in 10.1
 # device_memory_bytes values that mean "size it from the GPU" (0, or left at the CPU-sized default).

@@ -44,14 +44,14 @@ from typing import Any
 import numpy as np
 import structlog
 
-from common.clock import monotonic_ns
-from common.config import HOST_DEVICE_MEMORY_BYTES, WorkerConfig
-from common.models import Signature
-from common.status import Status
-from worker.runtimes.base import (DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure, RuntimeUnavailable,
+from clockwork.common.clock import monotonic_ns
+from clockwork.common.config import HOST_DEVICE_MEMORY_BYTES, WorkerConfig
+from clockwork.common.models import Signature
+from clockwork.common.status import Status
+from clockwork.worker.runtimes.base import (DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure, RuntimeUnavailable,
                                   percentile_ns, sample_inputs, timed_runs)
-from worker.runtimes.cuda import GpuInfo, SmClocks, looks_like_oom
-from worker.store import PROFILE_BATCH_SIZES  # EXEC pads to these: one graph each
+from clockwork.worker.runtimes.cuda import GpuInfo, SmClocks, looks_like_oom
+from clockwork.worker.store import PROFILE_BATCH_SIZES  # EXEC pads to these: one graph each
 
 # The SM clock is read by a background thread this often, not after each INFER: an NVML call
 # took ~0.15 ms on the lane of a lent H200 (a VM), 13% of a batch-1 ResNet-50.
