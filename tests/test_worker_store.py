@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
 
 import pytest
 
@@ -10,7 +12,7 @@ from clockwork.common.config import MIB, WorkerConfig
 from clockwork.common.schema import Prepare
 from clockwork.common.status import Status
 from clockwork.worker.runtimes.onnxrt import OnnxRuntime
-from clockwork.worker.store import ModelStore
+from clockwork.worker.store import SPOOL_PREFIX, ModelStore, remove_stale_spools
 from tests.worker_helpers import Collector, CountingEmulated, make_device, make_preparer, profile_blob, small_mlp
 
 pytestmark = pytest.mark.timeout(120)
@@ -117,6 +119,17 @@ def test_a_large_model_lives_in_its_spooled_file_until_its_last_name_goes(tmp_pa
     assert spooled.exists()  # "twin" still names it
     store.forget("twin")
     assert not spooled.exists()
+
+
+def test_spool_folders_of_workers_that_no_longer_run_are_removed_and_live_ones_kept(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale, live = tmp_path / f"{SPOOL_PREFIX}{dead.pid}", tmp_path / f"{SPOOL_PREFIX}{os.getpid()}"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "model-x.onnx").write_bytes(b"weights")
+    assert remove_stale_spools(tmp_path) == [stale]
+    assert not stale.exists() and (live / "model-x.onnx").exists()
 
 
 def test_the_prepare_thread_answers_every_prepare_in_order():

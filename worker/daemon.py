@@ -17,8 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import tempfile
-from pathlib import Path
 from typing import Any, Callable
 
 import zmq
@@ -36,7 +34,7 @@ from clockwork.worker.lanes import Device, Done
 from clockwork.worker.outbox import Outbox
 from clockwork.worker.metrics import WorkerTelemetry
 from clockwork.worker.runtimes.base import Runtime
-from clockwork.worker.store import ModelStore, Preparer
+from clockwork.worker.store import ModelStore, Preparer, remove_stale_spools
 
 HELLO_RETRY_NS = 1_000_000_000  # until WELCOME arrives
 MAX_RECV_PER_WAKE = 256  # then look at the outbox, so results never wait behind a flood
@@ -59,10 +57,9 @@ class Daemon:
         self.store = ModelStore()
         self.devices = {info.device_id: Device(info, config.page_bytes, runtime, self.store, self.outbox.put, log)
                         for info in runtime.devices()}
-        self._spool_dir = Path(tempfile.mkdtemp(prefix="clockwork-worker-spool-"))  # large models, as files
+        remove_stale_spools()
         self.preparer = Preparer(runtime, self.store, self._profile_on_device0,
-                                 lambda body, parent: self.outbox.put((body, parent)), config.profile_runs, log,
-                                 spool_dir=self._spool_dir)
+                                 lambda body, parent: self.outbox.put((body, parent)), config.profile_runs, log)
         self._ctx = ctx or zmq.Context.instance()
         keys = security.for_worker(config, log)  # before connecting: no keys, loopback only
         self._sock = dealer(self._ctx, config.controller, self.name.encode(),
@@ -122,7 +119,7 @@ class Daemon:
             self.runtime.close()
         except Exception:
             self.log.exception("runtime close failed")
-        shutil.rmtree(self._spool_dir, ignore_errors=True)
+        shutil.rmtree(self.preparer.spool_dir, ignore_errors=True)
         self._sock.close(linger=0)
         self.outbox.close()
         self.telemetry.close()

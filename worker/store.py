@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import queue
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -46,6 +47,19 @@ def digest_of(fmt: str, content_sha256: str, input_shapes: dict, max_batch: int)
 
 
 SPOOL_CHUNK = 8 * 1024 * 1024
+SPOOL_PREFIX = "clockwork-worker-spool-"  # then the worker's pid
+
+
+def remove_stale_spools(parent: Path | None = None) -> list[Path]:
+    """Remove the spool folders of workers that no longer run (killed before they could clean
+    up; a spooled model can be a gigabyte). Returns what was removed."""
+    removed = []
+    for folder in Path(parent or tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*"):
+        pid = folder.name[len(SPOOL_PREFIX):]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 @dataclass
@@ -174,7 +188,9 @@ class Preparer:
     def __init__(self, runtime: Runtime, store: ModelStore, run_on_lane: ProfileRunner,
                  reply: ReplyFn, profile_runs: int, log: Any, spool_dir: Path | None = None):
         self._runtime = runtime
-        self._spool_dir = spool_dir or Path(tempfile.gettempdir()) / f"clockwork-spool-{os.getpid()}"
+        # Made on the first large model; the daemon removes it at exit, and the next worker on
+        # the host removes those that a killed worker left (remove_stale_spools).
+        self.spool_dir = spool_dir or Path(tempfile.gettempdir()) / f"{SPOOL_PREFIX}{os.getpid()}"
         self._store = store
         self._run_on_lane = run_on_lane
         self._reply = reply
@@ -203,7 +219,7 @@ class Preparer:
             item = None
             try:
                 # Rebinding `msg` drops the last reference to the message's frame once spooled.
-                incoming = take(msg, self._spool_dir)
+                incoming = take(msg, self.spool_dir)
                 msg = incoming.msg
                 reply = self.prepare_taken(incoming)
             except Exception as exc:  # a bug here must not stop later PREPAREs
@@ -213,7 +229,7 @@ class Preparer:
 
     def prepare(self, msg: Prepare) -> Prepared:
         """Validate, hold on the host, profile (once per digest), and describe the result."""
-        return self.prepare_taken(take(msg, self._spool_dir))
+        return self.prepare_taken(take(msg, self.spool_dir))
 
     def prepare_taken(self, incoming: Incoming) -> Prepared:
         """`prepare`, once the bytes are hashed (and a large model spooled)."""
