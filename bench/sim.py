@@ -67,6 +67,8 @@ from clockwork.common.config import MIB, MS, SchedulerConfig
 from clockwork.common.models import EmulatedProfile, pages_for, parse_profile
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
+from clockwork.controller.baseline import BaselineConfig, FifoPolicy
+from clockwork.controller.core import Core
 from clockwork.controller.effects import (
     ActionRecord,
     PrepareOn,
@@ -74,6 +76,8 @@ from clockwork.controller.effects import (
     ToWorker,
     UploadFinished,
 )
+from clockwork.controller.invariants import check_invariants
+from clockwork.controller.policy import ClockworkPolicy
 
 GB = 1_000_000_000
 NS_PER_S = 1_000_000_000
@@ -126,7 +130,7 @@ class SimConfig:
     drain_ns: int = 30 * NS_PER_S
     # Every message through the real codec (slow; a schema check of a whole run).
     wire: bool = False
-    # core.check_invariants() after every call into the core (slow; for tests).
+    # controller.invariants.check_invariants after every call into the core (slow; for tests).
     check_invariants: bool = False
     seed: int = 0  # device noise; the workload has its own seed
 
@@ -309,7 +313,7 @@ class Simulation:
         if effects:
             self._perform(effects)
         if self.cfg.check_invariants:
-            self.core.check_invariants(self.now)
+            check_invariants(self.core, self.now)
 
     def _perform(self, effects: list) -> None:
         now = self.now
@@ -715,18 +719,14 @@ SCHEDULERS = ("clockwork", "fifo", "fifo-timeout")
 
 def make_core(scheduler: str, sched_cfg: SchedulerConfig, max_batch: int = 16, max_queue_delay_ns: int = MS,
               replicate: bool = False):
-    """The scheduling core by name: the real one, or baseline (a) `fifo` / (b) `fifo-timeout`."""
-    from clockwork.controller.core import Core
-
+    """The scheduling core with a policy by name: Clockwork's, or baseline (a) `fifo` / (b) `fifo-timeout`."""
     if scheduler == "clockwork":
-        return Core(sched_cfg)
-    from clockwork.controller.baseline import BaselineConfig, FifoCore
-
+        return Core(sched_cfg, ClockworkPolicy())
     if scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; one of {', '.join(SCHEDULERS)}")
-    return FifoCore(sched_cfg, BaselineConfig(max_batch=max_batch, max_queue_delay_ns=max_queue_delay_ns,
-                                              queue_timeout=scheduler == "fifo-timeout",
-                                              replicate_hot_models=replicate))
+    return Core(sched_cfg, FifoPolicy(BaselineConfig(max_batch=max_batch, max_queue_delay_ns=max_queue_delay_ns,
+                                                     queue_timeout=scheduler == "fifo-timeout",
+                                                     replicate_hot_models=replicate)))
 
 
 def capacity_per_s(gpus: int, profile: dict = RESNET50_V100) -> float:

@@ -84,6 +84,36 @@ class SchedulerConfig:
     result_grace_ns: int = 20 * MS
     # Emit an ActionRecord effect per finished action (for the action log); off costs nothing.
     record_actions: bool = False
+    # An upload is answered by then even if a worker never says PREPARED (a large model on a
+    # slow host takes tens of seconds to parse and profile).
+    upload_wait_ns: int = 120_000 * MS
+    # How often the dispatch allowance, the finish tail and the admission headroom follow the
+    # measurements: often enough to follow a host getting busy, seldom enough that a refresh
+    # sees ~1,000 requests at capacity (the headroom's miss target is judged per refresh).
+    refresh_ns: int = 100 * MS
+    # The headroom widens by this per refresh while admitted requests miss, and narrows by a
+    # sixteenth of it per refresh without a miss: at equilibrium about one refresh in 17 sees a
+    # miss, which keeps misses under the 0.01% target at ~1,000 admitted requests per refresh.
+    headroom_step: float = 0.02
+    # Admission looks at this many of a model's replicas: bounded work per request even for a
+    # hot model replicated on a hundred GPUs (their backlogs differ only by the other models
+    # they hold).
+    admission_replicas: int = 4
+    # After this many requests of a model refused on its estimates alone (nothing of it queued
+    # or running, so no measurement can come to correct them), its worst measurements are
+    # doubted (LatencyModel.doubt). On a lent H200 the slow first run after a LOAD made a
+    # model's p99, and every later request with a 25 ms SLO was refused for good.
+    doubt_after: int = 16
+    # A model's queue is looked at for hopeless requests at least this often.
+    expiry_recheck_ns: int = 5 * MS
+    # How often hot models are checked for another replica (a LOAD takes milliseconds), and
+    # idle extra replicas looked for (they idle for seconds before release).
+    replication_check_ns: int = 10 * MS
+    release_check_ns: int = 100 * MS
+    # An answered request's id is remembered this long: a client resends a request it has no
+    # reply for (every 250 ms by default), and a resend that crossed the answer on the wire
+    # must not run the request a second time. The crossing takes a round trip: seconds are ample.
+    answered_memory_ns: int = 2000 * MS
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ What a conventional serving system does (Triton's dynamic batcher, as usually de
   a request still queued at its deadline is answered DEADLINE_MISSED then (not earlier, as the
   core does, and a batch already sent runs to completion however late it is).
 
-`FifoCore` is the core (controller/core.py) with its policy phases replaced: admission,
-expiry, EXEC planning and (by default) hot-model replication. Everything else (models,
-uploads, workers, results, LOAD planning with LRU eviction, the planning heap, the timelines
-and the latency model, the invariants) is the core's code, unchanged, so the two differ only in
-what is being compared.
+`FifoPolicy` is the other implementation of the core's `Policy` (controller/core.py):
+admission, service order, expiry, EXEC planning and (by default no) hot-model replication.
+Everything else (models, uploads, workers, results, LOAD planning with LRU eviction, the
+planning heap, the timelines and the latency model, the invariants) is the core's code, the
+same for both, so the two differ only in what is being compared.
 """
 
 from __future__ import annotations
@@ -27,15 +27,13 @@ import itertools
 from collections import deque
 from dataclasses import dataclass
 
-from clockwork.common import schema
 from clockwork.common.checks import BadMessage
-from clockwork.common.config import MS, SchedulerConfig
-from clockwork.common.models import Signature
+from clockwork.common.config import MS
 from clockwork.common.status import Status
 from clockwork.controller.batching import Batch, padded_size
-from clockwork.controller.core import Core
-from clockwork.controller.effects import Effect
+from clockwork.controller.core import Core, Policy
 from clockwork.controller.lifecycle import RequestState, Residency
+from clockwork.controller.policy import ClockworkPolicy
 from clockwork.controller.queues import QueueBase, is_live
 from clockwork.controller.state import Device, Model, Request
 
@@ -108,99 +106,86 @@ class FifoQueue(QueueBase):
         return out
 
 
-class FifoCore(Core):
-    """Baseline (a), or (b) with `BaselineConfig(queue_timeout=True)`; drives like `Core`."""
+class FifoPolicy(Policy):
+    """Baseline (a), or (b) with `BaselineConfig(queue_timeout=True)`: `Core(config, FifoPolicy())`."""
 
-    def __init__(self, config: SchedulerConfig = SchedulerConfig(), baseline: BaselineConfig = BaselineConfig()):
-        super().__init__(config)
+    def __init__(self, baseline: BaselineConfig = BaselineConfig()):
         if baseline.max_batch < 1 or baseline.max_queue_delay_ns < 0:
             raise ValueError("max_batch must be >= 1 and max_queue_delay_ns >= 0")
         self.baseline = baseline
         self._timeouts: list[tuple[int, int, Request]] = []  # (b): (deadline, seq, request), lazily pruned
         self._timeout_seq = itertools.count()
+        self._clockwork = ClockworkPolicy()  # its replication, when asked for
 
-    # ------------------------------------------------------------------ models get FIFO queues
+    def start(self, core: Core) -> None:
+        self._clockwork.start(core)
 
-    def add_model(self, name: str, fmt: str, signature: Signature) -> None:
-        super().add_model(name, fmt, signature)
-        self._fifo_queue(name)
-
-    def on_upload(self, name: str, fmt: str, signature: Signature, client: bytes, request_id: int,
-                  now_ns: int) -> list[Effect]:
-        effects = super().on_upload(name, fmt, signature, client, request_id, now_ns)
-        self._fifo_queue(name)
-        return effects
-
-    def _fifo_queue(self, name: str) -> None:
-        model = self.models.get(name)
-        if model is not None and not isinstance(model.queue, FifoQueue) and not len(model.queue):
-            model.queue = FifoQueue()
+    def new_queue(self) -> QueueBase:
+        return FifoQueue()
 
     # ------------------------------------------------------------------ admission: none
 
-    def _admit(self, client: bytes, request_id: int, msg: schema.Infer, now_ns: int, waited_ns: int = 0):
+    def admit(self, core, client, request_id, msg, now_ns, waited_ns):
         """Only what no system could serve is refused: unknown model, bad input, no worker.
         Time spent in queues before arriving comes out of the SLO budget, as in the core."""
         try:
-            model, samples = self._model_and_samples(msg)
+            model, samples = core.model_and_samples(msg)
         except BadMessage as exc:
             return exc.status, exc.detail, None
-        if not model.sizes or next(self._devices_for(model), None) is None:
+        if not model.sizes or next(core.devices_for(model), None) is None:
             return Status.UNAVAILABLE, f"no connected worker has prepared {model.name!r} yet", None
         if samples > model.sizes[-1]:
             return Status.BAD_INPUT, f"{samples} samples exceed the largest batch size {model.sizes[-1]}", None
-        req = Request(request_id, client, model.name, samples, msg.priority, now_ns - waited_ns,
-                      now_ns - waited_ns + msg.slo_ns, msg.tensors, cold=not self._loaded_somewhere(model))
-        return Status.OK, "", req
+        return Status.OK, "", Request(request_id, client, model.name, samples, msg.priority, now_ns - waited_ns,
+                                      now_ns - waited_ns + msg.slo_ns, msg.tensors,
+                                      cold=not core.loaded_somewhere(model))
 
     # ------------------------------------------------------------------ expiry: only (b), at the deadline
 
-    def _enqueue(self, model: Model, req: Request, now_ns: int) -> None:
-        super()._enqueue(model, req, now_ns)
+    def queued(self, core, model, req, most_urgent, now_ns):
         if self.baseline.queue_timeout:  # every enqueue, so a request put back keeps its timeout
             heapq.heappush(self._timeouts, (req.deadline_ns, next(self._timeout_seq), req))
 
-    def _watch_expiry(self, model: Model, at_ns: int) -> None:
-        """No early answers: (a) never expires a request, (b) does so in `tick`, at the deadline."""
-
-    def tick(self, now_ns: int) -> list[Effect]:
+    def _time_out(self, core: Core, now_ns: int) -> None:
+        """(b): a request still queued at its deadline is answered then; (a) never expires one."""
         while self._timeouts and self._timeouts[0][0] <= now_ns:
             req = heapq.heappop(self._timeouts)[2]
             if req.state is RequestState.QUEUED:
-                self._answer(req, Status.DEADLINE_MISSED, "queue timeout (the SLO) reached", now_ns)
-        return super().tick(now_ns)
+                core.answer(req, Status.DEADLINE_MISSED, "queue timeout (the SLO) reached", now_ns)
 
-    def next_wakeup_ns(self, now_ns: int) -> int:
-        wakeup = super().next_wakeup_ns(now_ns)
+    def next_wakeup_ns(self, core, now_ns):
         while self._timeouts and self._timeouts[0][2].state is not RequestState.QUEUED:
             heapq.heappop(self._timeouts)  # dispatched or answered: no timeout to watch
-        return min(wakeup, self._timeouts[0][0]) if self._timeouts else wakeup
+        return self._timeouts[0][0] if self._timeouts else None
 
-    def _replicate_hot_models(self, now_ns: int) -> None:
+    def replicate(self, core, now_ns):
         if self.baseline.replicate_hot_models:
-            super()._replicate_hot_models(now_ns)
+            self._clockwork.replicate(core, now_ns)
 
     # ------------------------------------------------------------------ the dynamic batcher
 
-    def _plan_execs(self, now_ns: int) -> None:
-        """Each due device that is idle runs the ready model whose oldest request is oldest; a
-        device whose models are all waiting out the queue delay is booked for when one is due."""
-        for dev in self._due_devices(now_ns):
+    def plan_execs(self, core, now_ns):
+        """Requests past their queue timeout are answered first, as Triton's batcher does when it
+        forms batches. Then each due device that is idle runs the ready model whose oldest
+        request is oldest; a device whose models are all waiting out the queue delay is booked
+        for when one is due."""
+        self._time_out(core, now_ns)
+        for dev in core.due_devices(now_ns):
             if dev.exec_lane.outstanding:
                 continue  # busy: its result books it again
-            chosen, wake = self._ready_model(dev, now_ns)
+            chosen, wake = self._ready_model(core, dev, now_ns)
             if chosen is not None:
-                self._dispatch(dev, chosen, now_ns)
+                self._dispatch(core, dev, chosen, now_ns)
             elif wake is not None:
-                self._book(dev, wake)
+                core.book(dev, wake)
 
-    def _ready_model(self, dev: Device, now_ns: int) -> tuple[Model | None, int | None]:
+    def _ready_model(self, core: Core, dev: Device, now_ns: int) -> tuple[Model | None, int | None]:
         """The model to run now on idle `dev` (oldest request first), else when one will be due."""
         best, best_key, wake = None, None, None
         for name in dev.pending:
             if dev.resident[name].state is not Residency.LOADED:
                 continue
-            model = self.models[name]
+            model = core.models[name]
             oldest = model.queue.oldest()
             if oldest is None:
                 continue
@@ -213,7 +198,7 @@ class FifoCore(Core):
                 best, best_key = model, key
         return best, wake
 
-    def _dispatch(self, dev: Device, model: Model, now_ns: int) -> None:
+    def _dispatch(self, core: Core, dev: Device, model: Model, now_ns: int) -> None:
         sizes = model.sizes
         limit = min(self.baseline.max_batch, sizes[-1])
         members, samples = [], 0
@@ -223,6 +208,6 @@ class FifoCore(Core):
             members.append(req)
             samples += req.samples
         size = padded_size(samples, sizes)
-        exec_ns = self.latency.exec_ns(model.name, size, dev.kind) or 0
+        exec_ns = core.latency.exec_ns(model.name, size, dev.kind) or 0
         batch = Batch(model.name, tuple(members), size, exec_ns, now_ns + NO_WINDOW_NS)
-        self._send_exec(dev, batch, now_ns + self.cfg.dispatch_ns, now_ns)
+        core.send_exec(dev, batch, now_ns + core.cfg.dispatch_ns, now_ns)

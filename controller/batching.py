@@ -5,7 +5,7 @@ start soonest (its most urgent request's deadline less the batch's duration); th
 batch, request by request in service order, to the largest batch size that still meets the
 deadline of every member. Requests that could not finish on this device even alone are
 skipped here (another device, or expiry, handles them). Batch sizes are the profiled ones; a
-batch of 3 samples runs padded to 4. The core (`Core._choose_batch`) ranks models by an
+batch of 3 samples runs padded to 4. Clockwork's policy (controller/policy.py) ranks models by an
 estimate of that start and adds one step of lookahead, because an EXEC cannot be preempted.
 """
 

@@ -12,21 +12,21 @@ Rules
   models (nothing in flight), least recently used first, and counts pages exactly as workers do.
 
 Theory of operation
-- `on_request` admits a request or rejects it at once: MODEL_NOT_FOUND, BAD_INPUT, QUEUE_FULL,
-  UNAVAILABLE (no worker prepared the model), WOULD_MISS_DEADLINE (not even an idle device
-  could finish it in time, or not behind the work already queued where it would run).
-- Admission is O(1) per replica looked at: every device keeps its backlog per priority class,
-  the typical EXEC time of its models' queued samples (each model's queue split over its
-  replicas, priced at the batch sizes it would run in), updated on every queue and replica
-  change (`_reshare`); a request is charged the classes at and above its own. Tails do not add
-  up, so the queue is priced at medians and the request's own EXEC carries the one tail
-  allowance (`_own_exec_ns`); EXEC windows, which must hold whatever happens, use the tail. Work of models
-  waiting for a LOAD is kept apart and spread over all devices.
+- The core keeps the state and the effects; a `Policy` (below) makes the decisions: admission,
+  service order, batch choice, expiry and replication. Clockwork's is controller/policy.py
+  (its admission estimates in controller/admission.py), the FIFO baselines controller/baseline.py.
+  Tests check controller/invariants.py after every step, whatever the policy.
+- `on_request` absorbs resends of requests in progress or just answered, asks the policy to
+  `admit` the rest, and queues what it admits.
+- Every device keeps its backlog per priority class, the typical EXEC time of its models'
+  queued samples (each model's queue split over its replicas, priced at the batch sizes it
+  would run in), updated on every queue and replica change (`_reshare`), so that admission
+  reads a device's backlog in O(1). Work of models waiting for a LOAD is kept apart
+  (`unplaced_by_class`).
 - `tick` runs the phases in order: housekeeping (every `housekeeping_ns`: drop lost workers,
-  finish overdue uploads, answer queued requests no device can finish in time any more, add a
-  replica where a hot model's queue cannot drain in time, release idle extra replicas), plan
-  EXECs on the lanes about to free up (controller/batching.py), plan LOADs for models with
-  demand and no replica (controller/placement.py). Tests call `check_invariants` after every step.
+  lost results and overdue uploads, then the policy's expiry and replication, then release
+  idle extra replicas), the policy's EXEC planning on the lanes about to free up, LOADs for
+  models with demand and no replica (controller/placement.py).
 - Work per event is bounded by what the event touches, not by the cluster's size: devices wait in
   a heap keyed by when their EXEC lane needs planning; each device knows which of its resident
   models have queued requests; models without a replica are kept in their own set.
@@ -50,61 +50,87 @@ from clockwork.common.models import Signature, check_inputs
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 from clockwork.controller import placement
-from clockwork.controller.batching import Batch, grow, padded_size
+from clockwork.controller.batching import Batch, padded_size
 from clockwork.controller.effects import ActionRecord, Effect, PrepareOn, ToClient, ToWorker, UploadFinished
 from clockwork.controller.latency import LatencyModel
 from clockwork.controller.lifecycle import Residency, RequestState, move
-from clockwork.controller.queues import CLASSES
+from clockwork.controller.queues import CLASSES, QueueBase
 from clockwork.controller.state import Action, Device, Model, PendingUpload, Profile, Request, Resident, Worker
 
-UPLOAD_WAIT_NS = 120 * 1_000_000_000  # answer an upload by then even if a worker is silent
-UNLOAD_WINDOW_NS = 60 * 1_000_000_000  # an UNLOAD is never too late to be useful
-DISPATCH_REFRESH_NS = 100_000_000  # how often the dispatch allowance follows the measured lateness
-REPLICATION_CHECK_NS = 10_000_000  # how often hot models are checked for another replica (a LOAD takes ms)
-# Admission looks at this many of a model's replicas: bounded work per request even for a hot
-# model replicated on a hundred GPUs (their backlogs differ only by the other models they hold).
-ADMISSION_REPLICAS = 4
-EXPIRY_RECHECK_NS = 5_000_000  # a model's queue is looked at for hopeless requests at least this often
-# Admission headroom widens by this per refresh while admitted requests miss, and narrows by a
-# sixteenth of it per refresh without a miss: at equilibrium about one refresh in 17 sees a
-# miss, which keeps misses under the 0.01% target at ~1,000 admitted requests per refresh.
-HEADROOM_STEP = 0.02
-RELEASE_CHECK_NS = 100_000_000  # how often idle extra replicas are looked for (they idle for seconds)
-UNLOAD_RETRY_NS = 5_000_000  # an UNLOAD refused BUSY (the model was executing) is retried after this
-# A batch is grown from this many requests beyond the largest batch size: room to skip requests
-# that can no longer make it (expiry answers them within a housekeeping interval).
-HOPELESS_SCAN = 8
-# An answered request's id is remembered this long: a client resends a request it has no reply
-# for (every 250 ms by default), and a resend that crossed the answer on the wire must not run
-# the request a second time. The crossing takes a round trip, so seconds are ample.
-ANSWERED_MEMORY_NS = 2 * 1_000_000_000
-# After this many requests of a model refused on its estimates alone (nothing of it queued or
-# running, so no measurement can come to correct them), its worst measurements are doubted
-# (LatencyModel.doubt). On a lent H200 the slow first run after a LOAD made a model's p99, and
-# every later request with a 25 ms SLO was refused for good.
-DOUBT_AFTER = 16
-
-
-class InvariantViolation(AssertionError):
-    pass
+# Fixed, not configuration: an UNLOAD is never too late to be useful (the memory is free once
+# it runs), and one refused BUSY (the model was executing) is retried after a typical EXEC.
+UNLOAD_WINDOW_NS = 60 * 1_000_000_000
+UNLOAD_RETRY_NS = 5_000_000
 
 
 _ANSWERED = {s: f"answered_{s.name.lower()}" for s in Status}  # counter names, made once
 _REJECTED = {s: f"rejected_{s.name.lower()}" for s in Status}
 
 
-def _overtaken_ns(full_batch_ns: int, exec_ns: int, ahead_ns: int) -> int:
-    """How much work arriving later can still go ahead of a request that waits behind
-    `ahead_ns` of queued work: a batch must start by its deadline less its duration, so a full
-    batch due up to (its duration less this request's) later must start first. At most one
-    such batch (the model's own largest, `full_batch_ns`, stands for the others'), and no more
-    than the wait."""
-    return max(0, min(full_batch_ns - exec_ns, ahead_ns))
+# ================================================================== the policy seam
+
+
+class Policy:
+    """The decisions a scheduler makes, apart from what the core keeps.
+
+    The core keeps the state (models, queues, workers, devices and their timelines, actions in
+    flight), turns decisions into effects and keeps the invariants (controller/invariants.py).
+    A policy makes the decisions, at fixed points of the core's event handling:
+
+    | concern | hook | called |
+    |---|---|---|
+    | service order | `new_queue` | when a model is registered: its request queue |
+    | admission | `admit` | for every INFER, before anything is queued |
+    | expiry | `queued`, `expire` | after a request enters its queue; in housekeeping |
+    | replication | `replicate` | in housekeeping, after `expire` |
+    | batch choice | `plan_execs` | every tick, before LOADs are planned |
+    | waking up | `next_wakeup_ns` | when the shell asks when to tick next |
+
+    A hook changes the core's state only through the core's methods (`send_exec`, `answer`,
+    `book`, `load_somewhere`, ...), so the invariants hold whatever the policy. Clockwork's is
+    controller/policy.py; the FIFO baselines are controller/baseline.py.
+    """
+
+    def start(self, core: Core) -> None:
+        """Called once, by the core this policy decides for (before any event)."""
+
+    def new_queue(self) -> QueueBase:
+        """An empty request queue in this policy's service order."""
+        raise NotImplementedError
+
+    def admit(self, core: Core, client: bytes, request_id: int, msg: schema.Infer, now_ns: int,
+              waited_ns: int) -> tuple[Status, str, Request | None]:
+        """The request to queue (Status.OK), or the status and reason to refuse it with at once.
+        `waited_ns` (time in queues before the controller read it) comes out of its SLO."""
+        raise NotImplementedError
+
+    def queued(self, core: Core, model: Model, req: Request, most_urgent: bool, now_ns: int) -> None:
+        """`req` entered `model`'s queue (new, or put back after a drop); `most_urgent`: its
+        deadline is now the queue's earliest."""
+
+    def expire(self, core: Core, now_ns: int) -> None:
+        """Answer queued requests that should not wait any longer."""
+
+    def replicate(self, core: Core, now_ns: int) -> None:
+        """Add replicas where one model's demand outgrows the devices holding it."""
+
+    def plan_execs(self, core: Core, now_ns: int) -> None:
+        """Send the EXECs to run next, on the devices whose planning came due."""
+        raise NotImplementedError
+
+    def next_wakeup_ns(self, core: Core, now_ns: int) -> int | None:
+        """A time this policy must be ticked by, beyond what the core watches; None: none."""
+        return None
+
+    def describe(self) -> dict:
+        """The policy's own state, for STATUS."""
+        return {}
 
 
 class Core:
-    def __init__(self, config: SchedulerConfig = SchedulerConfig()):
+    def __init__(self, config: SchedulerConfig, policy: Policy):
         self.cfg = config
+        self.policy = policy
         self.latency = LatencyModel(config.latency_window, config.latency_percentile)
         self.models: dict[str, Model] = {}
         self.workers: dict[str, Worker] = {}
@@ -116,12 +142,10 @@ class Core:
         self.replicated: dict[str, None] = {}  # models on more than one device
         self.uploads: dict[str, PendingUpload] = {}
         self.unplaced_by_class = [0] * CLASSES  # EXEC time queued for models waiting for a LOAD (admission)
-        self._device_count = 0  # devices of connected workers
+        self.device_count = 0  # devices of connected workers
         self.counters: Counter[str] = Counter()
         self._due: list[tuple[int, int, str, Device]] = []  # (plan at, version, key, device)
         self._give_ups: list[tuple[int, int]] = []  # (give up at, action id), lazily cleaned
-        self._expiry: list[tuple[int, int, Model]] = []  # (look at, token, model): see _expire_requests
-        self._expiry_tokens = itertools.count(1)
         self._next_housekeeping_ns = 0
         # The allowance from sending an EXEC to its lane starting it: the configured floor plus
         # how late lanes have recently started (p99), so a busy host plans further ahead.
@@ -130,16 +154,12 @@ class Core:
         # how much later than typically predicted EXECs have recently ended (p99), and never
         # less than the request's own EXEC tail above its typical time (_own_exec_ns).
         self.finish_tail_ns = 0
-        self._next_dispatch_refresh_ns = 0
-        # The share of a budget admission leaves unplanned, between the configured floor and
-        # ceiling, following how many admitted requests missed since the last refresh.
-        self.headroom = config.admission_headroom
-        self._admitted_since = self._missed_since = 0
-        self._next_replication_ns = 0
+        self._next_refresh_ns = 0
         self._next_release_ns = 0
-        self._started_ns: int | None = None  # first event seen: workers get a timeout's grace to (re)join
+        self.started_ns: int | None = None  # first event seen: workers get a timeout's grace to (re)join
         self._ids = itertools.count(1)
         self._out: list[Effect] = []
+        policy.start(self)
 
     def _emit(self, effect: Effect) -> None:
         self._out.append(effect)
@@ -152,7 +172,7 @@ class Core:
 
     def add_model(self, name: str, fmt: str, signature: Signature) -> None:
         """A model known from the registry at start-up (no client waits for it)."""
-        self.models[name] = Model(name, fmt, signature)
+        self.models[name] = Model(name, fmt, signature, queue=self.policy.new_queue())
 
     def on_upload(self, name: str, fmt: str, signature: Signature, client: bytes, request_id: int,
                   now_ns: int) -> list[Effect]:
@@ -160,12 +180,12 @@ class Core:
         if old is not None and (old.removing or name in self.uploads):
             self._emit(UploadFinished(client, request_id, name, Status.BUSY, "the model is being removed or uploaded"))
             return self._take()
-        self.models[name] = Model(name, fmt, signature)
+        self.models[name] = Model(name, fmt, signature, queue=self.policy.new_queue())
         waiting = {w.name for w in self.workers.values() if fmt in w.formats}
         for worker in sorted(waiting):
             self._prepare_on(worker, self.models[name])
         if waiting:
-            self.uploads[name] = PendingUpload(client, request_id, waiting, now_ns + UPLOAD_WAIT_NS)
+            self.uploads[name] = PendingUpload(client, request_id, waiting, now_ns + self.cfg.upload_wait_ns)
         else:
             self._emit(UploadFinished(client, request_id, name, Status.OK,
                                       f"registered; no connected worker serves format {fmt!r} yet"))
@@ -177,7 +197,7 @@ class Core:
             return Status.MODEL_NOT_FOUND, []
         model.removing = True
         for req in model.queue.drain():
-            self._answer(req, Status.MODEL_NOT_FOUND, "the model was removed", now_ns)
+            self.answer(req, Status.MODEL_NOT_FOUND, "the model was removed", now_ns)
         upload = self.uploads.pop(name, None)
         if upload:
             self._emit(UploadFinished(upload.client, upload.request_id, name, Status.MODEL_NOT_FOUND,
@@ -231,8 +251,7 @@ class Core:
     def _enqueue(self, model: Model, req: Request, now_ns: int) -> None:
         head = model.queue.earliest_deadline()
         model.queue.push(req)
-        if head is None or req.deadline_ns < head:
-            self._watch_expiry(model, now_ns)  # a new most urgent request: look at it soon
+        self.policy.queued(self, model, req, head is None or req.deadline_ns < head, now_ns)
         newly_pending = model.name not in self.pending
         if newly_pending:
             self.pending[model.name] = None
@@ -243,7 +262,7 @@ class Core:
             if newly_pending:  # else every replica lists it already (see _place)
                 dev.pending[model.name] = None
             if dev.booked_ns is None:  # a booked device plans all it has pending when due
-                self._plan_device_soon(dev, now_ns)
+                self.plan_device_soon(dev, now_ns)
 
     def _dequeued(self, model: Model, requests) -> None:
         """`requests` left the queue (dispatched or answered)."""
@@ -327,7 +346,7 @@ class Core:
             if name in self.pending and not model.replicas:
                 self.unplaced[name] = None
 
-    def _ahead_ns(self) -> int:
+    def ahead_ns(self) -> int:
         """How far ahead of a lane freeing up its next EXEC is sent: the configured horizon plus
         the lateness learned into the dispatch allowance, so that on a busy host the next action
         is already at the worker when the lane frees, instead of the lane idling for it."""
@@ -338,12 +357,12 @@ class Core:
         worker = self.workers.get(dev.worker)
         return worker is not None and not worker.suspect and worker.devices.get(dev.device_id) is dev
 
-    def _plan_device_soon(self, dev: Device, now_ns: int) -> None:
+    def plan_device_soon(self, dev: Device, now_ns: int) -> None:
         """Book the device in the planning heap for when its EXEC lane nears free."""
         if dev.pending and self._live(dev):
-            self._book(dev, dev.exec_lane.free_at(now_ns) - self._ahead_ns())
+            self.book(dev, dev.exec_lane.free_at(now_ns) - self.ahead_ns())
 
-    def _book(self, dev: Device, at_ns: int) -> None:
+    def book(self, dev: Device, at_ns: int) -> None:
         """Plan `dev` at `at_ns`, unless it is booked no later already (then that booking
         serves: planning early finds the lane busy and books again), so a burst of requests
         for a model on many devices does not push a heap entry per device per request."""
@@ -353,7 +372,7 @@ class Core:
         dev.booked_ns = at_ns
         heapq.heappush(self._due, (at_ns, dev.plan_version, dev.key, dev))
 
-    def _due_devices(self, now_ns: int):
+    def due_devices(self, now_ns: int):
         """The live devices whose booking has come due, each unbooked as it is handed out."""
         while self._due and self._due[0][0] <= now_ns:
             _, version, _, dev = heapq.heappop(self._due)
@@ -368,26 +387,25 @@ class Core:
                    waited_ns: int = 0) -> list[Effect]:
         """`waited_ns`: how long the request sat in queues before reaching us (the shell
         estimates it from the client's send stamps); it comes out of the SLO budget."""
-        if self._started_ns is None:
-            self._started_ns = now_ns
+        if self.started_ns is None:
+            self.started_ns = now_ns
         if (client, request_id) in self.requests or (client, request_id) in self.answered:
             # A client's resend of a request still being served or just answered (it retries when
             # a reply is slow, in case we restarted and lost it): the original's answer serves both.
             self.counters["duplicates_absorbed"] += 1
             return []
         self.counters["requests_offered"] += 1
-        status, detail, req = self._admit(client, request_id, msg, now_ns, waited_ns)
+        status, detail, req = self.policy.admit(self, client, request_id, msg, now_ns, waited_ns)
         if status is not Status.OK:
             self.counters[_REJECTED[status]] += 1
             self._emit(ToClient(client, request_id, schema.InferReply(status=status, detail=detail)))
             return self._take()
         self.counters["requests_admitted"] += 1
-        self._admitted_since += 1
         self.requests[(client, request_id)] = req
         self._enqueue(self.models[req.model], req, now_ns)
         return self._take()
 
-    def _model_and_samples(self, msg: schema.Infer) -> tuple[Model, int]:
+    def model_and_samples(self, msg: schema.Infer) -> tuple[Model, int]:
         """The model a request names and how many samples it carries; BadMessage (with its
         reason code) if the model is unknown or the tensors do not fit its signature."""
         model = self.models.get(msg.model)
@@ -395,73 +413,13 @@ class Core:
             raise BadMessage(Status.MODEL_NOT_FOUND, f"no model named {msg.model!r}")
         return model, check_inputs(model.signature, msg.tensors)
 
-    def _admit(self, client: bytes, request_id: int, msg: schema.Infer, now_ns: int, waited_ns: int):
-        try:
-            model, samples = self._model_and_samples(msg)
-        except BadMessage as exc:
-            return exc.status, exc.detail, None
-        if len(model.queue) >= self.cfg.max_queue_per_model:
-            return Status.QUEUE_FULL, f"{len(model.queue)} requests already queued for {model.name!r}", None
-        budget = msg.slo_ns - waited_ns
-        if budget <= 0:
-            return Status.WOULD_MISS_DEADLINE, _stale_detail(waited_ns, msg.slo_ns), None
-        budget -= self.cfg.reply_ns  # what is left to finish in, with the reply's hop kept apart
-        received, deadline = now_ns - waited_ns, now_ns + budget
-        if not model.sizes:
-            if model.preparing or now_ns < self._started_ns + self.cfg.worker_timeout_ns:
-                # Workers are (re)joining or preparing it: wait for them, up to the deadline.
-                return Status.OK, "", Request(request_id, client, model.name, samples, msg.priority, received,
-                                              deadline, msg.tensors, cold=True)
-            return Status.UNAVAILABLE, f"no connected worker has prepared {model.name!r} yet", None
-        if samples > model.sizes[-1]:
-            return Status.BAD_INPUT, f"{samples} samples exceed the largest batch size {model.sizes[-1]}", None
-        loaded = self._loaded_somewhere(model)
-        best = self._best_case_ns(model, samples, loaded)
-        if best is None:
-            return Status.UNAVAILABLE, f"no live device can serve {model.name!r}", None
-        if best > budget:
-            self._refused_on_estimates(model)
-            waited = (f", {waited_ns / 1e6:.2f} ms of which it spent in queues ({max(0, msg.slo_ns - waited_ns) / 1e6:.2f} "
-                      "ms left)") if waited_ns > self.cfg.dispatch_ns else ""
-            return (Status.WOULD_MISS_DEADLINE,
-                    f"needs at least {(best + self.cfg.reply_ns) / 1e6:.2f} ms even on an idle device (its execution "
-                    f"and the hops to the worker and back to you); its SLO is {msg.slo_ns / 1e6:.2f} ms{waited}", None)
-        backlog = self._finish_behind_queue_ns(model, samples, msg.priority, now_ns)
-        if backlog is not None and backlog > deadline - int(self.headroom * budget):
-            self.counters["rejected_for_backlog"] += 1
-            if self._replicas_idle(model, now_ns):  # nothing ahead: the model's own estimates refused it
-                self._refused_on_estimates(model)
-            return (Status.WOULD_MISS_DEADLINE,
-                    f"the work queued ahead finishes {(backlog - now_ns) / 1e6:.2f} ms from now at the earliest; "
-                    f"{budget / 1e6:.2f} ms of its SLO are left", None)
-        req = Request(request_id, client, model.name, samples, msg.priority, received, deadline,
-                      msg.tensors, cold=not loaded)
-        return Status.OK, "", req
-
-    def _replicas_idle(self, model: Model, now_ns: int) -> bool:
-        """No work queued or booked on any device holding the model (or it has none yet)."""
-        return all(not dev.backlog_ns() and dev.exec_lane.typical_free_at(now_ns) <= now_ns
-                   for dev in model.replicas.values())
-
-    def _refused_on_estimates(self, model: Model) -> None:
-        """A refusal with nothing of the model queued or running rests on its estimates alone;
-        a run of them means no measurement will come to correct those (DOUBT_AFTER)."""
-        if model.queue or model.in_flight:
-            return
-        model.refused_unseen += 1
-        if model.refused_unseen >= DOUBT_AFTER:
-            model.refused_unseen = 0
-            self.latency.doubt(model.name)
-            self.finish_tail_ns = self.latency.finish_tail_ns(self.cfg.latency_percentile)
-            self.counters["estimates_doubted"] += 1
-
     def refuse_stale(self, client: bytes, request_id: int, waited_ns: int, slo_ns: int) -> list[Effect]:
         """A request that waited in queues for much of its SLO (the shell decides how much),
         refused before it is even decoded: when the controller falls behind, this keeps the cost
         of each hopeless request small, so the queue in front of it drains and fresh requests
         are served again."""
         return self._refuse_unread(client, request_id, "rejected_stale", Status.WOULD_MISS_DEADLINE,
-                                   _stale_detail(waited_ns, slo_ns))
+                                   stale_detail(waited_ns, slo_ns))
 
     def refuse_shed(self, client: bytes, request_id: int, waited_ns: int) -> list[Effect]:
         """A request refused unread because the controller is behind on its input
@@ -482,10 +440,10 @@ class Core:
             return False, "no such request in progress", []
         if req.state is not RequestState.QUEUED:
             return False, "already executing", []
-        self._answer(req, Status.CANCELLED, "cancelled by the client", now_ns)
+        self.answer(req, Status.CANCELLED, "cancelled by the client", now_ns)
         return True, "", self._take()
 
-    def _answer(self, req: Request, status: Status, detail: str, now_ns: int, **timing) -> None:
+    def answer(self, req: Request, status: Status, detail: str, now_ns: int, **timing) -> None:
         if req.state is RequestState.QUEUED and req.model in self.models:
             self._dequeued(self.models[req.model], (req,))
         move(req, RequestState.ANSWERED)
@@ -513,7 +471,7 @@ class Core:
             for d in msg.devices
         }
         worker = self.workers[name] = Worker(name, msg.runtime, tuple(msg.formats), devices, now_ns)
-        self._device_count += len(devices)
+        self.device_count += len(devices)
         self.counters["workers_joined"] += 1
         self._emit(ToWorker(name, next(self._ids), schema.Welcome(heartbeat_interval_ns=self.cfg.heartbeat_interval_ns)))
         # Start from a clean slate: the worker released what it held before saying HELLO, and
@@ -563,7 +521,7 @@ class Core:
         if worker.suspect:
             worker.suspect = False
             for dev in worker.devices.values():
-                self._plan_device_soon(dev, now_ns)
+                self.plan_device_soon(dev, now_ns)
 
     def _finish_upload(self, model: Model) -> None:
         upload = self.uploads.pop(model.name)
@@ -577,7 +535,7 @@ class Core:
 
     def _lose_worker(self, worker: Worker, now_ns: int, why: str) -> None:
         del self.workers[worker.name]
-        self._device_count -= len(worker.devices)
+        self.device_count -= len(worker.devices)
         self.counters["workers_lost"] += 1
         for action_id in [a for a, act in self.actions.items() if act.device.worker == worker.name]:
             action = self.actions.pop(action_id)
@@ -626,7 +584,7 @@ class Core:
                 self._load_result(action, msg, now_ns)
             elif msg.status is Status.BUSY:  # it was executing; the worker holds it until unloaded
                 self._send_unload(action.device, action.model, now_ns + UNLOAD_RETRY_NS, evict=False)
-        self._plan_device_soon(action.device, now_ns)  # its timeline moved
+        self.plan_device_soon(action.device, now_ns)  # its timeline moved
         return self._take()
 
     def _exec_ended(self, action: Action) -> None:
@@ -658,7 +616,7 @@ class Core:
         else:
             self.counters["exec_failed"] += 1
             for req in action.requests:
-                self._answer(req, msg.status, msg.detail or "the worker failed to execute the batch", now_ns)
+                self.answer(req, msg.status, msg.detail or "the worker failed to execute the batch", now_ns)
 
     def _answer_batch(self, action: Action, msg: schema.Result, now_ns: int) -> None:
         offset = 0
@@ -668,9 +626,9 @@ class Core:
             try:
                 outputs = tuple(_rows(t, offset, req.samples) for t in msg.tensors)
             except ValueError as exc:
-                self._answer(req, Status.RUNTIME_ERROR, f"bad outputs from the worker: {exc}", now_ns)
+                self.answer(req, Status.RUNTIME_ERROR, f"bad outputs from the worker: {exc}", now_ns)
             else:
-                self._answer(req, Status.OK, "", now_ns, queue_ns=req.dispatched_ns - req.received_ns,
+                self.answer(req, Status.OK, "", now_ns, queue_ns=req.dispatched_ns - req.received_ns,
                              tensors=outputs, **timing)
             offset += req.samples
 
@@ -678,7 +636,7 @@ class Core:
         for req in requests:
             model = self.models.get(req.model)
             if model is None or model.removing:
-                self._answer(req, Status.MODEL_NOT_FOUND, "the model was removed", now_ns)
+                self.answer(req, Status.MODEL_NOT_FOUND, "the model was removed", now_ns)
                 continue
             move(req, RequestState.QUEUED)
             self._enqueue(model, req, now_ns)
@@ -701,40 +659,28 @@ class Core:
     # ================================================================== tick
 
     def tick(self, now_ns: int) -> list[Effect]:
-        if self._started_ns is None:
-            self._started_ns = now_ns
+        if self.started_ns is None:
+            self.started_ns = now_ns
         if now_ns >= self._next_housekeeping_ns:
             self._housekeeping(now_ns)
-        self._plan_execs(now_ns)
+        self.policy.plan_execs(self, now_ns)
         self._plan_loads(now_ns)
         return self._take()
 
     def _housekeeping(self, now_ns: int) -> None:
         self._next_housekeeping_ns = now_ns + self.cfg.housekeeping_ns
-        if now_ns >= self._next_dispatch_refresh_ns:
-            self._next_dispatch_refresh_ns = now_ns + DISPATCH_REFRESH_NS
+        if now_ns >= self._next_refresh_ns:
+            self._next_refresh_ns = now_ns + self.cfg.refresh_ns
             late = self.latency.start_lateness_ns(self.cfg.latency_percentile)
             self.dispatch_ns = min(self.cfg.dispatch_ns + late, self.cfg.max_dispatch_ns)
             self.finish_tail_ns = self.latency.finish_tail_ns(self.cfg.latency_percentile)
-            self._refresh_headroom()
         self._expire_workers(now_ns)
         self._expire_actions(now_ns)
         self._expire_uploads(now_ns)
-        self._expire_requests(now_ns)
         self._forget_answered(now_ns)
-        self._replicate_hot_models(now_ns)
+        self.policy.expire(self, now_ns)
+        self.policy.replicate(self, now_ns)
         self._release_idle_replicas(now_ns)
-
-    def _refresh_headroom(self) -> None:
-        """Widen admission's headroom quickly while admitted requests miss more often than the
-        target (overload puts every admitted request at the edge of its estimate), narrow it
-        slowly once none do (so at moderate load little is refused for it)."""
-        cfg = self.cfg
-        if self._missed_since > cfg.admission_miss_target * self._admitted_since:
-            self.headroom = min(cfg.max_admission_headroom, self.headroom + HEADROOM_STEP)
-        elif not self._missed_since:
-            self.headroom = max(cfg.admission_headroom, self.headroom - HEADROOM_STEP / 16)
-        self._admitted_since = self._missed_since = 0
 
     def _expire_workers(self, now_ns: int) -> None:
         for worker in list(self.workers.values()):
@@ -768,12 +714,12 @@ class Core:
                     dev.loads_in_flight -= 1
                     if action.model in dev.resident:
                         self._evict(dev, action.model)
-            self._plan_device_soon(dev, now_ns)
+            self.plan_device_soon(dev, now_ns)
 
     def _forget_answered(self, now_ns: int) -> None:
-        """Drop the answered ids older than ANSWERED_MEMORY_NS (the oldest come first)."""
+        """Drop the answered ids older than `answered_memory_ns` (the oldest come first)."""
         answered = self.answered
-        while answered and next(iter(answered.values())) <= now_ns - ANSWERED_MEMORY_NS:
+        while answered and next(iter(answered.values())) <= now_ns - self.cfg.answered_memory_ns:
             answered.popitem(last=False)
 
     def _expire_uploads(self, now_ns: int) -> None:
@@ -781,91 +727,7 @@ class Core:
             self.uploads[name].failures.append("timed out waiting for PREPARED")
             self._finish_upload(self.models[name])
 
-    def _watch_expiry(self, model: Model, at_ns: int) -> None:
-        """Look at `model`'s queue for requests that can no longer make it at `at_ns` (this
-        replaces any earlier look booked for it)."""
-        model.expiry_token = token = next(self._expiry_tokens)
-        heapq.heappush(self._expiry, (at_ns, token, model))
-
-    def _expire_requests(self, now_ns: int) -> None:
-        """Answer DEADLINE_MISSED, early, the queued requests no device can finish in time.
-        A model is looked at again after half the slack its most urgent request had (between
-        one housekeeping interval and EXPIRY_RECHECK_NS), so the sweep costs O(models near a
-        miss), not O(models with a queue), every millisecond."""
-        while self._expiry and self._expiry[0][0] <= now_ns:
-            _, token, model = heapq.heappop(self._expiry)
-            if token != model.expiry_token or model.name not in self.pending or self.models.get(model.name) is not model:
-                continue
-            head = model.queue.earliest_deadline()
-            soonest = self._soonest_finish_ns(model, now_ns, head)
-            cutoff = now_ns if soonest is None else soonest
-            if head is not None and head < cutoff:
-                for req in model.queue.pop_expired(cutoff):
-                    self._missed_since += 1
-                    late = (cutoff - req.deadline_ns) / 1e6
-                    self._answer(req, Status.DEADLINE_MISSED,
-                                 f"can no longer finish in time (at best {late:.2f} ms after its deadline)", now_ns)
-                head = model.queue.earliest_deadline()
-            if model.name in self.pending and head is not None:
-                slack = (head - cutoff) // 2
-                self._watch_expiry(model, now_ns + min(max(slack, self.cfg.housekeeping_ns), EXPIRY_RECHECK_NS))
-
-    def _plan_execs(self, now_ns: int) -> None:
-        """Plan every device whose EXEC lane is due (free within the horizon) and has work."""
-        for dev in self._due_devices(now_ns):
-            horizon = now_ns + self._ahead_ns()
-            while dev.pending:
-                free = dev.exec_lane.free_at(now_ns)
-                if free > horizon:
-                    break
-                start = max(free, now_ns + self.dispatch_ns)
-                batch = self._choose_batch(dev, start)
-                if batch is None:
-                    break  # nothing runnable now; a request, load or result books it again
-                self._send_exec(dev, batch, start, now_ns)
-            else:
-                continue
-            if dev.exec_lane.free_at(now_ns) > horizon:
-                self._plan_device_soon(dev, now_ns)
-
-    def _choose_batch(self, dev: Device, start_ns: int) -> Batch | None:
-        """The batch to run next on `dev` from `start_ns` (the rule is controller/batching.py's).
-
-        Models are ranked by when their batch must start, estimated from the most urgent
-        request and the batch size its queue makes (no queue is scanned for that), and only
-        the winners are grown. One step of lookahead, since an EXEC cannot be preempted: if
-        running the first batch would make a shorter one late, and the first still fits after
-        it, the shorter one runs first.
-        """
-        ranked = []
-        for name in dev.pending:
-            if dev.resident[name].state is not Residency.LOADED:
-                continue
-            model = self.models[name]
-            head = model.queue.first()
-            size = padded_size(min(model.queue.samples, model.sizes[-1]), model.sizes)
-            exec_ns = self.latency.exec_ns(name, size, dev.kind) if head is not None and size else None
-            if exec_ns is not None:
-                ranked.append((-head.priority, head.deadline_ns - exec_ns, name))
-        ranked.sort()
-        first = None
-        for priority, latest_start_ns, name in ranked:
-            if first is not None and (priority != -first.requests[0].priority
-                                      or latest_start_ns >= start_ns + first.exec_ns):
-                break  # running `first` makes nobody else late
-            model = self.models[name]
-            batch = grow(name, model.queue.head(model.sizes[-1] + HOPELESS_SCAN), start_ns, model.sizes,
-                         lambda size, m=name: self.latency.exec_ns(m, size, dev.kind))
-            if batch is None:
-                continue
-            if first is None:
-                first = batch
-            elif (batch.latest_start_ns < start_ns + first.exec_ns
-                  and start_ns + batch.exec_ns <= first.latest_start_ns):
-                return batch
-        return first
-
-    def _send_exec(self, dev: Device, batch: Batch, start_ns: int, now_ns: int) -> None:
+    def send_exec(self, dev: Device, batch: Batch, start_ns: int, now_ns: int) -> None:
         model = self.models[batch.model]
         action_id = next(self._ids)
         for req in batch.requests:
@@ -877,9 +739,9 @@ class Core:
         dev.resident[batch.model] = res  # most recently used goes last (LRU order)
         res.in_flight += 1
         res.last_used_ns = now_ns
-        earliest = max(now_ns, start_ns - self._ahead_ns())
+        earliest = max(now_ns, start_ns - self.ahead_ns())
         typical_ns = self.latency.typical_exec_ns(batch.model, batch.batch_size, dev.kind) or batch.exec_ns
-        typical_end = self._typical_start_ns(dev, now_ns) + typical_ns
+        typical_end = self.typical_start_ns(dev, now_ns) + typical_ns
         dev.exec_lane.reserve(action_id, start_ns, batch.exec_ns, max(earliest, now_ns + self.cfg.dispatch_ns),
                               typical_ns)
         tensors = tuple(t for req in batch.requests for t in req.tensors)  # chunks, forwarded as-is
@@ -897,20 +759,20 @@ class Core:
         tick costs O(devices), not O(unplaced models x devices)."""
         if not self.unplaced:
             return
-        slots = self._free_load_slots()
+        slots = self.free_load_slots()
         if not slots:
             return
         for name in list(itertools.islice(self.unplaced, 2 * len(slots) + 8)):
-            if self._load_somewhere(self.models[name], now_ns, slots):
+            if self.load_somewhere(self.models[name], now_ns, slots):
                 slots = [d for d in slots if d.loads_in_flight < self.cfg.max_loads_per_device]
                 if not slots:
                     return
 
-    def _free_load_slots(self) -> list[Device]:
+    def free_load_slots(self) -> list[Device]:
         return [d for w in self.workers.values() if not w.suspect for d in w.devices.values()
                 if d.loads_in_flight < self.cfg.max_loads_per_device]
 
-    def _load_somewhere(self, model: Model, now_ns: int, slots: list[Device]) -> bool:
+    def load_somewhere(self, model: Model, now_ns: int, slots: list[Device]) -> bool:
         devices = [d for d in slots if d.worker in model.profiles]
         choice = placement.load_target(model, model.weights_bytes, devices, now_ns, self.cfg.max_loads_per_device)
         if choice is None:
@@ -918,27 +780,11 @@ class Core:
         self._send_load(model, *choice, now_ns)
         return True
 
-    def _replicate_hot_models(self, now_ns: int) -> None:
-        if now_ns < self._next_replication_ns:
-            return
-        self._next_replication_ns = now_ns + REPLICATION_CHECK_NS
-        slots = self._free_load_slots()
-        for name in list(self.pending):
-            if not slots:
-                return
-            model = self.models[name]
-            if model.replicas and placement.wants_replica(
-                    model, now_ns, self.dispatch_ns, lambda dev, size: self.latency.exec_ns(name, size, dev.kind),
-                    self.cfg.replicate_backlog_fraction):
-                if self._load_somewhere(model, now_ns, slots):
-                    slots = [d for d in slots if d.loads_in_flight < self.cfg.max_loads_per_device]
-                    self.counters["replicas_added"] += 1
-
     def _release_idle_replicas(self, now_ns: int) -> None:
         """Unload extra replicas idle for `replica_idle_ns`, keeping each model's freshest one."""
         if now_ns < self._next_release_ns:
             return
-        self._next_release_ns = now_ns + RELEASE_CHECK_NS
+        self._next_release_ns = now_ns + self.cfg.release_check_ns
         idle_since = now_ns - self.cfg.replica_idle_ns
         for name in list(self.replicated):
             model = self.models[name]
@@ -982,10 +828,10 @@ class Core:
 
     # ================================================================== estimates
 
-    def _loaded_somewhere(self, model: Model) -> bool:
+    def loaded_somewhere(self, model: Model) -> bool:
         return any(dev.resident[model.name].state is Residency.LOADED for dev in model.replicas.values())
 
-    def _devices_for(self, model: Model):
+    def devices_for(self, model: Model):
         """Live devices of the workers that prepared `model`."""
         for worker_name in model.profiles:
             worker = self.workers.get(worker_name)
@@ -993,114 +839,10 @@ class Core:
                 yield from worker.devices.values()
 
 
-    def _best_case_ns(self, model: Model, samples: int, loaded: bool) -> int | None:
-        """Shortest possible receive-to-finish time on an idle device (admission test);
-        `loaded`: a replica holds the model already."""
-        size = padded_size(samples, model.sizes)
-        loaded = loaded or any(dev.resident[model.name].state is Residency.LOADING for dev in model.replicas.values())
-        best = None
-        for kind in model.kinds:
-            exec_ns = self._own_exec_ns(model, size, kind)
-            if exec_ns is None:
-                continue
-            load = 0 if loaded else (self.latency.load_ns(model.name, kind) or 0)
-            total = self.cfg.dispatch_ns + load + exec_ns
-            best = total if best is None else min(best, total)
-        return best
-
-    def _finish_behind_queue_ns(self, model: Model, samples: int, priority: int, now_ns: int) -> int | None:
-        """When a new request could finish at the earliest behind the work already queued on
-        one of its model's replicas in its priority class and above (under load a new request
-        has the latest deadline, so earliest-deadline-first serves it last in its class; lower
-        classes wait for it), plus its part of the work still waiting for LOADs, which will land
-        on some device ahead of it. With no replica yet: after its own LOAD, behind those of the
-        models ahead of it. Everything ahead is priced at typical durations, the request's own
-        EXEC with the tail allowance (_own_exec_ns)."""
-        size = padded_size(samples, model.sizes)
-        spill_ns = sum(self.unplaced_by_class[priority:]) // max(1, self._device_count)
-        if not model.replicas:
-            return self._finish_after_load_ns(model, size, priority, spill_ns, now_ns)
-        best = None
-        costs: dict[str, tuple] = {}  # kind -> (typical, own, a full batch's): replicas share kinds
-        for dev in itertools.islice(model.replicas.values(), ADMISSION_REPLICAS):
-            cost = costs.get(dev.kind)
-            if cost is None:
-                cost = costs[dev.kind] = (self.latency.typical_exec_ns(model.name, size, dev.kind),
-                                          self._own_exec_ns(model, size, dev.kind), self._full_batch_ns(model, dev.kind))
-            typical_ns, own_ns, full_ns = cost
-            if typical_ns is None:
-                continue
-            start = self._typical_start_ns(dev, now_ns)
-            if dev.resident[model.name].state is Residency.LOADING:
-                start = max(start, dev.load_lane.free_at(now_ns))
-            ahead_ns = dev.backlog_ns(priority) + spill_ns
-            finish = start + ahead_ns + _overtaken_ns(full_ns, typical_ns, ahead_ns) + own_ns
-            best = finish if best is None else min(best, finish)
-        return best
-
-    def _full_batch_ns(self, model: Model, kind: str) -> int:
-        return self.latency.typical_exec_ns(model.name, model.sizes[-1], kind) or 0
-
-    def _own_exec_ns(self, model: Model, size: int, kind: str) -> int | None:
-        """A new request's own EXEC as admission counts it: typical, plus the one tail
-        allowance for everything its finish estimate could not see."""
-        typical = self.latency.typical_exec_ns(model.name, size, kind)
-        if typical is None:
-            return None
-        return typical + max(self.finish_tail_ns, self.latency.exec_ns(model.name, size, kind) - typical)
-
-    def _finish_after_load_ns(self, model: Model, size: int, priority: int, spill_ns: int, now_ns: int) -> int | None:
-        # Models waiting for a LOAD get one in turn, as LOAD slots free up on any device.
-        slots = max(1, self._device_count * self.cfg.max_loads_per_device)
-        best = None
-        for dev in self._devices_for(model):
-            typical_ns = self.latency.typical_exec_ns(model.name, size, dev.kind)
-            load_ns = self.latency.load_ns(model.name, dev.kind)
-            if typical_ns is None or load_ns is None:
-                continue
-            turn_ns = len(self.unplaced) * load_ns // slots
-            loaded = max(now_ns + self.cfg.dispatch_ns, dev.load_lane.free_at(now_ns)) + turn_ns + load_ns
-            ahead_ns = dev.backlog_ns(priority) + spill_ns
-            behind = self._typical_start_ns(dev, now_ns) + ahead_ns + \
-                _overtaken_ns(self._full_batch_ns(model, dev.kind), typical_ns, ahead_ns)
-            finish = max(loaded, behind) + self._own_exec_ns(model, size, dev.kind)
-            best = finish if best is None else min(best, finish)
-        return best
-
-    def _typical_start_ns(self, dev: Device, now_ns: int) -> int:
+    def typical_start_ns(self, dev: Device, now_ns: int) -> int:
         """When an EXEC sent now would typically start on `dev`: after the hop, once what is
         booked on its lane has typically run."""
         return max(now_ns + self.cfg.dispatch_ns, dev.exec_lane.typical_free_at(now_ns))
-
-    def _replica_start_ns(self, dev: Device, model: Model, now_ns: int) -> int:
-        """The earliest an EXEC of `model` could start on `dev`, which holds or is loading it."""
-        start = max(now_ns + self.dispatch_ns, dev.exec_lane.free_at(now_ns))
-        if dev.resident[model.name].state is Residency.LOADING:
-            start = max(start, dev.load_lane.free_at(now_ns))
-        return start
-
-    def _soonest_finish_ns(self, model: Model, now_ns: int, enough_ns: int | None = None) -> int | None:
-        """Earliest moment any device could finish a one-sample batch of `model` given the
-        timelines (optimistic where it must guess): requests due earlier cannot be served.
-        The first replica that finishes by `enough_ns` is answer enough (a hot model has many)."""
-        if not model.sizes:
-            return None
-        size = model.sizes[0]
-        soonest = None
-        for dev in model.replicas.values():
-            exec_ns = self.latency.exec_ns(model.name, size, dev.kind)
-            if exec_ns is not None:
-                finish = self._replica_start_ns(dev, model, now_ns) + exec_ns
-                soonest = finish if soonest is None else min(soonest, finish)
-                if enough_ns is not None and soonest <= enough_ns:
-                    return soonest
-        if soonest is None:  # no replica: a LOAD first, on whichever kind is fastest
-            for kind in model.kinds:
-                exec_ns = self.latency.exec_ns(model.name, size, kind)
-                if exec_ns is not None:
-                    finish = now_ns + self.dispatch_ns + (self.latency.load_ns(model.name, kind) or 0) + exec_ns
-                    soonest = finish if soonest is None else min(soonest, finish)
-        return soonest
 
     def next_wakeup_ns(self, now_ns: int) -> int:
         """When `tick` next has something to do (the shell sleeps until then or a message)."""
@@ -1113,7 +855,8 @@ class Core:
             wakeup = min(wakeup, self._next_housekeeping_ns)
         elif self.workers or self.uploads:  # only liveness and upload timeouts to watch
             wakeup = min(wakeup, max(self._next_housekeeping_ns, now_ns + self.cfg.heartbeat_interval_ns // 2))
-        return wakeup
+        policy_wakeup = self.policy.next_wakeup_ns(self, now_ns)
+        return wakeup if policy_wakeup is None else min(wakeup, policy_wakeup)
 
     # ================================================================== status and invariants
 
@@ -1153,61 +896,16 @@ class Core:
         } for m in chosen]
         counters = dict(self.counters)
         counters.update(self.latency.error_summary())
-        scheduler = {"admission_headroom": round(self.headroom, 4), "dispatch_ms": self.dispatch_ns / 1e6,
+        scheduler = {**self.policy.describe(), "dispatch_ms": self.dispatch_ns / 1e6,
                      "finish_tail_ms": self.finish_tail_ns / 1e6,
                      # The sizes of what the core keeps: bounded under any load (bench/soak.py).
                      "requests_live": len(self.requests), "actions_in_flight": len(self.actions),
                      "answered_remembered": len(self.answered), "give_up_heap": len(self._give_ups),
-                     "expiry_heap": len(self._expiry), "planning_heap": len(self._due)}
+                     "planning_heap": len(self._due)}
         return {"workers": workers, "models": models, "models_total": len(self.models), "counters": counters,
                 "scheduler": scheduler}
 
-    def _all_devices(self):
-        for worker in self.workers.values():
-            yield from worker.devices.values()
-
-    def check_invariants(self, now_ns: int) -> None:
-        """Raise InvariantViolation if the plan is inconsistent; tests call it after every step."""
-        for dev in self._all_devices():
-            pages = sum(r.pages for r in dev.resident.values())
-            if pages != dev.used_pages or pages > dev.capacity_pages:
-                raise InvariantViolation(f"{dev.key}: pages {pages} vs used {dev.used_pages} / {dev.capacity_pages}")
-            prev_end = None
-            for start, end in dev.exec_lane.windows():
-                if prev_end is not None and start < prev_end:
-                    raise InvariantViolation(f"{dev.key}: overlapping EXEC windows")
-                prev_end = end
-            shares = [sum(col) for col in zip([0] * CLASSES, *(self.models[n].backlog_shares.get(dev.key, [0] * CLASSES)
-                                                               for n in dev.resident if n in self.models))]
-            if shares != dev.backlog_by_class:
-                raise InvariantViolation(f"{dev.key}: backlog {dev.backlog_by_class} ns but its models' shares add to {shares}")
-            want = [n for n in dev.resident if n in self.pending]
-            if sorted(want) != sorted(dev.pending):
-                raise InvariantViolation(f"{dev.key}: pending {sorted(dev.pending)} but queued residents {want}")
-        unplaced = [sum(col) for col in zip([0] * CLASSES, *(m.unplaced_ns for m in self.models.values()))]
-        if unplaced != self.unplaced_by_class:
-            raise InvariantViolation(f"work waiting for LOADs {self.unplaced_by_class} ns is not its models' sum")
-        for action in self.actions.values():
-            if action.kind == "exec":
-                res = action.device.resident.get(action.model)
-                if res is None or res.state is not Residency.LOADED or res.in_flight <= 0:
-                    raise InvariantViolation(f"EXEC {action.action_id} of {action.model} on a non-resident model")
-        for model in self.models.values():
-            if not set(model.backlog_shares) <= set(model.replicas):
-                raise InvariantViolation(f"{model.name}: backlog shares on devices that do not hold it")
-            for key, dev in model.replicas.items():
-                if model.name not in dev.resident or dev.key != key:
-                    raise InvariantViolation(f"{model.name}: replica on {key} not resident there")
-            live = sum(1 for r in self.requests.values() if r.model == model.name and r.state is RequestState.QUEUED)
-            if live != len(model.queue) or (live > 0) != (model.name in self.pending):
-                raise InvariantViolation(f"{model.name}: queue length {len(model.queue)} but {live} queued")
-            if any(model.unplaced_ns) and model.replicas:
-                raise InvariantViolation(f"{model.name}: counted as waiting for a LOAD but it has replicas")
-            if (model.name in self.unplaced) != (model.name in self.pending and not model.replicas):
-                raise InvariantViolation(f"{model.name}: unplaced set out of date")
-
-
-def _stale_detail(waited_ns: int, slo_ns: int) -> str:
+def stale_detail(waited_ns: int, slo_ns: int) -> str:
     return (f"it waited {waited_ns / 1e6:.2f} ms in queues before reaching the controller; "
             f"SLO is {slo_ns / 1e6:.2f} ms")
 

@@ -32,6 +32,7 @@ from clockwork.common.sdnotify import Notifier
 from clockwork.common.status import Status
 from clockwork.controller import listing
 from clockwork.controller.core import Core
+from clockwork.controller.policy import ClockworkPolicy
 from clockwork.controller.effects import ActionRecord, PrepareOn, ToClient, ToWorker, UploadFinished
 from clockwork.controller.intake import Checked, Intake
 from clockwork.controller.metrics import ControllerTelemetry
@@ -69,7 +70,7 @@ class ControllerDaemon:
         scheduler = config.scheduler
         if self.telemetry.action_log.enabled:  # the core emits action rows only when someone logs them
             scheduler = dataclasses.replace(scheduler, record_actions=True)
-        self.core = Core(scheduler)
+        self.core = Core(scheduler, ClockworkPolicy())
         for record in self.registry.all():
             self.core.add_model(record.name, record.format, record.signature)
         self.ids = IdSource()

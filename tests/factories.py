@@ -10,6 +10,7 @@ from clockwork.common.models import Signature, TensorSpec
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 from clockwork.controller.core import Core
+from clockwork.controller.policy import ClockworkPolicy
 from clockwork.controller.effects import PrepareOn, ToClient, ToWorker, UploadFinished
 
 MS = 1_000_000
@@ -23,7 +24,7 @@ CLIENT = b"client-1"
 def make_core(**overrides) -> Core:
     """A core with the default configuration, except a 1 ms reply allowance: the tests' timings
     (an SLO that fits a batch of 2 but not 4, and so on) are worked out with it."""
-    return Core(SchedulerConfig(**{"reply_ns": MS, **overrides}))
+    return Core(SchedulerConfig(**{"reply_ns": MS, **overrides}), ClockworkPolicy())
 
 
 def hello(core: Core, name: str = "w1", devices: int = 1, memory_bytes: int = 1024 * MIB, now: int = 0,

@@ -9,7 +9,9 @@ import re
 from clockwork.common import schema
 from clockwork.common.config import SchedulerConfig
 from clockwork.common.status import Status
-from clockwork.controller.baseline import BaselineConfig, FifoCore
+from clockwork.controller.baseline import BaselineConfig, FifoPolicy
+from clockwork.controller.core import Core
+from clockwork.controller.invariants import check_invariants
 from tests.factories import (
     EXEC_NS,
     LOAD_NS,
@@ -25,9 +27,9 @@ from tests.factories import (
 
 
 def make_fifo(max_batch: int = 16, delay_ms: float = 1.0, timeout: bool = False, models=("m",), memory=1024 * MIB,
-              **cfg) -> FifoCore:
-    core = FifoCore(SchedulerConfig(**cfg), BaselineConfig(max_batch=max_batch, max_queue_delay_ns=int(delay_ms * MS),
-                                                            queue_timeout=timeout))
+              **cfg) -> Core:
+    core = Core(SchedulerConfig(**cfg), FifoPolicy(BaselineConfig(max_batch=max_batch, max_queue_delay_ns=int(delay_ms * MS),
+                                                                  queue_timeout=timeout)))
     hello(core, memory_bytes=memory)
     for name in models:
         add_model(core, name)
@@ -35,7 +37,7 @@ def make_fifo(max_batch: int = 16, delay_ms: float = 1.0, timeout: bool = False,
 
 
 def step(core, effects, now):
-    core.check_invariants(now)
+    check_invariants(core, now)
     return effects
 
 
@@ -64,7 +66,7 @@ def test_never_rejects_for_admission():
     for i in range(2, 20):  # past max_queue_per_model: no QUEUE_FULL either
         assert not replies(infer(core, i, slo_ms=100))
     assert len(core.models["m"].queue) == 19 and core.counters["requests_admitted"] == 19
-    core.check_invariants(0)
+    check_invariants(core, 0)
     # What no system could serve is still refused.
     assert replies(infer(core, 99, model="nope"))[0].body.status is Status.MODEL_NOT_FOUND
 
@@ -160,7 +162,7 @@ def test_fifo_timeout_answers_deadline_missed_at_the_deadline():
     assert answers[0].body.total_ns == 20 * MS
     # A batch already sent runs to completion however late.
     assert replies(result_for(core, slow, t + 300 * MS))[0].body.status is Status.OK
-    core.check_invariants(t + 300 * MS)
+    check_invariants(core, t + 300 * MS)
 
 
 def test_dropped_batch_keeps_its_place_at_the_front():

@@ -10,16 +10,18 @@ import numpy as np
 import pytest
 
 from clockwork.common import schema
+from clockwork.common.config import SchedulerConfig
 from clockwork.common.status import Status
-from clockwork.controller.core import ANSWERED_MEMORY_NS, DOUBT_AFTER
+from clockwork.controller.admission import Headroom
 from clockwork.controller.effects import PrepareOn
+from clockwork.controller.invariants import check_invariants
 from tests.factories import (
     EXEC_NS, LOAD_NS, MS, MIB, SIG, add_model, hello, infer, make_core, replies, result_for, sent, uploads,
 )
 
 
 def step(core, effects, now):
-    core.check_invariants(now)
+    check_invariants(core, now)
     return effects
 
 
@@ -149,7 +151,7 @@ def test_infeasible_queued_request_is_answered_before_its_deadline():
     assert answers[0].body.status is Status.DEADLINE_MISSED
     assert later < t + 6 * MS  # answered before its deadline
     result_for(core, first, t + 5 * MS)
-    core.check_invariants(t + 5 * MS)
+    check_invariants(core, t + 5 * MS)
 
 
 def test_dropped_action_requeues_and_serves_later():
@@ -236,7 +238,7 @@ def test_remove_answers_queued_requests_and_drops_after_in_flight_work():
     effects = result_for(core, ex, t + 3 * MS)
     assert replies(effects)[0].body.status is Status.OK
     assert sent(effects, schema.Drop) and "m" not in core.models
-    core.check_invariants(t + 3 * MS)
+    check_invariants(core, t + 3 * MS)
 
 
 def test_upload_waits_for_workers_and_fails_when_all_refuse():
@@ -324,7 +326,7 @@ def test_an_idle_extra_replica_is_released_but_the_last_one_stays():
     while sent(effects, schema.Exec):  # serve everything
         t += 10 * MS
         effects = [e for ex in sent(effects, schema.Exec) for e in result_for(core, ex, t)] + core.tick(t)
-        core.check_invariants(t)
+        check_invariants(core, t)
     assert not core.pending
     t += 501 * MS
     unloads = sent(step(core, core.tick(t), t), schema.Unload)
@@ -346,7 +348,7 @@ def test_planning_touches_only_devices_with_work():
     effects = result_for(core, loads[0], t) + core.tick(t)
     assert len(sent(effects, schema.Exec)) == 1
     assert len(core._due) <= 2  # the heap holds only the device with work, not all 100
-    core.check_invariants(t)
+    check_invariants(core, t)
 
 
 def test_finished_actions_are_recorded_when_asked():
@@ -385,7 +387,7 @@ def test_admission_prices_other_models_queues_at_the_batch_size_they_will_run_in
         t = warm(core, name, now=t)
     for i, name in enumerate(names):  # one request each: 20 batches of 1 at 2 ms, 40 ms of work
         infer(core, i, model=name, now=t, slo_ms=200)
-    core.check_invariants(t)
+    check_invariants(core, t)
     # Priced at the batch-16 rate (10 ms / 16 a sample) it would look like 12.5 ms of work.
     refused = replies(infer(core, 1000, model="m0", now=t, slo_ms=30))
     assert refused and refused[0].body.status is Status.WOULD_MISS_DEADLINE
@@ -405,18 +407,18 @@ def test_admission_keeps_its_headroom_free():
 
 
 def test_headroom_widens_while_admitted_requests_miss_and_narrows_once_they_stop():
-    core = make_core(admission_headroom=0.05, max_admission_headroom=0.3, admission_miss_target=0.001)
+    headroom = Headroom(SchedulerConfig(admission_headroom=0.05, max_admission_headroom=0.3, admission_miss_target=0.001))
     for _ in range(20):  # 0.5% of admitted requests missing, ten times the target
-        core._admitted_since, core._missed_since = 1000, 5
-        core._refresh_headroom()
-    assert core.headroom == pytest.approx(0.3)
-    core._admitted_since, core._missed_since = 1000, 1  # at the target: hold
-    core._refresh_headroom()
-    assert core.headroom == pytest.approx(0.3)
+        headroom.admitted, headroom.missed = 1000, 5
+        headroom.refresh()
+    assert headroom.share == pytest.approx(0.3)
+    headroom.admitted, headroom.missed = 1000, 1  # at the target: hold
+    headroom.refresh()
+    assert headroom.share == pytest.approx(0.3)
     for _ in range(200):  # none missing: back to the floor, 16 times more slowly than it rose
-        core._admitted_since, core._missed_since = 1000, 0
-        core._refresh_headroom()
-    assert core.headroom == pytest.approx(0.05)
+        headroom.admitted, headroom.missed = 1000, 0
+        headroom.refresh()
+    assert headroom.share == pytest.approx(0.05)
 
 
 def test_the_backlog_follows_the_queue():
@@ -441,7 +443,7 @@ def test_a_higher_class_is_not_refused_for_work_queued_in_lower_ones():
     refused = replies(infer(core, 1000, now=t, slo_ms=40))  # class 0: behind all 70 ms
     assert refused and refused[0].body.status is Status.WOULD_MISS_DEADLINE
     assert not replies(infer(core, 1001, now=t, slo_ms=40, priority=5))  # class 5: behind 10 ms only
-    core.check_invariants(t)
+    check_invariants(core, t)
     execs = sent(core.tick(t), schema.Exec)
     assert execs[0].body.batch_size == 16 and {len(e.body.tensors) for e in execs[:1]} == {16}
     assert all(chunk.array()[0, 0] >= 200 for chunk in execs[0].body.tensors)  # class 5 runs first
@@ -506,7 +508,7 @@ def test_a_resent_request_being_served_or_just_answered_is_absorbed_and_answered
     # A resend that crossed the answer on the wire is absorbed too: it must not run again.
     assert infer(core, 5, now=t + 5 * MS) == [] and not core.models["m"].queue
     assert core.counters["duplicates_absorbed"] == 2
-    later = t + 5 * MS + ANSWERED_MEMORY_NS
+    later = t + 5 * MS + SchedulerConfig().answered_memory_ns
     core.on_heartbeat("w1", 1, later, True, later)
     core.tick(later)  # housekeeping forgets the answered id
     assert not core.answered and replies(infer(core, 5, now=later)) == []
@@ -686,11 +688,11 @@ def refusals_until_admitted(core, t, slo_ms, first_id, most=200):
 def test_one_slow_run_cannot_shut_a_model_out_for_good():
     """A lone 40 ms run (a pause, a slow first run) becomes the p99 of a short window, so a 20 ms
     SLO is refused. Refused, nothing runs, and no measurement can come to correct it: after
-    DOUBT_AFTER such refusals the worst sample is doubted and the model is served again."""
+    SchedulerConfig().doubt_after such refusals the worst sample is doubted and the model is served again."""
     core = ready_core()
     t = warm(core)
     core.latency.observe_exec("m", 1, "emulated", 40 * MS, 0)
-    assert refusals_until_admitted(core, t, 20, 1000) == DOUBT_AFTER
+    assert refusals_until_admitted(core, t, 20, 1000) == SchedulerConfig().doubt_after
     assert core.counters["estimates_doubted"] == 1
 
 
@@ -712,6 +714,6 @@ def test_refusals_behind_another_models_queue_doubt_nothing():
     core.latency.observe_exec("m", 1, "emulated", 9 * MS, 0)
     for i in range(96):
         infer(core, 5000 + i, model="hog", now=t, slo_ms=400)
-    refused = [replies(infer(core, 1000 + i, model="m", now=t, slo_ms=20)) for i in range(3 * DOUBT_AFTER)]
+    refused = [replies(infer(core, 1000 + i, model="m", now=t, slo_ms=20)) for i in range(3 * SchedulerConfig().doubt_after)]
     assert all(r and r[0].body.status is Status.WOULD_MISS_DEADLINE for r in refused)
     assert core.counters["estimates_doubted"] == 0 and core.latency.exec_ns("m", 1, "emulated") == 9 * MS

@@ -2,7 +2,7 @@
 
 Rules: workers join, restart and heartbeat; models are uploaded and removed; requests of
 several priorities, sizes and deadlines arrive and are cancelled; time passes; actions come
-back OK, TOO_LATE or never. After every step the core's own `check_invariants` runs, and this
+back OK, TOO_LATE or never. After every step controller/invariants.py's `check_invariants` runs, and this
 test checks what a client and a worker would see:
 
 - every admitted request is answered exactly once, and nothing is answered twice;
@@ -30,8 +30,10 @@ from clockwork.common import schema
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 from clockwork.common.config import SchedulerConfig
-from clockwork.controller.baseline import NO_WINDOW_NS, BaselineConfig, FifoCore
+from clockwork.controller.baseline import NO_WINDOW_NS, BaselineConfig, FifoPolicy
+from clockwork.controller.core import Core
 from clockwork.controller.effects import PrepareOn, ToClient, ToWorker
+from clockwork.controller.invariants import check_invariants
 from tests.factories import CLIENT, EXEC_NS, LOAD_NS, MIB, MS, SIG, make_core, result_for
 
 MODELS = ("a", "b", "c", "d")
@@ -157,7 +159,7 @@ class CoreMachine(RuleBasedStateMachine):
     @invariant()
     def consistent(self):
         if hasattr(self, "core"):
-            self.core.check_invariants(self.now)
+            check_invariants(self.core, self.now)
 
     def teardown(self):
         """Let everything finish: every admitted request is answered, exactly once."""
@@ -172,7 +174,7 @@ class CoreMachine(RuleBasedStateMachine):
                 self.absorb(result_for(self.core, effect, self.now))
             # a lost result is given up on after its window: hours for the baselines, which have none
             self.tick(5 if step < 300 else 2 * NO_WINDOW_NS / MS)
-            self.core.check_invariants(self.now)
+            check_invariants(self.core, self.now)
         assert not self.core.requests, f"{len(self.core.requests)} requests never answered"
         assert all(self.replies[i] == 1 for i in self.sent), "a request was not answered exactly once"
 
@@ -184,14 +186,14 @@ class FifoMachine(CoreMachine):
     windows_keep_deadlines = False
 
     def make(self):
-        return FifoCore(SchedulerConfig(reply_ns=MS, worker_timeout_ns=300 * MS), BaselineConfig())
+        return Core(SchedulerConfig(reply_ns=MS, worker_timeout_ns=300 * MS), FifoPolicy(BaselineConfig()))
 
 
 class FifoTimeoutMachine(FifoMachine):
     """Baseline (b): (a) with a queue timeout at each request's SLO."""
 
     def make(self):
-        return FifoCore(SchedulerConfig(reply_ns=MS, worker_timeout_ns=300 * MS), BaselineConfig(queue_timeout=True))
+        return Core(SchedulerConfig(reply_ns=MS, worker_timeout_ns=300 * MS), FifoPolicy(BaselineConfig(queue_timeout=True)))
 
 
 SETTINGS = settings(max_examples=int(os.environ.get("CLOCKWORK_STATEFUL_EXAMPLES", "60")), stateful_step_count=60,

@@ -1,0 +1,203 @@
+"""Clockwork's admission: admit a request only if it can finish in time (pure functions).
+
+A request is refused at once (WOULD_MISS_DEADLINE) when not even an idle device could finish
+it within its SLO (`best_case_ns`), or when the work queued ahead of it where it would run
+makes it late (`finish_behind_queue_ns`), with a headroom kept unplanned (`Headroom`).
+
+Pricing. Admission is O(1) per replica looked at: every device keeps its backlog per priority
+class, the typical EXEC time of its models' queued samples (the core's `reshare`); a request is
+charged the classes at and above its own. Tails do not add up, so the queue is priced at
+medians and the request's own EXEC carries the one tail allowance (`own_exec_ns`). Work of
+models waiting for a LOAD is kept apart and spread over all devices.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from clockwork.common import schema
+from clockwork.common.checks import BadMessage
+from clockwork.common.config import SchedulerConfig
+from clockwork.common.status import Status
+from clockwork.controller.batching import padded_size
+from clockwork.controller.core import Core, stale_detail
+from clockwork.controller.lifecycle import Residency
+from clockwork.controller.state import Device, Model, Request
+
+
+class Headroom:
+    """The share of a budget admission leaves unplanned, between the configured floor and
+    ceiling: it widens quickly while admitted requests miss more often than the target
+    (overload puts every admitted request at the edge of its estimate) and narrows slowly once
+    none do (so at moderate load little is refused for it)."""
+
+    def __init__(self, cfg: SchedulerConfig):
+        self.cfg = cfg
+        self.share = cfg.admission_headroom
+        self.admitted = self.missed = 0  # since the last refresh
+
+    def refresh(self) -> None:
+        cfg = self.cfg
+        if self.missed > cfg.admission_miss_target * self.admitted:
+            self.share = min(cfg.max_admission_headroom, self.share + cfg.headroom_step)
+        elif not self.missed:
+            self.share = max(cfg.admission_headroom, self.share - cfg.headroom_step / 16)
+        self.admitted = self.missed = 0
+
+
+def admit(core: Core, headroom: Headroom, client: bytes, request_id: int, msg: schema.Infer, now_ns: int,
+          waited_ns: int) -> tuple[Status, str, Request | None]:
+    """The request to queue, or the status and reason it is refused with."""
+    cfg = core.cfg
+    try:
+        model, samples = core.model_and_samples(msg)
+    except BadMessage as exc:
+        return exc.status, exc.detail, None
+    if len(model.queue) >= cfg.max_queue_per_model:
+        return Status.QUEUE_FULL, f"{len(model.queue)} requests already queued for {model.name!r}", None
+    budget = msg.slo_ns - waited_ns
+    if budget <= 0:
+        return Status.WOULD_MISS_DEADLINE, stale_detail(waited_ns, msg.slo_ns), None
+    budget -= cfg.reply_ns  # what is left to finish in, with the reply's hop kept apart
+    received, deadline = now_ns - waited_ns, now_ns + budget
+    if not model.sizes:
+        if model.preparing or now_ns < core.started_ns + cfg.worker_timeout_ns:
+            # Workers are (re)joining or preparing it: wait for them, up to the deadline.
+            return Status.OK, "", Request(request_id, client, model.name, samples, msg.priority, received,
+                                          deadline, msg.tensors, cold=True)
+        return Status.UNAVAILABLE, f"no connected worker has prepared {model.name!r} yet", None
+    if samples > model.sizes[-1]:
+        return Status.BAD_INPUT, f"{samples} samples exceed the largest batch size {model.sizes[-1]}", None
+    loaded = core.loaded_somewhere(model)
+    best = best_case_ns(core, model, samples, loaded)
+    if best is None:
+        return Status.UNAVAILABLE, f"no live device can serve {model.name!r}", None
+    if best > budget:
+        refused_on_estimates(core, model)
+        waited = (f", {waited_ns / 1e6:.2f} ms of which it spent in queues ({max(0, msg.slo_ns - waited_ns) / 1e6:.2f} "
+                  "ms left)") if waited_ns > cfg.dispatch_ns else ""
+        return (Status.WOULD_MISS_DEADLINE,
+                f"needs at least {(best + cfg.reply_ns) / 1e6:.2f} ms even on an idle device (its execution "
+                f"and the hops to the worker and back to you); its SLO is {msg.slo_ns / 1e6:.2f} ms{waited}", None)
+    backlog = finish_behind_queue_ns(core, model, samples, msg.priority, now_ns)
+    if backlog is not None and backlog > deadline - int(headroom.share * budget):
+        core.counters["rejected_for_backlog"] += 1
+        if replicas_idle(model, now_ns):  # nothing ahead: the model's own estimates refused it
+            refused_on_estimates(core, model)
+        return (Status.WOULD_MISS_DEADLINE,
+                f"the work queued ahead finishes {(backlog - now_ns) / 1e6:.2f} ms from now at the earliest; "
+                f"{budget / 1e6:.2f} ms of its SLO are left", None)
+    return Status.OK, "", Request(request_id, client, model.name, samples, msg.priority, received, deadline,
+                                  msg.tensors, cold=not loaded)
+
+
+def replicas_idle(model: Model, now_ns: int) -> bool:
+    """No work queued or booked on any device holding the model (or it has none yet)."""
+    return all(not dev.backlog_ns() and dev.exec_lane.typical_free_at(now_ns) <= now_ns
+               for dev in model.replicas.values())
+
+
+def refused_on_estimates(core: Core, model: Model) -> None:
+    """A refusal with nothing of the model queued or running rests on its estimates alone;
+    a run of them (`doubt_after`) means no measurement will come to correct those, so its worst
+    measurements are doubted (LatencyModel.doubt)."""
+    if model.queue or model.in_flight:
+        return
+    model.refused_unseen += 1
+    if model.refused_unseen >= core.cfg.doubt_after:
+        model.refused_unseen = 0
+        core.latency.doubt(model.name)
+        core.finish_tail_ns = core.latency.finish_tail_ns(core.cfg.latency_percentile)
+        core.counters["estimates_doubted"] += 1
+
+
+def overtaken_ns(full_batch_ns: int, exec_ns: int, ahead_ns: int) -> int:
+    """How much work arriving later can still go ahead of a request that waits behind
+    `ahead_ns` of queued work: a batch must start by its deadline less its duration, so a full
+    batch due up to (its duration less this request's) later must start first. At most one
+    such batch (the model's own largest, `full_batch_ns`, stands for the others'), and no more
+    than the wait."""
+    return max(0, min(full_batch_ns - exec_ns, ahead_ns))
+
+
+def best_case_ns(core: Core, model: Model, samples: int, loaded: bool) -> int | None:
+    """Shortest possible receive-to-finish time on an idle device; `loaded`: a replica holds
+    the model already."""
+    size = padded_size(samples, model.sizes)
+    loaded = loaded or any(dev.resident[model.name].state is Residency.LOADING for dev in model.replicas.values())
+    best = None
+    for kind in model.kinds:
+        exec_ns = own_exec_ns(core, model, size, kind)
+        if exec_ns is None:
+            continue
+        load = 0 if loaded else (core.latency.load_ns(model.name, kind) or 0)
+        total = core.cfg.dispatch_ns + load + exec_ns
+        best = total if best is None else min(best, total)
+    return best
+
+
+def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int, now_ns: int) -> int | None:
+    """When a new request could finish at the earliest behind the work already queued on
+    one of its model's replicas in its priority class and above (under load a new request
+    has the latest deadline, so earliest-deadline-first serves it last in its class; lower
+    classes wait for it), plus its part of the work still waiting for LOADs, which will land
+    on some device ahead of it. With no replica yet: after its own LOAD, behind those of the
+    models ahead of it. Everything ahead is priced at typical durations, the request's own
+    EXEC with the tail allowance (own_exec_ns). At most `admission_replicas` replicas are looked
+    at: bounded work per request even for a model replicated on a hundred GPUs (their backlogs
+    differ only by the other models they hold)."""
+    size = padded_size(samples, model.sizes)
+    spill_ns = sum(core.unplaced_by_class[priority:]) // max(1, core.device_count)
+    if not model.replicas:
+        return _finish_after_load_ns(core, model, size, priority, spill_ns, now_ns)
+    best = None
+    costs: dict[str, tuple] = {}  # kind -> (typical, own, a full batch's): replicas share kinds
+    for dev in itertools.islice(model.replicas.values(), core.cfg.admission_replicas):
+        cost = costs.get(dev.kind)
+        if cost is None:
+            cost = costs[dev.kind] = (core.latency.typical_exec_ns(model.name, size, dev.kind),
+                                      own_exec_ns(core, model, size, dev.kind), _full_batch_ns(core, model, dev.kind))
+        typical_ns, own_ns, full_ns = cost
+        if typical_ns is None:
+            continue
+        start = core.typical_start_ns(dev, now_ns)
+        if dev.resident[model.name].state is Residency.LOADING:
+            start = max(start, dev.load_lane.free_at(now_ns))
+        ahead_ns = dev.backlog_ns(priority) + spill_ns
+        finish = start + ahead_ns + overtaken_ns(full_ns, typical_ns, ahead_ns) + own_ns
+        best = finish if best is None else min(best, finish)
+    return best
+
+
+def own_exec_ns(core: Core, model: Model, size: int, kind: str) -> int | None:
+    """A new request's own EXEC as admission counts it: typical, plus the one tail allowance
+    for everything its finish estimate could not see."""
+    typical = core.latency.typical_exec_ns(model.name, size, kind)
+    if typical is None:
+        return None
+    return typical + max(core.finish_tail_ns, core.latency.exec_ns(model.name, size, kind) - typical)
+
+
+def _full_batch_ns(core: Core, model: Model, kind: str) -> int:
+    return core.latency.typical_exec_ns(model.name, model.sizes[-1], kind) or 0
+
+
+def _finish_after_load_ns(core: Core, model: Model, size: int, priority: int, spill_ns: int,
+                          now_ns: int) -> int | None:
+    # Models waiting for a LOAD get one in turn, as LOAD slots free up on any device.
+    slots = max(1, core.device_count * core.cfg.max_loads_per_device)
+    best = None
+    dev: Device
+    for dev in core.devices_for(model):
+        typical_ns = core.latency.typical_exec_ns(model.name, size, dev.kind)
+        load_ns = core.latency.load_ns(model.name, dev.kind)
+        if typical_ns is None or load_ns is None:
+            continue
+        turn_ns = len(core.unplaced) * load_ns // slots
+        loaded = max(now_ns + core.cfg.dispatch_ns, dev.load_lane.free_at(now_ns)) + turn_ns + load_ns
+        ahead_ns = dev.backlog_ns(priority) + spill_ns
+        behind = core.typical_start_ns(dev, now_ns) + ahead_ns + \
+            overtaken_ns(_full_batch_ns(core, model, dev.kind), typical_ns, ahead_ns)
+        finish = max(loaded, behind) + own_exec_ns(core, model, size, dev.kind)
+        best = finish if best is None else min(best, finish)
+    return best

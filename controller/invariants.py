@@ -1,0 +1,63 @@
+"""What must hold after every step of the core, whatever the policy: tests check it.
+
+Memory pages add up on every device; EXEC windows on a lane never overlap; every device's
+backlog is the sum of its models' shares, and the work waiting for LOADs the sum of the
+unplaced models'; the pending and unplaced sets match the queues; an EXEC in flight is of a
+loaded model; a replica is resident where it is listed; every queued request is counted once.
+"""
+
+from __future__ import annotations
+
+from clockwork.controller.core import Core
+from clockwork.controller.lifecycle import Residency, RequestState
+from clockwork.controller.queues import CLASSES
+
+
+class InvariantViolation(AssertionError):
+    pass
+
+
+def check_invariants(core: Core, now_ns: int) -> None:
+    """Raise InvariantViolation if the core's plan is inconsistent."""
+    for dev in _all_devices(core):
+        pages = sum(r.pages for r in dev.resident.values())
+        if pages != dev.used_pages or pages > dev.capacity_pages:
+            raise InvariantViolation(f"{dev.key}: pages {pages} vs used {dev.used_pages} / {dev.capacity_pages}")
+        prev_end = None
+        for start, end in dev.exec_lane.windows():
+            if prev_end is not None and start < prev_end:
+                raise InvariantViolation(f"{dev.key}: overlapping EXEC windows")
+            prev_end = end
+        shares = [sum(col) for col in zip([0] * CLASSES, *(core.models[n].backlog_shares.get(dev.key, [0] * CLASSES)
+                                                           for n in dev.resident if n in core.models))]
+        if shares != dev.backlog_by_class:
+            raise InvariantViolation(f"{dev.key}: backlog {dev.backlog_by_class} ns but its models' shares add to {shares}")
+        want = [n for n in dev.resident if n in core.pending]
+        if sorted(want) != sorted(dev.pending):
+            raise InvariantViolation(f"{dev.key}: pending {sorted(dev.pending)} but queued residents {want}")
+    unplaced = [sum(col) for col in zip([0] * CLASSES, *(m.unplaced_ns for m in core.models.values()))]
+    if unplaced != core.unplaced_by_class:
+        raise InvariantViolation(f"work waiting for LOADs {core.unplaced_by_class} ns is not its models' sum")
+    for action in core.actions.values():
+        if action.kind == "exec":
+            res = action.device.resident.get(action.model)
+            if res is None or res.state is not Residency.LOADED or res.in_flight <= 0:
+                raise InvariantViolation(f"EXEC {action.action_id} of {action.model} on a non-resident model")
+    for model in core.models.values():
+        if not set(model.backlog_shares) <= set(model.replicas):
+            raise InvariantViolation(f"{model.name}: backlog shares on devices that do not hold it")
+        for key, dev in model.replicas.items():
+            if model.name not in dev.resident or dev.key != key:
+                raise InvariantViolation(f"{model.name}: replica on {key} not resident there")
+        live = sum(1 for r in core.requests.values() if r.model == model.name and r.state is RequestState.QUEUED)
+        if live != len(model.queue) or (live > 0) != (model.name in core.pending):
+            raise InvariantViolation(f"{model.name}: queue length {len(model.queue)} but {live} queued")
+        if any(model.unplaced_ns) and model.replicas:
+            raise InvariantViolation(f"{model.name}: counted as waiting for a LOAD but it has replicas")
+        if (model.name in core.unplaced) != (model.name in core.pending and not model.replicas):
+            raise InvariantViolation(f"{model.name}: unplaced set out of date")
+
+
+def _all_devices(core: Core):
+    for worker in core.workers.values():
+        yield from worker.devices.values()

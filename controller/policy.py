@@ -1,0 +1,202 @@
+"""Clockwork's scheduling policy (the interface it implements is `Policy`, in controller/core.py).
+
+- Admission on predicted finish times (controller/admission.py).
+- Service order: priority, then earliest deadline (controller/queues.py's RequestQueue).
+- Batch choice: the model whose batch must start soonest, grown to the largest size that
+  meets every member's deadline (controller/batching.py), with one step of lookahead.
+- Expiry: queued requests that can no longer make it are answered early, DEADLINE_MISSED.
+- Replication: another replica for a model whose queue cannot drain in time on those it has.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+
+from clockwork.common.status import Status
+from clockwork.controller import admission, placement
+from clockwork.controller.batching import Batch, grow, padded_size
+from clockwork.controller.core import Core, Policy
+from clockwork.controller.lifecycle import Residency
+from clockwork.controller.queues import QueueBase, RequestQueue
+from clockwork.controller.state import Device, Model
+
+# A batch is grown from this many requests beyond the largest batch size: room to skip requests
+# that can no longer make it (expiry answers them within a housekeeping interval). Fixed: it
+# bounds work per decision, and expiry, not this, decides when a request is given up.
+HOPELESS_SCAN = 8
+
+
+class ClockworkPolicy(Policy):
+    def __init__(self) -> None:
+        self.headroom: admission.Headroom | None = None  # made at start, from the core's config
+        self._expiry: list[tuple[int, int, Model]] = []  # (look at, token, model): see expire
+        self._expiry_tokens = itertools.count(1)
+        self._next_refresh_ns = 0
+        self._next_replication_ns = 0
+
+    def start(self, core):
+        self.headroom = admission.Headroom(core.cfg)
+
+    def new_queue(self) -> QueueBase:
+        return RequestQueue()
+
+    # ------------------------------------------------------------------ admission
+
+    def admit(self, core, client, request_id, msg, now_ns, waited_ns):
+        status, detail, req = admission.admit(core, self.headroom, client, request_id, msg, now_ns, waited_ns)
+        if status is Status.OK:
+            self.headroom.admitted += 1
+        return status, detail, req
+
+    # ------------------------------------------------------------------ expiry
+
+    def queued(self, core, model, req, most_urgent, now_ns):
+        if most_urgent:
+            self._watch(model, now_ns)  # a new most urgent request: look at it soon
+
+    def _watch(self, model: Model, at_ns: int) -> None:
+        """Look at `model`'s queue for requests that can no longer make it at `at_ns` (this
+        replaces any earlier look booked for it)."""
+        model.expiry_token = token = next(self._expiry_tokens)
+        heapq.heappush(self._expiry, (at_ns, token, model))
+
+    def expire(self, core, now_ns):
+        """Answer DEADLINE_MISSED, early, the queued requests no device can finish in time.
+        A model is looked at again after half the slack its most urgent request had (between
+        one housekeeping interval and `expiry_recheck_ns`), so the sweep costs O(models near a
+        miss), not O(models with a queue), every millisecond. Misses widen the headroom."""
+        headroom = self.headroom
+        if now_ns >= self._next_refresh_ns:
+            self._next_refresh_ns = now_ns + core.cfg.refresh_ns
+            headroom.refresh()
+        while self._expiry and self._expiry[0][0] <= now_ns:
+            _, token, model = heapq.heappop(self._expiry)
+            if token != model.expiry_token or model.name not in core.pending or core.models.get(model.name) is not model:
+                continue
+            head = model.queue.earliest_deadline()
+            soonest = _soonest_finish_ns(core, model, now_ns, head)
+            cutoff = now_ns if soonest is None else soonest
+            if head is not None and head < cutoff:
+                for req in model.queue.pop_expired(cutoff):
+                    headroom.missed += 1
+                    late = (cutoff - req.deadline_ns) / 1e6
+                    core.answer(req, Status.DEADLINE_MISSED,
+                                f"can no longer finish in time (at best {late:.2f} ms after its deadline)", now_ns)
+                head = model.queue.earliest_deadline()
+            if model.name in core.pending and head is not None:
+                slack = (head - cutoff) // 2
+                self._watch(model, now_ns + min(max(slack, core.cfg.housekeeping_ns), core.cfg.expiry_recheck_ns))
+
+    # ------------------------------------------------------------------ replication
+
+    def replicate(self, core, now_ns):
+        """Another replica for each model whose queue would take more than
+        `replicate_backlog_fraction` of its most urgent request's budget to drain."""
+        if now_ns < self._next_replication_ns:
+            return
+        self._next_replication_ns = now_ns + core.cfg.replication_check_ns
+        slots = core.free_load_slots()
+        for name in list(core.pending):
+            if not slots:
+                return
+            model = core.models[name]
+            if model.replicas and placement.wants_replica(
+                    model, now_ns, core.dispatch_ns, lambda dev, size: core.latency.exec_ns(name, size, dev.kind),
+                    core.cfg.replicate_backlog_fraction):
+                if core.load_somewhere(model, now_ns, slots):
+                    slots = [d for d in slots if d.loads_in_flight < core.cfg.max_loads_per_device]
+                    core.counters["replicas_added"] += 1
+
+    # ------------------------------------------------------------------ batch choice
+
+    def plan_execs(self, core, now_ns):
+        """Plan every device whose EXEC lane is due (free within the horizon) and has work."""
+        for dev in core.due_devices(now_ns):
+            horizon = now_ns + core.ahead_ns()
+            while dev.pending:
+                free = dev.exec_lane.free_at(now_ns)
+                if free > horizon:
+                    break
+                start = max(free, now_ns + core.dispatch_ns)
+                batch = _choose_batch(core, dev, start)
+                if batch is None:
+                    break  # nothing runnable now; a request, load or result books it again
+                core.send_exec(dev, batch, start, now_ns)
+            else:
+                continue
+            if dev.exec_lane.free_at(now_ns) > horizon:
+                core.plan_device_soon(dev, now_ns)
+
+    def describe(self) -> dict:
+        return {"admission_headroom": round(self.headroom.share, 4), "expiry_heap": len(self._expiry)}
+
+
+def _choose_batch(core: Core, dev: Device, start_ns: int) -> Batch | None:
+    """The batch to run next on `dev` from `start_ns` (the rule is controller/batching.py's).
+
+    Models are ranked by when their batch must start, estimated from the most urgent
+    request and the batch size its queue makes (no queue is scanned for that), and only
+    the winners are grown. One step of lookahead, since an EXEC cannot be preempted: if
+    running the first batch would make a shorter one late, and the first still fits after
+    it, the shorter one runs first.
+    """
+    ranked = []
+    for name in dev.pending:
+        if dev.resident[name].state is not Residency.LOADED:
+            continue
+        model = core.models[name]
+        head = model.queue.first()
+        size = padded_size(min(model.queue.samples, model.sizes[-1]), model.sizes)
+        exec_ns = core.latency.exec_ns(name, size, dev.kind) if head is not None and size else None
+        if exec_ns is not None:
+            ranked.append((-head.priority, head.deadline_ns - exec_ns, name))
+    ranked.sort()
+    first = None
+    for priority, latest_start_ns, name in ranked:
+        if first is not None and (priority != -first.requests[0].priority
+                                  or latest_start_ns >= start_ns + first.exec_ns):
+            break  # running `first` makes nobody else late
+        model = core.models[name]
+        batch = grow(name, model.queue.head(model.sizes[-1] + HOPELESS_SCAN), start_ns, model.sizes,
+                     lambda size, m=name: core.latency.exec_ns(m, size, dev.kind))
+        if batch is None:
+            continue
+        if first is None:
+            first = batch
+        elif (batch.latest_start_ns < start_ns + first.exec_ns
+              and start_ns + batch.exec_ns <= first.latest_start_ns):
+            return batch
+    return first
+
+
+def _soonest_finish_ns(core: Core, model: Model, now_ns: int, enough_ns: int | None = None) -> int | None:
+    """Earliest moment any device could finish a one-sample batch of `model` given the
+    timelines (optimistic where it must guess): requests due earlier cannot be served.
+    The first replica that finishes by `enough_ns` is answer enough (a hot model has many)."""
+    if not model.sizes:
+        return None
+    size = model.sizes[0]
+    soonest = None
+    for dev in model.replicas.values():
+        exec_ns = core.latency.exec_ns(model.name, size, dev.kind)
+        if exec_ns is not None:
+            finish = _replica_start_ns(core, dev, model, now_ns) + exec_ns
+            soonest = finish if soonest is None else min(soonest, finish)
+            if enough_ns is not None and soonest <= enough_ns:
+                return soonest
+    if soonest is None:  # no replica: a LOAD first, on whichever kind is fastest
+        for kind in model.kinds:
+            exec_ns = core.latency.exec_ns(model.name, size, kind)
+            if exec_ns is not None:
+                finish = now_ns + core.dispatch_ns + (core.latency.load_ns(model.name, kind) or 0) + exec_ns
+                soonest = finish if soonest is None else min(soonest, finish)
+    return soonest
+
+
+def _replica_start_ns(core: Core, dev: Device, model: Model, now_ns: int) -> int:
+    """The earliest an EXEC of `model` could start on `dev`, which holds or is loading it."""
+    start = max(now_ns + core.dispatch_ns, dev.exec_lane.free_at(now_ns))
+    if dev.resident[model.name].state is Residency.LOADING:
+        start = max(start, dev.load_lane.free_at(now_ns))
+    return start
