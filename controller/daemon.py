@@ -81,6 +81,20 @@ class ControllerDaemon:
         self.shedder = InputShedder(config.shed_lag_ns, config.shed_interval_ns)
         self.stopping = False
         self._status_line = "starting"
+        # What each message and effect is handled by (a message of another type is refused).
+        self._client_handlers = {
+            schema.Infer: self._on_infer, schema.Upload: self._on_upload, schema.Remove: self._on_remove,
+            schema.ListModels: self._on_list, schema.GetModel: self._on_get_model, schema.GetStatus: self._on_status,
+            schema.Cancel: self._on_cancel,
+        }
+        self._worker_handlers = {
+            schema.Result: self._on_result, schema.Heartbeat: self._on_heartbeat, schema.Prepared: self._on_prepared,
+            schema.Hello: self._on_hello, schema.Error: self._on_worker_error,
+        }
+        self._effect_handlers = {
+            ToWorker: self._send_action, ToClient: self._send_reply, PrepareOn: self._prepare,
+            UploadFinished: self._upload_finished, ActionRecord: self.telemetry.on_action_record,
+        }
         self.log.info("controller ready", clients=config.client_endpoint, workers=config.worker_endpoint,
                       models=len(self.core.models), state_dir=config.state_dir, curve=self.keys is not None,
                       metrics=self.telemetry.server and f"{self.telemetry.server.host}:{self.telemetry.server.port}")
@@ -180,34 +194,51 @@ class ControllerDaemon:
         except BadMessage as exc:
             self._to_client(client, peek_header(frames)[1], schema.Error(status=exc.status, detail=exc.detail))
             return
-        body = env.body
-        if isinstance(body, schema.Infer):
-            self.telemetry.on_request(client, env.msg_id, body, body.model in self.core.models)
-            self._perform(self.core.on_request(client, env.msg_id, body, now, waited))
-        elif isinstance(body, (schema.Upload, schema.Remove)) and self.keys and not self.keys.is_admin(user):
-            self.log.warning("refused a non-admin key", type=body.TYPE.value, key=user)
-            self._reply(client, env.msg_id, Status.FORBIDDEN, "only admin keys may upload or remove models")
-        elif isinstance(body, schema.Upload):
-            self._upload(client, env.msg_id, body, now)
-        elif isinstance(body, schema.Remove):
-            self._remove(client, env.msg_id, body.name, now)
-        elif isinstance(body, schema.ListModels):
-            self._reply(client, env.msg_id, Status.OK, body=self._list(body))
-        elif isinstance(body, schema.GetModel):
-            record = self.registry.get(body.name)
-            if record is None:
-                self._reply(client, env.msg_id, Status.MODEL_NOT_FOUND, f"no model named {body.name!r}")
-            else:
-                self._reply(client, env.msg_id, Status.OK, body=self._model_info(record))
-        elif isinstance(body, schema.GetStatus):
-            self._reply(client, env.msg_id, Status.OK, body=listing.fit_status(self.core.status(now, body.models_limit)))
-        elif isinstance(body, schema.Cancel):
-            cancelled, detail, effects = self.core.on_cancel(client, body.request_id, now)
-            self._perform(effects)
-            self._reply(client, env.msg_id, Status.OK, detail, {"cancelled": cancelled})
-        else:
+        handler = self._client_handlers.get(type(env.body))
+        if handler is None:
             self._to_client(client, env.msg_id, schema.Error(
-                status=Status.UNKNOWN_TYPE, detail=f"{body.TYPE.value!r} is not a client request"))
+                status=Status.UNKNOWN_TYPE, detail=f"{env.body.TYPE.value!r} is not a client request"))
+        else:
+            handler(client, env, user, now, waited)
+
+    def _on_infer(self, client: bytes, env: schema.Envelope, _user, now: int, waited: int) -> None:
+        body = env.body
+        self.telemetry.on_request(client, env.msg_id, body, body.model in self.core.models)
+        self._perform(self.core.on_request(client, env.msg_id, body, now, waited))
+
+    def _admin_only(self, client: bytes, env: schema.Envelope, user: str | None) -> bool:
+        """True if `user` may change the models; else the client is told so."""
+        if self.keys and not self.keys.is_admin(user):
+            self.log.warning("refused a non-admin key", type=env.body.TYPE.value, key=user)
+            self._reply(client, env.msg_id, Status.FORBIDDEN, "only admin keys may upload or remove models")
+            return False
+        return True
+
+    def _on_upload(self, client: bytes, env: schema.Envelope, user: str | None, now: int, _waited) -> None:
+        if self._admin_only(client, env, user):
+            self._upload(client, env.msg_id, env.body, now)
+
+    def _on_remove(self, client: bytes, env: schema.Envelope, user: str | None, now: int, _waited) -> None:
+        if self._admin_only(client, env, user):
+            self._remove(client, env.msg_id, env.body.name, now)
+
+    def _on_list(self, client: bytes, env: schema.Envelope, _user, _now, _waited) -> None:
+        self._reply(client, env.msg_id, Status.OK, body=self._list(env.body))
+
+    def _on_get_model(self, client: bytes, env: schema.Envelope, _user, _now, _waited) -> None:
+        record = self.registry.get(env.body.name)
+        if record is None:
+            self._reply(client, env.msg_id, Status.MODEL_NOT_FOUND, f"no model named {env.body.name!r}")
+        else:
+            self._reply(client, env.msg_id, Status.OK, body=self._model_info(record))
+
+    def _on_status(self, client: bytes, env: schema.Envelope, _user, now: int, _waited) -> None:
+        self._reply(client, env.msg_id, Status.OK, body=listing.fit_status(self.core.status(now, env.body.models_limit)))
+
+    def _on_cancel(self, client: bytes, env: schema.Envelope, _user, now: int, _waited) -> None:
+        cancelled, detail, effects = self.core.on_cancel(client, env.body.request_id, now)
+        self._perform(effects)
+        self._reply(client, env.msg_id, Status.OK, detail, {"cancelled": cancelled})
 
     def _waited_or_refused(self, client: bytes, head: dict | None, now: int) -> int | None:
         """How long an INFER waited in queues (0 for other messages), from its header alone
@@ -333,43 +364,51 @@ class ControllerDaemon:
             send(self.workers, schema.Error(status=exc.status, detail=exc.detail), self.ids.next(),
                  peek_header(frames)[1], monotonic_ns(), identity=identity)
             return
-        body, now = env.body, monotonic_ns()
-        if isinstance(body, schema.Result):
-            self.telemetry.on_result(name, env.parent_id, body, now)
-            self._perform(self.core.on_result(name, env.parent_id, body, now))
-        elif isinstance(body, schema.Heartbeat):
-            self._perform(self.core.on_heartbeat(name, env.msg_id, env.sent_ns, body.lanes_alive, now))
-        elif isinstance(body, schema.Prepared):
-            self.log.info("model prepared", worker=name, model=body.model_id, status=body.status.name,
-                          detail=body.detail)
-            self._perform(self.core.on_prepared(name, body, now))
-        elif isinstance(body, schema.Hello):
-            self.log.info("worker joined", worker=name, runtime=body.runtime, devices=len(body.devices))
-            self._perform(self.core.on_hello(name, body, now))
-        elif isinstance(body, schema.Error):
-            self.log.warning("worker reported an error", worker=name, status=body.status.name, detail=body.detail)
-        else:
-            send(self.workers, schema.Error(status=Status.UNKNOWN_TYPE, detail=f"{body.TYPE.value!r} is not a worker message"),
+        handler = self._worker_handlers.get(type(env.body))
+        now = monotonic_ns()
+        if handler is None:
+            send(self.workers, schema.Error(status=Status.UNKNOWN_TYPE,
+                                            detail=f"{env.body.TYPE.value!r} is not a worker message"),
                  self.ids.next(), env.msg_id, now, identity=identity)
+        else:
+            handler(name, env, now)
+
+    def _on_result(self, name: str, env: schema.Envelope, now: int) -> None:
+        self.telemetry.on_result(name, env.parent_id, env.body, now)
+        self._perform(self.core.on_result(name, env.parent_id, env.body, now))
+
+    def _on_heartbeat(self, name: str, env: schema.Envelope, now: int) -> None:
+        self._perform(self.core.on_heartbeat(name, env.msg_id, env.sent_ns, env.body.lanes_alive, now))
+
+    def _on_prepared(self, name: str, env: schema.Envelope, now: int) -> None:
+        body = env.body
+        self.log.info("model prepared", worker=name, model=body.model_id, status=body.status.name, detail=body.detail)
+        self._perform(self.core.on_prepared(name, body, now))
+
+    def _on_hello(self, name: str, env: schema.Envelope, now: int) -> None:
+        body = env.body
+        self.log.info("worker joined", worker=name, runtime=body.runtime, devices=len(body.devices))
+        self._perform(self.core.on_hello(name, body, now))
+
+    def _on_worker_error(self, name: str, env: schema.Envelope, _now: int) -> None:
+        self.log.warning("worker reported an error", worker=name, status=env.body.status.name, detail=env.body.detail)
 
     # ------------------------------------------------------------------ effects
 
     def _perform(self, effects: list) -> None:
+        handlers = self._effect_handlers
         for effect in effects:
-            if isinstance(effect, ToWorker):
-                self.telemetry.on_action(effect)
-                self.to_workers.add(effect.worker.encode("latin-1"),
-                                    encode(effect.body, effect.msg_id, effect.parent_id, monotonic_ns()))
-            elif isinstance(effect, ToClient):
-                if isinstance(effect.body, schema.InferReply):
-                    self.telemetry.on_reply(effect.client, effect.request_id, effect.body, monotonic_ns())
-                self._to_client(effect.client, effect.request_id, effect.body)
-            elif isinstance(effect, PrepareOn):
-                self._prepare(effect)
-            elif isinstance(effect, UploadFinished):
-                self._upload_finished(effect)
-            elif isinstance(effect, ActionRecord):
-                self.telemetry.on_action_record(effect)
+            handlers[type(effect)](effect)
+
+    def _send_action(self, effect: ToWorker) -> None:
+        self.telemetry.on_action(effect)
+        self.to_workers.add(effect.worker.encode("latin-1"), encode(effect.body, effect.msg_id, effect.parent_id,
+                                                                   monotonic_ns()))
+
+    def _send_reply(self, effect: ToClient) -> None:
+        if isinstance(effect.body, schema.InferReply):
+            self.telemetry.on_reply(effect.client, effect.request_id, effect.body, monotonic_ns())
+        self._to_client(effect.client, effect.request_id, effect.body)
 
     def _prepare(self, effect: PrepareOn) -> None:
         record = self.registry.get(effect.model)
