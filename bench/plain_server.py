@@ -93,6 +93,7 @@ class PlainServer:
                             for n, o in zip(self.output_names, outputs))
             row += rows
             reply = InferReply(status=Status.OK, queue_ns=start - received, exec_ns=end - start,
+                               lane_start_ns=start - received, lane_end_ns=end - received,
                                total_ns=time.monotonic_ns() - received, batch_size=len(batch),
                                worker=WORKER_NAME, tensors=tensors)
             replies.setdefault(client, []).append(encode(reply, self.ids.next(), msg_id, end))

@@ -106,13 +106,10 @@ def latencies(values_ns: np.ndarray) -> Latencies:
     return lat
 
 
-def breakdown(parts: list[tuple[float, float, float, float]]) -> dict[str, float]:
-    """Medians of where a lone request's time goes, from the client's round trip and the reply's
-    own timings (the server's clock): the client's hops to the server and back (and the client
-    library), the server's queue, its hops to the device and back, and the execution itself."""
-    rtt, queue, execute, total = (np.median([p[i] for p in parts]) for i in range(4))
-    return {"client hops": rtt - total, "queue": queue, "server to device and back": total - queue - execute,
-            "exec": execute}
+def breakdown(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Medians of where a lone request's time goes (InferResult.hops: the client's round trip
+    split by the reply's own timings, on the server's clock)."""
+    return {key: float(np.median([p[key] for p in parts])) for key in parts[0]}
 
 
 def direct_floor(model: bytes, inputs: dict) -> Latencies:
@@ -145,7 +142,7 @@ def measure(target: str, client: Client, inputs: dict, rates: Sequence[float],
         except ClockworkError as exc:  # counted, not fatal: a refusal is an outcome to report
             refused.append(exc.status.name)
             return
-        parts.append(((time.monotonic_ns() - start) / 1e6, result.queue_ms, result.exec_ms, result.total_ms))
+        parts.append(result.hops((time.monotonic_ns() - start) / 1e6))
 
     took = spaced(call)
     lone = latencies(took)

@@ -109,7 +109,8 @@ class InferResult:
     `outputs` maps output names to arrays with the batch dimension first (one row per sample
     sent). The arrays are copies that own their memory. Times are on the controller's clock:
     queue_ms from receipt to dispatch, exec_ms the worker-measured execution of the batch,
-    total_ms from receipt to reply.
+    total_ms from receipt to reply; lane_start_ms and lane_end_ms from receipt to the worker's
+    lane starting and ending the batch (`hops` splits the total with them).
     """
 
     outputs: dict[str, np.ndarray]
@@ -121,6 +122,16 @@ class InferResult:
     worker: str  # which worker ran it
     request_id: int = 0  # the INFER's msg_id
     batch_samples: int = 0  # the real samples in that batch (0: a controller that does not say)
+    lane_start_ms: float = 0.0  # received -> the lane started the batch (0: not said)
+    lane_end_ms: float = 0.0  # received -> the lane ended it
+
+    def hops(self, round_trip_ms: float) -> dict[str, float]:
+        """Where a request's `round_trip_ms` (timed by the caller around the call) went: the
+        client's hops to the controller and back (with the client library), the controller's
+        queue, its hop to the worker's lane, the execution, and the way back to the reply."""
+        return {"client hops": round_trip_ms - self.total_ms, "queue": self.queue_ms,
+                "to the lane": self.lane_start_ms - self.queue_ms, "exec": self.lane_end_ms - self.lane_start_ms,
+                "back from the lane": self.total_ms - self.lane_end_ms}
 
     @property
     def output(self) -> np.ndarray:
@@ -374,6 +385,8 @@ def parse_infer_reply(envelope: Envelope) -> InferResult:
         worker=body.worker,
         request_id=envelope.parent_id,
         batch_samples=body.batch_samples,
+        lane_start_ms=body.lane_start_ns / MS,
+        lane_end_ms=body.lane_end_ns / MS,
     )
 
 

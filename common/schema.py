@@ -195,6 +195,11 @@ class InferReply(Message):
     queue_ns: int = f(NS, 0)  # received -> its batch sent to a worker
     exec_ns: int = f(NS, 0)  # worker-measured execution of the batch
     total_ns: int = f(NS, 0)  # received -> reply sent, on the controller's clock
+    # received -> the worker's lane started and ended the batch (its times translated to the
+    # controller's clock), so that a reply tells where its time went hop by hop: the queue, the
+    # hop to the lane, the execution, the way back. 0: not executed, or a controller that does not say.
+    lane_start_ns: int = f(NS, 0)
+    lane_end_ns: int = f(NS, 0)
     batch_size: int = f(c.integer(0, MAX_BATCH), 0)  # the padded size the batch ran at
     batch_samples: int = f(c.integer(0, MAX_BATCH), 0)  # the real samples in it, this request's among them
     cold_start: bool = f(c.boolean, False)  # the model had to be loaded for this request

@@ -629,6 +629,8 @@ class Core:
                 self.answer(req, Status.RUNTIME_ERROR, f"bad outputs from the worker: {exc}", now_ns)
             else:
                 self.answer(req, Status.OK, "", now_ns, queue_ns=req.dispatched_ns - req.received_ns,
+                            lane_start_ns=max(0, msg.begin_ns - req.received_ns),
+                            lane_end_ns=max(0, msg.end_ns - req.received_ns),
                              tensors=outputs, **timing)
             offset += req.samples
 

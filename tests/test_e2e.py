@@ -55,6 +55,18 @@ def test_infer_equals_onnxruntime_run_directly(client):
     assert result.batch_size >= 3 and result.exec_ms > 0 and result.total_ms >= result.exec_ms
 
 
+def test_a_reply_says_where_its_time_went_hop_by_hop(client):
+    x = np.zeros((1, 64), np.float32)
+    start = time.monotonic_ns()
+    result = client.infer("mlp", {"x": x}, slo_ms=500)
+    hops = result.hops((time.monotonic_ns() - start) / 1e6)
+    assert list(hops) == ["client hops", "queue", "to the lane", "exec", "back from the lane"]
+    # One host, one clock: the hops come in order, and each takes time.
+    assert 0 <= result.queue_ms <= result.lane_start_ms < result.lane_end_ms <= result.total_ms, result
+    assert all(v >= 0 for v in hops.values()), hops
+    assert hops["exec"] == pytest.approx(result.exec_ms, abs=0.5)  # the lane's span is the measured run
+
+
 def test_emulated_model_is_served_with_a_timing_breakdown(client):
     result = client.infer("resnet", {"data": np.zeros((1, 16), np.float32)}, slo_ms=200)
     assert result.outputs["prob"].shape == (1, 10)
