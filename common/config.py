@@ -224,6 +224,11 @@ class WorkerConfig:
     # onnxruntime intra-op threads per EXEC lane. 1: measured here, 2 threads on 2 shared cores
     # put p99 at 9-22x the median; 1 thread keeps it at 1.1-1.4x.
     threads_per_lane: int = 1
+    # onnxruntime: give each device's EXEC lane a core of its own (CPU affinity; the worker's
+    # other threads keep off it), as a GPU is a device of its own. Needs one thread per lane and
+    # a core left over; the controller and other processes are kept off it by the operator
+    # (systemd CPUAffinity=, taskset).
+    pin_lanes: bool = True
     profile_runs: int = 10  # timed runs per batch size at PREPARE (after one warm-up)
     engine_cache_dir: str = "~/.cache/clockwork/engines"  # TensorRT plans, per GPU kind
     log_level: str = "info"

@@ -7,9 +7,11 @@ on a device never overlap, outputs are right, garbage never stops the worker.
 from __future__ import annotations
 
 import importlib.util
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -22,6 +24,7 @@ from clockwork.common.codec import encode
 from clockwork.common.schema import Drop, Error, Exec, Load, Prepared, Result, Unload
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
+from clockwork.worker.runtimes.onnxrt import lane_cores
 from tests.worker_helpers import MS, WorkerProcess, direct_run, profile_blob, small_mlp, wait_until_true
 
 pytestmark = pytest.mark.timeout(180)
@@ -92,6 +95,36 @@ def test_exec_outputs_match_onnxruntime(onnx_worker, mlp_loaded):
     (y,) = res.tensors
     assert y.shape == (3, 32)
     np.testing.assert_allclose(y.array(), direct_run(mlp_loaded, x), rtol=1e-5, atol=1e-6)
+
+
+def cores_of_threads(pid: int) -> list[set[int]]:
+    """Each thread's allowed cores, from /proc (Cpus_allowed_list: "0-1", "3", "0,2-3")."""
+    out = []
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        line = next(l for l in status.read_text().splitlines() if l.startswith("Cpus_allowed_list:"))
+        cores = set()
+        for part in line.split(":", 1)[1].strip().split(","):
+            low, _, high = part.partition("-")
+            cores.update(range(int(low), int(high or low) + 1))
+        out.append(cores)
+    return out
+
+
+def test_the_exec_lane_has_a_core_of_its_own(onnx_worker, mlp_loaded):
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("one core here: an EXEC lane cannot have one to itself")
+    lane_core = allowed[-1]
+    threads = cores_of_threads(onnx_worker.proc.pid)
+    assert threads.count({lane_core}) == 1, threads  # the EXEC lane, alone on the highest core
+    assert all(lane_core not in cores for cores in threads if cores != {lane_core}), threads
+
+
+def test_lane_cores_leave_a_core_over_or_pin_nothing():
+    assert lane_cores(1, 1, {0, 1}) == {0: {1}}
+    assert lane_cores(2, 1, {0, 1, 2, 3}) == {0: {3}, 1: {2}}
+    assert lane_cores(2, 1, {0, 1}) == {}  # nothing left for the rest of the worker
+    assert lane_cores(1, 2, {0, 1, 2, 3}) == {}  # onnxruntime's pool threads would escape the pin
 
 
 def test_exec_with_a_window_in_the_past_is_too_late(onnx_worker, mlp_loaded):

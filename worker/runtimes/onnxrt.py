@@ -9,6 +9,7 @@ and keeps the bytes in host memory; LOAD builds the device's session from those 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,17 @@ from clockwork.worker.runtimes.base import (DeviceInfo, PreparedModel, Profile, 
 
 PROFILE_PERCENTILE = 90  # exec time reported per batch size: a high percentile of the runs
 ORT_LOG_ERRORS_ONLY = 3
+
+
+def lane_cores(devices: int, threads: int, allowed: set[int] | None = None) -> dict[int, set[int]]:
+    """The cores each device's EXEC lane has to itself: the highest ones, one per device, the
+    rest left to everything else (the worker's other threads, LOADs and PREPAREs). None are
+    pinned when that leaves no core over, or with more than one thread per lane (onnxruntime
+    starts a lane's pool threads on the LOAD lane, where the pin would not reach them)."""
+    cores = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
+    if threads != 1 or devices >= len(cores):
+        return {}
+    return {device: {cores[-1 - device]} for device in range(devices)}
 
 
 def _ort():
@@ -51,6 +63,15 @@ class OnnxRuntime(Runtime):
             raise RuntimeUnavailable("onnxruntime has no CPUExecutionProvider")
         self._config = config
         self._threads = max(1, int(config.threads_per_lane))
+        self._lane_cores = lane_cores(config.devices, self._threads) if config.pin_lanes else {}
+        if self._lane_cores:  # threads started later (lanes, sockets) inherit this
+            rest = set(os.sched_getaffinity(0)).difference(*self._lane_cores.values())
+            for thread in os.listdir("/proc/self/task"):  # and those already started (numpy's BLAS pool)
+                os.sched_setaffinity(int(thread), rest)
+
+    def lane_started(self, device_id: int, lane: str) -> None:
+        if lane == "exec" and device_id in self._lane_cores:
+            os.sched_setaffinity(0, self._lane_cores[device_id])  # this thread only (Linux)
 
     def devices(self) -> list[DeviceInfo]:
         kind = f"cpu-{self._threads}t"
