@@ -1,5 +1,6 @@
 """The bare relay of the overhead bench: real relay and echo processes, a few round trips."""
 
+import json
 import sys
 
 import numpy as np
@@ -34,3 +35,15 @@ def test_relay_echoes_the_same_frames(tmp_path):
 def test_parse_args_defaults():
     args = overhead.parse_args([])
     assert args.requests == 3000 and args.role is None
+
+
+def test_overhead_measures_both_modes_and_judges_each(tmp_path):
+    out = tmp_path / "out"
+    assert overhead.main(["--requests", "40", "--warmup", "10", "--block", "10", "--gapped-requests", "20",
+                          "--gap-ms", "5", "--out", str(out)]) == 0
+    summary = json.loads((out / "overhead-summary.json").read_text())
+    assert set(summary["modes"]) == {"back to back", "5 ms gaps"}
+    for mode in summary["modes"].values():
+        assert 0 < mode["relay_ms"]["p50"] <= mode["relay_ms"]["max"] and 0 < mode["overhead_ms"]["p50"]
+        assert mode["met"] == (mode["ratio_p50"] <= summary["goal"])
+    assert summary["met"] == all(mode["met"] for mode in summary["modes"].values())
