@@ -191,7 +191,9 @@ def _build_here(request: BuildRequest, log: _Messages) -> BuildDone:
                       int(device.total_memory()))
         context = device.retain_primary_context()
     except cuda.Error as exc:
-        raise RuntimeFailure(Status.RUNTIME_ERROR, f"cannot open GPU {request.gpu} to build on: {exc}") from None
+        raise RuntimeFailure(Status.RUNTIME_ERROR, f"cannot open GPU {request.gpu} to build on: {exc} (a GPU in "
+                             "EXCLUSIVE_PROCESS compute mode admits no second process: see build_on in "
+                             "docs/gpu-hosts.md)") from None
     key = plan_key_for(request.digest, version, gpu, request.signature, request.settings)
     context.push()
     try:
