@@ -11,6 +11,8 @@ while the build still runs), never about durations.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -25,8 +27,8 @@ from clockwork.common.tensors import Tensor
 from clockwork.worker.lanes import Done
 from clockwork.worker.runtimes.base import Profile, RuntimeUnavailable
 from clockwork.worker.runtimes.engine_build import BuildActivity
-from tests.test_tensorrt_runtime import A100, H200, failure, make_rig, mlp, prepare, reference, x_batch
-from tests.worker_helpers import make_device, wait_until_true, window
+from tests.test_tensorrt_runtime import A100, H200, add_one, failure, make_rig, mlp, prepare, reference, x_batch
+from tests.worker_helpers import WorkerProcess, make_device, wait_until_true, window
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -178,3 +180,35 @@ def test_an_exec_is_disturbed_only_by_a_build_that_overlaps_it():
     assert not activity.overlapped(0, after, after + 100)  # began after it ended
     with activity.running(None), activity.running(7):  # no GPU, or one not served here: nothing marked
         assert not activity.overlapped(1, before, monotonic_ns())
+
+
+def test_a_worker_process_builds_in_children_and_serves_engines_built_ahead(tmp_path):
+    """Real processes: workers (tensorrt runtime on the named fakes, set by configuration), their
+    build children, and `clockwork build-engine` run as a command."""
+    path = tmp_path / "m.onnx"
+    path.write_bytes(mlp())
+    serving = WorkerProcess(tmp_path, "--runtime", "tensorrt", "--set", FAKE,
+                            "--set", f'engine_cache_dir="{tmp_path / "serving"}"').start()
+    try:
+        assert serving.ctl.prepare("m", mlp(), max_batch=8).body.status is Status.OK  # built by a child
+        bad = serving.ctl.prepare("f64", add_one("float64")).body
+        assert bad.status is Status.BAD_MODEL and "unsupported data type" in bad.detail
+        assert serving.ctl.load(0, "m").body.status is Status.OK  # and it serves on
+        result = serving.ctl.reply_to(serving.ctl.exec_async(0, "m", x_batch(8))).body
+        assert result.status is Status.OK and result.disturbed is False  # no build runs now
+        np.testing.assert_allclose(result.tensors[0].array(), reference(mlp(), x_batch(8))["y"], rtol=1e-6)
+    finally:
+        assert serving.close() == 0, serving.log()
+
+    cache = f'engine_cache_dir="{tmp_path / "ahead"}"'
+    ahead = WorkerProcess(tmp_path, "--runtime", "tensorrt", "--set", FAKE, "--set", cache,
+                          "--set", 'tensorrt.build_on="ahead"').start()
+    try:
+        missing = ahead.ctl.prepare("m", mlp(), max_batch=8).body
+        assert missing.status is Status.NOT_PREPARED and "clockwork build-engine" in missing.detail
+        built = subprocess.run([sys.executable, "-m", "clockwork.client.cli", "build-engine", str(path), "--max-batch",
+                                "8", "--set", FAKE, "--set", cache], capture_output=True, text=True, timeout=120)
+        assert built.returncode == 0, built.stderr
+        assert ahead.ctl.prepare("m", mlp(), max_batch=8).body.status is Status.OK  # from the cache
+    finally:
+        assert ahead.close() == 0, ahead.log()

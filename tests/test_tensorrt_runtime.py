@@ -173,12 +173,12 @@ def test_missing_libraries_are_named_with_the_install_command():
         return import_module
 
     with pytest.raises(RuntimeUnavailable) as info:
-        import_gpu_libraries(without("tensorrt"), eager_module_loading=False)
+        import_gpu_libraries(without("tensorrt"))
     assert "tensorrt" in str(info.value) and "pycuda" not in str(info.value)
     assert "pip install '.[gpu]'" in str(info.value)
     with pytest.raises(RuntimeUnavailable, match="pycuda"):
-        import_gpu_libraries(without("pycuda.driver"), eager_module_loading=False)
-    assert import_gpu_libraries(without("pynvml"), eager_module_loading=False).nvml is None
+        import_gpu_libraries(without("pycuda.driver"))
+    assert import_gpu_libraries(without("pynvml")).nvml is None
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")

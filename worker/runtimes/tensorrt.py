@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import threading
 import time
 import weakref
@@ -289,9 +290,10 @@ class TensorRTRuntime(Runtime):
         self._config = config
         self._settings = config.tensorrt
         self._log = log or structlog.get_logger().bind(runtime="tensorrt")
-        if gpu is None:  # a test hands in named fakes; else the configured provider (the real ones)
-            gpu = load_libraries((self._settings.libraries,
-                                  {"eager_module_loading": self._settings.eager_module_loading}))
+        if gpu is None:  # the configured provider's (the real ones by default); tests hand in fakes
+            if self._settings.eager_module_loading:
+                os.environ.setdefault("CUDA_MODULE_LOADING", "EAGER")  # read once, at CUDA's initialisation
+            gpu = load_libraries((self._settings.libraries, {}))
         libs = gpu
         self._libraries = libs
         self._trt = libs.trt

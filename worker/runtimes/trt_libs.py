@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -28,9 +27,7 @@ Recipe = tuple[str, dict]  # ("module:function", keyword arguments) -> GpuLibrar
 
 
 def _real_recipe() -> Recipe:
-    # A child only builds: it need not load every kernel eagerly (it inherits the parent's
-    # CUDA_MODULE_LOADING anyway).
-    return REAL_LIBRARIES, {"eager_module_loading": False}
+    return REAL_LIBRARIES, {}
 
 
 @dataclass(frozen=True)
@@ -56,11 +53,8 @@ def load_libraries(recipe: Recipe) -> GpuLibraries:
     return make(**kwargs)
 
 
-def import_gpu_libraries(import_module: Callable[[str], Any] = importlib.import_module,
-                         eager_module_loading: bool = True) -> GpuLibraries:
+def import_gpu_libraries(import_module: Callable[[str], Any] = importlib.import_module) -> GpuLibraries:
     """Import TensorRT, PyCUDA and (optionally) NVML; RuntimeUnavailable says what is missing."""
-    if eager_module_loading:
-        os.environ.setdefault("CUDA_MODULE_LOADING", "EAGER")  # read once, at CUDA's initialisation
     found: dict[str, Any] = {}
     missing = []
     for name, label in (("tensorrt", "tensorrt>=10.1,<12"), ("pycuda.driver", "pycuda")):
