@@ -31,7 +31,8 @@ Memory, and why the accounting is honest
   in `device_memory_bytes` is honoured up to that amount; 0 (the default) means "use the GPU's
   free memory". Knobs live in WorkerConfig.tensorrt (`[worker.tensorrt]`).
 
-API discipline: only what TensorRT 10.1+ and 11.x share (setup.cfg pins >=10.1,<12). No `create_execution_context_without_
+API discipline: only what TensorRT 10.1+ and 11.x share (setup.cfg pins >=10.1,<12; the calls
+and their status are tabled in docs/gpu-hosts.md). No `create_execution_context_without_
 device_memory`, `device_memory_size`, builder precision flags or `EXPLICIT_BATCH` (all removed in
 11): contexts come from `create_execution_context(USER_MANAGED)` + `set_device_memory(ptr,
 size)`, networks from `create_network(0)` (explicit batch is the only mode since 10).
@@ -333,7 +334,7 @@ class TensorRTRuntime(Runtime):
                 # eager loading, TensorRT's kernels), so the free memory read next excludes them.
                 self._runtimes.append(self._trt.Runtime(self._logger))
                 free, total = self._cuda.mem_info()
-            budget = workspace_budget_bytes(self._settings, total)
+            budget = workspace_budget_bytes(self._settings, info.total_bytes)  # as plan_key_for
             self._workspaces.append(Workspace(self._cuda, info.device_id, budget))
             self._devices.append(DeviceInfo(info.device_id, info.name, self._memory_bytes(info, free, total, budget)))
 
