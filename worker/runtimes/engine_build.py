@@ -147,9 +147,8 @@ class BuildDone:
 
 @dataclass(frozen=True)
 class BuildFailed:
-    status: int
+    status: int  # a Status; its detail carries the errors TensorRT logged
     detail: str
-    messages: tuple[str, ...]
 
 
 class _Messages:
@@ -170,11 +169,11 @@ def _child_main(request: BuildRequest, conn: Any) -> None:
     try:
         outcome: BuildDone | BuildFailed = _build_here(request, log)
     except RuntimeFailure as exc:
-        outcome = BuildFailed(int(exc.status), exc.detail, tuple(log.lines))
+        outcome = BuildFailed(int(exc.status), exc.detail)
     except RuntimeUnavailable as exc:  # no TensorRT here (`clockwork build-engine` on a host without it)
-        outcome = BuildFailed(int(Status.UNAVAILABLE), str(exc), tuple(log.lines))
+        outcome = BuildFailed(int(Status.UNAVAILABLE), str(exc))
     except Exception as exc:  # a failure nobody foresaw: said in words
-        outcome = BuildFailed(int(Status.RUNTIME_ERROR), f"{type(exc).__name__}: {exc}", tuple(log.lines))
+        outcome = BuildFailed(int(Status.RUNTIME_ERROR), f"{type(exc).__name__}: {exc}")
     conn.send(outcome)
     conn.close()
 
