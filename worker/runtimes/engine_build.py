@@ -240,8 +240,7 @@ def _run_child(request: BuildRequest, timeout_s: float) -> BuildDone | BuildFail
         except EOFError:  # it died before answering
             child.join()
             raise RuntimeFailure(Status.RUNTIME_ERROR, f"the engine build process on GPU {request.gpu} "
-                                 f"{_how_it_ended(child.exitcode)} before it finished (a crash in TensorRT or "
-                                 "the driver, or the OOM killer); nothing was cached. Retry the upload, or run "
+                                 f"{_how_it_ended(child.exitcode)}; nothing was cached. Retry the upload, or run "
                                  "`clockwork build-engine` on the host to see the build's own output") from None
     finally:
         receiver.close()
@@ -250,9 +249,11 @@ def _run_child(request: BuildRequest, timeout_s: float) -> BuildDone | BuildFail
 
 def _how_it_ended(exitcode: int | None) -> str:
     if exitcode is not None and exitcode < 0:
+        name = f"signal {-exitcode}"
         with contextlib.suppress(ValueError):
-            return f"was killed by {signal.Signals(-exitcode).name}"
-    return f"exited with status {exitcode}"
+            name = signal.Signals(-exitcode).name
+        return f"was killed by {name} before it answered (a crash in TensorRT or the driver, or the OOM killer)"
+    return f"exited with status {exitcode} before it answered (its error output is in the worker's log)"
 
 
 # ------------------------------------------------------------------------------ builds ahead of time
