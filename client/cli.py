@@ -7,6 +7,7 @@
     clockwork infer resnet50 --input x.npy --slo-ms 50 [--output out.npz]
     clockwork rm resnet50
     clockwork keys generate --out /etc/clockwork/keys --name alice
+    clockwork build-engine resnet50.onnx --gpu 0 --config worker.toml   (on a GPU host, no controller)
 
 Keys: against a controller with keys configured, give --key (your NAME.key_secret) and
 --server-key (the controller's NAME.key), or set $CLOCKWORK_KEY and $CLOCKWORK_SERVER_KEY.
@@ -314,9 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("upload", help="register a model (ONNX file, NNEF folder or .nnef.tgz, or a .json latency profile)")
     up.add_argument("file")
     up.add_argument("--name", help="model name (default: the file's stem)")
-    up.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
-                    help="fix an input's dynamic non-batch dims, e.g. data=3,224,224 (repeatable)")
-    up.add_argument("--max-batch", type=int, default=0, help="largest batch to serve (default: model's, max 16)")
+    add_shape_arguments(up)
     up.add_argument("--replace", action="store_true", help="replace a model of the same name")
     up.add_argument("--format", choices=(*FORMATS, "nnef"),
                     help="default: nnef for a folder with graph.nnef or a .nnef(.tgz) path (converted to ONNX "
@@ -358,7 +357,27 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, metavar="DIR", help="folder for the two files (created)")
     gen.add_argument("--name", required=True, help="e.g. controller, worker-gpu0, alice")
     gen.add_argument("--force", action="store_true", help="overwrite existing files of that name")
+
+    eng = sub.add_parser("build-engine", help="build a TensorRT engine on a GPU of this host into the engine "
+                         "cache, for workers with [worker.tensorrt] build_on = \"ahead\" (no controller needed)",
+                         description="Give --input-shape and --max-batch as the upload will: they are part of the "
+                                     "engine's name, as are the worker's [worker.tensorrt] settings.")
+    eng.add_argument("file", help="the ONNX model, as it will be uploaded")
+    eng.add_argument("--gpu", type=int, default=0, metavar="N",
+                     help="CUDA GPU to build on (default 0); the engine serves every GPU of its kind")
+    add_shape_arguments(eng)
+    eng.add_argument("--config", metavar="FILE", help="the worker's TOML file: its engine_cache_dir and "
+                     "[worker.tensorrt] settings decide where the engine goes and what it is built for")
+    eng.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                     help="override one [worker] setting, as clockwork-worker --set does (repeatable)")
     return parser
+
+
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """--input-shape and --max-batch, which upload and build-engine must read alike."""
+    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
+                        help="fix an input's dynamic non-batch dims, e.g. data=3,224,224 (repeatable)")
+    parser.add_argument("--max-batch", type=int, default=0, help="largest batch to serve (default: model's, max 16)")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -444,6 +463,32 @@ def cmd_keys(args: argparse.Namespace) -> str:
             f"z85 public: {security.load_public(public).decode()}")
 
 
+def cmd_build_engine(args: argparse.Namespace) -> str:
+    """Build on this host's GPU the engine a worker would build at PREPARE (worker/runtimes/
+    engine_build.py; imported here only, so the rest of the CLI never loads worker code)."""
+    import structlog
+
+    from clockwork.common import config as cfg
+    from clockwork.common.config import WorkerConfig
+    from clockwork.worker.runtimes.base import RuntimeFailure
+    from clockwork.worker.runtimes.engine_build import build_ahead
+
+    worker = cfg.load(WorkerConfig, "worker", args.config, args.overrides)
+    shapes = dict(parse_shape(s) for s in args.input_shape)
+    if args.gpu < 0:
+        raise UsageError(f"--gpu {args.gpu}: expected a CUDA GPU number, 0 or more")
+    with open(args.file, "rb") as fh:
+        blob = fh.read()
+    try:
+        done, path = build_ahead(blob, args.gpu, shapes, args.max_batch, worker, structlog.get_logger())
+    except (RuntimeFailure, BadMessage) as exc:
+        raise error_for(exc.status, exc.detail) from None
+    key = done.key
+    return (f"engine for {key.gpu_name} sm{''.join(map(str, key.compute_capability))}, TensorRT {key.trt_version}, "
+            f"batch 1..{key.max_batch}, built in {done.seconds:.1f} s:\n{path}\n"
+            "a worker with this engine_cache_dir and these [worker.tensorrt] settings uses it at PREPARE")
+
+
 def cmd_infer(cw: Client, args: argparse.Namespace) -> str:
     inputs = load_inputs(args.input)
     result = cw.infer(args.name, inputs, slo_ms=args.slo_ms, priority=args.priority)
@@ -460,6 +505,8 @@ def cmd_rm(cw: Client, args: argparse.Namespace) -> str:
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], str | None]] = {
     "upload": cmd_upload, "ls": cmd_ls, "show": cmd_show, "status": cmd_status, "infer": cmd_infer, "rm": cmd_rm,
 }
+# Commands that need no controller.
+LOCAL_COMMANDS: dict[str, Callable[[argparse.Namespace], str]] = {"keys": cmd_keys, "build-engine": cmd_build_engine}
 
 
 # Exit codes by error class, so scripts can tell them apart (also in `clockwork --help`).
@@ -531,8 +578,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status" and args.watch and args.timeout is None:
         timeouts["timeout_s"] = max(1.0, args.interval)  # a dead controller shows up within a frame
     try:
-        if args.command == "keys":
-            print(cmd_keys(args))
+        if args.command in LOCAL_COMMANDS:
+            print(LOCAL_COMMANDS[args.command](args))
             return 0
         keys = dict(key_file=args.key, server_key_file=args.server_key)
         if args.command == "upload":

@@ -189,6 +189,30 @@ class TensorRTConfig:
     # CUDA's default lazy loading the first INFER after each LOAD would be slower than the rest.
     # Sets CUDA_MODULE_LOADING=EAGER unless the environment already chose.
     eager_module_loading: bool = True
+    # Where engines are built, always in a child process (worker/runtimes/engine_build.py):
+    # "serving" (the GPU that will run it; EXECs overlapping a build are marked and left out of
+    # the latency model), "gpu:N" (CUDA GPU N, of the same kind; no serving GPU is disturbed),
+    # or "ahead" (never by the worker: `clockwork build-engine` fills the engine cache first).
+    # "serving" needs no second GPU and no extra step, so it is the default.
+    build_on: str = "serving"
+    # A build still running after this long is stopped and the upload fails: large models take
+    # minutes to build, a hung one should not hold the prepare thread for ever.
+    build_timeout_s: float = 1800.0
+    # Where TensorRT and PyCUDA come from: "module:function" returning trt_libs.GpuLibraries. The
+    # default imports the real ones; tests name the fakes, which build children then use too.
+    libraries: str = "clockwork.worker.runtimes.trt_libs:import_gpu_libraries"
+
+    def __post_init__(self) -> None:
+        if self.build_on not in ("serving", "ahead") and self.build_gpu is None:
+            raise ValueError(f'[worker.tensorrt].build_on: expected "serving", "gpu:N" or "ahead", got {self.build_on!r}')
+        if not self.build_timeout_s > 0:
+            raise ValueError(f"[worker.tensorrt].build_timeout_s: must be > 0, got {self.build_timeout_s!r}")
+
+    @property
+    def build_gpu(self) -> int | None:
+        """N of build_on = "gpu:N", else None."""
+        kind, _, number = self.build_on.partition(":")
+        return int(number) if kind == "gpu" and number.isdigit() else None
 
 
 @dataclass(frozen=True)

@@ -277,6 +277,9 @@ class Result(Message):
     batch_size: int = f(c.integer(0, MAX_BATCH), 0)
     device_ns: int = f(NS, 0)  # the device's own timing of an EXEC (CUDA events); 0: none
     sm_clock_mhz: int = f(c.integer(0, 100_000), 0)  # GPU SM clock after an EXEC; 0: unknown
+    # Other work (a TensorRT engine build) shared the device during this EXEC: its duration is
+    # not the model's alone, so the controller's latency model leaves it out.
+    disturbed: bool = f(c.boolean, False)
     tensors: tuple[Tensor, ...] = tensors_field()
 
 

@@ -603,9 +603,9 @@ class Core:
             if model is not None:
                 model.refused_unseen = 0
             self.latency.observe_exec(action.model, action.batch_size, action.device.kind, msg.duration_ns,
-                                      action.expected_ns)
+                                      action.expected_ns, msg.disturbed)
             self.latency.observe_hops(action.sent_ns, action.planned_start_ns, msg.begin_ns, msg.end_ns, now_ns)
-            self.latency.observe_finish(action.typical_end_ns, msg.end_ns)
+            self.latency.observe_finish(action.typical_end_ns, msg.end_ns, msg.disturbed)
             action.device.exec_busy_ns += msg.duration_ns
             if msg.sm_clock_mhz:
                 action.device.sm_clock_mhz = msg.sm_clock_mhz

@@ -8,7 +8,8 @@ p99s, so admission adds one tail allowance to a typical sum, and that allowance 
 too: how much later than its typical prediction each EXEC really ended (`finish_errors`). The
 worker's profile seeds both at PREPARE. LOAD time is kept
 per (model, device kind) the same way. Only successful measurements feed it (a dropped action
-says nothing about how long execution takes). Every prediction is compared with what happened;
+says nothing about how long execution takes), and only undisturbed ones: an EXEC that shared its
+GPU with an engine build (Result.disturbed) measured the build as much as the model. Every prediction is compared with what happened;
 the error (predicted minus measured) is a metric of its own.
 """
 
@@ -79,6 +80,7 @@ class LatencyModel:
         self.start_lateness: deque[int] = deque(maxlen=1000)
         # How much later than its typical prediction each EXEC ended: the one tail allowance.
         self.finish_errors: deque[int] = deque(maxlen=1000)
+        self.disturbed_execs = 0  # measurements left out: taken while a build shared the GPU
 
     def _get(self, table: dict, key) -> _Window:
         win = table.get(key)
@@ -100,7 +102,11 @@ class LatencyModel:
         if not win.values and load_ns:
             win.add(load_ns)
 
-    def observe_exec(self, model: str, batch: int, kind: str, measured_ns: int, predicted_ns: int) -> None:
+    def observe_exec(self, model: str, batch: int, kind: str, measured_ns: int, predicted_ns: int,
+                     disturbed: bool = False) -> None:
+        if disturbed:
+            self.disturbed_execs += 1
+            return
         self._get(self._exec, (model, batch, kind)).add(measured_ns)
         if predicted_ns:
             self.exec_errors.append(predicted_ns - measured_ns)
@@ -113,9 +119,10 @@ class LatencyModel:
     def start_lateness_ns(self, percentile: float) -> int:
         return _percentile(self.start_lateness, percentile)
 
-    def observe_finish(self, predicted_end_ns: int, end_ns: int) -> None:
+    def observe_finish(self, predicted_end_ns: int, end_ns: int, disturbed: bool = False) -> None:
         """An EXEC ended at `end_ns`; at dispatch its typical end was `predicted_end_ns`."""
-        self.finish_errors.append(end_ns - predicted_end_ns)
+        if not disturbed:
+            self.finish_errors.append(end_ns - predicted_end_ns)
 
     def finish_tail_ns(self, percentile: float) -> int:
         """How much later than typically predicted EXECs end, at `percentile` (0 when they end
@@ -177,6 +184,8 @@ class LatencyModel:
                 arr = np.fromiter(delays, dtype=np.int64)
                 out[f"{name}_delay_ms_p50"] = float(np.percentile(arr, 50)) / 1e6
                 out[f"{name}_delay_ms_p99"] = float(np.percentile(arr, 99)) / 1e6
+        if self.disturbed_execs:
+            out["exec_measurements_disturbed"] = self.disturbed_execs
         return out
 
 

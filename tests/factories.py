@@ -66,7 +66,8 @@ def uploads(effects: list) -> list:
     return [e for e in effects if isinstance(e, UploadFinished)]
 
 
-def result_for(core: Core, effect: ToWorker, now: int, status: Status = Status.OK, duration_ns: int | None = None) -> list:
+def result_for(core: Core, effect: ToWorker, now: int, status: Status = Status.OK, duration_ns: int | None = None,
+               disturbed: bool = False) -> list:
     """Answer an action the way a worker would: exec outputs echo the first column."""
     body = effect.body
     kind = {schema.Load: "load", schema.Unload: "unload", schema.Exec: "exec"}[type(body)]
@@ -77,5 +78,5 @@ def result_for(core: Core, effect: ToWorker, now: int, status: Status = Status.O
         tensors = (Tensor.from_array("y", rows),)
     msg = schema.Result(action=kind, status=status, device_id=body.device_id, model_id=body.model_id,
                         begin_ns=now - duration, end_ns=now, duration_ns=duration,
-                        batch_size=getattr(body, "batch_size", 0), tensors=tensors)
+                        batch_size=getattr(body, "batch_size", 0), disturbed=disturbed, tensors=tensors)
     return core.on_result(effect.worker, effect.msg_id, msg, now)

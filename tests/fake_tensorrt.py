@@ -16,21 +16,39 @@ TensorRT would silently use device 0's).
 
 Knobs for tests (attributes of FakeTensorRT): `builds` (records of every build, with its
 optimization profiles), `unsupported_ops`, `fail_next_build`, `fail_next_execute`,
-`narrow_int64` (report int64 tensors as INT32, as older TensorRT did), `exec_ns` (fake kernel time).
+`narrow_int64` (report int64 tensors as INT32, as older TensorRT did), `exec_ns` (fake kernel time),
+`build_gate` (a path: a build writes PATH.started, then waits until PATH exists), and
+`crash_next_build` (the build's process is killed, as a crash or the OOM killer would end it).
 An ONNX metadata entry `fake_trt.device_memory_bytes` sets an engine's device_memory_size_v2.
+
+Engines are built in child processes (worker/runtimes/engine_build.py). A child gets the fake the
+way the worker got it: `FakeTensorRT.recipe` names `fake_libraries` with this fake's GPUs, version
+and build knobs (the next build's failure or crash goes with it), and the child's builds are
+appended to a file that `builds` reads back, so a test sees them as if they had run here.
+`[worker.tensorrt] libraries = "tests.fake_tensorrt:fake_libraries"` gives a process a default
+fake (one 8 GiB H200, TensorRT 10.3.0), e.g. `clockwork build-engine` in a test.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import enum
 import json
+import os
+import signal
 import struct
+import tempfile
+import time
+import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tests.fake_pycuda import FakeCudaDriver
+from clockwork.worker.runtimes.trt_libs import GpuLibraries
+from tests.fake_pycuda import FakeCudaDriver, FakeGpu
 
 MAGIC = b"FAKETRT1"
 
@@ -126,6 +144,14 @@ class BuildRecord:
     device_index: int
     workspace_limit: int | None
     profiles: list[dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]]
+    pid: int = 0  # the process that built
+
+    @classmethod
+    def from_json(cls, line: str) -> "BuildRecord":
+        data = json.loads(line)
+        profiles = [{name: tuple(tuple(dims) for dims in shapes) for name, shapes in p.items()}
+                    for p in data["profiles"]]
+        return cls(data["device_index"], data["workspace_limit"], profiles, data["pid"])
 
 
 class ParserError:
@@ -145,9 +171,12 @@ class FakeTensorRT:
     def __init__(self, cuda: FakeCudaDriver, version: str = "10.3.0"):
         self.__version__ = version
         self.cuda = cuda
-        self.builds: list[BuildRecord] = []
+        self._builds: list[BuildRecord] = []
+        self._builds_log = ""  # where builds are recorded once a child may make them
         self.unsupported_ops: set[str] = set()
         self.fail_next_build: str | None = None
+        self.crash_next_build = False
+        self.build_gate = ""
         self.fail_next_execute = False
         self.narrow_int64 = False
         self.exec_ns = 50_000
@@ -158,6 +187,53 @@ class FakeTensorRT:
         self.Builder = type("Builder", (Builder,), {"_trt": self})
         self.Runtime = type("Runtime", (Runtime,), {"_trt": self})
         self.OnnxParser = OnnxParser
+
+    @property
+    def builds(self) -> list[BuildRecord]:
+        """Every build of this fake, here or in a child process that got its recipe."""
+        records = list(self._builds)
+        if self._builds_log and os.path.exists(self._builds_log):
+            with open(self._builds_log) as fh:
+                records += [BuildRecord.from_json(line) for line in fh if line.strip()]
+        return records
+
+    def record_build(self, record: BuildRecord) -> None:
+        if not self._builds_log:
+            self._builds.append(record)
+            return
+        with open(self._builds_log, "a") as fh:
+            fh.write(json.dumps(dataclasses.asdict(record)) + "\n")
+
+    def recipe(self) -> tuple[str, dict]:
+        """How a child process gets this fake as it is set now (trt_libs.GpuLibraries.recipe)."""
+        if not self._builds_log:
+            fd, self._builds_log = tempfile.mkstemp(prefix="fake-trt-builds-", suffix=".jsonl")
+            os.close(fd)
+            weakref.finalize(self, _remove, self._builds_log)
+        fail, self.fail_next_build = self.fail_next_build, None
+        crash, self.crash_next_build = self.crash_next_build, False
+        return "tests.fake_tensorrt:fake_libraries", {
+            "gpus": [dataclasses.asdict(g) for g in self.cuda.gpus], "version": self.__version__,
+            "unsupported_ops": sorted(self.unsupported_ops), "fail_next_build": fail, "crash_next_build": crash,
+            "build_gate": self.build_gate, "builds_log": self._builds_log}
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def fake_libraries(gpus: list[dict] | None = None, version: str = "10.3.0", unsupported_ops: list[str] = (),
+                   fail_next_build: str | None = None, crash_next_build: bool = False, build_gate: str = "",
+                   builds_log: str = "") -> GpuLibraries:
+    """A fresh fake TensorRT and PyCUDA (no NVML), from a recipe (FakeTensorRT.recipe), or with
+    their defaults from `[worker.tensorrt] libraries = "tests.fake_tensorrt:fake_libraries"`."""
+    cuda = FakeCudaDriver([FakeGpu(**g) for g in gpus] if gpus else None)
+    trt = FakeTensorRT(cuda, version=version)
+    trt.unsupported_ops = set(unsupported_ops)
+    trt.fail_next_build, trt.crash_next_build, trt.build_gate = fail_next_build, crash_next_build, build_gate
+    trt._builds_log = builds_log
+    return GpuLibraries(trt, cuda, None, recipe=trt.recipe)
 
 
 # ------------------------------------------------------------------------------ building
@@ -308,8 +384,15 @@ class Builder:
                 if len(dims) != len(tensor.shape) or any(s != -1 and s != d for s, d in zip(tensor.shape, dims)):
                     return self._error(f"{tensor.name}: profile dimensions {dims} do not match the network's "
                                        f"{tensor.shape}")
-        trt.builds.append(BuildRecord(device, config.pool_limits.get(MemoryPoolType.WORKSPACE),
-                                      [dict(p.shapes) for p in config.profiles]))
+        if trt.crash_next_build:
+            os.kill(os.getpid(), signal.SIGKILL)  # as a crash in the driver or the OOM killer would end it
+        if trt.build_gate:  # a slow build: it waits for the test to let it finish
+            Path(trt.build_gate + ".started").touch()
+            give_up = time.monotonic() + 60
+            while not os.path.exists(trt.build_gate) and time.monotonic() < give_up:
+                time.sleep(0.005)
+        trt.record_build(BuildRecord(device, config.pool_limits.get(MemoryPoolType.WORKSPACE),
+                                     [dict(p.shapes) for p in config.profiles], os.getpid()))
         header = {
             "trt_version": trt.__version__,
             "compute_capability": list(trt.cuda.gpus[device].compute_capability),

@@ -293,6 +293,31 @@ def test_latency_model_learns_from_measurements():
     assert core.status(t)["counters"]["exec_prediction_error_ms_p50"] == 0.0
 
 
+def test_exec_timings_taken_while_a_build_shared_the_gpu_are_left_out():
+    core = ready_core()
+    t = warm(core)
+
+    def serve(n: int, duration_ns: int, disturbed: bool) -> list:
+        nonlocal t
+        answers = []
+        for i in range(n):
+            infer(core, 1000 * n + i + (500 if disturbed else 0), now=t)
+            ex = sent(core.tick(t), schema.Exec)[0]
+            t += duration_ns + MS
+            answers += replies(result_for(core, ex, t, duration_ns=duration_ns, disturbed=disturbed))
+        return answers
+
+    serve(40, 3 * MS, disturbed=False)
+    finish_errors = list(core.latency.finish_errors)
+    answers = serve(10, 30 * MS, disturbed=True)  # an engine build ran on the GPU meanwhile
+    assert [a.body.status for a in answers] == [Status.OK] * 10  # served and answered all the same
+    assert core.latency.exec_ns("m", 1, "emulated") == 3 * MS  # ...but not learnt from
+    assert list(core.latency.finish_errors) == finish_errors
+    assert core.status(t)["counters"]["exec_measurements_disturbed"] == 10
+    serve(1, 30 * MS, disturbed=False)  # the same duration, unmarked, is learnt
+    assert core.latency.exec_ns("m", 1, "emulated") == 30 * MS
+
+
 def test_a_hot_model_gets_another_replica_and_both_serve():
     core = make_core()
     hello(core, devices=2)

@@ -33,9 +33,10 @@ from tests.fake_pycuda import FakeCudaDriver, FakeGpu, FakeNvml
 from tests.fake_tensorrt import FakeTensorRT
 from clockwork.worker import runtimes
 from clockwork.worker.runtimes.base import RuntimeFailure, RuntimeUnavailable
+from clockwork.worker.runtimes.engine_build import profile_shapes
 from clockwork.worker.runtimes.engine_cache import PlanKey
-from clockwork.worker.runtimes.tensorrt import (GpuLibraries, TensorRTRuntime, import_gpu_libraries,
-                                      profile_shapes)
+from clockwork.worker.runtimes.tensorrt import TensorRTRuntime
+from clockwork.worker.runtimes.trt_libs import GpuLibraries, import_gpu_libraries
 from clockwork.worker.store import digest_of
 
 pytestmark = pytest.mark.timeout(120)
@@ -89,7 +90,7 @@ def make_rig(tmp_path: Path, gpus: list[dict] | None = None, version: str = "10.
     config = {"runtime": "tensorrt", "devices": len(cuda.gpus), "engine_cache_dir": str(tmp_path / "engines"), **config}
     if settings is not None:
         config = {**config, "tensorrt": settings}
-    runtime = TensorRTRuntime(WorkerConfig(**config), gpu=GpuLibraries(trt, cuda, fake_nvml), log=LOG)
+    runtime = TensorRTRuntime(WorkerConfig(**config), gpu=GpuLibraries(trt, cuda, fake_nvml, trt.recipe), log=LOG)
     rig = Rig(runtime, trt, cuda, fake_nvml, [])
     if lanes:
         rig.lanes = [DeviceLanes(runtime, d.device_id, LOG) for d in runtime.devices()]
@@ -172,12 +173,12 @@ def test_missing_libraries_are_named_with_the_install_command():
         return import_module
 
     with pytest.raises(RuntimeUnavailable) as info:
-        import_gpu_libraries(without("tensorrt"), eager_module_loading=False)
+        import_gpu_libraries(without("tensorrt"))
     assert "tensorrt" in str(info.value) and "pycuda" not in str(info.value)
     assert "pip install '.[gpu]'" in str(info.value)
     with pytest.raises(RuntimeUnavailable, match="pycuda"):
-        import_gpu_libraries(without("pycuda.driver"), eager_module_loading=False)
-    assert import_gpu_libraries(without("pynvml"), eager_module_loading=False).nvml is None
+        import_gpu_libraries(without("pycuda.driver"))
+    assert import_gpu_libraries(without("pynvml")).nvml is None
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
@@ -648,7 +649,8 @@ def test_trt_check_runs_end_to_end_on_the_fakes(tmp_path):
     out = io.StringIO()
     args = trt_check.parse_args(["--runs", "3", "--load-runs", "2", "--batch-sizes", "1,4",
                                  "--json", str(tmp_path / "check.json")])
-    assert trt_check.run_check(args, gpu=GpuLibraries(trt, cuda, FakeNvml({H200["pci_bus_id"]: 1980})), out=out) == 0
+    libraries = GpuLibraries(trt, cuda, FakeNvml({H200["pci_bus_id"]: 1980}), trt.recipe)
+    assert trt_check.run_check(args, gpu=libraries, out=out) == 0
     text = out.getvalue()
     assert "all checks passed" in text and "SM clock 1980 MHz" in text
     assert text.count(" ok") == 4  # 2 models x 2 batch sizes, outputs checked against onnxruntime

@@ -302,7 +302,7 @@ class Daemon:
                       device_id=done.device_id, model_id=done.model_id, begin_ns=begin_ns,
                       end_ns=begin_ns + (done.end_ns - done.begin_ns), duration_ns=done.duration_ns,
                       batch_size=done.batch_size, device_ns=done.device_ns, sm_clock_mhz=done.sm_clock_mhz,
-                      tensors=done.tensors)
+                      disturbed=done.disturbed, tensors=done.tensors)
 
     def _send(self, body: Message, parent_id: int = 0) -> tuple[int, int]:
         msg_id, sent_ns = self.ids.next(), monotonic_ns()

@@ -201,6 +201,7 @@ class Done:
     tensors: tuple[Tensor, ...] = ()
     device_ns: int = 0
     sm_clock_mhz: int = 0
+    disturbed: bool = False  # other work shared the device during this EXEC (Runtime.disturbed)
 
 
 @dataclass
@@ -372,9 +373,10 @@ class Device:
         finally:
             with self._lock:
                 self._executing = None
+        disturbed = out.status is Status.OK and self._runtime.disturbed(self.device_id, start_ns, out.end_ns)
         self._emit(Done(req.parent_id, "exec", out.status, self.device_id, req.model_id, out.detail,
                         start_ns, out.end_ns, out.end_ns - start_ns, req.batch_size, out.tensors,
-                        out.device_ns, out.sm_clock_mhz))
+                        out.device_ns, out.sm_clock_mhz, disturbed))
 
     def _exec_resident(self, res: Resident | None, req: _Exec) -> "_ExecOutcome":
         """Run the batch; the end time is taken when the device is done, before outputs are trimmed

@@ -120,6 +120,12 @@ class Runtime(abc.ABC):
         controller can tell a throttled GPU's slow run from a model's real cost."""
         return None
 
+    def disturbed(self, device_id: int, begin_ns: int, end_ns: int) -> bool:
+        """Whether other work (a TensorRT engine build) used the device while an EXEC ran from
+        begin_ns to end_ns (monotonic): its timing is then not the model's alone, and the
+        controller leaves it out of its latency model."""
+        return False
+
     def lane_started(self, device_id: int, lane: str) -> None:
         """Called on a lane's thread before its first action."""
 

@@ -3,7 +3,9 @@
 Theory of operation
 - PREPARE (prepare thread, seconds to minutes): for each GPU kind among this worker's devices,
   take the plan from the engine cache (engine_cache.py) or build it from the ONNX bytes with one
-  optimization profile covering batch 1..max_batch; deserialize it once on a GPU of that kind to
+  optimization profile covering batch 1..max_batch, in a child process on the GPU that
+  `build_on` names (engine_build.py; EXECs a build shares its GPU with are reported
+  `disturbed`, as are those a plan's check overlaps); deserialize it once on a GPU of that kind to
   check it and to read its tensors and its execution-memory need; keep the plan in pinned host
   memory, so that a LOAD is a copy and never a compile.
 - LOAD (LOAD lane): deserialize the pinned plan, grow the GPU's shared workspace if this engine
@@ -29,28 +31,29 @@ Memory, and why the accounting is honest
   in `device_memory_bytes` is honoured up to that amount; 0 (the default) means "use the GPU's
   free memory". Knobs live in WorkerConfig.tensorrt (`[worker.tensorrt]`).
 
-API discipline: only what TensorRT 10.1+ and 11.x share. No `create_execution_context_without_
+API discipline: only what TensorRT 10.1+ and 11.x share (setup.cfg pins >=10.1,<12; the calls
+and their status are tabled in docs/gpu-hosts.md). No `create_execution_context_without_
 device_memory`, `device_memory_size`, builder precision flags or `EXPLICIT_BATCH` (all removed in
 11): contexts come from `create_execution_context(USER_MANAGED)` + `set_device_memory(ptr,
 size)`, networks from `create_network(0)` (explicit batch is the only mode since 10).
 
 `tensorrt`, `pycuda` and (optional) `pynvml` are imported when the runtime is constructed, never
-at module import, so a CPU-only worker never loads them; tests inject stand-ins through the `gpu`
-parameter (tests/fake_tensorrt.py, tests/fake_pycuda.py).
+at module import, so a CPU-only worker never loads them (trt_libs.py); tests inject stand-ins
+through the `gpu` parameter (tests/fake_tensorrt.py, tests/fake_pycuda.py), whose recipe gives a
+build's child process the same fakes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import math
 import os
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import structlog
@@ -61,109 +64,12 @@ from clockwork.common.status import Status
 from clockwork.worker.runtimes.base import (DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure, RuntimeUnavailable,
                                   sample_inputs, timed_runs)
 from clockwork.worker.runtimes.cuda import CudaDevices, GpuInfo, LaneState, SmClocks, cuda_failure, looks_like_oom
+from clockwork.worker.runtimes.engine_build import (BuildActivity, BuildRequest, build_in_child, plan_key_for,
+                                                    workspace_budget_bytes)
 from clockwork.worker.runtimes.engine_cache import PlanCache, PlanKey
-
-MIN_TRT_VERSION = (10, 1)  # device_memory_size_v2 and set_device_memory(ptr, size) arrived in 10.1
-# device_memory_bytes values that mean "size it from the GPU" (0, or left at the CPU-sized default).
-
-
-# ------------------------------------------------------------------------------ libraries
-
-
-@dataclass(frozen=True)
-class GpuLibraries:
-    """The modules the runtime drives: the real ones, or named fakes in tests."""
-
-    trt: Any  # the `tensorrt` module
-    cuda: Any  # `pycuda.driver`
-    nvml: Any | None = None  # `pynvml` (nvidia-ml-py); None: SM clocks are not reported
-
-
-def import_gpu_libraries(import_module: Callable[[str], Any] = importlib.import_module,
-                         eager_module_loading: bool = True) -> GpuLibraries:
-    """Import TensorRT, PyCUDA and (optionally) NVML; RuntimeUnavailable says what is missing."""
-    if eager_module_loading:
-        os.environ.setdefault("CUDA_MODULE_LOADING", "EAGER")  # read once, at CUDA's initialisation
-    found: dict[str, Any] = {}
-    missing = []
-    for name, label in (("tensorrt", "tensorrt>=10.1"), ("pycuda.driver", "pycuda")):
-        try:
-            found[name] = import_module(name)
-        except (ImportError, OSError) as exc:  # OSError: the package is there, a CUDA library is not
-            missing.append(f"{label} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
-    if missing:
-        raise RuntimeUnavailable("the tensorrt runtime needs TensorRT and PyCUDA on a host with an NVIDIA "
-                                 f"driver; missing: {'; '.join(missing)}. Install them with "
-                                 "pip install '.[gpu]' (see docs/gpu-hosts.md)")
-    try:
-        nvml = import_module("pynvml")
-    except (ImportError, OSError):
-        nvml = None
-    return GpuLibraries(found["tensorrt"], found["pycuda.driver"], nvml)
-
-
-def check_trt_version(trt: Any) -> str:
-    version = str(getattr(trt, "__version__", "0"))
-    parts = []
-    for piece in version.split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    if tuple(parts) < MIN_TRT_VERSION:
-        raise RuntimeUnavailable(f"the tensorrt runtime needs TensorRT >= 10.1, found {version}; "
-                                 "upgrade with pip install '.[gpu]'")
-    return version
-
-
-def make_logger(trt: Any, log: Any) -> Any:
-    """A trt.ILogger that forwards warnings and errors to our log, and lets a caller capture
-    the errors its own calls produce (`with logger.capture() as errors:`) to explain a failure."""
-    severity = trt.ILogger.Severity
-    error_levels = {severity.INTERNAL_ERROR, severity.ERROR}
-
-    class TrtLogger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self._local = threading.local()
-
-        def log(self, sev: Any, msg: str) -> None:
-            if sev in error_levels:
-                captured = getattr(self._local, "errors", None)
-                if captured is not None:
-                    captured.append(str(msg))
-                log.warning("tensorrt error", message=str(msg))
-            elif sev == severity.WARNING:
-                log.info("tensorrt warning", message=str(msg))
-
-        @contextlib.contextmanager
-        def capture(self) -> Iterator[list[str]]:
-            outer = getattr(self._local, "errors", None)
-            self._local.errors = errors = []
-            try:
-                yield errors
-            finally:
-                self._local.errors = outer
-                if outer is not None:
-                    outer.extend(errors)
-
-    return TrtLogger()
-
-
-def trt_failure(what: str, errors: list[str], default: Status = Status.RUNTIME_ERROR) -> RuntimeFailure:
-    """A failure TensorRT reported only through its logger (a None or False return)."""
-    detail = "; ".join(errors[-3:]) if errors else "TensorRT logged no reason"
-    status = Status.INSUFFICIENT_MEMORY if any(looks_like_oom(e) for e in errors) else default
-    return RuntimeFailure(status, f"{what}: {detail}")
-
+from clockwork.worker.runtimes.trt_libs import GpuLibraries, check_trt_version, load_libraries, make_logger, trt_failure
 
 # ------------------------------------------------------------------------------ shapes and engines
-
-
-def profile_shapes(sample_shape: tuple[int, ...], max_batch: int, opt_batch: int = 0
-                   ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(min, opt, max) dims of one input for the optimization profile: batch 1..max_batch."""
-    opt = min(opt_batch, max_batch) if opt_batch > 0 else max_batch
-    rest = tuple(int(d) for d in sample_shape)
-    return (1, *rest), (opt, *rest), (max_batch, *rest)
 
 
 @dataclass(frozen=True)
@@ -385,7 +291,12 @@ class TensorRTRuntime(Runtime):
         self._config = config
         self._settings = config.tensorrt
         self._log = log or structlog.get_logger().bind(runtime="tensorrt")
-        libs = gpu or import_gpu_libraries(eager_module_loading=self._settings.eager_module_loading)
+        if gpu is None:  # the configured provider's (the real ones by default); tests hand in fakes
+            if self._settings.eager_module_loading:
+                os.environ.setdefault("CUDA_MODULE_LOADING", "EAGER")  # read once, at CUDA's initialisation
+            gpu = load_libraries((self._settings.libraries, {}))
+        libs = gpu
+        self._libraries = libs
         self._trt = libs.trt
         self.trt_version = check_trt_version(libs.trt)
         self._cuda = CudaDevices(libs.cuda, config.devices)
@@ -398,6 +309,8 @@ class TensorRTRuntime(Runtime):
             self._logger = make_logger(libs.trt, self._log)
             self._cache = PlanCache(config.engine_cache_dir, self._log)
             self._open_devices()
+            self._check_build_gpu()
+            self._builds = BuildActivity(len(self._cuda.infos))
             self._clocks = SmClocks(libs.nvml, self._cuda.infos, self._log)
         except libs.cuda.Error as exc:  # e.g. a GPU held by another process in exclusive mode
             self._cuda.close()
@@ -421,9 +334,27 @@ class TensorRTRuntime(Runtime):
                 # eager loading, TensorRT's kernels), so the free memory read next excludes them.
                 self._runtimes.append(self._trt.Runtime(self._logger))
                 free, total = self._cuda.mem_info()
-            budget = min(self._settings.workspace_bytes, int(total * self._settings.workspace_max_fraction))
+            budget = workspace_budget_bytes(self._settings, info.total_bytes)  # as plan_key_for
             self._workspaces.append(Workspace(self._cuda, info.device_id, budget))
             self._devices.append(DeviceInfo(info.device_id, info.name, self._memory_bytes(info, free, total, budget)))
+
+    def _check_build_gpu(self) -> None:
+        """build_on = "gpu:N" must name a GPU of the one kind served here: a plan runs only on
+        the kind that built it."""
+        number = self._settings.build_gpu
+        if number is None:
+            return
+        cuda = self._cuda.cuda
+        try:
+            device = cuda.Device(number)
+            kind = GpuInfo(number, str(device.name()), tuple(device.compute_capability()), "", 0).kind_key
+        except cuda.Error as exc:
+            raise RuntimeUnavailable(f'[worker.tensorrt] build_on = "gpu:{number}": no such GPU here ({exc})') from None
+        served = sorted({info.kind_key for info in self._cuda.infos})
+        if served != [kind]:
+            raise RuntimeUnavailable(f'[worker.tensorrt] build_on = "gpu:{number}" is a {kind}, but this worker serves '
+                                     f"{', '.join(served)}: a plan runs only on the GPU kind that built it. Build on "
+                                     'a GPU of that kind, on "serving", or "ahead" (docs/gpu-hosts.md)')
 
     def _memory_bytes(self, info: GpuInfo, free: int, total: int, workspace: int) -> int:
         reserve = max(self._settings.reserve_min_bytes, int(total * self._settings.reserve_fraction))
@@ -459,6 +390,10 @@ class TensorRTRuntime(Runtime):
     def workspace_bytes(self, device_id: int) -> int:
         """The size of the device's shared workspace now (the largest engine loaded so far)."""
         return self._workspaces[device_id].size_bytes
+
+    def disturbed(self, device_id: int, begin_ns: int, end_ns: int) -> bool:
+        """Whether an engine build, or a plan's check, used the GPU while [begin_ns, end_ns] ran."""
+        return self._builds.overlapped(device_id, begin_ns, end_ns)
 
     def prepare(self, model_id: str, digest: str, fmt: str, blob: bytes, signature: Signature) -> PreparedModel:
         if fmt not in self.formats:
@@ -558,83 +493,60 @@ class TensorRTRuntime(Runtime):
         return kinds
 
     def plan_key(self, device_id: int, digest: str, signature: Signature) -> PlanKey:
-        info = self._cuda.infos[device_id]
-        opt = profile_shapes((), signature.max_batch, self._settings.opt_batch)[1][0]
-        builder_workspace = int(self._workspaces[device_id].budget_bytes * self._settings.builder_workspace_fraction)
-        return PlanKey(digest, self.trt_version, info.name, tuple(info.compute_capability),
-                       signature.max_batch, opt, builder_workspace)
+        return plan_key_for(digest, self.trt_version, self._cuda.infos[device_id], signature, self._settings)
 
     def plan_path(self, device_id: int, digest: str, signature: Signature) -> str:
         return str(self._cache.path_for(self.plan_key(device_id, digest, signature)))
 
     def _prepare_on(self, device_id: int, digest: str, blob: bytes, signature: Signature) -> HostPlan:
         key = self.plan_key(device_id, digest, signature)
-        with self._cuda.scoped(device_id):
-            source, plan = "cache", self._cache.get(key)
-            spec = self._inspect(device_id, plan, signature) if plan is not None else None
-            if plan is not None and spec is None:
-                self._log.warning("cached engine does not deserialize; rebuilding", path=str(self._cache.path_for(key)))
-                self._cache.discard(key)
+        source, plan = "cache", self._cache.get(key)
+        spec = self._check(device_id, plan, signature) if plan is not None else None
+        if plan is not None and spec is None:
+            self._log.warning("cached engine does not deserialize; rebuilding", path=str(self._cache.path_for(key)))
+            self._cache.discard(key)
+        if spec is None:
+            source, plan = "built", self._build(device_id, key, blob, signature)
+            spec = self._check(device_id, plan, signature)
             if spec is None:
-                source, plan = "built", self._build(blob, signature, key)
-                spec = self._inspect(device_id, plan, signature)
-                if spec is None:
-                    raise RuntimeFailure(Status.RUNTIME_ERROR, "TensorRT built an engine it cannot deserialize")
-                self._cache.put(key, plan)
-            budget = self._workspaces[device_id].budget_bytes
-            if spec.device_memory_bytes > budget:
-                raise RuntimeFailure(Status.TOO_LARGE, f"the engine needs {spec.device_memory_bytes / MIB:.0f} MiB "
-                                     f"of execution memory at batch {signature.max_batch}, over this worker's "
-                                     f"{budget / MIB:.0f} MiB workspace; upload it with a smaller max batch")
+                raise RuntimeFailure(Status.RUNTIME_ERROR, "TensorRT built an engine it cannot deserialize")
+            self._cache.put(key, plan)
+        budget = self._workspaces[device_id].budget_bytes
+        if spec.device_memory_bytes > budget:
+            raise RuntimeFailure(Status.TOO_LARGE, f"the engine needs {spec.device_memory_bytes / MIB:.0f} MiB "
+                                 f"of execution memory at batch {signature.max_batch}, over this worker's "
+                                 f"{budget / MIB:.0f} MiB workspace; upload it with a smaller max batch")
+        with self._cuda.scoped(device_id):
             return self._pin(plan, spec, source)
 
-    def _build(self, blob: bytes, signature: Signature, key: PlanKey) -> bytes:
-        """ONNX -> serialized plan on the current device (the prepare thread, context scoped)."""
-        started = time.monotonic()
-        with self._logger.capture() as errors:
-            plan, problem = self._try_build(blob, signature, key)
-        # Raised only here, once the builder, network and parser are gone: a traceback that held
-        # them would destroy them later, on whatever thread, with no CUDA context current.
-        if problem:
-            raise _bad(problem)
-        if plan is None:
-            raise trt_failure("TensorRT could not build an engine", errors, default=Status.BAD_MODEL)
-        self._log.info("engine built", seconds=round(time.monotonic() - started, 3), plan_bytes=len(plan),
-                       gpu=key.gpu_name, max_batch=key.max_batch)
+    def _build(self, device_id: int, key: PlanKey, blob: bytes, signature: Signature) -> bytes:
+        """The plan for `key`, built in a child process where build_on says (engine_build.py)."""
+        settings = self._settings
+        if settings.build_on == "ahead":
+            raise RuntimeFailure(Status.NOT_PREPARED, f"no engine for this model on {key.gpu_name} in the engine "
+                                 f"cache ({self._cache.path_for(key)}), and [worker.tensorrt] build_on = \"ahead\" "
+                                 "builds none in the worker: run `clockwork build-engine MODEL.onnx --gpu N` on this "
+                                 "host with the upload's --input-shape and --max-batch and this worker's --config, "
+                                 "then upload again")
+        gpu = device_id if settings.build_gpu is None else settings.build_gpu
+        request = BuildRequest(self._libraries.recipe(), gpu, key.digest, signature, settings)
+        with self._builds.running(gpu):  # marks the EXECs of a served GPU that the build shares
+            done, plan = build_in_child(request, blob, settings.build_timeout_s)
+        for message in done.messages:
+            self._log.info("tensorrt build message", message=message)
+        if done.key != key:
+            raise RuntimeFailure(Status.RUNTIME_ERROR, f"GPU {gpu} built a plan for {done.key.gpu_name} sm"
+                                 f"{''.join(map(str, done.key.compute_capability))}, TensorRT {done.key.trt_version}, "
+                                 f"but device {device_id} needs one for {key.gpu_name} (check build_on)")
+        self._log.info("engine built", seconds=round(done.seconds, 3), plan_bytes=len(plan), gpu=key.gpu_name,
+                       build_gpu=gpu, max_batch=key.max_batch)
         return plan
 
-    def _try_build(self, blob: bytes, signature: Signature, key: PlanKey) -> tuple[bytes | None, str]:
-        """(plan, "") or (None, why); every TensorRT object it makes dies when it returns."""
-        trt = self._trt
-        try:
-            builder = trt.Builder(self._logger)
-            network = builder.create_network(0)  # explicit batch: the only mode since TensorRT 10
-            parser = trt.OnnxParser(network, self._logger)
-            if not parser.parse(blob):
-                reasons = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-                return None, "TensorRT cannot parse the ONNX model: " + "; ".join(reasons[:3] or ["no reason given"])
-            config = builder.create_builder_config()
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, key.builder_workspace_bytes)
-            profile, problem = self._optimization_profile(builder, network, signature, key.opt_batch)
-            if problem:
-                return None, problem
-            config.add_optimization_profile(profile)
-            serialized = builder.build_serialized_network(network, config)
-        except (RuntimeError, TypeError, ValueError) as exc:  # pybind11's way of saying "invalid"
-            return None, f"TensorRT refused the model: {exc}"
-        return (None if serialized is None else bytes(memoryview(serialized))), ""
-
-    @staticmethod
-    def _optimization_profile(builder: Any, network: Any, signature: Signature, opt_batch: int) -> tuple[Any, str]:
-        profile = builder.create_optimization_profile()
-        specs = {s.name: s for s in signature.inputs}
-        for i in range(network.num_inputs):
-            name = network.get_input(i).name
-            spec = specs.get(name)
-            if spec is None:
-                return None, f"TensorRT sees an input {name!r} that the model's signature does not list"
-            profile.set_shape(name, *profile_shapes(spec.shape, signature.max_batch, opt_batch))
-        return profile, ""
+    def _check(self, device_id: int, plan: bytes, signature: Signature) -> EngineSpec | None:
+        """_inspect on the device, marked as other work for its EXEC lane (it copies the plan's
+        weights onto the GPU)."""
+        with self._cuda.scoped(device_id), self._builds.running(device_id):
+            return self._inspect(device_id, plan, signature)
 
     def _inspect(self, device_id: int, plan: bytes, signature: Signature) -> EngineSpec | None:
         """Deserialize once to check the plan and describe it; None if it does not deserialize."""
