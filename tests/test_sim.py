@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from clockwork.bench import sim, workload
-from clockwork.bench.sim import MS, NS_PER_S, RunSpec, SimConfig, Simulation
+from clockwork.bench.sim import MS, NS_PER_S, RunSpec, SimConfig, Simulation, events
 from clockwork.common import schema
 from clockwork.common.config import SchedulerConfig
 from clockwork.common.status import Status
@@ -205,8 +205,6 @@ def test_lanes_keep_the_memory_rules():
     statuses = [m.status for _, _, m in core.results]
     assert statuses == [Status.OK, Status.ALREADY_LOADED]
     s2, core2 = lanes(device_memory_bytes=8 * 16 * 1024 * 1024)
-    s2.names.append("m00001")
-    s2._prepared["m00001"] = s2._prepared["m00000"]
     t = s2.now
     send(s2, t, 1, schema.Load(device_id=0, model_id="m00000", **window))
     send(s2, t, 2, schema.Load(device_id=0, model_id="m00001", **window))
@@ -224,9 +222,9 @@ def test_lanes_keep_the_memory_rules():
 
 def test_noise_is_seeded_and_outliers_appear():
     s, _ = lanes(noise_sigma=0.05, outlier_probability=0.01, outlier_factor=4.0)
-    factors = [s.noise.factor() for _ in range(20_000)]
+    factors = [s.cluster.noise.factor() for _ in range(20_000)]
     again, _ = lanes(noise_sigma=0.05, outlier_probability=0.01, outlier_factor=4.0)
-    assert factors == [again.noise.factor() for _ in range(20_000)]
+    assert factors == [again.cluster.noise.factor() for _ in range(20_000)]
     outliers = sum(f > 2 for f in factors)
     assert 100 < outliers < 320
 
@@ -242,7 +240,7 @@ def test_prewarm_sends_one_request_per_model_first_and_reports_it_apart():
 
 
 def test_simultaneous_arrivals_across_chunks_are_one_batch(monkeypatch):
-    monkeypatch.setattr(sim, "_CHUNK", 4)
+    monkeypatch.setattr(events, "_CHUNK", 4)
     times = np.array([0, 0, 0, 5, 5, 5, 5, 5, 9], dtype=np.int64) * MS  # 5 ms straddles chunks 1-2
     sched = workload.Schedule(times, np.zeros(9, dtype=np.int32), 10 * MS, np.ones(1))
     core = sim.make_core("clockwork", SchedulerConfig())
