@@ -12,6 +12,9 @@ Rules (beyond the lanes' own, worker/lanes.py):
   the model is executing the DROP tries again every DROP_RETRY_NS; it gives up if a LOAD of the
   model started after it was asked (the model then belongs to the controller's new plan).
 
+The simulator's emulated workers (bench/sim/cluster.py) follow the same rules in virtual time;
+tests/test_sim_parity.py feeds both the same actions and compares what they answer.
+
 Results are `Done` records handed to `emit`, which must be callable from any thread (the daemon
 queues them for its socket).
 """

@@ -1,11 +1,18 @@
 """The simulated cluster's workers: emulated GPUs in virtual time, with the worker's rules.
 
-Per GPU a LOAD lane and an EXEC lane follow worker/lanes.py and worker/device.py: a lane runs
-one action at a time, takes queued actions in `earliest` order, starts one at max(arrival, lane
-free, earliest) and answers TOO_LATE without running it when that is past `latest`. Memory is
-counted in pages as the worker does; a LOAD that does not fit is refused INSUFFICIENT_MEMORY.
+Per GPU a LOAD lane and an EXEC lane follow worker/lanes.py and worker/device.py:
+- A lane runs one action at a time, takes queued actions in `earliest` order, and starts one at
+  max(arrival, lane free, earliest). An action that arrives past its `latest` is answered
+  TOO_LATE at once; one whose `latest` passes while it waits, when the lane comes to it.
+- A LOAD is ALREADY_LOADED if the model is resident, NOT_PREPARED if its PREPARE has not reached
+  the worker (or a DROP came since), INSUFFICIENT_MEMORY if its pages do not fit. An UNLOAD is
+  NOT_LOADED or BUSY (executing); an EXEC of a model not resident when it starts, NOT_LOADED.
+- A DROP forgets the prepared model, then releases it on each device as a LOAD-lane job without
+  reply, tried again every DROP_RETRY_NS while the model executes, abandoned once a LOAD of the
+  model has started since the DROP came.
 Durations are the emulated runtime's (worker/runtimes/emulated.py) times a seeded
-multiplicative lognormal noise (plus rare outliers).
+multiplicative lognormal noise (plus rare outliers). tests/test_sim_parity.py feeds these
+workers and the real worker's `Device` the same actions and compares what they answer.
 
 The cluster schedules nothing itself: it is handed the virtual time with every event, asks the
 event loop to call `lane_event` again through `wake`, and hands its results to `send`.
@@ -24,10 +31,13 @@ from clockwork.common import schema
 from clockwork.common.models import EmulatedProfile, pages_for
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
+from clockwork.worker.device import DROP_RETRY_NS
+from clockwork.worker.lanes import NEVER_NS
 from clockwork.worker.runtimes.emulated import exec_ns_for
 
 DEVICE_KIND = "emulated-v100"
 _KIND = {schema.Exec: "exec", schema.Load: "load", schema.Unload: "unload"}
+TOO_LATE_DETAIL = "could not start inside its window; not executed"
 
 
 class Noise:
@@ -60,9 +70,18 @@ class Lane:
         self.wake_ns = -1  # a wake-up event is pending for this time
 
 
+class DropJob:
+    """A DROP on one device's LOAD lane (no window, no reply)."""
+
+    __slots__ = ("model_id", "earliest_ns", "latest_ns", "loads")
+
+    def __init__(self, model_id: str, earliest_ns: int, loads: int):
+        self.model_id, self.earliest_ns, self.latest_ns, self.loads = model_id, earliest_ns, NEVER_NS, loads
+
+
 class Device:
     __slots__ = ("worker", "device_id", "total_pages", "used_pages", "resident", "loading", "executing",
-                 "load_lane", "exec_lane", "drops", "busy_ns")
+                 "load_lane", "exec_lane", "loads", "busy_ns")
 
     def __init__(self, worker: str, device_id: int, total_pages: int):
         self.worker, self.device_id, self.total_pages = worker, device_id, total_pages
@@ -72,7 +91,7 @@ class Device:
         self.executing: str | None = None
         self.load_lane = Lane(self)
         self.exec_lane = Lane(self)
-        self.drops: list[str] = []  # DROPs waiting for an EXEC of the model to end
+        self.loads: dict[str, int] = {}  # model -> LOADs started (a DROP asked before the last gives up)
         self.busy_ns = 0  # EXEC lane time spent executing (for utilisation)
 
 
@@ -89,6 +108,7 @@ class Cluster:
         self.noise = Noise(np.random.default_rng([cfg.seed, 0x5137]), cfg.noise_sigma, cfg.outlier_probability,
                            cfg.outlier_factor)
         self.workers: dict[str, list[Device]] = {}
+        self.prepared: dict[str, set[str]] = {}  # worker -> models its store holds
         self.device_actions: Counter = Counter()  # "exec OK", "load TOO_LATE", ...
         self._send = send
         self._wake = wake
@@ -115,12 +135,14 @@ class Cluster:
         cfg = self.cfg
         memory = cfg.device_memory_bytes
         self.workers[name] = [Device(name, d, memory // cfg.page_bytes) for d in range(cfg.devices_per_worker)]
+        self.prepared[name] = set()
         return schema.Hello(worker=name, runtime="emulated", formats=("profile",), devices=tuple(
             {"device_id": d, "kind": DEVICE_KIND, "memory_bytes": memory, "page_bytes": cfg.page_bytes}
             for d in range(cfg.devices_per_worker)))
 
     def prepare(self, worker: str, model: str) -> schema.Prepared:
-        """PREPARE of `model` on `worker`: what it answers."""
+        """PREPARE of `model` has reached `worker`: its store holds the model; what it answers."""
+        self.prepared[worker].add(model)
         return schema.Prepared(model_id=model, status=Status.OK, weights_bytes=self.profile.weights_bytes,
                                load_ns=self.profile.load_ns, exec_ns=self._profiled, max_batch=max(self.exec_ns))
 
@@ -138,14 +160,22 @@ class Cluster:
         elif kind is schema.Load or kind is schema.Unload:
             self._submit(devices[body.device_id].load_lane, action_id, body, now)
         elif kind is schema.Drop:
+            model = body.model_id
+            self.prepared[worker].discard(model)  # first, so that no later LOAD finds it
             for dev in devices:
-                self._drop(dev, body.model_id)
+                self._submit(dev.load_lane, 0, DropJob(model, now, dev.loads.get(model, 0)), now)
 
     def _submit(self, lane: Lane, action_id: int, body, now: int) -> None:
-        self._seq += 1
-        heapq.heappush(lane.heap, (body.earliest_ns, self._seq, action_id, body))
+        if now > body.latest_ns:
+            self._result(lane.device, action_id, body, Status.TOO_LATE, now, now, TOO_LATE_DETAIL)
+            return
+        self._queue(lane, action_id, body)
         if not lane.busy:
             self._start(lane, now)
+
+    def _queue(self, lane: Lane, action_id: int, body) -> None:
+        self._seq += 1
+        heapq.heappush(lane.heap, (body.earliest_ns, self._seq, action_id, body))
 
     def lane_event(self, lane: Lane, finished: tuple | None, now: int) -> None:
         """A lane's action ended (`finished`), or a queued one came due."""
@@ -168,8 +198,7 @@ class Cluster:
                 return
             heapq.heappop(lane.heap)
             if now > body.latest_ns:
-                self._result(lane.device, action_id, body, Status.TOO_LATE, now, now,
-                             "could not start inside its window; not executed")
+                self._result(lane.device, action_id, body, Status.TOO_LATE, now, now, TOO_LATE_DETAIL)
                 continue
             duration = self._begin(lane.device, action_id, body, now)
             if duration is not None:
@@ -188,8 +217,12 @@ class Cluster:
             dev.executing = model
             return int(self.exec_ns[body.batch_size] * self.noise.factor())
         if kind is schema.Load:
-            if model in dev.resident or model in dev.loading:
+            dev.loads[model] = dev.loads.get(model, 0) + 1
+            if model in dev.resident:
                 self._result(dev, action_id, body, Status.ALREADY_LOADED, now, now, f"{model!r} is already loaded")
+                return None
+            if model not in self.prepared[dev.worker]:
+                self._result(dev, action_id, body, Status.NOT_PREPARED, now, now, f"{model!r} was not prepared")
                 return None
             if dev.used_pages + self.pages > dev.total_pages:
                 self._result(dev, action_id, body, Status.INSUFFICIENT_MEMORY, now, now,
@@ -198,6 +231,9 @@ class Cluster:
             dev.used_pages += self.pages
             dev.loading[model] = self.pages
             return int(self.profile.load_ns * self.noise.factor())
+        if kind is DropJob:
+            self._drop(dev, body, now)
+            return None
         # UNLOAD: immediate, as the worker's is (a bookkeeping release)
         if model not in dev.resident:
             status, detail = Status.NOT_LOADED, f"{model!r} is not loaded"
@@ -216,20 +252,17 @@ class Cluster:
             dev.busy_ns += now - begin_ns
             n = sum(t.shape[0] for t in body.tensors)
             self._result(dev, action_id, body, Status.OK, begin_ns, now, "", self.outputs[n])
-            for name in list(dev.drops):
-                self._drop(dev, name)
         else:
             dev.resident[body.model_id] = dev.loading.pop(body.model_id)
             self._result(dev, action_id, body, Status.OK, begin_ns, now, "")
 
-    def _drop(self, dev: Device, model: str) -> None:
+    def _drop(self, dev: Device, job: DropJob, now: int) -> None:
+        model = job.model_id
+        if dev.loads.get(model, 0) != job.loads:
+            return  # loaded again since the DROP was asked: it stays
         if dev.executing == model:
-            if model not in dev.drops:
-                dev.drops.append(model)
-            return
-        if model in dev.drops:
-            dev.drops.remove(model)
-        if model in dev.resident:
+            self._queue(dev.load_lane, 0, DropJob(model, now + DROP_RETRY_NS, job.loads))
+        elif model in dev.resident:
             dev.used_pages -= dev.resident.pop(model)
 
     def _result(self, dev: Device, action_id: int, body, status: Status, begin_ns: int, end_ns: int,

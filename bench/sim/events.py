@@ -65,7 +65,7 @@ ADMIN = b"sim-admin"
 _CHUNK = 1 << 16  # open-loop arrivals converted to Python ints this many at a time
 
 # event kinds
-_TO_CORE, _TO_DEVICE, _LANE, _HEARTBEAT, _SEND = range(5)
+_TO_CORE, _TO_DEVICE, _LANE, _HEARTBEAT, _SEND, _PREPARE = range(6)
 _LOG_KIND = {"exec": "INFER", "load": "LOAD", "unload": "UNLOAD"}  # bench/runlog.py's names
 
 
@@ -189,9 +189,7 @@ class Simulation:
                 body = self.link.carry(body, effect.msg_id, effect.parent_id, now)
                 self._push(now + self.cfg.network_delay_ns, _TO_DEVICE, effect.worker, (effect.msg_id, body))
             elif kind is PrepareOn:
-                msg = self.link.carry(self.cluster.prepare(effect.worker, effect.model), 0, effect.msg_id, now)
-                self._push(now + 2 * self.cfg.network_delay_ns + self.cfg.prepare_ns, _TO_CORE, effect.worker,
-                           (0, msg))
+                self._push(now + self.cfg.network_delay_ns, _PREPARE, effect.worker, (effect.msg_id, effect.model))
             elif kind is ActionRecord:
                 if self.runlog is not None:
                     self._log_action(effect)
@@ -336,6 +334,10 @@ class Simulation:
             msg = self.link.carry(schema.Heartbeat(lanes_alive=True), self._msg_ids, 0, self.now)
             self._push(self.now + self.cfg.network_delay_ns, _TO_CORE, a, (self._msg_ids, msg))
             self._push(self.now + self._hb_interval, _HEARTBEAT, a)
+        elif kind == _PREPARE:  # it reached the worker, which answers after preparing
+            msg_id, model = b
+            msg = self.link.carry(self.cluster.prepare(a, model), 0, msg_id, self.now)
+            self._push(self.now + self.cfg.prepare_ns + self.cfg.network_delay_ns, _TO_CORE, a, (0, msg))
         else:  # _SEND: a closed-loop client sends its next request
             self._send_closed(a, b)
 
