@@ -33,6 +33,7 @@ from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 from clockwork.worker.device import DROP_RETRY_NS
 from clockwork.worker.lanes import NEVER_NS
+from clockwork.worker.memory import PagePool
 from clockwork.worker.runtimes.emulated import exec_ns_for
 
 DEVICE_KIND = "emulated-v100"
@@ -80,12 +81,11 @@ class DropJob:
 
 
 class Device:
-    __slots__ = ("worker", "device_id", "total_pages", "used_pages", "resident", "loading", "executing",
-                 "load_lane", "exec_lane", "loads", "busy_ns")
+    __slots__ = ("worker", "device_id", "pool", "resident", "loading", "executing", "load_lane", "exec_lane",
+                 "loads", "busy_ns")
 
-    def __init__(self, worker: str, device_id: int, total_pages: int):
-        self.worker, self.device_id, self.total_pages = worker, device_id, total_pages
-        self.used_pages = 0
+    def __init__(self, worker: str, device_id: int, pool: PagePool):
+        self.worker, self.device_id, self.pool = worker, device_id, pool
         self.resident: dict[str, int] = {}  # model -> pages (loaded)
         self.loading: dict[str, int] = {}  # model -> pages (LOAD running)
         self.executing: str | None = None
@@ -134,7 +134,8 @@ class Cluster:
         """A worker with `devices_per_worker` empty devices; the HELLO it says."""
         cfg = self.cfg
         memory = cfg.device_memory_bytes
-        self.workers[name] = [Device(name, d, memory // cfg.page_bytes) for d in range(cfg.devices_per_worker)]
+        self.workers[name] = [Device(name, d, PagePool.for_device(memory, cfg.page_bytes))
+                              for d in range(cfg.devices_per_worker)]
         self.prepared[name] = set()
         return schema.Hello(worker=name, runtime="emulated", formats=("profile",), devices=tuple(
             {"device_id": d, "kind": DEVICE_KIND, "memory_bytes": memory, "page_bytes": cfg.page_bytes}
@@ -224,11 +225,10 @@ class Cluster:
             if model not in self.prepared[dev.worker]:
                 self._result(dev, action_id, body, Status.NOT_PREPARED, now, now, f"{model!r} was not prepared")
                 return None
-            if dev.used_pages + self.pages > dev.total_pages:
+            if not dev.pool.reserve(self.pages):
                 self._result(dev, action_id, body, Status.INSUFFICIENT_MEMORY, now, now,
-                             f"needs {self.pages} pages; {dev.total_pages - dev.used_pages} free")
+                             f"needs {self.pages} pages; {dev.pool.free_pages} free")
                 return None
-            dev.used_pages += self.pages
             dev.loading[model] = self.pages
             return int(self.profile.load_ns * self.noise.factor())
         if kind is DropJob:
@@ -240,7 +240,7 @@ class Cluster:
         elif dev.executing == model:
             status, detail = Status.BUSY, f"{model!r} is executing"
         else:
-            dev.used_pages -= dev.resident.pop(model)
+            dev.pool.release(dev.resident.pop(model))
             status, detail = Status.OK, ""
         self._result(dev, action_id, body, status, now, now, detail)
         return None
@@ -263,7 +263,7 @@ class Cluster:
         if dev.executing == model:
             self._queue(dev.load_lane, 0, DropJob(model, now + DROP_RETRY_NS, job.loads))
         elif model in dev.resident:
-            dev.used_pages -= dev.resident.pop(model)
+            dev.pool.release(dev.resident.pop(model))
 
     def _result(self, dev: Device, action_id: int, body, status: Status, begin_ns: int, end_ns: int,
                 detail: str, tensors: tuple = ()) -> None:
