@@ -1,7 +1,7 @@
 """`clockwork-bench sweep`: simulated schedulers across offered loads, as one plot.
 
 A table of runs says less at a glance than goodput, SLO misses and tail latency drawn against
-the offered rate, one line per scheduler. This command runs the simulator (bench/sim.py) for
+the offered rate, one line per scheduler. This command runs the simulator (bench/sim/) for
 every scheduler at every rate on the same workload options, or reads the `*-summary.json`
 files earlier `clockwork-bench sim` runs wrote (`--from`), and writes:
 

@@ -24,7 +24,7 @@ from clockwork.common.clock import monotonic_ns
 from clockwork.common.config import TensorRTConfig
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
-from clockwork.worker.lanes import Done
+from clockwork.worker.device import Done
 from clockwork.worker.runtimes.base import Profile, RuntimeUnavailable
 from clockwork.worker.runtimes.engine_build import BuildActivity
 from tests.test_tensorrt_runtime import A100, H200, add_one, failure, make_rig, mlp, prepare, reference, x_batch

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from clockwork.bench import sim, workload
-from clockwork.bench.sim import MS, NS_PER_S, RunSpec, SimConfig, Simulation
+from clockwork.bench.sim import MS, NS_PER_S, RunSpec, SimConfig, Simulation, events
 from clockwork.common import schema
 from clockwork.common.config import SchedulerConfig
 from clockwork.common.status import Status
-from clockwork.controller.effects import ToWorker, UploadFinished
+from clockwork.controller.effects import PrepareOn, ToWorker, UploadFinished
 
 SMALL = SimConfig(workers=2, devices_per_worker=2, device_memory_bytes=2 * 10**9)  # 4 GPUs, 17 models each
 VOLATILE = ("wall_s", "process_cpu_s", "core_cpu_s", "core_cpu_us_per_request", "core_setup_cpu_s", "latencies", "warmup")
@@ -128,16 +128,22 @@ class Recorder:
         self.results = []
         self.requests = {}
         self.counters = Counter()
+        self.workers = []
 
     def on_result(self, worker, action_id, msg, now):
         self.results.append((now, action_id, msg))
         return []
 
-    def on_hello(self, *a):
+    def on_hello(self, worker, hello, now):
+        self.workers.append(worker)
         return []
 
     def on_upload(self, name, fmt, signature, client, request_id, now):
-        return [UploadFinished(client, request_id, name, Status.OK, "")]
+        prepares = [PrepareOn(worker, request_id, name) for worker in self.workers]
+        return [*prepares, UploadFinished(client, request_id, name, Status.OK, "")]
+
+    def on_prepared(self, worker, msg, now):
+        return []
 
     def tick(self, now):
         return []
@@ -146,11 +152,11 @@ class Recorder:
         return now + NS_PER_S
 
 
-def lanes(**cfg) -> tuple[Simulation, Recorder]:
+def lanes(models: int = 1, **cfg) -> tuple[Simulation, Recorder]:
     core = Recorder()
     settings = {"workers": 1, "devices_per_worker": 1, "noise_sigma": 0.0, "heartbeats": False}
     settings.update(cfg)
-    simulation = Simulation(core, replace(SMALL, **settings), 1, 100 * MS)
+    simulation = Simulation(core, replace(SMALL, **settings), models, 100 * MS)
     simulation.setup()
     return simulation, core
 
@@ -204,9 +210,7 @@ def test_lanes_keep_the_memory_rules():
     s._loop(t + 30 * MS)
     statuses = [m.status for _, _, m in core.results]
     assert statuses == [Status.OK, Status.ALREADY_LOADED]
-    s2, core2 = lanes(device_memory_bytes=8 * 16 * 1024 * 1024)
-    s2.names.append("m00001")
-    s2._prepared["m00001"] = s2._prepared["m00000"]
+    s2, core2 = lanes(models=2, device_memory_bytes=8 * 16 * 1024 * 1024)
     t = s2.now
     send(s2, t, 1, schema.Load(device_id=0, model_id="m00000", **window))
     send(s2, t, 2, schema.Load(device_id=0, model_id="m00001", **window))
@@ -224,9 +228,9 @@ def test_lanes_keep_the_memory_rules():
 
 def test_noise_is_seeded_and_outliers_appear():
     s, _ = lanes(noise_sigma=0.05, outlier_probability=0.01, outlier_factor=4.0)
-    factors = [s.noise.factor() for _ in range(20_000)]
+    factors = [s.cluster.noise.factor() for _ in range(20_000)]
     again, _ = lanes(noise_sigma=0.05, outlier_probability=0.01, outlier_factor=4.0)
-    assert factors == [again.noise.factor() for _ in range(20_000)]
+    assert factors == [again.cluster.noise.factor() for _ in range(20_000)]
     outliers = sum(f > 2 for f in factors)
     assert 100 < outliers < 320
 
@@ -242,7 +246,7 @@ def test_prewarm_sends_one_request_per_model_first_and_reports_it_apart():
 
 
 def test_simultaneous_arrivals_across_chunks_are_one_batch(monkeypatch):
-    monkeypatch.setattr(sim, "_CHUNK", 4)
+    monkeypatch.setattr(events, "_CHUNK", 4)
     times = np.array([0, 0, 0, 5, 5, 5, 5, 5, 9], dtype=np.int64) * MS  # 5 ms straddles chunks 1-2
     sched = workload.Schedule(times, np.zeros(9, dtype=np.int32), 10 * MS, np.ones(1))
     core = sim.make_core("clockwork", SchedulerConfig())

@@ -16,7 +16,7 @@ from clockwork.common.schema import Prepare
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 from clockwork.common.clock import wait_until
-from clockwork.worker.lanes import pad_inputs, trim_outputs
+from clockwork.worker.device import pad_inputs, trim_outputs
 from clockwork.worker.runtimes.emulated import EmulatedRuntime, exec_ns_for
 from clockwork.worker.runtimes.onnxrt import OnnxRuntime
 from tests.worker_helpers import (Collector, MS, direct_run, make_device, make_preparer, profile_blob, small_mlp,

@@ -20,7 +20,7 @@ import structlog
 from clockwork.bench.predictability import StubController, mlp_model, spawn_worker, stop_worker
 from clockwork.common.clock import monotonic_ns
 from clockwork.common.config import MIB, WorkerConfig
-from clockwork.worker.lanes import Device, Done
+from clockwork.worker.device import Device, Done
 from clockwork.worker.runtimes.base import Profile, Runtime
 from clockwork.worker.runtimes.emulated import EmulatedRuntime
 from clockwork.worker.store import ModelStore, Preparer

@@ -30,7 +30,7 @@ from clockwork.common.net import IdSource, dealer, recv_frames
 from clockwork.common.schema import (Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load, Message, Prepare,
                            Result, Unload, Welcome)
 from clockwork.common.status import Status
-from clockwork.worker.lanes import Device, Done
+from clockwork.worker.device import Device, Done, drop_model
 from clockwork.worker.outbox import Outbox
 from clockwork.worker.metrics import WorkerTelemetry
 from clockwork.worker.runtimes.base import Runtime
@@ -259,9 +259,7 @@ class Daemon:
 
     def on_drop(self, env: Envelope) -> None:
         model_id = env.body.model_id
-        known = self.store.forget(model_id)  # first, so that no later LOAD finds it
-        for device in self.devices.values():
-            device.submit_drop(model_id)
+        known = drop_model(self.store, self.devices.values(), model_id)
         self.log.info("model dropped", model_id=model_id, was_prepared=known)
 
     def _device(self, env: Envelope, action: str) -> Device | None:

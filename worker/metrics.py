@@ -46,7 +46,7 @@ from clockwork.common.config import WorkerConfig
 from clockwork.common.metrics import LATENCY_BUCKETS_S, BoundedLabels, ChildCache, Server, Window, new_registry, outcome
 from clockwork.common.sdnotify import Notifier
 from clockwork.common.status import Status
-from clockwork.worker.lanes import Done
+from clockwork.worker.device import Done
 
 S = 1e-9
 HANDSHAKE_FAILURES = {
