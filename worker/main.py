@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 
@@ -58,6 +59,17 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in values.items() if value is not None]
 
 
+def keep_off(cores: set[int]) -> None:
+    """Keep every thread of this process off `cores`: those running now (numpy's BLAS pool),
+    and through inheritance those started later (lanes, sockets), but for the lanes that pin
+    themselves there."""
+    if not cores:
+        return
+    rest = set(os.sched_getaffinity(0)) - cores
+    for thread in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(thread), rest)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -81,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if not runtime.devices():
         print(f"clockwork-worker: runtime {config.runtime!r} found no devices on this host", file=sys.stderr)
         return 2
+    keep_off(runtime.reserved_cores())
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         daemon = Daemon(config, runtime, log)

@@ -126,6 +126,11 @@ class Runtime(abc.ABC):
         controller leaves it out of its latency model."""
         return False
 
+    def reserved_cores(self) -> set[int]:
+        """CPU cores the runtime's EXEC lanes keep to themselves (it pins them in `lane_started`);
+        the worker keeps its other threads off them."""
+        return set()
+
     def lane_started(self, device_id: int, lane: str) -> None:
         """Called on a lane's thread before its first action."""
 

@@ -64,10 +64,9 @@ class OnnxRuntime(Runtime):
         self._config = config
         self._threads = max(1, int(config.threads_per_lane))
         self._lane_cores = lane_cores(config.devices, self._threads) if config.pin_lanes else {}
-        if self._lane_cores:  # threads started later (lanes, sockets) inherit this
-            rest = set(os.sched_getaffinity(0)).difference(*self._lane_cores.values())
-            for thread in os.listdir("/proc/self/task"):  # and those already started (numpy's BLAS pool)
-                os.sched_setaffinity(int(thread), rest)
+
+    def reserved_cores(self) -> set[int]:
+        return set().union(*self._lane_cores.values())
 
     def lane_started(self, device_id: int, lane: str) -> None:
         if lane == "exec" and device_id in self._lane_cores:
