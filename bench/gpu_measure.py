@@ -60,12 +60,12 @@ FRESH_LOADS = 3
 class ExecRow:
     batch: int
     runs: int
-    lane_ms: dict[str, float]  # wall time of one INFER on the worker's EXEC lane
-    lane_gpu_ms: dict[str, float]  # the same INFERs timed by CUDA events
+    lane_ms: dict[str, float]  # wall time of one EXEC on the worker's EXEC lane
+    lane_gpu_ms: dict[str, float]  # the same EXECs timed by CUDA events
     direct_ms: dict[str, float]  # the converted module with a CUDA graph, called directly
     eager_ms: dict[str, float]  # torchvision's module, eager, called directly
     max_abs_err: float  # lane outputs against the direct ones
-    first_after_load_ms: list[float]  # the first INFER after each of a few fresh LOADs
+    first_after_load_ms: list[float]  # the first EXEC after each of a few fresh LOADs
 
 
 @dataclass
@@ -122,7 +122,7 @@ def resnet50(image: int = 224) -> tuple[Any, bytes]:
 
 
 def time_on_lane(runtime: Any, handle: Any, inputs: dict, runs: int) -> tuple[list[int], list[int], dict]:
-    """On the EXEC lane: `runs` INFERs; wall ns, GPU ns, and the last outputs."""
+    """On the EXEC lane: `runs` EXECs; wall ns, GPU ns, and the last outputs."""
     wall, gpu = [], []
     outputs: dict = {}
     for _ in range(runs):
@@ -231,14 +231,14 @@ def measure_exec(runtime: Any, lanes: DeviceLanes, torch_model: Any, blob: bytes
             say(f"exec batch {batch}: lane p50 {row.lane_ms['p50']:.3f} p99 {row.lane_ms['p99']:.3f} "
                 f"p99.9 {row.lane_ms['p99.9']:.3f} ms; direct graph p50 {row.direct_ms['p50']:.3f} p99 "
                 f"{row.direct_ms['p99']:.3f} p99.9 {row.direct_ms['p99.9']:.3f} ms; eager p99 "
-                f"{row.eager_ms['p99']:.3f} ms; first INFER after a LOAD {', '.join(f'{v:.2f}' for v in first)} ms")
+                f"{row.eager_ms['p99']:.3f} ms; first EXEC after a LOAD {', '.join(f'{v:.2f}' for v in first)} ms")
     finally:
         lanes.call(lanes.load, lambda: runtime.unload(0, handle), "unload")
     return model
 
 
 def first_after_load(runtime: Any, lanes: DeviceLanes, model: Any, inputs: dict, loads: int) -> list[float]:
-    """The first INFER after each of `loads` fresh LOADs (what a cold start's EXEC costs), ms."""
+    """The first EXEC after each of `loads` fresh LOADs (what a cold start's EXEC costs), ms."""
     took = []
     for _ in range(loads):
         handle = lanes.call(lanes.load, lambda: runtime.load(0, model), "load")
@@ -386,8 +386,8 @@ def plot(path: Path, report: Report, slo_ms: float) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.gpu_measure", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for gpu-measure.json and gpu-measure.png")
-    p.add_argument("--runs", type=int, default=3000, help="timed INFERs per batch size, lane and direct each")
-    p.add_argument("--warmup-runs", type=int, default=500, help="direct INFERs before timing each batch size")
+    p.add_argument("--runs", type=int, default=3000, help="timed EXECs per batch size, lane and direct each")
+    p.add_argument("--warmup-runs", type=int, default=500, help="direct EXECs before timing each batch size")
     p.add_argument("--load-runs", type=int, default=10)
     p.add_argument("--load-mib", type=lambda s: tuple(int(x) for x in s.split(",")), default=MLP_MIB,
                    help="sizes of the MLPs whose LOADs are timed, MiB (comma-separated)")

@@ -12,7 +12,7 @@ batch dimension, built with onnx.helper: nothing is downloaded) it:
    PREPAREs it again and checks that the plan cache answered (no second build);
 2. LOADs and UNLOADs it repeatedly on the device's LOAD lane: LOAD time, and per MiB;
 3. on the EXEC lane, for each batch size, checks the outputs against onnxruntime on the CPU,
-   then times --runs INFERs: p50 / p99 / p99.9 / p99.99 of wall time and of GPU time (CUDA events).
+   then times --runs EXECs: p50 / p99 / p99.9 / p99.99 of wall time and of GPU time (CUDA events).
 The lanes are the worker's own (worker.lanes.Lane), one LOAD and one EXEC thread per device,
 each calling the runtime's lane_started / lane_stopped, exactly as the worker drives a runtime.
 
@@ -164,7 +164,7 @@ def check_device(runtime: Any, lanes: DeviceLanes, device_id: int, name: str, bl
 
 
 def _time_batch(runtime: Any, device_id: int, handle: Any, name: str, blob: bytes, batch: int, runs: int) -> ExecRow:
-    """On the EXEC lane: check outputs once, then time `runs` INFERs of the same inputs."""
+    """On the EXEC lane: check outputs once, then time `runs` EXECs of the same inputs."""
     inputs = sample_inputs("onnx", blob, batch=batch, seed=batch)
     outputs, _ = runtime.execute(device_id, handle, inputs)
     expected = reference_outputs(blob, inputs)
@@ -196,7 +196,7 @@ def format_report(report: Report) -> str:
         [[r.device_id, r.model, r.weights_mib, r.plan_source, r.second_prepare_source, "yes" if r.pinned else "NO",
           r.load_ms["p50"], r.load_ms["p99"], r.ms_per_mib] for r in report.loads],
         ["dev", "model", "MiB", "1st prepare", "2nd prepare", "pinned", "p50", "p99", "ms/MiB"])]
-    lines += ["", "INFER (wall = what the EXEC lane sees; gpu = CUDA events; ms)", format_table(
+    lines += ["", "EXEC (wall = what the EXEC lane sees; gpu = CUDA events; ms)", format_table(
         [[r.device_id, r.model, r.batch, r.runs, *r.wall_ms.values(), r.gpu_ms["p50"], r.gpu_ms["p99"],
           r.wall_ms["p99"] / r.wall_ms["p50"] if r.wall_ms["p50"] else None, "ok" if r.outputs_ok else "WRONG"]
          for r in report.execs],
@@ -209,7 +209,7 @@ def format_report(report: Report) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.trt_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--devices", type=int, default=1, help="GPUs to check (the first N visible)")
-    p.add_argument("--runs", type=int, default=10_000, help="timed INFERs per model and batch size")
+    p.add_argument("--runs", type=int, default=10_000, help="timed EXECs per model and batch size")
     p.add_argument("--load-runs", type=int, default=20, help="timed LOADs per model")
     p.add_argument("--quick", action="store_true", help="1000 runs and 5 loads: a smoke test")
     p.add_argument("--batch-sizes", type=lambda s: tuple(int(x) for x in s.split(",")), default=BATCH_SIZES)

@@ -7,6 +7,7 @@ the schema module reads as a table of fields and limits.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Callable
 from typing import Any
@@ -82,6 +83,19 @@ def one_of(*allowed: str) -> Check:
         if value not in allowed:
             raise _fail(path, f"{value!r} is not one of {', '.join(allowed)}")
         return value
+
+    return check
+
+
+def member(enum_cls: type[enum.Enum]) -> Check:
+    """A member of a string enum, sent as its value."""
+    members = {m.value: m for m in enum_cls}
+
+    def check(value: Any, path: FieldPath) -> enum.Enum:
+        found = members.get(value) if type(value) is str else None
+        if found is None:
+            raise _fail(path, f"{value!r} is not one of {', '.join(members)}")
+        return found
 
     return check
 

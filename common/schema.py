@@ -43,6 +43,20 @@ SHAPE_FIX = c.mapping(c.text(256), c.sequence(c.integer(1, 1 << 31), 8), MAX_TEN
 FORMATS = ("onnx", "profile")  # ONNX model bytes, or a JSON latency profile for emulation
 
 
+class ActionKind(str, enum.Enum):
+    """What a worker runs on its device's lanes, from a LOAD, UNLOAD or EXEC message (RESULT
+    says which). One name per action, in code, logs and metrics alike: an execution is an EXEC."""
+
+    LOAD = "load"
+    UNLOAD = "unload"
+    EXEC = "exec"
+
+    def __str__(self) -> str:  # the value, in f-strings, logs and metric labels
+        return self.value
+
+    __format__ = str.__format__
+
+
 class MsgType(str, enum.Enum):
     # client -> controller
     UPLOAD = "upload"
@@ -266,7 +280,7 @@ class Result(Message):
     """
 
     TYPE = MsgType.RESULT
-    action: str = f(c.one_of("load", "unload", "exec"))
+    action: ActionKind = f(c.member(ActionKind))
     status: Status = f(c.status)
     detail: str = f(DETAIL, "")
     device_id: int = f(DEVICE_ID)
@@ -319,6 +333,7 @@ WINDOW_FIELDS = ("earliest_ns", "latest_ns")
 @dataclass(frozen=True, kw_only=True)
 class Load(Message):
     TYPE = MsgType.LOAD
+    ACTION = ActionKind.LOAD
     device_id: int = f(DEVICE_ID)
     model_id: str = f(MODEL_NAME)
     earliest_ns: int = f(SIGNED_NS)  # window on the controller's clock
@@ -329,6 +344,7 @@ class Load(Message):
 @dataclass(frozen=True, kw_only=True)
 class Unload(Message):
     TYPE = MsgType.UNLOAD
+    ACTION = ActionKind.UNLOAD
     device_id: int = f(DEVICE_ID)
     model_id: str = f(MODEL_NAME)
     earliest_ns: int = f(SIGNED_NS)
@@ -340,6 +356,7 @@ class Exec(Message):
     """Run a batch; the tensors hold the real samples, the worker pads up to batch_size."""
 
     TYPE = MsgType.EXEC
+    ACTION = ActionKind.EXEC
     device_id: int = f(DEVICE_ID)
     model_id: str = f(MODEL_NAME)
     batch_size: int = f(c.integer(1, MAX_BATCH))

@@ -47,6 +47,7 @@ from clockwork.common import schema
 from clockwork.common.checks import BadMessage
 from clockwork.common.config import SchedulerConfig
 from clockwork.common.models import Signature, check_inputs
+from clockwork.common.schema import ActionKind
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 from clockwork.controller import placement
@@ -539,10 +540,10 @@ class Core:
         self.counters["workers_lost"] += 1
         for action_id in [a for a, act in self.actions.items() if act.device.worker == worker.name]:
             action = self.actions.pop(action_id)
-            if action.kind == "exec":
+            if action.kind is ActionKind.EXEC:
                 self._exec_ended(action)
                 self._requeue(action.requests, now_ns)
-            elif action.kind == "load":
+            elif action.kind is ActionKind.LOAD:
                 action.device.loads_in_flight -= 1
         for dev in worker.devices.values():
             for name in list(dev.resident):
@@ -575,12 +576,12 @@ class Core:
                                     action.batch_size, action.sent_ns, msg.begin_ns, msg.end_ns,
                                     action.expected_ns, msg.duration_ns, msg.status.name))
         end_ns = msg.end_ns if msg.status is Status.OK else now_ns
-        if action.kind == "exec":
+        if action.kind is ActionKind.EXEC:
             action.device.exec_lane.completed(action_id, end_ns)
             self._exec_result(action, msg, now_ns)
         else:
             action.device.load_lane.completed(action_id, end_ns)
-            if action.kind == "load":
+            if action.kind is ActionKind.LOAD:
                 self._load_result(action, msg, now_ns)
             elif msg.status is Status.BUSY:  # it was executing; the worker holds it until unloaded
                 self._send_unload(action.device, action.model, now_ns + UNLOAD_RETRY_NS, evict=False)
@@ -704,15 +705,15 @@ class Core:
             self.counters[f"{action.kind}_results_lost"] += 1
             dev = action.device
             worker = self.workers.get(dev.worker)
-            if worker is not None and action.kind != "unload" and worker.last_seen_ns <= action.sent_ns:
+            if worker is not None and action.kind is not ActionKind.UNLOAD and worker.last_seen_ns <= action.sent_ns:
                 worker.suspect = True  # silent since we sent it: probably frozen or cut off
-            if action.kind == "exec":
+            if action.kind is ActionKind.EXEC:
                 dev.exec_lane.cancel(action.action_id)
                 self._exec_ended(action)
                 self._requeue(action.requests, now_ns)
             else:
                 dev.load_lane.cancel(action.action_id)
-                if action.kind == "load":
+                if action.kind is ActionKind.LOAD:
                     dev.loads_in_flight -= 1
                     if action.model in dev.resident:
                         self._evict(dev, action.model)
@@ -747,7 +748,7 @@ class Core:
         dev.exec_lane.reserve(action_id, start_ns, batch.exec_ns, max(earliest, now_ns + self.cfg.dispatch_ns),
                               typical_ns)
         tensors = tuple(t for req in batch.requests for t in req.tensors)  # chunks, forwarded as-is
-        self._track(Action(action_id, "exec", dev, batch.model, batch.exec_ns, now_ns,
+        self._track(Action(action_id, ActionKind.EXEC, dev, batch.model, batch.exec_ns, now_ns,
                            batch.latest_start_ns + batch.exec_ns + self.dispatch_ns + self.cfg.result_grace_ns,
                            list(batch.requests), batch.batch_size, start_ns, typical_end))
         self.counters["execs_sent"] += 1
@@ -804,7 +805,7 @@ class Core:
         if evict:
             self._evict(dev, name)
         action_id = next(self._ids)
-        self._track(Action(action_id, "unload", dev, name, 0, now_ns,
+        self._track(Action(action_id, ActionKind.UNLOAD, dev, name, 0, now_ns,
                            now_ns + UNLOAD_WINDOW_NS + self.cfg.result_grace_ns))
         dev.load_lane.reserve(action_id, now_ns, 0)
         self._emit(ToWorker(dev.worker, action_id, schema.Unload(
@@ -821,7 +822,7 @@ class Core:
         self._place(dev, model, Resident(Residency.LOADING, pages, now_ns))
         dev.loads_in_flight += 1
         latest = start + 10 * load_ns + UNLOAD_WINDOW_NS // 60
-        self._track(Action(action_id, "load", dev, model.name, load_ns, now_ns,
+        self._track(Action(action_id, ActionKind.LOAD, dev, model.name, load_ns, now_ns,
                            latest + 10 * load_ns + self.cfg.result_grace_ns))
         self.counters["loads_sent"] += 1
         self._emit(ToWorker(dev.worker, action_id, schema.Load(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clockwork.common.schema import Message
+from clockwork.common.schema import ActionKind, Message
 from clockwork.common.status import Status
 
 
@@ -53,7 +53,7 @@ class ActionRecord:
     """
 
     action_id: int
-    kind: str  # load | unload | exec
+    kind: ActionKind
     worker: str
     device: int
     model: str

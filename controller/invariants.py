@@ -8,6 +8,7 @@ loaded model; a replica is resident where it is listed; every queued request is 
 
 from __future__ import annotations
 
+from clockwork.common.schema import ActionKind
 from clockwork.controller.core import Core
 from clockwork.controller.lifecycle import Residency, RequestState
 from clockwork.controller.queues import CLASSES
@@ -39,7 +40,7 @@ def check_invariants(core: Core, now_ns: int) -> None:
     if unplaced != core.unplaced_by_class:
         raise InvariantViolation(f"work waiting for LOADs {core.unplaced_by_class} ns is not its models' sum")
     for action in core.actions.values():
-        if action.kind == "exec":
+        if action.kind is ActionKind.EXEC:
             res = action.device.resident.get(action.model)
             if res is None or res.state is not Residency.LOADED or res.in_flight <= 0:
                 raise InvariantViolation(f"EXEC {action.action_id} of {action.model} on a non-resident model")

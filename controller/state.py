@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from clockwork.common.models import Signature
+from clockwork.common.schema import ActionKind
 from clockwork.common.tensors import Tensor
 from clockwork.controller.lifecycle import Residency, RequestState
 from clockwork.controller.queues import CLASSES, RequestQueue
@@ -124,7 +125,7 @@ class Worker:
 @dataclass(eq=False)
 class Action:
     action_id: int
-    kind: str  # "load" | "unload" | "exec"
+    kind: ActionKind
     device: Device
     model: str
     expected_ns: int

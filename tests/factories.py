@@ -70,10 +70,10 @@ def result_for(core: Core, effect: ToWorker, now: int, status: Status = Status.O
                disturbed: bool = False) -> list:
     """Answer an action the way a worker would: exec outputs echo the first column."""
     body = effect.body
-    kind = {schema.Load: "load", schema.Unload: "unload", schema.Exec: "exec"}[type(body)]
+    kind = body.ACTION
     duration = duration_ns if duration_ns is not None else getattr(body, "expected_ns", 0)
     tensors = ()
-    if kind == "exec" and status is Status.OK:
+    if kind is schema.ActionKind.EXEC and status is Status.OK:
         rows = np.concatenate([t.array() for t in body.tensors])[:, :2].copy()
         tensors = (Tensor.from_array("y", rows),)
     msg = schema.Result(action=kind, status=status, device_id=body.device_id, model_id=body.model_id,

@@ -322,10 +322,10 @@ def test_cuda_failure_classifies_the_drivers_errors(driver):
               Status.RUNTIME_ERROR),
              (cuda.LogicError("cuMemcpyHtoDAsync failed: invalid argument"), Status.RUNTIME_ERROR)]
     for exc, status in cases:
-        failure = cuda_failure(cuda, exc, "INFER of 'm'")
-        assert (failure.status, failure.detail) == (status, f"INFER of 'm': {exc}")
+        failure = cuda_failure(cuda, exc, "EXEC of 'm'")
+        assert (failure.status, failure.detail) == (status, f"EXEC of 'm': {exc}")
     already = RuntimeFailure(Status.BAD_INPUT, "as it was")
-    assert cuda_failure(cuda, already, "INFER of 'm'") is already
+    assert cuda_failure(cuda, already, "EXEC of 'm'") is already
 
 
 # ------------------------------------------------------------------------------ close

@@ -27,7 +27,7 @@ from clockwork.common.clock import SkewEstimator, monotonic_ns
 from clockwork.common.codec import bundles, decode, encode, peek_header, split
 from clockwork.common.config import WorkerConfig
 from clockwork.common.net import IdSource, dealer, recv_frames
-from clockwork.common.schema import (Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load, Message, Prepare,
+from clockwork.common.schema import (ActionKind, Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load, Message, Prepare,
                            Result, Unload, Welcome)
 from clockwork.common.status import Status
 from clockwork.worker.device import Device, Done, drop_model
@@ -241,19 +241,19 @@ class Daemon:
 
     def on_load(self, env: Envelope) -> None:
         m: Load = env.body
-        if (device := self._device(env, "load")) is not None:
+        if (device := self._device(env)) is not None:
             device.submit_load(env.msg_id, m.model_id, self.skew.to_local(m.earliest_ns),
                                self.skew.to_local(m.latest_ns), m.expected_ns)
 
     def on_unload(self, env: Envelope) -> None:
         m: Unload = env.body
-        if (device := self._device(env, "unload")) is not None:
+        if (device := self._device(env)) is not None:
             device.submit_unload(env.msg_id, m.model_id, self.skew.to_local(m.earliest_ns),
                                  self.skew.to_local(m.latest_ns))
 
     def on_exec(self, env: Envelope) -> None:
         m: Exec = env.body
-        if (device := self._device(env, "exec")) is not None:
+        if (device := self._device(env)) is not None:
             device.submit_exec(env.msg_id, m.model_id, m.batch_size, m.tensors, self.skew.to_local(m.earliest_ns),
                                self.skew.to_local(m.latest_ns), m.expected_ns)
 
@@ -262,10 +262,10 @@ class Daemon:
         known = drop_model(self.store, self.devices.values(), model_id)
         self.log.info("model dropped", model_id=model_id, was_prepared=known)
 
-    def _device(self, env: Envelope, action: str) -> Device | None:
+    def _device(self, env: Envelope) -> Device | None:
         device = self.devices.get(env.body.device_id)
         if device is None:
-            self._send(Result(action=action, status=Status.BAD_INPUT, device_id=env.body.device_id,
+            self._send(Result(action=env.body.ACTION, status=Status.BAD_INPUT, device_id=env.body.device_id,
                               model_id=env.body.model_id, detail=f"this worker has no device {env.body.device_id}; "
                               f"it has {len(self.devices)}", batch_size=getattr(env.body, "batch_size", 0)), env.msg_id)
         return device
@@ -293,7 +293,7 @@ class Daemon:
         """
         begin_ns = self.skew.to_remote(done.begin_ns)
         if done.status is not Status.TOO_LATE:  # TOO_LATE never ran, so it occupied no lane
-            lane = (done.device_id, done.action == "exec")
+            lane = (done.device_id, done.action is ActionKind.EXEC)
             begin_ns = max(begin_ns, self._lane_end_ns.get(lane, begin_ns))
             self._lane_end_ns[lane] = begin_ns + (done.end_ns - done.begin_ns)
         return Result(action=done.action, status=done.status, detail=done.detail[:MAX_DETAIL],

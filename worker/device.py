@@ -31,6 +31,7 @@ import numpy as np
 from clockwork.common.checks import BadMessage
 from clockwork.common.clock import monotonic_ns
 from clockwork.common.models import Signature, check_inputs
+from clockwork.common.schema import ActionKind
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 from clockwork.worker.lanes import NEVER_NS, Job, Lane, run_on
@@ -45,7 +46,7 @@ class Done:
     """What a lane did, on the worker's clock; the daemon turns it into a RESULT."""
 
     parent_id: int  # the action's msg_id
-    action: str  # "load" | "unload" | "exec"
+    action: ActionKind
     status: Status
     device_id: int
     model_id: str
@@ -121,17 +122,17 @@ class Device:
     def submit_load(self, parent_id: int, model_id: str, earliest_ns: int, latest_ns: int,
                     expected_ns: int = 0) -> None:
         self.load_lane.submit(Job(earliest_ns, latest_ns, lambda t: self._load(parent_id, model_id, t),
-                                  self._too_late(parent_id, "load", model_id), expected_ns, "load"))
+                                  self._too_late(parent_id, ActionKind.LOAD, model_id), expected_ns, "load"))
 
     def submit_unload(self, parent_id: int, model_id: str, earliest_ns: int, latest_ns: int) -> None:
         self.load_lane.submit(Job(earliest_ns, latest_ns, lambda t: self._unload(parent_id, model_id, t),
-                                  self._too_late(parent_id, "unload", model_id), 0, "unload"))
+                                  self._too_late(parent_id, ActionKind.UNLOAD, model_id), 0, "unload"))
 
     def submit_exec(self, parent_id: int, model_id: str, batch_size: int, tensors: tuple[Tensor, ...],
                     earliest_ns: int, latest_ns: int, expected_ns: int = 0) -> None:
         req = _Exec(parent_id, model_id, batch_size, tensors)
         self.exec_lane.submit(Job(earliest_ns, latest_ns, lambda t: self._exec(req, t),
-                                  self._too_late(parent_id, "exec", model_id, batch_size), expected_ns, "exec"))
+                                  self._too_late(parent_id, ActionKind.EXEC, model_id, batch_size), expected_ns, "exec"))
 
     def submit_drop(self, model_id: str, earliest_ns: int | None = None, loads: int | None = None) -> None:
         """Unload `model_id` if resident (on the LOAD lane, no window, no reply; retried while
@@ -146,7 +147,7 @@ class Device:
         """Run fn on the EXEC lane as soon as it is free (profiling); the future holds its result."""
         return run_on(self.exec_lane, fn, "internal")
 
-    def _too_late(self, parent_id: int, action: str, model_id: str, batch_size: int = 0) -> Callable[[int], None]:
+    def _too_late(self, parent_id: int, action: ActionKind, model_id: str, batch_size: int = 0) -> Callable[[int], None]:
         def answer(now_ns: int) -> None:
             self._emit(Done(parent_id, action, Status.TOO_LATE, self.device_id, model_id,
                             "could not start inside its window; not executed",
@@ -159,7 +160,7 @@ class Device:
     def _load(self, parent_id: int, model_id: str, start_ns: int) -> None:
         def done(status: Status, detail: str = "") -> None:
             end = monotonic_ns()
-            self._emit(Done(parent_id, "load", status, self.device_id, model_id, detail, start_ns, end, end - start_ns))
+            self._emit(Done(parent_id, ActionKind.LOAD, status, self.device_id, model_id, detail, start_ns, end, end - start_ns))
 
         with self._lock:
             self._loads[model_id] = self._loads.get(model_id, 0) + 1
@@ -185,7 +186,7 @@ class Device:
     def _unload(self, parent_id: int, model_id: str, start_ns: int) -> None:
         def done(status: Status, detail: str = "") -> None:
             end = monotonic_ns()
-            self._emit(Done(parent_id, "unload", status, self.device_id, model_id, detail,
+            self._emit(Done(parent_id, ActionKind.UNLOAD, status, self.device_id, model_id, detail,
                             start_ns, end, end - start_ns))
 
         status, detail = self._release(model_id)
@@ -230,7 +231,7 @@ class Device:
             with self._lock:
                 self._executing = None
         disturbed = out.status is Status.OK and self._runtime.disturbed(self.device_id, start_ns, out.end_ns)
-        self._emit(Done(req.parent_id, "exec", out.status, self.device_id, req.model_id, out.detail,
+        self._emit(Done(req.parent_id, ActionKind.EXEC, out.status, self.device_id, req.model_id, out.detail,
                         start_ns, out.end_ns, out.end_ns - start_ns, req.batch_size, out.tensors,
                         out.device_ns, out.sm_clock_mhz, disturbed))
 

@@ -114,7 +114,7 @@ class WorkerTelemetry:
         self._child(self.actions, done.action, outcome(done.status), done.status.name).inc()
         if done.status is Status.TOO_LATE:
             return  # never ran: the lane was not busy
-        lane = "exec" if done.action == "exec" else "load"
+        lane = "exec" if done.action is schema.ActionKind.EXEC else "load"
         device = str(done.device_id)
         busy_s = max(0, done.end_ns - done.begin_ns) * S
         self._child(self.device_busy, device, lane).inc(busy_s)

@@ -37,7 +37,6 @@ from clockwork.worker.memory import PagePool
 from clockwork.worker.runtimes.emulated import exec_ns_for
 
 DEVICE_KIND = "emulated-v100"
-_KIND = {schema.Exec: "exec", schema.Load: "load", schema.Unload: "unload"}
 TOO_LATE_DETAIL = "could not start inside its window; not executed"
 
 
@@ -267,7 +266,7 @@ class Cluster:
 
     def _result(self, dev: Device, action_id: int, body, status: Status, begin_ns: int, end_ns: int,
                 detail: str, tensors: tuple = ()) -> None:
-        kind = _KIND[type(body)]
+        kind = body.ACTION
         msg = schema.Result(action=kind, status=status, detail=detail, device_id=dev.device_id,
                             model_id=body.model_id, begin_ns=begin_ns, end_ns=end_ns, duration_ns=end_ns - begin_ns,
                             batch_size=getattr(body, "batch_size", 0), tensors=tensors)

@@ -79,7 +79,7 @@ class LaneState:
     device_id: int
     lane: str
     stream: Any
-    # start, inputs copied, executed, outputs copied: recorded on `stream` around each INFER.
+    # start, inputs copied, executed, outputs copied: recorded on `stream` around each EXEC.
     events: tuple[Any, Any, Any, Any]
 
 
@@ -205,7 +205,7 @@ class CudaDevices:
 
 
 class SmClocks:
-    """The SM clock of each GPU, read through NVML (nvidia-ml-py) after each INFER or by a poller.
+    """The SM clock of each GPU, read through NVML (nvidia-ml-py) after each EXEC or by a poller.
 
     Optional: without `pynvml`, or where NVML cannot be initialised, nothing is reported (None).
     GPUs are matched by PCI bus id, because NVML ignores CUDA_VISIBLE_DEVICES.
@@ -232,7 +232,7 @@ class SmClocks:
                             error=str(exc))
 
     def poll_in_background(self, interval_s: float) -> None:
-        """Sample every GPU from a daemon thread every `interval_s`, so that no INFER pays for an
+        """Sample every GPU from a daemon thread every `interval_s`, so that no EXEC pays for an
         NVML call; `last_mhz` then holds the latest reading. Stops at close()."""
         if self._nvml is None:
             return
@@ -251,7 +251,7 @@ class SmClocks:
             return None
         try:
             mhz = int(self._nvml.nvmlDeviceGetClockInfo(handle, self._nvml.NVML_CLOCK_SM))
-        except Exception:  # a transient NVML error must not fail an INFER
+        except Exception:  # a transient NVML error must not fail an EXEC
             return None
         self.last_mhz[device_id] = mhz
         return mhz

@@ -11,7 +11,7 @@ Theory of operation
 - LOAD (LOAD lane): deserialize the pinned plan, grow the GPU's shared workspace if this engine
   needs more than any before it, create its one execution context with USER_MANAGED memory, and
   allocate its device input/output buffers (sized for max_batch) and pinned staging buffers.
-- INFER (EXEC lane): stage the inputs in pinned memory; on the lane's stream copy them in,
+- EXEC (on the EXEC lane): stage the inputs in pinned memory; on the lane's stream copy them in,
   `set_input_shape`, `set_tensor_address`, `execute_async_v3`, copy the outputs out; CUDA events
   time each step on the GPU; then sample the SM clock (NVML) for the controller.
 - UNLOAD (LOAD lane): the context, then its buffers, then the engine.
@@ -23,7 +23,7 @@ Memory, and why the accounting is honest
 - Execution memory (activations, tactic scratch) is not per model: every context on a GPU
   shares one workspace, sized to the largest `device_memory_size_v2` among the engines loaded so
   far. That is safe because the EXEC lane runs one engine at a time; the workspace lock spans an
-  INFER from binding to the end of its stream, so the buffer is never used by two engines and
+  EXEC from binding to the end of its stream, so the buffer is never used by two engines and
   never freed under one. It only grows (LOAD lane), up to a budget reserved out of the pages
   from the start, and a model whose engine needs more than the budget is refused at PREPARE.
 - A device's `memory_bytes` = free GPU memory at start-up - the workspace budget - a safety
@@ -188,7 +188,7 @@ class TrtModel:
 
 @dataclass(frozen=True)
 class ExecTiming:
-    """GPU time of the parts of one INFER, from CUDA events on the lane's stream."""
+    """GPU time of the parts of one EXEC, from CUDA events on the lane's stream."""
 
     copy_in_ns: int
     exec_ns: int
@@ -215,8 +215,8 @@ class LoadedEngine:
     host_buffers: dict[str, np.ndarray] = field(default_factory=dict)  # name -> pinned uint8
     bound_generation: int = -1  # the workspace generation its context points at
     released: bool = False
-    # Held by an INFER of this engine and by its release: an UNLOAD (a caller's bug) never frees
-    # buffers in use, yet unloading one model never waits for an INFER of another.
+    # Held by an EXEC of this engine and by its release: an UNLOAD (a caller's bug) never frees
+    # buffers in use, yet unloading one model never waits for an EXEC of another.
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def host_view(self, binding: Binding, shape: tuple[int, ...]) -> np.ndarray:
@@ -227,9 +227,9 @@ class LoadedEngine:
 class Workspace:
     """One execution-memory buffer per GPU, shared by every execution context on it.
 
-    `lock` is held by the EXEC lane from binding a context to the end of its INFER's stream, and
+    `lock` is held by the EXEC lane from binding a context to the end of its EXEC's stream, and
     by the LOAD lane while it swaps in a bigger buffer: the buffer is never in use by two engines,
-    nor freed under one. (So a LOAD that grows the workspace waits for the INFER in flight; growth
+    nor freed under one. (So a LOAD that grows the workspace waits for the EXEC in flight; growth
     happens only when a bigger engine than any before arrives.)
     """
 
@@ -244,7 +244,7 @@ class Workspace:
 
     def ensure(self, nbytes: int) -> None:
         """Grow to at least nbytes (a lane thread of this device). The new buffer is allocated
-        before taking the lock, so an INFER in flight is delayed only by the swap."""
+        before taking the lock, so an EXEC in flight is delayed only by the swap."""
         nbytes = int(nbytes)
         if nbytes <= self.size_bytes:
             return
@@ -380,11 +380,11 @@ class TensorRTRuntime(Runtime):
         self._cuda.leave_lane()
 
     def last_sm_clock_mhz(self, device_id: int) -> int | None:
-        """The SM clock sampled after the device's last INFER (None: not known)."""
+        """The SM clock sampled after the device's last EXEC (None: not known)."""
         return self._clocks.last_mhz[device_id]
 
     def last_timing(self, device_id: int) -> ExecTiming | None:
-        """The GPU-timed parts of the device's last INFER."""
+        """The GPU-timed parts of the device's last EXEC."""
         return self._timings[device_id]
 
     def workspace_bytes(self, device_id: int) -> int:
@@ -444,14 +444,14 @@ class TensorRTRuntime(Runtime):
                 outputs = {b.name: loaded.host_view(b, shapes[b.name]).astype(b.wire_dtype, copy=True)
                            for b in loaded.spec.outputs}
         except self._cuda.cuda.Error as exc:
-            raise cuda_failure(self._cuda.cuda, exc, f"INFER of {loaded.model_id!r}") from None
+            raise cuda_failure(self._cuda.cuda, exc, f"EXEC of {loaded.model_id!r}") from None
         timing = self._timing(lane)
         self._timings[device_id] = timing
         self._clocks.sample(device_id)
         return outputs, timing.total_ns
 
     def profile(self, device_id: int, model: PreparedModel, batch_sizes: list[int], runs: int) -> Profile:
-        """LOAD once (timed), then per batch size one warm-up and `runs` timed INFERs of zeros."""
+        """LOAD once (timed), then per batch size one warm-up and `runs` timed EXECs of zeros."""
         self._cuda.lane(device_id)
         started = time.perf_counter_ns()
         handle = self.load(device_id, model)
@@ -615,7 +615,7 @@ class TensorRTRuntime(Runtime):
 
     def _release(self, loaded: LoadedEngine) -> None:
         """Context, buffers, engine, in that order (a lane thread of the device, or close)."""
-        with loaded.lock:  # an INFER of it in flight ends first
+        with loaded.lock:  # an EXEC of it in flight ends first
             loaded.released = True
             context, loaded.context = loaded.context, None
             del context
@@ -635,7 +635,7 @@ class TensorRTRuntime(Runtime):
             raise RuntimeFailure(Status.NOT_LOADED, f"{handle.model_id!r} was unloaded from device {device_id}")
         return handle
 
-    # ------------------------------------------------------------------ INFER
+    # ------------------------------------------------------------------ EXEC
 
     def _stage_inputs(self, loaded: LoadedEngine, inputs: dict[str, np.ndarray]) -> int:
         """Check the batch against the engine and copy it into the pinned staging buffers."""
@@ -687,7 +687,7 @@ class TensorRTRuntime(Runtime):
             copied_out.record(stream)
         except BaseException:
             with contextlib.suppress(Exception):
-                stream.synchronize()  # nothing of this INFER may still run once the lock is released
+                stream.synchronize()  # nothing of this EXEC may still run once the lock is released
             raise
         return shapes
 

@@ -12,14 +12,14 @@ Theory of operation
   warm-up forward, and one CUDA graph captured with static inputs and outputs, every graph of
   the model sharing one private memory pool; each graph is replayed once, so its first launch
   (which uploads it) is not an EXEC's. A model that cannot be captured runs eagerly.
-- INFER (EXEC lane): stage the inputs in pinned memory, copy them into the graph's static
+- EXEC (on the EXEC lane): stage the inputs in pinned memory, copy them into the graph's static
   inputs, replay, copy the outputs out, all on the lane's stream; CUDA events time it on the
   GPU. The SM clock the controller gets is the latest a background thread read (NVML).
 - UNLOAD (LOAD lane): drop the graphs, the module and the buffers, and give the freed memory
   back to the device, so the pages the worker accounts stay true.
 
 Why it stays predictable: each lane thread has its own stream and only the EXEC lane runs an
-INFER; captures use CUDA's thread-local capture mode, so the EXEC lane keeps running while the
+EXEC; captures use CUDA's thread-local capture mode, so the EXEC lane keeps running while the
 LOAD lane captures; cuDNN's autotuner stays off (no first-run search at a new shape).
 
 Memory: what one LOAD takes (`weights_bytes`) is measured when the model is profiled on device
@@ -53,7 +53,7 @@ from clockwork.worker.runtimes.base import (DeviceInfo, PreparedModel, Profile, 
 from clockwork.worker.runtimes.cuda import GpuInfo, SmClocks, looks_like_oom
 from clockwork.worker.store import PROFILE_BATCH_SIZES  # EXEC pads to these: one graph each
 
-# The SM clock is read by a background thread this often, not after each INFER: an NVML call
+# The SM clock is read by a background thread this often, not after each EXEC: an NVML call
 # took ~0.15 ms on the lane of a lent H200 (a VM), 13% of a batch-1 ResNet-50.
 CLOCK_POLL_S = 0.05
 
@@ -116,7 +116,7 @@ class Loaded:
     pool: Any = None  # the graphs' shared private memory pool
     graph_error: str = ""  # why the model runs eagerly, when it does
     released: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)  # an INFER against its UNLOAD
+    lock: threading.Lock = field(default_factory=threading.Lock)  # an EXEC against its UNLOAD
 
     def named(self, values: list[np.ndarray]) -> dict[str, np.ndarray]:
         return {spec.name: v.astype(spec.dtype, copy=False) for spec, v in zip(self.outputs, values)}
@@ -188,7 +188,7 @@ class TorchRuntime(Runtime):
 
     def lane_started(self, device_id: int, lane: str) -> None:
         """Give this lane thread its own stream and events, and create cuBLAS/cuDNN handles now,
-        outside any capture and outside any INFER's time."""
+        outside any capture and outside any EXEC's time."""
         if not self._cuda:
             return
         torch = self.torch
@@ -322,15 +322,15 @@ class TorchRuntime(Runtime):
                 with torch.inference_mode():
                     values = _as_list(handle.module(*_tensors(torch, inputs, "cpu")))
             except Exception as exc:
-                raise failure(exc, "INFER failed") from None
+                raise failure(exc, "EXEC failed") from None
             return handle.named([v.numpy() for v in values]), None
         with handle.lock:
             if handle.released:
-                raise RuntimeFailure(Status.RUNTIME_ERROR, "INFER of a model that was unloaded")
+                raise RuntimeFailure(Status.RUNTIME_ERROR, "EXEC of a model that was unloaded")
             try:
                 return self._execute_gpu(handle, inputs)
             except Exception as exc:
-                raise failure(exc, "INFER failed") from None
+                raise failure(exc, "EXEC failed") from None
 
     def _execute_gpu(self, handle: Loaded, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
         torch = self.torch
@@ -361,7 +361,7 @@ class TorchRuntime(Runtime):
         return handle.named(values), int(start.elapsed_time(end) * 1_000_000)
 
     def profile(self, device_id: int, model: PreparedModel, batch_sizes: list[int], runs: int) -> Profile:
-        """On the EXEC lane: LOAD, time `runs` INFERs per batch size, measure what the LOAD holds
+        """On the EXEC lane: LOAD, time `runs` EXECs per batch size, measure what the LOAD holds
         on the device, UNLOAD."""
         lane_started = self._cuda and getattr(self._local, "lane", None) is None
         if lane_started:  # profiling before the lanes ever ran (tests, gpu-check)
