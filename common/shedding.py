@@ -43,7 +43,9 @@ class InputShedder:
         """Whether to refuse a request that waited `waited_ns` before being read at `now_ns`."""
         if not self.target_ns:
             return False
-        if self._window_end_ns is None or now_ns >= self._window_end_ns:
+        if self._window_end_ns is None:
+            self._window_end_ns = now_ns + self.interval_ns
+        if now_ns >= self._window_end_ns:
             self._end_window(now_ns)
         if self._window_min_ns is None or waited_ns < self._window_min_ns:
             self._window_min_ns = waited_ns
@@ -55,7 +57,9 @@ class InputShedder:
         return self.shedding and late
 
     def _end_window(self, now_ns: int) -> None:
-        if self._window_min_ns is not None:
+        if now_ns >= self._window_end_ns + self.interval_ns:
+            self.shedding = False  # a whole interval passed in which nothing was read at all
+        elif self._window_min_ns is not None:
             standing = self._window_count >= self.min_requests and self._window_min_ns > self.target_ns
             self.shedding = standing or (self.until_quiet and self.shedding and self._window_late)
         self._window_end_ns, self._window_min_ns, self._window_count = now_ns + self.interval_ns, None, 0

@@ -51,3 +51,11 @@ def test_until_quiet_sheds_the_late_ones_until_a_whole_interval_passes_without_a
     assert all(feed(shedder, 200, 230, 25))  # and the next, which saw late ones as well
     assert not any(feed(shedder, 300, 400, 2))  # nothing late for a whole interval...
     assert not any(feed(shedder, 400, 430, 25))  # ...ends it: a new burst is not shed at once
+
+
+def test_an_interval_in_which_nothing_was_read_ends_shedding():
+    for until_quiet in (False, True):
+        shedder = InputShedder(10 * MS, 100 * MS, min_requests=8, until_quiet=until_quiet)
+        assert not any(feed(shedder, 0, 100, 25))
+        assert all(feed(shedder, 100, 150, 25))
+        assert not shedder.shed(25 * MS, 400 * MS)  # silence since 150 ms
