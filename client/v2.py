@@ -218,14 +218,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memo
 
 def dumps(doc: Any) -> bytes:
     """Compact JSON; numpy arrays are written by orjson straight from their memory (a reply's
-    `tolist()` and json.dumps took 1.3 ms for 1,000 floats, orjson 0.02 ms)."""
-    return orjson.dumps(doc, default=_as_list, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def _as_list(value: Any) -> Any:
-    if isinstance(value, np.ndarray):  # a dtype orjson does not write itself
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+    `tolist()` and json.dumps took 1.3 ms for 1,000 floats, orjson 0.02 ms). orjson writes every
+    v2 datatype (BOOL to FP64) this way, so no array goes through a Python list."""
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def load_json(data: memoryview) -> Any:
