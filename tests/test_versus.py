@@ -26,19 +26,27 @@ from clockwork.common.status import Status
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture(scope="module")
-def plain(tmp_path_factory):
-    path = tmp_path_factory.mktemp("plain") / "cnn.onnx"
+def plain_server(folder, endpoint: str, *extra: str):
+    """bench/plain_server.py serving the CNN at `endpoint`, checked to start, and to stop cleanly
+    reporting its busy time."""
+    path = folder / "cnn.onnx"
     path.write_bytes(cnn_onnx())
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    server = subprocess.Popen([sys.executable, "-m", "clockwork.bench.plain_server", str(path), endpoint, "--max-batch", "4"],
+    server = subprocess.Popen([sys.executable, "-m", "clockwork.bench.plain_server", str(path), endpoint, *extra],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().strip() == "ready"
-        yield endpoint
+        yield
     finally:
         server.terminate()
         assert server.wait(timeout=10) == 0
+        assert server.stdout.read().startswith("busy_ns ")
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    for _ in plain_server(tmp_path_factory.mktemp("plain"), endpoint, "--max-batch", "4"):
+        yield endpoint
 
 
 def test_the_plain_server_answers_what_the_model_computes(plain):
@@ -105,18 +113,9 @@ def test_versus_runs_end_to_end_and_writes_its_report(tmp_path):
 
 @pytest.fixture(scope="module")
 def plain_http(tmp_path_factory):
-    path = tmp_path_factory.mktemp("plain-http") / "cnn.onnx"
-    path.write_bytes(cnn_onnx())
     address = f"127.0.0.1:{free_port()}"
-    server = subprocess.Popen([sys.executable, "-m", "clockwork.bench.plain_server", str(path), f"http://{address}"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout.readline().strip() == "ready"
+    for _ in plain_server(tmp_path_factory.mktemp("plain-http"), f"http://{address}"):
         yield address
-    finally:
-        server.terminate()
-        assert server.wait(timeout=10) == 0
-        assert server.stdout.read().startswith("busy_ns ")
 
 
 def post(address: str, body: bytes, headers: dict | None = None) -> tuple[int, bytes]:
