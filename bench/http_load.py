@@ -31,6 +31,7 @@ class HttpResults:
     ok_ns: list[int] = field(default_factory=list)  # 200s
     refused_ns: list[int] = field(default_factory=list)  # 429s
     unanswered: int = 0  # given up after timeout_s, or the connection failed
+    late_sends_ns: list[int] = field(default_factory=list)  # how late this process sent each request
 
     def within_ns(self, slo_ns: int) -> int:
         return int((np.asarray(self.ok_ns, dtype=np.int64) <= slo_ns).sum())
@@ -44,6 +45,7 @@ async def play(url: str, body: bytes, schedule: Schedule, timeout_s: float) -> H
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
 
         async def one(due_ns: int) -> None:
+            results.late_sends_ns.append(time.monotonic_ns() - due_ns)
             try:
                 async with session.post(url, data=body, headers=headers) as reply:
                     await reply.read()

@@ -71,6 +71,7 @@ class Point:
     too_many: int = 0  # of the refused, answered HTTP 429 (--gateway-json)
     timed_out: int = 0  # of the refused, answered HTTP 504: after the deadline (--gateway-json)
     refusal_p99_ms: float = math.nan  # how fast the 429s came back (--gateway-json)
+    sender_late_p99_ms: float = math.nan  # how late the load generator sent (--gateway-json): its own lag
 
     @property
     def share_within_slo(self) -> float:
