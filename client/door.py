@@ -37,8 +37,9 @@ class LoopLag:
 
 
 class Door:
-    """`behind_ms(now_ns)` is None for a request to serve, else how far behind the loop is (refuse it).
-    `lag_target_ns` 0 opens the door to everything."""
+    """`behind_ms(now_ns)` is None for a request to serve, else how far behind the loop is (refuse
+    it); `lag_ns(now_ns)` is the loop's lag. `lag_target_ns` 0 opens the door to everything and
+    measures nothing (a lag of 0)."""
 
     def __init__(self, lag_target_ns: int, interval_ns: int, min_requests: int):
         self.lag = LoopLag(max(lag_target_ns // 4, 1_000_000))
@@ -54,6 +55,9 @@ class Door:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
 
+    def lag_ns(self, now_ns: int) -> int:
+        return self.lag.now_ns(now_ns) if self._probe is not None else 0
+
     def behind_ms(self, now_ns: int) -> float | None:
-        lag_ns = self.lag.now_ns(now_ns)
+        lag_ns = self.lag_ns(now_ns)
         return lag_ns / 1e6 if self.shedder.shed(lag_ns, now_ns) else None

@@ -258,7 +258,7 @@ class Gateway:
         now_ns = time.monotonic_ns()
         behind_ms = self.door.behind_ms(now_ns)
         if behind_ms is None:
-            return now_ns - self.door.lag.now_ns(now_ns)
+            return now_ns - self.door.lag_ns(now_ns)
         self.stats.failure(name, Status.QUEUE_FULL, 0)
         self.metrics.answered(name, protocol, Status.QUEUE_FULL, 0.0)
         raise v2.V2Error(429, Status.QUEUE_FULL, f"the gateway is {behind_ms:.1f} ms behind its input and sheds "
@@ -267,9 +267,11 @@ class Gateway:
     async def run_infer(self, name: str, req: v2.InferRequest, protocol: str, start_ns: int) -> InferResult:
         """One inference for either protocol (arrived at `start_ns`, see admit), counted in the
         statistics and the metrics; V2Error on refusal. The controller gets what is left of the
-        SLO: what the gateway spent is spent."""
+        SLO: what the gateway spent is spent, and the reply will wait about the loop's present
+        lag on its way back through it."""
         try:
-            left_ms = req.slo_ms - (time.monotonic_ns() - start_ns) / 1e6
+            now_ns = time.monotonic_ns()
+            left_ms = req.slo_ms - (now_ns - start_ns + self.door.lag_ns(now_ns)) / 1e6
             if left_ms <= 0:
                 raise CapacityError(Status.WOULD_MISS_DEADLINE, f"the request spent its whole {req.slo_ms:g} ms SLO "
                                     "waiting in the gateway")
