@@ -149,8 +149,8 @@ class GatewayMetrics:
         clockwork_gateway_process_info{process,pid}                       which process answered
         process_*                                                        CPU, memory, descriptors
 
-With --processes N each process counts its own requests: a scrape of the shared port reads one
-process (the one the kernel gave the connection to), which the info series names.
+    With --processes N each process counts its own requests: a scrape of the shared port reads
+    one process (the one the kernel gave the connection to), which the info series names.
 
     `model` is bounded like the controller's (the first 20 names seen, then _other), and a name
     the controller does not know counts as _unknown: callers choose names, so they are unbounded."""
