@@ -72,6 +72,7 @@ class Point:
     timed_out: int = 0  # of the refused, answered HTTP 504: after the deadline (--gateway-json)
     refusal_p99_ms: float = math.nan  # how fast the 429s came back (--gateway-json)
     sender_late_p99_ms: float = math.nan  # how late the load generator sent (--gateway-json): its own lag
+    shed_at_door: int = 0  # of the 429s, the gateway's door's (--gateway-json, one gateway process)
 
     @property
     def share_within_slo(self) -> float:

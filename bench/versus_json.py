@@ -26,9 +26,10 @@ import math
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import orjson
@@ -52,7 +53,7 @@ def json_body(inputs: dict[str, np.ndarray], slo_ms: float) -> bytes:
                         option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def http_point(target: str, rate: float, results: http_load.HttpResults, slo_ms: float) -> Point:
+def http_point(target: str, rate: float, results: http_load.HttpResults, slo_ms: float, shed: int = 0) -> Point:
     ok, refused = Latencies(), Latencies()
     ok.record_many_ns(results.ok_ns)
     refused.record_many_ns(results.refused_ns)
@@ -61,12 +62,21 @@ def http_point(target: str, rate: float, results: http_load.HttpResults, slo_ms:
                  results.unanswered, ok.percentile_ms(50), ok.percentile_ms(99), ok.percentile_ms(99.9), math.nan,
                  too_many=results.statuses[429], timed_out=results.statuses[504],
                  refusal_p99_ms=refused.percentile_ms(99) if results.refused_ns else math.nan,
-                 sender_late_p99_ms=float(np.percentile(results.late_sends_ns, 99)) / 1e6)
+                 sender_late_p99_ms=float(np.percentile(results.late_sends_ns, 99)) / 1e6, shed_at_door=shed)
+
+
+def shed_at_door(address: str) -> int:
+    """How many infers the gateway at `address` has refused at its door (its /metrics)."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith("clockwork_gateway_shed_total{"))
 
 
 def measure(target: str, url: str, body: bytes, rates: Sequence[float], args: argparse.Namespace,
-            lone: bool = True) -> list[Point]:
-    """(A warm-up and a lone-request run, then) every rate, against one running target."""
+            lone: bool = True, shed: Callable[[], int] = lambda: 0) -> list[Point]:
+    """(A warm-up and a lone-request run, then) every rate, against one running target; `shed`
+    counts the requests its door refused so far."""
     timeout_s = max(1.0, 10 * args.slo_ms / 1000)
     points = []
     if lone:
@@ -77,12 +87,13 @@ def measure(target: str, url: str, body: bytes, rates: Sequence[float], args: ar
         points.append(http_point(target, 0.0, results, args.slo_ms))
     for rate in rates:
         schedule = schedule_for(args.workload, rate, args.duration_s, args.seed + round(rate))
-        points.append(http_point(target, rate, asyncio.run(http_load.play(url, body, schedule, timeout_s)),
-                                 args.slo_ms))
+        before = shed()
+        results = asyncio.run(http_load.play(url, body, schedule, timeout_s))
+        points.append(http_point(target, rate, results, args.slo_ms, shed() - before))
         time.sleep(0.5)  # what was given up drains before the next rate
     for p in points:
         say(f"{target} {f'{p.rate:g}/s' if p.rate else 'lone'}: {p.within_slo}/{p.offered} within {args.slo_ms:g} ms, "
-            f"{p.too_many} x 429, {p.timed_out} x 504, {p.unanswered} unanswered, p50 {p.p50_ms:.2f} ms, "
+            f"{p.too_many} x 429 ({p.shed_at_door} at the door), {p.timed_out} x 504, {p.unanswered} unanswered, p50 {p.p50_ms:.2f} ms, "
             f"p99 {p.p99_ms:.2f} ms, sent late by {p.sender_late_p99_ms:.2f} ms at p99")
     return points
 
@@ -133,16 +144,17 @@ def run(args: argparse.Namespace, model: bytes, shapes: dict, inputs: dict, mode
             client.upload(model, MODEL, input_shapes=shapes)
         address = start_gateway(c.group, c.client_endpoint, extra=["--processes", str(args.gateway_processes)])["http"]
         url = f"http://{address}/v2/models/{MODEL}/infer"
-        points = measure(GATEWAY, url, body, rates, args)
+        door = (lambda: shed_at_door(address)) if args.gateway_processes == 1 else (lambda: 0)
+        points = measure(GATEWAY, url, body, rates, args, shed=door)
         overload = OVERLOAD * sustained(points, GATEWAY)
         extra = [overload] if overload and overload not in rates else []
-        points += measure(GATEWAY, url, body, extra, args, lone=False)
+        points += measure(GATEWAY, url, body, extra, args, lone=False, shed=door)
     with plain_http(model_path) as url:
         points += measure(PLAIN, url, body, rates + extra, args)
-    header = ["target", "rate/s", "offered", "in SLO", "429", "504", "other refusals", "unanswered", "p50 ms",
+    header = ["target", "rate/s", "offered", "in SLO", "429", "of them door's", "504", "other refusals", "unanswered", "p50 ms",
               "p99 ms", "429 p99 ms", "sent late p99 ms"]
     print(format_table([[p.target, p.rate or "lone", p.offered, f"{100 * p.share_within_slo:.2f}%", p.too_many,
-                         p.timed_out, p.refused - p.too_many - p.timed_out, p.unanswered, p.p50_ms, p.p99_ms,
+                         p.shed_at_door, p.timed_out, p.refused - p.too_many - p.timed_out, p.unanswered, p.p50_ms, p.p99_ms,
                          p.refusal_p99_ms, p.sender_late_p99_ms] for p in points], header))
     print(format_table(verdicts(points, rates, overload), ["verdict", "measured", "goal"]))
     write_json(out / "versus-json.json", {"slo_ms": args.slo_ms, "workload": args.workload,

@@ -146,6 +146,7 @@ class GatewayMetrics:
         clockwork_gateway_requests_total{model,protocol,outcome,reason}  every infer answered
         clockwork_gateway_request_duration_seconds{model,protocol}       OK ones, receipt to answer
         clockwork_gateway_requests_in_flight{protocol}                   infers being handled
+        clockwork_gateway_shed_total{protocol}                           of the 429s, the door's (client/door.py)
         clockwork_gateway_process_info{process,pid}                       which process answered
         process_*                                                        CPU, memory, descriptors
 
@@ -165,6 +166,8 @@ class GatewayMetrics:
         self.duration = Histogram("clockwork_gateway_request_duration_seconds",
                                   "OK infer requests, gateway receipt to answer", ["model", "protocol"],
                                   buckets=LATENCY_BUCKETS_S, registry=r)
+        self.shed = Counter("clockwork_gateway_shed", "Infer requests refused at the gateway's door (429): "
+                            "its event loop stood behind", ["protocol"], registry=r)
         self.in_flight = Gauge("clockwork_gateway_requests_in_flight", "Infer requests being handled",
                                ["protocol"], registry=r)
         self._models = BoundedLabels(max_models)
@@ -261,6 +264,7 @@ class Gateway:
             return now_ns - self.door.lag_ns(now_ns)
         self.stats.failure(name, Status.QUEUE_FULL, 0)
         self.metrics.answered(name, protocol, Status.QUEUE_FULL, 0.0)
+        self.metrics.shed.labels(protocol).inc()
         raise v2.V2Error(429, Status.QUEUE_FULL, f"the gateway is {behind_ms:.1f} ms behind its input and sheds "
                          "load", self.config.retry_after_s)
 
