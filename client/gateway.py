@@ -108,7 +108,7 @@ class GatewayConfig:
     # and with 100 ms the requests read meanwhile were answered after their deadlines (measured:
     # a run of 504s at every onset). 8 requests a window: a few requests slowed by one long JSON
     # body are not a standing queue. 0 ms: never shed.
-    shed_lag_ms: float = 5.0
+    shed_lag_ms: float = 10.0
     shed_interval_ms: float = 20.0
     shed_min_requests: int = 8
     # Gateway processes sharing the port: one parses JSON on one core, so a core's worth of
@@ -282,9 +282,11 @@ class Gateway:
             result = await self.pool.next().infer(name, req.inputs, slo_ms=left_ms, priority=req.priority)
         except ClockworkError as exc:
             took_ns = time.monotonic_ns() - start_ns
-            self.stats.failure(name, exc.status, took_ns)
-            self.metrics.answered(name, protocol, exc.status, took_ns / 1e9)
-            raise v2.error_from(exc, self.config.retry_after_s) from None
+            err = v2.error_from(exc, self.config.retry_after_s)
+            status = err.status if isinstance(err.status, Status) else exc.status
+            self.stats.failure(name, status, took_ns)
+            self.metrics.answered(name, protocol, status, took_ns / 1e9)
+            raise err from None
         took_ns = time.monotonic_ns() - start_ns
         samples = next(iter(req.inputs.values())).shape[0]
         self.stats.success(name, result, samples, took_ns, time.time_ns() // 1_000_000)

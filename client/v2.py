@@ -121,9 +121,13 @@ def bad_input(detail: str) -> V2Error:
 
 def error_from(err: ClockworkError, retry_after_s: int = 1) -> V2Error:
     """The answer to a client-library error. The client's own timeout is a missed deadline
-    (504); a client closed under a pending call means the gateway is stopping (503)."""
+    (504), unless the deadline passed before the request could even be sent: then nothing was
+    admitted, and it is refused as one the controller could not serve in time (429); a client
+    closed under a pending call means the gateway is stopping (503)."""
     if isinstance(err, ClientClosed):
         return V2Error(503, Status.UNAVAILABLE, "the gateway is shutting down", retry_after_s)
+    if isinstance(err, DeadlineExceeded) and err.before_send:
+        return V2Error(429, Status.WOULD_MISS_DEADLINE, err.detail, retry_after_s)
     if isinstance(err, DeadlineExceeded):
         return V2Error(504, Status.DEADLINE_MISSED, err.detail)
     return V2Error(http_status_of(err.status), err.status, err.detail, retry_after_s)
