@@ -125,6 +125,9 @@ def verdicts(points: Sequence[Point], rates: Sequence[float], overload: float) -
     gw, plain = sustained(sweep, GATEWAY), sustained(sweep, PLAIN)
     rows.append((f"rate sustained (>= {100 * IN_SLO:g}% in SLO), gateway / plain HTTP",
                  f"{gw:g} / {plain:g} = {gw / plain if plain else math.nan:.2f}", ">= 1.0"))
+    if not overload:
+        rows.append((f"gateway at {OVERLOAD:g} x its sustained rate", "not played: it sustained none of the rates",
+                     ">= 99.9% admitted in SLO"))
     for p in [q for q in points if overload and q.rate == overload]:
         if p.target == GATEWAY:
             rows.append((f"gateway at {p.rate:g}/s = {OVERLOAD:g} x its sustained rate: admitted within SLO",
