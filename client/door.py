@@ -2,11 +2,13 @@
 
 A gateway process parses JSON on one core. Past that core's capacity, requests wait on its event
 loop, every one behind the backlog is late, and without a door they are all answered 504 after
-their deadline. The door measures how late the loop runs what is ready (a timer that notes how
-late it fired, every `probe_ns`) and feeds that lag, as each request's wait, to the CoDel shedder
-the controller uses at its input (common/shedding.py), with `until_quiet`: a refusal costs a
-small fraction of serving a request, so the backlog clears and the admitted requests are served
-in time. The controller's own refusals are its business; this signal is the gateway's alone.
+their deadline. The door measures each request's wait in the gateway: how late the loop ran its
+handler (a timer that notes how late it fired, every `probe_ns`, says how late the loop runs
+what is ready), plus the time its body took to arrive through the busy loop. It feeds that wait
+to the CoDel shedder the controller uses at its input (common/shedding.py), with `until_quiet`,
+before the body is parsed: a refusal costs a small fraction of serving a request, so the backlog
+clears and the admitted requests are served in time. The controller's own refusals are its
+business; this signal is the gateway's alone.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ class LoopLag:
 
 
 class Door:
-    """`behind_ms(now_ns)` is None for a request to serve, else how far behind the loop is (refuse
-    it); `lag_ns(now_ns)` is the loop's lag. `lag_target_ns` 0 opens the door to everything and
-    measures nothing (a lag of 0)."""
+    """`arrival_ns(now)`: when a request whose handler runs now reached the gateway; `sheds(waited,
+    now)`: whether to refuse one that has waited that long. `lag_target_ns` 0 opens the door to
+    everything and measures nothing (a lag of 0)."""
 
     def __init__(self, lag_target_ns: int, interval_ns: int, min_requests: int):
         self.lag = LoopLag(max(lag_target_ns // 4, 1_000_000))
@@ -58,6 +60,8 @@ class Door:
     def lag_ns(self, now_ns: int) -> int:
         return self.lag.now_ns(now_ns) if self._probe is not None else 0
 
-    def behind_ms(self, now_ns: int) -> float | None:
-        lag_ns = self.lag_ns(now_ns)
-        return lag_ns / 1e6 if self.shedder.shed(lag_ns, now_ns) else None
+    def arrival_ns(self, now_ns: int) -> int:
+        return now_ns - self.lag_ns(now_ns)
+
+    def sheds(self, waited_ns: int, now_ns: int) -> bool:
+        return self.shedder.shed(waited_ns, now_ns)

@@ -257,21 +257,20 @@ class Gateway:
             return False
         return any(isinstance(w, dict) and w.get("alive") for w in status.get("workers", []))
 
-    def admit(self, name: str, protocol: str) -> int:
-        """When an infer arriving now reached the gateway (now less the event loop's lag); V2Error
-        429 when the door sheds it (client/door.py)."""
+    def admit(self, name: str, protocol: str, arrived_ns: int) -> None:
+        """V2Error 429 when the door sheds an infer that reached the gateway at `arrived_ns`
+        (client/door.py); called before its body is parsed."""
         now_ns = time.monotonic_ns()
-        behind_ms = self.door.behind_ms(now_ns)
-        if behind_ms is None:
-            return now_ns - self.door.lag_ns(now_ns)
+        if not self.door.sheds(now_ns - arrived_ns, now_ns):
+            return
         self.stats.failure(name, Status.QUEUE_FULL, 0)
         self.metrics.answered(name, protocol, Status.QUEUE_FULL, 0.0)
         self.metrics.shed.labels(protocol).inc()
-        raise v2.V2Error(429, Status.QUEUE_FULL, f"the gateway is {behind_ms:.1f} ms behind its input and sheds "
-                         "load", self.config.retry_after_s)
+        raise v2.V2Error(429, Status.QUEUE_FULL, f"the request waited {(now_ns - arrived_ns) / 1e6:.1f} ms in the "
+                         "gateway, which is behind its input and sheds load", self.config.retry_after_s)
 
     async def run_infer(self, name: str, req: v2.InferRequest, protocol: str, start_ns: int) -> InferResult:
-        """One inference for either protocol (arrived at `start_ns`, see admit), counted in the
+        """One inference for either protocol (arrived at `start_ns`, see Door.arrival_ns), counted in the
         statistics and the metrics; V2Error on refusal. The controller gets what is left of the
         SLO: what the gateway spent is spent, and the reply will wait about the loop's present
         lag on its way back through it."""
@@ -375,9 +374,10 @@ class Gateway:
 
     async def infer(self, request: web.Request) -> web.Response:
         name = _model_name(request)
-        start_ns = self.admit(name, "http")
+        start_ns = self.door.arrival_ns(time.monotonic_ns())
         with self.metrics.in_flight.labels("http").track_inprogress():
             body = await self._read_body(request)
+            self.admit(name, "http", start_ns)
             req = v2.parse_infer_request(body, request.headers.get("Inference-Header-Content-Length"),
                                          self.config.default_slo_ms)
             result = await self.run_infer(name, req, "http", start_ns)

@@ -19,8 +19,19 @@ from clockwork.bench.models import mlp_onnx
 from clockwork.bench.procs import WorkerSpec, cluster, free_port, http_ok
 from clockwork.client import v2
 from clockwork.client.gateway import Gateway, GatewayConfig
+from clockwork.common.status import Status
 
 pytestmark = pytest.mark.timeout(120)
+
+
+def admit(gateway: Gateway) -> v2.V2Error | int:
+    """What the door does with a request whose handler runs now: its arrival time, or the refusal."""
+    arrived_ns = gateway.door.arrival_ns(time.monotonic_ns())
+    try:
+        gateway.admit("m", "http", arrived_ns)
+    except v2.V2Error as err:
+        return err
+    return arrived_ns
 
 
 def test_the_door_sheds_with_429_while_the_loop_stands_behind_and_stops_after_a_quiet_interval():
@@ -33,10 +44,7 @@ def test_the_door_sheds_with_429_while_the_loop_stands_behind_and_stops_after_a_
             time.sleep(0.02)
             await asyncio.sleep(0)
             for _ in range(2):
-                try:
-                    outcomes.append(gateway.admit("m", "http"))
-                except v2.V2Error as err:
-                    outcomes.append(err)
+                outcomes.append(admit(gateway))
         return outcomes
 
     async def scenario() -> tuple[list, list, list, list]:
@@ -45,7 +53,7 @@ def test_the_door_sheds_with_429_while_the_loop_stands_behind_and_stops_after_a_
         try:
             standing = await behind(gateway, 0.5)
             await asyncio.sleep(0.005)
-            fresh = [gateway.admit("m", "http")]  # on time: served even while shedding
+            fresh = [admit(gateway)]  # on time: served even while shedding
             again = await behind(gateway, 0.001)  # late again within the interval: still shed
             await asyncio.sleep(0.3)  # a quiet interval or more ends the shedding
             burst = await behind(gateway, 0.001)
@@ -58,6 +66,7 @@ def test_the_door_sheds_with_429_while_the_loop_stands_behind_and_stops_after_a_
     assert len(refusals) > len(standing) // 2 and isinstance(standing[0], int)
     err = refusals[-1]
     assert err.http_status == 429 and err.headers() == {"Retry-After": "2"} and "behind its input" in err.message
+    assert err.status is Status.QUEUE_FULL
     assert isinstance(fresh[0], int)
     assert all(isinstance(o, v2.V2Error) for o in again)
     assert all(isinstance(o, int) for o in burst)
@@ -70,7 +79,7 @@ def test_the_door_is_open_when_shedding_is_off():
         for _ in range(50):
             time.sleep(0.01)
             await asyncio.sleep(0)
-            assert abs(gateway.admit("m", "http") - time.monotonic_ns()) < 1_000_000  # and no lag is taken
+            assert abs(admit(gateway) - time.monotonic_ns()) < 1_000_000  # and no lag is taken
         await gateway.door.stop()
 
     asyncio.run(scenario())
