@@ -1,20 +1,27 @@
 """The plain server that `clockwork-bench versus` measures this system against.
 
 What a user would write in an afternoon: one process, one onnxruntime session on one thread,
-requests served first come first served, no admission, no deadlines. It speaks this system's
-client protocol over ZeroMQ (INFER in, INFER_REPLY out, bundles accepted), so the same load
-generator drives both and the only difference left is the server. With `max_batch` > 1 it
-batches what is waiting (simple dynamic batching, no waiting for more).
+requests served first come first served, no admission, no deadlines. It comes in two variants:
+
+- over ZeroMQ (a tcp:// endpoint), speaking this system's client protocol (INFER in,
+  INFER_REPLY out, bundles accepted), so the same load generator drives both and the only
+  difference left is the server. With `max_batch` > 1 it batches what is waiting (simple
+  dynamic batching, no waiting for more).
+- over HTTP (an http:// address), speaking KServe v2 with JSON or binary tensors, as the
+  gateway does (the same `client.v2` rules, so the only difference left is what is behind
+  them): an aiohttp loop parses, and one thread runs the session, in arrival order.
 
 It is a reference, not a product: a request is never refused, so past its capacity its queue
 and its latency grow without bound, which is the behaviour the comparison is meant to show.
 
     python -m bench.plain_server MODEL.onnx tcp://127.0.0.1:5600 [--max-batch 8]
+    python -m bench.plain_server MODEL.onnx http://127.0.0.1:8600
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import sys
 import time
@@ -23,7 +30,11 @@ from typing import Sequence
 
 import numpy as np
 import zmq
+from aiohttp import web
 
+from clockwork.bench.predictability import direct_session
+from clockwork.client import v2
+from clockwork.client.protocol import InferResult
 from clockwork.common.checks import BadMessage
 from clockwork.common.codec import bundle, decode, encode, split
 from clockwork.common.net import IdSource
@@ -38,13 +49,7 @@ class PlainServer:
     """FIFO over one onnxruntime session; `busy_ns` is the time spent inside `session.run`."""
 
     def __init__(self, model: bytes, max_batch: int = 1):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        self.session = direct_session(model)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.max_batch = max_batch
         self.queue: deque[tuple[bytes, int, int, Infer]] = deque()  # (client, id, received, request)
@@ -132,14 +137,83 @@ def serve(model: bytes, endpoint: str, max_batch: int = 1) -> None:
         ctx.term()
 
 
+class PlainHttpServer:
+    """KServe v2 infer over HTTP; requests wait their turn for the one session thread (an
+    executor of one thread takes jobs in arrival order)."""
+
+    def __init__(self, model: bytes):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.session = direct_session(model)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.executor = ThreadPoolExecutor(1)
+        self.busy_ns = 0
+
+    def run(self, inputs: dict) -> tuple[dict, int, int]:
+        start = time.monotonic_ns()
+        outputs = self.session.run(self.output_names, inputs)
+        end = time.monotonic_ns()
+        self.busy_ns += end - start
+        return dict(zip(self.output_names, outputs)), start, end
+
+    async def infer(self, request: web.Request) -> web.Response:
+        received = time.monotonic_ns()
+        name = request.match_info["model"]
+        try:
+            req = v2.parse_infer_request(await request.read(), request.headers.get("Inference-Header-Content-Length"),
+                                         1000.0)
+            outputs, start, end = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, req.inputs)
+            result = InferResult(outputs, (start - received) / 1e6, (end - start) / 1e6, (end - received) / 1e6,
+                                 1, False, WORKER_NAME)
+            payload, header_length = v2.infer_response(name, req, result)
+        except v2.V2Error as err:
+            return web.Response(status=err.http_status, body=err.body(), content_type="application/json")
+        headers = {} if header_length is None else {"Inference-Header-Content-Length": str(header_length)}
+        return web.Response(body=payload, headers=headers, content_type="application/json" if header_length is None
+                            else "application/octet-stream")
+
+    async def live(self, _request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+
+async def serve_http(model: bytes, address: str) -> None:
+    """Serve until SIGTERM/SIGINT; prints "ready" once listening and its busy time at exit. A
+    caller that disconnects withdraws its request if it has not started, so that a load
+    generator that gave up does not leave a backlog to the next measurement."""
+
+    host, _, port = address.removeprefix("http://").rpartition(":")
+    server = PlainHttpServer(model)
+    app = web.Application(client_max_size=64 << 20)
+    app.add_routes([web.post("/v2/models/{model}/infer", server.infer), web.get("/v2/health/live", server.live),
+                    web.get("/v2/health/ready", server.live)])
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, host, int(port)).start()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    print("ready", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        print(f"busy_ns {server.busy_ns}", flush=True)
+        await runner.cleanup()
+        server.executor.shutdown(cancel_futures=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.plain_server", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="ONNX file")
-    parser.add_argument("endpoint", help="ZeroMQ address to bind, e.g. tcp://127.0.0.1:5600")
+    parser.add_argument("endpoint", help="ZeroMQ address to bind, e.g. tcp://127.0.0.1:5600, or an HTTP address "
+                        "to serve KServe v2 on, e.g. http://127.0.0.1:8600")
     parser.add_argument("--max-batch", type=int, default=1, help="batch what is waiting, up to this many")
     args = parser.parse_args(argv)
     with open(args.model, "rb") as fh:
-        serve(fh.read(), args.endpoint, args.max_batch)
+        model = fh.read()
+    if args.endpoint.startswith("http://"):
+        asyncio.run(serve_http(model, args.endpoint))
+    else:
+        serve(model, args.endpoint, args.max_batch)
     return 0
 
 

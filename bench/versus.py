@@ -19,6 +19,10 @@ figures of this one run, so a slower or busier machine does not change what it s
     clockwork-bench versus                                    # the generated CNN, SLO 15 ms
     clockwork-bench versus --model yolo.onnx --input-shape images=3,320,320 --slo-ms 100 \\
         --rates 5,10,20,30,40,60
+    clockwork-bench versus --gateway-json --rates 100,200,300   # JSON over HTTP, SLO 50 ms
+
+With `--gateway-json` it compares the v2 gateway with a plain HTTP server instead, JSON tensors
+both (bench/versus_json.py).
 """
 
 from __future__ import annotations
@@ -64,6 +68,11 @@ class Point:
     p99_ms: float
     p999_ms: float
     busy_share: float  # device time executing / wall time of the run
+    too_many: int = 0  # of the refused, answered HTTP 429 (--gateway-json)
+    timed_out: int = 0  # of the refused, answered HTTP 504: after the deadline (--gateway-json)
+    refusal_p99_ms: float = math.nan  # how fast the 429s came back (--gateway-json)
+    sender_late_p99_ms: float = math.nan  # how late the load generator sent (--gateway-json): its own lag
+    shed_at_door: int = 0  # of the 429s, the gateway's door's (--gateway-json, one gateway process)
 
     @property
     def share_within_slo(self) -> float:
@@ -222,7 +231,7 @@ def verdicts(points: Sequence[Point], floor: Latencies) -> list[tuple[str, str, 
 def plot(path: Path, points: Sequence[Point], slo_ms: float) -> None:
     with saved_figure(path, 1, 2, figsize=(11, 4)) as (_, (left, right)):
         for target in sorted({p.target for p in points}):
-            mine = [p for p in points if p.target == target and p.rate > 0]
+            mine = sorted((p for p in points if p.target == target and p.rate > 0), key=lambda p: p.rate)
             rates = [p.rate for p in mine]
             left.plot(rates, [p.within_slo / (p.offered / p.rate) if p.offered else 0 for p in mine], "o-",
                       label=target)
@@ -252,6 +261,10 @@ def run(args: argparse.Namespace) -> int:
     rates = [float(r) for r in args.rates.split(",")] if args.rates else [round(f * nominal) for f in FRACTIONS]
 
     def body(run_dir: Path) -> int:
+        if args.gateway_json:
+            from clockwork.bench import versus_json
+
+            return versus_json.run(args, model, shapes, inputs, model_path, rates, run_dir, out)
         points = run_plain(run_dir, model_path, inputs, rates, args)
         points += run_clockwork(run_dir, model, shapes, inputs, rates, args)
         header = ["target", "rate/s", "offered", "in SLO", "refused", "unanswered", "p50 ms", "p99 ms",
@@ -276,17 +289,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", help="ONNX file (default: a generated 3-conv CNN, ~0.5 ms per image)")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
                         help="fix dynamic non-batch dimensions (repeatable)")
-    parser.add_argument("--slo-ms", type=float, default=15.0)
+    parser.add_argument("--slo-ms", type=float, default=None, help="default: 15, or 50 with --gateway-json")
     parser.add_argument("--rates", help="comma-separated requests/s (default: fractions of nominal capacity)")
     parser.add_argument("--workload", choices=("poisson", "bursty"), default="poisson")
     parser.add_argument("--duration-s", type=float, default=10.0, help="seconds per rate")
     parser.add_argument("--plain-batch", type=int, default=1, help="the plain server batches up to this many")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--gateway-json", action="store_true",
+                        help="the v2 gateway against a plain HTTP server, JSON tensors (see bench/versus_json.py)")
+    parser.add_argument("--gateway-processes", type=int, default=1, help="clockwork-gateway --processes")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="controller setting, e.g. scheduler.latency_percentile=50 (repeatable)")
     parser.add_argument("--out", default="out/versus")
     parser.add_argument("--keep", action="store_true", help="keep the daemons' logs")
     args = parser.parse_args(argv)
+    if args.slo_ms is None:
+        args.slo_ms = 50.0 if args.gateway_json else 15.0
     if args.slo_ms <= 0 or args.duration_s <= 0 or args.plain_batch < 1:
         parser.error("--slo-ms and --duration-s must be > 0 and --plain-batch >= 1")
     return args

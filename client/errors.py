@@ -67,10 +67,15 @@ class ServerError(ClockworkError):
 
 class DeadlineExceeded(CapacityError):
     """The client gave up waiting: no reply within its own timeout, or the deadline had
-    already passed before sending."""
+    already passed before sending (`before_send`: nothing was sent, so nothing was admitted,
+    which a gateway answers as a refusal rather than as a missed deadline)."""
 
-    def __init__(self, status: Status = Status.DEADLINE_MISSED, detail: str = ""):
+    def __init__(self, status: Status = Status.DEADLINE_MISSED, detail: str = "", before_send: bool = False):
         super().__init__(status, detail)
+        self.before_send = before_send
+
+    def __reduce__(self):
+        return type(self), (self.status, self.detail, self.before_send)
 
 
 class Unreachable(CapacityError):

@@ -24,6 +24,9 @@ Rules:
   400/408/413 with a reason in the v2 error body; our own bugs answer 500 and are logged.
 - A caller that disconnects cancels its request (aiohttp handler cancellation), which sends a
   CANCEL so the controller does not spend a device on an answer nobody reads.
+- When the gateway's own event loop falls behind (its CPU is the bottleneck), infers are refused
+  429 at the door, before their bodies are parsed (client/door.py), so that the rest are served
+  in time; the controller is given what is left of each request's SLO, not all of it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import signal
 import sys
 import time
@@ -53,7 +57,8 @@ from clockwork.common.metrics import LATENCY_BUCKETS_S, UNKNOWN, BoundedLabels, 
 from clockwork.common.status import Status
 from clockwork.client import v2
 from clockwork.client.aio import AsyncClient
-from clockwork.client.errors import ClockworkError, DeadlineExceeded
+from clockwork.client.door import Door
+from clockwork.client.errors import CapacityError, ClockworkError, DeadlineExceeded
 from clockwork.client.protocol import DEFAULT_ENDPOINT, InferResult, default_endpoint
 
 log = structlog.get_logger("clockwork.gateway")
@@ -95,6 +100,25 @@ class GatewayConfig:
     retry_after_s: int = 1
     # On SIGTERM, requests in flight get this long to be answered before the sockets close.
     shutdown_timeout_s: float = 5.0
+    # The door (client/door.py): once the event loop has run more than shed_lag_ms late for a
+    # whole shed_interval_ms with shed_min_requests infers read, infers read that late are
+    # answered 429 unread until an interval passes with none late. 10 ms, a fifth of a 50 ms
+    # SLO, leaves the rest for the controller, the device and the reply; with CoDel's 5 ms, on
+    # a host busy with other work, a gateway descheduled for a few ms refused requests at a
+    # third of its capacity (44 of 1,489 at 300/s) that would have made their SLOs. The
+    # interval is CoDel's 100 ms / 5: at 3x its capacity the loop's lag grows by 2 ms per ms
+    # until shedding starts, and with 100 ms the requests read meanwhile were answered after
+    # their deadlines (measured: a run of 504s at every onset). 8 requests a window: a few
+    # requests slowed by one long JSON body are not a standing queue. 0 ms: never shed.
+    shed_lag_ms: float = 10.0
+    shed_interval_ms: float = 20.0
+    shed_min_requests: int = 8
+    # Gateway processes sharing the port: one parses JSON on one core, so a core's worth of
+    # requests needs another process. 1 until measured otherwise.
+    processes: int = 1
+    # Which of `--processes N` this one is (client/gateway_processes.py): it then binds its port
+    # with SO_REUSEPORT and says so in its metrics and logs. None: the only process.
+    process_index: int | None = None
 
 
 # ----------------------------------------------------------------------------- the pool
@@ -124,19 +148,28 @@ class GatewayMetrics:
         clockwork_gateway_requests_total{model,protocol,outcome,reason}  every infer answered
         clockwork_gateway_request_duration_seconds{model,protocol}       OK ones, receipt to answer
         clockwork_gateway_requests_in_flight{protocol}                   infers being handled
+        clockwork_gateway_shed_total{protocol}                           of the 429s, the door's (client/door.py)
+        clockwork_gateway_process_info{process,pid}                       which process answered
         process_*                                                        CPU, memory, descriptors
+
+    With --processes N each process counts its own requests: a scrape of the shared port reads
+    one process (the one the kernel gave the connection to), which the info series names.
 
     `model` is bounded like the controller's (the first 20 names seen, then _other), and a name
     the controller does not know counts as _unknown: callers choose names, so they are unbounded."""
 
-    def __init__(self, max_models: int = 20):
+    def __init__(self, max_models: int = 20, process_index: int | None = None):
         self.registry = new_registry()
         r = self.registry
+        Gauge("clockwork_gateway_process_info", "This gateway process: its index among --processes and its pid",
+              ["process", "pid"], registry=r).labels(str(process_index or 0), str(os.getpid())).set(1)
         self.requests = Counter("clockwork_gateway_requests", "Infer requests answered by the gateway",
                                 ["model", "protocol", "outcome", "reason"], registry=r)
         self.duration = Histogram("clockwork_gateway_request_duration_seconds",
                                   "OK infer requests, gateway receipt to answer", ["model", "protocol"],
                                   buckets=LATENCY_BUCKETS_S, registry=r)
+        self.shed = Counter("clockwork_gateway_shed", "Infer requests refused at the gateway's door (429): "
+                            "its event loop stood behind", ["protocol"], registry=r)
         self.in_flight = Gauge("clockwork_gateway_requests_in_flight", "Infer requests being handled",
                                ["protocol"], registry=r)
         self._models = BoundedLabels(max_models)
@@ -155,16 +188,19 @@ class Gateway:
     def __init__(self, config: GatewayConfig):
         self.config = config
         self.stats = v2.StatsBook()
-        self.metrics = GatewayMetrics()
+        self.metrics = GatewayMetrics(process_index=config.process_index)
         self.pool: ClientPool | None = None
         self.server_metadata = v2.server_metadata(version())
+        self.door = Door(int(config.shed_lag_ms * 1e6), int(config.shed_interval_ms * 1e6), config.shed_min_requests)
 
     # -- lifecycle (aiohttp signals)
 
     async def on_startup(self, _app: web.Application) -> None:
         self.pool = ClientPool(self.config.controller, self.config.connections, self.config.admin_timeout_s)
+        self.door.start()
 
     async def on_cleanup(self, _app: web.Application) -> None:
+        await self.door.stop()
         if self.pool is not None:
             await self.pool.close()
 
@@ -221,16 +257,37 @@ class Gateway:
             return False
         return any(isinstance(w, dict) and w.get("alive") for w in status.get("workers", []))
 
+    def admit(self, name: str, protocol: str, arrived_ns: int) -> None:
+        """V2Error 429 when the door sheds an infer that reached the gateway at `arrived_ns`
+        (client/door.py); called before its body is parsed."""
+        now_ns = time.monotonic_ns()
+        if not self.door.sheds(now_ns - arrived_ns, now_ns):
+            return
+        self.stats.failure(name, Status.QUEUE_FULL, 0)
+        self.metrics.answered(name, protocol, Status.QUEUE_FULL, 0.0)
+        self.metrics.shed.labels(protocol).inc()
+        raise v2.V2Error(429, Status.QUEUE_FULL, f"the request waited {(now_ns - arrived_ns) / 1e6:.1f} ms in the "
+                         "gateway, which is behind its input and sheds load", self.config.retry_after_s)
+
     async def run_infer(self, name: str, req: v2.InferRequest, protocol: str, start_ns: int) -> InferResult:
-        """One inference for either protocol (received at `start_ns`), counted in the statistics
-        and the metrics; V2Error on refusal."""
+        """One inference for either protocol (arrived at `start_ns`, see Door.arrival_ns), counted in the
+        statistics and the metrics; V2Error on refusal. The controller gets what is left of the
+        SLO: what the gateway spent is spent, and the reply will wait about the loop's present
+        lag on its way back through it."""
         try:
-            result = await self.pool.next().infer(name, req.inputs, slo_ms=req.slo_ms, priority=req.priority)
+            now_ns = time.monotonic_ns()
+            left_ms = req.slo_ms - (now_ns - start_ns + self.door.lag_ns(now_ns)) / 1e6
+            if left_ms <= 0:
+                raise CapacityError(Status.WOULD_MISS_DEADLINE, f"the request spent its whole {req.slo_ms:g} ms SLO "
+                                    "waiting in the gateway")
+            result = await self.pool.next().infer(name, req.inputs, slo_ms=left_ms, priority=req.priority)
         except ClockworkError as exc:
             took_ns = time.monotonic_ns() - start_ns
-            self.stats.failure(name, exc.status, took_ns)
-            self.metrics.answered(name, protocol, exc.status, took_ns / 1e9)
-            raise v2.error_from(exc, self.config.retry_after_s) from None
+            err = v2.error_from(exc, self.config.retry_after_s)
+            status = err.status if isinstance(err.status, Status) else exc.status
+            self.stats.failure(name, status, took_ns)
+            self.metrics.answered(name, protocol, status, took_ns / 1e9)
+            raise err from None
         took_ns = time.monotonic_ns() - start_ns
         samples = next(iter(req.inputs.values())).shape[0]
         self.stats.success(name, result, samples, took_ns, time.time_ns() // 1_000_000)
@@ -316,10 +373,11 @@ class Gateway:
     # -- inference
 
     async def infer(self, request: web.Request) -> web.Response:
-        start_ns = time.monotonic_ns()
         name = _model_name(request)
+        start_ns = self.door.arrival_ns(time.monotonic_ns())
         with self.metrics.in_flight.labels("http").track_inprogress():
             body = await self._read_body(request)
+            self.admit(name, "http", start_ns)
             req = v2.parse_infer_request(body, request.headers.get("Inference-Header-Content-Length"),
                                          self.config.default_slo_ms)
             result = await self.run_infer(name, req, "http", start_ns)
@@ -408,7 +466,8 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     await runner.setup()
     grpc_server = None
     try:
-        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+        site = web.TCPSite(runner, config.host, config.port, reuse_address=True,
+                           reuse_port=config.process_index is not None)
         await site.start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
@@ -419,7 +478,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
                                                    config.max_body_bytes, log)
         log.info("listening", addresses=[f"{a[0]}:{a[1]}" for a in runner.addresses], controller=config.controller,
                  grpc=f"{config.grpc_host}:{config.grpc_port}" if config.grpc_port else None,
-                 connections=config.connections, default_slo_ms=config.default_slo_ms)
+                 connections=config.connections, default_slo_ms=config.default_slo_ms, process=config.process_index)
         await stop.wait()
         log.info("stopping")
     finally:
@@ -476,6 +535,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[GatewayConfig, str]:
                    help="Retry-After sent with 429 and 503")
     p.add_argument("--shutdown-timeout-s", type=float, default=d.shutdown_timeout_s,
                    help="on SIGTERM, time given to requests in flight")
+    p.add_argument("--shed-lag-ms", type=float, default=d.shed_lag_ms,
+                   help="answer infers 429 while the event loop stands this far behind (0: never)")
+    p.add_argument("--processes", type=_positive(int), default=1,
+                   help="gateway processes sharing the port (SO_REUSEPORT), each with its own controller connections")
+    p.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="log level of the JSON lines on stderr")
     a = p.parse_args(argv)
@@ -487,7 +551,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[GatewayConfig, str]:
                            connections=a.connections, default_slo_ms=a.default_slo_ms,
                            max_body_bytes=int(a.max_body_mb * MiB), body_timeout_s=a.body_timeout_s,
                            admin_timeout_s=a.admin_timeout_s, load_wait_s=max(0.0, a.load_wait_s),
-                           retry_after_s=a.retry_after_s, shutdown_timeout_s=max(0.0, a.shutdown_timeout_s))
+                           retry_after_s=a.retry_after_s, shutdown_timeout_s=max(0.0, a.shutdown_timeout_s),
+                           shed_lag_ms=a.shed_lag_ms, processes=a.processes, process_index=a.process_index)
     return config, a.log_level
 
 
@@ -495,6 +560,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, level = parse_args(argv)
     global log
     log = logsetup.configure(level, "gateway")
+    if config.processes > 1 and config.process_index is None:
+        from clockwork.client.gateway_processes import supervise
+
+        return supervise(sys.argv[1:] if argv is None else list(argv), config.processes, log)
     try:
         asyncio.run(serve(config))
     except OSError as exc:  # e.g. the port is taken

@@ -209,9 +209,10 @@ class GrpcGateway(pb_grpc.GRPCInferenceServiceServicer):
 
     @answers_v2_errors
     async def ModelInfer(self, request, context):
-        start_ns = time.monotonic_ns()
+        v2.check_version(request.model_name, request.model_version)
+        start_ns = self.gateway.door.arrival_ns(time.monotonic_ns())
+        self.gateway.admit(request.model_name, "grpc", start_ns)
         with self.gateway.metrics.in_flight.labels("grpc").track_inprogress():
-            v2.check_version(request.model_name, request.model_version)
             req = infer_request(request, self.gateway.config.default_slo_ms, context.time_remaining())
             result = await self.gateway.run_infer(request.model_name, req, "grpc", start_ns)
         return infer_response(request.model_name, req, result)

@@ -293,7 +293,7 @@ def deadline_ns(slo_ms: float | None, deadline: float | None, now_ns: int) -> in
     when_ns = int(deadline * S)
     if when_ns <= now_ns:
         raise DeadlineExceeded(detail=f"the deadline passed {(now_ns - when_ns) / MS:.3f} ms before the "
-                               "request could be sent (client-side check; nothing was sent)")
+                               "request could be sent (client-side check; nothing was sent)", before_send=True)
     return when_ns
 
 
@@ -457,7 +457,7 @@ class Call(Generic[T]):
         left_ns = self.slo_deadline_ns - now_ns
         if left_ns <= 0:
             raise DeadlineExceeded(detail=f"{self.what}: the deadline passed {-left_ns / MS:.3f} ms before the "
-                                   "request could be sent (client-side check; nothing was sent)")
+                                   "request could be sent (client-side check; nothing was sent)", before_send=True)
         return dataclasses.replace(self.body, slo_ns=left_ns)
 
     def remaining_ns(self, now_ns: int) -> int:

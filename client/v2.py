@@ -121,9 +121,13 @@ def bad_input(detail: str) -> V2Error:
 
 def error_from(err: ClockworkError, retry_after_s: int = 1) -> V2Error:
     """The answer to a client-library error. The client's own timeout is a missed deadline
-    (504); a client closed under a pending call means the gateway is stopping (503)."""
+    (504), unless the deadline passed before the request could even be sent: then nothing was
+    admitted, and it is refused as one the controller could not serve in time (429); a client
+    closed under a pending call means the gateway is stopping (503)."""
     if isinstance(err, ClientClosed):
         return V2Error(503, Status.UNAVAILABLE, "the gateway is shutting down", retry_after_s)
+    if isinstance(err, DeadlineExceeded) and err.before_send:
+        return V2Error(429, Status.WOULD_MISS_DEADLINE, err.detail, retry_after_s)
     if isinstance(err, DeadlineExceeded):
         return V2Error(504, Status.DEADLINE_MISSED, err.detail)
     return V2Error(http_status_of(err.status), err.status, err.detail, retry_after_s)
@@ -218,14 +222,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memo
 
 def dumps(doc: Any) -> bytes:
     """Compact JSON; numpy arrays are written by orjson straight from their memory (a reply's
-    `tolist()` and json.dumps took 1.3 ms for 1,000 floats, orjson 0.02 ms)."""
-    return orjson.dumps(doc, default=_as_list, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def _as_list(value: Any) -> Any:
-    if isinstance(value, np.ndarray):  # a dtype orjson does not write itself
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+    `tolist()` and json.dumps took 1.3 ms for 1,000 floats, orjson 0.02 ms). orjson writes every
+    v2 datatype (BOOL to FP64) this way, so no array goes through a Python list."""
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def load_json(data: memoryview) -> Any:

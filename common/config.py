@@ -129,7 +129,7 @@ class ControllerConfig:
     # controller falls behind, this keeps the queue in front of it short and its CPU for
     # requests that can still make it, instead of decoding ones that almost surely cannot.
     refuse_after_waiting: float = 0.5
-    # Load shedding at the input (controller/shedding.py): once requests have been read more than
+    # Load shedding at the input (common/shedding.py): once requests have been read more than
     # shed_lag_ns late for a whole shed_interval_ns (with at least 64 read in it), those read
     # that late are refused unread (QUEUE_FULL) until one is read within it. 20 ms leaves a
     # 100 ms SLO most of its budget; 500 ms outlasts a burst of replica LOADs or a collector

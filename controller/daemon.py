@@ -37,7 +37,7 @@ from clockwork.controller.effects import ActionRecord, PrepareOn, ToClient, ToWo
 from clockwork.controller.intake import Checked, Intake
 from clockwork.controller.metrics import ControllerTelemetry
 from clockwork.controller.registry import ModelRecord, Registry
-from clockwork.controller.shedding import InputShedder
+from clockwork.common.shedding import InputShedder
 
 BURST = 512  # messages taken from one socket before looking at the other and ticking
 # ... or this long, whichever comes first. A message may be a bundle of many requests: bounded

@@ -58,10 +58,12 @@ def test_client_side_errors():
     assert isinstance(ClientClosed(), RequestError) and ClientClosed().status is Status.CANCELLED
 
 
-@pytest.mark.parametrize("err", [error_for(Status.QUEUE_FULL, "full"), DeadlineExceeded(detail="late"), ClientClosed()])
+@pytest.mark.parametrize("err", [error_for(Status.QUEUE_FULL, "full"), DeadlineExceeded(detail="late"), ClientClosed(),
+                                 DeadlineExceeded(detail="unsent", before_send=True)])
 def test_errors_survive_pickling(err):
     copy = pickle.loads(pickle.dumps(err))
     assert type(copy) is type(err) and (copy.status, copy.detail) == (err.status, err.detail)
+    assert getattr(copy, "before_send", None) == getattr(err, "before_send", None)
 
 
 # ----------------------------------------------------------------------------- building
@@ -177,8 +179,9 @@ def test_deadline_needs_exactly_one(slo_ms, deadline):
 
 
 def test_past_deadline_raises_without_sending():
-    with pytest.raises(DeadlineExceeded, match="nothing was sent"):
+    with pytest.raises(DeadlineExceeded, match="nothing was sent") as info:
         protocol.deadline_ns(None, 1.0, now_ns=2_000_000_000)
+    assert info.value.before_send
 
 
 @pytest.mark.parametrize("slo_ms", [0, -5, float("nan"), float("inf"), "50"])
@@ -193,8 +196,9 @@ def test_infer_call_sends_the_budget_left_at_send_time():
     call = core.infer("m", {"x": np.zeros((1, 1), np.float32)}, deadline_ns=100 * MS, now_ns=10 * MS)
     assert call.wait_until_ns == 100 * MS + 500 * MS
     assert call.message(40 * MS).slo_ns == 60 * MS
-    with pytest.raises(DeadlineExceeded, match="nothing was sent"):
+    with pytest.raises(DeadlineExceeded, match="nothing was sent") as info:
         call.message(100 * MS)
+    assert info.value.before_send
 
 
 def test_timeout_errors_say_they_are_the_clients_own():

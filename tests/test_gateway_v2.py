@@ -271,6 +271,8 @@ def test_every_status_has_an_http_answer():
 
 def test_the_clients_own_timeout_is_504_and_a_closing_client_503():
     assert v2.error_from(DeadlineExceeded(detail="late")).http_status == 504
+    unsent = v2.error_from(DeadlineExceeded(detail="no time left to send it", before_send=True), retry_after_s=1)
+    assert (unsent.http_status, unsent.status, unsent.headers()) == (429, Status.WOULD_MISS_DEADLINE, {"Retry-After": "1"})
     closed = v2.error_from(ClientClosed(), retry_after_s=1)
     assert closed.http_status == 503 and closed.headers() == {"Retry-After": "1"}
     assert v2.error_from(CapacityError(Status.QUEUE_FULL)).http_status == 429

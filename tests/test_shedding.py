@@ -1,6 +1,6 @@
-"""CoDel-style shedding at the controller's input (controller/shedding.py), in virtual time."""
+"""CoDel-style shedding at the controller's input (common/shedding.py), in virtual time."""
 
-from clockwork.controller.shedding import InputShedder
+from clockwork.common.shedding import InputShedder
 
 MS = 1_000_000
 
@@ -38,3 +38,24 @@ def test_a_few_late_requests_are_not_a_standing_queue():
     """A remote client at 2 requests a second over a jittery network must not be turned away."""
     shedder = InputShedder(10 * MS, 100 * MS)
     assert not any(feed(shedder, 0, 2000, 40, every_ms=50))  # 2 per window, all 40 ms late
+
+
+def test_until_quiet_sheds_the_late_ones_until_a_whole_interval_passes_without_any():
+    """The gateway's rule: its refusals empty its queue at once, so a fresh request does not
+    mean the overload is over; only an interval in which nothing was late does."""
+    shedder = InputShedder(10 * MS, 100 * MS, min_requests=8, until_quiet=True)
+    assert not any(feed(shedder, 0, 100, 25))  # a whole interval above the target...
+    assert all(feed(shedder, 100, 150, 25))  # ...so the late ones are refused,
+    assert not any(feed(shedder, 150, 160, 2))  # the fresh ones served,
+    assert all(feed(shedder, 160, 200, 25))  # and shedding goes on through this window
+    assert all(feed(shedder, 200, 230, 25))  # and the next, which saw late ones as well
+    assert not any(feed(shedder, 300, 400, 2))  # nothing late for a whole interval...
+    assert not any(feed(shedder, 400, 430, 25))  # ...ends it: a new burst is not shed at once
+
+
+def test_an_interval_in_which_nothing_was_read_ends_shedding():
+    for until_quiet in (False, True):
+        shedder = InputShedder(10 * MS, 100 * MS, min_requests=8, until_quiet=until_quiet)
+        assert not any(feed(shedder, 0, 100, 25))
+        assert all(feed(shedder, 100, 150, 25))
+        assert not shedder.shed(25 * MS, 400 * MS)  # silence since 150 ms

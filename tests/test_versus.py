@@ -3,7 +3,9 @@ like the model itself, the verdicts as ratios within one run, and a short end-to
 
 from __future__ import annotations
 
+import http.client
 import json
+import math
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import zmq
 
-from clockwork.bench import versus
+from clockwork.bench import versus, versus_json
 from clockwork.bench.models import cnn_onnx
 from clockwork.bench.procs import free_port
 from clockwork.client import Client
@@ -24,19 +26,27 @@ from clockwork.common.status import Status
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture(scope="module")
-def plain(tmp_path_factory):
-    path = tmp_path_factory.mktemp("plain") / "cnn.onnx"
+def plain_server(folder, endpoint: str, *extra: str):
+    """bench/plain_server.py serving the CNN at `endpoint`, checked to start, and to stop cleanly
+    reporting its busy time."""
+    path = folder / "cnn.onnx"
     path.write_bytes(cnn_onnx())
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    server = subprocess.Popen([sys.executable, "-m", "clockwork.bench.plain_server", str(path), endpoint, "--max-batch", "4"],
+    server = subprocess.Popen([sys.executable, "-m", "clockwork.bench.plain_server", str(path), endpoint, *extra],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().strip() == "ready"
-        yield endpoint
+        yield
     finally:
         server.terminate()
         assert server.wait(timeout=10) == 0
+        assert server.stdout.read().startswith("busy_ns ")
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    for _ in plain_server(tmp_path_factory.mktemp("plain"), endpoint, "--max-batch", "4"):
+        yield endpoint
 
 
 def test_the_plain_server_answers_what_the_model_computes(plain):
@@ -96,3 +106,77 @@ def test_versus_runs_end_to_end_and_writes_its_report(tmp_path):
     assert all(p["offered"] > 0 and p["within_slo"] + p["refused"] + p["unanswered"] <= p["offered"]
                for p in report["points"])
     assert report["direct_ms"]["p50"] > 0 and (out / "versus.png").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------- --gateway-json
+
+
+@pytest.fixture(scope="module")
+def plain_http(tmp_path_factory):
+    address = f"127.0.0.1:{free_port()}"
+    for _ in plain_server(tmp_path_factory.mktemp("plain-http"), f"http://{address}"):
+        yield address
+
+
+def post(address: str, body: bytes, headers: dict | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(address, timeout=10)
+    try:
+        conn.request("POST", "/v2/models/cnn/infer", body=body, headers=headers or {})
+        reply = conn.getresponse()
+        return reply.status, reply.read()
+    finally:
+        conn.close()
+
+
+def test_the_plain_http_server_answers_v2_json_and_binary_with_what_the_model_computes(plain_http):
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    (expected,) = ort.InferenceSession(cnn_onnx(), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    status, body = post(plain_http, versus_json.json_body({"input": x}, 50))
+    assert status == 200
+    [out] = json.loads(body)["outputs"]
+    assert (out["name"], out["datatype"], out["shape"]) == ("logits", "FP32", [2, 10])
+    np.testing.assert_allclose(np.asarray(out["data"]).reshape(2, 10), expected, rtol=1e-4, atol=1e-5)
+
+    httpclient = pytest.importorskip("tritonclient.http")
+    triton = httpclient.InferenceServerClient(plain_http)
+    tensor = httpclient.InferInput("input", [2, 3, 64, 64], "FP32")
+    tensor.set_data_from_numpy(x, binary_data=True)
+    result = triton.infer("cnn", [tensor], outputs=[httpclient.InferRequestedOutput("logits", binary_data=True)])
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_plain_http_server_answers_bad_input_with_a_reason_and_serves_on(plain_http):
+    status, body = post(plain_http, b"{not json")
+    assert status == 400 and json.loads(body)["error"].startswith("BAD_INPUT")
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    assert post(plain_http, versus_json.json_body({"input": x}, 50))[0] == 200
+
+
+def test_gateway_json_verdicts_judge_the_overload_rate_against_the_sweep():
+    def p(target, rate, offered, within, too_many=0, timed_out=0):
+        return versus.Point(target, rate, offered, within, too_many + timed_out, 0, 2.0, 9.0, 9.0, math.nan,
+                            too_many=too_many, timed_out=timed_out, refusal_p99_ms=1.5)
+
+    points = [p("gateway", 0, 100, 100), p("plain-http", 0, 100, 100),
+              p("gateway", 100, 500, 500), p("gateway", 200, 1000, 999), p("gateway", 600, 3000, 1500, 1499),
+              p("plain-http", 100, 500, 500), p("plain-http", 200, 1000, 990), p("plain-http", 600, 3000, 30)]
+    rows = {what: measured for what, measured, _ in versus_json.verdicts(points, [100, 200], 600)}
+    assert rows["rate sustained (>= 99.9% in SLO), gateway / plain HTTP"] == "200 / 100 = 2.00"
+    assert rows["gateway at 600/s = 3 x its sustained rate: admitted within SLO"] == "99.93% (1500 of 1501)"
+    assert rows["  the rest refused quickly"] == "1499 x 429, p99 1.50 ms"
+    assert rows["  answers after the deadline (504)"] == "0"
+    assert rows["plain HTTP at 600/s"] == "in SLO 1.0%"
+
+
+def test_versus_gateway_json_runs_end_to_end_and_writes_its_report(tmp_path):
+    out = tmp_path / "out"
+    assert versus.main(["--gateway-json", "--duration-s", "0.5", "--rates", "40", "--out", str(out)]) == 0
+    report = json.loads((out / "versus-json.json").read_text())
+    assert report["slo_ms"] == 50
+    runs = {(p["target"], p["rate"]) for p in report["points"]}
+    overload = report["overload_rate"]
+    assert {("gateway", 0.0), ("gateway", 40.0), ("plain-http", 0.0), ("plain-http", 40.0)} <= runs
+    assert overload in (0, 120) and (overload == 0 or {("gateway", 120.0), ("plain-http", 120.0)} <= runs)
+    assert all(p["offered"] > 0 and p["within_slo"] + p["refused"] + p["unanswered"] <= p["offered"]
+               and p["too_many"] + p["timed_out"] <= p["refused"] for p in report["points"])
+    assert (out / "versus-json.png").stat().st_size > 0

@@ -1,4 +1,5 @@
-"""Load shedding at the controller's input: CoDel's rule for the queue in front of the shell.
+"""Load shedding at a daemon's input: CoDel's rule for the queue in front of a shell (the
+controller's sockets, the gateway's event loop).
 
 When the controller cannot keep up with its clients, requests wait in the sockets ahead of it,
 and a FIFO queue makes every request behind a backlog late as well: served late, they miss
@@ -15,32 +16,51 @@ serving it, until one arrives within the target: the backlog clears in milliseco
 requests behind it are fresh again. A window must also have seen `min_requests`: a few
 requests jittered by a slow network are not a standing queue, and refusing them would turn a
 lightly loaded controller away from a remote client. Pure: the shell passes the times in.
+
+`until_quiet` changes only how shedding ends: not at the first request read within the target
+but after a whole interval in which none was read late. The gateway needs it because its signal
+is its event loop's lag, which its own cheap refusals bring under the target at once: ending
+there, its shedding stopped and started again every interval, and each restart let through a
+full interval of requests that queued behind a growing lag and were answered late.
 """
 
 from __future__ import annotations
 
 
 class InputShedder:
-    def __init__(self, target_ns: int, interval_ns: int, min_requests: int = 64):
+    def __init__(self, target_ns: int, interval_ns: int, min_requests: int = 64, until_quiet: bool = False):
         self.target_ns = target_ns  # 0: never shed
         self.interval_ns = interval_ns
         self.min_requests = min_requests
+        self.until_quiet = until_quiet
         self.shedding = False
         self._window_end_ns: int | None = None
         self._window_min_ns: int | None = None  # the smallest lag seen in the current window
+        self._window_late = False  # some request of the current window was read past the target
         self._window_count = 0
 
     def shed(self, waited_ns: int, now_ns: int) -> bool:
         """Whether to refuse a request that waited `waited_ns` before being read at `now_ns`."""
         if not self.target_ns:
             return False
-        if self._window_end_ns is None or now_ns >= self._window_end_ns:
-            if self._window_min_ns is not None:
-                self.shedding = self._window_count >= self.min_requests and self._window_min_ns > self.target_ns
-            self._window_end_ns, self._window_min_ns, self._window_count = now_ns + self.interval_ns, None, 0
+        if self._window_end_ns is None:
+            self._window_end_ns = now_ns + self.interval_ns
+        if now_ns >= self._window_end_ns:
+            self._end_window(now_ns)
         if self._window_min_ns is None or waited_ns < self._window_min_ns:
             self._window_min_ns = waited_ns
         self._window_count += 1
-        if waited_ns <= self.target_ns:
+        late = waited_ns > self.target_ns
+        self._window_late |= late
+        if not late and not self.until_quiet:
             self.shedding = False  # caught up
-        return self.shedding
+        return self.shedding and late
+
+    def _end_window(self, now_ns: int) -> None:
+        if now_ns >= self._window_end_ns + self.interval_ns:
+            self.shedding = False  # a whole interval passed in which nothing was read at all
+        elif self._window_min_ns is not None:
+            standing = self._window_count >= self.min_requests and self._window_min_ns > self.target_ns
+            self.shedding = standing or (self.until_quiet and self.shedding and self._window_late)
+        self._window_end_ns, self._window_min_ns, self._window_count = now_ns + self.interval_ns, None, 0
+        self._window_late = False

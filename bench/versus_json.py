@@ -1,0 +1,168 @@
+"""`clockwork-bench versus --gateway-json`: the v2 gateway against a plain HTTP server, JSON tensors.
+
+What most KServe tooling sends (curl, `requests`, v2 clients without the binary extension):
+every request is the model's input as a JSON list. Both targets are played the same seeded
+open-loop schedules by one HTTP load generator (bench/http_load.py):
+
+- "gateway": this system (a controller, one onnxruntime worker) behind `clockwork-gateway`
+  (`--gateway-processes` processes);
+- "plain-http": bench/plain_server.py over HTTP: one process, FIFO, one onnxruntime session on
+  one thread, no admission, the same v2 parsing rules.
+
+Per target: a lone-request run (requests 50 ms apart), then each rate of `--rates`, then the
+gateway's test of refusing well: 3x the highest rate it sustained (>= 99.9% of requests within
+the SLO), played to both. Reported per rate: offered, answered within the SLO, 429s, 504s,
+p50/p99 of the answered, how fast the 429s came back, and how late the
+load generator itself sent (its own lag, which every latency includes: when it is large, the
+machine, not the target, set the figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import orjson
+
+from clockwork.bench import http_load, workload
+from clockwork.bench.procs import WorkerSpec, cluster, free_port, start_gateway
+from clockwork.bench.progress import say
+from clockwork.bench.report import Latencies, format_table, write_json
+from clockwork.bench.versus import GAP_S, IN_SLO, LONE_REQUESTS, MODEL, Point, plot, schedule_for, sustained
+from clockwork.client import Client, v2
+
+GATEWAY, PLAIN = "gateway", "plain-http"
+OVERLOAD = 3.0  # the gateway's test of refusing well: this many times the rate it sustained
+
+
+def json_body(inputs: dict[str, np.ndarray], slo_ms: float) -> bytes:
+    """A v2 infer request with every input as a flat JSON list, the SLO as parameters.timeout (us)."""
+    tensors = [{"name": name, "shape": list(a.shape), "datatype": v2.NUMPY_TO_V2[a.dtype.name], "data": a.reshape(-1)}
+               for name, a in inputs.items()]
+    return orjson.dumps({"inputs": tensors, "parameters": {"timeout": int(slo_ms * 1000)}},
+                        option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def http_point(target: str, rate: float, results: http_load.HttpResults, slo_ms: float, shed: int = 0) -> Point:
+    ok, refused = Latencies(), Latencies()
+    ok.record_many_ns(results.ok_ns)
+    refused.record_many_ns(results.refused_ns)
+    answered = sum(results.statuses.values())
+    return Point(target, rate, results.scheduled, results.within_ns(int(slo_ms * 1e6)), answered - results.statuses[200],
+                 results.unanswered, ok.percentile_ms(50), ok.percentile_ms(99), ok.percentile_ms(99.9), math.nan,
+                 too_many=results.statuses[429], timed_out=results.statuses[504],
+                 refusal_p99_ms=refused.percentile_ms(99) if results.refused_ns else math.nan,
+                 sender_late_p99_ms=float(np.percentile(results.late_sends_ns, 99)) / 1e6, shed_at_door=shed)
+
+
+def shed_at_door(address: str) -> int:
+    """How many infers the gateway at `address` has refused at its door (its /metrics)."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith("clockwork_gateway_shed_total{"))
+
+
+def measure(target: str, url: str, body: bytes, rates: Sequence[float], args: argparse.Namespace,
+            lone: bool = True, shed: Callable[[], int] = lambda: 0) -> list[Point]:
+    """(A warm-up and a lone-request run, then) every rate, against one running target; `shed`
+    counts the requests its door refused so far."""
+    timeout_s = max(1.0, 10 * args.slo_ms / 1000)
+    points = []
+    if lone:
+        asyncio.run(http_load.play(url, body, workload.constant_schedule([1 / GAP_S], 10 * GAP_S), timeout_s))
+        count = max(10, min(LONE_REQUESTS, round(args.duration_s / GAP_S)))
+        results = asyncio.run(http_load.play(url, body, workload.constant_schedule([1 / GAP_S], count * GAP_S),
+                                             timeout_s))
+        points.append(http_point(target, 0.0, results, args.slo_ms))
+    for rate in rates:
+        schedule = schedule_for(args.workload, rate, args.duration_s, args.seed + round(rate))
+        before = shed()
+        results = asyncio.run(http_load.play(url, body, schedule, timeout_s))
+        points.append(http_point(target, rate, results, args.slo_ms, shed() - before))
+        time.sleep(0.5)  # what was given up drains before the next rate
+    for p in points:
+        say(f"{target} {f'{p.rate:g}/s' if p.rate else 'lone'}: {p.within_slo}/{p.offered} within {args.slo_ms:g} ms, "
+            f"{p.too_many} x 429 ({p.shed_at_door} at the door), {p.timed_out} x 504, {p.unanswered} unanswered, p50 {p.p50_ms:.2f} ms, "
+            f"p99 {p.p99_ms:.2f} ms, sent late by {p.sender_late_p99_ms:.2f} ms at p99")
+    return points
+
+
+@contextlib.contextmanager
+def plain_http(model_path: Path) -> Iterator[str]:
+    """bench/plain_server.py over HTTP; its infer URL."""
+    address = f"http://127.0.0.1:{free_port()}"
+    server = subprocess.Popen([sys.executable, "-m", "clockwork.bench.plain_server", str(model_path), address],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        if server.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the plain HTTP server did not start (exit status {server.poll()})")
+        yield f"{address}/v2/models/{MODEL}/infer"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def verdicts(points: Sequence[Point], rates: Sequence[float], overload: float) -> list[tuple[str, str, str]]:
+    """(what, measured, goal) rows, every figure a ratio or a count within this run: the sweep's
+    `rates`, and the `overload` rate (0: none was played)."""
+    lone = {p.target: p for p in points if p.rate == 0}
+    sweep = [p for p in points if p.rate in rates]
+    rows = []
+    if GATEWAY in lone and PLAIN in lone:
+        g, p = lone[GATEWAY].p50_ms, lone[PLAIN].p50_ms
+        rows.append(("lone request p50, gateway / plain HTTP", f"{g:.2f} / {p:.2f} ms = {g / p:.2f}", "<= 1.2"))
+    gw, plain = sustained(sweep, GATEWAY), sustained(sweep, PLAIN)
+    rows.append((f"rate sustained (>= {100 * IN_SLO:g}% in SLO), gateway / plain HTTP",
+                 f"{gw:g} / {plain:g} = {gw / plain if plain else math.nan:.2f}", ">= 1.0"))
+    if not overload:
+        rows.append((f"gateway at {OVERLOAD:g} x its sustained rate", "not played: it sustained none of the rates",
+                     ">= 99.9% admitted in SLO"))
+    for p in [q for q in points if overload and q.rate == overload]:
+        if p.target == GATEWAY:
+            rows.append((f"gateway at {p.rate:g}/s = {OVERLOAD:g} x its sustained rate: admitted within SLO",
+                         f"{100 * p.admitted_within_slo:.2f}% ({p.within_slo} of {p.offered - p.refused})", ">= 99.9%"))
+            rows.append(("  the rest refused quickly", f"{p.too_many} x 429, p99 {p.refusal_p99_ms:.2f} ms", "429, fast"))
+            rows.append(("  answers after the deadline (504)", str(p.timed_out), "0"))
+        else:
+            rows.append((f"plain HTTP at {p.rate:g}/s", f"in SLO {100 * p.share_within_slo:.1f}%", "(collapses)"))
+    return rows
+
+
+def run(args: argparse.Namespace, model: bytes, shapes: dict, inputs: dict, model_path: Path, rates: list[float],
+        run_dir: Path, out: Path) -> int:
+    body = json_body(inputs, args.slo_ms)
+    with cluster(run_dir / "clockwork", [WorkerSpec("cpu", "onnxruntime")], controller_settings=args.set) as c:
+        with Client(c.client_endpoint, timeout_s=60) as client:
+            client.upload(model, MODEL, input_shapes=shapes)
+        address = start_gateway(c.group, c.client_endpoint, extra=["--processes", str(args.gateway_processes)])["http"]
+        url = f"http://{address}/v2/models/{MODEL}/infer"
+        door = (lambda: shed_at_door(address)) if args.gateway_processes == 1 else (lambda: 0)
+        points = measure(GATEWAY, url, body, rates, args, shed=door)
+        overload = OVERLOAD * sustained(points, GATEWAY)
+        extra = [overload] if overload and overload not in rates else []
+        points += measure(GATEWAY, url, body, extra, args, lone=False, shed=door)
+    with plain_http(model_path) as url:
+        points += measure(PLAIN, url, body, rates + extra, args)
+    header = ["target", "rate/s", "offered", "in SLO", "429", "of them door's", "504", "other refusals", "unanswered", "p50 ms",
+              "p99 ms", "429 p99 ms", "sent late p99 ms"]
+    print(format_table([[p.target, p.rate or "lone", p.offered, f"{100 * p.share_within_slo:.2f}%", p.too_many,
+                         p.shed_at_door, p.timed_out, p.refused - p.too_many - p.timed_out, p.unanswered, p.p50_ms, p.p99_ms,
+                         p.refusal_p99_ms, p.sender_late_p99_ms] for p in points], header))
+    print(format_table(verdicts(points, rates, overload), ["verdict", "measured", "goal"]))
+    write_json(out / "versus-json.json", {"slo_ms": args.slo_ms, "workload": args.workload,
+                                          "gateway_processes": args.gateway_processes, "overload_rate": overload,
+                                          "points": [asdict(p) for p in points]})
+    plot(out / "versus-json.png", points, args.slo_ms)
+    say(f"wrote {out / 'versus-json.json'} and {out / 'versus-json.png'}")
+    return 0

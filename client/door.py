@@ -1,0 +1,67 @@
+"""The gateway's door: refuse at once (429) what its own event loop is too far behind to serve.
+
+A gateway process parses JSON on one core. Past that core's capacity, requests wait on its event
+loop, every one behind the backlog is late, and without a door they are all answered 504 after
+their deadline. The door measures each request's wait in the gateway: how late the loop ran its
+handler (a timer that notes how late it fired, every `probe_ns`, says how late the loop runs
+what is ready), plus the time its body took to arrive through the busy loop. It feeds that wait
+to the CoDel shedder the controller uses at its input (common/shedding.py), with `until_quiet`,
+before the body is parsed: a refusal costs a small fraction of serving a request, so the backlog
+clears and the admitted requests are served in time. The controller's own refusals are its
+business; this signal is the gateway's alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from clockwork.common.shedding import InputShedder
+
+
+class LoopLag:
+    """How late this event loop runs a callback that is due, sampled every `probe_ns`."""
+
+    def __init__(self, probe_ns: int):
+        self.probe_ns = probe_ns
+        self.last_ns = 0  # how late the last probe fired
+        self._due_ns = time.monotonic_ns() + probe_ns  # when the pending probe is due
+
+    def now_ns(self, now_ns: int) -> int:
+        """The loop's lag as of `now_ns`: the last probe's, or more if the pending one is overdue."""
+        return max(self.last_ns, now_ns - self._due_ns)
+
+    async def run(self) -> None:
+        while True:
+            self._due_ns = time.monotonic_ns() + self.probe_ns
+            await asyncio.sleep(self.probe_ns / 1e9)
+            self.last_ns = max(0, time.monotonic_ns() - self._due_ns)
+
+
+class Door:
+    """`arrival_ns(now)`: when a request whose handler runs now reached the gateway; `sheds(waited,
+    now)`: whether to refuse one that has waited that long. `lag_target_ns` 0 opens the door to
+    everything and measures nothing (a lag of 0)."""
+
+    def __init__(self, lag_target_ns: int, interval_ns: int, min_requests: int):
+        self.lag = LoopLag(max(lag_target_ns // 4, 1_000_000))
+        self.shedder = InputShedder(lag_target_ns, interval_ns, min_requests, until_quiet=True)
+        self._probe: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self.shedder.target_ns and self._probe is None:
+            self._probe = asyncio.get_running_loop().create_task(self.lag.run())
+
+    async def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
+
+    def lag_ns(self, now_ns: int) -> int:
+        return self.lag.now_ns(now_ns) if self._probe is not None else 0
+
+    def arrival_ns(self, now_ns: int) -> int:
+        return now_ns - self.lag_ns(now_ns)
+
+    def sheds(self, waited_ns: int, now_ns: int) -> bool:
+        return self.shedder.shed(waited_ns, now_ns)

@@ -1,0 +1,125 @@
+"""The gateway past its own capacity: its door (client/door.py) on a real event loop that is kept
+behind, and `--processes N` with real processes sharing one port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from clockwork.bench.models import mlp_onnx
+from clockwork.bench.procs import WorkerSpec, cluster, free_port, http_ok
+from clockwork.client import v2
+from clockwork.client.gateway import Gateway, GatewayConfig
+from clockwork.common.status import Status
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def admit(gateway: Gateway) -> v2.V2Error | int:
+    """What the door does with a request whose handler runs now: its arrival time, or the refusal."""
+    arrived_ns = gateway.door.arrival_ns(time.monotonic_ns())
+    try:
+        gateway.admit("m", "http", arrived_ns)
+    except v2.V2Error as err:
+        return err
+    return arrived_ns
+
+
+def test_the_door_sheds_with_429_while_the_loop_stands_behind_and_stops_after_a_quiet_interval():
+    async def behind(gateway: Gateway, seconds: float) -> list[v2.V2Error | int]:
+        """Keep the loop 20 ms late for `seconds` (what a saturated gateway does), admitting two
+        requests per turn: what each got (its arrival time, or the refusal)."""
+        outcomes = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(0.02)
+            await asyncio.sleep(0)
+            for _ in range(2):
+                outcomes.append(admit(gateway))
+        return outcomes
+
+    async def scenario() -> tuple[list, list, list, list]:
+        gateway = Gateway(GatewayConfig(shed_lag_ms=5, shed_interval_ms=50, shed_min_requests=4, retry_after_s=2))
+        gateway.door.start()
+        try:
+            standing = await behind(gateway, 0.5)
+            await asyncio.sleep(0.005)
+            fresh = [admit(gateway)]  # on time: served even while shedding
+            again = await behind(gateway, 0.001)  # late again within the interval: still shed
+            await asyncio.sleep(0.3)  # a quiet interval or more ends the shedding
+            burst = await behind(gateway, 0.001)
+            return standing, fresh, again, burst
+        finally:
+            await gateway.door.stop()
+
+    standing, fresh, again, burst = asyncio.run(scenario())
+    refusals = [o for o in standing if isinstance(o, v2.V2Error)]
+    assert len(refusals) > len(standing) // 2 and isinstance(standing[0], int)
+    err = refusals[-1]
+    assert err.http_status == 429 and err.headers() == {"Retry-After": "2"} and "behind its input" in err.message
+    assert err.status is Status.QUEUE_FULL
+    assert isinstance(fresh[0], int)
+    assert all(isinstance(o, v2.V2Error) for o in again)
+    assert all(isinstance(o, int) for o in burst)
+
+
+def test_the_door_is_open_when_shedding_is_off():
+    async def scenario() -> None:
+        gateway = Gateway(GatewayConfig(shed_lag_ms=0, shed_min_requests=1))
+        gateway.door.start()
+        for _ in range(50):
+            time.sleep(0.01)
+            await asyncio.sleep(0)
+            assert abs(admit(gateway) - time.monotonic_ns()) < 1_000_000  # and no lag is taken
+        await gateway.door.stop()
+
+    asyncio.run(scenario())
+
+
+def infer_json(url: str) -> dict:
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}).encode()
+    request = urllib.request.Request(f"{url}/v2/models/mlp/infer", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def serving_process(url: str) -> tuple[int, int]:
+    """(process index, pid) of the gateway process that a new connection reaches."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    index, pid = re.search(r'clockwork_gateway_process_info\{pid="(\d+)",process="(\d+)"\}', text).group(2, 1)
+    return int(index), int(pid)
+
+
+def test_two_gateway_processes_share_the_port_and_one_dying_leaves_it_to_the_other(tmp_path):
+    with cluster(tmp_path, [WorkerSpec("cpu", "onnxruntime")]) as c:
+        with c.client() as admin:
+            admin.upload(mlp_onnx(), "mlp")
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        c.group.start("gateway", [sys.executable, "-m", "clockwork.client.gateway", "--listen", f"127.0.0.1:{port}",
+                                  "--controller", c.client_endpoint, "--processes", "2", "--log-level", "warning"])
+        c.group.wait_until(lambda: http_ok(f"{url}/v2/health/ready"), 30, "the gateway to be ready")
+        seen = {}
+        deadline = time.monotonic() + 30
+        while len(seen) < 2 and time.monotonic() < deadline:
+            index, pid = serving_process(url)
+            seen[index] = pid
+            assert infer_json(url)["outputs"][0]["name"] == "y"
+        assert sorted(seen) == [0, 1], "new connections reached one process only"
+
+        os.kill(seen[0], signal.SIGKILL)
+        time.sleep(0.5)
+        for _ in range(20):  # every new connection now reaches the survivor, which serves it
+            assert serving_process(url) == (1, seen[1])
+            assert np.asarray(infer_json(url)["outputs"][0]["data"]).shape == (10,)
+        assert http_ok(f"{url}/v2/health/live")
