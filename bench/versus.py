@@ -32,56 +32,23 @@ import math
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from clockwork.bench import models as bench_models
-from clockwork.bench import workload
 from clockwork.bench.loadgen import LoadResults, run_open_loop
 from clockwork.bench.procs import WorkerSpec, cluster, free_port, run_in_temp_dir
 from clockwork.bench.progress import Progress, command_main, say
-from clockwork.bench.report import Latencies, format_table, saved_figure, write_json
+from clockwork.bench.comparison import GAP_S, LONE_REQUESTS, MODEL, Point, plot, schedule_for, sustained
+from clockwork.bench.report import Latencies, format_table, write_json
 from clockwork.client import Client, ClockworkError
 from clockwork.client.cli import parse_shape
 
-MODEL = "model"
-GAP_S = 0.05  # between lone requests: the system idles, as it does between real clients' calls
-LONE_REQUESTS = 100
 FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.85, 1.0, 1.25, 1.5, 2.0)  # of the plain server's nominal capacity
-IN_SLO = 0.999  # a rate is sustained when this share of offered requests is answered within the SLO
 
-
-@dataclass(frozen=True)
-class Point:
-    """One target at one rate."""
-
-    target: str
-    rate: float  # requests/s asked for (0: the lone-request run)
-    offered: int
-    within_slo: int  # answered OK within the SLO
-    refused: int  # answered with a refusal (any status but OK)
-    unanswered: int
-    p50_ms: float
-    p99_ms: float
-    p999_ms: float
-    busy_share: float  # device time executing / wall time of the run
-    too_many: int = 0  # of the refused, answered HTTP 429 (--gateway-json)
-    timed_out: int = 0  # of the refused, answered HTTP 504: after the deadline (--gateway-json)
-    refusal_p99_ms: float = math.nan  # how fast the 429s came back (--gateway-json)
-    sender_late_p99_ms: float = math.nan  # how late the load generator sent (--gateway-json): its own lag
-    shed_at_door: int = 0  # of the 429s, the gateway's door's (--gateway-json, one gateway process)
-
-    @property
-    def share_within_slo(self) -> float:
-        return self.within_slo / self.offered if self.offered else math.nan
-
-    @property
-    def admitted_within_slo(self) -> float:
-        admitted = self.offered - self.refused
-        return self.within_slo / admitted if admitted else math.nan
 
 
 def point(target: str, rate: float, results: LoadResults, busy_ns: int) -> Point:
@@ -130,13 +97,6 @@ def direct_floor(model: bytes, inputs: dict) -> Latencies:
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     return latencies(spaced(lambda: session.run(None, inputs)))
-
-
-def schedule_for(kind: str, rate: float, duration_s: float, seed: int) -> workload.Schedule:
-    if kind == "bursty":  # on 2 s, off 2 s at a fifth of the rate: the same mean, in bursts
-        return workload.on_off_schedule([rate * 2 / 1.2], duration_s, seed, on_s=2.0, off_s=2.0,
-                                        rate_off_fraction=0.2)
-    return workload.poisson_schedule([rate], duration_s, seed)
 
 
 def measure(target: str, client: Client, inputs: dict, rates: Sequence[float],
@@ -196,12 +156,6 @@ def run_plain(run_dir: Path, model_path: Path, inputs: dict, rates, args) -> lis
         server.wait(timeout=10)
 
 
-def sustained(points: Sequence[Point], target: str) -> float:
-    """The highest rate at which `target` answered IN_SLO of offered requests within the SLO."""
-    ok = [p.rate for p in points if p.target == target and p.rate > 0 and p.share_within_slo >= IN_SLO]
-    return max(ok, default=0.0)
-
-
 def verdicts(points: Sequence[Point], floor: Latencies) -> list[tuple[str, str, str]]:
     """(what, measured, goal) rows, every figure a ratio or difference within this run."""
     lone = {p.target: p for p in points if p.rate == 0}
@@ -226,23 +180,6 @@ def verdicts(points: Sequence[Point], floor: Latencies) -> list[tuple[str, str, 
                 detail, goal = f"goodput {goodput:.0f}/s, in SLO {100 * p.share_within_slo:.1f}%", "(collapses)"
             rows.append((f"{p.target} at {top_rate:g}/s = {top_rate / plain:.1f} x plain's", detail, goal))
     return rows
-
-
-def plot(path: Path, points: Sequence[Point], slo_ms: float) -> None:
-    with saved_figure(path, 1, 2, figsize=(11, 4)) as (_, (left, right)):
-        for target in sorted({p.target for p in points}):
-            mine = sorted((p for p in points if p.target == target and p.rate > 0), key=lambda p: p.rate)
-            rates = [p.rate for p in mine]
-            left.plot(rates, [p.within_slo / (p.offered / p.rate) if p.offered else 0 for p in mine], "o-",
-                      label=target)
-            right.plot(rates, [p.p99_ms for p in mine], "o-", label=f"{target} p99")
-        top = max((p.rate for p in points), default=1)
-        left.plot([0, top], [0, top], ":", color="grey", label="offered")
-        left.set(xlabel="offered requests/s", ylabel="answered within SLO /s", title="goodput")
-        right.axhline(slo_ms, color="grey", linestyle=":", label="SLO")
-        right.set(xlabel="offered requests/s", ylabel="ms", yscale="log", title="latency of answered requests")
-        left.legend()
-        right.legend()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,8 +37,8 @@ import orjson
 from clockwork.bench import http_load, workload
 from clockwork.bench.procs import WorkerSpec, cluster, free_port, start_gateway
 from clockwork.bench.progress import say
+from clockwork.bench.comparison import GAP_S, IN_SLO, LONE_REQUESTS, MODEL, Point, plot, schedule_for, sustained
 from clockwork.bench.report import Latencies, format_table, write_json
-from clockwork.bench.versus import GAP_S, IN_SLO, LONE_REQUESTS, MODEL, Point, plot, schedule_for, sustained
 from clockwork.client import Client, v2
 
 GATEWAY, PLAIN = "gateway", "plain-http"

@@ -424,7 +424,7 @@ class Core:
 
     def refuse_shed(self, client: bytes, request_id: int, waited_ns: int) -> list[Effect]:
         """A request refused unread because the controller is behind on its input
-        (controller/shedding.py): QUEUE_FULL, as "too many requests right now"."""
+        (common/shedding.py): QUEUE_FULL, as "too many requests right now"."""
         return self._refuse_unread(client, request_id, "rejected_shed", Status.QUEUE_FULL,
                                    f"the controller is {waited_ns / 1e6:.1f} ms behind on its input and sheds load "
                                    "to catch up; retry shortly")

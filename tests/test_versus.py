@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import zmq
 
-from clockwork.bench import versus, versus_json
+from clockwork.bench import comparison, versus, versus_json
 from clockwork.bench.models import cnn_onnx
 from clockwork.bench.procs import free_port
 from clockwork.client import Client
@@ -73,7 +73,7 @@ def test_the_plain_server_answers_garbage_with_a_reason_and_serves_on(plain):
 
 
 def point(target, rate, offered, within, refused=0, p99=5.0):
-    return versus.Point(target, rate, offered, within, refused, 0, 1.0, p99, p99, 0.5)
+    return comparison.Point(target, rate, offered, within, refused, 0, 1.0, p99, p99, 0.5)
 
 
 def test_verdicts_compare_targets_within_the_run():
@@ -81,8 +81,8 @@ def test_verdicts_compare_targets_within_the_run():
               point("plain", 100, 1000, 1000), point("plain", 200, 2000, 1999), point("plain", 400, 4000, 40),
               point("clockwork", 100, 1000, 1000), point("clockwork", 200, 2000, 1997, 3),
               point("clockwork", 400, 4000, 1900, 2000)]
-    assert versus.sustained(points, "plain") == 200  # 99.95% at 200/s
-    assert versus.sustained(points, "clockwork") == 100  # 99.85% at 200/s falls short
+    assert comparison.sustained(points, "plain") == 200  # 99.95% at 200/s
+    assert comparison.sustained(points, "clockwork") == 100  # 99.85% at 200/s falls short
     rows = {what: measured for what, measured, _ in versus.verdicts(points, _floor(0.5))}
     assert rows["lone request p50 - direct p50"] == "0.50 ms"
     assert rows["refusals at rates <= 70% of plain's"] == "0"
@@ -154,7 +154,7 @@ def test_the_plain_http_server_answers_bad_input_with_a_reason_and_serves_on(pla
 
 def test_gateway_json_verdicts_judge_the_overload_rate_against_the_sweep():
     def p(target, rate, offered, within, too_many=0, timed_out=0):
-        return versus.Point(target, rate, offered, within, too_many + timed_out, 0, 2.0, 9.0, 9.0, math.nan,
+        return comparison.Point(target, rate, offered, within, too_many + timed_out, 0, 2.0, 9.0, 9.0, math.nan,
                             too_many=too_many, timed_out=timed_out, refusal_p99_ms=1.5)
 
     points = [p("gateway", 0, 100, 100), p("plain-http", 0, 100, 100),
