@@ -26,7 +26,7 @@ then bisects between the last pass and the first failure until the bracket is na
 --precision (relative), or --max-steps is reached. If the first step already fails it steps
 down geometrically first. The answer is the highest passing rate seen.
 
-    clockwork-bench capacity --workers 1 --devices-per-worker 16 --exec-scale 0.5 --start-rate 8000
+    clockwork-bench capacity --workers 1 --devices-per-worker 16 --exec-scale 0.5 --start-rate 6000
     clockwork-bench capacity --echo --start-rate 20000   # the generator's own ceiling, alone
 
 Output in --out: capacity.json (ceilings, ratios, every search's steps), capacity.csv (one row
@@ -133,13 +133,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_system_args(p)
     p.add_argument("--workload", choices=WORKLOADS, default="poisson", help="arrival process of each step")
-    p.add_argument("--start-rate", type=float, default=2000.0, help="first rate tried (requests/s)")
+    p.add_argument("--start-rate", type=float, default=4000.0,
+                   help="first rate tried (requests/s); the references start at the system's result when higher")
     p.add_argument("--max-rate", type=float, default=100_000.0, help="never try above this")
     p.add_argument("--growth", type=float, default=1.5, help="rate multiplier while steps pass")
     p.add_argument("--precision", type=float, default=0.05, help="stop bisecting at this relative bracket")
-    p.add_argument("--max-steps", type=int, default=10, help="steps at most")
-    p.add_argument("--step-s", type=float, default=6.0, help="seconds of load per step")
-    p.add_argument("--ramp-s", type=float, default=2.0,
+    p.add_argument("--max-steps", type=int, default=8, help="steps at most, per search")
+    p.add_argument("--step-s", type=float, default=4.0, help="seconds of load per step")
+    p.add_argument("--ramp-s", type=float, default=1.0,
                    help="seconds at the step's rate before the judged part (not judged)")
     p.add_argument("--pause-s", type=float, default=1.0, help="idle seconds between steps")
     p.add_argument("--target", type=float, default=0.999, help="attainment a step needs to pass")
@@ -283,7 +284,8 @@ def format_verdict(results: Mapping[str, SearchResult], args: argparse.Namespace
     verdict = "not judged, the echo search found no failing rate; raise --max-steps" if met is None \
         else "met" if met else "MISSED"
     for key, value in ratios(results).items():
-        lines.append(f"{key} = {value:.2f}" + (f" (goal >= {GOAL_OF_ECHO:g}: {verdict})" if key == "system/echo" else ""))
+        goal = f" (goal >= {GOAL_OF_ECHO:g}: {verdict})" if key == "system/echo" else ""
+        lines.append(f"{key} = {value:.2f}{goal}")
     return "\n".join(lines)
 
 
