@@ -1,23 +1,37 @@
-"""`clockwork-bench capacity`: the highest rate the real system sustains within its SLO.
+"""`clockwork-bench capacity`: the highest rate the real system sustains within its SLO, beside
+the same run's ceilings of the load generator alone and of a bare relay chain.
 
-Each step starts a fresh cluster (as `clockwork-bench run` would: controller, emulated
-workers, models uploaded, a short warm-up), so an overloaded step cannot poison the next one
-(--reuse-cluster keeps one cluster instead). It then plays one open-loop schedule at the
-step's rate: --ramp-s seconds not judged (replicas of hot models get made, batch sizes
-settle), then --step-s seconds judged by SLO attainment: the share of *offered* requests
-answered OK within the SLO, latency measured from the scheduled send time. A step passes when
-attainment >= --target (0.999 by default: 99.9%).
+Three searches, one after the other, by the same step rule:
+
+- system: the controller, emulated workers and models. Each step starts a fresh cluster (as
+  `clockwork-bench run` would: models uploaded, a short warm-up), so an overloaded step cannot
+  poison the next one (--reuse-cluster keeps one cluster instead).
+- echo: the generator against its echo server (`--echo`): the most any system can be offered.
+- relay: the generator through a bare relay process (two ROUTERs, no decoding; bench.relay) to
+  the echo server in a third process (`--echo relay`): the controller's and worker's socket
+  layout with none of their work.
+
+The verdict is system / echo (goal >= GOAL_OF_ECHO); system / relay says how much of the gap
+is the two ZeroMQ hops any such design pays. Absolute rates depend on the machine; the ratios
+are what carry from one machine to another. The references start at the system's result (they
+cannot be lower in principle, and it saves steps). `--echo [relay]` runs that search alone.
+
+Each step plays one open-loop schedule at the step's rate: --ramp-s seconds not judged
+(replicas of hot models get made, batch sizes settle), then --step-s seconds judged by SLO
+attainment: the share of *offered* requests answered OK within the SLO, latency measured from
+the scheduled send time. A step passes when attainment >= --target (0.999 by default: 99.9%).
 
 The search (`search`, pure) grows the rate geometrically from --start-rate while steps pass,
 then bisects between the last pass and the first failure until the bracket is narrower than
 --precision (relative), or --max-steps is reached. If the first step already fails it steps
 down geometrically first. The answer is the highest passing rate seen.
 
-    clockwork-bench capacity --workers 4 --devices-per-worker 4 --step-s 6 --out runs/capacity
-    clockwork-bench capacity --echo --start-rate 20000   # the generator's own ceiling
+    clockwork-bench capacity --workers 1 --devices-per-worker 16 --exec-scale 0.5 --start-rate 6000
+    clockwork-bench capacity --echo --start-rate 20000   # the generator's own ceiling, alone
 
-Output in --out: capacity.json, capacity.csv (one row per step), capacity.png (attainment and
-latency vs offered rate); with --step-reports, each step's full run report in steps/.
+Output in --out: capacity.json (ceilings, ratios, every search's steps), capacity.csv (one row
+per step), capacity.png (attainment and latency vs offered rate, per search); with
+--step-reports, each step's full run report in steps/SEARCH/.
 """
 
 from __future__ import annotations
@@ -36,10 +50,13 @@ from clockwork.bench.loadgen import LoadResults
 from clockwork.bench.procs import run_in_temp_dir
 from clockwork.bench.progress import command_main, say as _say
 from clockwork.bench.report import _finite, format_table, saved_figure
-from clockwork.bench.run import (WORKLOADS, System, add_system_args, cpu_seconds, cpu_usage, describe, drive, make_schedule,
-                       setup_of, start_system, warm_up)
+from clockwork.bench.run import (WORKLOADS, System, add_system_args, cpu_seconds, cpu_usage, describe, drive,
+                                make_schedule, setup_of, start_system, warm_up)
 from clockwork.bench import workload
 from clockwork.bench.runlog import RunLog, summarize_run, window, write_run
+
+GOAL_OF_ECHO = 0.66  # issue 19: the system sustains >= 2/3 of what the generator alone can offer
+SEARCHES = {"system": None, "echo": "direct", "relay": "relay"}  # search -> the --echo it runs with
 
 
 @dataclass(frozen=True)
@@ -116,13 +133,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_system_args(p)
     p.add_argument("--workload", choices=WORKLOADS, default="poisson", help="arrival process of each step")
-    p.add_argument("--start-rate", type=float, default=2000.0, help="first rate tried (requests/s)")
+    p.add_argument("--start-rate", type=float, default=4000.0,
+                   help="first rate tried (requests/s); the references start at the system's result when higher")
     p.add_argument("--max-rate", type=float, default=100_000.0, help="never try above this")
     p.add_argument("--growth", type=float, default=1.5, help="rate multiplier while steps pass")
     p.add_argument("--precision", type=float, default=0.05, help="stop bisecting at this relative bracket")
-    p.add_argument("--max-steps", type=int, default=10, help="steps at most")
-    p.add_argument("--step-s", type=float, default=6.0, help="seconds of load per step")
-    p.add_argument("--ramp-s", type=float, default=2.0,
+    p.add_argument("--max-steps", type=int, default=8, help="steps at most, per search")
+    p.add_argument("--step-s", type=float, default=4.0, help="seconds of load per step")
+    p.add_argument("--ramp-s", type=float, default=1.0,
                    help="seconds at the step's rate before the judged part (not judged)")
     p.add_argument("--pause-s", type=float, default=1.0, help="idle seconds between steps")
     p.add_argument("--target", type=float, default=0.999, help="attainment a step needs to pass")
@@ -137,10 +155,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def real_judge(args: argparse.Namespace, out_dir: Path, run_dir: Path, say: Callable[[str], None],
-               shared=None) -> Callable[[float], Step]:
+               shared=None, name: str = "system") -> Callable[[float], Step]:
     """Each step on a fresh cluster (started, models uploaded, warmed up) unless `shared` is a
     running System to reuse: an overloaded step leaves queues, replicas and inflated latency
-    estimates behind, and the next step must not inherit them."""
+    estimates behind, and the next step must not inherit them. `name`: the search's, for step
+    reports (out_dir/steps/NAME/) and progress lines."""
     counter = {"n": 0}
 
     def judge(rate: float) -> Step:
@@ -154,14 +173,15 @@ def real_judge(args: argparse.Namespace, out_dir: Path, run_dir: Path, say: Call
             return measure(system, rate, n)
 
     def measure(system, rate: float, n: int) -> Step:
-        log, results, wall_s, cpu = play_step(system, args, rate, n, f"step {n} {rate:.0f}/s")
+        log, results, wall_s, cpu = play_step(system, args, rate, n, f"{name} step {n} {rate:.0f}/s")
         if args.step_reports:
-            summary = write_run(out_dir / "steps" / f"{n:02d}-{rate:.0f}", log, describe(args, rate), args.slo_ms)
+            summary = write_run(out_dir / "steps" / name / f"{n:02d}-{rate:.0f}", log, describe(args, rate),
+                                args.slo_ms)
         else:
             summary = summarize_run(log, describe(args, rate), args.slo_ms)
         step = step_from_summary(rate, summary, results.send_lag.percentile_ms(99), args.target, wall_s,
                                  cpu.get("controller", {}).get("core_share", math.nan))
-        say(f"step {n}: {rate:.0f}/s -> attainment {100 * step.attainment:.3f}% "
+        say(f"{name} step {n}: {rate:.0f}/s -> attainment {100 * step.attainment:.3f}% "
             f"({'pass' if step.passed else 'FAIL'}), p99 {step.p99_ms:.1f} ms, goodput {step.goodput_per_s:.0f}/s"
             + (f", not OK {step.not_ok}" if step.not_ok else ""))
         time.sleep(args.pause_s)
@@ -226,41 +246,102 @@ def top_counts(counts: Mapping[str, int], n: int = 2) -> str:
     return ", ".join(f"{k} {v}" for k, v in items) or "-"
 
 
-def write_outputs(out_dir: Path, result: SearchResult, args: argparse.Namespace) -> list[Path]:
+def ratios(results: Mapping[str, SearchResult]) -> dict[str, float]:
+    """The system's ceiling over each reference's ("system/echo", "system/relay") where both
+    searches ran; NaN where the reference found nothing."""
+    if "system" not in results:
+        return {}
+    best = results["system"].best_rate
+    return {f"system/{ref}": best / results[ref].best_rate if results[ref].best_rate > 0 else math.nan
+            for ref in ("echo", "relay") if ref in results}
+
+
+def goal_met(results: Mapping[str, SearchResult]) -> bool | None:
+    """system/echo >= GOAL_OF_ECHO; None when not judged: no such ratio, or the echo search
+    never failed (its ceiling is then only a lower bound, and the ratio flatters)."""
+    ratio = ratios(results).get("system/echo", math.nan)
+    if math.isnan(ratio) or not math.isfinite(results["echo"].bracket[1]):
+        return None
+    return ratio >= GOAL_OF_ECHO
+
+
+def ceiling_text(result: SearchResult) -> str:
+    """"12,345/s", with ">=" when no step failed (the search stopped before finding the edge)."""
+    return ("" if math.isfinite(result.bracket[1]) else ">= ") + f"{result.best_rate:,.0f}/s"
+
+
+def format_verdict(results: Mapping[str, SearchResult], args: argparse.Namespace) -> str:
+    """The ceilings, one line each, then the ratios and the goal."""
+    what = {"system": f"the controller, {args.workers}x{args.devices_per_worker} emulated devices, "
+                      f"{args.models} models ({args.workload})",
+            "echo": "the load generator against its echo server",
+            "relay": "the generator through a bare relay (two ROUTERs, no decoding) to the echo server"}
+    rows = [(name, ceiling_text(r), "none" if not math.isfinite(r.bracket[1]) else f"{r.bracket[1]:,.0f}/s",
+             len(r.steps), what[name]) for name, r in results.items()]
+    lines = [f"ceilings with >= {100 * args.target:g}% of offered requests OK within {args.slo_ms:g} ms:",
+             format_table(rows, header=("search", "ceiling", "lowest failure", "steps", "what it drives"))]
+    met = goal_met(results)
+    verdict = "not judged, the echo search found no failing rate; raise --max-steps" if met is None \
+        else "met" if met else "MISSED"
+    for key, value in ratios(results).items():
+        goal = f" (goal >= {GOAL_OF_ECHO:g}: {verdict})" if key == "system/echo" else ""
+        lines.append(f"{key} = {value:.2f}{goal}")
+    return "\n".join(lines)
+
+
+def write_outputs(out_dir: Path, results: Mapping[str, SearchResult], args: argparse.Namespace) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = {"best_rate_per_s": result.best_rate, "bracket": list(result.bracket), "target": args.target,
-            "slo_ms": args.slo_ms, "setup": setup_of(args), "steps": [asdict(s) for s in result.steps]}
+    found = ratios(results)
+    data = {"ceilings_per_s": {name: r.best_rate for name, r in results.items()}, "ratios": found,
+            "goal_system_over_echo": GOAL_OF_ECHO, "target": args.target, "slo_ms": args.slo_ms,
+            "setup": setup_of(args),
+            "searches": {name: {"best_rate_per_s": r.best_rate, "bracket": list(r.bracket),
+                                "steps": [asdict(s) for s in r.steps]} for name, r in results.items()}}
+    if "system/echo" in found:
+        data["goal_met"] = goal_met(results)
     json_path = out_dir / "capacity.json"
     json_path.write_text(json.dumps(_finite(data), indent=2, sort_keys=True) + "\n")
     csv_path = out_dir / "capacity.csv"
     with open(csv_path, "w", newline="") as fh:
         w = csv.writer(fh)
-        keys = [k for k in asdict(result.steps[0]) if k != "not_ok"] + ["not_ok"] if result.steps else []
-        w.writerow(keys)
-        for s in result.steps:
-            row = asdict(s)
-            w.writerow([json.dumps(row[k], sort_keys=True) if k == "not_ok" else row[k] for k in keys])
-    png_path = write_capacity_png(out_dir / "capacity.png", result, args.target, args.slo_ms)
+        keys = [k for k in Step.__dataclass_fields__ if k != "not_ok"] + ["not_ok"]
+        w.writerow(["search", *keys])
+        for name, r in results.items():
+            for s in r.steps:
+                row = asdict(s)
+                w.writerow([name, *(json.dumps(row[k], sort_keys=True) if k == "not_ok" else row[k] for k in keys)])
+    png_path = write_capacity_png(out_dir / "capacity.png", results, args.target, args.slo_ms)
     return [json_path, csv_path, png_path]
 
 
-def write_capacity_png(path: Path, result: SearchResult, target: float, slo_ms: float) -> Path:
-    steps = sorted(result.steps, key=lambda s: s.rate)
-    rates = [s.rate for s in steps]
+def write_capacity_png(path: Path, results: Mapping[str, SearchResult], target: float, slo_ms: float) -> Path:
+    colors = {"system": "tab:blue", "echo": "tab:orange", "relay": "tab:purple"}
+    found = ratios(results)
     with saved_figure(path, 1, 2, figsize=(12, 4.5), dpi=100) as (_, (ax1, ax2)):
-        miss = [max(1.0 - s.attainment, 1e-6) for s in steps]
-        colors = ["tab:green" if s.passed else "tab:red" for s in steps]
-        ax1.plot(rates, miss, color="grey", linewidth=1)
-        ax1.scatter(rates, miss, c=colors, zorder=3)
+        for name, result in results.items():
+            steps = sorted(result.steps, key=lambda s: s.rate)
+            rates = [s.rate for s in steps]
+            color = colors[name]
+            miss = [max(1.0 - s.attainment, 1e-6) for s in steps]
+            ax1.plot(rates, miss, color=color, linewidth=1, label=f"{name}: {ceiling_text(result)}")
+            ax1.scatter([r for r, s in zip(rates, steps) if s.passed], [m for m, s in zip(miss, steps) if s.passed],
+                        color=color, marker="o", zorder=3)
+            ax1.scatter([r for r, s in zip(rates, steps) if not s.passed],
+                        [m for m, s in zip(miss, steps) if not s.passed], color=color, marker="x", zorder=3)
+            ax2.plot(rates, [s.p99_ms for s in steps], marker="o", color=color, label=f"{name} p99")
+            ax2.plot(rates, [s.p50_ms for s in steps], linestyle=":", color=color, label=f"{name} p50")
+            for ax in (ax1, ax2):
+                if result.best_rate > 0:
+                    ax.axvline(result.best_rate, color=color, linewidth=1, alpha=0.5)
         ax1.axhline(1.0 - target, linestyle="--", color="grey", linewidth=1,
                     label=f"target: {100 * target:g}% within SLO")
         ax1.set_yscale("log")
         ax1.set_xlabel("offered rate (requests/s)")
-        ax1.set_ylabel("share of requests NOT OK within SLO (log)")
-        ax1.set_title(f"SLO attainment ({slo_ms:g} ms); best {result.best_rate:.0f}/s")
+        ax1.set_ylabel("share of requests NOT OK within SLO (log; x: failed step)")
+        ax1.set_title(f"SLO attainment ({slo_ms:g} ms); " + (", ".join(f"{k} {v:.2f}" for k, v in found.items())
+                                                           or "ceiling " + ", ".join(map(ceiling_text,
+                                                                                         results.values()))))
         ax1.legend(fontsize=8)
-        for label, key in (("p50", "p50_ms"), ("p99", "p99_ms"), ("p99.9", "p999_ms")):
-            ax2.plot(rates, [getattr(s, key) for s in steps], marker="o", label=label)
         ax2.axhline(slo_ms, linestyle="--", color="grey", linewidth=1, label=f"SLO {slo_ms:g} ms")
         ax2.set_yscale("log")
         ax2.set_xlabel("offered rate (requests/s)")
@@ -269,41 +350,57 @@ def write_capacity_png(path: Path, result: SearchResult, target: float, slo_ms: 
         ax2.legend(fontsize=8)
         for ax in (ax1, ax2):
             ax.grid(True, which="both", alpha=0.3)
-            if result.best_rate > 0:
-                ax.axvline(result.best_rate, color="tab:green", linewidth=1, alpha=0.5)
     return path
 
 
 # ----------------------------------------------------------------------------- the command
 
 
+def searches_of(args: argparse.Namespace) -> list[str]:
+    """All three, system first; --echo [relay]: that one alone."""
+    if args.echo:
+        return ["relay" if args.echo == "relay" else "echo"]
+    return list(SEARCHES)
+
+
+def run_search(name: str, args: argparse.Namespace, start_rate: float, out_dir: Path, run_dir: Path,
+               say: Callable[[str], None]) -> SearchResult:
+    """One search: the system on a fresh cluster per step (unless --reuse-cluster), a reference
+    on one set of echo processes (they keep no state from one step to the next)."""
+    args = argparse.Namespace(**{**vars(args), "echo": SEARCHES[name]})
+
+    def go(judge: Callable[[float], Step]) -> SearchResult:
+        return search(judge, start_rate, args.max_rate, args.growth, args.precision, args.max_steps)
+
+    if name == "system" and not args.reuse_cluster:
+        return go(real_judge(args, out_dir, run_dir, say, name=name))
+    with start_system(args, run_dir, say, action_log=False) as system:
+        warm_up(system, args, say)
+        return go(real_judge(args, out_dir, run_dir, say, shared=system, name=name))
+
+
 def run(args: argparse.Namespace) -> int:
     say = _say
     out_dir = Path(args.out)
-    result: SearchResult | None = None
+    results: dict[str, SearchResult] = {}
 
     def body(run_dir: Path) -> int:
-        nonlocal result
-        if args.reuse_cluster or args.echo:
-            with start_system(args, run_dir, say, action_log=False) as system:
-                warm_up(system, args, say)
-                judge = real_judge(args, out_dir, run_dir, say, shared=system)
-                result = search(judge, args.start_rate, args.max_rate, args.growth, args.precision, args.max_steps)
-        else:
-            judge = real_judge(args, out_dir, run_dir, say)
-            result = search(judge, args.start_rate, args.max_rate, args.growth, args.precision, args.max_steps)
+        for name in searches_of(args):
+            system_best = results["system"].best_rate if "system" in results else 0.0
+            start_rate = max(args.start_rate, system_best)  # a reference cannot be below the system
+            say(f"{name} search from {start_rate:.0f}/s")
+            results[name] = run_search(name, args, start_rate, out_dir, run_dir / name, say)
         return 0
 
     status = run_in_temp_dir("clockwork-capacity-", args.keep, "capacity", body)
     if status:  # failed: said why and kept the folder
         return status
-    print(format_steps(result.steps))
-    hi = "none failed" if not math.isfinite(result.bracket[1]) else f"{result.bracket[1]:.0f}/s failed"
-    print(f"\ncapacity: {result.best_rate:.0f} requests/s with >= {100 * args.target:g}% within "
-          f"{args.slo_ms:g} ms ({hi}; {describe(args, result.best_rate)})")
-    paths = write_outputs(out_dir, result, args)
+    for name, result in results.items():
+        print(f"\n{name}:\n" + format_steps(result.steps))
+    print("\n" + format_verdict(results, args))
+    paths = write_outputs(out_dir, results, args)
     print("wrote " + ", ".join(str(p) for p in paths))
-    return 0 if result.best_rate > 0 else 1
+    return 0 if all(r.best_rate > 0 for r in results.values()) else 1
 
 
 main = command_main(parse_args, run, "search")

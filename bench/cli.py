@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "many-models": ("clockwork.bench.many_models", "every control path (ls, status, list, gateway, metrics) with 4,026 models"),
     "big-model": ("clockwork.bench.big_model", "a 1 GiB ONNX model uploads and serves while other models serve: SLO, RSS"),
     "soak": ("clockwork.bench.soak", "minutes of mixed load with cancels and expiries: memory, descriptors and core tables stay bounded"),
-    "capacity": ("clockwork.bench.capacity", "highest rate sustained with >= 99.9% of requests within the SLO"),
+    "capacity": ("clockwork.bench.capacity", "highest rate within the SLO, as a ratio to the generator's echo and relay ceilings"),
     "overload": ("clockwork.bench.overload", "goodput, admitted requests' SLO and memory at 3x a device-bound capacity"),
     "chaos": ("clockwork.bench.chaos", "kill and freeze workers, restart the controller under load; check invariants"),
     "fuzz": ("clockwork.bench.fuzz", "fuzz every decoder of untrusted bytes"),

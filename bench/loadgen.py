@@ -45,6 +45,7 @@ import numpy as np
 import zmq
 
 from clockwork.bench.progress import NullProgress, Progress
+from clockwork.bench.relay import HELLO
 from clockwork.bench.report import Latencies
 from clockwork.bench.workload import Schedule
 from clockwork.client.protocol import build_infer
@@ -790,18 +791,24 @@ def _merge_raw(raws: list[RawResults], parts: list[np.ndarray], n: int) -> RawRe
 # ----------------------------------------------------------------------------- a bare echo server
 
 
-def serve_echo(endpoint: str, ready: Any = None, stop: Any = None) -> None:
+def serve_echo(endpoint: str, ready: Any = None, stop: Any = None, behind_relay: bool = False) -> None:
     """A ROUTER answering every message with an OK INFER reply (batch 1, exec 0, worker "echo"):
     the fastest possible "controller", to measure what the generator alone can offer.
-    `ready`/`stop`: multiprocessing Events (set once bound / set to end)."""
+    behind_relay: a DEALER connected to a bare relay's back instead (bench.relay.relay_main: it
+    hands over [client id, *message] as a ROUTER would), to measure the generator plus two hops.
+    `ready`/`stop`: multiprocessing Events (set once bound or connected / set to end)."""
     from clockwork.common.schema import InferReply
 
     context = zmq.Context()
-    sock = context.socket(zmq.ROUTER)
+    sock = context.socket(zmq.DEALER if behind_relay else zmq.ROUTER)
     sock.setsockopt(zmq.SNDHWM, SNDHWM)
     sock.setsockopt(zmq.RCVHWM, SNDHWM)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(endpoint)
+    if behind_relay:
+        sock.connect(endpoint)
+        sock.send(HELLO)
+    else:
+        sock.bind(endpoint)
     reply = encode(InferReply(status=Status.OK, batch_size=1, worker="echo"), _ID_MARK, parent_id=_SENT_MARK,
                    sent_ns=_ID_MARK + 1)
     head = bytes(reply[0])

@@ -12,6 +12,7 @@ omission); --loadgen-procs N splits the schedule over N generator processes.
     clockwork-bench run --rate 2000 --duration-s 20 --workers 4 --devices-per-worker 4 --out runs/r1
     clockwork-bench run --workload azure --rate 1000 --models 200 --device-memory-mb 1024
     clockwork-bench run --echo --rate 40000   # the generator alone, against a bare echo ROUTER
+    clockwork-bench run --echo relay --rate 30000   # the same through a bare relay (two ROUTERs)
 
 Workloads: poisson (Zipf popularity, --zipf 0 for uniform), bursty (independent on/off
 sources), azure (Azure-Functions-like: Zipf, per-minute changes, bursts), closed (--clients
@@ -35,17 +36,23 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
+import zmq
 
 from clockwork.bench import models as bench_models
 from clockwork.bench import workload
 from clockwork.bench.loadgen import LoadResults, rates_summary, run_closed_loop, run_open_loop, serve_echo
 from clockwork.bench.procs import NotReady, ProcessDied, WorkerSpec, cluster, free_port, run_in_temp_dir
 from clockwork.bench.progress import NullProgress, Progress, command_main, say as _say
+from clockwork.bench.relay import RoundTrip, relay_main, wait_relay
 from clockwork.bench.report import format_table, prediction_counters
 from clockwork.bench.runlog import RunLog, format_run_summary, write_run
+from clockwork.client.protocol import build_infer
 from clockwork.common.config import ControllerConfig
+from clockwork.common.net import dealer
+from clockwork.common.schema import Message
 
 WORKLOADS = ("poisson", "bursty", "azure")
+ECHO_PEERS = ("direct", "relay")  # --echo: the echo server where the generator sends, or behind a bare relay
 ACTION_LOG_SETTING = "action_log_path"  # the controller's TSV action log, when it has one
 WARMUP_RATE_PER_MODEL = 20.0  # requests/s per model during warm-up: enough to load each one
 
@@ -81,8 +88,10 @@ def add_system_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loadgen-procs", type=int, default=1, help="load generator processes")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="controller setting, e.g. --set scheduler.schedule_ahead_ns=3000000 (repeatable)")
-    p.add_argument("--echo", action="store_true",
-                   help="no controller: a bare echo ROUTER answers (measures the generator alone)")
+    p.add_argument("--echo", nargs="?", const="direct", choices=ECHO_PEERS, default=None,
+                   help="no controller: a bare echo ROUTER answers (measures the generator alone); "
+                        "--echo relay: through a bare relay process (two ROUTERs, no decoding) to the echo "
+                        "peer, as the controller and worker sit (the generator plus two ZeroMQ hops)")
     p.add_argument("--log-level", default="warning", help="daemons' log level")
     p.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for the daemons")
     p.add_argument("--keep", action="store_true", help="keep the daemons' state and log folder")
@@ -132,11 +141,13 @@ def start_system(args: argparse.Namespace, run_dir: Path, say: Callable[[str], N
     inputs = bench_models.sample_inputs("profile", profile)
     by_model = {n: inputs for n in names}
     if args.echo:
-        with _echo_server() as (endpoint, proc):
+        probe = build_infer(names[0], inputs, int(args.slo_ms * 1e6))
+        with _echo_peers(args.echo == "relay", probe) as (endpoint, procs):
             def check() -> None:
-                if not proc.is_alive():
-                    raise ProcessDied("echo", proc.exitcode or 0, "")
-            yield System(endpoint, check, names, by_model, dict, None, {"echo": proc.pid})
+                for name, proc in procs.items():
+                    if not proc.is_alive():
+                        raise ProcessDied(name, proc.exitcode or 0, "")
+            yield System(endpoint, check, names, by_model, dict, None, {n: p.pid for n, p in procs.items()})
         return
     settings = list(args.settings)
     log_path = None
@@ -159,22 +170,38 @@ def start_system(args: argparse.Namespace, run_dir: Path, say: Callable[[str], N
 
 
 @contextlib.contextmanager
-def _echo_server() -> Iterator[tuple[str, multiprocessing.Process]]:
+def _echo_peers(behind_relay: bool, probe: Message) -> Iterator[tuple[str, dict[str, multiprocessing.Process]]]:
+    """The echo server (bench.loadgen.serve_echo) where the generator sends or, behind_relay,
+    behind a bare relay (bench.relay.relay_main) in a third process, answering `probe` once
+    the relay knows the echo peer. Yields the generator's endpoint and the processes by name."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
+    back = f"tcp://127.0.0.1:{free_port()}" if behind_relay else endpoint
     mp = multiprocessing.get_context("spawn")
     ready, stop = mp.Event(), mp.Event()
-    proc = mp.Process(target=serve_echo, args=(endpoint, ready, stop), name="echo", daemon=True)
-    proc.start()
+    procs = {"echo": mp.Process(target=serve_echo, args=(back, ready, stop, behind_relay), name="echo", daemon=True)}
+    if behind_relay:
+        procs["relay"] = mp.Process(target=relay_main, args=(endpoint, back), name="relay", daemon=True)
+    for proc in procs.values():
+        proc.start()
     try:
         if not ready.wait(30):
             raise NotReady("the echo server did not start")
-        yield endpoint, proc
+        if behind_relay:  # the relay drops requests until the echo peer's hello has reached it
+            context = zmq.Context()
+            try:
+                wait_relay(RoundTrip(dealer(context, endpoint), probe), 30.0)
+            finally:
+                context.destroy(linger=0)
+        yield endpoint, procs
     finally:
         stop.set()
-        proc.join(5)
-        if proc.is_alive():
-            proc.kill()
+        if behind_relay:
+            procs["relay"].terminate()  # it runs until killed
+        for proc in procs.values():
             proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
 
 
 # ----------------------------------------------------------------------------- workloads
@@ -439,6 +466,8 @@ def describe(args: argparse.Namespace, rate: float) -> str:
     if getattr(args, "workload", "") == "closed":
         return (f"closed loop, {args.clients} clients, think {args.think_ms:g} ms, {args.models} models"
                 + ("" if args.echo else f", {args.workers}x{args.devices_per_worker} emulated devices"))
+    if args.echo == "relay":
+        return f"generator via a bare relay to echo, {rate:g}/s"
     if args.echo:
         return f"generator vs echo, {rate:g}/s"
     return (f"{args.workload} {rate:g}/s, {args.models} models, {args.workers}x{args.devices_per_worker} "

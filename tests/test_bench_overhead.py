@@ -1,4 +1,4 @@
-"""The bare relay of the overhead bench: real relay and echo processes, a few round trips."""
+"""The bare relay chain (bench.relay) and the overhead bench: real relay and echo processes, round trips."""
 
 import json
 import sys
@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import zmq
 
-from clockwork.bench import overhead
+from clockwork.bench import overhead, relay
 from clockwork.bench.procs import ProcessGroup, free_port
 from clockwork.client.protocol import build_infer
 from clockwork.common.net import dealer
@@ -14,15 +14,15 @@ from clockwork.common.net import dealer
 
 def test_relay_echoes_the_same_frames(tmp_path):
     front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    me = [sys.executable, "-m", "clockwork.bench.overhead"]
+    me = [sys.executable, "-m", "clockwork.bench.relay"]
     ctx = zmq.Context()
     try:
         with ProcessGroup(tmp_path / "logs", grace_s=2) as group:
             group.start("relay", [*me, "--role", "relay", "--front", front, "--back", back])
             group.start("echo", [*me, "--role", "echo", "--back", back])
             body = build_infer("tiny", {"x": np.arange(4, dtype=np.float32).reshape(1, 4)}, 10**9)
-            path = overhead._Path(dealer(ctx, front), body)
-            overhead.wait_relay(path, 20)
+            path = relay.RoundTrip(dealer(ctx, front), body)
+            relay.wait_relay(path, 20)
             for _ in range(20):
                 rtt_ns, echoed = path.once()
                 assert 0 < rtt_ns < 10**9
@@ -34,7 +34,7 @@ def test_relay_echoes_the_same_frames(tmp_path):
 
 def test_parse_args_defaults():
     args = overhead.parse_args([])
-    assert args.requests == 3000 and args.role is None
+    assert args.requests == 3000
 
 
 def test_overhead_measures_both_modes_and_judges_each(tmp_path):

@@ -71,15 +71,39 @@ def test_step_verdict_from_a_run_summary():
     assert not capacity.step_from_summary(500, empty, 0.0, 0.999).passed
 
 
+def three_searches(system: float, echo: float, relay: float, max_steps: int = 20) -> dict:
+    """Fake searches whose ceilings are near the given thresholds (each bracketed by a failure)."""
+    return {name: search(fake_judge(threshold, []), start_rate=1000, growth=2, max_steps=max_steps)
+            for name, threshold in (("system", system), ("echo", echo), ("relay", relay))}
+
+
+def test_ratios_and_the_goal():
+    results = three_searches(3000, 4000, 8000)
+    found = capacity.ratios(results)
+    assert found == pytest.approx({"system/echo": results["system"].best_rate / results["echo"].best_rate,
+                                   "system/relay": results["system"].best_rate / results["relay"].best_rate})
+    assert capacity.goal_met(results) is (found["system/echo"] >= capacity.GOAL_OF_ECHO)
+    assert capacity.goal_met(three_searches(1000, 8000, 8000)) is False
+    assert capacity.goal_met(three_searches(8000, 8000, 8000)) is True
+    # An echo search that never failed gives only a lower bound: the goal is not judged.
+    assert capacity.goal_met(three_searches(8000, 8000, 8000, max_steps=2)) is None
+    assert capacity.ratios({"echo": results["echo"]}) == {} and capacity.goal_met({"echo": results["echo"]}) is None
+
+
 def test_outputs(tmp_path):
-    result = search(fake_judge(3000, []), start_rate=1000, growth=2, max_steps=4)
+    results = three_searches(3000, 4000, 8000, max_steps=4)
     args = capacity.parse_args(["--out", str(tmp_path)])
-    paths = capacity.write_outputs(tmp_path, result, args)
+    paths = capacity.write_outputs(tmp_path, results, args)
     assert [p.name for p in paths] == ["capacity.json", "capacity.csv", "capacity.png"]
     data = json.loads((tmp_path / "capacity.json").read_text())
-    assert data["best_rate_per_s"] == result.best_rate and len(data["steps"]) == 4
-    assert len((tmp_path / "capacity.csv").read_text().splitlines()) == 5
-    assert "attainment" in capacity.format_steps(result.steps)
+    assert data["ceilings_per_s"] == {name: r.best_rate for name, r in results.items()}
+    assert set(data["ratios"]) == {"system/echo", "system/relay"} and "goal_met" in data
+    assert [len(data["searches"][name]["steps"]) for name in results] == [len(r.steps) for r in results.values()]
+    rows = (tmp_path / "capacity.csv").read_text().splitlines()
+    assert rows[0].startswith("search,rate,") and len(rows) == 1 + sum(len(r.steps) for r in results.values())
+    assert "attainment" in capacity.format_steps(results["system"].steps)
+    verdict = capacity.format_verdict(results, args)
+    assert all(name in verdict for name in results) and "system/echo = " in verdict and "system/relay = " in verdict
 
 
 def test_tiny_search_against_the_echo_server(tmp_path, capsys):
@@ -87,18 +111,28 @@ def test_tiny_search_against_the_echo_server(tmp_path, capsys):
                           "--quiet", "--out", str(tmp_path)])
     assert code == 0
     data = json.loads((tmp_path / "capacity.json").read_text())
-    assert [s["rate"] for s in data["steps"]] == [300, 450] and data["best_rate_per_s"] == 450
-    assert "capacity: 450 requests/s" in capsys.readouterr().out
+    assert list(data["searches"]) == ["echo"] and data["ratios"] == {}
+    assert [s["rate"] for s in data["searches"]["echo"]["steps"]] == [300, 450]
+    assert data["ceilings_per_s"] == {"echo": 450}
+    assert "echo    >= 450/s" in capsys.readouterr().out
 
 
-@pytest.mark.timeout(120)
-def test_one_real_step(tmp_path):
+@pytest.mark.timeout(180)
+def test_one_run_reports_three_ceilings_and_their_ratios(tmp_path, capsys):
+    """The plumbing of the default command: the system, the echo server and the relay chain are
+    each searched (one tiny step here) and the report has every ceiling and both ratios."""
     code = capacity.main(["--workers", "1", "--devices-per-worker", "2", "--models", "2", "--warmup-s", "0.5",
-                          "--start-rate", "100", "--max-steps", "1", "--step-s", "1", "--pause-s", "0", "--quiet",
-                          "--step-reports", "--out", str(tmp_path)])
+                          "--start-rate", "100", "--max-steps", "1", "--step-s", "1", "--ramp-s", "0.2",
+                          "--pause-s", "0", "--quiet", "--step-reports", "--out", str(tmp_path)])
     assert code == 0
     data = json.loads((tmp_path / "capacity.json").read_text())
-    step = data["steps"][0]
-    assert step["passed"] and step["attainment"] >= 0.999 and data["best_rate_per_s"] == 100
-    assert step["controller_cpu"] is not None
-    assert (tmp_path / "steps" / "01-100" / "requests.tsv").exists()
+    assert set(data["searches"]) == set(data["ceilings_per_s"]) == {"system", "echo", "relay"}
+    for name in ("system", "echo", "relay"):
+        step = data["searches"][name]["steps"][0]
+        assert step["passed"] and step["attainment"] >= 0.999 and data["ceilings_per_s"][name] == 100
+        assert (tmp_path / "steps" / name / "01-100" / "requests.tsv").exists()
+    assert data["searches"]["system"]["steps"][0]["controller_cpu"] is not None
+    assert data["ratios"] == {"system/echo": 1.0, "system/relay": 1.0}
+    assert data["goal_met"] is None  # no reference search failed: its ceiling is only a lower bound
+    out = capsys.readouterr().out
+    assert "system/echo = 1.00" in out and "system/relay = 1.00" in out and "relay   >= 100/s" in out
