@@ -16,7 +16,7 @@ import zmq.asyncio
 from clockwork.common import codec, schema, security
 from clockwork.common.status import Status
 from clockwork.client import pools, protocol
-from clockwork.client.errors import ClockworkError, ClientClosed, DeadlineExceeded, ServerError
+from clockwork.client.errors import ClockworkError, ClientClosed, DeadlineExceeded, ServerError, Unreachable
 from clockwork.client.protocol import Call, ClientCore, Incoming, InferResult, Options
 from clockwork.client.sync import open_dealer, poll_ms
 
@@ -233,14 +233,17 @@ class AsyncClient:
                     raise
             try:
                 await self._send(call, msg_id)
+            except Unreachable:  # a pool's controller went away under the call
+                raise
             except ClockworkError:  # the deadline passed while resending
                 raise asyncio.TimeoutError from None
 
     async def _send(self, call: Call, msg_id: int) -> None:
+        since_ns = time.monotonic_ns()
         while True:
-            remaining_ns = self._core.send_by_ns(call) - time.monotonic_ns()
+            remaining_ns = self._core.send_by_ns(call, since_ns) - time.monotonic_ns()
             if remaining_ns <= 0:
-                raise self._core.unsent_error(call)
+                raise self._core.unsent_error(call, since_ns)
             if not await self._sock.poll(poll_ms(remaining_ns), zmq.POLLOUT):
                 continue
             now_ns = time.monotonic_ns()

@@ -533,20 +533,21 @@ class ClientCore:
     def next_id(self) -> int:
         return self._ids.next()
 
-    def send_by_ns(self, call: Call) -> int:
-        """Until when a shell waits for a connection to send `call` (then `unsent_error`)."""
+    def send_by_ns(self, call: Call, since_ns: int) -> int:
+        """Until when a shell that began to send `call` at `since_ns` waits for a connection
+        (then `unsent_error`)."""
         if not self.options.connect_timeout_s:
             return call.wait_until_ns
-        return min(call.wait_until_ns, call.started_ns + round(self.options.connect_timeout_s * S))
+        return min(call.wait_until_ns, since_ns + round(self.options.connect_timeout_s * S))
 
-    def unsent_error(self, call: Call) -> ClockworkError:
+    def unsent_error(self, call: Call, since_ns: int) -> ClockworkError:
         """Why `call` was not sent by `send_by_ns`: Unreachable when a connect timeout is set,
         else the call's own timeout."""
         if not self.options.connect_timeout_s:
             return call.timeout_error(self.options.endpoint, sent=False)
-        waited = (self.send_by_ns(call) - call.started_ns) / S
+        waited = (self.send_by_ns(call, since_ns) - since_ns) / S
         return Unreachable(detail=f"{call.what}: no connection to the controller at {self.options.endpoint} within "
-                                  f"{waited:.3g} s; nothing was sent (is that pool's controller running?)")
+                                  f"{waited:.3g} s (is that pool's controller running?)")
 
     def _admin(self, body: Message, what: str, parse: Callable[[Envelope], T], now_ns: int,
                timeout_s: float | None = None) -> Call[T]:

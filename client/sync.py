@@ -15,7 +15,7 @@ import zmq
 
 from clockwork.common import codec, net, schema, security
 from clockwork.client import pools, protocol
-from clockwork.client.errors import ClientClosed, ClockworkError
+from clockwork.client.errors import ClientClosed, ClockworkError, Unreachable
 from clockwork.client.protocol import Call, ClientCore, InferResult, Options
 
 T = TypeVar("T")
@@ -223,10 +223,11 @@ class Client:
             return call.finish(self._wait(call, msg_id, self._sock))
 
     def _send(self, call: Call, msg_id: int, sock: zmq.Socket) -> None:
+        since_ns = time.monotonic_ns()
         while True:
-            remaining_ns = self._core.send_by_ns(call) - time.monotonic_ns()
+            remaining_ns = self._core.send_by_ns(call, since_ns) - time.monotonic_ns()
             if remaining_ns <= 0:
-                raise self._core.unsent_error(call)
+                raise self._core.unsent_error(call, since_ns)
             if not sock.poll(poll_ms(remaining_ns), zmq.POLLOUT):
                 continue
             now_ns = time.monotonic_ns()
@@ -247,6 +248,8 @@ class Client:
             if resend_ns is not None and now_ns >= resend_ns:
                 try:  # same request id: a controller still serving it ignores the copy
                     self._send(call, msg_id, sock)
+                except Unreachable:  # a pool's controller went away under the call
+                    raise
                 except ClockworkError:
                     raise call.timeout_error(self.endpoint, sent=True) from None
                 resend_ns = call.next_send_ns(time.monotonic_ns())
