@@ -601,8 +601,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         keys = dict(key_file=args.key, server_key_file=args.server_key)
         if args.command == "upload":
             check_model_file(args.file, args.format, dict(parse_shape(s) for s in args.input_shape), args.max_batch)
+        needed = probed(args)  # checks --endpoint too
         if not (args.command == "status" and args.watch):  # a watch shows a dead controller itself
-            probe(probed(args), **keys)
+            probe(needed, **keys)
         with Client(args.endpoint, **timeouts, **keys) as cw:
             text = COMMANDS[args.command](cw, args)
             if text is not None:
