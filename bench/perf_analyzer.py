@@ -7,7 +7,7 @@ The real perf_analyzer wheels (2.58 and later) are built for glibc 2.38 (`manyli
 Debian 12 pip picks a 0.1.0 placeholder instead. `prepare` downloads the real wheel, and Debian
 13's libc6, libstdc++6, libgcc-s1, libssl3t64 and zlib1g, unpacks them into a private folder and
 writes a `perf_analyzer` wrapper there that runs the binary through that folder's own loader
-(`ld.so --library-path`). Nothing on the system changes.
+(bench/debian.py). Nothing on the system changes.
 
 `command()` finds one: $CLOCKWORK_PERF_ANALYZER (a command line), a working `perf_analyzer` on
 the PATH, or the prepared folder; None when there is none.
@@ -16,7 +16,6 @@ the PATH, or the prepared folder; None when there is none.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -24,16 +23,11 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from clockwork.bench import debian
+
 WHEEL = "perf-analyzer==2.60.0"
 DEBIAN_PACKAGES = ("libc6", "libstdc++6", "libgcc-s1", "libssl3t64", "zlib1g")
-DEBIAN_SOURCES = """Types: deb
-URIs: http://deb.debian.org/debian
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-"""
 HOME = Path(os.environ.get("CLOCKWORK_PERF_ANALYZER_DIR", Path.home() / ".cache" / "clockwork" / "perf-analyzer"))
-LIBS = ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu")
 
 
 def _runs(cmd: list[str]) -> bool:
@@ -46,21 +40,7 @@ def _runs(cmd: list[str]) -> bool:
 
 
 def command(home: Path = HOME) -> list[str] | None:
-    configured = os.environ.get("CLOCKWORK_PERF_ANALYZER")
-    candidates = [shlex.split(configured)] if configured else []
-    if shutil.which("perf_analyzer"):
-        candidates.append(["perf_analyzer"])
-    candidates.append([str(home / "perf_analyzer")])
-    for cmd in candidates:
-        if _runs(cmd):
-            return cmd
-    return None
-
-
-def _run(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if proc.returncode:
-        raise OSError(f"{what} failed: {(proc.stderr or proc.stdout).strip()[-400:]}")
+    return debian.find("perf_analyzer", "CLOCKWORK_PERF_ANALYZER", home / "perf_analyzer", _runs)
 
 
 def prepare(home: Path = HOME) -> list[str]:
@@ -70,48 +50,22 @@ def prepare(home: Path = HOME) -> list[str]:
     root = home / "root"
     with tempfile.TemporaryDirectory(prefix="perf-analyzer-") as scratch:
         work = Path(scratch)
-        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-              "--platform", "manylinux_2_38_x86_64", "--python-version", "3.11", "-d", str(work), WHEEL],
-             f"pip download {WHEEL}")
-        (work / "sources").mkdir()
-        (work / "sources" / "trixie.sources").write_text(DEBIAN_SOURCES)
-        (work / "lists" / "partial").mkdir(parents=True)
-        apt = ["apt-get", "-o", "Dir::Etc::SourceList=/dev/null", "-o", f"Dir::Etc::SourceParts={work / 'sources'}",
-               "-o", f"Dir::State::Lists={work / 'lists'}", "-o", "Debug::NoLocking=1"]
-        _run([*apt, "update"], "apt-get update (Debian 13 lists, into a private folder)")
-        debs = work / "debs"
-        debs.mkdir()
-        proc = subprocess.run([*apt, "download", *DEBIAN_PACKAGES], cwd=debs, capture_output=True, text=True,
-                              timeout=600)
-        if proc.returncode:
-            raise OSError(f"apt-get download failed: {proc.stderr.strip()[-400:]}")
-        shutil.rmtree(root, ignore_errors=True)
-        for deb in sorted(debs.glob("*.deb")):
-            _run(["dpkg", "-x", str(deb), str(root)], f"dpkg -x {deb.name}")
+        debian.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                    "--platform", "manylinux_2_38_x86_64", "--python-version", "3.11", "-d", str(work), WHEEL],
+                   f"pip download {WHEEL}")
+        debian.unpack(DEBIAN_PACKAGES, root)
         wheel = next(work.glob("perf_analyzer-*.whl"))
         shutil.unpack_archive(str(wheel), str(home / "wheel"), "zip")
     binary = home / "wheel" / "perf_analyzer" / "bin" / "perf_analyzer"
     binary.chmod(0o755)
-    loader = root / LIBS[0] / "ld-linux-x86-64.so.2"
-    wrapper = home / "perf_analyzer"
-    library_path = ":".join(str(root / d) for d in LIBS)
-    wrapper.write_text(f'#!/bin/sh\nexec "{loader}" --library-path "{library_path}" "{binary}" "$@"\n')
-    wrapper.chmod(0o755)
+    wrapper = debian.wrapper(home / "perf_analyzer", root, binary)
     if not _runs([str(wrapper)]):
         raise OSError(f"the prepared {wrapper} does not run")
     return [str(wrapper)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["prepare"]:
-        print(" ".join(prepare()))
-        return 0
-    cmd = command()
-    if cmd is None:
-        print("perf_analyzer is not here: run python -m bench.perf_analyzer prepare", file=sys.stderr)
-        return 2
-    return subprocess.run([*cmd, *args]).returncode
+    return debian.main(argv, "bench.perf_analyzer", prepare, command)
 
 
 if __name__ == "__main__":

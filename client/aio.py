@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, TypeVar
 
 import numpy as np
@@ -15,8 +15,8 @@ import zmq.asyncio
 
 from clockwork.common import codec, schema, security
 from clockwork.common.status import Status
-from clockwork.client import protocol
-from clockwork.client.errors import ClockworkError, ClientClosed, DeadlineExceeded, ServerError
+from clockwork.client import pools, protocol
+from clockwork.client.errors import ClockworkError, ClientClosed, DeadlineExceeded, ServerError, Unreachable
 from clockwork.client.protocol import Call, ClientCore, Incoming, InferResult, Options
 from clockwork.client.sync import open_dealer, poll_ms
 
@@ -48,17 +48,20 @@ class AsyncClient:
     admin calls 30 s, uploads 300 s, an infer its SLO plus 1 s; past that DeadlineExceeded.
     Cancelling the task awaiting an infer also sends a best-effort CANCEL to the controller.
     `close()` (or leaving `async with`) fails pending calls with ClientClosed. Use one
-    AsyncClient from one event loop.
+    AsyncClient from one event loop. Several pools (a list of endpoints): as `Client`.
     """
 
-    def __init__(self, endpoint: str | None = None, *, timeout_s: float = Options.timeout_s,
+    def __init__(self, endpoint: str | Sequence[str] | None = None, *, timeout_s: float = Options.timeout_s,
                  upload_timeout_s: float = Options.upload_timeout_s, grace_s: float = Options.grace_s,
                  context: zmq.asyncio.Context | None = None, key_file: str | None = None,
-                 server_key_file: str | None = None):
-        options = Options(endpoint or protocol.default_endpoint(), timeout_s, upload_timeout_s, grace_s)
-        keys = security.client_keys_from(key_file, server_key_file)  # as Client: files, else env
+                 server_key_file: str | None = None, connect_timeout_s: float | None = None):
+        options, each_pool = protocol.client_options(endpoint, timeout_s, upload_timeout_s, grace_s, connect_timeout_s)
+        self._pools = {ep: AsyncClient(ep, context=context, key_file=key_file, server_key_file=server_key_file, **kw)
+                       for ep, kw in each_pool.items()}
         self._core = ClientCore(options)
-        self._sock = open_dealer(context or zmq.asyncio.Context.instance(), options.endpoint, keys)
+        self._sock = None if self._pools else open_dealer(
+            context or zmq.asyncio.Context.instance(), options.endpoint,
+            security.client_keys_from(key_file, server_key_file))  # as Client: files, else env
         self._pending: dict[int, asyncio.Future] = {}  # request id -> future of its Incoming
         self._reader: asyncio.Task | None = None
         self._lookups: dict[str, asyncio.Future] = {}  # model -> its look-up for bare-array infers
@@ -66,7 +69,16 @@ class AsyncClient:
 
     @property
     def endpoint(self) -> str:
+        """The controller's endpoint; with several pools, theirs separated by commas."""
         return self._core.options.endpoint
+
+    def _owner(self, model: str) -> "AsyncClient":
+        return self._pools[pools.owner(model, tuple(self._pools))]
+
+    async def _each(self, call: Callable[["AsyncClient"], Any]) -> dict[str, Any]:
+        """`call` on every pool at once: {endpoint: its answer}; the first error raises."""
+        answers = await asyncio.gather(*(call(c) for c in self._pools.values()))
+        return dict(zip(self._pools, answers))
 
     # ------------------------------------------------------------------ the API (see Client)
 
@@ -74,6 +86,10 @@ class AsyncClient:
                      input_shapes: Mapping[str, Any] | None = None, max_batch: int = 0,
                      replace: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
         """See `Client.upload`. The file is read in a thread, off the event loop."""
+        if self._pools:
+            return await self._owner(protocol.upload_name(model, name, format)).upload(
+                model, name, format=format, input_shapes=input_shapes, max_batch=max_batch, replace=replace,
+                progress=progress)
         uploading = await asyncio.to_thread(self._core.uploading, model, name, format=format,
                                             input_shapes=input_shapes, max_batch=max_batch, replace=replace)
         while (call := await asyncio.to_thread(uploading.next_call, time.monotonic_ns())) is not None:
@@ -83,10 +99,14 @@ class AsyncClient:
         return uploading.info
 
     async def remove(self, name: str) -> None:
+        if self._pools:
+            return await self._owner(name).remove(name)
         await self._call(self._core.remove(name, time.monotonic_ns()))
 
     async def list(self, prefix: str | None = None, *, limit: int = 0) -> list[dict]:
         """See `Client.list`."""
+        if self._pools:
+            return pools.merge_models(await self._each(lambda c: c.list(prefix, limit=limit)), limit)
         listing = self._core.listing(prefix, limit)
         while (call := listing.next_call(time.monotonic_ns())) is not None:
             listing.add(await self._call(call))
@@ -94,14 +114,20 @@ class AsyncClient:
 
     async def list_page(self, prefix: str = "", after: str = "", limit: int = 0) -> dict:
         """See `Client.list_page`."""
+        if self._pools:
+            return pools.merge_pages(await self._each(lambda c: c.list_page(prefix, after, limit)), limit)
         return await self._call(self._core.list_page(time.monotonic_ns(), prefix, after, limit))
 
     async def model(self, name: str) -> dict:
         """See `Client.model`."""
+        if self._pools:
+            return await self._owner(name).model(name)
         return await self._call(self._core.model(name, time.monotonic_ns()))
 
     async def status(self, models_limit: int = schema.STATUS_MODELS) -> dict:
         """See `Client.status`."""
+        if self._pools:
+            return pools.merge_status(await self._each(lambda c: c.status(models_limit)))
         return await self._call(self._core.status(time.monotonic_ns(), models_limit))
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, *,
@@ -114,6 +140,8 @@ class AsyncClient:
         """Start an infer and return at once a handle: `await handle` for the InferResult,
         `await handle.cancel()` to withdraw it while it is still queued (True when the controller
         confirms; the handle then raises RequestError(CANCELLED))."""
+        if self._pools:
+            return self._owner(model).submit(model, inputs, slo_ms=slo_ms, deadline=deadline, priority=priority)
         deadline_ns = protocol.deadline_ns(slo_ms, deadline, time.monotonic_ns())
         request_id = self._core.next_id()
 
@@ -127,7 +155,10 @@ class AsyncClient:
 
     async def cancel(self, request_id: int) -> bool:
         """Ask the controller to drop a queued request; True if it was still queued (it is then
-        answered CANCELLED), False if it was already executing or done."""
+        answered CANCELLED), False if it was already executing or done. (With several pools,
+        every pool is asked: `PendingInfer.cancel` asks only the one that has the request.)"""
+        if self._pools:
+            return any((await self._each(lambda c: c.cancel(request_id))).values())
         return await self._call(self._core.cancel(request_id, time.monotonic_ns()))
 
     async def _fetch_signature(self, model: str, deadline_ns: int) -> None:
@@ -150,11 +181,13 @@ class AsyncClient:
         if self._closed:
             return
         self._closed = True
+        await asyncio.gather(*(pool.close() for pool in self._pools.values()))
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.wait([self._reader])
         self._fail_pending(lambda: ClientClosed(detail="the client was closed before the reply arrived"))
-        self._sock.close(linger=0)
+        if self._sock is not None:
+            self._sock.close(linger=0)
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -200,14 +233,17 @@ class AsyncClient:
                     raise
             try:
                 await self._send(call, msg_id)
+            except Unreachable:  # a pool's controller went away under the call
+                raise
             except ClockworkError:  # the deadline passed while resending
                 raise asyncio.TimeoutError from None
 
     async def _send(self, call: Call, msg_id: int) -> None:
+        since_ns = time.monotonic_ns()
         while True:
-            remaining_ns = call.remaining_ns(time.monotonic_ns())
+            remaining_ns = self._core.send_by_ns(call, since_ns) - time.monotonic_ns()
             if remaining_ns <= 0:
-                raise asyncio.TimeoutError
+                raise self._core.unsent_error(call, since_ns)
             if not await self._sock.poll(poll_ms(remaining_ns), zmq.POLLOUT):
                 continue
             now_ns = time.monotonic_ns()

@@ -9,6 +9,9 @@
     clockwork keys generate --out /etc/clockwork/keys --name alice
     clockwork build-engine resnet50.onnx --gpu 0 --config worker.toml   (on a GPU host, no controller)
 
+Several pools: --endpoint tcp://a:5555,tcp://b:5555 (or $CLOCKWORK_ENDPOINT so) sends a command
+about one model to the pool that owns it (client/pools.py), and ls and status to every pool.
+
 Keys: against a controller with keys configured, give --key (your NAME.key_secret) and
 --server-key (the controller's NAME.key), or set $CLOCKWORK_KEY and $CLOCKWORK_SERVER_KEY.
 
@@ -33,7 +36,7 @@ from clockwork.common.checks import BadMessage
 from clockwork.common.models import ISOLATED_CHECK_BYTES, signature_of  # big ONNX: checked by the controller
 from clockwork.common.schema import FORMATS, STATUS_MODELS
 from clockwork.common.status import Fault, Status
-from clockwork.client import nnef, protocol
+from clockwork.client import nnef, pools, protocol
 from clockwork.client.errors import CapacityError, ClockworkError, DeadlineExceeded, RequestError, Unreachable, error_for
 from clockwork.client.protocol import InferResult, detect_format
 from clockwork.client.sync import Client
@@ -303,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("--endpoint", default=protocol.default_endpoint(),
-                        help="controller client endpoint (default: $CLOCKWORK_ENDPOINT or %(default)s)")
+                        help="controller client endpoint, or several pools' separated by commas "
+                             "(default: $CLOCKWORK_ENDPOINT or %(default)s)")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                         help="how long admin commands wait for the controller (default 30; upload 300)")
     parser.add_argument("--key", default=None, metavar="FILE",
@@ -537,9 +541,22 @@ def exit_code(err: ClockworkError) -> int:
     return 1
 
 
+def probed(args: argparse.Namespace) -> str:
+    """The endpoints a command needs answering: with several pools, only the owner of the model a
+    command is about (another pool may be down meanwhile), else all of them."""
+    try:
+        endpoints = pools.endpoints(args.endpoint)
+    except ValueError as exc:
+        raise UsageError(f"--endpoint: {exc}") from None
+    name = protocol.upload_name(args.file, args.name, args.format) if args.command == "upload" \
+        else getattr(args, "name", None)
+    return pools.owner(name, endpoints) if name and len(endpoints) > 1 else args.endpoint
+
+
 def probe(endpoint: str | None, **keys: Any) -> None:
-    """Fail within PROBE_TIMEOUT_S, saying where, when nothing answers at the endpoint, instead of
-    after the command's own timeout (30 s; 300 s for an upload)."""
+    """Fail within PROBE_TIMEOUT_S, saying where, when nothing answers at the endpoint (with
+    several pools, at one of them), instead of after the command's own timeout (30 s; 300 s for
+    an upload)."""
     with Client(endpoint, timeout_s=PROBE_TIMEOUT_S, **keys) as quick:
         try:
             quick.status(models_limit=0)
@@ -584,8 +601,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         keys = dict(key_file=args.key, server_key_file=args.server_key)
         if args.command == "upload":
             check_model_file(args.file, args.format, dict(parse_shape(s) for s in args.input_shape), args.max_batch)
+        needed = probed(args)  # checks --endpoint too
         if not (args.command == "status" and args.watch):  # a watch shows a dead controller itself
-            probe(args.endpoint, **keys)
+            probe(needed, **keys)
         with Client(args.endpoint, **timeouts, **keys) as cw:
             text = COMMANDS[args.command](cw, args)
             if text is not None:

@@ -34,7 +34,7 @@ import hashlib
 import math
 import operator
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
@@ -47,8 +47,8 @@ from clockwork.common.net import IdSource
 from clockwork.common.schema import Envelope, Message
 from clockwork.common.status import Status
 from clockwork.common.tensors import MAX_DIM, MAX_DIMS, Tensor
-from clockwork.client import nnef
-from clockwork.client.errors import ClockworkError, DeadlineExceeded, RequestError, ServerError, error_for
+from clockwork.client import nnef, pools
+from clockwork.client.errors import ClockworkError, DeadlineExceeded, RequestError, ServerError, Unreachable, error_for
 
 T = TypeVar("T")
 
@@ -61,12 +61,39 @@ S = 1_000_000_000
 UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024
 
 __all__ = [
-    "DEFAULT_ENDPOINT", "ENDPOINT_ENV", "default_endpoint", "Options", "InferResult", "Incoming", "Call",
+    "DEFAULT_ENDPOINT", "ENDPOINT_ENV", "default_endpoint", "client_options", "upload_name", "Options", "POOL_CONNECT_TIMEOUT_S", "InferResult", "Incoming", "Call",
     "ClientCore", "Listing", "Uploading", "UPLOAD_CHUNK_BYTES", "detect_format", "deadline_ns", "build_upload", "build_remove", "build_list",
     "build_model", "build_status", "build_infer", "build_cancel", "read_incoming", "route", "parse_reply",
     "parse_infer_reply", "parse_upload_reply", "parse_remove_reply", "parse_list_reply", "parse_model_reply",
     "parse_status_reply", "parse_cancel_reply", "input_names",
 ]
+
+
+def upload_name(model: str | os.PathLike | bytes, name: str | None, format: str | None) -> str:
+    """The name an upload registers: `name`, else the file's stem (an NNEF folder's or archive's
+    name); TypeError for bytes without a name, or NNEF given as bytes."""
+    is_bytes = isinstance(model, (bytes, bytearray, memoryview))
+    if format == nnef.FORMAT or (format is None and nnef.looks_like_nnef(model)):
+        if is_bytes:
+            raise TypeError("an NNEF model is uploaded from its folder or .tgz path, not from bytes")
+        return name if name is not None else nnef.default_name(os.fspath(model))
+    if name is not None:
+        return name
+    if is_bytes:
+        raise TypeError("upload of bytes needs a name")
+    return os.path.splitext(os.path.basename(os.fspath(model)))[0]
+
+
+def client_options(endpoint: str | Sequence[str] | None, timeout_s: float, upload_timeout_s: float, grace_s: float,
+                   connect_timeout_s: float | None) -> tuple[Options, dict[str, dict[str, float]]]:
+    """A client's Options and, with several pools (client/pools.py), the keyword arguments of
+    each pool's own client by endpoint ({} with one controller)."""
+    endpoints = pools.endpoints(endpoint or default_endpoint())
+    options = Options(",".join(endpoints), timeout_s, upload_timeout_s, grace_s,
+                      connect_timeout_s=connect_timeout_s or 0.0)
+    each = dict(timeout_s=timeout_s, upload_timeout_s=upload_timeout_s, grace_s=grace_s,
+                connect_timeout_s=POOL_CONNECT_TIMEOUT_S if connect_timeout_s is None else connect_timeout_s)
+    return options, ({ep: each for ep in endpoints} if len(endpoints) > 1 else {})
 
 
 def default_endpoint() -> str:
@@ -92,14 +119,24 @@ class Options:
     # this (0: never): a controller that restarted lost them, and the one that is still
     # serving them ignores the copy. Uploads and removals are never resent.
     retry_s: float = 0.25
+    # A call that finds no connection to the controller within this fails with Unreachable,
+    # naming the endpoint (0: it waits for one as long as for its reply, so a lone controller
+    # may restart under it). Clients of several pools use POOL_CONNECT_TIMEOUT_S.
+    connect_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("timeout_s", "upload_timeout_s", "grace_s", "retry_s"):
+        for name in ("timeout_s", "upload_timeout_s", "grace_s", "retry_s", "connect_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e7:
                 raise ValueError(f"{name} must be a number of seconds in [0, 1e7), got {value!r}")
         if not isinstance(self.endpoint, str) or not self.endpoint:
             raise ValueError(f"endpoint must be a ZeroMQ address such as {DEFAULT_ENDPOINT}")
+
+
+# With several pools, a down pool's models fail within this, naming the pool, while the other
+# pools serve on: long enough for a reconnect after a blip (the DEALER retries every 0.1 s),
+# short enough that a caller is not left hanging (docs/architecture.md, "Several pools").
+POOL_CONNECT_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -496,6 +533,22 @@ class ClientCore:
     def next_id(self) -> int:
         return self._ids.next()
 
+    def send_by_ns(self, call: Call, since_ns: int) -> int:
+        """Until when a shell that began to send `call` at `since_ns` waits for a connection
+        (then `unsent_error`)."""
+        if not self.options.connect_timeout_s:
+            return call.wait_until_ns
+        return min(call.wait_until_ns, since_ns + round(self.options.connect_timeout_s * S))
+
+    def unsent_error(self, call: Call, since_ns: int) -> ClockworkError:
+        """Why `call` was not sent by `send_by_ns`: Unreachable when a connect timeout is set,
+        else the call's own timeout."""
+        if not self.options.connect_timeout_s:
+            return call.timeout_error(self.options.endpoint, sent=False)
+        waited = (self.send_by_ns(call, since_ns) - since_ns) / S
+        return Unreachable(detail=f"{call.what}: no connection to the controller at {self.options.endpoint} within "
+                                  f"{waited:.3g} s (is that pool's controller running?)")
+
     def _admin(self, body: Message, what: str, parse: Callable[[Envelope], T], now_ns: int,
                timeout_s: float | None = None) -> Call[T]:
         wait_s = self.options.timeout_s if timeout_s is None else timeout_s
@@ -509,19 +562,14 @@ class ClientCore:
         """An upload for a shell to drive (see `Uploading`). `model` is a path, read a chunk at
         a time, or the bytes; `name` defaults to the file's stem. An NNEF model (format "nnef",
         or a folder with graph.nnef, or a .nnef.tgz) is converted to ONNX first (client/nnef.py)."""
+        name = upload_name(model, name, format)
         if format == nnef.FORMAT or (format is None and nnef.looks_like_nnef(model)):
-            if isinstance(model, (bytes, bytearray, memoryview)):
-                raise TypeError("an NNEF model is uploaded from its folder or .tgz path, not from bytes")
-            name = name if name is not None else nnef.default_name(os.fspath(model))
             model, format = nnef.to_onnx(model), "onnx"  # converted here: the daemons serve ONNX
         if isinstance(model, (bytes, bytearray, memoryview)):
-            if name is None:
-                raise TypeError("upload of bytes needs a name")
             source: Any = memoryview(model).cast("B")
             size = source.nbytes
         else:
             source = os.fspath(model)
-            name = name if name is not None else os.path.splitext(os.path.basename(source))[0]
             size = os.path.getsize(source)
         fields = dict(format=format or detect_format(model), input_shapes=input_shapes, max_batch=max_batch,
                       replace=replace)

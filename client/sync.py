@@ -7,15 +7,15 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 import zmq
 
 from clockwork.common import codec, net, schema, security
-from clockwork.client import protocol
-from clockwork.client.errors import ClientClosed, ClockworkError
+from clockwork.client import pools, protocol
+from clockwork.client.errors import ClientClosed, ClockworkError, Unreachable
 from clockwork.client.protocol import Call, ClientCore, InferResult, Options
 
 T = TypeVar("T")
@@ -85,21 +85,33 @@ class Client:
 
     Threads: calls are serialized by a lock, so a Client may be shared, but a blocked call holds
     it. For many requests in flight use `AsyncClient` (or one Client per thread).
+
+    Several pools: `endpoint` may list several controllers ("tcp://a:5555,tcp://b:5555" or a
+    list). Each model then belongs to one of them (client/pools.py): upload, infer, model and
+    remove go to its owner; list merges every pool's models by name and status merges their
+    replies. A call to a pool with no connection fails within `connect_timeout_s` (default
+    2 s with several pools) with `Unreachable` naming it; the other pools serve on.
     """
 
-    def __init__(self, endpoint: str | None = None, *, timeout_s: float = Options.timeout_s,
+    def __init__(self, endpoint: str | Sequence[str] | None = None, *, timeout_s: float = Options.timeout_s,
                  upload_timeout_s: float = Options.upload_timeout_s, grace_s: float = Options.grace_s,
                  context: zmq.Context | None = None, key_file: str | None = None,
-                 server_key_file: str | None = None):
-        options = Options(endpoint or protocol.default_endpoint(), timeout_s, upload_timeout_s, grace_s)
-        keys = security.client_keys_from(key_file, server_key_file)
+                 server_key_file: str | None = None, connect_timeout_s: float | None = None):
+        options, each_pool = protocol.client_options(endpoint, timeout_s, upload_timeout_s, grace_s, connect_timeout_s)
+        self._pools = {ep: Client(ep, context=context, key_file=key_file, server_key_file=server_key_file, **kw)
+                       for ep, kw in each_pool.items()}
         self._core = ClientCore(options)
         self._lock = threading.RLock()  # infer holds it across its list and infer calls
-        self._sock: zmq.Socket | None = open_dealer(context or zmq.Context.instance(), options.endpoint, keys)
+        self._sock: zmq.Socket | None = None if self._pools else open_dealer(
+            context or zmq.Context.instance(), options.endpoint, security.client_keys_from(key_file, server_key_file))
 
     @property
     def endpoint(self) -> str:
+        """The controller's endpoint; with several pools, theirs separated by commas."""
         return self._core.options.endpoint
+
+    def _owner(self, model: str) -> "Client":
+        return self._pools[pools.owner(model, tuple(self._pools))]
 
     # ------------------------------------------------------------------ the API
 
@@ -111,6 +123,10 @@ class Client:
         `input_shapes` fixes dynamic non-batch dims ({"data": [3, 224, 224]}); a model whose
         shapes cannot be fixed gets RequestError(BAD_MODEL) with the reason. A model over
         protocol.UPLOAD_CHUNK_BYTES travels in chunks; `progress(bytes_sent, total)` follows them."""
+        if self._pools:
+            return self._owner(protocol.upload_name(model, name, format)).upload(
+                model, name, format=format, input_shapes=input_shapes, max_batch=max_batch, replace=replace,
+                progress=progress)
         uploading = self._core.uploading(model, name, format=format, input_shapes=input_shapes,
                                          max_batch=max_batch, replace=replace)
         while (call := uploading.next_call(time.monotonic_ns())) is not None:
@@ -121,11 +137,15 @@ class Client:
 
     def remove(self, name: str) -> None:
         """Forget a model everywhere."""
+        if self._pools:
+            return self._owner(name).remove(name)
         self._call(self._core.remove(name, time.monotonic_ns()))
 
     def list(self, prefix: str | None = None, *, limit: int = 0) -> list[dict]:
         """Every registered model's ModelInfo in name order (those whose names start with
         `prefix`; at most `limit`, 0: all), fetched page by page."""
+        if self._pools:
+            return pools.merge_models({ep: c.list(prefix, limit=limit) for ep, c in self._pools.items()}, limit)
         listing = self._core.listing(prefix, limit)
         while (call := listing.next_call(time.monotonic_ns())) is not None:
             listing.add(self._call(call))
@@ -134,15 +154,22 @@ class Client:
     def list_page(self, prefix: str = "", after: str = "", limit: int = 0) -> dict:
         """One page: {"models": [ModelInfo, ...], "total": models matching `prefix`, "next": the
         `after` of the following page ("" on the last)}. `limit` 0: as many as fit one reply."""
+        if self._pools:
+            return pools.merge_pages({ep: c.list_page(prefix, after, limit) for ep, c in self._pools.items()}, limit)
         return self._call(self._core.list_page(time.monotonic_ns(), prefix, after, limit))
 
     def model(self, name: str) -> dict:
         """One model's ModelInfo; RequestError(MODEL_NOT_FOUND) when it is not registered."""
+        if self._pools:
+            return self._owner(name).model(name)
         return self._call(self._core.model(name, time.monotonic_ns()))
 
     def status(self, models_limit: int = schema.STATUS_MODELS) -> dict:
         """Workers, devices, models and counters: {"workers": [...], "models": [...],
-        "models_total": n, "counters": {...}}; "models" holds the `models_limit` busiest."""
+        "models_total": n, "counters": {...}}; "models" holds the `models_limit` busiest (of
+        each pool, with several: see pools.merge_status)."""
+        if self._pools:
+            return pools.merge_status({ep: c.status(models_limit) for ep, c in self._pools.items()})
         return self._call(self._core.status(time.monotonic_ns(), models_limit))
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, *, slo_ms: float | None = None,
@@ -163,6 +190,8 @@ class Client:
             top1 = r.outputs["prob"].argmax(axis=1)          # one per sample
             print(f"{r.total_ms:.1f} ms = queue {r.queue_ms:.1f} + exec {r.exec_ms:.1f} + overhead")
         """
+        if self._pools:
+            return self._owner(model).infer(model, inputs, slo_ms=slo_ms, deadline=deadline, priority=priority)
         deadline_ns = protocol.deadline_ns(slo_ms, deadline, time.monotonic_ns())
         with self._lock:  # the signature look-up and the infer are one call for other threads
             if self._core.needs_signature(model, inputs):
@@ -170,6 +199,8 @@ class Client:
             return self._call(self._core.infer(model, inputs, deadline_ns, time.monotonic_ns(), priority))
 
     def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
         with self._lock:
             if self._sock is not None:
                 self._sock.close(linger=0)
@@ -192,10 +223,11 @@ class Client:
             return call.finish(self._wait(call, msg_id, self._sock))
 
     def _send(self, call: Call, msg_id: int, sock: zmq.Socket) -> None:
+        since_ns = time.monotonic_ns()
         while True:
-            remaining_ns = call.remaining_ns(time.monotonic_ns())
+            remaining_ns = self._core.send_by_ns(call, since_ns) - time.monotonic_ns()
             if remaining_ns <= 0:
-                raise call.timeout_error(self.endpoint, sent=False)
+                raise self._core.unsent_error(call, since_ns)
             if not sock.poll(poll_ms(remaining_ns), zmq.POLLOUT):
                 continue
             now_ns = time.monotonic_ns()
@@ -216,6 +248,8 @@ class Client:
             if resend_ns is not None and now_ns >= resend_ns:
                 try:  # same request id: a controller still serving it ignores the copy
                     self._send(call, msg_id, sock)
+                except Unreachable:  # a pool's controller went away under the call
+                    raise
                 except ClockworkError:
                     raise call.timeout_error(self.endpoint, sent=True) from None
                 resend_ns = call.next_send_ns(time.monotonic_ns())

@@ -178,6 +178,12 @@ def test_an_unreachable_controller_fails_within_seconds_saying_where(capsys, tmp
     assert err.startswith(f"error: UNAVAILABLE (code {int(Status.UNAVAILABLE)}): no controller answered at {endpoint}")
 
 
+@pytest.mark.parametrize("argv", [["ls"], ["status", "--watch", "--iterations", "1"]])
+def test_a_malformed_list_of_pools_is_a_usage_error(capsys, argv):
+    assert cli.main(["--endpoint", f"{free_endpoint()},,{free_endpoint()}", *argv]) == 2
+    assert "--endpoint: expected controller endpoints separated by commas" in capsys.readouterr().err
+
+
 def test_a_file_that_is_no_model_fails_at_once_even_with_no_controller(capsys, tmp_path):
     path = tmp_path / "notes.onnx"
     path.write_text("shopping list")

@@ -11,13 +11,14 @@ import pytest
 
 from clockwork.client import protocol
 from clockwork.client.errors import (CapacityError, ClientClosed, ClockworkError, DeadlineExceeded, RequestError, ServerError,
-                           error_for)
+                           Unreachable, error_for)
 from clockwork.client.protocol import Call, ClientCore, Incoming, Options
 from clockwork.common import codec, schema
 from clockwork.common.status import Fault, Status
 from clockwork.common.tensors import Tensor
 
 MS = 1_000_000
+S = 1_000_000_000
 
 
 def wire(body: schema.Message, parent_id: int = 0, msg_id: int = 99) -> schema.Envelope:
@@ -207,6 +208,22 @@ def test_timeout_errors_say_they_are_the_clients_own():
     sent, unsent = call.timeout_error("tcp://h:1", sent=True), call.timeout_error("tcp://h:1", sent=False)
     assert isinstance(sent, DeadlineExceeded) and "client-side timeout" in sent.detail and "2 s" in sent.detail
     assert "could not reach" in unsent.detail and "nothing was sent" in unsent.detail
+
+
+def test_a_connect_timeout_bounds_each_attempt_to_send_not_the_call():
+    """With several pools a call gives each send (the first, or a resend) connect_timeout_s to
+    find a connection, then fails with Unreachable naming the pool; a call that lasts longer
+    while connected is not cut short. Without it, a send waits for the whole call."""
+    pooled = ClientCore(Options("tcp://h:1", timeout_s=30, connect_timeout_s=2))
+    call = pooled.status(now_ns=0)
+    assert pooled.send_by_ns(call, since_ns=0) == 2 * S
+    assert pooled.send_by_ns(call, since_ns=10 * S) == 12 * S  # a resend late in a long call
+    assert pooled.send_by_ns(call, since_ns=29 * S) == 30 * S  # never past the call's own end
+    error = pooled.unsent_error(call, since_ns=0)
+    assert isinstance(error, Unreachable) and error.status is Status.UNAVAILABLE and "tcp://h:1" in error.detail
+    lone = ClientCore(Options("tcp://h:1", timeout_s=30))
+    assert lone.send_by_ns(call, since_ns=0) == call.wait_until_ns
+    assert type(lone.unsent_error(call, since_ns=0)) is DeadlineExceeded
 
 
 # ----------------------------------------------------------------------------- parsing

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from clockwork.bench import perf_analyzer
+from clockwork.bench import debian, perf_analyzer
 from clockwork.bench.models import mlp_onnx
 from clockwork.bench.procs import WorkerSpec, cluster, start_gateway
 
@@ -22,13 +22,10 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def perf():
-    cmd = perf_analyzer.command()
-    if cmd is None:
-        try:
-            cmd = perf_analyzer.prepare()
-        except OSError as exc:
-            pytest.skip(f"perf_analyzer is not installed and could not be prepared: {exc}")
-    return cmd
+    try:
+        return debian.found_or_prepared(perf_analyzer.command, perf_analyzer.prepare)
+    except OSError as exc:
+        pytest.skip(f"perf_analyzer is not installed and could not be prepared: {exc}")
 
 
 @pytest.fixture(scope="module")
