@@ -148,8 +148,8 @@ class Core:
         self._due: list[tuple[int, int, str, Device]] = []  # (plan at, version, key, device)
         self._give_ups: list[tuple[int, int]] = []  # (give up at, action id), lazily cleaned
         self._next_housekeeping_ns = 0
-        # The allowance from sending an EXEC to its lane starting it: the configured floor plus
-        # how late lanes have recently started (p99), so a busy host plans further ahead.
+        # The smallest of the workers' dispatch allowances (Worker.dispatch_ns), for the
+        # estimates that cannot know which worker will run the work.
         self.dispatch_ns = config.dispatch_ns
         # Admission prices queued work at typical durations and adds one allowance for the tail:
         # how much later than typically predicted EXECs have recently ended (p99), and never
@@ -347,11 +347,16 @@ class Core:
             if name in self.pending and not model.replicas:
                 self.unplaced[name] = None
 
-    def ahead_ns(self) -> int:
-        """How far ahead of a lane freeing up its next EXEC is sent: the configured horizon plus
-        the lateness learned into the dispatch allowance, so that on a busy host the next action
-        is already at the worker when the lane frees, instead of the lane idling for it."""
-        return self.cfg.schedule_ahead_ns + self.dispatch_ns - self.cfg.dispatch_ns
+    def dispatch_of(self, dev: Device) -> int:
+        """The allowance from sending an EXEC to `dev`'s lane starting it (its worker's)."""
+        return self.workers[dev.worker].dispatch_ns
+
+    def ahead_ns(self, dev: Device) -> int:
+        """How far ahead of `dev`'s lane freeing up its next EXEC is sent: the configured horizon
+        plus the lateness learned into its worker's dispatch allowance, so that on a busy or
+        distant host the next action is already at the worker when the lane frees, instead of
+        the lane idling for it."""
+        return self.cfg.schedule_ahead_ns + self.dispatch_of(dev) - self.cfg.dispatch_ns
 
     def _live(self, dev: Device) -> bool:
         """The device belongs to a connected worker that is not suspected of losing work."""
@@ -361,7 +366,7 @@ class Core:
     def plan_device_soon(self, dev: Device, now_ns: int) -> None:
         """Book the device in the planning heap for when its EXEC lane nears free."""
         if dev.pending and self._live(dev):
-            self.book(dev, dev.exec_lane.free_at(now_ns) - self.ahead_ns())
+            self.book(dev, dev.exec_lane.free_at(now_ns) - self.ahead_ns(dev))
 
     def book(self, dev: Device, at_ns: int) -> None:
         """Plan `dev` at `at_ns`, unless it is booked no later already (then that booking
@@ -471,7 +476,8 @@ class Core:
             d["device_id"]: Device(name, d["device_id"], d["kind"], d["memory_bytes"] // d["page_bytes"], d["page_bytes"])
             for d in msg.devices
         }
-        worker = self.workers[name] = Worker(name, msg.runtime, tuple(msg.formats), devices, now_ns)
+        worker = self.workers[name] = Worker(name, msg.runtime, tuple(msg.formats), devices, now_ns,
+                                             dispatch_ns=self.cfg.dispatch_ns)
         self.device_count += len(devices)
         self.counters["workers_joined"] += 1
         self._emit(ToWorker(name, next(self._ids), schema.Welcome(heartbeat_interval_ns=self.cfg.heartbeat_interval_ns)))
@@ -536,6 +542,7 @@ class Core:
 
     def _lose_worker(self, worker: Worker, now_ns: int, why: str) -> None:
         del self.workers[worker.name]
+        self.latency.forget_worker(worker.name)
         self.device_count -= len(worker.devices)
         self.counters["workers_lost"] += 1
         for action_id in [a for a, act in self.actions.items() if act.device.worker == worker.name]:
@@ -605,7 +612,8 @@ class Core:
                 model.refused_unseen = 0
             self.latency.observe_exec(action.model, action.batch_size, action.device.kind, msg.duration_ns,
                                       action.expected_ns, msg.disturbed)
-            self.latency.observe_hops(action.sent_ns, action.planned_start_ns, msg.begin_ns, msg.end_ns, now_ns)
+            self.latency.observe_hops(action.device.worker, action.sent_ns, action.planned_start_ns, msg.begin_ns,
+                                      msg.end_ns, now_ns)
             self.latency.observe_finish(action.typical_end_ns, msg.end_ns, msg.disturbed)
             action.device.exec_busy_ns += msg.duration_ns
             if msg.sm_clock_mhz:
@@ -674,8 +682,10 @@ class Core:
         self._next_housekeeping_ns = now_ns + self.cfg.housekeeping_ns
         if now_ns >= self._next_refresh_ns:
             self._next_refresh_ns = now_ns + self.cfg.refresh_ns
-            late = self.latency.start_lateness_ns(self.cfg.latency_percentile)
-            self.dispatch_ns = min(self.cfg.dispatch_ns + late, self.cfg.max_dispatch_ns)
+            for worker in self.workers.values():
+                late = self.latency.start_lateness_ns(worker.name, self.cfg.latency_percentile)
+                worker.dispatch_ns = min(self.cfg.dispatch_ns + late, self.cfg.max_dispatch_ns)
+            self.dispatch_ns = min((w.dispatch_ns for w in self.workers.values()), default=self.cfg.dispatch_ns)
             self.finish_tail_ns = self.latency.finish_tail_ns(self.cfg.latency_percentile)
         self._expire_workers(now_ns)
         self._expire_actions(now_ns)
@@ -742,14 +752,14 @@ class Core:
         dev.resident[batch.model] = res  # most recently used goes last (LRU order)
         res.in_flight += 1
         res.last_used_ns = now_ns
-        earliest = max(now_ns, start_ns - self.ahead_ns())
+        earliest = max(now_ns, start_ns - self.ahead_ns(dev))
         typical_ns = self.latency.typical_exec_ns(batch.model, batch.batch_size, dev.kind) or batch.exec_ns
         typical_end = self.typical_start_ns(dev, now_ns) + typical_ns
         dev.exec_lane.reserve(action_id, start_ns, batch.exec_ns, max(earliest, now_ns + self.cfg.dispatch_ns),
                               typical_ns)
         tensors = tuple(t for req in batch.requests for t in req.tensors)  # chunks, forwarded as-is
         self._track(Action(action_id, ActionKind.EXEC, dev, batch.model, batch.exec_ns, now_ns,
-                           batch.latest_start_ns + batch.exec_ns + self.dispatch_ns + self.cfg.result_grace_ns,
+                           batch.latest_start_ns + batch.exec_ns + self.dispatch_of(dev) + self.cfg.result_grace_ns,
                            list(batch.requests), batch.batch_size, start_ns, typical_end))
         self.counters["execs_sent"] += 1
         self._emit(ToWorker(dev.worker, action_id, schema.Exec(
@@ -888,7 +898,7 @@ class Core:
                     "sm_clock_mhz": d.sm_clock_mhz or None,
                     "exec_busy_ns": d.exec_busy_ns,
                 })
-            workers.append({"name": w.name, "runtime": w.runtime, "alive": True,
+            workers.append({"name": w.name, "runtime": w.runtime, "alive": True, "dispatch_ms": w.dispatch_ns / 1e6,
                             "last_seen_ms_ago": (now_ns - w.last_seen_ns) / 1e6, "devices": devices})
         chosen = self.models.values() if models_limit is None else heapq.nsmallest(
             models_limit, self.models.values(), key=lambda m: (-len(m.queue) - m.in_flight, -m.answered, m.name))
@@ -899,7 +909,8 @@ class Core:
         } for m in chosen]
         counters = dict(self.counters)
         counters.update(self.latency.error_summary())
-        scheduler = {**self.policy.describe(), "dispatch_ms": self.dispatch_ns / 1e6,
+        dispatch = max((w.dispatch_ns for w in self.workers.values()), default=self.cfg.dispatch_ns)
+        scheduler = {**self.policy.describe(), "dispatch_ms": dispatch / 1e6,
                      "finish_tail_ms": self.finish_tail_ns / 1e6,
                      # The sizes of what the core keeps: bounded under any load (bench/soak.py).
                      "requests_live": len(self.requests), "actions_in_flight": len(self.actions),

@@ -76,8 +76,9 @@ class LatencyModel:
         # Controller send -> lane start, and lane end -> result received: what `dispatch_ns` must cover.
         self.dispatch_delays: deque[int] = deque(maxlen=error_window)
         self.return_delays: deque[int] = deque(maxlen=error_window)
-        # How much later than planned lanes started EXECs: what the dispatch allowance must add.
-        self.start_lateness: deque[int] = deque(maxlen=1000)
+        # Per worker, how much later than planned its lanes started EXECs: what its dispatch
+        # allowance must add (a worker 2 ms away is planned further ahead than one 0.1 ms away).
+        self._lateness: dict[str, deque[int]] = {}
         # How much later than its typical prediction each EXEC ended: the one tail allowance.
         self.finish_errors: deque[int] = deque(maxlen=1000)
         self.disturbed_execs = 0  # measurements left out: taken while a build shared the GPU
@@ -111,13 +112,22 @@ class LatencyModel:
         if predicted_ns:
             self.exec_errors.append(predicted_ns - measured_ns)
 
-    def observe_hops(self, sent_ns: int, planned_start_ns: int, begin_ns: int, end_ns: int, received_ns: int) -> None:
+    def observe_hops(self, worker: str, sent_ns: int, planned_start_ns: int, begin_ns: int, end_ns: int,
+                     received_ns: int) -> None:
         self.dispatch_delays.append(begin_ns - sent_ns)
         self.return_delays.append(received_ns - end_ns)
-        self.start_lateness.append(max(0, begin_ns - planned_start_ns))
+        lateness = self._lateness.get(worker)
+        if lateness is None:
+            lateness = self._lateness[worker] = deque(maxlen=1000)
+        lateness.append(max(0, begin_ns - planned_start_ns))
 
-    def start_lateness_ns(self, percentile: float) -> int:
-        return _percentile(self.start_lateness, percentile)
+    def start_lateness_ns(self, worker: str, percentile: float) -> int:
+        """How late `worker`'s lanes have started EXECs against the plan, at `percentile`."""
+        return _percentile(self._lateness.get(worker, ()), percentile)
+
+    def forget_worker(self, worker: str) -> None:
+        """A worker that rejoins may be somewhere else: its hops are measured afresh."""
+        self._lateness.pop(worker, None)
 
     def observe_finish(self, predicted_end_ns: int, end_ns: int, disturbed: bool = False) -> None:
         """An EXEC ended at `end_ns`; at dispatch its typical end was `predicted_end_ns`."""

@@ -67,10 +67,11 @@ def load_target(model: Model, weights_bytes: int, devices: list[Device], now_ns:
     return None
 
 
-def wants_replica(model: Model, now_ns: int, dispatch_ns: int, exec_ns_at, fraction: float) -> bool:
+def wants_replica(model: Model, now_ns: int, dispatch_ns_of, exec_ns_at, fraction: float) -> bool:
     """True when draining the queue would use more than `fraction` of its head's remaining budget.
 
-    `exec_ns_at(dev, size)` predicts an EXEC of `size` on `dev` (None if unknown).
+    `exec_ns_at(dev, size)` predicts an EXEC of `size` on `dev` (None if unknown);
+    `dispatch_ns_of(dev)` is the hop from sending to its lane starting.
     """
     head = model.queue.earliest_deadline()
     if head is None or not model.replicas or not model.sizes:
@@ -84,9 +85,9 @@ def wants_replica(model: Model, now_ns: int, dispatch_ns: int, exec_ns_at, fract
         if res is None or exec_ns is None:
             continue
         rate += size / exec_ns
-        free = dev.exec_lane.free_at(now_ns)
+        free = max(dev.exec_lane.free_at(now_ns), now_ns + dispatch_ns_of(dev))
         start = free if start is None else min(start, free)
     if not rate:
         return False
     drain_ns = model.queue.samples / rate
-    return max(start, now_ns + dispatch_ns) + drain_ns - now_ns > fraction * (head - now_ns)
+    return start + drain_ns - now_ns > fraction * (head - now_ns)

@@ -102,7 +102,7 @@ class ClockworkPolicy(Policy):
                 return
             model = core.models[name]
             if model.replicas and placement.wants_replica(
-                    model, now_ns, core.dispatch_ns, lambda dev, size: core.latency.exec_ns(name, size, dev.kind),
+                    model, now_ns, core.dispatch_of, lambda dev, size: core.latency.exec_ns(name, size, dev.kind),
                     core.cfg.replicate_backlog_fraction):
                 if core.load_somewhere(model, now_ns, slots):
                     slots = [d for d in slots if d.loads_in_flight < core.cfg.max_loads_per_device]
@@ -113,12 +113,12 @@ class ClockworkPolicy(Policy):
     def plan_execs(self, core, now_ns):
         """Plan every device whose EXEC lane is due (free within the horizon) and has work."""
         for dev in core.due_devices(now_ns):
-            horizon = now_ns + core.ahead_ns()
+            horizon = now_ns + core.ahead_ns(dev)
             while dev.pending:
                 free = dev.exec_lane.free_at(now_ns)
                 if free > horizon:
                     break
-                start = max(free, now_ns + core.dispatch_ns)
+                start = max(free, now_ns + core.dispatch_of(dev))
                 batch = _choose_batch(core, dev, start)
                 if batch is None:
                     break  # nothing runnable now; a request, load or result books it again
@@ -196,7 +196,7 @@ def _soonest_finish_ns(core: Core, model: Model, now_ns: int, enough_ns: int | N
 
 def _replica_start_ns(core: Core, dev: Device, model: Model, now_ns: int) -> int:
     """The earliest an EXEC of `model` could start on `dev`, which holds or is loading it."""
-    start = max(now_ns + core.dispatch_ns, dev.exec_lane.free_at(now_ns))
+    start = max(now_ns + core.dispatch_of(dev), dev.exec_lane.free_at(now_ns))
     if dev.resident[model.name].state is Residency.LOADING:
         start = max(start, dev.load_lane.free_at(now_ns))
     return start

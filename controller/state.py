@@ -120,6 +120,9 @@ class Worker:
     # A result it owed us never came: plan nothing on it until it is heard from again, rather
     # than lose more work to it while its heartbeat timeout runs.
     suspect: bool = False
+    # The allowance from sending it an EXEC to its lane starting it: the configured floor plus
+    # how late its lanes have recently started (p99), refreshed every `refresh_ns`.
+    dispatch_ns: int = 0
 
 
 @dataclass(eq=False)

@@ -35,8 +35,8 @@ def ready_core(models=("m",), **cfg):
 
 def test_core_imports_no_clock_sockets_or_threads():
     root = pathlib.Path(__file__).parent.parent / "controller"
-    pure = ["core.py", "batching.py", "latency.py", "timeline.py", "queues.py", "state.py", "lifecycle.py", "effects.py",
-            "placement.py", "baseline.py"]
+    pure = ["core.py", "policy.py", "admission.py", "invariants.py", "batching.py", "latency.py", "timeline.py",
+            "queues.py", "state.py", "lifecycle.py", "effects.py", "placement.py", "baseline.py"]
     for name in pure:
         text = (root / name).read_text()
         assert not re.search(r"^\s*(import|from)\s+(time|zmq|threading|asyncio|socket|logging|structlog)\b", text, re.M), name
@@ -613,6 +613,39 @@ def test_the_dispatch_allowance_follows_how_late_lanes_really_start():
     assert core.dispatch_ns == core.cfg.dispatch_ns + 6 * MS
     infer(core, 1, now=t + 200 * MS, slo_ms=8)  # 2 ms exec + 7 ms allowance no longer fits 8 ms
     assert replies(core.tick(t + 200 * MS)) == [] and core.counters["rejected_would_miss_deadline"] == 1
+
+
+def test_each_worker_is_planned_with_the_dispatch_allowance_its_own_lanes_show():
+    """Issue 17: a worker 3 ms away is planned 3 ms further ahead; one nearby is not."""
+    core = make_core()
+    hello(core, "near")
+    hello(core, "far")
+    add_model(core, "m", workers=("near",))
+    add_model(core, "f", workers=("far",))
+    t = warm(core, "m")
+    t = warm(core, "f", now=t)
+    for i in range(50):
+        for model, late in (("m", 0), ("f", 3 * MS)):
+            infer(core, 100 + 2 * i + (model == "f"), model=model, now=t, slo_ms=100)
+            ex = sent(core.tick(t), schema.Exec)[0]
+            planned = core.actions[ex.msg_id].planned_start_ns
+            msg = schema.Result(action="exec", status=Status.OK, device_id=0, model_id=model,
+                                begin_ns=planned + late, end_ns=planned + late + 2 * MS, duration_ns=2 * MS,
+                                batch_size=1, tensors=(result_tensor(1),))
+            core.on_result(ex.worker, ex.msg_id, msg, planned + late + 3 * MS)
+            t = planned + late + 3 * MS
+    t += 200 * MS
+    core.tick(t)
+    floor = core.cfg.dispatch_ns
+    assert (core.workers["near"].dispatch_ns, core.workers["far"].dispatch_ns) == (floor, floor + 3 * MS)
+    starts = {}
+    for i, model in enumerate(("m", "f")):
+        infer(core, 900 + i, model=model, now=t, slo_ms=100)
+        (ex,) = sent(core.tick(t), schema.Exec)
+        starts[ex.worker] = core.actions[ex.msg_id].planned_start_ns - t
+    assert starts == {"near": floor, "far": floor + 3 * MS}
+    workers = {w["name"]: w["dispatch_ms"] for w in core.status(t)["workers"]}
+    assert workers == {"near": floor / MS, "far": (floor + 3 * MS) / MS}
 
 
 def result_tensor(rows: int):
