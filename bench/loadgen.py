@@ -36,8 +36,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import msgpack
@@ -45,7 +44,7 @@ import numpy as np
 import zmq
 
 from clockwork.bench.progress import NullProgress, Progress
-from clockwork.bench.report import Latencies
+from clockwork.bench.report import GroupResults, LoadResults
 from clockwork.bench.workload import Schedule
 from clockwork.client.protocol import build_infer
 from clockwork.common.checks import BadMessage
@@ -67,48 +66,6 @@ CODE_UNANSWERED = -1
 CODE_SEND_FAILED = -2
 CODE_BAD_REPLY = -3
 SNDHWM = 1_000_000  # the generator must never be the one to refuse a send
-
-
-@dataclass
-class GroupResults:
-    """Outcomes for one group of models (e.g. "emulated", "onnx") sharing an SLO."""
-
-    slo_ms: float
-    sent: int = 0
-    ok: int = 0
-    met_slo: int = 0
-    latency: Latencies = field(default_factory=Latencies)
-
-
-@dataclass
-class LoadResults:
-    scheduled: int  # requests in the schedule
-    schedule_duration_ns: int
-    sent: int = 0
-    answered: int = 0
-    unanswered: int = 0  # sent, but no reply before the drain deadline
-    met_slo: int = 0  # OK and latency <= the model's SLO
-    cold_starts: int = 0
-    stray_replies: int = 0  # replies to no request of ours, or a second reply to one
-    duration_ns: int = 0  # first scheduled send -> end of the run
-    by_status: Counter = field(default_factory=Counter)  # status name -> replies
-    first_detail: dict[str, str] = field(default_factory=dict)  # status name -> its first detail
-    batch_sizes: Counter = field(default_factory=Counter)  # batch size -> OK replies
-    workers: Counter = field(default_factory=Counter)  # worker name -> OK replies
-    latency: Latencies = field(default_factory=Latencies)  # OK replies, from scheduled send
-    reject_latency: Latencies = field(default_factory=Latencies)  # non-OK replies
-    exec_time: Latencies = field(default_factory=Latencies)  # worker-measured, OK replies
-    send_lag: Latencies = field(default_factory=Latencies)  # sent - scheduled
-    groups: dict[str, GroupResults] = field(default_factory=dict)
-    start_ns: int = 0  # monotonic time of the schedule's offset 0 (the request log's time origin)
-
-    @property
-    def ok(self) -> int:
-        return self.by_status.get("OK", 0)
-
-    @property
-    def rejected(self) -> int:
-        return self.answered - self.ok
 
 
 def per_model(value: float | Sequence[float] | Mapping[str, float], models: Sequence[str], what: str) -> list:

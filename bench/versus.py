@@ -36,10 +36,10 @@ import numpy as np
 
 from clockwork.bench import models as bench_models
 from clockwork.bench import workload
-from clockwork.bench.loadgen import LoadResults, run_open_loop
+from clockwork.bench.loadgen import run_open_loop
 from clockwork.bench.procs import WorkerSpec, cluster, free_port, run_in_temp_dir
 from clockwork.bench.progress import Progress, command_main, say
-from clockwork.bench.report import Latencies, format_table, saved_figure, write_json
+from clockwork.bench.report import Latencies, LoadResults, format_table, saved_figure, write_json
 from clockwork.client import Client, ClockworkError
 from clockwork.client.cli import parse_shape
 
