@@ -207,7 +207,7 @@ def _parts(frames: Sequence[Any], counts: list[int]) -> Iterator[tuple[dict | No
         at += n
         try:
             yield _unpack_header(part[0]), part
-        except BadMessage:
+        except (BadMessage, TypeError):  # as peek_map: unreadable, left to decode to refuse
             yield None, part
 
 
