@@ -250,31 +250,27 @@ class Template:
     """
 
     def __init__(self, body: Message, spliced: tuple[str, str] = ("msg_id", "sent_ns"), **fixed: int):
-        """`spliced`: the two header ids that `header()` sets, in its argument order; `fixed`:
-        the value of the third (msg_id, parent_id or sent_ns; default 0)."""
-        if len(set(spliced)) != 2 or not {*spliced, *fixed} <= _LIMITS.keys() or set(spliced) & set(fixed):
+        """`spliced`: the two header ids that `header()` sets, in header order (msg_id, parent_id,
+        sent_ns); `fixed`: the value of the third (default 0)."""
+        if len(spliced) != 2 or not {*spliced, *fixed} <= _LIMITS.keys() or {*spliced} & {*fixed}:
             raise ValueError(f"splice two of {', '.join(_LIMITS)} and fix at most the third")
         self.body, self.spliced, self.fixed = body, spliced, fixed
         frames = encode(body, **fixed, **dict(zip(spliced, _MARKS)))
         head = bytes(frames[0])
-        marks = [b"\xcf" + mark.to_bytes(8, "big") for mark in _MARKS]
-        if head.count(marks[0]) != 1 or head.count(marks[1]) != 1:
-            raise ValueError("cannot find the placeholders in the packed header")
-        at = sorted((head.index(mark) + 1, k) for k, mark in enumerate(marks))
-        self._swap = at[0][1] == 1  # the second spliced id comes first in the header
-        self._pieces = (head[:at[0][0]], head[at[0][0] + 8:at[1][0]], head[at[1][0] + 8:])
-        self._pack = struct.Struct(">{}sQ{}sQ{}s".format(*map(len, self._pieces))).pack
-        self._highs = tuple(_LIMITS[name] for name in spliced)
+        first, second = (b"\xcf" + mark.to_bytes(8, "big") for mark in _MARKS)
+        if head.count(first) != 1 or head.count(second) != 1 or head.index(first) > head.index(second):
+            raise ValueError(f"cannot find {spliced[0]} then {spliced[1]} in the packed header")
+        at, to = head.index(first) + 1, head.index(second) + 1
+        self._head, self._middle, self._end = head[:at], head[at + 8:to], head[to + 8:]
+        self._pack = struct.Struct(f">{len(self._head)}sQ{len(self._middle)}sQ{len(self._end)}s").pack
+        self._first_max, self._second_max = _LIMITS[spliced[0]], _LIMITS[spliced[1]]
         self.tail = tuple(bytes(f) for f in frames[1:])  # tensors and blob: the same every time
         self.n_frames = len(frames)
 
     def header(self, first: int, second: int) -> bytes:
         """Frame 0 with the spliced ids set to `first` and `second`."""
-        if _FIXED_MIN <= first <= self._highs[0] and _FIXED_MIN <= second <= self._highs[1]:
-            head, middle, end = self._pieces
-            if self._swap:
-                return self._pack(head, second, middle, first, end)
-            return self._pack(head, first, middle, second, end)
+        if _FIXED_MIN <= first <= self._first_max and _FIXED_MIN <= second <= self._second_max:
+            return self._pack(self._head, first, self._middle, second, self._end)
         return bytes(encode(self.body, **self.fixed, **dict(zip(self.spliced, (first, second))))[0])
 
     def frames(self, first: int, second: int) -> list:

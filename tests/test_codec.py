@@ -170,10 +170,10 @@ def test_a_template_is_byte_identical_to_encode():
     assert tpl.n_frames == 2
 
 
-def test_a_template_splices_any_two_ids_in_either_order():
+def test_a_template_splices_any_two_ids():
     body = schema.InferReply(status=Status.OK, batch_size=1, worker="echo")
-    for spliced, fixed in ((("msg_id", "parent_id"), {"sent_ns": 3}), (("parent_id", "msg_id"), {}),
-                           (("sent_ns", "msg_id"), {"parent_id": 1 << 50})):
+    for spliced, fixed in ((("msg_id", "parent_id"), {"sent_ns": 3}), (("msg_id", "sent_ns"), {}),
+                           (("parent_id", "sent_ns"), {"msg_id": 1 << 50})):
         tpl = Template(body, spliced, **fixed)
         for values in (((1 << 33) + 1, (1 << 34) + 2), (1, 2)):
             ids = {**fixed, **dict(zip(spliced, values))}
@@ -182,6 +182,8 @@ def test_a_template_splices_any_two_ids_in_either_order():
         Template(body, ("msg_id", "sent_ns"), sent_ns=1)
     with pytest.raises(ValueError, match="splice two"):
         Template(body, ("msg_id", "model"))
+    with pytest.raises(ValueError, match="cannot find sent_ns then msg_id"):
+        Template(body, ("sent_ns", "msg_id"))
 
 
 @settings(max_examples=400, deadline=None)
