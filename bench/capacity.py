@@ -46,10 +46,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from clockwork.bench.loadgen import LoadResults
 from clockwork.bench.procs import run_in_temp_dir
 from clockwork.bench.progress import command_main, say as _say
-from clockwork.bench.report import _finite, format_table, saved_figure
+from clockwork.bench.report import LoadResults, _finite, format_table, saved_figure
 from clockwork.bench.run import (WORKLOADS, System, add_system_args, cpu_seconds, cpu_usage, describe, drive,
                                 make_schedule, setup_of, start_system, warm_up)
 from clockwork.bench import workload

@@ -25,10 +25,10 @@ import numpy as np
 
 from clockwork.bench import models as bench_models
 from clockwork.bench import workload
-from clockwork.bench.loadgen import LoadResults, rates_summary, run_open_loop
+from clockwork.bench.loadgen import rates_summary, run_open_loop
 from clockwork.bench.procs import WorkerSpec, cluster, run_in_temp_dir
 from clockwork.bench.progress import Progress, command_main, say as _say
-from clockwork.bench.report import format_summary, prediction_counters, summarize, write_cdf_png, write_json
+from clockwork.bench.report import LoadResults, format_summary, prediction_counters, summarize, write_cdf_png, write_json
 from clockwork.client import Client
 from clockwork.common.status import Fault, Status
 

@@ -14,15 +14,15 @@ next send is due (or a reply arrives). Request ids are consecutive from a random
 reply finds its request by subtraction, without a dict.
 
 What keeps the per-request cost low (a few microseconds of Python each way):
-- Each model's INFER is encoded once (by the client library's shared builder and the codec);
-  per send only the header's msg_id and sent_ns change, and they are patched into the packed
-  header as fixed-width msgpack uint64s (`FrameTemplate`), byte-identical to `codec.encode`.
+- Each model's INFER is encoded once (by the client library's shared builder and the codec's
+  `Template`); per send only the header's msg_id and sent_ns change, spliced into the packed
+  header by the codec.
 - Every request due at one wake-up leaves in one bundle (schema.BUNDLE), and the controller
   answers a batch's requests in one bundle too, so ZeroMQ's per-message cost (and the
   controller's per-message loop) is paid per wake-up and per batch, not per request.
-- A reply's header is unpacked with msgpack and the few fields needed are stored as one tuple
-  by request index; validation, status names, histograms and the request log are all built
-  once after the run, with numpy, not per reply.
+- A reply is split from its bundle by `codec.split`, matched to its request by `codec.peek_id`,
+  and its header frame kept by request index; decoding (`codec.decode`, header only), status
+  names, histograms and the request log are all done once after the run, not per reply.
 - With `procs=N` the schedule is split round-robin over N generator processes that start at
   the same monotonic instant (CLOCK_MONOTONIC is system-wide), and their results are merged.
 
@@ -34,25 +34,24 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-import msgpack
 import numpy as np
 import zmq
 
 from clockwork.bench.progress import NullProgress, Progress
 from clockwork.bench.relay import HELLO
-from clockwork.bench.report import Latencies
+from clockwork.bench.report import GroupResults, LoadResults
 from clockwork.bench.workload import Schedule
 from clockwork.client.protocol import build_infer
 from clockwork.common.checks import BadMessage
-from clockwork.common.codec import bundle, bundle_header, decode, encode, split
+from clockwork.common.codec import Template, bundle, bundle_header, decode, peek_id, split
 from clockwork.common.net import IdSource, dealer, recv_frames
-from clockwork.common.schema import MAX_BUNDLE_PARTS, Message
+from clockwork.common.schema import MAX_BUNDLE_PARTS, Error, InferReply
 from clockwork.common.status import Status
 
 if TYPE_CHECKING:
@@ -70,48 +69,6 @@ CODE_BAD_REPLY = -3
 SNDHWM = 1_000_000  # the generator must never be the one to refuse a send
 
 
-@dataclass
-class GroupResults:
-    """Outcomes for one group of models (e.g. "emulated", "onnx") sharing an SLO."""
-
-    slo_ms: float
-    sent: int = 0
-    ok: int = 0
-    met_slo: int = 0
-    latency: Latencies = field(default_factory=Latencies)
-
-
-@dataclass
-class LoadResults:
-    scheduled: int  # requests in the schedule
-    schedule_duration_ns: int
-    sent: int = 0
-    answered: int = 0
-    unanswered: int = 0  # sent, but no reply before the drain deadline
-    met_slo: int = 0  # OK and latency <= the model's SLO
-    cold_starts: int = 0
-    stray_replies: int = 0  # replies to no request of ours, or a second reply to one
-    duration_ns: int = 0  # first scheduled send -> end of the run
-    by_status: Counter = field(default_factory=Counter)  # status name -> replies
-    first_detail: dict[str, str] = field(default_factory=dict)  # status name -> its first detail
-    batch_sizes: Counter = field(default_factory=Counter)  # batch size -> OK replies
-    workers: Counter = field(default_factory=Counter)  # worker name -> OK replies
-    latency: Latencies = field(default_factory=Latencies)  # OK replies, from scheduled send
-    reject_latency: Latencies = field(default_factory=Latencies)  # non-OK replies
-    exec_time: Latencies = field(default_factory=Latencies)  # worker-measured, OK replies
-    send_lag: Latencies = field(default_factory=Latencies)  # sent - scheduled
-    groups: dict[str, GroupResults] = field(default_factory=dict)
-    start_ns: int = 0  # monotonic time of the schedule's offset 0 (the request log's time origin)
-
-    @property
-    def ok(self) -> int:
-        return self.by_status.get("OK", 0)
-
-    @property
-    def rejected(self) -> int:
-        return self.answered - self.ok
-
-
 def per_model(value: float | Sequence[float] | Mapping[str, float], models: Sequence[str], what: str) -> list:
     """A scalar, a list by model index, or a map by model name -> a list by model index."""
     if isinstance(value, Mapping):
@@ -125,47 +82,6 @@ def per_model(value: float | Sequence[float] | Mapping[str, float], models: Sequ
     if len(values) != len(models):
         raise ValueError(f"{what}: {len(values)} values for {len(models)} models")
     return values
-
-
-# ----------------------------------------------------------------------------- frames
-
-_ID_MARK = 0x7EADBEEF5A5A0001  # placeholders: distinctive, >= 2**32 (so packed as uint64), < 2**63
-_SENT_MARK = 0x7EEDFACE5A5A0002
-_FIXED_MIN = 1 << 32  # msgpack packs an int as a 9-byte uint64 from here up
-_U63 = 1 << 63
-
-
-class FrameTemplate:
-    """One message's frames with msg_id and sent_ns patched into the packed header.
-
-    msgpack writes every integer in [2**32, 2**64) as 0xcf + 8 big-endian bytes, so a header
-    packed with placeholder values there can take any other such value by splicing, and the
-    result is byte-identical to `codec.encode(body, msg_id, sent_ns=sent_ns)`. Values outside
-    that range (a zero id prefix, a clock under 4.3 s since boot) fall back to `encode`.
-    """
-
-    def __init__(self, body: Message):
-        self.body = body
-        frames = encode(body, _ID_MARK, sent_ns=_SENT_MARK)
-        head = bytes(frames[0])
-        id_mark = b"\xcf" + _ID_MARK.to_bytes(8, "big")
-        sent_mark = b"\xcf" + _SENT_MARK.to_bytes(8, "big")
-        if head.count(id_mark) != 1 or head.count(sent_mark) != 1 or head.index(id_mark) > head.index(sent_mark):
-            raise ValueError("cannot find the msg_id and sent_ns placeholders in the packed header")
-        id_at, sent_at = head.index(id_mark) + 1, head.index(sent_mark) + 1
-        self.prefix = head[:id_at]
-        self.middle = head[id_at + 8:sent_at]
-        self.suffix = head[sent_at + 8:]
-        self.rest = [bytes(f) for f in frames[1:]]  # tensor bytes: sent as they are, every time
-        self.n_frames = len(frames)
-
-    def header(self, msg_id: int, sent_ns: int) -> bytes:
-        if _FIXED_MIN <= msg_id < (1 << 64) and _FIXED_MIN <= sent_ns < _U63:
-            return self.prefix + msg_id.to_bytes(8, "big") + self.middle + sent_ns.to_bytes(8, "big") + self.suffix
-        return bytes(encode(self.body, msg_id, sent_ns=sent_ns)[0])
-
-    def frames(self, msg_id: int, sent_ns: int) -> list:
-        return [self.header(msg_id, sent_ns), *self.rest]
 
 
 # ----------------------------------------------------------------------------- raw results
@@ -206,10 +122,10 @@ class _OpenLoop:
         slo_ns = [int(s * 1e6) for s in slo_ms]
         # One body per model, built (and checked) once by the client library's shared builder;
         # only the header's msg_id and sent_ns change from one request to the next.
-        self.templates = [FrameTemplate(build_infer(m, inputs[i], slo_ns[i], priority)) for i, m in enumerate(models)]
+        self.templates = [Template(build_infer(m, inputs[i], slo_ns[i], priority)) for i, m in enumerate(models)]
         n = len(self.times)
         self.base_id = IdSource().next()
-        self.replies: list = [None] * n  # index -> reply tuple (see receive_ready)
+        self.replies: list = [None] * n  # index -> (recv_ns, reply header frame), or CODE_SEND_FAILED
         self.sent_at = [0] * n
         self.next_index = 0
         self.sent = self.answered = self.ok = 0
@@ -231,13 +147,8 @@ class _OpenLoop:
         while i < n and start + times[i] <= now_ns:
             tpl = templates[model_of[i]]
             sent_ns = monotonic_ns()
-            msg_id = base + i
-            if _FIXED_MIN <= msg_id and _FIXED_MIN <= sent_ns < _U63:  # always, in practice
-                head = tpl.prefix + msg_id.to_bytes(8, "big") + tpl.middle + sent_ns.to_bytes(8, "big") + tpl.suffix
-            else:
-                head = tpl.header(msg_id, sent_ns)
-            frames.append(head)
-            frames.extend(tpl.rest)
+            frames.append(tpl.header(base + i, sent_ns))
+            frames.extend(tpl.tail)
             parts.append(tpl.n_frames)
             sent_at[i] = sent_ns
             i += 1
@@ -263,8 +174,7 @@ class _OpenLoop:
             self.sent += end - first
 
     def receive_ready(self) -> None:
-        sock, unpackb, noblock = self.sock, msgpack.unpackb, zmq.NOBLOCK
-        record = self._record
+        sock, noblock, record = self.sock, zmq.NOBLOCK, self._record
         monotonic_ns = time.monotonic_ns
         while True:
             try:
@@ -273,36 +183,26 @@ class _OpenLoop:
                 return
             recv_ns = monotonic_ns()
             try:
-                h = unpackb(frames[0])
-                if h.get("type") != "bundle":
-                    record(h, recv_ns, frames)
-                    continue
-                at = 1
-                for count in h["parts"]:
-                    record(unpackb(frames[at]), recv_ns, frames[at:at + count])
-                    at += count
-            except Exception:  # msgpack raises many types for garbage; all mean the same here
+                messages = split(frames)
+            except BadMessage:
                 self._bad(frames)
+                continue
+            for header, part in messages:
+                record(header, recv_ns, part)
 
-    def _record(self, h: dict, recv_ns: int, frames: list) -> None:
-        """One reply's header: its few fields stored by request index (checked after the run)."""
-        try:
-            index = h["parent_id"] - self.base_id
-            status = h["status"]
-            if status == 0:
-                reply = (recv_ns, 0, h["queue_ns"], h["exec_ns"], h["batch_size"], h["cold_start"], h["worker"])
-            else:
-                reply = (recv_ns, status, h.get("detail", ""))
-        except Exception:  # a header without the fields of a reply
+    def _record(self, header: dict | None, recv_ns: int, frames: Sequence) -> None:
+        """One reply: its header frame kept by request index (decoded after the run)."""
+        if header is None:
             self._bad(frames)
             return
+        index = peek_id(header, "parent_id") - self.base_id
         replies = self.replies
         if not 0 <= index < self.next_index or replies[index] is not None:
             self.stray_replies += 1
             return
-        replies[index] = reply
+        replies[index] = (recv_ns, bytes(frames[0]))
         self.answered += 1
-        self.ok += status == 0
+        self.ok += header.get("status") == Status.OK  # for the progress line; collect() decides
         if self.track is not None:
             self.track.append(index)
 
@@ -360,7 +260,7 @@ class _OpenLoop:
             on_tick()
 
     def collect(self, end_ns: int) -> RawResults:
-        """The replies, checked and laid out as arrays (once, after the run)."""
+        """The replies, decoded and laid out as arrays (once, after the run)."""
         n = len(self.times)
         status = np.full(n, CODE_UNANSWERED, dtype=np.int16)
         recv = np.zeros(n, dtype=np.int64)
@@ -370,32 +270,26 @@ class _OpenLoop:
         cold = np.zeros(n, dtype=np.int8)
         worker = np.full(n, -1, dtype=np.int32)
         worker_ids: dict[str, int] = {}
-        first_detail: dict[str, str] = {}
-        valid = {int(s) for s in Status}
+        first_detail: dict[str, str] = {"OK": ""}
         for i, reply in enumerate(self.replies):
             if reply is None:
                 continue
             if isinstance(reply, int):  # CODE_SEND_FAILED
                 status[i] = CODE_SEND_FAILED
                 continue
+            recv[i] = reply[0]
             try:
-                code = reply[1]
-                if not isinstance(code, int) or code not in valid:
-                    raise ValueError(code)
-                if code == 0:
-                    q, e, b, c, w = (_nonneg(reply[2]), _nonneg(reply[3]), _nonneg(reply[4]), bool(reply[5]),
-                                     reply[6])
-                    if not isinstance(w, str):
-                        raise ValueError(w)
-                    queue[i], exec_[i], batch[i], cold[i] = q, e, b, c
-                    worker[i] = worker_ids.setdefault(w, len(worker_ids))
-                elif Status(code).name not in first_detail:
-                    first_detail[Status(code).name] = str(reply[2])
-                status[i], recv[i] = code, reply[0]
-            except (ValueError, TypeError, IndexError, OverflowError):
-                status[i], recv[i] = CODE_BAD_REPLY, reply[0]
-        if "OK" not in first_detail:
-            first_detail["OK"] = ""
+                body = _reply_body(reply[1])
+            except BadMessage as exc:
+                status[i] = CODE_BAD_REPLY
+                first_detail.setdefault(BAD_REPLY, exc.detail)
+                continue
+            status[i] = body.status
+            if body.status is Status.OK:
+                queue[i], exec_[i], batch[i], cold[i] = body.queue_ns, body.exec_ns, body.batch_size, body.cold_start
+                worker[i] = worker_ids.setdefault(body.worker, len(worker_ids))
+            else:
+                first_detail.setdefault(body.status.name, body.detail)
         for frames in self.first_bad[:1]:
             first_detail.setdefault(BAD_REPLY, _why_bad(frames))
         return RawResults(self.base_id, self.start_ns, end_ns, status, np.array(self.sent_at, dtype=np.int64), recv,
@@ -403,18 +297,24 @@ class _OpenLoop:
                           self.stray_replies)
 
 
-def _nonneg(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(value)
-    return value
+def _reply_body(header: bytes) -> InferReply | Error:
+    """The reply in a kept header frame, decoded by the codec; BadMessage for anything but an
+    INFER reply or an ERROR that refuses (an OK needs the INFER reply's fields)."""
+    body = decode([header], header_only=True).body
+    if isinstance(body, InferReply) or (isinstance(body, Error) and body.status is not Status.OK):
+        return body
+    raise BadMessage(Status.BAD_MESSAGE, f"an INFER answered by a {body.TYPE.value} message"
+                                         + (" with status OK" if isinstance(body, Error) else ""))
 
 
 def _why_bad(frames: list) -> str:
+    """The codec's reason for refusing a reply that could not be matched to a request."""
     try:
-        decode(frames)
+        for header, part in split(frames):
+            decode(part, header)
     except BadMessage as exc:
         return exc.detail
-    return "a reply header without the fields of an INFER reply"
+    return "a reply the codec accepts on a second reading"
 
 
 # ----------------------------------------------------------------------------- results
@@ -797,8 +697,6 @@ def serve_echo(endpoint: str, ready: Any = None, stop: Any = None, behind_relay:
     behind_relay: a DEALER connected to a bare relay's back instead (bench.relay.relay_main: it
     hands over [client id, *message] as a ROUTER would), to measure the generator plus two hops.
     `ready`/`stop`: multiprocessing Events (set once bound or connected / set to end)."""
-    from clockwork.common.schema import InferReply
-
     context = zmq.Context()
     sock = context.socket(zmq.DEALER if behind_relay else zmq.ROUTER)
     sock.setsockopt(zmq.SNDHWM, SNDHWM)
@@ -809,11 +707,8 @@ def serve_echo(endpoint: str, ready: Any = None, stop: Any = None, behind_relay:
         sock.send(HELLO)
     else:
         sock.bind(endpoint)
-    reply = encode(InferReply(status=Status.OK, batch_size=1, worker="echo"), _ID_MARK, parent_id=_SENT_MARK,
-                   sent_ns=_ID_MARK + 1)
-    head = bytes(reply[0])
-    at = head.index(b"\xcf" + _SENT_MARK.to_bytes(8, "big")) + 1
-    before, after = head[:at], head[at + 8:]
+    reply = Template(InferReply(status=Status.OK, batch_size=1, worker="echo"), spliced=("msg_id", "parent_id"))
+    reply_ids = itertools.count(IdSource().next())
     recv, send, noblock = sock.recv_multipart, sock.send_multipart, zmq.NOBLOCK
     if ready is not None:
         ready.set()
@@ -826,7 +721,7 @@ def serve_echo(endpoint: str, ready: Any = None, stop: Any = None, behind_relay:
                     frames = recv(noblock)
                 except zmq.Again:
                     break
-                replies = [[before + head["msg_id"].to_bytes(8, "big") + after] for head, _ in split(frames[1:])]
+                replies = [[reply.header(next(reply_ids), peek_id(head, "msg_id"))] for head, _ in split(frames[1:])]
                 send([frames[0], *bundle(replies)], noblock)
     finally:
         sock.close(0)

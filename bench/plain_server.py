@@ -36,7 +36,7 @@ from clockwork.bench.predictability import direct_session
 from clockwork.client import v2
 from clockwork.client.protocol import InferResult
 from clockwork.common.checks import BadMessage
-from clockwork.common.codec import bundle, decode, encode, split
+from clockwork.common.codec import bundle, decode, encode, peek_id, split
 from clockwork.common.net import IdSource
 from clockwork.common.schema import Error, GetStatus, Infer, InferReply, Reply
 from clockwork.common.status import Status
@@ -68,7 +68,7 @@ class PlainServer:
                 try:
                     env = decode(parts, header)
                 except BadMessage as exc:
-                    msg_id = header.get("msg_id", 0) if isinstance(header, dict) else 0
+                    msg_id = peek_id(header, "msg_id")
                     self._send(sock, client, [encode(Error(status=exc.status, detail=exc.detail), self.ids.next(),
                                                      msg_id if isinstance(msg_id, int) else 0, now)])
                     continue

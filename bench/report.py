@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from hdrh.histogram import HdrHistogram
-
-if TYPE_CHECKING:
-    from clockwork.bench.loadgen import LoadResults
 
 PERCENTILES = (50.0, 99.0, 99.9, 99.99)
 LOWEST_US = 1  # 1 microsecond: below anything a message round trip can take
@@ -109,6 +107,50 @@ def _label(percentile: float) -> str:
     return f"p{percentile:g}"
 
 
+@dataclass
+class GroupResults:
+    """Outcomes for one group of models (e.g. "emulated", "onnx") sharing an SLO."""
+
+    slo_ms: float
+    sent: int = 0
+    ok: int = 0
+    met_slo: int = 0
+    latency: Latencies = field(default_factory=Latencies)
+
+
+@dataclass
+class LoadResults:
+    """What one load run measured (bench.loadgen fills it in; `summarize` reads it)."""
+
+    scheduled: int  # requests in the schedule
+    schedule_duration_ns: int
+    sent: int = 0
+    answered: int = 0
+    unanswered: int = 0  # sent, but no reply before the drain deadline
+    met_slo: int = 0  # OK and latency <= the model's SLO
+    cold_starts: int = 0
+    stray_replies: int = 0  # replies to no request of ours, or a second reply to one
+    duration_ns: int = 0  # first scheduled send -> end of the run
+    by_status: Counter = field(default_factory=Counter)  # status name -> replies
+    first_detail: dict[str, str] = field(default_factory=dict)  # status name -> its first detail
+    batch_sizes: Counter = field(default_factory=Counter)  # batch size -> OK replies
+    workers: Counter = field(default_factory=Counter)  # worker name -> OK replies
+    latency: Latencies = field(default_factory=Latencies)  # OK replies, from scheduled send
+    reject_latency: Latencies = field(default_factory=Latencies)  # non-OK replies
+    exec_time: Latencies = field(default_factory=Latencies)  # worker-measured, OK replies
+    send_lag: Latencies = field(default_factory=Latencies)  # sent - scheduled
+    groups: dict[str, GroupResults] = field(default_factory=dict)
+    start_ns: int = 0  # monotonic time of the schedule's offset 0 (the request log's time origin)
+
+    @property
+    def ok(self) -> int:
+        return self.by_status.get("OK", 0)
+
+    @property
+    def rejected(self) -> int:
+        return self.answered - self.ok
+
+
 @dataclass(frozen=True)
 class Summary:
     """What a load run achieved. Latencies are from each request's scheduled send time."""
@@ -137,7 +179,7 @@ class Summary:
         return _finite(asdict(self))
 
 
-def summarize(results: "LoadResults", name: str = "run", prediction_error: Mapping | None = None) -> Summary:
+def summarize(results: LoadResults, name: str = "run", prediction_error: Mapping | None = None) -> Summary:
     duration_s = max(results.duration_ns / 1e9, 1e-9)
     schedule_s = max(results.schedule_duration_ns / 1e9, 1e-9)
     groups = {

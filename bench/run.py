@@ -40,11 +40,11 @@ import zmq
 
 from clockwork.bench import models as bench_models
 from clockwork.bench import workload
-from clockwork.bench.loadgen import LoadResults, rates_summary, run_closed_loop, run_open_loop, serve_echo
+from clockwork.bench.loadgen import rates_summary, run_closed_loop, run_open_loop, serve_echo
 from clockwork.bench.procs import NotReady, ProcessDied, WorkerSpec, cluster, free_port, run_in_temp_dir
 from clockwork.bench.progress import NullProgress, Progress, command_main, say as _say
 from clockwork.bench.relay import RoundTrip, relay_main, wait_relay
-from clockwork.bench.report import format_table, prediction_counters
+from clockwork.bench.report import LoadResults, format_table, prediction_counters
 from clockwork.bench.runlog import RunLog, format_run_summary, write_run
 from clockwork.client.protocol import build_infer
 from clockwork.common.config import ControllerConfig

@@ -39,11 +39,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from clockwork.bench import models as bench_models
-from clockwork.bench.loadgen import LoadResults, run_open_loop
+from clockwork.bench.comparison import GAP_S, LONE_REQUESTS, MODEL, Point, plot, schedule_for, sustained
+from clockwork.bench.loadgen import run_open_loop
 from clockwork.bench.procs import WorkerSpec, cluster, free_port, run_in_temp_dir
 from clockwork.bench.progress import Progress, command_main, say
-from clockwork.bench.comparison import GAP_S, LONE_REQUESTS, MODEL, Point, plot, schedule_for, sustained
-from clockwork.bench.report import Latencies, format_table, write_json
+from clockwork.bench.report import Latencies, LoadResults, format_table, write_json
 from clockwork.client import Client, ClockworkError
 from clockwork.client.cli import parse_shape
 

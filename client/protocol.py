@@ -38,7 +38,6 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
-import msgpack
 import numpy as np
 
 from clockwork.common import checks, codec, schema
@@ -362,23 +361,14 @@ def _read_one(frames: Any, header: dict | None) -> Incoming:
     try:
         envelope = codec.decode(frames, header)
     except BadMessage as exc:
-        return _undecodable(_peek_parent(frames), exc)
+        # Read at any size: a reply too large to decode still names the request it fails.
+        return _undecodable(codec.peek_id(codec.peek_map(frames, max_bytes=None), "parent_id"), exc)
     return Incoming(envelope.parent_id, envelope)
 
 
 def _undecodable(parent_id: int, exc: BadMessage) -> Incoming:
     detail = f"the controller sent an undecodable reply: {exc.status.name}: {exc.detail}"
     return Incoming(parent_id, None, ServerError(Status.INTERNAL, detail))
-
-
-def _peek_parent(frames: list) -> int:
-    try:
-        header = msgpack.unpackb(memoryview(frames[0]), raw=False, strict_map_key=False,
-                                 max_bin_len=0, max_ext_len=0)
-        parent = header.get("parent_id", 0)
-    except Exception:  # garbage: no request can be named
-        return 0
-    return parent if type(parent) is int and 0 <= parent <= schema.U64 else 0
 
 
 def route(incoming: Incoming, pending: Collection[int]) -> int | None:

@@ -24,7 +24,7 @@ import zmq
 from clockwork.common import schema, security
 from clockwork.common.checks import BadMessage
 from clockwork.common.clock import QueueDelay, monotonic_ns
-from clockwork.common.codec import decode, encode, peek_header, split
+from clockwork.common.codec import decode, encode, peek_id, split
 from clockwork.common.config import ControllerConfig
 from clockwork.common.models import Signature, signature_of
 from clockwork.common.net import IdSource, Outgoing, recv_frames, recv_frames_from, router, send
@@ -192,7 +192,7 @@ class ControllerDaemon:
         try:
             env = decode(frames, head)
         except BadMessage as exc:
-            self._to_client(client, peek_header(frames)[1], schema.Error(status=exc.status, detail=exc.detail))
+            self._to_client(client, peek_id(head, "msg_id"), schema.Error(status=exc.status, detail=exc.detail))
             return
         handler = self._client_handlers.get(type(env.body))
         if handler is None:
@@ -362,7 +362,7 @@ class ControllerDaemon:
             if exc.status is Status.UNSUPPORTED_VERSION:  # it retries its HELLO: said once is enough
                 self._other_versions.add(name)
             send(self.workers, schema.Error(status=exc.status, detail=exc.detail), self.ids.next(),
-                 peek_header(frames)[1], monotonic_ns(), identity=identity)
+                 peek_id(head, "msg_id"), monotonic_ns(), identity=identity)
             return
         handler = self._worker_handlers.get(type(env.body))
         now = monotonic_ns()

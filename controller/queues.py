@@ -7,30 +7,43 @@ is never served twice. `len()` counts only live requests.
 
 `QueueBase` is what every queue order shares (the expiry heap and the counts); the baselines'
 FIFO queue (controller/baseline.py) is another order on it.
+
+A queue knows of its requests only the fields in `Queued` (controller/state.Request has them),
+so this module needs nothing from state.py, which holds the queues.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
 from clockwork.common.schema import MAX_PRIORITY
 from clockwork.controller.lifecycle import RequestState
 
 CLASSES = MAX_PRIORITY + 1  # priority classes 0 .. MAX_PRIORITY
 
-if TYPE_CHECKING:
-    from clockwork.controller.state import Request
-
 _QUEUED = RequestState.QUEUED
 
 
-class QueueBase:
+class Queued(Protocol):
+    """What a queue reads and writes of a request it holds."""
+
+    deadline_ns: int
+    priority: int  # 0 .. MAX_PRIORITY
+    samples: int
+    state: RequestState  # live in a queue only while QUEUED
+    queue_token: int  # the token of its latest push; -1 once it left the queue
+
+
+R = TypeVar("R", bound=Queued)
+
+
+class QueueBase(Generic[R]):
     """The expiry heap and the counts of a per-model queue; subclasses add the service order."""
 
     def __init__(self) -> None:
-        self._expire: list[tuple[int, int, "Request"]] = []  # (deadline, token, req)
+        self._expire: list[tuple[int, int, R]] = []  # (deadline, token, req)
         self._seq = itertools.count()
         self._live = 0
         self.samples = 0  # live requests' samples: the work waiting, for replica decisions
@@ -39,7 +52,7 @@ class QueueBase:
     def __len__(self) -> int:
         return self._live
 
-    def _added(self, req: "Request") -> int:
+    def _added(self, req: R) -> int:
         """Count a request in and file it for expiry; returns the token of this push."""
         token = req.queue_token = next(self._seq)
         heapq.heappush(self._expire, (req.deadline_ns, token, req))
@@ -48,7 +61,7 @@ class QueueBase:
         self.samples_by_class[req.priority] += req.samples
         return token
 
-    def removed(self, req: "Request") -> None:
+    def removed(self, req: R) -> None:
         """Call when a queued request leaves the queue by any path (its state leaves QUEUED).
         Its entries die with it: a request put back later (a dropped batch) is pushed anew, and
         an old entry must not pass for the new one (it did, and hid the request from expiry)."""
@@ -62,7 +75,7 @@ class QueueBase:
             heapq.heappop(self._expire)
         return self._expire[0][0] if self._expire else None
 
-    def pop_expired(self, before_ns: int) -> list["Request"]:
+    def pop_expired(self, before_ns: int) -> list[R]:
         """Live requests with a deadline before `before_ns`; they are still QUEUED: the caller
         answers them (and calls removed() for each)."""
         out = []
@@ -73,16 +86,16 @@ class QueueBase:
         return out
 
 
-class RequestQueue(QueueBase):
+class RequestQueue(QueueBase[R]):
     def __init__(self) -> None:
         super().__init__()
-        self._serve: list[tuple[int, int, int, "Request"]] = []  # (-priority, deadline, token, req)
+        self._serve: list[tuple[int, int, int, R]] = []  # (-priority, deadline, token, req)
 
-    def push(self, req: "Request") -> None:
+    def push(self, req: R) -> None:
         token = self._added(req)
         heapq.heappush(self._serve, (-req.priority, req.deadline_ns, token, req))
 
-    def head(self, limit: int) -> list["Request"]:
+    def head(self, limit: int) -> list[R]:
         """Up to `limit` live requests in service order; O(limit log n), the queue unchanged."""
         taken, out = [], []
         while self._serve and len(out) < limit:
@@ -94,14 +107,14 @@ class RequestQueue(QueueBase):
             heapq.heappush(self._serve, entry)
         return out
 
-    def first(self) -> "Request | None":
+    def first(self) -> R | None:
         """The live request served next (amortised O(1): stale entries on top are dropped)."""
         serve = self._serve
         while serve and not is_live(serve[0][3], serve[0][2]):
             heapq.heappop(serve)
         return serve[0][3] if serve else None
 
-    def drain(self) -> list["Request"]:
+    def drain(self) -> list[R]:
         """Every live request, in service order; the caller answers each (calling removed())."""
         out = self.head(self._live)
         self._serve.clear()
@@ -109,6 +122,6 @@ class RequestQueue(QueueBase):
         return out
 
 
-def is_live(req: "Request", token: int) -> bool:
+def is_live(req: Queued, token: int) -> bool:
     """The entry filed with `token` still stands for `req`: it is queued, and this is its latest push."""
     return req.state is _QUEUED and req.queue_token == token

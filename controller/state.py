@@ -43,7 +43,7 @@ class Model:
     format: str
     signature: Signature
     profiles: dict[str, Profile] = field(default_factory=dict)  # worker name -> its PREPARE profile
-    queue: RequestQueue = field(default_factory=RequestQueue)
+    queue: RequestQueue[Request] = field(default_factory=RequestQueue)
     in_flight: int = 0  # EXEC actions outstanding
     removing: bool = False  # REMOVE received; dropped from workers once in_flight == 0
     answered: int = 0  # admitted requests answered, and those of them inside their deadline

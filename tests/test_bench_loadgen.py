@@ -2,6 +2,7 @@
 
 import threading
 
+import msgpack
 import numpy as np
 import pytest
 import zmq
@@ -11,14 +12,15 @@ from clockwork.bench.loadgen import per_model, run_open_loop
 from clockwork.bench.progress import Progress
 from clockwork.common.codec import bundle, decode, encode, split
 from clockwork.common.net import recv_frames, router
-from clockwork.common.schema import InferReply
+from clockwork.common.schema import Error, InferReply
 from clockwork.common.status import Status
 
 MS = 1_000_000
 
 
 class FakeController:
-    """Answers INFER: OK for most models, QUEUE_FULL for "full", nothing for "silent"."""
+    """Answers INFER: OK for most models, QUEUE_FULL for "full", nothing for "silent"; an ERROR
+    for "refused", a reply that fails validation for "garbled", an unreadable one for "junk"."""
 
     def __init__(self, ctx: zmq.Context):
         self.sock = router(ctx, "tcp://127.0.0.1:*")
@@ -54,7 +56,13 @@ class FakeController:
         self.seen.append((env.msg_id, body.model, body.slo_ns, body.tensors[0].shape))
         if body.model == "silent":
             return None
-        if body.model == "full":
+        if body.model == "garbled":
+            return [msgpack.packb({"type": "infer_reply", "msg_id": 1, "parent_id": env.msg_id, "status": "x"})]
+        if body.model == "junk":
+            return [b"\xc1"]
+        if body.model == "refused":
+            reply = Error(status=Status.BAD_INPUT, detail="no such input")
+        elif body.model == "full":
             reply = InferReply(status=Status.QUEUE_FULL, detail="full")
         else:
             cold = body.model not in loaded
@@ -100,6 +108,19 @@ def test_every_request_sent_once_and_answered(ctx, capsys):
     assert {shape for *_, shape in fake.seen} == {(1, 4)}
     assert res.met_slo <= res.ok
     assert "sent" in capsys.readouterr().err
+
+
+def test_replies_are_judged_by_the_codec(ctx):
+    names = ["a", "refused", "garbled", "junk"]
+    sched = workload.constant_schedule([40.0] * 4, 0.5)
+    with FakeController(ctx) as fake:
+        res = run_open_loop(fake.endpoint, sched, names, 100, inputs(names), drain_timeout_s=0.5, ctx=ctx)
+    counts = sched.counts()
+    assert res.ok == counts[0] and res.by_status["BAD_INPUT"] == counts[1]
+    assert res.first_detail["BAD_INPUT"] == "no such input"
+    # garbled: answered, but bad; junk: no request can be named, so unanswered as well as bad.
+    assert res.by_status["BAD_REPLY"] == counts[2] + counts[3] and res.unanswered == counts[3]
+    assert "status" in res.first_detail["BAD_REPLY"]
 
 
 def test_requests_go_out_on_schedule_not_after_replies(ctx):

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from clockwork.bench import report
-from clockwork.bench.loadgen import GroupResults, LoadResults
-from clockwork.bench.report import Latencies
+from clockwork.bench.report import GroupResults, Latencies, LoadResults
 
 
 def test_percentiles_match_known_data_within_hdr_precision():

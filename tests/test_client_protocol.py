@@ -322,6 +322,14 @@ def test_undecodable_reply_becomes_a_server_error_for_its_request():
     assert [i.parent_id for i in protocol.read_incoming([])] == [0]
 
 
+def test_a_reply_over_the_header_limit_still_names_its_request():
+    reply = codec.encode(schema.Reply(status=Status.OK), 5, 42)
+    huge = msgpack.packb({**msgpack.unpackb(reply[0]), "pad": "x" * schema.MAX_HEADER_BYTES})
+    [incoming] = protocol.read_incoming([huge])
+    assert incoming.parent_id == 42 and isinstance(incoming.error, ServerError)
+    assert "exceeds" in incoming.error.detail
+
+
 def test_route_matches_parent_ids_only():
     reply = Incoming(42, wire(schema.Reply(status=Status.OK), parent_id=42))
     assert protocol.route(reply, {41, 42}) == 42

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from clockwork.common import schema
 from clockwork.common.checks import BadMessage
-from clockwork.common.codec import bundle, bundles, decode, encode, peek_header, split
+from clockwork.common.codec import Template, bundle, bundles, decode, encode, peek_id, peek_map, split
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 
@@ -132,10 +132,58 @@ def test_unknown_header_fields_are_ignored():
     assert env.body.model == "m"
 
 
-def test_peek_header_names_a_broken_request():
-    assert peek_header([msgpack.packb({"msg_id": 42, "type": 3})]) == (None, 42)
-    assert peek_header([msgpack.packb({"msg_id": -1, "type": "infer"})]) == ("infer", 0)
-    assert peek_header([b"junk"]) == (None, 0)
+def test_peek_reads_the_ids_of_a_broken_request():
+    assert peek_id(peek_map([msgpack.packb({"msg_id": 42, "type": 3})]), "msg_id") == 42
+    assert peek_id(peek_map([msgpack.packb({"msg_id": -1, "parent_id": 7})]), "msg_id") == 0
+    assert peek_id(peek_map([msgpack.packb({"msg_id": "1", "parent_id": 7})]), "msg_id") == 0
+    assert peek_map([b"junk"]) is None and peek_map([]) is None and peek_map([msgpack.packb([1])]) is None
+    assert peek_id(None, "msg_id") == 0
+
+
+def test_peek_refuses_an_oversized_header_unless_told_to_read_any_size():
+    huge = [msgpack.packb({"parent_id": 9, "pad": "x" * schema.MAX_HEADER_BYTES})]
+    assert peek_map(huge) is None
+    assert peek_id(peek_map(huge, max_bytes=None), "parent_id") == 9
+
+
+def test_a_header_alone_decodes_without_its_tensors():
+    reply = schema.InferReply(status=Status.OK, batch_size=4, worker="w", tensors=(Tensor.from_array("y", np.ones((4, 2))),))
+    frames = encode(reply, 5, 6, 7)
+    env = decode(frames[:1], header_only=True)
+    assert (env.msg_id, env.parent_id, env.sent_ns) == (5, 6, 7)
+    assert env.body == schema.InferReply(status=Status.OK, batch_size=4, worker="w")
+    with pytest.raises(BadMessage, match="frames"):  # without header_only the tensor frame is missing
+        decode(frames[:1])
+    with pytest.raises(BadMessage, match="status"):
+        decode([msgpack.packb({"type": "infer_reply", "msg_id": 1, "status": "x"})], header_only=True)
+
+
+def test_a_template_is_byte_identical_to_encode():
+    body = schema.Infer(model="resnet50-00", slo_ns=100_000_000, priority=3,
+                        tensors=(Tensor.from_array("data", np.arange(16, dtype=np.float32).reshape(1, 16)),))
+    tpl = Template(body)
+    for msg_id, sent_ns in ((1 << 32, 1 << 32), ((0xDEADBEEF << 32) | 77, 123_456_789_012_345),
+                            (schema.U64, schema.I64),
+                            (5, 7), (1 << 40, 3), (1 << 40, 1 << 63)):  # the last three are encoded in full
+        expected = [bytes(f) for f in encode(body, msg_id, sent_ns=sent_ns)]
+        assert [bytes(f) for f in tpl.frames(msg_id, sent_ns)] == expected
+    assert tpl.n_frames == 2
+
+
+def test_a_template_splices_any_two_ids():
+    body = schema.InferReply(status=Status.OK, batch_size=1, worker="echo")
+    for spliced, fixed in ((("msg_id", "parent_id"), {"sent_ns": 3}), (("msg_id", "sent_ns"), {}),
+                           (("parent_id", "sent_ns"), {"msg_id": 1 << 50})):
+        tpl = Template(body, spliced, **fixed)
+        for values in (((1 << 33) + 1, (1 << 34) + 2), (1, 2)):
+            ids = {**fixed, **dict(zip(spliced, values))}
+            assert tpl.header(*values) == bytes(encode(body, **ids)[0])
+    with pytest.raises(ValueError, match="splice two"):
+        Template(body, ("msg_id", "sent_ns"), sent_ns=1)
+    with pytest.raises(ValueError, match="splice two"):
+        Template(body, ("msg_id", "model"))
+    with pytest.raises(ValueError, match="cannot find sent_ns then msg_id"):
+        Template(body, ("sent_ns", "msg_id"))
 
 
 @settings(max_examples=400, deadline=None)
@@ -182,7 +230,7 @@ def test_a_bundle_splits_back_into_its_messages_with_their_headers():
     bodies = [schema.Infer(model="a", slo_ns=5, tensors=(x,)), schema.ListModels(),
               schema.Upload(name="b", format="profile", blob=b"{}")]
     frames = [bytes(f) for f in bundle([encode(b, 10 + i) for i, b in enumerate(bodies)])]
-    parts = split(frames)
+    parts = list(split(frames))
     assert len(frames) == 1 + 2 + 1 + 2 and len(parts) == 3
     decoded = [decode(part, head) for head, part in parts]
     assert [e.msg_id for e in decoded] == [10, 11, 12]

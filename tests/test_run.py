@@ -1,5 +1,5 @@
-"""clockwork-bench run: end to end on real processes, plus its pure helpers (frame templates,
-action-log merging, profile tables) and the multi-process generator."""
+"""clockwork-bench run: end to end on real processes, plus its pure helpers (action-log
+merging, profile tables) and the multi-process generator."""
 
 import json
 
@@ -8,24 +8,10 @@ import pytest
 
 from clockwork.bench import run as bench_run
 from clockwork.bench import workload
-from clockwork.bench.loadgen import FrameTemplate, RawResults, _merge_raw, add_to_runlog, results_from_raw
+from clockwork.bench.loadgen import RawResults, _merge_raw, add_to_runlog, results_from_raw
 from clockwork.bench.runlog import ACTION_COLUMNS, REQUEST_COLUMNS, RunLog
-from clockwork.client.protocol import build_infer
-from clockwork.common.codec import decode, encode
 
 REPORT_FILES = ("requests.tsv", "summary.json", "summary.csv", "timeseries.csv", "timeseries.png", "cdf.png")
-
-
-def test_frame_template_is_byte_identical_to_encode():
-    body = build_infer("resnet50-00", {"data": np.arange(16, dtype=np.float32).reshape(1, 16)}, 100_000_000, 3)
-    tpl = FrameTemplate(body)
-    for msg_id, sent_ns in ((1 << 32, 1 << 32), ((0xDEADBEEF << 32) | 77, 123_456_789_012_345),
-                            ((1 << 64) - 1, (1 << 63) - 1),
-                            (5, 7), (1 << 40, 3)):  # the last two fall back to encode()
-        expected = [bytes(f) for f in encode(body, msg_id, sent_ns=sent_ns)]
-        assert [bytes(f) for f in tpl.frames(msg_id, sent_ns)] == expected
-        env = decode(tpl.frames(msg_id, sent_ns))
-        assert env.msg_id == msg_id and env.sent_ns == sent_ns and env.body.model == "resnet50-00"
 
 
 def test_merge_of_generator_parts_by_schedule_index():

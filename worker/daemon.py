@@ -24,7 +24,7 @@ import zmq
 from clockwork.common import schema, security
 from clockwork.common.checks import BadMessage
 from clockwork.common.clock import SkewEstimator, monotonic_ns
-from clockwork.common.codec import bundles, decode, encode, peek_header, split
+from clockwork.common.codec import bundles, decode, encode, peek_id, peek_map, split
 from clockwork.common.config import WorkerConfig
 from clockwork.common.net import IdSource, dealer, recv_frames
 from clockwork.common.schema import (ActionKind, Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load, Message, Prepare,
@@ -189,7 +189,8 @@ class Daemon:
             self._send(Error(status=Status.INTERNAL, detail="the worker failed handling this message"), env.msg_id)
 
     def _refuse(self, frames: list, status: Status, detail: str) -> None:
-        msg_type, msg_id = peek_header(frames)
+        header = peek_map(frames) or {}
+        msg_type, msg_id = header.get("type"), peek_id(header, "msg_id")
         self.log.warning("bad message", status=status.name, detail=detail[:300], type=msg_type)
         if msg_type != schema.MsgType.ERROR.value:  # never answer an error with an error
             self._send(Error(status=status, detail=detail[:MAX_DETAIL]), msg_id)
