@@ -24,7 +24,7 @@ Example:
     log.request(1, "resnet50-0", 0, arrival_ns=0, deadline_ns=100_000_000, status="OK",
                 latency_ns=3_100_000, queue_ns=200_000, exec_ns=2_700_000, batch_size=1,
                 cold_start=False, worker="w0")
-    log.action(7, "INFER", "w0", 0, "resnet50-0", 1, sent_ns=10, begin_ns=20, end_ns=2_700_020,
+    log.action(7, "EXEC", "w0", 0, "resnet50-0", 1, sent_ns=10, begin_ns=20, end_ns=2_700_020,
                predicted_ns=2_700_000, measured_ns=2_700_000, status="OK")
     summary = write_run("runs/x", log, title="poisson 500/s", slo_ms=100)
 """
@@ -58,11 +58,11 @@ REQUEST_COLUMNS: tuple[str, ...] = (
 )
 ACTION_COLUMNS: tuple[str, ...] = (
     "action_id",  # unique within the run
-    "kind",  # INFER | LOAD | UNLOAD (| PREPARE | DROP); upper-cased, "exec" read as INFER
+    "kind",  # EXEC | LOAD | UNLOAD (| PREPARE | DROP); upper-cased, an older log's INFER read as EXEC
     "worker",  # worker name
     "device",  # device id on that worker
     "model",  # model name
-    "batch_size",  # INFER: batch size; else 0
+    "batch_size",  # EXEC: batch size; else 0
     "sent_ns",  # controller sent it
     "begin_ns",  # it started on its lane (worker clock translated), -1 if it never started
     "end_ns",  # it finished (or was refused), -1 if unknown
@@ -77,13 +77,14 @@ _INT_ACTION = ("action_id", "device", "batch_size", "sent_ns", "begin_ns", "end_
 EXTRA_STATUSES = ("UNANSWERED", "SEND_FAILED", "BAD_REPLY")
 NS_PER_S = 1_000_000_000
 BIN_S = 1.0  # time-series resolution: one point per second of the run
-PREDICTION_KINDS = ("INFER", "LOAD")  # actions whose duration the controller predicts
+PREDICTION_KINDS = ("EXEC", "LOAD")  # actions whose duration the controller predicts
 
 
 def canonical_kind(kind: Any) -> str:
-    """An action kind as the logs spell it: "exec"/"infer" -> "INFER", "load" -> "LOAD", ..."""
+    """An action kind as the logs spell it: "exec" -> "EXEC", "load" -> "LOAD", ...; the INFER of
+    logs written before the action had one name reads as EXEC."""
     name = _name(kind).strip().upper()
-    return "INFER" if name == "EXEC" else name
+    return "EXEC" if name == "INFER" else name
 
 
 class _Table:
@@ -434,7 +435,7 @@ def _summarize_actions(log: RunLog) -> dict:
     return out
 
 
-def prediction_error_ns(act: Mapping[str, Any], kind: str = "INFER") -> np.ndarray:
+def prediction_error_ns(act: Mapping[str, Any], kind: str = "EXEC") -> np.ndarray:
     """measured - predicted (ns) of successful `kind` actions that carry both."""
     if not len(act["kind"]):
         return np.zeros(0, dtype=np.int64)

@@ -45,7 +45,7 @@ def test_action_log_merge_makes_times_relative(tmp_path):
     start = 10_000_000_000
     path = tmp_path / "controller-actions.tsv"
     def row(i, sent):
-        return "\t".join(str(v) for v in (i, "INFER", "w", 0, "m", 1, sent, sent + 5, sent + 10, 9, 10, "OK"))
+        return "\t".join(str(v) for v in (i, "EXEC", "w", 0, "m", 1, sent, sent + 5, sent + 10, 9, 10, "OK"))
 
     (tmp_path / "controller-actions.tsv.1").write_text("\t".join(ACTION_COLUMNS) + "\n" + row(1, start - 50) + "\n"
                                                        + row(2, start + 100) + "\n")

@@ -14,7 +14,7 @@ MS = 1_000_000
 
 
 def make_log(n: int = 200, actions: bool = True) -> RunLog:
-    """n requests (every 10th QUEUE_FULL, the last one unanswered) and one INFER per request."""
+    """n requests (every 10th QUEUE_FULL, the last one unanswered) and one EXEC per request."""
     log = RunLog()
     for i in range(n):
         status = Status.QUEUE_FULL if i % 10 == 9 else Status.OK
@@ -25,7 +25,7 @@ def make_log(n: int = 200, actions: bool = True) -> RunLog:
                     (i + 1) * MS if status != "UNANSWERED" else -1, 100_000 if ok else -1,
                     2_700_000 if ok else -1, 1 + i % 4 if ok else 0, ok and i < 3, "w0" if ok else "")
         if actions:
-            log.action(i, "INFER" if i % 20 else "LOAD", f"w{i % 2}", i % 4, f"m{i % 3}", 1, i * 5 * MS,
+            log.action(i, "EXEC" if i % 20 else "LOAD", f"w{i % 2}", i % 4, f"m{i % 3}", 1, i * 5 * MS,
                        i * 5 * MS + 10, i * 5 * MS + 3 * MS, 2_700_000, 2_700_000 + (i % 5) * 10_000,
                        Status.OK if i % 7 else Status.TOO_LATE)
     return log
@@ -83,7 +83,7 @@ def test_lenient_action_reading(tmp_path):
     # Columns in another order, one missing, an unknown extra, a repeated header, a torn line.
     path = tmp_path / "controller-actions.tsv"
     cols = [c for c in ACTION_COLUMNS if c != "begin_ns"][::-1] + ["extra"]
-    row = {"action_id": "7", "kind": "INFER", "worker": "w", "device": "1", "model": "m", "batch_size": "4",
+    row = {"action_id": "7", "kind": "EXEC", "worker": "w", "device": "1", "model": "m", "batch_size": "4",
            "sent_ns": "10", "end_ns": "", "predicted_ns": "5", "measured_ns": "6", "status": "OK", "extra": "x"}
     lines = ["\t".join(cols), "\t".join(row[c] for c in cols), "\t".join(cols), "7\tINF"]
     path.write_text("\n".join(lines) + "\n")
@@ -93,7 +93,7 @@ def test_lenient_action_reading(tmp_path):
     assert log.read_actions_tsv(path, lenient=True) == 1
     act = log.actions()
     assert act["action_id"].tolist() == [7] and act["begin_ns"].tolist() == [-1] and act["end_ns"].tolist() == [-1]
-    assert act["kind"] == ["INFER"] and act["batch_size"].tolist() == [4]
+    assert act["kind"] == ["EXEC"] and act["batch_size"].tolist() == [4]
 
 
 def test_summary_percentiles_come_from_hdr():
@@ -135,7 +135,7 @@ def test_summary_counts_and_slo_by_deadline():
     assert s["met_slo"] == sum(1 for i in range(100) if i % 10 != 9)
     assert s["cold_starts"] == 3
     assert s["actions"]["by_kind"]["LOAD"]["count"] == 10
-    err = s["actions"]["prediction_error"]["INFER"]
+    err = s["actions"]["prediction_error"]["EXEC"]
     assert err["abs_error_ms"]["max"] == pytest.approx(0.04, rel=0.01)
     assert 0 < err["underpredicted_fraction"] < 1
 
@@ -187,13 +187,13 @@ def test_window_keeps_and_shifts():
 
 
 def test_action_kinds_are_canonical(tmp_path):
-    # The controller's ActionRecord says exec/load/unload; the logs say INFER/LOAD/UNLOAD.
+    # The controller's ActionRecord says exec/load/unload; the logs say EXEC/LOAD/UNLOAD (an old log's INFER reads as EXEC).
     log = RunLog()
     for i, kind in enumerate(("exec", "load", "unload", "INFER")):
         log.action(i, kind, "w", 0, "m", 1, i, i, i + 1, 5, 6, "OK")
-    assert log.actions()["kind"] == ["INFER", "LOAD", "UNLOAD", "INFER"]
+    assert log.actions()["kind"] == ["EXEC", "LOAD", "UNLOAD", "EXEC"]
     log.write_actions_tsv(tmp_path / "a.tsv")
     assert [line.split("\t")[1] for line in (tmp_path / "a.tsv").read_text().splitlines()[1:]] == \
-        ["INFER", "LOAD", "UNLOAD", "INFER"]
+        ["EXEC", "LOAD", "UNLOAD", "EXEC"]
     s = summarize_run(log)
-    assert s["actions"]["by_kind"]["INFER"]["count"] == 2 and "INFER" in s["actions"]["prediction_error"]
+    assert s["actions"]["by_kind"]["EXEC"]["count"] == 2 and "EXEC" in s["actions"]["prediction_error"]

@@ -67,7 +67,6 @@ _CHUNK = 1 << 16  # open-loop arrivals converted to Python ints this many at a t
 
 # event kinds
 _TO_CORE, _TO_DEVICE, _LANE, _HEARTBEAT, _SEND, _PREPARE = range(6)
-_LOG_KIND = {"exec": "INFER", "load": "LOAD", "unload": "UNLOAD"}  # bench/runlog.py's names
 
 
 @dataclass
@@ -202,7 +201,7 @@ class Simulation:
     def _log_action(self, a: ActionRecord) -> None:
         """An action log row, times relative to the start of traffic (runlog's convention)."""
         t0 = self.cfg.warmup_ns
-        self.runlog.action(a.action_id, _LOG_KIND.get(a.kind, a.kind.upper()), a.worker, a.device, a.model,
+        self.runlog.action(a.action_id, a.kind.name, a.worker, a.device, a.model,
                            a.batch_size, a.sent_ns - t0, a.begin_ns - t0, a.end_ns - t0, a.predicted_ns or -1,
                            a.measured_ns, a.status)
 
