@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from clockwork.bench import workload
+from clockwork.bench.procs import WorkerSpec
 from clockwork.bench.report import saved_figure
 
 MODEL = "model"
@@ -76,3 +77,8 @@ def plot(path: Path, points: Sequence[Point], slo_ms: float) -> None:
         right.set(xlabel="offered requests/s", ylabel="ms", yscale="log", title="latency of answered requests")
         left.legend()
         right.legend()
+
+
+def worker_spec(args) -> WorkerSpec:
+    """The onnxruntime worker both comparisons start, with the settings given by --worker-set."""
+    return WorkerSpec("cpu", "onnxruntime", extra_args=tuple(a for kv in args.worker_set for a in ("--set", kv)))

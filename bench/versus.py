@@ -39,9 +39,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from clockwork.bench import models as bench_models
-from clockwork.bench.comparison import GAP_S, LONE_REQUESTS, MODEL, Point, plot, schedule_for, sustained
+from clockwork.bench.comparison import GAP_S, LONE_REQUESTS, MODEL, Point, plot, schedule_for, sustained, worker_spec
 from clockwork.bench.loadgen import run_open_loop
-from clockwork.bench.procs import WorkerSpec, cluster, free_port, run_in_temp_dir
+from clockwork.bench.procs import cluster, free_port, run_in_temp_dir
 from clockwork.bench.progress import Progress, command_main, say
 from clockwork.bench.report import Latencies, LoadResults, format_table, write_json
 from clockwork.client import Client, ClockworkError
@@ -136,7 +136,7 @@ def measure(target: str, client: Client, inputs: dict, rates: Sequence[float],
 
 
 def run_clockwork(run_dir: Path, model: bytes, shapes: dict, inputs: dict, rates, args) -> list[Point]:
-    with cluster(run_dir / "clockwork", [WorkerSpec("cpu", "onnxruntime")], controller_settings=args.set) as c:
+    with cluster(run_dir / "clockwork", [worker_spec(args)], controller_settings=args.set) as c:
         with Client(c.client_endpoint, timeout_s=60) as client:
             client.upload(model, MODEL, input_shapes=shapes)
             return measure("clockwork", client, inputs, rates, args)
@@ -237,6 +237,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--gateway-processes", type=int, default=1, help="clockwork-gateway --processes")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="controller setting, e.g. scheduler.latency_percentile=50 (repeatable)")
+    parser.add_argument("--worker-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="worker setting, e.g. pin_lanes=false (repeatable)")
     parser.add_argument("--out", default="out/versus")
     parser.add_argument("--keep", action="store_true", help="keep the daemons' logs")
     args = parser.parse_args(argv)

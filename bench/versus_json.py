@@ -35,9 +35,10 @@ import numpy as np
 import orjson
 
 from clockwork.bench import http_load, workload
-from clockwork.bench.procs import WorkerSpec, cluster, free_port, start_gateway
+from clockwork.bench.comparison import (GAP_S, IN_SLO, LONE_REQUESTS, MODEL, Point, plot, schedule_for, sustained,
+                                        worker_spec)
+from clockwork.bench.procs import cluster, free_port, start_gateway
 from clockwork.bench.progress import say
-from clockwork.bench.comparison import GAP_S, IN_SLO, LONE_REQUESTS, MODEL, Point, plot, schedule_for, sustained
 from clockwork.bench.report import Latencies, format_table, write_json
 from clockwork.client import Client, v2
 
@@ -142,7 +143,7 @@ def verdicts(points: Sequence[Point], rates: Sequence[float], overload: float) -
 def run(args: argparse.Namespace, model: bytes, shapes: dict, inputs: dict, model_path: Path, rates: list[float],
         run_dir: Path, out: Path) -> int:
     body = json_body(inputs, args.slo_ms)
-    with cluster(run_dir / "clockwork", [WorkerSpec("cpu", "onnxruntime")], controller_settings=args.set) as c:
+    with cluster(run_dir / "clockwork", [worker_spec(args)], controller_settings=args.set) as c:
         with Client(c.client_endpoint, timeout_s=60) as client:
             client.upload(model, MODEL, input_shapes=shapes)
         address = start_gateway(c.group, c.client_endpoint, extra=["--processes", str(args.gateway_processes)])["http"]
