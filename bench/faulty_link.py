@@ -1,0 +1,202 @@
+"""A link between two hosts that we control: a TCP relay adding delay, jitter, loss, a bandwidth
+limit or an outage, each direction on its own.
+
+The kernel here has no netem qdisc, so `bench/netns.py` puts one of these between each worker's
+namespace and the controller's. A worker connects to the relay's address; the relay connects on
+to the controller and moves bytes both ways. Each direction of each connection is a reader
+thread and a writer thread: the reader stamps every chunk it reads with the time it may leave,
+the writer sends it then. What each setting models, honestly, on a TCP stream:
+
+- `delay_ns` +- `jitter_ns` (uniform): one-way propagation. A stream never reorders, so a chunk
+  never leaves before the one read ahead of it.
+- `loss`: the share of chunks (a chunk is what one read returned: usually one ZeroMQ message,
+  as a thin stream sends one segment per message) that were lost once and retransmitted. On a
+  thin stream too few segments follow for fast retransmit, so the kernel waits its minimum
+  retransmission timeout (`rto_ns`, Linux's 200 ms) and the stream behind it waits too (head-of-
+  line blocking). Bytes are never dropped: TCP does not lose them, it delivers them late.
+- `rate_bytes_per_s`: a slow link. Chunks queue behind each other at that rate.
+- `held`: an outage (the link is down, or this direction is partitioned). Bytes queue as the
+  sender's kernel would keep them for retransmission, and flow the moment the link is back:
+  unlike the kernel's exponential retransmission backoff, which can add up to one more backoff
+  step (1.6 s after a 3 s outage) before a real link resumes.
+
+    link = Link(("10.0.0.1", 0), ("10.0.0.2", 5556))
+    link.shape(Shape(delay_ns=500_000, jitter_ns=150_000))     # both directions
+    link.up.held = True                                        # worker -> controller cut
+    ...
+    link.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+from clockwork.common.clock import monotonic_ns
+
+CHUNK_BYTES = 64 * 1024
+LINUX_MIN_RTO_NS = 200_000_000
+
+
+@dataclass
+class Shape:
+    """One direction's behaviour; changed while traffic flows (each field is read per chunk)."""
+
+    delay_ns: int = 0  # one-way delay added to every chunk
+    jitter_ns: int = 0  # +- this, uniform
+    loss: float = 0.0  # share of chunks retransmitted after rto_ns
+    rto_ns: int = LINUX_MIN_RTO_NS
+    rate_bytes_per_s: float = 0.0  # 0: unlimited
+    held: bool = False  # True: nothing leaves (an outage), bytes wait
+
+
+class _Pipe:
+    """One direction of one relayed connection."""
+
+    def __init__(self, src: socket.socket, dst: socket.socket, shape: Shape, rng: random.Random, on_close):
+        self.src, self.dst, self.shape, self.rng = src, dst, shape, rng
+        self.on_close = on_close
+        self.queue: deque[tuple[int, bytes]] = deque()
+        self.cond = threading.Condition()
+        self.eof = False
+        self.last_release_ns = 0
+        self.line_free_ns = 0
+        for target in (self._read, self._write):
+            threading.Thread(target=target, daemon=True, name="faulty-link").start()
+
+    def _release_ns(self, now_ns: int, size: int) -> int:
+        s = self.shape
+        at = now_ns + s.delay_ns + (int(self.rng.uniform(-s.jitter_ns, s.jitter_ns)) if s.jitter_ns else 0)
+        if s.loss and self.rng.random() < s.loss:
+            at += s.rto_ns
+        if s.rate_bytes_per_s:
+            self.line_free_ns = max(self.line_free_ns, now_ns) + int(size / s.rate_bytes_per_s * 1e9)
+            at = max(at, self.line_free_ns + s.delay_ns)
+        self.last_release_ns = max(at, self.last_release_ns)  # a stream keeps its order
+        return self.last_release_ns
+
+    def _read(self) -> None:
+        try:
+            while data := self.src.recv(CHUNK_BYTES):
+                with self.cond:
+                    self.queue.append((self._release_ns(monotonic_ns(), len(data)), data))
+                    self.cond.notify()
+        except OSError:
+            pass
+        with self.cond:
+            self.eof = True
+            self.cond.notify()
+
+    def _write(self) -> None:
+        try:
+            while True:
+                with self.cond:
+                    while True:
+                        if self.queue and not self.shape.held:
+                            wait_ns = self.queue[0][0] - monotonic_ns()
+                            if wait_ns <= 0:
+                                data = self.queue.popleft()[1]
+                                break
+                        elif self.eof and not self.queue:
+                            return
+                        else:
+                            wait_ns = 50_000_000  # held or idle: look again (a release changes `held`)
+                        self.cond.wait(wait_ns / 1e9)
+                self.dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self.on_close()
+
+    def wake(self) -> None:
+        with self.cond:
+            self.cond.notify()
+
+
+class Link:
+    """A relay listening on `listen` (host, port; port 0: any) that connects each accepted
+    connection to `target`. `up` shapes what the connecting side sends, `down` what it receives."""
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int], seed: int = 0):
+        self.target = target
+        self.up, self.down = Shape(), Shape()
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._conns: list[tuple[socket.socket, socket.socket, _Pipe, _Pipe]] = []
+        self._closed = False
+        self._server = socket.create_server(listen)
+        self.address = self._server.getsockname()[:2]
+        threading.Thread(target=self._accept, daemon=True, name="faulty-link-accept").start()
+
+    def shape(self, shape: Shape) -> None:
+        """The same behaviour both ways (a copy each)."""
+        for mine in (self.up, self.down):
+            mine.__dict__.update(shape.__dict__)
+        self.changed()
+
+    def hold(self, up: bool, down: bool) -> None:
+        """Cut (True) or restore (False) each direction: both for a link down, one for a partition."""
+        self.up.held, self.down.held = up, down
+        self.changed()
+
+    def changed(self) -> None:
+        """Wake the writers so a lifted hold takes effect at once."""
+        with self._lock:
+            pipes = [p for conn in self._conns for p in conn[2:]]
+        for pipe in pipes:
+            pipe.wake()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            try:
+                far = socket.create_connection(self.target, timeout=5)
+                far.settimeout(None)
+            except OSError:
+                near.close()  # the far side is down: the connecting peer retries, as it would
+                continue
+            for sock in (near, far):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._open(near, far)
+
+    def _open(self, near: socket.socket, far: socket.socket) -> None:
+        done = threading.Event()
+        conn: list = []
+
+        def close_both() -> None:  # either direction ending ends the connection, as TCP would
+            if not done.is_set():
+                done.set()
+                for sock in (near, far):
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                with self._lock:
+                    if conn and conn[0] in self._conns:
+                        self._conns.remove(conn[0])
+
+        with self._lock:
+            if self._closed:
+                near.close()
+                far.close()
+                return
+            up = _Pipe(near, far, self.up, random.Random(self._rng.random()), close_both)
+            down = _Pipe(far, near, self.down, random.Random(self._rng.random()), close_both)
+            conn.append((near, far, up, down))
+            self._conns.append(conn[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conns, self._conns = self._conns, []
+        self._server.close()
+        for near, far, *_ in conns:
+            for sock in (near, far):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
