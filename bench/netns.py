@@ -8,7 +8,7 @@ ours to shape, the whole cluster CURVE-keyed as it must be off loopback.
                      optionally under a time namespace (`unshare --time`) whose CLOCK_MONOTONIC is
                      shifted by seconds, so its clock differs from the controller's
 
-Namespaces, veths and the bridge are named `cwk<pid>-...`, so a run killed before it could clean
+Namespaces, veths and the bridge are named `cwk<pid>x<n>...`, so a run killed before it could clean
 up is recognised by its dead pid and removed by the next run (`remove_stale`). Everything is torn
 down when the `with` block ends, however it ends. `why_not_permitted()` says why this machine
 cannot run it (not root, no `ip`, namespaces refused), for a test to skip with that reason.
@@ -21,6 +21,7 @@ cannot run it (not root, no `ip`, namespaces refused), for a test to skip with t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -84,7 +85,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _owner(name: str) -> int | None:
-    match = re.fullmatch(rf"{PREFIX}(\d+)(?:br|v\d+|-.*)", name)
+    match = re.fullmatch(rf"{PREFIX}(\d+)(?:x\d+)?(?:br|v\d+|-.*)", name)
     return int(match.group(1)) if match else None
 
 
@@ -131,10 +132,13 @@ class Host:
 class Network:
     """A bridge in this (root) namespace and hosts hanging off it; `with` removes them all."""
 
+    _made = itertools.count()
+
     def __init__(self) -> None:
-        self.tag = f"{PREFIX}{os.getpid()}"
+        self.tag = f"{PREFIX}{os.getpid()}x{next(self._made)}"  # interface names: 15 characters at most
         self.bridge = f"{self.tag}br"
         self.hosts: list[Host] = []
+        self.veths: list[str] = []
         self.gateway = ""  # the bridge's address: where hosts reach this namespace (the links)
         self._prefix = ""
 
@@ -158,8 +162,9 @@ class Network:
         self.close()
 
     def close(self) -> None:
-        _delete([h.netns for h in self.hosts], [self.bridge])
+        _delete([h.netns for h in self.hosts], [*self.veths, self.bridge])
         self.hosts.clear()
+        self.veths.clear()
 
     @staticmethod
     def _free_prefix() -> str:
@@ -176,6 +181,7 @@ class Network:
         self.hosts.append(host)  # before creating: close() removes what was made
         veth = f"{self.tag}v{index}"
         _run(["ip", "netns", "add", host.netns])
+        self.veths.append(veth)
         _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", host.netns])
         _run(["ip", "link", "set", veth, "master", self.bridge, "up"])
         inside = ["ip", "netns", "exec", host.netns, "ip"]
