@@ -10,10 +10,13 @@ the writer sends it then. What each setting models, honestly, on a TCP stream:
 - `delay_ns` +- `jitter_ns` (uniform): one-way propagation. A stream never reorders, so a chunk
   never leaves before the one read ahead of it.
 - `loss`: the share of chunks (a chunk is what one read returned: usually one ZeroMQ message,
-  as a thin stream sends one segment per message) that were lost once and retransmitted. On a
-  thin stream too few segments follow for fast retransmit, so the kernel waits its minimum
-  retransmission timeout (`rto_ns`, Linux's 200 ms) and the stream behind it waits too (head-of-
-  line blocking). Bytes are never dropped: TCP does not lose them, it delivers them late.
+  as a thin stream sends one segment per message) lost once and retransmitted, which TCP does
+  in one of two ways. If another chunk follows, its selective ACK reveals the gap (Linux's
+  RACK), and the retransmission arrives about 2.5 one-way delays after that chunk would have.
+  If none follows, the kernel's tail-loss probe or retransmission timeout fires (`rto_ns`, about
+  200 ms on a stream with one segment in flight). Either way the stream behind the lost chunk
+  waits for it (head-of-line blocking). Bytes are never dropped: TCP does not lose them, it
+  delivers them late.
 - `rate_bytes_per_s`: a slow link. Chunks queue behind each other at that rate.
 - `held`: an outage (the link is down, or this direction is partitioned). Bytes queue as the
   sender's kernel would keep them for retransmission, and flow the moment the link is back:
@@ -55,36 +58,50 @@ class Shape:
 
 
 class _Pipe:
-    """One direction of one relayed connection."""
+    """One direction of one relayed connection. The writer sends chunks in the order read, each
+    no earlier than its own time: a chunk held back holds back the stream behind it."""
 
     def __init__(self, src: socket.socket, dst: socket.socket, shape: Shape, rng: random.Random, on_close):
         self.src, self.dst, self.shape, self.rng = src, dst, shape, rng
         self.on_close = on_close
-        self.queue: deque[tuple[int, bytes]] = deque()
+        self.queue: deque[list] = deque()  # [release_ns, bytes], in stream order
+        self.lost: list[list] = []  # chunks waiting for a retransmission that a later chunk can hasten
         self.cond = threading.Condition()
         self.eof = False
-        self.last_release_ns = 0
         self.line_free_ns = 0
+        self.chunks = self.chunks_lost = 0
+
+    def start(self) -> None:
         for target in (self._read, self._write):
             threading.Thread(target=target, daemon=True, name="faulty-link").start()
 
-    def _release_ns(self, now_ns: int, size: int) -> int:
+    def _add(self, now_ns: int, data: bytes) -> None:
+        """Under the lock: queue what was just read, with the time it may leave."""
         s = self.shape
         at = now_ns + s.delay_ns + (int(self.rng.uniform(-s.jitter_ns, s.jitter_ns)) if s.jitter_ns else 0)
-        if s.loss and self.rng.random() < s.loss:
-            at += s.rto_ns
         if s.rate_bytes_per_s:
-            self.line_free_ns = max(self.line_free_ns, now_ns) + int(size / s.rate_bytes_per_s * 1e9)
+            self.line_free_ns = max(self.line_free_ns, now_ns) + int(len(data) / s.rate_bytes_per_s * 1e9)
             at = max(at, self.line_free_ns + s.delay_ns)
-        self.last_release_ns = max(at, self.last_release_ns)  # a stream keeps its order
-        return self.last_release_ns
+        self.chunks += 1
+        if s.loss and self.rng.random() < s.loss:
+            self.chunks_lost += 1
+            self.lost.append(entry := [at + s.rto_ns, data])
+        else:
+            # This chunk's selective ACK tells the sender what was lost before it: the
+            # retransmission arrives a round trip and a reorder window (RTT / 4) after it.
+            repaired_ns = at + 2 * s.delay_ns + s.delay_ns // 2
+            for chunk in self.lost:
+                chunk[0] = min(chunk[0], repaired_ns)
+            self.lost.clear()
+            entry = [at, data]
+        self.queue.append(entry)
+        self.cond.notify()
 
     def _read(self) -> None:
         try:
             while data := self.src.recv(CHUNK_BYTES):
                 with self.cond:
-                    self.queue.append((self._release_ns(monotonic_ns(), len(data)), data))
-                    self.cond.notify()
+                    self._add(monotonic_ns(), data)
         except OSError:
             pass
         with self.cond:
@@ -150,6 +167,12 @@ class Link:
         for pipe in pipes:
             pipe.wake()
 
+    def counts(self) -> tuple[int, int]:
+        """(chunks relayed, chunks lost once) over the open connections, both directions."""
+        with self._lock:
+            pipes = [p for conn in self._conns for p in conn[2:]]
+        return sum(p.chunks for p in pipes), sum(p.chunks_lost for p in pipes)
+
     def _accept(self) -> None:
         while True:
             try:
@@ -189,6 +212,8 @@ class Link:
             down = _Pipe(far, near, self.down, random.Random(self._rng.random()), close_both)
             conn.append((near, far, up, down))
             self._conns.append(conn[0])
+        up.start()
+        down.start()
 
     def close(self) -> None:
         with self._lock:
