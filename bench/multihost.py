@@ -6,7 +6,8 @@ the model's exec time; the model runs at batch 1 only, so batching cannot stretc
 load generator in a namespace of its own:
 1. loopback: the same workers and controller on 127.0.0.1, no keys (the reference);
 2. hosts: each worker on its own "host", 1 ms +- 0.3 ms added round trip, CURVE;
-3. faults on those hosts, one per run: a worker's link down for 3 s; each one-way partition for
+3. faults on those hosts, one per run: a worker's link down for 3 s, in the relay (bytes wait)
+   and by unplugging its host's cable (the kernel drops them); each one-way partition for
    3 s; 1% loss (a lost segment is retransmitted as TCP would, and holds up the stream behind
    it: bench/faulty_link.py); a slow link (2 MB/s) carrying a 4 MB model's PREPARE while it serves;
 4. skew: new hosts whose workers' clocks run +5 s, -5 s and 0 s from the controller's.
@@ -237,17 +238,18 @@ def serving_most(mh: MultiHost) -> str:
     return max(workers, key=lambda w: sum(d["loaded_count"] for d in w["devices"]))["name"]
 
 
-def outage(mh: MultiHost, up: bool, down: bool, seconds: float = OUTAGE_S):
-    """Cut the link of the worker serving most: up (worker -> controller), down (controller ->
-    worker) or both; for `seconds`, then repair it. Reports when the controller dropped the
-    worker and took it back."""
+def outage(mh: MultiHost, up: bool, down: bool, seconds: float = OUTAGE_S, unplug: bool = False):
+    """Cut the link of the worker serving most for `seconds`, then mend it: in the relay, up
+    (worker -> controller), down (controller -> worker) or both; or, with `unplug`, the host's
+    cable (the kernel drops its packets, and TCP's retransmission backoff decides when traffic
+    resumes). Reports when the controller dropped the worker and took it back."""
     def apply(watch: Membership) -> dict:
         worker = serving_most(mh)
-        link = mh.links[worker]
+        link, host = mh.links[worker], mh.hosts[worker]
         cut_ns = time.monotonic_ns()
-        link.hold(up, down)
+        host.plug(False) if unplug else link.hold(up, down)
         time.sleep(seconds)
-        link.hold(False, False)
+        host.plug(True) if unplug else link.hold(False, False)
         back_ns = time.monotonic_ns()
         lost_ms = watch.first(worker, False, cut_ns)
         deadline = time.monotonic() + 10
@@ -293,13 +295,14 @@ def slow_prepare(mh: MultiHost, runner: Runner, model: str):
     return apply
 
 
-FAULTS = ("link-down", "partition-to-worker", "partition-to-controller", "loss", "slow-link")
+FAULTS = ("link-down", "unplugged", "partition-to-worker", "partition-to-controller", "loss", "slow-link")
 
 
 def fault_rows(mh: MultiHost, runner: Runner, load: Load, faults: Sequence[str]) -> list[Row]:
     workers = list(mh.hosts)
     plans = {
         "link-down": (f"link down {OUTAGE_S:g} s", outage(mh, True, True)),
+        "unplugged": (f"cable out {OUTAGE_S:g} s (kernel)", outage(mh, True, True, unplug=True)),
         "partition-to-worker": (f"controller->worker cut {OUTAGE_S:g} s", outage(mh, False, True)),
         "partition-to-controller": (f"worker->controller cut {OUTAGE_S:g} s", outage(mh, True, False)),
         "loss": ("1% loss", lossy(mh, 0.01, load.duration_s * 0.5)),

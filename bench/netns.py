@@ -120,6 +120,11 @@ class Host:
     role: str
     netns: str
     address: str
+    veth: str  # its cable's end on the bridge, in the root namespace
+
+    def plug(self, up: bool) -> None:
+        """Plug or unplug the host's cable: the kernel drops every packet while it is out."""
+        _run(["ip", "link", "set", self.veth, "up" if up else "down"])
 
     def argv(self, argv: Sequence[str], monotonic_offset_s: float = 0) -> list[str]:
         """`argv` run inside this host, its monotonic clock shifted by the offset if any."""
@@ -177,9 +182,9 @@ class Network:
 
     def add_host(self, role: str) -> Host:
         index = len(self.hosts)
-        host = Host(role, f"{self.tag}-{role}", f"{self._prefix}.{index + 2}")
-        self.hosts.append(host)  # before creating: close() removes what was made
         veth = f"{self.tag}v{index}"
+        host = Host(role, f"{self.tag}-{role}", f"{self._prefix}.{index + 2}", veth)
+        self.hosts.append(host)  # before creating: close() removes what was made
         _run(["ip", "netns", "add", host.netns])
         self.veths.append(veth)
         _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", host.netns])

@@ -1,6 +1,6 @@
 """Many hosts: the controller, workers and clients in network namespaces of their own, CURVE on,
 1 ms +- 0.3 ms added round trip (bench/netns.py, bench/faulty_link.py). The short profile of
-`clockwork-bench multihost`: one run with skewed worker clocks, and one worker's link cut three
+`clockwork-bench multihost`: one run with skewed worker clocks, and one worker's link cut four
 ways under load. Skipped, with the reason, where namespaces cannot be made."""
 
 from __future__ import annotations
@@ -80,12 +80,12 @@ def test_a_cut_link_drops_the_worker_and_it_rejoins_alone_and_no_request_is_lost
     with multihost(tmp_path, specs(2, 1)) as mh:
         runner = hosts_runner(mh, tmp_path)
         load = Load(MODELS, rate=40, duration_s=6, slo_ms=100)
-        down, to_worker, to_controller = fault_rows(
-            mh, runner, load, ["link-down", "partition-to-worker", "partition-to-controller"])
-        for row in (down, to_worker, to_controller):
+        down, unplugged, to_worker, to_controller = fault_rows(
+            mh, runner, load, ["link-down", "unplugged", "partition-to-worker", "partition-to-controller"])
+        for row in (down, unplugged, to_worker, to_controller):
             assert row.violations == [], row.name
         # Silent both ways, or unheard: the controller drops the worker, and takes it back.
-        for row in (down, to_controller):
+        for row in (down, unplugged, to_controller):
             assert row.lost_ms is not None and row.rejoin_ms is not None, row.name
         # Heard but deaf: it stays, its EXECs never come back, and their requests are served elsewhere.
         assert to_worker.lost_ms is None and to_worker.results_lost > 0
