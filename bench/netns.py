@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,6 +307,3 @@ def multihost(run_dir: str | Path, specs: Sequence[HostSpec], *, log_level: str 
             for link in links.values():
                 link.close()
 
-
-def python_argv(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
