@@ -59,7 +59,7 @@ def why_not_permitted() -> str | None:
     """None when network and time namespaces can be made here, else why not."""
     if os.geteuid() != 0:
         return "network namespaces need root (ip netns add)"
-    for tool in ("ip", "unshare"):
+    for tool in ("ip", "unshare", "setpriv"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     probe = f"{PREFIX}{os.getpid()}-probe"
@@ -129,7 +129,10 @@ class Host:
         """`argv` run inside this host, its monotonic clock shifted by the offset if any."""
         prefix = ["ip", "netns", "exec", self.netns]
         if monotonic_offset_s:
-            prefix += ["unshare", "--time", "--fork", f"--monotonic={monotonic_offset_s:g}"]
+            # unshare forks the daemon and ignores SIGTERM, so the parent-death signal that
+            # procs gives every child must be SIGKILL for it; --kill-child passes it on.
+            prefix += ["setpriv", "--pdeathsig", "SIGKILL", "unshare", "--time", "--kill-child=SIGTERM",
+                       f"--monotonic={monotonic_offset_s:g}"]
         return prefix + list(argv)
 
 
