@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
 from clockwork.bench.chaos import Outcome, Report, drive
 from clockwork.bench.faulty_link import Shape
 from clockwork.bench.netns import HostSpec, MultiHost, multihost, why_not_permitted
@@ -152,6 +154,8 @@ class Row:
     name: str
     requests: int
     within_slo: float  # share of all requests answered OK within the SLO
+    p50_ms: float  # latency of the requests answered OK, from their scheduled send
+    p99_ms: float
     statuses: dict[str, int]
     too_late: int  # EXECs dropped TOO_LATE by workers
     execs: int  # EXECs sent
@@ -161,19 +165,31 @@ class Row:
     rejoin_ms: float | None = None  # from the repair until the controller listed it again
     extra: dict = field(default_factory=dict)
 
+    def cells(self) -> list[str]:
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value:.0f}"
+        return [self.name, str(self.requests), f"{self.within_slo * 100:.2f}%", f"{self.p50_ms:.1f}/{self.p99_ms:.1f}",
+                f"{self.too_late}/{self.execs}", str(self.results_lost), ms(self.lost_ms), ms(self.rejoin_ms)]
+
     def render(self) -> str:
-        share = f"{self.within_slo * 100:.2f}%"
-        late = f"{self.too_late}/{self.execs}"
-        gone = f"{self.results_lost}"
-        lost = "-" if self.lost_ms is None else f"{self.lost_ms:.0f}"
-        back = "-" if self.rejoin_ms is None else f"{self.rejoin_ms:.0f}"
         held = "all held" if not self.violations else "VIOLATED: " + "; ".join(self.violations)
-        more = "".join(f", {k} {v}" for k, v in self.extra.items())
-        return f"{self.name:<28} {self.requests:>6} {share:>8} {late:>10} {gone:>6} {lost:>8} {back:>8}  {held}{more}"
+        return _line(self.cells()) + f"  {held}" + "".join(f", {k} {v}" for k, v in self.extra.items())
 
 
-HEADER = (f"{'run':<28} {'reqs':>6} {'in SLO':>8} {'TOO_LATE':>10} {'no res':>6} {'lost ms':>8} {'back ms':>8}  "
-          "invariants")
+COLUMNS = (("run", -28), ("reqs", 6), ("in SLO", 8), ("p50/p99 ms", 11), ("TOO_LATE", 10), ("no res", 6),
+           ("lost ms", 8), ("back ms", 8))  # width; negative: left-aligned
+
+
+def _line(cells: Sequence[str]) -> str:
+    return " ".join(c.ljust(-w) if w < 0 else c.rjust(w) for c, (_, w) in zip(cells, COLUMNS))
+
+
+HEADER = _line([title for title, _ in COLUMNS]) + "  invariants"
+
+
+def ok_percentiles_ms(outcomes: Sequence[Outcome]) -> tuple[float, float]:
+    ok = [(o.ended_ns - o.scheduled_ns) / MS for o in outcomes if o.status == "OK"]
+    return tuple(float(v) for v in np.percentile(ok, [50, 99])) if ok else (float("nan"), float("nan"))
 
 
 def within_slo(outcomes: Sequence[Outcome], slo_ms: float) -> float:
@@ -224,7 +240,8 @@ class Runner:
         report = Report(outcomes, load.slo_ms, LATE_BOUND_MS)
         report.models_lost = sorted(set(load.models) - listed)
         delta = after - before
-        return Row(name, len(outcomes), within_slo(outcomes, load.slo_ms), dict(Counter(o.status for o in outcomes)),
+        statuses = dict(Counter(o.status for o in outcomes))
+        return Row(name, len(outcomes), within_slo(outcomes, load.slo_ms), *ok_percentiles_ms(outcomes), statuses,
                    delta["exec_dropped_too_late"], delta["execs_sent"], delta["exec_results_lost"], report.violations(),
                    found.pop("lost_ms", None), found.pop("rejoin_ms", None), found)
 
@@ -352,7 +369,8 @@ def study(run_dir: Path, args: argparse.Namespace) -> list[str]:
                                    skews=(args.skew, -args.skew, 0.0))
     rows = [reference, *hosts, *skewed]
     lines += [row.render() for row in rows]
-    lines.append(f"hosts / loopback, within SLO: {hosts[0].within_slo / max(reference.within_slo, 1e-9):.4f}")
+    lines.append(f"hosts / loopback, within SLO: {hosts[0].within_slo / max(reference.within_slo, 1e-9):.4f}; "
+                 f"p50 {hosts[0].p50_ms / reference.p50_ms:.2f}x, p99 {hosts[0].p99_ms / reference.p99_ms:.2f}x")
     lines.append(f"skewed - unskewed, within SLO: {(skewed[0].within_slo - hosts[0].within_slo) * 100:+.2f} pp")
     for title, found in (("unskewed", clocks), ("skewed", skew_clocks)):
         lines.append(f"clock estimate error ({title}): " + ", ".join(
