@@ -19,13 +19,13 @@ the writer sends it then. What each setting models, honestly, on a TCP stream:
   delivers them late.
 - `rate_bytes_per_s`: a slow link. Chunks queue behind each other at that rate.
 - `held`: an outage (the link is down, or this direction is partitioned). Bytes queue as the
-  sender's kernel would keep them for retransmission, and flow the moment the link is back:
-  unlike the kernel's exponential retransmission backoff, which can add up to one more backoff
-  step (1.6 s after a 3 s outage) before a real link resumes.
+  sender's kernel would keep them for retransmission, and flow the moment the link is back. On
+  a real link the kernel's exponential retransmission backoff decides when traffic resumes:
+  `Host.plug` in bench/netns.py cuts a host's cable to measure that.
 
     link = Link(("10.0.0.1", 0), ("10.0.0.2", 5556))
     link.shape(Shape(delay_ns=500_000, jitter_ns=150_000))     # both directions
-    link.up.held = True                                        # worker -> controller cut
+    link.hold(up=True, down=False)                             # worker -> controller cut
     ...
     link.close()
 """
@@ -51,7 +51,7 @@ class Shape:
 
     delay_ns: int = 0  # one-way delay added to every chunk
     jitter_ns: int = 0  # +- this, uniform
-    loss: float = 0.0  # share of chunks retransmitted after rto_ns
+    loss: float = 0.0  # share of chunks lost once: resent after the next chunk's SACK, else after rto_ns
     rto_ns: int = LINUX_MIN_RTO_NS
     rate_bytes_per_s: float = 0.0  # 0: unlimited
     held: bool = False  # True: nothing leaves (an outage), bytes wait
