@@ -137,8 +137,10 @@ async def _request(cw: AsyncClient, model: str, inputs: dict, slo_ms: float, out
     outcome.ends += 1
 
 
-async def _drive(endpoint: str, models: list[str], rate: float, duration_s: float, slo_ms: float,
-                 seed: int) -> list[Outcome]:
+async def drive(endpoint: str, models: list[str], rate: float, duration_s: float, slo_ms: float,
+                seed: int) -> list[Outcome]:
+    """Poisson arrivals at `rate` over `duration_s`, each to a random one of `models`: how each
+    request ended (bench/multihost.py runs it in the clients' namespace too)."""
     rng = np.random.default_rng(seed)
     gaps = rng.exponential(1.0 / rate, size=int(rate * duration_s * 1.2) + 10)
     times = np.cumsum(gaps)
@@ -213,9 +215,9 @@ def run(duration_s: float, rate: float, slo_ms: float, models: int, workers: int
         chaos = Chaos(c)
 
         async def main() -> tuple[list[Outcome], dict[str, float]]:
-            drive = asyncio.create_task(_drive(c.client_endpoint, names, rate, duration_s, slo_ms, seed))
+            driving = asyncio.create_task(drive(c.client_endpoint, names, rate, duration_s, slo_ms, seed))
             await _faults(chaos, [s.name for s in specs], duration_s, seed)
-            outcomes = await drive
+            outcomes = await driving
             await asyncio.sleep(2.0)  # the new controller settles and workers rejoin
             detection = await _detect(chaos, specs[0].name) if detect else {}
             return outcomes, detection

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "capacity": ("clockwork.bench.capacity", "highest rate within the SLO, as a ratio to the generator's echo and relay ceilings"),
     "overload": ("clockwork.bench.overload", "goodput, admitted requests' SLO and memory at 3x a device-bound capacity"),
     "chaos": ("clockwork.bench.chaos", "kill and freeze workers, restart the controller under load; check invariants"),
+    "multihost": ("clockwork.bench.multihost", "workers on network namespaces behind shaped links, CURVE on: vs loopback, skewed clocks, link faults"),
     "fuzz": ("clockwork.bench.fuzz", "fuzz every decoder of untrusted bytes"),
 }
 

@@ -135,7 +135,7 @@ class Daemon:
         else:
             self._send(Heartbeat(lanes_alive=healthy))
             self._next_timer_ns = now_ns + self._heartbeat_ns
-        self.telemetry.tick(now_ns, self._welcomed, healthy, self.devices.values(), len(self.store))
+        self.telemetry.tick(now_ns, self._welcomed, healthy, self.devices.values(), len(self.store), self.skew)
 
     def lanes_alive(self, now_ns: int) -> bool:
         return self.preparer.alive() and all(d.healthy(now_ns) for d in self.devices.values())

@@ -27,6 +27,8 @@ Metrics (seconds, bytes, ratios; `model` bounded by metrics_max_models, `lane` i
     clockwork_worker_prepares_total{outcome,reason}, clockwork_worker_prepares_pending
     clockwork_worker_models_prepared, clockwork_worker_lanes_healthy (0/1),
     clockwork_worker_connected (0/1: welcomed by the controller)
+    clockwork_worker_clock_offset_seconds       the controller's clock minus ours, as estimated
+    clockwork_worker_clock_uncertainty_seconds  half the best round trip: the most it can be off
     process_*                                               the process's CPU, memory and descriptors
 
 Every name is the worker's own: the controller's `clockwork_device_*` series are the
@@ -42,6 +44,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from zmq.utils.monitor import recv_monitor_message
 
 from clockwork.common import schema
+from clockwork.common.clock import SkewEstimator
 from clockwork.common.config import WorkerConfig
 from clockwork.common.metrics import LATENCY_BUCKETS_S, BoundedLabels, ChildCache, Server, Window, new_registry, outcome
 from clockwork.common.sdnotify import Notifier
@@ -93,6 +96,10 @@ class WorkerTelemetry:
         self.prepared = Gauge("clockwork_worker_models_prepared", "Models held in host memory", registry=r)
         self.healthy = Gauge("clockwork_worker_lanes_healthy", "1 when every lane is alive and on time", registry=r)
         self.connected = Gauge("clockwork_worker_connected", "1 when welcomed by the controller", registry=r)
+        self.clock_offset = Gauge("clockwork_worker_clock_offset_seconds",
+                                  "The controller's clock minus this worker's, as estimated", registry=r)
+        self.clock_uncertainty = Gauge("clockwork_worker_clock_uncertainty_seconds",
+                                       "Half the best round trip of the clock estimate", registry=r)
         self.server = Server(config.metrics_address, self.registry) if self.enabled else None
 
     def on_prepare(self) -> None:
@@ -122,8 +129,10 @@ class WorkerTelemetry:
         if done.status is Status.OK:
             self._child(self.duration, done.action, self.model_label(done.model_id)).observe(done.duration_ns * S)
 
-    def tick(self, now_ns: int, connected: bool, healthy: bool, devices: Iterable[Any], models: int) -> None:
-        """From the daemon's timer: systemd, then the state gauges and the utilisation window."""
+    def tick(self, now_ns: int, connected: bool, healthy: bool, devices: Iterable[Any], models: int,
+             skew: SkewEstimator | None = None) -> None:
+        """From the daemon's timer: systemd, then the state gauges, the clock estimate and the
+        utilisation window."""
         if self._monitor is not None:
             self._check_handshakes()
         ready = connected and self.prepares_pending == 0
@@ -133,6 +142,9 @@ class WorkerTelemetry:
         self.notify.tick(now_ns, ready=ready, healthy=healthy, status=status)
         if self.enabled:
             self._refresh(now_ns, devices, connected, healthy, models)
+            if skew is not None and skew.known:
+                self.clock_offset.set(skew.offset_ns * S)
+                self.clock_uncertainty.set(skew.uncertainty_ns * S)
 
     def _refresh(self, now_ns: int, devices: Iterable[Any], connected: bool, healthy: bool, models: int) -> None:
         self._started_ns = self._started_ns or now_ns
