@@ -93,6 +93,7 @@ class StubController:
         self.hellos: list[Hello] = []
         self.heartbeats: list[Heartbeat] = []
         self.welcome = True  # set False to leave HELLOs unanswered
+        self.answer_heartbeats = True  # set False to leave heartbeats unanswered (a one-way cut)
         self._backlog: deque[Envelope] = deque()
 
     def close(self) -> None:
@@ -122,7 +123,8 @@ class StubController:
                 self.send(Welcome(heartbeat_interval_ns=self.heartbeat_interval_ns), env.msg_id)
         elif isinstance(env.body, Heartbeat):
             self.heartbeats.append(env.body)
-            self.send(HeartbeatAck(echo_sent_ns=env.sent_ns), env.msg_id)
+            if self.answer_heartbeats:
+                self.send(HeartbeatAck(echo_sent_ns=env.sent_ns), env.msg_id)
         else:
             self._backlog.append(env)
 

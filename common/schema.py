@@ -252,6 +252,10 @@ class Heartbeat(Message):
 
     TYPE = MsgType.HEARTBEAT
     lanes_alive: bool = f(c.boolean, True)
+    # How long before sending this the worker last received anything from the controller, on its
+    # own clock (0: nothing yet). A worker whose heartbeats arrive but that hears nothing back (a
+    # one-way cut) would otherwise stay in the plan and lose everything sent to it.
+    unheard_ns: int = f(NS, 0)
 
 
 PROFILE = c.mapping(c.integer(1, MAX_BATCH), NS, 64)  # batch size -> exec ns

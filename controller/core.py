@@ -52,7 +52,7 @@ from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 from clockwork.controller import placement
 from clockwork.controller.batching import Batch, padded_size
-from clockwork.controller.effects import ActionRecord, Effect, PrepareOn, ToClient, ToWorker, UploadFinished
+from clockwork.controller.effects import ActionRecord, Effect, PrepareOn, ToClient, ToWorker, UploadFinished, WorkerLost
 from clockwork.controller.latency import LatencyModel
 from clockwork.controller.lifecycle import Residency, RequestState, move
 from clockwork.controller.queues import CLASSES, QueueBase
@@ -488,8 +488,16 @@ class Core:
                 self._prepare_on(name, model)
         return self._take()
 
-    def on_heartbeat(self, name: str, msg_id: int, sent_ns: int, lanes_alive: bool, now_ns: int) -> list[Effect]:
+    def on_heartbeat(self, name: str, msg_id: int, sent_ns: int, lanes_alive: bool, now_ns: int,
+                     unheard_ns: int = 0) -> list[Effect]:
+        """`unheard_ns`: how long the worker had heard nothing from us when it sent this (its
+        clock). Past the worker timeout it hears none of what we send: it is lost, as a silent
+        worker would be, and rejoins with HELLO once it hears us again."""
         worker = self.workers.get(name)
+        if worker is not None and unheard_ns > self.cfg.worker_timeout_ns:
+            self._lose_worker(worker, now_ns, f"its heartbeats arrive, but it has heard nothing from the controller "
+                                              f"for {unheard_ns / 1e6:.0f} ms")
+            worker = None
         if worker is None:
             self._emit(ToWorker(name, next(self._ids), schema.Error(status=Status.WORKER_LOST, detail="unknown worker; say HELLO"), msg_id))
             return self._take()
@@ -545,6 +553,7 @@ class Core:
         self.latency.forget_worker(worker.name)
         self.device_count -= len(worker.devices)
         self.counters["workers_lost"] += 1
+        self._emit(WorkerLost(worker.name, why))
         for action_id in [a for a, act in self.actions.items() if act.device.worker == worker.name]:
             action = self.actions.pop(action_id)
             if action.kind is ActionKind.EXEC:

@@ -33,7 +33,7 @@ from clockwork.common.status import Status
 from clockwork.controller import listing
 from clockwork.controller.core import Core
 from clockwork.controller.policy import ClockworkPolicy
-from clockwork.controller.effects import ActionRecord, PrepareOn, ToClient, ToWorker, UploadFinished
+from clockwork.controller.effects import ActionRecord, PrepareOn, ToClient, ToWorker, UploadFinished, WorkerLost
 from clockwork.controller.intake import Checked, Intake
 from clockwork.controller.metrics import ControllerTelemetry
 from clockwork.controller.registry import ModelRecord, Registry
@@ -94,6 +94,7 @@ class ControllerDaemon:
         self._effect_handlers = {
             ToWorker: self._send_action, ToClient: self._send_reply, PrepareOn: self._prepare,
             UploadFinished: self._upload_finished, ActionRecord: self.telemetry.on_action_record,
+            WorkerLost: lambda lost: self.log.warning("worker lost", worker=lost.worker, why=lost.why),
         }
         self.log.info("controller ready", clients=config.client_endpoint, workers=config.worker_endpoint,
                       models=len(self.core.models), state_dir=config.state_dir, curve=self.keys is not None,
@@ -378,7 +379,7 @@ class ControllerDaemon:
         self._perform(self.core.on_result(name, env.parent_id, env.body, now))
 
     def _on_heartbeat(self, name: str, env: schema.Envelope, now: int) -> None:
-        self._perform(self.core.on_heartbeat(name, env.msg_id, env.sent_ns, env.body.lanes_alive, now))
+        self._perform(self.core.on_heartbeat(name, env.msg_id, env.sent_ns, env.body.lanes_alive, now, env.body.unheard_ns))
 
     def _on_prepared(self, name: str, env: schema.Envelope, now: int) -> None:
         body = env.body

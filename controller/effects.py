@@ -66,4 +66,12 @@ class ActionRecord:
     status: str  # a Status name
 
 
-Effect = ToWorker | ToClient | PrepareOn | UploadFinished | ActionRecord
+@dataclass(frozen=True)
+class WorkerLost:
+    """A worker left the plan, and why (the shell logs it; its work was re-queued)."""
+
+    worker: str
+    why: str
+
+
+Effect = ToWorker | ToClient | PrepareOn | UploadFinished | ActionRecord | WorkerLost

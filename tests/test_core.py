@@ -13,7 +13,7 @@ from clockwork.common import schema
 from clockwork.common.config import SchedulerConfig
 from clockwork.common.status import Status
 from clockwork.controller.admission import Headroom
-from clockwork.controller.effects import PrepareOn
+from clockwork.controller.effects import PrepareOn, ToWorker, WorkerLost
 from clockwork.controller.invariants import check_invariants
 from tests.factories import (
     EXEC_NS, LOAD_NS, MS, MIB, SIG, add_model, hello, infer, make_core, replies, result_for, sent, uploads,
@@ -558,6 +558,24 @@ def test_an_unload_refused_busy_is_sent_again_and_a_load_finding_the_model_count
     result_for(core, retry[0], t + 10 * MS)
     result_for(core, load, t + 11 * MS, status=Status.ALREADY_LOADED)
     assert sent(step(core, core.tick(t + 11 * MS), t + 11 * MS), schema.Exec)
+
+
+def test_a_worker_that_hears_nothing_from_the_controller_is_lost_though_its_heartbeats_arrive():
+    """A one-way cut (issue 17): its heartbeats keep it alive, but nothing sent to it arrives."""
+    core = make_core()
+    hello(core, name="w1")
+    hello(core, name="w2")
+    add_model(core, "m", workers=("w1", "w2"))
+    t = warm(core)
+    core.on_heartbeat("w1", 1, t, True, t, unheard_ns=200 * MS)  # heard recently: stays
+    assert "w1" in core.workers
+    effects = core.on_heartbeat("w1", 2, t, True, t, unheard_ns=core.cfg.worker_timeout_ns + MS)
+    assert "w1" not in core.workers and core.counters["workers_lost"] == 1
+    (lost,) = [e for e in effects if isinstance(e, WorkerLost)]
+    assert lost.worker == "w1" and "heard nothing from the controller for 1001 ms" in lost.why
+    assert [e.body.status for e in effects if isinstance(e, ToWorker)] == [Status.WORKER_LOST]
+    infer(core, 7, now=t, slo_ms=100)
+    assert all(e.worker == "w2" for e in sent(core.tick(t), schema.Exec) + sent(core.tick(t), schema.Load))
 
 
 def test_a_worker_that_lost_a_result_gets_no_work_until_heard_from():

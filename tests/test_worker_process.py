@@ -85,6 +85,20 @@ def test_heartbeats_report_live_lanes(onnx_worker):
     assert all(hb.lanes_alive for hb in ctl.heartbeats)
 
 
+def test_heartbeats_say_how_long_the_worker_has_heard_nothing_from_the_controller(emulated_worker):
+    ctl = emulated_worker.ctl
+    ctl.pump_for(0.5)
+    assert 0 < ctl.heartbeats[-1].unheard_ns < 500 * MS  # acked every 100 ms
+    ctl.answer_heartbeats = False  # the controller's messages stop reaching it
+    try:
+        ctl.pump_for(1.2)
+        assert ctl.heartbeats[-1].unheard_ns > 1000 * MS
+    finally:
+        ctl.answer_heartbeats = True
+    ctl.pump_for(0.3)
+    assert ctl.heartbeats[-1].unheard_ns < 500 * MS
+
+
 def test_exec_outputs_match_onnxruntime(onnx_worker, mlp_loaded):
     ctl = onnx_worker.ctl
     x = np.random.default_rng(5).standard_normal((3, 32)).astype(np.float32)

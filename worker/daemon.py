@@ -70,6 +70,7 @@ class Daemon:
         self._ever_welcomed = False
         self._version_refused = False  # the controller refused our protocol version (logged once)
         self._heartbeat_ns = 0
+        self._heard_ns = 0  # when the controller was last heard from (0: never)
         self._next_timer_ns = 0  # next HELLO retry or heartbeat
         self._hellos: dict[int, int] = {}  # HELLO msg_id -> sent_ns, for a skew sample from WELCOME
         self._lane_end_ns: dict[tuple[int, bool], int] = {}  # (device, is exec lane) -> last end, remote
@@ -133,7 +134,7 @@ class Daemon:
             self._send_hello()
             self._next_timer_ns = now_ns + HELLO_RETRY_NS
         else:
-            self._send(Heartbeat(lanes_alive=healthy))
+            self._send(Heartbeat(lanes_alive=healthy, unheard_ns=monotonic_ns() - self._heard_ns if self._heard_ns else 0))
             self._next_timer_ns = now_ns + self._heartbeat_ns
         self.telemetry.tick(now_ns, self._welcomed, healthy, self.devices.values(), len(self.store), self.skew)
 
@@ -177,6 +178,7 @@ class Daemon:
         except BadMessage as exc:
             self._refuse(frames, exc.status, exc.detail)
             return
+        self._heard_ns = monotonic_ns()  # for the heartbeats' unheard_ns
         handler = self._handlers.get(type(env.body))
         if handler is None:
             self._send(Error(status=Status.BAD_MESSAGE, detail=f"a worker does not handle {env.body.TYPE.value!r}"),

@@ -58,6 +58,7 @@ from clockwork.controller.effects import (
     ToClient,
     ToWorker,
     UploadFinished,
+    WorkerLost,
 )
 from clockwork.controller.invariants import check_invariants
 
@@ -193,6 +194,8 @@ class Simulation:
             elif kind is ActionRecord:
                 if self.runlog is not None:
                     self._log_action(effect)
+            elif kind is WorkerLost:
+                pass  # counted by the core (workers_lost); the simulator's summary reads the counters
             elif kind is UploadFinished:
                 if effect.status is not Status.OK:
                     raise RuntimeError(f"upload of {effect.model} failed: {effect.status.name}: {effect.detail}")
