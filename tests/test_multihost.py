@@ -84,8 +84,8 @@ def test_a_cut_link_drops_the_worker_and_it_rejoins_alone_and_no_request_is_lost
             mh, runner, load, ["link-down", "unplugged", "partition-to-worker", "partition-to-controller"])
         for row in (down, unplugged, to_worker, to_controller):
             assert row.violations == [], row.name
-        # Silent both ways, or unheard: the controller drops the worker, and takes it back.
-        for row in (down, unplugged, to_controller):
+        # Silent both ways, unheard, or heard but deaf (its heartbeats say it hears nothing back):
+        # the controller drops the worker within 2 s, and takes it back within 2 s of the repair.
+        for row in (down, unplugged, to_controller, to_worker):
             assert row.lost_ms is not None and row.rejoin_ms is not None, row.name
-        # Heard but deaf: it stays, its EXECs never come back, and their requests are served elsewhere.
-        assert to_worker.lost_ms is None and to_worker.results_lost > 0
+            assert row.lost_ms < 2000 and row.rejoin_ms < 2000, row
