@@ -151,20 +151,25 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
     if not model.replicas:
         return _finish_after_load_ns(core, model, size, priority, spill_ns, now_ns)
     best = None
-    costs: dict[str, tuple] = {}  # kind -> (typical, own, a full batch's): replicas share kinds
+    # This model's queue on one replica, the new request last in it: it rides in the batch its
+    # queue's tail makes, not in a batch of its own behind the queue.
+    mine_samples = sum(model.queue.samples_by_class[priority:]) / len(model.replicas) + samples
+    costs: dict[str, tuple] = {}  # kind -> (typical, own, a full batch's, mine): replicas share kinds
     for dev in itertools.islice(model.replicas.values(), core.cfg.admission_replicas):
         cost = costs.get(dev.kind)
         if cost is None:
             cost = costs[dev.kind] = (core.latency.typical_exec_ns(model.name, size, dev.kind),
-                                      own_exec_ns(core, model, size, dev.kind), _full_batch_ns(core, model, dev.kind))
-        typical_ns, own_ns, full_ns = cost
+                                      own_exec_ns(core, model, size, dev.kind), _full_batch_ns(core, model, dev.kind),
+                                      core.drain_ns(model, mine_samples, dev.kind))
+        typical_ns, own_ns, full_ns, mine_ns = cost
         if typical_ns is None:
             continue
         start = core.typical_start_ns(dev, now_ns)
         if dev.resident[model.name].state is Residency.LOADING:
             start = max(start, dev.load_lane.free_at(now_ns))
-        ahead_ns = dev.backlog_ns(priority) + spill_ns
-        finish = start + ahead_ns + overtaken_ns(full_ns, typical_ns, ahead_ns) + own_ns
+        share = model.backlog_shares.get(dev.key)
+        others_ns = dev.backlog_ns(priority) - (sum(share[priority:]) if share else 0) + spill_ns
+        finish = start + others_ns + overtaken_ns(full_ns, typical_ns, others_ns) + mine_ns + own_ns - typical_ns
         best = finish if best is None else min(best, finish)
     return best
 

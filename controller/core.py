@@ -289,7 +289,7 @@ class Core:
         if classes is None:
             classes = [c for c in range(CLASSES) if waiting[c] or model.unplaced_ns[c]]
         for c in classes:
-            cost = self._drain_ns(model, waiting[c], model.kinds[0]) if not model.replicas and model.kinds else 0
+            cost = self.drain_ns(model, waiting[c], model.kinds[0]) if not model.replicas and model.kinds else 0
             self.unplaced_by_class[c] += cost - model.unplaced_ns[c]
             model.unplaced_ns[c] = cost
         if not model.replicas:
@@ -300,14 +300,14 @@ class Core:
             for key, dev in model.replicas.items():
                 cost = by_kind.get(dev.kind)
                 if cost is None:
-                    cost = by_kind[dev.kind] = self._drain_ns(model, samples, dev.kind)
+                    cost = by_kind[dev.kind] = self.drain_ns(model, samples, dev.kind)
                 share = shares.get(key)
                 if share is None:
                     share = shares[key] = [0] * CLASSES
                 dev.backlog_by_class[c] += cost - share[c]
                 share[c] = cost
 
-    def _drain_ns(self, model: Model, samples: float, kind: str) -> int:
+    def drain_ns(self, model: Model, samples: float, kind: str) -> int:
         """Predicted EXEC time of `samples` queued samples of `model` on a device of `kind`,
         batched as they would run: full batches of the largest size, then the rest padded up
         (a fraction of a sample, a replica's share of a small queue, costs its fraction)."""
