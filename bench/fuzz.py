@@ -11,10 +11,10 @@ Engines:
   insertions and deletions, truncation, frames dropped or duplicated, integer boundary values)
   and, one time in four, feeds raw random frames.
 - `atheris` (`pip install '.[fuzz]'`): coverage-guided libFuzzer; pass its flags after `--`,
-  e.g. `python -m bench.fuzz codec --engine atheris -- -max_total_time=3600`.
+  e.g. `python -m clockwork.bench.fuzz codec --engine atheris -- -max_total_time=3600`.
 
 A long campaign, as documented in docs/benchmarks.md:
-    python -m bench.fuzz all --seconds 3600
+    python -m clockwork.bench.fuzz all --seconds 3600
 """
 
 from __future__ import annotations

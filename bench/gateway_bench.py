@@ -1,4 +1,4 @@
-"""`python -m bench.gateway_bench`: what the KServe v2 HTTP gateway adds to a request.
+"""`python -m clockwork.bench.gateway_bench`: what the KServe v2 HTTP gateway adds to a request.
 
 One run, one cluster (a controller and an onnxruntime worker on loopback), one tiny model
 (y = x + 1 on [1, 4] float32), and a `clockwork-gateway` in front of the controller:
@@ -167,7 +167,7 @@ def default_client() -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.gateway_bench", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m clockwork.bench.gateway_bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--requests", type=int, default=2000, help="measured closed-loop requests per path")
     p.add_argument("--warmup", type=int, default=200, help="unmeasured requests per path first")

@@ -1,8 +1,8 @@
 """The measurements of `clockwork-bench gpu-check`: the torch runtime on a real GPU, beside PyTorch.
 
-    python -m bench.gpu_measure --out runs/gpu            # on a host with a CUDA GPU and torch
-    python -m bench.gpu_measure --out runs/gpu --quick    # fewer runs and shorter load steps
-    python -m bench.gpu_measure --out /tmp/m --device cpu --image 32 --quick   # the same steps on CPU torch
+    python -m clockwork.bench.gpu_measure --out runs/gpu            # on a host with a CUDA GPU and torch
+    python -m clockwork.bench.gpu_measure --out runs/gpu --quick    # fewer runs and shorter load steps
+    python -m clockwork.bench.gpu_measure --out /tmp/m --device cpu --image 32 --quick   # the same steps on CPU torch
 
 Three parts, each judged against a reference measured in the same run:
 1. EXEC: torchvision's ResNet-50 (random weights, exported to ONNX here, nothing downloaded)
@@ -384,7 +384,7 @@ def plot(path: Path, report: Report, slo_ms: float) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu_measure", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m clockwork.bench.gpu_measure", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for gpu-measure.json and gpu-measure.png")
     p.add_argument("--runs", type=int, default=3000, help="timed EXECs per batch size, lane and direct each")
     p.add_argument("--warmup-runs", type=int, default=500, help="direct EXECs before timing each batch size")

@@ -1,8 +1,8 @@
 """HAProxy, runnable without root on this project's Debian 12 machines, for the test of several
 pools behind a load balancer (tests/test_pools_haproxy.py) and for trying systemd/haproxy.cfg.
 
-    python -m bench.haproxy prepare        # once: ~/.cache/clockwork/haproxy (about 35 MB)
-    python -m bench.haproxy -c -f systemd/haproxy.cfg
+    python -m clockwork.bench.haproxy prepare        # once: ~/.cache/clockwork/haproxy (about 35 MB)
+    python -m clockwork.bench.haproxy -c -f systemd/haproxy.cfg
 
 `prepare` downloads Debian 13's haproxy and the libraries it links (Lua, PCRE2, OpenSSL,
 jemalloc, OpenTracing, with libc6 and libstdc++6), unpacks them into a private folder and writes
@@ -53,7 +53,7 @@ def prepare(home: Path = HOME) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return debian.main(argv, "bench.haproxy", prepare, command)
+    return debian.main(argv, "clockwork.bench.haproxy", prepare, command)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Triton's perf_analyzer, runnable on this project's Debian 12 machines, for tests and benchmarks.
 
-    python -m bench.perf_analyzer prepare      # once: ~/.cache/clockwork/perf-analyzer (about 25 MB)
-    python -m bench.perf_analyzer -m mlp -u 127.0.0.1:8000 -i http --concurrency-range 1:4
+    python -m clockwork.bench.perf_analyzer prepare      # once: ~/.cache/clockwork/perf-analyzer (about 25 MB)
+    python -m clockwork.bench.perf_analyzer -m mlp -u 127.0.0.1:8000 -i http --concurrency-range 1:4
 
 The real perf_analyzer wheels (2.58 and later) are built for glibc 2.38 (`manylinux_2_38`); on
 Debian 12 pip picks a 0.1.0 placeholder instead. `prepare` downloads the real wheel, and Debian
@@ -65,7 +65,7 @@ def prepare(home: Path = HOME) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return debian.main(argv, "bench.perf_analyzer", prepare, command)
+    return debian.main(argv, "clockwork.bench.perf_analyzer", prepare, command)
 
 
 if __name__ == "__main__":

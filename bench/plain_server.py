@@ -14,8 +14,8 @@ requests served first come first served, no admission, no deadlines. It comes in
 It is a reference, not a product: a request is never refused, so past its capacity its queue
 and its latency grow without bound, which is the behaviour the comparison is meant to show.
 
-    python -m bench.plain_server MODEL.onnx tcp://127.0.0.1:5600 [--max-batch 8]
-    python -m bench.plain_server MODEL.onnx http://127.0.0.1:8600
+    python -m clockwork.bench.plain_server MODEL.onnx tcp://127.0.0.1:5600 [--max-batch 8]
+    python -m clockwork.bench.plain_server MODEL.onnx http://127.0.0.1:8600
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ async def serve_http(model: bytes, address: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.plain_server", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m clockwork.bench.plain_server", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="ONNX file")
     parser.add_argument("endpoint", help="ZeroMQ address to bind, e.g. tcp://127.0.0.1:5600, or an HTTP address "
                         "to serve KServe v2 on, e.g. http://127.0.0.1:8600")

@@ -8,7 +8,7 @@ MatMul+Relu layers, ~1 ms on one core):
 The two are measured in alternating blocks so that drift in the machine's load hits both alike.
 The goal: the worker adds under 5% at p99.
 
-    python -m bench.predictability --runs 2000
+    python -m clockwork.bench.predictability --runs 2000
 
 `StubController`, `spawn_worker` and `mlp_model` are reused by the worker's integration tests.
 """
@@ -60,7 +60,7 @@ def mlp_model(width: int = 256, rows: int = 0, layers: int = 2, seed: int = 0, o
 
 
 def spawn_worker(endpoint: str, *args: str, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen:
-    """Start `python -m worker.main` connected to `endpoint`."""
+    """Start `python -m clockwork.worker.main` connected to `endpoint`."""
     cmd = [sys.executable, "-m", "clockwork.worker.main", "--controller", endpoint, *args]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
 

@@ -2,9 +2,9 @@
 
 On a host with an NVIDIA GPU, TensorRT and PyCUDA (`pip install '.[gpu]'`, docs/gpu-hosts.md):
 
-    python -m bench.trt_check                  # all checks, 10000 timed runs per batch size
-    python -m bench.trt_check --quick          # 1000 runs: a smoke test in under a minute
-    python -m bench.trt_check --json out.json  # also keep the numbers
+    python -m clockwork.bench.trt_check                  # all checks, 10000 timed runs per batch size
+    python -m clockwork.bench.trt_check --quick          # 1000 runs: a smoke test in under a minute
+    python -m clockwork.bench.trt_check --json out.json  # also keep the numbers
 
 For each device and each generated test model (an MLP and a small conv net, both with a dynamic
 batch dimension, built with onnx.helper: nothing is downloaded) it:
@@ -207,7 +207,7 @@ def format_report(report: Report) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.trt_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m clockwork.bench.trt_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--devices", type=int, default=1, help="GPUs to check (the first N visible)")
     p.add_argument("--runs", type=int, default=10_000, help="timed EXECs per model and batch size")
     p.add_argument("--load-runs", type=int, default=20, help="timed LOADs per model")

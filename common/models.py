@@ -203,7 +203,7 @@ ISOLATED_CHECK_BYTES = 32 * 1024 * 1024
 
 def signature_from_file(path: str, fmt: str, input_shapes: dict, max_batch: int) -> Signature:
     """signature_of for a model stored in a file; large ONNX models are checked in a child
-    process (`python -m common.models`), so that only the calling thread waits, without the GIL."""
+    process (`python -m clockwork.common.models`), so that only the calling thread waits, without the GIL."""
     import os
     import subprocess
     import sys

@@ -1,4 +1,4 @@
-"""A short fuzzing run of every decoder (the long campaign is `python -m bench.fuzz all`)."""
+"""A short fuzzing run of every decoder (the long campaign is `python -m clockwork.bench.fuzz all`)."""
 
 from __future__ import annotations
 

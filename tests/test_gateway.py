@@ -1,5 +1,5 @@
 """The v2 HTTP gateway with the real `tritonclient[http]` against a running system: a real
-controller, an onnxruntime worker and an emulated one, and `python -m client.gateway`, all on
+controller, an onnxruntime worker and an emulated one, and `python -m clockwork.client.gateway`, all on
 loopback. Each test states a promise the gateway makes to existing v2 clients."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The v2 gRPC protocol with the real `tritonclient[grpc]` against a running system: a real
-controller, an onnxruntime worker, and `python -m client.gateway --grpc-listen`, on loopback.
+controller, an onnxruntime worker, and `python -m clockwork.client.gateway --grpc-listen`, on loopback.
 Each test states a promise the gateway makes to Triton's gRPC clients."""
 
 from __future__ import annotations

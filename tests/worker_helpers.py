@@ -116,7 +116,7 @@ def window(ahead_ms: float = 0.0, width_ms: float = 60_000.0) -> tuple[int, int]
 
 
 class WorkerProcess:
-    """A real `python -m worker.main` wired to a StubController; always stopped by `close()`."""
+    """A real `python -m clockwork.worker.main` wired to a StubController; always stopped by `close()`."""
 
     def __init__(self, tmp_dir: Path, *args: str, heartbeat_interval_ns: int = 100 * MS):
         self.ctl = StubController(heartbeat_interval_ns=heartbeat_interval_ns)
