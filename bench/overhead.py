@@ -90,11 +90,11 @@ def measure(system: RoundTrip, relay: RoundTrip, requests: int, warmup: int, blo
     done = 0
     while done < requests:
         n = min(block, requests - done)
-        for path, record in ((system, m.system), (relay, m.bare)):
+        for path, measure_one in ((system, m.system), (relay, m.bare)):
             for _ in range(n):
                 if gap_s:
                     time.sleep(gap_s)
-                record(path, record=True)
+                measure_one(path, record=True)
         done += n
     return m
 

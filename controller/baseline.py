@@ -33,7 +33,7 @@ from clockwork.common.status import Status
 from clockwork.controller.batching import Batch, padded_size
 from clockwork.controller.core import Core, Policy
 from clockwork.controller.lifecycle import RequestState, Residency
-from clockwork.controller.policy import ClockworkPolicy
+from clockwork.controller.policy import HotModelReplicas
 from clockwork.controller.queues import QueueBase, is_live
 from clockwork.controller.state import Device, Model, Request
 
@@ -115,10 +115,7 @@ class FifoPolicy(Policy):
         self.baseline = baseline
         self._timeouts: list[tuple[int, int, Request]] = []  # (b): (deadline, seq, request), lazily pruned
         self._timeout_seq = itertools.count()
-        self._clockwork = ClockworkPolicy()  # its replication, when asked for
-
-    def start(self, core: Core) -> None:
-        self._clockwork.start(core)
+        self._replicas = HotModelReplicas() if baseline.replicate_hot_models else None
 
     def new_queue(self) -> QueueBase:
         return FifoQueue()
@@ -159,8 +156,8 @@ class FifoPolicy(Policy):
         return self._timeouts[0][0] if self._timeouts else None
 
     def replicate(self, core, now_ns):
-        if self.baseline.replicate_hot_models:
-            self._clockwork.replicate(core, now_ns)
+        if self._replicas is not None:
+            self._replicas(core, now_ns)
 
     # ------------------------------------------------------------------ the dynamic batcher
 

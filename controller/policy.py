@@ -33,7 +33,7 @@ class ClockworkPolicy(Policy):
         self._expiry: list[tuple[int, int, Model]] = []  # (look at, token, model): see expire
         self._expiry_tokens = itertools.count(1)
         self._next_refresh_ns = 0
-        self._next_replication_ns = 0
+        self._replicas = HotModelReplicas()
 
     def start(self, core):
         self.headroom = admission.Headroom(core.cfg)
@@ -91,22 +91,7 @@ class ClockworkPolicy(Policy):
     # ------------------------------------------------------------------ replication
 
     def replicate(self, core, now_ns):
-        """Another replica for each model whose queue would take more than
-        `replicate_backlog_fraction` of its most urgent request's budget to drain."""
-        if now_ns < self._next_replication_ns:
-            return
-        self._next_replication_ns = now_ns + core.cfg.replication_check_ns
-        slots = core.free_load_slots()
-        for name in list(core.pending):
-            if not slots:
-                return
-            model = core.models[name]
-            if model.replicas and placement.wants_replica(
-                    model, now_ns, core.dispatch_of, lambda dev, size: core.latency.exec_ns(name, size, dev.kind),
-                    core.cfg.replicate_backlog_fraction):
-                if core.load_somewhere(model, now_ns, slots):
-                    slots = [d for d in slots if d.loads_in_flight < core.cfg.max_loads_per_device]
-                    core.counters["replicas_added"] += 1
+        self._replicas(core, now_ns)
 
     # ------------------------------------------------------------------ batch choice
 
@@ -130,6 +115,31 @@ class ClockworkPolicy(Policy):
 
     def describe(self) -> dict:
         return {"admission_headroom": round(self.headroom.share, 4), "expiry_heap": len(self._expiry)}
+
+
+class HotModelReplicas:
+    """Policy.replicate as Clockwork does it (the baselines may borrow it): every
+    `replication_check_ns`, another replica for each model whose queue would take more than
+    `replicate_backlog_fraction` of its most urgent request's budget to drain."""
+
+    def __init__(self) -> None:
+        self._next_ns = 0
+
+    def __call__(self, core: Core, now_ns: int) -> None:
+        if now_ns < self._next_ns:
+            return
+        self._next_ns = now_ns + core.cfg.replication_check_ns
+        slots = core.free_load_slots()
+        for name in list(core.pending):
+            if not slots:
+                return
+            model = core.models[name]
+            if model.replicas and placement.wants_replica(
+                    model, now_ns, core.dispatch_of, lambda dev, size: core.latency.exec_ns(name, size, dev.kind),
+                    core.cfg.replicate_backlog_fraction):
+                if core.load_somewhere(model, now_ns, slots):
+                    slots = [d for d in slots if d.loads_in_flight < core.cfg.max_loads_per_device]
+                    core.counters["replicas_added"] += 1
 
 
 def _choose_batch(core: Core, dev: Device, start_ns: int) -> Batch | None:
