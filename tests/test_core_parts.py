@@ -132,3 +132,16 @@ def test_the_tail_allowance_is_the_late_side_of_the_finish_error_only():
     early = LatencyModel()
     early.observe_finish(100 * MS, 90 * MS)
     assert early.finish_tail_ns(99) == 0  # ending early asks for no allowance
+
+
+def test_the_typical_error_is_each_measurement_against_the_median_before_it_as_a_share():
+    model = LatencyModel(window=10, percentile=99)
+    model.observe_exec("m", 1, "cpu", 1_000_000, predicted_ns=0)  # nothing predicted it: no error
+    assert "exec_typical_error_share_p99" not in model.error_summary()
+    for measured in (1_050_000, 900_000):  # the median is still 1 ms before each
+        model.observe_exec("m", 1, "cpu", measured, predicted_ns=0)
+    model.observe_exec("m", 2, "cpu", 2_000_000, predicted_ns=0)
+    model.observe_exec("m", 2, "cpu", 3_000_000, predicted_ns=0)  # batch 2: 50% off its median
+    summary = model.error_summary()
+    assert summary["exec_typical_error_share_p99_batch1"] == pytest.approx(0.1, rel=0.02)
+    assert summary["exec_typical_error_share_p99"] == pytest.approx(0.5, rel=0.05)
