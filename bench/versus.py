@@ -63,9 +63,10 @@ def busy_ns(status: dict) -> int:
     return sum(int(d.get("exec_busy_ns") or 0) for w in status.get("workers") or [] for d in w.get("devices") or [])
 
 
-def spaced(call: Callable[[], object], requests: int = LONE_REQUESTS, gap_s: float = GAP_S) -> np.ndarray:
-    """How long `call` took (ns), `requests` times, `gap_s` apart, after a warm-up."""
-    for _ in range(10):
+def spaced(call: Callable[[], object], requests: int = LONE_REQUESTS, gap_s: float = GAP_S,
+           warmup: int = 10) -> np.ndarray:
+    """How long `call` took (ns), `requests` times, `gap_s` apart, after `warmup` calls."""
+    for _ in range(warmup):
         call()
     took = np.empty(requests, dtype=np.int64)
     for i in range(requests):
@@ -100,9 +101,10 @@ def direct_floor(model: bytes, inputs: dict) -> Latencies:
 
 
 def measure(target: str, client: Client, inputs: dict, rates: Sequence[float],
-            args: argparse.Namespace) -> list[Point]:
-    """Lone requests through the native client, then every rate, against one running target."""
-    refused, parts = [], []
+            args: argparse.Namespace) -> tuple[list[Point], dict[str, float]]:
+    """Lone requests through the native client, then every rate, against one running target;
+    also where a lone request's time goes (medians; empty if its replies carry no timings)."""
+    refused, parts, answered_ns = [], [], []
 
     def call() -> None:
         start = time.monotonic_ns()
@@ -111,16 +113,22 @@ def measure(target: str, client: Client, inputs: dict, rates: Sequence[float],
         except ClockworkError as exc:  # counted, not fatal: a refusal is an outcome to report
             refused.append(exc.status.name)
             return
-        parts.append(result.hops((time.monotonic_ns() - start) / 1e6))
+        answered_ns.append(time.monotonic_ns() - start)
+        parts.append(result.hops(answered_ns[-1] / 1e6))
 
-    took = spaced(call)
-    lone = latencies(took)
+    for _ in range(10):  # warm-up: its outcomes are not counted
+        call()
+    for outcomes in (refused, parts, answered_ns):
+        outcomes.clear()
+    took = spaced(call, warmup=0)
+    lone = latencies(np.array(answered_ns, dtype=np.int64) if answered_ns else took)  # refusals are quick: not latency
     say(f"{target} lone: p50 {lone.percentile_ms(50):.2f} ms, p99 {lone.percentile_ms(99):.2f} ms"
         + (f", refused {len(refused)}: {sorted(set(refused))}" if refused else ""))
-    if parts:
-        say(f"{target} lone, where the p50 goes: " + ", ".join(f"{k} {v:.3f} ms" for k, v in breakdown(parts).items()))
-    within = int((took <= args.slo_ms * 1e6).sum()) - len(refused)
-    points = [Point(target, 0.0, len(took), max(0, within), len(refused), 0, lone.percentile_ms(50),
+    hops = breakdown(parts) if parts else {}
+    if hops:
+        say(f"{target} lone, where the p50 goes: " + ", ".join(f"{k} {v:.3f} ms" for k, v in hops.items()))
+    within = sum(1 for t in answered_ns if t <= args.slo_ms * 1e6)
+    points = [Point(target, 0.0, len(took), within, len(refused), 0, lone.percentile_ms(50),
                     lone.percentile_ms(99), lone.percentile_ms(99.9), math.nan)]
     for i, rate in enumerate(rates):
         schedule = schedule_for(args.workload, rate, args.duration_s, args.seed + i)
@@ -132,14 +140,21 @@ def measure(target: str, client: Client, inputs: dict, rates: Sequence[float],
         p = points[-1]
         say(f"{label}: {p.within_slo}/{p.offered} within {args.slo_ms:g} ms, {p.refused} refused, "
             f"p50 {p.p50_ms:.2f} ms, p99 {p.p99_ms:.2f} ms, busy {100 * p.busy_share:.0f}%")
-    return points
+    return points, hops
 
 
-def run_clockwork(run_dir: Path, model: bytes, shapes: dict, inputs: dict, rates, args) -> list[Point]:
+def run_clockwork(run_dir: Path, model: bytes, shapes: dict, inputs: dict, rates,
+                  args) -> tuple[list[Point], dict[str, float]]:
+    """Its points, and what the worker measured: a lone request's exec (median, lane start to
+    end) and how far the controller's typical exec prediction was off at batch 1 (p99 share)."""
     with cluster(run_dir / "clockwork", [worker_spec(args)], controller_settings=args.set) as c:
         with Client(c.client_endpoint, timeout_s=60) as client:
             client.upload(model, MODEL, input_shapes=shapes)
-            return measure("clockwork", client, inputs, rates, args)
+            points, hops = measure("clockwork", client, inputs, rates, args)
+            counters = client.status().get("counters", {})
+    worker = {"lone_exec_ms": hops.get("exec", math.nan),
+              "typical_error_share_p99_batch1": counters.get("exec_typical_error_share_p99_batch1", math.nan)}
+    return points, worker
 
 
 def run_plain(run_dir: Path, model_path: Path, inputs: dict, rates, args) -> list[Point]:
@@ -150,19 +165,24 @@ def run_plain(run_dir: Path, model_path: Path, inputs: dict, rates, args) -> lis
         if server.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the plain server did not start (exit status {server.poll()})")
         with Client(endpoint, timeout_s=5) as client:
-            return measure("plain", client, inputs, rates, args)
+            return measure("plain", client, inputs, rates, args)[0]
     finally:
         server.terminate()
         server.wait(timeout=10)
 
 
-def verdicts(points: Sequence[Point], floor: Latencies) -> list[tuple[str, str, str]]:
+def verdicts(points: Sequence[Point], floor: Latencies, worker: dict[str, float] | None = None) -> list[tuple[str, str, str]]:
     """(what, measured, goal) rows, every figure a ratio or difference within this run."""
     lone = {p.target: p for p in points if p.rate == 0}
     rows = []
     if "clockwork" in lone:
         extra = lone["clockwork"].p50_ms - floor.percentile_ms(50)
         rows.append(("lone request p50 - direct p50", f"{extra:.2f} ms", "<= 0.5 ms"))
+    if worker:
+        rows.append(("worker's exec p50 / direct p50 (lone)",
+                     f"{worker['lone_exec_ms'] / floor.percentile_ms(50):.2f}", "<= 1.1"))
+        rows.append(("exec prediction error p99 at batch 1, share of the typical prediction",
+                     f"{100 * worker['typical_error_share_p99_batch1']:.1f}%", "<= 10%"))
     cw, plain = sustained(points, "clockwork"), sustained(points, "plain")
     if plain:
         rows.append(("rate sustained (>= 99.9% in SLO), clockwork / plain", f"{cw:g} / {plain:g} = {cw / plain:.2f}",
@@ -203,16 +223,18 @@ def run(args: argparse.Namespace) -> int:
 
             return versus_json.run(args, model, shapes, inputs, model_path, rates, run_dir, out)
         points = run_plain(run_dir, model_path, inputs, rates, args)
-        points += run_clockwork(run_dir, model, shapes, inputs, rates, args)
+        clockwork_points, worker = run_clockwork(run_dir, model, shapes, inputs, rates, args)
+        points += clockwork_points
         header = ["target", "rate/s", "offered", "in SLO", "refused", "unanswered", "p50 ms", "p99 ms",
                   "p99.9 ms", "busy"]
         print(format_table([[p.target, p.rate or "lone", p.offered, f"{100 * p.share_within_slo:.2f}%", p.refused,
                              p.unanswered, p.p50_ms, p.p99_ms, p.p999_ms, f"{100 * p.busy_share:.0f}%"]
                             for p in points], header))
         print(f"\ndirect onnxruntime p50 {floor.percentile_ms(50):.3f} ms, p99 {floor.percentile_ms(99):.3f} ms")
-        print(format_table(verdicts(points, floor), ["verdict", "measured", "goal"]))
+        print(format_table(verdicts(points, floor, worker), ["verdict", "measured", "goal"]))
         write_json(out / "versus.json", {"slo_ms": args.slo_ms, "workload": args.workload,
-                                         "direct_ms": floor.summary_ms(), "points": [asdict(p) for p in points]})
+                                         "direct_ms": floor.summary_ms(), "worker": worker,
+                                         "points": [asdict(p) for p in points]})
         plot(out / "versus.png", points, args.slo_ms)
         say(f"wrote {out / 'versus.json'} and {out / 'versus.png'}")
         return 0

@@ -83,8 +83,11 @@ def test_verdicts_compare_targets_within_the_run():
               point("clockwork", 400, 4000, 1900, 2000)]
     assert comparison.sustained(points, "plain") == 200  # 99.95% at 200/s
     assert comparison.sustained(points, "clockwork") == 100  # 99.85% at 200/s falls short
-    rows = {what: measured for what, measured, _ in versus.verdicts(points, _floor(0.5))}
+    worker = {"lone_exec_ms": 0.55, "typical_error_share_p99_batch1": 0.125}
+    rows = {what: measured for what, measured, _ in versus.verdicts(points, _floor(0.5), worker)}
     assert rows["lone request p50 - direct p50"] == "0.50 ms"
+    assert rows["worker's exec p50 / direct p50 (lone)"] == "1.10"
+    assert rows["exec prediction error p99 at batch 1, share of the typical prediction"] == "12.5%"
     assert rows["refusals at rates <= 70% of plain's"] == "0"
     assert "goodput 190/s" in rows["clockwork at 400/s = 2.0 x plain's"]
 
@@ -106,6 +109,7 @@ def test_versus_runs_end_to_end_and_writes_its_report(tmp_path):
     assert all(p["offered"] > 0 and p["within_slo"] + p["refused"] + p["unanswered"] <= p["offered"]
                for p in report["points"])
     assert report["direct_ms"]["p50"] > 0 and (out / "versus.png").stat().st_size > 0
+    assert report["worker"]["lone_exec_ms"] > 0 and 0 <= report["worker"]["typical_error_share_p99_batch1"] < 100
 
 
 # ----------------------------------------------------------------------------- --gateway-json
