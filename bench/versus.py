@@ -9,7 +9,9 @@ with the same seeded schedules, one target at a time, in one run:
 - a lone request: each target called through the native client, one request every 50 ms (gaps,
   as real clients leave them, so nothing stays hot), timed around the call;
 - Poisson (or bursty) arrivals at each rate of `--rates`, by default fractions of the plain
-  server's nominal capacity (1 / the direct exec time) up to 2x.
+  server's nominal capacity (1 / the direct exec time) up to 2x; then `--refine` more rates
+  halve the interval where each target stops meeting its SLO, so that the rates two targets
+  sustain are compared at a finer step than the list's.
 
 For each target and rate: offered, answered within the SLO, refused, latency percentiles of
 the answered requests (from each request's scheduled send time, so no coordinated omission),
@@ -130,17 +132,35 @@ def measure(target: str, client: Client, inputs: dict, rates: Sequence[float],
     within = sum(1 for t in answered_ns if t <= args.slo_ms * 1e6)
     points = [Point(target, 0.0, len(took), within, len(refused), 0, lone.percentile_ms(50),
                     lone.percentile_ms(99), lone.percentile_ms(99.9), math.nan)]
-    for i, rate in enumerate(rates):
-        schedule = schedule_for(args.workload, rate, args.duration_s, args.seed + i)
+
+    def at(rate: float, seed: int) -> Point:
+        schedule = schedule_for(args.workload, rate, args.duration_s, seed)
         label = f"{target} {rate:g}/s"
         before = busy_ns(client.status())
         with Progress(total_s=schedule.duration_ns / 1e9, label=label) as bar:
             results = run_open_loop(client.endpoint, schedule, [MODEL], args.slo_ms, {MODEL: inputs}, bar)
-        points.append(point(target, rate, results, busy_ns(client.status()) - before))
-        p = points[-1]
+        p = point(target, rate, results, busy_ns(client.status()) - before)
         say(f"{label}: {p.within_slo}/{p.offered} within {args.slo_ms:g} ms, {p.refused} refused, "
             f"p50 {p.p50_ms:.2f} ms, p99 {p.p99_ms:.2f} ms, busy {100 * p.busy_share:.0f}%")
+        return p
+
+    points += [at(rate, args.seed + i) for i, rate in enumerate(rates)]
+    for step in range(args.refine):
+        bounds = refine_between(points, target)
+        if bounds is None:
+            break
+        points.append(at(round(sum(bounds) / 2), args.seed + len(rates) + step))
     return points, hops
+
+
+def refine_between(points: Sequence[Point], target: str) -> tuple[float, float] | None:
+    """The rates `target` is sustained at and first fails above (the knee is between them), or
+    None when it passed every rate, failed every rate or the two are a request/s apart."""
+    passed = sustained(points, target)
+    above = [p.rate for p in points if p.target == target and p.rate > passed]
+    if not passed or not above or min(above) - passed <= 1:
+        return None
+    return passed, min(above)
 
 
 def run_clockwork(run_dir: Path, model: bytes, shapes: dict, inputs: dict, rates,
@@ -253,6 +273,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workload", choices=("poisson", "bursty"), default="poisson")
     parser.add_argument("--duration-s", type=float, default=10.0, help="seconds per rate")
     parser.add_argument("--plain-batch", type=int, default=1, help="the plain server batches up to this many")
+    parser.add_argument("--refine", type=int, default=2,
+                        help="halve the step at each target's knee this many times (the rates are ~20%% apart; "
+                        "not with --gateway-json)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--gateway-json", action="store_true",
                         help="the v2 gateway against a plain HTTP server, JSON tensors (see bench/versus_json.py)")
@@ -266,8 +289,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.slo_ms is None:
         args.slo_ms = 50.0 if args.gateway_json else 15.0
-    if args.slo_ms <= 0 or args.duration_s <= 0 or args.plain_batch < 1:
-        parser.error("--slo-ms and --duration-s must be > 0 and --plain-batch >= 1")
+    if args.slo_ms <= 0 or args.duration_s <= 0 or args.plain_batch < 1 or args.refine < 0:
+        parser.error("--slo-ms and --duration-s must be > 0, --plain-batch >= 1 and --refine >= 0")
     return args
 
 

@@ -92,6 +92,17 @@ def test_verdicts_compare_targets_within_the_run():
     assert "goodput 190/s" in rows["clockwork at 400/s = 2.0 x plain's"]
 
 
+def test_refinement_halves_the_step_where_a_target_stops_meeting_its_slo():
+    points = [point("plain", 100, 1000, 1000), point("plain", 200, 2000, 1999), point("plain", 400, 4000, 40),
+              point("clockwork", 100, 1000, 1000), point("clockwork", 200, 2000, 1000)]
+    assert versus.refine_between(points, "plain") == (200, 400)
+    assert versus.refine_between(points, "clockwork") == (100, 200)
+    points.append(point("plain", 300, 3000, 3000))  # passed: the knee is above it
+    assert versus.refine_between(points, "plain") == (300, 400)
+    assert versus.refine_between([point("plain", 100, 1000, 1000)], "plain") is None  # passed everything
+    assert versus.refine_between([point("plain", 100, 1000, 10)], "plain") is None  # failed everything
+
+
 def _floor(ms):
     from clockwork.bench.report import Latencies
 
