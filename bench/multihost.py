@@ -293,9 +293,10 @@ def lossy(mh: MultiHost, loss: float, seconds: float):
 
 
 def slow_prepare(mh: MultiHost, runner: Runner, model: str):
-    """The busiest worker's link slowed to 2 MB/s toward it while a 4 MB model is uploaded: the PREPARE
-    shares the one connection with the worker's actions. Reports how long until that worker
-    holds the model, and whether the controller dropped it meanwhile."""
+    """The busiest worker's link slowed to 2 MB/s toward it while a 4 MB model is uploaded. The
+    PREPARE travels on the worker's bulk connection, beside its actions' (the relay limits each
+    connection on its own, as a fair-queueing bottleneck would). Reports how long until that
+    worker holds the model, and whether the controller dropped it meanwhile."""
     def apply(watch: Membership) -> dict:
         worker = serving_most(mh)
         link = mh.links[worker]
