@@ -10,14 +10,16 @@ load generator in a namespace of its own:
    and by unplugging its host's cable (the kernel drops them); each one-way partition for
    3 s; 1% loss (a lost segment is retransmitted as TCP would, and holds up the stream behind
    it: bench/faulty_link.py); a slow link (2 MB/s) carrying a 4 MB model's PREPARE while it serves;
-4. skew: new hosts whose workers' clocks run +5 s, -5 s and 0 s from the controller's.
+4. skew: new hosts whose workers' clocks run +5 s, -5 s and 0 s from the controller's;
+5. asymmetric: new hosts, the even-numbered workers 0.1 ms away (round trip), the odd ones 2 ms:
+   each worker's dispatch allowance, learned from its own lanes' lateness, is reported.
 Each run is checked for the invariants of `clockwork-bench chaos` (every request ends exactly
 once, none answered more than 50 ms after its deadline, no model lost, workers rejoin on their
 own); it reports the share within SLO, TOO_LATE drops among EXECs sent, and for faults how long
 the controller took to declare the worker lost and to take it back.
 
-    clockwork-bench multihost                       # the long profile (~4 minutes)
-    clockwork-bench multihost --duration 5 --faults link-down
+    clockwork-bench multihost                       # the long profile (~5 minutes)
+    clockwork-bench multihost --duration 5 --runs hosts --faults link-down
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ MS = 1_000_000
 EXEC_MS = 10.0
 PROFILE = {"weights_bytes": 64_000_000, "load_ms": 5.0, "exec_ms": {"1": EXEC_MS}}
 DELAY = Shape(delay_ns=500_000, jitter_ns=150_000)  # each way: 1 ms +- 0.3 ms round trip
+NEAR, FAR = Shape(delay_ns=50_000), Shape(delay_ns=1_000_000)  # each way: 0.1 ms and 2 ms round trips
 OUTAGE_S = 3.0
 SLOW_LINK_BYTES_PER_S = 2_000_000
 SLOW_MODEL_BYTES = 4_000_000
@@ -293,9 +296,10 @@ def lossy(mh: MultiHost, loss: float, seconds: float):
 
 
 def slow_prepare(mh: MultiHost, runner: Runner, model: str):
-    """The busiest worker's link slowed to 2 MB/s toward it while a 4 MB model is uploaded: the PREPARE
-    shares the one connection with the worker's actions. Reports how long until that worker
-    holds the model, and whether the controller dropped it meanwhile."""
+    """The busiest worker's link slowed to 2 MB/s toward it while a 4 MB model is uploaded. The
+    PREPARE travels on the worker's bulk connection, beside its actions' (the relay limits each
+    connection on its own, as a fair-queueing bottleneck would). Reports how long until that
+    worker holds the model, and whether the controller dropped it meanwhile."""
     def apply(watch: Membership) -> dict:
         worker = serving_most(mh)
         link = mh.links[worker]
@@ -344,17 +348,30 @@ def on_loopback(run_dir: Path, load: Load, workers: int, devices: int) -> Row:
 
 
 def on_hosts(run_dir: Path, name: str, load: Load, workers: int, devices: int, skews: Sequence[float] = (),
-             faults: Sequence[str] = ()) -> tuple[list[Row], dict[str, tuple[float, float]]]:
-    """Rows for the load on hosts (then each fault), and each worker's clock error and uncertainty (ms)."""
+             faults: Sequence[str] = (), shapes: Sequence[Shape] = (DELAY,)
+             ) -> tuple[list[Row], dict[str, tuple[float, float]]]:
+    """Rows for the load on hosts (worker i's link shaped `shapes[i % len(shapes)]`, then each
+    fault), and each worker's clock error and uncertainty (ms: half its best round trip)."""
     with multihost(run_dir / name, specs(workers, devices, skews)) as mh:
-        for link in mh.links.values():
-            link.shape(DELAY)
+        for i, link in enumerate(mh.links.values()):
+            link.shape(shapes[i % len(shapes)])
         runner = Runner(mh.group, mh.client_endpoint, mh.admin, run_dir / name, mh.clients.argv, mh.key_env())
         runner.upload(load.models)
         rows = [runner.run(name, load, list(mh.hosts))]
+        rows[0].extra.update(per_worker(mh.status()))
         clocks = {w: mh.clock_error_ms(w) for w in mh.hosts}
         rows += fault_rows(mh, runner, load, faults)
         return rows, clocks
+
+
+def per_worker(status: dict) -> dict[str, str]:
+    """Each worker's dispatch allowance (learned from its own link and host) and EXEC time served."""
+    workers = sorted(status["workers"], key=lambda w: w["name"])
+    return {"dispatch ms": " ".join(f"{w['name']} {w['dispatch_ms']:.2f}" for w in workers),
+            "exec s": " ".join(f"{w['name']} {sum(d['exec_busy_ns'] for d in w['devices']) / 1e9:.1f}" for w in workers)}
+
+
+RUNS = ("loopback", "hosts", "skew", "asymmetric")
 
 
 def study(run_dir: Path, args: argparse.Namespace) -> list[str]:
@@ -363,21 +380,30 @@ def study(run_dir: Path, args: argparse.Namespace) -> list[str]:
     lines = [f"{args.workers} workers x {args.devices} emulated devices, exec {EXEC_MS:g} ms at batch 1: capacity "
              f"{capacity_per_s(args.workers, args.devices):.0f}/s; Poisson load {rate:.0f}/s for {args.duration:g} s per "
              f"run, SLO {args.slo_ms:g} ms", HEADER]
-    reference = on_loopback(run_dir, load, args.workers, args.devices)
-    hosts, clocks = on_hosts(run_dir, "hosts 1+-0.3 ms", load, args.workers, args.devices, faults=args.faults)
-    skewed, skew_clocks = on_hosts(run_dir, f"hosts, skew +-{args.skew:g} s", load, args.workers, args.devices,
-                                   skews=(args.skew, -args.skew, 0.0))
-    rows = [reference, *hosts, *skewed]
+    rows, clocks, firsts = [], {}, {}
+    if "loopback" in args.runs:
+        firsts["loopback"] = on_loopback(run_dir, load, args.workers, args.devices)
+        rows.append(firsts["loopback"])
+    for run, name, kwargs in (
+            ("hosts", "hosts 1+-0.3 ms", {"faults": args.faults}),
+            ("skew", f"hosts, skew +-{args.skew:g} s", {"skews": (args.skew, -args.skew, 0.0)}),
+            ("asymmetric", "hosts 0.1 / 2 ms", {"shapes": (NEAR, FAR)})):
+        if run in args.runs:
+            found, clocks[run] = on_hosts(run_dir, name, load, args.workers, args.devices, **kwargs)
+            firsts[run] = found[0]
+            rows += found
     lines += [row.render() for row in rows]
-    lines.append(f"hosts / loopback, within SLO: {hosts[0].within_slo / max(reference.within_slo, 1e-9):.4f}; "
-                 f"p50 {hosts[0].p50_ms / reference.p50_ms:.2f}x, p99 {hosts[0].p99_ms / reference.p99_ms:.2f}x")
-    lines.append(f"skewed - unskewed, within SLO: {(skewed[0].within_slo - hosts[0].within_slo) * 100:+.2f} pp")
-    for title, found in (("unskewed", clocks), ("skewed", skew_clocks)):
-        lines.append(f"clock estimate error ({title}): " + ", ".join(
+    reference, hosts, skewed = (firsts.get(run) for run in ("loopback", "hosts", "skew"))
+    if reference and hosts:
+        lines.append(f"hosts / loopback, within SLO: {hosts.within_slo / max(reference.within_slo, 1e-9):.4f}; "
+                     f"p50 {hosts.p50_ms / reference.p50_ms:.2f}x, p99 {hosts.p99_ms / reference.p99_ms:.2f}x")
+    if hosts and skewed:
+        lines.append(f"skewed - unskewed, within SLO: {(skewed.within_slo - hosts.within_slo) * 100:+.2f} pp")
+    for run, found in clocks.items():
+        lines.append(f"clock estimate error ({run}): " + ", ".join(
             f"{w} {err:+.3f} ms (uncertainty {unc:.3f})" for w, (err, unc) in found.items()))
     if args.json:
-        args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows], "clocks": clocks,
-                                         "skew_clocks": skew_clocks}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows], "clocks": clocks}, indent=1) + "\n")
     return lines
 
 
@@ -394,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=2, help="emulated devices per worker")
     p.add_argument("--models", type=int, default=3)
     p.add_argument("--skew", type=float, default=5.0, help="seconds the skewed workers' clocks are off")
+    p.add_argument("--runs", nargs="*", choices=RUNS, default=list(RUNS), help="which clusters to run (faults: on hosts)")
     p.add_argument("--faults", nargs="*", choices=FAULTS, default=list(FAULTS))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, help="write every row here")

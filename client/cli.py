@@ -152,10 +152,13 @@ def render_status(body: dict) -> str:
     for w in workers:
         devices = [d for d in w.get("devices") or [] if isinstance(d, dict)] or [{}]
         for d in devices:
-            rows.append([w.get("name"), w.get("runtime"), w.get("alive"), d.get("device_id"), d.get("kind"),
-                         size(d.get("memory_bytes")), size(d.get("used_bytes")), d.get("busy_ms"),
+            rows.append([w.get("name"), w.get("runtime"), w.get("alive"), w.get("dispatch_ms"), d.get("device_id"),
+                         d.get("kind"), size(d.get("memory_bytes")), size(d.get("used_bytes")), d.get("busy_ms"),
                          some(d.get("loaded"), d.get("loaded_count"))])
-    parts = [table(["WORKER", "RUNTIME", "ALIVE", "DEVICE", "KIND", "MEMORY", "USED", "BUSY_MS", "LOADED"],
+    # DISPATCH_MS: the worker's own allowance from an EXEC's sending to its lane starting it,
+    # learned from its link and host (docs/operations.md, multi-host).
+    parts = [table(["WORKER", "RUNTIME", "ALIVE", "DISPATCH_MS", "DEVICE", "KIND", "MEMORY", "USED", "BUSY_MS",
+                    "LOADED"],
                    rows) if rows else "no workers"]
     parts.append(model_table(body, ["MODEL", "QUEUED", "IN_FLIGHT", "RESIDENT_ON"], [
         [m.get("name"), m.get("queued"), m.get("in_flight"), some(m.get("resident_on"), m.get("replicas"))]

@@ -39,6 +39,16 @@ def configure_socket(sock: zmq.Socket, max_msg_bytes: int = -1, hwm: int = 100_0
     return sock
 
 
+# A worker's second connection, for model bytes (PREPARE): a DEALER whose identity is the
+# worker's own plus this suffix, on the controller's worker ROUTER. On its own TCP connection a
+# large model on a slow link cannot hold up the timed actions queued behind it on the first.
+BULK_SUFFIX = b"\x00bulk"
+
+
+def bulk_identity(identity: bytes) -> bytes:
+    return identity + BULK_SUFFIX
+
+
 Secure = Callable[[zmq.Socket], None]  # sets CURVE options before bind/connect (common/security.py)
 
 

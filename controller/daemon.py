@@ -27,7 +27,8 @@ from clockwork.common.clock import QueueDelay, monotonic_ns
 from clockwork.common.codec import decode, encode, peek_id, split
 from clockwork.common.config import ControllerConfig
 from clockwork.common.models import Signature, signature_of
-from clockwork.common.net import IdSource, Outgoing, recv_frames, recv_frames_from, router, send
+from clockwork.common.net import (IdSource, Outgoing, bulk_identity, recv_frames, recv_frames_from, router, send,
+                                  send_frames)
 from clockwork.common.sdnotify import Notifier
 from clockwork.common.status import Status
 from clockwork.controller import listing
@@ -425,8 +426,12 @@ class ControllerDaemon:
             return
         msg = schema.Prepare(model_id=record.name, format=record.format, input_shapes=record.input_shapes,
                              max_batch=record.signature.max_batch, sha256=record.sha256, blob=blob)
-        # Through the same bundles as the actions, so a worker sees them in the order made.
-        self.to_workers.add(effect.worker.encode("latin-1"), encode(msg, effect.msg_id, 0, monotonic_ns()))
+        frames = encode(msg, effect.msg_id, 0, monotonic_ns())
+        identity = effect.worker.encode("latin-1")
+        # On the worker's bulk connection, so that the bytes never hold up its actions; where that
+        # is not connected (yet: a worker just joining), with the actions (docs/protocol.md).
+        if not send_frames(self.workers, frames, bulk_identity(identity)):
+            self.to_workers.add(identity, frames)
 
     def _upload_finished(self, effect: UploadFinished) -> None:
         record = self.registry.get(effect.model)

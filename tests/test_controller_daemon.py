@@ -10,13 +10,14 @@ import zmq
 from clockwork.bench.procs import free_port
 from clockwork.client.protocol import read_incoming
 from clockwork.common import schema
-from clockwork.common.codec import bundle, encode
+from clockwork.common.codec import bundle, decode, encode, split
 from clockwork.common.config import ControllerConfig
 from clockwork.common.logsetup import configure
-from clockwork.common.net import dealer, recv_frames, send_frames
+from clockwork.common.net import bulk_identity, dealer, recv_frames, send_frames
 from clockwork.common.status import Status
 from clockwork.controller import daemon as daemon_module
 from clockwork.controller.daemon import ControllerDaemon
+from tests.worker_helpers import profile_blob, wait_until_true
 
 
 @pytest.fixture
@@ -85,3 +86,41 @@ def test_a_reply_over_the_header_limit_is_answered_too_large_instead(controller,
     [(request_id, body)] = replies(sock, 1).items()
     assert request_id == 8 and isinstance(body, schema.Error) and body.status is Status.TOO_LARGE
     assert f"exceeds the {schema.MAX_HEADER_BYTES}-byte header limit, so it was not sent" in body.detail
+
+
+def _messages(sock, timeout_s: float = 0.5) -> list:
+    """Every message `sock` receives within `timeout_s` (bundles opened)."""
+    got, deadline = [], time.monotonic() + timeout_s
+    while sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+        got += [decode(part, head).body for head, part in split(recv_frames(sock))]
+    return got
+
+
+def test_a_prepare_goes_on_the_workers_bulk_connection_and_with_the_actions_where_it_has_none(controller):
+    """A model's bytes must not hold up a worker's actions on a slow link (docs/protocol.md)."""
+    ctl, sock = controller
+    send_frames(sock, encode(schema.Upload(name="m", format="profile", blob=profile_blob()), 3))
+    assert ctl.clients.poll(2000)
+    ctl._drain(ctl.clients, ctl._on_client)
+    assert replies(sock, 1)[3].status is Status.OK
+    ctx, endpoint = zmq.Context.instance(), ctl.cfg.worker_endpoint
+    plain, main, bulk = (dealer(ctx, endpoint, name) for name in (b"plain", b"two", bulk_identity(b"two")))
+    try:
+        probe = encode(schema.HeartbeatAck(echo_sent_ns=0), 1)
+        wait_until_true(lambda: send_frames(ctl.workers, probe, bulk_identity(b"two")), what="the bulk connection")
+        assert [type(m) for m in _messages(bulk)] == [schema.HeartbeatAck]
+        hello = schema.Hello(worker="w", runtime="emulated", formats=("profile",),
+                             devices=({"device_id": 0, "kind": "emu", "memory_bytes": 1 << 30, "page_bytes": 1 << 20},))
+        for i, dealer_sock in enumerate((plain, main)):
+            send_frames(dealer_sock, encode(hello, 10 + i))
+        deadline = time.monotonic() + 5
+        while len(ctl.core.workers) < 2 and time.monotonic() < deadline:
+            if ctl.workers.poll(100):
+                ctl._drain(ctl.workers, ctl._on_worker)
+        assert [type(m) for m in _messages(plain)] == [schema.Welcome, schema.Prepare]
+        assert [type(m) for m in _messages(main)] == [schema.Welcome]
+        [prepare] = _messages(bulk)
+        assert isinstance(prepare, schema.Prepare) and prepare.model_id == "m" and bytes(prepare.blob) == profile_blob()
+    finally:
+        for s in (plain, main, bulk):
+            s.close(0)

@@ -97,3 +97,13 @@ def test_a_frame_at_4000_models_stays_readable():
         assert "tenant-00-model-0000,tenant-01-model-0001 +1998" in frame and "w/0,w/1 +4" in frame
     assert cli.model_table({"models_total": 3}, ["MODEL"], []).startswith("… and 3 more models")
     assert cli.some([], 0) == "-" and cli.some(None, 7) == "7" and cli.some(["a"], None) == "a"
+
+
+def test_status_shows_each_workers_dispatch_allowance():
+    """Across hosts each worker's allowance follows its own link: a far one shows a larger one."""
+    body = {"workers": [{"name": n, "runtime": "emulated", "alive": True, "dispatch_ms": ms,
+                         "devices": [{"device_id": 0, "kind": "emu"}]} for n, ms in (("near", 1.2), ("far", 3.04))]}
+    header, *lines = cli.render_status(body).splitlines()[:3]
+    rows = {line.split()[0]: line.split() for line in lines}
+    column = header.split().index("DISPATCH_MS")
+    assert rows["near"][column] == "1.20" and rows["far"][column] == "3.04"

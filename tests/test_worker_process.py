@@ -16,12 +16,14 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clockwork.common.clock import monotonic_ns
 from clockwork.common.codec import encode
-from clockwork.common.schema import Drop, Error, Exec, Load, Prepared, Result, Unload
+from clockwork.common.net import bulk_identity
+from clockwork.common.schema import Drop, Error, Exec, Load, Prepare, Prepared, Result, Unload
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 from clockwork.worker.runtimes.onnxrt import lane_cores
@@ -246,6 +248,48 @@ def test_drop_unloads_everywhere_and_forgets(emulated_worker):
     ctl.send(Error(status=Status.WORKER_LOST))
     ctl.wait_hello(10)
     assert ctl.load(0, "gone").body.status is Status.NOT_PREPARED  # forgotten for good
+
+
+def load_after_drop(ctl, model_id: str) -> Status:
+    """A LOAD on device 0 due after the DROP just sent (a lane takes jobs in `earliest` order)."""
+    now = monotonic_ns()
+    return result(ctl, ctl.send(Load(device_id=0, model_id=model_id, earliest_ns=now + 50 * MS,
+                                     latest_ns=now + 60_000 * MS))).status
+
+
+def _sent(ctl, frames: list, identity: bytes) -> bool:
+    try:
+        ctl.send_frames(frames, identity)
+        return True
+    except zmq.ZMQError:  # not connected (yet): the ROUTER refuses an unknown identity
+        return False
+
+
+def test_a_prepare_on_the_bulk_connection_is_served(emulated_worker):
+    """Model bytes come on a connection of their own, so they never hold up actions (docs/protocol.md)."""
+    ctl = emulated_worker.ctl
+    msg_id = ctl.ids.next()
+    frames = encode(Prepare(model_id="bulky", format="profile", blob=profile_blob()), msg_id, 0, monotonic_ns())
+    wait_until_true(lambda: _sent(ctl, frames, bulk_identity(ctl.worker)), what="the bulk connection to be up")
+    assert ctl.reply_to(msg_id).body.status is Status.OK
+    assert ctl.load(1, "bulky").body.status is Status.OK
+
+
+def test_a_drop_overtaken_by_a_newer_prepare_keeps_its_bytes_and_an_older_prepare_is_ignored(emulated_worker):
+    """PREPAREs and DROPs travel on different connections, so either may arrive first; the
+    controller's growing ids say which is newer."""
+    ctl = emulated_worker.ctl
+    assert ctl.prepare("again", profile_blob(), fmt="profile").body.status is Status.OK
+    assert ctl.load(0, "again").body.status is Status.OK
+    drop_id = ctl.ids.next()  # the DROP of the first upload, overtaken by the PREPARE of the second
+    assert ctl.prepare("again", profile_blob(load_ms=3.0), fmt="profile").body.status is Status.OK
+    ctl.send_frames(encode(Drop(model_id="again"), drop_id, 0, monotonic_ns()))
+    assert load_after_drop(ctl, "again") is Status.OK  # unloaded by the DROP, still prepared
+    stale_id = ctl.ids.next()  # a PREPARE overtaken by a newer DROP
+    ctl.send(Drop(model_id="again"))
+    ctl.send_frames(encode(Prepare(model_id="again", format="profile", blob=profile_blob()), stale_id, 0, monotonic_ns()))
+    assert ctl.prepare("other", profile_blob(), fmt="profile").body.status is Status.OK  # PREPAREs are served in order
+    assert load_after_drop(ctl, "again") is Status.NOT_PREPARED
 
 
 # ------------------------------------------------------------------------------- garbage

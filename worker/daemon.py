@@ -1,6 +1,9 @@
-"""The worker's daemon shell: one socket to the controller, a Poller loop, nothing decided here.
+"""The worker's daemon shell: two sockets to the controller, a Poller loop, nothing decided here.
 
-The loop (the only thread that touches the socket) does four things:
+The second socket (common/net.py: bulk_identity) only receives PREPAREs: a model's bytes on a
+connection of their own never hold up the timed actions on the first. A PREPARE and a DROP of one
+model may so arrive out of order; the controller's ids grow, so the larger id is the newer
+(`_is_newest`). The loop (the only thread that touches the sockets) does four things:
 - joins: HELLO every second until WELCOME, again whenever the controller says WORKER_LOST;
 - heartbeats every interval with `lanes_alive`, and turns each HEARTBEAT_ACK into a skew sample;
 - decodes each message and hands it to its device's lane or to the prepare thread, translating
@@ -26,7 +29,7 @@ from clockwork.common.checks import BadMessage
 from clockwork.common.clock import SkewEstimator, monotonic_ns
 from clockwork.common.codec import bundles, decode, encode, peek_id, peek_map, split
 from clockwork.common.config import WorkerConfig
-from clockwork.common.net import IdSource, dealer, recv_frames
+from clockwork.common.net import IdSource, bulk_identity, dealer, recv_frames
 from clockwork.common.schema import (ActionKind, Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load, Message, Prepare,
                            Result, Unload, Welcome)
 from clockwork.common.status import Status
@@ -62,9 +65,10 @@ class Daemon:
                                  lambda body, parent: self.outbox.put((body, parent)), config.profile_runs, log)
         self._ctx = ctx or zmq.Context.instance()
         keys = security.for_worker(config, log)  # before connecting: no keys, loopback only
-        self._sock = dealer(self._ctx, config.controller, self.name.encode(),
-                            max_msg_bytes=schema.MAX_MODEL_BYTES + schema.MAX_HEADER_BYTES,
-                            secure=keys and (lambda sock: security.make_client(sock, keys)))
+        secure = keys and (lambda sock: security.make_client(sock, keys))
+        self._sock, self._bulk = (dealer(self._ctx, config.controller, identity, secure=secure,
+                                         max_msg_bytes=schema.MAX_MODEL_BYTES + schema.MAX_HEADER_BYTES)
+                                  for identity in (self.name.encode(), bulk_identity(self.name.encode())))
         self.telemetry = WorkerTelemetry(config, log=log, handshakes=self._sock if keys else None)
         self._welcomed = False
         self._ever_welcomed = False
@@ -74,6 +78,7 @@ class Daemon:
         self._next_timer_ns = 0  # next HELLO retry or heartbeat
         self._hellos: dict[int, int] = {}  # HELLO msg_id -> sent_ns, for a skew sample from WELCOME
         self._lane_end_ns: dict[tuple[int, bool], int] = {}  # (device, is exec lane) -> last end, remote
+        self._newest: dict[str, int] = {}  # model_id -> msg_id of the newest PREPARE or DROP of it
         self._stopping = False
         self._handlers: dict[type, Callable[[Envelope], None]] = {
             Welcome: self.on_welcome, HeartbeatAck: self.on_heartbeat_ack, Error: self.on_error,
@@ -93,13 +98,15 @@ class Daemon:
         self.preparer.start()
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._bulk, zmq.POLLIN)
         poller.register(self.outbox.fileno(), zmq.POLLIN)
         try:
             while not self._stopping:
                 timeout_ms = max(0, (self._next_timer_ns - monotonic_ns()) // 1_000_000 + 1)
                 events = dict(poller.poll(timeout_ms))
-                if self._sock in events:
-                    self._receive()
+                for sock in (self._sock, self._bulk):
+                    if sock in events:
+                        self._receive(sock)
                 self._flush_outbox()
                 if monotonic_ns() >= self._next_timer_ns:
                     self._on_timer(monotonic_ns())
@@ -122,6 +129,7 @@ class Daemon:
             self.log.exception("runtime close failed")
         shutil.rmtree(self.preparer.spool_dir, ignore_errors=True)
         self._sock.close(linger=0)
+        self._bulk.close(linger=0)
         self.outbox.close()
         self.telemetry.close()
         self.log.info("worker stopped", worker=self.name)
@@ -154,10 +162,10 @@ class Daemon:
 
     # ---------------------------------------------------------------------------- inbound
 
-    def _receive(self) -> None:
+    def _receive(self, sock: zmq.Socket) -> None:
         for _ in range(MAX_RECV_PER_WAKE):
             try:
-                frames = recv_frames(self._sock, zmq.NOBLOCK)
+                frames = recv_frames(sock, zmq.NOBLOCK)
             except zmq.Again:
                 return
             self._on_frames(frames)
@@ -219,6 +227,7 @@ class Daemon:
             self.log.warning("controller lost us; joining again", detail=body.detail)
             self._welcomed = False
             self._next_timer_ns = 0
+            self._newest.clear()  # a restarted controller counts its ids from 1 again
             self._release_everything()
         elif body.status is Status.UNSUPPORTED_VERSION:
             if not self._version_refused:  # it answers every HELLO so: said once is enough
@@ -239,6 +248,9 @@ class Daemon:
     def on_prepare(self, env: Envelope) -> None:
         """Handed over as it came: the prepare thread hashes the bytes, spools a large model to a
         file and drops the message's frame, off this loop (a gigabyte is seconds of I/O)."""
+        if not self._is_newest(env):  # a newer PREPARE of this name came first: its bytes stand
+            self.log.info("older prepare ignored", model_id=env.body.model_id, msg_id=env.msg_id)
+            return
         self.telemetry.on_prepare()
         self.preparer.submit(env.msg_id, env.body)
 
@@ -261,9 +273,20 @@ class Daemon:
                                self.skew.to_local(m.latest_ns), m.expected_ns)
 
     def on_drop(self, env: Envelope) -> None:
+        """Unload everywhere and forget; a DROP older than a PREPARE already here (the name
+        uploaded again) only unloads: the store keeps the newer bytes."""
         model_id = env.body.model_id
-        known = drop_model(self.store, self.devices.values(), model_id)
+        known = drop_model(self.store if self._is_newest(env) else None, self.devices.values(), model_id)
         self.log.info("model dropped", model_id=model_id, was_prepared=known)
+
+    def _is_newest(self, env: Envelope) -> bool:
+        """Whether this PREPARE or DROP is newer than any of its model seen (then noted as such).
+        PREPAREs come on the bulk connection, DROPs on the other, so one can overtake the other."""
+        model_id = env.body.model_id
+        if env.msg_id < self._newest.get(model_id, 0):
+            return False
+        self._newest[model_id] = env.msg_id
+        return True
 
     def _device(self, env: Envelope) -> Device | None:
         device = self.devices.get(env.body.device_id)

@@ -252,10 +252,10 @@ class Device:
             return _ExecOutcome(status, detail, monotonic_ns())
 
 
-def drop_model(store: ModelStore, devices: Iterable[Device], model_id: str) -> bool:
-    """DROP: forget the prepared model first, so that no later LOAD finds it, then release it
-    on every device; True if the store held it."""
-    known = store.forget(model_id)
+def drop_model(store: ModelStore | None, devices: Iterable[Device], model_id: str) -> bool:
+    """DROP: forget the prepared model first (unless `store` is None), so that no later LOAD
+    finds it, then release it on every device; True if the store held it."""
+    known = store is not None and store.forget(model_id)
     for device in devices:
         device.submit_drop(model_id)
     return known
