@@ -227,7 +227,7 @@ class Daemon:
             self.log.warning("controller lost us; joining again", detail=body.detail)
             self._welcomed = False
             self._next_timer_ns = 0
-            self._newest.clear()  # a restarted controller counts its ids from 1 again
+            self._newest.clear()  # a restarted controller numbers its messages from another random base
             self._release_everything()
         elif body.status is Status.UNSUPPORTED_VERSION:
             if not self._version_refused:  # it answers every HELLO so: said once is enough
