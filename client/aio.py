@@ -132,8 +132,13 @@ class AsyncClient:
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, *,
                     slo_ms: float | None = None, deadline: float | None = None, priority: int = 0) -> InferResult:
-        """See `Client.infer`."""
-        return await self.submit(model, inputs, slo_ms=slo_ms, deadline=deadline, priority=priority)
+        """See `Client.infer`. Runs in the caller's task, not a task of its own: on a busy event
+        loop every extra task, callback or poll is another turn of the loop's whole backlog
+        (measured in the gateway at 3x its capacity: ~4 ms a turn, 15 ms of a 50 ms SLO)."""
+        if self._pools:
+            return await self._owner(model).infer(model, inputs, slo_ms=slo_ms, deadline=deadline, priority=priority)
+        deadline_ns = protocol.deadline_ns(slo_ms, deadline, time.monotonic_ns())
+        return await self._infer(model, inputs, deadline_ns, priority, self._core.next_id())
 
     def submit(self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, *,
                slo_ms: float | None = None, deadline: float | None = None, priority: int = 0) -> "PendingInfer":
@@ -144,14 +149,15 @@ class AsyncClient:
             return self._owner(model).submit(model, inputs, slo_ms=slo_ms, deadline=deadline, priority=priority)
         deadline_ns = protocol.deadline_ns(slo_ms, deadline, time.monotonic_ns())
         request_id = self._core.next_id()
+        return PendingInfer(self, request_id, asyncio.ensure_future(
+            self._infer(model, inputs, deadline_ns, priority, request_id)))
 
-        async def run() -> InferResult:
-            if self._core.needs_signature(model, inputs):
-                await self._fetch_signature(model, deadline_ns)
-            call = self._core.infer(model, inputs, deadline_ns, time.monotonic_ns(), priority)
-            return await self._call(call, request_id)
-
-        return PendingInfer(self, request_id, asyncio.ensure_future(run()))
+    async def _infer(self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, deadline_ns: int,
+                     priority: int, request_id: int) -> InferResult:
+        if self._core.needs_signature(model, inputs):
+            await self._fetch_signature(model, deadline_ns)
+        call = self._core.infer(model, inputs, deadline_ns, time.monotonic_ns(), priority)
+        return await self._call(call, request_id)
 
     async def cancel(self, request_id: int) -> bool:
         """Ask the controller to drop a queued request; True if it was still queued (it is then
@@ -220,17 +226,25 @@ class AsyncClient:
         return call.finish(incoming)
 
     async def _await_reply(self, call: Call, msg_id: int, future: asyncio.Future) -> Incoming:
-        """Wait for the reply, resending idempotent calls (same id) as Call.retry_ns says."""
+        """Wait for the reply, resending idempotent calls (same id) as Call.retry_ns says. The
+        reply wakes this task straight from `_deliver`: a timer fails the future at the wait's
+        end (wait_for and shield cost two more turns of the loop per reply); a resend waits on
+        a fresh future under the same id."""
+        loop = asyncio.get_running_loop()
         while True:
             now_ns = time.monotonic_ns()
             resend_ns = call.next_send_ns(now_ns)
             remaining_ns = call.remaining_ns(now_ns)
             wait_ns = remaining_ns if resend_ns is None else min(remaining_ns, resend_ns - now_ns)
+            timer = loop.call_later(max(0.0, wait_ns / 1e9), _time_out, future)
             try:
-                return await asyncio.wait_for(asyncio.shield(future), max(0.0, wait_ns / 1e9))
+                return await future
             except asyncio.TimeoutError:
                 if call.remaining_ns(time.monotonic_ns()) <= 0 or resend_ns is None:
                     raise
+            finally:
+                timer.cancel()
+            future = self._pending[msg_id] = loop.create_future()
             try:
                 await self._send(call, msg_id)
             except Unreachable:  # a pool's controller went away under the call
@@ -239,20 +253,21 @@ class AsyncClient:
                 raise asyncio.TimeoutError from None
 
     async def _send(self, call: Call, msg_id: int) -> None:
+        """Send at once when the socket takes it (it nearly always does); poll only while it
+        cannot: a poll first costs several turns of the event loop per request."""
         since_ns = time.monotonic_ns()
         while True:
-            remaining_ns = self._core.send_by_ns(call, since_ns) - time.monotonic_ns()
-            if remaining_ns <= 0:
-                raise self._core.unsent_error(call, since_ns)
-            if not await self._sock.poll(poll_ms(remaining_ns), zmq.POLLOUT):
-                continue
             now_ns = time.monotonic_ns()
             try:
                 await self._sock.send_multipart(codec.encode(call.message(now_ns), msg_id, sent_ns=now_ns),
                                                 flags=zmq.DONTWAIT, copy=False)
                 return
-            except zmq.Again:  # the connection went away between poll and send
-                continue
+            except zmq.Again:  # no connection yet, or its queue is full
+                pass
+            remaining_ns = self._core.send_by_ns(call, since_ns) - time.monotonic_ns()
+            if remaining_ns <= 0:
+                raise self._core.unsent_error(call, since_ns)
+            await self._sock.poll(poll_ms(remaining_ns), zmq.POLLOUT)
 
     def _cancel_quietly(self, request_id: int) -> None:
         """Tell the controller nobody waits for this request any more; its answer is discarded."""
@@ -294,6 +309,11 @@ class AsyncClient:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(make_error())  # one instance each: tracebacks are per raise
+
+
+def _time_out(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_exception(asyncio.TimeoutError())
 
 
 class PendingInfer:
