@@ -94,11 +94,13 @@ class Door:
 
     def reserve_ns(self, now_ns: int) -> int:
         """What the answer of a request forwarded now will spend in the gateway: what its hops
-        took lately (OwnTime), or two turns of the loop at its present lag (the reader's and the
-        handler's), whichever is more. 0 with the door off."""
+        took lately (OwnTime), or one turn of the loop at its present lag, whichever is more. 0
+        with the door off. One turn, not the two an answer takes (the reader's and the
+        handler's): a lag spike is brief, and reserving twice it took so much of the SLOs
+        forwarded during one on a busy host that the controller refused them below capacity."""
         if self._probe is None:
             return 0
-        return max(self.own.p90_ns, 2 * self.lag.now_ns(now_ns))
+        return max(self.own.p90_ns, self.lag.now_ns(now_ns))
 
     def slo_left_ms(self, slo_ms: float, arrived_ns: int, now_ns: int) -> float:
         """The part of an SLO that the controller may use, for a request that reached the gateway
