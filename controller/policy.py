@@ -97,6 +97,8 @@ class ClockworkPolicy(Policy):
 
     def plan_execs(self, core, now_ns):
         """Plan every device whose EXEC lane is due (free within the horizon) and has work."""
+        if not core.planning_due(now_ns):
+            return
         for dev in core.due_devices(now_ns):
             horizon = now_ns + core.ahead_ns(dev)
             while dev.pending:
