@@ -69,7 +69,8 @@ def admit(core: Core, headroom: Headroom, client: bytes, request_id: int, msg: s
     if samples > model.sizes[-1]:
         return Status.BAD_INPUT, f"{samples} samples exceed the largest batch size {model.sizes[-1]}", None
     loaded = core.loaded_somewhere(model)
-    best = best_case_ns(core, model, samples, loaded)
+    own: dict[str, int | None] = {}  # kind -> own_exec_ns at the request's size, shared by both estimates
+    best = best_case_ns(core, model, samples, loaded, own)
     if best is None:
         return Status.UNAVAILABLE, f"no live device can serve {model.name!r}", None
     if best > budget:
@@ -79,7 +80,7 @@ def admit(core: Core, headroom: Headroom, client: bytes, request_id: int, msg: s
         return (Status.WOULD_MISS_DEADLINE,
                 f"needs at least {(best + cfg.reply_ns) / 1e6:.2f} ms even on an idle device (its execution "
                 f"and the hops to the worker and back to you); its SLO is {msg.slo_ns / 1e6:.2f} ms{waited}", None)
-    backlog = finish_behind_queue_ns(core, model, samples, msg.priority, now_ns)
+    backlog = finish_behind_queue_ns(core, model, samples, msg.priority, now_ns, own)
     if backlog is not None and backlog > deadline - int(headroom.share * budget):
         core.counters["rejected_for_backlog"] += 1
         if replicas_idle(model, now_ns):  # nothing ahead: the model's own estimates refused it
@@ -120,14 +121,17 @@ def overtaken_ns(full_batch_ns: int, exec_ns: int, ahead_ns: int) -> int:
     return max(0, min(full_batch_ns - exec_ns, ahead_ns))
 
 
-def best_case_ns(core: Core, model: Model, samples: int, loaded: bool) -> int | None:
+def best_case_ns(core: Core, model: Model, samples: int, loaded: bool,
+                 own: dict[str, int | None] | None = None) -> int | None:
     """Shortest possible receive-to-finish time on an idle device; `loaded`: a replica holds
-    the model already."""
+    the model already. `own` collects own_exec_ns by kind, for finish_behind_queue_ns."""
     size = padded_size(samples, model.sizes)
-    loaded = loaded or any(dev.resident[model.name].state is Residency.LOADING for dev in model.replicas.values())
+    # A replica is LOADED or LOADING (an evicted one leaves `replicas`): either way no LOAD is needed.
+    loaded = loaded or bool(model.replicas)
+    own = {} if own is None else own
     best = None
     for kind in model.kinds:
-        exec_ns = own_exec_ns(core, model, size, kind)
+        exec_ns = own[kind] = own_exec_ns(core, model, size, kind)
         if exec_ns is None:
             continue
         load = 0 if loaded else (core.latency.load_ns(model.name, kind) or 0)
@@ -136,41 +140,54 @@ def best_case_ns(core: Core, model: Model, samples: int, loaded: bool) -> int | 
     return best
 
 
-def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int, now_ns: int) -> int | None:
+def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int, now_ns: int,
+                           own: dict[str, int | None] | None = None) -> int | None:
     """When a new request could finish at the earliest behind the work already queued on
     one of its model's replicas in its priority class and above (under load a new request
     has the latest deadline, so earliest-deadline-first serves it last in its class; lower
     classes wait for it), plus its part of the work still waiting for LOADs, which will land
     on some device ahead of it. With no replica yet: after its own LOAD, behind those of the
     models ahead of it. Everything ahead is priced at typical durations, the request's own
-    EXEC with the tail allowance (own_exec_ns). At most `admission_replicas` replicas are looked
-    at: bounded work per request even for a model replicated on a hundred GPUs (their backlogs
-    differ only by the other models they hold)."""
+    EXEC with the tail allowance (own_exec_ns; `own` holds those already computed, by kind).
+    At most `admission_replicas` replicas are looked at: bounded work per request even for a
+    model replicated on a hundred GPUs (their backlogs differ only by the other models they
+    hold). Runs for every request: written for speed, its sums inline."""
     size = padded_size(samples, model.sizes)
     spill_ns = sum(core.unplaced_by_class[priority:]) // max(1, core.device_count)
     if not model.replicas:
         return _finish_after_load_ns(core, model, size, priority, spill_ns, now_ns)
+    own = {} if own is None else own
+    latency, name, shares = core.latency, model.name, model.backlog_shares
+    earliest_start = now_ns + core.cfg.dispatch_ns
     best = None
     # This model's queue on one replica, the new request last in it: it rides in the batch its
     # queue's tail makes, not in a batch of its own behind the queue.
     mine_samples = sum(model.queue.samples_by_class[priority:]) / len(model.replicas) + samples
-    costs: dict[str, tuple] = {}  # kind -> (typical, own, a full batch's, mine): replicas share kinds
+    costs: dict[str, tuple] = {}  # kind -> (typical, own - typical, a full batch's, mine): replicas share kinds
     for dev in itertools.islice(model.replicas.values(), core.cfg.admission_replicas):
-        cost = costs.get(dev.kind)
+        kind = dev.kind
+        cost = costs.get(kind)
         if cost is None:
-            cost = costs[dev.kind] = (core.latency.typical_exec_ns(model.name, size, dev.kind),
-                                      own_exec_ns(core, model, size, dev.kind), _full_batch_ns(core, model, dev.kind),
-                                      core.drain_ns(model, mine_samples, dev.kind))
-        typical_ns, own_ns, full_ns, mine_ns = cost
+            typical_ns = latency.typical_exec_ns(name, size, kind)
+            own_ns = own[kind] if kind in own else own_exec_ns(core, model, size, kind)
+            cost = costs[kind] = (typical_ns, (own_ns or 0) - (typical_ns or 0), _full_batch_ns(core, model, kind),
+                                  core.drain_ns(model, mine_samples, kind))
+        typical_ns, tail_ns, full_ns, mine_ns = cost
         if typical_ns is None:
             continue
-        start = core.typical_start_ns(dev, now_ns)
-        if dev.resident[model.name].state is Residency.LOADING:
+        start = dev.exec_lane.typical_free_at(now_ns)  # core.typical_start_ns, inline
+        if start < earliest_start:
+            start = earliest_start
+        if dev.resident[name].state is Residency.LOADING:
             start = max(start, dev.load_lane.free_at(now_ns))
-        share = model.backlog_shares.get(dev.key)
-        others_ns = dev.backlog_ns(priority) - (sum(share[priority:]) if share else 0) + spill_ns
-        finish = start + others_ns + overtaken_ns(full_ns, typical_ns, others_ns) + mine_ns + own_ns - typical_ns
-        best = finish if best is None else min(best, finish)
+        share = shares.get(dev.key)
+        others_ns = sum(dev.backlog_by_class[priority:]) - (sum(share[priority:]) if share else 0) + spill_ns
+        overtaken = full_ns - typical_ns  # overtaken_ns, inline
+        if overtaken > others_ns:
+            overtaken = others_ns
+        finish = start + others_ns + (overtaken if overtaken > 0 else 0) + mine_ns + tail_ns
+        if best is None or finish < best:
+            best = finish
     return best
 
 

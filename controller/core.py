@@ -378,6 +378,10 @@ class Core:
         dev.booked_ns = at_ns
         heapq.heappush(self._due, (at_ns, dev.plan_version, dev.key, dev))
 
+    def planning_due(self, now_ns: int) -> bool:
+        """Some device's booking may have come due (most ticks find none: checked first, cheaply)."""
+        return bool(self._due) and self._due[0][0] <= now_ns
+
     def due_devices(self, now_ns: int):
         """The live devices whose booking has come due, each unbooked as it is handed out."""
         while self._due and self._due[0][0] <= now_ns:

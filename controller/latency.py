@@ -174,15 +174,23 @@ class LatencyModel:
 
     # ------------------------------------------------------------------ predicting
 
+    # The two below run several times per request: the cached figure is read inline.
+
     def exec_ns(self, model: str, batch: int, kind: str) -> int | None:
         """The tail: what an EXEC's window must leave for it."""
         win = self._exec.get((model, batch, kind))
-        return win.estimate() if win is not None and win.values else None
+        if win is None:
+            return None
+        tail = win._tail
+        return tail if tail is not None else (win.estimate() if win.values else None)
 
     def typical_exec_ns(self, model: str, batch: int, kind: str) -> int | None:
         """The median: what queued work is priced at."""
         win = self._exec.get((model, batch, kind))
-        return win.typical() if win is not None and win.values else None
+        if win is None:
+            return None
+        typical = win._typical
+        return typical if typical is not None else (win.typical() if win.values else None)
 
     def load_ns(self, model: str, kind: str) -> int | None:
         win = self._load.get((model, kind))

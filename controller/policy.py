@@ -97,6 +97,8 @@ class ClockworkPolicy(Policy):
 
     def plan_execs(self, core, now_ns):
         """Plan every device whose EXEC lane is due (free within the horizon) and has work."""
+        if not core.planning_due(now_ns):
+            return
         for dev in core.due_devices(now_ns):
             horizon = now_ns + core.ahead_ns(dev)
             while dev.pending:
@@ -152,13 +154,18 @@ def _choose_batch(core: Core, dev: Device, start_ns: int) -> Batch | None:
     it, the shorter one runs first.
     """
     ranked = []
-    for name in dev.pending:
-        if dev.resident[name].state is not Residency.LOADED:
+    models, resident, kind, tail_ns = core.models, dev.resident, dev.kind, core.latency.exec_ns
+    for name in dev.pending:  # every pending model on the device, each planning: kept lean
+        if resident[name].state is not Residency.LOADED:
             continue
-        model = core.models[name]
-        head = model.queue.first()
-        size = padded_size(min(model.queue.samples, model.sizes[-1]), model.sizes)
-        exec_ns = core.latency.exec_ns(name, size, dev.kind) if head is not None and size else None
+        model = models[name]
+        queue = model.queue
+        head = queue.first()
+        if head is None:
+            continue
+        sizes = model.sizes
+        size = padded_size(min(queue.samples, sizes[-1]), sizes)
+        exec_ns = tail_ns(name, size, kind) if size else None
         if exec_ns is not None:
             ranked.append((-head.priority, head.deadline_ns - exec_ns, name))
     ranked.sort()
@@ -188,11 +195,13 @@ def _soonest_finish_ns(core: Core, model: Model, now_ns: int, enough_ns: int | N
         return None
     size = model.sizes[0]
     soonest = None
+    tail_ns, name = core.latency.exec_ns, model.name
     for dev in model.replicas.values():
-        exec_ns = core.latency.exec_ns(model.name, size, dev.kind)
+        exec_ns = tail_ns(name, size, dev.kind)
         if exec_ns is not None:
             finish = _replica_start_ns(core, dev, model, now_ns) + exec_ns
-            soonest = finish if soonest is None else min(soonest, finish)
+            if soonest is None or finish < soonest:
+                soonest = finish
             if enough_ns is not None and soonest <= enough_ns:
                 return soonest
     if soonest is None:  # no replica: a LOAD first, on whichever kind is fastest
@@ -206,7 +215,7 @@ def _soonest_finish_ns(core: Core, model: Model, now_ns: int, enough_ns: int | N
 
 def _replica_start_ns(core: Core, dev: Device, model: Model, now_ns: int) -> int:
     """The earliest an EXEC of `model` could start on `dev`, which holds or is loading it."""
-    start = max(now_ns + core.dispatch_of(dev), dev.exec_lane.free_at(now_ns))
+    start = max(now_ns + core.workers[dev.worker].dispatch_ns, dev.exec_lane.free_at(now_ns))  # dispatch_of, inline
     if dev.resident[model.name].state is Residency.LOADING:
         start = max(start, dev.load_lane.free_at(now_ns))
     return start

@@ -12,7 +12,7 @@ from clockwork.controller.queues import CLASSES, RequestQueue
 from clockwork.controller.timeline import Timeline
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Request:
     request_id: int
     client: bytes
@@ -37,7 +37,7 @@ class Profile:
     weights_bytes: int
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Model:
     name: str
     format: str
@@ -65,7 +65,7 @@ class Model:
     refused_unseen: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Resident:
     state: Residency
     pages: int
@@ -73,7 +73,7 @@ class Resident:
     in_flight: int = 0  # EXECs of this model outstanding on this device
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Device:
     worker: str
     device_id: int
@@ -97,9 +97,10 @@ class Device:
     sm_clock_mhz: int = 0  # last reported by the worker (GPUs); shows throttling in STATUS
     exec_busy_ns: int = 0  # measured EXEC time so far: utilisation is its rate of change
 
-    @property
-    def key(self) -> str:
-        return f"{self.worker}/{self.device_id}"
+    key: str = field(init=False)  # "worker/device_id": names it in models' replica maps (made once: read per request)
+
+    def __post_init__(self) -> None:
+        self.key = f"{self.worker}/{self.device_id}"
 
     def free_pages(self) -> int:
         return self.capacity_pages - self.used_pages
@@ -109,7 +110,7 @@ class Device:
         return sum(self.backlog_by_class[min_priority:])
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Worker:
     name: str
     runtime: str
@@ -125,7 +126,7 @@ class Worker:
     dispatch_ns: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Action:
     action_id: int
     kind: ActionKind
@@ -140,7 +141,7 @@ class Action:
     typical_end_ns: int = 0  # EXEC: when admission's typical prediction expected it to end
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class PendingUpload:
     client: bytes
     request_id: int

@@ -55,11 +55,17 @@ class Timeline:
 
     def free_at(self, now_ns: int) -> int:
         """When the lane is predicted to be free, never earlier than now."""
-        return max(now_ns, self._predicted_end_ns())
+        end = self._end_ns
+        if end is None:
+            end = self._predicted_end_ns()
+        return end if end > now_ns else now_ns
 
     def typical_free_at(self, now_ns: int) -> int:
         """When the lane is typically free, never earlier than now."""
-        return max(now_ns, self._predicted_typical_end_ns())
+        end = self._typical_end_ns
+        if end is None:
+            end = self._predicted_typical_end_ns()
+        return end if end > now_ns else now_ns
 
     def _predicted_end_ns(self) -> int:
         """The replay of the reservations from the anchor, kept until the next change (the
