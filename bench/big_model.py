@@ -14,8 +14,14 @@ each figure is a comparison within this run:
   A child process that a daemon starts to check a big model is not counted in its parent;
 - the upload's wall time, and the big model's first answers after it.
 
-    clockwork-bench big-model                            # 16384 x 16384 float32: 1 GiB
-    clockwork-bench big-model --size 4096 --duration-s 10 --out runs/big   # a quick one (64 MiB)
+The model is a chain of --layers MatMuls, n x n float32 each. By default 16 of 64 MiB: a real
+1 GiB model is many tensors, none of them near 1 GiB, and the worker's peak depends on the largest
+tensor (onnxruntime packs one weight at a time, and both copies of it are held while it does).
+`--layers 1 --size 16384` is the other extreme: one 1 GiB tensor.
+
+    python -m clockwork.bench.cli big-model                          # 16 x 4096 x 4096 float32: 1 GiB
+    python -m clockwork.bench.cli big-model --layers 1 --size 16384  # one 1 GiB tensor
+    python -m clockwork.bench.cli big-model --size 1024 --duration-s 10 --out runs/big   # a quick one (64 MiB)
 
 Writes big-model.json into --out (and prints the verdicts).
 """
@@ -105,8 +111,8 @@ def play(endpoint: str, args: argparse.Namespace, label: str) -> float:
 
 def measure(args: argparse.Namespace, run_dir: Path) -> Result:
     model_path = run_dir / "big.onnx"
-    say(f"writing a {4 * args.size ** 2 / MIB:.0f} MiB MatMul model")
-    model_path.write_bytes(matmul_onnx(args.size))
+    say(f"writing a model of {args.layers} MatMuls of {4 * args.size ** 2 / MIB:.0f} MiB")
+    model_path.write_bytes(matmul_onnx(args.size, layers=args.layers))
     size = model_path.stat().st_size
     result = Result(size, args.rate, args.duration_s)
     workers = [WorkerSpec("cpu", "onnxruntime"), WorkerSpec("emu", "emulated", devices=2, device_memory_mb=4096)]
@@ -149,7 +155,8 @@ def measure(args: argparse.Namespace, run_dir: Path) -> Result:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="clockwork-bench big-model", description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=int, default=16384, help="the MatMul's n: 4 n^2 bytes of weights")
+    p.add_argument("--size", type=int, default=4096, help="each MatMul's n: 4 n^2 bytes of weights")
+    p.add_argument("--layers", type=int, default=16, help="MatMuls in a chain (16 x 4 x 4096^2 bytes: 1 GiB)")
     p.add_argument("--rate", type=float, default=200.0, help="requests/s to the other models, together")
     p.add_argument("--duration-s", type=float, default=30.0, help="each run's length")
     p.add_argument("--slo-ms", type=float, default=100.0)
