@@ -46,6 +46,17 @@ def test_small_initializers_stay_inline(tmp_path):
     assert external_header(path) == path.read_bytes()
 
 
+def test_any_truncation_is_either_refused_or_read_never_a_crash(tmp_path):
+    blob = matmul_onnx(256, layers=2)
+    path = tmp_path / "model.onnx"
+    for cut in range(1, len(blob), 997):
+        path.write_bytes(blob[:cut])
+        try:
+            external_header(path)
+        except NotMappable:
+            pass
+
+
 def test_a_truncated_model_or_one_with_external_data_is_refused(tmp_path):
     blob = matmul_onnx(256)
     path = tmp_path / "model.onnx"
