@@ -8,8 +8,8 @@ and keeps the bytes in host memory; LOAD builds the device's session from those 
 
 A large model stays in the file it was spooled to, and its sessions read its weights from there
 as external data (onnx_mapping): onnxruntime then maps each weight and lets it go once packed,
-instead of parsing all of them onto the heap before packing, so building a session costs about
-the model's size rather than twice it (docs/benchmarks.md, "big-model").
+instead of parsing all of them onto the heap before packing, so building a session costs the
+packed weights plus the one tensor being packed, not twice the model (docs/benchmarks.md, "big-model").
 """
 
 from __future__ import annotations
