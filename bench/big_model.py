@@ -11,11 +11,20 @@ each figure is a comparison within this run:
 - each process's peak RSS above its idle RSS, as a multiple of the model's size (goal: <= 1.5):
   the controller and the worker (VmHWM, reset just before the upload), and the uploading CLI
   (its peak, above that of a `clockwork ls`, which imports the same code and holds no model).
-  A child process that a daemon starts to check a big model is not counted in its parent;
+  A child process that a daemon starts to check a big model is not counted in its parent.
+  VmHWM counts file-backed pages too (onnxruntime maps a spooled model's weights from its file),
+  so the anonymous part is sampled beside it (RssAnon every 10 ms: a lower bound of its peak);
 - the upload's wall time, and the big model's first answers after it.
 
-    clockwork-bench big-model                            # 16384 x 16384 float32: 1 GiB
-    clockwork-bench big-model --size 4096 --duration-s 10 --out runs/big   # a quick one (64 MiB)
+The model is a chain of --layers MatMuls, n x n float32 each: by default 64 of 16 MiB, because a
+real 1 GiB model is many tensors of a few MiB (BERT-large's are 4-16 MiB), and the tensors' size
+decides a worker's peak (docs/benchmarks.md: with its weights parsed onto the heap, a worker
+peaked at 4.9x with 64 x 16 MiB, 1.1x with 16 x 64 MiB and 2.0x with one 1 GiB tensor).
+`--layers 1 --size 16384` is that last extreme.
+
+    python -m clockwork.bench.cli big-model                          # 64 x 2048 x 2048 float32: 1 GiB
+    python -m clockwork.bench.cli big-model --layers 1 --size 16384  # one 1 GiB tensor
+    python -m clockwork.bench.cli big-model --layers 16 --size 1024 --duration-s 10 --out runs/big  # quick: 64 MiB
 
 Writes big-model.json into --out (and prints the verdicts).
 """
@@ -59,6 +68,8 @@ class Result:
     big_exec_ms: list[float] = field(default_factory=list)
     idle_rss_mib: dict[str, float] = field(default_factory=dict)
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
+    idle_anon_mib: dict[str, float] = field(default_factory=dict)
+    peak_anon_mib: dict[str, float] = field(default_factory=dict)  # sampled, for the report only
     verdicts: list[tuple[str, str, str, bool]] = field(default_factory=list)
 
     def judge(self) -> None:
@@ -84,6 +95,26 @@ def reset_peak(pid: int) -> None:
         pass
 
 
+class AnonSampler(threading.Thread):
+    """The highest RssAnon seen of each process, sampled until stop()."""
+
+    def __init__(self, pids: dict[str, int]):
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.peak_mib = {name: 0.0 for name in pids}
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.01):
+            for name, pid in self.pids.items():
+                self.peak_mib[name] = max(self.peak_mib[name], status_mib(pid, "RssAnon"))
+
+    def stop(self) -> dict[str, float]:
+        self._done.set()
+        self.join()
+        return self.peak_mib
+
+
 def cli_peak_mib(argv: list[str]) -> tuple[float, float, int]:
     """Run a `clockwork` command; (its peak RSS in MiB, wall seconds, exit status)."""
     start = time.monotonic()
@@ -105,8 +136,8 @@ def play(endpoint: str, args: argparse.Namespace, label: str) -> float:
 
 def measure(args: argparse.Namespace, run_dir: Path) -> Result:
     model_path = run_dir / "big.onnx"
-    say(f"writing a {4 * args.size ** 2 / MIB:.0f} MiB MatMul model")
-    model_path.write_bytes(matmul_onnx(args.size))
+    say(f"writing a model of {args.layers} MatMuls of {4 * args.size ** 2 / MIB:.0f} MiB")
+    model_path.write_bytes(matmul_onnx(args.size, layers=args.layers))
     size = model_path.stat().st_size
     result = Result(size, args.rate, args.duration_s)
     workers = [WorkerSpec("cpu", "onnxruntime"), WorkerSpec("emu", "emulated", devices=2, device_memory_mb=4096)]
@@ -121,8 +152,11 @@ def measure(args: argparse.Namespace, run_dir: Path) -> Result:
         lost_before = c.status()["counters"].get("workers_lost", 0)
         result.idle_rss_mib = {name: status_mib(pid, "VmRSS") for name, pid in pids.items()}
         result.idle_rss_mib["cli"] = cli_idle
+        result.idle_anon_mib = {name: status_mib(pid, "RssAnon") for name, pid in pids.items()}
         for pid in pids.values():
             reset_peak(pid)
+        sampler = AnonSampler(pids)
+        sampler.start()
         upload: dict = {}
 
         def upload_big() -> None:
@@ -141,6 +175,7 @@ def measure(args: argparse.Namespace, run_dir: Path) -> Result:
             x = {"x": np.ones((1, args.size), np.float32)}
             result.big_exec_ms = [round(client.infer("big", x, slo_ms=60_000).exec_ms, 2) for _ in range(3)]
         result.peak_rss_mib = {name: status_mib(pid, "VmHWM") for name, pid in pids.items()}
+        result.peak_anon_mib = sampler.stop()
         result.peak_rss_mib["cli"] = upload["peak"]
         result.workers_lost = c.status()["counters"].get("workers_lost", 0) - lost_before
     result.judge()
@@ -149,7 +184,8 @@ def measure(args: argparse.Namespace, run_dir: Path) -> Result:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="clockwork-bench big-model", description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=int, default=16384, help="the MatMul's n: 4 n^2 bytes of weights")
+    p.add_argument("--size", type=int, default=2048, help="each MatMul's n: 4 n^2 bytes of weights")
+    p.add_argument("--layers", type=int, default=64, help="MatMuls in a chain (64 x 4 x 2048^2 bytes: 1 GiB)")
     p.add_argument("--rate", type=float, default=200.0, help="requests/s to the other models, together")
     p.add_argument("--duration-s", type=float, default=30.0, help="each run's length")
     p.add_argument("--slo-ms", type=float, default=100.0)
@@ -163,6 +199,9 @@ def report(result: Result, out: str) -> int:
     say(f"model {result.model_bytes / MIB:.0f} MiB: upload {result.upload_s} s; big model exec "
         f"{result.big_exec_ms} ms; within SLO without/with the upload {100 * result.share_without:.3f}% / "
         f"{100 * result.share_with:.3f}%; idle RSS {result.idle_rss_mib}; peak RSS {result.peak_rss_mib} (MiB)")
+    for name, peak in result.peak_anon_mib.items():
+        ratio = (peak - result.idle_anon_mib.get(name, 0.0)) * MIB / result.model_bytes
+        say(f"{name}: anonymous RSS (sampled) peaked at {ratio:.2f}x the model's size above idle")
     print(format_table([[w, m, g, "met" if ok else "NOT MET"] for w, m, g, ok in result.verdicts],
                        ["what", "measured", "goal", ""]))
     if out:

@@ -99,14 +99,19 @@ def cnn_onnx(seed: int = 0, channels: Sequence[int] = (32, 64, 128), strides: Se
     return _serialize(graph)
 
 
-def matmul_onnx(n: int, seed: int = 0) -> bytes:
-    """y = x @ W with W n x n float32: 4 n^2 bytes of weights (a big model of any size)."""
+def matmul_onnx(n: int, seed: int = 0, layers: int = 1) -> bytes:
+    """y = x @ W1 @ ... @ W_layers, each W n x n float32: 4 n^2 bytes of weights per layer (a big
+    model of any size; many layers are what a real big model has: many tensors, none of them huge).
+    Weights lie in [0, 2/n), so that values stay near their input's through any number of layers."""
     from onnx import TensorProto, helper, numpy_helper
 
-    weights = numpy_helper.from_array(np.random.default_rng(seed).random((n, n), dtype=np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])], [weights])
+    rng = np.random.default_rng(seed)
+    names = ["x", *(f"h{i}" for i in range(1, layers)), "y"]
+    weights = [numpy_helper.from_array(rng.random((n, n), dtype=np.float32) * np.float32(2 / n), f"w{i}")
+               for i in range(layers)]
+    nodes = [helper.make_node("MatMul", [names[i], w.name], [names[i + 1]]) for i, w in enumerate(weights)]
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])], weights)
     return _serialize(graph)
 
 

@@ -97,18 +97,20 @@ def test_a_model_over_the_chunk_size_travels_in_chunks_with_progress_and_a_hash_
 
 
 def test_the_big_model_benchmark_measures_each_figure(tmp_path):
-    """clockwork-bench big-model end to end, small: a 16 MiB model uploaded by the real CLI while
-    other models serve; the report has the SLO share with and without it, lost workers, and each
-    process's peak RSS against the model's size."""
+    """clockwork-bench big-model end to end, small: a 64 MiB model of 16 layers uploaded by the real
+    CLI while other models serve; the report has the SLO share with and without it, lost workers,
+    and each process's peak RSS against the model's size."""
     import json
 
     from clockwork.bench import big_model
 
-    code = big_model.main(["--size", "2048", "--duration-s", "3", "--rate", "100", "--out", str(tmp_path)])
+    code = big_model.main(["--size", "1024", "--layers", "16", "--duration-s", "3", "--rate", "100",
+                           "--out", str(tmp_path)])
     report = json.loads((tmp_path / "big-model.json").read_text())
     assert code in (0, 1) and report["model_bytes"] > 16 * 2**20
     assert report["share_without"] > 0.99 and report["workers_lost"] == 0
     assert len(report["big_exec_ms"]) == 3 and all(ms > 0 for ms in report["big_exec_ms"])
     assert set(report["peak_rss_mib"]) == {"controller", "worker", "cli"}
+    assert set(report["peak_anon_mib"]) == {"controller", "worker"}
     assert [v[0] for v in report["verdicts"]][:2] == ["other models within SLO, points lost to the upload",
                                                       "workers declared lost"]

@@ -108,7 +108,7 @@ def test_a_large_model_lives_in_its_spooled_file_until_its_last_name_goes(tmp_pa
     assert preparer.prepare(Prepare(model_id="big", format="onnx", blob=blob, max_batch=1)).status is Status.OK
     (spooled,) = tmp_path.iterdir()
     model = store.get("big")
-    assert model.host == str(spooled) and model.weights_bytes == len(blob) and spooled.read_bytes() == blob
+    assert model.host.path == spooled and model.weights_bytes == len(blob) and spooled.read_bytes() == blob
     assert preparer.prepare(Prepare(model_id="twin", format="onnx", blob=blob, max_batch=1)).status is Status.OK
     assert list(tmp_path.iterdir()) == [spooled]  # one file for identical bytes
     damaged = preparer.prepare(Prepare(model_id="bad", format="onnx", blob=blob[:-1] + b"x", max_batch=1,

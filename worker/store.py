@@ -3,9 +3,9 @@
 Every prepared model is kept on the host so that a LOAD is a copy, never a compile. A large model
 (from common.models.ISOLATED_CHECK_BYTES on) is first spooled to a file, so that the message that
 brought it can be freed before anything parses it: runtimes that read models from files (the
-`reads_files` ones) then never hold the bytes in memory at all, and a 1 GiB model costs one
-parse, not a copy plus a parse. Models
-are stored by digest (sha256 of the bytes, the input shapes and the batch limit): a thousand
+`reads_files` ones) then never hold the bytes in memory at all (onnxruntime maps the weights
+from the file: runtimes/onnx_mapping.py), and a 1 GiB model costs its packed weights, not a copy
+plus a parse. Models are stored by digest (sha256 of the bytes, the input shapes and the batch limit): a thousand
 model ids uploaded with identical bytes share one `PreparedModel` and one profile, so they cost
 one copy. A digest is prepared and profiled once; later PREPAREs of it only add a name.
 

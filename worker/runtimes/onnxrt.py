@@ -5,11 +5,17 @@ with `threads_per_lane` intra-op threads (1 by default: measured, 2 intra-op thr
 cores put p99 at 9-22x the median; 1 thread keeps it at 1.1-1.4x), one inter-op thread and
 sequential execution. PREPARE validates the model by building a session once, off the lanes,
 and keeps the bytes in host memory; LOAD builds the device's session from those bytes.
+
+A large model stays in the file it was spooled to, and its sessions read its weights from there
+as external data (onnx_mapping): onnxruntime then maps each weight and lets it go once packed,
+instead of parsing all of them onto the heap before packing, so building a session costs the
+packed weights plus the one tensor being packed, not twice the model (docs/benchmarks.md, "big-model").
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +26,7 @@ from clockwork.common.clock import monotonic_ns
 from clockwork.common.config import HOST_DEVICE_MEMORY_BYTES
 from clockwork.common.models import Signature
 from clockwork.common.status import Status
+from clockwork.worker.runtimes.onnx_mapping import NotMappable, external_header
 from clockwork.worker.runtimes.base import (DeviceInfo, PreparedModel, Profile, Runtime, RuntimeFailure, RuntimeUnavailable,
                                   percentile_ns, sample_inputs, timed_runs)
 
@@ -47,6 +54,15 @@ def _ort():
 
 
 @dataclass(frozen=True)
+class MappedOnnx:
+    """A spooled model as its sessions read it: `header` is the model with its large weights
+    referring to byte ranges of `path` (onnx_mapping.external_header)."""
+
+    path: Path
+    header: bytes
+
+
+@dataclass(frozen=True)
 class _Loaded:
     session: Any  # onnxruntime.InferenceSession
     output_names: tuple[str, ...]
@@ -55,7 +71,7 @@ class _Loaded:
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
     formats = ("onnx",)
-    reads_files = True  # a session built from a file parses one copy; from bytes, a copy of the copy
+    reads_files = True  # a spooled model's sessions map its weights from the file (MappedOnnx)
 
     def __init__(self, config):
         self._ort = _ort()
@@ -84,20 +100,40 @@ class OnnxRuntime(Runtime):
         opts.log_severity_level = ORT_LOG_ERRORS_ONLY
         return opts
 
-    def _session(self, model: bytes | str):
-        """A session from the model's bytes, or from the file at `model` (a path)."""
+    def _session(self, model: bytes | MappedOnnx, prepack: bool = True):
+        """A session from the model's bytes, or from its spooled file. Without `prepack` the
+        weights are used as they are (a session that only proves the model loads)."""
+        opts = self.session_options()
+        if not prepack:
+            opts.add_session_config_entry("session.disable_prepacking", "1")
         try:
-            return self._ort.InferenceSession(model, self.session_options(), providers=["CPUExecutionProvider"])
+            if isinstance(model, MappedOnnx):
+                return self._mapped_session(model, opts)
+            return self._ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
             first = str(exc).strip().splitlines()
             reason = first[0][:500] if first else type(exc).__name__
             raise RuntimeFailure(Status.RUNTIME_ERROR, f"onnxruntime cannot load the model: {reason}")
 
+    def _mapped_session(self, model: MappedOnnx, opts):
+        # onnxruntime finds external data beside the model file it reads, so the header is
+        # written next to the spooled file for the time the session takes to build.
+        with tempfile.NamedTemporaryFile(prefix=f"{model.path.name}.", suffix=".header.onnx", dir=model.path.parent) as fh:
+            fh.write(model.header)
+            fh.flush()
+            return self._ort.InferenceSession(fh.name, opts, providers=["CPUExecutionProvider"])
+
     def prepare(self, model_id: str, digest: str, fmt: str, blob: bytes | Path, signature: Signature) -> PreparedModel:
         if fmt != "onnx":
             raise RuntimeFailure(Status.BAD_MODEL, f"the onnxruntime runtime serves ONNX models, not {fmt!r}")
-        model = str(blob) if isinstance(blob, Path) else bytes(blob)  # a spooled model stays in its file
-        self._session(model)  # fail here, off the lanes, if onnxruntime cannot run it
+        if isinstance(blob, Path):  # a spooled model stays in its file
+            try:
+                model: bytes | MappedOnnx = MappedOnnx(blob, external_header(blob))
+            except NotMappable as exc:
+                raise RuntimeFailure(Status.BAD_MODEL, f"the ONNX model cannot be read: {exc}")
+        else:
+            model = bytes(blob)
+        self._session(model, prepack=False)  # fail here, off the lanes, if onnxruntime cannot run it
         size = blob.stat().st_size if isinstance(blob, Path) else len(model)
         return PreparedModel(model_id, digest, signature, size, model)
 
