@@ -50,6 +50,7 @@ from clockwork.client import Client, ClockworkError
 from clockwork.client.cli import parse_shape
 
 FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.85, 1.0, 1.25, 1.5, 2.0)  # of the plain server's nominal capacity
+SETTLE_SLO_MS = 120_000.0  # the probe that waits out a backlog before each rate
 
 
 
@@ -134,6 +135,7 @@ def measure(target: str, client: Client, inputs: dict, rates: Sequence[float],
                     lone.percentile_ms(99), lone.percentile_ms(99.9), math.nan)]
 
     def at(rate: float, seed: int) -> Point:
+        settle(client, inputs)
         schedule = schedule_for(args.workload, rate, args.duration_s, seed)
         label = f"{target} {rate:g}/s"
         before = busy_ns(client.status())
@@ -151,6 +153,17 @@ def measure(target: str, client: Client, inputs: dict, rates: Sequence[float],
             break
         points.append(at(round(sum(bounds) / 2), args.seed + len(rates) + step))
     return points, hops
+
+
+def settle(client: Client, inputs: dict) -> None:
+    """Wait until the target has worked off what an earlier rate left queued: the plain server
+    keeps every request it is sent, so past its capacity it still works for seconds after the
+    load generator gave up on them, and the next rate would start behind that. A request with
+    an SLO this long is served after everything queued before it (FIFO, and EDF alike)."""
+    try:
+        client.infer(MODEL, inputs, slo_ms=SETTLE_SLO_MS)
+    except ClockworkError as exc:  # not expected; the rate that follows shows what is wrong
+        say(f"settling before the next rate: {exc}")
 
 
 def refine_between(points: Sequence[Point], target: str) -> tuple[float, float] | None:
