@@ -54,6 +54,18 @@ def test_a_batch_grows_to_the_largest_size_every_member_meets():
     assert [r.request_id for r in tight.requests] == [0, 1]  # a third would pad to 4 (5 ms): past 3.5 ms
 
 
+def test_padding_a_batch_where_it_costs_as_much_as_real_samples_is_left_to_the_next_batch():
+    linear = {1: 1 * MS, 2: 2 * MS, 4: 4 * MS, 8: 8 * MS}.get  # a CPU: a batch of n takes n times one
+    queue = [request(i, 100) for i in range(5)]
+    assert grow("m", queue[:3], 0, SIZES, linear).batch_size == 2  # not 3 padded to 4: the third runs next
+    assert len(grow("m", queue[:4], 0, SIZES, linear).requests) == 4  # fills 4 exactly
+    assert len(grow("m", queue, 0, SIZES, linear).requests) == 4  # not 5 padded to 8
+    # Where padding costs no more than a batch of the rest (EXEC: 4 in 5 ms = 2 in 3 ms, then 1
+    # in 2 ms), 3 samples still run padded to 4; 5 padded to 8 (9 ms) would cost more than 4 and 1 (7 ms).
+    assert grow("m", queue[:3], 0, SIZES, EXEC.get).batch_size == 4
+    assert grow("m", queue, 0, SIZES, EXEC.get).batch_size == 4
+
+
 def test_a_request_that_cannot_make_it_even_alone_is_skipped_not_a_stopper():
     batch = grow("m", [request(0, 1), request(1, 50)], 0, SIZES, EXEC.get)
     assert [r.request_id for r in batch.requests] == [1]
