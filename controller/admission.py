@@ -58,7 +58,7 @@ def admit(core: Core, headroom: Headroom, client: bytes, request_id: int, msg: s
     budget = msg.slo_ns - waited_ns
     if budget <= 0:
         return Status.WOULD_MISS_DEADLINE, stale_detail(waited_ns, msg.slo_ns), None
-    budget -= cfg.reply_ns  # what is left to finish in, with the reply's hop kept apart
+    budget -= core.reply_ns  # what is left to finish in, with the reply's way back kept apart
     received, deadline = now_ns - waited_ns, now_ns + budget
     if not model.sizes:
         if model.preparing or now_ns < core.started_ns + cfg.worker_timeout_ns:
@@ -78,7 +78,7 @@ def admit(core: Core, headroom: Headroom, client: bytes, request_id: int, msg: s
         waited = (f", {waited_ns / 1e6:.2f} ms of which it spent in queues ({max(0, msg.slo_ns - waited_ns) / 1e6:.2f} "
                   "ms left)") if waited_ns > cfg.dispatch_ns else ""
         return (Status.WOULD_MISS_DEADLINE,
-                f"needs at least {(best + cfg.reply_ns) / 1e6:.2f} ms even on an idle device (its execution "
+                f"needs at least {(best + core.reply_ns) / 1e6:.2f} ms even on an idle device (its execution "
                 f"and the hops to the worker and back to you); its SLO is {msg.slo_ns / 1e6:.2f} ms{waited}", None)
     backlog = finish_behind_queue_ns(core, model, samples, msg.priority, now_ns, own)
     if backlog is not None and backlog > deadline - int(headroom.share * budget):

@@ -155,6 +155,7 @@ class Core:
         # how much later than typically predicted EXECs have recently ended (p99), and never
         # less than the request's own EXEC tail above its typical time (_own_exec_ns).
         self.finish_tail_ns = 0
+        self.reply_ns = config.reply_ns  # the reply allowance: its floor plus the measured return hop
         self._next_refresh_ns = 0
         self._next_release_ns = 0
         self.started_ns: int | None = None  # first event seen: workers get a timeout's grace to (re)join
@@ -700,6 +701,8 @@ class Core:
                 worker.dispatch_ns = min(self.cfg.dispatch_ns + late, self.cfg.max_dispatch_ns)
             self.dispatch_ns = min((w.dispatch_ns for w in self.workers.values()), default=self.cfg.dispatch_ns)
             self.finish_tail_ns = self.latency.finish_tail_ns(self.cfg.latency_percentile)
+            back = max((self.latency.return_ns(w, self.cfg.latency_percentile) for w in self.workers), default=0)
+            self.reply_ns = min(self.cfg.reply_ns + back, self.cfg.max_reply_ns)
         self._expire_workers(now_ns)
         self._expire_actions(now_ns)
         self._expire_uploads(now_ns)
@@ -924,7 +927,7 @@ class Core:
         counters.update(self.latency.error_summary())
         dispatch = max((w.dispatch_ns for w in self.workers.values()), default=self.cfg.dispatch_ns)
         scheduler = {**self.policy.describe(), "dispatch_ms": dispatch / 1e6,
-                     "finish_tail_ms": self.finish_tail_ns / 1e6,
+                     "finish_tail_ms": self.finish_tail_ns / 1e6, "reply_ms": self.reply_ns / 1e6,
                      # The sizes of what the core keeps: bounded under any load (bench/soak.py).
                      "requests_live": len(self.requests), "actions_in_flight": len(self.actions),
                      "answered_remembered": len(self.answered), "give_up_heap": len(self._give_ups),

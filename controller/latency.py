@@ -84,6 +84,9 @@ class LatencyModel:
         # Per worker, how much later than planned its lanes started EXECs: what its dispatch
         # allowance must add (a worker 2 ms away is planned further ahead than one 0.1 ms away).
         self._lateness: dict[str, deque[int]] = {}
+        # Per worker, lane end -> result read by the controller: the part of the way back to the
+        # client that the controller can time (what the reply allowance adds to its floor).
+        self._returns: dict[str, deque[int]] = {}
         # How much later than its typical prediction each EXEC ended: the one tail allowance.
         self.finish_errors: deque[int] = deque(maxlen=1000)
         self.disturbed_execs = 0  # measurements left out: taken while a build shared the GPU
@@ -131,15 +134,22 @@ class LatencyModel:
         lateness = self._lateness.get(worker)
         if lateness is None:
             lateness = self._lateness[worker] = deque(maxlen=1000)
+            self._returns[worker] = deque(maxlen=1000)
         lateness.append(max(0, begin_ns - planned_start_ns))
+        self._returns[worker].append(max(0, received_ns - end_ns))
 
     def start_lateness_ns(self, worker: str, percentile: float) -> int:
         """How late `worker`'s lanes have started EXECs against the plan, at `percentile`."""
         return _percentile(self._lateness.get(worker, ()), percentile)
 
+    def return_ns(self, worker: str, percentile: float) -> int:
+        """How long `worker`'s results took from the lane's end to the controller, at `percentile`."""
+        return _percentile(self._returns.get(worker, ()), percentile)
+
     def forget_worker(self, worker: str) -> None:
         """A worker that rejoins may be somewhere else: its hops are measured afresh."""
         self._lateness.pop(worker, None)
+        self._returns.pop(worker, None)
 
     def observe_finish(self, predicted_end_ns: int, end_ns: int, disturbed: bool = False) -> None:
         """An EXEC ended at `end_ns`; at dispatch its typical end was `predicted_end_ns`."""

@@ -681,6 +681,30 @@ def test_each_worker_is_planned_with_the_dispatch_allowance_its_own_lanes_show()
     assert workers == {"near": floor / MS, "far": (floor + 3 * MS) / MS}
 
 
+def test_the_reply_allowance_adds_how_long_results_take_to_come_back():
+    """Issues 12 and 17: the way back is planned from what it measures, not a fixed 2 ms."""
+    core = ready_core()
+    t = warm(core)
+    assert core.reply_ns == core.cfg.reply_ns
+    for i in range(50):
+        infer(core, 100 + i, now=t, slo_ms=100)
+        ex = sent(core.tick(t), schema.Exec)[0]
+        planned = core.actions[ex.msg_id].planned_start_ns
+        msg = schema.Result(action="exec", status=Status.OK, device_id=0, model_id="m", begin_ns=planned,
+                            end_ns=planned + 2 * MS, duration_ns=2 * MS, batch_size=1, tensors=(result_tensor(1),))
+        t = planned + 6 * MS  # read 4 ms after the lane's end: a distant or busy worker
+        core.on_result(ex.worker, ex.msg_id, msg, t)
+    t += 200 * MS
+    core.tick(t)
+    assert core.reply_ns == core.cfg.reply_ns + 4 * MS
+    assert core.status(t)["scheduler"]["reply_ms"] == core.reply_ns / MS
+    # An idle device needs 1 ms dispatch + 2 ms exec: 6 ms less the 1 ms floor would leave room,
+    # less the floor and the 4 ms way back it does not; 9 ms does.
+    refused = replies(infer(core, 998, now=t, slo_ms=6))[0].body
+    assert refused.status is Status.WOULD_MISS_DEADLINE and "idle device" in refused.detail
+    assert not replies(infer(core, 999, now=t, slo_ms=9))
+
+
 def result_tensor(rows: int):
     from clockwork.common.tensors import Tensor
 
