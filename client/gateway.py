@@ -272,18 +272,15 @@ class Gateway:
     async def run_infer(self, name: str, req: v2.InferRequest, protocol: str, start_ns: int) -> InferResult:
         """One inference for either protocol (arrived at `start_ns`, see Door.arrival_ns), counted in the
         statistics and the metrics; V2Error on refusal. The controller gets what is left of the
-        SLO (Door.slo_left_ms): what the gateway spent is spent, and what the answer will spend
-        on its way back through the gateway is reserved; a request with nothing left is refused
-        429 here, unsent."""
+        SLO: what the gateway spent is spent, and the reply will wait about the loop's present
+        lag on its way back through it."""
         try:
             now_ns = time.monotonic_ns()
-            left_ms = self.door.slo_left_ms(req.slo_ms, start_ns, now_ns)
+            left_ms = req.slo_ms - (now_ns - start_ns + self.door.lag_ns(now_ns)) / 1e6
             if left_ms <= 0:
-                raise CapacityError(Status.WOULD_MISS_DEADLINE, f"the request waited {(now_ns - start_ns) / 1e6:.1f} ms "
-                                    f"in the gateway, and its answer would need {self.door.reserve_ns(now_ns) / 1e6:.1f} "
-                                    f"ms more to get back: nothing of its {req.slo_ms:g} ms SLO is left")
+                raise CapacityError(Status.WOULD_MISS_DEADLINE, f"the request spent its whole {req.slo_ms:g} ms SLO "
+                                    "waiting in the gateway")
             result = await self.pool.next().infer(name, req.inputs, slo_ms=left_ms, priority=req.priority)
-            self.door.answered(now_ns, time.monotonic_ns(), result.total_ms)
         except ClockworkError as exc:
             took_ns = time.monotonic_ns() - start_ns
             err = v2.error_from(exc, self.config.retry_after_s)

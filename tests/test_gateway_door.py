@@ -125,40 +125,9 @@ def test_two_gateway_processes_share_the_port_and_one_dying_leaves_it_to_the_oth
         assert http_ok(f"{url}/v2/health/live")
 
 
-def test_the_slo_forwarded_leaves_room_for_the_gateways_own_hops_back():
-    """The controller gets the SLO less the time already spent in the gateway and less what the
-    gateway's own hops around the controller took lately (the 90th percentile of recent answers),
-    so one hiccup does not shorten the SLOs that follow."""
-    async def scenario() -> tuple[float, float, float, float]:
-        gateway = Gateway(GatewayConfig(shed_lag_ms=10))
-        gateway.door.start()
-        try:
-            door, now = gateway.door, time.monotonic_ns()
-            before = door.slo_left_ms(50.0, now - 5_000_000, now)
-            for _ in range(20):
-                door.answered(now - 20_000_000, now, controller_ms=8.0)  # 12 ms of it the gateway's
-            behind = door.slo_left_ms(50.0, now - 5_000_000, now)
-            window = door.own._recent.maxlen
-            for _ in range(window):  # the loop caught up: 2 ms each
-                door.answered(now - 3_000_000, now, controller_ms=1.0)
-            caught_up = door.slo_left_ms(50.0, now - 5_000_000, now)
-            door.answered(now - 41_000_000, now, controller_ms=1.0)  # one hiccup of 40 ms
-            hiccup = door.slo_left_ms(50.0, now - 5_000_000, now)
-            return before, behind, caught_up, hiccup
-        finally:
-            await gateway.door.stop()
-
-    before, behind, caught_up, hiccup = asyncio.run(scenario())
-    assert 44.0 <= before <= 45.0  # 5 ms spent, and at most a turn of an idle loop reserved
-    assert behind == pytest.approx(50.0 - 5.0 - 12.0, abs=0.01)
-    assert caught_up == pytest.approx(50.0 - 5.0 - 2.0, abs=0.5)
-    assert hiccup == pytest.approx(caught_up, abs=0.01)
-
-
 def test_a_request_that_spent_its_slo_in_the_gateway_is_refused_429_unsent():
-    """When what a request waited in the gateway plus what its answer would need to get back
-    leave nothing of its SLO, it is refused 429 with Retry-After, without reaching the controller
-    (the gateway here has no controller connection at all)."""
+    """A request that waited its whole SLO in the gateway is refused 429 with Retry-After,
+    without reaching the controller (the gateway here has no controller connection at all)."""
     req = v2.parse_infer_request(json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32",
                                                          "data": [0, 1]}], "parameters": {"timeout": 50_000}}).encode(),
                                  None, 1000.0)
@@ -168,14 +137,12 @@ def test_a_request_that_spent_its_slo_in_the_gateway_is_refused_429_unsent():
         gateway.door.start()
         try:
             now = time.monotonic_ns()
-            for _ in range(10):
-                gateway.door.answered(now - 30_000_000, now, controller_ms=1.0)  # the way back took 29 ms
             with pytest.raises(v2.V2Error) as refused:
-                await gateway.run_infer("m", req, "http", now - 25_000_000)  # 25 ms waited + 29 > 50
+                await gateway.run_infer("m", req, "http", now - 55_000_000)  # arrived 55 ms ago
             return refused.value
         finally:
             await gateway.door.stop()
 
     err = asyncio.run(scenario())
     assert err.http_status == 429 and err.headers() == {"Retry-After": "3"}
-    assert err.status is Status.WOULD_MISS_DEADLINE and "nothing of its 50 ms SLO is left" in err.message
+    assert err.status is Status.WOULD_MISS_DEADLINE and "spent its whole 50 ms SLO" in err.message
