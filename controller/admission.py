@@ -151,14 +151,13 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
     EXEC with the tail allowance (own_exec_ns; `own` holds those already computed, by kind).
     At most `admission_replicas` replicas are looked at: bounded work per request even for a
     model replicated on a hundred GPUs (their backlogs differ only by the other models they
-    hold). Runs for every request: written for speed, its sums inline."""
+    hold)."""
     size = padded_size(samples, model.sizes)
     spill_ns = sum(core.unplaced_by_class[priority:]) // max(1, core.device_count)
     if not model.replicas:
         return _finish_after_load_ns(core, model, size, priority, spill_ns, now_ns)
     own = {} if own is None else own
     latency, name, shares = core.latency, model.name, model.backlog_shares
-    earliest_start = now_ns + core.cfg.dispatch_ns
     best = None
     # This model's queue on one replica, the new request last in it: it rides in the batch its
     # queue's tail makes, not in a batch of its own behind the queue.
@@ -175,19 +174,13 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
         typical_ns, tail_ns, full_ns, mine_ns = cost
         if typical_ns is None:
             continue
-        start = dev.exec_lane.typical_free_at(now_ns)  # core.typical_start_ns, inline
-        if start < earliest_start:
-            start = earliest_start
+        start = core.typical_start_ns(dev, now_ns)
         if dev.resident[name].state is Residency.LOADING:
             start = max(start, dev.load_lane.free_at(now_ns))
         share = shares.get(dev.key)
-        others_ns = sum(dev.backlog_by_class[priority:]) - (sum(share[priority:]) if share else 0) + spill_ns
-        overtaken = full_ns - typical_ns  # overtaken_ns, inline
-        if overtaken > others_ns:
-            overtaken = others_ns
-        finish = start + others_ns + (overtaken if overtaken > 0 else 0) + mine_ns + tail_ns
-        if best is None or finish < best:
-            best = finish
+        others_ns = dev.backlog_ns(priority) - (sum(share[priority:]) if share else 0) + spill_ns
+        finish = start + others_ns + overtaken_ns(full_ns, typical_ns, others_ns) + mine_ns + tail_ns
+        best = finish if best is None else min(best, finish)
     return best
 
 

@@ -215,7 +215,7 @@ def _soonest_finish_ns(core: Core, model: Model, now_ns: int, enough_ns: int | N
 
 def _replica_start_ns(core: Core, dev: Device, model: Model, now_ns: int) -> int:
     """The earliest an EXEC of `model` could start on `dev`, which holds or is loading it."""
-    start = max(now_ns + core.workers[dev.worker].dispatch_ns, dev.exec_lane.free_at(now_ns))  # dispatch_of, inline
+    start = max(now_ns + core.dispatch_of(dev), dev.exec_lane.free_at(now_ns))
     if dev.resident[model.name].state is Residency.LOADING:
         start = max(start, dev.load_lane.free_at(now_ns))
     return start
