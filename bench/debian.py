@@ -5,8 +5,8 @@ libraries, haproxy), for tests and benchmarks, without root and without changing
 private lists), fetches the .debs (`apt-get download`) and unpacks them under `root`
 (`dpkg -x`). `wrapper(path, root, binary)` writes a script that runs `binary` through that
 folder's own loader and libraries (`ld.so --library-path`), so Debian 13 binaries, built for
-its newer glibc, run on Debian 12 too. Both raise OSError with the reason when apt-get or the
-mirror fails. `find`, `found_or_prepared` and `main` are what each tool's module offers alike.
+its newer glibc, run on Debian 12 too; `working_wrapper` also checks that it runs. They raise
+OSError with the reason when apt-get or the mirror fails, or the result does not run. `find`, `found_or_prepared` and `main` are what each tool's module offers alike.
 """
 
 from __future__ import annotations
@@ -61,6 +61,14 @@ def wrapper(path: Path, root: Path, binary: Path) -> Path:
     path.write_text(f'#!/bin/sh\nexec "{loader}" --library-path "{library_path}" "{binary}" "$@"\n')
     path.chmod(0o755)
     return path
+
+
+def working_wrapper(path: Path, root: Path, binary: Path, runs: Callable[[list[str]], bool]) -> list[str]:
+    """The command of a `wrapper` for `binary`, once `runs` says it works (OSError otherwise)."""
+    command = [str(wrapper(path, root, binary))]
+    if not runs(command):
+        raise OSError(f"the prepared {command[0]} does not run")
+    return command
 
 
 def find(name: str, env: str, prepared: Path, runs: Callable[[list[str]], bool]) -> list[str] | None:

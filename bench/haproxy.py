@@ -46,10 +46,7 @@ def prepare(home: Path = HOME) -> list[str]:
     home.mkdir(parents=True, exist_ok=True)
     root = home / "root"
     debian.unpack(DEBIAN_PACKAGES, root)
-    wrapper = debian.wrapper(home / "haproxy", root, root / "usr" / "sbin" / "haproxy")
-    if not _runs([str(wrapper)]):
-        raise OSError(f"the prepared {wrapper} does not run")
-    return [str(wrapper)]
+    return debian.working_wrapper(home / "haproxy", root, root / "usr" / "sbin" / "haproxy", _runs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -58,10 +58,7 @@ def prepare(home: Path = HOME) -> list[str]:
         shutil.unpack_archive(str(wheel), str(home / "wheel"), "zip")
     binary = home / "wheel" / "perf_analyzer" / "bin" / "perf_analyzer"
     binary.chmod(0o755)
-    wrapper = debian.wrapper(home / "perf_analyzer", root, binary)
-    if not _runs([str(wrapper)]):
-        raise OSError(f"the prepared {wrapper} does not run")
-    return [str(wrapper)]
+    return debian.working_wrapper(home / "perf_analyzer", root, binary, _runs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
