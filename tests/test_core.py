@@ -705,6 +705,16 @@ def test_the_reply_allowance_adds_how_long_results_take_to_come_back():
     assert not replies(infer(core, 999, now=t, slo_ms=9))
 
 
+def test_a_queue_is_priced_as_its_batches_would_run_padded_only_where_padding_is_cheaper():
+    core = make_core()
+    hello(core)
+    add_model(core, "cpu", exec_ns={1: 1 * MS, 2: 2 * MS, 4: 4 * MS, 8: 8 * MS, 16: 16 * MS})  # n runs of one
+    add_model(core, "gpu")  # EXEC_NS: 4 cost 4 ms, 8 cost 6, 16 cost 10
+    cpu, gpu = core.models["cpu"], core.models["gpu"]
+    assert [core.drain_ns(cpu, n, "emulated") // MS for n in (3, 5, 9, 25)] == [3, 5, 9, 25]  # 9 as 8 and 1
+    assert [core.drain_ns(gpu, n, "emulated") // MS for n in (3, 9, 12)] == [4, 8, 10]  # 3 padded to 4; 9 as 8 + 1
+
+
 def result_tensor(rows: int):
     from clockwork.common.tensors import Tensor
 
