@@ -787,6 +787,24 @@ def test_an_execs_typical_end_is_measured_against_its_result():
     assert len(core.latency.finish_errors) == before + 1 and core.latency.finish_errors[-1] == 3 * MS
 
 
+def test_expiry_gives_up_only_on_what_the_lane_at_its_typical_pace_cannot_serve():
+    """A batch of 16 is booked: typically 10 ms, 40 ms at its tail. A request due 29 ms from
+    now is served once the batch typically ends (11 + 2 ms), so expiry must not give it up on
+    the tail's account (41 + 8 ms)."""
+    core = ready_core()
+    t = warm(core)
+    noisy(core)
+    for i in range(16):
+        infer(core, i, now=t, slo_ms=400)
+    batch = sent(core.tick(t), schema.Exec)[0]
+    assert not replies(infer(core, 100, now=t, slo_ms=30))
+    assert not replies(core.tick(t + 2 * MS))  # the tail-priced guess answered DEADLINE_MISSED here
+    done = t + 11 * MS
+    effects = step(core, result_for(core, batch, done) + core.tick(done), done)
+    assert all(r.body.status is Status.OK for r in replies(effects))  # the batch's 16, nothing given up
+    assert [e.body.batch_size for e in sent(effects, schema.Exec)] == [1]  # request 100 runs
+
+
 def test_a_request_put_back_by_a_restarted_worker_still_expires():
     """Found by the stateful test: a requeued request's old queue entry passed for the new one,
     so expiry never looked at it and it waited forever."""
