@@ -128,6 +128,10 @@ class ControllerConfig:
     max_model_bytes: int = 1024 * MIB  # uploads above this get TOO_LARGE
     log_level: str = "info"
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # Keep off the CPU cores that workers on this host pin their EXEC lanes to (their HELLO says
+    # which; common/affinity.py): on a CPU host the controller running there slows the lane's
+    # EXECs past their predictions.
+    avoid_lane_cores: bool = True
     # An INFER that waited this share of its SLO in queues before the controller read it is
     # refused from its header alone (WOULD_MISS_DEADLINE), without a full decode. When the
     # controller falls behind, this keeps the queue in front of it short and its CPU for

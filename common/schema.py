@@ -244,6 +244,10 @@ class Hello(Message):
     runtime: str = f(c.one_of("onnxruntime", "tensorrt", "torch", "emulated"))
     formats: tuple = f(c.sequence(c.one_of(*FORMATS), 4))
     devices: tuple = f(c.sequence(DEVICE, 4096))
+    # The host's boot id and the CPU cores its EXEC lanes hold to themselves: a controller on
+    # the same host keeps off them (common/affinity.py). Empty: none, or not said.
+    host: str = f(c.text(64), "")
+    lane_cores: tuple = f(c.sequence(c.integer(0, 65535), 4096), ())
 
 
 @dataclass(frozen=True, kw_only=True)

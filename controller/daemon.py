@@ -22,6 +22,7 @@ from pathlib import Path
 import zmq
 
 from clockwork.common import schema, security
+from clockwork.common.affinity import LaneCores
 from clockwork.common.checks import BadMessage
 from clockwork.common.clock import QueueDelay, monotonic_ns
 from clockwork.common.codec import decode, encode, peek_id, split
@@ -79,6 +80,7 @@ class ControllerDaemon:
         self.to_clients = Outgoing(self.clients)
         self.to_workers = Outgoing(self.workers)
         self.queue_delay = QueueDelay()  # time each client's requests spent in queues before us
+        self.lane_cores = LaneCores() if config.avoid_lane_cores else None  # workers' lanes on this host
         self.shedder = InputShedder(config.shed_lag_ns, config.shed_interval_ns)
         self.stopping = False
         self._status_line = "starting"
@@ -95,7 +97,7 @@ class ControllerDaemon:
         self._effect_handlers = {
             ToWorker: self._send_action, ToClient: self._send_reply, PrepareOn: self._prepare,
             UploadFinished: self._upload_finished, ActionRecord: self.telemetry.on_action_record,
-            WorkerLost: lambda lost: self.log.warning("worker lost", worker=lost.worker, why=lost.why),
+            WorkerLost: self._worker_lost,
         }
         self.log.info("controller ready", clients=config.client_endpoint, workers=config.worker_endpoint,
                       models=len(self.core.models), state_dir=config.state_dir, curve=self.keys is not None,
@@ -390,7 +392,19 @@ class ControllerDaemon:
     def _on_hello(self, name: str, env: schema.Envelope, now: int) -> None:
         body = env.body
         self.log.info("worker joined", worker=name, runtime=body.runtime, devices=len(body.devices))
+        if self.lane_cores is not None:
+            self._keep_off_lanes(self.lane_cores.joined(name, body.host, body.lane_cores))
         self._perform(self.core.on_hello(name, body, now))
+
+    def _worker_lost(self, lost: WorkerLost) -> None:
+        self.log.warning("worker lost", worker=lost.worker, why=lost.why)
+        if self.lane_cores is not None:
+            self._keep_off_lanes(self.lane_cores.left(lost.worker))
+
+    def _keep_off_lanes(self, cores: set[int] | None) -> None:
+        if cores is not None:
+            self.log.info("running on cores the workers' EXEC lanes on this host leave free",
+                          cores=sorted(cores), lanes=sorted(self.lane_cores.held()))
 
     def _on_worker_error(self, name: str, env: schema.Envelope, _now: int) -> None:
         self.log.warning("worker reported an error", worker=name, status=env.body.status.name, detail=env.body.detail)

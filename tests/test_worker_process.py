@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -20,6 +19,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clockwork.common.affinity import host_id
 from clockwork.common.clock import monotonic_ns
 from clockwork.common.codec import encode
 from clockwork.common.net import bulk_identity
@@ -27,7 +27,7 @@ from clockwork.common.schema import Drop, Error, Exec, Load, Prepare, Prepared, 
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 from clockwork.worker.runtimes.onnxrt import lane_cores
-from tests.worker_helpers import MS, WorkerProcess, direct_run, profile_blob, small_mlp, wait_until_true
+from tests.worker_helpers import MS, WorkerProcess, cores_of_threads, direct_run, profile_blob, small_mlp, wait_until_true
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -76,6 +76,10 @@ def test_hello_announces_devices_runtime_and_formats(onnx_worker, emulated_worke
     assert emu.runtime == "emulated" and emu.formats == ("profile",)
     assert [d["device_id"] for d in emu.devices] == [0, 1, 2, 3]
     assert all(d["kind"] == "emulated" and d["memory_bytes"] == 64 * 2**20 for d in emu.devices)
+    assert hello.host == host_id() and hello.host  # a controller on this host keeps off its lanes
+    allowed = sorted(os.sched_getaffinity(0))
+    assert hello.lane_cores == ((allowed[-1],) if len(allowed) > 1 else ())
+    assert emu.lane_cores == ()  # emulated devices pin nothing
     wait_until_true(lambda: "worker ready" in onnx_worker.log(), what="'worker ready' logged")
 
 
@@ -111,19 +115,6 @@ def test_exec_outputs_match_onnxruntime(onnx_worker, mlp_loaded):
     (y,) = res.tensors
     assert y.shape == (3, 32)
     np.testing.assert_allclose(y.array(), direct_run(mlp_loaded, x), rtol=1e-5, atol=1e-6)
-
-
-def cores_of_threads(pid: int) -> list[set[int]]:
-    """Each thread's allowed cores, from /proc (Cpus_allowed_list: "0-1", "3", "0,2-3")."""
-    out = []
-    for status in Path(f"/proc/{pid}/task").glob("*/status"):
-        line = next(l for l in status.read_text().splitlines() if l.startswith("Cpus_allowed_list:"))
-        cores = set()
-        for part in line.split(":", 1)[1].strip().split(","):
-            low, _, high = part.partition("-")
-            cores.update(range(int(low), int(high or low) + 1))
-        out.append(cores)
-    return out
 
 
 def test_the_exec_lane_has_a_core_of_its_own(onnx_worker, mlp_loaded):

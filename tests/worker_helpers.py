@@ -149,3 +149,16 @@ def direct_run(model: bytes, x: np.ndarray) -> np.ndarray:
 
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})[0]
+
+
+def cores_of_threads(pid: int) -> list[set[int]]:
+    """Each thread's allowed cores, from /proc (Cpus_allowed_list: "0-1", "3", "0,2-3")."""
+    out = []
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        line = next(l for l in status.read_text().splitlines() if l.startswith("Cpus_allowed_list:"))
+        cores = set()
+        for part in line.split(":", 1)[1].strip().split(","):
+            low, _, high = part.partition("-")
+            cores.update(range(int(low), int(high or low) + 1))
+        out.append(cores)
+    return out

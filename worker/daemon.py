@@ -25,6 +25,7 @@ from typing import Any, Callable
 import zmq
 
 from clockwork.common import schema, security
+from clockwork.common.affinity import host_id
 from clockwork.common.checks import BadMessage
 from clockwork.common.clock import SkewEstimator, monotonic_ns
 from clockwork.common.codec import bundles, decode, encode, peek_id, peek_map, split
@@ -153,7 +154,7 @@ class Daemon:
         devices = [{"device_id": d.device_id, "kind": d.info.kind, "memory_bytes": d.info.memory_bytes,
                     "page_bytes": self.config.page_bytes} for d in self.devices.values()]
         return Hello(worker=self.name, runtime=self.runtime.name, formats=tuple(self.runtime.formats),
-                     devices=tuple(devices))
+                     devices=tuple(devices), host=host_id(), lane_cores=tuple(sorted(self.runtime.reserved_cores())))
 
     def _send_hello(self) -> None:
         msg_id, sent_ns = self._send(self.hello())

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 
@@ -23,6 +22,7 @@ import zmq
 
 from clockwork.common import config as cfg
 from clockwork.common import logsetup, version
+from clockwork.common.affinity import keep_off
 from clockwork.common.config import MIB, WorkerConfig
 from clockwork.common.security import SecurityError
 
@@ -57,17 +57,6 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
         "log_level": args.log_level,
     }
     return [f"{key}={json.dumps(value)}" for key, value in values.items() if value is not None]
-
-
-def keep_off(cores: set[int]) -> None:
-    """Keep every thread of this process off `cores`: those running now (numpy's BLAS pool),
-    and through inheritance those started later (lanes, sockets), but for the lanes that pin
-    themselves there."""
-    if not cores:
-        return
-    rest = set(os.sched_getaffinity(0)) - cores
-    for thread in os.listdir("/proc/self/task"):
-        os.sched_setaffinity(int(thread), rest)
 
 
 def main(argv: list[str] | None = None) -> int:

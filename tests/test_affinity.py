@@ -1,0 +1,56 @@
+"""A controller keeps off the cores that workers on its host pin their EXEC lanes to
+(common/affinity.py): real processes, cores read back from /proc."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from clockwork.bench.procs import WorkerSpec, cluster
+from tests.worker_helpers import cores_of_threads, wait_until_true
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_lane_cores_follow_the_workers_on_this_host_and_only_those():
+    """In a process of its own: it changes that process's cores."""
+    code = textwrap.dedent("""
+        import os
+        from clockwork.common.affinity import LaneCores
+        allowed = set(os.sched_getaffinity(0))
+        top = max(allowed)
+        lanes = LaneCores(host="this-host")
+        assert lanes.joined("far", "other-host", (top,)) is None  # another host's cores are not ours
+        assert lanes.joined("near", "", (top,)) is None  # nor those of a worker that does not say
+        assert lanes.joined("near", "this-host", (top,)) == allowed - {top}
+        assert all(os.sched_getaffinity(int(t)) == allowed - {top} for t in os.listdir("/proc/self/task"))
+        assert lanes.joined("near", "this-host", (top,)) is None  # said again: nothing changes
+        assert lanes.joined("all", "this-host", tuple(allowed)) == allowed  # none left over: stay put
+        assert lanes.left("all") == allowed - {top} and lanes.left("near") == allowed
+        assert os.sched_getaffinity(0) == allowed and lanes.left("near") is None
+    """)
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core here: there is no core to keep off")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_controller_keeps_off_the_lane_core_of_a_worker_on_its_host_and_takes_it_back(tmp_path):
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("one core here: a worker pins no EXEC lane, so there is nothing to keep off")
+    lane = allowed[-1]
+    with cluster(tmp_path, [WorkerSpec("cpu", "onnxruntime")]) as c:
+        controller = c.group.get("controller")
+        wait_until_true(lambda: all(lane not in cores for cores in cores_of_threads(controller.pid)),
+                        what="every controller thread off the lane's core")
+        worker = c.group.get("worker-cpu")
+        c.group.expect_exit(worker.name)
+        worker.popen.send_signal(signal.SIGKILL)  # lost after worker_timeout_ns: its core is free again
+        wait_until_true(lambda: all(lane in cores for cores in cores_of_threads(controller.pid)),
+                        timeout_s=10, what="the controller back on every core")
