@@ -58,6 +58,7 @@ from clockwork.common.status import Status
 from clockwork.client import v2
 from clockwork.client.aio import AsyncClient
 from clockwork.client.door import Door
+from clockwork.common.affinity import LaneCores
 from clockwork.client.errors import CapacityError, ClockworkError, DeadlineExceeded
 from clockwork.client.protocol import DEFAULT_ENDPOINT, InferResult, default_endpoint
 
@@ -113,6 +114,11 @@ class GatewayConfig:
     shed_lag_ms: float = 10.0
     shed_interval_ms: float = 20.0
     shed_min_requests: int = 8
+    # Keep off the CPU cores the EXEC lanes of workers on this host hold (the controller's STATUS
+    # lists them; common/affinity.py), looked at every lane_cores_check_s: a gateway parsing
+    # JSON on a lane's core makes its EXECs slower than the controller predicted.
+    avoid_lane_cores: bool = True
+    lane_cores_check_s: float = 5.0
     # Gateway processes sharing the port: one parses JSON on one core, so a core's worth of
     # requests needs another process. 1 until measured otherwise.
     processes: int = 1
@@ -192,14 +198,20 @@ class Gateway:
         self.pool: ClientPool | None = None
         self.server_metadata = v2.server_metadata(version())
         self.door = Door(int(config.shed_lag_ms * 1e6), int(config.shed_interval_ms * 1e6), config.shed_min_requests)
+        self._lane_watch: asyncio.Task | None = None
 
     # -- lifecycle (aiohttp signals)
 
     async def on_startup(self, _app: web.Application) -> None:
         self.pool = ClientPool(self.config.controller, self.config.connections, self.config.admin_timeout_s)
         self.door.start()
+        if self.config.avoid_lane_cores:
+            self._lane_watch = asyncio.get_running_loop().create_task(self._keep_off_lanes())
 
     async def on_cleanup(self, _app: web.Application) -> None:
+        if self._lane_watch is not None:
+            self._lane_watch.cancel()
+            await asyncio.gather(self._lane_watch, return_exceptions=True)
         await self.door.stop()
         if self.pool is not None:
             await self.pool.close()
@@ -237,6 +249,19 @@ class Gateway:
                              f"answer: {exc.detail}", self.config.retry_after_s) from None
         except ClockworkError as exc:
             raise v2.error_from(exc, self.config.retry_after_s) from None
+
+    async def _keep_off_lanes(self) -> None:
+        """Follow the cores the controller lists as its host's EXEC lanes (common/affinity.py)."""
+        lanes = LaneCores()
+        while True:
+            try:
+                cores = lanes.follow(await self._admin(lambda c: c.status(models_limit=0)))
+            except v2.V2Error:
+                cores = None  # the controller is away: look again later
+            if cores is not None:
+                log.info("running on cores the EXEC lanes on this host leave free", cores=sorted(cores),
+                         lanes=sorted(lanes.held()))
+            await asyncio.sleep(self.config.lane_cores_check_s)
 
     async def all_models(self) -> list[dict]:
         """Every model, page by page (the repository index and the statistics of all)."""

@@ -4,7 +4,8 @@ On a CPU host a lane's core is its device: a worker pins each EXEC lane to a cor
 (worker/runtimes/onnxrt.py) and keeps its other threads off it. Other processes on the host
 still run there, and every time the scheduler puts one on a lane's core, an EXEC takes longer
 than the controller predicted. A worker therefore says in its HELLO which host it is on and
-which cores its lanes hold, and a controller on the same host keeps off them (`LaneCores`).
+which cores its lanes hold, and a controller on the same host keeps off them (`LaneCores`);
+its STATUS lists them, so that a gateway on the host keeps off them as well.
 With the controller on the lane's core as well, 222-327 of 22,875 requests failed at 2,287/s
 (15 ms SLO, the generated CNN); kept off it, 9-57.
 """
@@ -67,3 +68,12 @@ class LaneCores:
 
     def held(self) -> set[int]:
         return set().union(*self._lanes.values())
+
+    def follow(self, status: dict) -> set[int] | None:
+        """For a client of the controller on the same host (the gateway): the lanes' cores as
+        the controller's STATUS lists them (`lane_cores`), kept off like a worker's."""
+        said = status.get("lane_cores")
+        if not isinstance(said, dict) or not isinstance(said.get("cores"), list):
+            return None
+        cores = tuple(c for c in said["cores"] if isinstance(c, int))
+        return self.joined("controller", str(said.get("host", "")), cores)

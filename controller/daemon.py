@@ -237,7 +237,10 @@ class ControllerDaemon:
             self._reply(client, env.msg_id, Status.OK, body=self._model_info(record))
 
     def _on_status(self, client: bytes, env: schema.Envelope, _user, now: int, _waited) -> None:
-        self._reply(client, env.msg_id, Status.OK, body=listing.fit_status(self.core.status(now, env.body.models_limit)))
+        status = self.core.status(now, env.body.models_limit)
+        if self.lane_cores is not None:  # so that a gateway on this host keeps off them too
+            status["lane_cores"] = {"host": self.lane_cores.host, "cores": sorted(self.lane_cores.held())}
+        self._reply(client, env.msg_id, Status.OK, body=listing.fit_status(status))
 
     def _on_cancel(self, client: bytes, env: schema.Envelope, _user, now: int, _waited) -> None:
         cancelled, detail, effects = self.core.on_cancel(client, env.body.request_id, now)

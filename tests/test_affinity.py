@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from clockwork.bench.procs import WorkerSpec, cluster
+from clockwork.bench.procs import WorkerSpec, cluster, start_gateway
 from tests.worker_helpers import cores_of_threads, wait_until_true
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,6 +33,10 @@ def test_lane_cores_follow_the_workers_on_this_host_and_only_those():
         assert lanes.joined("all", "this-host", tuple(allowed)) == allowed  # none left over: stay put
         assert lanes.left("all") == allowed - {top} and lanes.left("near") == allowed
         assert os.sched_getaffinity(0) == allowed and lanes.left("near") is None
+        gateway = LaneCores(host="this-host")  # a client follows the controller's STATUS
+        assert gateway.follow({"workers": []}) is None  # a controller that does not say
+        assert gateway.follow({"lane_cores": {"host": "this-host", "cores": [top]}}) == allowed - {top}
+        assert gateway.follow({"lane_cores": {"host": "this-host", "cores": []}}) == allowed
     """)
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("one core here: there is no core to keep off")
@@ -54,3 +58,17 @@ def test_a_controller_keeps_off_the_lane_core_of_a_worker_on_its_host_and_takes_
         worker.popen.send_signal(signal.SIGKILL)  # lost after worker_timeout_ns: its core is free again
         wait_until_true(lambda: all(lane in cores for cores in cores_of_threads(controller.pid)),
                         timeout_s=10, what="the controller back on every core")
+
+
+def test_a_gateway_on_the_host_keeps_off_the_lane_core_too(tmp_path):
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("one core here: a worker pins no EXEC lane, so there is nothing to keep off")
+    lane = allowed[-1]
+    with cluster(tmp_path, [WorkerSpec("cpu", "onnxruntime")]) as c:
+        with c.client() as admin:
+            assert admin.status()["lane_cores"]["cores"] == [lane]
+        start_gateway(c.group, c.client_endpoint)
+        gateway = c.group.get("gateway")
+        wait_until_true(lambda: all(lane not in cores for cores in cores_of_threads(gateway.pid)),
+                        what="every gateway thread off the lane's core")
