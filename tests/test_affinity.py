@@ -44,15 +44,23 @@ def test_lane_cores_follow_the_workers_on_this_host_and_only_those():
     assert done.returncode == 0, done.stderr
 
 
-def test_a_controller_keeps_off_the_lane_core_of_a_worker_on_its_host_and_takes_it_back(tmp_path):
+@pytest.fixture
+def lane() -> int:
+    """The core a one-device onnxruntime worker pins its EXEC lane to: the highest."""
     allowed = sorted(os.sched_getaffinity(0))
     if len(allowed) < 2:
         pytest.skip("one core here: a worker pins no EXEC lane, so there is nothing to keep off")
-    lane = allowed[-1]
+    return allowed[-1]
+
+
+def off(pid: int, core: int) -> bool:
+    return all(core not in cores for cores in cores_of_threads(pid))
+
+
+def test_a_controller_keeps_off_the_lane_core_of_a_worker_on_its_host_and_takes_it_back(tmp_path, lane):
     with cluster(tmp_path, [WorkerSpec("cpu", "onnxruntime")]) as c:
         controller = c.group.get("controller")
-        wait_until_true(lambda: all(lane not in cores for cores in cores_of_threads(controller.pid)),
-                        what="every controller thread off the lane's core")
+        wait_until_true(lambda: off(controller.pid, lane), what="every controller thread off the lane's core")
         worker = c.group.get("worker-cpu")
         c.group.expect_exit(worker.name)
         worker.popen.send_signal(signal.SIGKILL)  # lost after worker_timeout_ns: its core is free again
@@ -60,15 +68,10 @@ def test_a_controller_keeps_off_the_lane_core_of_a_worker_on_its_host_and_takes_
                         timeout_s=10, what="the controller back on every core")
 
 
-def test_a_gateway_on_the_host_keeps_off_the_lane_core_too(tmp_path):
-    allowed = sorted(os.sched_getaffinity(0))
-    if len(allowed) < 2:
-        pytest.skip("one core here: a worker pins no EXEC lane, so there is nothing to keep off")
-    lane = allowed[-1]
+def test_a_gateway_on_the_host_keeps_off_the_lane_core_too(tmp_path, lane):
     with cluster(tmp_path, [WorkerSpec("cpu", "onnxruntime")]) as c:
         with c.client() as admin:
             assert admin.status()["lane_cores"]["cores"] == [lane]
         start_gateway(c.group, c.client_endpoint)
         gateway = c.group.get("gateway")
-        wait_until_true(lambda: all(lane not in cores for cores in cores_of_threads(gateway.pid)),
-                        what="every gateway thread off the lane's core")
+        wait_until_true(lambda: off(gateway.pid, lane), what="every gateway thread off the lane's core")
