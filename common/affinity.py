@@ -46,8 +46,10 @@ class LaneCores:
     process kept off them: joining workers add theirs, lost ones give them back."""
 
     def __init__(self, host: str | None = None):
-        self.host = host_id() if host is None else host
-        self.allowed = set(os.sched_getaffinity(0))  # what the process was started with
+        # Where the system cannot set a thread's cores (not Linux) there is no host to share.
+        pinnable = hasattr(os, "sched_setaffinity")
+        self.host = (host_id() if host is None else host) if pinnable else ""
+        self.allowed = set(os.sched_getaffinity(0)) if pinnable else set()  # what the process started with
         self._lanes: dict[str, frozenset[int]] = {}  # worker -> its lanes' cores
 
     def joined(self, worker: str, host: str, cores: tuple[int, ...]) -> set[int] | None:

@@ -12,6 +12,7 @@ import textwrap
 import pytest
 
 from clockwork.bench.procs import WorkerSpec, cluster, start_gateway
+from clockwork.common.affinity import LaneCores, host_id
 from tests.worker_helpers import cores_of_threads, wait_until_true
 
 pytestmark = pytest.mark.timeout(120)
@@ -42,6 +43,13 @@ def test_lane_cores_follow_the_workers_on_this_host_and_only_those():
         pytest.skip("one core here: there is no core to keep off")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
+
+
+def test_where_threads_cannot_be_pinned_nothing_is_kept_off(monkeypatch):
+    monkeypatch.delattr(os, "sched_setaffinity")  # as on macOS
+    lanes = LaneCores()
+    assert lanes.host == "" and lanes.joined("near", host_id(), (0,)) is None
+    assert lanes.follow({"lane_cores": {"host": host_id(), "cores": [0]}}) is None
 
 
 @pytest.fixture
