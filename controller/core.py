@@ -51,7 +51,7 @@ from clockwork.common.schema import ActionKind
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 from clockwork.controller import placement
-from clockwork.controller.batching import Batch, padded_size
+from clockwork.controller.batching import Batch, split_ns
 from clockwork.controller.effects import ActionRecord, Effect, PrepareOn, ToClient, ToWorker, UploadFinished, WorkerLost
 from clockwork.controller.latency import LatencyModel
 from clockwork.controller.lifecycle import Residency, RequestState, move
@@ -310,7 +310,7 @@ class Core:
 
     def drain_ns(self, model: Model, samples: float, kind: str) -> int:
         """Predicted EXEC time of `samples` queued samples of `model` on a device of `kind`,
-        batched as they would run: full batches of the largest size, then the rest (`_rest_ns`;
+        batched as they would run: full batches of the largest size, then the rest (`split_ns`;
         a fraction of a sample, a replica's share of a small queue, costs its fraction)."""
         if samples <= 0 or not model.sizes:
             return 0
@@ -318,21 +318,10 @@ class Core:
         full, rest = divmod(samples, big)
         ns = full * (self.latency.typical_exec_ns(model.name, big, kind) or 0)
         if rest:
-            ns += min(rest, 1.0) * self._rest_ns(model, max(1, math.ceil(rest)), kind)
+            name, typical = model.name, self.latency.typical_exec_ns
+            split = split_ns(max(1, math.ceil(rest)), model.sizes, lambda size: typical(name, size, kind))
+            ns += min(rest, 1.0) * (0 if split == math.inf else split)
         return int(ns)
-
-    def _rest_ns(self, model: Model, samples: int, kind: str) -> int:
-        """`samples` (less than a full batch) as batching.grow runs them: padded up, or as the
-        largest smaller batch and the rest padded, whichever is cheaper (on a CPU, 9 samples
-        padded to 16 cost 16 runs of one; as 8 and 1, nine)."""
-        typical, sizes = self.latency.typical_exec_ns, model.sizes
-        padded = typical(model.name, padded_size(samples, sizes), kind) or 0
-        smaller = next((s for s in reversed(sizes) if s < samples), None)
-        if smaller is None:
-            return padded
-        first = typical(model.name, smaller, kind)
-        second = typical(model.name, padded_size(samples - smaller, sizes), kind)
-        return padded if first is None or second is None else min(padded, first + second)
 
     def _place(self, dev: Device, model: Model, res: Resident) -> None:
         dev.resident[model.name] = res

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from clockwork.controller import placement
-from clockwork.controller.batching import grow, padded_size
+from clockwork.controller.batching import grow, padded_size, split_ns
 from clockwork.controller.latency import LatencyModel
 from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency, move
 from clockwork.controller.state import Device, Request, Resident
@@ -64,6 +64,14 @@ def test_padding_a_batch_where_it_costs_as_much_as_real_samples_is_left_to_the_n
     # in 2 ms), 3 samples still run padded to 4; 5 padded to 8 (9 ms) would cost more than 4 and 1 (7 ms).
     assert grow("m", queue[:3], 0, SIZES, EXEC.get).batch_size == 4
     assert grow("m", queue, 0, SIZES, EXEC.get).batch_size == 4
+
+
+def test_the_rest_of_a_batch_is_priced_split_as_batching_runs_it():
+    linear = {1: 1 * MS, 2: 2 * MS, 4: 4 * MS, 8: 8 * MS}.get
+    assert [split_ns(n, SIZES, linear) // MS for n in (3, 5, 6, 7)] == [3, 5, 6, 7]  # 7 as 4 + 2 + 1, not 8
+    assert [split_ns(n, SIZES, EXEC.get) // MS for n in (3, 5, 7)] == [5, 7, 9]  # padded where cheaper
+    queue = [request(i, 100) for i in range(7)]
+    assert grow("m", queue, 0, SIZES, linear).batch_size == 4  # 4, then 3 as 2 + 1: not 7 padded to 8
 
 
 def test_a_request_that_cannot_make_it_even_alone_is_skipped_not_a_stopper():
