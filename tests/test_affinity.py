@@ -12,6 +12,7 @@ import textwrap
 import pytest
 
 from clockwork.bench.procs import WorkerSpec, cluster, start_gateway
+from clockwork.client.gateway import parse_args
 from clockwork.common.affinity import LaneCores, host_id
 from tests.worker_helpers import cores_of_threads, wait_until_true
 
@@ -83,3 +84,8 @@ def test_a_gateway_on_the_host_keeps_off_the_lane_core_too(tmp_path, lane):
         start_gateway(c.group, c.client_endpoint)
         gateway = c.group.get("gateway")
         wait_until_true(lambda: off(gateway.pid, lane), what="every gateway thread off the lane's core")
+
+
+def test_the_gateway_keeps_off_lane_cores_unless_told_not_to():
+    assert parse_args([])[0].avoid_lane_cores  # a host with more cores than lanes loses nothing
+    assert not parse_args(["--no-avoid-lane-cores"])[0].avoid_lane_cores  # 2 cores, JSON-bound
