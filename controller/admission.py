@@ -199,20 +199,28 @@ def _full_batch_ns(core: Core, model: Model, kind: str) -> int:
 
 def _finish_after_load_ns(core: Core, model: Model, size: int, priority: int, spill_ns: int,
                           now_ns: int) -> int | None:
-    # Models waiting for a LOAD get one in turn, as LOAD slots free up on any device.
+    # Models waiting for a LOAD get one in turn, as LOAD slots free up on any device. What a
+    # device's kind decides is worked out once per kind: a cold model may have a hundred devices.
     slots = max(1, core.device_count * core.cfg.max_loads_per_device)
+    hop_ns, waiting = now_ns + core.cfg.dispatch_ns, len(core.unplaced)
+    by_kind: dict[str, tuple | None] = {}  # kind -> (load + turn, typical, a full batch's, own) or None
     best = None
     dev: Device
     for dev in core.devices_for(model):
-        typical_ns = core.latency.typical_exec_ns(model.name, size, dev.kind)
-        load_ns = core.latency.load_ns(model.name, dev.kind)
-        if typical_ns is None or load_ns is None:
+        kind = dev.kind
+        if kind not in by_kind:
+            typical_ns = core.latency.typical_exec_ns(model.name, size, kind)
+            load_ns = core.latency.load_ns(model.name, kind)
+            by_kind[kind] = None if typical_ns is None or load_ns is None else (
+                waiting * load_ns // slots + load_ns, typical_ns, _full_batch_ns(core, model, kind),
+                own_exec_ns(core, model, size, kind))
+        costs = by_kind[kind]
+        if costs is None:
             continue
-        turn_ns = len(core.unplaced) * load_ns // slots
-        loaded = max(now_ns + core.cfg.dispatch_ns, dev.load_lane.free_at(now_ns)) + turn_ns + load_ns
+        load_ns, typical_ns, full_ns, own_ns = costs
+        loaded = max(hop_ns, dev.load_lane.free_at(now_ns)) + load_ns
         ahead_ns = dev.backlog_ns(priority) + spill_ns
-        behind = core.typical_start_ns(dev, now_ns) + ahead_ns + \
-            overtaken_ns(_full_batch_ns(core, model, dev.kind), typical_ns, ahead_ns)
-        finish = max(loaded, behind) + own_exec_ns(core, model, size, dev.kind)
+        behind = core.typical_start_ns(dev, now_ns) + ahead_ns + overtaken_ns(full_ns, typical_ns, ahead_ns)
+        finish = max(loaded, behind) + own_ns
         best = finish if best is None else min(best, finish)
     return best
