@@ -396,15 +396,16 @@ class ControllerDaemon:
         body = env.body
         self.log.info("worker joined", worker=name, runtime=body.runtime, devices=len(body.devices))
         if self.lane_cores is not None:
-            self._keep_off_lanes(self.lane_cores.joined(name, body.host, body.lane_cores))
+            self._cores_changed(self.lane_cores.joined(name, body.host, body.lane_cores))
         self._perform(self.core.on_hello(name, body, now))
 
     def _worker_lost(self, lost: WorkerLost) -> None:
         self.log.warning("worker lost", worker=lost.worker, why=lost.why)
         if self.lane_cores is not None:
-            self._keep_off_lanes(self.lane_cores.left(lost.worker))
+            self._cores_changed(self.lane_cores.left(lost.worker))
 
-    def _keep_off_lanes(self, cores: set[int] | None) -> None:
+    def _cores_changed(self, cores: set[int] | None) -> None:
+        """Say so when a worker joining or lost moved this process to other cores."""
         if cores is not None:
             self.log.info("running on cores the workers' EXEC lanes on this host leave free",
                           cores=sorted(cores), lanes=sorted(self.lane_cores.held()))
