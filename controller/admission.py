@@ -21,7 +21,6 @@ from clockwork.common.config import SchedulerConfig
 from clockwork.common.status import Status
 from clockwork.controller.batching import padded_size
 from clockwork.controller.core import Core, stale_detail
-from clockwork.controller.lifecycle import Residency
 from clockwork.controller.state import Device, Model, Request
 
 
@@ -174,9 +173,7 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
         typical_ns, tail_ns, full_ns, mine_ns = cost
         if typical_ns is None:
             continue
-        start = core.typical_start_ns(dev, now_ns)
-        if dev.resident[name].state is Residency.LOADING:
-            start = max(start, dev.load_lane.free_at(now_ns))
+        start = core.replica_start_ns(dev, name, now_ns)
         share = shares.get(dev.key)
         others_ns = dev.backlog_ns(priority) - (sum(share[priority:]) if share else 0) + spill_ns
         finish = start + others_ns + overtaken_ns(full_ns, typical_ns, others_ns) + mine_ns + tail_ns

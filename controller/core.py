@@ -874,6 +874,14 @@ class Core:
         booked on its lane has typically run."""
         return max(now_ns + self.cfg.dispatch_ns, dev.exec_lane.typical_free_at(now_ns))
 
+    def replica_start_ns(self, dev: Device, name: str, now_ns: int) -> int:
+        """When an EXEC of model `name` sent now would typically start on `dev`, which holds it
+        or is loading it (then not before its LOAD ends)."""
+        start = self.typical_start_ns(dev, now_ns)
+        if dev.resident[name].state is Residency.LOADING:
+            start = max(start, dev.load_lane.free_at(now_ns))
+        return start
+
     def next_wakeup_ns(self, now_ns: int) -> int:
         """When `tick` next has something to do (the shell sleeps until then or a message)."""
         wakeup = self._due[0][0] if self._due else now_ns + self.cfg.heartbeat_interval_ns

@@ -202,7 +202,7 @@ def _soonest_finish_ns(core: Core, model: Model, now_ns: int, enough_ns: int | N
     for dev in model.replicas.values():
         exec_ns = typical_ns(name, size, dev.kind)
         if exec_ns is not None:
-            finish = _replica_start_ns(core, dev, model, now_ns) + exec_ns
+            finish = core.replica_start_ns(dev, name, now_ns) + exec_ns
             if soonest is None or finish < soonest:
                 soonest = finish
             if enough_ns is not None and soonest <= enough_ns:
@@ -214,11 +214,3 @@ def _soonest_finish_ns(core: Core, model: Model, now_ns: int, enough_ns: int | N
                 finish = now_ns + core.dispatch_ns + (core.latency.load_ns(model.name, kind) or 0) + exec_ns
                 soonest = finish if soonest is None else min(soonest, finish)
     return soonest
-
-
-def _replica_start_ns(core: Core, dev: Device, model: Model, now_ns: int) -> int:
-    """The earliest an EXEC of `model` could typically start on `dev`, which holds or is loading it."""
-    start = core.typical_start_ns(dev, now_ns)
-    if dev.resident[model.name].state is Residency.LOADING:
-        start = max(start, dev.load_lane.free_at(now_ns))
-    return start
