@@ -52,13 +52,13 @@ except ImportError as exc:  # the daemons do not need it: it comes with the gate
                      f"({exc})") from None
 
 from clockwork.common import logsetup, schema, version
+from clockwork.common.affinity import LaneCores
 from clockwork.common.checks import BadMessage
 from clockwork.common.metrics import LATENCY_BUCKETS_S, UNKNOWN, BoundedLabels, ChildCache, new_registry, outcome
 from clockwork.common.status import Status
 from clockwork.client import v2
 from clockwork.client.aio import AsyncClient
 from clockwork.client.door import Door
-from clockwork.common.affinity import LaneCores
 from clockwork.client.errors import CapacityError, ClockworkError, DeadlineExceeded
 from clockwork.client.protocol import DEFAULT_ENDPOINT, InferResult, default_endpoint
 

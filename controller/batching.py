@@ -7,13 +7,12 @@ member. Requests that could not finish on this device even alone are skipped her
 device, or expiry, handles them). Batch sizes are the profiled ones; a batch of 3 samples runs
 padded to 4. Of the batches so grown, the largest is taken unless a smaller one, followed by
 the members it leaves (batched the same way, `split_ns`), would serve them all sooner
-(`BATCH_EFFICIENCY_TOLERANCE`): on
-a GPU, 3 samples padded to 4 cost little more than 2, but on a CPU, where a batch of 4 takes
-four times one, padding is pure loss (3 samples in a batch of 4 took 1.35 ms where 2 took 0.67
-and 1 took 0.34), and the third sample is served sooner by a batch of its own. Clockwork's policy (controller/policy.py) ranks models by an
-estimate of that start and adds one step of lookahead, because an EXEC cannot be preempted.
+(`BATCH_EFFICIENCY_TOLERANCE`): on a GPU, 3 samples padded to 4 cost little more than 2, but
+on a CPU, where a batch of 4 takes four times one, padding is pure loss (3 samples in a batch
+of 4 took 1.35 ms where 2 took 0.67 and 1 took 0.34), and the third sample is served sooner by
+a batch of its own. Clockwork's policy (controller/policy.py) ranks models by an estimate of
+that start and adds one step of lookahead, because an EXEC cannot be preempted.
 """
-
 from __future__ import annotations
 
 import math
