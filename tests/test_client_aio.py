@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import zmq
 
 from clockwork.client import AsyncClient, CapacityError, ClientClosed, DeadlineExceeded, RequestError
 from clockwork.common import schema
@@ -127,3 +128,25 @@ def test_cancelling_the_task_cancels_the_request():
 
     infer_id, cancelled_id = run(scenario)
     assert infer_id == cancelled_id
+
+
+def test_an_infer_that_could_not_be_sent_in_time_is_never_sent():
+    """While one call polls for a connection, pyzmq queues every other send behind it, already
+    encoded with the SLO left when it was made. Such a send must be withdrawn: a controller that
+    comes up later would read it as fresh and answer it long after its caller's deadline."""
+    endpoint = free_endpoint()
+
+    async def main():
+        async with AsyncClient(endpoint, grace_s=0.3) as c:
+            calls = asyncio.gather(*(c.infer("echo", {"data": x()}, slo_ms=100) for _ in range(3)),
+                                   return_exceptions=True)
+            await asyncio.sleep(0.2)  # every deadline has passed; the calls still wait for a connection
+            with zmq.Context() as ctx, ctx.socket(zmq.ROUTER) as router:
+                router.bind(endpoint)
+                errors = await calls
+                received = router.poll(500)  # anything sent on connecting arrives by now
+        return errors, received
+
+    errors, received = asyncio.run(main())
+    assert all(isinstance(e, DeadlineExceeded) and e.before_send for e in errors), errors
+    assert received == 0
