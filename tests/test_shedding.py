@@ -40,10 +40,10 @@ def test_a_few_late_requests_are_not_a_standing_queue():
     assert not any(feed(shedder, 0, 2000, 40, every_ms=50))  # 2 per window, all 40 ms late
 
 
-def test_until_quiet_sheds_the_late_ones_until_a_whole_interval_passes_without_any():
+def test_quiet_sheds_the_late_ones_until_a_whole_quiet_period_passes_without_any():
     """The gateway's rule: its refusals empty its queue at once, so a fresh request does not
-    mean the overload is over; only an interval in which nothing was late does."""
-    shedder = InputShedder(10 * MS, 100 * MS, min_requests=8, until_quiet=True)
+    mean the overload is over; only a period in which nothing was late does."""
+    shedder = InputShedder(10 * MS, 100 * MS, min_requests=8, quiet_ns=100 * MS)
     assert not any(feed(shedder, 0, 100, 25))  # a whole interval above the target...
     assert all(feed(shedder, 100, 150, 25))  # ...so the late ones are refused,
     assert not any(feed(shedder, 150, 160, 2))  # the fresh ones served,
@@ -54,8 +54,28 @@ def test_until_quiet_sheds_the_late_ones_until_a_whole_interval_passes_without_a
 
 
 def test_an_interval_in_which_nothing_was_read_ends_shedding():
-    for until_quiet in (False, True):
-        shedder = InputShedder(10 * MS, 100 * MS, min_requests=8, until_quiet=until_quiet)
+    for quiet_ns in (0, 100 * MS):
+        shedder = InputShedder(10 * MS, 100 * MS, min_requests=8, quiet_ns=quiet_ns)
         assert not any(feed(shedder, 0, 100, 25))
         assert all(feed(shedder, 100, 150, 25))
         assert not shedder.shed(25 * MS, 400 * MS)  # silence since 150 ms
+
+
+def test_a_stall_does_not_pass_for_silence():
+    """Nothing read for an interval because the shell stood still, not because nothing came: the
+    requests read after it waited through it, and shedding goes on."""
+    shedder = InputShedder(10 * MS, 100 * MS, min_requests=8, quiet_ns=100 * MS)
+    assert not any(feed(shedder, 0, 100, 25))
+    assert all(feed(shedder, 100, 150, 25))
+    assert all(feed(shedder, 400, 410, 260))  # read at 400 ms, there since 140 ms
+
+
+def test_shedding_drains_the_lag_below_the_level_that_started_it():
+    shedder = InputShedder(10 * MS, 100 * MS, min_requests=8, quiet_ns=300 * MS, drain_to_ns=2 * MS)
+    assert not any(feed(shedder, 0, 100, 5))  # under the target: not a standing queue
+    assert not any(feed(shedder, 100, 200, 25))  # a whole interval above it...
+    assert all(feed(shedder, 200, 250, 5))  # ...and now 5 ms is late, though under the target
+    assert not any(feed(shedder, 250, 420, 1))  # within the drain level: served,
+    assert all(feed(shedder, 420, 430, 5))  # and shedding lasts the whole quiet period,
+    assert not any(feed(shedder, 430, 800, 1))
+    assert not any(feed(shedder, 800, 820, 5))  # which, passed without a late one, ends it
