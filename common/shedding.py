@@ -10,10 +10,11 @@ lag for the floor of its estimate (80-84% of all offered requests within the SLO
 refused at once).
 
 The rule (Nichols and Jacobson's CoDel, with "drop" meaning "refuse unread, at once"): once the
-lag has stayed above `target_ns` for a whole `interval_ns` (a standing queue, not a burst), every
+lag has stayed above `target_ns` for a whole `interval_ns` (a standing queue, not a burst;
+counted, as CoDel's first_above_time, from the first request read past the target), every
 request read more than `target_ns` late is refused from its header, which costs a fraction of
 serving it, until one arrives within the target: the backlog clears in milliseconds and the
-requests behind it are fresh again. A window must also have seen `min_requests`: a few
+requests behind it are fresh again. The last interval must also have seen `min_requests`: a few
 requests jittered by a slow network are not a standing queue, and refusing them would turn a
 lightly loaded controller away from a remote client. Pure: the shell passes the times in.
 
@@ -32,6 +33,8 @@ event loop's lag, which its own cheap refusals bring under the target at once:
 
 from __future__ import annotations
 
+from collections import deque
+
 
 class InputShedder:
     def __init__(self, target_ns: int, interval_ns: int, min_requests: int = 64, quiet_ns: int = 0,
@@ -42,39 +45,39 @@ class InputShedder:
         self.quiet_ns = quiet_ns  # 0: CoDel's rule, shedding ends at the first request within the target
         self.drain_to_ns = target_ns if drain_to_ns is None else min(drain_to_ns, target_ns)
         self.shedding = False
-        self._window_end_ns: int | None = None
-        self._window_min_ns: int | None = None  # the smallest lag seen in the current window
-        self._window_count = 0
+        self._above_since_ns: int | None = None  # every request read since then waited past the target
+        self._above_reads: deque[int] = deque(maxlen=max(1, min_requests))  # when the latest of them were read
+        self._last_read_ns: int | None = None
         self._last_late_ns = 0  # when the last request read late while shedding was read
 
     def shed(self, waited_ns: int, now_ns: int) -> bool:
         """Whether to refuse a request that waited `waited_ns` before being read at `now_ns`."""
         if not self.target_ns:
             return False
-        if self._window_end_ns is None:
-            self._window_end_ns = now_ns + self.interval_ns
-        if now_ns >= self._window_end_ns:
-            self._end_window(now_ns, waited_ns)
-        if self._window_min_ns is None or waited_ns < self._window_min_ns:
-            self._window_min_ns = waited_ns
-        self._window_count += 1
+        if self._last_read_ns is not None and now_ns - waited_ns >= self._last_read_ns + self.interval_ns:
+            # A whole interval passed in which nothing was read, and this request came after it:
+            # the load went away. (One that came within it and waited was behind a stall.)
+            self.shedding, self._above_since_ns = False, None
+        self._last_read_ns = now_ns
+        if waited_ns > self.target_ns:
+            if self._above_since_ns is None:
+                self._above_since_ns = now_ns
+                self._above_reads.clear()
+            self._above_reads.append(now_ns)
+            if not self.shedding and self._standing(now_ns):
+                self.shedding, self._last_late_ns = True, now_ns
+        else:
+            self._above_since_ns = None
         if not self.shedding:
             return False
         if waited_ns > self.drain_to_ns:
             self._last_late_ns = now_ns
             return True
-        if not self.quiet_ns:
-            self.shedding = False  # caught up
+        if now_ns - self._last_late_ns >= self.quiet_ns:
+            self.shedding = False  # caught up (and, with quiet_ns, stayed so)
         return False
 
-    def _end_window(self, now_ns: int, waited_ns: int) -> None:
-        if now_ns >= self._window_end_ns + self.interval_ns:
-            # A whole interval passed in which nothing was read: the load went away if nothing
-            # arrived in it either; a request that arrived in it and waited was behind a stall.
-            self.shedding = self.shedding and now_ns - waited_ns < self._window_end_ns + self.interval_ns
-        elif self._window_min_ns is not None:
-            standing = self._window_count >= self.min_requests and self._window_min_ns > self.target_ns
-            if standing and not self.shedding:
-                self._last_late_ns = now_ns
-            self.shedding = standing or (self.shedding and now_ns - self._last_late_ns < self.quiet_ns)
-        self._window_end_ns, self._window_min_ns, self._window_count = now_ns + self.interval_ns, None, 0
+    def _standing(self, now_ns: int) -> bool:
+        """Above the target for a whole interval, with min_requests read late in the last one."""
+        return (now_ns - self._above_since_ns >= self.interval_ns and len(self._above_reads) == self._above_reads.maxlen
+                and now_ns - self._above_reads[0] <= self.interval_ns)

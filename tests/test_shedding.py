@@ -74,8 +74,18 @@ def test_shedding_drains_the_lag_below_the_level_that_started_it():
     shedder = InputShedder(10 * MS, 100 * MS, min_requests=8, quiet_ns=300 * MS, drain_to_ns=2 * MS)
     assert not any(feed(shedder, 0, 100, 5))  # under the target: not a standing queue
     assert not any(feed(shedder, 100, 200, 25))  # a whole interval above it...
-    assert all(feed(shedder, 200, 250, 5))  # ...and now 5 ms is late, though under the target
+    assert shedder.shed(25 * MS, 200 * MS)  # ...ends in shedding,
+    assert all(feed(shedder, 201, 250, 5))  # and now 5 ms is late, though under the target
     assert not any(feed(shedder, 250, 420, 1))  # within the drain level: served,
     assert all(feed(shedder, 420, 430, 5))  # and shedding lasts the whole quiet period,
     assert not any(feed(shedder, 430, 800, 1))
     assert not any(feed(shedder, 800, 820, 5))  # which, passed without a late one, ends it
+
+
+def test_shedding_starts_one_interval_after_the_lag_passed_the_target():
+    """CoDel's first_above_time: not at the end of the next whole window, which at 3x a
+    gateway's capacity let its lag grow past 40 ms first."""
+    shedder = InputShedder(10 * MS, 100 * MS, min_requests=8)
+    assert not any(feed(shedder, 0, 150, 1))
+    assert not any(feed(shedder, 150, 250, 25))
+    assert shedder.shed(25 * MS, 250 * MS)
