@@ -8,11 +8,17 @@ which cores its lanes hold, and a controller on the same host keeps off them (`L
 its STATUS lists them, so that a gateway on the host keeps off them as well.
 With the controller on the lane's core as well, 222-327 of 22,875 requests failed at 2,287/s
 (15 ms SLO, the generated CNN); kept off it, 9-57.
+
+Several workers on one host claim their lanes' cores through `CoreClaims`, so that no two lanes
+share a core: each would otherwise take the highest.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import tempfile
+from pathlib import Path
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
@@ -39,6 +45,64 @@ def keep_off(cores: set[int], allowed: set[int] | None = None) -> set[int]:
         except OSError:  # the thread ended meanwhile
             pass
     return rest
+
+
+def default_claims_dir() -> Path:
+    """Where workers on this host claim cores: /dev/shm, which every process of the host sees
+    (systemd's PrivateTmp hides /tmp from other services, not /dev/shm)."""
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    return base / "clockwork-lane-cores"
+
+
+class CoreClaims:
+    """Cores this process claims for its EXEC lanes, host-wide: one lock file per core in a
+    folder every worker on the host shares, and a claim is an exclusive flock on it held for the
+    process's life. The kernel releases it when the process ends, however it ends, so a crashed
+    worker leaves no stale claim."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self._held: dict[int, int] = {}  # core -> the descriptor holding its lock
+
+    def _path(self, core: int) -> Path:
+        return self.directory / f"cpu{core}.lock"
+
+    def taken(self, cores: set[int]) -> set[int]:
+        """Of `cores`, those another process holds."""
+        out = set()
+        for core in cores - set(self._held):
+            try:
+                fd = os.open(self._path(core), os.O_RDONLY)
+            except OSError:  # never claimed (or unreadable: not ours to judge)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                out.add(core)
+            finally:
+                os.close(fd)  # and with it the shared lock of the probe
+        return out
+
+    def claim(self, cores: set[int]) -> bool:
+        """Claim every one of `cores`, or none (False: another process holds one)."""
+        try:
+            self.directory.mkdir(parents=True)
+            self.directory.chmod(0o1777)  # every user's workers claim here, as in /tmp
+        except FileExistsError:
+            pass
+        got = []
+        for core in sorted(cores):
+            fd = os.open(self._path(core), os.O_RDONLY | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                for taken in got:
+                    os.close(self._held.pop(taken))
+                return False
+            self._held[core] = fd
+            got.append(core)
+        return True
 
 
 class LaneCores:

@@ -261,6 +261,10 @@ class WorkerConfig:
     # a core left over; the controller and other processes are kept off it by the operator
     # (systemd CPUAffinity=, taskset).
     pin_lanes: bool = True
+    # Where workers on this host claim their lanes' cores (a lock file per core), so that two
+    # workers' lanes never share one. Every worker of a host must name the same folder; "":
+    # /dev/shm/clockwork-lane-cores (the system's temporary folder where there is no /dev/shm).
+    lane_claims_dir: str = ""
     profile_runs: int = 10  # timed runs per batch size at PREPARE (after one warm-up)
     engine_cache_dir: str = "~/.cache/clockwork/engines"  # TensorRT plans, per GPU kind
     log_level: str = "info"

@@ -19,7 +19,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clockwork.common.affinity import host_id
+from clockwork.common.affinity import CoreClaims, host_id
 from clockwork.common.clock import monotonic_ns
 from clockwork.common.codec import encode
 from clockwork.common.net import bulk_identity
@@ -132,6 +132,52 @@ def test_lane_cores_leave_a_core_over_or_pin_nothing():
     assert lane_cores(2, 1, {0, 1, 2, 3}) == {0: {3}, 1: {2}}
     assert lane_cores(2, 1, {0, 1}) == {}  # nothing left for the rest of the worker
     assert lane_cores(1, 2, {0, 1, 2, 3}) == {}  # onnxruntime's pool threads would escape the pin
+    assert lane_cores(1, 1, {0, 1, 2, 3}, taken={3}) == {0: {2}}  # another worker's lane holds 3
+    assert lane_cores(1, 1, {0, 1}, taken={1}) == {}  # ...and here leaves no core over
+
+
+def test_core_claims_hold_across_processes_until_the_holder_dies(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from clockwork.common.affinity import CoreClaims\n"
+        f"claims = CoreClaims({str(tmp_path)!r})\n"
+        "print(claims.claim({5, 6}), flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        mine = CoreClaims(tmp_path)
+        assert mine.taken({4, 5, 6, 7}) == {5, 6}
+        assert not mine.claim({4, 5})  # all or none: 4 is not kept
+        assert mine.taken({4}) == set()
+        assert mine.claim({4, 7}) and mine.taken({4, 5, 6, 7}) == {5, 6}  # its own are not "taken"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert mine.taken({4, 5, 6, 7}) == set()  # the kernel let go of the dead holder's locks
+    assert CoreClaims(tmp_path).taken({4, 5, 6, 7}) == {4, 7}
+
+
+def test_two_workers_on_one_host_never_share_a_lane_core(tmp_path):
+    claims = ("--set", f"lane_claims_dir={str(tmp_path / 'claims')!r}")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = WorkerProcess(tmp_path / "a", "--runtime", "onnxruntime", "--name", "w-a", *claims)
+    second = None
+    try:
+        first.start()
+        second = WorkerProcess(tmp_path / "b", "--runtime", "onnxruntime", "--name", "w-b", *claims).start()
+        allowed = sorted(os.sched_getaffinity(0))
+        a, b = set(first.hello.lane_cores), set(second.hello.lane_cores)
+        assert not a & b, (a, b)
+        if len(allowed) >= 3:
+            assert a == {allowed[-1]} and b == {allowed[-2]}
+        elif len(allowed) == 2:
+            assert a == {allowed[-1]} and not b  # no core over for a second lane
+            assert all(allowed[-1] not in cores for cores in cores_of_threads(second.proc.pid))  # kept off a's
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
 
 
 def test_exec_with_a_window_in_the_past_is_too_late(onnx_worker, mlp_loaded):

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if not runtime.devices():
         print(f"clockwork-worker: runtime {config.runtime!r} found no devices on this host", file=sys.stderr)
         return 2
-    keep_off(runtime.reserved_cores())
+    keep_off(runtime.lane_cores_on_host())
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         daemon = Daemon(config, runtime, log)

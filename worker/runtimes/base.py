@@ -128,8 +128,13 @@ class Runtime(abc.ABC):
 
     def reserved_cores(self) -> set[int]:
         """CPU cores the runtime's EXEC lanes keep to themselves (it pins them in `lane_started`);
-        the worker keeps its other threads off them."""
+        the worker says so in its HELLO."""
         return set()
+
+    def lane_cores_on_host(self) -> set[int]:
+        """The cores that EXEC lanes on this host hold, this worker's and other workers' (as
+        claimed, common/affinity.CoreClaims): the worker keeps its other threads off them."""
+        return self.reserved_cores()
 
     def lane_started(self, device_id: int, lane: str) -> None:
         """Called on a lane's thread before its first action."""

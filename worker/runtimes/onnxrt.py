@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from clockwork.common.affinity import CoreClaims, default_claims_dir
 from clockwork.common.clock import monotonic_ns
 from clockwork.common.config import HOST_DEVICE_MEMORY_BYTES
 from clockwork.common.models import Signature
@@ -34,15 +35,27 @@ PROFILE_PERCENTILE = 90  # exec time reported per batch size: a high percentile 
 ORT_LOG_ERRORS_ONLY = 3
 
 
-def lane_cores(devices: int, threads: int, allowed: set[int] | None = None) -> dict[int, set[int]]:
-    """The cores each device's EXEC lane has to itself: the highest ones, one per device, the
-    rest left to everything else (the worker's other threads, LOADs and PREPAREs). None are
-    pinned when that leaves no core over, or with more than one thread per lane (onnxruntime
-    starts a lane's pool threads on the LOAD lane, where the pin would not reach them)."""
-    cores = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
+def lane_cores(devices: int, threads: int, allowed: set[int], taken: set[int] = frozenset()) -> dict[int, set[int]]:
+    """The cores each device's EXEC lane has to itself: the highest of `allowed` that other
+    workers' lanes have not `taken`, one per device, the rest left to everything else (the
+    worker's other threads, LOADs and PREPAREs). None are pinned when that leaves no core over,
+    or with more than one thread per lane (onnxruntime starts a lane's pool threads on the LOAD
+    lane, where the pin would not reach them)."""
+    cores = sorted(allowed - taken)
     if threads != 1 or devices >= len(cores):
         return {}
     return {device: {cores[-1 - device]} for device in range(devices)}
+
+
+def claim_lane_cores(devices: int, threads: int, claims: CoreClaims, tries: int = 3) -> dict[int, set[int]]:
+    """`lane_cores` for this process, claimed host-wide (common/affinity.CoreClaims); another
+    worker claiming at the same moment makes us look again."""
+    allowed = set(os.sched_getaffinity(0))
+    for _ in range(tries):
+        chosen = lane_cores(devices, threads, allowed, claims.taken(allowed))
+        if not chosen or claims.claim(set().union(*chosen.values())):
+            return chosen
+    return {}
 
 
 def _ort():
@@ -79,10 +92,14 @@ class OnnxRuntime(Runtime):
             raise RuntimeUnavailable("onnxruntime has no CPUExecutionProvider")
         self._config = config
         self._threads = max(1, int(config.threads_per_lane))
-        self._lane_cores = lane_cores(config.devices, self._threads) if config.pin_lanes else {}
+        self._claims = CoreClaims(config.lane_claims_dir or default_claims_dir())
+        self._lane_cores = claim_lane_cores(config.devices, self._threads, self._claims) if config.pin_lanes else {}
 
     def reserved_cores(self) -> set[int]:
         return set().union(*self._lane_cores.values())
+
+    def lane_cores_on_host(self) -> set[int]:
+        return self.reserved_cores() | self._claims.taken(set(os.sched_getaffinity(0)))
 
     def lane_started(self, device_id: int, lane: str) -> None:
         if lane == "exec" and device_id in self._lane_cores:
