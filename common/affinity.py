@@ -104,6 +104,11 @@ class CoreClaims:
             got.append(core)
         return True
 
+    def release(self) -> None:
+        for fd in self._held.values():
+            os.close(fd)
+        self._held.clear()
+
 
 class LaneCores:
     """The cores the EXEC lanes of workers on this host hold, as their HELLOs say, and this

@@ -68,7 +68,7 @@ def test_emulated_device_waits_its_profile_and_returns_zero_outputs_trimmed():
 
 @pytest.fixture(scope="module")
 def onnx_device():
-    runtime = OnnxRuntime(WorkerConfig(devices=1))
+    runtime = OnnxRuntime(WorkerConfig(devices=1, pin_lanes=False))
     assert runtime.devices()[0].kind == "cpu-1t"
     device, emit, store = make_device(runtime)
     device.start()

@@ -74,7 +74,7 @@ def test_bad_models_are_refused_with_a_reason(fmt, blob, status):
 
 
 def test_onnx_prepare_profiles_on_the_device_exec_lane_and_refuses_garbage():
-    runtime = OnnxRuntime(WorkerConfig(devices=1))
+    runtime = OnnxRuntime(WorkerConfig(devices=1, pin_lanes=False))
     device, _emit, store = make_device(runtime)
     device.start()
     try:
@@ -100,7 +100,7 @@ def test_a_large_model_lives_in_its_spooled_file_until_its_last_name_goes(tmp_pa
     from clockwork.bench.models import matmul_onnx
     from clockwork.common.models import ISOLATED_CHECK_BYTES
 
-    runtime = OnnxRuntime(WorkerConfig(devices=1))
+    runtime = OnnxRuntime(WorkerConfig(devices=1, pin_lanes=False))
     store = ModelStore()
     preparer = make_preparer(runtime, store, Collector(), spool_dir=tmp_path)
     blob = matmul_onnx(2900)  # 33.6 MB

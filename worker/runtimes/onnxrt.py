@@ -101,6 +101,9 @@ class OnnxRuntime(Runtime):
     def lane_cores_on_host(self) -> set[int]:
         return self.reserved_cores() | self._claims.taken(set(os.sched_getaffinity(0)))
 
+    def close(self) -> None:
+        self._claims.release()
+
     def lane_started(self, device_id: int, lane: str) -> None:
         if lane == "exec" and device_id in self._lane_cores:
             os.sched_setaffinity(0, self._lane_cores[device_id])  # this thread only (Linux)
