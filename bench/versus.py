@@ -214,8 +214,12 @@ def verdicts(points: Sequence[Point], floor: Latencies, worker: dict[str, float]
     if worker:
         rows.append(("worker's exec p50 / direct p50 (lone)",
                      f"{worker['lone_exec_ms'] / floor.percentile_ms(50):.2f}", "<= 1.1"))
+        # The same run's reference: a prediction cannot be closer than the model's own runs are
+        # to each other, and on a noisy host a sub-millisecond model's p99 is well past its p50.
+        spread = floor.percentile_ms(99) / floor.percentile_ms(50) - 1
         rows.append(("exec prediction error p99 at batch 1, share of the typical prediction",
-                     f"{100 * worker['typical_error_share_p99_batch1']:.1f}%", "<= 10%"))
+                     f"{100 * worker['typical_error_share_p99_batch1']:.1f}% (the direct call's own p99 is "
+                     f"{100 * spread:.1f}% over its p50)", "<= 10%"))
     cw, plain = sustained(points, "clockwork"), sustained(points, "plain")
     if plain:
         rows.append(("rate sustained (>= 99.9% in SLO), clockwork / plain", f"{cw:g} / {plain:g} = {cw / plain:.2f}",
