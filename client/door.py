@@ -15,7 +15,7 @@ goes on until none was late for five intervals. An admitted request meets the lo
 on each turn it needs after the door (its reply, its wake-up): with the lag held at the 10 ms
 that starts shedding, 11-15% of the admitted requests were answered past a 50 ms SLO at 3x the
 gateway's capacity; drained to 2.5 ms and held so, 0-1% (clockwork-bench versus --gateway-json,
-2-core host). Starting to shed at 2.5 ms instead refused 2.5% of the requests at the gateway's
+2-core host). Starting to shed at 3 ms instead refused 2.5% of the requests at the gateway's
 own capacity, which it serves in time without shedding.
 """
 
