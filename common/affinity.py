@@ -33,18 +33,37 @@ def host_id() -> str:
         return ""
 
 
-def keep_off(cores: set[int], allowed: set[int] | None = None) -> set[int]:
+def keep_off(cores: set[int], allowed: set[int] | None = None, spare: set[int] = frozenset()) -> set[int]:
     """Run every thread of this process on `allowed` (default: what the process may use now)
-    less `cores`: the threads running now, and through inheritance those started later. If
+    less `cores`: the threads running now, and through inheritance those started later; the
+    threads in `spare` (native ids: lanes pinned to a core of their own) stay as they are. If
     that leaves nothing, nothing changes. Returns the cores now used."""
     allowed = set(os.sched_getaffinity(0)) if allowed is None else allowed
     rest = allowed - cores or allowed
     for thread in os.listdir("/proc/self/task"):
+        if int(thread) in spare:
+            continue
         try:
             os.sched_setaffinity(int(thread), rest)
         except OSError:  # the thread ended meanwhile
             pass
     return rest
+
+
+class KeptOff:
+    """A worker keeping its threads off the host's lane cores as workers come and go: one that
+    started first must also leave the cores claimed after it."""
+
+    def __init__(self):
+        self.allowed = set(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else set()
+        self.cores: set[int] | None = None
+
+    def follow(self, cores: set[int], spare: set[int] = frozenset()) -> set[int] | None:
+        """The cores this process's threads now run on, if `cores` changed them."""
+        if not self.allowed or cores == self.cores:
+            return None
+        self.cores = set(cores)
+        return keep_off(self.cores, self.allowed, spare)
 
 
 def default_claims_dir() -> Path:

@@ -89,3 +89,37 @@ def test_a_gateway_on_the_host_keeps_off_the_lane_core_too(tmp_path, lane):
 def test_the_gateway_keeps_off_lane_cores_unless_told_not_to():
     assert parse_args([])[0].avoid_lane_cores  # a host with more cores than lanes loses nothing
     assert not parse_args(["--no-avoid-lane-cores"])[0].avoid_lane_cores  # 2 cores, JSON-bound
+
+
+def test_a_worker_follows_the_lane_cores_claimed_after_it():
+    """In a process of its own: its threads move off a core another worker claimed later, and
+    back when it is given up; a lane pinned to a core of its own stays where it is."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core here: nothing to keep off")
+    code = textwrap.dedent("""
+        import os, threading, time
+        from clockwork.common.affinity import KeptOff
+        allowed = set(os.sched_getaffinity(0))
+        top = max(allowed)
+        kept = KeptOff()
+        pinned, ready = {}, threading.Event()
+        def lane():
+            os.sched_setaffinity(0, {top})
+            pinned["id"] = threading.get_native_id()
+            ready.set()
+            time.sleep(30)
+        threading.Thread(target=lane, daemon=True).start()
+        ready.wait()
+        other = threading.Thread(target=time.sleep, args=(30,), daemon=True)
+        other.start()
+        spare = {pinned["id"]}
+        assert kept.follow(set(), spare) == allowed  # nothing claimed yet
+        assert kept.follow({top}, spare) == allowed - {top}  # another worker claims a core
+        assert os.sched_getaffinity(other.native_id) == os.sched_getaffinity(0) == allowed - {top}
+        assert os.sched_getaffinity(pinned["id"]) == {top}  # the pinned lane stays
+        assert kept.follow({top}, spare) is None  # nothing changed, nothing done
+        assert kept.follow(set(), spare) == allowed and os.sched_getaffinity(other.native_id) == allowed
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

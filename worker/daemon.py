@@ -25,7 +25,7 @@ from typing import Any, Callable
 import zmq
 
 from clockwork.common import schema, security
-from clockwork.common.affinity import host_id
+from clockwork.common.affinity import KeptOff, host_id
 from clockwork.common.checks import BadMessage
 from clockwork.common.clock import SkewEstimator, monotonic_ns
 from clockwork.common.codec import bundles, decode, encode, peek_id, peek_map, split
@@ -41,6 +41,9 @@ from clockwork.worker.runtimes.base import Runtime
 from clockwork.worker.store import ModelStore, Preparer, remove_stale_spools
 
 HELLO_RETRY_NS = 1_000_000_000  # until WELCOME arrives
+# How often the worker looks again at the lane cores claimed on its host: a worker started
+# later may claim a core this one's threads run on.
+LANE_CORES_CHECK_NS = 5_000_000_000
 MAX_RECV_PER_WAKE = 256  # then look at the outbox, so results never wait behind a flood
 MAX_DETAIL = 4096
 
@@ -57,6 +60,9 @@ class Daemon:
         self.log = log
         self.skew = SkewEstimator()
         self.ids = IdSource()
+        self.kept_off = KeptOff()  # before any thread starts: they inherit the main thread's cores
+        self.kept_off.follow(runtime.lane_cores_on_host())
+        self._lane_cores_check_ns = monotonic_ns() + LANE_CORES_CHECK_NS
         self.outbox = Outbox()
         self.store = ModelStore()
         self.devices = {info.device_id: Device(info, config.page_bytes, runtime, self.store, self.outbox.put, log)
@@ -138,6 +144,11 @@ class Daemon:
     # ---------------------------------------------------------------------------- timers
 
     def _on_timer(self, now_ns: int) -> None:
+        if now_ns >= self._lane_cores_check_ns:
+            self._lane_cores_check_ns = now_ns + LANE_CORES_CHECK_NS
+            moved = self.kept_off.follow(self.runtime.lane_cores_on_host(), self.runtime.pinned_threads())
+            if moved is not None:
+                self.log.info("threads moved off the host's lane cores", cores=sorted(moved))
         healthy = self.lanes_alive(now_ns)
         if not self._welcomed:
             self._send_hello()

@@ -22,7 +22,6 @@ import zmq
 
 from clockwork.common import config as cfg
 from clockwork.common import logsetup, version
-from clockwork.common.affinity import keep_off
 from clockwork.common.config import MIB, WorkerConfig
 from clockwork.common.security import SecurityError
 
@@ -82,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     if not runtime.devices():
         print(f"clockwork-worker: runtime {config.runtime!r} found no devices on this host", file=sys.stderr)
         return 2
-    keep_off(runtime.lane_cores_on_host())
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         daemon = Daemon(config, runtime, log)

@@ -136,6 +136,11 @@ class Runtime(abc.ABC):
         claimed, common/affinity.CoreClaims): the worker keeps its other threads off them."""
         return self.reserved_cores()
 
+    def pinned_threads(self) -> set[int]:
+        """Native ids of the lane threads pinned to cores of their own (left alone when the
+        worker moves its other threads)."""
+        return set()
+
     def lane_started(self, device_id: int, lane: str) -> None:
         """Called on a lane's thread before its first action."""
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ class OnnxRuntime(Runtime):
         self._threads = max(1, int(config.threads_per_lane))
         self._claims = CoreClaims(config.lane_claims_dir or default_claims_dir())
         self._lane_cores = claim_lane_cores(config.devices, self._threads, self._claims) if config.pin_lanes else {}
+        self._pinned: set[int] = set()  # native ids of the EXEC lane threads pinned so far
 
     def reserved_cores(self) -> set[int]:
         return set().union(*self._lane_cores.values())
@@ -104,9 +106,13 @@ class OnnxRuntime(Runtime):
     def close(self) -> None:
         self._claims.release()
 
+    def pinned_threads(self) -> set[int]:
+        return set(self._pinned)
+
     def lane_started(self, device_id: int, lane: str) -> None:
         if lane == "exec" and device_id in self._lane_cores:
             os.sched_setaffinity(0, self._lane_cores[device_id])  # this thread only (Linux)
+            self._pinned.add(threading.get_native_id())
 
     def devices(self) -> list[DeviceInfo]:
         kind = f"cpu-{self._threads}t"
