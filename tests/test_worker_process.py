@@ -138,6 +138,17 @@ def test_lane_cores_leave_a_core_over_or_pin_nothing():
     assert lane_cores(1, 1, {0, 1}, taken={1}) == {}  # ...and here leaves no core over
 
 
+def test_where_threads_cannot_be_pinned_the_runtime_pins_and_claims_nothing(monkeypatch, tmp_path):
+    from clockwork.common.config import WorkerConfig
+    from clockwork.worker.runtimes.onnxrt import OnnxRuntime
+
+    monkeypatch.delattr(os, "sched_setaffinity")  # as on macOS
+    monkeypatch.delattr(os, "sched_getaffinity")
+    runtime = OnnxRuntime(WorkerConfig(devices=1, lane_claims_dir=str(tmp_path)))
+    assert runtime.reserved_cores() == runtime.lane_cores_on_host() == set()
+    runtime.close()
+
+
 def test_core_claims_hold_across_processes_until_the_holder_dies(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time\n"

@@ -50,7 +50,10 @@ def lane_cores(devices: int, threads: int, allowed: set[int], taken: set[int] = 
 
 def claim_lane_cores(devices: int, threads: int, claims: CoreClaims, tries: int = 3) -> dict[int, set[int]]:
     """`lane_cores` for this process, claimed host-wide (common/affinity.CoreClaims); another
-    worker claiming at the same moment makes us look again."""
+    worker claiming at the same moment makes us look again. Nothing where the system cannot pin
+    (macOS)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return {}
     allowed = set(os.sched_getaffinity(0))
     for _ in range(tries):
         chosen = lane_cores(devices, threads, allowed, claims.taken(allowed))
@@ -101,6 +104,8 @@ class OnnxRuntime(Runtime):
         return set().union(*self._lane_cores.values())
 
     def lane_cores_on_host(self) -> set[int]:
+        if not hasattr(os, "sched_getaffinity"):
+            return set()
         return self.reserved_cores() | self._claims.taken(set(os.sched_getaffinity(0)))
 
     def close(self) -> None:
