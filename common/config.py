@@ -95,7 +95,8 @@ class SchedulerConfig:
     # measurements: often enough to follow a host getting busy, seldom enough that a refresh
     # sees ~1,000 requests at capacity (the headroom's miss target is judged per refresh).
     refresh_ns: int = 100 * MS
-    # The headroom widens by this per refresh while admitted requests miss, and narrows by a
+    # The headroom widens by this per refresh while admitted requests miss (by up to five times
+    # this when they miss by the tens: controller/admission.py), and narrows by a
     # sixteenth of it per refresh without a miss: at equilibrium about one refresh in 17 sees a
     # miss, which keeps misses under the 0.01% target at ~1,000 admitted requests per refresh.
     headroom_step: float = 0.02

@@ -24,6 +24,14 @@ from clockwork.controller.core import Core, stale_detail
 from clockwork.controller.state import Device, Model, Request
 
 
+# A refresh with misses widens the headroom one step, and one more for every HEADROOM_BURST_MISSES
+# of them, up to HEADROOM_BURST_STEPS: the few misses of Poisson bursts at a knee move it as
+# before, a collapse under overload (batches cut to their most urgent member, tens of misses a
+# refresh) at once.
+HEADROOM_BURST_MISSES = 5
+HEADROOM_BURST_STEPS = 5
+
+
 class Headroom:
     """The share of a budget admission leaves unplanned, between the configured floor and
     ceiling: it widens quickly while admitted requests miss more often than the target
@@ -38,7 +46,8 @@ class Headroom:
     def refresh(self) -> None:
         cfg = self.cfg
         if self.missed > cfg.admission_miss_target * self.admitted:
-            self.share = min(cfg.max_admission_headroom, self.share + cfg.headroom_step)
+            steps = 1 + min(HEADROOM_BURST_STEPS - 1, self.missed // HEADROOM_BURST_MISSES)
+            self.share = min(cfg.max_admission_headroom, self.share + steps * cfg.headroom_step)
         elif not self.missed:
             self.share = max(cfg.admission_headroom, self.share - cfg.headroom_step / 16)
         self.admitted = self.missed = 0

@@ -461,6 +461,20 @@ def test_headroom_widens_while_admitted_requests_miss_and_narrows_once_they_stop
     assert headroom.share == pytest.approx(0.05)
 
 
+def test_headroom_widens_at_once_for_a_run_of_misses_and_by_one_step_for_a_few():
+    """A knee's Poisson bursts miss a few at a time and move it one step, as before; a collapse
+    under overload misses tens a refresh and widens it several steps at once."""
+    cfg = SchedulerConfig(admission_headroom=0.05, max_admission_headroom=0.3, admission_miss_target=0.0001,
+                          headroom_step=0.02)
+    widened = []
+    for missed in (1, 4, 5, 12, 50):
+        headroom = Headroom(cfg)
+        headroom.admitted, headroom.missed = 1000, missed
+        headroom.refresh()
+        widened.append(round(headroom.share - 0.05, 4))
+    assert widened == [0.02, 0.02, 0.04, 0.06, 0.1]
+
+
 def test_the_backlog_follows_the_queue():
     core = ready_core()
     t = warm(core)
