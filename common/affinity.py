@@ -33,6 +33,13 @@ def host_id() -> str:
         return ""
 
 
+def allowed_cores() -> set[int]:
+    """The cores this thread may run on now; none where the system cannot set a thread's cores
+    (macOS), so that everything here is inert there. Taken before anything is kept off, it is
+    what the process started with."""
+    return set(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else set()
+
+
 def keep_off(cores: set[int], allowed: set[int] | None = None, spare: set[int] = frozenset()) -> set[int]:
     """Run every thread of this process on `allowed` (default: what the process may use now)
     less `cores`: the threads running now, and through inheritance those started later; the
@@ -51,11 +58,11 @@ def keep_off(cores: set[int], allowed: set[int] | None = None, spare: set[int] =
 
 
 class KeptOff:
-    """A worker keeping its threads off the host's lane cores as workers come and go: one that
-    started first must also leave the cores claimed after it."""
+    """This process's threads kept off a set of cores that changes (lanes' cores, as workers
+    come and go): each change moves them, within the cores the process started with."""
 
     def __init__(self):
-        self.allowed = set(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else set()
+        self.allowed = allowed_cores()
         self.cores: set[int] | None = None
 
     def follow(self, cores: set[int], spare: set[int] = frozenset()) -> set[int] | None:
@@ -134,10 +141,9 @@ class LaneCores:
     process kept off them: joining workers add theirs, lost ones give them back."""
 
     def __init__(self, host: str | None = None):
+        self._kept = KeptOff()
         # Where the system cannot set a thread's cores (not Linux) there is no host to share.
-        pinnable = hasattr(os, "sched_setaffinity")
-        self.host = (host_id() if host is None else host) if pinnable else ""
-        self.allowed = set(os.sched_getaffinity(0)) if pinnable else set()  # what the process started with
+        self.host = (host_id() if host is None else host) if self._kept.allowed else ""
         self._lanes: dict[str, frozenset[int]] = {}  # worker -> its lanes' cores
 
     def joined(self, worker: str, host: str, cores: tuple[int, ...]) -> set[int] | None:
@@ -149,12 +155,12 @@ class LaneCores:
             self._lanes[worker] = mine
         else:
             self._lanes.pop(worker, None)
-        return keep_off(self.held(), self.allowed)
+        return self._kept.follow(self.held())
 
     def left(self, worker: str) -> set[int] | None:
         if self._lanes.pop(worker, None) is None:
             return None
-        return keep_off(self.held(), self.allowed)
+        return self._kept.follow(self.held())
 
     def held(self) -> set[int]:
         return set().union(*self._lanes.values())

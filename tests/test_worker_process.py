@@ -173,6 +173,34 @@ def test_core_claims_hold_across_processes_until_the_holder_dies(tmp_path):
     assert other.taken({4, 5, 6, 7}) == set()
 
 
+def test_other_workers_lane_cores_are_seen_after_this_one_moved_off_them(tmp_path):
+    """The worker looks again every 5 s from a thread it has moved off the lanes' cores; those
+    cores must still be probed, or it moves back onto them, and off again 5 s later."""
+    from clockwork.common.config import WorkerConfig
+    from clockwork.worker.runtimes.onnxrt import OnnxRuntime
+
+    allowed = set(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("one core here: there is no core to keep off")
+    top = max(allowed)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time\n"
+        "from clockwork.common.affinity import CoreClaims\n"
+        f"print(CoreClaims({str(tmp_path)!r}).claim({{{top}}}), flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    runtime = OnnxRuntime(WorkerConfig(devices=1, pin_lanes=False, lane_claims_dir=str(tmp_path)))
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        assert runtime.lane_cores_on_host() == {top}
+        os.sched_setaffinity(0, allowed - {top})  # as the worker's keep_off leaves this thread
+        assert runtime.lane_cores_on_host() == {top}
+    finally:
+        os.sched_setaffinity(0, allowed)
+        runtime.close()
+        holder.kill()
+        holder.wait()
+
+
 def test_two_workers_on_one_host_never_share_a_lane_core(tmp_path):
     claims = ("--set", f"lane_claims_dir={str(tmp_path / 'claims')!r}")
     (tmp_path / "a").mkdir()

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from clockwork.common.affinity import CoreClaims, default_claims_dir
+from clockwork.common.affinity import CoreClaims, allowed_cores, default_claims_dir
 from clockwork.common.clock import monotonic_ns
 from clockwork.common.config import HOST_DEVICE_MEMORY_BYTES
 from clockwork.common.models import Signature
@@ -48,13 +48,10 @@ def lane_cores(devices: int, threads: int, allowed: set[int], taken: set[int] = 
     return {device: {cores[-1 - device]} for device in range(devices)}
 
 
-def claim_lane_cores(devices: int, threads: int, claims: CoreClaims, tries: int = 3) -> dict[int, set[int]]:
-    """`lane_cores` for this process, claimed host-wide (common/affinity.CoreClaims); another
-    worker claiming at the same moment makes us look again. Nothing where the system cannot pin
-    (macOS)."""
-    if not hasattr(os, "sched_setaffinity"):
-        return {}
-    allowed = set(os.sched_getaffinity(0))
+def claim_lane_cores(devices: int, threads: int, allowed: set[int], claims: CoreClaims,
+                     tries: int = 3) -> dict[int, set[int]]:
+    """`lane_cores` of `allowed`, claimed host-wide (common/affinity.CoreClaims); another worker
+    claiming at the same moment makes us look again."""
     for _ in range(tries):
         chosen = lane_cores(devices, threads, allowed, claims.taken(allowed))
         if not chosen or claims.claim(set().union(*chosen.values())):
@@ -97,16 +94,18 @@ class OnnxRuntime(Runtime):
         self._config = config
         self._threads = max(1, int(config.threads_per_lane))
         self._claims = CoreClaims(config.lane_claims_dir or default_claims_dir())
-        self._lane_cores = claim_lane_cores(config.devices, self._threads, self._claims) if config.pin_lanes else {}
+        # The cores the worker started with (none where threads cannot be pinned): looked at
+        # later from a thread kept off some of them, the host's lanes must still be probed on all.
+        self._allowed = allowed_cores()
+        self._lane_cores = (claim_lane_cores(config.devices, self._threads, self._allowed, self._claims)
+                            if config.pin_lanes else {})
         self._pinned: set[int] = set()  # native ids of the EXEC lane threads pinned so far
 
     def reserved_cores(self) -> set[int]:
         return set().union(*self._lane_cores.values())
 
     def lane_cores_on_host(self) -> set[int]:
-        if not hasattr(os, "sched_getaffinity"):
-            return set()
-        return self.reserved_cores() | self._claims.taken(set(os.sched_getaffinity(0)))
+        return self.reserved_cores() | self._claims.taken(self._allowed)
 
     def close(self) -> None:
         self._claims.release()
