@@ -69,7 +69,8 @@ def admit(core: Core, headroom: Headroom, client: bytes, request_id: int, msg: s
     budget -= core.reply_ns  # what is left to finish in, with the reply's way back kept apart
     received, deadline = now_ns - waited_ns, now_ns + budget
     if not model.sizes:
-        if model.preparing or now_ns < core.started_ns + cfg.worker_timeout_ns:
+        started_ns = now_ns if core.started_ns is None else core.started_ns
+        if model.preparing or now_ns < started_ns + cfg.worker_timeout_ns:
             # Workers are (re)joining or preparing it: wait for them, up to the deadline.
             return Status.OK, "", Request(request_id, client, model.name, samples, msg.priority, received,
                                           deadline, msg.tensors, cold=True)
@@ -133,7 +134,7 @@ def best_case_ns(core: Core, model: Model, samples: int, loaded: bool,
                  own: dict[str, int | None] | None = None) -> int | None:
     """Shortest possible receive-to-finish time on an idle device; `loaded`: a replica holds
     the model already. `own` collects own_exec_ns by kind, for finish_behind_queue_ns."""
-    size = padded_size(samples, model.sizes)
+    size = padded_size(samples, model.sizes) or model.sizes[-1]  # admit checked that the samples fit
     # A replica is LOADED or LOADING (an evicted one leaves `replicas`): either way no LOAD is needed.
     loaded = loaded or bool(model.replicas)
     own = {} if own is None else own
@@ -160,7 +161,7 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
     At most `admission_replicas` replicas are looked at: bounded work per request even for a
     model replicated on a hundred GPUs (their backlogs differ only by the other models they
     hold)."""
-    size = padded_size(samples, model.sizes)
+    size = padded_size(samples, model.sizes) or model.sizes[-1]  # admit checked that the samples fit
     spill_ns = sum(core.unplaced_by_class[priority:]) // max(1, core.device_count)
     if not model.replicas:
         return _finish_after_load_ns(core, model, size, priority, spill_ns, now_ns)
@@ -196,7 +197,8 @@ def own_exec_ns(core: Core, model: Model, size: int, kind: str) -> int | None:
     typical = core.latency.typical_exec_ns(model.name, size, kind)
     if typical is None:
         return None
-    return typical + max(core.finish_tail_ns, core.latency.exec_ns(model.name, size, kind) - typical)
+    tail = core.latency.exec_ns(model.name, size, kind)  # known whenever the typical is
+    return typical + max(core.finish_tail_ns, (tail or typical) - typical)
 
 
 def _full_batch_ns(core: Core, model: Model, kind: str) -> int:
@@ -209,7 +211,7 @@ def _finish_after_load_ns(core: Core, model: Model, size: int, priority: int, sp
     # device's kind decides is worked out once per kind: a cold model may have a hundred devices.
     slots = max(1, core.device_count * core.cfg.max_loads_per_device)
     hop_ns, waiting = now_ns + core.cfg.dispatch_ns, len(core.unplaced)
-    by_kind: dict[str, tuple | None] = {}  # kind -> (load + turn, typical, a full batch's, own) or None
+    by_kind: dict[str, tuple[int, int, int, int] | None] = {}  # kind -> (load + turn, typical, a full batch's, own)
     best = None
     dev: Device
     for dev in core.devices_for(model):
@@ -217,9 +219,9 @@ def _finish_after_load_ns(core: Core, model: Model, size: int, priority: int, sp
         if kind not in by_kind:
             typical_ns = core.latency.typical_exec_ns(model.name, size, kind)
             load_ns = core.latency.load_ns(model.name, kind)
-            by_kind[kind] = None if typical_ns is None or load_ns is None else (
-                waiting * load_ns // slots + load_ns, typical_ns, _full_batch_ns(core, model, kind),
-                own_exec_ns(core, model, size, kind))
+            own_ns = own_exec_ns(core, model, size, kind)
+            by_kind[kind] = None if typical_ns is None or load_ns is None or own_ns is None else (
+                waiting * load_ns // slots + load_ns, typical_ns, _full_batch_ns(core, model, kind), own_ns)
         costs = by_kind[kind]
         if costs is None:
             continue

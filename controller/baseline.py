@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from clockwork.common.checks import BadMessage
 from clockwork.common.config import MS
+from clockwork.common import schema
 from clockwork.common.status import Status
 from clockwork.controller.batching import Batch, padded_size
 from clockwork.controller.core import Core, Policy
@@ -56,8 +57,8 @@ class BaselineConfig:
     replicate_hot_models: bool = False
 
 
-class FifoQueue(QueueBase):
-    """The per-model queue in arrival order, with the interface of controller.queues.RequestQueue.
+class FifoQueue(QueueBase[Request]):
+    """The per-model queue in arrival order (QueueBase: push, head, first, drain).
 
     A deque in arrival order (service) beside the base's heap by deadline (expiry), both with
     lazy deletion. When nothing is live both are cleared, so stale entries never pile up.
@@ -87,7 +88,7 @@ class FifoQueue(QueueBase):
         """Up to `limit` live requests, oldest first."""
         while self._fifo and not is_live(self._fifo[0][1], self._fifo[0][0]):
             self._fifo.popleft()
-        out = []
+        out: list[Request] = []
         for token, req in self._fifo:
             if len(out) >= limit:
                 break
@@ -95,7 +96,7 @@ class FifoQueue(QueueBase):
                 out.append(req)
         return out
 
-    def oldest(self) -> Request | None:
+    def first(self) -> Request | None:
         head = self.head(1)
         return head[0] if head else None
 
@@ -117,12 +118,13 @@ class FifoPolicy(Policy):
         self._timeout_seq = itertools.count()
         self._replicas = HotModelReplicas() if baseline.replicate_hot_models else None
 
-    def new_queue(self) -> QueueBase:
+    def new_queue(self) -> QueueBase[Request]:
         return FifoQueue()
 
     # ------------------------------------------------------------------ admission: none
 
-    def admit(self, core, client, request_id, msg, now_ns, waited_ns):
+    def admit(self, core: Core, client: bytes, request_id: int, msg: schema.Infer, now_ns: int,
+              waited_ns: int) -> tuple[Status, str, Request | None]:
         """Only what no system could serve is refused: unknown model, bad input, no worker.
         Time spent in queues before arriving comes out of the SLO budget, as in the core."""
         try:
@@ -139,7 +141,7 @@ class FifoPolicy(Policy):
 
     # ------------------------------------------------------------------ expiry: only (b), at the deadline
 
-    def queued(self, core, model, req, most_urgent, now_ns):
+    def queued(self, core: Core, model: Model, req: Request, most_urgent: bool, now_ns: int) -> None:
         if self.baseline.queue_timeout:  # every enqueue, so a request put back keeps its timeout
             heapq.heappush(self._timeouts, (req.deadline_ns, next(self._timeout_seq), req))
 
@@ -150,18 +152,18 @@ class FifoPolicy(Policy):
             if req.state is RequestState.QUEUED:
                 core.answer(req, Status.DEADLINE_MISSED, "queue timeout (the SLO) reached", now_ns)
 
-    def next_wakeup_ns(self, core, now_ns):
+    def next_wakeup_ns(self, core: Core, now_ns: int) -> int | None:
         while self._timeouts and self._timeouts[0][2].state is not RequestState.QUEUED:
             heapq.heappop(self._timeouts)  # dispatched or answered: no timeout to watch
         return self._timeouts[0][0] if self._timeouts else None
 
-    def replicate(self, core, now_ns):
+    def replicate(self, core: Core, now_ns: int) -> None:
         if self._replicas is not None:
             self._replicas(core, now_ns)
 
     # ------------------------------------------------------------------ the dynamic batcher
 
-    def plan_execs(self, core, now_ns):
+    def plan_execs(self, core: Core, now_ns: int) -> None:
         """Requests past their queue timeout are answered first, as Triton's batcher does when it
         forms batches. Then each due device that is idle runs the ready model whose oldest
         request is oldest; a device whose models are all waiting out the queue delay is booked
@@ -183,7 +185,7 @@ class FifoPolicy(Policy):
             if dev.resident[name].state is not Residency.LOADED:
                 continue
             model = core.models[name]
-            oldest = model.queue.oldest()
+            oldest = model.queue.first()
             if oldest is None:
                 continue
             due = oldest.received_ns + self.baseline.max_queue_delay_ns
@@ -204,7 +206,7 @@ class FifoPolicy(Policy):
                 break
             members.append(req)
             samples += req.samples
-        size = padded_size(samples, sizes)
+        size = padded_size(samples, sizes) or sizes[-1]  # samples <= limit <= sizes[-1]
         exec_ns = core.latency.exec_ns(model.name, size, dev.kind) or 0
         batch = Batch(model.name, tuple(members), size, exec_ns, now_ns + NO_WINDOW_NS)
         core.send_exec(dev, batch, now_ns + core.cfg.dispatch_ns, now_ns)

@@ -62,8 +62,8 @@ def grow(model: str, queue: Iterable[Request], start_ns: int, sizes: list[int],
         if samples + req.samples > sizes[-1]:
             break
         next_size = padded_size(samples + req.samples, sizes)
-        next_duration = exec_ns(next_size) if next_size else None
-        if next_duration is None:
+        next_duration = exec_ns(next_size) if next_size is not None else None
+        if next_size is None or next_duration is None:
             break
         next_deadline = min(deadline, req.deadline_ns) if members else req.deadline_ns
         if start_ns + next_duration > next_deadline:
@@ -92,12 +92,11 @@ def split_ns(samples: int, sizes: list[int], exec_ns: Callable[[int], int | None
         return known[samples]
     at = bisect_left(sizes, samples)  # sizes[at] is the padded size, sizes[at - 1] the largest smaller
     padded = exec_ns(sizes[min(at, len(sizes) - 1)])
-    smaller = sizes[at - 1] if at else None
-    first = exec_ns(smaller) if smaller is not None else None
+    first = exec_ns(sizes[at - 1]) if at else None  # the largest smaller size
     if first is None:
         ns = math.inf if padded is None else padded
     else:
-        rest = first + split_ns(samples - smaller, sizes, exec_ns, known)
+        rest = first + split_ns(samples - sizes[at - 1], sizes, exec_ns, known)
         ns = rest if padded is None else min(padded, rest)
     if known is not None:
         known[samples] = ns

@@ -95,7 +95,7 @@ class Policy:
     def start(self, core: Core) -> None:
         """Called once, by the core this policy decides for (before any event)."""
 
-    def new_queue(self) -> QueueBase:
+    def new_queue(self) -> QueueBase[Request]:
         """An empty request queue in this policy's service order."""
         raise NotImplementedError
 
@@ -299,14 +299,14 @@ class Core:
             samples = waiting[c] / len(model.replicas)
             by_kind: dict[str, int] = {}
             for key, dev in model.replicas.items():
-                cost = by_kind.get(dev.kind)
-                if cost is None:
-                    cost = by_kind[dev.kind] = self.drain_ns(model, samples, dev.kind)
+                kind_cost = by_kind.get(dev.kind)
+                if kind_cost is None:
+                    kind_cost = by_kind[dev.kind] = self.drain_ns(model, samples, dev.kind)
                 share = shares.get(key)
                 if share is None:
                     share = shares[key] = [0] * CLASSES
-                dev.backlog_by_class[c] += cost - share[c]
-                share[c] = cost
+                dev.backlog_by_class[c] += kind_cost - share[c]
+                share[c] = kind_cost
 
     def drain_ns(self, model: Model, samples: float, kind: str) -> int:
         """Predicted EXEC time of `samples` queued samples of `model` on a device of `kind`,
@@ -408,7 +408,7 @@ class Core:
             return []
         self.counters["requests_offered"] += 1
         status, detail, req = self.policy.admit(self, client, request_id, msg, now_ns, waited_ns)
-        if status is not Status.OK:
+        if status is not Status.OK or req is None:  # an OK always carries its request
             self.counters[_REJECTED[status]] += 1
             self._emit(ToClient(client, request_id, schema.InferReply(status=status, detail=detail)))
             return self._take()
@@ -932,7 +932,7 @@ class Core:
             "resident_on": sorted(m.replicas)[:few], "replicas": len(m.replicas),
             "answered": m.answered, "met_slo": m.met_slo,
         } for m in chosen]
-        counters = dict(self.counters)
+        counters: dict[str, float] = dict(self.counters)
         counters.update(self.latency.error_summary())
         dispatch = max((w.dispatch_ns for w in self.workers.values()), default=self.cfg.dispatch_ns)
         scheduler = {**self.policy.describe(), "dispatch_ms": dispatch / 1e6,

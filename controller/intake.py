@@ -138,7 +138,7 @@ class Intake:
 
     def finished(self) -> list[Checked]:
         """The uploads checked since the last call (called by the loop)."""
-        out = []
+        out: list[Checked] = []
         while True:
             try:
                 checked = self._done.get_nowait()

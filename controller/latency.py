@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Collection
 
 import numpy as np
 
@@ -44,21 +45,21 @@ class _Window:
     def estimate(self) -> int:
         """The tail: the window's `percentile`, nearest rank (with few samples it is the max,
         never an interpolation below it)."""
-        if self._tail is None:
-            self._rank()
-        return self._tail
+        tail = self._tail
+        return tail if tail is not None else self._rank()[0]
 
     def typical(self) -> int:
         """The median, nearest rank."""
-        if self._typical is None:
-            self._rank()
-        return self._typical
+        typical = self._typical
+        return typical if typical is not None else self._rank()[1]
 
-    def _rank(self) -> None:
-        """Both figures from one sort: admission asks for both after every new measurement."""
+    def _rank(self) -> tuple[int, int]:
+        """Both figures from one sort (the tail, the median): admission asks for both after
+        every new measurement."""
         ordered = sorted(self.values)
-        self._tail = _nearest_rank(ordered, self.percentile)
-        self._typical = _nearest_rank(ordered, 50.0)
+        tail = self._tail = _nearest_rank(ordered, self.percentile)
+        typical = self._typical = _nearest_rank(ordered, 50.0)
+        return tail, typical
 
 
 def _nearest_rank(ordered: list[int], percentile: float) -> int:
@@ -140,11 +141,11 @@ class LatencyModel:
 
     def start_lateness_ns(self, worker: str, percentile: float) -> int:
         """How late `worker`'s lanes have started EXECs against the plan, at `percentile`."""
-        return _percentile(self._lateness.get(worker, ()), percentile)
+        return _percentile(self._lateness.get(worker) or (), percentile)
 
     def return_ns(self, worker: str, percentile: float) -> int:
         """How long `worker`'s results took from the lane's end to the controller, at `percentile`."""
-        return _percentile(self._returns.get(worker, ()), percentile)
+        return _percentile(self._returns.get(worker) or (), percentile)
 
     def forget_worker(self, worker: str) -> None:
         """A worker that rejoins may be somewhere else: its hops are measured afresh."""
@@ -232,7 +233,7 @@ class LatencyModel:
         return out
 
 
-def _percentile(values: deque, percentile: float) -> int:
+def _percentile(values: Collection[int], percentile: float) -> int:
     if not values:
         return 0
     return int(np.percentile(np.fromiter(values, dtype=np.int64), percentile))

@@ -4,9 +4,10 @@ so an illegal transition is a loud bug in tests instead of a silent corruption."
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 
-class IllegalTransition(RuntimeError):
+class IllegalTransition(Exception):
     pass
 
 
@@ -34,8 +35,10 @@ _RESIDENCY_MOVES = {
 }
 
 
-def move(obj, new_state) -> None:
-    table = _REQUEST_MOVES if isinstance(new_state, RequestState) else _RESIDENCY_MOVES
-    if new_state not in table[obj.state]:
+def move(obj: Any, new_state: RequestState | Residency) -> None:
+    """Set `obj.state` (a request's or a resident model's) to `new_state` if the table allows it."""
+    allowed: set = (_REQUEST_MOVES[obj.state] if isinstance(new_state, RequestState)
+                    else _RESIDENCY_MOVES[obj.state])
+    if new_state not in allowed:
         raise IllegalTransition(f"{type(obj).__name__}: {obj.state.name} -> {new_state.name}")
     obj.state = new_state

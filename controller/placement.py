@@ -87,7 +87,7 @@ def wants_replica(model: Model, now_ns: int, dispatch_ns_of, exec_ns_at, fractio
         rate += size / exec_ns
         free = max(dev.exec_lane.free_at(now_ns), now_ns + dispatch_ns_of(dev))
         start = free if start is None else min(start, free)
-    if not rate:
+    if start is None:
         return False
     drain_ns = model.queue.samples / rate
     return start + drain_ns - now_ns > fraction * (head - now_ns)

@@ -13,13 +13,14 @@ from __future__ import annotations
 import heapq
 import itertools
 
+from clockwork.common import schema
 from clockwork.common.status import Status
 from clockwork.controller import admission, placement
 from clockwork.controller.batching import Batch, grow, padded_size
 from clockwork.controller.core import Core, Policy
 from clockwork.controller.lifecycle import Residency
 from clockwork.controller.queues import QueueBase, RequestQueue
-from clockwork.controller.state import Device, Model
+from clockwork.controller.state import Device, Model, Request
 
 # A batch is grown from this many requests beyond the largest batch size: room to skip requests
 # that can no longer make it (expiry answers them within a housekeeping interval). Fixed: it
@@ -35,23 +36,26 @@ class ClockworkPolicy(Policy):
         self._next_refresh_ns = 0
         self._replicas = HotModelReplicas()
 
-    def start(self, core):
+    def start(self, core: Core) -> None:
         self.headroom = admission.Headroom(core.cfg)
 
-    def new_queue(self) -> QueueBase:
+    def new_queue(self) -> QueueBase[Request]:
         return RequestQueue()
 
     # ------------------------------------------------------------------ admission
 
-    def admit(self, core, client, request_id, msg, now_ns, waited_ns):
-        status, detail, req = admission.admit(core, self.headroom, client, request_id, msg, now_ns, waited_ns)
+    def admit(self, core: Core, client: bytes, request_id: int, msg: schema.Infer, now_ns: int,
+              waited_ns: int) -> tuple[Status, str, Request | None]:
+        headroom = self.headroom
+        assert headroom is not None, "start() comes before any event"
+        status, detail, req = admission.admit(core, headroom, client, request_id, msg, now_ns, waited_ns)
         if status is Status.OK:
-            self.headroom.admitted += 1
+            headroom.admitted += 1
         return status, detail, req
 
     # ------------------------------------------------------------------ expiry
 
-    def queued(self, core, model, req, most_urgent, now_ns):
+    def queued(self, core: Core, model: Model, req: Request, most_urgent: bool, now_ns: int) -> None:
         if most_urgent:
             self._watch(model, now_ns)  # a new most urgent request: look at it soon
 
@@ -61,12 +65,13 @@ class ClockworkPolicy(Policy):
         model.expiry_token = token = next(self._expiry_tokens)
         heapq.heappush(self._expiry, (at_ns, token, model))
 
-    def expire(self, core, now_ns):
+    def expire(self, core: Core, now_ns: int) -> None:
         """Answer DEADLINE_MISSED, early, the queued requests no device can finish in time.
         A model is looked at again after half the slack its most urgent request had (between
         one housekeeping interval and `expiry_recheck_ns`), so the sweep costs O(models near a
         miss), not O(models with a queue), every millisecond. Misses widen the headroom."""
         headroom = self.headroom
+        assert headroom is not None, "start() comes before any event"
         if now_ns >= self._next_refresh_ns:
             self._next_refresh_ns = now_ns + core.cfg.refresh_ns
             headroom.refresh()
@@ -90,12 +95,12 @@ class ClockworkPolicy(Policy):
 
     # ------------------------------------------------------------------ replication
 
-    def replicate(self, core, now_ns):
+    def replicate(self, core: Core, now_ns: int) -> None:
         self._replicas(core, now_ns)
 
     # ------------------------------------------------------------------ batch choice
 
-    def plan_execs(self, core, now_ns):
+    def plan_execs(self, core: Core, now_ns: int) -> None:
         """Plan every device whose EXEC lane is due (free within the horizon) and has work."""
         if not core.planning_due(now_ns):
             return
@@ -116,7 +121,8 @@ class ClockworkPolicy(Policy):
                 core.plan_device_soon(dev, now_ns)
 
     def describe(self) -> dict:
-        return {"admission_headroom": round(self.headroom.share, 4), "expiry_heap": len(self._expiry)}
+        headroom = self.headroom
+        return {"admission_headroom": round(headroom.share, 4) if headroom else None, "expiry_heap": len(self._expiry)}
 
 
 class HotModelReplicas:
@@ -176,7 +182,7 @@ def _choose_batch(core: Core, dev: Device, start_ns: int) -> Batch | None:
             break  # running `first` makes nobody else late
         model = core.models[name]
         batch = grow(name, model.queue.head(model.sizes[-1] + HOPELESS_SCAN), start_ns, model.sizes,
-                     lambda size, m=name: core.latency.exec_ns(m, size, dev.kind))
+                     lambda size: core.latency.exec_ns(name, size, dev.kind))  # used at once: no late binding
         if batch is None:
             continue
         if first is None:

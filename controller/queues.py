@@ -40,7 +40,8 @@ R = TypeVar("R", bound=Queued)
 
 
 class QueueBase(Generic[R]):
-    """The expiry heap and the counts of a per-model queue; subclasses add the service order."""
+    """The expiry heap and the counts of a per-model queue; subclasses add the service order
+    (push, head, first, drain)."""
 
     def __init__(self) -> None:
         self._expire: list[tuple[int, int, R]] = []  # (deadline, token, req)
@@ -78,12 +79,27 @@ class QueueBase(Generic[R]):
     def pop_expired(self, before_ns: int) -> list[R]:
         """Live requests with a deadline before `before_ns`; they are still QUEUED: the caller
         answers them (and calls removed() for each)."""
-        out = []
+        out: list[R] = []
         while self._expire and self._expire[0][0] < before_ns:
             _, token, req = heapq.heappop(self._expire)
             if is_live(req, token):
                 out.append(req)
         return out
+
+    def push(self, req: R) -> None:
+        raise NotImplementedError
+
+    def head(self, limit: int) -> list[R]:
+        """Up to `limit` live requests in service order, the queue unchanged."""
+        raise NotImplementedError
+
+    def first(self) -> R | None:
+        """The live request served next."""
+        raise NotImplementedError
+
+    def drain(self) -> list[R]:
+        """Every live request, in service order; the caller answers each (calling removed())."""
+        raise NotImplementedError
 
 
 class RequestQueue(QueueBase[R]):
@@ -97,7 +113,8 @@ class RequestQueue(QueueBase[R]):
 
     def head(self, limit: int) -> list[R]:
         """Up to `limit` live requests in service order; O(limit log n), the queue unchanged."""
-        taken, out = [], []
+        taken: list = []
+        out: list[R] = []
         while self._serve and len(out) < limit:
             entry = heapq.heappop(self._serve)
             if is_live(entry[3], entry[2]):

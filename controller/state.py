@@ -8,7 +8,7 @@ from clockwork.common.models import Signature
 from clockwork.common.schema import ActionKind
 from clockwork.common.tensors import Tensor
 from clockwork.controller.lifecycle import Residency, RequestState
-from clockwork.controller.queues import CLASSES, RequestQueue
+from clockwork.controller.queues import CLASSES, QueueBase, RequestQueue
 from clockwork.controller.timeline import Timeline
 
 
@@ -43,7 +43,7 @@ class Model:
     format: str
     signature: Signature
     profiles: dict[str, Profile] = field(default_factory=dict)  # worker name -> its PREPARE profile
-    queue: RequestQueue[Request] = field(default_factory=RequestQueue)
+    queue: QueueBase[Request] = field(default_factory=RequestQueue)
     in_flight: int = 0  # EXEC actions outstanding
     removing: bool = False  # REMOVE received; dropped from workers once in_flight == 0
     answered: int = 0  # admitted requests answered, and those of them inside their deadline
