@@ -50,7 +50,7 @@ def test_a_benchmark_without_the_bench_extra_says_which_extra_to_install():
 
 REPO = Path(__file__).resolve().parent.parent
 UNTRACKED = (".git", ".venv", ".gpu-carry", "build", "dist", "out", "runs", "*.egg-info", "__pycache__",
-             ".pytest_cache", ".hypothesis")
+             ".pytest_cache", ".hypothesis", "*.so", "_compiled.json")
 README_PORTS = (5555, 5556)  # the by-hand session uses the daemons' default endpoints
 
 
@@ -94,6 +94,8 @@ def test_the_built_wheel_installs_beside_a_common_distribution_and_runs_the_read
     assert names.returncode == 0, names.stderr
     theirs, ours = names.stdout.split()
     assert str(venv) in theirs and "clockwork" not in theirs and ours.endswith("clockwork/common/__init__.py")
+    core = sh("python -c 'import clockwork.controller.core as c; print(c.__file__)'")
+    assert core.stdout.strip().endswith(".so") or not shutil.which("cc"), core  # the wheel's core is compiled
     version = sh("clockwork --version")
     assert version.returncode == 0 and version.stdout.startswith("clockwork 0."), version
 
