@@ -11,6 +11,8 @@ less often. Reference counting still frees everything acyclic at once; cycles ar
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 YOUNG_THRESHOLD = 20_000  # allocations between young collections (CPython's default: 700)
 OLDER_THRESHOLDS = (20, 50)  # young collections per middle one, middle ones per full one (default 10, 10)
@@ -21,3 +23,16 @@ def tune_for_serving() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_THRESHOLD, *OLDER_THRESHOLDS)
+
+
+@contextmanager
+def serving() -> Iterator[None]:
+    """The same settings for a stretch of work in a process that goes on afterwards (the
+    simulator runs the core as the controller daemon does, then reports); restored after."""
+    thresholds = gc.get_threshold()
+    tune_for_serving()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()

@@ -13,6 +13,7 @@ from clockwork.bench.progress import Progress
 from clockwork.bench.sim.config import NS_PER_S, RunSpec
 from clockwork.bench.sim.events import Simulation
 from clockwork.bench.sim.summary import summarize
+from clockwork.common import gc_tuning
 from clockwork.common.config import MS, SchedulerConfig
 from clockwork.controller.baseline import BaselineConfig, FifoPolicy
 from clockwork.controller.core import Core
@@ -80,10 +81,11 @@ def run(spec: RunSpec, schedule=None, runlog=None, progress: Progress | None = N
                      spec.baseline_replicas)
     sim = Simulation(core, spec.sim, spec.models, int(spec.slo_ms * MS), runlog=runlog, progress=progress)
     sim.setup()
-    if isinstance(schedule, workload.ClosedLoop):
-        sim.run_closed_loop(schedule)
-    else:
-        sim.run_open_loop(schedule)
+    with gc_tuning.serving():  # the controller daemon's garbage-collector settings
+        if isinstance(schedule, workload.ClosedLoop):
+            sim.run_closed_loop(schedule)
+        else:
+            sim.run_open_loop(schedule)
     sim.log_unanswered()
     summary = summarize(spec, sim, schedule.duration_ns, time.monotonic() - wall0)
     summary["process_cpu_s"] = round(time.process_time() - cpu0, 3)  # the whole run: workload, sim and core
