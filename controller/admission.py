@@ -30,6 +30,8 @@ from clockwork.controller.state import Device, Model, Request
 # refresh) at once.
 HEADROOM_BURST_MISSES = 5
 HEADROOM_BURST_STEPS = 5
+# Queues are never priced more than this much slower than full batching would run them.
+MAX_DRAIN_PACE = 4.0
 
 
 class Headroom:
@@ -53,8 +55,49 @@ class Headroom:
         self.admitted = self.missed = 0
 
 
-def admit(core: Core, headroom: Headroom, client: bytes, request_id: int, msg: schema.Infer, now_ns: int,
-          waited_ns: int) -> tuple[Status, str, Request | None]:
+class DrainPace:
+    """How much slower each device drains its queues than admission prices them, from the
+    batches sent in the last refresh: their device time over what their samples cost in the
+    batches their queue would make (`Core.drain_ns`, which backlogs are priced with). It is 1
+    while batching runs as priced. Under overload, when requests reach the head of their queue
+    with little slack left, batches are cut to what their most urgent member allows: on a GPU a
+    batch of 4 costs far more per sample than one of 16, queues drain slower than priced, the
+    requests behind become urgent in turn, and admission, pricing full batches, kept the queue
+    long enough for that to last (at 3x, seconds of batches a quarter full). Queues are then
+    priced at the pace the device keeps. On a CPU a sample costs the same in any batch, and the
+    pace stays 1."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, list[int]] = {}  # device key -> [device time of its batches, the same priced]
+        self._pace: dict[str, float] = {}
+
+    def sent(self, dev_key: str, batch_ns: int, priced_ns: int) -> None:
+        totals = self._sent.get(dev_key)
+        if totals is None:
+            totals = self._sent[dev_key] = [0, 0]
+        totals[0] += batch_ns
+        totals[1] += priced_ns
+
+    def refresh(self) -> None:
+        self._pace = {key: min(MAX_DRAIN_PACE, sent / priced) for key, (sent, priced) in self._sent.items()
+                      if priced and sent > priced}
+        self._sent = {}
+
+    def of(self, dev_key: str) -> float:
+        return self._pace.get(dev_key, 1.0)
+
+
+def priced_batch_ns(core: Core, model: Model, samples: int, kind: str) -> int:
+    """What `samples` of `model` cost in the batches its queue makes (as backlogs price them),
+    for DrainPace: their share of the largest batch the queue fills."""
+    depth = min(model.queue.samples, model.sizes[-1]) if model.sizes else 0
+    if depth <= samples:
+        return core.drain_ns(model, samples, kind)
+    return core.drain_ns(model, depth, kind) * samples // depth
+
+
+def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, request_id: int, msg: schema.Infer,
+          now_ns: int, waited_ns: int) -> tuple[Status, str, Request | None]:
     """The request to queue, or the status and reason it is refused with."""
     cfg = core.cfg
     try:
@@ -89,7 +132,7 @@ def admit(core: Core, headroom: Headroom, client: bytes, request_id: int, msg: s
         return (Status.WOULD_MISS_DEADLINE,
                 f"needs at least {(best + core.reply_ns) / 1e6:.2f} ms even on an idle device (its execution "
                 f"and the hops to the worker and back to you); its SLO is {msg.slo_ns / 1e6:.2f} ms{waited}", None)
-    backlog = finish_behind_queue_ns(core, model, samples, msg.priority, now_ns, own)
+    backlog = finish_behind_queue_ns(core, model, samples, msg.priority, now_ns, own, pace)
     if backlog is not None and backlog > deadline - int(headroom.share * budget):
         core.counters["rejected_for_backlog"] += 1
         if replicas_idle(model, now_ns):  # nothing ahead: the model's own estimates refused it
@@ -150,15 +193,15 @@ def best_case_ns(core: Core, model: Model, samples: int, loaded: bool,
 
 
 def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int, now_ns: int,
-                           own: dict[str, int | None] | None = None) -> int | None:
+                           own: dict[str, int | None] | None = None, pace: DrainPace | None = None) -> int | None:
     """When a new request could finish at the earliest behind the work already queued on
     one of its model's replicas in its priority class and above (under load a new request
     has the latest deadline, so earliest-deadline-first serves it last in its class; lower
     classes wait for it), plus its part of the work still waiting for LOADs, which will land
     on some device ahead of it. With no replica yet: after its own LOAD, behind those of the
     models ahead of it. Everything ahead is priced at typical durations, the request's own
-    EXEC with the tail allowance (own_exec_ns; `own` holds those already computed, by kind).
-    At most `admission_replicas` replicas are looked at: bounded work per request even for a
+    EXEC with the tail allowance (own_exec_ns; `own` holds those already computed, by kind),
+    and the queues at the pace each device keeps (`pace`, DrainPace). At most `admission_replicas` replicas are looked at: bounded work per request even for a
     model replicated on a hundred GPUs (their backlogs differ only by the other models they
     hold)."""
     size = padded_size(samples, model.sizes) or model.sizes[-1]  # admit checked that the samples fit
@@ -186,7 +229,10 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
         start = core.replica_start_ns(dev, name, now_ns)
         share = shares.get(dev.key)
         others_ns = dev.backlog_ns(priority) - (sum(share[priority:]) if share else 0) + spill_ns
-        finish = start + others_ns + overtaken_ns(full_ns, typical_ns, others_ns) + mine_ns + tail_ns
+        queued_ns = others_ns + mine_ns
+        if pace is not None:
+            queued_ns = int(queued_ns * pace.of(dev.key))
+        finish = start + queued_ns + overtaken_ns(full_ns, typical_ns, others_ns) + tail_ns
         best = finish if best is None else min(best, finish)
     return best
 

@@ -31,6 +31,7 @@ HOPELESS_SCAN = 8
 class ClockworkPolicy(Policy):
     def __init__(self) -> None:
         self.headroom: admission.Headroom | None = None  # made at start, from the core's config
+        self.pace = admission.DrainPace()
         self._expiry: list[tuple[int, int, Model]] = []  # (look at, token, model): see expire
         self._expiry_tokens = itertools.count(1)
         self._next_refresh_ns = 0
@@ -48,7 +49,7 @@ class ClockworkPolicy(Policy):
               waited_ns: int) -> tuple[Status, str, Request | None]:
         headroom = self.headroom
         assert headroom is not None, "start() comes before any event"
-        status, detail, req = admission.admit(core, headroom, client, request_id, msg, now_ns, waited_ns)
+        status, detail, req = admission.admit(core, headroom, self.pace, client, request_id, msg, now_ns, waited_ns)
         if status is Status.OK:
             headroom.admitted += 1
         return status, detail, req
@@ -75,6 +76,7 @@ class ClockworkPolicy(Policy):
         if now_ns >= self._next_refresh_ns:
             self._next_refresh_ns = now_ns + core.cfg.refresh_ns
             headroom.refresh()
+            self.pace.refresh()
         while self._expiry and self._expiry[0][0] <= now_ns:
             _, token, model = heapq.heappop(self._expiry)
             if token != model.expiry_token or model.name not in core.pending or core.models.get(model.name) is not model:
@@ -114,6 +116,10 @@ class ClockworkPolicy(Policy):
                 batch = _choose_batch(core, dev, start)
                 if batch is None:
                     break  # nothing runnable now; a request, load or result books it again
+                model = core.models[batch.model]
+                samples = sum(req.samples for req in batch.requests)
+                self.pace.sent(dev.key, core.latency.typical_exec_ns(model.name, batch.batch_size, dev.kind)
+                               or batch.exec_ns, admission.priced_batch_ns(core, model, samples, dev.kind))
                 core.send_exec(dev, batch, start, now_ns)
             else:
                 continue

@@ -446,6 +446,55 @@ def test_a_request_is_priced_riding_in_the_batch_its_model_queue_makes_not_in_on
     assert dev.backlog_ns() == EXEC_NS[16] + EXEC_NS[4]  # what the device's backlog holds for it
 
 
+def cut_batch_core():
+    """A core whose device just ran a batch of 2 where its queue held 5: request 1's deadline
+    held it there (as under overload, when requests reach the head with little slack)."""
+    core = ready_core()
+    t = warm(core)
+    infer(core, 1, now=t, slo_ms=5.5)
+    for i in range(2, 6):
+        infer(core, i, now=t, slo_ms=100)
+    assert [ex.body.batch_size for ex in sent(core.tick(t), schema.Exec)] == [2, 4]  # then the other 3, padded
+    for i in range(6, 26):  # a queue to price
+        infer(core, i, now=t, slo_ms=500)
+    return core, t
+
+
+def test_a_device_whose_batches_are_cut_short_has_its_queues_priced_at_the_pace_it_keeps():
+    """A batch held below what its queue fills costs more per sample than the batches the queue
+    is priced in (here 3 ms for 2 samples, where 5 samples cost 6 ms as a batch of 8: 2.4 ms for
+    two), so the queue drains slower than priced; a refresh later admission prices it at that.
+    The device's other batches since the last refresh (the warm-up's 1 sample, the other 3 as
+    a batch of 4) ran as priced: 2 + 3 + 4 ms against 2 + 2.4 + 4."""
+    core, t = cut_batch_core()
+    model, dev, pace = core.models["m"], core.workers["w1"].devices[0], core.policy.pace
+    before = admission.finish_behind_queue_ns(core, model, 1, 0, t, pace=pace)
+    assert pace.of(dev.key) == 1.0  # learnt at the next refresh
+    pace.refresh()
+    assert pace.of(dev.key) == pytest.approx((EXEC_NS[1] + EXEC_NS[2] + EXEC_NS[4])
+                                             / (EXEC_NS[1] + EXEC_NS[8] * 2 / 5 + EXEC_NS[4]))
+    after = admission.finish_behind_queue_ns(core, model, 1, 0, t, pace=pace)
+    assert after > before
+    # The same request, admitted at the priced pace, is refused at the device's own.
+    share = core.policy.headroom.share
+    slo_ms = ((before + after) / 2 - t) / (1 - share) / MS + core.reply_ns / MS
+    twin, _ = cut_batch_core()
+    assert not replies(infer(twin, 1000, now=t, slo_ms=slo_ms))
+    refused = replies(infer(core, 1000, now=t, slo_ms=slo_ms))
+    assert refused and refused[0].body.status is Status.WOULD_MISS_DEADLINE
+
+
+def test_drain_pace_is_one_while_batches_run_as_priced_and_capped_when_they_do_not():
+    pace = admission.DrainPace()
+    pace.sent("w/0", 4 * MS, 4 * MS)
+    pace.sent("w/1", 3 * MS, 4 * MS)  # faster than priced (a smaller batch for efficiency): not credited
+    pace.sent("w/2", 40 * MS, 1 * MS)
+    pace.refresh()
+    assert (pace.of("w/0"), pace.of("w/1"), pace.of("w/2"), pace.of("w/9")) == (1.0, 1.0, admission.MAX_DRAIN_PACE, 1.0)
+    pace.refresh()  # a refresh with no batches sent forgets the last one's
+    assert pace.of("w/2") == 1.0
+
+
 def test_headroom_widens_while_admitted_requests_miss_and_narrows_once_they_stop():
     headroom = Headroom(SchedulerConfig(admission_headroom=0.05, max_admission_headroom=0.3, admission_miss_target=0.001))
     for _ in range(20):  # 0.5% of admitted requests missing, ten times the target
