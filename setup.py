@@ -46,7 +46,8 @@ def compiled_core() -> list:
         return []
     shutil.rmtree(STAGE, ignore_errors=True)
     for folder in ("common", "controller"):  # the core imports clockwork.common too
-        shutil.copytree(ROOT / folder, STAGE / "clockwork" / folder, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+        shutil.copytree(ROOT / folder, STAGE / "clockwork" / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     os.environ["MYPYPATH"] = str(STAGE)
     extensions = mypycify(["--explicit-package-bases", "--ignore-missing-imports", "--follow-imports=silent",
                            *(str(STAGE / "clockwork" / "controller" / f"{m}.py") for m in CORE)],

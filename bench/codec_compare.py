@@ -20,6 +20,7 @@ and RESULT, encoding EXEC and INFER_REPLY) either way.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, Union
@@ -113,9 +114,9 @@ _STRUCTS = {"infer": Infer, "exec": Exec, "result": Result, "infer_reply": Infer
 
 def to_struct(body: schema.Message, msg_id: int, parent_id: int, sent_ns: int) -> msgspec.Struct:
     """The msgspec twin of a schema message (for building the inputs, not timed)."""
-    fields = {name: getattr(body, name) for name in body.__dataclass_fields__ if name != "tensors"}  # type: ignore[attr-defined]
+    fields = {f.name: getattr(body, f.name) for f in dataclasses.fields(body) if f.name != "tensors"}
     fields = {k: (v.value if k == "action" else v) for k, v in fields.items()}
-    specs = [TensorSpec(t.name, t.dtype, list(t.shape)) for t in body.tensors]  # type: ignore[attr-defined]
+    specs = [TensorSpec(t.name, t.dtype, list(t.shape)) for t in body.tensors]
     return _STRUCTS[body.TYPE.value](msg_id=msg_id, parent_id=parent_id, sent_ns=sent_ns, tensors=specs, **fields)
 
 
@@ -129,7 +130,7 @@ def msgspec_decode(frames: Sequence[Any]) -> tuple[msgspec.Struct, tuple[Tensor,
         message = _DECODER.decode(frames[0])
     except msgspec.ValidationError as exc:
         raise codec.BadMessage(Status.BAD_MESSAGE, str(exc)) from None
-    specs = [(t.name, t.dtype, tuple(t.shape)) for t in message.tensors]  # type: ignore[attr-defined]
+    specs = [(t.name, t.dtype, tuple(t.shape)) for t in message.tensors]
     if len(frames) != 1 + len(specs):
         raise codec.BadMessage(Status.BAD_MESSAGE, f"{len(frames)} frames, expected {1 + len(specs)}")
     return message, attach(specs, list(frames[1:]), "tensors")
@@ -171,7 +172,7 @@ def measure(repeat: int) -> dict[str, dict[str, float]]:
     for name, body in hot_messages().items():
         frames = [bytes(f) for f in codec.encode(body, *IDS)]
         struct = to_struct(body, *IDS)
-        data = [t.data for t in body.tensors]  # type: ignore[attr-defined]
+        data = [t.data for t in body.tensors]
         ours = [bytes(f) for f in msgspec_encode(struct, data)]
         out[name] = {
             "today_encode_us": per_call_us(lambda: codec.encode(body, *IDS), repeat),

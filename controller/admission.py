@@ -201,9 +201,9 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
     on some device ahead of it. With no replica yet: after its own LOAD, behind those of the
     models ahead of it. Everything ahead is priced at typical durations, the request's own
     EXEC with the tail allowance (own_exec_ns; `own` holds those already computed, by kind),
-    and the queues at the pace each device keeps (`pace`, DrainPace). At most `admission_replicas` replicas are looked at: bounded work per request even for a
-    model replicated on a hundred GPUs (their backlogs differ only by the other models they
-    hold)."""
+    and the queues at the pace each device keeps (`pace`, DrainPace). At most
+    `admission_replicas` replicas are looked at: bounded work per request even for a model
+    replicated on a hundred GPUs (their backlogs differ only by the other models they hold)."""
     size = padded_size(samples, model.sizes) or model.sizes[-1]  # admit checked that the samples fit
     spill_ns = sum(core.unplaced_by_class[priority:]) // max(1, core.device_count)
     if not model.replicas:

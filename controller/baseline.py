@@ -27,9 +27,9 @@ import itertools
 from collections import deque
 from dataclasses import dataclass
 
+from clockwork.common import schema
 from clockwork.common.checks import BadMessage
 from clockwork.common.config import MS
-from clockwork.common import schema
 from clockwork.common.status import Status
 from clockwork.controller.batching import Batch, padded_size
 from clockwork.controller.core import Core, Policy
