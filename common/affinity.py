@@ -40,12 +40,11 @@ def allowed_cores() -> set[int]:
     return set(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else set()
 
 
-def keep_off(cores: set[int], allowed: set[int] | None = None, spare: set[int] = frozenset()) -> set[int]:
-    """Run every thread of this process on `allowed` (default: what the process may use now)
-    less `cores`: the threads running now, and through inheritance those started later; the
-    threads in `spare` (native ids: lanes pinned to a core of their own) stay as they are. If
-    that leaves nothing, nothing changes. Returns the cores now used."""
-    allowed = set(os.sched_getaffinity(0)) if allowed is None else allowed
+def keep_off(cores: set[int], allowed: set[int], spare: set[int] = frozenset()) -> set[int]:
+    """Run every thread of this process on `allowed` less `cores`: the threads running now, and
+    through inheritance those started later; the threads in `spare` (native ids: lanes pinned to
+    a core of their own) stay as they are. If that leaves nothing, nothing changes. Returns the
+    cores now used."""
     rest = allowed - cores or allowed
     for thread in os.listdir("/proc/self/task"):
         if int(thread) in spare:
