@@ -757,7 +757,8 @@ class Core:
             self.uploads[name].failures.append("timed out waiting for PREPARED")
             self._finish_upload(self.models[name])
 
-    def send_exec(self, dev: Device, batch: Batch, start_ns: int, now_ns: int) -> None:
+    def send_exec(self, dev: Device, batch: Batch, start_ns: int, now_ns: int) -> int:
+        """Book `batch` on `dev`'s EXEC lane and send it; returns its typical duration, as booked."""
         model = self.models[batch.model]
         action_id = next(self._ids)
         for req in batch.requests:
@@ -782,6 +783,7 @@ class Core:
         self._emit(ToWorker(dev.worker, action_id, schema.Exec(
             device_id=dev.device_id, model_id=batch.model, batch_size=batch.batch_size,
             earliest_ns=earliest, latest_ns=batch.latest_start_ns, expected_ns=batch.exec_ns, tensors=tensors)))
+        return typical_ns
 
     def _plan_loads(self, now_ns: int) -> None:
         """Models with queued requests and no replica, longest waiting first. Only as many as

@@ -116,11 +116,10 @@ class ClockworkPolicy(Policy):
                 batch = _choose_batch(core, dev, start)
                 if batch is None:
                     break  # nothing runnable now; a request, load or result books it again
-                model = core.models[batch.model]
-                samples = sum(req.samples for req in batch.requests)
-                self.pace.sent(dev.key, core.latency.typical_exec_ns(model.name, batch.batch_size, dev.kind)
-                               or batch.exec_ns, admission.priced_batch_ns(core, model, samples, dev.kind))
-                core.send_exec(dev, batch, start, now_ns)
+                # Priced while its requests are still in the queue, whose depth sets the price.
+                priced_ns = admission.priced_batch_ns(core, core.models[batch.model],
+                                                      sum(req.samples for req in batch.requests), dev.kind)
+                self.pace.sent(dev.key, core.send_exec(dev, batch, start, now_ns), priced_ns)
             else:
                 continue
             if dev.exec_lane.free_at(now_ns) > horizon:
