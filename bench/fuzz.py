@@ -28,7 +28,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-import msgpack
+import msgspec
 import numpy as np
 
 from clockwork.bench.models import mlp_onnx, profile_json, tiny_onnx
@@ -83,7 +83,7 @@ def _mutate_bytes(data: bytes, rng: random.Random) -> bytes:
 def _mutate_header(frame: bytes, rng: random.Random) -> bytes:
     """Keep it msgpack but put hostile values in its fields."""
     try:
-        header = msgpack.unpackb(frame, strict_map_key=False)
+        header = msgspec.msgpack.decode(frame)
     except Exception:
         return frame
     if not isinstance(header, dict) or not header:
@@ -91,8 +91,8 @@ def _mutate_header(frame: bytes, rng: random.Random) -> bytes:
     key = rng.choice(list(header))
     header[key] = rng.choice([*INTERESTING_INTS, "", "x" * 300, None, [], {}, [1, 2], {"a": 1}, 1.5, b"\0"])
     try:
-        return msgpack.packb(header, use_bin_type=True)
-    except (OverflowError, TypeError, ValueError):
+        return msgspec.msgpack.encode(header)
+    except (msgspec.EncodeError, OverflowError, TypeError, ValueError):
         return frame
 
 
@@ -185,7 +185,7 @@ def run_mutate(name: str, seconds: float, max_runs: int, seed: int, crashes_dir:
             print(f"CRASH in {name}: frames={frames!r}\n{traceback.format_exc()}", file=sys.stderr)
             if crashes_dir is not None:
                 crashes_dir.mkdir(parents=True, exist_ok=True)
-                (crashes_dir / f"{name}-{runs}.msgpack").write_bytes(msgpack.packb(frames))
+                (crashes_dir / f"{name}-{runs}.msgpack").write_bytes(msgspec.msgpack.encode(frames))
         if progress and time.monotonic() - last >= 5:
             last = time.monotonic()
             print(f"fuzz {name}: {runs} inputs, {crashes} crashes, {last - start:.0f} s", file=sys.stderr)

@@ -3,6 +3,11 @@
 Each check takes a decoded msgpack value and a field path and returns the value in its
 Python form, or raises `BadMessage` naming the field. They are small and composable so that
 the schema module reads as a table of fields and limits.
+
+Most checks also say their limits as a msgspec type (`wire_type`): one that accepts exactly the
+values the check accepts, and gives the same Python value. The codec decodes the messages whose
+every field has one in C (common/codec.py), and runs the checks themselves only on a message
+msgspec refuses, to say what is wrong in the same words as always.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta
 
 from clockwork.common.status import Status
 
@@ -46,6 +53,20 @@ def _fail(path: FieldPath, what: str) -> BadMessage:
     return BadMessage(Status.BAD_MESSAGE, f"{render(path)}: {what}")
 
 
+def wire_type(check: Check) -> Any:
+    """The msgspec type that accepts what `check` accepts, as the same value; None where there
+    is none (nested records and free-form data: the check alone reads them)."""
+    return getattr(check, "wire", None)
+
+
+def _wired(check: Check, wire: Any) -> Check:
+    check.wire = wire  # type: ignore[attr-defined]
+    return check
+
+
+_INT64_MIN, _INT64_MAX, _UINT64_MAX = -(1 << 63), (1 << 63) - 1, (1 << 64) - 1
+
+
 def integer(lo: int, hi: int) -> Check:
     def check(value: Any, path: FieldPath) -> int:
         if type(value) is not int:
@@ -54,13 +75,20 @@ def integer(lo: int, hi: int) -> Check:
             raise _fail(path, f"{value} outside [{lo}, {hi}]")
         return value
 
-    return check
+    # msgspec bounds must fit an int64; msgpack holds no integer past UINT64_MAX, so that bound
+    # needs no constraint.
+    if lo < _INT64_MIN or _INT64_MAX < hi < _UINT64_MAX:
+        return check
+    return _wired(check, Annotated[int, Meta(ge=lo, le=hi)] if hi <= _INT64_MAX else Annotated[int, Meta(ge=lo)])
 
 
 def boolean(value: Any, path: FieldPath) -> bool:
     if type(value) is not bool:
         raise _fail(path, f"expected a boolean, got {type(value).__name__}")
     return value
+
+
+_wired(boolean, bool)
 
 
 def text(max_len: int, pattern: str | None = None) -> Check:
@@ -75,7 +103,10 @@ def text(max_len: int, pattern: str | None = None) -> Check:
             raise _fail(path, f"{value!r} does not match {pattern}")
         return value
 
-    return check
+    # msgspec searches a pattern; anchored so, it matches as fullmatch does (\Z: not before a
+    # final newline, where $ would).
+    meta = Meta(max_length=max_len, pattern=f"^(?:{pattern})\\Z") if pattern else Meta(max_length=max_len)
+    return _wired(check, Annotated[str, meta])
 
 
 def one_of(*allowed: str) -> Check:
@@ -84,7 +115,7 @@ def one_of(*allowed: str) -> Check:
             raise _fail(path, f"{value!r} is not one of {', '.join(allowed)}")
         return value
 
-    return check
+    return _wired(check, Literal[allowed])
 
 
 def member(enum_cls: type[enum.Enum]) -> Check:
@@ -97,7 +128,7 @@ def member(enum_cls: type[enum.Enum]) -> Check:
             raise _fail(path, f"{value!r} is not one of {', '.join(members)}")
         return found
 
-    return check
+    return _wired(check, enum_cls)
 
 
 def status(value: Any, path: FieldPath) -> Status:
@@ -105,6 +136,9 @@ def status(value: Any, path: FieldPath) -> Status:
         return Status(integer(0, 255)(value, path))
     except ValueError:
         raise _fail(path, f"unknown status {value}") from None
+
+
+_wired(status, Status)
 
 
 def sequence(item: Check, max_len: int) -> Check:
@@ -115,7 +149,8 @@ def sequence(item: Check, max_len: int) -> Check:
             raise _fail(path, f"more than {max_len} items")
         return tuple(item(v, (path, i)) for i, v in enumerate(value))
 
-    return check
+    wire = wire_type(item)
+    return check if wire is None else _wired(check, Annotated[tuple[wire, ...], Meta(max_length=max_len)])
 
 
 def mapping(key: Check, val: Check, max_len: int) -> Check:
@@ -126,7 +161,10 @@ def mapping(key: Check, val: Check, max_len: int) -> Check:
             raise _fail(path, f"more than {max_len} entries")
         return {key(k, (path, "key")): val(v, (path, [k])) for k, v in value.items()}
 
-    return check
+    key_wire, val_wire = wire_type(key), wire_type(val)
+    if key_wire is None or val_wire is None:
+        return check
+    return _wired(check, Annotated[dict[key_wire, val_wire], Meta(max_length=max_len)])
 
 
 def record(fields: dict[str, Check], optional: frozenset[str] = frozenset()) -> Check:

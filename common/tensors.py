@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 
-from clockwork.common.checks import BadMessage, integer, one_of, record, sequence, text
+from clockwork.common.checks import BadMessage, integer, one_of, record, sequence, text, wire_type
 from clockwork.common.status import Status
 
 # The dtype allow-list: names as numpy spells them, item sizes in bytes.
@@ -33,13 +34,16 @@ MAX_NAME = 256
 MAX_TENSORS = 64  # per message
 TENSOR_NAME = text(MAX_NAME)
 
-describe_tensor = record(
-    {
-        "name": TENSOR_NAME,
-        "dtype": one_of(*DTYPE_SIZES),
-        "shape": sequence(integer(0, MAX_DIM), MAX_DIMS),
-    }
-)
+DESCRIPTOR = {
+    "name": TENSOR_NAME,
+    "dtype": one_of(*DTYPE_SIZES),
+    "shape": sequence(integer(0, MAX_DIM), MAX_DIMS),
+}
+describe_tensor = record(DESCRIPTOR)
+# The same descriptors as msgspec reads them (the codec's fast path, common/codec.py).
+TensorSpec = msgspec.defstruct("TensorSpec", [(name, wire_type(check)) for name, check in DESCRIPTOR.items()],
+                               frozen=True)
+SPECS_WIRE = Annotated[tuple[TensorSpec, ...], msgspec.Meta(max_length=MAX_TENSORS)]
 
 
 @dataclass(frozen=True)

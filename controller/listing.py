@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import msgpack
+import msgspec
 
 from clockwork.common import schema
 
@@ -21,7 +21,7 @@ REPLY_BUDGET_BYTES = schema.MAX_HEADER_BYTES - 1024
 
 
 def packed_size(value: object) -> int:
-    return len(msgpack.packb(value, use_bin_type=True))
+    return len(msgspec.msgpack.encode(value))  # as common/codec.py encodes it
 
 
 def fit(entries: Iterable[dict], limit: int, budget_bytes: int) -> tuple[list[dict], bool]:

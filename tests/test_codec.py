@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from clockwork.common import schema
+from clockwork.common import codec, schema
 from clockwork.common.checks import BadMessage
 from clockwork.common.codec import Template, bundle, bundles, decode, encode, peek_id, peek_map, split
 from clockwork.common.status import Status
@@ -19,9 +19,10 @@ def roundtrip(body, **ids):
     return decode([bytes(f) for f in frames])
 
 
-def test_every_message_type_round_trips():
+def every_message() -> list[schema.Message]:
+    """One body of every message type, most fields set."""
     x = Tensor.from_array("x", np.arange(12, dtype=np.float32).reshape(3, 4))
-    bodies = [
+    return [
         schema.Upload(name="resnet50", format="profile", input_shapes={"x": (3, 224, 224)}, max_batch=8, blob=b"{}"),
         schema.Remove(name="m"), schema.ListModels(), schema.ListModels(prefix="re%_", after="res", limit=7),
         schema.GetModel(name="m"), schema.GetStatus(), schema.GetStatus(models_limit=0),
@@ -40,6 +41,10 @@ def test_every_message_type_round_trips():
         schema.Exec(device_id=0, model_id="m", batch_size=4, earliest_ns=0, latest_ns=9, tensors=(x, x)),
         schema.Drop(model_id="m"), schema.Error(status=Status.BAD_MESSAGE, detail="why"),
     ]
+
+
+def test_every_message_type_round_trips():
+    bodies = every_message()
     assert {type(b) for b in bodies} == set(schema.MESSAGE_TYPES.values())
     for body in bodies:
         env = roundtrip(body, msg_id=9, parent_id=4, sent_ns=-7)
@@ -301,3 +306,101 @@ def test_more_messages_than_a_bundle_holds_go_out_in_several_in_order():
     out = list(bundles(messages))
     assert len(out) == 2 and out[1] == messages[-1]
     assert [decode(part, head).msg_id for head, part in split(out[0])] == list(range(1, schema.MAX_BUNDLE_PARTS + 1))
+
+
+# ------------------------------------------------------------------ the fast path (msgspec)
+
+
+def test_msgspec_reads_every_message_type_but_the_two_with_free_form_fields():
+    fast = {plan.cls for plan, _build in codec._FAST_PATHS.values()}
+    assert fast == set(schema.MESSAGE_TYPES.values()) - {schema.Hello, schema.Reply}
+    for body in every_message():  # and it is what decode uses for them
+        frames = [bytes(f) for f in encode(body, 9, 4, -7)]
+        assert (codec._decode_fast(frames, False) is not None) == (type(body) in fast)
+
+
+def _same(a: schema.Envelope, b: schema.Envelope) -> bool:
+    """Equal, value for value and type for type (True is not 1, a tuple not a list)."""
+    def fields(env):
+        values = dict(vars(env.body))
+        tensors = [(t.name, t.dtype, t.shape, bytes(t.data)) for t in values.pop("tensors", ())]
+        blob = bytes(values.pop("blob", b""))
+        return repr(sorted(values.items())), tensors, blob, (env.msg_id, env.parent_id, env.sent_ns)
+
+    return type(a.body) is type(b.body) and fields(a) == fields(b)
+
+
+# Values at and across the schema's limits, and of every type msgpack carries.
+EDGE_INTS = [0, 1, -1, 9, 10, 64, 65, 128, 129, 255, 256, 1023, 1024, 1025, 4095, 4096, 100_000, 100_001, 1_000_000,
+             999_999, 2**31, 2**31 + 1, 2**32, 2**63 - 1, 2**63, -(2**63 - 1), -(2**63), 2**64 - 1]
+EDGE_TEXTS = ["m", "m\n", "\nm", "-m", "m.v2_x-1", "é" * 128, "é" * 129, "a" * 128, "a" * 129, "f" * 64, "f" * 65,
+              "F" * 64, "x" * 256, "x" * 257, "x" * 4096, "x" * 4097, "onnx", "profile", "exec", "load", "unload",
+              "emulated", "float32", "1", ""]
+EDGE_OTHERS = [None, True, False, 1.0, 0.5, b"", b"m", [], [1], [3] * 8, [3] * 9, [0], [-1], ["onnx"], {}, {"x": [3, 4]},
+               {"x": []}, {"x": [0]}, {"x": [3] * 9}, {1: 5}, {"1": 5}, {0: 5}, {1025: 5}, {1: -1}, {1: True},
+               {i: 1 for i in range(1, 66)}, {"x": "y"}]
+EDGE_VALUES = EDGE_INTS + EDGE_TEXTS + EDGE_OTHERS
+EDGE_SPECS = [[{"name": "x", "dtype": "float32", "shape": shape}] for shape in ([3, 4], [12], [4, 3], [2, 6], [3, 4, 1])] + [
+    [{"name": name, "dtype": dtype, "shape": [3, 4]}] for name, dtype in (("x", "float64"), ("x", "int8"),
+                                                                         ("x" * 257, "float32"), ("x", "f32"), (1, "float32"))
+] + [[{"name": "x", "dtype": "float32"}], [{"name": "x", "dtype": "float32", "shape": [3, 4], "more": 1}], [[1]], [], None]
+
+
+def _read_both(frames: list) -> tuple:
+    def outcome(read):
+        try:
+            return read(frames)
+        except BadMessage as exc:
+            return exc.status, exc.detail
+
+    return outcome(lambda f: codec._decode_fast(f, False)), outcome(lambda f: codec.decode_checked(f, None, False))
+
+
+def _assert_agree(fast, checked) -> None:
+    """Whatever the fast path accepts, the checks accept as the same message; what it refuses
+    goes to the checks, which say why (or accept: a protocol version of 1.0)."""
+    if isinstance(fast, schema.Envelope):
+        assert isinstance(checked, schema.Envelope) and _same(fast, checked)
+    elif fast is not None:  # a header it read, but tensor bytes or frames that do not match it
+        assert checked == fast
+
+
+def _mutated(body: schema.Message, changes: dict) -> list:
+    frames = [bytes(f) for f in encode(body, 9, 4, -7)]
+    header = peek_map(frames)
+    header.update(changes)
+    frames[0] = msgpack.packb(header, use_bin_type=True)
+    return frames
+
+
+def test_msgspec_and_the_checks_agree_on_every_field_at_its_limits():
+    accepted = refused = 0
+    for body in every_message():
+        names = [name for name in peek_map(encode(body, 9)) if name not in ("type", "tensors")] + ["unknown"]
+        for name in names:
+            for value in EDGE_VALUES:
+                fast, checked = _read_both(_mutated(body, {name: value}))
+                _assert_agree(fast, checked)
+                accepted += isinstance(fast, schema.Envelope)
+                refused += fast is None
+        if body.TYPE.value in ("infer", "infer_reply", "result", "exec"):
+            for specs in EDGE_SPECS:
+                _assert_agree(*_read_both(_mutated(body, {"tensors": specs})))
+    assert accepted > 1000 and refused > 1000  # both ways taken, many times
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, len(every_message()) - 1), st.data())
+def test_msgspec_and_the_checks_agree_on_random_changes(which, data):
+    body = every_message()[which]
+    fields = [name for name in peek_map(encode(body, 9)) if name != "type"] + ["unknown", "type"]
+    values = st.sampled_from(EDGE_VALUES) | st.recursive(
+        st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.text(max_size=6) | st.floats()
+        | st.binary(max_size=4), lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c, max_size=3),
+        max_leaves=10)
+    changes = {}
+    for _ in range(data.draw(st.integers(1, 3))):
+        name = data.draw(st.sampled_from(fields))
+        changes[name] = data.draw(st.sampled_from(EDGE_SPECS) if name == "tensors" else
+                                  st.sampled_from(sorted(schema.MESSAGE_TYPES)) if name == "type" else values)
+    _assert_agree(*_read_both(_mutated(body, changes)))
