@@ -8,6 +8,9 @@ Rules of measurement:
   vanishing. How late sends were is recorded separately (`send_lag`) so a saturated generator
   is visible in the report instead of silently flattering the numbers.
 - Percentiles from HDR histograms (bench.report.Latencies), never from sorted lists.
+- The generator's own garbage collections must not count against the system: a full one of
+  this process, with its reply list growing, stalled it 17-33 ms and read replies in time
+  late. A run goes with the daemons' settings (common/gc_tuning.py), start-up objects frozen.
 
 The loop is: send everything due, read every reply already here, sleep in `poll` until the
 next send is due (or a reply arrives). Request ids are consecutive from a random base, so a
@@ -48,6 +51,7 @@ from clockwork.bench.relay import HELLO
 from clockwork.bench.report import GroupResults, LoadResults
 from clockwork.bench.workload import Schedule
 from clockwork.client.protocol import build_infer
+from clockwork.common import gc_tuning
 from clockwork.common.checks import BadMessage
 from clockwork.common.codec import Template, bundle, bundle_header, decode, peek_id, split
 from clockwork.common.net import IdSource, dealer, recv_frames
@@ -443,8 +447,9 @@ def run_open_loop(endpoint: str, schedule: Schedule, models: Sequence[str],
         raw = run_in_processes(endpoint, schedule, list(models), slos, inputs, priority, drain_s, start_delay_s,
                                procs, progress or NullProgress(), on_tick)
     else:
-        raw = run_raw(endpoint, schedule, models, slos, inputs, priority, drain_s,
-                      time.monotonic_ns() + int(start_delay_s * 1e9), progress or NullProgress(), on_tick, ctx)
+        with gc_tuning.serving():  # before the start time is taken: it collects once
+            raw = run_raw(endpoint, schedule, models, slos, inputs, priority, drain_s,
+                          time.monotonic_ns() + int(start_delay_s * 1e9), progress or NullProgress(), on_tick, ctx)
     results = results_from_raw(raw, schedule, slos, labels)
     if request_log is not None:
         add_to_runlog(request_log, raw, schedule, models, slos, priority)
@@ -542,7 +547,8 @@ def run_closed_loop(endpoint: str, closed: Any, models: Sequence[str],
     sock = dealer(context, endpoint)
     try:
         loop = _ClosedLoop(sock, closed, models, slos, inputs, priority, int(drain_s * 1e9))
-        raw = loop.run(progress or NullProgress(), time.monotonic_ns() + int(start_delay_s * 1e9), on_tick)
+        with gc_tuning.serving():
+            raw = loop.run(progress or NullProgress(), time.monotonic_ns() + int(start_delay_s * 1e9), on_tick)
         model_of = np.array(loop.model_of, dtype=np.int32)
         rates = np.bincount(model_of, minlength=len(models)) / max(closed.duration_ns / 1e9, 1e-9)
         schedule = Schedule(np.array(loop.times, dtype=np.int64), model_of, closed.duration_ns, rates)
@@ -655,6 +661,7 @@ def _child_main(pipe: Any, shared: Any, k: int, endpoint: str, schedule: Schedul
     sock.setsockopt(zmq.RCVHWM, SNDHWM)
     try:
         loop = _OpenLoop(sock, schedule, models, slo_ms, inputs, priority, int(drain_s * 1e9), _Slot(shared, 3 * k))
+        gc_tuning.tune_for_serving()  # this process ends with the run
         pipe.send(("ready", 0))
         _what, start_ns = pipe.recv()
         raw = loop.run(NullProgress(), start_ns, None)

@@ -602,6 +602,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from clockwork.client.gateway_processes import supervise
 
         return supervise(sys.argv[1:] if argv is None else list(argv), config.processes, log)
+    from clockwork.common.gc_tuning import tune_for_serving
+
+    tune_for_serving()  # as the controller and the worker do: its imports frozen, fewer collections
     try:
         asyncio.run(serve(config))
     except OSError as exc:  # e.g. the port is taken
