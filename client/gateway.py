@@ -114,6 +114,10 @@ class GatewayConfig:
     shed_lag_ms: float = 10.0
     shed_interval_ms: float = 20.0
     shed_min_requests: int = 8
+    # An infer read more than this late is refused at once, before the queue has stood for an
+    # interval: from idle to 3x capacity the lag grows 2 ms per ms, and those read in the first
+    # 20-30 ms were answered past a 50 ms SLO (client/door.py). 0: no ceiling.
+    shed_ceiling_ms: float = 15.0
     # Keep off the CPU cores the EXEC lanes of workers on this host hold (the controller's STATUS
     # lists them; common/affinity.py), looked at every lane_cores_check_s: a gateway parsing
     # JSON on a lane's core makes its EXECs slower than the controller predicted.
@@ -197,7 +201,8 @@ class Gateway:
         self.metrics = GatewayMetrics(process_index=config.process_index)
         self.pool: ClientPool | None = None
         self.server_metadata = v2.server_metadata(version())
-        self.door = Door(int(config.shed_lag_ms * 1e6), int(config.shed_interval_ms * 1e6), config.shed_min_requests)
+        self.door = Door(int(config.shed_lag_ms * 1e6), int(config.shed_interval_ms * 1e6), config.shed_min_requests,
+                         int(config.shed_ceiling_ms * 1e6))
         self._lane_watch: asyncio.Task | None = None
 
     # -- lifecycle (aiohttp signals)

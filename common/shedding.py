@@ -18,12 +18,15 @@ requests behind it are fresh again. The last interval must also have seen `min_r
 requests jittered by a slow network are not a standing queue, and refusing them would turn a
 lightly loaded controller away from a remote client. Pure: the shell passes the times in.
 
-Two options change how shedding ends, for the gateway (client/door.py), whose signal is its
+Three options for the gateway (client/door.py), whose signal is its
 event loop's lag, which its own cheap refusals bring under the target at once:
 - `quiet_ns`: shedding ends not at the first request read within the target but once none was
   read late for that long. Ending at once, its shedding stopped and started again every
   interval, and each restart let through a full interval of requests that queued behind a
   growing lag and were answered late.
+- `ceiling_ns`: a request read more than this late is refused at once, standing queue or not:
+  at the onset of an overload the lag grows faster than an interval lets the rule see, and a
+  request that waited that long is answered late whatever is done for it.
 - `drain_to_ns`: while shedding, "late" means waited more than this (below the target), so the
   backlog is drained well below the level that started it. A request admitted at the target
   still waits that lag again for each turn of the loop on its way out (its reply, its wake-up),
@@ -38,8 +41,9 @@ from collections import deque
 
 class InputShedder:
     def __init__(self, target_ns: int, interval_ns: int, min_requests: int = 64, quiet_ns: int = 0,
-                 drain_to_ns: int | None = None):
+                 drain_to_ns: int | None = None, ceiling_ns: int = 0):
         self.target_ns = target_ns  # 0: never shed
+        self.ceiling_ns = ceiling_ns  # 0: none
         self.interval_ns = interval_ns
         self.min_requests = min_requests
         self.quiet_ns = quiet_ns  # 0: CoDel's rule, shedding ends at the first request within the target
@@ -69,7 +73,7 @@ class InputShedder:
         else:
             self._above_since_ns = None
         if not self.shedding:
-            return False
+            return 0 < self.ceiling_ns < waited_ns
         if waited_ns > self.drain_to_ns:
             self._last_late_ns = now_ns
             return True

@@ -48,7 +48,8 @@ def test_the_door_sheds_with_429_while_the_loop_stands_behind_and_stops_after_a_
         return outcomes
 
     async def scenario() -> tuple[list, list, list, list]:
-        gateway = Gateway(GatewayConfig(shed_lag_ms=5, shed_interval_ms=50, shed_min_requests=4, retry_after_s=2))
+        gateway = Gateway(GatewayConfig(shed_lag_ms=5, shed_interval_ms=50, shed_min_requests=4, retry_after_s=2,
+                                        shed_ceiling_ms=0))
         gateway.door.start()
         try:
             standing = await behind(gateway, 0.5)
@@ -146,3 +147,24 @@ def test_a_request_that_spent_its_slo_in_the_gateway_is_refused_429_unsent():
     err = asyncio.run(scenario())
     assert err.http_status == 429 and err.headers() == {"Retry-After": "3"}
     assert err.status is Status.WOULD_MISS_DEADLINE and "spent its whole 50 ms SLO" in err.message
+
+
+def test_past_the_ceiling_the_door_refuses_at_once_without_a_standing_queue():
+    """The onset of an overload: the first infers read 30 ms late are refused, not admitted."""
+    async def scenario() -> list:
+        gateway = Gateway(GatewayConfig(shed_lag_ms=10, shed_interval_ms=1000, shed_min_requests=4,
+                                        shed_ceiling_ms=15))
+        gateway.door.start()
+        try:
+            await asyncio.sleep(0.003)  # the lag probe is running
+            time.sleep(0.03)  # the loop stands 30 ms behind
+            await asyncio.sleep(0)
+            late = [admit(gateway) for _ in range(3)]
+            await asyncio.sleep(0.02)
+            return late + [admit(gateway)]  # on time again: served
+        finally:
+            await gateway.door.stop()
+
+    *late, fresh = asyncio.run(scenario())
+    assert all(isinstance(o, v2.V2Error) and o.http_status == 429 for o in late)
+    assert isinstance(fresh, int)

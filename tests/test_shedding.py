@@ -89,3 +89,13 @@ def test_shedding_starts_one_interval_after_the_lag_passed_the_target():
     assert not any(feed(shedder, 0, 150, 1))
     assert not any(feed(shedder, 150, 250, 25))
     assert shedder.shed(25 * MS, 250 * MS)
+
+
+def test_a_request_past_the_ceiling_is_refused_before_the_queue_stands():
+    """The onset of an overload: the lag grows faster than an interval lets the rule see."""
+    shedder = InputShedder(10 * MS, 100 * MS, min_requests=8, ceiling_ns=15 * MS)
+    assert not any(feed(shedder, 0, 50, 14))  # above the target, under the ceiling, no standing queue yet
+    assert all(feed(shedder, 50, 60, 16))  # past the ceiling: refused at once
+    assert not shedder.shedding  # and the standing-queue rule has not fired
+    assert not any(feed(shedder, 300, 400, 1))
+    assert not InputShedder(10 * MS, 100 * MS, min_requests=8).shed(16 * MS, 0)  # no ceiling: served
