@@ -3,11 +3,11 @@
 A new user's first comparison: one real ONNX model on the real onnxruntime worker, against
 what they would otherwise write (bench/plain_server.py: one process, FIFO, one onnxruntime
 session on one thread, no admission). Both are driven by the same open-loop load generator
-with the same seeded schedules, one target at a time, in one run:
+with the same seeded schedules, one target at a time (the other idles), in one run:
 
-- the floor: the model called directly in this process, one request every 50 ms;
-- a lone request: each target called through the native client, one request every 50 ms (gaps,
-  as real clients leave them, so nothing stays hot), timed around the call;
+- the floor and the lone requests, with both targets running: the model called directly in this
+  process, and each target through the native client, in turn, one call every 50 ms (gaps, as
+  real clients leave them, so nothing stays hot), each timed around the call;
 - Poisson (or bursty) arrivals at each rate of `--rates`, by default fractions of the plain
   server's nominal capacity (1 / the direct exec time) up to 2x; then `--refine` more rates
   halve the interval where each target stops meeting its SLO, so that the rates two targets
@@ -30,18 +30,19 @@ both (bench/versus_json.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import subprocess
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from clockwork.bench import models as bench_models
-from clockwork.bench.comparison import GAP_S, LONE_REQUESTS, MODEL, Point, plot, schedule_for, sustained, worker_spec
+from clockwork.bench.comparison import MODEL, Point, interleaved, plot, schedule_for, sustained, worker_spec
 from clockwork.bench.loadgen import run_open_loop
 from clockwork.bench.procs import cluster, free_port, run_in_temp_dir
 from clockwork.bench.progress import Progress, command_main, say
@@ -66,20 +67,6 @@ def busy_ns(status: dict) -> int:
     return sum(int(d.get("exec_busy_ns") or 0) for w in status.get("workers") or [] for d in w.get("devices") or [])
 
 
-def spaced(call: Callable[[], object], requests: int = LONE_REQUESTS, gap_s: float = GAP_S,
-           warmup: int = 10) -> np.ndarray:
-    """How long `call` took (ns), `requests` times, `gap_s` apart, after `warmup` calls."""
-    for _ in range(warmup):
-        call()
-    took = np.empty(requests, dtype=np.int64)
-    for i in range(requests):
-        time.sleep(gap_s)
-        start = time.monotonic_ns()
-        call()
-        took[i] = time.monotonic_ns() - start
-    return took
-
-
 def latencies(values_ns: np.ndarray) -> Latencies:
     lat = Latencies()
     lat.record_many_ns(values_ns)
@@ -92,7 +79,7 @@ def breakdown(parts: list[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.median([p[key] for p in parts])) for key in parts[0]}
 
 
-def direct_floor(model: bytes, inputs: dict) -> Latencies:
+def direct_call(model: bytes, inputs: dict) -> Callable[[], object]:
     """The model called directly on one onnxruntime thread, as the plain server and the worker run it."""
     import onnxruntime as ort
 
@@ -100,39 +87,68 @@ def direct_floor(model: bytes, inputs: dict) -> Latencies:
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-    return latencies(spaced(lambda: session.run(None, inputs)))
+    return lambda: session.run(None, inputs)
 
 
-def measure(target: str, client: Client, inputs: dict, rates: Sequence[float],
-            args: argparse.Namespace) -> tuple[list[Point], dict[str, float]]:
-    """Lone requests through the native client, then every rate, against one running target;
-    also where a lone request's time goes (medians; empty if its replies carry no timings)."""
-    refused, parts, answered_ns = [], [], []
+class Lone:
+    """Lone requests to one target through the native client: the refusals, and what each
+    answered call took and where its time went (InferResult.hops)."""
 
-    def call() -> None:
+    def __init__(self, target: str, client: Client, inputs: dict, slo_ms: float):
+        self.target, self.client, self.inputs, self.slo_ms = target, client, inputs, slo_ms
+        self.refused: list[str] = []
+        self.parts: list[dict[str, float]] = []
+        self.answered_ns: list[int] = []
+
+    def __call__(self) -> None:
         start = time.monotonic_ns()
         try:
-            result = client.infer(MODEL, inputs, slo_ms=args.slo_ms)
+            result = self.client.infer(MODEL, self.inputs, slo_ms=self.slo_ms)
         except ClockworkError as exc:  # counted, not fatal: a refusal is an outcome to report
-            refused.append(exc.status.name)
+            self.refused.append(exc.status.name)
             return
-        answered_ns.append(time.monotonic_ns() - start)
-        parts.append(result.hops(answered_ns[-1] / 1e6))
+        self.answered_ns.append(time.monotonic_ns() - start)
+        self.parts.append(result.hops(self.answered_ns[-1] / 1e6))
 
-    for _ in range(10):  # warm-up: its outcomes are not counted
-        call()
-    for outcomes in (refused, parts, answered_ns):
-        outcomes.clear()
-    took = spaced(call, warmup=0)
-    lone = latencies(np.array(answered_ns, dtype=np.int64) if answered_ns else took)  # refusals are quick: not latency
-    say(f"{target} lone: p50 {lone.percentile_ms(50):.2f} ms, p99 {lone.percentile_ms(99):.2f} ms"
-        + (f", refused {len(refused)}: {sorted(set(refused))}" if refused else ""))
-    hops = breakdown(parts) if parts else {}
-    if hops:
-        say(f"{target} lone, where the p50 goes: " + ", ".join(f"{k} {v:.3f} ms" for k, v in hops.items()))
-    within = sum(1 for t in answered_ns if t <= args.slo_ms * 1e6)
-    points = [Point(target, 0.0, len(took), within, len(refused), 0, lone.percentile_ms(50),
-                    lone.percentile_ms(99), lone.percentile_ms(99.9), math.nan)]
+    def clear(self) -> None:
+        for outcomes in (self.refused, self.parts, self.answered_ns):
+            outcomes.clear()
+
+    def point(self, took: np.ndarray) -> Point:
+        """The lone run's Point (latencies of the answered calls; refusals are quick: not latency)."""
+        lone = latencies(np.array(self.answered_ns, dtype=np.int64) if self.answered_ns else took)
+        say(f"{self.target} lone: p50 {lone.percentile_ms(50):.2f} ms, p99 {lone.percentile_ms(99):.2f} ms"
+            + (f", refused {len(self.refused)}: {sorted(set(self.refused))}" if self.refused else ""))
+        if self.parts:
+            say(f"{self.target} lone, where the p50 goes: "
+                + ", ".join(f"{k} {v:.3f} ms" for k, v in self.hops().items()))
+        within = sum(1 for t in self.answered_ns if t <= self.slo_ms * 1e6)
+        return Point(self.target, 0.0, len(took), within, len(self.refused), 0, lone.percentile_ms(50),
+                     lone.percentile_ms(99), lone.percentile_ms(99.9), math.nan)
+
+    def hops(self) -> dict[str, float]:
+        """Where a lone request's time goes (medians; empty if its replies carry no timings)."""
+        return breakdown(self.parts) if self.parts else {}
+
+
+def lone_requests(direct: Callable[[], object], targets: Sequence[Lone]) -> tuple[Latencies, dict[str, Lone], dict]:
+    """The floor (the model called directly) and every target's lone requests, taken in turn
+    (comparison.interleaved) after ten warm-up calls each that are not counted."""
+    calls: dict[str, Callable[[], object]] = {"direct": direct, **{t.target: t for t in targets}}
+    for _ in range(10):
+        for call in calls.values():
+            call()
+    for target in targets:
+        target.clear()
+    took = interleaved(calls)
+    return latencies(took["direct"]), {t.target: t for t in targets}, took
+
+
+def rates_for(target: str, client: Client, inputs: dict, rates: Sequence[float], args: argparse.Namespace,
+              lone: Point) -> list[Point]:
+    """Every rate of `rates` against one running target, then `--refine` rates at its knee;
+    `lone` (its lone run) heads the list."""
+    points = [lone]
 
     def at(rate: float, seed: int) -> Point:
         settle(client, inputs)
@@ -152,7 +168,7 @@ def measure(target: str, client: Client, inputs: dict, rates: Sequence[float],
         if bounds is None:
             break
         points.append(at(round(sum(bounds) / 2), args.seed + len(rates) + step))
-    return points, hops
+    return points
 
 
 def settle(client: Client, inputs: dict) -> None:
@@ -176,32 +192,39 @@ def refine_between(points: Sequence[Point], target: str) -> tuple[float, float] 
     return passed, min(above)
 
 
-def run_clockwork(run_dir: Path, model: bytes, shapes: dict, inputs: dict, rates,
-                  args) -> tuple[list[Point], dict[str, float]]:
-    """Its points, and what the worker measured: a lone request's exec (median, lane start to
-    end) and how far the controller's typical exec prediction was off at batch 1 (p99 share)."""
-    with cluster(run_dir / "clockwork", [worker_spec(args)], controller_settings=args.set) as c:
-        with Client(c.client_endpoint, timeout_s=60) as client:
-            client.upload(model, MODEL, input_shapes=shapes)
-            points, hops = measure("clockwork", client, inputs, rates, args)
-            counters = client.status().get("counters", {})
-    worker = {"lone_exec_ms": hops.get("exec", math.nan),
-              "typical_error_share_p99_batch1": counters.get("exec_typical_error_share_p99_batch1", math.nan)}
-    return points, worker
-
-
-def run_plain(run_dir: Path, model_path: Path, inputs: dict, rates, args) -> list[Point]:
+@contextlib.contextmanager
+def plain_server(model_path: Path, args: argparse.Namespace) -> Iterator[str]:
+    """bench/plain_server.py over ZeroMQ; its endpoint."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     argv = [sys.executable, "-m", "clockwork.bench.plain_server", str(model_path), endpoint, "--max-batch", str(args.plain_batch)]
     server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         if server.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the plain server did not start (exit status {server.poll()})")
-        with Client(endpoint, timeout_s=5) as client:
-            return measure("plain", client, inputs, rates, args)[0]
+        yield endpoint
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def compare(run_dir: Path, direct: Callable[[], object], model: bytes, model_path: Path, shapes: dict, inputs: dict,
+            rates: Sequence[float], args: argparse.Namespace) -> tuple[Latencies, list[Point], dict[str, float]]:
+    """Both targets running at once: the lone requests in turn with the direct call, then each
+    target's rates while the other idles. The floor, the points, and what the worker measured:
+    a lone request's exec (median, lane start to end) and how far the controller's typical exec
+    prediction was off at batch 1 (p99 share)."""
+    with plain_server(model_path, args) as endpoint, \
+            cluster(run_dir / "clockwork", [worker_spec(args)], controller_settings=args.set) as c:
+        with Client(endpoint, timeout_s=5) as plain, Client(c.client_endpoint, timeout_s=60) as system:
+            system.upload(model, MODEL, input_shapes=shapes)
+            floor, lone, took = lone_requests(direct, [Lone("plain", plain, inputs, args.slo_ms),
+                                                       Lone("clockwork", system, inputs, args.slo_ms)])
+            points = rates_for("plain", plain, inputs, rates, args, lone["plain"].point(took["plain"]))
+            points += rates_for("clockwork", system, inputs, rates, args, lone["clockwork"].point(took["clockwork"]))
+            counters = system.status().get("counters", {})
+    worker = {"lone_exec_ms": lone["clockwork"].hops().get("exec", math.nan),
+              "typical_error_share_p99_batch1": counters.get("exec_typical_error_share_p99_batch1", math.nan)}
+    return floor, points, worker
 
 
 def verdicts(points: Sequence[Point], floor: Latencies, worker: dict[str, float] | None = None) -> list[tuple[str, str, str]]:
@@ -248,10 +271,10 @@ def run(args: argparse.Namespace) -> int:
     model_path = out / "model.onnx"
     model_path.write_bytes(model)
 
-    floor = direct_floor(model, inputs)
-    nominal = 1000.0 / floor.percentile_ms(50)
-    say(f"direct onnxruntime: p50 {floor.percentile_ms(50):.3f} ms, p99 {floor.percentile_ms(99):.3f} ms "
-        f"(nominal capacity {nominal:.0f}/s)")
+    direct = direct_call(model, inputs)
+    direct()  # its first run is not typical
+    nominal = 1000.0 / latencies(interleaved({"direct": direct}, requests=20)["direct"]).percentile_ms(50)
+    say(f"direct onnxruntime: nominal capacity {nominal:.0f}/s")
     rates = [float(r) for r in args.rates.split(",")] if args.rates else [round(f * nominal) for f in FRACTIONS]
 
     def body(run_dir: Path) -> int:
@@ -259,9 +282,7 @@ def run(args: argparse.Namespace) -> int:
             from clockwork.bench import versus_json
 
             return versus_json.run(args, model, shapes, inputs, model_path, rates, run_dir, out)
-        points = run_plain(run_dir, model_path, inputs, rates, args)
-        clockwork_points, worker = run_clockwork(run_dir, model, shapes, inputs, rates, args)
-        points += clockwork_points
+        floor, points, worker = compare(run_dir, direct, model, model_path, shapes, inputs, rates, args)
         header = ["target", "rate/s", "offered", "in SLO", "refused", "unanswered", "p50 ms", "p99 ms",
                   "p99.9 ms", "busy"]
         print(format_table([[p.target, p.rate or "lone", p.offered, f"{100 * p.share_within_slo:.2f}%", p.refused,

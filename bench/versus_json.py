@@ -9,8 +9,9 @@ open-loop schedules by one HTTP load generator (bench/http_load.py):
 - "plain-http": bench/plain_server.py over HTTP: one process, FIFO, one onnxruntime session on
   one thread, no admission, the same v2 parsing rules.
 
-Per target: a lone-request run (requests 50 ms apart), then each rate of `--rates`, then the
-gateway's test of refusing well: 3x the highest rate it sustained (>= 99.9% of requests within
+Both running at once, lone requests (50 ms apart, to each in turn, over a kept-alive
+connection); then per target, while the other idles, each rate of `--rates`, then the gateway's
+test of refusing well: 3x the highest rate it sustained (>= 99.9% of requests within
 the SLO), played to both. Reported per rate: offered, answered within the SLO, 429s, 504s,
 p50/p99 of the answered, how fast the 429s came back, and how late the
 load generator itself sent (its own lag, which every latency includes: when it is large, the
@@ -22,10 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import math
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import asdict
 from pathlib import Path
@@ -35,8 +38,8 @@ import numpy as np
 import orjson
 
 from clockwork.bench import http_load, workload
-from clockwork.bench.comparison import (GAP_S, IN_SLO, LONE_REQUESTS, MODEL, Point, plot, schedule_for, sustained,
-                                        worker_spec)
+from clockwork.bench.comparison import (GAP_S, IN_SLO, LONE_REQUESTS, MODEL, Point, interleaved, plot, schedule_for,
+                                        sustained, worker_spec)
 from clockwork.bench.procs import cluster, free_port, start_gateway
 from clockwork.bench.progress import say
 from clockwork.bench.report import Latencies, format_table, write_json
@@ -74,18 +77,61 @@ def shed_at_door(address: str) -> int:
                if line.startswith("clockwork_gateway_shed_total{"))
 
 
+class HttpLone:
+    """Lone requests to one target over one kept-alive HTTP connection, as `requests` or curl
+    sends them one at a time: each answer's status and, for a 200 or a 429, how long it took."""
+
+    def __init__(self, url: str, body: bytes):
+        parts = urllib.parse.urlsplit(url)
+        self.path, self.body = parts.path, body
+        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        self.results = http_load.HttpResults()
+
+    def __call__(self) -> None:
+        start = time.monotonic_ns()
+        try:
+            self.conn.request("POST", self.path, self.body, {"Content-Type": "application/json"})
+            reply = self.conn.getresponse()
+            reply.read()
+        except (OSError, http.client.HTTPException):
+            self.conn.close()  # the next request connects again
+            self.results.unanswered += 1
+            return
+        took_ns = time.monotonic_ns() - start
+        self.results.statuses[reply.status] += 1
+        if reply.status == 200:
+            self.results.ok_ns.append(took_ns)
+        elif reply.status == 429:
+            self.results.refused_ns.append(took_ns)
+
+    def point(self, target: str, slo_ms: float) -> Point:
+        self.results.scheduled = sum(self.results.statuses.values()) + self.results.unanswered
+        self.results.late_sends_ns = [0]  # each is sent when it is timed
+        return http_point(target, 0.0, self.results, slo_ms)
+
+
+def lone_requests(urls: dict[str, str], body: bytes, args: argparse.Namespace) -> list[Point]:
+    """Every target's lone requests, in turn (comparison.interleaved), after ten each that are
+    not counted."""
+    calls = {target: HttpLone(url, body) for target, url in urls.items()}
+    for _ in range(10):
+        for call in calls.values():
+            call()
+    for call in calls.values():
+        call.results = http_load.HttpResults()
+    interleaved(calls, max(10, min(LONE_REQUESTS, round(args.duration_s / GAP_S))))
+    points = [call.point(target, args.slo_ms) for target, call in calls.items()]
+    for p in points:
+        say(f"{p.target} lone: {p.within_slo}/{p.offered} within {args.slo_ms:g} ms, p50 {p.p50_ms:.2f} ms, "
+            f"p99 {p.p99_ms:.2f} ms")
+    return points
+
+
 def measure(target: str, url: str, body: bytes, rates: Sequence[float], args: argparse.Namespace,
-            lone: bool = True, shed: Callable[[], int] = lambda: 0) -> list[Point]:
-    """(A warm-up and a lone-request run, then) every rate, against one running target; `shed`
-    counts the requests its door refused so far."""
+            shed: Callable[[], int] = lambda: 0) -> list[Point]:
+    """Every rate, against one running target; `shed` counts the requests its door refused so far."""
     timeout_s = max(1.0, 10 * args.slo_ms / 1000)
     points = []
-    if lone:
-        asyncio.run(http_load.play(url, body, workload.constant_schedule([1 / GAP_S], 10 * GAP_S), timeout_s))
-        count = max(10, min(LONE_REQUESTS, round(args.duration_s / GAP_S)))
-        results = asyncio.run(http_load.play(url, body, workload.constant_schedule([1 / GAP_S], count * GAP_S),
-                                             timeout_s))
-        points.append(http_point(target, 0.0, results, args.slo_ms))
     for rate in rates:
         schedule = schedule_for(args.workload, rate, args.duration_s, args.seed + round(rate))
         before = shed()
@@ -93,7 +139,7 @@ def measure(target: str, url: str, body: bytes, rates: Sequence[float], args: ar
         points.append(http_point(target, rate, results, args.slo_ms, shed() - before))
         time.sleep(0.5)  # what was given up drains before the next rate
     for p in points:
-        say(f"{target} {f'{p.rate:g}/s' if p.rate else 'lone'}: {p.within_slo}/{p.offered} within {args.slo_ms:g} ms, "
+        say(f"{target} {p.rate:g}/s: {p.within_slo}/{p.offered} within {args.slo_ms:g} ms, "
             f"{p.too_many} x 429 ({p.shed_at_door} at the door), {p.timed_out} x 504, {p.unanswered} unanswered, p50 {p.p50_ms:.2f} ms, "
             f"p99 {p.p99_ms:.2f} ms, sent late by {p.sender_late_p99_ms:.2f} ms at p99")
     return points
@@ -143,18 +189,19 @@ def verdicts(points: Sequence[Point], rates: Sequence[float], overload: float) -
 def run(args: argparse.Namespace, model: bytes, shapes: dict, inputs: dict, model_path: Path, rates: list[float],
         run_dir: Path, out: Path) -> int:
     body = json_body(inputs, args.slo_ms)
-    with cluster(run_dir / "clockwork", [worker_spec(args)], controller_settings=args.set) as c:
+    with cluster(run_dir / "clockwork", [worker_spec(args)], controller_settings=args.set) as c, \
+            plain_http(model_path) as plain_url:
         with Client(c.client_endpoint, timeout_s=60) as client:
             client.upload(model, MODEL, input_shapes=shapes)
         address = start_gateway(c.group, c.client_endpoint, extra=["--processes", str(args.gateway_processes)])["http"]
         url = f"http://{address}/v2/models/{MODEL}/infer"
         door = (lambda: shed_at_door(address)) if args.gateway_processes == 1 else (lambda: 0)
-        points = measure(GATEWAY, url, body, rates, args, shed=door)
+        gateway_lone, plain_lone = lone_requests({GATEWAY: url, PLAIN: plain_url}, body, args)
+        points = [gateway_lone, *measure(GATEWAY, url, body, rates, args, shed=door)]
         overload = OVERLOAD * sustained(points, GATEWAY)
         extra = [overload] if overload and overload not in rates else []
-        points += measure(GATEWAY, url, body, extra, args, lone=False, shed=door)
-    with plain_http(model_path) as url:
-        points += measure(PLAIN, url, body, rates + extra, args)
+        points += measure(GATEWAY, url, body, extra, args, shed=door)
+        points += [plain_lone, *measure(PLAIN, plain_url, body, rates + extra, args)]
     header = ["target", "rate/s", "offered", "in SLO", "429", "of them door's", "504", "other refusals", "unanswered", "p50 ms",
               "p99 ms", "429 p99 ms", "sent late p99 ms"]
     print(format_table([[p.target, p.rate or "lone", p.offered, f"{100 * p.share_within_slo:.2f}%", p.too_many,

@@ -112,6 +112,16 @@ def _floor(ms):
     return lat
 
 
+def test_lone_requests_go_to_every_target_in_blocks_in_turn_the_order_rotating():
+    order = []
+    took = comparison.interleaved({name: (lambda name=name: order.append(name)) for name in "abc"}, requests=5,
+                                  gap_s=0, block=2)
+    # no target always first, or always after another; the last block is what is left
+    assert "".join(order) == "aabbcc" + "bbccaa" + "cab"
+    assert {name: len(ns) for name, ns in took.items()} == {"a": 5, "b": 5, "c": 5}
+    assert all((ns >= 0).all() for ns in took.values())
+
+
 def test_versus_runs_end_to_end_and_writes_its_report(tmp_path):
     out = tmp_path / "out"
     assert versus.main(["--duration-s", "1", "--rates", "50", "--out", str(out)]) == 0
