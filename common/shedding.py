@@ -18,8 +18,8 @@ requests behind it are fresh again. The last interval must also have seen `min_r
 requests jittered by a slow network are not a standing queue, and refusing them would turn a
 lightly loaded controller away from a remote client. Pure: the shell passes the times in.
 
-Three options for the gateway (client/door.py), whose signal is its
-event loop's lag, which its own cheap refusals bring under the target at once:
+Three options for the gateway (client/door.py), whose signal is its event loop's lag, which its
+own cheap refusals bring under the target at once:
 - `quiet_ns`: shedding ends not at the first request read within the target but once none was
   read late for that long. Ending at once, its shedding stopped and started again every
   interval, and each restart let through a full interval of requests that queued behind a
