@@ -577,6 +577,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[GatewayConfig, str]:
                    help="on SIGTERM, time given to requests in flight")
     p.add_argument("--shed-lag-ms", type=float, default=d.shed_lag_ms,
                    help="answer infers 429 while the event loop stands this far behind (0: never)")
+    p.add_argument("--shed-ceiling-ms", type=float, default=d.shed_ceiling_ms,
+                   help="answer an infer 429 at once when it waited this long in the gateway (0: no ceiling)")
     p.add_argument("--avoid-lane-cores", action=argparse.BooleanOptionalAction, default=d.avoid_lane_cores,
                    help="keep off the CPU cores the EXEC lanes of workers on this host hold")
     p.add_argument("--processes", type=_positive(int), default=1,
@@ -594,7 +596,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[GatewayConfig, str]:
                            max_body_bytes=int(a.max_body_mb * MiB), body_timeout_s=a.body_timeout_s,
                            admin_timeout_s=a.admin_timeout_s, load_wait_s=max(0.0, a.load_wait_s),
                            retry_after_s=a.retry_after_s, shutdown_timeout_s=max(0.0, a.shutdown_timeout_s),
-                           shed_lag_ms=a.shed_lag_ms, processes=a.processes, process_index=a.process_index,
+                           shed_lag_ms=a.shed_lag_ms, shed_ceiling_ms=a.shed_ceiling_ms, processes=a.processes,
+                           process_index=a.process_index,
                            avoid_lane_cores=a.avoid_lane_cores)
     return config, a.log_level
 

@@ -380,6 +380,8 @@ def test_command_line_flags_make_the_config(monkeypatch):
                             "--default-slo-ms", "250", "--max-body-mb", "0.5", "--log-level", "debug"])
     assert (config.host, config.port, config.controller, config.connections) == ("::1", 9000, "tcp://h:1", 2)
     assert config.default_slo_ms == 250 and config.max_body_bytes == 512 * 1024
+    config, _ = parse_args(["--shed-lag-ms", "8", "--shed-ceiling-ms", "0"])
+    assert (config.shed_lag_ms, config.shed_ceiling_ms) == (8, 0)
     assert parse_listen("0.0.0.0:8000") == ("0.0.0.0", 8000) and parse_listen(":8001") == ("127.0.0.1", 8001)
     for bad in (["--listen", "nohost"], ["--listen", "h:\u00b2"], ["--listen", "h:99999"], ["--connections", "0"],
                 ["--default-slo-ms", "-1"], ["--default-slo-ms", "inf"], ["--log-level", "loud"]):
