@@ -41,6 +41,8 @@ from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 
 INTERESTING_INTS = (0, 1, -1, 2**31 - 1, 2**31, 2**32, 2**63 - 1, -(2**63), 2**64 - 1)
+DEEP = "deep-nesting-goes-here"  # replaced, once packed, by DEEP_MARK's nested arrays
+DEEP_MARK = msgspec.msgpack.encode(DEEP)
 
 
 def _seed_messages() -> list[list[bytes]]:
@@ -88,12 +90,15 @@ def _mutate_header(frame: bytes, rng: random.Random) -> bytes:
         return frame
     if not isinstance(header, dict) or not header:
         return frame
-    key = rng.choice(list(header))
-    header[key] = rng.choice([*INTERESTING_INTS, "", "x" * 300, None, [], {}, [1, 2], {"a": 1}, 1.5, b"\0"])
+    key = rng.choice([*header, "unknown"])  # unknown keys are skipped, not validated
+    header[key] = rng.choice([*INTERESTING_INTS, "", "x" * 300, None, [], {}, [1, 2], {"a": 1}, 1.5, b"\0", DEEP])
     try:
-        return msgspec.msgpack.encode(header)
+        packed = msgspec.msgpack.encode(header)
     except (msgspec.EncodeError, OverflowError, TypeError, ValueError):
         return frame
+    # Nesting deeper than any decoder follows (msgspec raises RecursionError even in a field it
+    # would skip): written as bytes, since no encoder writes it.
+    return packed.replace(DEEP_MARK, b"\x91" * rng.choice((100, 1_000, 20_000)) + b"\x00", 1)
 
 
 def mutate(seed: list[bytes], rng: random.Random) -> list[bytes]:

@@ -244,7 +244,7 @@ def _decode_fast(frames: Sequence[Any], header_only: bool) -> Envelope | None:
         if memoryview(head).nbytes > schema.MAX_HEADER_BYTES:
             return None
         header = _FAST_DECODER.decode(head)
-    except (msgspec.MsgspecError, TypeError):
+    except (msgspec.MsgspecError, TypeError, RecursionError):  # RecursionError: nesting past msgspec's depth
         return None
     plan, build = _FAST_PATHS[type(header)]
     if header_only:

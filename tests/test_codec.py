@@ -404,3 +404,19 @@ def test_msgspec_and_the_checks_agree_on_random_changes(which, data):
         changes[name] = data.draw(st.sampled_from(EDGE_SPECS) if name == "tensors" else
                                   st.sampled_from(sorted(schema.MESSAGE_TYPES)) if name == "type" else values)
     _assert_agree(*_read_both(_mutated(body, changes)))
+
+
+@pytest.mark.parametrize("where", ["unknown", "model", "tensors"])
+def test_a_header_nested_past_the_decoders_depth_is_refused_with_a_reason(where):
+    """msgspec raises RecursionError for nesting past its depth, even in a field it would skip;
+    the codec answers BAD_MESSAGE, as for any other garbage (a daemon's handler would otherwise
+    log a failure and leave the sender unanswered)."""
+    header = peek_map([bytes(f) for f in encode(schema.Infer(model="m", slo_ns=10), 1)])
+    header.pop(where, None)
+    header[where] = None  # the last key
+    packed = msgpack.packb(header, use_bin_type=True)
+    assert packed.endswith(b"\xc0")  # the field's value (nil) is the last byte, so it can be swapped out
+    frames = [packed[:-1] + b"\x91" * 60_000 + b"\x00"]
+    with pytest.raises(BadMessage) as refused:
+        decode(frames)
+    assert refused.value.status is Status.BAD_MESSAGE
