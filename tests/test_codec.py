@@ -420,3 +420,17 @@ def test_a_header_nested_past_the_decoders_depth_is_refused_with_a_reason(where)
     with pytest.raises(BadMessage) as refused:
         decode(frames)
     assert refused.value.status is Status.BAD_MESSAGE
+
+
+def test_a_key_given_twice_reads_as_its_last_value_on_both_paths():
+    """msgpack allows a map to repeat a key; the checks read a dict, where the last one wins."""
+    def header(*pairs):
+        return bytes([0x80 | len(pairs)]) + b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in pairs)
+
+    twice = [header(("type", "infer"), ("msg_id", 1), ("model", "a"), ("slo_ns", 10), ("model", "b"))]
+    _assert_agree(*_read_both(twice))
+    assert decode(twice).body.model == "b"
+    retyped = [header(("type", "infer"), ("msg_id", 1), ("model", "a"), ("slo_ns", 10), ("type", "exec"))]
+    _assert_agree(*_read_both(retyped))
+    with pytest.raises(BadMessage, match="exec: missing field"):
+        decode(retyped)
