@@ -24,9 +24,11 @@ own cheap refusals bring under the target at once:
   read late for that long. Ending at once, its shedding stopped and started again every
   interval, and each restart let through a full interval of requests that queued behind a
   growing lag and were answered late.
-- `ceiling_ns`: a request read more than this late is refused at once, standing queue or not:
-  at the onset of an overload the lag grows faster than an interval lets the rule see, and a
-  request that waited that long is answered late whatever is done for it.
+- `ceiling_ns`: a request read more than this late is refused at once, standing queue or not,
+  once the last `min_requests` reads were all late: at the onset of an overload the lag grows
+  faster than an interval lets the rule see, and a request that waited that long is answered
+  late whatever is done for it. (One request held up by a stall of a lightly loaded reader is
+  not load: it is served.)
 - `drain_to_ns`: while shedding, "late" means waited more than this (below the target), so the
   backlog is drained well below the level that started it. A request admitted at the target
   still waits that lag again for each turn of the loop on its way out (its reply, its wake-up),
@@ -73,7 +75,7 @@ class InputShedder:
         else:
             self._above_since_ns = None
         if not self.shedding:
-            return 0 < self.ceiling_ns < waited_ns
+            return 0 < self.ceiling_ns < waited_ns and self._late_burst(now_ns)
         if waited_ns > self.drain_to_ns:
             self._last_late_ns = now_ns
             return True
@@ -83,5 +85,10 @@ class InputShedder:
 
     def _standing(self, now_ns: int) -> bool:
         """Above the target for a whole interval, with min_requests read late in the last one."""
-        return (now_ns - self._above_since_ns >= self.interval_ns and len(self._above_reads) == self._above_reads.maxlen
+        return now_ns - self._above_since_ns >= self.interval_ns and self._late_burst(now_ns)
+
+    def _late_burst(self, now_ns: int) -> bool:
+        """The last min_requests reads were all late, and within the last interval: load, not
+        one request held up by a stall of the reader."""
+        return (len(self._above_reads) == self._above_reads.maxlen
                 and now_ns - self._above_reads[0] <= self.interval_ns)

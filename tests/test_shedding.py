@@ -99,3 +99,12 @@ def test_a_request_past_the_ceiling_is_refused_before_the_queue_stands():
     assert not shedder.shedding  # and the standing-queue rule has not fired
     assert not any(feed(shedder, 300, 400, 1))
     assert not InputShedder(10 * MS, 100 * MS, min_requests=8).shed(16 * MS, 0)  # no ceiling: served
+
+
+def test_the_ceiling_refuses_only_a_burst_of_late_requests_not_one_held_up_by_a_stall():
+    shedder = InputShedder(10 * MS, 100 * MS, min_requests=8, ceiling_ns=15 * MS)
+    assert not any(feed(shedder, 0, 1000, 1, every_ms=100))  # light load, on time
+    assert not shedder.shed(40 * MS, 1040 * MS)  # one request behind a 40 ms stall: served
+    assert not any(feed(shedder, 1100, 2000, 1, every_ms=100))
+    late = feed(shedder, 2000, 2010, 20, every_ms=1)  # ten in 10 ms, all 20 ms late
+    assert not any(late[:7]) and all(late[7:])  # refused from the eighth on
