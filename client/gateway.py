@@ -115,8 +115,9 @@ class GatewayConfig:
     shed_interval_ms: float = 20.0
     shed_min_requests: int = 8
     # An infer read more than this late is refused at once, before the queue has stood for an
-    # interval: from idle to 3x capacity the lag grows 2 ms per ms, and those read in the first
-    # 20-30 ms were answered past a 50 ms SLO (client/door.py). 0: no ceiling.
+    # interval, once shed_min_requests reads in a row came late: from idle to 3x capacity the lag
+    # grows 2 ms per ms, and those read in the first 20-30 ms were answered past a 50 ms SLO
+    # (client/door.py). Like shed_lag_ms, sized for SLOs of tens of ms. 0: no ceiling.
     shed_ceiling_ms: float = 15.0
     # Keep off the CPU cores the EXEC lanes of workers on this host hold (the controller's STATUS
     # lists them; common/affinity.py), looked at every lane_cores_check_s: a gateway parsing
