@@ -37,7 +37,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import orjson
 
-from clockwork.bench import http_load, workload
+from clockwork.bench import http_load
 from clockwork.bench.comparison import (GAP_S, IN_SLO, LONE_REQUESTS, MODEL, Point, interleaved, plot, schedule_for,
                                         sustained, worker_spec)
 from clockwork.bench.procs import cluster, free_port, start_gateway
