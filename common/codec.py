@@ -49,12 +49,11 @@ class _Plan:
     header_fields: tuple  # (name, check, required)
     tensors: str | None  # the tensors field's name, if any
     blob: str | None  # the blob field's name, if any
-    defaults: dict  # header field name -> its dataclasses.Field, for the ones that have a default
 
 
 @lru_cache(maxsize=None)
 def _plan(cls: type) -> _Plan:
-    header, tensors, blob, defaults = [], None, None, {}
+    header, tensors, blob = [], None, None
     for fld in dataclasses.fields(cls):
         if fld.metadata.get("tensors"):
             tensors = fld.name
@@ -63,9 +62,7 @@ def _plan(cls: type) -> _Plan:
         else:
             required = fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING
             header.append((fld.name, fld.metadata["check"], required))
-            if not required:
-                defaults[fld.name] = fld
-    return _Plan(cls, cls.TYPE.value, tuple(header), tensors, blob, defaults)
+    return _Plan(cls, cls.TYPE.value, tuple(header), tensors, blob)
 
 
 def encode(body: Message, msg_id: int, parent_id: int = 0, sent_ns: int = 0) -> list:
@@ -190,6 +187,7 @@ def _header_struct(plan: _Plan) -> type | None:
     """The msgspec Struct of this message type's header (tagged by its `type`), or None where a
     field has no msgspec type."""
     fields: list[tuple] = list(_ENVELOPE_WIRE)
+    declared = {fld.name: fld for fld in dataclasses.fields(plan.cls)}
     for name, check, required in plan.header_fields:
         wire = wire_type(check)
         if wire is None:
@@ -197,7 +195,7 @@ def _header_struct(plan: _Plan) -> type | None:
         if required:
             fields.append((name, wire))
         else:
-            fld = plan.defaults[name]
+            fld = declared[name]
             default = (msgspec.field(default_factory=fld.default_factory)
                        if fld.default_factory is not dataclasses.MISSING else fld.default)
             fields.append((name, wire, default))
