@@ -54,15 +54,21 @@ class Point:
 
 
 def interleaved(calls: Mapping[str, Callable[[], object]], requests: int = LONE_REQUESTS, gap_s: float = GAP_S,
-                block: int = LONE_BLOCK) -> dict[str, np.ndarray]:
-    """How long each call took (ns), `requests` times each, `gap_s` apart: lone requests to every
-    target in blocks of `block`, the targets in turn (their order rotating each round), so that
-    a machine whose speed drifts (a VM's neighbours come and go) moves them all alike; measured
-    one target after the other, minutes apart, one server's lone p50 differed by 0.35 ms between
-    two runs. In blocks, as bench/overhead.py does, because a call right after another target's
+                block: int = LONE_BLOCK, warmup: int = 0) -> dict[str, np.ndarray]:
+    """How long each call took (ns), `requests` times each, `gap_s` apart, after `warmup` calls
+    to each that are not timed (a call with a `clear()` method then forgets what they did): lone
+    requests to every target in blocks of `block`, the targets in turn (their order rotating
+    each round), so that a machine whose speed drifts (a VM's neighbours come and go) moves them
+    all alike; measured one target after the other, minutes apart, one server's lone p50
+    differed by 0.35 ms between two runs. In blocks, as bench/overhead.py does, because a call right after another target's
     is colder: one at a time in turn, the plain server's lone p50 rose from 0.37 to 0.82 ms over
     the direct call, and this system's by as much."""
     names = list(calls)
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    for call in calls.values():
+        getattr(call, "clear", lambda: None)()
     took = {name: np.empty(requests, dtype=np.int64) for name in names}
     done = dict.fromkeys(names, 0)
     for turn in range(-(-requests // block)):

@@ -134,13 +134,7 @@ class Lone:
 def lone_requests(direct: Callable[[], object], targets: Sequence[Lone]) -> tuple[Latencies, dict[str, Lone], dict]:
     """The floor (the model called directly) and every target's lone requests, taken in turn
     (comparison.interleaved) after ten warm-up calls each that are not counted."""
-    calls: dict[str, Callable[[], object]] = {"direct": direct, **{t.target: t for t in targets}}
-    for _ in range(10):
-        for call in calls.values():
-            call()
-    for target in targets:
-        target.clear()
-    took = interleaved(calls)
+    took = interleaved({"direct": direct, **{t.target: t for t in targets}}, warmup=10)
     return latencies(took["direct"]), {t.target: t for t in targets}, took
 
 

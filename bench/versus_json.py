@@ -104,6 +104,9 @@ class HttpLone:
         elif reply.status == 429:
             self.results.refused_ns.append(took_ns)
 
+    def clear(self) -> None:
+        self.results = http_load.HttpResults()
+
     def point(self, target: str, slo_ms: float) -> Point:
         self.results.scheduled = sum(self.results.statuses.values()) + self.results.unanswered
         self.results.late_sends_ns = [0]  # each is sent when it is timed
@@ -114,12 +117,7 @@ def lone_requests(urls: dict[str, str], body: bytes, args: argparse.Namespace) -
     """Every target's lone requests, in turn (comparison.interleaved), after ten each that are
     not counted."""
     calls = {target: HttpLone(url, body) for target, url in urls.items()}
-    for _ in range(10):
-        for call in calls.values():
-            call()
-    for call in calls.values():
-        call.results = http_load.HttpResults()
-    interleaved(calls, max(10, min(LONE_REQUESTS, round(args.duration_s / GAP_S))))
+    interleaved(calls, max(10, min(LONE_REQUESTS, round(args.duration_s / GAP_S))), warmup=10)
     points = [call.point(target, args.slo_ms) for target, call in calls.items()]
     for p in points:
         say(f"{p.target} lone: {p.within_slo}/{p.offered} within {args.slo_ms:g} ms, p50 {p.p50_ms:.2f} ms, "

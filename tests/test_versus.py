@@ -122,6 +122,24 @@ def test_lone_requests_go_to_every_target_in_blocks_in_turn_the_order_rotating()
     assert all((ns >= 0).all() for ns in took.values())
 
 
+def test_warm_up_calls_go_first_untimed_and_a_call_that_can_clear_forgets_them():
+    class Counted:
+        def __init__(self):
+            self.calls = self.cleared = 0
+
+        def __call__(self):
+            self.calls += 1
+
+        def clear(self):
+            self.cleared, self.calls = self.calls, 0
+
+    counted, plain = Counted(), []
+    took = comparison.interleaved({"counted": counted, "plain": lambda: plain.append(1)}, requests=4, gap_s=0,
+                                  warmup=3)
+    assert (counted.cleared, counted.calls, len(plain)) == (3, 4, 7)
+    assert {name: len(ns) for name, ns in took.items()} == {"counted": 4, "plain": 4}
+
+
 def test_versus_runs_end_to_end_and_writes_its_report(tmp_path):
     out = tmp_path / "out"
     assert versus.main(["--duration-s", "1", "--rates", "50", "--out", str(out)]) == 0
