@@ -3,11 +3,13 @@ model. test_core drives them together through the core."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from clockwork.controller import placement
 from clockwork.controller.batching import grow, padded_size, split_ns
-from clockwork.controller.latency import LatencyModel
+from clockwork.controller.latency import LatencyModel, percentile_of
 from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency, move
 from clockwork.controller.state import Device, Request, Resident
 
@@ -165,3 +167,12 @@ def test_the_typical_error_is_each_measurement_against_the_median_before_it_as_a
     summary = model.error_summary()
     assert summary["exec_typical_error_share_p99_batch1"] == pytest.approx(0.1, rel=0.02)
     assert summary["exec_typical_error_share_p99"] == pytest.approx(0.5, rel=0.05)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.integers(-2**40, 2**40) | st.integers(0, 50), max_size=300),
+       percentile=st.sampled_from([0.0, 50.0, 90.0, 99.0, 99.9, 100.0]) | st.floats(0, 100))
+def test_percentile_of_is_numpys_linear_percentile(values, percentile):
+    """The allowances refreshed from measured delays keep the figures np.percentile gave them."""
+    expected = int(np.percentile(np.array(values, dtype=np.int64), percentile)) if values else 0
+    assert percentile_of(values, percentile) == expected
