@@ -124,6 +124,11 @@ class GatewayConfig:
     # JSON on a lane's core makes its EXECs slower than the controller predicted.
     avoid_lane_cores: bool = True
     lane_cores_check_s: float = 5.0
+    # ... but only where at least this many cores are left to it. On a 2-core host with one CPU
+    # lane, kept to the other core with the controller and the worker's loop, it refused 8-15% of
+    # the JSON infers at 300/s, where the plain HTTP server (on both cores) answered all: sharing
+    # the lane's core, 0-1% (docs/benchmarks.md).
+    min_cores_left: int = 2
     # Gateway processes sharing the port: one parses JSON on one core, so a core's worth of
     # requests needs another process. 1 until measured otherwise.
     processes: int = 1
@@ -258,13 +263,16 @@ class Gateway:
 
     async def _keep_off_lanes(self) -> None:
         """Follow the cores the controller lists as its host's EXEC lanes (common/affinity.py)."""
-        lanes = LaneCores()
+        lanes = LaneCores(min_left=self.config.min_cores_left)
         while True:
             try:
                 cores = lanes.follow(await self._admin(lambda c: c.status(models_limit=0)))
             except v2.V2Error:
                 cores = None  # the controller is away: look again later
-            if cores is not None:
+            if cores is not None and cores & lanes.held():
+                log.info("sharing the EXEC lanes' cores: keeping off them would leave fewer than "
+                         f"{self.config.min_cores_left}", cores=sorted(cores), lanes=sorted(lanes.held()))
+            elif cores is not None:
                 log.info("running on cores the EXEC lanes on this host leave free", cores=sorted(cores),
                          lanes=sorted(lanes.held()))
             await asyncio.sleep(self.config.lane_cores_check_s)
@@ -582,6 +590,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[GatewayConfig, str]:
                    help="answer an infer 429 at once when it waited this long in the gateway (0: no ceiling)")
     p.add_argument("--avoid-lane-cores", action=argparse.BooleanOptionalAction, default=d.avoid_lane_cores,
                    help="keep off the CPU cores the EXEC lanes of workers on this host hold")
+    p.add_argument("--min-cores-left", type=_positive(int), default=d.min_cores_left,
+                   help="keep off the lanes' cores only where at least this many cores are left")
     p.add_argument("--processes", type=_positive(int), default=1,
                    help="gateway processes sharing the port (SO_REUSEPORT), each with its own controller connections")
     p.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
@@ -599,7 +609,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[GatewayConfig, str]:
                            retry_after_s=a.retry_after_s, shutdown_timeout_s=max(0.0, a.shutdown_timeout_s),
                            shed_lag_ms=a.shed_lag_ms, shed_ceiling_ms=a.shed_ceiling_ms, processes=a.processes,
                            process_index=a.process_index,
-                           avoid_lane_cores=a.avoid_lane_cores)
+                           avoid_lane_cores=a.avoid_lane_cores, min_cores_left=a.min_cores_left)
     return config, a.log_level
 
 

@@ -40,12 +40,14 @@ def allowed_cores() -> set[int]:
     return set(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else set()
 
 
-def keep_off(cores: set[int], allowed: set[int], spare: set[int] = frozenset()) -> set[int]:
+def keep_off(cores: set[int], allowed: set[int], spare: set[int] = frozenset(), min_left: int = 1) -> set[int]:
     """Run every thread of this process on `allowed` less `cores`: the threads running now, and
     through inheritance those started later; the threads in `spare` (native ids: lanes pinned to
-    a core of their own) stay as they are. If that leaves nothing, nothing changes. Returns the
-    cores now used."""
-    rest = allowed - cores or allowed
+    a core of their own) stay as they are. If that leaves fewer than `min_left` cores, it runs
+    on all of `allowed` (sharing the lanes' cores). Returns the cores now used."""
+    rest = allowed - cores
+    if len(rest) < max(1, min_left):
+        rest = allowed
     for thread in os.listdir("/proc/self/task"):
         if int(thread) in spare:
             continue
@@ -60,8 +62,9 @@ class KeptOff:
     """This process's threads kept off a set of cores that changes (lanes' cores, as workers
     come and go): each change moves them, within the cores the process started with."""
 
-    def __init__(self):
+    def __init__(self, min_left: int = 1):
         self.allowed = allowed_cores()
+        self.min_left = min_left  # keep_off's: fewer cores left than this, and the lanes' are shared
         self.cores: set[int] | None = None
 
     def follow(self, cores: set[int], spare: set[int] = frozenset()) -> set[int] | None:
@@ -69,7 +72,7 @@ class KeptOff:
         if not self.allowed or cores == self.cores:
             return None
         self.cores = set(cores)
-        return keep_off(self.cores, self.allowed, spare)
+        return keep_off(self.cores, self.allowed, spare, self.min_left)
 
 
 def default_claims_dir() -> Path:
@@ -139,8 +142,8 @@ class LaneCores:
     """The cores the EXEC lanes of workers on this host hold, as their HELLOs say, and this
     process kept off them: joining workers add theirs, lost ones give them back."""
 
-    def __init__(self, host: str | None = None):
-        self._kept = KeptOff()
+    def __init__(self, host: str | None = None, min_left: int = 1):
+        self._kept = KeptOff(min_left)
         # Where the system cannot set a thread's cores (not Linux) there is no host to share.
         self.host = (host_id() if host is None else host) if self._kept.allowed else ""
         self._lanes: dict[str, frozenset[int]] = {}  # worker -> its lanes' cores

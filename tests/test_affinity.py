@@ -33,6 +33,9 @@ def test_lane_cores_follow_the_workers_on_this_host_and_only_those():
         assert all(os.sched_getaffinity(int(t)) == allowed - {top} for t in os.listdir("/proc/self/task"))
         assert lanes.joined("near", "this-host", (top,)) is None  # said again: nothing changes
         assert lanes.joined("all", "this-host", tuple(allowed)) == allowed  # none left over: stay put
+        few = LaneCores(host="this-host", min_left=len(allowed))  # keeping off would leave too few
+        assert few.joined("near", "this-host", (top,)) == allowed
+        assert all(os.sched_getaffinity(int(t)) == allowed for t in os.listdir("/proc/self/task"))
         assert lanes.left("all") == allowed - {top} and lanes.left("near") == allowed
         assert os.sched_getaffinity(0) == allowed and lanes.left("near") is None
         gateway = LaneCores(host="this-host")  # a client follows the controller's STATUS
@@ -81,14 +84,27 @@ def test_a_gateway_on_the_host_keeps_off_the_lane_core_too(tmp_path, lane):
     with cluster(tmp_path, [WorkerSpec("cpu", "onnxruntime")]) as c:
         with c.client() as admin:
             assert admin.status()["lane_cores"]["cores"] == [lane]
-        start_gateway(c.group, c.client_endpoint)
+        start_gateway(c.group, c.client_endpoint, extra=["--min-cores-left", "1"])
         gateway = c.group.get("gateway")
         wait_until_true(lambda: off(gateway.pid, lane), what="every gateway thread off the lane's core")
 
 
+def test_a_gateway_that_would_be_left_too_few_cores_shares_the_lanes(tmp_path, lane):
+    """On a 2-core host one core is too little for the gateway's JSON work beside the controller
+    and the worker's loop (docs/benchmarks.md): it stays on every core, the lane's included."""
+    allowed = os.sched_getaffinity(0)
+    with cluster(tmp_path, [WorkerSpec("cpu", "onnxruntime")]) as c:
+        start_gateway(c.group, c.client_endpoint, extra=["--min-cores-left", str(len(allowed)), "--log-level", "info"])
+        gateway = c.group.get("gateway")
+        wait_until_true(lambda: "sharing the EXEC lanes' cores" in gateway.log_path.read_text(errors="replace"),
+                        what="the gateway saying it shares the lanes' cores")
+        assert all(cores == allowed for cores in cores_of_threads(gateway.pid))
+
+
 def test_the_gateway_keeps_off_lane_cores_unless_told_not_to():
     assert parse_args([])[0].avoid_lane_cores  # a host with more cores than lanes loses nothing
-    assert not parse_args(["--no-avoid-lane-cores"])[0].avoid_lane_cores  # 2 cores, JSON-bound
+    assert not parse_args(["--no-avoid-lane-cores"])[0].avoid_lane_cores
+    assert parse_args([])[0].min_cores_left == 2 and parse_args(["--min-cores-left", "1"])[0].min_cores_left == 1
 
 
 def test_a_worker_follows_the_lane_cores_claimed_after_it():
