@@ -56,6 +56,21 @@ def _limit_batch(model_limit: int | None, requested: int) -> int:
 # ----------------------------------------------------------------------------- ONNX
 
 
+def preload_onnx_checks() -> None:
+    """Run `onnx_signature` once on a one-node model, at a daemon's start. onnx is imported
+    where it is used, so that clients and CLIs do not pay for it; but its first import takes
+    0.3 s, and ~1 s on a slow host's fresh install (compiling its bytecode), all of it holding
+    the GIL. Done lazily inside a serving daemon, a fresh install's first upload held the
+    controller's loop and a worker's heartbeats past the 1 s worker timeout: both workers were
+    declared lost and the upload refused (the README session of tests/test_packaging.py)."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "preload", [x], [y])
+    onnx_signature(helper.make_model(graph).SerializeToString(), {})
+
+
 def onnx_signature(model_bytes: bytes, input_shapes: dict[str, Any], max_batch: int = 0) -> Signature:
     """Validate an ONNX model and fix its input shapes; raises BadMessage(BAD_MODEL)."""
     import onnx

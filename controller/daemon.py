@@ -124,7 +124,13 @@ class ControllerDaemon:
             if self.workers in ready:
                 self._drain(self.workers, self._on_worker)
             if self.clients in ready:
+                started = monotonic_ns()
                 self._drain(self.clients, self._on_client, roles=self.keys is not None)
+                if monotonic_ns() - started > self.cfg.scheduler.heartbeat_interval_ns:
+                    # A handler held the loop (an upload's check and store on a busy disk): read
+                    # the heartbeats that came meanwhile, so that the tick does not find workers
+                    # silent whose heartbeats wait unread in the socket, and drop them.
+                    self._drain(self.workers, self._on_worker)
             self._perform(self.core.tick(monotonic_ns()))
             self._flush()
             self._housekeeping(monotonic_ns())

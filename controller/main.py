@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clockwork-controller: bad configuration: {exc}", file=sys.stderr)
         return 2
     from clockwork.common.gc_tuning import tune_for_serving
+    from clockwork.common.models import preload_onnx_checks
     from clockwork.controller.daemon import ControllerDaemon
+
+    preload_onnx_checks()  # before serving: not in the loop at the first upload
 
     try:
         daemon = ControllerDaemon(config, log)

@@ -138,3 +138,48 @@ def test_a_prepare_goes_on_the_workers_bulk_connection_and_with_the_actions_wher
     finally:
         for s in (plain, main, bulk):
             s.close(0)
+
+
+def test_a_handler_that_holds_the_loop_does_not_lose_the_workers_whose_heartbeats_wait(controller):
+    """An upload on a busy disk (or onnx's first import, on a fresh install) once held the loop
+    past the worker timeout; the tick that followed found both workers silent, though their
+    heartbeats sat unread in the socket, and dropped them with the upload they were preparing."""
+    import threading
+
+    ctl, sock = controller
+    timeout_ns = ctl.cfg.scheduler.worker_timeout_ns
+    slow = ctl._client_handlers[schema.ListModels]
+
+    def held(*args):
+        time.sleep(1.5 * timeout_ns / 1e9)
+        slow(*args)
+
+    ctl._client_handlers[schema.ListModels] = held
+    worker = dealer(zmq.Context.instance(), ctl.cfg.worker_endpoint, b"w")
+    done = threading.Event()
+
+    def heartbeats():
+        msg_id = 100
+        while not done.wait(0.05):
+            msg_id += 1
+            send_frames(worker, encode(schema.Heartbeat(lanes_alive=True, unheard_ns=0), msg_id))
+
+    hello = schema.Hello(worker="w", runtime="emulated", formats=("profile",),
+                         devices=({"device_id": 0, "kind": "emu", "memory_bytes": 1 << 30, "page_bytes": 1 << 20},))
+    loop, beats = threading.Thread(target=ctl.run, daemon=True), threading.Thread(target=heartbeats, daemon=True)
+    loop.start()
+    try:
+        send_frames(worker, encode(hello, 1))
+        wait_until_true(lambda: "w" in ctl.core.workers, what="the worker to join")
+        beats.start()
+        send_frames(sock, encode(schema.ListModels(), 7))
+        assert replies(sock, 1, timeout_s=5)[7].status is Status.OK  # answered once the handler let go
+        time.sleep(0.3)
+        assert "w" in ctl.core.workers and ctl.core.counters["workers_lost"] == 0
+    finally:
+        done.set()
+        ctl.stopping = True
+        loop.join(timeout=5)
+        if beats.is_alive():
+            beats.join(timeout=5)
+        worker.close(0)

@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     if not runtime.devices():
         print(f"clockwork-worker: runtime {config.runtime!r} found no devices on this host", file=sys.stderr)
         return 2
+    if "onnx" in runtime.formats:
+        from clockwork.common.models import preload_onnx_checks
+
+        preload_onnx_checks()  # before joining: not in the prepare thread, starving the heartbeats
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         daemon = Daemon(config, runtime, log)
