@@ -125,9 +125,9 @@ class GatewayConfig:
     avoid_lane_cores: bool = True
     lane_cores_check_s: float = 5.0
     # ... but only where at least this many cores are left to it. On a 2-core host with one CPU
-    # lane, kept to the other core with the controller and the worker's loop, it refused 8-15% of
+    # lane, kept to the other core with the controller and the worker's loop, it refused 4-24% of
     # the JSON infers at 300/s, where the plain HTTP server (on both cores) answered all: sharing
-    # the lane's core, 0-1% (docs/benchmarks.md).
+    # the lane's core, 0-8%, better in five pairs of runs of five (docs/benchmarks.md).
     min_cores_left: int = 2
     # Gateway processes sharing the port: one parses JSON on one core, so a core's worth of
     # requests needs another process. 1 until measured otherwise.
