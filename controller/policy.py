@@ -70,12 +70,13 @@ class ClockworkPolicy(Policy):
         """Answer DEADLINE_MISSED, early, the queued requests no device can finish in time.
         A model is looked at again after half the slack its most urgent request had (between
         one housekeeping interval and `expiry_recheck_ns`), so the sweep costs O(models near a
-        miss), not O(models with a queue), every millisecond. Misses widen the headroom."""
+        miss), not O(models with a queue), every millisecond. Misses widen the headroom; a device
+        idle that admission refused work for narrows it (admission.Headroom)."""
         headroom = self.headroom
         assert headroom is not None, "start() comes before any event"
         if now_ns >= self._next_refresh_ns:
             self._next_refresh_ns = now_ns + core.cfg.refresh_ns
-            headroom.refresh()
+            headroom.refresh(spare=headroom.widened() and admission.any_replica_idle(core, headroom.refused, now_ns))
             self.pace.refresh()
         while self._expiry and self._expiry[0][0] <= now_ns:
             _, token, model = heapq.heappop(self._expiry)

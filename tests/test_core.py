@@ -524,6 +524,31 @@ def test_headroom_widens_at_once_for_a_run_of_misses_and_by_one_step_for_a_few()
     assert widened == [0.02, 0.02, 0.04, 0.06, 0.1]
 
 
+def test_headroom_narrows_a_whole_step_once_a_device_it_refused_work_for_goes_idle():
+    """After an overload the headroom stays wide; a refusal it made followed by the device
+    running out of work shows the overload over: a whole step back, not a sixteenth."""
+    shares = {}
+    for drained in (False, True):
+        core = ready_core()
+        t = warm(core)
+        headroom = core.policy.headroom
+        headroom.share = 0.3  # left by an overload
+        for i in range(32):  # 20 ms of queued work
+            infer(core, i, now=t, slo_ms=500)
+        refused = replies(infer(core, 1000, now=t, slo_ms=25))  # it would finish in time with 0.05 kept free
+        assert refused and refused[0].body.status is Status.WOULD_MISS_DEADLINE
+        now = t
+        while drained and (execs := sent(step(core, core.tick(now), now), schema.Exec)):
+            for ex in execs:
+                now += ex.body.expected_ns
+                result_for(core, ex, now)
+        assert now < core.cfg.refresh_ns  # still in the refresh the refusal came in
+        step(core, core.tick(core.cfg.refresh_ns), core.cfg.refresh_ns)
+        shares[drained] = headroom.share
+    step_ = core.cfg.headroom_step
+    assert shares == {False: pytest.approx(0.3 - step_ / 16), True: pytest.approx(0.3 - step_)}
+
+
 def test_the_backlog_follows_the_queue():
     core = ready_core()
     t = warm(core)
