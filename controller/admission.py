@@ -182,7 +182,7 @@ def refused_on_estimates(core: Core, model: Model) -> None:
     if model.refused_unseen >= core.cfg.doubt_after:
         model.refused_unseen = 0
         core.latency.doubt(model.name)
-        core.finish_tail_ns = core.latency.finish_tail_ns(core.cfg.latency_percentile)
+        core.refresh_finish_tail()
         core.counters["estimates_doubted"] += 1
 
 

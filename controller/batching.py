@@ -47,9 +47,12 @@ def padded_size(samples: int, sizes: list[int]) -> int | None:
 
 
 def grow(model: str, queue: Iterable[Request], start_ns: int, sizes: list[int],
-         exec_ns: Callable[[int], int | None]) -> Batch | None:
+         exec_ns: Callable[[int], int | None], slack_ns: int = 0,
+         typical_ns: Callable[[int], int | None] | None = None) -> Batch | None:
     """The largest feasible batch of `model` starting at `start_ns` that padding does not make
-    a waste (module docstring), or None."""
+    a waste (module docstring), or None. A request that cannot meet its deadline even alone,
+    but that a typical run (`typical_ns`) still finishes within `slack_ns` past it (it is not
+    given up yet: Core.give_up_slack_ns), runs alone if it comes first."""
     members: list[Request] = []
     samples = 0
     size = duration = deadline = 0
@@ -68,9 +71,15 @@ def grow(model: str, queue: Iterable[Request], start_ns: int, sizes: list[int],
         next_deadline = min(deadline, req.deadline_ns) if members else req.deadline_ns
         if start_ns + next_duration > next_deadline:
             # Adding this request breaks the batch: skip it if it cannot make it even alone.
-            alone = exec_ns(padded_size(req.samples, sizes) or sizes[-1])
-            if alone is None or start_ns + alone > req.deadline_ns:
+            alone_size = padded_size(req.samples, sizes) or sizes[-1]
+            alone = exec_ns(alone_size)
+            if alone is not None and start_ns + alone <= req.deadline_ns:
+                break
+            typical = typical_ns(alone_size) if typical_ns is not None else None
+            if alone is None or typical is None or start_ns + typical > req.deadline_ns + slack_ns:
                 continue
+            if not members:
+                return Batch(model, (req,), alone_size, alone, req.deadline_ns - alone)
             break
         members.append(req)
         samples += req.samples

@@ -5,7 +5,8 @@ predicts two figures from them: the tail (a high percentile), which bounds an EX
 that a batch started in it meets every deadline, and the typical duration (the median), at
 which queued work is priced. Tails do not add up: a queue of ten actions does not take ten
 p99s, so admission adds one tail allowance to a typical sum, and that allowance is measured
-too: how much later than its typical prediction each EXEC really ended (`finish_errors`). The
+too: how much later than its typical end each EXEC's result reached the controller
+(`finish_errors`: the lane starting late, running long and the way back, as one). The
 worker's profile seeds both at PREPARE. LOAD time is kept
 per (model, device kind) the same way. Only successful measurements feed it (a dropped action
 says nothing about how long execution takes), and only undisturbed ones: an EXEC that shared its
@@ -152,14 +153,15 @@ class LatencyModel:
         self._lateness.pop(worker, None)
         self._returns.pop(worker, None)
 
-    def observe_finish(self, predicted_end_ns: int, end_ns: int, disturbed: bool = False) -> None:
-        """An EXEC ended at `end_ns`; at dispatch its typical end was `predicted_end_ns`."""
+    def observe_finish(self, predicted_end_ns: int, received_ns: int, disturbed: bool = False) -> None:
+        """An EXEC's result reached the controller at `received_ns`; at dispatch its typical
+        end was `predicted_end_ns`."""
         if not disturbed:
-            self.finish_errors.append(end_ns - predicted_end_ns)
+            self.finish_errors.append(received_ns - predicted_end_ns)
 
     def finish_tail_ns(self, percentile: float) -> int:
-        """How much later than typically predicted EXECs end, at `percentile` (0 when they end
-        earlier, or before any was measured)."""
+        """How much later than their typically predicted end EXECs' results arrive, at
+        `percentile` (0 when they arrive earlier, or before any was measured)."""
         return max(0, percentile_of(self.finish_errors, percentile))
 
     def observe_load(self, model: str, kind: str, measured_ns: int, predicted_ns: int) -> None:

@@ -84,7 +84,8 @@ class ClockworkPolicy(Policy):
                 continue
             head = model.queue.earliest_deadline()
             soonest = _soonest_finish_ns(core, model, now_ns, head)
-            cutoff = now_ns if soonest is None else soonest
+            # Given up once even a typical reply would come too late (Core.give_up_slack_ns).
+            cutoff = (now_ns if soonest is None else soonest) - core.give_up_slack_ns
             if head is not None and head < cutoff:
                 for req in model.queue.pop_expired(cutoff):
                     headroom.missed += 1
@@ -188,7 +189,8 @@ def _choose_batch(core: Core, dev: Device, start_ns: int) -> Batch | None:
             break  # running `first` makes nobody else late
         model = core.models[name]
         batch = grow(name, model.queue.head(model.sizes[-1] + HOPELESS_SCAN), start_ns, model.sizes,
-                     lambda size: core.latency.exec_ns(name, size, dev.kind))  # used at once: no late binding
+                     lambda size: core.latency.exec_ns(name, size, dev.kind),  # used at once: no late binding
+                     core.give_up_slack_ns, lambda size: core.latency.typical_exec_ns(name, size, dev.kind))
         if batch is None:
             continue
         if first is None:

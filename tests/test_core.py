@@ -155,6 +155,42 @@ def test_infeasible_queued_request_is_answered_before_its_deadline():
     check_invariants(core, t + 5 * MS)
 
 
+def core_with_a_return_tail():
+    """A core whose results have taken 0.1 ms from the lane to it, one in twenty-five 2.1 ms:
+    the reply allowance keeps the 2.1 ms free (plus its 1 ms floor), a typical reply needs 0.1."""
+    core = ready_core()
+    for i in range(100):
+        back = int(2.1 * MS) if i % 25 == 0 else int(0.1 * MS)
+        core.latency.observe_hops("w1", 0, 0, 0, 0, back)
+    t = warm(core, now=core.cfg.refresh_ns)  # its tick refreshes the allowances
+    assert core.reply_ns == int(3.1 * MS) and core.give_up_slack_ns == 2 * MS
+    return core, t
+
+
+@pytest.mark.parametrize("first_back_ms,outcome", [(4.5, Status.OK), (5.0, Status.DEADLINE_MISSED)])
+def test_a_request_late_for_its_plan_runs_while_a_typical_reply_would_still_reach_its_client(first_back_ms, outcome):
+    """Request 2 is planned to end by t+5.9 ms (its 9 ms SLO less the 3.1 ms reply allowance).
+    The batch ahead of it ends late; from t+4.5 it can end at t+7.5 at best (1 ms dispatch, 2 ms
+    exec), past its plan but within the 2 ms a typical reply leaves: it runs, alone, and the
+    lane may start it up to t+5.9 (t+5.9 + 2 - 2). From t+5.0 it cannot (t+8.0): given up."""
+    core, t = core_with_a_return_tail()
+    infer(core, 1, now=t, slo_ms=100)
+    first = sent(core.tick(t), schema.Exec)[0]  # t+1 .. t+3 ms
+    assert not replies(infer(core, 2, now=t, slo_ms=9))  # t+5 fits t+5.9 less its 0.3 ms headroom
+    now = t + int(first_back_ms * MS)
+    result_for(core, first, now)
+    effects = step(core, core.tick(now), now)
+    answers = replies(effects)
+    if outcome is Status.DEADLINE_MISSED:
+        assert [(a.request_id, a.body.status) for a in answers] == [(2, outcome)]
+        return
+    assert not answers
+    ex = sent(effects, schema.Exec)[0]
+    assert ex.body.latest_ns == t + int(5.9 * MS) and ex.body.earliest_ns <= now + MS <= ex.body.latest_ns
+    done = replies(result_for(core, ex, now + 3 * MS))
+    assert [(a.request_id, a.body.status) for a in done] == [(2, outcome)]
+
+
 def test_dropped_action_requeues_and_serves_later():
     core = ready_core()
     t = warm(core)
@@ -861,6 +897,23 @@ def test_the_tail_allowance_follows_how_late_execs_really_end():
         infer(core, i, now=t, slo_ms=400)
     refused = replies(infer(core, 1000, now=t, slo_ms=100))  # 60 + 2 + 40 ms, past 95 ms
     assert refused and refused[0].body.status is Status.WOULD_MISS_DEADLINE
+
+
+def test_the_tail_allowance_is_one_tail_for_the_whole_way_not_one_per_hop():
+    """One result in 25 takes 5.2 ms back, and in another one in 25 the lane ran 5.5 ms late:
+    never both. The reply allowance keeps the way back's tail free (5.2 ms); the finish
+    allowance adds only what the whole way's p99 has beyond it (0.5 ms), not another 5.5 ms.
+    A lone request then needs 1 + 2 + 0.5 ms and the 6.2 ms reply allowance: an 11 ms SLO
+    fits, where the two tails added (14.7 ms) refused it."""
+    core = ready_core()
+    for i in range(100):
+        back = int(5.2 * MS) if i % 25 == 0 else int(0.2 * MS)
+        late = int(5.5 * MS) if i % 25 == 12 else 0
+        core.latency.observe_hops("w1", 0, 0, 0, 0, back)
+        core.latency.observe_finish(0, late + back)
+    t = warm(core, now=core.cfg.refresh_ns)  # its tick refreshes the allowances
+    assert (core.reply_ns, core.finish_tail_ns) == (int(6.2 * MS), int(0.5 * MS))
+    assert not replies(infer(core, 1, now=t, slo_ms=11))
 
 
 def test_an_execs_typical_end_is_measured_against_its_result():
