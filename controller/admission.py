@@ -138,9 +138,15 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
         refused_on_estimates(core, model)
         waited = (f", {waited_ns / 1e6:.2f} ms of which it spent in queues ({max(0, msg.slo_ns - waited_ns) / 1e6:.2f} "
                   "ms left)") if waited_ns > cfg.dispatch_ns else ""
+        cold = ""
+        if not loaded:
+            warm = best_case_ns(core, model, samples, True)
+            if warm is not None and warm <= budget and core.warm_up(model, now_ns):
+                cold = f"; it must be loaded first, and is being loaded now: {warm / 1e6:.2f} ms once it is"
         return (Status.WOULD_MISS_DEADLINE,
                 f"needs at least {(best + core.reply_ns) / 1e6:.2f} ms even on an idle device (its execution "
-                f"and the hops to the worker and back to you); its SLO is {msg.slo_ns / 1e6:.2f} ms{waited}", None)
+                f"and the hops to the worker and back to you); its SLO is {msg.slo_ns / 1e6:.2f} ms{waited}{cold}",
+                None)
     backlog = finish_behind_queue_ns(core, model, samples, msg.priority, now_ns, own, pace)
     if backlog is not None and backlog > deadline - int(headroom.share * budget):
         core.counters["rejected_for_backlog"] += 1

@@ -823,6 +823,18 @@ class Core:
         return [d for w in self.workers.values() if not w.suspect for d in w.devices.values()
                 if d.loads_in_flight < self.cfg.max_loads_per_device]
 
+    def warm_up(self, model: Model, now_ns: int) -> bool:
+        """LOAD `model`, which no request waits for: whether a LOAD was sent. Its requests are
+        refused while it is cold when their SLO cannot cover a LOAD as well; loaded only on
+        demand, it would stay cold, and refused, for good."""
+        if model.replicas or model.name in self.unplaced:
+            return False
+        slots = self.free_load_slots()
+        if not slots or not self.load_somewhere(model, now_ns, slots):
+            return False
+        self.counters["warm_up_loads"] += 1
+        return True
+
     def load_somewhere(self, model: Model, now_ns: int, slots: list[Device]) -> bool:
         devices = [d for d in slots if d.worker in model.profiles]
         choice = placement.load_target(model, model.weights_bytes, devices, now_ns, self.cfg.max_loads_per_device)

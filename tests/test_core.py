@@ -54,6 +54,24 @@ def test_unknown_model_bad_input_and_impossible_slo_are_refused_at_once():
     assert not core.requests
 
 
+def test_a_cold_model_whose_slo_cannot_cover_a_load_is_loaded_for_the_requests_that_follow():
+    """A LOAD (8 ms), the hop (1 ms) and an EXEC (2 ms) do not fit a 7 ms budget; the EXEC alone
+    does. Loaded only on demand, the model would stay cold and every request be refused."""
+    core = ready_core()
+    t = 2000 * MS  # past the start-up grace
+    core.on_heartbeat("w1", 1, t, True, t)
+    effects = infer(core, 1, now=t, slo_ms=8)
+    refused = replies(effects)[0].body
+    assert refused.status is Status.WOULD_MISS_DEADLINE and "being loaded now" in refused.detail
+    load = sent(effects, schema.Load)[0]
+    step(core, result_for(core, load, t + LOAD_NS), t + LOAD_NS)
+    t += LOAD_NS
+    assert not replies(infer(core, 2, now=t, slo_ms=8))  # resident: admitted
+    ex = sent(step(core, core.tick(t), t), schema.Exec)[0]
+    assert replies(result_for(core, ex, t + 3 * MS))[0].body.status is Status.OK
+    assert core.counters["warm_up_loads"] == 1
+
+
 def test_without_workers_requests_wait_a_grace_for_them_then_are_refused_at_once():
     core = make_core(worker_timeout_ns=1000 * MS)
     add_model(core, "m", workers=())
