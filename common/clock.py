@@ -41,6 +41,7 @@ class SkewEstimator:
     def __init__(self, window: int = 32):
         self._samples: deque[tuple[int, int]] = deque(maxlen=window)  # (rtt_ns, offset_ns)
         self._best: tuple[int, int] | None = None
+        self._same_host = self.same_clock = False
 
     def add(self, sent_local_ns: int, remote_ns: int, recv_local_ns: int) -> None:
         rtt_ns = recv_local_ns - sent_local_ns
@@ -49,6 +50,19 @@ class SkewEstimator:
         offset_ns = remote_ns - (sent_local_ns + recv_local_ns) // 2
         self._samples.append((rtt_ns, offset_ns))
         self._best = min(self._samples)
+        self._check_same_clock()
+
+    def same_host(self, same: bool) -> None:
+        """The peer says whether it runs on this host, and so reads the same monotonic clock:
+        then the offset is exactly 0 (`same_clock`) while what is measured agrees. With one
+        clock every sample's offset lies within half its round trip of 0; a time namespace
+        (bench/netns.py runs "hosts" 5 s apart on one kernel) fails that, and keeps the estimate."""
+        self._same_host = same
+        self._check_same_clock()
+
+    def _check_same_clock(self) -> None:
+        best = self._best
+        self.same_clock = self._same_host and best is not None and abs(best[1]) <= best[0] // 2
 
     @property
     def known(self) -> bool:
@@ -56,12 +70,17 @@ class SkewEstimator:
 
     @property
     def offset_ns(self) -> int:
-        return self._best[1] if self._best else 0
+        return self._best[1] if self._best and not self.same_clock else 0
+
+    @property
+    def round_trip_ns(self) -> int:
+        """The best round trip of the window (what the link costs, one clock or two)."""
+        return self._best[0] if self._best else 0
 
     @property
     def uncertainty_ns(self) -> int:
-        """Half the best round trip: the most the offset can be wrong by."""
-        return self._best[0] // 2 if self._best else 0
+        """Half the best round trip: the most the offset can be wrong by (0 on one clock)."""
+        return self._best[0] // 2 if self._best and not self.same_clock else 0
 
     def to_local(self, remote_ns: int) -> int:
         return remote_ns - self.offset_ns

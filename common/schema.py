@@ -314,6 +314,9 @@ class Welcome(Message):
 
     TYPE = MsgType.WELCOME
     heartbeat_interval_ns: int = f(c.integer(1_000_000, I64), 200_000_000)
+    # The controller host's boot id (as HELLO's `host`): a worker on the same host reads the
+    # same monotonic clock, and needs no skew estimate (common/clock.SkewEstimator.same_clock).
+    host: str = f(c.text(64), "")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -129,9 +129,10 @@ class Policy:
 
 
 class Core:
-    def __init__(self, config: SchedulerConfig, policy: Policy):
+    def __init__(self, config: SchedulerConfig, policy: Policy, host: str = ""):
         self.cfg = config
         self.policy = policy
+        self.host = host  # the boot id of the controller's host, for WELCOME ("": not said)
         self.latency = LatencyModel(config.latency_window, config.latency_percentile)
         self.models: dict[str, Model] = {}
         self.workers: dict[str, Worker] = {}
@@ -500,7 +501,8 @@ class Core:
                                              dispatch_ns=self.cfg.dispatch_ns)
         self.device_count += len(devices)
         self.counters["workers_joined"] += 1
-        self._emit(ToWorker(name, next(self._ids), schema.Welcome(heartbeat_interval_ns=self.cfg.heartbeat_interval_ns)))
+        self._emit(ToWorker(name, next(self._ids), schema.Welcome(heartbeat_interval_ns=self.cfg.heartbeat_interval_ns,
+                                                                   host=self.host)))
         # Start from a clean slate: the worker released what it held before saying HELLO, and
         # everything is prepared again (a worker answers PREPARE of bytes it holds at once).
         for model in self.models.values():

@@ -22,7 +22,7 @@ from pathlib import Path
 import zmq
 
 from clockwork.common import schema, security
-from clockwork.common.affinity import LaneCores
+from clockwork.common.affinity import LaneCores, host_id
 from clockwork.common.checks import BadMessage
 from clockwork.common.clock import QueueDelay, monotonic_ns
 from clockwork.common.codec import decode, encode, peek_id, split
@@ -72,7 +72,7 @@ class ControllerDaemon:
         scheduler = config.scheduler
         if self.telemetry.action_log.enabled:  # the core emits action rows only when someone logs them
             scheduler = dataclasses.replace(scheduler, record_actions=True)
-        self.core = Core(scheduler, ClockworkPolicy())
+        self.core = Core(scheduler, ClockworkPolicy(), host=host_id())
         for record in self.registry.all():
             self.core.add_model(record.name, record.format, record.signature)
         self.ids = IdSource()

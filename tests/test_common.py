@@ -36,6 +36,21 @@ def test_skew_window_slides():
     assert est.offset_ns == 7
 
 
+def test_skew_is_exactly_zero_on_one_clock_when_the_measurements_agree():
+    one = SkewEstimator()
+    one.same_host(True)
+    assert not one.same_clock  # nothing measured yet: nothing to agree with
+    one.add(0, 400, 1_000)  # the peer read 400 on our clock: offset -100, within half the round trip
+    assert one.same_clock and (one.offset_ns, one.uncertainty_ns, one.round_trip_ns) == (0, 0, 1_000)
+    assert one.to_local(123) == 123
+    one.same_host(False)  # a controller elsewhere took over
+    assert (one.offset_ns, one.uncertainty_ns) == (-100, 500)
+    namespaced = SkewEstimator()  # one kernel (one boot id), but a clock 5 s ahead
+    namespaced.same_host(True)
+    namespaced.add(0, 5_000_000_400, 1_000)
+    assert not namespaced.same_clock and namespaced.offset_ns == 4_999_999_900
+
+
 def test_config_file_and_overrides(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[controller]\nstate_dir = "/srv/cw"\n[controller.scheduler]\nlatency_window = 64\n')

@@ -14,6 +14,8 @@ from clockwork.common.config import SchedulerConfig
 from clockwork.common.status import Status
 from clockwork.controller import admission
 from clockwork.controller.admission import Headroom
+from clockwork.controller.core import Core
+from clockwork.controller.policy import ClockworkPolicy
 from clockwork.controller.effects import PrepareOn, ToWorker, WorkerLost
 from clockwork.controller.invariants import check_invariants
 from tests.factories import (
@@ -70,6 +72,12 @@ def test_a_cold_model_whose_slo_cannot_cover_a_load_is_loaded_for_the_requests_t
     ex = sent(step(core, core.tick(t), t), schema.Exec)[0]
     assert replies(result_for(core, ex, t + 3 * MS))[0].body.status is Status.OK
     assert core.counters["warm_up_loads"] == 1
+
+
+def test_welcome_names_the_controllers_host():
+    core = Core(SchedulerConfig(), ClockworkPolicy(), host="boot-1")
+    (welcome,) = sent(hello(core), schema.Welcome)
+    assert welcome.body.host == "boot-1"
 
 
 def test_without_workers_requests_wait_a_grace_for_them_then_are_refused_at_once():

@@ -102,7 +102,7 @@ def test_a_near_and_a_far_worker_each_get_their_own_dispatch_allowance_and_both_
         assert row.too_late <= 0.05 * row.execs
         workers = {w["name"]: w for w in mh.status()["workers"]}
         def best_round_trip_ms(worker: str) -> float:  # over the heartbeats of the last ~3 s
-            return mh.clock_error_ms(worker)[1] * 2
+            return mh.worker_metrics(worker)["clockwork_worker_controller_round_trip_seconds"] * 1e3
         mh.group.wait_until(lambda: best_round_trip_ms("w1") >= 2.0 > best_round_trip_ms("w0"), 10,
                             "the workers' clock estimates to see their links (samples older than the shaping go)")
         # An EXEC sent to an idle lane is planned 1 ms (the floor) after it leaves; 1 ms each way

@@ -221,6 +221,11 @@ class Daemon:
         sent_ns = self._hellos.pop(env.parent_id, None)
         if sent_ns is not None:
             self.skew.add(sent_ns, env.sent_ns, monotonic_ns())
+        same_host = bool(env.body.host) and env.body.host == host_id()
+        self.skew.same_host(same_host)
+        if same_host:
+            self.log.info("controller on this host: one clock, unless the skew measured says otherwise",
+                          same_clock=self.skew.same_clock)
         self._heartbeat_ns = env.body.heartbeat_interval_ns
         self._next_timer_ns = monotonic_ns() + self._heartbeat_ns
         if not self._welcomed:

@@ -28,7 +28,9 @@ Metrics (seconds, bytes, ratios; `model` bounded by metrics_max_models, `lane` i
     clockwork_worker_models_prepared, clockwork_worker_lanes_healthy (0/1),
     clockwork_worker_connected (0/1: welcomed by the controller)
     clockwork_worker_clock_offset_seconds       the controller's clock minus ours, as estimated
-    clockwork_worker_clock_uncertainty_seconds  half the best round trip: the most it can be off
+    clockwork_worker_clock_uncertainty_seconds  the most it can be off: half the best round trip (0 on
+                                                the controller's own host: one clock)
+    clockwork_worker_controller_round_trip_seconds  the best heartbeat round trip of the estimate's window
     process_*                                               the process's CPU, memory and descriptors
 
 Every name is the worker's own: the controller's `clockwork_device_*` series are the
@@ -99,7 +101,9 @@ class WorkerTelemetry:
         self.clock_offset = Gauge("clockwork_worker_clock_offset_seconds",
                                   "The controller's clock minus this worker's, as estimated", registry=r)
         self.clock_uncertainty = Gauge("clockwork_worker_clock_uncertainty_seconds",
-                                       "Half the best round trip of the clock estimate", registry=r)
+                                       "The most the clock estimate can be off (0 on the controller's host)", registry=r)
+        self.round_trip = Gauge("clockwork_worker_controller_round_trip_seconds",
+                                "The best heartbeat round trip to the controller, of the recent ones", registry=r)
         self.server = Server(config.metrics_address, self.registry) if self.enabled else None
 
     def on_prepare(self) -> None:
@@ -145,6 +149,7 @@ class WorkerTelemetry:
             if skew is not None and skew.known:
                 self.clock_offset.set(skew.offset_ns * S)
                 self.clock_uncertainty.set(skew.uncertainty_ns * S)
+                self.round_trip.set(skew.round_trip_ns * S)
 
     def _refresh(self, now_ns: int, devices: Iterable[Any], connected: bool, healthy: bool, models: int) -> None:
         self._started_ns = self._started_ns or now_ns
