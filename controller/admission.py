@@ -188,7 +188,7 @@ def refused_on_estimates(core: Core, model: Model) -> None:
     if model.refused_unseen >= core.cfg.doubt_after:
         model.refused_unseen = 0
         core.latency.doubt(model.name)
-        core.refresh_finish_tail()
+        core.refresh_allowances()
         core.counters["estimates_doubted"] += 1
 
 

@@ -153,7 +153,7 @@ class Core:
         # estimates that cannot know which worker will run the work.
         self.dispatch_ns = config.dispatch_ns
         # Admission prices queued work at typical durations and adds one allowance for the tail
-        # (refresh_finish_tail), never less than the request's own EXEC tail above its typical
+        # (refresh_allowances), never less than the request's own EXEC tail above its typical
         # time (admission.own_exec_ns).
         self.finish_tail_ns = 0
         self.reply_ns = config.reply_ns  # the reply allowance: its floor plus the measured return hop
@@ -356,13 +356,23 @@ class Core:
             if name in self.pending and not model.replicas:
                 self.unplaced[name] = None
 
-    def refresh_finish_tail(self) -> None:
-        """How much later than their typical end EXECs' results have recently reached the
-        controller (p99), less the return hop's tail, which the reply allowance keeps free
-        already: one tail for the whole way, not a tail per hop. On a busy 2-core host the
-        lanes' lateness and the way back each had a p99 near 5 ms, seldom both at once."""
-        back = self.reply_ns - self.cfg.reply_ns
-        self.finish_tail_ns = max(0, self.latency.finish_tail_ns(self.cfg.latency_percentile) - back)
+    def refresh_allowances(self) -> None:
+        """The dispatch and reply allowances, the finish tail and the give-up slack, from what
+        the latency model holds now (every refresh, and when admission doubts its estimates)."""
+        pct = self.cfg.latency_percentile
+        for worker in self.workers.values():
+            late = self.latency.start_lateness_ns(worker.name, pct)
+            worker.dispatch_ns = min(self.cfg.dispatch_ns + late, self.cfg.max_dispatch_ns)
+        self.dispatch_ns = min((w.dispatch_ns for w in self.workers.values()), default=self.cfg.dispatch_ns)
+        back = max((self.latency.return_ns(w, pct) for w in self.workers), default=0)
+        self.reply_ns = min(self.cfg.reply_ns + back, self.cfg.max_reply_ns)
+        # One tail for the whole way: how much later than their typical end EXECs' results have
+        # reached the controller (p99), less the way back's own tail, which the reply allowance
+        # keeps free already. On a busy 2-core host the lanes' lateness and the way back each had
+        # a p99 near 5 ms, seldom both at once.
+        self.finish_tail_ns = max(0, self.latency.finish_tail_ns(pct) - (self.reply_ns - self.cfg.reply_ns))
+        typical_back = max((self.latency.return_ns(w, 50) for w in self.workers), default=0)
+        self.give_up_slack_ns = max(0, self.reply_ns - self.cfg.reply_ns - typical_back)
 
     def dispatch_of(self, dev: Device) -> int:
         """The allowance from sending an EXEC to `dev`'s lane starting it (its worker's)."""
@@ -713,15 +723,8 @@ class Core:
         self._next_housekeeping_ns = now_ns + self.cfg.housekeeping_ns
         if now_ns >= self._next_refresh_ns:
             self._next_refresh_ns = now_ns + self.cfg.refresh_ns
-            for worker in self.workers.values():
-                late = self.latency.start_lateness_ns(worker.name, self.cfg.latency_percentile)
-                worker.dispatch_ns = min(self.cfg.dispatch_ns + late, self.cfg.max_dispatch_ns)
-            self.dispatch_ns = min((w.dispatch_ns for w in self.workers.values()), default=self.cfg.dispatch_ns)
-            back = max((self.latency.return_ns(w, self.cfg.latency_percentile) for w in self.workers), default=0)
-            self.reply_ns = min(self.cfg.reply_ns + back, self.cfg.max_reply_ns)
-            self.refresh_finish_tail()
-            typical_back = max((self.latency.return_ns(w, 50) for w in self.workers), default=0)
-            self.give_up_slack_ns = max(0, self.reply_ns - self.cfg.reply_ns - typical_back)
+            self.latency.refresh()
+            self.refresh_allowances()
         self._expire_workers(now_ns)
         self._expire_actions(now_ns)
         self._expire_uploads(now_ns)

@@ -67,6 +67,34 @@ def _nearest_rank(ordered: list[int], percentile: float) -> int:
     return ordered[max(1, math.ceil(percentile / 100 * len(ordered))) - 1]
 
 
+class RecentSamples:
+    """Up to `limit` samples, trimmed at each `refresh` to those of the last `span` refreshes,
+    never to fewer than `floor`: an allowance read from them forgets an overload within two
+    seconds once the rate is above `floor` in that time, and is never read from a handful. Kept
+    by count alone, 1,000 samples of an overload outlived it by seconds at a few hundred
+    requests a second, and kept refusing. Two seconds, not one: the simulator's 3x runs kept
+    slightly more of the admitted in time (docs/benchmarks.md)."""
+
+    __slots__ = ("values", "added", "floor", "_marks")
+
+    def __init__(self, limit: int = 1000, span: int = 20, floor: int = 200):
+        self.values: deque[int] = deque(maxlen=limit)
+        self.added = 0
+        self.floor = floor
+        self._marks: deque[int] = deque([0], maxlen=span + 1)  # `added` at each of the last refreshes
+
+    def append(self, value: int) -> None:
+        self.values.append(value)
+        self.added += 1
+
+    def refresh(self) -> None:
+        self._marks.append(self.added)
+        keep = max(self.floor, self.added - self._marks[0])
+        values = self.values
+        while len(values) > keep:
+            values.popleft()
+
+
 class LatencyModel:
     def __init__(self, window: int = 32, percentile: float = 99.0, error_window: int = 10_000):
         self._window = window
@@ -85,12 +113,12 @@ class LatencyModel:
         self.return_delays: deque[int] = deque(maxlen=error_window)
         # Per worker, how much later than planned its lanes started EXECs: what its dispatch
         # allowance must add (a worker 2 ms away is planned further ahead than one 0.1 ms away).
-        self._lateness: dict[str, deque[int]] = {}
+        self._lateness: dict[str, RecentSamples] = {}
         # Per worker, lane end -> result read by the controller: the part of the way back to the
         # client that the controller can time (what the reply allowance adds to its floor).
-        self._returns: dict[str, deque[int]] = {}
-        # How much later than its typical prediction each EXEC ended: the one tail allowance.
-        self.finish_errors: deque[int] = deque(maxlen=1000)
+        self._returns: dict[str, RecentSamples] = {}
+        # How much later than its typical end each EXEC's result arrived: the one tail allowance.
+        self.finish_errors = RecentSamples()
         self.disturbed_execs = 0  # measurements left out: taken while a build shared the GPU
 
     def _get(self, table: dict, key) -> _Window:
@@ -135,18 +163,26 @@ class LatencyModel:
         self.return_delays.append(received_ns - end_ns)
         lateness = self._lateness.get(worker)
         if lateness is None:
-            lateness = self._lateness[worker] = deque(maxlen=1000)
-            self._returns[worker] = deque(maxlen=1000)
+            lateness = self._lateness[worker] = RecentSamples()
+            self._returns[worker] = RecentSamples()
         lateness.append(max(0, begin_ns - planned_start_ns))
         self._returns[worker].append(max(0, received_ns - end_ns))
 
+    def refresh(self) -> None:
+        """Before the allowances are read again: what an earlier load measured goes (RecentSamples)."""
+        self.finish_errors.refresh()
+        for samples in (*self._lateness.values(), *self._returns.values()):
+            samples.refresh()
+
     def start_lateness_ns(self, worker: str, percentile: float) -> int:
         """How late `worker`'s lanes have started EXECs against the plan, at `percentile`."""
-        return percentile_of(self._lateness.get(worker) or (), percentile)
+        lateness = self._lateness.get(worker)
+        return percentile_of(lateness.values, percentile) if lateness is not None else 0
 
     def return_ns(self, worker: str, percentile: float) -> int:
         """How long `worker`'s results took from the lane's end to the controller, at `percentile`."""
-        return percentile_of(self._returns.get(worker) or (), percentile)
+        returns = self._returns.get(worker)
+        return percentile_of(returns.values, percentile) if returns is not None else 0
 
     def forget_worker(self, worker: str) -> None:
         """A worker that rejoins may be somewhere else: its hops are measured afresh."""
@@ -162,7 +198,7 @@ class LatencyModel:
     def finish_tail_ns(self, percentile: float) -> int:
         """How much later than their typically predicted end EXECs' results arrive, at
         `percentile` (0 when they arrive earlier, or before any was measured)."""
-        return max(0, percentile_of(self.finish_errors, percentile))
+        return max(0, percentile_of(self.finish_errors.values, percentile))
 
     def observe_load(self, model: str, kind: str, measured_ns: int, predicted_ns: int) -> None:
         self._get(self._load, (model, kind)).add(measured_ns)
@@ -172,13 +208,17 @@ class LatencyModel:
     def doubt(self, model: str) -> None:
         """Admission keeps refusing `model` on these estimates while nothing of it runs, so no new
         measurement can correct them: forget the worst measurement of each of its windows (never
-        the last) and the worst finish error. A lone outlier (a pause, a slow first run) then
-        stops shutting the model out; a model that really is slow keeps its other slow samples,
-        and with them its refusals."""
+        the last), the worst finish error and each worker's worst lateness and way back. A lone
+        outlier (a pause, a slow first run) then stops shutting the model out; a model that
+        really is slow keeps its other slow samples, and with them its refusals. The hops count
+        too: after an overload on a 2-core host the reply allowance stood at 13 ms, every 15 ms
+        request was refused on it, and no result ever came to lower it."""
         for win in self._exec_of.get(model, ()):
             win.drop_worst()
-        if self.finish_errors:
-            self.finish_errors.remove(max(self.finish_errors))
+        for samples in (self.finish_errors, *self._lateness.values(), *self._returns.values()):
+            values = samples.values
+            if values:
+                values.remove(max(values))
 
     def forget(self, model: str) -> None:
         self._exec_of.pop(model, None)
@@ -225,7 +265,7 @@ class LatencyModel:
             if shares:
                 out[f"exec_typical_error_share_p99{name}"] = float(np.percentile(np.fromiter(shares, float), 99))
         for name, delays in (("dispatch", self.dispatch_delays), ("return", self.return_delays),
-                             ("finish", self.finish_errors)):
+                             ("finish", self.finish_errors.values)):
             if delays:
                 arr = np.fromiter(delays, dtype=np.int64)
                 out[f"{name}_delay_ms_p50"] = float(np.percentile(arr, 50)) / 1e6

@@ -139,7 +139,7 @@ def test_doubt_forgets_a_models_worst_measurements_but_never_its_last():
     assert model.exec_ns("m", 1, "k") == 2 * MS  # the lone 40 ms run is forgotten
     assert model.exec_ns("m", 4, "k") == 9 * MS  # a window keeps its last measurement
     assert model.exec_ns("other", 1, "k") == 30 * MS  # other models keep theirs
-    assert list(model.finish_errors) == [1 * MS]
+    assert list(model.finish_errors.values) == [1 * MS]
     model.forget("m")
     model.doubt("m")  # a removed model has nothing left to doubt
     assert model.exec_ns("m", 1, "k") is None
@@ -154,6 +154,32 @@ def test_the_tail_allowance_is_the_late_side_of_the_finish_error_only():
     early = LatencyModel()
     early.observe_finish(100 * MS, 90 * MS)
     assert early.finish_tail_ns(99) == 0  # ending early asks for no allowance
+
+
+def test_the_allowances_forget_an_overload_within_two_seconds_at_a_few_hundred_requests_a_second():
+    """1,000 results of an overload came back 10 ms late; then 30 per 100 ms refresh, 1 ms late.
+    Kept by count they would set the reply allowance for 33 refreshes; kept by the last twenty
+    refreshes, for twenty."""
+    model = LatencyModel()
+    for _ in range(1000):
+        model.observe_hops("w", 0, 0, 0, 0, 10 * MS)
+        model.observe_finish(0, 10 * MS)
+    model.refresh()
+    refreshes = 0
+    while model.return_ns("w", 99) > MS:
+        for _ in range(30):
+            model.observe_hops("w", 0, 0, 0, 0, MS)
+            model.observe_finish(0, MS)
+        model.refresh()
+        refreshes += 1
+        assert refreshes <= 21
+    assert refreshes >= 19 and model.finish_tail_ns(99) == MS and model.start_lateness_ns("w", 99) == 0
+    quiet = LatencyModel()  # 5 results a refresh: never fewer than 200 samples to read a p99 from
+    for i in range(100):
+        for _ in range(5):
+            quiet.observe_finish(0, i)
+        quiet.refresh()
+    assert len(quiet.finish_errors.values) == 200 and min(quiet.finish_errors.values) == 60
 
 
 def test_the_typical_error_is_each_measurement_against_the_median_before_it_as_a_share():
