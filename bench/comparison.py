@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -42,6 +42,10 @@ class Point:
     refusal_p99_ms: float = math.nan  # how fast the 429s came back (--gateway-json)
     sender_late_p99_ms: float = math.nan  # how late the load generator sent (--gateway-json): its own lag
     shed_at_door: int = 0  # of the 429s, the gateway's door's (--gateway-json, one gateway process)
+    # This system's refusals and give-ups by reason, and its allowances when the rate ended
+    # (versus.why): what a refusal count alone does not say.
+    reasons: dict[str, int] = field(default_factory=dict)
+    allowances: dict[str, float] = field(default_factory=dict)
 
     @property
     def share_within_slo(self) -> float:

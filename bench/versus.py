@@ -15,7 +15,8 @@ with the same seeded schedules, one target at a time (the other idles), in one r
 
 For each target and rate: offered, answered within the SLO, refused, latency percentiles of
 the answered requests (from each request's scheduled send time, so no coordinated omission),
-and the share of the time the device spent executing. Every verdict is a ratio between
+and the share of the time the device spent executing; for this system also its refusals and
+give-ups by reason and the allowances it ended the rate with (`why`). Every verdict is a ratio between
 figures of this one run, so a slower or busier machine does not change what it says.
 
     clockwork-bench versus                                    # the generated CNN, SLO 15 ms
@@ -35,7 +36,7 @@ import math
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -60,6 +61,35 @@ def point(target: str, rate: float, results: LoadResults, busy_ns: int) -> Point
     seconds = max(results.duration_ns, 1) / 1e9
     return Point(target, rate, results.scheduled, results.met_slo, results.rejected, results.unanswered,
                  lat.percentile_ms(50), lat.percentile_ms(99), lat.percentile_ms(99.9), busy_ns / 1e9 / seconds)
+
+
+# The controller's counters behind a refusal or a give-up, by what a reader would call it.
+REASONS = {
+    "behind the queue": ("rejected_for_backlog",),
+    "even on an idle device": ("rejected_would_miss_deadline", "-rejected_for_backlog"),
+    "waited too long to be read": ("rejected_stale",),
+    "shed at the input": ("rejected_shed",),
+    "queue full": ("rejected_queue_full",),
+    "given up once queued": ("answered_deadline_missed",),
+}
+ALLOWANCES = ("dispatch_ms", "finish_tail_ms", "reply_ms", "admission_headroom")
+
+
+def why(before: dict, after: dict) -> tuple[dict[str, int], dict[str, float]]:
+    """A rate's refusals and give-ups by reason (the STATUS counters' change over the rate; the
+    idle-device ones are WOULD_MISS_DEADLINE refusals not made for the backlog: the request's
+    own EXEC and the hops, after what it waited, did not fit its SLO), and the allowances it
+    ended with: on a noisy host the reply allowance alone reached 13 ms against a 15 ms SLO."""
+    counted_before, counted_after = before.get("counters") or {}, after.get("counters") or {}
+
+    def change(name: str) -> int:
+        sign, name = (-1, name[1:]) if name.startswith("-") else (1, name)
+        return sign * int(counted_after.get(name, 0) - counted_before.get(name, 0))
+
+    reasons = {reason: sum(change(name) for name in names) for reason, names in REASONS.items()}
+    scheduler = after.get("scheduler") or {}
+    return ({k: v for k, v in reasons.items() if v > 0},
+            {k: float(scheduler[k]) for k in ALLOWANCES if scheduler.get(k) is not None})
 
 
 def busy_ns(status: dict) -> int:
@@ -148,12 +178,17 @@ def rates_for(target: str, client: Client, inputs: dict, rates: Sequence[float],
         settle(client, inputs)
         schedule = schedule_for(args.workload, rate, args.duration_s, seed)
         label = f"{target} {rate:g}/s"
-        before = busy_ns(client.status())
+        before = client.status()
         with Progress(total_s=schedule.duration_ns / 1e9, label=label) as bar:
             results = run_open_loop(client.endpoint, schedule, [MODEL], args.slo_ms, {MODEL: inputs}, bar)
-        p = point(target, rate, results, busy_ns(client.status()) - before)
+        after = client.status()
+        reasons, allowances = why(before, after)
+        p = replace(point(target, rate, results, busy_ns(after) - busy_ns(before)), reasons=reasons,
+                    allowances=allowances)
         say(f"{label}: {p.within_slo}/{p.offered} within {args.slo_ms:g} ms, {p.refused} refused, "
-            f"p50 {p.p50_ms:.2f} ms, p99 {p.p99_ms:.2f} ms, busy {100 * p.busy_share:.0f}%")
+            f"p50 {p.p50_ms:.2f} ms, p99 {p.p99_ms:.2f} ms, busy {100 * p.busy_share:.0f}%"
+            + "".join(f"; {n} {reason}" for reason, n in p.reasons.items())
+            + "".join(f"; {k} {v:g}" for k, v in p.allowances.items()))
         return p
 
     points += [at(rate, args.seed + i) for i, rate in enumerate(rates)]

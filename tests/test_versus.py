@@ -93,6 +93,17 @@ def test_verdicts_compare_targets_within_the_run():
     assert "goodput 190/s" in rows["clockwork at 400/s = 2.0 x plain's"]
 
 
+def test_a_rates_refusals_are_told_by_reason_with_the_allowances_it_ended_with():
+    before = {"counters": {"rejected_would_miss_deadline": 10, "rejected_for_backlog": 4, "answered_deadline_missed": 1}}
+    after = {"counters": {"rejected_would_miss_deadline": 25, "rejected_for_backlog": 9, "answered_deadline_missed": 1,
+                          "rejected_stale": 2},
+             "scheduler": {"reply_ms": 13.2, "dispatch_ms": 4.4, "finish_tail_ms": 0.0, "admission_headroom": 0.05}}
+    reasons, allowances = versus.why(before, after)
+    assert reasons == {"behind the queue": 5, "even on an idle device": 10, "waited too long to be read": 2}
+    assert allowances == {"dispatch_ms": 4.4, "finish_tail_ms": 0.0, "reply_ms": 13.2, "admission_headroom": 0.05}
+    assert versus.why({}, {"workers": []}) == ({}, {})  # the plain server's STATUS has neither
+
+
 def test_refinement_halves_the_step_where_a_target_stops_meeting_its_slo():
     points = [point("plain", 100, 1000, 1000), point("plain", 200, 2000, 1999), point("plain", 400, 4000, 40),
               point("clockwork", 100, 1000, 1000), point("clockwork", 200, 2000, 1000)]
@@ -150,6 +161,8 @@ def test_versus_runs_end_to_end_and_writes_its_report(tmp_path):
                for p in report["points"])
     assert report["direct_ms"]["p50"] > 0 and (out / "versus.png").stat().st_size > 0
     assert report["worker"]["lone_exec_ms"] > 0 and 0 <= report["worker"]["typical_error_share_p99_batch1"] < 100
+    ours = next(p for p in report["points"] if p["target"] == "clockwork" and p["rate"] == 50.0)
+    assert ours["allowances"]["reply_ms"] > 0 and sum(ours["reasons"].values()) >= ours["refused"]
 
 
 # ----------------------------------------------------------------------------- --gateway-json
