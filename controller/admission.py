@@ -39,15 +39,16 @@ class Headroom:
     ceiling: it widens quickly while admitted requests miss more often than the target
     (overload puts every admitted request at the edge of its estimate) and narrows slowly once
     none do: lulls between bursts of misses come during an overload too. It narrows a whole
-    step at a refresh that finds a device idle that admission refused work for (`spare`):
-    an overload keeps those busy, so the refusals are then the headroom's own, and at a
-    sixteenth of a step a 15 ms SLO kept 4.5 ms unplanned for 20 s after an overload ended."""
+    step at a refresh that finds idle a device holding a model refused for its backlog since
+    it widened (`spare`): an overload keeps those busy, so the refusals are then the
+    headroom's own, and at a sixteenth of a step a 15 ms SLO kept 4.5 ms unplanned for 20 s
+    after an overload ended."""
 
     def __init__(self, cfg: SchedulerConfig):
         self.cfg = cfg
         self.share = cfg.admission_headroom
         self.admitted = self.missed = 0  # since the last refresh
-        self.refused: set[str] = set()  # models refused for their backlog since the last refresh
+        self.refused: set[str] = set()  # models refused for their backlog while it is widened
 
     def refresh(self, spare: bool = False) -> None:
         cfg = self.cfg
@@ -58,7 +59,8 @@ class Headroom:
             step = cfg.headroom_step if spare else cfg.headroom_step / 16
             self.share = max(cfg.admission_headroom, self.share - step)
         self.admitted = self.missed = 0
-        self.refused.clear()
+        if not self.widened():
+            self.refused.clear()
 
     def widened(self) -> bool:
         return self.share > self.cfg.admission_headroom

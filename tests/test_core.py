@@ -586,19 +586,26 @@ def test_headroom_widens_at_once_for_a_run_of_misses_and_by_one_step_for_a_few()
     assert widened == [0.02, 0.02, 0.04, 0.06, 0.1]
 
 
+def refused_behind_a_wide_headroom():
+    """A core whose headroom an overload left at 0.3, that just refused a request behind 20 ms of
+    queued work which it would have admitted with 0.05 kept free."""
+    core = ready_core()
+    t = warm(core)
+    headroom = core.policy.headroom
+    headroom.share = 0.3
+    for i in range(32):
+        infer(core, i, now=t, slo_ms=500)
+    refused = replies(infer(core, 1000, now=t, slo_ms=25))
+    assert refused and refused[0].body.status is Status.WOULD_MISS_DEADLINE
+    return core, t, headroom
+
+
 def test_headroom_narrows_a_whole_step_once_a_device_it_refused_work_for_goes_idle():
     """After an overload the headroom stays wide; a refusal it made followed by the device
     running out of work shows the overload over: a whole step back, not a sixteenth."""
     shares = {}
     for drained in (False, True):
-        core = ready_core()
-        t = warm(core)
-        headroom = core.policy.headroom
-        headroom.share = 0.3  # left by an overload
-        for i in range(32):  # 20 ms of queued work
-            infer(core, i, now=t, slo_ms=500)
-        refused = replies(infer(core, 1000, now=t, slo_ms=25))  # it would finish in time with 0.05 kept free
-        assert refused and refused[0].body.status is Status.WOULD_MISS_DEADLINE
+        core, t, headroom = refused_behind_a_wide_headroom()
         now = t
         while drained and (execs := sent(step(core, core.tick(now), now), schema.Exec)):
             for ex in execs:
@@ -609,6 +616,26 @@ def test_headroom_narrows_a_whole_step_once_a_device_it_refused_work_for_goes_id
         shares[drained] = headroom.share
     step_ = core.cfg.headroom_step
     assert shares == {False: pytest.approx(0.3 - step_ / 16), True: pytest.approx(0.3 - step_)}
+
+
+def test_a_refusal_counts_for_the_headroom_until_it_is_back_at_its_floor():
+    """Refused while the device was busy, which it still was at the next refresh (a sixteenth
+    of a step); idle at the one after: a whole step then, though nothing was refused in it."""
+    core, t, headroom = refused_behind_a_wide_headroom()
+    first = core.cfg.refresh_ns
+    execs = sent(step(core, core.tick(first), first), schema.Exec)  # busy at this refresh
+    step_ = core.cfg.headroom_step
+    assert headroom.share == pytest.approx(0.3 - step_ / 16)
+    now = first
+    while execs:
+        for ex in execs:
+            now += ex.body.expected_ns
+            result_for(core, ex, now)
+        execs = sent(step(core, core.tick(now), now), schema.Exec)
+    second = 2 * core.cfg.refresh_ns
+    assert now < second
+    step(core, core.tick(second), second)
+    assert headroom.share == pytest.approx(0.3 - step_ / 16 - step_)
 
 
 def test_the_backlog_follows_the_queue():
