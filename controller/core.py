@@ -366,13 +366,14 @@ class Core:
         self.dispatch_ns = min((w.dispatch_ns for w in self.workers.values()), default=self.cfg.dispatch_ns)
         back = max((self.latency.return_ns(w, pct) for w in self.workers), default=0)
         self.reply_ns = min(self.cfg.reply_ns + back, self.cfg.max_reply_ns)
+        back_kept = self.reply_ns - self.cfg.reply_ns  # the way back's tail as the reply allowance keeps it
         # One tail for the whole way: how much later than their typical end EXECs' results have
         # reached the controller (p99), less the way back's own tail, which the reply allowance
         # keeps free already. On a busy 2-core host the lanes' lateness and the way back each had
         # a p99 near 5 ms, seldom both at once.
-        self.finish_tail_ns = max(0, self.latency.finish_tail_ns(pct) - (self.reply_ns - self.cfg.reply_ns))
+        self.finish_tail_ns = max(0, self.latency.finish_tail_ns(pct) - back_kept)
         typical_back = max((self.latency.return_ns(w, 50) for w in self.workers), default=0)
-        self.give_up_slack_ns = max(0, self.reply_ns - self.cfg.reply_ns - typical_back)
+        self.give_up_slack_ns = max(0, back_kept - typical_back)
 
     def dispatch_of(self, dev: Device) -> int:
         """The allowance from sending an EXEC to `dev`'s lane starting it (its worker's)."""
