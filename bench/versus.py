@@ -63,15 +63,6 @@ def point(target: str, rate: float, results: LoadResults, busy_ns: int) -> Point
                  lat.percentile_ms(50), lat.percentile_ms(99), lat.percentile_ms(99.9), busy_ns / 1e9 / seconds)
 
 
-# The controller's counters behind a refusal or a give-up, by what a reader would call it.
-REASONS = {
-    "behind the queue": ("rejected_for_backlog",),
-    "even on an idle device": ("rejected_would_miss_deadline", "-rejected_for_backlog"),
-    "waited too long to be read": ("rejected_stale",),
-    "shed at the input": ("rejected_shed",),
-    "queue full": ("rejected_queue_full",),
-    "given up once queued": ("answered_deadline_missed",),
-}
 ALLOWANCES = ("dispatch_ms", "finish_tail_ms", "reply_ms", "admission_headroom")
 
 
@@ -83,10 +74,17 @@ def why(before: dict, after: dict) -> tuple[dict[str, int], dict[str, float]]:
     counted_before, counted_after = before.get("counters") or {}, after.get("counters") or {}
 
     def change(name: str) -> int:
-        sign, name = (-1, name[1:]) if name.startswith("-") else (1, name)
-        return sign * int(counted_after.get(name, 0) - counted_before.get(name, 0))
+        return int(counted_after.get(name, 0) - counted_before.get(name, 0))
 
-    reasons = {reason: sum(change(name) for name in names) for reason, names in REASONS.items()}
+    backlog = change("rejected_for_backlog")
+    reasons = {
+        "behind the queue": backlog,
+        "even on an idle device": change("rejected_would_miss_deadline") - backlog,
+        "waited too long to be read": change("rejected_stale"),
+        "shed at the input": change("rejected_shed"),
+        "queue full": change("rejected_queue_full"),
+        "given up once queued": change("answered_deadline_missed"),
+    }
     scheduler = after.get("scheduler") or {}
     return ({k: v for k, v in reasons.items() if v > 0},
             {k: float(scheduler[k]) for k in ALLOWANCES if scheduler.get(k) is not None})
