@@ -19,7 +19,7 @@ from clockwork.controller.policy import ClockworkPolicy
 from clockwork.controller.effects import PrepareOn, ToWorker, WorkerLost
 from clockwork.controller.invariants import check_invariants
 from tests.factories import (
-    EXEC_NS, LOAD_NS, MS, MIB, SIG, add_model, hello, infer, make_core, replies, result_for, sent, uploads,
+    CLIENT, EXEC_NS, LOAD_NS, MS, MIB, SIG, add_model, hello, infer, make_core, replies, result_for, sent, uploads,
 )
 
 
@@ -555,6 +555,27 @@ def test_drain_pace_is_one_while_batches_run_as_priced_and_capped_when_they_do_n
     assert (pace.of("w/0"), pace.of("w/1"), pace.of("w/2"), pace.of("w/9")) == (1.0, 1.0, admission.MAX_DRAIN_PACE, 1.0)
     pace.refresh()  # a refresh with no batches sent forgets the last one's
     assert pace.of("w/2") == 1.0
+
+
+def test_met_slo_counts_an_answer_past_the_planning_deadline_until_the_client_would_see_it_late():
+    """The planning deadline keeps the whole reply allowance free, the way back from the
+    worker's tail (3 ms here) as well as the hop to the client (the floor). Once the result is
+    back, only the floor is needed: an answer 2 ms past the planning deadline still reaches the
+    client in time; one 4 ms past it does not, and counts as answered late."""
+    core = ready_core()
+    t = warm(core)
+    back_ns = 3 * MS
+    outcomes = []
+    for request_id, past_ns in ((1, 2 * MS), (2, 4 * MS)):
+        infer(core, request_id, now=t, slo_ms=50)
+        deadline = core.requests[(CLIENT, request_id)].deadline_ns
+        ex = sent(core.tick(t), schema.Exec)[0]
+        core.reply_ns = core.cfg.reply_ns + back_ns  # the way back's measured tail, as a refresh sets it
+        answer = replies(result_for(core, ex, deadline + past_ns))[0]
+        assert answer.body.status is Status.OK
+        outcomes.append((core.counters["met_slo"], core.counters["answered_late"]))
+        t = deadline + past_ns
+    assert outcomes == [(2, 0), (2, 1)]  # the warm-up's answer met it too
 
 
 def test_headroom_widens_while_admitted_requests_miss_and_narrows_once_they_stop():
