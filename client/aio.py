@@ -49,16 +49,21 @@ class AsyncClient:
     Cancelling the task awaiting an infer also sends a best-effort CANCEL to the controller.
     `close()` (or leaving `async with`) fails pending calls with ClientClosed. Use one
     AsyncClient from one event loop. Several pools (a list of endpoints): as `Client`.
+    A relay that answers callers of its own (the gateway) passes `report_reply_hops=False`: the
+    controller then keeps its fixed allowance for the way back, which covers the relay's own
+    hop as well, instead of planning with the timed hop to the relay alone.
     """
 
     def __init__(self, endpoint: str | Sequence[str] | None = None, *, timeout_s: float = Options.timeout_s,
                  upload_timeout_s: float = Options.upload_timeout_s, grace_s: float = Options.grace_s,
                  context: zmq.asyncio.Context | None = None, key_file: str | None = None,
-                 server_key_file: str | None = None, connect_timeout_s: float | None = None):
+                 server_key_file: str | None = None, connect_timeout_s: float | None = None,
+                 report_reply_hops: bool = True):
         options, each_pool = protocol.client_options(endpoint, timeout_s, upload_timeout_s, grace_s, connect_timeout_s)
-        self._pools = {ep: AsyncClient(ep, context=context, key_file=key_file, server_key_file=server_key_file, **kw)
+        self._pools = {ep: AsyncClient(ep, context=context, key_file=key_file, server_key_file=server_key_file,
+                                       report_reply_hops=report_reply_hops, **kw)
                        for ep, kw in each_pool.items()}
-        self._core = ClientCore(options)
+        self._core = ClientCore(options, report_reply_hops=report_reply_hops)
         self._sock = None if self._pools else open_dealer(
             context or zmq.asyncio.Context.instance(), options.endpoint,
             security.client_keys_from(key_file, server_key_file))  # as Client: files, else env
@@ -262,7 +267,8 @@ class AsyncClient:
         since_ns = time.monotonic_ns()
         while True:
             now_ns = time.monotonic_ns()
-            sending = self._sock.send_multipart(codec.encode(call.message(now_ns), msg_id, sent_ns=now_ns),
+            sending = self._sock.send_multipart(codec.encode(call.message(now_ns, self._core.last_reply), msg_id,
+                                                             sent_ns=now_ns),
                                                 flags=zmq.DONTWAIT, copy=False)
             if sending.done():
                 if sending.exception() is None:
@@ -295,7 +301,9 @@ class AsyncClient:
         try:
             while True:
                 frames = await self._sock.recv_multipart(copy=False)
+                received_ns = time.monotonic_ns()
                 for incoming in protocol.read_incoming([f.buffer for f in frames]):
+                    self._core.heard(incoming, received_ns)
                     self._deliver(incoming)
         except asyncio.CancelledError:
             raise

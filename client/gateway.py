@@ -145,7 +145,7 @@ class ClientPool:
     the event loop that uses it."""
 
     def __init__(self, endpoint: str, size: int, admin_timeout_s: float):
-        self.clients = [AsyncClient(endpoint, timeout_s=admin_timeout_s) for _ in range(size)]
+        self.clients = [AsyncClient(endpoint, timeout_s=admin_timeout_s, report_reply_hops=False) for _ in range(size)]
         self._turn = itertools.cycle(self.clients)
 
     def next(self) -> AsyncClient:

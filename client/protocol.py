@@ -477,15 +477,17 @@ class Call(Generic[T]):
         """When to resend if no reply has come, or None."""
         return sent_ns + self.retry_ns if self.retry_ns else None
 
-    def message(self, now_ns: int) -> Message:
-        """The message to send now; raises DeadlineExceeded if an INFER's deadline has passed."""
+    def message(self, now_ns: int, last_reply: tuple[int, int] = (0, 0)) -> Message:
+        """The message to send now; raises DeadlineExceeded if an INFER's deadline has passed.
+        An INFER reports `last_reply` (ClientCore.last_reply)."""
         if self.slo_deadline_ns is None:
             return self.body
         left_ns = self.slo_deadline_ns - now_ns
         if left_ns <= 0:
             raise DeadlineExceeded(detail=f"{self.what}: the deadline passed {-left_ns / MS:.3f} ms before the "
                                    "request could be sent (client-side check; nothing was sent)", before_send=True)
-        return dataclasses.replace(self.body, slo_ns=left_ns)
+        return dataclasses.replace(self.body, slo_ns=left_ns, last_reply_id=last_reply[0],
+                                   last_reply_received_ns=last_reply[1])
 
     def remaining_ns(self, now_ns: int) -> int:
         return self.wait_until_ns - now_ns
@@ -515,10 +517,22 @@ class ClientCore:
     "created_unix_s", "prepared_on": [worker names], "load_ms", "exec_ms": {"1": ms, ...}}.
     """
 
-    def __init__(self, options: Options, ids: IdSource | None = None):
+    def __init__(self, options: Options, ids: IdSource | None = None, report_reply_hops: bool = True):
         self.options = options
         self._ids = ids or IdSource()
         self._inputs: dict[str, tuple[str, ...]] = {}  # model -> input names
+        # The last INFER_REPLY's (request id, arrival on this host's monotonic clock), which the
+        # next INFER carries: the controller times the way back to us with it, and plans that
+        # instead of a fixed allowance. Off for a relay (the gateway), whose own way back to its
+        # caller comes after ours and is not timed.
+        self.report_reply_hops = report_reply_hops
+        self.last_reply = (0, 0)
+
+    def heard(self, incoming: Incoming, received_ns: int) -> None:
+        """Note a message's arrival (an INFER_REPLY's is reported with the next INFER)."""
+        if (self.report_reply_hops and incoming.envelope is not None
+                and isinstance(incoming.envelope.body, schema.InferReply)):
+            self.last_reply = (incoming.parent_id, received_ns)
 
     def next_id(self) -> int:
         return self._ids.next()

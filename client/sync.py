@@ -232,7 +232,7 @@ class Client:
                 continue
             now_ns = time.monotonic_ns()
             try:
-                sock.send_multipart(codec.encode(call.message(now_ns), msg_id, sent_ns=now_ns),
+                sock.send_multipart(codec.encode(call.message(now_ns, self._core.last_reply), msg_id, sent_ns=now_ns),
                                     flags=zmq.DONTWAIT, copy=False)
                 return
             except zmq.Again:  # the connection went away between poll and send
@@ -257,7 +257,10 @@ class Client:
             wait_ns = remaining_ns if resend_ns is None else min(remaining_ns, resend_ns - now_ns)
             if not sock.poll(poll_ms(wait_ns), zmq.POLLIN):
                 continue
-            for incoming in protocol.read_incoming(net.recv_frames(sock, zmq.DONTWAIT)):
+            frames = net.recv_frames(sock, zmq.DONTWAIT)
+            received_ns = time.monotonic_ns()
+            for incoming in protocol.read_incoming(frames):
+                self._core.heard(incoming, received_ns)
                 if protocol.route(incoming, (msg_id,)) == msg_id:
                     return incoming
                 log.debug("discarding a reply to request %d: no call waits for it", incoming.parent_id)

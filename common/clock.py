@@ -129,3 +129,10 @@ class QueueDelay:
         if delta < state[3]:
             state[3] = delta
         return delta - state[3]
+
+    def local_ns(self, peer: bytes, peer_ns: int) -> int | None:
+        """A time on `peer`'s clock, on ours, at the latest: the floor holds the clock offset and
+        the bare transit, so the result is late by that transit (a longer way to the peer, never
+        a shorter one). None for a peer not heard from."""
+        state = self._peers.get(peer)
+        return None if state is None else peer_ns + state[3]

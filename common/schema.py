@@ -180,6 +180,11 @@ class Infer(Message):
     slo_ns: int = f(c.integer(1, I64))  # budget from the moment the controller receives it
     priority: int = f(c.integer(0, MAX_PRIORITY), 0)
     tensors: tuple[Tensor, ...] = tensors_field()
+    # The last INFER_REPLY this client received, for the controller to time the way back to the
+    # client, which it cannot see: that reply's request id (0: none) and when it arrived, on the
+    # client's monotonic clock.
+    last_reply_id: int = f(c.integer(0, U64), 0)
+    last_reply_received_ns: int = f(NS, 0)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -120,7 +120,8 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
     budget = msg.slo_ns - waited_ns
     if budget <= 0:
         return Status.WOULD_MISS_DEADLINE, stale_detail(waited_ns, msg.slo_ns), None
-    budget -= core.reply_ns  # what is left to finish in, with the reply's way back kept apart
+    reply_ns = core.reply_ns_for(client)
+    budget -= reply_ns  # what is left to finish in, with the reply's way back kept apart
     received, deadline = now_ns - waited_ns, now_ns + budget
     if not model.sizes:
         started_ns = now_ns if core.started_ns is None else core.started_ns
@@ -146,7 +147,7 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
             if warm is not None and warm <= budget and core.warm_up(model, now_ns):
                 cold = f"; it must be loaded first, and is being loaded now: {warm / 1e6:.2f} ms once it is"
         return (Status.WOULD_MISS_DEADLINE,
-                f"needs at least {(best + core.reply_ns) / 1e6:.2f} ms even on an idle device (its execution "
+                f"needs at least {(best + reply_ns) / 1e6:.2f} ms even on an idle device (its execution "
                 f"and the hops to the worker and back to you); its SLO is {msg.slo_ns / 1e6:.2f} ms{waited}{cold}",
                 None)
     backlog = finish_behind_queue_ns(core, model, samples, msg.priority, now_ns, own, pace)

@@ -53,7 +53,7 @@ from clockwork.common.tensors import Tensor
 from clockwork.controller import placement
 from clockwork.controller.batching import Batch, split_ns
 from clockwork.controller.effects import ActionRecord, Effect, PrepareOn, ToClient, ToWorker, UploadFinished, WorkerLost
-from clockwork.controller.latency import LatencyModel
+from clockwork.controller.latency import ClientHops, LatencyModel
 from clockwork.controller.lifecycle import Residency, RequestState, move
 from clockwork.controller.queues import CLASSES, QueueBase
 from clockwork.controller.state import Action, Device, Model, PendingUpload, Profile, Request, Resident, Worker
@@ -157,6 +157,7 @@ class Core:
         # time (admission.own_exec_ns).
         self.finish_tail_ns = 0
         self.reply_ns = config.reply_ns  # the reply allowance: its floor plus the measured return hop
+        self.client_hops = ClientHops(config.latency_percentile)  # what replaces the floor per client
         # Requests are planned to finish by a deadline that keeps the reply allowance (its tail)
         # free; a request is given up only once it cannot finish by when its reply would
         # typically still reach the client: this much later (the return hop's p99 over its p50).
@@ -375,6 +376,14 @@ class Core:
         typical_back = max((self.latency.return_ns(w, 50) for w in self.workers), default=0)
         self.give_up_slack_ns = max(0, back_kept - typical_back)
 
+    def reply_ns_for(self, client: bytes) -> int:
+        """The reply allowance for a request of `client`: the way back from the worker's tail,
+        then the client's own measured hop (ClientHops) where it reports one, else the floor."""
+        hop = self.client_hops.tail_ns(client)
+        if hop is None:
+            return self.reply_ns
+        return min(self.reply_ns - self.cfg.reply_ns + hop, self.cfg.max_reply_ns)
+
     def dispatch_of(self, dev: Device) -> int:
         """The allowance from sending an EXEC to `dev`'s lane starting it (its worker's)."""
         return self.workers[dev.worker].dispatch_ns
@@ -422,11 +431,17 @@ class Core:
     # ================================================================== requests
 
     def on_request(self, client: bytes, request_id: int, msg: schema.Infer, now_ns: int,
-                   waited_ns: int = 0) -> list[Effect]:
+                   waited_ns: int = 0, reply_seen_ns: int | None = None) -> list[Effect]:
         """`waited_ns`: how long the request sat in queues before reaching us (the shell
-        estimates it from the client's send stamps); it comes out of the SLO budget."""
+        estimates it from the client's send stamps); it comes out of the SLO budget.
+        `reply_seen_ns`: when the client received the reply it reports (msg.last_reply_id), on
+        our clock at the latest (the shell translates it), for ClientHops."""
         if self.started_ns is None:
             self.started_ns = now_ns
+        if reply_seen_ns is not None and msg.last_reply_id:
+            answered_ns = self.answered.get((client, msg.last_reply_id))
+            if answered_ns is not None:
+                self.client_hops.observe(client, msg.last_reply_id, reply_seen_ns - answered_ns)
         if (client, request_id) in self.requests or (client, request_id) in self.answered:
             # A client's resend of a request still being served or just answered (it retries when
             # a reply is slow, in case we restarted and lost it): the original's answer serves both.
@@ -736,6 +751,7 @@ class Core:
         if now_ns >= self._next_refresh_ns:
             self._next_refresh_ns = now_ns + self.cfg.refresh_ns
             self.latency.refresh()
+            self.client_hops.refresh()
             self.refresh_allowances()
         self._expire_workers(now_ns)
         self._expire_actions(now_ns)
@@ -990,7 +1006,7 @@ class Core:
                      # The sizes of what the core keeps: bounded under any load (bench/soak.py).
                      "requests_live": len(self.requests), "actions_in_flight": len(self.actions),
                      "answered_remembered": len(self.answered), "give_up_heap": len(self._give_ups),
-                     "planning_heap": len(self._due)}
+                     "planning_heap": len(self._due), **self.client_hops.summary()}
         return {"workers": workers, "models": models, "models_total": len(self.models), "counters": counters,
                 "scheduler": scheduler}
 

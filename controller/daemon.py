@@ -214,7 +214,8 @@ class ControllerDaemon:
     def _on_infer(self, client: bytes, env: schema.Envelope, _user, now: int, waited: int) -> None:
         body = env.body
         self.telemetry.on_request(client, env.msg_id, body, body.model in self.core.models)
-        self._perform(self.core.on_request(client, env.msg_id, body, now, waited))
+        seen = self.queue_delay.local_ns(client, body.last_reply_received_ns) if body.last_reply_id else None
+        self._perform(self.core.on_request(client, env.msg_id, body, now, waited, seen))
 
     def _admin_only(self, client: bytes, env: schema.Envelope, user: str | None) -> bool:
         """True if `user` may change the models; else the client is told so."""

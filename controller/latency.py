@@ -95,6 +95,61 @@ class RecentSamples:
             values.popleft()
 
 
+class ClientHops:
+    """Per client, how long its INFER_REPLYs took from the core's answer to the client, as the
+    client reports them with its next INFER (schema.Infer.last_reply_id): the way back that the
+    controller cannot time itself. Once a client has reported `enough` of its last `window`, the
+    reply allowance plans their `percentile` for it instead of the fixed floor
+    (Core.reply_ns_for): on one host the hop is a fraction of a millisecond, and the floor (2 ms)
+    refused requests with tight SLOs that were served well inside them. At most `max_clients`
+    are kept, the one that reported least recently forgotten first."""
+
+    def __init__(self, percentile: float, window: int = 100, enough: int = 20, max_clients: int = 4096):
+        self._percentile = percentile
+        self._window = window
+        self._enough = enough
+        self._max_clients = max_clients
+        self._samples: dict[bytes, deque[int]] = {}  # oldest reporter first
+        self._last_id: dict[bytes, int] = {}
+        self._dirty: set[bytes] = set()
+        self._tails: dict[bytes, int] = {}  # as of the last refresh
+
+    def observe(self, client: bytes, reply_id: int, hop_ns: int) -> None:
+        if self._last_id.get(client) == reply_id:
+            return  # every INFER sent before the next reply reports the same one
+        samples = self._samples.pop(client, None)
+        if samples is None:
+            if len(self._samples) >= self._max_clients:
+                self._forget(next(iter(self._samples)))
+            samples = deque(maxlen=self._window)
+        self._samples[client] = samples
+        self._last_id[client] = reply_id
+        samples.append(max(0, hop_ns))
+        self._dirty.add(client)
+
+    def _forget(self, client: bytes) -> None:
+        self._samples.pop(client, None)
+        self._last_id.pop(client, None)
+        self._tails.pop(client, None)
+        self._dirty.discard(client)
+
+    def refresh(self) -> None:
+        """Recompute the tails of the clients that reported since the last refresh."""
+        for client in self._dirty:
+            samples = self._samples.get(client)
+            if samples is not None and len(samples) >= self._enough:
+                self._tails[client] = percentile_of(samples, self._percentile)
+        self._dirty.clear()
+
+    def tail_ns(self, client: bytes) -> int | None:
+        """The client's reply hop at the percentile; None until it has reported enough."""
+        return self._tails.get(client)
+
+    def summary(self) -> dict:
+        tails = self._tails.values()
+        return {"reply_hop_clients": len(tails), "reply_hop_ms_max": max(tails) / 1e6 if tails else None}
+
+
 class LatencyModel:
     def __init__(self, window: int = 32, percentile: float = 99.0, error_window: int = 10_000):
         self._window = window

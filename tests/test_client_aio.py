@@ -65,6 +65,18 @@ def test_many_concurrent_infers_get_their_own_replies():
     assert len(peer.requests(schema.GetModel)) == 1  # one signature look-up for all 20
 
 
+def test_infers_report_the_last_reply_unless_the_client_relays_for_callers_of_its_own():
+    async def scenario(c, peer):
+        first = await c.infer("echo", {"data": x()}, slo_ms=2000)
+        await c.infer("echo", {"data": x()}, slo_ms=2000)
+        return first.request_id, [e.body.last_reply_id for e in peer.requests(schema.Infer)]
+
+    first_id, reported = run(scenario)
+    assert reported == [0, first_id]
+    _, relayed = run(scenario, report_reply_hops=False)  # the gateway's: its caller's hop is not timed
+    assert relayed == [0, 0]
+
+
 def test_errors_are_typed():
     async def scenario(c, peer):
         return await asyncio.gather(c.infer("overload", {"data": x()}, slo_ms=100),

@@ -86,6 +86,17 @@ def test_infer_with_named_inputs_and_several_samples(cw, peer):
     assert result.request_id == sent.msg_id
 
 
+def test_each_infer_reports_when_the_last_infer_reply_arrived(cw, peer):
+    """The controller times the way back to the client from this (schema.Infer.last_reply_id)."""
+    before = time.monotonic_ns()
+    first = cw.infer("pair", {"a": np.ones((1, 2), np.float32), "b": np.ones((1, 2), np.int64)}, slo_ms=500)
+    after = time.monotonic_ns()
+    cw.infer("pair", {"a": np.ones((1, 2), np.float32), "b": np.ones((1, 2), np.int64)}, slo_ms=500)
+    reports = [(e.body.last_reply_id, e.body.last_reply_received_ns) for e in peer.requests(schema.Infer)]
+    assert reports[0] == (0, 0)
+    assert reports[1][0] == first.request_id and before < reports[1][1] < after
+
+
 def test_bare_array_fetches_the_signature_once(cw, peer):
     assert cw.infer("echo", x(value=3), slo_ms=500).outputs["data_out"][0, 0] == 6
     assert cw.infer("echo", x(value=4), deadline=time.monotonic() + 0.5).output[0, 0] == 8

@@ -161,6 +161,17 @@ def test_queue_delay_sees_waiting_across_an_unknown_clock_offset():
     assert q.waited_ns(b"a", 2_500, 2_500 + offset + 900) == 0  # stamps went backwards: start over
 
 
+def test_a_peers_time_comes_onto_our_clock_late_by_its_bare_transit_never_early():
+    from clockwork.common.clock import QueueDelay
+
+    q = QueueDelay()
+    offset = 7_000_000_000  # our clock = the peer's + offset
+    assert q.local_ns(b"a", 5_000) is None  # not heard from
+    q.waited_ns(b"a", 1_000, 1_000 + offset + 50)  # bare transit 50 ns
+    q.waited_ns(b"a", 2_000, 2_000 + offset + 900)  # this one waited
+    assert q.local_ns(b"a", 5_000) == 5_000 + offset + 50
+
+
 def test_queue_delay_forgets_old_minimums():
     from clockwork.common.clock import QueueDelay
 

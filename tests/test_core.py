@@ -12,12 +12,14 @@ import pytest
 from clockwork.common import schema
 from clockwork.common.config import SchedulerConfig
 from clockwork.common.status import Status
+from clockwork.common.tensors import Tensor
 from clockwork.controller import admission
 from clockwork.controller.admission import Headroom
 from clockwork.controller.core import Core
 from clockwork.controller.policy import ClockworkPolicy
 from clockwork.controller.effects import PrepareOn, ToWorker, WorkerLost
 from clockwork.controller.invariants import check_invariants
+from clockwork.controller.latency import ClientHops
 from tests.factories import (
     CLIENT, EXEC_NS, LOAD_NS, MS, MIB, SIG, add_model, hello, infer, make_core, replies, result_for, sent, uploads,
 )
@@ -578,6 +580,56 @@ def test_met_slo_counts_an_answer_past_the_planning_deadline_until_the_client_wo
     assert outcomes == [(2, 0), (2, 1)]  # the warm-up's answer met it too
 
 
+def test_a_client_that_reports_its_replies_hop_is_planned_with_it_instead_of_the_floor():
+    """A client on this host reports each reply 0.3 ms after the core answered it; another
+    client reports nothing. The floor (2 ms here) stays the second one's reply allowance; the
+    first one's becomes its measured hop, and an SLO that the floor would refuse is admitted."""
+    core = ready_core(reply_ns=2 * MS)
+    t = warm(core)
+    near, silent = b"near", b"silent"
+
+    def request(client, request_id, now, slo_ms, last_reply_id=0, seen_ns=None):
+        x = np.full((1, 4), request_id, dtype=np.float32)
+        msg = schema.Infer(model="m", slo_ns=int(slo_ms * MS), tensors=(Tensor.from_array("x", x),),
+                           last_reply_id=last_reply_id)
+        return core.on_request(client, request_id, msg, now, 0, seen_ns)
+
+    answered_ns = None
+    for request_id in range(1, 31):
+        # Reported twice (a second INFER sent before the next reply): counted once.
+        for _ in range(2):
+            request(near, request_id, t, 100, request_id - 1, None if answered_ns is None else answered_ns + 300_000)
+        ex = sent(core.tick(t), schema.Exec)[0]
+        t += 3 * MS
+        assert replies(result_for(core, ex, t))[0].body.status is Status.OK
+        answered_ns = t
+    assert core.reply_ns_for(near) == core.reply_ns  # learnt at the next refresh
+    core.client_hops.refresh()
+    assert core.reply_ns_for(near) == core.reply_ns - 2 * MS + 300_000
+    assert core.reply_ns_for(silent) == core.reply_ns
+    assert core.status(t)["scheduler"]["reply_hop_clients"] == 1
+    best = admission.best_case_ns(core, core.models["m"], 1, True)
+    slo_ms = (best + core.reply_ns - MS) / MS  # 1 ms short of what the floor needs
+    assert replies(request(silent, 1000, t, slo_ms))[0].body.status is Status.WOULD_MISS_DEADLINE
+    assert not replies(request(near, 1000, t, slo_ms))  # admitted: queued, no reply yet
+
+
+def test_client_hops_keep_a_window_per_client_and_forget_the_least_recent_reporter():
+    hops = ClientHops(percentile=99, window=10, enough=3, max_clients=2)
+    for i in (1, 2, 2):  # reply 2 reported by two INFERs: one sample
+        hops.observe(b"a", i, i * MS)
+    hops.refresh()
+    assert hops.tail_ns(b"a") is None  # 2 of the 3 it needs
+    for i in range(3, 30):
+        hops.observe(b"a", i, (5 if i < 20 else 1) * MS)  # the last 10 all 1 ms
+    hops.observe(b"b", 1, -MS)  # a clock that ran backwards: counted as no time
+    hops.refresh()
+    assert hops.tail_ns(b"a") == MS
+    hops.observe(b"c", 1, MS)  # a third client: the least recent reporter (a) goes
+    hops.refresh()
+    assert hops.tail_ns(b"a") is None and hops.summary()["reply_hop_clients"] == 0
+
+
 def test_headroom_widens_while_admitted_requests_miss_and_narrows_once_they_stop():
     headroom = Headroom(SchedulerConfig(admission_headroom=0.05, max_admission_headroom=0.3, admission_miss_target=0.001))
     for _ in range(20):  # 0.5% of admitted requests missing, ten times the target
@@ -816,8 +868,6 @@ def test_time_spent_in_queues_before_the_controller_comes_out_of_the_budget():
     core = ready_core()
     t = warm(core)
     x = np.zeros((1, 4), np.float32)
-    from clockwork.common.tensors import Tensor
-
     msg = schema.Infer(model="m", slo_ns=10 * MS, tensors=(Tensor.from_array("x", x),))
     gone = replies(core.on_request(b"c", 1, msg, t, waited_ns=11 * MS))[0].body
     assert gone.status is Status.WOULD_MISS_DEADLINE and "waited 11.00 ms" in gone.detail

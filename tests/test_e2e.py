@@ -70,6 +70,22 @@ def test_a_reply_says_where_its_time_went_hop_by_hop(client):
     assert hops["exec"] == pytest.approx(result.exec_ms, abs=0.5)  # the lane's span is the measured run
 
 
+def test_the_controller_times_the_way_back_to_a_client_from_what_the_client_reports(system, client):
+    """Each INFER reports when the last reply arrived; after enough of them the controller plans
+    this client's own hop instead of the fixed floor (STATUS counts the clients it has timed)."""
+    timed = lambda: client.status()["scheduler"]["reply_hop_clients"]
+    before = timed()
+    with Client(system.client_endpoint, timeout_s=30) as reporting:
+        for _ in range(25):
+            reporting.infer("mlp", {"x": np.zeros((1, 64), np.float32)}, slo_ms=500)
+        deadline = time.monotonic() + 10
+        while timed() == before and time.monotonic() < deadline:
+            time.sleep(0.05)  # learnt at the controller's next refresh (every 100 ms)
+    scheduler = client.status()["scheduler"]
+    assert scheduler["reply_hop_clients"] == before + 1
+    assert 0 < scheduler["reply_hop_ms_max"] < 20  # on loopback: well under max_reply_ns
+
+
 def test_emulated_model_is_served_with_a_timing_breakdown(client):
     result = client.infer("resnet", {"data": np.zeros((1, 16), np.float32)}, slo_ms=200)
     assert result.outputs["prob"].shape == (1, 10)
