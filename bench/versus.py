@@ -8,6 +8,9 @@ with the same seeded schedules, one target at a time (the other idles), in one r
 - the floor and the lone requests, with both targets running: the model called directly in this
   process, and each target through the native client, in turn, one call every 50 ms (gaps, as
   real clients leave them, so nothing stays hot), each timed around the call;
+- the tightest SLO: lone requests to this system at SLOs of 1 to 3 times the plain server's
+  lone p99 (which is the tightest SLO the plain server, with no admission, meets), in turn
+  again, to find the tightest one it admits and answers in time every time;
 - Poisson (or bursty) arrivals at each rate of `--rates`, by default fractions of the plain
   server's nominal capacity (1 / the direct exec time) up to 2x; then `--refine` more rates
   halve the interval where each target stops meeting its SLO, so that the rates two targets
@@ -53,6 +56,8 @@ from clockwork.client.cli import parse_shape
 
 FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.85, 1.0, 1.25, 1.5, 2.0)  # of the plain server's nominal capacity
 SETTLE_SLO_MS = 120_000.0  # the probe that waits out a backlog before each rate
+TIGHT_FACTORS = (1.0, 1.25, 1.5, 2.0, 3.0)  # tight SLOs: multiples of the plain server's lone p99
+TIGHT_REQUESTS = 40  # lone requests at each
 
 
 
@@ -166,6 +171,26 @@ def lone_requests(direct: Callable[[], object], targets: Sequence[Lone]) -> tupl
     return latencies(took["direct"]), {t.target: t for t in targets}, took
 
 
+def tight_slos(client: Client, inputs: dict, slos_ms: Sequence[float], requests: int = TIGHT_REQUESTS) -> list[dict]:
+    """Lone requests at each SLO of `slos_ms` (in turn, as `lone_requests`): how many were
+    admitted and how many answered within their SLO. The client has made its lone requests
+    already, so the controller plans the way back to it as measured (ClientHops), not its floor."""
+    lones = {f"{slo:g}": Lone("clockwork", client, inputs, slo) for slo in slos_ms}
+    took = interleaved(lones, requests=requests)
+    rows = [{"slo_ms": lone.slo_ms, "sent": len(took[key]), "admitted": len(lone.answered_ns),
+             "within": sum(1 for t in lone.answered_ns if t <= lone.slo_ms * 1e6)} for key, lone in lones.items()]
+    for row in rows:
+        say(f"clockwork at an SLO of {row['slo_ms']:.2f} ms: {row['admitted']} of {row['sent']} lone requests "
+            f"admitted, {row['within']} answered within it")
+    return rows
+
+
+def tightest_slo_ms(rows: Sequence[dict]) -> float | None:
+    """The tightest SLO at which every lone request was admitted and answered within it."""
+    met = [row["slo_ms"] for row in rows if row["within"] == row["sent"]]
+    return min(met) if met else None
+
+
 def rates_for(target: str, client: Client, inputs: dict, rates: Sequence[float], args: argparse.Namespace,
               lone: Point) -> list[Point]:
     """Every rate of `rates` against one running target, then `--refine` rates at its knee;
@@ -246,11 +271,14 @@ def compare(run_dir: Path, direct: Callable[[], object], model: bytes, model_pat
             system.upload(model, MODEL, input_shapes=shapes)
             floor, lone, took = lone_requests(direct, [Lone("plain", plain, inputs, args.slo_ms),
                                                        Lone("clockwork", system, inputs, args.slo_ms)])
-            points = rates_for("plain", plain, inputs, rates, args, lone["plain"].point(took["plain"]))
+            plain_lone = lone["plain"].point(took["plain"])
+            tight = tight_slos(system, inputs, [round(f * plain_lone.p99_ms, 2) for f in TIGHT_FACTORS])
+            points = rates_for("plain", plain, inputs, rates, args, plain_lone)
             points += rates_for("clockwork", system, inputs, rates, args, lone["clockwork"].point(took["clockwork"]))
             counters = system.status().get("counters", {})
     worker = {"lone_exec_ms": lone["clockwork"].hops().get("exec", math.nan),
-              "typical_error_share_p99_batch1": counters.get("exec_typical_error_share_p99_batch1", math.nan)}
+              "typical_error_share_p99_batch1": counters.get("exec_typical_error_share_p99_batch1", math.nan),
+              "tight_slo": tight}
     return floor, points, worker
 
 
@@ -270,6 +298,12 @@ def verdicts(points: Sequence[Point], floor: Latencies, worker: dict[str, float]
         rows.append(("exec prediction error p99 at batch 1, share of the typical prediction",
                      f"{100 * worker['typical_error_share_p99_batch1']:.1f}% (the direct call's own p99 is "
                      f"{100 * spread:.1f}% over its p50)", "<= 10%"))
+    if worker and worker.get("tight_slo") and "plain" in lone:
+        tightest = tightest_slo_ms(worker["tight_slo"])
+        plain_p99 = lone["plain"].p99_ms
+        rows.append(("tightest SLO admitted and met for every lone request / plain's lone p99",
+                     f"none up to {max(row['slo_ms'] for row in worker['tight_slo']):.2f} ms" if tightest is None
+                     else f"{tightest:.2f} / {plain_p99:.2f} ms = {tightest / plain_p99:.2f}", "(no goal)"))
     cw, plain = sustained(points, "clockwork"), sustained(points, "plain")
     if plain:
         rows.append(("rate sustained (>= 99.9% in SLO), clockwork / plain", f"{cw:g} / {plain:g} = {cw / plain:.2f}",

@@ -83,8 +83,13 @@ def test_verdicts_compare_targets_within_the_run():
               point("clockwork", 400, 4000, 1900, 2000)]
     assert comparison.sustained(points, "plain") == 200  # 99.95% at 200/s
     assert comparison.sustained(points, "clockwork") == 100  # 99.85% at 200/s falls short
-    worker = {"lone_exec_ms": 0.55, "typical_error_share_p99_batch1": 0.125}
+    tight = [{"slo_ms": 2.0, "sent": 40, "admitted": 38, "within": 38},
+             {"slo_ms": 2.5, "sent": 40, "admitted": 40, "within": 39},  # one answered late
+             {"slo_ms": 3.0, "sent": 40, "admitted": 40, "within": 40}]
+    worker = {"lone_exec_ms": 0.55, "typical_error_share_p99_batch1": 0.125, "tight_slo": tight}
     rows = {what: measured for what, measured, _ in versus.verdicts(points, _floor(0.5), worker)}
+    assert rows["tightest SLO admitted and met for every lone request / plain's lone p99"] == (
+        f"3.00 / {points[0].p99_ms:.2f} ms = {3.0 / points[0].p99_ms:.2f}")
     assert rows["lone request p50 - direct p50"] == "0.50 ms"
     assert rows["worker's exec p50 / direct p50 (lone)"] == "1.10"
     assert rows["exec prediction error p99 at batch 1, share of the typical prediction"] == (
@@ -161,6 +166,9 @@ def test_versus_runs_end_to_end_and_writes_its_report(tmp_path):
                for p in report["points"])
     assert report["direct_ms"]["p50"] > 0 and (out / "versus.png").stat().st_size > 0
     assert report["worker"]["lone_exec_ms"] > 0 and 0 <= report["worker"]["typical_error_share_p99_batch1"] < 100
+    tight = report["worker"]["tight_slo"]
+    assert len(tight) == len(versus.TIGHT_FACTORS) and all(
+        row["sent"] == versus.TIGHT_REQUESTS and row["within"] <= row["admitted"] <= row["sent"] for row in tight)
     ours = next(p for p in report["points"] if p["target"] == "clockwork" and p["rate"] == 50.0)
     assert ours["allowances"]["reply_ms"] > 0 and sum(ours["reasons"].values()) >= ours["refused"]
 
