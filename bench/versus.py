@@ -56,7 +56,7 @@ from clockwork.client.cli import parse_shape
 
 FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.85, 1.0, 1.25, 1.5, 2.0)  # of the plain server's nominal capacity
 SETTLE_SLO_MS = 120_000.0  # the probe that waits out a backlog before each rate
-TIGHT_FACTORS = (1.0, 1.25, 1.5, 2.0, 3.0)  # tight SLOs: multiples of the plain server's lone p99
+TIGHT_FACTORS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)  # tight SLOs: multiples of the plain server's lone p99
 TIGHT_REQUESTS = 40  # lone requests at each
 
 
