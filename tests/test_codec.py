@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgpack
 import numpy as np
 import pytest
@@ -175,7 +177,7 @@ def test_a_template_is_byte_identical_to_encode():
     assert tpl.n_frames == 2
 
 
-def test_a_template_splices_any_two_ids():
+def test_a_template_splices_any_of_its_integer_fields():
     body = schema.InferReply(status=Status.OK, batch_size=1, worker="echo")
     for spliced, fixed in ((("msg_id", "parent_id"), {"sent_ns": 3}), (("msg_id", "sent_ns"), {}),
                            (("parent_id", "sent_ns"), {"msg_id": 1 << 50})):
@@ -183,10 +185,17 @@ def test_a_template_splices_any_two_ids():
         for values in (((1 << 33) + 1, (1 << 34) + 2), (1, 2)):
             ids = {**fixed, **dict(zip(spliced, values))}
             assert tpl.header(*values) == bytes(encode(body, **ids)[0])
-    with pytest.raises(ValueError, match="splice two"):
-        Template(body, ("msg_id", "sent_ns"), sent_ns=1)
-    with pytest.raises(ValueError, match="splice two"):
-        Template(body, ("msg_id", "model"))
+    # The load generator's: header ids and the body's report of the last reply, 0 before the first.
+    infer = schema.Infer(model="m", slo_ns=100_000_000, tensors=(Tensor.from_array("x", np.ones((1, 2), np.float32)),))
+    tpl = Template(infer, ("msg_id", "sent_ns", "last_reply_id", "last_reply_received_ns"))
+    for values in (((1 << 40) + 9, 1 << 36, (1 << 40) + 3, (1 << 36) - 5), ((1 << 40) + 9, 1 << 36, 0, 0)):
+        expected = encode(dataclasses.replace(infer, last_reply_id=values[2], last_reply_received_ns=values[3]),
+                          values[0], sent_ns=values[1])
+        assert tpl.frames(*values) == [bytes(f) for f in expected]
+    for spliced, fixed in ((("msg_id", "sent_ns"), {"sent_ns": 1}), (("msg_id", "model"), {}),
+                           (("msg_id", "msg_id"), {}), ((), {}), (("msg_id",), {"priority": 1})):
+        with pytest.raises(ValueError, match="splice some of"):
+            Template(infer, spliced, **fixed)
     with pytest.raises(ValueError, match="cannot find sent_ns then msg_id"):
         Template(body, ("sent_ns", "msg_id"))
 
