@@ -529,9 +529,10 @@ class ClientCore:
         self.last_reply = (0, 0)
 
     def heard(self, incoming: Incoming, received_ns: int) -> None:
-        """Note a message's arrival (an INFER_REPLY's is reported with the next INFER)."""
-        if (self.report_reply_hops and incoming.envelope is not None
-                and isinstance(incoming.envelope.body, schema.InferReply)):
+        """Note a message's arrival (an OK INFER_REPLY's is reported with the next INFER: the
+        controller remembers when it answered those, not its refusals)."""
+        body = incoming.envelope.body if incoming.envelope is not None else None
+        if self.report_reply_hops and isinstance(body, schema.InferReply) and body.status is Status.OK:
             self.last_reply = (incoming.parent_id, received_ns)
 
     def next_id(self) -> int:

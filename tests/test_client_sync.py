@@ -91,10 +91,12 @@ def test_each_infer_reports_when_the_last_infer_reply_arrived(cw, peer):
     before = time.monotonic_ns()
     first = cw.infer("pair", {"a": np.ones((1, 2), np.float32), "b": np.ones((1, 2), np.int64)}, slo_ms=500)
     after = time.monotonic_ns()
+    with pytest.raises(CapacityError):  # a refusal is not reported: the controller keeps no answer time for it
+        cw.infer("overload", {"data": x()}, slo_ms=500)
     cw.infer("pair", {"a": np.ones((1, 2), np.float32), "b": np.ones((1, 2), np.int64)}, slo_ms=500)
     reports = [(e.body.last_reply_id, e.body.last_reply_received_ns) for e in peer.requests(schema.Infer)]
     assert reports[0] == (0, 0)
-    assert reports[1][0] == first.request_id and before < reports[1][1] < after
+    assert reports[1] == reports[2] and reports[1][0] == first.request_id and before < reports[1][1] < after
 
 
 def test_bare_array_fetches_the_signature_once(cw, peer):
