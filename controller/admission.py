@@ -120,7 +120,11 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
     budget = msg.slo_ns - waited_ns
     if budget <= 0:
         return Status.WOULD_MISS_DEADLINE, stale_detail(waited_ns, msg.slo_ns), None
-    reply_ns = core.reply_ns_for(client)
+    # The way back to this client as it reports it; shorter than the floor, it is planned for a
+    # request that finds its model's devices idle: it runs at once, not at the edge of its deadline.
+    hop = core.client_hops.tail_ns(client)
+    alone = hop is not None and hop < cfg.reply_ns and bool(model.replicas) and replicas_idle(model, now_ns)
+    reply_ns = core.reply_ns_for(hop, alone)
     budget -= reply_ns  # what is left to finish in, with the reply's way back kept apart
     received, deadline = now_ns - waited_ns, now_ns + budget
     if not model.sizes:

@@ -102,14 +102,14 @@ class ClientHops:
     reply allowance plans their `percentile` for it instead of the fixed floor
     (Core.reply_ns_for): on one host the hop is a fraction of a millisecond, and the floor (2 ms)
     refused requests with tight SLOs that were served well inside them. At most `max_clients`
-    are kept, the one that reported least recently forgotten first."""
+    are kept, the one that began reporting first forgotten first."""
 
     def __init__(self, percentile: float, window: int = 100, enough: int = 20, max_clients: int = 4096):
         self._percentile = percentile
         self._window = window
         self._enough = enough
         self._max_clients = max_clients
-        self._samples: dict[bytes, deque[int]] = {}  # oldest reporter first
+        self._samples: dict[bytes, deque[int]] = {}  # in the order clients began reporting
         self._last_id: dict[bytes, int] = {}
         self._dirty: set[bytes] = set()
         self._tails: dict[bytes, int] = {}  # as of the last refresh
@@ -117,12 +117,11 @@ class ClientHops:
     def observe(self, client: bytes, reply_id: int, hop_ns: int) -> None:
         if self._last_id.get(client) == reply_id:
             return  # every INFER sent before the next reply reports the same one
-        samples = self._samples.pop(client, None)
+        samples = self._samples.get(client)
         if samples is None:
             if len(self._samples) >= self._max_clients:
                 self._forget(next(iter(self._samples)))
-            samples = deque(maxlen=self._window)
-        self._samples[client] = samples
+            samples = self._samples[client] = deque(maxlen=self._window)
         self._last_id[client] = reply_id
         samples.append(max(0, hop_ns))
         self._dirty.add(client)

@@ -583,7 +583,8 @@ def test_met_slo_counts_an_answer_past_the_planning_deadline_until_the_client_wo
 def test_a_client_that_reports_its_replies_hop_is_planned_with_it_instead_of_the_floor():
     """A client on this host reports each reply 0.3 ms after the core answered it; another
     client reports nothing. The floor (2 ms here) stays the second one's reply allowance; the
-    first one's becomes its measured hop, and an SLO that the floor would refuse is admitted."""
+    first one's becomes its measured hop for a request that finds the model's device idle, and
+    an SLO that the floor would refuse is admitted."""
     core = ready_core(reply_ns=2 * MS)
     t = warm(core)
     near, silent = b"near", b"silent"
@@ -603,18 +604,29 @@ def test_a_client_that_reports_its_replies_hop_is_planned_with_it_instead_of_the
         t += 3 * MS
         assert replies(result_for(core, ex, t))[0].body.status is Status.OK
         answered_ns = t
-    assert core.reply_ns_for(near) == core.reply_ns  # learnt at the next refresh
+    hop = core.client_hops.tail_ns
+    assert hop(near) is None  # learnt at the next refresh
     core.client_hops.refresh()
-    assert core.reply_ns_for(near) == core.reply_ns - 2 * MS + 300_000
-    assert core.reply_ns_for(silent) == core.reply_ns
+    assert core.reply_ns_for(hop(near), True) == core.reply_ns - 2 * MS + 300_000
+    assert hop(silent) is None and core.reply_ns_for(hop(silent), True) == core.reply_ns
     assert core.status(t)["scheduler"]["reply_hop_clients"] == 1
     best = admission.best_case_ns(core, core.models["m"], 1, True)
     slo_ms = (best + core.reply_ns - MS) / MS  # 1 ms short of what the floor needs
     assert replies(request(silent, 1000, t, slo_ms))[0].body.status is Status.WOULD_MISS_DEADLINE
     assert not replies(request(near, 1000, t, slo_ms))  # admitted: queued, no reply yet
+    # Behind that queued request the near client's next one is planned with the floor, which is
+    # the margin of a request planned to the edge; a client farther than the floor has its own
+    # longer hop planned either way.
+    assert replies(request(near, 1001, t, slo_ms))[0].body.status is Status.WOULD_MISS_DEADLINE
+    for reply_id in range(1, 21):
+        core.client_hops.observe(b"far", reply_id, 5 * MS)
+    core.client_hops.refresh()
+    back_ns = core.reply_ns - 2 * MS
+    assert [core.reply_ns_for(hop(c), alone) for c in (near, b"far") for alone in (True, False)] == [
+        back_ns + 300_000, core.reply_ns, back_ns + 5 * MS, back_ns + 5 * MS]
 
 
-def test_client_hops_keep_a_window_per_client_and_forget_the_least_recent_reporter():
+def test_client_hops_keep_a_window_per_client_and_forget_the_first_reporter_when_full():
     hops = ClientHops(percentile=99, window=10, enough=3, max_clients=2)
     for i in (1, 2, 2):  # reply 2 reported by two INFERs: one sample
         hops.observe(b"a", i, i * MS)
@@ -625,7 +637,7 @@ def test_client_hops_keep_a_window_per_client_and_forget_the_least_recent_report
     hops.observe(b"b", 1, -MS)  # a clock that ran backwards: counted as no time
     hops.refresh()
     assert hops.tail_ns(b"a") == MS
-    hops.observe(b"c", 1, MS)  # a third client: the least recent reporter (a) goes
+    hops.observe(b"c", 1, MS)  # a third client: the first to begin reporting (a) goes
     hops.refresh()
     assert hops.tail_ns(b"a") is None and hops.summary()["reply_hop_clients"] == 0
 
