@@ -31,6 +31,7 @@ Messages are passed as objects through bench.loopback.Link; the codec is skipped
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import time
@@ -128,6 +129,7 @@ class Simulation:
         self._model_of: list[int] | np.ndarray = []  # request id -> model index
         self._answered = bytearray()
         self._admitting: int | None = None  # request id inside on_request (its reply = a rejection)
+        self._last_reply = (0, 0)  # the clients' last OK reply (request id, arrival), which requests report
         self._closed: workload.ClosedLoop | None = None
         self._client_of: list[int] = []
         self._build_messages()
@@ -352,7 +354,11 @@ class Simulation:
         out.offered += 1
         self._series("offered", sent_ns)
         self._admitting = request_id
-        self._call(self.core.on_request, CLIENT, request_id, self.infer_bodies[model], self.now)
+        body = self.infer_bodies[model]
+        last_id, last_ns = self._last_reply
+        if last_id:  # as the client library does: the last OK reply, with when it arrived
+            body = dataclasses.replace(body, last_reply_id=last_id, last_reply_received_ns=last_ns)
+        self._call(self.core.on_request, CLIENT, request_id, body, self.now, 0, last_ns if last_id else None)
         if self._admitting is not None:  # no reply came straight back
             out.admitted += 1
         self._admitting = None
@@ -387,6 +393,7 @@ class Simulation:
         else:
             out.admitted_latency.record_ns(latency)
         if status is Status.OK:
+            self._last_reply = (rid, reply_ns)
             out.ok += 1
             out.latency.record_ns(latency)
             out.batch_sizes[body.batch_size] += 1
