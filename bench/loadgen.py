@@ -18,8 +18,9 @@ reply finds its request by subtraction, without a dict.
 
 What keeps the per-request cost low (a few microseconds of Python each way):
 - Each model's INFER is encoded once (by the client library's shared builder and the codec's
-  `Template`); per send only the header's msg_id and sent_ns change, spliced into the packed
-  header by the codec.
+  `Template`); per send only the header's msg_id and sent_ns change, with the last OK reply it
+  reports (as the client library does: the controller times the way back with it), spliced into
+  the packed header by the codec.
 - Every request due at one wake-up leaves in one bundle (schema.BUNDLE), and the controller
   answers a batch's requests in one bundle too, so ZeroMQ's per-message cost (and the
   controller's per-message loop) is paid per wake-up and per batch, not per request.
@@ -71,6 +72,9 @@ CODE_UNANSWERED = -1
 CODE_SEND_FAILED = -2
 CODE_BAD_REPLY = -3
 SNDHWM = 1_000_000  # the generator must never be the one to refuse a send
+# What each request's header takes from one send to the next (Template): its id and send time,
+# and the last OK reply it reports (schema.Infer.last_reply_*).
+REPORTING = ("msg_id", "sent_ns", "last_reply_id", "last_reply_received_ns")
 
 
 def per_model(value: float | Sequence[float] | Mapping[str, float], models: Sequence[str], what: str) -> list:
@@ -125,8 +129,11 @@ class _OpenLoop:
         self.schedule_duration_ns = schedule.duration_ns
         slo_ns = [int(s * 1e6) for s in slo_ms]
         # One body per model, built (and checked) once by the client library's shared builder;
-        # only the header's msg_id and sent_ns change from one request to the next.
-        self.templates = [Template(build_infer(m, inputs[i], slo_ns[i], priority)) for i, m in enumerate(models)]
+        # only the header's msg_id and sent_ns change from one request to the next, and the last
+        # OK reply each request reports, as the client library's do (ClientCore.last_reply).
+        self.templates = [Template(build_infer(m, inputs[i], slo_ns[i], priority), REPORTING)
+                          for i, m in enumerate(models)]
+        self.last_reply = (0, 0)  # (request id, arrival) of the last OK reply
         n = len(self.times)
         self.base_id = IdSource().next()
         self.replies: list = [None] * n  # index -> (recv_ns, reply header frame), or CODE_SEND_FAILED
@@ -148,10 +155,11 @@ class _OpenLoop:
         frames: list = []
         parts: list[int] = []
         first = i
+        last_id, last_ns = self.last_reply
         while i < n and start + times[i] <= now_ns:
             tpl = templates[model_of[i]]
             sent_ns = monotonic_ns()
-            frames.append(tpl.header(base + i, sent_ns))
+            frames.append(tpl.header(base + i, sent_ns, last_id, last_ns))
             frames.extend(tpl.tail)
             parts.append(tpl.n_frames)
             sent_at[i] = sent_ns
@@ -206,7 +214,9 @@ class _OpenLoop:
             return
         replies[index] = (recv_ns, bytes(frames[0]))
         self.answered += 1
-        self.ok += header.get("status") == Status.OK  # for the progress line; collect() decides
+        if header.get("status") == Status.OK:  # for the progress line (collect() decides) and the report
+            self.ok += 1
+            self.last_reply = (self.base_id + index, recv_ns)
         if self.track is not None:
             self.track.append(index)
 

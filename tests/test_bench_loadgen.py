@@ -28,6 +28,7 @@ class FakeController:
         self.sock = router(ctx, "tcp://127.0.0.1:*")
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.seen: list = []
+        self.reports: list = []  # (msg_id, model, last_reply_id, last_reply_received_ns) of each INFER
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -56,6 +57,7 @@ class FakeController:
     def _answer(self, env, loaded: set) -> list | None:
         body = env.body
         self.seen.append((env.msg_id, body.model, body.slo_ns, body.tensors[0].shape))
+        self.reports.append((env.msg_id, body.model, body.last_reply_id, body.last_reply_received_ns))
         if body.model == "silent":
             return None
         if body.model == "garbled":
@@ -110,6 +112,20 @@ def test_every_request_sent_once_and_answered(ctx, capsys):
     assert {shape for *_, shape in fake.seen} == {(1, 4)}
     assert res.met_slo <= res.ok
     assert "sent" in capsys.readouterr().err
+
+
+def test_each_request_reports_the_last_ok_reply_as_the_client_library_does(ctx):
+    names = ["a", "full"]
+    sched = workload.poisson_schedule([300, 300], 0.5, seed=4)
+    with FakeController(ctx) as fake:
+        run_open_loop(fake.endpoint, sched, names, {"a": 50, "full": 50}, inputs(names), ctx=ctx)
+    ok_ids = {msg_id for msg_id, model, *_ in fake.reports if model == "a"}
+    reported = [(last_id, last_ns) for _, _, last_id, last_ns in fake.reports]
+    assert reported[0] == (0, 0)  # nothing answered yet
+    assert {last_id for last_id, _ in reported} - {0} <= ok_ids  # QUEUE_FULL replies are not reported
+    assert sum(1 for last_id, _ in reported if last_id) > len(reported) // 2
+    arrivals = [last_ns for _, last_ns in reported]
+    assert arrivals == sorted(arrivals)
 
 
 def test_replies_are_judged_by_the_codec(ctx):
