@@ -525,11 +525,12 @@ class Core:
         self._emit(ToClient(req.client, req.request_id, body))
 
     def in_time(self, req: Request, now_ns: int) -> bool:
-        """Whether an answer sent now reaches the client by its SLO, with the reply allowance's
-        floor (the hop to the client) to spare: what `met_slo` counts. The planning deadline
-        keeps the whole reply allowance free, the way back from the worker's tail included
-        (as measured now, which a refresh may have moved since the request came); an answer
-        sent past it, with that way behind it, still reaches the client in time."""
+        """Whether an answer sent now reaches the client by its SLO, with the hop to the client
+        that the request was planned with (the floor, or the client's measured hop) to spare:
+        what `met_slo` counts. The planning deadline keeps the whole reply allowance free, the
+        way back from the worker's tail included (as measured now, which a refresh may have
+        moved since the request came); an answer sent past it, with that way behind it, still
+        reaches the client in time."""
         return now_ns <= req.deadline_ns + self.reply_ns - self.cfg.reply_ns
 
     # ================================================================== workers

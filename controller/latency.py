@@ -99,9 +99,10 @@ class ClientHops:
     """Per client, how long its INFER_REPLYs took from the core's answer to the client, as the
     client reports them with its next INFER (schema.Infer.last_reply_id): the way back that the
     controller cannot time itself. Once a client has reported `enough` of its last `window`, the
-    reply allowance plans their `percentile` for it instead of the fixed floor
-    (Core.reply_ns_for): on one host the hop is a fraction of a millisecond, and the floor (2 ms)
-    refused requests with tight SLOs that were served well inside them. At most `max_clients`
+    reply allowance plans their `percentile` for it where Core.reply_ns_for says (in place of
+    the fixed floor where longer; where shorter, for a request that finds its model idle): on
+    one host the hop is a fraction of a millisecond, and the floor (2 ms) refused lone requests
+    with tight SLOs that were served well inside them. At most `max_clients`
     are kept, the one that began reporting first forgotten first."""
 
     def __init__(self, percentile: float, window: int = 100, enough: int = 20, max_clients: int = 4096):
