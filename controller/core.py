@@ -376,19 +376,11 @@ class Core:
         typical_back = max((self.latency.return_ns(w, 50) for w in self.workers), default=0)
         self.give_up_slack_ns = max(0, back_kept - typical_back)
 
-    def reply_ns_for(self, hop: int | None, alone: bool = False) -> int:
-        """The reply allowance for a request whose client's measured hop is `hop`
-        (ClientHops.tail_ns; None where it reports none): the way back from the worker's tail,
-        then that hop, else the floor. A hop shorter than the floor replaces it only for a
-        request that finds every device holding its model idle (`alone`): it runs at once.
-        Behind queued work a request is planned to the edge of its deadline (batches grow to
-        it), and there the floor is the margin that keeps answers in time: with every client's
-        hop planned, the simulator's 2-GPU 3x runs answered up to 4x as many OK late (31
-        against 7), kept up to 0.1 points fewer of the admitted in SLO and up to 6% less goodput."""
+    def reply_ns_for(self, hop: int | None) -> int:
+        """The reply allowance with `hop` planned for the way on to the client (None: the floor)
+        after the way back from the worker's tail; admission.reply_allowance_ns says which hop."""
         if hop is None:
             return self.reply_ns
-        if hop < self.cfg.reply_ns and not alone:
-            hop = self.cfg.reply_ns
         return min(self.reply_ns - self.cfg.reply_ns + hop, self.cfg.max_reply_ns)
 
     def dispatch_of(self, dev: Device) -> int:

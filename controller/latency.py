@@ -99,8 +99,8 @@ class ClientHops:
     """Per client, how long its INFER_REPLYs took from the core's answer to the client, as the
     client reports them with its next INFER (schema.Infer.last_reply_id): the way back that the
     controller cannot time itself. Once a client has reported `enough` of its last `window`, the
-    reply allowance plans their `percentile` for it where Core.reply_ns_for says (in place of
-    the fixed floor where longer; where shorter, for a request that finds its model idle): on
+    reply allowance plans their `percentile` for it where admission.reply_allowance_ns says (in
+    place of the fixed floor where longer; where shorter, for a request that finds its model idle): on
     one host the hop is a fraction of a millisecond, and the floor (2 ms) refused lone requests
     with tight SLOs that were served well inside them. At most `max_clients`
     are kept, the one that began reporting first forgotten first."""

@@ -607,10 +607,18 @@ def test_a_client_that_reports_its_replies_hop_is_planned_with_it_instead_of_the
     hop = core.client_hops.tail_ns
     assert hop(near) is None  # learnt at the next refresh
     core.client_hops.refresh()
-    assert core.reply_ns_for(hop(near), True) == core.reply_ns - 2 * MS + 300_000
-    assert hop(silent) is None and core.reply_ns_for(hop(silent), True) == core.reply_ns
-    assert core.status(t)["scheduler"]["reply_hop_clients"] == 1
-    best = admission.best_case_ns(core, core.models["m"], 1, True)
+    for reply_id in range(1, 21):  # a client farther than the floor
+        core.client_hops.observe(b"far", reply_id, 5 * MS)
+    core.client_hops.refresh()
+    model, back_ns = core.models["m"], core.reply_ns - 2 * MS
+
+    def allowance(client):
+        return admission.reply_allowance_ns(core, client, model, t)
+
+    assert [allowance(c) for c in (near, b"far", silent)] == [back_ns + 300_000, back_ns + 5 * MS, core.reply_ns]
+    assert hop(silent) is None
+    assert core.status(t)["scheduler"]["reply_hop_clients"] == 2
+    best = admission.best_case_ns(core, model, 1, True)
     slo_ms = (best + core.reply_ns - MS) / MS  # 1 ms short of what the floor needs
     assert replies(request(silent, 1000, t, slo_ms))[0].body.status is Status.WOULD_MISS_DEADLINE
     assert not replies(request(near, 1000, t, slo_ms))  # admitted: queued, no reply yet
@@ -618,12 +626,7 @@ def test_a_client_that_reports_its_replies_hop_is_planned_with_it_instead_of_the
     # the margin of a request planned to the edge; a client farther than the floor has its own
     # longer hop planned either way.
     assert replies(request(near, 1001, t, slo_ms))[0].body.status is Status.WOULD_MISS_DEADLINE
-    for reply_id in range(1, 21):
-        core.client_hops.observe(b"far", reply_id, 5 * MS)
-    core.client_hops.refresh()
-    back_ns = core.reply_ns - 2 * MS
-    assert [core.reply_ns_for(hop(c), alone) for c in (near, b"far") for alone in (True, False)] == [
-        back_ns + 300_000, core.reply_ns, back_ns + 5 * MS, back_ns + 5 * MS]
+    assert [allowance(c) for c in (near, b"far")] == [core.reply_ns, back_ns + 5 * MS]
 
 
 def test_client_hops_keep_a_window_per_client_and_forget_the_first_reporter_when_full():
