@@ -95,58 +95,73 @@ class RecentSamples:
             values.popleft()
 
 
+class _ClientReports:
+    """What one client reported: its last `window` hops, the reply it last reported, and the
+    figures worked out from them at the last refresh."""
+
+    __slots__ = ("samples", "last_id", "tail_ns", "worst_ns", "dirty")
+
+    def __init__(self, window: int):
+        self.samples: deque[int] = deque(maxlen=window)
+        self.last_id = 0
+        self.tail_ns: int | None = None
+        self.worst_ns: int | None = None
+        self.dirty = False
+
+
 class ClientHops:
     """Per client, how long its INFER_REPLYs took from the core's answer to the client, as the
     client reports them with its next INFER (schema.Infer.last_reply_id): the way back that the
     controller cannot time itself. Once a client has reported `enough` of its last `window`, the
-    reply allowance plans their `percentile` for it where admission.reply_allowance_ns says (in
-    place of the fixed floor where longer; where shorter, for a request that finds its model idle): on
-    one host the hop is a fraction of a millisecond, and the floor (2 ms) refused lone requests
-    with tight SLOs that were served well inside them. At most `max_clients`
-    are kept, the one that began reporting first forgotten first."""
+    reply allowance plans their `percentile` for it (`tail_ns`) in place of the fixed floor where
+    longer, and the longest of them (`worst_ns`) where shorter, for a request that finds its model
+    idle (admission.reply_allowance_ns): on one host the hop is a fraction of a millisecond, and
+    the floor (2 ms) refused lone requests with tight SLOs that were served well inside them. At
+    most `max_clients` are kept, the one that began reporting first forgotten first."""
 
     def __init__(self, percentile: float, window: int = 100, enough: int = 20, max_clients: int = 4096):
         self._percentile = percentile
         self._window = window
         self._enough = enough
         self._max_clients = max_clients
-        self._samples: dict[bytes, deque[int]] = {}  # in the order clients began reporting
-        self._last_id: dict[bytes, int] = {}
-        self._dirty: set[bytes] = set()
-        self._tails: dict[bytes, int] = {}  # as of the last refresh
+        self._clients: dict[bytes, _ClientReports] = {}  # in the order clients began reporting
+        self._dirty: list[_ClientReports] = []
 
     def observe(self, client: bytes, reply_id: int, hop_ns: int) -> None:
-        if self._last_id.get(client) == reply_id:
+        reports = self._clients.get(client)
+        if reports is None:
+            if len(self._clients) >= self._max_clients:
+                del self._clients[next(iter(self._clients))]
+            reports = self._clients[client] = _ClientReports(self._window)
+        elif reports.last_id == reply_id:
             return  # every INFER sent before the next reply reports the same one
-        samples = self._samples.get(client)
-        if samples is None:
-            if len(self._samples) >= self._max_clients:
-                self._forget(next(iter(self._samples)))
-            samples = self._samples[client] = deque(maxlen=self._window)
-        self._last_id[client] = reply_id
-        samples.append(max(0, hop_ns))
-        self._dirty.add(client)
-
-    def _forget(self, client: bytes) -> None:
-        self._samples.pop(client, None)
-        self._last_id.pop(client, None)
-        self._tails.pop(client, None)
-        self._dirty.discard(client)
+        reports.last_id = reply_id
+        reports.samples.append(max(0, hop_ns))
+        if not reports.dirty:
+            reports.dirty = True
+            self._dirty.append(reports)
 
     def refresh(self) -> None:
-        """Recompute the tails of the clients that reported since the last refresh."""
-        for client in self._dirty:
-            samples = self._samples.get(client)
-            if samples is not None and len(samples) >= self._enough:
-                self._tails[client] = percentile_of(samples, self._percentile)
+        """Recompute the figures of the clients that reported since the last refresh."""
+        for reports in self._dirty:
+            reports.dirty = False
+            if len(reports.samples) >= self._enough:
+                reports.tail_ns = percentile_of(reports.samples, self._percentile)
+                reports.worst_ns = max(reports.samples)
         self._dirty.clear()
 
     def tail_ns(self, client: bytes) -> int | None:
         """The client's reply hop at the percentile; None until it has reported enough."""
-        return self._tails.get(client)
+        reports = self._clients.get(client)
+        return None if reports is None else reports.tail_ns
+
+    def worst_ns(self, client: bytes) -> int | None:
+        """The longest reply hop in the client's window; None until it has reported enough."""
+        reports = self._clients.get(client)
+        return None if reports is None else reports.worst_ns
 
     def summary(self) -> dict:
-        tails = self._tails.values()
+        tails = [r.tail_ns for r in self._clients.values() if r.tail_ns is not None]
         return {"reply_hop_clients": len(tails), "reply_hop_ms_max": max(tails) / 1e6 if tails else None}
 
 

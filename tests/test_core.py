@@ -609,6 +609,10 @@ def test_a_client_that_reports_its_replies_hop_is_planned_with_it_instead_of_the
     core.client_hops.refresh()
     for reply_id in range(1, 21):  # a client farther than the floor
         core.client_hops.observe(b"far", reply_id, 5 * MS)
+    # Two clients as near, each with one stall among its last 100 hops: below the floor, then above.
+    for client, stall_ns in ((b"stalled", 1_500_000), (b"stalled_long", 2_500_000)):
+        for reply_id in range(1, 101):
+            core.client_hops.observe(client, reply_id, stall_ns if reply_id == 50 else 300_000)
     core.client_hops.refresh()
     model, back_ns = core.models["m"], core.reply_ns - 2 * MS
 
@@ -616,8 +620,12 @@ def test_a_client_that_reports_its_replies_hop_is_planned_with_it_instead_of_the
         return admission.reply_allowance_ns(core, client, model, t)
 
     assert [allowance(c) for c in (near, b"far", silent)] == [back_ns + 300_000, back_ns + 5 * MS, core.reply_ns]
+    # Their p99 is near 0.3 ms, but a request planned shorter than the floor is planned with the
+    # longest hop of the window: one stall in a hundred would be a late answer in a hundred.
+    assert hop(b"stalled") < 350_000
+    assert [allowance(c) for c in (b"stalled", b"stalled_long")] == [back_ns + 1_500_000, core.reply_ns]
     assert hop(silent) is None
-    assert core.status(t)["scheduler"]["reply_hop_clients"] == 2
+    assert core.status(t)["scheduler"]["reply_hop_clients"] == 4
     best = admission.best_case_ns(core, model, 1, True)
     slo_ms = (best + core.reply_ns - MS) / MS  # 1 ms short of what the floor needs
     assert replies(request(silent, 1000, t, slo_ms))[0].body.status is Status.WOULD_MISS_DEADLINE
@@ -639,10 +647,14 @@ def test_client_hops_keep_a_window_per_client_and_forget_the_first_reporter_when
         hops.observe(b"a", i, (5 if i < 20 else 1) * MS)  # the last 10 all 1 ms
     hops.observe(b"b", 1, -MS)  # a clock that ran backwards: counted as no time
     hops.refresh()
-    assert hops.tail_ns(b"a") == MS
+    assert hops.tail_ns(b"a") == hops.worst_ns(b"a") == MS
+    hops.observe(b"a", 30, 4 * MS)
+    hops.refresh()
+    assert hops.worst_ns(b"a") == 4 * MS and hops.tail_ns(b"a") < 4 * MS
     hops.observe(b"c", 1, MS)  # a third client: the first to begin reporting (a) goes
     hops.refresh()
-    assert hops.tail_ns(b"a") is None and hops.summary()["reply_hop_clients"] == 0
+    assert hops.tail_ns(b"a") is None and hops.worst_ns(b"a") is None
+    assert hops.summary()["reply_hop_clients"] == 0
 
 
 def test_headroom_widens_while_admitted_requests_miss_and_narrows_once_they_stop():
