@@ -151,11 +151,18 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
                 f"and the hops to the worker and back to you); its SLO is {msg.slo_ns / 1e6:.2f} ms{waited}{cold}",
                 None)
     backlog = finish_behind_queue_ns(core, model, samples, msg.priority, now_ns, own, pace)
-    if backlog is not None and backlog > deadline - int(headroom.share * budget):
-        core.counters["rejected_for_backlog"] += 1
+    unplanned = int(headroom.share * budget)
+    if backlog is not None and backlog > deadline - unplanned:
         headroom.refused.add(model.name)
-        if replicas_idle(model, now_ns):  # nothing ahead: the model's own estimates refused it
+        if replicas_idle(model, now_ns):
+            # Nothing ahead: its own estimates and the headroom refused it, not a backlog.
             refused_on_estimates(core, model)
+            return (Status.WOULD_MISS_DEADLINE,
+                    f"needs {(backlog - now_ns + reply_ns) / 1e6:.2f} ms on an idle device (its execution and the "
+                    f"hops to the worker and back to you), and admission keeps {unplanned / 1e6:.2f} ms "
+                    f"({headroom.share:.0%} of its budget) unplanned for estimates that run long; its SLO is "
+                    f"{msg.slo_ns / 1e6:.2f} ms", None)
+        core.counters["rejected_for_backlog"] += 1
         return (Status.WOULD_MISS_DEADLINE,
                 f"the work queued ahead finishes {(backlog - now_ns) / 1e6:.2f} ms from now at the earliest; "
                 f"{budget / 1e6:.2f} ms of its SLO are left", None)

@@ -657,6 +657,25 @@ def test_client_hops_keep_a_window_per_client_and_forget_the_first_reporter_when
     assert hops.summary()["reply_hop_clients"] == 0
 
 
+def test_a_lone_request_refused_for_the_headroom_is_told_so_not_that_work_is_queued_ahead():
+    """On an idle device the finish estimate is the request's own: an SLO it fits, but not with
+    the headroom kept unplanned, is refused for that, and not counted or described as a
+    refusal behind the queue (nothing is queued)."""
+    core = ready_core()
+    t = warm(core)
+    model = core.models["m"]
+    best = admission.best_case_ns(core, model, 1, True)
+    share = core.policy.headroom.share
+    budget = best + int(share / 2 * best)  # fits the estimate, not with the headroom's share of it
+    slo_ms = (budget + core.reply_ns) / MS
+    answer = replies(infer(core, 1, now=t, slo_ms=slo_ms))[0].body
+    assert answer.status is Status.WOULD_MISS_DEADLINE
+    assert "on an idle device" in answer.detail and "unplanned" in answer.detail
+    assert "queued ahead" not in answer.detail
+    assert core.counters["rejected_for_backlog"] == 0
+    assert not replies(infer(core, 2, now=t, slo_ms=slo_ms * 1.2))  # with room for the headroom: admitted
+
+
 def test_headroom_widens_while_admitted_requests_miss_and_narrows_once_they_stop():
     headroom = Headroom(SchedulerConfig(admission_headroom=0.05, max_admission_headroom=0.3, admission_miss_target=0.001))
     for _ in range(20):  # 0.5% of admitted requests missing, ten times the target
