@@ -42,6 +42,9 @@ class Point:
     refusal_p99_ms: float = math.nan  # how fast the 429s came back (--gateway-json)
     sender_late_p99_ms: float = math.nan  # how late the load generator sent (--gateway-json): its own lag
     shed_at_door: int = 0  # of the 429s, the gateway's door's (--gateway-json, one gateway process)
+    # Of the refused, those answered after admission (given up once queued: DEADLINE_MISSED or a
+    # 504; a worker lost): misses of admitted requests, not refusals.
+    after_admission: int = 0
     # This system's refusals and give-ups by reason, and its allowances when the rate ended
     # (versus.why): what a refusal count alone does not say.
     reasons: dict[str, int] = field(default_factory=dict)
@@ -52,9 +55,12 @@ class Point:
         return self.within_slo / self.offered if self.offered else math.nan
 
     @property
+    def admitted(self) -> int:
+        return self.offered - self.refused + self.after_admission
+
+    @property
     def admitted_within_slo(self) -> float:
-        admitted = self.offered - self.refused
-        return self.within_slo / admitted if admitted else math.nan
+        return self.within_slo / self.admitted if self.admitted else math.nan
 
 
 def interleaved(calls: Mapping[str, Callable[[], object]], requests: int = LONE_REQUESTS, gap_s: float = GAP_S,

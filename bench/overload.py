@@ -42,7 +42,7 @@ from clockwork.bench.capacity import num, top_counts
 from clockwork.bench.procs import run_in_temp_dir
 from clockwork.bench.progress import command_main
 from clockwork.bench.progress import say as _say
-from clockwork.bench.report import _finite, format_table, saved_figure
+from clockwork.bench.report import REFUSED_AT_ONCE, _finite, format_table, saved_figure
 from clockwork.bench.run import (
     WORKLOADS,
     add_system_args,
@@ -55,7 +55,6 @@ from clockwork.bench.run import (
 from clockwork.bench.runlog import summarize_run
 
 # What the controller answers when it refuses a request at once (controller/core.py on_request).
-REFUSED_AT_ONCE = ("WOULD_MISS_DEADLINE", "QUEUE_FULL", "UNAVAILABLE", "MODEL_NOT_FOUND", "BAD_INPUT")
 GOODPUT_RATIO_GOAL = 0.90  # goodput at factor x capacity / goodput at capacity (issue #6)
 MEMORY_GROWTH_LIMIT = 1.25  # peak RSS at factor / at capacity: bounded means not growing with the load
 CPU_BOUND_SHARE = 0.8  # a controller this busy means the host's CPU, not the devices, may set capacity

@@ -118,6 +118,17 @@ class GroupResults:
     latency: Latencies = field(default_factory=Latencies)
 
 
+# Statuses a request is refused with before it is admitted. Any other answer but OK came after
+# admission (DEADLINE_MISSED once queued, a worker lost, ...): a miss of an admitted request.
+REFUSED_AT_ONCE = ("WOULD_MISS_DEADLINE", "QUEUE_FULL", "UNAVAILABLE", "MODEL_NOT_FOUND", "BAD_INPUT")
+
+
+def answered_after_admission(by_status: Mapping[str, int], never_sent: str = "") -> int:
+    """How many of `by_status`'s answers came after admission (`never_sent`: the load generator's
+    own status for a request it could not send, which the system never saw)."""
+    return sum(n for status, n in by_status.items() if status not in ("OK", never_sent, *REFUSED_AT_ONCE))
+
+
 @dataclass
 class LoadResults:
     """What one load run measured (bench.loadgen fills it in; `summarize` reads it)."""

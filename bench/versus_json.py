@@ -65,6 +65,7 @@ def http_point(target: str, rate: float, results: http_load.HttpResults, slo_ms:
     return Point(target, rate, results.scheduled, results.within_ns(int(slo_ms * 1e6)), answered - results.statuses[200],
                  results.unanswered, ok.percentile_ms(50), ok.percentile_ms(99), ok.percentile_ms(99.9), math.nan,
                  too_many=results.statuses[429], timed_out=results.statuses[504],
+                 after_admission=results.statuses[504] + results.statuses[500],
                  refusal_p99_ms=refused.percentile_ms(99) if results.refused_ns else math.nan,
                  sender_late_p99_ms=float(np.percentile(results.late_sends_ns, 99)) / 1e6, shed_at_door=shed)
 
@@ -176,7 +177,7 @@ def verdicts(points: Sequence[Point], rates: Sequence[float], overload: float) -
     for p in [q for q in points if overload and q.rate == overload]:
         if p.target == GATEWAY:
             rows.append((f"gateway at {p.rate:g}/s = {OVERLOAD:g} x its sustained rate: admitted within SLO",
-                         f"{100 * p.admitted_within_slo:.2f}% ({p.within_slo} of {p.offered - p.refused})", ">= 99.9%"))
+                         f"{100 * p.admitted_within_slo:.2f}% ({p.within_slo} of {p.admitted})", ">= 99.9%"))
             rows.append(("  the rest refused quickly", f"{p.too_many} x 429, p99 {p.refusal_p99_ms:.2f} ms", "429, fast"))
             rows.append(("  answers after the deadline (504)", str(p.timed_out), "0"))
         else:
