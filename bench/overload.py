@@ -54,7 +54,6 @@ from clockwork.bench.run import (
 )
 from clockwork.bench.runlog import summarize_run
 
-# What the controller answers when it refuses a request at once (controller/core.py on_request).
 GOODPUT_RATIO_GOAL = 0.90  # goodput at factor x capacity / goodput at capacity (issue #6)
 MEMORY_GROWTH_LIMIT = 1.25  # peak RSS at factor / at capacity: bounded means not growing with the load
 CPU_BOUND_SHARE = 0.8  # a controller this busy means the host's CPU, not the devices, may set capacity

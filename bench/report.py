@@ -118,8 +118,9 @@ class GroupResults:
     latency: Latencies = field(default_factory=Latencies)
 
 
-# Statuses a request is refused with before it is admitted. Any other answer but OK came after
-# admission (DEADLINE_MISSED once queued, a worker lost, ...): a miss of an admitted request.
+# What the controller answers when it refuses a request at once, before admitting it
+# (controller/core.py on_request). Any other answer but OK came after admission
+# (DEADLINE_MISSED once queued, a worker lost, ...): a miss of an admitted request.
 REFUSED_AT_ONCE = ("WOULD_MISS_DEADLINE", "QUEUE_FULL", "UNAVAILABLE", "MODEL_NOT_FOUND", "BAD_INPUT")
 
 
