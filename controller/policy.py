@@ -167,7 +167,8 @@ def _choose_batch(core: Core, dev: Device, start_ns: int) -> Batch | None:
     it, the shorter one runs first.
     """
     ranked = []
-    models, resident, kind, tail_ns = core.models, dev.resident, dev.kind, core.latency.exec_ns
+    # The latency model, not its bound methods: compiled, a method called on it is a native call.
+    models, resident, kind, latency = core.models, dev.resident, dev.kind, core.latency
     for name in dev.pending:  # every pending model on the device, each planning: kept lean
         if resident[name].state is not Residency.LOADED:
             continue
@@ -178,7 +179,7 @@ def _choose_batch(core: Core, dev: Device, start_ns: int) -> Batch | None:
             continue
         sizes = model.sizes
         size = padded_size(min(queue.samples, sizes[-1]), sizes)
-        exec_ns = tail_ns(name, size, kind) if size else None
+        exec_ns = latency.exec_ns(name, size, kind) if size else None
         if exec_ns is not None:
             ranked.append((-head.priority, head.deadline_ns - exec_ns, name))
     ranked.sort()
@@ -212,9 +213,9 @@ def _soonest_finish_ns(core: Core, model: Model, now_ns: int, enough_ns: int | N
         return None
     size = model.sizes[0]
     soonest = None
-    typical_ns, name = core.latency.typical_exec_ns, model.name
+    latency, name = core.latency, model.name
     for dev in model.replicas.values():
-        exec_ns = typical_ns(name, size, dev.kind)
+        exec_ns = latency.typical_exec_ns(name, size, dev.kind)
         if exec_ns is not None:
             finish = core.replica_start_ns(dev, name, now_ns) + exec_ns
             if soonest is None or finish < soonest:
@@ -223,7 +224,7 @@ def _soonest_finish_ns(core: Core, model: Model, now_ns: int, enough_ns: int | N
                 return soonest
     if soonest is None:  # no replica: a LOAD first, on whichever kind is fastest
         for kind in model.kinds:
-            exec_ns = typical_ns(model.name, size, kind)
+            exec_ns = latency.typical_exec_ns(name, size, kind)
             if exec_ns is not None:
                 finish = now_ns + core.dispatch_ns + (core.latency.load_ns(model.name, kind) or 0) + exec_ns
                 soonest = finish if soonest is None else min(soonest, finish)
