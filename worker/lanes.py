@@ -85,10 +85,6 @@ class Lane:
         if not accepted:
             self._answer_too_late(job, now)
 
-    def pending(self) -> int:
-        with self._cond:
-            return len(self._heap)
-
     def healthy(self, now_ns: int) -> bool:
         """False if the thread died or its current job overran its allowance."""
         if not self._thread.is_alive():
