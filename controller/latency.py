@@ -18,7 +18,7 @@ error as a share of it (`exec_typical_error_share_p99`; #12 asks <= 10% at batch
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Collection
 
 import numpy as np
@@ -117,24 +117,28 @@ class ClientHops:
     longer, and the longest of them (`worst_ns`) where shorter, for a request that finds its model
     idle (admission.reply_allowance_ns): on one host the hop is a fraction of a millisecond, and
     the floor (2 ms) refused lone requests with tight SLOs that were served well inside them. At
-    most `max_clients` are kept, the one that began reporting first forgotten first."""
+    most `max_clients` are kept, the one that reported least recently forgotten first: forgetting
+    the one that began first let a churn of short-lived clients (scripts that send a few requests
+    each) push out a long-lived application's figures, which then took `enough` reports again."""
 
     def __init__(self, percentile: float, window: int = 100, enough: int = 20, max_clients: int = 4096):
         self._percentile = percentile
         self._window = window
         self._enough = enough
         self._max_clients = max_clients
-        self._clients: dict[bytes, _ClientReports] = {}  # in the order clients began reporting
+        self._clients: OrderedDict[bytes, _ClientReports] = OrderedDict()  # the latest to report last
         self._dirty: list[_ClientReports] = []
 
     def observe(self, client: bytes, reply_id: int, hop_ns: int) -> None:
         reports = self._clients.get(client)
         if reports is None:
             if len(self._clients) >= self._max_clients:
-                del self._clients[next(iter(self._clients))]
+                self._clients.popitem(last=False)
             reports = self._clients[client] = _ClientReports(self._window)
         elif reports.last_id == reply_id:
             return  # every INFER sent before the next reply reports the same one
+        else:
+            self._clients.move_to_end(client)
         reports.last_id = reply_id
         reports.samples.append(max(0, hop_ns))
         if not reports.dirty:

@@ -637,7 +637,7 @@ def test_a_client_that_reports_its_replies_hop_is_planned_with_it_instead_of_the
     assert [allowance(c) for c in (near, b"far")] == [core.reply_ns, back_ns + 5 * MS]
 
 
-def test_client_hops_keep_a_window_per_client_and_forget_the_first_reporter_when_full():
+def test_client_hops_keep_a_window_per_client_and_forget_the_least_recent_reporter_when_full():
     hops = ClientHops(percentile=99, window=10, enough=3, max_clients=2)
     for i in (1, 2, 2):  # reply 2 reported by two INFERs: one sample
         hops.observe(b"a", i, i * MS)
@@ -651,10 +651,17 @@ def test_client_hops_keep_a_window_per_client_and_forget_the_first_reporter_when
     hops.observe(b"a", 30, 4 * MS)
     hops.refresh()
     assert hops.worst_ns(b"a") == 4 * MS and hops.tail_ns(b"a") < 4 * MS
-    hops.observe(b"c", 1, MS)  # a third client: the first to begin reporting (a) goes
+    hops.observe(b"c", 1, MS)  # a third client: the one that reported least recently (b) goes
     hops.refresh()
-    assert hops.tail_ns(b"a") is None and hops.worst_ns(b"a") is None
-    assert hops.summary()["reply_hop_clients"] == 0
+    assert hops.tail_ns(b"a") is not None and hops.summary()["reply_hop_clients"] == 1
+    for i, client in enumerate([b"d", b"e", b"f"] * 3):  # a churn of short-lived clients...
+        hops.observe(b"a", 31 + i, MS)  # ...while a keeps reporting
+        hops.observe(client, 1 + i // 3, MS)
+    hops.refresh()
+    assert hops.tail_ns(b"a") is not None and hops.tail_ns(b"c") is None  # c went, a stayed
+    hops.observe(b"g", 1, MS)
+    hops.observe(b"h", 1, MS)  # a stopped reporting: it goes too
+    assert hops.tail_ns(b"a") is None and hops.summary()["reply_hop_clients"] == 0
 
 
 def test_a_lone_request_refused_for_the_headroom_is_told_so_not_that_work_is_queued_ahead():
