@@ -182,3 +182,26 @@ def test_past_the_ceiling_the_door_refuses_at_once_without_a_standing_queue():
     assert all(isinstance(o, int) for o in late[:3])  # fewer than shed_min_requests late: served
     assert all(isinstance(o, v2.V2Error) and o.http_status == 429 for o in late[3:])
     assert isinstance(fresh, int)
+
+
+def test_an_idle_gateway_stops_probing_its_loop_and_the_next_request_starts_it_again():
+    """No request for a while: the lag probe stops (it woke an idle gateway 400 times a second),
+    so a stall then is no lag; the next request starts it again, and a stall after that is."""
+    async def stalled_lag(gateway: Gateway) -> int:
+        time.sleep(0.03)  # the loop stands 30 ms behind
+        return gateway.door.lag_ns(time.monotonic_ns())
+
+    async def scenario() -> tuple[int, int]:
+        gateway = Gateway(GatewayConfig(shed_lag_ms=10))
+        gateway.door.start()
+        try:
+            await asyncio.sleep(0.6)  # 40 probes of 2.5 ms with no request, five times over
+            idle = await stalled_lag(gateway)
+            assert isinstance(admit(gateway), int)
+            await asyncio.sleep(0.01)  # the probe runs again
+            return idle, await stalled_lag(gateway)
+        finally:
+            await gateway.door.stop()
+
+    idle, busy = asyncio.run(scenario())
+    assert idle == 0 and busy >= 25_000_000
