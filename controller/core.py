@@ -326,7 +326,7 @@ class Core:
         full, rest = divmod(samples, big)
         ns = full * (self.latency.typical_exec_ns(model.name, big, kind) or 0)
         if rest:
-            # The model, not a bound method: compiled, a method called on it is a native call.
+            # The latency model, not its bound method: compiled, a method called on it is a native call.
             name, latency = model.name, self.latency
             split = split_ns(max(1, math.ceil(rest)), model.sizes, lambda size: latency.typical_exec_ns(name, size, kind))
             ns += min(rest, 1.0) * (0 if split == math.inf else split)

@@ -11,21 +11,21 @@ class IllegalTransition(Exception):
     pass
 
 
-class _Fast(enum.Enum):
+class _IdentityHashed(enum.Enum):
     """Members are singletons, so their identity is their hash: `move` hashes a state twice
     for every request, and Enum's own __hash__ (of the name) is Python code even where this
-    module is compiled (about 2% of the core's CPU)."""
+    module is compiled (597,952 interpreted calls in the issue-19 simulator command)."""
 
     __hash__ = object.__hash__
 
 
-class RequestState(_Fast):
+class RequestState(_IdentityHashed):
     QUEUED = "queued"
     DISPATCHED = "dispatched"  # part of an EXEC sent to a worker
     ANSWERED = "answered"
 
 
-class Residency(_Fast):
+class Residency(_IdentityHashed):
     LOADING = "loading"  # LOAD sent, pages reserved
     LOADED = "loaded"
     ABSENT = "absent"  # not on the device (the entry is then removed)
