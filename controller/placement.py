@@ -36,14 +36,19 @@ def victims(dev: Device, short_pages: int) -> list[str] | None:
 def load_target(model: Model, weights_bytes: int, devices: list[Device], now_ns: int,
                 max_loads: int) -> tuple[Device, int, list[str]] | None:
     """The device to load `model` onto, the pages it takes there and the models to evict."""
-    best, best_key = None, None
     pages_by_size: dict[int, int] = {}  # page size -> pages: devices of a kind share one
-    for dev in devices:
-        if dev.loads_in_flight >= max_loads or model.name in dev.resident:
-            continue
+
+    def pages_on(dev: Device) -> int:
         pages = pages_by_size.get(dev.page_bytes)
         if pages is None:
             pages = pages_by_size[dev.page_bytes] = pages_for(weights_bytes, dev.page_bytes)
+        return pages
+
+    best, best_key = None, None
+    for dev in devices:
+        if dev.loads_in_flight >= max_loads or model.name in dev.resident:
+            continue
+        pages = pages_on(dev)
         if pages > dev.capacity_pages:
             continue
         # No eviction first; then the device that will be done soonest with what it has running
@@ -63,7 +68,7 @@ def load_target(model: Model, weights_bytes: int, devices: list[Device], now_ns:
     for other in devices:
         if other is dev or other.loads_in_flight >= max_loads or model.name in other.resident:
             continue
-        pages = pages_for(weights_bytes, other.page_bytes)
+        pages = pages_on(other)
         chosen = victims(other, pages - other.free_pages())
         if chosen is not None:
             return other, pages, chosen

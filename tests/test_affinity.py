@@ -66,7 +66,7 @@ def lane() -> int:
 
 
 @pytest.fixture
-def worker(tmp_path) -> WorkerSpec:
+def lane_worker(tmp_path) -> WorkerSpec:
     """A one-device onnxruntime worker that claims its lane's core in a folder of its own: in the
     host-wide one, a worker of another test run (or a deployment) on this host may hold the
     highest core, and this one's lane would go elsewhere."""
@@ -77,8 +77,8 @@ def off(pid: int, core: int) -> bool:
     return all(core not in cores for cores in cores_of_threads(pid))
 
 
-def test_a_controller_keeps_off_the_lane_core_of_a_worker_on_its_host_and_takes_it_back(tmp_path, lane, worker):
-    with cluster(tmp_path, [worker]) as c:
+def test_a_controller_keeps_off_the_lane_core_of_a_worker_on_its_host_and_takes_it_back(tmp_path, lane, lane_worker):
+    with cluster(tmp_path, [lane_worker]) as c:
         controller = c.group.get("controller")
         wait_until_true(lambda: off(controller.pid, lane), what="every controller thread off the lane's core")
         worker = c.group.get("worker-cpu")
@@ -88,8 +88,8 @@ def test_a_controller_keeps_off_the_lane_core_of_a_worker_on_its_host_and_takes_
                         timeout_s=10, what="the controller back on every core")
 
 
-def test_a_gateway_on_the_host_keeps_off_the_lane_core_too(tmp_path, lane, worker):
-    with cluster(tmp_path, [worker]) as c:
+def test_a_gateway_on_the_host_keeps_off_the_lane_core_too(tmp_path, lane, lane_worker):
+    with cluster(tmp_path, [lane_worker]) as c:
         with c.client() as admin:
             assert admin.status()["lane_cores"]["cores"] == [lane]
         start_gateway(c.group, c.client_endpoint, extra=["--min-cores-left", "1"])
@@ -97,11 +97,11 @@ def test_a_gateway_on_the_host_keeps_off_the_lane_core_too(tmp_path, lane, worke
         wait_until_true(lambda: off(gateway.pid, lane), what="every gateway thread off the lane's core")
 
 
-def test_a_gateway_that_would_be_left_too_few_cores_shares_the_lanes(tmp_path, lane, worker):
+def test_a_gateway_that_would_be_left_too_few_cores_shares_the_lanes(tmp_path, lane, lane_worker):
     """On a 2-core host one core is too little for the gateway's JSON work beside the controller
     and the worker's loop (docs/benchmarks.md): it stays on every core, the lane's included."""
     allowed = os.sched_getaffinity(0)
-    with cluster(tmp_path, [worker]) as c:
+    with cluster(tmp_path, [lane_worker]) as c:
         start_gateway(c.group, c.client_endpoint, extra=["--min-cores-left", str(len(allowed)), "--log-level", "info"])
         gateway = c.group.get("gateway")
         wait_until_true(lambda: "sharing the EXEC lanes' cores" in gateway.log_path.read_text(errors="replace"),
