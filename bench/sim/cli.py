@@ -16,6 +16,7 @@ from pathlib import Path
 from clockwork.bench import workload
 from clockwork.bench.progress import NullProgress, Progress
 from clockwork.bench.report import write_cdf_png, write_json
+from clockwork.bench.sim import instructions
 from clockwork.bench.sim.config import GB, NS_PER_S, RunSpec, SimConfig, capacity_per_s
 from clockwork.bench.sim.runs import SCHEDULERS, build_schedule, run
 from clockwork.bench.sim.summary import comparison, format_comparison, format_result, write_summary
@@ -62,6 +63,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--wire", action="store_true", help="every message through the codec (slow)")
     p.add_argument("--logs", action="store_true", help="write request/action logs whatever the run's size")
     p.add_argument("--no-logs", action="store_true", help="never write request/action logs")
+    p.add_argument("--count-instructions", action="store_true",
+                   help="count the core's instructions in the measured window under valgrind (slow: keep it short)")
     p.add_argument("--out", default="out/sim")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -116,6 +119,13 @@ def _write_outputs(args: argparse.Namespace, spec: RunSpec, s: dict, runlog, nam
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.count_instructions:
+        why = "--compare runs two cores in one process" if args.compare else instructions.unavailable()
+        if why:
+            print(f"clockwork-bench sim: cannot count instructions: {why}", file=sys.stderr)
+            return 2
+        rest = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--count-instructions"]
+        return instructions.relaunch(rest, Path(args.out), args.scheduler)
     spec = spec_from_args(args)
     schedule = build_schedule(spec)
     schedulers = ("clockwork", "fifo") if args.compare else (args.scheduler,)

@@ -46,6 +46,7 @@ from clockwork.bench.loopback import Link
 from clockwork.bench.models import RESNET50_V100, profile_json
 from clockwork.bench.progress import NullProgress, Progress
 from clockwork.bench.report import Latencies
+from clockwork.bench.sim import instructions
 from clockwork.bench.sim.cluster import Cluster, Lane
 from clockwork.bench.sim.config import NS_PER_S, SimConfig
 from clockwork.common import schema
@@ -156,6 +157,8 @@ class Simulation:
         if self.now >= self._measure_ns:
             if not self._measuring:
                 self._measuring = True
+                if instructions.counting():
+                    instructions.start_counting()
                 self.counters_at_measure = Counter(self.core.counters)
                 self._busy_at_measure = self.cluster.busy_ns()
             return self.out
