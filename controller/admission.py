@@ -14,6 +14,7 @@ models waiting for a LOAD is kept apart and spread over all devices.
 from __future__ import annotations
 
 import itertools
+from typing import Final
 
 from clockwork.common import schema
 from clockwork.common.checks import BadMessage
@@ -21,6 +22,7 @@ from clockwork.common.config import SchedulerConfig
 from clockwork.common.status import Status
 from clockwork.controller.batching import padded_size
 from clockwork.controller.core import Core, stale_detail
+from clockwork.controller.queues import from_class
 from clockwork.controller.state import Device, Model, Request
 
 
@@ -28,10 +30,10 @@ from clockwork.controller.state import Device, Model, Request
 # of them, up to HEADROOM_BURST_STEPS: the few misses of Poisson bursts at a knee move it as
 # before, a collapse under overload (batches cut to their most urgent member, tens of misses a
 # refresh) at once.
-HEADROOM_BURST_MISSES = 5
-HEADROOM_BURST_STEPS = 5
+HEADROOM_BURST_MISSES: Final = 5
+HEADROOM_BURST_STEPS: Final = 5
 # Queues are never priced more than this much slower than full batching would run them.
-MAX_DRAIN_PACE = 4.0
+MAX_DRAIN_PACE: Final = 4.0
 
 
 class Headroom:
@@ -263,7 +265,7 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
     `admission_replicas` replicas are looked at: bounded work per request even for a model
     replicated on a hundred GPUs (their backlogs differ only by the other models they hold)."""
     size = padded_size(samples, model.sizes) or model.sizes[-1]  # admit checked that the samples fit
-    spill_ns = sum(core.unplaced_by_class[priority:]) // max(1, core.device_count)
+    spill_ns = from_class(core.unplaced_by_class, priority) // max(1, core.device_count)
     if not model.replicas:
         return _finish_after_load_ns(core, model, size, priority, spill_ns, now_ns)
     own = {} if own is None else own
@@ -271,7 +273,7 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
     best = None
     # This model's queue on one replica, the new request last in it: it rides in the batch its
     # queue's tail makes, not in a batch of its own behind the queue.
-    mine_samples = sum(model.queue.samples_by_class[priority:]) / len(model.replicas) + samples
+    mine_samples = from_class(model.queue.samples_by_class, priority) / len(model.replicas) + samples
     costs: dict[str, tuple] = {}  # kind -> (typical, own - typical, a full batch's, mine): replicas share kinds
     for dev in itertools.islice(model.replicas.values(), core.cfg.admission_replicas):
         kind = dev.kind
@@ -286,7 +288,7 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
             continue
         start = core.replica_start_ns(dev, name, now_ns)
         share = shares.get(dev.key)
-        others_ns = dev.backlog_ns(priority) - (sum(share[priority:]) if share else 0) + spill_ns
+        others_ns = dev.backlog_ns(priority) - (from_class(share, priority) if share else 0) + spill_ns
         queued_ns = others_ns + mine_ns
         if pace is not None:
             queued_ns = int(queued_ns * pace.of(dev.key))

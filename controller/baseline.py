@@ -57,7 +57,7 @@ class BaselineConfig:
     replicate_hot_models: bool = False
 
 
-class FifoQueue(QueueBase[Request]):
+class FifoQueue(QueueBase):
     """The per-model queue in arrival order (QueueBase: push, head, first, drain).
 
     A deque in arrival order (service) beside the base's heap by deadline (expiry), both with
@@ -118,7 +118,7 @@ class FifoPolicy(Policy):
         self._timeout_seq = itertools.count()
         self._replicas = HotModelReplicas() if baseline.replicate_hot_models else None
 
-    def new_queue(self) -> QueueBase[Request]:
+    def new_queue(self) -> QueueBase:
         return FifoQueue()
 
     # ------------------------------------------------------------------ admission: none

@@ -19,14 +19,15 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from clockwork.controller.state import Request
 
-SCAN_LIMIT = 64  # requests looked at per batch: bounds work per decision under deep queues
+SCAN_LIMIT: Final = 64  # requests looked at per batch: bounds work per decision under deep queues
 # A grown batch is taken if it serves all the grown members in at most this much more device
 # time than the best split into a smaller batch and one of the rest: the larger batch also saves
 # an action (a message and its handling in the controller and the worker), so near-ties go to it.
-BATCH_EFFICIENCY_TOLERANCE = 0.1
+BATCH_EFFICIENCY_TOLERANCE: Final = 0.1
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from typing import Final
 
 from clockwork.common import schema
 from clockwork.common.status import Status
@@ -25,7 +26,7 @@ from clockwork.controller.state import Device, Model, Request
 # A batch is grown from this many requests beyond the largest batch size: room to skip requests
 # that can no longer make it (expiry answers them within a housekeeping interval). Fixed: it
 # bounds work per decision, and expiry, not this, decides when a request is given up.
-HOPELESS_SCAN = 8
+HOPELESS_SCAN: Final = 8
 
 
 class ClockworkPolicy(Policy):
@@ -40,7 +41,7 @@ class ClockworkPolicy(Policy):
     def start(self, core: Core) -> None:
         self.headroom = admission.Headroom(core.cfg)
 
-    def new_queue(self) -> QueueBase[Request]:
+    def new_queue(self) -> QueueBase:
         return RequestQueue()
 
     # ------------------------------------------------------------------ admission

@@ -8,43 +8,45 @@ is never served twice. `len()` counts only live requests.
 `QueueBase` is what every queue order shares (the expiry heap and the counts); the baselines'
 FIFO queue (controller/baseline.py) is another order on it.
 
-A queue knows of its requests only the fields in `Queued` (controller/state.Request has them),
-so this module needs nothing from state.py, which holds the queues.
+A queue reads of a request its deadline_ns, priority, samples and state, and keeps its
+queue_token (the token of its latest push; -1 once it left the queue). state.py holds the
+queues, so Request is imported for the type checker only: typed as the class itself, not as a
+protocol, the compiled core reads those fields natively instead of by name.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final
 
 from clockwork.common.schema import MAX_PRIORITY
 from clockwork.controller.lifecycle import RequestState
 
-CLASSES = MAX_PRIORITY + 1  # priority classes 0 .. MAX_PRIORITY
+if TYPE_CHECKING:
+    from clockwork.controller.state import Request
 
-_QUEUED = RequestState.QUEUED
+CLASSES: Final = MAX_PRIORITY + 1  # priority classes 0 .. MAX_PRIORITY
 
-
-class Queued(Protocol):
-    """What a queue reads and writes of a request it holds."""
-
-    deadline_ns: int
-    priority: int  # 0 .. MAX_PRIORITY
-    samples: int
-    state: RequestState  # live in a queue only while QUEUED
-    queue_token: int  # the token of its latest push; -1 once it left the queue
+_QUEUED: Final = RequestState.QUEUED
 
 
-R = TypeVar("R", bound=Queued)
+def from_class(values: list[int], priority: int) -> int:
+    """The total of a per-class list over `priority` and the classes above it (what a request
+    of that class waits behind): a loop the compiled core runs natively, where sum() over a
+    slice is a generic call on a new list."""
+    total = 0
+    for i in range(priority, len(values)):
+        total += values[i]
+    return total
 
 
-class QueueBase(Generic[R]):
+class QueueBase:
     """The expiry heap and the counts of a per-model queue; subclasses add the service order
     (push, head, first, drain)."""
 
     def __init__(self) -> None:
-        self._expire: list[tuple[int, int, R]] = []  # (deadline, token, req)
+        self._expire: list[tuple[int, int, Request]] = []  # (deadline, token, req)
         self._seq = itertools.count()
         self._live = 0
         self.samples = 0  # live requests' samples: the work waiting, for replica decisions
@@ -53,7 +55,7 @@ class QueueBase(Generic[R]):
     def __len__(self) -> int:
         return self._live
 
-    def _added(self, req: R) -> int:
+    def _added(self, req: Request) -> int:
         """Count a request in and file it for expiry; returns the token of this push."""
         token = req.queue_token = next(self._seq)
         heapq.heappush(self._expire, (req.deadline_ns, token, req))
@@ -62,7 +64,7 @@ class QueueBase(Generic[R]):
         self.samples_by_class[req.priority] += req.samples
         return token
 
-    def removed(self, req: R) -> None:
+    def removed(self, req: Request) -> None:
         """Call when a queued request leaves the queue by any path (its state leaves QUEUED).
         Its entries die with it: a request put back later (a dropped batch) is pushed anew, and
         an old entry must not pass for the new one (it did, and hid the request from expiry)."""
@@ -76,45 +78,45 @@ class QueueBase(Generic[R]):
             heapq.heappop(self._expire)
         return self._expire[0][0] if self._expire else None
 
-    def pop_expired(self, before_ns: int) -> list[R]:
+    def pop_expired(self, before_ns: int) -> list[Request]:
         """Live requests with a deadline before `before_ns`; they are still QUEUED: the caller
         answers them (and calls removed() for each)."""
-        out: list[R] = []
+        out: list[Request] = []
         while self._expire and self._expire[0][0] < before_ns:
             _, token, req = heapq.heappop(self._expire)
             if is_live(req, token):
                 out.append(req)
         return out
 
-    def push(self, req: R) -> None:
+    def push(self, req: Request) -> None:
         raise NotImplementedError
 
-    def head(self, limit: int) -> list[R]:
+    def head(self, limit: int) -> list[Request]:
         """Up to `limit` live requests in service order, the queue unchanged."""
         raise NotImplementedError
 
-    def first(self) -> R | None:
+    def first(self) -> Request | None:
         """The live request served next."""
         raise NotImplementedError
 
-    def drain(self) -> list[R]:
+    def drain(self) -> list[Request]:
         """Every live request, in service order; the caller answers each (calling removed())."""
         raise NotImplementedError
 
 
-class RequestQueue(QueueBase[R]):
+class RequestQueue(QueueBase):
     def __init__(self) -> None:
         super().__init__()
-        self._serve: list[tuple[int, int, int, R]] = []  # (-priority, deadline, token, req)
+        self._serve: list[tuple[int, int, int, Request]] = []  # (-priority, deadline, token, req)
 
-    def push(self, req: R) -> None:
+    def push(self, req: Request) -> None:
         token = self._added(req)
         heapq.heappush(self._serve, (-req.priority, req.deadline_ns, token, req))
 
-    def head(self, limit: int) -> list[R]:
+    def head(self, limit: int) -> list[Request]:
         """Up to `limit` live requests in service order; O(limit log n), the queue unchanged."""
         taken: list = []
-        out: list[R] = []
+        out: list[Request] = []
         while self._serve and len(out) < limit:
             entry = heapq.heappop(self._serve)
             if is_live(entry[3], entry[2]):
@@ -124,14 +126,14 @@ class RequestQueue(QueueBase[R]):
             heapq.heappush(self._serve, entry)
         return out
 
-    def first(self) -> R | None:
+    def first(self) -> Request | None:
         """The live request served next (amortised O(1): stale entries on top are dropped)."""
         serve = self._serve
         while serve and not is_live(serve[0][3], serve[0][2]):
             heapq.heappop(serve)
         return serve[0][3] if serve else None
 
-    def drain(self) -> list[R]:
+    def drain(self) -> list[Request]:
         """Every live request, in service order; the caller answers each (calling removed())."""
         out = self.head(self._live)
         self._serve.clear()
@@ -139,6 +141,6 @@ class RequestQueue(QueueBase[R]):
         return out
 
 
-def is_live(req: Queued, token: int) -> bool:
+def is_live(req: Request, token: int) -> bool:
     """The entry filed with `token` still stands for `req`: it is queued, and this is its latest push."""
     return req.state is _QUEUED and req.queue_token == token

@@ -8,12 +8,15 @@ from clockwork.common.models import Signature
 from clockwork.common.schema import ActionKind
 from clockwork.common.tensors import Tensor
 from clockwork.controller.lifecycle import Residency, RequestState
-from clockwork.controller.queues import CLASSES, QueueBase, RequestQueue
+from clockwork.controller.queues import CLASSES, QueueBase, RequestQueue, from_class
 from clockwork.controller.timeline import Timeline
 
 
 @dataclass(eq=False, slots=True)
 class Request:
+    """One per request, and Action one per action: their __init__ is written out because the
+    compiled core runs a dataclass-generated one as interpreted code (6.5x the time to build)."""
+
     request_id: int
     client: bytes
     model: str
@@ -22,10 +25,25 @@ class Request:
     received_ns: int
     deadline_ns: int
     tensors: tuple[Tensor, ...]
-    state: RequestState = RequestState.QUEUED
-    cold: bool = False  # no device held the model when it arrived
-    dispatched_ns: int = 0
-    queue_token: int = -1  # set by RequestQueue.push
+    state: RequestState
+    cold: bool  # no device held the model when it arrived
+    dispatched_ns: int
+    queue_token: int  # set by RequestQueue.push
+
+    def __init__(self, request_id: int, client: bytes, model: str, samples: int, priority: int, received_ns: int,
+                 deadline_ns: int, tensors: tuple[Tensor, ...], cold: bool = False) -> None:
+        self.request_id = request_id
+        self.client = client
+        self.model = model
+        self.samples = samples
+        self.priority = priority
+        self.received_ns = received_ns
+        self.deadline_ns = deadline_ns
+        self.tensors = tensors
+        self.state = RequestState.QUEUED
+        self.cold = cold
+        self.dispatched_ns = 0
+        self.queue_token = -1
 
 
 @dataclass
@@ -43,7 +61,7 @@ class Model:
     format: str
     signature: Signature
     profiles: dict[str, Profile] = field(default_factory=dict)  # worker name -> its PREPARE profile
-    queue: QueueBase[Request] = field(default_factory=RequestQueue)
+    queue: QueueBase = field(default_factory=RequestQueue)
     in_flight: int = 0  # EXEC actions outstanding
     removing: bool = False  # REMOVE received; dropped from workers once in_flight == 0
     answered: int = 0  # admitted requests answered, and those of them inside their deadline
@@ -107,7 +125,7 @@ class Device:
 
     def backlog_ns(self, min_priority: int = 0) -> int:
         """Predicted EXEC time queued here in priority classes `min_priority` and above."""
-        return sum(self.backlog_by_class[min_priority:])
+        return from_class(self.backlog_by_class, min_priority)
 
 
 @dataclass(eq=False, slots=True)
@@ -135,10 +153,25 @@ class Action:
     expected_ns: int
     sent_ns: int
     give_up_ns: int  # no result by then: the action is taken as lost (its window plus a grace)
-    requests: list[Request] = field(default_factory=list)
-    batch_size: int = 0
-    planned_start_ns: int = 0  # EXEC: when the timeline expected the lane to start it
-    typical_end_ns: int = 0  # EXEC: when admission's typical prediction expected it to end
+    requests: list[Request]
+    batch_size: int
+    planned_start_ns: int  # EXEC: when the timeline expected the lane to start it
+    typical_end_ns: int  # EXEC: when admission's typical prediction expected it to end
+
+    def __init__(self, action_id: int, kind: ActionKind, device: Device, model: str, expected_ns: int, sent_ns: int,
+                 give_up_ns: int, requests: list[Request] | None = None, batch_size: int = 0,
+                 planned_start_ns: int = 0, typical_end_ns: int = 0) -> None:
+        self.action_id = action_id
+        self.kind = kind
+        self.device = device
+        self.model = model
+        self.expected_ns = expected_ns
+        self.sent_ns = sent_ns
+        self.give_up_ns = give_up_ns
+        self.requests = [] if requests is None else requests
+        self.batch_size = batch_size
+        self.planned_start_ns = planned_start_ns
+        self.typical_end_ns = typical_end_ns
 
 
 @dataclass(eq=False, slots=True)

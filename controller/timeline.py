@@ -16,12 +16,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class _Slot:
+    """One per action (its __init__ written out, as state.Request's is)."""
+
     start_ns: int
     duration_ns: int  # the tail
     typical_start_ns: int  # the earliest it may start
     typical_ns: int
+
+    def __init__(self, start_ns: int, duration_ns: int, typical_start_ns: int, typical_ns: int) -> None:
+        self.start_ns = start_ns
+        self.duration_ns = duration_ns
+        self.typical_start_ns = typical_start_ns
+        self.typical_ns = typical_ns
 
 
 class Timeline:

@@ -124,6 +124,23 @@ def test_cold_request_loads_then_executes_and_is_answered_with_its_rows():
     assert core.counters["met_slo"] == 1
 
 
+def test_each_request_of_a_batch_gets_its_own_rows_and_one_past_the_outputs_a_runtime_error():
+    core = ready_core()
+    t = warm(core)
+    infer(core, 1, now=t, samples=1)
+    infer(core, 2, now=t, samples=2)
+    infer(core, 3, now=t, samples=1)
+    ex = sent(core.tick(t), schema.Exec)[0]
+    assert ex.body.batch_size == 4
+    short = Tensor.from_array("y", np.arange(6, dtype=np.float32).reshape(3, 2))  # 3 rows for 4 samples
+    msg = schema.Result(action=schema.ActionKind.EXEC, status=Status.OK, device_id=0, model_id="m",
+                        begin_ns=t, end_ns=t + EXEC_NS[4], duration_ns=EXEC_NS[4], batch_size=4, tensors=(short,))
+    answers = {r.request_id: r.body for r in replies(core.on_result("w1", ex.msg_id, msg, t + EXEC_NS[4]))}
+    assert answers[1].tensors[0].array().tolist() == [[0.0, 1.0]]
+    assert answers[2].tensors[0].array().tolist() == [[2.0, 3.0], [4.0, 5.0]]
+    assert answers[3].status is Status.RUNTIME_ERROR and "has shape [3, 2]" in answers[3].detail
+
+
 WARM_IDS = itertools.count(10_000)
 
 

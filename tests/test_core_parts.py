@@ -11,6 +11,7 @@ from clockwork.controller import placement
 from clockwork.controller.batching import grow, padded_size, split_ns
 from clockwork.controller.latency import LatencyModel, percentile_of
 from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency, move
+from clockwork.controller.queues import from_class
 from clockwork.controller.state import Device, Request, Resident
 
 MS = 1_000_000
@@ -38,6 +39,10 @@ def test_legal_moves_go_through_and_an_illegal_one_raises_and_changes_nothing():
         move(res, Residency.LOADING)
     assert res.state is Residency.LOADED
     move(res, Residency.ABSENT)
+
+
+def test_a_class_waits_behind_its_own_and_the_higher_classes_totals():
+    assert [from_class([5, 0, 7, 2], p) for p in range(5)] == [14, 9, 9, 2, 0]
 
 
 # ----------------------------------------------------------------------------- batching
