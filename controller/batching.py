@@ -30,13 +30,23 @@ SCAN_LIMIT: Final = 64  # requests looked at per batch: bounds work per decision
 BATCH_EFFICIENCY_TOLERANCE: Final = 0.1
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, slots=True)
 class Batch:
-    model: str
-    requests: tuple[Request, ...]
-    batch_size: int  # padded size the worker runs
-    exec_ns: int  # predicted duration
-    latest_start_ns: int  # past this, some member misses its deadline
+    """A value, as controller/effects.py's ToWorker is (Final fields, __init__ written out)."""
+
+    model: Final[str]
+    requests: Final[tuple[Request, ...]]
+    batch_size: Final[int]  # padded size the worker runs
+    exec_ns: Final[int]  # predicted duration
+    latest_start_ns: Final[int]  # past this, some member misses its deadline
+
+    def __init__(self, model: str, requests: tuple[Request, ...], batch_size: int, exec_ns: int,
+                 latest_start_ns: int) -> None:
+        self.model = model
+        self.requests = requests
+        self.batch_size = batch_size
+        self.exec_ns = exec_ns
+        self.latest_start_ns = latest_start_ns
 
 
 def padded_size(samples: int, sizes: list[int]) -> int | None:

@@ -3,24 +3,43 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from clockwork.common.schema import ActionKind, Message
 from clockwork.common.status import Status
 
 
-@dataclass(frozen=True)
+# ToWorker and ToClient, one per action and per reply, write their __init__ out and declare
+# their fields Final instead of frozen: compiled, a dataclass-generated __init__ runs as
+# interpreted code (docs/architecture.md, "The compiled core"), and a written-out one cannot
+# assign a frozen field. The type checker, which the compiled build runs, refuses any
+# assignment to them after __init__, as frozen did at run time.
+
+
+@dataclass(eq=False, slots=True)
 class ToWorker:
-    worker: str  # worker name (its ZeroMQ identity)
-    msg_id: int  # the action id for LOAD/UNLOAD/EXEC
-    body: Message
-    parent_id: int = 0
+    worker: Final[str]  # worker name (its ZeroMQ identity)
+    msg_id: Final[int]  # the action id for LOAD/UNLOAD/EXEC
+    body: Final[Message]
+    parent_id: Final[int]
+
+    def __init__(self, worker: str, msg_id: int, body: Message, parent_id: int = 0) -> None:
+        self.worker = worker
+        self.msg_id = msg_id
+        self.body = body
+        self.parent_id = parent_id
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, slots=True)
 class ToClient:
-    client: bytes  # the client's ZeroMQ identity
-    request_id: int  # becomes the reply's parent_id
-    body: Message
+    client: Final[bytes]  # the client's ZeroMQ identity
+    request_id: Final[int]  # becomes the reply's parent_id
+    body: Final[Message]
+
+    def __init__(self, client: bytes, request_id: int, body: Message) -> None:
+        self.client = client
+        self.request_id = request_id
+        self.body = body
 
 
 @dataclass(frozen=True)
