@@ -64,6 +64,28 @@ def test_every_message_type_round_trips():
                 assert got == want, name
 
 
+def test_a_message_is_built_with_its_fields_defaults_and_fresh_factories_and_stays_frozen():
+    """schema's one-step __init__ keeps the dataclass's parameters."""
+    for body in every_message():
+        cls, fields = type(body), dataclasses.fields(body)
+        given = {fld.name: getattr(body, fld.name) for fld in fields}
+        built = cls(**given)
+        assert all(getattr(built, name) is value for name, value in given.items())
+        required = {fld.name: given[fld.name] for fld in fields
+                    if fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING}
+        least = cls(**required)
+        for fld in fields:
+            if fld.name not in required:
+                default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
+                assert getattr(least, fld.name) == default, (cls.__name__, fld.name)
+    upload = schema.Upload(name="m")
+    assert schema.Upload(name="n").input_shapes is not upload.input_shapes  # a fresh dict each
+    with pytest.raises(TypeError, match="name"):
+        schema.Upload()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        upload.name = "x"
+
+
 def test_tensor_bytes_are_not_copied_on_decode():
     data = bytearray(np.ones((2, 2), np.float32).tobytes())
     frames = encode(schema.Infer(model="m", slo_ns=1, tensors=(Tensor("x", "float32", (2, 2), data),)), 1)
