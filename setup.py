@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent
 # request, result and tick goes through these. Not the daemon (sockets, threads) nor the
 # registry (SQLite), whose time is not the core's.
 CORE = ["admission", "baseline", "batching", "core", "effects", "latency", "lifecycle", "listing",
-        "placement", "policy", "queues", "state", "timeline"]
+        "placement", "policy", "queues", "request", "state", "timeline"]
 STAGE = ROOT / "build" / "mypyc-src"
 MANIFEST = ROOT / "controller" / "_compiled.json"  # the sources' hashes; read by controller/__init__.py
 

@@ -23,7 +23,8 @@ from clockwork.common.status import Status
 from clockwork.controller.batching import padded_size
 from clockwork.controller.core import Core, stale_detail
 from clockwork.controller.queues import from_class
-from clockwork.controller.state import Device, Model, Request
+from clockwork.controller.request import Request
+from clockwork.controller.state import Device, Model
 
 
 # A refresh with misses widens the headroom one step, and one more for every HEADROOM_BURST_MISSES

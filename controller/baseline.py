@@ -36,7 +36,8 @@ from clockwork.controller.core import Core, Policy
 from clockwork.controller.lifecycle import RequestState, Residency
 from clockwork.controller.policy import HotModelReplicas
 from clockwork.controller.queues import QueueBase, is_live
-from clockwork.controller.state import Device, Model, Request
+from clockwork.controller.request import Request
+from clockwork.controller.state import Device, Model
 
 NO_WINDOW_NS = 3600 * 1_000_000_000  # a baseline EXEC is never too late for the worker
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from clockwork.controller.state import Request
+from clockwork.controller.request import Request
 
 SCAN_LIMIT: Final = 64  # requests looked at per batch: bounds work per decision under deep queues
 # A grown batch is taken if it serves all the grown members in at most this much more device

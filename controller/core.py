@@ -57,7 +57,8 @@ from clockwork.controller.effects import ActionRecord, Effect, PrepareOn, ToClie
 from clockwork.controller.latency import ClientHops, LatencyModel
 from clockwork.controller.lifecycle import Residency, RequestState, move
 from clockwork.controller.queues import CLASSES, QueueBase
-from clockwork.controller.state import Action, Device, Model, PendingUpload, Profile, Request, Resident, Worker
+from clockwork.controller.request import Request
+from clockwork.controller.state import Action, Device, Model, PendingUpload, Profile, Resident, Worker
 
 # Fixed, not configuration: an UNLOAD is never too late to be useful (the memory is free once
 # it runs), and one refused BUSY (the model was executing) is retried after a typical EXEC.

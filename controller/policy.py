@@ -21,7 +21,8 @@ from clockwork.controller.batching import Batch, grow, padded_size
 from clockwork.controller.core import Core, Policy
 from clockwork.controller.lifecycle import Residency
 from clockwork.controller.queues import QueueBase, RequestQueue
-from clockwork.controller.state import Device, Model, Request
+from clockwork.controller.request import Request
+from clockwork.controller.state import Device, Model
 
 # A batch is grown from this many requests beyond the largest batch size: room to skip requests
 # that can no longer make it (expiry answers them within a housekeeping interval). Fixed: it

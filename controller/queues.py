@@ -9,22 +9,19 @@ is never served twice. `len()` counts only live requests.
 FIFO queue (controller/baseline.py) is another order on it.
 
 A queue reads of a request its deadline_ns, priority, samples and state, and keeps its
-queue_token (the token of its latest push; -1 once it left the queue). state.py holds the
-queues, so Request is imported for the type checker only: typed as the class itself, not as a
-protocol, the compiled core reads those fields natively instead of by name.
+queue_token (the token of its latest push; -1 once it left the queue). It names the class
+itself, not a protocol: the compiled core then reads those fields natively, not by name.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from clockwork.common.schema import MAX_PRIORITY
 from clockwork.controller.lifecycle import RequestState
-
-if TYPE_CHECKING:
-    from clockwork.controller.state import Request
+from clockwork.controller.request import Request
 
 CLASSES: Final = MAX_PRIORITY + 1  # priority classes 0 .. MAX_PRIORITY
 

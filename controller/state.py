@@ -6,44 +6,10 @@ from dataclasses import dataclass, field
 
 from clockwork.common.models import Signature
 from clockwork.common.schema import ActionKind
-from clockwork.common.tensors import Tensor
-from clockwork.controller.lifecycle import Residency, RequestState
+from clockwork.controller.lifecycle import Residency
 from clockwork.controller.queues import CLASSES, QueueBase, RequestQueue, from_class
+from clockwork.controller.request import Request
 from clockwork.controller.timeline import Timeline
-
-
-@dataclass(eq=False, slots=True)
-class Request:
-    """One per request, and Action one per action: their __init__ is written out because the
-    compiled core runs a dataclass-generated one as interpreted code (6.5x the time to build)."""
-
-    request_id: int
-    client: bytes
-    model: str
-    samples: int
-    priority: int
-    received_ns: int
-    deadline_ns: int
-    tensors: tuple[Tensor, ...]
-    state: RequestState
-    cold: bool  # no device held the model when it arrived
-    dispatched_ns: int
-    queue_token: int  # set by RequestQueue.push
-
-    def __init__(self, request_id: int, client: bytes, model: str, samples: int, priority: int, received_ns: int,
-                 deadline_ns: int, tensors: tuple[Tensor, ...], cold: bool = False) -> None:
-        self.request_id = request_id
-        self.client = client
-        self.model = model
-        self.samples = samples
-        self.priority = priority
-        self.received_ns = received_ns
-        self.deadline_ns = deadline_ns
-        self.tensors = tensors
-        self.state = RequestState.QUEUED
-        self.cold = cold
-        self.dispatched_ns = 0
-        self.queue_token = -1
 
 
 @dataclass
@@ -146,6 +112,8 @@ class Worker:
 
 @dataclass(eq=False, slots=True)
 class Action:
+    """Its __init__ is written out, as request.Request's is (one per action)."""
+
     action_id: int
     kind: ActionKind
     device: Device

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 @dataclass(eq=False, slots=True)
 class _Slot:
-    """One per action (its __init__ written out, as state.Request's is)."""
+    """One per action (its __init__ written out, as request.Request's is)."""
 
     start_ns: int
     duration_ns: int  # the tail

@@ -12,7 +12,8 @@ from clockwork.controller.batching import grow, padded_size, split_ns
 from clockwork.controller.latency import LatencyModel, percentile_of
 from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency, move
 from clockwork.controller.queues import from_class
-from clockwork.controller.state import Device, Request, Resident
+from clockwork.controller.request import Request
+from clockwork.controller.state import Device, Resident
 
 MS = 1_000_000
 SIZES = [1, 2, 4, 8]
