@@ -498,7 +498,15 @@ class Core:
         self.answer(req, Status.CANCELLED, "cancelled by the client", now_ns)
         return True, "", self._take()
 
-    def answer(self, req: Request, status: Status, detail: str, now_ns: int, **timing) -> None:
+    def answer(self, req: Request, status: Status, detail: str, now_ns: int) -> None:
+        """Answer `req` without outputs (refused after admission, failed, removed, cancelled)."""
+        self._count_answer(req, status, now_ns)
+        body = schema.InferReply(status=status, detail=detail, total_ns=max(0, now_ns - req.received_ns),
+                                 cold_start=req.cold)
+        self._emit(ToClient(req.client, req.request_id, body))
+
+    def _count_answer(self, req: Request, status: Status, now_ns: int) -> None:
+        """The books of an answer: the request leaves, the counters count it (met_slo for OK)."""
         if req.state is RequestState.QUEUED and req.model in self.models:
             self._dequeued(self.models[req.model], (req,))
         move(req, RequestState.ANSWERED)
@@ -515,9 +523,6 @@ class Core:
                     model.met_slo += 1
             else:
                 self.counters["answered_late"] += 1
-        body = schema.InferReply(status=status, detail=detail, total_ns=max(0, now_ns - req.received_ns),
-                                 cold_start=req.cold, **timing)
-        self._emit(ToClient(req.client, req.request_id, body))
 
     def in_time(self, req: Request, now_ns: int) -> bool:
         """Whether an answer sent now reaches the client by its SLO, with the hop to the client
@@ -699,9 +704,10 @@ class Core:
                 self.answer(req, msg.status, msg.detail or "the worker failed to execute the batch", now_ns)
 
     def _answer_batch(self, action: Action, msg: schema.Result, now_ns: int) -> None:
+        """Answer each request of an EXEC that ran with its rows of the outputs and where its
+        time went (the reply's hop-by-hop fields)."""
         offset = 0
-        timing = dict(exec_ns=msg.duration_ns, batch_size=action.batch_size, worker=action.device.worker,
-                      batch_samples=sum(req.samples for req in action.requests))
+        samples = sum(req.samples for req in action.requests)
         outputs = [_Rows(t) for t in msg.tensors]
         for req in action.requests:
             try:
@@ -709,10 +715,14 @@ class Core:
             except ValueError as exc:
                 self.answer(req, Status.RUNTIME_ERROR, f"bad outputs from the worker: {exc}", now_ns)
             else:
-                self.answer(req, Status.OK, "", now_ns, queue_ns=req.dispatched_ns - req.received_ns,
-                            lane_start_ns=max(0, msg.begin_ns - req.received_ns),
-                            lane_end_ns=max(0, msg.end_ns - req.received_ns),
-                             tensors=tensors, **timing)
+                self._count_answer(req, Status.OK, now_ns)
+                received = req.received_ns
+                body = schema.InferReply(
+                    status=Status.OK, total_ns=max(0, now_ns - received), cold_start=req.cold,
+                    queue_ns=req.dispatched_ns - received, lane_start_ns=max(0, msg.begin_ns - received),
+                    lane_end_ns=max(0, msg.end_ns - received), exec_ns=msg.duration_ns,
+                    batch_size=action.batch_size, batch_samples=samples, worker=action.device.worker, tensors=tensors)
+                self._emit(ToClient(req.client, req.request_id, body))
             offset += req.samples
 
     def _requeue(self, requests: list[Request], now_ns: int) -> None:

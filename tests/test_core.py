@@ -139,6 +139,10 @@ def test_each_request_of_a_batch_gets_its_own_rows_and_one_past_the_outputs_a_ru
     assert answers[1].tensors[0].array().tolist() == [[0.0, 1.0]]
     assert answers[2].tensors[0].array().tolist() == [[2.0, 3.0], [4.0, 5.0]]
     assert answers[3].status is Status.RUNTIME_ERROR and "has shape [3, 2]" in answers[3].detail
+    for answer in (answers[1], answers[2]):  # where their time went, hop by hop
+        assert answer.status is Status.OK and not answer.cold_start
+        assert (answer.queue_ns, answer.lane_start_ns, answer.lane_end_ns, answer.total_ns) == (0, 0, EXEC_NS[4], EXEC_NS[4])
+        assert (answer.exec_ns, answer.batch_size, answer.batch_samples, answer.worker) == (EXEC_NS[4], 4, 4, "w1")
 
 
 WARM_IDS = itertools.count(10_000)
