@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from clockwork.common import checks as c
+from clockwork.common.frozen import one_step_init
 from clockwork.common.status import Status
 from clockwork.common.tensors import MAX_TENSORS, Tensor  # noqa: F401 (MAX_TENSORS is part of the schema)
 
@@ -409,40 +410,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     )
 }
 
-
-
-def _direct_init(cls: type[Message]) -> Any:
-    """An __init__ for a message class that sets every field in one step, with the dataclass's
-    own keyword parameters, defaults and default factories. A frozen dataclass's __init__ sets
-    each field through object.__setattr__: an INFER_REPLY's twelve cost 17,700 instructions, the
-    largest part of answering a request in the compiled core. The codec's fast path builds the
-    bodies it decodes the same way."""
-    params, items = [], []
-    namespace: dict[str, Any] = {"set_attribute": object.__setattr__, "NO_VALUE": _NO_VALUE}
-    for fld in dataclasses.fields(cls):
-        name = fld.name
-        if fld.default is not dataclasses.MISSING:
-            namespace[f"default_{name}"] = fld.default
-            params.append(f"{name}=default_{name}")
-            items.append(f"{name!r}: {name}")
-        elif fld.default_factory is not dataclasses.MISSING:
-            namespace[f"factory_{name}"] = fld.default_factory
-            params.append(f"{name}=NO_VALUE")
-            items.append(f"{name!r}: factory_{name}() if {name} is NO_VALUE else {name}")
-        else:
-            params.append(name)
-            items.append(f"{name!r}: {name}")
-    source = (f"def __init__(self, *, {', '.join(params)}):\n"
-              f"    set_attribute(self, '__dict__', {{{', '.join(items)}}})\n")
-    exec(source, namespace)  # noqa: S102 (the source is made here, from the schema's field names)
-    init = namespace["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    return init
-
-
-_NO_VALUE = object()  # a parameter whose field has a default factory was not given
-for _cls in MESSAGE_TYPES.values():
-    _cls.__init__ = _direct_init(_cls)  # type: ignore[method-assign]
+for _cls in MESSAGE_TYPES.values():  # each built in one step, not field by field (common/frozen.py)
+    one_step_init(_cls)
 
 
 # ---------------------------------------------------------------- bundles

@@ -14,6 +14,7 @@ import msgspec
 import numpy as np
 
 from clockwork.common.checks import BadMessage, integer, one_of, record, sequence, text, wire_type
+from clockwork.common.frozen import one_step_init
 from clockwork.common.status import Status
 
 # The dtype allow-list: names as numpy spells them, item sizes in bytes.
@@ -46,6 +47,7 @@ TensorSpec = msgspec.defstruct("TensorSpec", [(name, wire_type(check)) for name,
 SPECS_WIRE = Annotated[tuple[TensorSpec, ...], msgspec.Meta(max_length=MAX_TENSORS)]
 
 
+@one_step_init  # one per output row of every reply: built in one step (common/frozen.py)
 @dataclass(frozen=True)
 class Tensor:
     name: str

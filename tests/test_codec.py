@@ -65,7 +65,7 @@ def test_every_message_type_round_trips():
 
 
 def test_a_message_is_built_with_its_fields_defaults_and_fresh_factories_and_stays_frozen():
-    """schema's one-step __init__ keeps the dataclass's parameters."""
+    """The one-step __init__ (common/frozen.py) keeps the dataclass's parameters."""
     for body in every_message():
         cls, fields = type(body), dataclasses.fields(body)
         given = {fld.name: getattr(body, fld.name) for fld in fields}
@@ -84,6 +84,13 @@ def test_a_message_is_built_with_its_fields_defaults_and_fresh_factories_and_sta
         schema.Upload()
     with pytest.raises(dataclasses.FrozenInstanceError):
         upload.name = "x"
+    tensor = Tensor("x", "float32", (1, 2), b"12345678")  # positional parameters, as declared
+    assert (tensor.name, tensor.dtype, tensor.shape, tensor.data) == ("x", "float32", (1, 2), b"12345678")
+    assert tensor == Tensor(name="x", dtype="float32", shape=(1, 2), data=b"12345678")
+    with pytest.raises(TypeError):
+        Tensor("x", "float32")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tensor.shape = (2,)
 
 
 def test_tensor_bytes_are_not_copied_on_decode():
