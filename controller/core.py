@@ -500,13 +500,13 @@ class Core:
 
     def answer(self, req: Request, status: Status, detail: str, now_ns: int) -> None:
         """Answer `req` without outputs (refused after admission, failed, removed, cancelled)."""
-        self._count_answer(req, status, now_ns)
-        body = schema.InferReply(status=status, detail=detail, total_ns=max(0, now_ns - req.received_ns),
-                                 cold_start=req.cold)
-        self._emit(ToClient(req.client, req.request_id, body))
+        self._send_answer(req, schema.InferReply(status=status, detail=detail, cold_start=req.cold,
+                                                 total_ns=max(0, now_ns - req.received_ns)), now_ns)
 
-    def _count_answer(self, req: Request, status: Status, now_ns: int) -> None:
-        """The books of an answer: the request leaves, the counters count it (met_slo for OK)."""
+    def _send_answer(self, req: Request, body: schema.InferReply, now_ns: int) -> None:
+        """Send `body` to `req`'s client and keep the books: the request leaves, the counters
+        count it (met_slo for an OK in time)."""
+        status = body.status
         if req.state is RequestState.QUEUED and req.model in self.models:
             self._dequeued(self.models[req.model], (req,))
         move(req, RequestState.ANSWERED)
@@ -523,6 +523,7 @@ class Core:
                     model.met_slo += 1
             else:
                 self.counters["answered_late"] += 1
+        self._emit(ToClient(req.client, req.request_id, body))
 
     def in_time(self, req: Request, now_ns: int) -> bool:
         """Whether an answer sent now reaches the client by its SLO, with the hop to the client
@@ -715,14 +716,13 @@ class Core:
             except ValueError as exc:
                 self.answer(req, Status.RUNTIME_ERROR, f"bad outputs from the worker: {exc}", now_ns)
             else:
-                self._count_answer(req, Status.OK, now_ns)
                 received = req.received_ns
-                body = schema.InferReply(
+                self._send_answer(req, schema.InferReply(
                     status=Status.OK, total_ns=max(0, now_ns - received), cold_start=req.cold,
                     queue_ns=req.dispatched_ns - received, lane_start_ns=max(0, msg.begin_ns - received),
                     lane_end_ns=max(0, msg.end_ns - received), exec_ns=msg.duration_ns,
-                    batch_size=action.batch_size, batch_samples=samples, worker=action.device.worker, tensors=tensors)
-                self._emit(ToClient(req.client, req.request_id, body))
+                    batch_size=action.batch_size, batch_samples=samples, worker=action.device.worker,
+                    tensors=tensors), now_ns)
             offset += req.samples
 
     def _requeue(self, requests: list[Request], now_ns: int) -> None:
@@ -1030,12 +1030,14 @@ def stale_detail(waited_ns: int, slo_ns: int) -> str:
 
 
 class _Rows:
-    """An output tensor of a batch, cut into each request's rows without copying. Its row size
-    and byte view are worked out once per batch: per request they cost 14,000 instructions."""
+    """An output tensor of a batch, cut into each request's rows without copying. Its row size,
+    row shape and byte view are worked out once per batch: per request they cost 14,000
+    instructions."""
 
     def __init__(self, tensor: Tensor) -> None:
         self.tensor = tensor
         self.rows = tensor.shape[0] if tensor.shape else 0
+        self.row_shape = tensor.shape[1:]
         self.row_bytes = tensor.nbytes // self.rows if self.rows else 0
         self.data = memoryview(tensor.data).cast("B")
 
@@ -1044,4 +1046,4 @@ class _Rows:
         tensor, row = self.tensor, self.row_bytes
         if self.rows < offset + count:
             raise ValueError(f"output {tensor.name!r} has shape {list(tensor.shape)}")
-        return Tensor(tensor.name, tensor.dtype, (count, *tensor.shape[1:]), self.data[offset * row:(offset + count) * row])
+        return Tensor(tensor.name, tensor.dtype, (count, *self.row_shape), self.data[offset * row:(offset + count) * row])
