@@ -123,6 +123,21 @@ def split_ns(samples: int, sizes: list[int], exec_ns: Callable[[int], int | None
     return ns
 
 
+class DrainMemo:
+    """What a model's queued work costs on one device kind, kept between requests (Core.drain_ns):
+    the largest batch's typical run (`full_ns`) and split_ns's results by samples (`known`). Good
+    while the latency model's generation for the model, and the model's batch sizes, are the
+    ones they were worked out with; a model's figures change with about one request in four."""
+
+    __slots__ = ("generation", "sizes", "full_ns", "known")
+
+    def __init__(self, generation: int, sizes: list[int], full_ns: int) -> None:
+        self.generation = generation
+        self.sizes = sizes
+        self.full_ns = full_ns
+        self.known: dict[int, float] = {}
+
+
 def _least_padded(grown: list[tuple[int, int, int, int, int]], total: int, sizes: list[int],
                   exec_ns: Callable[[int], int | None]) -> tuple[int, int, int, int]:
     """(members, size, duration, deadline) of the largest grown batch that serves all `total`

@@ -52,7 +52,7 @@ from clockwork.common.schema import ActionKind
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 from clockwork.controller import placement
-from clockwork.controller.batching import Batch, split_ns
+from clockwork.controller.batching import Batch, DrainMemo, split_ns
 from clockwork.controller.effects import ActionRecord, Effect, PrepareOn, ToClient, ToWorker, UploadFinished, WorkerLost
 from clockwork.controller.latency import ClientHops, LatencyModel
 from clockwork.controller.lifecycle import Residency, RequestState, move
@@ -321,18 +321,31 @@ class Core:
     def drain_ns(self, model: Model, samples: float, kind: str) -> int:
         """Predicted EXEC time of `samples` queued samples of `model` on a device of `kind`,
         batched as they would run: full batches of the largest size, then the rest (`split_ns`;
-        a fraction of a sample, a replica's share of a small queue, costs its fraction)."""
+        a fraction of a sample, a replica's share of a small queue, costs its fraction). Worked
+        out once per model, kind and latency figures (DrainMemo): admission and every change of
+        a queue ask, with the same figures, several times a request."""
         if samples <= 0 or not model.sizes:
             return 0
-        big = model.sizes[-1]
-        full, rest = divmod(samples, big)
-        ns = full * (self.latency.typical_exec_ns(model.name, big, kind) or 0)
+        memo = self._drain_memo(model, kind)
+        full, rest = divmod(samples, model.sizes[-1])
+        ns = full * memo.full_ns
         if rest:
-            # The latency model, not its bound method: compiled, a method called on it is a native call.
-            name, latency = model.name, self.latency
-            split = split_ns(max(1, math.ceil(rest)), model.sizes, lambda size: latency.typical_exec_ns(name, size, kind))
+            count = max(1, math.ceil(rest))
+            split = memo.known.get(count)
+            if split is None:
+                # The latency model, not its bound method: compiled, a method called on it is a native call.
+                name, latency = model.name, self.latency
+                split = split_ns(count, model.sizes, lambda size: latency.typical_exec_ns(name, size, kind), memo.known)
             ns += min(rest, 1.0) * (0 if split == math.inf else split)
         return int(ns)
+
+    def _drain_memo(self, model: Model, kind: str) -> DrainMemo:
+        generation = self.latency.generation(model.name)
+        memo = model.drain_memos.get(kind)
+        if memo is None or memo.generation != generation or memo.sizes is not model.sizes:
+            full_ns = self.latency.typical_exec_ns(model.name, model.sizes[-1], kind) or 0
+            memo = model.drain_memos[kind] = DrainMemo(generation, model.sizes, full_ns)
+        return memo
 
     def _place(self, dev: Device, model: Model, res: Resident) -> None:
         dev.resident[model.name] = res

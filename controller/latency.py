@@ -175,6 +175,10 @@ class LatencyModel:
         self._percentile = percentile
         self._exec: dict[tuple[str, int, str], _Window] = {}
         self._exec_of: dict[str, list[_Window]] = {}  # model -> its exec windows (for doubt)
+        # Model -> a number that moves whenever one of its exec figures may have (never back to
+        # an earlier one): what prices worked out from them and kept (Core.drain_ns) are checked against.
+        self._generations: dict[str, int] = {}
+        self._changes = 0
         self._load: dict[tuple[str, str], _Window] = {}
         self.exec_errors: deque[int] = deque(maxlen=error_window)  # predicted (the tail) - measured, ns
         # |typical - measured| / typical per EXEC, all batch sizes and batch 1 alone: how well the
@@ -203,10 +207,20 @@ class LatencyModel:
                 self._exec_of.setdefault(key[0], []).append(win)
         return win
 
+    def _changed(self, model: str) -> None:
+        self._changes += 1
+        self._generations[model] = self._changes
+
+    def generation(self, model: str) -> int:
+        """Moves whenever an exec figure of `model` may have changed: prices worked out from
+        them stay good while it does not."""
+        return self._generations.get(model, 0)
+
     # ------------------------------------------------------------------ feeding
 
     def seed(self, model: str, kind: str, load_ns: int, exec_ns: dict[int, int]) -> None:
         """A worker's profile: only used where nothing was measured yet."""
+        self._changed(model)
         for batch, value in exec_ns.items():
             win = self._get(self._exec, (model, batch, kind))
             if not win.values:
@@ -220,6 +234,7 @@ class LatencyModel:
         if disturbed:
             self.disturbed_execs += 1
             return
+        self._changed(model)
         win = self._get(self._exec, (model, batch, kind))
         if win.values:
             typical = win.typical()
@@ -287,6 +302,7 @@ class LatencyModel:
         really is slow keeps its other slow samples, and with them its refusals. The hops count
         too: after an overload on a 2-core host the reply allowance stood at 13 ms, every 15 ms
         request was refused on it, and no result ever came to lower it."""
+        self._changed(model)
         for win in self._exec_of.get(model, ()):
             win.drop_worst()
         for samples in (self.finish_errors, *self._lateness.values(), *self._returns.values()):
@@ -295,6 +311,7 @@ class LatencyModel:
                 values.remove(max(values))
 
     def forget(self, model: str) -> None:
+        self._changed(model)
         self._exec_of.pop(model, None)
         self._exec = {k: v for k, v in self._exec.items() if k[0] != model}
         self._load = {k: v for k, v in self._load.items() if k[0] != model}

@@ -1037,6 +1037,27 @@ def test_a_queue_is_priced_as_its_batches_would_run_padded_only_where_padding_is
     assert [core.drain_ns(gpu, n, "emulated") // MS for n in (3, 9, 12)] == [4, 8, 10]  # 3 padded to 4; 9 as 8 + 1
 
 
+def test_a_queues_price_follows_the_measurements_that_make_it():
+    """drain_ns keeps its prices between requests (DrainMemo); a measurement that moves a
+    typical figure, a doubt and a change of batch sizes each price the queue afresh."""
+    core = make_core()
+    hello(core)
+    add_model(core, "cpu", exec_ns={1: 1 * MS, 2: 2 * MS, 4: 4 * MS, 8: 8 * MS, 16: 16 * MS})
+    cpu = core.models["cpu"]
+    assert [core.drain_ns(cpu, n, "emulated") // MS for n in (3, 17)] == [3, 17]
+    for _ in range(20):  # batch 1 now typically takes 3 ms: 3 samples run padded to 4 (4 ms)
+        core.latency.observe_exec("cpu", 1, "emulated", 3 * MS, 0)
+    assert [core.drain_ns(cpu, n, "emulated") // MS for n in (3, 17)] == [4, 19]
+    for _ in range(20):  # and the largest batch 20 ms
+        core.latency.observe_exec("cpu", 16, "emulated", 20 * MS, 0)
+    assert core.drain_ns(cpu, 17, "emulated") // MS == 23
+    for _ in range(40):  # doubting drops the worst of batch 16's window: its median falls to 16 ms
+        core.latency.doubt("cpu")
+    assert core.drain_ns(cpu, 16, "emulated") // MS == 16
+    cpu.sizes = [1, 2, 4]  # a worker that profiled less is all there is now
+    assert core.drain_ns(cpu, 6, "emulated") // MS == 6  # a batch of 4 (4 ms), then one of 2 (2 ms)
+
+
 def result_tensor(rows: int):
     from clockwork.common.tensors import Tensor
 
