@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent
 # The scheduling core (controller/core.py's Core, its policies and their pure helpers): every
 # request, result and tick goes through these. Not the daemon (sockets, threads) nor the
 # registry (SQLite), whose time is not the core's.
-CORE = ["admission", "baseline", "batching", "core", "effects", "latency", "lifecycle", "listing",
-        "placement", "policy", "queues", "request", "state", "timeline"]
+CORE = ["admission", "baseline", "batching", "core", "effects", "heap_entry", "latency", "lifecycle",
+        "listing", "placement", "policy", "queues", "request", "state", "timeline"]
 STAGE = ROOT / "build" / "mypyc-src"
 MANIFEST = ROOT / "controller" / "_compiled.json"  # the sources' hashes; read by controller/__init__.py
 

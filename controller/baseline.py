@@ -35,6 +35,7 @@ from clockwork.controller.batching import Batch, padded_size
 from clockwork.controller.core import Core, Policy
 from clockwork.controller.lifecycle import RequestState, Residency
 from clockwork.controller.policy import HotModelReplicas
+from clockwork.controller.heap_entry import Entry
 from clockwork.controller.queues import QueueBase, is_live
 from clockwork.controller.request import Request
 from clockwork.controller.state import Device, Model
@@ -67,14 +68,14 @@ class FifoQueue(QueueBase):
 
     def __init__(self) -> None:
         super().__init__()
-        self._fifo: deque[tuple[int, Request]] = deque()  # (token, request), arrival order
+        self._fifo: deque[Entry[Request]] = deque()  # arrival order
 
     def push(self, req: Request) -> None:
         token = self._added(req)
-        entry = (token, req)
-        if self._fifo and req.received_ns < self._fifo[-1][1].received_ns:
+        entry = Entry(req.received_ns, token, req)
+        if self._fifo and req.received_ns < self._fifo[-1].key:
             # Put back after a drop: it keeps its place by arrival (rare; linear is fine).
-            index = next(i for i, (_, r) in enumerate(self._fifo) if r.received_ns > req.received_ns)
+            index = next(i for i, e in enumerate(self._fifo) if e.key > req.received_ns)
             self._fifo.insert(index, entry)
         else:
             self._fifo.append(entry)
@@ -87,14 +88,14 @@ class FifoQueue(QueueBase):
 
     def head(self, limit: int) -> list[Request]:
         """Up to `limit` live requests, oldest first."""
-        while self._fifo and not is_live(self._fifo[0][1], self._fifo[0][0]):
+        while self._fifo and not is_live(self._fifo[0]):
             self._fifo.popleft()
         out: list[Request] = []
-        for token, req in self._fifo:
+        for entry in self._fifo:
             if len(out) >= limit:
                 break
-            if is_live(req, token):
-                out.append(req)
+            if is_live(entry):
+                out.append(entry.item)
         return out
 
     def first(self) -> Request | None:

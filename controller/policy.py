@@ -19,6 +19,7 @@ from clockwork.common.status import Status
 from clockwork.controller import admission, placement
 from clockwork.controller.batching import Batch, grow, padded_size
 from clockwork.controller.core import Core, Policy
+from clockwork.controller.heap_entry import Entry
 from clockwork.controller.lifecycle import Residency
 from clockwork.controller.queues import QueueBase, RequestQueue
 from clockwork.controller.request import Request
@@ -34,7 +35,7 @@ class ClockworkPolicy(Policy):
     def __init__(self) -> None:
         self.headroom: admission.Headroom | None = None  # made at start, from the core's config
         self.pace = admission.DrainPace()
-        self._expiry: list[tuple[int, int, Model]] = []  # (look at, token, model): see expire
+        self._expiry: list[Entry[Model]] = []  # by (look at, token): see expire
         self._expiry_tokens = itertools.count(1)
         self._next_refresh_ns = 0
         self._replicas = HotModelReplicas()
@@ -66,7 +67,7 @@ class ClockworkPolicy(Policy):
         """Look at `model`'s queue for requests that can no longer make it at `at_ns` (this
         replaces any earlier look booked for it)."""
         model.expiry_token = token = next(self._expiry_tokens)
-        heapq.heappush(self._expiry, (at_ns, token, model))
+        heapq.heappush(self._expiry, Entry(at_ns, token, model))
 
     def expire(self, core: Core, now_ns: int) -> None:
         """Answer DEADLINE_MISSED, early, the queued requests no device can finish in time.
@@ -80,9 +81,10 @@ class ClockworkPolicy(Policy):
             self._next_refresh_ns = now_ns + core.cfg.refresh_ns
             headroom.refresh(spare=headroom.widened() and admission.any_replica_idle(core, headroom.refused, now_ns))
             self.pace.refresh()
-        while self._expiry and self._expiry[0][0] <= now_ns:
-            _, token, model = heapq.heappop(self._expiry)
-            if token != model.expiry_token or model.name not in core.pending or core.models.get(model.name) is not model:
+        while self._expiry and self._expiry[0].key <= now_ns:
+            entry = heapq.heappop(self._expiry)
+            model = entry.item
+            if entry.token != model.expiry_token or model.name not in core.pending or core.models.get(model.name) is not model:
                 continue
             head = model.queue.earliest_deadline()
             soonest = _soonest_finish_ns(core, model, now_ns, head)

@@ -20,6 +20,7 @@ import itertools
 from typing import Final
 
 from clockwork.common.schema import MAX_PRIORITY
+from clockwork.controller.heap_entry import Entry
 from clockwork.controller.lifecycle import RequestState
 from clockwork.controller.request import Request
 
@@ -43,7 +44,7 @@ class QueueBase:
     (push, head, first, drain)."""
 
     def __init__(self) -> None:
-        self._expire: list[tuple[int, int, Request]] = []  # (deadline, token, req)
+        self._expire: list[Entry[Request]] = []  # by (deadline, token)
         self._seq = itertools.count()
         self._live = 0
         self.samples = 0  # live requests' samples: the work waiting, for replica decisions
@@ -55,7 +56,7 @@ class QueueBase:
     def _added(self, req: Request) -> int:
         """Count a request in and file it for expiry; returns the token of this push."""
         token = req.queue_token = next(self._seq)
-        heapq.heappush(self._expire, (req.deadline_ns, token, req))
+        heapq.heappush(self._expire, Entry(req.deadline_ns, token, req))
         self._live += 1
         self.samples += req.samples
         self.samples_by_class[req.priority] += req.samples
@@ -71,18 +72,20 @@ class QueueBase:
         self.samples_by_class[req.priority] -= req.samples
 
     def earliest_deadline(self) -> int | None:
-        while self._expire and not is_live(self._expire[0][2], self._expire[0][1]):
-            heapq.heappop(self._expire)
-        return self._expire[0][0] if self._expire else None
+        expire = self._expire
+        while expire and not is_live(expire[0]):
+            heapq.heappop(expire)
+        return expire[0].key if expire else None
 
     def pop_expired(self, before_ns: int) -> list[Request]:
         """Live requests with a deadline before `before_ns`; they are still QUEUED: the caller
         answers them (and calls removed() for each)."""
         out: list[Request] = []
-        while self._expire and self._expire[0][0] < before_ns:
-            _, token, req = heapq.heappop(self._expire)
-            if is_live(req, token):
-                out.append(req)
+        expire = self._expire
+        while expire and expire[0].key < before_ns:
+            entry = heapq.heappop(expire)
+            if is_live(entry):
+                out.append(entry.item)
         return out
 
     def push(self, req: Request) -> None:
@@ -104,31 +107,32 @@ class QueueBase:
 class RequestQueue(QueueBase):
     def __init__(self) -> None:
         super().__init__()
-        self._serve: list[tuple[int, int, int, Request]] = []  # (-priority, deadline, token, req)
+        self._serve: list[Entry[Request]] = []  # by (-priority, deadline, token)
 
     def push(self, req: Request) -> None:
         token = self._added(req)
-        heapq.heappush(self._serve, (-req.priority, req.deadline_ns, token, req))
+        heapq.heappush(self._serve, Entry(req.deadline_ns, token, req, -req.priority))
 
     def head(self, limit: int) -> list[Request]:
         """Up to `limit` live requests in service order; O(limit log n), the queue unchanged."""
-        taken: list = []
+        serve = self._serve
+        taken: list[Entry[Request]] = []
         out: list[Request] = []
-        while self._serve and len(out) < limit:
-            entry = heapq.heappop(self._serve)
-            if is_live(entry[3], entry[2]):
+        while serve and len(out) < limit:
+            entry = heapq.heappop(serve)
+            if is_live(entry):
                 taken.append(entry)
-                out.append(entry[3])
+                out.append(entry.item)
         for entry in taken:
-            heapq.heappush(self._serve, entry)
+            heapq.heappush(serve, entry)
         return out
 
     def first(self) -> Request | None:
         """The live request served next (amortised O(1): stale entries on top are dropped)."""
         serve = self._serve
-        while serve and not is_live(serve[0][3], serve[0][2]):
+        while serve and not is_live(serve[0]):
             heapq.heappop(serve)
-        return serve[0][3] if serve else None
+        return serve[0].item if serve else None
 
     def drain(self) -> list[Request]:
         """Every live request, in service order; the caller answers each (calling removed())."""
@@ -138,6 +142,7 @@ class RequestQueue(QueueBase):
         return out
 
 
-def is_live(req: Request, token: int) -> bool:
-    """The entry filed with `token` still stands for `req`: it is queued, and this is its latest push."""
-    return req.state is _QUEUED and req.queue_token == token
+def is_live(entry: Entry[Request]) -> bool:
+    """The entry still stands for its request: it is queued, and this is its latest push."""
+    req = entry.item
+    return req.state is _QUEUED and req.queue_token == entry.token

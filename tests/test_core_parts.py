@@ -11,7 +11,7 @@ from clockwork.controller import placement
 from clockwork.controller.batching import grow, padded_size, split_ns
 from clockwork.controller.latency import LatencyModel, percentile_of
 from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency, move
-from clockwork.controller.queues import from_class
+from clockwork.controller.queues import RequestQueue, from_class
 from clockwork.controller.request import Request
 from clockwork.controller.state import Device, Resident
 
@@ -47,6 +47,26 @@ def test_a_class_waits_behind_its_own_and_the_higher_classes_totals():
 
 
 # ----------------------------------------------------------------------------- batching
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 5)), max_size=40), st.integers(0, 6))
+def test_a_queue_serves_by_priority_then_deadline_then_arrival_and_expires_by_deadline(entries, cutoff):
+    """The heaps' entries (heap_entry.Entry) order exactly as sorting the requests would, ties
+    kept in arrival order, requests that left the queue skipped."""
+    queue = RequestQueue()
+    reqs = [Request(i, b"c", "m", 1, priority, 0, deadline, ()) for i, (priority, deadline) in enumerate(entries)]
+    for req in reqs:
+        queue.push(req)
+    for req in reqs[::3]:  # dispatched: no longer queued
+        move(req, RequestState.DISPATCHED)
+        queue.removed(req)
+    live = [r for r in reqs if r.state is RequestState.QUEUED]
+    served = sorted(live, key=lambda r: (-r.priority, r.deadline_ns, r.request_id))
+    assert queue.head(len(reqs)) == served and queue.first() == (served[0] if served else None)
+    assert queue.earliest_deadline() == min((r.deadline_ns for r in live), default=None)
+    expired = sorted((r for r in live if r.deadline_ns < cutoff), key=lambda r: (r.deadline_ns, r.request_id))
+    assert queue.pop_expired(cutoff) == expired
 
 
 def test_padded_size_is_the_smallest_profiled_size_that_holds_the_samples():
