@@ -173,8 +173,9 @@ class LatencyModel:
     def __init__(self, window: int = 32, percentile: float = 99.0, error_window: int = 10_000):
         self._window = window
         self._percentile = percentile
-        self._exec: dict[tuple[str, int, str], _Window] = {}
-        self._exec_of: dict[str, list[_Window]] = {}  # model -> its exec windows (for doubt)
+        # Model -> device kind -> batch size -> window: looked up a dozen times a request, and
+        # three lookups by a string or an int cost less than one by a tuple made for it.
+        self._exec: dict[str, dict[str, dict[int, _Window]]] = {}
         # Model -> a number that moves whenever one of its exec figures may have (never back to
         # an earlier one): what prices worked out from them and kept (Core.drain_ns) are checked against.
         self._generations: dict[str, int] = {}
@@ -199,13 +200,25 @@ class LatencyModel:
         self.finish_errors = RecentSamples()
         self.disturbed_execs = 0  # measurements left out: taken while a build shared the GPU
 
-    def _get(self, table: dict, key) -> _Window:
-        win = table.get(key)
+    def _load_window(self, model: str, kind: str) -> _Window:
+        win = self._load.get((model, kind))
         if win is None:
-            win = table[key] = _Window(self._window, self._percentile)
-            if table is self._exec:
-                self._exec_of.setdefault(key[0], []).append(win)
+            win = self._load[(model, kind)] = _Window(self._window, self._percentile)
         return win
+
+    def _exec_window(self, model: str, batch: int, kind: str) -> _Window:
+        by_batch = self._exec.setdefault(model, {}).setdefault(kind, {})
+        win = by_batch.get(batch)
+        if win is None:
+            win = by_batch[batch] = _Window(self._window, self._percentile)
+        return win
+
+    def _find(self, model: str, batch: int, kind: str) -> _Window | None:
+        by_kind = self._exec.get(model)
+        if by_kind is None:
+            return None
+        by_batch = by_kind.get(kind)
+        return None if by_batch is None else by_batch.get(batch)
 
     def _changed(self, model: str) -> None:
         self._changes += 1
@@ -222,10 +235,10 @@ class LatencyModel:
         """A worker's profile: only used where nothing was measured yet."""
         self._changed(model)
         for batch, value in exec_ns.items():
-            win = self._get(self._exec, (model, batch, kind))
+            win = self._exec_window(model, batch, kind)
             if not win.values:
                 win.add(value)
-        win = self._get(self._load, (model, kind))
+        win = self._load_window(model, kind)
         if not win.values and load_ns:
             win.add(load_ns)
 
@@ -235,7 +248,7 @@ class LatencyModel:
             self.disturbed_execs += 1
             return
         self._changed(model)
-        win = self._get(self._exec, (model, batch, kind))
+        win = self._exec_window(model, batch, kind)
         if win.values:
             typical = win.typical()
             share = abs(typical - measured_ns) / typical
@@ -290,7 +303,7 @@ class LatencyModel:
         return max(0, percentile_of(self.finish_errors.values, percentile))
 
     def observe_load(self, model: str, kind: str, measured_ns: int, predicted_ns: int) -> None:
-        self._get(self._load, (model, kind)).add(measured_ns)
+        self._load_window(model, kind).add(measured_ns)
         if predicted_ns:
             self.load_errors.append(predicted_ns - measured_ns)
 
@@ -303,8 +316,9 @@ class LatencyModel:
         too: after an overload on a 2-core host the reply allowance stood at 13 ms, every 15 ms
         request was refused on it, and no result ever came to lower it."""
         self._changed(model)
-        for win in self._exec_of.get(model, ()):
-            win.drop_worst()
+        for by_batch in self._exec.get(model, {}).values():
+            for win in by_batch.values():
+                win.drop_worst()
         for samples in (self.finish_errors, *self._lateness.values(), *self._returns.values()):
             values = samples.values
             if values:
@@ -312,8 +326,7 @@ class LatencyModel:
 
     def forget(self, model: str) -> None:
         self._changed(model)
-        self._exec_of.pop(model, None)
-        self._exec = {k: v for k, v in self._exec.items() if k[0] != model}
+        self._exec.pop(model, None)
         self._load = {k: v for k, v in self._load.items() if k[0] != model}
 
     # ------------------------------------------------------------------ predicting
@@ -322,7 +335,7 @@ class LatencyModel:
 
     def exec_ns(self, model: str, batch: int, kind: str) -> int | None:
         """The tail: what an EXEC's window must leave for it."""
-        win = self._exec.get((model, batch, kind))
+        win = self._find(model, batch, kind)
         if win is None:
             return None
         tail = win._tail
@@ -330,7 +343,7 @@ class LatencyModel:
 
     def typical_exec_ns(self, model: str, batch: int, kind: str) -> int | None:
         """The median: what queued work is priced at."""
-        win = self._exec.get((model, batch, kind))
+        win = self._find(model, batch, kind)
         if win is None:
             return None
         typical = win._typical
