@@ -13,7 +13,6 @@ models waiting for a LOAD is kept apart and spread over all devices.
 
 from __future__ import annotations
 
-import itertools
 from typing import Final
 
 from clockwork.common import schema
@@ -275,17 +274,25 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
     # This model's queue on one replica, the new request last in it: it rides in the batch its
     # queue's tail makes, not in a batch of its own behind the queue.
     mine_samples = from_class(model.queue.samples_by_class, priority) / len(model.replicas) + samples
-    costs: dict[str, tuple] = {}  # kind -> (typical, own - typical, a full batch's, mine): replicas share kinds
-    for dev in itertools.islice(model.replicas.values(), core.cfg.admission_replicas):
+    # What a replica's kind decides, worked out again only when the kind changes (replicas share kinds).
+    cost_kind: str | None = None
+    typical: int | None = None
+    typical_ns = tail_ns = full_ns = mine_ns = 0
+    looked, limit = 0, core.cfg.admission_replicas
+    for dev in model.replicas.values():
+        if looked == limit:
+            break
+        looked += 1
         kind = dev.kind
-        cost = costs.get(kind)
-        if cost is None:
-            typical_ns = latency.typical_exec_ns(name, size, kind)
+        if kind != cost_kind:
+            cost_kind = kind
+            typical = latency.typical_exec_ns(name, size, kind)
             own_ns = own[kind] if kind in own else own_exec_ns(core, model, size, kind)
-            cost = costs[kind] = (typical_ns, (own_ns or 0) - (typical_ns or 0), _full_batch_ns(core, model, kind),
-                                  core.drain_ns(model, mine_samples, kind))
-        typical_ns, tail_ns, full_ns, mine_ns = cost
-        if typical_ns is None:
+            typical_ns = typical or 0
+            tail_ns = (own_ns or 0) - typical_ns
+            full_ns = _full_batch_ns(core, model, kind)
+            mine_ns = core.drain_ns(model, mine_samples, kind)
+        if typical is None:
             continue
         start = core.replica_start_ns(dev, name, now_ns)
         share = shares.get(dev.key)
