@@ -266,11 +266,6 @@ def _check_file(argv: list[str]) -> dict:
 
 def check_inputs(signature: Signature, tensors: tuple[Tensor, ...]) -> int:
     """Check a request's tensors against the model; returns the number of samples."""
-    samples = _samples_in_order(signature, tensors)
-    return samples if samples is not None else _check_each_input(signature, tensors)
-
-
-def _check_each_input(signature: Signature, tensors: tuple[Tensor, ...]) -> int:
     if len(tensors) != len(signature.inputs):
         raise BadMessage(Status.BAD_INPUT, f"expected {len(signature.inputs)} input(s) "
                          f"({', '.join(s.name for s in signature.inputs)}), got {len(tensors)}")
@@ -297,22 +292,6 @@ def _check_each_input(signature: Signature, tensors: tuple[Tensor, ...]) -> int:
     if samples > signature.max_batch:
         raise BadMessage(Status.BAD_INPUT, f"{samples} samples exceed the model's max batch {signature.max_batch}")
     return samples
-
-
-def _samples_in_order(signature: Signature, tensors: tuple[Tensor, ...]) -> int | None:
-    """The samples of tensors that match the model's inputs one for one and in its order, as
-    clients send them, checked in one pass (every request passes here); None for anything else,
-    which _check_each_input then checks the whole way, saying what is wrong."""
-    inputs = signature.inputs
-    if len(tensors) != len(inputs) or not tensors or not tensors[0].shape:
-        return None
-    samples = tensors[0].shape[0]
-    for t, spec in zip(tensors, inputs):
-        shape = t.shape
-        if (t.name != spec.name or t.dtype != spec.dtype or len(shape) != len(spec.shape) + 1
-                or shape[0] != samples or shape[1:] != spec.shape):
-            return None
-    return samples if 0 < samples <= signature.max_batch else None
 
 
 def pages_for(weights_bytes: int, page_bytes: int) -> int:
