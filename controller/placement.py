@@ -11,6 +11,8 @@ budget: the replica is then ready before demand outgrows the ones there are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from clockwork.common.models import pages_for
 from clockwork.controller.lifecycle import Residency
 from clockwork.controller.state import Device, Model
@@ -75,7 +77,8 @@ def load_target(model: Model, weights_bytes: int, devices: list[Device], now_ns:
     return None
 
 
-def wants_replica(model: Model, now_ns: int, dispatch_ns_of, exec_ns_at, fraction: float) -> bool:
+def wants_replica(model: Model, now_ns: int, dispatch_ns_of: Callable[[Device], int],
+                  exec_ns_at: Callable[[Device, int], int | None], fraction: float) -> bool:
     """True when draining the queue would use more than `fraction` of its head's remaining budget.
 
     `exec_ns_at(dev, size)` predicts an EXEC of `size` on `dev` (None if unknown);
