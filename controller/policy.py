@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import heapq
-import itertools
 from typing import Final
 
 from clockwork.common import schema
@@ -36,7 +35,7 @@ class ClockworkPolicy(Policy):
         self.headroom: admission.Headroom | None = None  # made at start, from the core's config
         self.pace = admission.DrainPace()
         self._expiry: list[Entry[Model]] = []  # by (look at, token): see expire
-        self._expiry_tokens = itertools.count(1)
+        self._expiry_tokens = 0  # the last one handed out
         self._next_refresh_ns = 0
         self._replicas = HotModelReplicas()
 
@@ -66,7 +65,8 @@ class ClockworkPolicy(Policy):
     def _watch(self, model: Model, at_ns: int) -> None:
         """Look at `model`'s queue for requests that can no longer make it at `at_ns` (this
         replaces any earlier look booked for it)."""
-        model.expiry_token = token = next(self._expiry_tokens)
+        self._expiry_tokens += 1
+        model.expiry_token = token = self._expiry_tokens
         heapq.heappush(self._expiry, Entry(at_ns, token, model))
 
     def expire(self, core: Core, now_ns: int) -> None:

@@ -16,7 +16,6 @@ itself, not a protocol: the compiled core then reads those fields natively, not 
 from __future__ import annotations
 
 import heapq
-import itertools
 from typing import Final
 
 from clockwork.common.schema import MAX_PRIORITY
@@ -45,7 +44,7 @@ class QueueBase:
 
     def __init__(self) -> None:
         self._expire: list[Entry[Request]] = []  # by (deadline, token)
-        self._seq = itertools.count()
+        self._pushes = 0  # the next push's token
         self._live = 0
         self.samples = 0  # live requests' samples: the work waiting, for replica decisions
         self.samples_by_class = [0] * CLASSES  # the same per priority class, for admission
@@ -55,11 +54,12 @@ class QueueBase:
 
     def _added(self, req: Request) -> int:
         """Count a request in and file it for expiry; returns the token of this push."""
-        token = req.queue_token = next(self._seq)
+        token = req.queue_token = self._pushes
+        self._pushes += 1
         heapq.heappush(self._expire, Entry(req.deadline_ns, token, req))
         self._live += 1
         self.samples += req.samples
-        self.samples_by_class[req.priority] += req.samples
+        self.samples_by_class[req.priority] = self.samples_by_class[req.priority] + req.samples
         return token
 
     def removed(self, req: Request) -> None:
@@ -69,7 +69,7 @@ class QueueBase:
         req.queue_token = -1
         self._live -= 1
         self.samples -= req.samples
-        self.samples_by_class[req.priority] -= req.samples
+        self.samples_by_class[req.priority] = self.samples_by_class[req.priority] - req.samples
 
     def earliest_deadline(self) -> int | None:
         expire = self._expire
