@@ -88,8 +88,8 @@ class DrainPace:
         totals = self._sent.get(dev_key)
         if totals is None:
             totals = self._sent[dev_key] = [0, 0]
-        totals[0] += batch_ns
-        totals[1] += priced_ns
+        totals[0] = totals[0] + batch_ns
+        totals[1] = totals[1] + priced_ns
 
     def refresh(self) -> None:
         self._pace = {key: min(MAX_DRAIN_PACE, sent / priced) for key, (sent, priced) in self._sent.items()

@@ -295,13 +295,13 @@ class Core:
         shares = model.backlog_shares
         if removed is not None:
             for c, ns in enumerate(shares.pop(removed.key, ())):
-                removed.backlog_by_class[c] -= ns
+                removed.backlog_by_class[c] = removed.backlog_by_class[c] - ns
         waiting = model.queue.samples_by_class
         if classes is None:
             classes = [c for c in range(CLASSES) if waiting[c] or model.unplaced_ns[c]]
         for c in classes:
             cost = self.drain_ns(model, waiting[c], model.kinds[0]) if not model.replicas and model.kinds else 0
-            self.unplaced_by_class[c] += cost - model.unplaced_ns[c]
+            self.unplaced_by_class[c] = self.unplaced_by_class[c] + cost - model.unplaced_ns[c]
             model.unplaced_ns[c] = cost
         if not model.replicas:
             return
@@ -315,7 +315,7 @@ class Core:
                 share = shares.get(key)
                 if share is None:
                     share = shares[key] = [0] * CLASSES
-                dev.backlog_by_class[c] += kind_cost - share[c]
+                dev.backlog_by_class[c] = dev.backlog_by_class[c] + kind_cost - share[c]
                 share[c] = kind_cost
 
     def drain_ns(self, model: Model, samples: float, kind: str) -> int:
