@@ -466,7 +466,7 @@ class Core:
         status, detail, req = self.policy.admit(self, client, request_id, msg, now_ns, waited_ns)
         if status is not Status.OK or req is None:  # an OK always carries its request
             self.counters[_REJECTED[status]] += 1
-            self._emit(ToClient(client, request_id, schema.InferReply(status=status, detail=detail)))
+            self._emit(ToClient(client, request_id, schema.InferReply.build(status=status, detail=detail)))
             return self._take()
         self.counters["requests_admitted"] += 1
         self.requests[(client, request_id)] = req
@@ -499,7 +499,7 @@ class Core:
     def _refuse_unread(self, client: bytes, request_id: int, counter: str, status: Status, detail: str) -> list[Effect]:
         self.counters["requests_offered"] += 1
         self.counters[counter] += 1
-        self._emit(ToClient(client, request_id, schema.InferReply(status=status, detail=detail)))
+        self._emit(ToClient(client, request_id, schema.InferReply.build(status=status, detail=detail)))
         return self._take()
 
     def on_cancel(self, client: bytes, request_id: int, now_ns: int) -> tuple[bool, str, list[Effect]]:
@@ -513,7 +513,7 @@ class Core:
 
     def answer(self, req: Request, status: Status, detail: str, now_ns: int) -> None:
         """Answer `req` without outputs (refused after admission, failed, removed, cancelled)."""
-        self._send_answer(req, schema.InferReply(status=status, detail=detail, cold_start=req.cold,
+        self._send_answer(req, schema.InferReply.build(status=status, detail=detail, cold_start=req.cold,
                                                  total_ns=max(0, now_ns - req.received_ns)), now_ns)
 
     def _send_answer(self, req: Request, body: schema.InferReply, now_ns: int) -> None:
@@ -730,7 +730,7 @@ class Core:
                 self.answer(req, Status.RUNTIME_ERROR, f"bad outputs from the worker: {exc}", now_ns)
             else:
                 received = req.received_ns
-                self._send_answer(req, schema.InferReply(
+                self._send_answer(req, schema.InferReply.build(
                     status=Status.OK, total_ns=max(0, now_ns - received), cold_start=req.cold,
                     queue_ns=req.dispatched_ns - received, lane_start_ns=max(0, msg.begin_ns - received),
                     lane_end_ns=max(0, msg.end_ns - received), exec_ns=msg.duration_ns,
@@ -859,7 +859,7 @@ class Core:
                            latest + batch.exec_ns + self.dispatch_of(dev) + self.cfg.result_grace_ns,
                            list(batch.requests), batch.batch_size, start_ns, typical_end))
         self.counters["execs_sent"] += 1
-        self._emit(ToWorker(dev.worker, action_id, schema.Exec(
+        self._emit(ToWorker(dev.worker, action_id, schema.Exec.build(
             device_id=dev.device_id, model_id=batch.model, batch_size=batch.batch_size,
             earliest_ns=earliest, latest_ns=latest, expected_ns=batch.exec_ns, tensors=tensors)))
         return typical_ns
@@ -1059,4 +1059,5 @@ class _Rows:
         tensor, row = self.tensor, self.row_bytes
         if self.rows < offset + count:
             raise ValueError(f"output {tensor.name!r} has shape {list(tensor.shape)}")
-        return Tensor(tensor.name, tensor.dtype, (count, *self.row_shape), self.data[offset * row:(offset + count) * row])
+        return Tensor.build(tensor.name, tensor.dtype, (count, *self.row_shape),
+                            self.data[offset * row:(offset + count) * row])

@@ -64,31 +64,38 @@ def test_every_message_type_round_trips():
                 assert got == want, name
 
 
-def test_a_message_is_built_with_its_fields_defaults_and_fresh_factories_and_stays_frozen():
-    """The one-step __init__ (common/frozen.py) keeps the dataclass's parameters."""
+@pytest.mark.parametrize("how", ["class", "build"])
+def test_a_message_is_built_with_its_fields_defaults_and_fresh_factories_and_stays_frozen(how):
+    """The one-step __init__ and `build` (common/frozen.py) keep the dataclass's parameters."""
+    def make(cls, *args, **kwargs):
+        return cls(*args, **kwargs) if how == "class" else cls.build(*args, **kwargs)
+
     for body in every_message():
         cls, fields = type(body), dataclasses.fields(body)
         given = {fld.name: getattr(body, fld.name) for fld in fields}
-        built = cls(**given)
+        built = make(cls, **given)
+        assert type(built) is cls and built == body
         assert all(getattr(built, name) is value for name, value in given.items())
         required = {fld.name: given[fld.name] for fld in fields
                     if fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING}
-        least = cls(**required)
+        least = make(cls, **required)
         for fld in fields:
             if fld.name not in required:
                 default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
                 assert getattr(least, fld.name) == default, (cls.__name__, fld.name)
-    upload = schema.Upload(name="m")
-    assert schema.Upload(name="n").input_shapes is not upload.input_shapes  # a fresh dict each
+    upload = make(schema.Upload, name="m")
+    assert make(schema.Upload, name="n").input_shapes is not upload.input_shapes  # a fresh dict each
     with pytest.raises(TypeError, match="name"):
-        schema.Upload()
+        make(schema.Upload)
+    with pytest.raises(TypeError):
+        make(schema.Upload, name="m", nmae="typo")
     with pytest.raises(dataclasses.FrozenInstanceError):
         upload.name = "x"
-    tensor = Tensor("x", "float32", (1, 2), b"12345678")  # positional parameters, as declared
+    tensor = make(Tensor, "x", "float32", (1, 2), b"12345678")  # positional parameters, as declared
     assert (tensor.name, tensor.dtype, tensor.shape, tensor.data) == ("x", "float32", (1, 2), b"12345678")
-    assert tensor == Tensor(name="x", dtype="float32", shape=(1, 2), data=b"12345678")
+    assert tensor == make(Tensor, name="x", dtype="float32", shape=(1, 2), data=b"12345678")
     with pytest.raises(TypeError):
-        Tensor("x", "float32")
+        make(Tensor, "x", "float32")
     with pytest.raises(dataclasses.FrozenInstanceError):
         tensor.shape = (2,)
 
