@@ -59,11 +59,13 @@ def padded_size(samples: int, sizes: list[int]) -> int | None:
 
 def grow(model: str, queue: Iterable[Request], start_ns: int, sizes: list[int],
          exec_ns: Callable[[int], int | None], slack_ns: int = 0,
-         typical_ns: Callable[[int], int | None] | None = None) -> Batch | None:
+         typical_ns: Callable[[int], int | None] | None = None,
+         split_known: dict[int, float] | None = None) -> Batch | None:
     """The largest feasible batch of `model` starting at `start_ns` that padding does not make
     a waste (module docstring), or None. A request that cannot meet its deadline even alone,
     but that a typical run (`typical_ns`) still finishes within `slack_ns` past it (it is not
-    given up yet: Core.give_up_slack_ns), runs alone if it comes first."""
+    given up yet: Core.give_up_slack_ns), runs alone if it comes first. `split_known`: split_ns's
+    results for `exec_ns` worked out before (SplitMemo.tail; filled in here)."""
     members: list[Request] = []
     samples = 0
     size = duration = deadline = 0
@@ -98,7 +100,8 @@ def grow(model: str, queue: Iterable[Request], start_ns: int, sizes: list[int],
         grown.append((len(members), samples, size, duration, deadline))
     if not members:
         return None
-    count, size, duration, deadline = _least_padded(grown, samples, sizes, exec_ns)
+    count, size, duration, deadline = _least_padded(grown, samples, sizes, exec_ns,
+                                                    {} if split_known is None else split_known)
     return Batch(model, tuple(members[:count]), size, duration, deadline - duration)
 
 
@@ -123,26 +126,27 @@ def split_ns(samples: int, sizes: list[int], exec_ns: Callable[[int], int | None
     return ns
 
 
-class DrainMemo:
-    """What a model's queued work costs on one device kind, kept between requests (Core.drain_ns):
-    the largest batch's typical run (`full_ns`) and split_ns's results by samples (`known`). Good
-    while the latency model's generation for the model, and the model's batch sizes, are the
-    ones they were worked out with; a model's figures change with about one request in four."""
+class SplitMemo:
+    """split_ns's results for one model on one device kind, kept between requests: at typical
+    durations (`typical`, which queues are priced at: Core.drain_ns) and at the tails (`tail`,
+    which batches are chosen with: grow), with the largest batch's typical run (`full_ns`).
+    Good while the latency model's generation for the model, and the model's batch sizes, are
+    the ones they were worked out with; a model's figures change with about one request in four."""
 
-    __slots__ = ("generation", "sizes", "full_ns", "known")
+    __slots__ = ("generation", "sizes", "full_ns", "typical", "tail")
 
     def __init__(self, generation: int, sizes: list[int], full_ns: int) -> None:
         self.generation = generation
         self.sizes = sizes
         self.full_ns = full_ns
-        self.known: dict[int, float] = {}
+        self.typical: dict[int, float] = {}
+        self.tail: dict[int, float] = {}
 
 
 def _least_padded(grown: list[tuple[int, int, int, int, int]], total: int, sizes: list[int],
-                  exec_ns: Callable[[int], int | None]) -> tuple[int, int, int, int]:
+                  exec_ns: Callable[[int], int | None], known: dict[int, float]) -> tuple[int, int, int, int]:
     """(members, size, duration, deadline) of the largest grown batch that serves all `total`
     samples, followed by the samples it leaves (`split_ns`), within the tolerance of the best."""
-    known: dict[int, float] = {}
 
     def all_served_ns(g: tuple[int, int, int, int, int]) -> float:
         rest = total - g[1]

@@ -52,8 +52,9 @@ from clockwork.common.schema import ActionKind
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 from clockwork.controller import placement
-from clockwork.controller.batching import Batch, DrainMemo, split_ns
+from clockwork.controller.batching import Batch, SplitMemo, split_ns
 from clockwork.controller.effects import ActionRecord, Effect, PrepareOn, ToClient, ToWorker, UploadFinished, WorkerLost
+from clockwork.controller.heap_entry import Entry
 from clockwork.controller.latency import ClientHops, LatencyModel
 from clockwork.controller.lifecycle import Residency, RequestState, move
 from clockwork.controller.queues import CLASSES, QueueBase
@@ -149,7 +150,7 @@ class Core:
         self.device_count = 0  # devices of connected workers
         self.counters: Counter[str] = Counter()
         self._due: list[tuple[int, int, str, Device]] = []  # (plan at, version, key, device)
-        self._give_ups: list[tuple[int, int]] = []  # (give up at, action id), lazily cleaned
+        self._give_ups: list[Entry[None]] = []  # by (give up at, action id), lazily cleaned
         self._next_housekeeping_ns = 0
         # The smallest of the workers' dispatch allowances (Worker.dispatch_ns), for the
         # estimates that cannot know which worker will run the work.
@@ -322,29 +323,30 @@ class Core:
         """Predicted EXEC time of `samples` queued samples of `model` on a device of `kind`,
         batched as they would run: full batches of the largest size, then the rest (`split_ns`;
         a fraction of a sample, a replica's share of a small queue, costs its fraction). Worked
-        out once per model, kind and latency figures (DrainMemo): admission and every change of
+        out once per model, kind and latency figures (SplitMemo): admission and every change of
         a queue ask, with the same figures, several times a request."""
         if samples <= 0 or not model.sizes:
             return 0
-        memo = self._drain_memo(model, kind)
+        memo = self.split_memo(model, kind)
         full, rest = divmod(samples, model.sizes[-1])
         ns = full * memo.full_ns
         if rest:
             count = max(1, math.ceil(rest))
-            split = memo.known.get(count)
+            split = memo.typical.get(count)
             if split is None:
                 # The latency model, not its bound method: compiled, a method called on it is a native call.
                 name, latency = model.name, self.latency
-                split = split_ns(count, model.sizes, lambda size: latency.typical_exec_ns(name, size, kind), memo.known)
+                split = split_ns(count, model.sizes, lambda size: latency.typical_exec_ns(name, size, kind), memo.typical)
             ns += min(rest, 1.0) * (0 if split == math.inf else split)
         return int(ns)
 
-    def _drain_memo(self, model: Model, kind: str) -> DrainMemo:
+    def split_memo(self, model: Model, kind: str) -> SplitMemo:
+        """`model`'s batch splits on `kind` as worked out so far with its current figures."""
         generation = self.latency.generation(model.name)
-        memo = model.drain_memos.get(kind)
+        memo = model.split_memos.get(kind)
         if memo is None or memo.generation != generation or memo.sizes is not model.sizes:
             full_ns = self.latency.typical_exec_ns(model.name, model.sizes[-1], kind) or 0
-            memo = model.drain_memos[kind] = DrainMemo(generation, model.sizes, full_ns)
+            memo = model.split_memos[kind] = SplitMemo(generation, model.sizes, full_ns)
         return memo
 
     def _place(self, dev: Device, model: Model, res: Resident) -> None:
@@ -795,14 +797,14 @@ class Core:
 
     def _track(self, action: Action) -> None:
         self.actions[action.action_id] = action
-        heapq.heappush(self._give_ups, (action.give_up_ns, action.action_id))
+        heapq.heappush(self._give_ups, Entry(action.give_up_ns, action.action_id, None))
 
     def _expire_actions(self, now_ns: int) -> None:
         """A result that never came (lost message, wedged runtime) must not strand requests:
         past its give-up time the action counts as dropped, its requests go back to the queue
         (where expiry answers the ones that can no longer make it), its lane is freed."""
-        while self._give_ups and self._give_ups[0][0] < now_ns:
-            action = self.actions.pop(heapq.heappop(self._give_ups)[1], None)
+        while self._give_ups and self._give_ups[0].key < now_ns:
+            action = self.actions.pop(heapq.heappop(self._give_ups).token, None)
             if action is None:
                 continue  # its result came
             self.counters[f"{action.kind}_results_lost"] += 1
@@ -978,10 +980,10 @@ class Core:
     def next_wakeup_ns(self, now_ns: int) -> int:
         """When `tick` next has something to do (the shell sleeps until then or a message)."""
         wakeup = self._due[0][0] if self._due else now_ns + self.cfg.heartbeat_interval_ns
-        while self._give_ups and self._give_ups[0][1] not in self.actions:
+        while self._give_ups and self._give_ups[0].token not in self.actions:
             heapq.heappop(self._give_ups)
         if self._give_ups:  # a lost result must be noticed on time, not at the next heartbeat
-            wakeup = min(wakeup, max(self._give_ups[0][0] + 1, self._next_housekeeping_ns))
+            wakeup = min(wakeup, max(self._give_ups[0].key + 1, self._next_housekeeping_ns))
         if self.pending or self.replicated:
             wakeup = min(wakeup, self._next_housekeeping_ns)
         elif self.workers or self.uploads:  # only liveness and upload timeouts to watch

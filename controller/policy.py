@@ -195,7 +195,8 @@ def _choose_batch(core: Core, dev: Device, start_ns: int) -> Batch | None:
         model = core.models[name]
         batch = grow(name, model.queue.head(model.sizes[-1] + HOPELESS_SCAN), start_ns, model.sizes,
                      lambda size: core.latency.exec_ns(name, size, dev.kind),  # used at once: no late binding
-                     core.give_up_slack_ns, lambda size: core.latency.typical_exec_ns(name, size, dev.kind))
+                     core.give_up_slack_ns, lambda size: core.latency.typical_exec_ns(name, size, dev.kind),
+                     core.split_memo(model, dev.kind).tail)
         if batch is None:
             continue
         if first is None:

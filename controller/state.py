@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from clockwork.common.models import Signature
 from clockwork.common.schema import ActionKind
-from clockwork.controller.batching import DrainMemo
+from clockwork.controller.batching import SplitMemo
 from clockwork.controller.lifecycle import Residency
 from clockwork.controller.queues import CLASSES, QueueBase, RequestQueue, from_class
 from clockwork.controller.request import Request
@@ -45,7 +45,7 @@ class Model:
     # With no replica: its queue's EXEC time per class, part of the work waiting for LOADs.
     unplaced_ns: list[int] = field(default_factory=lambda: [0] * CLASSES)
     expiry_token: int = 0  # its live entry in the core's expiry heap
-    drain_memos: dict[str, DrainMemo] = field(default_factory=dict)  # device kind -> (Core.drain_ns)
+    split_memos: dict[str, SplitMemo] = field(default_factory=dict)  # device kind -> (Core.split_memo)
     # Requests refused on its estimates alone (nothing of it queued or running) since its last
     # EXEC result: past DOUBT_AFTER the core asks the latency model to doubt its worst samples.
     refused_unseen: int = 0

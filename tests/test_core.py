@@ -1038,7 +1038,7 @@ def test_a_queue_is_priced_as_its_batches_would_run_padded_only_where_padding_is
 
 
 def test_a_queues_price_follows_the_measurements_that_make_it():
-    """drain_ns keeps its prices between requests (DrainMemo); a measurement that moves a
+    """drain_ns keeps its prices between requests (SplitMemo); a measurement that moves a
     typical figure, a doubt and a change of batch sizes each price the queue afresh."""
     core = make_core()
     hello(core)
