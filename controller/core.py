@@ -67,6 +67,11 @@ UNLOAD_WINDOW_NS: Final = 60 * 1_000_000_000
 UNLOAD_RETRY_NS: Final = 5_000_000
 
 
+# Enum members read once a request or a batch: Status and ActionKind are defined in interpreted
+# modules, and compiled code reads their members through EnumType's __getattr__ hook (~630
+# instructions each; a member of an enum compiled with the core is a native constant).
+_OK: Final = Status.OK
+_EXEC: Final = ActionKind.EXEC
 _ANSWERED: Final = {s: f"answered_{s.name.lower()}" for s in Status}  # counter names, made once
 _REJECTED: Final = {s: f"rejected_{s.name.lower()}" for s in Status}
 
@@ -466,7 +471,7 @@ class Core:
             return []
         self.counters["requests_offered"] += 1
         status, detail, req = self.policy.admit(self, client, request_id, msg, now_ns, waited_ns)
-        if status is not Status.OK or req is None:  # an OK always carries its request
+        if status is not _OK or req is None:  # an OK always carries its request
             self.counters[_REJECTED[status]] += 1
             self._emit(ToClient(client, request_id, schema.InferReply.build(status=status, detail=detail)))
             return self._take()
@@ -531,7 +536,7 @@ class Core:
         model = self.models.get(req.model)
         if model is not None:
             model.answered += 1
-        if status is Status.OK:
+        if status is _OK:
             if self.in_time(req, now_ns):
                 self.counters["met_slo"] += 1
                 if model is not None:
@@ -674,8 +679,8 @@ class Core:
             self._emit(ActionRecord(action_id, action.kind, dev.worker, dev.device_id, action.model,
                                     action.batch_size, action.sent_ns, msg.begin_ns, msg.end_ns,
                                     action.expected_ns, msg.duration_ns, msg.status.name))
-        end_ns = msg.end_ns if msg.status is Status.OK else now_ns
-        if action.kind is ActionKind.EXEC:
+        end_ns = msg.end_ns if msg.status is _OK else now_ns
+        if action.kind is _EXEC:
             action.device.exec_lane.completed(action_id, end_ns)
             self._exec_result(action, msg, now_ns)
         else:
@@ -698,7 +703,7 @@ class Core:
 
     def _exec_result(self, action: Action, msg: schema.Result, now_ns: int) -> None:
         self._exec_ended(action)
-        if msg.status is Status.OK:
+        if msg.status is _OK:
             model = self.models.get(action.model)
             if model is not None:
                 model.refused_unseen = 0
@@ -733,7 +738,7 @@ class Core:
             else:
                 received = req.received_ns
                 self._send_answer(req, schema.InferReply.build(
-                    status=Status.OK, total_ns=max(0, now_ns - received), cold_start=req.cold,
+                    status=_OK, total_ns=max(0, now_ns - received), cold_start=req.cold,
                     queue_ns=req.dispatched_ns - received, lane_start_ns=max(0, msg.begin_ns - received),
                     lane_end_ns=max(0, msg.end_ns - received), exec_ns=msg.duration_ns,
                     batch_size=action.batch_size, batch_samples=samples, worker=action.device.worker,
@@ -857,7 +862,7 @@ class Core:
         dev.exec_lane.reserve(action_id, start_ns, batch.exec_ns, max(earliest, now_ns + self.cfg.dispatch_ns),
                               typical_ns)
         tensors = tuple(t for req in batch.requests for t in req.tensors)  # chunks, forwarded as-is
-        self._track(Action(action_id, ActionKind.EXEC, dev, batch.model, batch.exec_ns, now_ns,
+        self._track(Action(action_id, _EXEC, dev, batch.model, batch.exec_ns, now_ns,
                            latest + batch.exec_ns + self.dispatch_of(dev) + self.cfg.result_grace_ns,
                            list(batch.requests), batch.batch_size, start_ns, typical_end))
         self.counters["execs_sent"] += 1

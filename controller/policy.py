@@ -28,6 +28,7 @@ from clockwork.controller.state import Device, Model
 # that can no longer make it (expiry answers them within a housekeeping interval). Fixed: it
 # bounds work per decision, and expiry, not this, decides when a request is given up.
 HOPELESS_SCAN: Final = 8
+_OK: Final = Status.OK  # read natively, not through EnumType's __getattr__ (controller/core.py)
 
 
 class ClockworkPolicy(Policy):
@@ -52,7 +53,7 @@ class ClockworkPolicy(Policy):
         headroom = self.headroom
         assert headroom is not None, "start() comes before any event"
         status, detail, req = admission.admit(core, headroom, self.pace, client, request_id, msg, now_ns, waited_ns)
-        if status is Status.OK:
+        if status is _OK:
             headroom.admitted += 1
         return status, detail, req
 
