@@ -146,13 +146,15 @@ class SplitMemo:
 def _least_padded(grown: list[tuple[int, int, int, int, int]], total: int, sizes: list[int],
                   exec_ns: Callable[[int], int | None], known: dict[int, float]) -> tuple[int, int, int, int]:
     """(members, size, duration, deadline) of the largest grown batch that serves all `total`
-    samples, followed by the samples it leaves (`split_ns`), within the tolerance of the best."""
-
-    def all_served_ns(g: tuple[int, int, int, int, int]) -> float:
+    samples, followed by the samples it leaves (`split_ns`), within the tolerance of the best.
+    Plain loops: compiled, a closure, a generator and zip(reversed(...)) are generic calls."""
+    costs: list[float] = []  # per grown batch: its duration plus the split of what it leaves
+    for g in grown:
         rest = total - g[1]
-        return g[3] + (split_ns(rest, sizes, exec_ns, known) if rest else 0)
-
-    costs = [all_served_ns(g) for g in grown]
+        costs.append(g[3] + (split_ns(rest, sizes, exec_ns, known) if rest else 0))
     limit = min(costs) * (1 + BATCH_EFFICIENCY_TOLERANCE)
-    count, _, size, duration, deadline = next(g for g, c in zip(reversed(grown), reversed(costs)) if c <= limit)
+    at = len(grown) - 1
+    while costs[at] > limit:  # the largest within the limit (the best is, so one is)
+        at -= 1
+    count, _, size, duration, deadline = grown[at]
     return count, size, duration, deadline
