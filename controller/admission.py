@@ -202,7 +202,7 @@ def reply_allowance_ns(core: Core, client: bytes, model: Model, now_ns: int) -> 
     that keeps answers in time: with every client's hop planned, the simulator's 2-GPU 3x runs
     answered up to 4x as many OK late (31 against 7), kept up to 0.1 points fewer of the admitted
     in SLO and up to 6% less goodput."""
-    hops, floor = core.client_hops, core.cfg.reply_ns
+    hops, floor = core.client_hops, core.reply_floor_ns
     hop = hops.tail_ns(client)
     if hop is not None and hop < floor:
         worst = hops.worst_ns(client)
@@ -248,7 +248,7 @@ def best_case_ns(core: Core, model: Model, samples: int, loaded: bool,
         if exec_ns is None:
             continue
         load = 0 if loaded else (core.latency.load_ns(model.name, kind) or 0)
-        total = core.cfg.dispatch_ns + load + exec_ns
+        total = core.dispatch_floor_ns + load + exec_ns
         best = total if best is None else min(best, total)
     return best
 

@@ -157,6 +157,10 @@ class Core:
         self._due: list[tuple[int, int, str, Device]] = []  # (plan at, version, key, device)
         self._give_ups: list[Entry[None]] = []  # by (give up at, action id), lazily cleaned
         self._next_housekeeping_ns = 0
+        # The configured floors of the dispatch and reply allowances, read several times a
+        # request: the config is an interpreted dataclass, whose fields compiled code reads by name.
+        self.dispatch_floor_ns: Final = config.dispatch_ns
+        self.reply_floor_ns: Final = config.reply_ns
         # The smallest of the workers' dispatch allowances (Worker.dispatch_ns), for the
         # estimates that cannot know which worker will run the work.
         self.dispatch_ns = config.dispatch_ns
@@ -404,7 +408,7 @@ class Core:
         after the way back from the worker's tail; admission.reply_allowance_ns says which hop."""
         if hop is None:
             return self.reply_ns
-        return min(self.reply_ns - self.cfg.reply_ns + hop, self.cfg.max_reply_ns)
+        return min(self.reply_ns - self.reply_floor_ns + hop, self.cfg.max_reply_ns)
 
     def dispatch_of(self, dev: Device) -> int:
         """The allowance from sending an EXEC to `dev`'s lane starting it (its worker's)."""
@@ -415,7 +419,7 @@ class Core:
         plus the lateness learned into its worker's dispatch allowance, so that on a busy or
         distant host the next action is already at the worker when the lane frees, instead of
         the lane idling for it."""
-        return self.cfg.schedule_ahead_ns + self.dispatch_of(dev) - self.cfg.dispatch_ns
+        return self.cfg.schedule_ahead_ns + self.dispatch_of(dev) - self.dispatch_floor_ns
 
     def _live(self, dev: Device) -> bool:
         """The device belongs to a connected worker that is not suspected of losing work."""
@@ -552,7 +556,7 @@ class Core:
         way back from the worker's tail included (as measured now, which a refresh may have
         moved since the request came); an answer sent past it, with that way behind it, still
         reaches the client in time."""
-        return now_ns <= req.deadline_ns + self.reply_ns - self.cfg.reply_ns
+        return now_ns <= req.deadline_ns + self.reply_ns - self.reply_floor_ns
 
     # ================================================================== workers
 
@@ -859,7 +863,7 @@ class Core:
         # The lane drops it once it could no longer typically be answered in time (give_up_slack_ns).
         latest = max(batch.latest_start_ns,
                      batch.latest_start_ns + batch.exec_ns + self.give_up_slack_ns - typical_ns)
-        dev.exec_lane.reserve(action_id, start_ns, batch.exec_ns, max(earliest, now_ns + self.cfg.dispatch_ns),
+        dev.exec_lane.reserve(action_id, start_ns, batch.exec_ns, max(earliest, now_ns + self.dispatch_floor_ns),
                               typical_ns)
         tensors = tuple(t for req in batch.requests for t in req.tensors)  # chunks, forwarded as-is
         self._track(Action(action_id, _EXEC, dev, batch.model, batch.exec_ns, now_ns,
@@ -972,7 +976,7 @@ class Core:
     def typical_start_ns(self, dev: Device, now_ns: int) -> int:
         """When an EXEC sent now would typically start on `dev`: after the hop, once what is
         booked on its lane has typically run."""
-        return max(now_ns + self.cfg.dispatch_ns, dev.exec_lane.typical_free_at(now_ns))
+        return max(now_ns + self.dispatch_floor_ns, dev.exec_lane.typical_free_at(now_ns))
 
     def replica_start_ns(self, dev: Device, name: str, now_ns: int) -> int:
         """When an EXEC of model `name` sent now would typically start on `dev`, which holds it

@@ -39,9 +39,12 @@ class ClockworkPolicy(Policy):
         self._expiry_tokens = 0  # the last one handed out
         self._next_refresh_ns = 0
         self._replicas = HotModelReplicas()
+        self._recheck_ns = (0, 0)  # set at start
 
     def start(self, core: Core) -> None:
         self.headroom = admission.Headroom(core.cfg)
+        # The bounds of a re-look's delay (expire), read natively: the config's fields are read by name.
+        self._recheck_ns = (core.cfg.housekeeping_ns, core.cfg.expiry_recheck_ns)
 
     def new_queue(self) -> QueueBase:
         return RequestQueue()
@@ -100,7 +103,7 @@ class ClockworkPolicy(Policy):
                 head = model.queue.earliest_deadline()
             if model.name in core.pending and head is not None:
                 slack = (head - cutoff) // 2
-                self._watch(model, now_ns + min(max(slack, core.cfg.housekeeping_ns), core.cfg.expiry_recheck_ns))
+                self._watch(model, now_ns + min(max(slack, self._recheck_ns[0]), self._recheck_ns[1]))
 
     # ------------------------------------------------------------------ replication
 
