@@ -278,7 +278,7 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
     # What a replica's kind decides, worked out again only when the kind changes (replicas share kinds).
     cost_kind: str | None = None
     typical: int | None = None
-    typical_ns = tail_ns = full_ns = mine_ns = 0
+    typical_ns = tail_ns = full_ns = mine_ns = share_ns = 0
     looked, limit = 0, core.cfg.admission_replicas
     for dev in model.replicas.values():
         if looked == limit:
@@ -293,11 +293,12 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
             tail_ns = (own_ns or 0) - typical_ns
             full_ns = _full_batch_ns(core, model, kind)
             mine_ns = core.drain_ns(model, mine_samples, kind)
+            share = shares.get(kind)  # what this model's queue already adds to each replica of the kind
+            share_ns = from_class(share, priority) if share else 0
         if typical is None:
             continue
         start = core.replica_start_ns(dev, name, now_ns)
-        share = shares.get(dev.key)
-        others_ns = dev.backlog_ns(priority) - (from_class(share, priority) if share else 0) + spill_ns
+        others_ns = dev.backlog_ns(priority) - share_ns + spill_ns
         queued_ns = others_ns + mine_ns
         if pace is not None:
             queued_ns = int(queued_ns * pace.of(dev.key))

@@ -297,15 +297,23 @@ class Core:
             for dev in model.replicas.values():
                 dev.pending.pop(model.name, None)
 
-    def _reshare(self, model: Model, removed: Device | None = None, classes: Iterable[int] | None = None) -> None:
+    def _reshare(self, model: Model, added: Device | None = None, removed: Device | None = None,
+                 classes: Iterable[int] | None = None) -> None:
         """Keep every replica's backlog holding the time its share of the model's queue takes,
         per priority class (after the queue changed in `classes`, or for every class with queued
-        work after a replica was added or `removed` taken away); a model with no replica counts
-        in `unplaced_by_class` instead. A class with nothing queued has no share anywhere."""
+        work after a replica was `added` or `removed`); a model with no replica counts in
+        `unplaced_by_class` instead. A class with nothing queued has no share anywhere. Replicas
+        of one kind hold the same share (Model.backlog_shares), so a change moves each of their
+        backlogs by one difference, worked out once per kind."""
         shares = model.backlog_shares
+        if added is not None:  # it starts with its kind's share as it stands; the update below moves it with the rest
+            for c, ns in enumerate(shares.get(added.kind, ())):
+                added.backlog_by_class[c] = added.backlog_by_class[c] + ns
         if removed is not None:
-            for c, ns in enumerate(shares.pop(removed.key, ())):
+            for c, ns in enumerate(shares.get(removed.kind, ())):
                 removed.backlog_by_class[c] = removed.backlog_by_class[c] - ns
+            if all(dev.kind != removed.kind for dev in model.replicas.values()):
+                shares.pop(removed.kind, None)
         waiting = model.queue.samples_by_class
         if classes is None:
             classes = [c for c in range(CLASSES) if waiting[c] or model.unplaced_ns[c]]
@@ -317,16 +325,19 @@ class Core:
             return
         for c in classes:
             samples = waiting[c] / len(model.replicas)
-            by_kind: dict[str, int] = {}
-            for key, dev in model.replicas.items():
-                kind_cost = by_kind.get(dev.kind)
-                if kind_cost is None:
-                    kind_cost = by_kind[dev.kind] = self.drain_ns(model, samples, dev.kind)
-                share = shares.get(key)
-                if share is None:
-                    share = shares[key] = [0] * CLASSES
-                dev.backlog_by_class[c] = dev.backlog_by_class[c] + kind_cost - share[c]
-                share[c] = kind_cost
+            moved: dict[str, int] = {}  # kind -> how much each of its replicas' backlog moves
+            for dev in model.replicas.values():
+                kind = dev.kind
+                delta = moved.get(kind)
+                if delta is None:
+                    share = shares.get(kind)
+                    if share is None:
+                        share = shares[kind] = [0] * CLASSES
+                    cost = self.drain_ns(model, samples, kind)
+                    delta = moved[kind] = cost - share[c]
+                    share[c] = cost
+                if delta:
+                    dev.backlog_by_class[c] = dev.backlog_by_class[c] + delta
 
     def drain_ns(self, model: Model, samples: float, kind: str) -> int:
         """Predicted EXEC time of `samples` queued samples of `model` on a device of `kind`,
@@ -364,7 +375,7 @@ class Core:
         model.replicas[dev.key] = dev
         if len(model.replicas) > 1:
             self.replicated[model.name] = None
-        self._reshare(model)
+        self._reshare(model, added=dev)
         self.unplaced.pop(model.name, None)
         if model.name in self.pending:
             dev.pending[model.name] = None

@@ -29,8 +29,8 @@ def check_invariants(core: Core, now_ns: int) -> None:
             if prev_end is not None and start < prev_end:
                 raise InvariantViolation(f"{dev.key}: overlapping EXEC windows")
             prev_end = end
-        shares = [sum(col) for col in zip([0] * CLASSES, *(core.models[n].backlog_shares.get(dev.key, [0] * CLASSES)
-                                                           for n in dev.resident if n in core.models))]
+        held = [core.models[n] for n in dev.resident if n in core.models and dev.key in core.models[n].replicas]
+        shares = [sum(col) for col in zip([0] * CLASSES, *(m.backlog_shares.get(dev.kind, [0] * CLASSES) for m in held))]
         if shares != dev.backlog_by_class:
             raise InvariantViolation(f"{dev.key}: backlog {dev.backlog_by_class} ns but its models' shares add to {shares}")
         want = [n for n in dev.resident if n in core.pending]
@@ -45,8 +45,8 @@ def check_invariants(core: Core, now_ns: int) -> None:
             if res is None or res.state is not Residency.LOADED or res.in_flight <= 0:
                 raise InvariantViolation(f"EXEC {action.action_id} of {action.model} on a non-resident model")
     for model in core.models.values():
-        if not set(model.backlog_shares) <= set(model.replicas):
-            raise InvariantViolation(f"{model.name}: backlog shares on devices that do not hold it")
+        if not set(model.backlog_shares) <= {dev.kind for dev in model.replicas.values()}:
+            raise InvariantViolation(f"{model.name}: backlog shares for a kind of device that holds no replica")
         for key, dev in model.replicas.items():
             if model.name not in dev.resident or dev.key != key:
                 raise InvariantViolation(f"{model.name}: replica on {key} not resident there")

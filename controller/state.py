@@ -38,9 +38,9 @@ class Model:
     preparing: set[str] = field(default_factory=set)  # workers sent PREPARE, not answered yet
     kinds: list[str] = field(default_factory=list)  # device kinds of the workers that prepared it
     weights_bytes: int = 0  # device memory one replica takes (from the profiles)
-    # Device key -> the time this model's queue adds to that replica's backlog, per priority
-    # class (its share of the queued samples, batched): kept so the device's sums can be updated
-    # exactly.
+    # Device kind -> the time this model's queue adds to the backlog of each of its replicas of
+    # that kind, per priority class (an even share of the queued samples, batched): kept so the
+    # devices' sums can be updated exactly.
     backlog_shares: dict[str, list[int]] = field(default_factory=dict)
     # With no replica: its queue's EXEC time per class, part of the work waiting for LOADs.
     unplaced_ns: list[int] = field(default_factory=lambda: [0] * CLASSES)

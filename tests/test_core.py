@@ -423,6 +423,32 @@ def test_a_hot_model_gets_another_replica_and_both_serve():
     assert len(core.models["m"].replicas) == 2
 
 
+def test_replicas_of_two_kinds_share_a_queue_as_they_come_and_go():
+    """Every device's backlog holds its models' shares (check_invariants, at every step) while a
+    hot model's queue is spread over replicas of two device kinds, added while requests wait
+    (one of a kind that already holds a share) and lost with their worker."""
+    core = make_core()
+    hello(core, "w1", devices=2)
+    hello(core, "w2", kind="emulated-b")
+    add_model(core, "m", workers=("w1", "w2"))
+    t = warm(core)
+    model = core.models["m"]
+    for i in range(0, 90, 10):  # hot: each round's queue wants another replica
+        for j in range(i, i + 10):
+            step(core, infer(core, j, now=t, slo_ms=110, samples=16), t)
+        for load in sent(step(core, core.tick(t), t), schema.Load):
+            step(core, result_for(core, load, t + LOAD_NS), t + LOAD_NS)
+        t += LOAD_NS
+        step(core, core.tick(t), t)
+    assert len(model.replicas) == 3 and set(model.backlog_shares) == {"emulated", "emulated-b"}
+    w1 = [dev for dev in model.replicas.values() if dev.worker == "w1"]
+    t += core.cfg.worker_timeout_ns // 2
+    core.on_heartbeat("w1", 1, t, True, t)  # w1 stays, w2 goes silent
+    t += core.cfg.worker_timeout_ns // 2 + 1
+    step(core, core.tick(t), t)
+    assert list(model.replicas.values()) == w1 and set(model.backlog_shares) == {"emulated"}
+
+
 def test_an_idle_extra_replica_is_released_but_the_last_one_stays():
     core = make_core(replica_idle_ns=500 * MS)
     hello(core, devices=2)

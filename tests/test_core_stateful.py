@@ -103,8 +103,9 @@ class CoreMachine(RuleBasedStateMachine):
             self.outstanding = {k: a for k, a in self.outstanding.items() if a.worker != name}
         self.joined.add(name)
         msg = schema.Hello(worker=name, runtime="emulated", formats=("profile",), devices=tuple(
-            {"device_id": i, "kind": "emulated", "memory_bytes": 3 * 112 * MIB, "page_bytes": 16 * MIB}
-            for i in range(2)))  # three 100 MB models per device: evictions happen
+            {"device_id": i, "kind": "emulated" if name == WORKERS[0] else "emulated-b", "memory_bytes": 3 * 112 * MIB,
+             "page_bytes": 16 * MIB}
+            for i in range(2)))  # three 100 MB models per device: evictions happen; two kinds of device
         self.absorb(self.core.on_hello(name, msg, self.now))
 
     @rule(name=st.sampled_from(MODELS))
