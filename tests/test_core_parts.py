@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from clockwork.common.checks import BadMessage
+from clockwork.common.models import Signature, TensorSpec, check_inputs
+from clockwork.common.tensors import Tensor
 from clockwork.controller import placement
 from clockwork.controller.batching import grow, padded_size, split_ns
+from clockwork.controller.core import samples_in_order
 from clockwork.controller.latency import LatencyModel, percentile_of
 from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency, move
 from clockwork.controller.queues import RequestQueue, from_class
@@ -67,6 +71,32 @@ def test_a_queue_serves_by_priority_then_deadline_then_arrival_and_expires_by_de
     assert queue.earliest_deadline() == min((r.deadline_ns for r in live), default=None)
     expired = sorted((r for r in live if r.deadline_ns < cutoff), key=lambda r: (r.deadline_ns, r.request_id))
     assert queue.pop_expired(cutoff) == expired
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from(["float32", "int64"]),
+                          st.lists(st.integers(1, 3), max_size=2)), min_size=1, max_size=3, unique_by=lambda i: i[0]),
+       st.data())
+def test_the_cores_check_of_inputs_in_order_agrees_with_the_full_check(specs, data):
+    """The core's own check (core.samples_in_order) accepts only what check_inputs accepts,
+    with the same samples, and every input in the model's order that check_inputs accepts;
+    anything else it leaves to check_inputs, which says what is wrong."""
+    sig = Signature(tuple(TensorSpec(n, d, tuple(shape)) for n, d, shape in specs), (), 4)
+    tensors = []
+    for name, dtype, shape in data.draw(st.permutations(specs)):
+        name = data.draw(st.sampled_from([name, name, "z"]))
+        dtype = data.draw(st.sampled_from([dtype, dtype, "float64"]))
+        shape = tuple(data.draw(st.sampled_from([shape, shape, [*shape, 1], [d + 1 for d in shape]])))
+        tensors.append(Tensor.from_array(name, np.zeros((data.draw(st.integers(0, 5)), *shape), dtype)))
+    tensors = tuple(data.draw(st.sampled_from([tensors, tensors, tensors[:-1]])))
+    fast = samples_in_order(sig, tensors)
+    try:
+        full = check_inputs(sig, tensors)
+    except BadMessage:
+        full = None
+    assert fast is None or fast == full
+    if full is not None and [t.name for t in tensors] == [s.name for s in sig.inputs]:
+        assert fast == full
 
 
 def test_padded_size_is_the_smallest_profiled_size_that_holds_the_samples():
