@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import pathlib
 import re
@@ -1061,6 +1062,25 @@ def test_a_queue_is_priced_as_its_batches_would_run_padded_only_where_padding_is
     cpu, gpu = core.models["cpu"], core.models["gpu"]
     assert [core.drain_ns(cpu, n, "emulated") // MS for n in (3, 5, 9, 25)] == [3, 5, 9, 25]  # 9 as 8 and 1
     assert [core.drain_ns(gpu, n, "emulated") // MS for n in (3, 9, 12)] == [4, 8, 10]  # 3 padded to 4; 9 as 8 + 1
+
+
+def test_an_answered_batch_replies_with_every_field_of_its_messages():
+    """The core makes its OK replies and their rows field by field in compiled code (core.made):
+    each names every field of its class and nothing else, and equals what its class builds."""
+    core = ready_core()
+    t = warm(core)
+    for i in range(3):
+        infer(core, 100 + i, now=t, slo_ms=100, samples=1 + i % 2)
+    ex = sent(core.tick(t), schema.Exec)[0]
+    bodies = [r.body for r in replies(result_for(core, ex, t + 3 * MS))]
+    assert len(bodies) == 3 and all(b.status is Status.OK for b in bodies)
+    assert [b.tensors[0].shape[0] for b in bodies] == [1, 2, 1]
+    for body in bodies:
+        assert set(vars(body)) == {f.name for f in dataclasses.fields(schema.InferReply)}
+        assert body == schema.InferReply(**vars(body))
+        for tensor in body.tensors:
+            assert set(vars(tensor)) == {f.name for f in dataclasses.fields(Tensor)}
+            assert tensor == Tensor(**vars(tensor))
 
 
 def test_a_queues_price_follows_the_measurements_that_make_it():
