@@ -120,9 +120,10 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
         return exc.status, exc.detail, None
     if len(model.queue) >= cfg.max_queue_per_model:
         return Status.QUEUE_FULL, f"{len(model.queue)} requests already queued for {model.name!r}", None
-    budget = msg.slo_ns - waited_ns
+    slo_ns, priority = msg.slo_ns, msg.priority  # the message is interpreted: its fields are read by name
+    budget = slo_ns - waited_ns
     if budget <= 0:
-        return Status.WOULD_MISS_DEADLINE, stale_detail(waited_ns, msg.slo_ns), None
+        return Status.WOULD_MISS_DEADLINE, stale_detail(waited_ns, slo_ns), None
     reply_ns = reply_allowance_ns(core, client, model, now_ns)
     budget -= reply_ns  # what is left to finish in, with the reply's way back kept apart
     received, deadline = now_ns - waited_ns, now_ns + budget
@@ -130,7 +131,7 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
         started_ns = now_ns if core.started_ns is None else core.started_ns
         if model.preparing or now_ns < started_ns + cfg.worker_timeout_ns:
             # Workers are (re)joining or preparing it: wait for them, up to the deadline.
-            return _OK, "", Request(request_id, client, model.name, samples, msg.priority, received,
+            return _OK, "", Request(request_id, client, model.name, samples, priority, received,
                                           deadline, msg.tensors, cold=True)
         return Status.UNAVAILABLE, f"no connected worker has prepared {model.name!r} yet", None
     if samples > model.sizes[-1]:
@@ -142,7 +143,7 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
         return Status.UNAVAILABLE, f"no live device can serve {model.name!r}", None
     if best > budget:
         refused_on_estimates(core, model)
-        waited = (f", {waited_ns / 1e6:.2f} ms of which it spent in queues ({max(0, msg.slo_ns - waited_ns) / 1e6:.2f} "
+        waited = (f", {waited_ns / 1e6:.2f} ms of which it spent in queues ({max(0, slo_ns - waited_ns) / 1e6:.2f} "
                   "ms left)") if waited_ns > cfg.dispatch_ns else ""
         cold = ""
         if not loaded:
@@ -151,9 +152,9 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
                 cold = f"; it must be loaded first, and is being loaded now: {warm / 1e6:.2f} ms once it is"
         return (Status.WOULD_MISS_DEADLINE,
                 f"needs at least {(best + reply_ns) / 1e6:.2f} ms even on an idle device (its execution "
-                f"and the hops to the worker and back to you); its SLO is {msg.slo_ns / 1e6:.2f} ms{waited}{cold}",
+                f"and the hops to the worker and back to you); its SLO is {slo_ns / 1e6:.2f} ms{waited}{cold}",
                 None)
-    backlog = finish_behind_queue_ns(core, model, samples, msg.priority, now_ns, own, pace)
+    backlog = finish_behind_queue_ns(core, model, samples, priority, now_ns, own, pace)
     unplanned = int(headroom.share * budget)
     if backlog is not None and backlog > deadline - unplanned:
         headroom.refused.add(model.name)
@@ -164,12 +165,12 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
                     f"needs {(backlog - now_ns + reply_ns) / 1e6:.2f} ms on an idle device (its execution and the "
                     f"hops to the worker and back to you), and admission keeps {unplanned / 1e6:.2f} ms "
                     f"({headroom.share:.0%} of its budget) unplanned for estimates that run long; its SLO is "
-                    f"{msg.slo_ns / 1e6:.2f} ms", None)
+                    f"{slo_ns / 1e6:.2f} ms", None)
         core.counters["rejected_for_backlog"] += 1
         return (Status.WOULD_MISS_DEADLINE,
                 f"the work queued ahead finishes {(backlog - now_ns) / 1e6:.2f} ms from now at the earliest; "
                 f"{budget / 1e6:.2f} ms of its SLO are left", None)
-    return _OK, "", Request(request_id, client, model.name, samples, msg.priority, received, deadline,
+    return _OK, "", Request(request_id, client, model.name, samples, priority, received, deadline,
                                   msg.tensors, cold=not loaded)
 
 

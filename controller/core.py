@@ -477,11 +477,13 @@ class Core:
         our clock at the latest (the shell translates it), for ClientHops."""
         if self.started_ns is None:
             self.started_ns = now_ns
-        if reply_seen_ns is not None and msg.last_reply_id:
-            answered_ns = self.answered.get((client, msg.last_reply_id))
+        if reply_seen_ns is not None:
+            last_reply_id = msg.last_reply_id
+            answered_ns = self.answered.get((client, last_reply_id)) if last_reply_id else None
             if answered_ns is not None:
-                self.client_hops.observe(client, msg.last_reply_id, reply_seen_ns - answered_ns)
-        if (client, request_id) in self.requests or (client, request_id) in self.answered:
+                self.client_hops.observe(client, last_reply_id, reply_seen_ns - answered_ns)
+        key = (client, request_id)
+        if key in self.requests or key in self.answered:
             # A client's resend of a request still being served or just answered (it retries when
             # a reply is slow, in case we restarted and lost it): the original's answer serves both.
             self.counters["duplicates_absorbed"] += 1
@@ -493,7 +495,7 @@ class Core:
             self._emit(ToClient(client, request_id, schema.InferReply.build(status=status, detail=detail)))
             return self._take()
         self.counters["requests_admitted"] += 1
-        self.requests[(client, request_id)] = req
+        self.requests[key] = req
         self._enqueue(self.models[req.model], req, now_ns)
         return self._take()
 
@@ -1086,14 +1088,18 @@ def samples_in_order(signature: Signature, tensors: tuple[Tensor, ...]) -> int |
     interpreted: 6,700 instructions a request in the issue-19 run); None for anything else,
     which check_inputs then checks the whole way, saying what is wrong."""
     inputs = signature.inputs
-    if len(tensors) != len(inputs) or not tensors or not tensors[0].shape:
+    if len(tensors) != len(inputs) or not tensors:
         return None
-    samples = tensors[0].shape[0]
+    samples = -1
     for i in range(len(tensors)):
         t, spec = tensors[i], inputs[i]
-        shape = t.shape
-        if (t.name != spec.name or t.dtype != spec.dtype or len(shape) != len(spec.shape) + 1
-                or shape[0] != samples or shape[1:] != spec.shape):
+        shape, spec_shape = t.shape, spec.shape
+        if not shape:
+            return None
+        if samples < 0:
+            samples = shape[0]
+        if (t.name != spec.name or t.dtype != spec.dtype or len(shape) != len(spec_shape) + 1
+                or shape[0] != samples or shape[1:] != spec_shape):
             return None
     return samples if 0 < samples <= signature.max_batch else None
 
