@@ -11,8 +11,9 @@ It also gives the class `build`, a static function with the same parameters that
 instance without calling the class: a call to a class passes its keywords through a dict to
 __init__ (type.__call__, then __init__ looked up and called with the dict), which made up a
 third of an INFER_REPLY's cost in the compiled core; a plain function takes them as they come.
-The core builds what it sends once per request with `build` (a message's fields are then not
-checked by mypy: tests/test_codec.py builds every message type both ways).
+The core builds its EXECs and refusals with `build` (a message's fields are then not checked
+by mypy: tests/test_codec.py builds every message type both ways); its OK replies and their
+rows, one per request, it makes the same way in compiled code (controller/core.py's `made`).
 """
 
 from __future__ import annotations

@@ -7,9 +7,8 @@ memoryview of a ZeroMQ frame on receipt), and `array()` is a zero-copy numpy vie
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -55,7 +54,6 @@ class Tensor:
     dtype: str  # one of DTYPE_SIZES
     shape: tuple[int, ...]
     data: Any  # bytes-like (bytes, memoryview, ndarray), C-contiguous, len == nbytes
-    build: ClassVar[Callable[[str, str, tuple[int, ...], Any], Tensor]]  # as calling the class, cheaper (common/frozen.py)
 
     @property
     def nbytes(self) -> int:
