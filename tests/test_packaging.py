@@ -124,7 +124,10 @@ def test_the_built_wheel_installs_beside_a_common_distribution_and_runs_the_read
               if r.returncode != 0 and "--slo-ms 2 " not in cmd + " "}
     assert not failed, failed
     (refused,) = [r for cmd, r in results.items() if cmd.endswith("--slo-ms 2")]
-    assert refused.returncode == 5 and "WOULD_MISS_DEADLINE" in refused.stderr, refused
+    # Refused at once: by admission, or (the README's note) by the client where its look-up of the
+    # model took the whole 2 ms on a busy host (CI saw 3.6 ms).
+    assert ((refused.returncode == 5 and "WOULD_MISS_DEADLINE" in refused.stderr)
+            or (refused.returncode == 7 and "client-side check; nothing was sent" in refused.stderr)), refused
     assert "mlp" in results["clockwork ls"].stdout
     assert "mlp" in results["clockwork show mlp"].stdout
     assert all(proc.returncode == 0 for proc in procs), [proc.returncode for proc in procs]
