@@ -20,7 +20,7 @@ from clockwork.common.checks import BadMessage
 from clockwork.common.config import SchedulerConfig
 from clockwork.common.status import Status
 from clockwork.controller.batching import padded_size
-from clockwork.controller.core import Core, stale_detail
+from clockwork.controller.core import OK, Core, stale_detail
 from clockwork.controller.queues import from_class
 from clockwork.controller.request import Request
 from clockwork.controller.state import Device, Model
@@ -34,7 +34,6 @@ HEADROOM_BURST_MISSES: Final = 5
 HEADROOM_BURST_STEPS: Final = 5
 # Queues are never priced more than this much slower than full batching would run them.
 MAX_DRAIN_PACE: Final = 4.0
-_OK: Final = Status.OK  # read natively, not through EnumType's __getattr__ (controller/core.py)
 
 
 class Headroom:
@@ -131,7 +130,7 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
         started_ns = now_ns if core.started_ns is None else core.started_ns
         if model.preparing or now_ns < started_ns + cfg.worker_timeout_ns:
             # Workers are (re)joining or preparing it: wait for them, up to the deadline.
-            return _OK, "", Request(request_id, client, model.name, samples, priority, received,
+            return OK, "", Request(request_id, client, model.name, samples, priority, received,
                                           deadline, msg.tensors, cold=True)
         return Status.UNAVAILABLE, f"no connected worker has prepared {model.name!r} yet", None
     if samples > model.sizes[-1]:
@@ -170,7 +169,7 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
         return (Status.WOULD_MISS_DEADLINE,
                 f"the work queued ahead finishes {(backlog - now_ns) / 1e6:.2f} ms from now at the earliest; "
                 f"{budget / 1e6:.2f} ms of its SLO are left", None)
-    return _OK, "", Request(request_id, client, model.name, samples, priority, received, deadline,
+    return OK, "", Request(request_id, client, model.name, samples, priority, received, deadline,
                                   msg.tensors, cold=not loaded)
 
 

@@ -33,9 +33,9 @@ from clockwork.common.config import MS
 from clockwork.common.status import Status
 from clockwork.controller.batching import Batch, padded_size
 from clockwork.controller.core import Core, Policy
+from clockwork.controller.heap_entry import Entry
 from clockwork.controller.lifecycle import RequestState, Residency
 from clockwork.controller.policy import HotModelReplicas
-from clockwork.controller.heap_entry import Entry
 from clockwork.controller.queues import QueueBase, is_live
 from clockwork.controller.request import Request
 from clockwork.controller.state import Device, Model

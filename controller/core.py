@@ -71,8 +71,9 @@ UNLOAD_RETRY_NS: Final = 5_000_000
 
 # Enum members read once a request or a batch: Status and ActionKind are defined in interpreted
 # modules, and compiled code reads their members through EnumType's __getattr__ hook (~630
-# instructions each; a member of an enum compiled with the core is a native constant).
-_OK: Final = Status.OK
+# instructions each; a member of an enum compiled with the core is a native constant). OK serves
+# the policies and admission too.
+OK: Final = Status.OK
 _EXEC: Final = ActionKind.EXEC
 _ANSWERED: Final = {s: f"answered_{s.name.lower()}" for s in Status}  # counter names, made once
 _REJECTED: Final = {s: f"rejected_{s.name.lower()}" for s in Status}
@@ -490,7 +491,7 @@ class Core:
             return []
         self.counters["requests_offered"] += 1
         status, detail, req = self.policy.admit(self, client, request_id, msg, now_ns, waited_ns)
-        if status is not _OK or req is None:  # an OK always carries its request
+        if status is not OK or req is None:  # an OK always carries its request
             self.counters[_REJECTED[status]] += 1
             self._emit(ToClient(client, request_id, schema.InferReply.build(status=status, detail=detail)))
             return self._take()
@@ -556,7 +557,7 @@ class Core:
         model = self.models.get(req.model)
         if model is not None:
             model.answered += 1
-        if status is _OK:
+        if status is OK:
             if self.in_time(req, now_ns):
                 self.counters["met_slo"] += 1
                 if model is not None:
@@ -699,7 +700,7 @@ class Core:
             self._emit(ActionRecord(action_id, action.kind, dev.worker, dev.device_id, action.model,
                                     action.batch_size, action.sent_ns, msg.begin_ns, msg.end_ns,
                                     action.expected_ns, msg.duration_ns, msg.status.name))
-        end_ns = msg.end_ns if msg.status is _OK else now_ns
+        end_ns = msg.end_ns if msg.status is OK else now_ns
         if action.kind is _EXEC:
             action.device.exec_lane.completed(action_id, end_ns)
             self._exec_result(action, msg, now_ns)
@@ -723,7 +724,7 @@ class Core:
 
     def _exec_result(self, action: Action, msg: schema.Result, now_ns: int) -> None:
         self._exec_ended(action)
-        if msg.status is _OK:
+        if msg.status is OK:
             model = self.models.get(action.model)
             if model is not None:
                 model.refused_unseen = 0
@@ -760,7 +761,7 @@ class Core:
             else:
                 received = req.received_ns
                 self._send_answer(req, made(schema.InferReply, {
-                    "status": _OK, "detail": "", "queue_ns": req.dispatched_ns - received, "exec_ns": duration_ns,
+                    "status": OK, "detail": "", "queue_ns": req.dispatched_ns - received, "exec_ns": duration_ns,
                     "total_ns": max(0, now_ns - received), "lane_start_ns": max(0, begin_ns - received),
                     "lane_end_ns": max(0, end_ns - received), "batch_size": action.batch_size,
                     "batch_samples": samples, "cold_start": req.cold, "worker": action.device.worker,

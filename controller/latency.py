@@ -325,7 +325,7 @@ class LatencyModel:
                 values.remove(max(values))
 
     def forget(self, model: str) -> None:
-        self._changed(model)
+        self._generations.pop(model, None)  # what was worked out from its figures went with its Model
         self._exec.pop(model, None)
         self._load = {k: v for k, v in self._load.items() if k[0] != model}
 

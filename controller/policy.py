@@ -17,7 +17,7 @@ from clockwork.common import schema
 from clockwork.common.status import Status
 from clockwork.controller import admission, placement
 from clockwork.controller.batching import Batch, grow, padded_size
-from clockwork.controller.core import Core, Policy
+from clockwork.controller.core import OK, Core, Policy
 from clockwork.controller.heap_entry import Entry
 from clockwork.controller.lifecycle import Residency
 from clockwork.controller.queues import QueueBase, RequestQueue
@@ -28,7 +28,6 @@ from clockwork.controller.state import Device, Model
 # that can no longer make it (expiry answers them within a housekeeping interval). Fixed: it
 # bounds work per decision, and expiry, not this, decides when a request is given up.
 HOPELESS_SCAN: Final = 8
-_OK: Final = Status.OK  # read natively, not through EnumType's __getattr__ (controller/core.py)
 
 
 class ClockworkPolicy(Policy):
@@ -56,7 +55,7 @@ class ClockworkPolicy(Policy):
         headroom = self.headroom
         assert headroom is not None, "start() comes before any event"
         status, detail, req = admission.admit(core, headroom, self.pace, client, request_id, msg, now_ns, waited_ns)
-        if status is _OK:
+        if status is OK:
             headroom.admitted += 1
         return status, detail, req
 
