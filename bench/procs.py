@@ -40,6 +40,7 @@ import zmq
 
 from clockwork.bench.progress import say
 from clockwork.client import Client, ClockworkError
+from clockwork.common.affinity import LaneCores
 
 DEFAULT_GRACE_S = 5.0  # a daemon drains and closes its sockets well within this
 TAIL_LINES = 20
@@ -366,6 +367,21 @@ def cluster(run_dir: str | Path, workers: Sequence[WorkerSpec], *, log_level: st
                              f"the controller to list workers {', '.join(names) or '(none)'} as alive",
                              interval_s=0.2)
         yield Cluster(client_ep, worker_ep, state_dir, group, tuple(workers))
+
+
+@contextlib.contextmanager
+def kept_off_lanes(admin: Client) -> Iterator[set[int] | None]:
+    """This process (a load generator) kept off the cores the EXEC lanes of this host hold, as
+    the controller and the gateway keep off them (common/affinity.py), until the block ends;
+    yields the cores it runs on (None: nothing to keep off). A client on a lane's core lengthens
+    EXECs as any other process there does: in `versus` at 2x a CNN's capacity, kept off, 2, 1
+    and 8 of ~5,000 EXECs ran over 3x their median against 16, 5 and 9, and 31-54 admitted
+    requests were given up once queued against 53-67. Clients of a serving host run elsewhere."""
+    lanes = LaneCores()
+    try:
+        yield lanes.follow(admin.status(models_limit=0))
+    finally:
+        lanes.left("controller")
 
 
 def run_in_temp_dir(prefix: str, keep: bool, what: str, body: Callable[[Path], int]) -> int:

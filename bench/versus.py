@@ -49,7 +49,7 @@ import numpy as np
 from clockwork.bench import models as bench_models
 from clockwork.bench.comparison import MODEL, Point, interleaved, plot, schedule_for, sustained, worker_spec
 from clockwork.bench.loadgen import SEND_FAILED, run_open_loop
-from clockwork.bench.procs import cluster, free_port, run_in_temp_dir
+from clockwork.bench.procs import cluster, free_port, kept_off_lanes, run_in_temp_dir
 from clockwork.bench.progress import Progress, command_main, say
 from clockwork.bench.report import Latencies, LoadResults, answered_after_admission, format_table, write_json
 from clockwork.client import Client, ClockworkError
@@ -274,7 +274,10 @@ def compare(run_dir: Path, direct: Callable[[], object], model: bytes, model_pat
     prediction was off at batch 1 (p99 share)."""
     with plain_server(model_path, args) as endpoint, \
             cluster(run_dir / "clockwork", [worker_spec(args)], controller_settings=args.set) as c:
-        with Client(endpoint, timeout_s=5) as plain, Client(c.client_endpoint, timeout_s=60) as system:
+        with Client(endpoint, timeout_s=5) as plain, Client(c.client_endpoint, timeout_s=60) as system, \
+                kept_off_lanes(system) as cores:
+            if cores is not None:
+                say(f"the load generator runs on cores {sorted(cores)}, off the EXEC lane's")
             system.upload(model, MODEL, input_shapes=shapes)
             floor, lone, took = lone_requests(direct, [Lone("plain", plain, inputs, args.slo_ms),
                                                        Lone("clockwork", system, inputs, args.slo_ms)])

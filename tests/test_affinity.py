@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from clockwork.bench.procs import WorkerSpec, cluster, start_gateway
+from clockwork.bench.procs import WorkerSpec, cluster, kept_off_lanes, start_gateway
 from clockwork.client.gateway import parse_args
 from clockwork.common.affinity import LaneCores, host_id
 from tests.worker_helpers import cores_of_threads, wait_until_true
@@ -95,6 +95,16 @@ def test_a_gateway_on_the_host_keeps_off_the_lane_core_too(tmp_path, lane, lane_
         start_gateway(c.group, c.client_endpoint, extra=["--min-cores-left", "1"])
         gateway = c.group.get("gateway")
         wait_until_true(lambda: off(gateway.pid, lane), what="every gateway thread off the lane's core")
+
+
+def test_a_bench_load_generator_keeps_off_the_lane_core_while_it_plays(tmp_path, lane, lane_worker):
+    """bench/procs.kept_off_lanes, as `versus` uses it around its load: this very process."""
+    allowed = os.sched_getaffinity(0)
+    with cluster(tmp_path, [lane_worker]) as c, c.client() as admin:
+        with kept_off_lanes(admin) as cores:
+            assert cores == allowed - {lane}
+            assert all(mine == allowed - {lane} for mine in cores_of_threads(os.getpid()))
+        assert all(mine == allowed for mine in cores_of_threads(os.getpid()))
 
 
 def test_a_gateway_that_would_be_left_too_few_cores_shares_the_lanes(tmp_path, lane, lane_worker):
