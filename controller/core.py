@@ -51,7 +51,7 @@ from clockwork.common.models import Signature, check_inputs
 from clockwork.common.schema import ActionKind
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
-from clockwork.controller import placement
+from clockwork.controller import heap_entry, placement
 from clockwork.controller.batching import Batch, SplitMemo, split_ns
 from clockwork.controller.effects import ActionRecord, Effect, PrepareOn, ToClient, ToWorker, UploadFinished, WorkerLost
 from clockwork.controller.heap_entry import Entry
@@ -825,14 +825,14 @@ class Core:
 
     def _track(self, action: Action) -> None:
         self.actions[action.action_id] = action
-        heapq.heappush(self._give_ups, Entry(action.give_up_ns, action.action_id, None))
+        heap_entry.push(self._give_ups, Entry(action.give_up_ns, action.action_id, None))
 
     def _expire_actions(self, now_ns: int) -> None:
         """A result that never came (lost message, wedged runtime) must not strand requests:
         past its give-up time the action counts as dropped, its requests go back to the queue
         (where expiry answers the ones that can no longer make it), its lane is freed."""
         while self._give_ups and self._give_ups[0].key < now_ns:
-            action = self.actions.pop(heapq.heappop(self._give_ups).token, None)
+            action = self.actions.pop(heap_entry.pop(self._give_ups).token, None)
             if action is None:
                 continue  # its result came
             self.counters[f"{action.kind}_results_lost"] += 1
@@ -1009,7 +1009,7 @@ class Core:
         """When `tick` next has something to do (the shell sleeps until then or a message)."""
         wakeup = self._due[0][0] if self._due else now_ns + self.cfg.heartbeat_interval_ns
         while self._give_ups and self._give_ups[0].token not in self.actions:
-            heapq.heappop(self._give_ups)
+            heap_entry.pop(self._give_ups)
         if self._give_ups:  # a lost result must be noticed on time, not at the next heartbeat
             wakeup = min(wakeup, max(self._give_ups[0].key + 1, self._next_housekeeping_ns))
         if self.pending or self.replicated:

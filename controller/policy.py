@@ -10,12 +10,11 @@
 
 from __future__ import annotations
 
-import heapq
 from typing import Final
 
 from clockwork.common import schema
 from clockwork.common.status import Status
-from clockwork.controller import admission, placement
+from clockwork.controller import admission, heap_entry, placement
 from clockwork.controller.batching import Batch, grow, padded_size
 from clockwork.controller.core import OK, Core, Policy
 from clockwork.controller.heap_entry import Entry
@@ -70,7 +69,7 @@ class ClockworkPolicy(Policy):
         replaces any earlier look booked for it)."""
         self._expiry_tokens += 1
         model.expiry_token = token = self._expiry_tokens
-        heapq.heappush(self._expiry, Entry(at_ns, token, model))
+        heap_entry.push(self._expiry, Entry(at_ns, token, model))
 
     def expire(self, core: Core, now_ns: int) -> None:
         """Answer DEADLINE_MISSED, early, the queued requests no device can finish in time.
@@ -85,7 +84,7 @@ class ClockworkPolicy(Policy):
             headroom.refresh(spare=headroom.widened() and admission.any_replica_idle(core, headroom.refused, now_ns))
             self.pace.refresh()
         while self._expiry and self._expiry[0].key <= now_ns:
-            entry = heapq.heappop(self._expiry)
+            entry = heap_entry.pop(self._expiry)
             model = entry.item
             if entry.token != model.expiry_token or model.name not in core.pending or core.models.get(model.name) is not model:
                 continue

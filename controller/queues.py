@@ -15,10 +15,10 @@ itself, not a protocol: the compiled core then reads those fields natively, not 
 
 from __future__ import annotations
 
-import heapq
 from typing import Final
 
 from clockwork.common.schema import MAX_PRIORITY
+from clockwork.controller import heap_entry
 from clockwork.controller.heap_entry import Entry
 from clockwork.controller.lifecycle import RequestState
 from clockwork.controller.request import Request
@@ -56,7 +56,7 @@ class QueueBase:
         """Count a request in and file it for expiry; returns the token of this push."""
         token = req.queue_token = self._pushes
         self._pushes += 1
-        heapq.heappush(self._expire, Entry(req.deadline_ns, token, req))
+        heap_entry.push(self._expire, Entry(req.deadline_ns, token, req))
         self._live += 1
         self.samples += req.samples
         self.samples_by_class[req.priority] = self.samples_by_class[req.priority] + req.samples
@@ -74,7 +74,7 @@ class QueueBase:
     def earliest_deadline(self) -> int | None:
         expire = self._expire
         while expire and not is_live(expire[0]):
-            heapq.heappop(expire)
+            heap_entry.pop(expire)
         return expire[0].key if expire else None
 
     def pop_expired(self, before_ns: int) -> list[Request]:
@@ -83,7 +83,7 @@ class QueueBase:
         out: list[Request] = []
         expire = self._expire
         while expire and expire[0].key < before_ns:
-            entry = heapq.heappop(expire)
+            entry = heap_entry.pop(expire)
             if is_live(entry):
                 out.append(entry.item)
         return out
@@ -111,7 +111,7 @@ class RequestQueue(QueueBase):
 
     def push(self, req: Request) -> None:
         token = self._added(req)
-        heapq.heappush(self._serve, Entry(req.deadline_ns, token, req, -req.priority))
+        heap_entry.push(self._serve, Entry(req.deadline_ns, token, req, -req.priority))
 
     def head(self, limit: int) -> list[Request]:
         """Up to `limit` live requests in service order; O(limit log n), the queue unchanged."""
@@ -119,19 +119,19 @@ class RequestQueue(QueueBase):
         taken: list[Entry[Request]] = []
         out: list[Request] = []
         while serve and len(out) < limit:
-            entry = heapq.heappop(serve)
+            entry = heap_entry.pop(serve)
             if is_live(entry):
                 taken.append(entry)
                 out.append(entry.item)
         for entry in taken:
-            heapq.heappush(serve, entry)
+            heap_entry.push(serve, entry)
         return out
 
     def first(self) -> Request | None:
         """The live request served next (amortised O(1): stale entries on top are dropped)."""
         serve = self._serve
         while serve and not is_live(serve[0]):
-            heapq.heappop(serve)
+            heap_entry.pop(serve)
         return serve[0].item if serve else None
 
     def drain(self) -> list[Request]:

@@ -3,6 +3,8 @@ model. test_core drives them together through the core."""
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -10,8 +12,9 @@ from hypothesis import given, settings, strategies as st
 from clockwork.common.checks import BadMessage
 from clockwork.common.models import Signature, TensorSpec, check_inputs
 from clockwork.common.tensors import Tensor
-from clockwork.controller import placement
+from clockwork.controller import heap_entry, placement
 from clockwork.controller.batching import grow, padded_size, split_ns
+from clockwork.controller.heap_entry import Entry
 from clockwork.controller.core import samples_in_order
 from clockwork.controller.latency import LatencyModel, percentile_of
 from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency, move
@@ -71,6 +74,27 @@ def test_a_queue_serves_by_priority_then_deadline_then_arrival_and_expires_by_de
     assert queue.earliest_deadline() == min((r.deadline_ns for r in live), default=None)
     expired = sorted((r for r in live if r.deadline_ns < cutoff), key=lambda r: (r.deadline_ns, r.request_id))
     assert queue.pop_expired(cutoff) == expired
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.tuples(st.integers(-2, 0), st.integers(0, 6)), st.none()), max_size=60))
+def test_the_cores_heap_keeps_heapqs_layout_and_order(steps):
+    """heap_entry.push and pop are heapq's, compiled: after any pushes (rank, key) and pops
+    (None) both heaps hold the same entries in the same places, and pop the same ones."""
+    ours: list[Entry[int]] = []
+    theirs: list[tuple[int, int, int]] = []
+    for token, step in enumerate(steps):
+        if step is None:
+            if theirs:
+                entry = heap_entry.pop(ours)
+                assert (entry.rank, entry.key, entry.token) == heapq.heappop(theirs)
+            else:
+                with pytest.raises(IndexError):
+                    heap_entry.pop(ours)
+        else:
+            heap_entry.push(ours, Entry(step[1], token, token, step[0]))
+            heapq.heappush(theirs, (step[0], step[1], token))
+        assert [(e.rank, e.key, e.token) for e in ours] == theirs
 
 
 @settings(max_examples=300, deadline=None)
