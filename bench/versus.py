@@ -52,7 +52,7 @@ from clockwork.bench.loadgen import SEND_FAILED, run_open_loop
 from clockwork.bench.procs import cluster, free_port, kept_off_lanes, run_in_temp_dir
 from clockwork.bench.progress import Progress, command_main, say
 from clockwork.bench.report import Latencies, LoadResults, answered_after_admission, format_table, write_json
-from clockwork.client import Client, ClockworkError
+from clockwork.client import Client, ClockworkError, DeadlineExceeded
 from clockwork.client.cli import parse_shape
 
 FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.85, 1.0, 1.25, 1.5, 2.0)  # of the plain server's nominal capacity
@@ -234,9 +234,13 @@ def settle(client: Client, inputs: dict) -> None:
     """Wait until the target has worked off what an earlier rate left queued: the plain server
     keeps every request it is sent, so past its capacity it still works for seconds after the
     load generator gave up on them, and the next rate would start behind that. A request with
-    an SLO this long is served after everything queued before it (FIFO, and EDF alike)."""
+    an SLO this long is served after everything queued before it (FIFO, and EDF alike). No
+    answer at all in that time is the target failing, not an outcome: the run ends there and
+    keeps the daemons' logs (bench/procs.run_in_temp_dir)."""
     try:
         client.infer(MODEL, inputs, slo_ms=SETTLE_SLO_MS)
+    except DeadlineExceeded as exc:
+        raise RuntimeError(f"the target at {client.endpoint} answered nothing: {exc}") from None
     except ClockworkError as exc:  # not expected; the rate that follows shows what is wrong
         say(f"settling before the next rate: {exc}")
 
