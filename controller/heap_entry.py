@@ -79,10 +79,13 @@ def _sift_up(heap: list[Entry[T]], pos: int) -> None:
     new = heap[pos]
     child = 2 * pos + 1
     while child < end:
+        lesser = heap[child]
         right = child + 1
-        if right < end and not _before(heap[child], heap[right]):
-            child = right
-        heap[pos] = heap[child]
+        if right < end:
+            other = heap[right]
+            if not _before(lesser, other):
+                child, lesser = right, other
+        heap[pos] = lesser
         pos = child
         child = 2 * pos + 1
     heap[pos] = new
