@@ -175,7 +175,8 @@ class Core:
         self.client_hops = ClientHops(config.latency_percentile)  # what replaces the floor per client
         # Requests are planned to finish by a deadline that keeps the reply allowance (its tail)
         # free; a request is given up only once it cannot finish by when its reply would
-        # typically still reach the client: this much later (the return hop's p99 over its p50).
+        # typically still reach the client: this much later (the return hop's p99 over its p50,
+        # and the client hop's, the least any client with figures has).
         # Giving up at the planning deadline dropped, on a noisy CPU, EXECs that would typically
         # have been answered with milliseconds to spare.
         self.give_up_slack_ns = 0
@@ -415,7 +416,9 @@ class Core:
         # a p99 near 5 ms, seldom both at once.
         self.finish_tail_ns = max(0, self.latency.finish_tail_ns(pct) - back_kept)
         typical_back = max((self.latency.return_ns(w, 50) for w in self.workers), default=0)
-        self.give_up_slack_ns = max(0, back_kept - typical_back)
+        # The way on to the client is planned at its tail too (reply_ns_for): a typical reply
+        # leaves every client with figures at least its least excess more.
+        self.give_up_slack_ns = max(0, back_kept - typical_back) + self.client_hops.least_excess_ns
 
     def reply_ns_for(self, hop: int | None) -> int:
         """The reply allowance with `hop` planned for the way on to the client (None: the floor)

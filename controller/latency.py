@@ -99,12 +99,13 @@ class _ClientReports:
     """What one client reported: its last `window` hops, the reply it last reported, and the
     figures worked out from them at the last refresh."""
 
-    __slots__ = ("samples", "last_id", "tail_ns", "worst_ns", "dirty")
+    __slots__ = ("samples", "last_id", "tail_ns", "typical_ns", "worst_ns", "dirty")
 
     def __init__(self, window: int):
         self.samples: deque[int] = deque(maxlen=window)
         self.last_id = 0
         self.tail_ns: int | None = None
+        self.typical_ns: int | None = None
         self.worst_ns: int | None = None
         self.dirty = False
 
@@ -128,6 +129,7 @@ class ClientHops:
         self._max_clients = max_clients
         self._clients: OrderedDict[bytes, _ClientReports] = OrderedDict()  # the latest to report last
         self._dirty: list[_ClientReports] = []
+        self.least_excess_ns = 0  # the smallest tail_ns - typical_ns of the clients with figures
 
     def observe(self, client: bytes, reply_id: int, hop_ns: int) -> None:
         reports = self._clients.get(client)
@@ -146,13 +148,24 @@ class ClientHops:
             self._dirty.append(reports)
 
     def refresh(self) -> None:
-        """Recompute the figures of the clients that reported since the last refresh."""
+        """Recompute the figures of the clients that reported since the last refresh, and the
+        least excess of a tail over its typical hop (what Core.give_up_slack_ns may add: a
+        typical reply reaches every such client that much sooner than the allowance planned)."""
+        if not self._dirty:
+            return
         for reports in self._dirty:
             reports.dirty = False
             if len(reports.samples) >= self._enough:
                 reports.tail_ns = percentile_of(reports.samples, self._percentile)
+                reports.typical_ns = percentile_of(reports.samples, 50)
                 reports.worst_ns = max(reports.samples)
         self._dirty.clear()
+        least: int | None = None
+        for reports in self._clients.values():
+            tail, typical = reports.tail_ns, reports.typical_ns
+            if tail is not None and typical is not None and (least is None or tail - typical < least):
+                least = tail - typical
+        self.least_excess_ns = least or 0
 
     def tail_ns(self, client: bytes) -> int | None:
         """The client's reply hop at the percentile; None until it has reported enough."""
