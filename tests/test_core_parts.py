@@ -18,6 +18,7 @@ from clockwork.controller.heap_entry import Entry
 from clockwork.controller.core import samples_in_order
 from clockwork.controller.latency import LatencyModel, percentile_of
 from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency, move
+from clockwork.controller.policy import _take_least
 from clockwork.controller.queues import RequestQueue, from_class
 from clockwork.controller.request import Request
 from clockwork.controller.state import Device, Resident
@@ -74,6 +75,16 @@ def test_a_queue_serves_by_priority_then_deadline_then_arrival_and_expires_by_de
     assert queue.earliest_deadline() == min((r.deadline_ns for r in live), default=None)
     expired = sorted((r for r in live if r.deadline_ns < cutoff), key=lambda r: (r.deadline_ns, r.request_id))
     assert queue.pop_expired(cutoff) == expired
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(-2, 0), st.integers(0, 4), st.text("abc", max_size=2)), unique_by=lambda r: r[2]))
+def test_batch_choice_takes_pending_models_in_the_order_sorting_gives(ranked):
+    """policy._take_least, taken until none is left: the sorted order (names unique, as on a device)."""
+    left, taken = list(ranked), []
+    while left:
+        taken.append(_take_least(left))
+    assert taken == sorted(ranked)
 
 
 @settings(max_examples=300, deadline=None)
