@@ -189,6 +189,12 @@ class LatencyModel:
         # Model -> device kind -> batch size -> window: looked up a dozen times a request, and
         # three lookups by a string or an int cost less than one by a tuple made for it.
         self._exec: dict[str, dict[str, dict[int, _Window]]] = {}
+        # The last (model, kind) looked up and its windows by batch: the look-ups of one request,
+        # one batch choice or one batch's growth mostly ask about one model on one kind in a row.
+        # A dict found stays the one in _exec (windows are added to it) until forget() clears this.
+        self._last_model = ""
+        self._last_kind = ""
+        self._last_by_batch: dict[int, _Window] = {}
         # Model -> a number that moves whenever one of its exec figures may have (never back to
         # an earlier one): what prices worked out from them and kept (Core.drain_ns) are checked against.
         self._generations: dict[str, int] = {}
@@ -227,11 +233,16 @@ class LatencyModel:
         return win
 
     def _find(self, model: str, batch: int, kind: str) -> _Window | None:
+        if model == self._last_model and kind == self._last_kind:
+            return self._last_by_batch.get(batch)
         by_kind = self._exec.get(model)
         if by_kind is None:
             return None
         by_batch = by_kind.get(kind)
-        return None if by_batch is None else by_batch.get(batch)
+        if by_batch is None:
+            return None
+        self._last_model, self._last_kind, self._last_by_batch = model, kind, by_batch
+        return by_batch.get(batch)
 
     def _changed(self, model: str) -> None:
         self._changes += 1
@@ -340,6 +351,8 @@ class LatencyModel:
     def forget(self, model: str) -> None:
         self._generations.pop(model, None)  # what was worked out from its figures went with its Model
         self._exec.pop(model, None)
+        self._last_model = self._last_kind = ""
+        self._last_by_batch = {}
         self._load = {k: v for k, v in self._load.items() if k[0] != model}
 
     # ------------------------------------------------------------------ predicting

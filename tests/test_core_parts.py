@@ -134,6 +134,27 @@ def test_the_cores_check_of_inputs_in_order_agrees_with_the_full_check(specs, da
         assert fast == full
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("ab"), st.sampled_from(["cpu", "gpu"]), st.sampled_from([1, 2, 4])),
+                max_size=30), st.sampled_from("ab"))
+def test_latency_figures_looked_up_in_any_order_are_each_models_own_and_none_once_forgotten(asks, forgotten):
+    """LatencyModel keeps the last (model, kind) looked up: whatever the order of the look-ups,
+    each answer is the one a fresh model gives, and a forgotten model has none, then new ones."""
+    def seeded() -> LatencyModel:
+        latency = LatencyModel()
+        for i, (name, kind) in enumerate([("a", "cpu"), ("a", "gpu"), ("b", "cpu")]):
+            latency.seed(name, kind, 0, {1: 100 * i + 1, 2: 100 * i + 2})
+        return latency
+
+    latency = seeded()
+    for name, kind, batch in asks:
+        assert latency.exec_ns(name, batch, kind) == seeded().exec_ns(name, batch, kind)
+    latency.forget(forgotten)
+    assert all(latency.exec_ns(forgotten, batch, kind) is None for _, kind, batch in asks)
+    latency.seed(forgotten, "cpu", 0, {1: 7})
+    assert latency.exec_ns(forgotten, 1, "cpu") == 7 and latency.typical_exec_ns(forgotten, 1, "cpu") == 7
+
+
 def test_padded_size_is_the_smallest_profiled_size_that_holds_the_samples():
     assert [padded_size(n, SIZES) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, None]
 
