@@ -417,8 +417,11 @@ class Core:
         self.finish_tail_ns = max(0, self.latency.finish_tail_ns(pct) - back_kept)
         typical_back = max((self.latency.return_ns(w, 50) for w in self.workers), default=0)
         # The way on to the client is planned at its tail too (reply_ns_for): a typical reply
-        # leaves every client with figures at least its least excess more.
-        self.give_up_slack_ns = max(0, back_kept - typical_back) + self.client_hops.least_excess_ns
+        # leaves every client with figures at least its least excess more. Never more than the
+        # floor, which a client without figures has planned for its hop: one client's long
+        # tail (seconds, from a client that paused) must not keep everyone's hopeless requests.
+        self.give_up_slack_ns = max(0, back_kept - typical_back) + min(self.client_hops.least_excess_ns,
+                                                                       self.reply_floor_ns)
 
     def reply_ns_for(self, hop: int | None) -> int:
         """The reply allowance with `hop` planned for the way on to the client (None: the floor)
