@@ -234,7 +234,7 @@ class AsyncClient:
         """Wait for the reply, resending idempotent calls (same id) as Call.retry_ns says. The
         reply wakes this task straight from `_deliver`: a timer fails the future at the wait's
         end (wait_for and shield cost two more turns of the loop per reply); a resend waits on
-        a fresh future under the same id."""
+        a fresh future under the same id, as does a reply that `_deliver` found the timer's."""
         loop = asyncio.get_running_loop()
         while True:
             now_ns = time.monotonic_ns()
@@ -249,6 +249,9 @@ class AsyncClient:
                     raise
             finally:
                 timer.cancel()
+            delivered = self._pending[msg_id]
+            if delivered is not future:  # the reply came after the timer, before this turn
+                return delivered.result()
             future = self._pending[msg_id] = loop.create_future()
             try:
                 await self._send(call, msg_id)
@@ -315,9 +318,14 @@ class AsyncClient:
     def _deliver(self, incoming: Incoming) -> None:
         request_id = protocol.route(incoming, self._pending)
         future = self._pending.get(request_id) if request_id is not None else None
-        if future is None or future.done():
+        if future is None:
             log.debug("discarding a reply to request %d: no call waits for it", incoming.parent_id)
             return
+        if future.done():
+            # The resend timer failed this future and its call has not run since: the reply
+            # waits for it in a fresh one. Dropped, it was lost for good: the controller
+            # answers a request once and absorbs the resends.
+            future = self._pending[request_id] = asyncio.get_running_loop().create_future()
         future.set_result(incoming)
 
     def _fail_pending(self, make_error: Callable[[], Exception]) -> None:

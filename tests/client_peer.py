@@ -7,6 +7,8 @@ behaviour, so one peer serves every test:
     "silent"     never answers
     "late"       answers only when the next request arrives (the stale reply goes out first)
     "slow"       answers after 0.2 s
+    "once"       answers after 0.2 s, and absorbs resends of a request it has seen (as the
+                 controller does: it answers each request once)
     "overload"   INFER_REPLY(WOULD_MISS_DEADLINE)
     "anon-error" ERROR(BAD_MESSAGE) with parent_id 0
     "garbage"    an undecodable reply that still names its request
@@ -64,6 +66,7 @@ class FakeController:
                                         "pair": model_info("pair", [{"name": "a", "dtype": "float32", "shape": [2]},
                                                                     {"name": "b", "dtype": "int64", "shape": [2]}])}
         self.stashed: list[Send] = []
+        self.seen: set[int] = set()  # the msg_ids of "once" INFERs
 
     def handle(self, env: Envelope) -> list[Send]:
         out, self.stashed = self.stashed, []
@@ -138,8 +141,12 @@ class FakeController:
             return [Send(frames=[header])]
         if model == "wrongtype":
             return [Send(reply())]
-        delay = 0.2 if model == "slow" else 0.0
-        if model != "slow" and model not in self.models:
+        if model == "once":
+            if env.msg_id in self.seen:
+                return []
+            self.seen.add(env.msg_id)
+        delay = 0.2 if model in ("slow", "once") else 0.0
+        if model not in ("slow", "once") and model not in self.models:
             return [Send(schema.InferReply(status=Status.MODEL_NOT_FOUND, detail=f"no model named {model!r}"))]
         outputs = {f"{t.name}_out": t.array() * 2 for t in env.body.tensors}
         samples = env.body.tensors[0].shape[0] if env.body.tensors else 0

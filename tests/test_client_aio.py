@@ -101,6 +101,21 @@ def test_silence_times_out_and_a_late_reply_is_discarded():
     assert set(result.outputs) == {"data_out"} and result.output[0, 0] == 14
 
 
+def test_a_reply_that_arrives_as_the_resend_timer_fires_still_answers_the_call():
+    """The controller answers a request once and absorbs its resends. When the loop wakes to
+    the reply and the resend timer together (here it stalls past both), the reply must reach
+    the caller: dropped there, the call waited out its SLO (the e2e cancel test's 1 s exec
+    against resends every 0.25 s did, now and then)."""
+    async def scenario(c, peer):
+        call = asyncio.ensure_future(c.infer("once", {"data": x(value=3)}, slo_ms=1000))
+        while not peer.requests(schema.Infer):
+            await asyncio.sleep(0.01)
+        time.sleep(0.4)  # the reply (after 0.2 s) and the resend timer (0.25 s) are both due on waking
+        return await call
+
+    assert run(scenario).output[0, 0] == 6
+
+
 def test_unreachable_controller_times_out():
     async def scenario(c, peer):
         start = time.monotonic()
