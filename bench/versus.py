@@ -70,7 +70,7 @@ def point(target: str, rate: float, results: LoadResults, busy_ns: int) -> Point
                  after_admission=answered_after_admission(results.by_status, SEND_FAILED))
 
 
-ALLOWANCES = ("dispatch_ms", "finish_tail_ms", "reply_ms", "admission_headroom")
+ALLOWANCES = ("dispatch_ms", "finish_tail_ms", "reply_ms", "reply_hop_ms_max", "admission_headroom")
 
 
 def why(before: dict, after: dict) -> tuple[dict[str, int], dict[str, float]]:
