@@ -186,15 +186,16 @@ class LatencyModel:
     def __init__(self, window: int = 32, percentile: float = 99.0, error_window: int = 10_000):
         self._window = window
         self._percentile = percentile
-        # Model -> device kind -> batch size -> window: looked up a dozen times a request, and
-        # three lookups by a string or an int cost less than one by a tuple made for it.
-        self._exec: dict[str, dict[str, dict[int, _Window]]] = {}
+        # Model -> device kind -> windows indexed by batch size (None where none was profiled or
+        # measured; sizes are at most schema.MAX_BATCH): looked up a dozen times a request, and
+        # two lookups by a string and an index cost less than one by a tuple made for it.
+        self._exec: dict[str, dict[str, list[_Window | None]]] = {}
         # The last (model, kind) looked up and its windows by batch: the look-ups of one request,
         # one batch choice or one batch's growth mostly ask about one model on one kind in a row.
-        # A dict found stays the one in _exec (windows are added to it) until forget() clears this.
+        # A list found stays the one in _exec (windows are added to it) until forget() clears this.
         self._last_model = ""
         self._last_kind = ""
-        self._last_by_batch: dict[int, _Window] = {}
+        self._last_by_batch: list[_Window | None] = []
         # Model -> a number that moves whenever one of its exec figures may have (never back to
         # an earlier one): what prices worked out from them and kept (Core.drain_ns) are checked against.
         self._generations: dict[str, int] = {}
@@ -226,23 +227,27 @@ class LatencyModel:
         return win
 
     def _exec_window(self, model: str, batch: int, kind: str) -> _Window:
-        by_batch = self._exec.setdefault(model, {}).setdefault(kind, {})
-        win = by_batch.get(batch)
+        by_batch = self._exec.setdefault(model, {}).setdefault(kind, [])
+        if batch >= len(by_batch):
+            by_batch.extend([None] * (batch + 1 - len(by_batch)))
+        win = by_batch[batch]
         if win is None:
             win = by_batch[batch] = _Window(self._window, self._percentile)
         return win
 
     def _find(self, model: str, batch: int, kind: str) -> _Window | None:
         if model == self._last_model and kind == self._last_kind:
-            return self._last_by_batch.get(batch)
-        by_kind = self._exec.get(model)
-        if by_kind is None:
-            return None
-        by_batch = by_kind.get(kind)
-        if by_batch is None:
-            return None
-        self._last_model, self._last_kind, self._last_by_batch = model, kind, by_batch
-        return by_batch.get(batch)
+            by_batch = self._last_by_batch
+        else:
+            by_kind = self._exec.get(model)
+            if by_kind is None:
+                return None
+            found = by_kind.get(kind)
+            if found is None:
+                return None
+            by_batch = found
+            self._last_model, self._last_kind, self._last_by_batch = model, kind, by_batch
+        return by_batch[batch] if 0 <= batch < len(by_batch) else None
 
     def _changed(self, model: str) -> None:
         self._changes += 1
@@ -341,8 +346,9 @@ class LatencyModel:
         request was refused on it, and no result ever came to lower it."""
         self._changed(model)
         for by_batch in self._exec.get(model, {}).values():
-            for win in by_batch.values():
-                win.drop_worst()
+            for win in by_batch:
+                if win is not None:
+                    win.drop_worst()
         for samples in (self.finish_errors, *self._lateness.values(), *self._returns.values()):
             values = samples.values
             if values:
@@ -352,7 +358,7 @@ class LatencyModel:
         self._generations.pop(model, None)  # what was worked out from its figures went with its Model
         self._exec.pop(model, None)
         self._last_model = self._last_kind = ""
-        self._last_by_batch = {}
+        self._last_by_batch = []
         self._load = {k: v for k, v in self._load.items() if k[0] != model}
 
     # ------------------------------------------------------------------ predicting

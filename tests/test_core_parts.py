@@ -135,11 +135,13 @@ def test_the_cores_check_of_inputs_in_order_agrees_with_the_full_check(specs, da
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from("ab"), st.sampled_from(["cpu", "gpu"]), st.sampled_from([1, 2, 4])),
+@given(st.lists(st.tuples(st.sampled_from("ab"), st.sampled_from(["cpu", "gpu"]), st.sampled_from([0, 1, 2, 4, 1024])),
                 max_size=30), st.sampled_from("ab"))
 def test_latency_figures_looked_up_in_any_order_are_each_models_own_and_none_once_forgotten(asks, forgotten):
     """LatencyModel keeps the last (model, kind) looked up: whatever the order of the look-ups,
-    each answer is the one a fresh model gives, and a forgotten model has none, then new ones."""
+    each answer is the one a fresh model gives (none for a size never profiled or measured),
+    a size first measured after the look-ups is found, and a forgotten model has none, then
+    new ones."""
     def seeded() -> LatencyModel:
         latency = LatencyModel()
         for i, (name, kind) in enumerate([("a", "cpu"), ("a", "gpu"), ("b", "cpu")]):
@@ -149,6 +151,10 @@ def test_latency_figures_looked_up_in_any_order_are_each_models_own_and_none_onc
     latency = seeded()
     for name, kind, batch in asks:
         assert latency.exec_ns(name, batch, kind) == seeded().exec_ns(name, batch, kind)
+    assert [seeded().exec_ns("a", batch, "cpu") for batch in (0, 1, 2, 4, 1024)] == [None, 1, 2, None, None]
+    latency.observe_exec("a", 8, "cpu", 5, 0)
+    assert latency.exec_ns("a", 8, "cpu") == 5 and latency.typical_exec_ns("a", 8, "cpu") == 5
+    assert latency.exec_ns("a", 4, "cpu") is None and latency.exec_ns("b", 8, "cpu") is None
     latency.forget(forgotten)
     assert all(latency.exec_ns(forgotten, batch, kind) is None for _, kind, batch in asks)
     latency.seed(forgotten, "cpu", 0, {1: 7})
