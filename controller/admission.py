@@ -165,7 +165,7 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
                     f"hops to the worker and back to you), and admission keeps {unplanned / 1e6:.2f} ms "
                     f"({headroom.share:.0%} of its budget) unplanned for estimates that run long; its SLO is "
                     f"{slo_ns / 1e6:.2f} ms", None)
-        core.counters["rejected_for_backlog"] += 1
+        core.count("rejected_for_backlog")
         return (Status.WOULD_MISS_DEADLINE,
                 f"the work queued ahead finishes {(backlog - now_ns) / 1e6:.2f} ms from now at the earliest; "
                 f"{budget / 1e6:.2f} ms of its SLO are left", None)
@@ -222,7 +222,7 @@ def refused_on_estimates(core: Core, model: Model) -> None:
         model.refused_unseen = 0
         core.latency.doubt(model.name)
         core.refresh_allowances()
-        core.counters["estimates_doubted"] += 1
+        core.count("estimates_doubted")
 
 
 def overtaken_ns(full_batch_ns: int, exec_ns: int, ahead_ns: int) -> int:

@@ -160,7 +160,7 @@ class HotModelReplicas:
                     core.cfg.replicate_backlog_fraction):
                 if core.load_somewhere(model, now_ns, slots):
                     slots = [d for d in slots if d.loads_in_flight < core.cfg.max_loads_per_device]
-                    core.counters["replicas_added"] += 1
+                    core.count("replicas_added")
 
 
 def _choose_batch(core: Core, dev: Device, start_ns: int) -> Batch | None:

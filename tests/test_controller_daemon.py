@@ -175,7 +175,7 @@ def test_a_handler_that_holds_the_loop_does_not_lose_the_workers_whose_heartbeat
         send_frames(sock, encode(schema.ListModels(), 7))
         assert replies(sock, 1, timeout_s=5)[7].status is Status.OK  # answered once the handler let go
         time.sleep(0.3)
-        assert "w" in ctl.core.workers and ctl.core.counters["workers_lost"] == 0
+        assert "w" in ctl.core.workers and ctl.core.counters.get("workers_lost", 0) == 0
     finally:
         done.set()
         ctl.stopping = True
