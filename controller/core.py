@@ -47,7 +47,7 @@ from typing import Any, Final, TypeVar
 from clockwork.common import schema
 from clockwork.common.checks import BadMessage
 from clockwork.common.config import SchedulerConfig
-from clockwork.common.models import Signature, check_inputs
+from clockwork.common.models import Signature, TensorSpec, check_inputs
 from clockwork.common.schema import ActionKind
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
@@ -1102,21 +1102,28 @@ def samples_in_order(signature: Signature, tensors: tuple[Tensor, ...]) -> int |
     order, as clients send them, checked here in compiled code (common.models.check_inputs is
     interpreted: 6,700 instructions a request in the issue-19 run); None for anything else,
     which check_inputs then checks the whole way, saying what is wrong."""
-    inputs = signature.inputs
+    known: dict[str, Any] = signature.__dict__
+    inputs: tuple[TensorSpec, ...] = known["inputs"]
     if len(tensors) != len(inputs) or not tensors:
         return None
     samples = -1
     for i in range(len(tensors)):
-        t, spec = tensors[i], inputs[i]
-        shape, spec_shape = t.shape, spec.shape
+        # Tensor and TensorSpec are interpreted frozen dataclasses: one read of each one's
+        # __dict__ and three lookups in it cost a third of three generic attribute reads
+        # (~390 instructions each from compiled code, 2.7% of the issue-19 run).
+        t: dict[str, Any] = tensors[i].__dict__
+        spec: dict[str, Any] = inputs[i].__dict__
+        shape: tuple[int, ...] = t["shape"]
+        spec_shape: tuple[int, ...] = spec["shape"]
         if not shape:
             return None
         if samples < 0:
             samples = shape[0]
-        if (t.name != spec.name or t.dtype != spec.dtype or len(shape) != len(spec_shape) + 1
+        if (t["name"] != spec["name"] or t["dtype"] != spec["dtype"] or len(shape) != len(spec_shape) + 1
                 or shape[0] != samples or shape[1:] != spec_shape):
             return None
-    return samples if 0 < samples <= signature.max_batch else None
+    max_batch: int = known["max_batch"]
+    return samples if 0 < samples <= max_batch else None
 
 
 class _Rows:
