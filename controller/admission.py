@@ -274,7 +274,7 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
     best = None
     # This model's queue on one replica, the new request last in it: it rides in the batch its
     # queue's tail makes, not in a batch of its own behind the queue.
-    mine_samples = from_class(model.queue.samples_by_class, priority) / len(model.replicas) + samples
+    mine_samples = model.queue.samples_from(priority) / len(model.replicas) + samples
     # What a replica's kind decides, worked out again only when the kind changes (replicas share kinds).
     cost_kind: str | None = None
     typical: int | None = None

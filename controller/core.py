@@ -315,10 +315,10 @@ class Core:
         shares = model.backlog_shares
         if added is not None:  # it starts with its kind's share as it stands; the update below moves it with the rest
             for c, ns in enumerate(shares.get(added.kind, ())):
-                added.backlog_by_class[c] = added.backlog_by_class[c] + ns
+                added.add_backlog(c, ns)
         if removed is not None:
             for c, ns in enumerate(shares.get(removed.kind, ())):
-                removed.backlog_by_class[c] = removed.backlog_by_class[c] - ns
+                removed.add_backlog(c, -ns)
             if all(dev.kind != removed.kind for dev in model.replicas.values()):
                 shares.pop(removed.kind, None)
         waiting = model.queue.samples_by_class
@@ -344,7 +344,7 @@ class Core:
                     delta = moved[kind] = cost - share[c]
                     share[c] = cost
                 if delta:
-                    dev.backlog_by_class[c] = dev.backlog_by_class[c] + delta
+                    dev.add_backlog(c, delta)
 
     def drain_ns(self, model: Model, samples: float, kind: str) -> int:
         """Predicted EXEC time of `samples` queued samples of `model` on a device of `kind`,

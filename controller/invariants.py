@@ -31,8 +31,9 @@ def check_invariants(core: Core, now_ns: int) -> None:
             prev_end = end
         held = [core.models[n] for n in dev.resident if n in core.models and dev.key in core.models[n].replicas]
         shares = [sum(col) for col in zip([0] * CLASSES, *(m.backlog_shares.get(dev.kind, [0] * CLASSES) for m in held))]
-        if shares != dev.backlog_by_class:
-            raise InvariantViolation(f"{dev.key}: backlog {dev.backlog_by_class} ns but its models' shares add to {shares}")
+        if shares != dev.backlog_by_class or dev.backlog_total != sum(shares):
+            raise InvariantViolation(f"{dev.key}: backlog {dev.backlog_by_class} ns (total {dev.backlog_total}) but "
+                                     f"its models' shares add to {shares}")
         want = [n for n in dev.resident if n in core.pending]
         if sorted(want) != sorted(dev.pending):
             raise InvariantViolation(f"{dev.key}: pending {sorted(dev.pending)} but queued residents {want}")
@@ -53,6 +54,9 @@ def check_invariants(core: Core, now_ns: int) -> None:
         live = sum(1 for r in core.requests.values() if r.model == model.name and r.state is RequestState.QUEUED)
         if live != len(model.queue) or (live > 0) != (model.name in core.pending):
             raise InvariantViolation(f"{model.name}: queue length {len(model.queue)} but {live} queued")
+        if model.queue.samples != sum(model.queue.samples_by_class):
+            raise InvariantViolation(f"{model.name}: {model.queue.samples} samples queued but "
+                                     f"{model.queue.samples_by_class} by class")
         if any(model.unplaced_ns) and model.replicas:
             raise InvariantViolation(f"{model.name}: counted as waiting for a LOAD but it has replicas")
         if (model.name in core.unplaced) != (model.name in core.pending and not model.replicas):

@@ -52,6 +52,10 @@ class QueueBase:
     def __len__(self) -> int:
         return self._live
 
+    def samples_from(self, priority: int) -> int:
+        """The live samples in class `priority` and above."""
+        return self.samples if priority == 0 else from_class(self.samples_by_class, priority)
+
     def _added(self, req: Request) -> int:
         """Count a request in and file it for expiry; returns the token of this push."""
         token = req.queue_token = self._pushes

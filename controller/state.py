@@ -78,8 +78,10 @@ class Device:
     # Predicted EXEC time of the work queued for it, per priority class: each held model's
     # queued samples, split evenly over that model's replicas, at the batch sizes they would run
     # in. Admission puts the classes at and above a new request's ahead of it (kept up to date
-    # on every queue and replica change, so reading it costs a sum of ten).
+    # on every queue and replica change through add_backlog, with the total over the classes
+    # beside it: a request of the lowest class, the usual one, reads that, not a sum of ten).
     backlog_by_class: list[int] = field(default_factory=lambda: [0] * CLASSES)
+    backlog_total: int = 0
     sm_clock_mhz: int = 0  # last reported by the worker (GPUs); shows throttling in STATUS
     exec_busy_ns: int = 0  # measured EXEC time so far: utilisation is its rate of change
 
@@ -93,7 +95,12 @@ class Device:
 
     def backlog_ns(self, min_priority: int = 0) -> int:
         """Predicted EXEC time queued here in priority classes `min_priority` and above."""
-        return from_class(self.backlog_by_class, min_priority)
+        return self.backlog_total if min_priority == 0 else from_class(self.backlog_by_class, min_priority)
+
+    def add_backlog(self, priority: int, ns: int) -> None:
+        """The work queued here in class `priority` grew by `ns` (or shrank, negative)."""
+        self.backlog_by_class[priority] = self.backlog_by_class[priority] + ns
+        self.backlog_total += ns
 
 
 @dataclass(eq=False, slots=True)
