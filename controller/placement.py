@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from clockwork.common.models import pages_for
+from clockwork.controller.latency import LatencyModel
 from clockwork.controller.lifecycle import Residency
 from clockwork.controller.state import Device, Model
 
@@ -77,12 +78,13 @@ def load_target(model: Model, weights_bytes: int, devices: list[Device], now_ns:
     return None
 
 
-def wants_replica(model: Model, now_ns: int, dispatch_ns_of: Callable[[Device], int],
-                  exec_ns_at: Callable[[Device, int], int | None], fraction: float) -> bool:
+def wants_replica(model: Model, now_ns: int, dispatch_ns_of: Callable[[Device], int], latency: LatencyModel,
+                  fraction: float) -> bool:
     """True when draining the queue would use more than `fraction` of its head's remaining budget.
 
-    `exec_ns_at(dev, size)` predicts an EXEC of `size` on `dev` (None if unknown);
-    `dispatch_ns_of(dev)` is the hop from sending to its lane starting.
+    `latency` predicts an EXEC on each replica's kind of device; `dispatch_ns_of(dev)` is the
+    hop from sending to its lane starting. (Asked of every pending model at every replication
+    check: the latency model is called directly, not through a closure made per model.)
     """
     head = model.queue.earliest_deadline()
     if head is None or not model.replicas or not model.sizes:
@@ -90,9 +92,10 @@ def wants_replica(model: Model, now_ns: int, dispatch_ns_of: Callable[[Device], 
     size = model.sizes[-1]
     rate = 0.0  # samples per ns over all replicas
     start = None
+    name = model.name
     for dev in model.replicas.values():
-        res = dev.resident.get(model.name)
-        exec_ns = exec_ns_at(dev, size)
+        res = dev.resident.get(name)
+        exec_ns = latency.exec_ns(name, size, dev.kind)
         if res is None or exec_ns is None:
             continue
         rate += size / exec_ns

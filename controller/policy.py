@@ -149,15 +149,16 @@ class HotModelReplicas:
     def __call__(self, core: Core, now_ns: int) -> None:
         if now_ns < self._next_ns:
             return
-        self._next_ns = now_ns + core.cfg.replication_check_ns
+        cfg = core.cfg
+        self._next_ns = now_ns + cfg.replication_check_ns
         slots = core.free_load_slots()
+        # Read once per check, not per pending model (the config is interpreted: read by name).
+        dispatch_of, latency, fraction = core.dispatch_of, core.latency, cfg.replicate_backlog_fraction
         for name in list(core.pending):
             if not slots:
                 return
             model = core.models[name]
-            if model.replicas and placement.wants_replica(
-                    model, now_ns, core.dispatch_of, lambda dev, size: core.latency.exec_ns(name, size, dev.kind),
-                    core.cfg.replicate_backlog_fraction):
+            if model.replicas and placement.wants_replica(model, now_ns, dispatch_of, latency, fraction):
                 if core.load_somewhere(model, now_ns, slots):
                     slots = [d for d in slots if d.loads_in_flight < core.cfg.max_loads_per_device]
                     core.count("replicas_added")
