@@ -3,13 +3,14 @@
 heapq orders tuples item by item through generic comparisons (an equality test for each item
 that decides nothing, then the order), and the core's heaps (every queue's service and expiry
 order, the policy's expiry looks, the actions' give-up times) pop a few entries per request
-from heaps of hundreds. An entry compares (rank, key, token) as machine integers: rank first
-(a queue's service order puts the higher priority first), then key (a time), then token,
+from heaps of hundreds. Entries are ordered by (rank, key, token) as machine integers: rank
+first (a queue's service order puts the higher priority first), then key (a time), then token,
 unique within a heap, so that entries never tie and the item is never compared.
 
 `push` and `pop` are heapq's heappush and heappop (the same sifts, so the same layouts),
-compiled: heapq, a C function, still compares two entries through Python's rich comparison,
-a generic call into `Entry.__lt__`, and its sifts were 7% of the core's instructions.
+compiled: heapq, a C function, compared two entries through Python's rich comparison, a
+generic call into a `__lt__`, and its sifts were 7% of the core's instructions. An Entry has
+no `__lt__`, so that heapq on these heaps fails at once instead of running slowly.
 """
 
 from __future__ import annotations
@@ -28,9 +29,6 @@ class Entry(Generic[T]):
         self.key = key
         self.token = token
         self.item = item
-
-    def __lt__(self, other: Entry[T]) -> bool:
-        return _before(self, other)
 
 
 def _before(a: Entry[T], b: Entry[T]) -> bool:
