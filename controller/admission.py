@@ -20,7 +20,7 @@ from clockwork.common.checks import BadMessage
 from clockwork.common.config import SchedulerConfig
 from clockwork.common.status import Status
 from clockwork.controller.batching import padded_size
-from clockwork.controller.core import OK, Core, stale_detail
+from clockwork.controller.core import OK, Core, ms_text, stale_detail
 from clockwork.controller.queues import from_class
 from clockwork.controller.request import Request
 from clockwork.controller.state import Device, Model
@@ -142,16 +142,16 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
         return Status.UNAVAILABLE, f"no live device can serve {model.name!r}", None
     if best > budget:
         refused_on_estimates(core, model)
-        waited = (f", {waited_ns / 1e6:.2f} ms of which it spent in queues ({max(0, slo_ns - waited_ns) / 1e6:.2f} "
+        waited = (f", {ms_text(waited_ns)} ms of which it spent in queues ({ms_text(max(0, slo_ns - waited_ns))} "
                   "ms left)") if waited_ns > cfg.dispatch_ns else ""
         cold = ""
         if not loaded:
             warm = best_case_ns(core, model, samples, True)
             if warm is not None and warm <= budget and core.warm_up(model, now_ns):
-                cold = f"; it must be loaded first, and is being loaded now: {warm / 1e6:.2f} ms once it is"
+                cold = f"; it must be loaded first, and is being loaded now: {ms_text(warm)} ms once it is"
         return (Status.WOULD_MISS_DEADLINE,
-                f"needs at least {(best + reply_ns) / 1e6:.2f} ms even on an idle device (its execution "
-                f"and the hops to the worker and back to you); its SLO is {slo_ns / 1e6:.2f} ms{waited}{cold}",
+                f"needs at least {ms_text(best + reply_ns)} ms even on an idle device (its execution "
+                f"and the hops to the worker and back to you); its SLO is {ms_text(slo_ns)} ms{waited}{cold}",
                 None)
     backlog = finish_behind_queue_ns(core, model, samples, priority, now_ns, own, pace)
     unplanned = int(headroom.share * budget)
@@ -161,14 +161,14 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
             # Nothing ahead: its own estimates and the headroom refused it, not a backlog.
             refused_on_estimates(core, model)
             return (Status.WOULD_MISS_DEADLINE,
-                    f"needs {(backlog - now_ns + reply_ns) / 1e6:.2f} ms on an idle device (its execution and the "
-                    f"hops to the worker and back to you), and admission keeps {unplanned / 1e6:.2f} ms "
+                    f"needs {ms_text(backlog - now_ns + reply_ns)} ms on an idle device (its execution and the "
+                    f"hops to the worker and back to you), and admission keeps {ms_text(unplanned)} ms "
                     f"({headroom.share:.0%} of its budget) unplanned for estimates that run long; its SLO is "
-                    f"{slo_ns / 1e6:.2f} ms", None)
+                    f"{ms_text(slo_ns)} ms", None)
         core.count("rejected_for_backlog")
         return (Status.WOULD_MISS_DEADLINE,
-                f"the work queued ahead finishes {(backlog - now_ns) / 1e6:.2f} ms from now at the earliest; "
-                f"{budget / 1e6:.2f} ms of its SLO are left", None)
+                f"the work queued ahead finishes {ms_text(backlog - now_ns)} ms from now at the earliest; "
+                f"{ms_text(budget)} ms of its SLO are left", None)
     return OK, "", Request(request_id, client, model.name, samples, priority, received, deadline,
                                   msg.tensors, cold=not loaded)
 

@@ -1092,9 +1092,10 @@ def test_a_queue_is_priced_as_its_batches_would_run_padded_only_where_padding_is
     assert [core.drain_ns(gpu, n, "emulated") // MS for n in (3, 9, 12)] == [4, 8, 10]  # 3 padded to 4; 9 as 8 + 1
 
 
-def test_an_answered_batch_replies_with_every_field_of_its_messages():
-    """The core makes its OK replies and their rows field by field in compiled code (core.made):
-    each names every field of its class and nothing else, and equals what its class builds."""
+def test_every_reply_names_every_field_of_its_messages():
+    """The core makes its replies and their rows field by field in compiled code (core.made):
+    OK ones, refusals and answers without outputs each name every field of their class and
+    nothing else, and equal what their class builds."""
     core = ready_core()
     t = warm(core)
     for i in range(3):
@@ -1103,7 +1104,14 @@ def test_an_answered_batch_replies_with_every_field_of_its_messages():
     bodies = [r.body for r in replies(result_for(core, ex, t + 3 * MS))]
     assert len(bodies) == 3 and all(b.status is Status.OK for b in bodies)
     assert [b.tensors[0].shape[0] for b in bodies] == [1, 2, 1]
-    for body in bodies:
+    refused = replies(infer(core, 200, now=t, slo_ms=1))[0].body
+    assert refused.status is Status.WOULD_MISS_DEADLINE and refused.detail
+    infer(core, 201, now=t, slo_ms=500, samples=16)
+    infer(core, 202, now=t, slo_ms=500, samples=16)  # queued behind the first
+    ok, _, effects = core.on_cancel(CLIENT, 202, t + MS)
+    cancelled = replies(effects)[0].body
+    assert ok and cancelled.status is Status.CANCELLED and cancelled.total_ns == MS
+    for body in [*bodies, refused, cancelled]:
         assert set(vars(body)) == {f.name for f in dataclasses.fields(schema.InferReply)}
         assert body == schema.InferReply(**vars(body))
         for tensor in body.tensors:

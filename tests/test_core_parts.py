@@ -15,7 +15,7 @@ from clockwork.common.tensors import Tensor
 from clockwork.controller import heap_entry, placement
 from clockwork.controller.batching import grow, padded_size, split_ns
 from clockwork.controller.heap_entry import Entry
-from clockwork.controller.core import samples_in_order
+from clockwork.controller.core import ms_text, samples_in_order
 from clockwork.controller.latency import LatencyModel, percentile_of
 from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency, move
 from clockwork.controller.policy import _take_least
@@ -132,6 +132,18 @@ def test_the_cores_check_of_inputs_in_order_agrees_with_the_full_check(specs, da
     assert fast is None or fast == full
     if full is not None and [t.name for t in tensors] == [s.name for s in sig.inputs]:
         assert fast == full
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.integers(-10**12, 10**12), st.integers(-20_000, 20_000)))
+def test_a_duration_reads_in_milliseconds_as_the_float_formatting_writes_it(ns):
+    """ms_text, the refusals' integer formatting, writes what f"{ns / 1e6:.2f}" writes, but
+    where a value lies exactly half-way between two hundredths (where it rounds up)."""
+    text = ms_text(ns)
+    if ns % 10_000 != 5_000:
+        assert text == f"{ns / 1e6:.2f}"
+    else:
+        assert abs(float(text) - ns / 1e6) <= 0.005 and text.split(".")[1].isdigit() and len(text.split(".")[1]) == 2
 
 
 @settings(max_examples=100, deadline=None)
