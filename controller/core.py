@@ -319,7 +319,7 @@ class Core:
         if removed is not None:
             for c, ns in enumerate(shares.get(removed.kind, ())):
                 removed.add_backlog(c, -ns)
-            if all(dev.kind != removed.kind for dev in model.replicas.values()):
+            if removed.kind not in model.replicas_by_kind:
                 shares.pop(removed.kind, None)
         waiting = model.queue.samples_by_class
         if classes is None:
@@ -332,19 +332,16 @@ class Core:
             return
         for c in classes:
             samples = waiting[c] / len(model.replicas)
-            moved: dict[str, int] = {}  # kind -> how much each of its replicas' backlog moves
-            for dev in model.replicas.values():
-                kind = dev.kind
-                delta = moved.get(kind)
-                if delta is None:
-                    share = shares.get(kind)
-                    if share is None:
-                        share = shares[kind] = [0] * CLASSES
-                    cost = self.drain_ns(model, samples, kind)
-                    delta = moved[kind] = cost - share[c]
-                    share[c] = cost
+            for kind, devs in model.replicas_by_kind.items():
+                share = shares.get(kind)
+                if share is None:
+                    share = shares[kind] = [0] * CLASSES
+                cost = self.drain_ns(model, samples, kind)
+                delta = cost - share[c]
                 if delta:
-                    dev.add_backlog(c, delta)
+                    share[c] = cost
+                    for dev in devs:
+                        dev.add_backlog(c, delta)
 
     def drain_ns(self, model: Model, samples: float, kind: str) -> int:
         """Predicted EXEC time of `samples` queued samples of `model` on a device of `kind`,
@@ -380,6 +377,7 @@ class Core:
         dev.resident[model.name] = res
         dev.used_pages += res.pages
         model.replicas[dev.key] = dev
+        model.replicas_by_kind.setdefault(dev.kind, []).append(dev)
         if len(model.replicas) > 1:
             self.replicated[model.name] = None
         self._reshare(model, added=dev)
@@ -395,7 +393,11 @@ class Core:
         dev.pending.pop(name, None)
         model = self.models.get(name)
         if model is not None:
-            model.replicas.pop(dev.key, None)
+            if model.replicas.pop(dev.key, None) is not None:
+                of_kind = model.replicas_by_kind[dev.kind]
+                of_kind.remove(dev)
+                if not of_kind:
+                    del model.replicas_by_kind[dev.kind]
             self._reshare(model, removed=dev)
             if len(model.replicas) < 2:
                 self.replicated.pop(name, None)

@@ -51,6 +51,9 @@ def check_invariants(core: Core, now_ns: int) -> None:
         for key, dev in model.replicas.items():
             if model.name not in dev.resident or dev.key != key:
                 raise InvariantViolation(f"{model.name}: replica on {key} not resident there")
+        by_kind = sorted((kind, dev.key) for kind, devs in model.replicas_by_kind.items() for dev in devs)
+        if by_kind != sorted((dev.kind, key) for key, dev in model.replicas.items()) or not all(model.replicas_by_kind.values()):
+            raise InvariantViolation(f"{model.name}: replicas by kind {by_kind} are not its replicas")
         live = sum(1 for r in core.requests.values() if r.model == model.name and r.state is RequestState.QUEUED)
         if live != len(model.queue) or (live > 0) != (model.name in core.pending):
             raise InvariantViolation(f"{model.name}: queue length {len(model.queue)} but {live} queued")

@@ -34,6 +34,9 @@ class Model:
     answered: int = 0  # admitted requests answered, and those of them inside their deadline
     met_slo: int = 0
     replicas: dict[str, "Device"] = field(default_factory=dict)  # device key -> device holding it
+    # The same devices by kind: a change of the queue moves the backlogs of one kind's replicas
+    # by the same difference, and most changes move none (Core._reshare).
+    replicas_by_kind: dict[str, list["Device"]] = field(default_factory=dict)
     sizes: list[int] = field(default_factory=list)  # batch sizes every preparing worker profiled
     preparing: set[str] = field(default_factory=set)  # workers sent PREPARE, not answered yet
     kinds: list[str] = field(default_factory=list)  # device kinds of the workers that prepared it
