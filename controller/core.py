@@ -56,7 +56,7 @@ from clockwork.controller.batching import Batch, SplitMemo, split_ns
 from clockwork.controller.effects import ActionRecord, Effect, PrepareOn, ToClient, ToWorker, UploadFinished, WorkerLost
 from clockwork.controller.heap_entry import Entry
 from clockwork.controller.latency import ClientHops, LatencyModel
-from clockwork.controller.lifecycle import Residency, RequestState, move
+from clockwork.controller.lifecycle import Residency, RequestState
 from clockwork.controller.queues import CLASSES, QueueBase
 from clockwork.controller.request import Request
 from clockwork.controller.state import Action, Device, Model, PendingUpload, Profile, Resident, Worker
@@ -388,7 +388,7 @@ class Core:
     def _evict(self, dev: Device, name: str) -> None:
         """Forget that `dev` holds `name` (its UNLOAD, if any, is sent by the caller)."""
         res = dev.resident.pop(name)
-        move(res, Residency.ABSENT)
+        res.move(Residency.ABSENT)
         dev.used_pages -= res.pages
         dev.pending.pop(name, None)
         model = self.models.get(name)
@@ -561,7 +561,7 @@ class Core:
         status = body.status
         if req.state is RequestState.QUEUED and req.model in self.models:
             self._dequeued(self.models[req.model], (req,))
-        move(req, RequestState.ANSWERED)
+        req.move(RequestState.ANSWERED)
         self.requests.pop((req.client, req.request_id), None)
         self.answered[(req.client, req.request_id)] = now_ns
         self.count(_ANSWERED[status])
@@ -790,7 +790,7 @@ class Core:
             if model is None or model.removing:
                 self.answer(req, Status.MODEL_NOT_FOUND, "the model was removed", now_ns)
                 continue
-            move(req, RequestState.QUEUED)
+            req.move(RequestState.QUEUED)
             self._enqueue(model, req, now_ns)
 
     def _load_result(self, action: Action, msg: schema.Result, now_ns: int) -> None:
@@ -800,7 +800,7 @@ class Core:
         if res is None or res.state is not Residency.LOADING:
             return
         if msg.status in (Status.OK, Status.ALREADY_LOADED):  # either way it is resident, as planned
-            move(res, Residency.LOADED)
+            res.move(Residency.LOADED)
             res.last_used_ns = now_ns
             if msg.status is Status.OK:
                 self.latency.observe_load(action.model, dev.kind, msg.duration_ns, action.expected_ns)
@@ -884,7 +884,7 @@ class Core:
         model = self.models[batch.model]
         action_id = next(self._ids)
         for req in batch.requests:
-            move(req, RequestState.DISPATCHED)
+            req.move(RequestState.DISPATCHED)
             req.dispatched_ns = now_ns
         self._dequeued(model, batch.requests)
         model.in_flight += 1

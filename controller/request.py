@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clockwork.common.tensors import Tensor
-from clockwork.controller.lifecycle import RequestState
+from clockwork.controller.lifecycle import REQUEST_MOVES, RequestState, check_move
 
 
 @dataclass(eq=False, slots=True)
@@ -41,3 +41,8 @@ class Request:
         self.cold = cold
         self.dispatched_ns = 0
         self.queue_token = -1
+
+    def move(self, new_state: RequestState) -> None:
+        """To `new_state`, if the request lifecycle allows it (lifecycle.REQUEST_MOVES)."""
+        check_move(REQUEST_MOVES, self.state, new_state, "Request")
+        self.state = new_state

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from clockwork.common.models import Signature
 from clockwork.common.schema import ActionKind
 from clockwork.controller.batching import SplitMemo
-from clockwork.controller.lifecycle import Residency
+from clockwork.controller.lifecycle import RESIDENCY_MOVES, Residency, check_move
 from clockwork.controller.queues import CLASSES, QueueBase, RequestQueue, from_class
 from clockwork.controller.request import Request
 from clockwork.controller.timeline import Timeline
@@ -60,6 +60,11 @@ class Resident:
     pages: int
     last_used_ns: int
     in_flight: int = 0  # EXECs of this model outstanding on this device
+
+    def move(self, new_state: Residency) -> None:
+        """To `new_state`, if the residency lifecycle allows it (lifecycle.RESIDENCY_MOVES)."""
+        check_move(RESIDENCY_MOVES, self.state, new_state, "Resident")
+        self.state = new_state
 
 
 @dataclass(eq=False, slots=True)

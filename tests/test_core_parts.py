@@ -17,7 +17,7 @@ from clockwork.controller.batching import grow, padded_size, split_ns
 from clockwork.controller.heap_entry import Entry
 from clockwork.controller.core import ms_text, samples_in_order
 from clockwork.controller.latency import LatencyModel, percentile_of
-from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency, move
+from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency
 from clockwork.controller.policy import _take_least
 from clockwork.controller.queues import RequestQueue, from_class
 from clockwork.controller.request import Request
@@ -37,17 +37,17 @@ def request(request_id: int, deadline_ms: float, samples: int = 1) -> Request:
 
 def test_legal_moves_go_through_and_an_illegal_one_raises_and_changes_nothing():
     req = request(1, 100)
-    move(req, RequestState.DISPATCHED)
-    move(req, RequestState.QUEUED)  # a dropped batch's request goes back
-    move(req, RequestState.ANSWERED)
+    req.move(RequestState.DISPATCHED)
+    req.move(RequestState.QUEUED)  # a dropped batch's request goes back
+    req.move(RequestState.ANSWERED)
     with pytest.raises(IllegalTransition):
-        move(req, RequestState.QUEUED)  # an answered request never comes back
+        req.move(RequestState.QUEUED)  # an answered request never comes back
     assert req.state is RequestState.ANSWERED
     res = Resident(Residency.LOADED, 7, 0)
     with pytest.raises(IllegalTransition):
-        move(res, Residency.LOADING)
+        res.move(Residency.LOADING)
     assert res.state is Residency.LOADED
-    move(res, Residency.ABSENT)
+    res.move(Residency.ABSENT)
 
 
 def test_a_class_waits_behind_its_own_and_the_higher_classes_totals():
@@ -67,7 +67,7 @@ def test_a_queue_serves_by_priority_then_deadline_then_arrival_and_expires_by_de
     for req in reqs:
         queue.push(req)
     for req in reqs[::3]:  # dispatched: no longer queued
-        move(req, RequestState.DISPATCHED)
+        req.move(RequestState.DISPATCHED)
         queue.removed(req)
     live = [r for r in reqs if r.state is RequestState.QUEUED]
     served = sorted(live, key=lambda r: (-r.priority, r.deadline_ns, r.request_id))
