@@ -1119,6 +1119,24 @@ def test_every_reply_names_every_field_of_its_messages():
             assert tensor == Tensor(**vars(tensor))
 
 
+def test_the_counts_every_request_moves_add_up():
+    """Offered, admitted, answered OK and in time are kept apart from the other counts (as
+    native ints) and read with them through `counters`."""
+    core = ready_core()
+    t = warm(core)
+    before = core.counters
+    infer(core, 300, now=t, slo_ms=100)
+    infer(core, 301, now=t, slo_ms=100)
+    infer(core, 302, now=t, slo_ms=1)  # refused
+    ex = sent(core.tick(t), schema.Exec)[0]
+    assert len(replies(result_for(core, ex, t + 3 * MS))) == 2
+    after = core.counters
+    moved = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    assert {k: v for k, v in moved.items() if v} == {
+        "requests_offered": 3, "requests_admitted": 2, "rejected_would_miss_deadline": 1, "answered_ok": 2,
+        "met_slo": 2, "execs_sent": 1}
+
+
 def test_a_queues_price_follows_the_measurements_that_make_it():
     """drain_ns keeps its prices between requests (SplitMemo); a measurement that moves a
     typical figure, a doubt and a change of batch sizes each price the queue afresh."""
