@@ -288,11 +288,12 @@ class Core:
             if not model.replicas:
                 self.unplaced[model.name] = None
         self._reshare(model, classes=(req.priority,))
-        for dev in model.replicas.values():
-            if newly_pending:  # else every replica lists it already (see _place)
-                dev.pending[model.name] = None
-            if dev.booked_ns is None:  # a booked device plans all it has pending when due
-                self.plan_device_soon(dev, now_ns)
+        for devs in model.replicas_by_kind.values():  # lists: compiled, they iterate natively
+            for dev in devs:
+                if newly_pending:  # else every replica lists it already (see _place)
+                    dev.pending[model.name] = None
+                if dev.booked_ns is None:  # a booked device plans all it has pending when due
+                    self.plan_device_soon(dev, now_ns)
 
     def _dequeued(self, model: Model, requests) -> None:
         """`requests` left the queue (dispatched or answered)."""
