@@ -780,13 +780,17 @@ class Core:
         """Answer each request of an EXEC that ran with its rows of the outputs and where its
         time went (the reply's hop-by-hop fields)."""
         offset = 0
-        samples = sum(req.samples for req in action.requests)
-        outputs = [_Rows(t) for t in msg.tensors]
+        requests = action.requests
+        samples = sum(req.samples for req in requests)
         # The result's fields once per batch: it is an interpreted class, read by name.
-        begin_ns, end_ns, duration_ns = msg.begin_ns, msg.end_ns, msg.duration_ns
-        for req in action.requests:
+        begin_ns, end_ns, duration_ns, results = msg.begin_ns, msg.end_ns, msg.duration_ns, msg.tensors
+        # A batch of one request whose samples are every row of every output answers with the
+        # outputs as they came; any other is cut into each request's rows.
+        whole = len(requests) == 1 and all(_rows_of(t) == samples for t in results)
+        outputs = [] if whole else [_Rows(t) for t in results]
+        for req in requests:
             try:
-                tensors = tuple(rows.take(offset, req.samples) for rows in outputs)
+                tensors = results if whole else tuple(rows.take(offset, req.samples) for rows in outputs)
             except ValueError as exc:
                 self.answer(req, Status.RUNTIME_ERROR, f"bad outputs from the worker: {exc}", now_ns)
             else:
@@ -1169,8 +1173,9 @@ class _Rows:
     def __init__(self, tensor: Tensor) -> None:
         self.tensor = tensor
         self.name, self.dtype = tensor.name, tensor.dtype
-        self.rows = tensor.shape[0] if tensor.shape else 0
+        self.rows = _rows_of(tensor)
         self.row_shape = tensor.shape[1:]
+        self.one_row_shape = (1, *self.row_shape)  # the usual request's, made once per batch
         self.row_bytes = tensor.nbytes // self.rows if self.rows else 0
         self.data = memoryview(tensor.data).cast("B")
 
@@ -1179,5 +1184,10 @@ class _Rows:
         row = self.row_bytes
         if self.rows < offset + count:
             raise ValueError(f"output {self.name!r} has shape {list(self.tensor.shape)}")
-        return made(Tensor, {"name": self.name, "dtype": self.dtype, "shape": (count, *self.row_shape),
+        shape = self.one_row_shape if count == 1 else (count, *self.row_shape)
+        return made(Tensor, {"name": self.name, "dtype": self.dtype, "shape": shape,
                              "data": self.data[offset * row:(offset + count) * row]})
+
+
+def _rows_of(tensor: Tensor) -> int:
+    return tensor.shape[0] if tensor.shape else 0

@@ -146,6 +146,27 @@ def test_each_request_of_a_batch_gets_its_own_rows_and_one_past_the_outputs_a_ru
         assert (answer.exec_ns, answer.batch_size, answer.batch_samples, answer.worker) == (EXEC_NS[4], 4, 4, "w1")
 
 
+def test_a_batch_of_one_request_answers_with_its_outputs_whole_or_with_its_rows_of_them():
+    """A lone request whose samples are all the output rows gets the outputs as they came (no
+    copy, no cut); one padded to a larger batch gets its rows; too few rows are an error."""
+    core = ready_core()
+    t = warm(core)
+    for request_id, samples, rows in ((1, 2, 2), (2, 3, 4), (3, 2, 1)):
+        infer(core, request_id, now=t, samples=samples)
+        ex = sent(core.tick(t), schema.Exec)[0]
+        out = Tensor.from_array("y", np.arange(rows * 2, dtype=np.float32).reshape(rows, 2))
+        msg = schema.Result(action=schema.ActionKind.EXEC, status=Status.OK, device_id=0, model_id="m", begin_ns=t,
+                            end_ns=t + MS, duration_ns=MS, batch_size=ex.body.batch_size, tensors=(out,))
+        body = replies(core.on_result("w1", ex.msg_id, msg, t + MS))[0].body
+        if rows == samples:
+            assert body.status is Status.OK and body.tensors[0] is out
+        elif rows > samples:
+            assert body.status is Status.OK and body.tensors[0].array().tolist() == [[0, 1], [2, 3], [4, 5]]
+        else:
+            assert body.status is Status.RUNTIME_ERROR and "has shape [1, 2]" in body.detail
+        t += 2 * MS
+
+
 WARM_IDS = itertools.count(10_000)
 
 
