@@ -414,7 +414,10 @@ class Core:
             late = self.latency.start_lateness_ns(worker.name, pct)
             worker.dispatch_ns = min(self.cfg.dispatch_ns + late, self.cfg.max_dispatch_ns)
         self.dispatch_ns = min((w.dispatch_ns for w in self.workers.values()), default=self.cfg.dispatch_ns)
-        back = max((self.latency.return_ns(w, pct) for w in self.workers), default=0)
+        back = typical_back = 0  # the way back's tail and typical, the longest of the workers'
+        for w in self.workers:
+            tail, typical = self.latency.return_ns(w, (pct, 50))
+            back, typical_back = max(back, tail), max(typical_back, typical)
         self.reply_ns = min(self.cfg.reply_ns + back, self.cfg.max_reply_ns)
         back_kept = self.reply_ns - self.cfg.reply_ns  # the way back's tail as the reply allowance keeps it
         # One tail for the whole way: how much later than their typical end EXECs' results have
@@ -422,7 +425,6 @@ class Core:
         # keeps free already. On a busy 2-core host the lanes' lateness and the way back each had
         # a p99 near 5 ms, seldom both at once.
         self.finish_tail_ns = max(0, self.latency.finish_tail_ns(pct) - back_kept)
-        typical_back = max((self.latency.return_ns(w, 50) for w in self.workers), default=0)
         # The way on to the client is planned at its tail too (reply_ns_for): a typical reply
         # leaves every client with figures at least its least excess more. Never more than the
         # floor, which a client without figures has planned for its hop: one client's long
