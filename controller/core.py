@@ -909,8 +909,10 @@ class Core:
             req.dispatched_ns = now_ns
         self._dequeued(model, batch.requests)
         model.in_flight += 1
-        res = dev.resident.pop(batch.model)
-        dev.resident[batch.model] = res  # most recently used goes last (LRU order)
+        resident = dev.resident
+        res = resident[batch.model]
+        del resident[batch.model]
+        resident[batch.model] = res  # most recently used goes last (LRU order)
         res.in_flight += 1
         res.last_used_ns = now_ns
         earliest = max(now_ns, start_ns - self.ahead_ns(dev))
@@ -926,9 +928,9 @@ class Core:
                            latest + batch.exec_ns + self.dispatch_of(dev) + self.cfg.result_grace_ns,
                            list(batch.requests), batch.batch_size, start_ns, typical_end))
         self.count("execs_sent")
-        self._emit(ToWorker(dev.worker, action_id, schema.Exec.build(
-            device_id=dev.device_id, model_id=batch.model, batch_size=batch.batch_size,
-            earliest_ns=earliest, latest_ns=latest, expected_ns=batch.exec_ns, tensors=tensors)))
+        self._emit(ToWorker(dev.worker, action_id, made(schema.Exec, {
+            "device_id": dev.device_id, "model_id": batch.model, "batch_size": batch.batch_size,
+            "earliest_ns": earliest, "latest_ns": latest, "expected_ns": batch.exec_ns, "tensors": tensors})))
         return typical_ns
 
     def _plan_loads(self, now_ns: int) -> None:

@@ -1113,15 +1113,17 @@ def test_a_queue_is_priced_as_its_batches_would_run_padded_only_where_padding_is
     assert [core.drain_ns(gpu, n, "emulated") // MS for n in (3, 9, 12)] == [4, 8, 10]  # 3 padded to 4; 9 as 8 + 1
 
 
-def test_every_reply_names_every_field_of_its_messages():
-    """The core makes its replies and their rows field by field in compiled code (core.made):
-    OK ones, refusals and answers without outputs each name every field of their class and
-    nothing else, and equal what their class builds."""
+def test_every_reply_and_exec_names_every_field_of_its_messages():
+    """The core makes its EXECs, its replies and their rows field by field in compiled code
+    (core.made): EXECs, OK replies, refusals and answers without outputs each name every field
+    of their class and nothing else, and equal what their class builds."""
     core = ready_core()
     t = warm(core)
     for i in range(3):
         infer(core, 100 + i, now=t, slo_ms=100, samples=1 + i % 2)
     ex = sent(core.tick(t), schema.Exec)[0]
+    assert set(vars(ex.body)) == {f.name for f in dataclasses.fields(schema.Exec)}
+    assert ex.body == schema.Exec(**vars(ex.body)) and len(ex.body.tensors) == 3
     bodies = [r.body for r in replies(result_for(core, ex, t + 3 * MS))]
     assert len(bodies) == 3 and all(b.status is Status.OK for b in bodies)
     assert [b.tensors[0].shape[0] for b in bodies] == [1, 2, 1]
