@@ -271,7 +271,7 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
         return _finish_after_load_ns(core, model, size, priority, spill_ns, now_ns)
     own = {} if own is None else own
     latency, name, shares = core.latency, model.name, model.backlog_shares
-    best = None
+    best, found = 0, False  # a native int and a flag: an int | None is boxed at each step
     # This model's queue on one replica, the new request last in it: it rides in the batch its
     # queue's tail makes, not in a batch of its own behind the queue.
     mine_samples = model.queue.samples_from(priority) / len(model.replicas) + samples
@@ -303,8 +303,9 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
         if pace is not None:
             queued_ns = int(queued_ns * pace.of(dev.key))
         finish = start + queued_ns + overtaken_ns(full_ns, typical_ns, others_ns) + tail_ns
-        best = finish if best is None else min(best, finish)
-    return best
+        if not found or finish < best:
+            best, found = finish, True
+    return best if found else None
 
 
 def own_exec_ns(core: Core, model: Model, size: int, kind: str) -> int | None:

@@ -91,7 +91,7 @@ def wants_replica(model: Model, now_ns: int, dispatch_ns_of: Callable[[Device], 
         return False
     size = model.sizes[-1]
     rate = 0.0  # samples per ns over all replicas
-    start = None
+    start, found = 0, False  # a native int and a flag: an int | None is boxed at each step
     name = model.name
     for dev in model.replicas.values():
         res = dev.resident.get(name)
@@ -100,8 +100,9 @@ def wants_replica(model: Model, now_ns: int, dispatch_ns_of: Callable[[Device], 
             continue
         rate += size / exec_ns
         free = max(dev.exec_lane.free_at(now_ns), now_ns + dispatch_ns_of(dev))
-        start = free if start is None else min(start, free)
-    if start is None:
+        if not found or free < start:
+            start, found = free, True
+    if not found:
         return False
     drain_ns = model.queue.samples / rate
     return start + drain_ns - now_ns > fraction * (head - now_ns)

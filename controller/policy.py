@@ -237,20 +237,21 @@ def _soonest_finish_ns(core: Core, model: Model, now_ns: int, enough_ns: int | N
     if not model.sizes:
         return None
     size = model.sizes[0]
-    soonest = None
+    soonest, found = 0, False  # a native int and a flag, not an int | None boxed at each step
     latency, name = core.latency, model.name
     for dev in model.replicas.values():
         exec_ns = latency.typical_exec_ns(name, size, dev.kind)
         if exec_ns is not None:
             finish = core.replica_start_ns(dev, name, now_ns) + exec_ns
-            if soonest is None or finish < soonest:
-                soonest = finish
+            if not found or finish < soonest:
+                soonest, found = finish, True
             if enough_ns is not None and soonest <= enough_ns:
                 return soonest
-    if soonest is None:  # no replica: a LOAD first, on whichever kind is fastest
+    if not found:  # no replica: a LOAD first, on whichever kind is fastest
         for kind in model.kinds:
             exec_ns = latency.typical_exec_ns(name, size, kind)
             if exec_ns is not None:
                 finish = now_ns + core.dispatch_ns + (core.latency.load_ns(model.name, kind) or 0) + exec_ns
-                soonest = finish if soonest is None else min(soonest, finish)
-    return soonest
+                if not found or finish < soonest:
+                    soonest, found = finish, True
+    return soonest if found else None
