@@ -498,7 +498,9 @@ class Core:
             answered_ns = self.answered.get((client, last_reply_id)) if last_reply_id else None
             if answered_ns is not None:
                 self.client_hops.observe(client, last_reply_id, reply_seen_ns - answered_ns)
-        key = (client, request_id)
+        # Any, so that it is one boxed tuple: compiled, a tuple-typed local is a struct, boxed
+        # anew (and hashed anew) for each dictionary it is looked up in.
+        key: Any = (client, request_id)
         if key in self.requests or key in self.answered:
             # A client's resend of a request still being served or just answered (it retries when
             # a reply is slow, in case we restarted and lost it): the original's answer serves both.
@@ -566,8 +568,9 @@ class Core:
         if req.state is RequestState.QUEUED and req.model in self.models:
             self._dequeued(self.models[req.model], (req,))
         req.move(RequestState.ANSWERED)
-        self.requests.pop((req.client, req.request_id), None)
-        self.answered[(req.client, req.request_id)] = now_ns
+        key: Any = (req.client, req.request_id)  # boxed once (on_request)
+        self.requests.pop(key, None)
+        self.answered[key] = now_ns
         if status is OK:
             self._answered_ok += 1
         else:
