@@ -47,7 +47,7 @@ from typing import Any, Final, TypeVar
 from clockwork.common import schema
 from clockwork.common.checks import BadMessage
 from clockwork.common.config import SchedulerConfig
-from clockwork.common.models import Signature, TensorSpec, check_inputs
+from clockwork.common.models import Signature, check_inputs
 from clockwork.common.schema import ActionKind
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
@@ -202,7 +202,13 @@ class Core:
 
     def add_model(self, name: str, fmt: str, signature: Signature) -> None:
         """A model known from the registry at start-up (no client waits for it)."""
-        self.models[name] = Model(name, fmt, signature, queue=self.policy.new_queue())
+        self.models[name] = self._new_model(name, fmt, signature)
+
+    def _new_model(self, name: str, fmt: str, signature: Signature) -> Model:
+        model = Model(name, fmt, signature, queue=self.policy.new_queue())
+        model.inputs = input_specs(signature)
+        model.max_batch = signature.max_batch
+        return model
 
     def on_upload(self, name: str, fmt: str, signature: Signature, client: bytes, request_id: int,
                   now_ns: int) -> list[Effect]:
@@ -210,7 +216,7 @@ class Core:
         if old is not None and (old.removing or name in self.uploads):
             self._emit(UploadFinished(client, request_id, name, Status.BUSY, "the model is being removed or uploaded"))
             return self._take()
-        self.models[name] = Model(name, fmt, signature, queue=self.policy.new_queue())
+        self.models[name] = self._new_model(name, fmt, signature)
         waiting = {w.name for w in self.workers.values() if fmt in w.formats}
         for worker in sorted(waiting):
             self._prepare_on(worker, self.models[name])
@@ -523,7 +529,7 @@ class Core:
         model = self.models.get(msg.model)
         if model is None or model.removing:
             raise BadMessage(Status.MODEL_NOT_FOUND, f"no model named {msg.model!r}")
-        samples = samples_in_order(model.signature, msg.tensors)
+        samples = samples_in_order(model.inputs, model.max_batch, msg.tensors)
         return model, samples if samples is not None else check_inputs(model.signature, msg.tensors)
 
     def refuse_stale(self, client: bytes, request_id: int, waited_ns: int, slo_ns: int) -> list[Effect]:
@@ -1143,32 +1149,35 @@ def reply_without_outputs(status: Status, detail: str, cold_start: bool = False,
         "lane_end_ns": 0, "batch_size": 0, "batch_samples": 0, "cold_start": cold_start, "worker": "", "tensors": ()})
 
 
-def samples_in_order(signature: Signature, tensors: tuple[Tensor, ...]) -> int | None:
-    """The samples of a request whose tensors match the model's inputs one for one and in its
-    order, as clients send them, checked here in compiled code (common.models.check_inputs is
-    interpreted: 6,700 instructions a request in the issue-19 run); None for anything else,
-    which check_inputs then checks the whole way, saying what is wrong."""
-    known: dict[str, Any] = signature.__dict__
-    inputs: tuple[TensorSpec, ...] = known["inputs"]
+def input_specs(signature: Signature) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+    """A signature's inputs as samples_in_order reads them (Model.inputs)."""
+    return tuple((spec.name, spec.dtype, spec.shape) for spec in signature.inputs)
+
+
+def samples_in_order(inputs: tuple[tuple[str, str, tuple[int, ...]], ...], max_batch: int,
+                     tensors: tuple[Tensor, ...]) -> int | None:
+    """The samples of a request whose tensors match the model's `inputs` (Model.inputs: name,
+    dtype, shape) one for one and in its order, as clients send them, checked here in compiled
+    code (common.models.check_inputs is interpreted: 6,700 instructions a request in the
+    issue-19 run); None for anything else, which check_inputs then checks the whole way, saying
+    what is wrong."""
     if len(tensors) != len(inputs) or not tensors:
         return None
     samples = -1
     for i in range(len(tensors)):
-        # Tensor and TensorSpec are interpreted frozen dataclasses: one read of each one's
-        # __dict__ and three lookups in it cost a third of three generic attribute reads
-        # (~390 instructions each from compiled code, 2.7% of the issue-19 run).
+        # A Tensor is an interpreted frozen dataclass: one read of its __dict__ and three
+        # lookups in it cost a third of three generic attribute reads (~390 instructions each
+        # from compiled code, 2.7% of the issue-19 run).
         t: dict[str, Any] = tensors[i].__dict__
-        spec: dict[str, Any] = inputs[i].__dict__
+        name, dtype, spec_shape = inputs[i]
         shape: tuple[int, ...] = t["shape"]
-        spec_shape: tuple[int, ...] = spec["shape"]
         if not shape:
             return None
         if samples < 0:
             samples = shape[0]
-        if (t["name"] != spec["name"] or t["dtype"] != spec["dtype"] or len(shape) != len(spec_shape) + 1
+        if (t["name"] != name or t["dtype"] != dtype or len(shape) != len(spec_shape) + 1
                 or shape[0] != samples or shape[1:] != spec_shape):
             return None
-    max_batch: int = known["max_batch"]
     return samples if 0 < samples <= max_batch else None
 
 

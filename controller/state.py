@@ -52,6 +52,10 @@ class Model:
     # Requests refused on its estimates alone (nothing of it queued or running) since its last
     # EXEC result: past DOUBT_AFTER the core asks the latency model to doubt its worst samples.
     refused_unseen: int = 0
+    # Its signature's inputs as (name, dtype, shape) and largest batch, read natively by every
+    # request's check (core.samples_in_order; a Signature is an interpreted dataclass).
+    inputs: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
+    max_batch: int = 0
 
 
 @dataclass(eq=False, slots=True)

@@ -15,7 +15,7 @@ from clockwork.common.tensors import Tensor
 from clockwork.controller import heap_entry, placement
 from clockwork.controller.batching import grow, padded_size, split_ns
 from clockwork.controller.heap_entry import Entry
-from clockwork.controller.core import ms_text, samples_in_order
+from clockwork.controller.core import input_specs, ms_text, samples_in_order
 from clockwork.controller.latency import LatencyModel, percentile_of, percentiles_of
 from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency
 from clockwork.controller.policy import _take_least
@@ -124,7 +124,7 @@ def test_the_cores_check_of_inputs_in_order_agrees_with_the_full_check(specs, da
         shape = tuple(data.draw(st.sampled_from([shape, shape, [*shape, 1], [d + 1 for d in shape]])))
         tensors.append(Tensor.from_array(name, np.zeros((data.draw(st.integers(0, 5)), *shape), dtype)))
     tensors = tuple(data.draw(st.sampled_from([tensors, tensors, tensors[:-1]])))
-    fast = samples_in_order(sig, tensors)
+    fast = samples_in_order(input_specs(sig), sig.max_batch, tensors)
     try:
         full = check_inputs(sig, tensors)
     except BadMessage:
