@@ -574,17 +574,16 @@ class Core:
         if req.state is RequestState.QUEUED and req.model in self.models:
             self._dequeued(self.models[req.model], (req,))
         req.move(RequestState.ANSWERED)
-        key: Any = (req.client, req.request_id)  # boxed once (on_request)
+        key: Any = (req.client, req.request_id)  # one boxed tuple for both dicts (see on_request)
         self.requests.pop(key, None)
         self.answered[key] = now_ns
-        if status is OK:
-            self._answered_ok += 1
-        else:
-            self.count(_ANSWERED[status])
         model = self.models.get(req.model)
         if model is not None:
             model.answered += 1
-        if status is OK:
+        if status is not OK:
+            self.count(_ANSWERED[status])
+        else:
+            self._answered_ok += 1
             if self.in_time(req, now_ns):
                 self._met_slo += 1
                 if model is not None:

@@ -363,11 +363,10 @@ class LatencyModel:
 
     # ------------------------------------------------------------------ predicting
 
-    # The two below run several times per request: the cached figure is read inline.
-
-    # The two below return a window's cached figure as the object it holds: compiled, an
-    # `int | None` narrowed to int by a None test is unboxed, and returned it is boxed again (a
-    # new int object for any duration of nanoseconds), ~265,000 times in the issue-19 window.
+    # The two below run several times per request: the cached figure is read inline and
+    # returned as the object the window holds. Compiled, an `int | None` narrowed to int by a
+    # None test is unboxed, and returned it is boxed again (a new int object for any duration of
+    # nanoseconds), ~265,000 times in the issue-19 window.
 
     def exec_ns(self, model: str, batch: int, kind: str) -> int | None:
         """The tail: what an EXEC's window must leave for it."""
