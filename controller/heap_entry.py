@@ -7,10 +7,11 @@ from heaps of hundreds. Entries are ordered by (rank, key, token) as machine int
 first (a queue's service order puts the higher priority first), then key (a time), then token,
 unique within a heap, so that entries never tie and the item is never compared.
 
-`push` and `pop` are heapq's heappush and heappop (the same sifts, so the same layouts),
-compiled: heapq, a C function, compared two entries through Python's rich comparison, a
-generic call into a `__lt__`, and its sifts were 7% of the core's instructions. An Entry has
-no `__lt__`, so that heapq on these heaps fails at once instead of running slowly.
+`push`, `pop` and `replace_top` are heapq's heappush, heappop and heapreplace (the same
+sifts, so the same layouts), compiled, with the comparison written out in the sifts: heapq, a
+C function, compared two entries through Python's rich comparison, a generic call into a
+`__lt__`, and its sifts were 7% of the core's instructions. An Entry has no `__lt__`, so that
+heapq on these heaps fails at once instead of running slowly.
 """
 
 from __future__ import annotations
@@ -31,14 +32,6 @@ class Entry(Generic[T]):
         self.item = item
 
 
-def _before(a: Entry[T], b: Entry[T]) -> bool:
-    if a.rank != b.rank:
-        return a.rank < b.rank
-    if a.key != b.key:
-        return a.key < b.key
-    return a.token < b.token
-
-
 def push(heap: list[Entry[T]], entry: Entry[T]) -> None:
     """heapq.heappush."""
     heap.append(entry)
@@ -56,13 +49,29 @@ def pop(heap: list[Entry[T]]) -> Entry[T]:
     return top
 
 
+def replace_top(heap: list[Entry[T]], entry: Entry[T]) -> None:
+    """heapq.heapreplace, the old top dropped: one sift where a pop and a push take two."""
+    heap[0] = entry
+    _sift_up(heap, 0)
+
+
 def _sift_down(heap: list[Entry[T]], start: int, pos: int) -> None:
     """heapq._siftdown: the entry at `pos` moves up towards `start` past every greater parent."""
     new = heap[pos]
+    rank = new.rank
+    key = new.key
+    token = new.token
     while pos > start:
         parent_pos = (pos - 1) >> 1
         parent = heap[parent_pos]
-        if not _before(new, parent):
+        # _before(new, parent), written out: the sifts compare a dozen times a pop.
+        if rank != parent.rank:
+            if rank > parent.rank:
+                break
+        elif key != parent.key:
+            if key > parent.key:
+                break
+        elif token >= parent.token:
             break
         heap[pos] = parent
         pos = parent_pos
@@ -81,7 +90,14 @@ def _sift_up(heap: list[Entry[T]], pos: int) -> None:
         right = child + 1
         if right < end:
             other = heap[right]
-            if not _before(lesser, other):
+            # not _before(lesser, other), written out
+            if lesser.rank != other.rank:
+                right_first = other.rank < lesser.rank
+            elif lesser.key != other.key:
+                right_first = other.key < lesser.key
+            else:
+                right_first = other.token <= lesser.token
+            if right_first:
                 child, lesser = right, other
         heap[pos] = lesser
         pos = child

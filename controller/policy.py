@@ -64,12 +64,16 @@ class ClockworkPolicy(Policy):
         if most_urgent:
             self._watch(model, now_ns)  # a new most urgent request: look at it soon
 
-    def _watch(self, model: Model, at_ns: int) -> None:
+    def _watch(self, model: Model, at_ns: int, in_place_of_top: bool = False) -> None:
         """Look at `model`'s queue for requests that can no longer make it at `at_ns` (this
-        replaces any earlier look booked for it)."""
+        replaces any earlier look booked for it); `in_place_of_top`: the look booked takes the
+        place of the heap's top, the one at `model` just done."""
         self._expiry_tokens += 1
         model.expiry_token = token = self._expiry_tokens
-        heap_entry.push(self._expiry, Entry(at_ns, token, model))
+        if in_place_of_top:
+            heap_entry.replace_top(self._expiry, Entry(at_ns, token, model))
+        else:
+            heap_entry.push(self._expiry, Entry(at_ns, token, model))
 
     def expire(self, core: Core, now_ns: int) -> None:
         """Answer DEADLINE_MISSED, early, the queued requests no device can finish in time.
@@ -83,10 +87,14 @@ class ClockworkPolicy(Policy):
             self._next_refresh_ns = now_ns + core.cfg.refresh_ns
             headroom.refresh(spare=headroom.widened() and admission.any_replica_idle(core, headroom.refused, now_ns))
             self.pace.refresh()
-        while self._expiry and self._expiry[0].key <= now_ns:
-            entry = heap_entry.pop(self._expiry)
+        expiry = self._expiry
+        while expiry and expiry[0].key <= now_ns:
+            # The look stays on top until it is done (answers do not book looks): a look booked
+            # again then replaces it in one sift.
+            entry = expiry[0]
             model = entry.item
             if entry.token != model.expiry_token or model.name not in core.pending or core.models.get(model.name) is not model:
+                heap_entry.pop(expiry)
                 continue
             head = model.queue.earliest_deadline()
             soonest = _soonest_finish_ns(core, model, now_ns, head)
@@ -99,9 +107,12 @@ class ClockworkPolicy(Policy):
                     core.answer(req, Status.DEADLINE_MISSED,
                                 f"can no longer finish in time (at best {late:.2f} ms after its deadline)", now_ns)
                 head = model.queue.earliest_deadline()
+            assert expiry[0] is entry, "an answer booked an expiry look"
             if model.name in core.pending and head is not None:
                 slack = (head - cutoff) // 2
-                self._watch(model, now_ns + min(max(slack, self._recheck_ns[0]), self._recheck_ns[1]))
+                self._watch(model, now_ns + min(max(slack, self._recheck_ns[0]), self._recheck_ns[1]), True)
+            else:
+                heap_entry.pop(expiry)
 
     # ------------------------------------------------------------------ replication
 

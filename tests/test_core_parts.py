@@ -78,6 +78,26 @@ def test_a_queue_serves_by_priority_then_deadline_then_arrival_and_expires_by_de
 
 
 @settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["push", "pop", "replace"]), st.integers(-1, 0), st.integers(0, 5)), max_size=60))
+def test_the_core_heaps_pop_in_rank_key_token_order_through_pushes_pops_and_replaced_tops(ops):
+    """heap_entry's push, pop and replace_top against heapq on (rank, key, token) tuples."""
+    heap: list[Entry[int]] = []
+    reference: list[tuple[int, int, int]] = []
+    for token, (op, rank, key) in enumerate(ops):
+        if op == "push" or not heap:
+            heap_entry.push(heap, Entry(key, token, token, rank))
+            heapq.heappush(reference, (rank, key, token))
+        elif op == "pop":
+            entry = heap_entry.pop(heap)
+            assert (entry.rank, entry.key, entry.token) == heapq.heappop(reference)
+        else:
+            heap_entry.replace_top(heap, Entry(key, token, token, rank))
+            heapq.heapreplace(reference, (rank, key, token))
+    drained = [heap_entry.pop(heap) for _ in range(len(heap))]
+    assert [(e.rank, e.key, e.token) for e in drained] == sorted(reference)
+
+
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(-2, 0), st.integers(0, 4), st.text("abc", max_size=2)), unique_by=lambda r: r[2]))
 def test_batch_choice_takes_pending_models_in_the_order_sorting_gives(ranked):
     """policy._take_least, taken until none is left: the sorted order (names unique, as on a device)."""
