@@ -11,12 +11,10 @@ budget: the replica is then ready before demand outgrows the ones there are.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from clockwork.common.models import pages_for
 from clockwork.controller.latency import LatencyModel
 from clockwork.controller.lifecycle import Residency
-from clockwork.controller.state import Device, Model
+from clockwork.controller.state import Device, Model, Worker
 
 
 def victims(dev: Device, short_pages: int) -> list[str] | None:
@@ -38,32 +36,47 @@ def victims(dev: Device, short_pages: int) -> list[str] | None:
 
 def load_target(model: Model, weights_bytes: int, devices: list[Device], now_ns: int,
                 max_loads: int) -> tuple[Device, int, list[str]] | None:
-    """The device to load `model` onto, the pages it takes there and the models to evict."""
+    """The device to load `model` onto, the pages it takes there and the models to evict.
+
+    Devices are ranked by (evicts, busy until, models held, load lane free at, key): no
+    eviction first; then the device that will be done soonest with what it has running and
+    queued, and holds the fewest models, so work spreads over devices and workers instead of
+    piling onto a busy one or the first one listed. The order is written out field by field:
+    compiled, a tuple per device and their generic comparison were most of a choice's cost,
+    asked over every device with a free load slot."""
     pages_by_size: dict[int, int] = {}  # page size -> pages: devices of a kind share one
-
-    def pages_on(dev: Device) -> int:
-        pages = pages_by_size.get(dev.page_bytes)
-        if pages is None:
-            pages = pages_by_size[dev.page_bytes] = pages_for(weights_bytes, dev.page_bytes)
-        return pages
-
-    best, best_key = None, None
+    best: Device | None = None
+    best_pages = 0
+    best_evicts = False
+    best_busy = best_held = best_load = 0
     for dev in devices:
         if dev.loads_in_flight >= max_loads or model.name in dev.resident:
             continue
-        pages = pages_on(dev)
+        pages = _pages_on(dev, weights_bytes, pages_by_size)
         if pages > dev.capacity_pages:
             continue
-        # No eviction first; then the device that will be done soonest with what it has running
-        # and queued, and holds the fewest models, so work spreads over devices and workers
-        # instead of piling onto a busy one or the first one listed.
-        key = (pages > dev.free_pages(), dev.exec_lane.free_at(now_ns) + dev.backlog_ns(), len(dev.resident),
-               dev.load_lane.free_at(now_ns), dev.key)
-        if best_key is None or key < best_key:
-            best, best_key = (dev, pages), key
+        evicts = pages > dev.free_pages()
+        busy = dev.exec_lane.free_at(now_ns) + dev.backlog_ns()
+        held = len(dev.resident)
+        load = dev.load_lane.free_at(now_ns)
+        if best is None:
+            before = True
+        elif evicts != best_evicts:
+            before = not evicts
+        elif busy != best_busy:
+            before = busy < best_busy
+        elif held != best_held:
+            before = held < best_held
+        elif load != best_load:
+            before = load < best_load
+        else:
+            before = dev.key < best.key
+        if before:
+            best, best_pages = dev, pages
+            best_evicts, best_busy, best_held, best_load = evicts, busy, held, load
     if best is None:
         return None
-    dev, pages = best
+    dev, pages = best, best_pages
     chosen = victims(dev, pages - dev.free_pages())
     if chosen is not None:
         return dev, pages, chosen
@@ -71,20 +84,28 @@ def load_target(model: Model, weights_bytes: int, devices: list[Device], now_ns:
     for other in devices:
         if other is dev or other.loads_in_flight >= max_loads or model.name in other.resident:
             continue
-        pages = pages_on(other)
+        pages = _pages_on(other, weights_bytes, pages_by_size)
         chosen = victims(other, pages - other.free_pages())
         if chosen is not None:
             return other, pages, chosen
     return None
 
 
-def wants_replica(model: Model, now_ns: int, dispatch_ns_of: Callable[[Device], int], latency: LatencyModel,
+def _pages_on(dev: Device, weights_bytes: int, pages_by_size: dict[int, int]) -> int:
+    pages = pages_by_size.get(dev.page_bytes)
+    if pages is None:
+        pages = pages_by_size[dev.page_bytes] = pages_for(weights_bytes, dev.page_bytes)
+    return pages
+
+
+def wants_replica(model: Model, now_ns: int, workers: dict[str, Worker], latency: LatencyModel,
                   fraction: float) -> bool:
     """True when draining the queue would use more than `fraction` of its head's remaining budget.
 
-    `latency` predicts an EXEC on each replica's kind of device; `dispatch_ns_of(dev)` is the
-    hop from sending to its lane starting. (Asked of every pending model at every replication
-    check: the latency model is called directly, not through a closure made per model.)
+    `latency` predicts an EXEC on each replica's kind of device; a replica's worker's
+    `dispatch_ns` is the hop from sending to its lane starting (Core.dispatch_of). (Asked of
+    every pending model at every replication check: both are read directly, not through a
+    closure or a bound method, which compiled code calls generically.)
     """
     head = model.queue.earliest_deadline()
     if head is None or not model.replicas or not model.sizes:
@@ -99,7 +120,7 @@ def wants_replica(model: Model, now_ns: int, dispatch_ns_of: Callable[[Device], 
         if res is None or exec_ns is None:
             continue
         rate += size / exec_ns
-        free = max(dev.exec_lane.free_at(now_ns), now_ns + dispatch_ns_of(dev))
+        free = max(dev.exec_lane.free_at(now_ns), now_ns + workers[dev.worker].dispatch_ns)
         if not found or free < start:
             start, found = free, True
     if not found:

@@ -164,12 +164,12 @@ class HotModelReplicas:
         self._next_ns = now_ns + cfg.replication_check_ns
         slots = core.free_load_slots()
         # Read once per check, not per pending model (the config is interpreted: read by name).
-        dispatch_of, latency, fraction = core.dispatch_of, core.latency, cfg.replicate_backlog_fraction
+        workers, latency, fraction = core.workers, core.latency, cfg.replicate_backlog_fraction
         for name in list(core.pending):
             if not slots:
                 return
             model = core.models[name]
-            if model.replicas and placement.wants_replica(model, now_ns, dispatch_of, latency, fraction):
+            if model.replicas and placement.wants_replica(model, now_ns, workers, latency, fraction):
                 if core.load_somewhere(model, now_ns, slots):
                     slots = [d for d in slots if d.loads_in_flight < core.cfg.max_loads_per_device]
                     core.count("replicas_added")
