@@ -117,7 +117,7 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
         model, samples = core.model_and_samples(msg)
     except BadMessage as exc:
         return exc.status, exc.detail, None
-    if len(model.queue) >= cfg.max_queue_per_model:
+    if len(model.queue) >= core.max_queue_per_model:
         return Status.QUEUE_FULL, f"{len(model.queue)} requests already queued for {model.name!r}", None
     slo_ns, priority = msg.slo_ns, msg.priority  # the message is interpreted: its fields are read by name
     budget = slo_ns - waited_ns
@@ -279,7 +279,7 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
     cost_kind: str | None = None
     typical: int | None = None
     typical_ns = tail_ns = full_ns = mine_ns = share_ns = 0
-    looked, limit = 0, core.cfg.admission_replicas
+    looked, limit = 0, core.admission_replicas
     for dev in model.replicas.values():
         if looked == limit:
             break
@@ -326,7 +326,7 @@ def _finish_after_load_ns(core: Core, model: Model, size: int, priority: int, sp
                           now_ns: int) -> int | None:
     # Models waiting for a LOAD get one in turn, as LOAD slots free up on any device. What a
     # device's kind decides is worked out once per kind: a cold model may have a hundred devices.
-    slots = max(1, core.device_count * core.cfg.max_loads_per_device)
+    slots = max(1, core.device_count * core.max_loads_per_device)
     hop_ns, waiting = now_ns + core.cfg.dispatch_ns, len(core.unplaced)
     by_kind: dict[str, tuple[int, int, int, int] | None] = {}  # kind -> (load + turn, typical, a full batch's, own)
     best = None

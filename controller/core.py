@@ -168,6 +168,11 @@ class Core:
         # request: the config is an interpreted dataclass, whose fields compiled code reads by name.
         self.dispatch_floor_ns: Final = config.dispatch_ns
         self.reply_floor_ns: Final = config.reply_ns
+        # The same for the limits read per request or per planned EXEC.
+        self.max_queue_per_model: Final = config.max_queue_per_model
+        self.admission_replicas: Final = config.admission_replicas
+        self.schedule_ahead_ns: Final = config.schedule_ahead_ns
+        self.max_loads_per_device: Final = config.max_loads_per_device
         # The smallest of the workers' dispatch allowances (Worker.dispatch_ns), for the
         # estimates that cannot know which worker will run the work.
         self.dispatch_ns = config.dispatch_ns
@@ -454,7 +459,7 @@ class Core:
         plus the lateness learned into its worker's dispatch allowance, so that on a busy or
         distant host the next action is already at the worker when the lane frees, instead of
         the lane idling for it."""
-        return self.cfg.schedule_ahead_ns + self.dispatch_of(dev) - self.dispatch_floor_ns
+        return self.schedule_ahead_ns + self.dispatch_of(dev) - self.dispatch_floor_ns
 
     def _live(self, dev: Device) -> bool:
         """The device belongs to a connected worker that is not suspected of losing work."""
@@ -960,13 +965,13 @@ class Core:
             return
         for name in list(itertools.islice(self.unplaced, 2 * len(slots) + 8)):
             if self.load_somewhere(self.models[name], now_ns, slots):
-                slots = [d for d in slots if d.loads_in_flight < self.cfg.max_loads_per_device]
+                slots = [d for d in slots if d.loads_in_flight < self.max_loads_per_device]
                 if not slots:
                     return
 
     def free_load_slots(self) -> list[Device]:
         return [d for w in self.workers.values() if not w.suspect for d in w.devices.values()
-                if d.loads_in_flight < self.cfg.max_loads_per_device]
+                if d.loads_in_flight < self.max_loads_per_device]
 
     def warm_up(self, model: Model, now_ns: int) -> bool:
         """LOAD `model`, which no request waits for: whether a LOAD was sent. Its requests are
@@ -982,7 +987,7 @@ class Core:
 
     def load_somewhere(self, model: Model, now_ns: int, slots: list[Device]) -> bool:
         devices = [d for d in slots if d.worker in model.profiles]
-        choice = placement.load_target(model, model.weights_bytes, devices, now_ns, self.cfg.max_loads_per_device)
+        choice = placement.load_target(model, model.weights_bytes, devices, now_ns, self.max_loads_per_device)
         if choice is None:
             return False
         self._send_load(model, *choice, now_ns)

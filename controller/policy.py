@@ -171,7 +171,7 @@ class HotModelReplicas:
             model = core.models[name]
             if model.replicas and placement.wants_replica(model, now_ns, workers, latency, fraction):
                 if core.load_somewhere(model, now_ns, slots):
-                    slots = [d for d in slots if d.loads_in_flight < core.cfg.max_loads_per_device]
+                    slots = [d for d in slots if d.loads_in_flight < core.max_loads_per_device]
                     core.count("replicas_added")
 
 
