@@ -130,7 +130,7 @@ class FifoPolicy(Policy):
         """Only what no system could serve is refused: unknown model, bad input, no worker.
         Time spent in queues before arriving comes out of the SLO budget, as in the core."""
         try:
-            model, samples = core.model_and_samples(msg)
+            model, samples = core.model_and_samples(msg.model, msg.tensors)
         except BadMessage as exc:
             return exc.status, exc.detail, None
         if not model.sizes or next(core.devices_for(model), None) is None:

@@ -529,14 +529,14 @@ class Core:
         self._enqueue(self.models[req.model], req, now_ns)
         return self._take()
 
-    def model_and_samples(self, msg: schema.Infer) -> tuple[Model, int]:
-        """The model a request names and how many samples it carries; BadMessage (with its
-        reason code) if the model is unknown or the tensors do not fit its signature."""
-        model = self.models.get(msg.model)
+    def model_and_samples(self, name: str, tensors: tuple[Tensor, ...]) -> tuple[Model, int]:
+        """The model an INFER names and how many samples its tensors carry; BadMessage (with
+        its reason code) if the model is unknown or the tensors do not fit its signature."""
+        model = self.models.get(name)
         if model is None or model.removing:
-            raise BadMessage(Status.MODEL_NOT_FOUND, f"no model named {msg.model!r}")
-        samples = samples_in_order(model.inputs, model.max_batch, msg.tensors)
-        return model, samples if samples is not None else check_inputs(model.signature, msg.tensors)
+            raise BadMessage(Status.MODEL_NOT_FOUND, f"no model named {name!r}")
+        samples = samples_in_order(model.inputs, model.max_batch, tensors)
+        return model, samples if samples is not None else check_inputs(model.signature, tensors)
 
     def refuse_stale(self, client: bytes, request_id: int, waited_ns: int, slo_ns: int) -> list[Effect]:
         """A request that waited in queues for much of its SLO (the shell decides how much),
