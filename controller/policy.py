@@ -64,14 +64,15 @@ class ClockworkPolicy(Policy):
         if most_urgent:
             self._watch(model, now_ns)  # a new most urgent request: look at it soon
 
-    def _watch(self, model: Model, at_ns: int, in_place_of_top: bool = False) -> None:
+    def _watch(self, model: Model, at_ns: int, done: Entry[Model] | None = None) -> None:
         """Look at `model`'s queue for requests that can no longer make it at `at_ns` (this
-        replaces any earlier look booked for it); `in_place_of_top`: the look booked takes the
-        place of the heap's top, the one at `model` just done."""
+        replaces any earlier look booked for it); `done`: the heap's top, the look at `model`
+        just done, whose entry the new look reuses in its place."""
         self._expiry_tokens += 1
         model.expiry_token = token = self._expiry_tokens
-        if in_place_of_top:
-            heap_entry.replace_top(self._expiry, Entry(at_ns, token, model))
+        if done is not None:
+            done.key, done.token = at_ns, token
+            heap_entry.replace_top(self._expiry, done)
         else:
             heap_entry.push(self._expiry, Entry(at_ns, token, model))
 
@@ -110,7 +111,7 @@ class ClockworkPolicy(Policy):
             assert expiry[0] is entry, "an answer booked an expiry look"
             if model.name in core.pending and head is not None:
                 slack = (head - cutoff) // 2
-                self._watch(model, now_ns + min(max(slack, self._recheck_ns[0]), self._recheck_ns[1]), True)
+                self._watch(model, now_ns + min(max(slack, self._recheck_ns[0]), self._recheck_ns[1]), entry)
             else:
                 heap_entry.pop(expiry)
 
