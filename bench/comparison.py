@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -14,7 +15,9 @@ import numpy as np
 
 from clockwork.bench import workload
 from clockwork.bench.procs import WorkerSpec
-from clockwork.bench.report import saved_figure
+from clockwork.bench.progress import say
+from clockwork.bench.report import Latencies, answered_after_admission, saved_figure
+from clockwork.client import Client, ClockworkError
 
 MODEL = "model"
 GAP_S = 0.05  # between lone requests: the system idles, as it does between real clients' calls
@@ -126,3 +129,71 @@ def plot(path: Path, points: Sequence[Point], slo_ms: float) -> None:
 def worker_spec(args) -> WorkerSpec:
     """The onnxruntime worker both comparisons start, with the settings given by --worker-set."""
     return WorkerSpec("cpu", "onnxruntime", extra_args=tuple(a for kv in args.worker_set for a in ("--set", kv)))
+
+
+def latencies(values_ns: np.ndarray) -> Latencies:
+    lat = Latencies()
+    lat.record_many_ns(values_ns)
+    return lat
+
+
+def breakdown(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Medians of where a lone request's time goes (InferResult.hops: the client's round trip
+    split by the reply's own timings, on the server's clock)."""
+    return {key: float(np.median([p[key] for p in parts])) for key in parts[0]}
+
+
+def direct_call(model: bytes, inputs: dict) -> Callable[[], object]:
+    """The model called directly on one onnxruntime thread, as the plain server and the worker run it."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, inputs)
+
+
+class Lone:
+    """Lone requests to one target through the native client: the refusals, and what each
+    answered call took and where its time went (InferResult.hops)."""
+
+    def __init__(self, target: str, client: Client, inputs: dict, slo_ms: float):
+        self.target, self.client, self.inputs, self.slo_ms = target, client, inputs, slo_ms
+        self.refused: list[str] = []
+        self.parts: list[dict[str, float]] = []
+        self.answered_ns: list[int] = []
+
+    def __call__(self) -> None:
+        start = time.monotonic_ns()
+        try:
+            result = self.client.infer(MODEL, self.inputs, slo_ms=self.slo_ms)
+        except ClockworkError as exc:  # counted, not fatal: a refusal is an outcome to report
+            self.refused.append(exc.status.name)
+            return
+        self.answered_ns.append(time.monotonic_ns() - start)
+        self.parts.append(result.hops(self.answered_ns[-1] / 1e6))
+
+    def clear(self) -> None:
+        for outcomes in (self.refused, self.parts, self.answered_ns):
+            outcomes.clear()
+
+    def point(self, took: np.ndarray) -> Point:
+        """The lone run's Point (latencies of the answered calls; refusals are quick: not latency)."""
+        lone = latencies(np.array(self.answered_ns, dtype=np.int64) if self.answered_ns else took)
+        say(f"{self.target} lone: p50 {lone.percentile_ms(50):.2f} ms, p99 {lone.percentile_ms(99):.2f} ms"
+            + (f", refused {len(self.refused)}: {sorted(set(self.refused))}" if self.refused else ""))
+        if self.parts:
+            say(f"{self.target} lone, where the p50 goes: "
+                + ", ".join(f"{k} {v:.3f} ms" for k, v in self.hops().items()))
+        within = sum(1 for t in self.answered_ns if t <= self.slo_ms * 1e6)
+        return Point(self.target, 0.0, len(took), within, len(self.refused), 0, lone.percentile_ms(50),
+                     lone.percentile_ms(99), lone.percentile_ms(99.9), math.nan, after_admission=self.given_up())
+
+    def given_up(self) -> int:
+        """Of the refused, those answered after admission (a miss, not a refusal)."""
+        return answered_after_admission(Counter(self.refused))
+
+    def hops(self) -> dict[str, float]:
+        """Where a lone request's time goes (medians; empty if its replies carry no timings)."""
+        return breakdown(self.parts) if self.parts else {}

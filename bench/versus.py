@@ -39,15 +39,14 @@ import math
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
 
 from clockwork.bench import models as bench_models
-from clockwork.bench.comparison import MODEL, Point, interleaved, plot, schedule_for, sustained, worker_spec
+from clockwork.bench.comparison import (MODEL, Lone, Point, direct_call, interleaved, latencies, plot, schedule_for,
+                                        sustained, worker_spec)
 from clockwork.bench.loadgen import SEND_FAILED, run_open_loop
 from clockwork.bench.procs import cluster, free_port, kept_off_lanes, run_in_temp_dir
 from clockwork.bench.progress import Progress, command_main, say
@@ -100,74 +99,6 @@ def why(before: dict, after: dict) -> tuple[dict[str, int], dict[str, float]]:
 def busy_ns(status: dict) -> int:
     """Device time spent executing, summed over every device a STATUS lists."""
     return sum(int(d.get("exec_busy_ns") or 0) for w in status.get("workers") or [] for d in w.get("devices") or [])
-
-
-def latencies(values_ns: np.ndarray) -> Latencies:
-    lat = Latencies()
-    lat.record_many_ns(values_ns)
-    return lat
-
-
-def breakdown(parts: list[dict[str, float]]) -> dict[str, float]:
-    """Medians of where a lone request's time goes (InferResult.hops: the client's round trip
-    split by the reply's own timings, on the server's clock)."""
-    return {key: float(np.median([p[key] for p in parts])) for key in parts[0]}
-
-
-def direct_call(model: bytes, inputs: dict) -> Callable[[], object]:
-    """The model called directly on one onnxruntime thread, as the plain server and the worker run it."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-    return lambda: session.run(None, inputs)
-
-
-class Lone:
-    """Lone requests to one target through the native client: the refusals, and what each
-    answered call took and where its time went (InferResult.hops)."""
-
-    def __init__(self, target: str, client: Client, inputs: dict, slo_ms: float):
-        self.target, self.client, self.inputs, self.slo_ms = target, client, inputs, slo_ms
-        self.refused: list[str] = []
-        self.parts: list[dict[str, float]] = []
-        self.answered_ns: list[int] = []
-
-    def __call__(self) -> None:
-        start = time.monotonic_ns()
-        try:
-            result = self.client.infer(MODEL, self.inputs, slo_ms=self.slo_ms)
-        except ClockworkError as exc:  # counted, not fatal: a refusal is an outcome to report
-            self.refused.append(exc.status.name)
-            return
-        self.answered_ns.append(time.monotonic_ns() - start)
-        self.parts.append(result.hops(self.answered_ns[-1] / 1e6))
-
-    def clear(self) -> None:
-        for outcomes in (self.refused, self.parts, self.answered_ns):
-            outcomes.clear()
-
-    def point(self, took: np.ndarray) -> Point:
-        """The lone run's Point (latencies of the answered calls; refusals are quick: not latency)."""
-        lone = latencies(np.array(self.answered_ns, dtype=np.int64) if self.answered_ns else took)
-        say(f"{self.target} lone: p50 {lone.percentile_ms(50):.2f} ms, p99 {lone.percentile_ms(99):.2f} ms"
-            + (f", refused {len(self.refused)}: {sorted(set(self.refused))}" if self.refused else ""))
-        if self.parts:
-            say(f"{self.target} lone, where the p50 goes: "
-                + ", ".join(f"{k} {v:.3f} ms" for k, v in self.hops().items()))
-        within = sum(1 for t in self.answered_ns if t <= self.slo_ms * 1e6)
-        return Point(self.target, 0.0, len(took), within, len(self.refused), 0, lone.percentile_ms(50),
-                     lone.percentile_ms(99), lone.percentile_ms(99.9), math.nan, after_admission=self.given_up())
-
-    def given_up(self) -> int:
-        """Of the refused, those answered after admission (a miss, not a refusal)."""
-        return answered_after_admission(Counter(self.refused))
-
-    def hops(self) -> dict[str, float]:
-        """Where a lone request's time goes (medians; empty if its replies carry no timings)."""
-        return breakdown(self.parts) if self.parts else {}
 
 
 def lone_requests(direct: Callable[[], object], targets: Sequence[Lone]) -> tuple[Latencies, dict[str, Lone], dict]:
@@ -356,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
         if args.gateway_json:
             from clockwork.bench import versus_json
 
-            return versus_json.run(args, model, shapes, inputs, model_path, rates, run_dir, out)
+            return versus_json.run(args, model, shapes, inputs, model_path, rates, run_dir, out, direct)
         floor, points, worker = compare(run_dir, direct, model, model_path, shapes, inputs, rates, args)
         header = ["target", "rate/s", "offered", "in SLO", "refused", "unanswered", "p50 ms", "p99 ms",
                   "p99.9 ms", "busy"]

@@ -10,7 +10,9 @@ open-loop schedules by one HTTP load generator (bench/http_load.py):
   one thread, no admission, the same v2 parsing rules.
 
 Both running at once, lone requests (50 ms apart, to each in turn, over a kept-alive
-connection); then per target, while the other idles, each rate of `--rates`, then the gateway's
+connection), in turn with this system's native client and the model called directly: the
+gateway's extra over the plain HTTP server, set beside the native path's over the direct call,
+says how much of it is the gateway's own (HTTP and JSON cost both servers alike); then per target, while the other idles, each rate of `--rates`, then the gateway's
 test of refusing well: 3x the highest rate it sustained (>= 99.9% of requests within
 the SLO), played to both. Reported per rate: offered, answered within the SLO, 429s, 504s,
 p50/p99 of the answered, how fast the 429s came back, and how late the
@@ -38,14 +40,15 @@ import numpy as np
 import orjson
 
 from clockwork.bench import http_load
-from clockwork.bench.comparison import (GAP_S, IN_SLO, LONE_REQUESTS, MODEL, Point, interleaved, plot, schedule_for,
-                                        sustained, worker_spec)
+from clockwork.bench.comparison import (GAP_S, IN_SLO, LONE_REQUESTS, MODEL, Lone, Point, interleaved, latencies, plot,
+                                        schedule_for, sustained, worker_spec)
 from clockwork.bench.procs import cluster, free_port, start_gateway
 from clockwork.bench.progress import say
 from clockwork.bench.report import Latencies, format_table, write_json
 from clockwork.client import Client, v2
 
 GATEWAY, PLAIN = "gateway", "plain-http"
+NATIVE, DIRECT = "native", "direct"  # this system through its native client; the model called directly
 OVERLOAD = 3.0  # the gateway's test of refusing well: this many times the rate it sustained
 
 
@@ -114,16 +117,21 @@ class HttpLone:
         return http_point(target, 0.0, self.results, slo_ms)
 
 
-def lone_requests(urls: dict[str, str], body: bytes, args: argparse.Namespace) -> list[Point]:
-    """Every target's lone requests, in turn (comparison.interleaved), after ten each that are
-    not counted."""
+def lone_requests(urls: dict[str, str], body: bytes, args: argparse.Namespace, native: Lone,
+                  direct: Callable[[], object]) -> tuple[list[Point], float]:
+    """Every target's lone requests, the native client's (`native`) and the direct call's, in
+    turn (comparison.interleaved), after ten each that are not counted: the HTTP targets' and
+    the native client's Points, and the direct call's p50 in ms."""
     calls = {target: HttpLone(url, body) for target, url in urls.items()}
-    interleaved(calls, max(10, min(LONE_REQUESTS, round(args.duration_s / GAP_S))), warmup=10)
+    took = interleaved({**calls, native.target: native, DIRECT: direct},
+                       max(10, min(LONE_REQUESTS, round(args.duration_s / GAP_S))), warmup=10)
     points = [call.point(target, args.slo_ms) for target, call in calls.items()]
     for p in points:
         say(f"{p.target} lone: {p.within_slo}/{p.offered} within {args.slo_ms:g} ms, p50 {p.p50_ms:.2f} ms, "
             f"p99 {p.p99_ms:.2f} ms")
-    return points
+    direct_ms = latencies(took[DIRECT]).percentile_ms(50)
+    say(f"direct onnxruntime lone: p50 {direct_ms:.2f} ms")
+    return [*points, native.point(took[native.target])], direct_ms
 
 
 def measure(target: str, url: str, body: bytes, rates: Sequence[float], args: argparse.Namespace,
@@ -159,15 +167,20 @@ def plain_http(model_path: Path) -> Iterator[str]:
         server.wait(timeout=10)
 
 
-def verdicts(points: Sequence[Point], rates: Sequence[float], overload: float) -> list[tuple[str, str, str]]:
+def verdicts(points: Sequence[Point], rates: Sequence[float], overload: float,
+             direct_ms: float = math.nan) -> list[tuple[str, str, str]]:
     """(what, measured, goal) rows, every figure a ratio or a count within this run: the sweep's
-    `rates`, and the `overload` rate (0: none was played)."""
+    `rates`, the `overload` rate (0: none was played), and the direct call's lone p50."""
     lone = {p.target: p for p in points if p.rate == 0}
     sweep = [p for p in points if p.rate in rates]
     rows = []
     if GATEWAY in lone and PLAIN in lone:
         g, p = lone[GATEWAY].p50_ms, lone[PLAIN].p50_ms
         rows.append(("lone request p50, gateway / plain HTTP", f"{g:.2f} / {p:.2f} ms = {g / p:.2f}", "<= 1.2"))
+        if NATIVE in lone and not math.isnan(direct_ms):
+            n = lone[NATIVE].p50_ms
+            rows.append(("  over plain HTTP / native client over the direct call", f"+{g - p:.2f} / +{n - direct_ms:.2f} ms",
+                         "(alike: none of it the gateway's own)"))
     gw, plain = sustained(sweep, GATEWAY), sustained(sweep, PLAIN)
     rows.append((f"rate sustained (>= {100 * IN_SLO:g}% in SLO), gateway / plain HTTP",
                  f"{gw:g} / {plain:g} = {gw / plain if plain else math.nan:.2f}", ">= 1.0"))
@@ -186,16 +199,17 @@ def verdicts(points: Sequence[Point], rates: Sequence[float], overload: float) -
 
 
 def run(args: argparse.Namespace, model: bytes, shapes: dict, inputs: dict, model_path: Path, rates: list[float],
-        run_dir: Path, out: Path) -> int:
+        run_dir: Path, out: Path, direct: Callable[[], object]) -> int:
     body = json_body(inputs, args.slo_ms)
     with cluster(run_dir / "clockwork", [worker_spec(args)], controller_settings=args.set) as c, \
             plain_http(model_path) as plain_url:
         with Client(c.client_endpoint, timeout_s=60) as client:
             client.upload(model, MODEL, input_shapes=shapes)
-        address = start_gateway(c.group, c.client_endpoint, extra=["--processes", str(args.gateway_processes)])["http"]
-        url = f"http://{address}/v2/models/{MODEL}/infer"
-        door = (lambda: shed_at_door(address)) if args.gateway_processes == 1 else (lambda: 0)
-        gateway_lone, plain_lone = lone_requests({GATEWAY: url, PLAIN: plain_url}, body, args)
+            address = start_gateway(c.group, c.client_endpoint, extra=["--processes", str(args.gateway_processes)])["http"]
+            url = f"http://{address}/v2/models/{MODEL}/infer"
+            door = (lambda: shed_at_door(address)) if args.gateway_processes == 1 else (lambda: 0)
+            (gateway_lone, plain_lone, native_lone), direct_ms = lone_requests(
+                {GATEWAY: url, PLAIN: plain_url}, body, args, Lone(NATIVE, client, inputs, args.slo_ms), direct)
         points = [gateway_lone, *measure(GATEWAY, url, body, rates, args, shed=door)]
         overload = OVERLOAD * sustained(points, GATEWAY)
         extra = [overload] if overload and overload not in rates else []
@@ -206,9 +220,10 @@ def run(args: argparse.Namespace, model: bytes, shapes: dict, inputs: dict, mode
     print(format_table([[p.target, p.rate or "lone", p.offered, f"{100 * p.share_within_slo:.2f}%", p.too_many,
                          p.shed_at_door, p.timed_out, p.refused - p.too_many - p.timed_out, p.unanswered, p.p50_ms, p.p99_ms,
                          p.refusal_p99_ms, p.sender_late_p99_ms] for p in points], header))
-    print(format_table(verdicts(points, rates, overload), ["verdict", "measured", "goal"]))
+    print(format_table(verdicts([*points, native_lone], rates, overload, direct_ms), ["verdict", "measured", "goal"]))
     write_json(out / "versus-json.json", {"slo_ms": args.slo_ms, "workload": args.workload,
                                           "gateway_processes": args.gateway_processes, "overload_rate": overload,
+                                          "direct_p50_ms": direct_ms, "native_lone": asdict(native_lone),
                                           "points": [asdict(p) for p in points]})
     plot(out / "versus-json.png", points, args.slo_ms)
     say(f"wrote {out / 'versus-json.json'} and {out / 'versus-json.png'}")

@@ -261,6 +261,11 @@ def test_gateway_json_verdicts_judge_the_overload_rate_against_the_sweep():
     assert rows["  the rest refused quickly"] == "1498 x 429, p99 1.50 ms"
     assert rows["  answers after the deadline (504)"] == "1"
     assert rows["plain HTTP at 600/s"] == "in SLO 1.0%"
+    # With the native client's lone requests and the direct call's p50, the two extras side by side.
+    assert "  over plain HTTP / native client over the direct call" not in rows
+    rows = {what: measured for what, measured, _ in versus_json.verdicts([*points, p("native", 0, 100, 100)], [100, 200],
+                                                                          600, direct_ms=1.5)}
+    assert rows["  over plain HTTP / native client over the direct call"] == "+0.00 / +0.50 ms"
 
 
 def test_versus_gateway_json_runs_end_to_end_and_writes_its_report(tmp_path):
@@ -275,3 +280,4 @@ def test_versus_gateway_json_runs_end_to_end_and_writes_its_report(tmp_path):
     assert all(p["offered"] > 0 and p["within_slo"] + p["refused"] + p["unanswered"] <= p["offered"]
                and p["too_many"] + p["timed_out"] <= p["refused"] for p in report["points"])
     assert (out / "versus-json.png").stat().st_size > 0
+    assert report["direct_p50_ms"] > 0 and report["native_lone"]["offered"] > 0  # the lone block's references
