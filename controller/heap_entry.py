@@ -64,7 +64,8 @@ def _sift_down(heap: list[Entry[T]], start: int, pos: int) -> None:
     while pos > start:
         parent_pos = (pos - 1) >> 1
         parent = heap[parent_pos]
-        # _before(new, parent), written out: the sifts compare a dozen times a pop.
+        # Whether `new` comes before `parent` (rank, key, token), written out: a call per
+        # comparison cost more than the comparison, a dozen times a pop.
         if rank != parent.rank:
             if rank > parent.rank:
                 break
@@ -90,7 +91,7 @@ def _sift_up(heap: list[Entry[T]], pos: int) -> None:
         right = child + 1
         if right < end:
             other = heap[right]
-            # not _before(lesser, other), written out
+            # Whether `other` comes before `lesser`, or ties (it never does: tokens are unique).
             if lesser.rank != other.rank:
                 right_first = other.rank < lesser.rank
             elif lesser.key != other.key:
