@@ -208,13 +208,7 @@ class Core:
 
     def add_model(self, name: str, fmt: str, signature: Signature) -> None:
         """A model known from the registry at start-up (no client waits for it)."""
-        self.models[name] = self._new_model(name, fmt, signature)
-
-    def _new_model(self, name: str, fmt: str, signature: Signature) -> Model:
-        model = Model(name, fmt, signature, queue=self.policy.new_queue())
-        model.inputs = input_specs(signature)
-        model.max_batch = signature.max_batch
-        return model
+        self.models[name] = Model(name, fmt, signature, queue=self.policy.new_queue())
 
     def on_upload(self, name: str, fmt: str, signature: Signature, client: bytes, request_id: int,
                   now_ns: int) -> list[Effect]:
@@ -222,7 +216,7 @@ class Core:
         if old is not None and (old.removing or name in self.uploads):
             self._emit(UploadFinished(client, request_id, name, Status.BUSY, "the model is being removed or uploaded"))
             return self._take()
-        self.models[name] = self._new_model(name, fmt, signature)
+        self.models[name] = Model(name, fmt, signature, queue=self.policy.new_queue())
         waiting = {w.name for w in self.workers.values() if fmt in w.formats}
         for worker in sorted(waiting):
             self._prepare_on(worker, self.models[name])
@@ -1186,11 +1180,6 @@ def reply_without_outputs(status: Status, detail: str, cold_start: bool = False,
     return made(schema.InferReply, {
         "status": status, "detail": detail, "queue_ns": 0, "exec_ns": 0, "total_ns": total_ns, "lane_start_ns": 0,
         "lane_end_ns": 0, "batch_size": 0, "batch_samples": 0, "cold_start": cold_start, "worker": "", "tensors": ()})
-
-
-def input_specs(signature: Signature) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
-    """A signature's inputs as samples_in_order reads them (Model.inputs)."""
-    return tuple((spec.name, spec.dtype, spec.shape) for spec in signature.inputs)
 
 
 def samples_in_order(inputs: tuple[tuple[str, str, tuple[int, ...]], ...], max_batch: int,

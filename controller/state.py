@@ -53,9 +53,19 @@ class Model:
     # EXEC result: past DOUBT_AFTER the core asks the latency model to doubt its worst samples.
     refused_unseen: int = 0
     # Its signature's inputs as (name, dtype, shape) and largest batch, read natively by every
-    # request's check (core.samples_in_order; a Signature is an interpreted dataclass).
-    inputs: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
-    max_batch: int = 0
+    # request's check (core.samples_in_order; a Signature is an interpreted dataclass): worked
+    # out from the signature when the model is made, so that they always agree with it.
+    inputs: tuple[tuple[str, str, tuple[int, ...]], ...] = field(init=False)
+    max_batch: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inputs = input_specs(self.signature)
+        self.max_batch = self.signature.max_batch
+
+
+def input_specs(signature: Signature) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+    """A signature's inputs as core.samples_in_order reads them (Model.inputs)."""
+    return tuple((spec.name, spec.dtype, spec.shape) for spec in signature.inputs)
 
 
 @dataclass(eq=False, slots=True)

@@ -15,13 +15,13 @@ from clockwork.common.tensors import Tensor
 from clockwork.controller import heap_entry, placement
 from clockwork.controller.batching import grow, padded_size, split_ns
 from clockwork.controller.heap_entry import Entry
-from clockwork.controller.core import float_divmod, input_specs, ms_text, samples_in_order
+from clockwork.controller.core import float_divmod, ms_text, samples_in_order
 from clockwork.controller.latency import LatencyModel, percentile_of, percentiles_of
 from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency
 from clockwork.controller.policy import _take_least
 from clockwork.controller.queues import RequestQueue, from_class
 from clockwork.controller.request import Request
-from clockwork.controller.state import Device, Resident
+from clockwork.controller.state import Device, Resident, input_specs
 
 MS = 1_000_000
 SIZES = [1, 2, 4, 8]
