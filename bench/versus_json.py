@@ -12,9 +12,9 @@ open-loop schedules by one HTTP load generator (bench/http_load.py):
 Both running at once, lone requests (50 ms apart, to each in turn, over a kept-alive
 connection), in turn with this system's native client and the model called directly: the
 gateway's extra over the plain HTTP server, set beside the native path's over the direct call,
-says how much of it is the gateway's own (HTTP and JSON cost both servers alike); then per target, while the other idles, each rate of `--rates`, then the gateway's
-test of refusing well: 3x the highest rate it sustained (>= 99.9% of requests within
-the SLO), played to both. Reported per rate: offered, answered within the SLO, 429s, 504s,
+says how much of it is the gateway's own. Then per target, while the other idles, each rate
+of `--rates`, then the gateway's test of refusing well: 3x the highest rate it sustained
+(>= 99.9% of requests within the SLO), played to both. Reported per rate: offered, answered within the SLO, 429s, 504s,
 p50/p99 of the answered, how fast the 429s came back, and how late the
 load generator itself sent (its own lag, which every latency includes: when it is large, the
 machine, not the target, set the figures).
