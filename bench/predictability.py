@@ -1,12 +1,18 @@
-"""How much latency variance does the worker add? `clockwork-bench predictability`.
+"""How much latency variance and time does the worker add? `clockwork-bench predictability`.
 
-Measures, in one run, the exec time of one small-but-not-trivial ONNX model (a stack of
-MatMul+Relu layers, ~1 ms on one core):
+Measures, in one run, one ONNX model (by default a stack of MatMul+Relu layers, a few ms on one
+core; `--model cnn` the generated CNN of `versus`, under 1 ms):
   (a) called directly with onnxruntime (1 intra-op thread, sequential), and
   (b) through a real worker process's EXEC lane, driven by an in-process stand-in controller
       (a ROUTER on loopback), using the duration the worker measured (RESULT.duration_ns).
 The two are measured in alternating blocks so that drift in the machine's load hits both alike.
 The goal: the worker adds under 5% at p99.
+
+Then back to back: bursts of EXECs queued at the worker before the first may start, against the
+same number of direct calls in a loop, alternated. The lane's rate over the loop's is the share
+of the lane's time that is the model's; what is left is the lane's own turnaround between
+actions (the gap from one EXEC's end to the next one's begin) and its work inside an EXEC's
+window that is not the run (staging inputs). Goal: the lane's rate >= 0.95 of the loop's.
 
     python -m clockwork.bench.predictability --runs 2000
 
@@ -206,24 +212,43 @@ def direct_session(model: bytes):
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
-def time_direct(session, x: np.ndarray, runs: int) -> list[int]:
+def time_direct(session, inputs: dict[str, np.ndarray], runs: int) -> list[int]:
     times = []
     for _ in range(runs):
         t0 = monotonic_ns()
-        session.run(["y"], {"x": x})
+        session.run(None, inputs)
         times.append(monotonic_ns() - t0)
     return times
 
 
-def time_worker(ctl: StubController, x: np.ndarray, runs: int) -> list[int]:
-    times = []
+def ok_result(env: Envelope) -> Result:
+    result: Result = env.body
+    if result.status is not Status.OK:
+        raise RuntimeError(f"EXEC failed: {result.status.name} {result.detail}")
+    return result
+
+
+def time_worker(ctl: StubController, inputs: dict[str, np.ndarray], runs: int) -> list[int]:
+    return [ok_result(ctl.reply_to(ctl.exec_async(0, "bench", inputs))).duration_ns for _ in range(runs)]
+
+
+def burst_direct(session, inputs: dict[str, np.ndarray], runs: int) -> int:
+    """Nanoseconds for `runs` direct calls back to back."""
+    t0 = monotonic_ns()
     for _ in range(runs):
-        env = ctl.reply_to(ctl.exec_async(0, "bench", {"x": x}))
-        result: Result = env.body
-        if result.status is not Status.OK:
-            raise RuntimeError(f"EXEC failed: {result.status.name} {result.detail}")
-        times.append(result.duration_ns)
-    return times
+        session.run(None, inputs)
+    return monotonic_ns() - t0
+
+
+def burst_worker(ctl: StubController, inputs: dict[str, np.ndarray], runs: int) -> tuple[int, list[int]]:
+    """`runs` EXECs sent at once, none to start before all are queued at the worker (a lead of
+    50 ms and 0.5 ms an EXEC): nanoseconds from the first one's begin to the last one's end, and
+    the gaps from each end to the next begin."""
+    start = monotonic_ns() + 50_000_000 + runs * 500_000
+    ids = [ctl.exec_async(0, "bench", inputs, earliest_ns=start) for _ in range(runs)]
+    results = sorted((ok_result(ctl.reply_to(i)) for i in ids), key=lambda r: r.begin_ns)
+    gaps = [b.begin_ns - a.end_ns for a, b in zip(results, results[1:])]
+    return results[-1].end_ns - results[0].begin_ns, gaps
 
 
 def start_bench_worker(model: bytes, log_path: str | None) -> tuple[StubController, subprocess.Popen]:
@@ -253,37 +278,69 @@ def report(direct: list[int], worker: list[int]) -> str:
     return "\n".join(lines)
 
 
+def report_bursts(runs: int, direct_ns: list[int], worker_ns: list[int], gaps: list[int]) -> str:
+    """The lane's rate over the direct loop's, burst by burst (each pair run back to back)."""
+    ratios = [d / w for d, w in zip(direct_ns, worker_ns)]
+    g50, g90, g99 = np.percentile(np.asarray(gaps, dtype=np.float64), [50, 90, 99]) / 1e3
+    per_call = float(np.median(direct_ns)) / runs / 1e3
+    return "\n".join([
+        f"back to back, {len(ratios)} bursts of {runs}: direct {per_call:.1f} us a call; "
+        f"worker lane's rate / direct's: median {np.median(ratios):.3f} (bursts {min(ratios):.3f}-{max(ratios):.3f}; "
+        f"goal >= 0.95)",
+        f"  the lane's gap from an EXEC's end to the next one's begin: p50 {g50:.1f} us, p90 {g90:.1f}, p99 {g99:.1f}",
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="clockwork-bench predictability", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=2000, help="timed executions per path (default 2000)")
     p.add_argument("--block", type=int, default=100, help="runs per alternating block (default 100)")
+    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
+                   help="mlp: MatMul+Relu layers shaped by the options below (default); cnn: versus's CNN")
     p.add_argument("--width", type=int, default=256, help="MatMul width (default 256)")
     p.add_argument("--rows", type=int, default=256, help="rows per sample (default 256)")
     p.add_argument("--layers", type=int, default=8, help="MatMul+Relu layers (default 8)")
     p.add_argument("--warmup", type=int, default=50, help="untimed runs per path first (default 50)")
+    p.add_argument("--burst", type=int, default=200, help="EXECs per back-to-back burst; 0 skips them (default 200)")
+    p.add_argument("--bursts", type=int, default=6, help="bursts per path, alternated (default 6)")
     p.add_argument("--worker-log", help="write the worker's JSON log here")
     args = p.parse_args(argv)
-    if args.runs < 1 or args.block < 1:
-        p.error("--runs and --block must be positive")
+    if args.runs < 1 or args.block < 1 or args.burst < 0 or (args.burst and args.bursts < 1):
+        p.error("--runs, --block and --bursts must be positive, --burst not negative")
 
-    model = mlp_model(args.width, args.rows, args.layers)
-    x = np.random.default_rng(1).standard_normal((1, args.rows, args.width)).astype(np.float32)
+    if args.model == "cnn":
+        from clockwork.bench.models import cnn_onnx, sample_inputs
+
+        model = cnn_onnx()
+        inputs = sample_inputs("onnx", model, 1, 1)
+    else:
+        model = mlp_model(args.width, args.rows, args.layers)
+        inputs = {"x": np.random.default_rng(1).standard_normal((1, args.rows, args.width)).astype(np.float32)}
     print("starting a worker process...", file=sys.stderr)
     ctl, proc = start_bench_worker(model, args.worker_log)
     try:
         session = direct_session(model)
-        time_direct(session, x, args.warmup)
-        time_worker(ctl, x, args.warmup)
+        time_direct(session, inputs, args.warmup)
+        time_worker(ctl, inputs, args.warmup)
         direct, worker = [], []
         while len(direct) < args.runs:
             n = min(args.block, args.runs - len(direct))
-            direct += time_direct(session, x, n)
-            worker += time_worker(ctl, x, n)
+            direct += time_direct(session, inputs, n)
+            worker += time_worker(ctl, inputs, n)
             print(f"  {len(direct)}/{args.runs} runs per path", file=sys.stderr)
+        direct_bursts, worker_bursts, gaps = [], [], []
+        for i in range(args.bursts if args.burst else 0):
+            direct_bursts.append(burst_direct(session, inputs, args.burst))
+            span, burst_gaps = burst_worker(ctl, inputs, args.burst)
+            worker_bursts.append(span)
+            gaps += burst_gaps
+            print(f"  {i + 1}/{args.bursts} bursts of {args.burst} per path", file=sys.stderr)
     finally:
         stop_worker(proc)
         ctl.close()
     print(report(direct, worker))
+    if worker_bursts:
+        print(report_bursts(args.burst, direct_bursts, worker_bursts, gaps))
     return 0
 
 
