@@ -16,7 +16,7 @@ from clockwork.common.schema import Prepare
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 from clockwork.common.clock import wait_until
-from clockwork.worker.device import pad_inputs, trim_outputs
+from clockwork.worker.device import Ran, drop_model, pad_inputs, trim_outputs
 from clockwork.worker.runtimes.emulated import EmulatedRuntime, exec_ns_for
 from clockwork.worker.runtimes.onnxrt import OnnxRuntime
 from tests.worker_helpers import (Collector, MS, direct_run, make_device, make_preparer, profile_blob, small_mlp,
@@ -191,3 +191,46 @@ def test_a_release_waiting_for_an_exec_gives_way_to_a_load_that_comes_after_it()
         submit_exec(4)
         assert emit.for_parent(4).status is Status.OK  # still resident
         assert device.resident_ids() == ["emu"]
+
+
+def test_inputs_staged_at_submit_are_checked_again_against_a_model_uploaded_anew_before_their_turn():
+    """An EXEC's inputs are staged when it arrives; if the model is uploaded again with another
+    signature before the EXEC's turn, what runs is checked against the model then resident."""
+    runtime = EmulatedRuntime(WorkerConfig(runtime="emulated", devices=1))
+    device, emit, store = make_device(runtime)
+    preparer = make_preparer(runtime, store, Collector())
+    device.start()
+    try:
+        def upload(model_id: str, parent: int, exec_ms: float, name: str, width: int) -> None:
+            blob = profile_blob(load_ms=1.0, exec_ms={1: exec_ms}, inputs=[{"name": name, "dtype": "float32", "shape": [width]}])
+            assert preparer.prepare(Prepare(model_id=model_id, format="profile", blob=blob, max_batch=1)).status.ok
+            device.submit_load(parent, model_id, *window())
+            assert emit.for_parent(parent).status is Status.OK
+
+        def submit_exec(parent: int, model_id: str, name: str, width: int) -> None:
+            x = Tensor.from_array(name, np.ones((1, width), np.float32))
+            device.submit_exec(parent, model_id, 1, (x,), *window())
+
+        upload("blocker", 1, 2000.0, "data", 5)
+        upload("m", 2, 1.0, "data", 5)
+        submit_exec(10, "blocker", "data", 5)
+        wait_until_true(lambda: device._executing == "blocker", what="the blocker to start")
+        submit_exec(11, "m", "data", 5)  # fits the model as it is now
+        submit_exec(12, "m", "x", 3)  # fits only the model uploaded next
+        drop_model(store, [device], "m")
+        upload("m", 3, 1.0, "x", 3)
+        assert device._executing == "blocker", "the blocker ended before the model was swapped: no test"
+        assert emit.for_parent(10).status is Status.OK
+        assert emit.for_parent(11).status is Status.BAD_INPUT
+        done = emit.for_parent(12)
+        assert done.status is Status.OK, done.detail
+    finally:
+        device.stop()
+
+
+def test_an_output_the_wire_cannot_carry_fails_its_exec_and_not_the_loop():
+    sig = onnx_signature(small_mlp(width=4), {}, 8)
+    ran = Ran(7, 0, "mlp", 100, 200, 1, 1, sig, {"y": np.zeros((1, 4), np.complex64)}, 0, 0, False)
+    done = ran.done()
+    assert (done.parent_id, done.status, done.tensors) == (7, Status.BAD_INPUT, ())
+    assert "complex64" in done.detail and done.duration_ns == 100

@@ -20,7 +20,7 @@ import structlog
 from clockwork.bench.predictability import StubController, mlp_model, spawn_worker, stop_worker
 from clockwork.common.clock import monotonic_ns
 from clockwork.common.config import MIB, WorkerConfig
-from clockwork.worker.device import Device, Done
+from clockwork.worker.device import Device, Done, Ran
 from clockwork.worker.runtimes.base import Profile, Runtime
 from clockwork.worker.runtimes.emulated import EmulatedRuntime
 from clockwork.worker.store import ModelStore, Preparer
@@ -60,7 +60,7 @@ class Collector:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
 
     def __call__(self, item: Any) -> None:
-        self._queue.put(item)
+        self._queue.put(item.done() if isinstance(item, Ran) else item)  # as the daemon's loop does
 
     def next(self, timeout_s: float = 10.0) -> Any:
         return self._queue.get(timeout=timeout_s)

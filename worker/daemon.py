@@ -34,7 +34,7 @@ from clockwork.common.net import IdSource, bulk_identity, dealer, recv_frames
 from clockwork.common.schema import (ActionKind, Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load, Message, Prepare,
                            Result, Unload, Welcome)
 from clockwork.common.status import Status
-from clockwork.worker.device import Device, Done, drop_model
+from clockwork.worker.device import Device, Done, Ran, drop_model
 from clockwork.worker.outbox import Outbox
 from clockwork.worker.metrics import WorkerTelemetry
 from clockwork.worker.runtimes.base import Runtime
@@ -321,6 +321,8 @@ class Daemon:
         now_ns = monotonic_ns()
         messages = []
         for item in self.outbox.drain():
+            if isinstance(item, Ran):
+                item = item.done()
             self.telemetry.on_sent(item, now_ns)
             body, parent_id = (self.result_of(item), item.parent_id) if isinstance(item, Done) else item
             messages.append(encode(body, self.ids.next(), parent_id, monotonic_ns()))

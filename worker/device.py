@@ -16,14 +16,17 @@ The simulator's emulated workers (bench/sim/cluster.py) follow the same rules in
 tests/test_sim_parity.py feeds both the same actions and compares what they answer.
 
 Results are `Done` records handed to `emit`, which must be callable from any thread (the daemon
-queues them for its socket).
+queues them for its socket). An EXEC that ran is handed over as a `Ran` instead, its outputs as
+the runtime returned them: the daemon's loop makes its `Done` while the lane runs the next EXEC.
+Likewise an EXEC's inputs are staged (checked, joined and padded into the batch) when it is
+submitted, on the daemon's loop, so that between two EXECs the lane does as little as it can.
 """
 
 from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -68,19 +71,71 @@ class Resident:
     num_pages: int
 
 
-@dataclass
+@dataclass(slots=True)
+class Ran:
+    """An EXEC that ran, as its lane leaves it: the runtime's outputs as they came. `done` cuts
+    them to the batch's samples and wraps them as tensors; the daemon's loop calls it, off the lane."""
+
+    parent_id: int
+    device_id: int
+    model_id: str
+    begin_ns: int
+    end_ns: int
+    batch_size: int
+    samples: int
+    signature: Signature
+    outputs: dict[str, np.ndarray]
+    device_ns: int  # the device's own timing (CUDA events), 0 where it has none
+    sm_clock_mhz: int  # the GPU's SM clock right after, 0 where unknown
+    disturbed: bool
+
+    def done(self) -> Done:
+        try:
+            tensors = trim_outputs(self.signature, self.outputs, self.samples, self.batch_size)
+            status, detail = Status.OK, ""
+        except Exception as exc:  # an output the wire cannot carry: the EXEC failed, not the loop
+            tensors = ()
+            status, detail = describe_error(exc)
+        return Done(self.parent_id, ActionKind.EXEC, status, self.device_id, self.model_id, detail, self.begin_ns,
+                    self.end_ns, self.end_ns - self.begin_ns, self.batch_size, tensors, self.device_ns,
+                    self.sm_clock_mhz, self.disturbed)
+
+
+@dataclass(slots=True)
 class _Exec:
+    """An EXEC waiting for its lane, its inputs staged against `signature` when it was submitted
+    (`staged` is (arrays by name, real samples), or the error staging raised)."""
+
     parent_id: int
     model_id: str
     batch_size: int
-    tensors: tuple[Tensor, ...] = field(default=())
+    tensors: tuple[Tensor, ...]
+    signature: Signature | None = None
+    staged: tuple[dict[str, np.ndarray], int] | Exception | None = None
+
+    def stage(self, signature: Signature) -> None:
+        self.signature = signature
+        try:
+            self.staged = pad_inputs(signature, self.tensors, self.batch_size)
+        except Exception as exc:  # reported when the EXEC's turn comes, as it would have been then
+            self.staged = exc
+
+    def inputs(self, signature: Signature) -> tuple[dict[str, np.ndarray], int]:
+        """The staged inputs, staged again if the resident model is not the one they were staged for."""
+        if signature is not self.signature:
+            self.stage(signature)
+        staged = self.staged
+        if isinstance(staged, Exception):
+            raise staged
+        assert staged is not None
+        return staged
 
 
 class Device:
     """One device: its LOAD and EXEC lanes, its pages, the models resident on it."""
 
     def __init__(self, info: DeviceInfo, page_bytes: int, runtime: Runtime, store: ModelStore,
-                 emit: Callable[[Done], None], log: Any):
+                 emit: Callable[[Done | Ran], None], log: Any):
         self.info = info
         self.device_id = info.device_id
         self.pool = PagePool.for_device(info.memory_bytes, page_bytes)
@@ -131,6 +186,9 @@ class Device:
     def submit_exec(self, parent_id: int, model_id: str, batch_size: int, tensors: tuple[Tensor, ...],
                     earliest_ns: int, latest_ns: int, expected_ns: int = 0) -> None:
         req = _Exec(parent_id, model_id, batch_size, tensors)
+        model = self._store.get(model_id)
+        if model is not None:
+            req.stage(model.signature)
         self.exec_lane.submit(Job(earliest_ns, latest_ns, lambda t: self._exec(req, t),
                                   self._too_late(parent_id, ActionKind.EXEC, model_id, batch_size), expected_ns, "exec"))
 
@@ -221,35 +279,33 @@ class Device:
                            status=status.name, detail=detail)
 
     def _exec(self, req: _Exec, start_ns: int) -> None:
+        """Run the batch; the end time is taken when the device is done. What is not device time
+        (staging inputs, cutting outputs) happens elsewhere: see the module's docstring."""
         with self._lock:
             res = self._resident.get(req.model_id)
             if res is not None:
                 self._executing = req.model_id
+        if res is None:
+            return self._failed(req, start_ns, Status.NOT_LOADED,
+                                f"{req.model_id!r} is not loaded on device {self.device_id}")
         try:
-            out = self._exec_resident(res, req)
+            signature = res.model.signature
+            inputs, samples = req.inputs(signature)
+            outputs, device_ns = self._runtime.execute(self.device_id, res.handle, inputs)
+            end_ns = monotonic_ns()
+        except Exception as exc:
+            return self._failed(req, start_ns, *describe_error(exc))
         finally:
             with self._lock:
                 self._executing = None
-        disturbed = out.status is Status.OK and self._runtime.disturbed(self.device_id, start_ns, out.end_ns)
-        self._emit(Done(req.parent_id, ActionKind.EXEC, out.status, self.device_id, req.model_id, out.detail,
-                        start_ns, out.end_ns, out.end_ns - start_ns, req.batch_size, out.tensors,
-                        out.device_ns, out.sm_clock_mhz, disturbed))
+        self._emit(Ran(req.parent_id, self.device_id, req.model_id, start_ns, end_ns, req.batch_size, samples,
+                       signature, outputs, device_ns or 0, self._runtime.last_sm_clock_mhz(self.device_id) or 0,
+                       self._runtime.disturbed(self.device_id, start_ns, end_ns)))
 
-    def _exec_resident(self, res: Resident | None, req: _Exec) -> "_ExecOutcome":
-        """Run the batch; the end time is taken when the device is done, before outputs are trimmed
-        (trimming is bookkeeping for the reply, not device time)."""
-        if res is None:
-            return _ExecOutcome(Status.NOT_LOADED, f"{req.model_id!r} is not loaded on device {self.device_id}",
-                                monotonic_ns())
-        try:
-            inputs, samples = pad_inputs(res.model.signature, req.tensors, req.batch_size)
-            outputs, device_ns = self._runtime.execute(self.device_id, res.handle, inputs)
-            end_ns = monotonic_ns()
-            return _ExecOutcome(Status.OK, "", end_ns, trim_outputs(res.model.signature, outputs, samples, req.batch_size),
-                                device_ns or 0, self._runtime.last_sm_clock_mhz(self.device_id) or 0)
-        except Exception as exc:
-            status, detail = describe_error(exc)
-            return _ExecOutcome(status, detail, monotonic_ns())
+    def _failed(self, req: _Exec, start_ns: int, status: Status, detail: str) -> None:
+        end_ns = monotonic_ns()
+        self._emit(Done(req.parent_id, ActionKind.EXEC, status, self.device_id, req.model_id, detail,
+                        start_ns, end_ns, end_ns - start_ns, req.batch_size))
 
 
 def drop_model(store: ModelStore | None, devices: Iterable[Device], model_id: str) -> bool:
@@ -259,16 +315,6 @@ def drop_model(store: ModelStore | None, devices: Iterable[Device], model_id: st
     for device in devices:
         device.submit_drop(model_id)
     return known
-
-
-@dataclass(frozen=True)
-class _ExecOutcome:
-    status: Status
-    detail: str
-    end_ns: int
-    tensors: tuple[Tensor, ...] = ()
-    device_ns: int = 0  # the device's own timing (CUDA events), 0 where it has none
-    sm_clock_mhz: int = 0  # the GPU's SM clock right after, 0 where unknown
 
 
 def pad_inputs(signature: Signature, tensors: tuple[Tensor, ...], batch_size: int) -> tuple[dict[str, np.ndarray], int]:
