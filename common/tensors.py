@@ -29,6 +29,10 @@ DTYPE_SIZES: dict[str, int] = {
     "int64": 8,
     "bool": 1,
 }
+# The allowed dtypes by numpy dtype, in the wire's byte order (little-endian, as every host
+# this runs on): numpy works `dtype.name` out in Python each time it is read (~2.7 us, a third
+# of wrapping an output as a Tensor).
+DTYPE_NAMES: dict[np.dtype, str] = {np.dtype(name): name for name in DTYPE_SIZES}
 MAX_DIMS = 8
 MAX_DIM = 1 << 31
 MAX_NAME = 256
@@ -66,10 +70,14 @@ class Tensor:
     @classmethod
     def from_array(cls, name: str, array: np.ndarray) -> "Tensor":
         array = np.ascontiguousarray(array)
-        dtype = array.dtype.name
-        if dtype not in DTYPE_SIZES:
-            raise BadMessage(Status.BAD_INPUT, f"tensor {name!r}: dtype {dtype} is not supported")
-        return cls(name, dtype, tuple(int(d) for d in array.shape), array.reshape(-1).view(np.uint8).data)
+        dtype = DTYPE_NAMES.get(array.dtype)
+        if dtype is None:
+            little = array.dtype.newbyteorder("<")  # the wire's byte order
+            dtype = DTYPE_NAMES.get(little)
+            if dtype is None:
+                raise BadMessage(Status.BAD_INPUT, f"tensor {name!r}: dtype {array.dtype.name} is not supported")
+            array = array.astype(little)
+        return cls(name, dtype, array.shape, array.reshape(-1).view(np.uint8).data)  # shape: a tuple of ints
 
     def header(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}

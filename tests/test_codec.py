@@ -108,6 +108,18 @@ def test_tensor_bytes_are_not_copied_on_decode():
     assert env.body.tensors[0].array()[0, 0] == 5.0
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "int16", "int32", "int64", "uint8", "bool"])
+def test_an_array_of_either_byte_order_arrives_with_its_values(dtype):
+    values = np.arange(6).reshape(2, 3).astype(dtype)
+    for order in "<>":
+        tensor = Tensor.from_array("x", values.astype(values.dtype.newbyteorder(order)))
+        assert tensor.dtype == dtype and tensor.shape == (2, 3)
+        frames = encode(schema.Infer(model="m", slo_ns=1, tensors=(tensor,)), 1)
+        np.testing.assert_array_equal(decode(frames).body.tensors[0].array(), values)
+    with pytest.raises(BadMessage, match="dtype complex64 is not supported"):
+        Tensor.from_array("x", values.astype(np.complex64))
+
+
 def bad(frames):
     with pytest.raises(BadMessage) as info:
         decode(frames)
