@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from clockwork.common.checks import BadMessage
+from clockwork.common.frozen import one_step_init
 from clockwork.common.clock import monotonic_ns
 from clockwork.common.models import Signature, check_inputs
 from clockwork.common.schema import ActionKind
@@ -44,6 +45,7 @@ from clockwork.worker.store import ModelStore, describe_error
 
 DROP_RETRY_NS = 1_000_000  # a DROP that meets the model executing tries again this much later
 
+@one_step_init  # one per action, made on the daemon's loop for every EXEC (common/frozen.py)
 @dataclass(frozen=True)
 class Done:
     """What a lane did, on the worker's clock; the daemon turns it into a RESULT."""
