@@ -81,7 +81,8 @@ class Lane:
             accepted = not self._stopping
             if accepted:
                 heapq.heappush(self._heap, (job.earliest_ns, next(self._seq), job))
-                self._cond.notify()
+                if self._heap[0][2] is job:  # else the lane's wait, for an earlier job, still holds
+                    self._cond.notify()
         if not accepted:
             self._answer_too_late(job, now)
 
