@@ -30,7 +30,7 @@ from clockwork.common.checks import BadMessage
 from clockwork.common.clock import SkewEstimator, monotonic_ns
 from clockwork.common.codec import bundles, decode, encode, peek_id, peek_map, split
 from clockwork.common.config import WorkerConfig
-from clockwork.common.net import IdSource, bulk_identity, dealer, recv_frames
+from clockwork.common.net import NOBLOCK, IdSource, bulk_identity, dealer, recv_frames, send_frames
 from clockwork.common.schema import (ActionKind, Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load, Message, Prepare,
                            Result, Unload, Welcome)
 from clockwork.common.status import Status
@@ -353,7 +353,5 @@ class Daemon:
         return msg_id, sent_ns
 
     def _send_frames(self, frames: list) -> None:
-        try:
-            self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
-        except zmq.Again:  # the controller is gone and the queue is full: it will resync us
-            self.log.warning("send dropped", frames=len(frames))
+        if not send_frames(self._sock, frames, flags=NOBLOCK):  # the controller is gone and the queue is full
+            self.log.warning("send dropped", frames=len(frames))  # it will resync us
