@@ -11,6 +11,9 @@ import queue
 from typing import Any
 
 
+WAKE_READ = 4096  # bytes of wake-ups read at once
+
+
 class Outbox:
     """Hand-off from any thread to the daemon loop: a queue, and a pipe the Poller watches."""
 
@@ -38,16 +41,15 @@ class Outbox:
 
     def drain(self) -> list:
         try:
-            while os.read(self._read_fd, 4096):
-                pass
+            while len(os.read(self._read_fd, WAKE_READ)) == WAKE_READ:
+                pass  # a short read emptied the pipe: no second call to find it empty
         except BlockingIOError:
             pass
         items = []
-        while True:
-            try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                return items
+        get, empty = self._queue.get_nowait, self._queue.empty
+        while not empty():  # only this thread takes from the queue
+            items.append(get())
+        return items
 
     def close(self) -> None:
         self._closed = True
