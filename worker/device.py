@@ -325,6 +325,13 @@ def pad_inputs(signature: Signature, tensors: tuple[Tensor, ...], batch_size: in
     The controller forwards each request's tensors unchanged, so an input arrives as one chunk
     per request, in batch order; this is the one place they are copied, into the padded batch.
     """
+    if batch_size > signature.max_batch:
+        raise BadMessage(Status.BAD_INPUT,
+                         f"batch size {batch_size} exceeds the model's max batch {signature.max_batch}")
+    if len(tensors) == len(signature.inputs):  # one request's inputs (or a mix check_inputs refuses)
+        samples = check_inputs(signature, tensors)
+        if samples == batch_size:  # nothing to join or pad: the arrays as they came
+            return {t.name: t.array() for t in tensors}, samples
     chunks: dict[str, list[Tensor]] = {}
     for t in tensors:
         chunks.setdefault(t.name, []).append(t)
@@ -333,9 +340,6 @@ def pad_inputs(signature: Signature, tensors: tuple[Tensor, ...], batch_size: in
         raise BadMessage(Status.BAD_INPUT, "inputs disagree on the number of chunks in the batch")
     per_request = [tuple(c[i] for c in chunks.values()) for i in range(counts.pop())]
     samples = sum(check_inputs(signature, group) for group in per_request)
-    if batch_size > signature.max_batch:
-        raise BadMessage(Status.BAD_INPUT,
-                         f"batch size {batch_size} exceeds the model's max batch {signature.max_batch}")
     if samples > batch_size:
         raise BadMessage(Status.BAD_INPUT, f"{samples} samples do not fit a batch of {batch_size}")
     inputs = {}
