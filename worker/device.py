@@ -362,11 +362,14 @@ def trim_outputs(signature: Signature, outputs: dict[str, np.ndarray], samples: 
                  batch_size: int) -> tuple[Tensor, ...]:
     """Outputs in signature order, cut back to the real samples (padding never leaves the worker)."""
     names = [s.name for s in signature.outputs if s.name in outputs]
-    names += [n for n in outputs if n not in names]
+    if len(names) < len(outputs):
+        names += [n for n in outputs if n not in names]
+    if samples == batch_size:
+        return tuple([Tensor.from_array(name, outputs[name]) for name in names])
     tensors = []
     for name in names:
         arr = np.asarray(outputs[name])
-        if arr.ndim >= 1 and arr.shape[0] == batch_size and samples < batch_size:
+        if arr.ndim >= 1 and arr.shape[0] == batch_size:
             arr = arr[:samples]
         tensors.append(Tensor.from_array(name, arr))
     return tuple(tensors)
