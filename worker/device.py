@@ -32,8 +32,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from clockwork.common.checks import BadMessage
-from clockwork.common.frozen import one_step_init
 from clockwork.common.clock import monotonic_ns
+from clockwork.common.frozen import one_step_init
 from clockwork.common.models import Signature, check_inputs
 from clockwork.common.schema import ActionKind
 from clockwork.common.status import Status
