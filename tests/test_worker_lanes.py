@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -157,3 +158,13 @@ def test_a_job_overrunning_its_allowance_makes_the_lane_unhealthy():
     finally:
         release.set()
         lane.stop()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/thread-self/comm"), reason="thread names are read from Linux's /proc")
+def test_a_lanes_thread_carries_its_name_in_the_os(lane):
+    """So that top -H, perf and /proc tell a lane from the daemon's loop."""
+    seen = []
+    lane.submit(Job(monotonic_ns(), NEVER_NS, lambda _t: seen.append(open("/proc/thread-self/comm").read().strip()),
+                    lambda _t: None))
+    wait_until_true(lambda: seen, what="the job to run")
+    assert seen == ["test-lane"]
