@@ -3,6 +3,7 @@ direct call, and bursts queued at once against direct calls back to back."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -22,3 +23,6 @@ def test_predictability_reports_lone_and_back_to_back_ratios(capsys):
     assert ratio and float(ratio.group(1)) > 0, out
     gaps = re.search(r"gap from an EXEC's end to the next one's begin: p50 (-?[\d.]+) us", out)
     assert gaps and float(gaps.group(1)) >= 0, out  # one lane: an EXEC never begins before the last one ended
+    if os.path.exists("/proc/thread-self/comm"):  # the worker's CPU by thread, its EXEC lane by name
+        cpu = re.search(r"CPU an EXEC by thread .*: (.*)", out)
+        assert cpu and re.search(r"\bdev0-exec \d+", cpu.group(1)), out
