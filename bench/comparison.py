@@ -15,6 +15,7 @@ import numpy as np
 
 from clockwork.bench import workload
 from clockwork.bench.procs import WorkerSpec
+from clockwork.bench.predictability import direct_session
 from clockwork.bench.progress import say
 from clockwork.bench.report import Latencies, answered_after_admission, saved_figure
 from clockwork.client import Client, ClockworkError
@@ -144,13 +145,8 @@ def breakdown(parts: list[dict[str, float]]) -> dict[str, float]:
 
 
 def direct_call(model: bytes, inputs: dict) -> Callable[[], object]:
-    """The model called directly on one onnxruntime thread, as the plain server and the worker run it."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    """The model called directly on one onnxruntime thread, in the session the plain server uses."""
+    session = direct_session(model)
     return lambda: session.run(None, inputs)
 
 

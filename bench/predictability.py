@@ -206,6 +206,8 @@ def percentiles_ms(samples_ns: list[int]) -> tuple[float, float, float]:
 
 
 def direct_session(model: bytes):
+    """One onnxruntime session on one thread, sequential: the model called directly, the
+    reference every comparison with the worker measures against."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
