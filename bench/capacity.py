@@ -54,8 +54,9 @@ from typing import Callable, Mapping, Sequence
 from clockwork.bench.procs import run_in_temp_dir
 from clockwork.bench.progress import command_main, say as _say
 from clockwork.bench.report import LoadResults, _finite, format_table, saved_figure
-from clockwork.bench.run import (WORKLOADS, System, add_system_args, cpu_seconds, cpu_usage, describe, drive,
-                                make_schedule, setup_of, start_system, warm_up)
+from clockwork.bench.cpu import cpu_seconds, cpu_usage
+from clockwork.bench.run import (WORKLOADS, System, add_system_args, describe, drive, make_schedule, setup_of,
+                                start_system, warm_up)
 from clockwork.bench import workload
 from clockwork.bench.runlog import RunLog, summarize_run, window, write_run
 
@@ -200,16 +201,16 @@ def play_step(system: System, args: argparse.Namespace, rate: float, n: int, lab
     """Step `n` at `rate` on a running system: --ramp-s unjudged, then --step-s judged, as one
     open-loop schedule, so the judged part meets the rate in steady state (replicas of hot
     models made, batch sizes settled), as "sustained" means. Returns the judged part's request
-    log, the generator's results, the wall seconds and the CPU used (bench.run.cpu_usage)."""
+    log, the generator's results, the wall seconds and the CPU used (bench.cpu.cpu_usage)."""
     ramp = make_schedule(args.workload, rate, len(system.models), args.ramp_s, args.seed + 1000 + n, args.zipf) \
         if args.ramp_s > 0 else None
     judged = make_schedule(args.workload, rate, len(system.models), args.step_s, args.seed + n, args.zipf)
     schedule = workload.concat(ramp, judged) if ramp is not None else judged
-    started, cpu_before = time.monotonic(), cpu_seconds(system.pids, threads=False)
+    started, cpu_before = time.monotonic(), cpu_seconds(system.pids, threads=False, self_as="loadgen")
     results, full_log = drive(system, schedule, args, label, quiet=args.quiet)
     system.check()
     wall_s = time.monotonic() - started
-    cpu = cpu_usage(cpu_before, cpu_seconds(system.pids, threads=False), wall_s, len(schedule))
+    cpu = cpu_usage(cpu_before, cpu_seconds(system.pids, threads=False, self_as="loadgen"), wall_s, len(schedule))
     log = window(full_log, ramp.duration_ns) if ramp is not None else full_log
     return log, results, wall_s, cpu
 

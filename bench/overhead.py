@@ -12,11 +12,16 @@ them: every process has gone to sleep when the request comes):
   (bench.relay). This is the floor any design over ZeroMQ in Python pays for two hops each way.
 
 Goal: overhead p50 <= 1.5 x the relay's p50, in both modes.
+
+Beside the latencies, each path's processes' CPU per request by thread (bench.cpu), counted
+during that path's blocks only: where the system's extra time is work (the controller's loop,
+the worker's loop and lane, ZeroMQ's I/O threads, the client) rather than waiting.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -25,6 +30,7 @@ from typing import Sequence
 import zmq
 
 from clockwork.bench import models as bench_models
+from clockwork.bench.cpu import CpuTally
 from clockwork.bench.procs import WorkerSpec, cluster, free_port, run_in_temp_dir
 from clockwork.bench.progress import say
 from clockwork.bench.relay import REPLY_TIMEOUT_S, RoundTrip, wait_relay
@@ -42,7 +48,8 @@ GOAL_RATIO = 1.5
 
 
 class _Measure:
-    def __init__(self) -> None:
+    def __init__(self, cpu: tuple[CpuTally, CpuTally] | None = None) -> None:
+        self.cpu = cpu  # the system's processes and the relay's, each over its own blocks
         self.overhead = Latencies()  # system e2e - worker exec
         self.e2e = Latencies()
         self.exec = Latencies()
@@ -80,9 +87,12 @@ def wait_serving(path: RoundTrip, timeout_s: float) -> None:
     raise TimeoutError(f"the model did not serve within {timeout_s:g} s (last reply {last})")
 
 
-def measure(system: RoundTrip, relay: RoundTrip, requests: int, warmup: int, block: int, gap_s: float = 0.0) -> _Measure:
-    """Both paths, `requests` each, in alternating blocks; `gap_s` of idleness before each."""
-    m = _Measure()
+def measure(system: RoundTrip, relay: RoundTrip, requests: int, warmup: int, block: int, gap_s: float = 0.0,
+            cpu: tuple[CpuTally, CpuTally] | None = None) -> _Measure:
+    """Both paths, `requests` each, in alternating blocks; `gap_s` of idleness before each;
+    `cpu` tallies the system's processes and the relay's during their own blocks."""
+    m = _Measure(cpu)
+    tallies = cpu or (contextlib.nullcontext(), contextlib.nullcontext())
     for _ in range(warmup):
         m.system(system, record=False)
         m.bare(relay, record=False)
@@ -90,11 +100,12 @@ def measure(system: RoundTrip, relay: RoundTrip, requests: int, warmup: int, blo
     done = 0
     while done < requests:
         n = min(block, requests - done)
-        for path, measure_one in ((system, m.system), (relay, m.bare)):
-            for _ in range(n):
-                if gap_s:
-                    time.sleep(gap_s)
-                measure_one(path, record=True)
+        for path, measure_one, tally in ((system, m.system, tallies[0]), (relay, m.bare, tallies[1])):
+            with tally:
+                for _ in range(n):
+                    if gap_s:
+                        time.sleep(gap_s)
+                    measure_one(path, record=True)
         done += n
     return m
 
@@ -141,12 +152,18 @@ def measure_and_report(args: argparse.Namespace, run_dir: Path) -> int:
             relay = RoundTrip(dealer(ctx, front), body)
             wait_serving(system, 60.0)
             wait_relay(relay, 30.0)
+            pids = {proc.name: proc.pid for proc in c.group.procs}
+
+            def tallies() -> tuple[CpuTally, CpuTally]:
+                return (CpuTally({"controller": pids["controller"], "worker": pids["worker-cpu"]}, self_as="client"),
+                        CpuTally({"relay": pids["relay"], "echo": pids["echo"]}, self_as="client"))
+
             say(f"back to back: {args.requests} requests per path after {args.warmup} warm-up ...")
-            modes = {"back to back": measure(system, relay, args.requests, args.warmup, args.block)}
+            modes = {"back to back": measure(system, relay, args.requests, args.warmup, args.block, cpu=tallies())}
             say(f"with {args.gap_ms:g} ms gaps: {args.gapped_requests} requests per path "
                 f"(~{2 * args.gapped_requests * args.gap_ms / 1000:.0f} s) ...")
             modes[f"{args.gap_ms:g} ms gaps"] = measure(system, relay, args.gapped_requests, 0, args.block,
-                                                        args.gap_ms / 1000)
+                                                        args.gap_ms / 1000, cpu=tallies())
             c.check()
         finally:
             ctx.destroy(linger=0)
@@ -166,13 +183,39 @@ def report(args: argparse.Namespace, modes: dict[str, _Measure]) -> int:
               f"{'met' if ratio <= GOAL_RATIO else 'MISSED'}")
         if m.not_ok:
             print(f"non-OK replies during measurement: {m.not_ok}")
+        cpu = cpu_per_request(m)
+        if cpu:
+            print(format_cpu(cpu))
         data["modes"][mode] = {"ratio_p50": ratio, "met": ratio <= GOAL_RATIO, "not_ok": m.not_ok,
                                **{f"{key}_ms": lat.summary_ms() for key, lat in (
-                                   ("overhead", m.overhead), ("relay", m.relay), ("e2e", m.e2e), ("exec", m.exec))}}
+                                   ("overhead", m.overhead), ("relay", m.relay), ("e2e", m.e2e), ("exec", m.exec))},
+                               "cpu_us_per_request": cpu}
     data["met"] = all(mode["met"] for mode in data["modes"].values())
     if args.out:
         print(f"wrote {write_json(Path(args.out) / 'overhead-summary.json', data)}")
     return 1 if args.strict and not data["met"] else 0
+
+
+def cpu_per_request(m: _Measure) -> dict:
+    """Each path's CPU microseconds a request by "process/thread", with its total; {} untallied."""
+    if m.cpu is None:
+        return {}
+    out = {}
+    for path, tally, count in (("system", m.cpu[0], m.e2e.count), ("relay", m.cpu[1], m.relay.count)):
+        threads = tally.threads_us_per(count)
+        out[path] = {"threads": {name: round(us, 1) for name, us in threads.items()}, "total": round(sum(threads.values()), 1)}
+    return out
+
+
+def format_cpu(cpu: dict) -> str:
+    lines = ["CPU a request by process/thread (us; main: a process's main thread, a daemon's loop):"]
+    for path, figures in cpu.items():
+        threads = ", ".join(f"{name} {us:.0f}" for name, us in figures["threads"].items())
+        lines.append(f"  {path}: {figures['total']:.0f} in all: {threads or 'not readable here'}")
+    system, relay = cpu["system"]["total"], cpu["relay"]["total"]
+    if system and relay:
+        lines.append(f"  system / relay = {system / relay:.2f}x")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

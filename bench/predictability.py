@@ -28,12 +28,12 @@ import subprocess
 import sys
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import zmq
 
+from clockwork.bench.cpu import CpuTally
 from clockwork.common.clock import monotonic_ns
 from clockwork.common.codec import decode, encode, split
 from clockwork.common.net import IdSource, configure_socket
@@ -283,41 +283,20 @@ def report(direct: list[int], worker: list[int]) -> str:
     return "\n".join(lines)
 
 
-def thread_cpu_s(pid: int) -> dict[str, float]:
-    """A process's CPU seconds so far by thread name (Linux's schedstat, in nanoseconds): for a
-    worker its loop ("python", the main thread's name), its lanes ("dev0-exec"...: worker/lanes.py
-    names them) and ZeroMQ's I/O thread. Empty where /proc cannot say."""
-    out: dict[str, float] = {}
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return out
-    for task in tasks:
-        try:
-            name = (task / "comm").read_text().strip()
-            used = int((task / "schedstat").read_text().split()[0]) / 1e9
-        except (OSError, IndexError, ValueError):
-            continue  # a thread that ended meanwhile
-        out[name] = out.get(name, 0.0) + used
-    return out
-
-
-def report_bursts(runs: int, direct_ns: list[int], worker_ns: list[int], gaps: list[int],
-                  cpu_s: dict[str, float]) -> str:
+def report_bursts(runs: int, direct_ns: list[int], worker_ns: list[int], gaps: list[int], cpu: CpuTally) -> str:
     """The lane's rate over the direct loop's, burst by burst (each pair run back to back), and
-    the worker's CPU an EXEC by thread while it ran them (`cpu_s`)."""
+    the worker's CPU an EXEC by thread while it ran them (`cpu`)."""
     ratios = [d / w for d, w in zip(direct_ns, worker_ns)]
     g50, g90, g99 = np.percentile(np.asarray(gaps, dtype=np.float64), [50, 90, 99]) / 1e3
     per_call = float(np.median(direct_ns)) / runs / 1e3
-    execs = runs * len(worker_ns)
-    cpu = ", ".join(f"{name} {used * 1e6 / execs:.0f}" for name, used in sorted(cpu_s.items(), key=lambda kv: -kv[1])
-                    if used * 1e6 / execs >= 1)  # threads that idled left out
+    by_thread = ", ".join(f"{name.split('/', 1)[1]} {us:.0f}"
+                          for name, us in cpu.threads_us_per(runs * len(worker_ns)).items())
     return "\n".join([
         f"back to back, {len(ratios)} bursts of {runs}: direct {per_call:.1f} us a call; "
         f"worker lane's rate / direct's: median {np.median(ratios):.3f} (bursts {min(ratios):.3f}-{max(ratios):.3f}; "
         f"goal >= 0.95)",
         f"  the lane's gap from an EXEC's end to the next one's begin: p50 {g50:.1f} us, p90 {g90:.1f}, p99 {g99:.1f}",
-        f"  the worker's CPU an EXEC by thread (us; python is its loop): {cpu or 'not readable here'}",
+        f"  the worker's CPU an EXEC by thread (us; main is its loop): {by_thread or 'not readable here'}",
     ])
 
 
@@ -359,13 +338,11 @@ def main(argv: list[str] | None = None) -> int:
             worker += time_worker(ctl, inputs, n)
             print(f"  {len(direct)}/{args.runs} runs per path", file=sys.stderr)
         direct_bursts, worker_bursts, gaps = [], [], []
-        cpu_s: dict[str, float] = {}
+        cpu = CpuTally({"worker": proc.pid})
         for i in range(args.bursts if args.burst else 0):
             direct_bursts.append(burst_direct(session, inputs, args.burst))
-            before = thread_cpu_s(proc.pid)
-            span, burst_gaps = burst_worker(ctl, inputs, args.burst)
-            for name, used in thread_cpu_s(proc.pid).items():
-                cpu_s[name] = cpu_s.get(name, 0.0) + used - before.get(name, 0.0)
+            with cpu:
+                span, burst_gaps = burst_worker(ctl, inputs, args.burst)
             worker_bursts.append(span)
             gaps += burst_gaps
             print(f"  {i + 1}/{args.bursts} bursts of {args.burst} per path", file=sys.stderr)
@@ -374,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         ctl.close()
     print(report(direct, worker))
     if worker_bursts:
-        print(report_bursts(args.burst, direct_bursts, worker_bursts, gaps, cpu_s))
+        print(report_bursts(args.burst, direct_bursts, worker_bursts, gaps, cpu))
     return 0
 
 

@@ -40,6 +40,7 @@ import zmq
 
 from clockwork.bench import models as bench_models
 from clockwork.bench import workload
+from clockwork.bench.cpu import cpu_seconds, cpu_usage, format_cpu
 from clockwork.bench.loadgen import rates_summary, run_closed_loop, run_open_loop, serve_echo
 from clockwork.bench.procs import NotReady, ProcessDied, WorkerSpec, cluster, free_port, run_in_temp_dir
 from clockwork.bench.progress import NullProgress, Progress, command_main, say as _say
@@ -291,47 +292,7 @@ def _rotation_index(path: Path) -> int:
     return int(suffix) if suffix.isdigit() else 0
 
 
-# ----------------------------------------------------------------------------- CPU accounting
-
-
-def cpu_seconds(pids: dict[str, int], threads: bool = True) -> dict[str, float]:
-    """user + system CPU seconds so far of each process and, as "NAME/THREAD", of its threads
-    grouped by thread name (Python threads are "python"; ZeroMQ's I/O thread "ZMQbg/IO/0").
-    Linux /proc; processes it cannot read are left out."""
-    import os
-
-    out = {}
-    for name, pid in {**pids, "loadgen": os.getpid()}.items():
-        total = _proc_cpu(Path(f"/proc/{pid}/stat"))
-        if total is None:
-            continue
-        out[name] = total
-        if not threads:
-            continue
-        try:
-            tasks = list(Path(f"/proc/{pid}/task").iterdir())
-        except OSError:
-            continue
-        for task in tasks:
-            used = _proc_cpu(task / "stat")
-            try:
-                comm = (task / "comm").read_text().strip()
-            except OSError:
-                continue
-            if used is not None:
-                key = f"{name}/{comm}"
-                out[key] = out.get(key, 0.0) + used
-    return out
-
-
-def _proc_cpu(stat: Path) -> float | None:
-    import os
-
-    try:
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-    except (OSError, IndexError, ValueError):
-        return None
+# ----------------------------------------------------------------------------- memory
 
 
 def proc_status_mib(pid: int, key: str) -> float | None:
@@ -349,24 +310,6 @@ def peak_rss_mib(pids: dict[str, int]) -> dict[str, float]:
     """Each process's peak resident memory so far (VmHWM), in MiB; unreadable ones left out."""
     peaks = {name: proc_status_mib(pid, "VmHWM") for name, pid in pids.items()}
     return {name: mib for name, mib in peaks.items() if mib is not None}
-
-
-def cpu_usage(before: dict[str, float], after: dict[str, float], wall_s: float, requests: int) -> dict:
-    """Per process: share of one core over the run and CPU microseconds per offered request."""
-    out = {}
-    for name, end in after.items():
-        if "/" in name and end - before.get(name, 0.0) < 0.005:
-            continue  # an idle helper thread (ZeroMQ's reaper): noise in the table
-        if name in before:
-            used = max(0.0, end - before[name])
-            out[name] = {"cpu_s": round(used, 3), "core_share": round(used / max(wall_s, 1e-9), 3),
-                         "cpu_us_per_request": round(1e6 * used / requests, 1) if requests else None}
-    return out
-
-
-def format_cpu(usage: dict) -> str:
-    rows = [(name, u["cpu_s"], f"{100 * u['core_share']:.0f}%", u["cpu_us_per_request"]) for name, u in usage.items()]
-    return format_table(rows, header=("process", "CPU s", "of one core", "CPU us/request"))
 
 
 # ----------------------------------------------------------------------------- profiling
@@ -499,14 +442,15 @@ def run(args: argparse.Namespace) -> int:
             else:
                 say(f"load: {rates_summary(schedule)} ({args.workload}), SLO {args.slo_ms:g} ms, "
                     f"{args.loadgen_procs} generator process(es)")
-            cpu_before, wall_before = cpu_seconds(system.pids), time.monotonic()
+            cpu_before, wall_before = cpu_seconds(system.pids, self_as="loadgen"), time.monotonic()
             with profiled(system, args.profile, args.duration_s, out_dir, args.profile_rate, say,
                           args.profile_gil) as profiles:
                 if closed:
                     results, log, schedule = drive_closed(system, args, args.quiet)
                 else:
                     results, log = drive(system, schedule, args, "run", args.quiet)
-            cpu = cpu_usage(cpu_before, cpu_seconds(system.pids), time.monotonic() - wall_before, len(schedule))
+            cpu = cpu_usage(cpu_before, cpu_seconds(system.pids, self_as="loadgen"), time.monotonic() - wall_before,
+                            len(schedule))
             peak_rss = peak_rss_mib(system.pids)
             system.check()
             status = system.status()

@@ -46,4 +46,10 @@ def test_overhead_measures_both_modes_and_judges_each(tmp_path):
     for mode in summary["modes"].values():
         assert 0 < mode["relay_ms"]["p50"] <= mode["relay_ms"]["max"] and 0 < mode["overhead_ms"]["p50"]
         assert mode["met"] == (mode["ratio_p50"] <= summary["goal"])
+        # Each path's CPU counts its own processes only: the system's never names the relay's, and
+        # the worker's EXEC lane (a thread named by the worker) shows apart from its loop.
+        system, bare = mode["cpu_us_per_request"]["system"]["threads"], mode["cpu_us_per_request"]["relay"]["threads"]
+        assert {"controller/main", "worker/main", "worker/dev0-exec"} <= set(system), system
+        assert {"relay/main", "echo/main"} <= set(bare) and not any(n.startswith(("relay/", "echo/")) for n in system)
+        assert not any(n.startswith(("controller/", "worker/")) for n in bare)
     assert summary["met"] == all(mode["met"] for mode in summary["modes"].values())
