@@ -73,6 +73,7 @@ class Intake:
     def __init__(self, registry: Registry, staging_dir: str | Path):
         self._registry = registry
         self._done: queue.SimpleQueue[Checked] = queue.SimpleQueue()
+        self._out = 0  # checks submitted and not yet taken back by `finished`
         self.checking: set[str] = set()  # names of uploads in progress (the loop's thread only)
         self._staging_dir = Path(staging_dir)
         shutil.rmtree(self._staging_dir, ignore_errors=True)  # what a stopped controller left
@@ -89,6 +90,7 @@ class Intake:
         """Store and check `msg`'s model on a thread of its own: its bytes, or the `staged` file
         of a chunked upload (then `msg` carries no bytes)."""
         self.checking.add(msg.name)
+        self._out += 1
         threading.Thread(target=self._check, args=(client, msg_id, msg, staged), name=f"intake-{msg.name}",
                          daemon=True).start()
 
@@ -137,15 +139,18 @@ class Intake:
         staged.path.unlink(missing_ok=True)
 
     def finished(self) -> list[Checked]:
-        """The uploads checked since the last call (called by the loop)."""
+        """The uploads checked since the last call (called by the loop, at every turn: with no
+        check out it costs a comparison, not an empty queue's exception, ~8 us on a VM)."""
         out: list[Checked] = []
-        while True:
+        while self._out:
             try:
                 checked = self._done.get_nowait()
             except queue.Empty:
-                return out
+                break
+            self._out -= 1
             self.checking.discard(checked.msg.name)
             out.append(checked)
+        return out
 
     def _check(self, client: bytes, msg_id: int, msg: schema.Upload, staged: Staged | None = None) -> None:
         digest = signature = error = None
