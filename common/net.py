@@ -92,6 +92,17 @@ def _recv(sock: zmq.Socket, flags: int) -> tuple[list[memoryview], zmq.Frame]:
     return frames, frame
 
 
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+
+
+def readable(sock: zmq.Socket) -> bool:
+    """Whether a message waits in `sock`: what a loop draining a socket asks before each read
+    after the first, since a read that finds nothing raises zmq.Again, whose making (pyzmq's
+    ZMQError imports inside its __init__) cost twice this check between wake-ups on a VM
+    (24 against 12 us at p50 in the worker's loop)."""
+    return bool(sock.getsockopt(_EVENTS) & _POLLIN)
+
+
 def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[memoryview]:
     return _recv(sock, flags)[0]
 

@@ -28,8 +28,8 @@ from clockwork.common.clock import QueueDelay, monotonic_ns
 from clockwork.common.codec import decode, encode, peek_id, split
 from clockwork.common.config import ControllerConfig
 from clockwork.common.models import Signature, signature_of
-from clockwork.common.net import (IdSource, Outgoing, bulk_identity, recv_frames, recv_frames_from, router, send,
-                                  send_frames)
+from clockwork.common.net import (IdSource, Outgoing, bulk_identity, readable, recv_frames, recv_frames_from, router,
+                                  send, send_frames)
 from clockwork.common.sdnotify import Notifier
 from clockwork.common.status import Status
 from clockwork.controller import listing
@@ -161,7 +161,9 @@ class ControllerDaemon:
         """Up to BURST ZeroMQ messages or DRAIN_BUDGET_NS, each a message or a bundle of them;
         what answers one leaves together (the outgoing bundles are flushed after each)."""
         until_ns = monotonic_ns() + DRAIN_BUDGET_NS
-        for _ in range(BURST):
+        for read in range(BURST):
+            if read and not readable(sock):
+                return
             try:
                 frames, user = recv_frames_from(sock, zmq.NOBLOCK) if roles else (recv_frames(sock, zmq.NOBLOCK), None)
             except zmq.Again:
