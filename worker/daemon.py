@@ -106,7 +106,8 @@ class Daemon:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._bulk, zmq.POLLIN)
-        poller.register(self.outbox.fileno(), zmq.POLLIN)
+        outbox = self.outbox.fileno()
+        poller.register(outbox, zmq.POLLIN)
         try:
             while not self._stopping:
                 timeout_ms = max(0, (self._next_timer_ns - monotonic_ns()) // 1_000_000 + 1)
@@ -114,7 +115,8 @@ class Daemon:
                 for sock in (self._sock, self._bulk):
                     if sock in events:
                         self._receive(sock)
-                self._flush_outbox()
+                if outbox in events:  # else nothing waits: a put writes its wake-up before the poll
+                    self._flush_outbox()
                 if monotonic_ns() >= self._next_timer_ns:
                     self._on_timer(monotonic_ns())
         finally:
