@@ -47,12 +47,13 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from clockwork.bench.procs import run_in_temp_dir
 from clockwork.bench.progress import command_main, say as _say
+from clockwork.bench.refusals import why, why_text
 from clockwork.bench.report import LoadResults, _finite, format_table, saved_figure
 from clockwork.bench.cpu import cpu_seconds, cpu_usage
 from clockwork.bench.run import (WORKLOADS, System, add_system_args, describe, drive, make_schedule, setup_of,
@@ -81,6 +82,10 @@ class Step:
     not_ok: dict[str, int] = field(default_factory=dict)  # status -> count, statuses other than OK
     wall_s: float = 0.0
     controller_cpu: float = math.nan  # share of one core the controller used during the step
+    # The system's refusals and give-ups by reason over the step, ramp included, and the
+    # allowances it ended with (bench.refusals.why; empty for the echo server and the relay).
+    reasons: dict[str, int] = field(default_factory=dict)
+    allowances: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -179,17 +184,20 @@ def real_judge(args: argparse.Namespace, out_dir: Path, run_dir: Path, say: Call
             return measure(system, rate, n)
 
     def measure(system, rate: float, n: int) -> Step:
+        before = system.status()
         log, results, wall_s, cpu = play_step(system, args, rate, n, f"{name} step {n} {rate:.0f}/s")
+        reasons, allowances = why(before, system.status())
         if args.step_reports:
             summary = write_run(out_dir / "steps" / name / f"{n:02d}-{rate:.0f}", log, describe(args, rate),
                                 args.slo_ms)
         else:
             summary = summarize_run(log, describe(args, rate), args.slo_ms)
-        step = step_from_summary(rate, summary, results.send_lag.percentile_ms(99), args.target, wall_s,
-                                 cpu.get("controller", {}).get("core_share", math.nan))
+        step = replace(step_from_summary(rate, summary, results.send_lag.percentile_ms(99), args.target, wall_s,
+                                         cpu.get("controller", {}).get("core_share", math.nan)),
+                       reasons=reasons, allowances=allowances)
         say(f"{name} step {n}: {rate:.0f}/s -> attainment {100 * step.attainment:.3f}% "
             f"({'pass' if step.passed else 'FAIL'}), p99 {step.p99_ms:.1f} ms, goodput {step.goodput_per_s:.0f}/s"
-            + (f", not OK {step.not_ok}" if step.not_ok else ""))
+            + (f", not OK {step.not_ok}" if step.not_ok else "") + why_text(reasons, allowances))
         time.sleep(args.pause_s)
         return step
 
@@ -310,12 +318,13 @@ def write_outputs(out_dir: Path, results: Mapping[str, SearchResult], args: argp
     csv_path = out_dir / "capacity.csv"
     with open(csv_path, "w", newline="") as fh:
         w = csv.writer(fh)
-        keys = [k for k in Step.__dataclass_fields__ if k != "not_ok"] + ["not_ok"]
+        keys = list(Step.__dataclass_fields__)
         w.writerow(["search", *keys])
         for name, r in results.items():
             for s in r.steps:
                 row = asdict(s)
-                w.writerow([name, *(json.dumps(row[k], sort_keys=True) if k == "not_ok" else row[k] for k in keys)])
+                w.writerow([name, *(json.dumps(row[k], sort_keys=True) if isinstance(row[k], dict) else row[k]
+                                    for k in keys)])
     png_path = write_capacity_png(out_dir / "capacity.png", results, args.target, args.slo_ms)
     return [json_path, csv_path, png_path]
 

@@ -38,7 +38,6 @@ import contextlib
 import math
 import subprocess
 import sys
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -50,6 +49,7 @@ from clockwork.bench.comparison import (MODEL, Lone, Point, direct_call, interle
 from clockwork.bench.loadgen import SEND_FAILED, run_open_loop
 from clockwork.bench.procs import cluster, free_port, kept_off_lanes, run_in_temp_dir
 from clockwork.bench.progress import Progress, command_main, say
+from clockwork.bench.refusals import why, why_text
 from clockwork.bench.report import Latencies, LoadResults, answered_after_admission, format_table, write_json
 from clockwork.client import Client, ClockworkError, DeadlineExceeded
 from clockwork.client.cli import parse_shape
@@ -67,33 +67,6 @@ def point(target: str, rate: float, results: LoadResults, busy_ns: int) -> Point
     return Point(target, rate, results.scheduled, results.met_slo, results.rejected, results.unanswered,
                  lat.percentile_ms(50), lat.percentile_ms(99), lat.percentile_ms(99.9), busy_ns / 1e9 / seconds,
                  after_admission=answered_after_admission(results.by_status, SEND_FAILED))
-
-
-ALLOWANCES = ("dispatch_ms", "finish_tail_ms", "reply_ms", "reply_hop_ms_max", "admission_headroom")
-
-
-def why(before: dict, after: dict) -> tuple[dict[str, int], dict[str, float]]:
-    """A rate's refusals and give-ups by reason (the STATUS counters' change over the rate; the
-    idle-device ones are WOULD_MISS_DEADLINE refusals not made for the backlog: the request's
-    own EXEC and the hops, after what it waited, did not fit its SLO), and the allowances it
-    ended with: on a noisy host the reply allowance alone reached 13 ms against a 15 ms SLO."""
-    counted_before, counted_after = before.get("counters") or {}, after.get("counters") or {}
-
-    def change(name: str) -> int:
-        return int(counted_after.get(name, 0) - counted_before.get(name, 0))
-
-    backlog = change("rejected_for_backlog")
-    reasons = {
-        "behind the queue": backlog,
-        "even on an idle device": change("rejected_would_miss_deadline") - backlog,
-        "waited too long to be read": change("rejected_stale"),
-        "shed at the input": change("rejected_shed"),
-        "queue full": change("rejected_queue_full"),
-        "given up once queued": change("answered_deadline_missed"),
-    }
-    scheduler = after.get("scheduler") or {}
-    return ({k: v for k, v in reasons.items() if v > 0},
-            {k: float(scheduler[k]) for k in ALLOWANCES if scheduler.get(k) is not None})
 
 
 def busy_ns(status: dict) -> int:
@@ -148,8 +121,7 @@ def rates_for(target: str, client: Client, inputs: dict, rates: Sequence[float],
                     allowances=allowances)
         say(f"{label}: {p.within_slo}/{p.offered} within {args.slo_ms:g} ms, {p.refused} refused, "
             f"p50 {p.p50_ms:.2f} ms, p99 {p.p99_ms:.2f} ms, busy {100 * p.busy_share:.0f}%"
-            + "".join(f"; {n} {reason}" for reason, n in p.reasons.items())
-            + "".join(f"; {k} {v:g}" for k, v in p.allowances.items()))
+            + why_text(p.reasons, p.allowances))
         return p
 
     points += [at(rate, args.seed + i) for i, rate in enumerate(rates)]

@@ -132,6 +132,9 @@ def test_one_run_reports_three_ceilings_and_their_ratios(tmp_path, capsys):
         assert step["passed"] and step["attainment"] >= 0.999 and data["ceilings_per_s"][name] == 100
         assert (tmp_path / "steps" / name / "01-100" / "requests.tsv").exists()
     assert data["searches"]["system"]["steps"][0]["controller_cpu"] is not None
+    # The system's steps carry the allowances it priced with; the references have no controller.
+    assert "reply_ms" in data["searches"]["system"]["steps"][0]["allowances"]
+    assert all(data["searches"][ref]["steps"][0]["allowances"] == {} for ref in ("echo", "relay"))
     assert data["ratios"] == {"system/echo": 1.0, "system/relay": 1.0}
     assert data["goal_met"] is None  # no reference search failed: its ceiling is only a lower bound
     out = capsys.readouterr().out

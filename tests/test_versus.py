@@ -113,17 +113,6 @@ def test_requests_given_up_after_admission_count_as_admitted_misses_not_refusals
     assert rows["clockwork at 1747/s = 3.5 x plain's"].endswith("admitted in SLO 99.20%")
 
 
-def test_a_rates_refusals_are_told_by_reason_with_the_allowances_it_ended_with():
-    before = {"counters": {"rejected_would_miss_deadline": 10, "rejected_for_backlog": 4, "answered_deadline_missed": 1}}
-    after = {"counters": {"rejected_would_miss_deadline": 25, "rejected_for_backlog": 9, "answered_deadline_missed": 1,
-                          "rejected_stale": 2},
-             "scheduler": {"reply_ms": 13.2, "dispatch_ms": 4.4, "finish_tail_ms": 0.0, "admission_headroom": 0.05}}
-    reasons, allowances = versus.why(before, after)
-    assert reasons == {"behind the queue": 5, "even on an idle device": 10, "waited too long to be read": 2}
-    assert allowances == {"dispatch_ms": 4.4, "finish_tail_ms": 0.0, "reply_ms": 13.2, "admission_headroom": 0.05}
-    assert versus.why({}, {"workers": []}) == ({}, {})  # the plain server's STATUS has neither
-
-
 def test_refinement_halves_the_step_where_a_target_stops_meeting_its_slo():
     points = [point("plain", 100, 1000, 1000), point("plain", 200, 2000, 1999), point("plain", 400, 4000, 40),
               point("clockwork", 100, 1000, 1000), point("clockwork", 200, 2000, 1000)]

@@ -1,0 +1,42 @@
+"""Why this system refused or gave up requests over a stretch of load, from its STATUS.
+
+The controller's counters say how many were refused for what (behind the queue, on an idle
+device, stale, shed, queue full) and how many were given up once queued; its scheduler section
+holds the allowances admission priced them with. `versus` prints both for each rate, `capacity`
+for each step: on a noisy host the reply allowance alone reached 13 ms against a 15 ms SLO, and
+that, not the devices, was why.
+"""
+
+from __future__ import annotations
+
+ALLOWANCES = ("dispatch_ms", "finish_tail_ms", "reply_ms", "reply_hop_ms_max", "admission_headroom")
+
+
+def why(before: dict, after: dict) -> tuple[dict[str, int], dict[str, float]]:
+    """Refusals and give-ups by reason between two STATUS replies (the idle-device ones are
+    WOULD_MISS_DEADLINE refusals not made for the backlog: the request's own EXEC and the hops,
+    after what it waited, did not fit its SLO), and the allowances of the later one. Empty for a
+    target without a controller (STATUS {})."""
+    counted_before, counted_after = before.get("counters") or {}, after.get("counters") or {}
+
+    def change(name: str) -> int:
+        return int(counted_after.get(name, 0) - counted_before.get(name, 0))
+
+    backlog = change("rejected_for_backlog")
+    reasons = {
+        "behind the queue": backlog,
+        "even on an idle device": change("rejected_would_miss_deadline") - backlog,
+        "waited too long to be read": change("rejected_stale"),
+        "shed at the input": change("rejected_shed"),
+        "queue full": change("rejected_queue_full"),
+        "given up once queued": change("answered_deadline_missed"),
+    }
+    scheduler = after.get("scheduler") or {}
+    return ({k: v for k, v in reasons.items() if v > 0},
+            {k: float(scheduler[k]) for k in ALLOWANCES if scheduler.get(k) is not None})
+
+
+def why_text(reasons: dict[str, int], allowances: dict[str, float]) -> str:
+    """"; N REASON ...; KEY VALUE ..." for a progress line (empty when both are)."""
+    return ("".join(f"; {n} {reason}" for reason, n in reasons.items())
+            + "".join(f"; {k} {v:g}" for k, v in allowances.items()))
