@@ -55,7 +55,7 @@ from clockwork.bench.procs import run_in_temp_dir
 from clockwork.bench.progress import command_main, say as _say
 from clockwork.bench.refusals import why, why_text
 from clockwork.bench.report import LoadResults, _finite, format_table, saved_figure
-from clockwork.bench.cpu import cpu_seconds, cpu_usage
+from clockwork.bench.cpu import cpu_seconds, cpu_usage, host_busy_share, host_jiffies
 from clockwork.bench.run import (WORKLOADS, System, add_system_args, describe, drive, make_schedule, setup_of,
                                 start_system, warm_up)
 from clockwork.bench import workload
@@ -82,6 +82,7 @@ class Step:
     not_ok: dict[str, int] = field(default_factory=dict)  # status -> count, statuses other than OK
     wall_s: float = 0.0
     controller_cpu: float = math.nan  # share of one core the controller used during the step
+    host_cpu: float = math.nan  # share of all the host's cores busy during the step (anything on it)
     # The system's refusals and give-ups by reason over the step, ramp included, and the
     # allowances it ended with (bench.refusals.why; empty for the echo server and the relay).
     reasons: dict[str, int] = field(default_factory=dict)
@@ -185,7 +186,7 @@ def real_judge(args: argparse.Namespace, out_dir: Path, run_dir: Path, say: Call
 
     def measure(system, rate: float, n: int) -> Step:
         before = system.status()
-        log, results, wall_s, cpu = play_step(system, args, rate, n, f"{name} step {n} {rate:.0f}/s")
+        log, results, wall_s, cpu, host_cpu = play_step(system, args, rate, n, f"{name} step {n} {rate:.0f}/s")
         reasons, allowances = why(before, system.status())
         if args.step_reports:
             summary = write_run(out_dir / "steps" / name / f"{n:02d}-{rate:.0f}", log, describe(args, rate),
@@ -194,7 +195,7 @@ def real_judge(args: argparse.Namespace, out_dir: Path, run_dir: Path, say: Call
             summary = summarize_run(log, describe(args, rate), args.slo_ms)
         step = replace(step_from_summary(rate, summary, results.send_lag.percentile_ms(99), args.target, wall_s,
                                          cpu.get("controller", {}).get("core_share", math.nan)),
-                       reasons=reasons, allowances=allowances)
+                       reasons=reasons, allowances=allowances, host_cpu=host_cpu)
         say(f"{name} step {n}: {rate:.0f}/s -> attainment {100 * step.attainment:.3f}% "
             f"({'pass' if step.passed else 'FAIL'}), p99 {step.p99_ms:.1f} ms, goodput {step.goodput_per_s:.0f}/s"
             + (f", not OK {step.not_ok}" if step.not_ok else "") + why_text(reasons, allowances))
@@ -205,22 +206,24 @@ def real_judge(args: argparse.Namespace, out_dir: Path, run_dir: Path, say: Call
 
 
 def play_step(system: System, args: argparse.Namespace, rate: float, n: int, label: str
-              ) -> tuple[RunLog, LoadResults, float, dict]:
+              ) -> tuple[RunLog, LoadResults, float, dict, float]:
     """Step `n` at `rate` on a running system: --ramp-s unjudged, then --step-s judged, as one
     open-loop schedule, so the judged part meets the rate in steady state (replicas of hot
     models made, batch sizes settled), as "sustained" means. Returns the judged part's request
-    log, the generator's results, the wall seconds and the CPU used (bench.cpu.cpu_usage)."""
+    log, the generator's results, the wall seconds, the CPU used (bench.cpu.cpu_usage) and the
+    share of the host's cores that were busy (bench.cpu.host_busy_share)."""
     ramp = make_schedule(args.workload, rate, len(system.models), args.ramp_s, args.seed + 1000 + n, args.zipf) \
         if args.ramp_s > 0 else None
     judged = make_schedule(args.workload, rate, len(system.models), args.step_s, args.seed + n, args.zipf)
     schedule = workload.concat(ramp, judged) if ramp is not None else judged
     started, cpu_before = time.monotonic(), cpu_seconds(system.pids, threads=False, self_as="loadgen")
+    host_before = host_jiffies()
     results, full_log = drive(system, schedule, args, label, quiet=args.quiet)
     system.check()
     wall_s = time.monotonic() - started
     cpu = cpu_usage(cpu_before, cpu_seconds(system.pids, threads=False, self_as="loadgen"), wall_s, len(schedule))
     log = window(full_log, ramp.duration_ns) if ramp is not None else full_log
-    return log, results, wall_s, cpu
+    return log, results, wall_s, cpu, host_busy_share(host_before, host_jiffies())
 
 
 def step_from_summary(rate: float, s: dict, send_lag_p99_ms: float, target: float, wall_s: float = 0.0,
@@ -247,10 +250,11 @@ def format_steps(steps: Sequence[Step]) -> str:
     rows = [(i + 1, f"{s.rate:.0f}", f"{s.offered_per_s:.0f}", f"{s.goodput_per_s:.0f}",
              f"{100 * s.attainment:.3f}%", s.p50_ms, s.p99_ms, s.p999_ms, s.send_lag_p99_ms,
              "-" if math.isnan(s.controller_cpu) else f"{100 * s.controller_cpu:.0f}%",
+             "-" if math.isnan(s.host_cpu) else f"{100 * s.host_cpu:.0f}%",
              "pass" if s.passed else "FAIL", top_counts(s.not_ok))
             for i, s in enumerate(steps)]
     header = ("step", "rate/s", "offered/s", "goodput/s", "attainment", "p50 ms", "p99 ms", "p99.9 ms",
-              "send lag p99", "ctl CPU", "verdict", "not OK (top)")
+              "send lag p99", "ctl CPU", "host CPU", "verdict", "not OK (top)")
     return format_table(rows, header=header)
 
 

@@ -9,6 +9,7 @@ A process's own figure is its ticks, which also count threads that have ended.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Mapping
@@ -56,6 +57,26 @@ def _ticks_s(stat: Path) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
     except (OSError, IndexError, ValueError):
         return None
+
+
+def host_jiffies() -> tuple[int, int] | None:
+    """The whole host's busy and total CPU time so far, in clock ticks over all its cores (the
+    "cpu" line of /proc/stat; busy is all but idle and iowait); None where unreadable."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields[:8]) - idle, sum(fields[:8])  # guest time is counted in user already
+
+
+def host_busy_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float:
+    """The share of the host's cores busy between two `host_jiffies` readings, whatever ran
+    there (NaN where either is missing): near 1, a benchmark measured the host, not its target."""
+    if before is None or after is None or after[1] <= before[1]:
+        return math.nan
+    return (after[0] - before[0]) / (after[1] - before[1])
 
 
 class CpuTally:

@@ -4,7 +4,9 @@ import os
 import threading
 import time
 
-from clockwork.bench.cpu import CpuTally, cpu_seconds, thread_cpu_s
+import math
+
+from clockwork.bench.cpu import CpuTally, cpu_seconds, host_busy_share, host_jiffies, thread_cpu_s
 from clockwork.worker.lanes import name_os_thread
 
 
@@ -41,3 +43,13 @@ def test_a_tally_counts_only_its_stretches():
     assert 0.09 <= tally.used["me/main"] < 0.2
     per = tally.threads_us_per(1000)
     assert 90 <= per["me/main"] < 200 and list(per) == sorted(per, key=per.get, reverse=True)
+
+
+def test_the_hosts_busy_share_counts_a_spinning_core():
+    before = host_jiffies()
+    _spin(0.3)  # one core busy for 0.3 s of CPU, whatever else runs
+    after = host_jiffies()
+    assert before is not None and after is not None and after[0] > before[0] and after[1] > before[1]
+    share = host_busy_share(before, after)
+    assert 1 / (os.cpu_count() or 1) - 0.2 < share <= 1.0  # at least about one core of the host's
+    assert math.isnan(host_busy_share(None, after)) and math.isnan(host_busy_share(after, after))

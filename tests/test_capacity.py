@@ -135,6 +135,7 @@ def test_one_run_reports_three_ceilings_and_their_ratios(tmp_path, capsys):
     # The system's steps carry the allowances it priced with; the references have no controller.
     assert "reply_ms" in data["searches"]["system"]["steps"][0]["allowances"]
     assert all(data["searches"][ref]["steps"][0]["allowances"] == {} for ref in ("echo", "relay"))
+    assert all(0 < data["searches"][name]["steps"][0]["host_cpu"] <= 1 for name in ("system", "echo", "relay"))
     assert data["ratios"] == {"system/echo": 1.0, "system/relay": 1.0}
     assert data["goal_met"] is None  # no reference search failed: its ceiling is only a lower bound
     out = capsys.readouterr().out
