@@ -50,9 +50,12 @@ class Point:
     # 504; a worker lost): misses of admitted requests, not refusals.
     after_admission: int = 0
     # This system's refusals and give-ups by reason, and its allowances when the rate ended
-    # (versus.why): what a refusal count alone does not say.
+    # (bench.refusals.why): what a refusal count alone does not say.
     reasons: dict[str, int] = field(default_factory=dict)
     allowances: dict[str, float] = field(default_factory=dict)
+    # The share of all the host's cores busy while the rate ran (bench.cpu.host_busy_share):
+    # near 1, the run measured the host as much as the target.
+    host_cpu: float = math.nan
 
     @property
     def share_within_slo(self) -> float:

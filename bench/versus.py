@@ -46,6 +46,7 @@ from typing import Callable, Iterator, Sequence
 from clockwork.bench import models as bench_models
 from clockwork.bench.comparison import (MODEL, Lone, Point, direct_call, interleaved, latencies, plot, schedule_for,
                                         sustained, worker_spec)
+from clockwork.bench.cpu import host_busy_share, host_jiffies
 from clockwork.bench.loadgen import SEND_FAILED, run_open_loop
 from clockwork.bench.procs import cluster, free_port, kept_off_lanes, run_in_temp_dir
 from clockwork.bench.progress import Progress, command_main, say
@@ -112,15 +113,16 @@ def rates_for(target: str, client: Client, inputs: dict, rates: Sequence[float],
         settle(client, inputs)
         schedule = schedule_for(args.workload, rate, args.duration_s, seed)
         label = f"{target} {rate:g}/s"
-        before = client.status()
+        before, host_before = client.status(), host_jiffies()
         with Progress(total_s=schedule.duration_ns / 1e9, label=label) as bar:
             results = run_open_loop(client.endpoint, schedule, [MODEL], args.slo_ms, {MODEL: inputs}, bar)
-        after = client.status()
+        host_cpu, after = host_busy_share(host_before, host_jiffies()), client.status()
         reasons, allowances = why(before, after)
         p = replace(point(target, rate, results, busy_ns(after) - busy_ns(before)), reasons=reasons,
-                    allowances=allowances)
+                    allowances=allowances, host_cpu=host_cpu)
         say(f"{label}: {p.within_slo}/{p.offered} within {args.slo_ms:g} ms, {p.refused} refused, "
-            f"p50 {p.p50_ms:.2f} ms, p99 {p.p99_ms:.2f} ms, busy {100 * p.busy_share:.0f}%"
+            f"p50 {p.p50_ms:.2f} ms, p99 {p.p99_ms:.2f} ms, busy {100 * p.busy_share:.0f}%, "
+            f"host CPU {100 * host_cpu:.0f}%"
             + why_text(p.reasons, p.allowances))
         return p
 
@@ -262,10 +264,10 @@ def run(args: argparse.Namespace) -> int:
             return versus_json.run(args, model, shapes, inputs, model_path, rates, run_dir, out, direct)
         floor, points, worker = compare(run_dir, direct, model, model_path, shapes, inputs, rates, args)
         header = ["target", "rate/s", "offered", "in SLO", "refused", "unanswered", "p50 ms", "p99 ms",
-                  "p99.9 ms", "busy"]
+                  "p99.9 ms", "busy", "host CPU"]
         print(format_table([[p.target, p.rate or "lone", p.offered, f"{100 * p.share_within_slo:.2f}%", p.refused,
-                             p.unanswered, p.p50_ms, p.p99_ms, p.p999_ms, f"{100 * p.busy_share:.0f}%"]
-                            for p in points], header))
+                             p.unanswered, p.p50_ms, p.p99_ms, p.p999_ms, f"{100 * p.busy_share:.0f}%",
+                             f"{100 * p.host_cpu:.0f}%"] for p in points], header))
         print(f"\ndirect onnxruntime p50 {floor.percentile_ms(50):.3f} ms, p99 {floor.percentile_ms(99):.3f} ms")
         print(format_table(verdicts(points, floor, worker), ["verdict", "measured", "goal"]))
         write_json(out / "versus.json", {"slo_ms": args.slo_ms, "workload": args.workload,
