@@ -28,8 +28,8 @@ from clockwork.common.clock import QueueDelay, monotonic_ns
 from clockwork.common.codec import decode, encode, peek_id, split
 from clockwork.common.config import ControllerConfig
 from clockwork.common.models import Signature, signature_of
-from clockwork.common.net import (IdSource, Outgoing, bulk_identity, readable, recv_frames, recv_frames_from, router,
-                                  send, send_frames)
+from clockwork.common.net import (IdSource, Outgoing, bulk_identity, recv_frames, recv_frames_from, router, send,
+                                  send_frames, waiting)
 from clockwork.common.sdnotify import Notifier
 from clockwork.common.status import Status
 from clockwork.controller import listing
@@ -51,6 +51,11 @@ DRAIN_BUDGET_NS = 4_000_000
 INTAKE_POLL_MS = 10  # how soon a large upload's finished check is picked up
 MIN_POLL_MS = 1  # floor on the sleep, so a wake-up that changes nothing cannot spin hot
 MAX_POLL_MS = 100.0  # ceiling, so a stop request is noticed promptly
+
+
+def _frames_no_user(sock: zmq.Socket, flags: int) -> tuple[list, None]:
+    """A message's frames as `recv_frames_from` gives them, without CURVE: no user to name."""
+    return recv_frames(sock, flags), None
 
 
 class ControllerDaemon:
@@ -161,13 +166,7 @@ class ControllerDaemon:
         """Up to BURST ZeroMQ messages or DRAIN_BUDGET_NS, each a message or a bundle of them;
         what answers one leaves together (the outgoing bundles are flushed after each)."""
         until_ns = monotonic_ns() + DRAIN_BUDGET_NS
-        for read in range(BURST):
-            if read and not readable(sock):
-                return
-            try:
-                frames, user = recv_frames_from(sock, zmq.NOBLOCK) if roles else (recv_frames(sock, zmq.NOBLOCK), None)
-            except zmq.Again:
-                return
+        for frames, user in waiting(sock, BURST, recv_frames_from if roles else _frames_no_user):
             if len(frames) < 2:
                 continue  # a ROUTER always prepends the identity; nothing to answer
             peer = bytes(frames[0])

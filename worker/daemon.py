@@ -30,7 +30,7 @@ from clockwork.common.checks import BadMessage
 from clockwork.common.clock import SkewEstimator, monotonic_ns
 from clockwork.common.codec import bundles, decode, encode, peek_id, peek_map, split
 from clockwork.common.config import WorkerConfig
-from clockwork.common.net import NOBLOCK, IdSource, bulk_identity, dealer, readable, recv_frames, send_frames
+from clockwork.common.net import NOBLOCK, IdSource, bulk_identity, dealer, send_frames, waiting
 from clockwork.common.schema import (ActionKind, Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load, Message, Prepare,
                            Result, Unload, Welcome)
 from clockwork.common.status import Status
@@ -177,13 +177,7 @@ class Daemon:
     # ---------------------------------------------------------------------------- inbound
 
     def _receive(self, sock: zmq.Socket) -> None:
-        for read in range(MAX_RECV_PER_WAKE):
-            if read and not readable(sock):
-                return
-            try:
-                frames = recv_frames(sock, zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in waiting(sock, MAX_RECV_PER_WAKE):
             self._on_frames(frames)
 
     def _on_frames(self, frames: list) -> None:
