@@ -328,25 +328,24 @@ def pad_inputs(signature: Signature, tensors: tuple[Tensor, ...], batch_size: in
     if batch_size > signature.max_batch:
         raise BadMessage(Status.BAD_INPUT,
                          f"batch size {batch_size} exceeds the model's max batch {signature.max_batch}")
+    chunks: dict[str, list[Tensor]] = {}
     if len(tensors) == len(signature.inputs):  # one request's inputs (or a mix check_inputs refuses)
         samples = check_inputs(signature, tensors)
         if samples == batch_size:  # nothing to join or pad: the arrays as they came
             return {t.name: t.array() for t in tensors}, samples
-    chunks: dict[str, list[Tensor]] = {}
-    for t in tensors:
-        chunks.setdefault(t.name, []).append(t)
-    counts = {len(c) for c in chunks.values()}
-    if len(counts) != 1:
-        raise BadMessage(Status.BAD_INPUT, "inputs disagree on the number of chunks in the batch")
-    per_request = [tuple(c[i] for c in chunks.values()) for i in range(counts.pop())]
-    samples = sum(check_inputs(signature, group) for group in per_request)
+        chunks = {t.name: [t] for t in tensors}
+    else:
+        for t in tensors:
+            chunks.setdefault(t.name, []).append(t)
+        counts = {len(c) for c in chunks.values()}
+        if len(counts) != 1:
+            raise BadMessage(Status.BAD_INPUT, "inputs disagree on the number of chunks in the batch")
+        per_request = [tuple(c[i] for c in chunks.values()) for i in range(counts.pop())]
+        samples = sum(check_inputs(signature, group) for group in per_request)
     if samples > batch_size:
         raise BadMessage(Status.BAD_INPUT, f"{samples} samples do not fit a batch of {batch_size}")
     inputs = {}
     for name, parts in chunks.items():
-        if len(parts) == 1 and samples == batch_size:
-            inputs[name] = parts[0].array()
-            continue
         first = parts[0].array()
         batch = np.zeros((batch_size, *first.shape[1:]), dtype=first.dtype)
         offset = 0
