@@ -1,10 +1,11 @@
 """CPU accounting for benchmarks: what each process, and each named thread in it, used (Linux /proc).
 
 Threads carry names, so a figure per thread says which part of a process paid: the main thread
-is "main" here (a daemon's loop; the OS names it after the program), a worker's lanes "dev0-exec", "dev0-load"... (worker/lanes.py
-names them), ZeroMQ's I/O thread "ZMQbg/IO/0". A thread's figure comes from its schedstat, in
-nanoseconds; the clock ticks of /proc/*/stat (10 ms) cannot tell a few thousand requests apart.
-A process's own figure is its ticks, which also count threads that have ended.
+is "main" here (a daemon's loop; the OS names it after the program), a worker's lanes
+"dev0-exec", "dev0-load"... (worker/lanes.py names them), ZeroMQ's I/O thread "ZMQbg/IO/0". A
+thread's figure comes from its schedstat, in nanoseconds; the clock ticks of /proc/*/stat (10 ms)
+cannot tell a few thousand requests apart. A process's own figure is its ticks, which also count
+threads that have ended.
 """
 
 from __future__ import annotations
