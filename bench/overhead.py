@@ -16,19 +16,27 @@ Goal: overhead p50 <= 1.5 x the relay's p50, in both modes.
 Beside the latencies, each path's processes' CPU per request by thread (bench.cpu), counted
 during that path's blocks only: where the system's extra time is work (the controller's loop,
 the worker's loop and lane, ZeroMQ's I/O threads, the client) rather than waiting.
+
+`--count-instructions` measures the same two paths in instructions instead of time: every
+process on them runs under callgrind (bench/callgrind.py), and each counts its instructions
+while its path serves back-to-back requests, less what it counts idling as long afterwards
+(heartbeats, timers). A figure a request by process that differs by well under 1% between runs,
+where CPU time on these VMs moved by 2x: what a change to a daemon's loop saves reads cleanly.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import zmq
 
+from clockwork.bench import callgrind
 from clockwork.bench import models as bench_models
 from clockwork.bench.cpu import CpuTally
 from clockwork.bench.procs import WorkerSpec, cluster, free_port, run_in_temp_dir
@@ -42,6 +50,8 @@ from clockwork.common.status import Status
 
 MODEL = "tiny"
 GOAL_RATIO = 1.5
+COUNTED_REQUESTS = 500  # --requests under callgrind (~50x slower): ~8 s per path, then as long idle
+COUNT_READY_S = 300.0  # four processes starting under valgrind on two cores
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -116,7 +126,8 @@ def measure(system: RoundTrip, relay: RoundTrip, requests: int, warmup: int, blo
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="clockwork-bench overhead", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--requests", type=int, default=3000, help="measured requests per path")
+    p.add_argument("--requests", type=int, default=None,
+                   help=f"measured requests per path (default 3000; {COUNTED_REQUESTS} with --count-instructions)")
     p.add_argument("--warmup", type=int, default=300, help="unmeasured requests per path first")
     p.add_argument("--block", type=int, default=100, help="requests per path before switching paths")
     p.add_argument("--gap-ms", type=float, default=10.0, help="idleness before each request in the gapped mode")
@@ -125,49 +136,146 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--strict", action="store_true", help="exit 1 when the goal is missed")
     p.add_argument("--keep", action="store_true", help="keep the temporary state and log folder")
     p.add_argument("--log-level", default="warning", help="daemons' log level")
+    p.add_argument("--count-instructions", action="store_true",
+                   help="count each process's instructions a request under valgrind instead of timing (back to back)")
     args = p.parse_args(argv)
+    if args.requests is None:
+        args.requests = COUNTED_REQUESTS if args.count_instructions else 3000
     if args.requests < 1 or args.gapped_requests < 1 or args.warmup < 0 or args.block < 1 or args.gap_ms <= 0:
         p.error("--requests, --gapped-requests and --block must be >= 1, --warmup >= 0, --gap-ms > 0")
     return args
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.count_instructions:
+        why = callgrind.missing()
+        if why:
+            print(f"cannot count instructions here: {why}", file=sys.stderr)
+            return 2
+        return run_in_temp_dir("clockwork-overhead-", args.keep, "overhead instruction count",
+                               lambda run_dir: count_and_report(args, run_dir))
     return run_in_temp_dir("clockwork-overhead-", args.keep, "overhead bench",
                            lambda run_dir: measure_and_report(args, run_dir))
 
 
-def measure_and_report(args: argparse.Namespace, run_dir: Path) -> int:
+@contextlib.contextmanager
+def both_paths(args: argparse.Namespace, run_dir: Path, launcher: Callable[[str], list[str]] | None = None,
+               ready_s: float = 60.0) -> Iterator[tuple[RoundTrip, RoundTrip, dict[str, int]]]:
+    """The system (controller and an onnxruntime worker serving the tiny model) and the relay
+    chain, each started through `launcher`'s prefix for its name, both answering: yields their
+    round trips and every process's pid by name."""
     blob = bench_models.tiny_onnx()
     body = build_infer(MODEL, bench_models.sample_inputs("onnx", blob), int(REPLY_TIMEOUT_S * 1e9))
-    with cluster(run_dir, [WorkerSpec("cpu", "onnxruntime", devices=1)], log_level=args.log_level) as c:
+    prefix = launcher or (lambda _name: [])
+    with cluster(run_dir, [WorkerSpec("cpu", "onnxruntime", devices=1)], log_level=args.log_level,
+                 launcher=launcher, ready_timeout_s=ready_s) as c:
         front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
         me = [sys.executable, "-m", "clockwork.bench.relay"]
-        c.group.start("relay", [*me, "--role", "relay", "--front", front, "--back", back])
-        c.group.start("echo", [*me, "--role", "echo", "--back", back])
+        c.group.start("relay", [*prefix("relay"), *me, "--role", "relay", "--front", front, "--back", back])
+        c.group.start("echo", [*prefix("echo"), *me, "--role", "echo", "--back", back])
         with c.client() as admin:
             admin.upload(blob, MODEL, format="onnx", replace=True)
         ctx = zmq.Context()
         try:
             system = RoundTrip(dealer(ctx, c.client_endpoint), body)
             relay = RoundTrip(dealer(ctx, front), body)
-            wait_serving(system, 60.0)
-            wait_relay(relay, 30.0)
-            pids = {proc.name: proc.pid for proc in c.group.procs}
-
-            def tallies() -> tuple[CpuTally, CpuTally]:
-                return (CpuTally({"controller": pids["controller"], "worker": pids["worker-cpu"]}, self_as="client"),
-                        CpuTally({"relay": pids["relay"], "echo": pids["echo"]}, self_as="client"))
-
-            say(f"back to back: {args.requests} requests per path after {args.warmup} warm-up ...")
-            modes = {"back to back": measure(system, relay, args.requests, args.warmup, args.block, cpu=tallies())}
-            say(f"with {args.gap_ms:g} ms gaps: {args.gapped_requests} requests per path "
-                f"(~{2 * args.gapped_requests * args.gap_ms / 1000:.0f} s) ...")
-            modes[f"{args.gap_ms:g} ms gaps"] = measure(system, relay, args.gapped_requests, 0, args.block,
-                                                        args.gap_ms / 1000, cpu=tallies())
+            wait_serving(system, ready_s)
+            wait_relay(relay, ready_s)
+            yield system, relay, {proc.name: proc.pid for proc in c.group.procs}
             c.check()
         finally:
             ctx.destroy(linger=0)
+
+
+def measure_and_report(args: argparse.Namespace, run_dir: Path) -> int:
+    with both_paths(args, run_dir) as (system, relay, pids):
+
+        def tallies() -> tuple[CpuTally, CpuTally]:
+            return (CpuTally({"controller": pids["controller"], "worker": pids["worker-cpu"]}, self_as="client"),
+                    CpuTally({"relay": pids["relay"], "echo": pids["echo"]}, self_as="client"))
+
+        say(f"back to back: {args.requests} requests per path after {args.warmup} warm-up ...")
+        modes = {"back to back": measure(system, relay, args.requests, args.warmup, args.block, cpu=tallies())}
+        say(f"with {args.gap_ms:g} ms gaps: {args.gapped_requests} requests per path "
+            f"(~{2 * args.gapped_requests * args.gap_ms / 1000:.0f} s) ...")
+        modes[f"{args.gap_ms:g} ms gaps"] = measure(system, relay, args.gapped_requests, 0, args.block,
+                                                    args.gap_ms / 1000, cpu=tallies())
     return report(args, modes)
+
+
+def count_and_report(args: argparse.Namespace, run_dir: Path) -> int:
+    """Each process's instructions a request on its path, by callgrind: the path's requests back
+    to back, less the same process idling as long right after. One process a path at a time runs
+    under callgrind, the others at full speed: a controller waiting ~50x longer for a counted
+    worker takes more timer turns a request, and its count then moved by 8% from run to run."""
+    paths = {"system": ("controller", "worker-cpu"), "relay": ("relay", "echo")}
+    per_request: dict[str, dict[str, float]] = {path: {} for path in paths}
+    for turn in range(2):  # first the controller and the relay, then the worker and the echo peer
+        counted = {path: names[turn] for path, names in paths.items()}
+        counts_dir = run_dir / f"callgrind-{turn}"
+        counts_dir.mkdir(parents=True, exist_ok=True)
+
+        def launcher(name: str) -> list[str]:
+            return callgrind.launcher(counts_dir / name) if name in counted.values() else []
+
+        with hash_seed_fixed(), both_paths(args, run_dir / f"run-{turn}", launcher,
+                                           ready_s=COUNT_READY_S) as (system, relay, pids):
+            for path in (system, relay):
+                for _ in range(args.warmup):
+                    path.once()
+            for (label, name), path in zip(counted.items(), (system, relay)):
+                say(f"{label}: {args.requests} requests with the {name} under callgrind, then as long idle ...")
+                per_request[label][name] = _count(path, pids[name], counts_dir / name, args.requests)
+    return report_instructions(args, {path: {name: per_request[path][name] for name in names}
+                                      for path, names in paths.items()})
+
+
+def _count(path: RoundTrip, pid: int, counts: Path, requests: int) -> float:
+    """The counted process's instructions a request: `requests` back to back, less as long idle."""
+    callgrind.control(pid, "-z")
+    callgrind.control(pid, "-i", "on")
+    started = time.monotonic()
+    for _ in range(requests):
+        path.once()
+    took = time.monotonic() - started
+    callgrind.control(pid, "-d", "busy")
+    time.sleep(took)
+    callgrind.control(pid, "-d", "idle")
+    callgrind.control(pid, "-i", "off")
+    # A process's dumps are numbered in order: its busy stretch .1, its idle one .2.
+    return (callgrind.read_total(counts.with_name(f"{counts.name}.1"))
+            - callgrind.read_total(counts.with_name(f"{counts.name}.2"))) / requests
+
+
+@contextlib.contextmanager
+def hash_seed_fixed() -> Iterator[None]:
+    """Processes started in the block hash strings alike in every run, so that their dicts and
+    sets probe alike and their instructions repeat (as bench/sim/instructions.py does)."""
+    before = os.environ.get("PYTHONHASHSEED")
+    os.environ["PYTHONHASHSEED"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONHASHSEED"]
+        else:
+            os.environ["PYTHONHASHSEED"] = before
+
+
+def report_instructions(args: argparse.Namespace, per_request: dict[str, dict[str, float]]) -> int:
+    totals = {path: sum(by_process.values()) for path, by_process in per_request.items()}
+    rows = [(f"{path}: {name}", f"{count:,.0f}") for path, by_process in per_request.items()
+            for name, count in by_process.items()]
+    rows += [(f"{path} in all", f"{total:,.0f}") for path, total in totals.items()]
+    print("\ninstructions a request, back to back (all of a process's threads, less as long idle):\n"
+          + format_table(rows, header=("process", "instructions")))
+    ratio = totals["system"] / totals["relay"] if totals["relay"] > 0 else float("nan")
+    print(f"system / relay = {ratio:.2f}x")
+    if args.out:
+        data = {"requests": args.requests, "instructions_per_request": per_request, "totals": totals,
+                "system_over_relay": ratio}
+        print(f"wrote {write_json(Path(args.out) / 'overhead-instructions.json', data)}")
+    return 0
 
 
 def report(args: argparse.Namespace, modes: dict[str, _Measure]) -> int:

@@ -346,21 +346,28 @@ def start_gateway(group: ProcessGroup, controller: str, name: str = "gateway", g
 @contextlib.contextmanager
 def cluster(run_dir: str | Path, workers: Sequence[WorkerSpec], *, log_level: str = "warning",
             controller_settings: Sequence[str] = (), ready_timeout_s: float = 60.0,
-            grace_s: float = DEFAULT_GRACE_S) -> Iterator[Cluster]:
+            grace_s: float = DEFAULT_GRACE_S, launcher: Callable[[str], Sequence[str]] | None = None
+            ) -> Iterator[Cluster]:
     """A controller plus `workers` on loopback, state in `run_dir`/state, logs in `run_dir`/logs.
 
     Yields once the controller's STATUS lists every worker as alive; every process is stopped
-    when the block ends, however it ends. `controller_settings` are `scheduler.key=value` items.
+    when the block ends, however it ends. `controller_settings` are `scheduler.key=value` items;
+    `launcher` gives the argv prefix that starts the process of a name ("controller",
+    "worker-NAME"), such as a profiler's.
     """
+    def argv(name: str, command: list[str]) -> list[str]:
+        return [*launcher(name), *command] if launcher else command
+
     run_dir = Path(run_dir)
     state_dir = run_dir / "state"
     state_dir.mkdir(parents=True, exist_ok=True)
     client_ep = f"tcp://127.0.0.1:{free_port()}"
     worker_ep = f"tcp://127.0.0.1:{free_port()}"
     with ProcessGroup(run_dir / "logs", grace_s=grace_s) as group:
-        group.start("controller", controller_argv(state_dir, client_ep, worker_ep, log_level, controller_settings))
+        group.start("controller", argv("controller", controller_argv(state_dir, client_ep, worker_ep, log_level,
+                                                                     controller_settings)))
         for spec in workers:
-            group.start(f"worker-{spec.name}", worker_argv(spec, worker_ep, log_level))
+            group.start(f"worker-{spec.name}", argv(f"worker-{spec.name}", worker_argv(spec, worker_ep, log_level)))
         names = [spec.name for spec in workers]
         with Client(client_ep, timeout_s=1.0) as admin:
             group.wait_until(lambda: workers_alive(admin.status(), names), ready_timeout_s,

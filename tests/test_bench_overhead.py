@@ -4,9 +4,10 @@ import json
 import sys
 
 import numpy as np
+import pytest
 import zmq
 
-from clockwork.bench import overhead, relay
+from clockwork.bench import callgrind, overhead, relay
 from clockwork.bench.procs import ProcessGroup, free_port
 from clockwork.client.protocol import build_infer
 from clockwork.common.net import dealer
@@ -53,3 +54,22 @@ def test_overhead_measures_both_modes_and_judges_each(tmp_path):
         assert {"relay/main", "echo/main"} <= set(bare) and not any(n.startswith(("relay/", "echo/")) for n in system)
         assert not any(n.startswith(("controller/", "worker/")) for n in bare)
     assert summary["met"] == all(mode["met"] for mode in summary["modes"].values())
+
+
+@pytest.mark.slow
+def test_overhead_counts_each_process_instructions_a_request(tmp_path):
+    """--count-instructions: every process on both paths runs under callgrind and reports what a
+    request cost it beyond idling; the system's daemons decode, plan and encode, the relay only
+    forwards frames, so the system counts more."""
+    why = callgrind.missing()
+    if why:
+        pytest.skip(f"cannot count instructions here: {why}")
+    out = tmp_path / "out"
+    assert overhead.main(["--count-instructions", "--requests", "40", "--warmup", "10", "--out", str(out)]) == 0
+    data = json.loads((out / "overhead-instructions.json").read_text())
+    counts = data["instructions_per_request"]
+    assert set(counts) == {"system", "relay"}
+    assert set(counts["system"]) == {"controller", "worker-cpu"} and set(counts["relay"]) == {"relay", "echo"}
+    assert all(count > 10_000 for by_process in counts.values() for count in by_process.values()), counts
+    assert data["totals"]["system"] == sum(counts["system"].values())
+    assert data["system_over_relay"] == data["totals"]["system"] / data["totals"]["relay"] > 1

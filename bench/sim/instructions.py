@@ -6,9 +6,9 @@ instructions the core executes differ by less than 0.01% between runs of the sam
 code (the simulator runs in virtual time; what moves is how objects hashed by address probe),
 so an A/B of the core reads as a clean difference.
 
-The run is relaunched under valgrind's callgrind with instrumentation off (set-up and warm-up
-run at valgrind's base speed); when the measured window opens, the simulator switches it on
-(`callgrind_control -i on`), and instructions are counted only inside the core's entry points,
+The run is relaunched under valgrind's callgrind (bench/callgrind.py) with instrumentation off
+(set-up and warm-up run at valgrind's base speed); when the measured window opens, the
+simulator switches it on, and instructions are counted only inside the core's entry points,
 the same calls whose CPU time the simulator charges to the core. Entry points are the compiled
 core's C symbols, so this needs the compiled core (mypyc), which is also what the daemon runs.
 Under callgrind the core runs ~50x slower than natively: count over a short measured window.
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from clockwork.bench import callgrind
+from clockwork.bench.callgrind import read_total
 from clockwork.bench.report import write_json
 
 ENV = "CLOCKWORK_SIM_COUNTING"  # set in the relaunched run: it switches instrumentation on
@@ -35,9 +35,9 @@ SYMBOL = "CPyPy_core___Core___{}"
 
 def unavailable() -> str | None:
     """Why instructions cannot be counted here, or None."""
-    for tool in ("valgrind", "callgrind_control"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian package valgrind)"
+    why = callgrind.missing()
+    if why:
+        return why
     from clockwork.controller import core
 
     if not str(core.__file__).endswith(".so"):
@@ -52,17 +52,16 @@ def counting() -> bool:
 
 def start_counting() -> None:
     """Switch callgrind's instrumentation on in this process (the measured window opens)."""
-    subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    callgrind.control(os.getpid(), "-i", "on")
 
 
 def relaunch(argv: list[str], out_dir: Path, name: str) -> int:
     """Run the simulator with `argv` under callgrind; add the count to `name`'s summary and print it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = out_dir / f"{name}.callgrind"
-    cmd = ["valgrind", "--quiet", "--tool=callgrind", f"--callgrind-out-file={counts}", "--instr-atstart=no",
-           "--collect-atstart=no", *(f"--toggle-collect={SYMBOL.format(e)}" for e in ENTRY_POINTS),
-           sys.executable, "-m", "clockwork.bench.sim", *argv]
+    toggles = (f"--toggle-collect={SYMBOL.format(e)}" for e in ENTRY_POINTS)
+    cmd = [*callgrind.launcher(counts, "--collect-atstart=no", *toggles), sys.executable, "-m", "clockwork.bench.sim",
+           *argv]
     # A fixed hash seed: sets and dicts of strings then probe alike in every run (with a random
     # one, the same run's count varied by ~0.2%; with it, by less than 0.01%).
     rc = subprocess.run(cmd, env={**os.environ, ENV: "1", "PYTHONHASHSEED": "0"}).returncode
@@ -78,10 +77,3 @@ def relaunch(argv: list[str], out_dir: Path, name: str) -> int:
     print(f"core instructions  {total:,} = {per_request:,.0f} per offered request (measured window; {counts})")
     return 0
 
-
-def read_total(path: Path) -> int:
-    """The instructions a callgrind output file counted in all."""
-    match = re.search(r"^(?:summary|totals):\s*(\d+)", path.read_text(), re.MULTILINE)
-    if match is None:
-        raise ValueError(f"{path} holds no callgrind totals")
-    return int(match.group(1))
