@@ -351,13 +351,13 @@ def read_incoming(frames: list) -> list[Incoming]:
     replies it has for one client at once). An undecodable reply becomes a ServerError for its
     request, if its header is readable enough to say which request that is."""
     try:
-        messages = codec.split(frames)
+        parts = codec.messages(frames)
     except BadMessage as exc:
         return [_undecodable(0, exc)]
-    return [_read_one(part, head) for head, part in messages]
+    return [_read_one(part, head) for head, part in parts]
 
 
-def _read_one(frames: Any, header: dict | None) -> Incoming:
+def _read_one(frames: Any, header: dict | codec.Header | None) -> Incoming:
     try:
         envelope = codec.decode(frames, header)
     except BadMessage as exc:

@@ -25,7 +25,7 @@ from clockwork.common import schema, security
 from clockwork.common.affinity import LaneCores, host_id
 from clockwork.common.checks import BadMessage
 from clockwork.common.clock import QueueDelay, monotonic_ns
-from clockwork.common.codec import decode, encode, peek_id, split
+from clockwork.common.codec import Header, decode, encode, messages, peek_id
 from clockwork.common.config import ControllerConfig
 from clockwork.common.models import Signature, signature_of
 from clockwork.common.net import (IdSource, Outgoing, bulk_identity, recv_frames, recv_frames_from, router, send,
@@ -171,13 +171,13 @@ class ControllerDaemon:
                 continue  # a ROUTER always prepends the identity; nothing to answer
             peer = bytes(frames[0])
             try:
-                messages = split(frames[1:])
+                parts = messages(frames[1:])
             except BadMessage as exc:  # a bundle whose parts cannot be told apart: none is answered
                 self.log.warning("bad bundle", status=exc.status.name, detail=exc.detail)
                 send(sock, schema.Error(status=exc.status, detail=exc.detail), self.ids.next(), 0, monotonic_ns(),
                      identity=peer)
                 continue
-            for head, part in messages:
+            for head, part in parts:
                 try:
                     handler(peer, part, head, user)
                 except Exception:  # our bug: log loudly, keep serving everyone else
@@ -195,7 +195,7 @@ class ControllerDaemon:
 
     # ------------------------------------------------------------------ clients
 
-    def _on_client(self, client: bytes, frames: list, head: dict | None, user: str | None) -> None:
+    def _on_client(self, client: bytes, frames: list, head: dict | Header | None, user: str | None) -> None:
         now = monotonic_ns()
         waited = self._waited_or_refused(client, head, now)
         if waited is None:
@@ -255,13 +255,13 @@ class ControllerDaemon:
         self._perform(effects)
         self._reply(client, env.msg_id, Status.OK, detail, {"cancelled": cancelled})
 
-    def _waited_or_refused(self, client: bytes, head: dict | None, now: int) -> int | None:
+    def _waited_or_refused(self, client: bytes, head: dict | Header | None, now: int) -> int | None:
         """How long an INFER waited in queues (0 for other messages), from its header alone
         (unvalidated: every value is type-checked here); None once one that waited
         `refuse_after_waiting` of its SLO or more has been refused without a full decode."""
         if head is None or head.get("type") != "infer" or type(head.get("sent_ns")) is not int:
             return 0
-        waited = self.queue_delay.waited_ns(client, head["sent_ns"], now)
+        waited = self.queue_delay.waited_ns(client, head.get("sent_ns"), now)
         slo_ns, msg_id = head.get("slo_ns"), head.get("msg_id")
         if type(slo_ns) is not int or type(msg_id) is not int or not 0 <= msg_id <= schema.U64:
             return waited  # the full decode says what is wrong
@@ -367,7 +367,8 @@ class ControllerDaemon:
 
     # ------------------------------------------------------------------ workers
 
-    def _on_worker(self, identity: bytes, frames: list, head: dict | None, _user: str | None) -> None:
+    def _on_worker(self, identity: bytes, frames: list, head: dict | Header | None, _user: str | None
+                   ) -> None:
         name = identity.decode("latin-1")  # bijective, so the name maps back to the identity
         try:
             env = decode(frames, head)

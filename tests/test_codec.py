@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from clockwork.common import codec, schema
 from clockwork.common.checks import BadMessage
-from clockwork.common.codec import Template, bundle, bundles, decode, encode, peek_id, peek_map, split
+from clockwork.common.codec import Header, Template, bundle, bundles, decode, encode, messages, peek_id, peek_map, split
 from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 
@@ -305,6 +305,36 @@ def test_one_message_is_sent_as_itself_and_splits_into_itself():
     assert bundle([frames]) is frames
     [(head, part)] = split(frames)
     assert head["type"] == "status" and decode(part, head).msg_id == 3
+
+
+def test_messages_reads_each_header_once_and_decodes_as_split_does():
+    """`messages` hands a daemon each part with its header read by the fast reader (a Header,
+    which `get` reads as a map is read); a header that reader refuses comes as split gives it."""
+    x = Tensor.from_array("x", np.arange(6, dtype=np.float32).reshape(2, 3))
+    infer = schema.Infer(model="a", slo_ns=5, tensors=(x,))
+    reply = schema.Reply(status=Status.OK, body={"free": ["form"]})  # no Struct: its body is free-form
+    for frames in (encode(infer, 7, sent_ns=99), [bytes(f) for f in bundle([encode(infer, 10), encode(reply, 11)])]):
+        by_messages, by_split = list(messages(frames)), list(split(frames))
+        assert len(by_messages) == len(by_split)
+        for (head, part), (map_head, _) in zip(by_messages, by_split):
+            assert isinstance(head, dict if map_head["type"] == "reply" else Header)
+            for key in ("type", "msg_id", "sent_ns", "slo_ns", "model", "absent"):
+                assert head.get(key) == map_head.get(key) and peek_id(head, key) == peek_id(map_head, key)
+            assert decode(part, head) == decode(part, map_head) == decode(part)
+    [(head, _)] = messages(encode(infer, 7))
+    assert isinstance(head, Header)
+
+
+def test_messages_refuses_what_split_refuses_and_a_broken_part_as_decode_would():
+    frame = encode(schema.ListModels(), 1)[0]
+    with pytest.raises(BadMessage, match="bundle: parts count 3 frames"):
+        messages([msgpack.packb({"type": "bundle", "parts": [1, 2]}), frame, frame])
+    infer = encode(schema.Infer(model="a", slo_ns=5, tensors=(Tensor.from_array("x", np.zeros(2, np.float32)),)), 4)
+    (head, part), (head2, part2) = messages(bundle([infer[:1], encode(schema.ListModels(), 3)]))  # a tensor short
+    assert isinstance(head, Header) and head.get("msg_id") == 4
+    with pytest.raises(BadMessage, match="frames"):
+        decode(part, head)
+    assert decode(part2, head2).msg_id == 3
 
 
 @pytest.mark.parametrize("parts", [[], [0, 1], [1, 100], "2", [1.5], [1] * (schema.MAX_BUNDLE_PARTS + 1)])

@@ -28,7 +28,7 @@ from clockwork.common import schema, security
 from clockwork.common.affinity import KeptOff, host_id
 from clockwork.common.checks import BadMessage
 from clockwork.common.clock import SkewEstimator, monotonic_ns
-from clockwork.common.codec import bundles, decode, encode, peek_id, peek_map, split
+from clockwork.common.codec import Header, bundles, decode, encode, messages, peek_id, peek_map
 from clockwork.common.config import WorkerConfig
 from clockwork.common.net import NOBLOCK, IdSource, bulk_identity, dealer, send_frames, waiting
 from clockwork.common.schema import (ActionKind, Drop, Envelope, Error, Exec, Hello, Heartbeat, HeartbeatAck, Load, Message, Prepare,
@@ -183,14 +183,14 @@ class Daemon:
     def _on_frames(self, frames: list) -> None:
         """One ZeroMQ message: a message, or a bundle of them (each handled on its own)."""
         try:
-            messages = split(frames)
+            parts = messages(frames)
         except BadMessage as exc:
             self._refuse(frames, exc.status, exc.detail)
             return
-        for head, part in messages:
+        for head, part in parts:
             self._on_message(part, head)
 
-    def _on_message(self, frames: list, head: dict | None) -> None:
+    def _on_message(self, frames: list, head: dict | Header | None) -> None:
         try:
             env = decode(frames, head)
         except BadMessage as exc:
