@@ -17,8 +17,8 @@ Beside the latencies, each path's processes' CPU per request by thread (bench.cp
 during that path's blocks only: where the system's extra time is work (the controller's loop,
 the worker's loop and lane, ZeroMQ's I/O threads, the client) rather than waiting.
 
-`--count-instructions` measures the same two paths in instructions instead of time: every
-process on them runs under callgrind (bench/callgrind.py), and each counts its instructions
+`--count-instructions` measures the same two paths in instructions instead of time: each
+process on them runs in turn under callgrind (bench/callgrind.py) and counts its instructions
 while its path serves back-to-back requests, less what it counts idling as long afterwards
 (heartbeats, timers). A figure a request by process that differs by well under 1% between runs,
 where CPU time on these VMs moved by 2x: what a change to a daemon's loop saves reads cleanly.
@@ -218,6 +218,7 @@ def count_and_report(args: argparse.Namespace, run_dir: Path) -> int:
         def launcher(name: str) -> list[str]:
             return callgrind.launcher(counts_dir / name) if name in counted.values() else []
 
+        say(f"starting both paths, the {' and the '.join(counted.values())} under callgrind ...")
         with hash_seed_fixed(), both_paths(args, run_dir / f"run-{turn}", launcher,
                                            ready_s=COUNT_READY_S) as (system, relay, pids):
             for path in (system, relay):

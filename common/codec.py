@@ -368,9 +368,9 @@ def peek_map(frames: Sequence[Any], max_bytes: int | None = schema.MAX_HEADER_BY
         return None
 
 
-def peek_id(header: dict | None, key: str) -> int:
-    """The id field `key` ("msg_id", "parent_id") of an unvalidated header, 0 where the header
-    or the field is missing or not a uint64."""
+def peek_id(header: dict | Header | None, key: str) -> int:
+    """The id field `key` ("msg_id", "parent_id") of an unvalidated header (or one `messages`
+    read), 0 where the header or the field is missing or not a uint64."""
     value = header.get(key, 0) if header is not None else 0
     return value if type(value) is int and 0 <= value <= schema.U64 else 0
 
