@@ -341,6 +341,7 @@ def messages(frames: Sequence[Any]) -> Iterator[tuple[dict | Header | None, Sequ
 
 
 def _read_part(frame: Any) -> Any:
+    """A bundle part's header for `messages`: its Struct, else its map (raises as `split`'s do)."""
     header = _read_fast(frame)
     return header if header is not None else _unpack_header(frame)
 
