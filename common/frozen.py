@@ -14,6 +14,8 @@ third of an INFER_REPLY's cost in the compiled core; a plain function takes them
 The core builds its EXECs and refusals with `build` (a message's fields are then not checked
 by mypy: tests/test_codec.py builds every message type both ways); its OK replies and their
 rows, one per request, it makes the same way in compiled code (controller/core.py's `made`).
+The worker builds each RESULT with `build` (5,700 of its 316,000 instructions an EXEC saved,
+`clockwork-bench overhead --count-instructions`).
 """
 
 from __future__ import annotations

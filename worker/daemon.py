@@ -339,11 +339,11 @@ class Daemon:
             lane = (done.device_id, done.action is ActionKind.EXEC)
             begin_ns = max(begin_ns, self._lane_end_ns.get(lane, begin_ns))
             self._lane_end_ns[lane] = begin_ns + (done.end_ns - done.begin_ns)
-        return Result(action=done.action, status=done.status, detail=done.detail[:MAX_DETAIL],
-                      device_id=done.device_id, model_id=done.model_id, begin_ns=begin_ns,
-                      end_ns=begin_ns + (done.end_ns - done.begin_ns), duration_ns=done.duration_ns,
-                      batch_size=done.batch_size, device_ns=done.device_ns, sm_clock_mhz=done.sm_clock_mhz,
-                      disturbed=done.disturbed, tensors=done.tensors)
+        return Result.build(action=done.action, status=done.status, detail=done.detail[:MAX_DETAIL],
+                            device_id=done.device_id, model_id=done.model_id, begin_ns=begin_ns,
+                            end_ns=begin_ns + (done.end_ns - done.begin_ns), duration_ns=done.duration_ns,
+                            batch_size=done.batch_size, device_ns=done.device_ns, sm_clock_mhz=done.sm_clock_mhz,
+                            disturbed=done.disturbed, tensors=done.tensors)
 
     def _send(self, body: Message, parent_id: int = 0) -> tuple[int, int]:
         msg_id, sent_ns = self.ids.next(), monotonic_ns()
