@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -219,8 +218,7 @@ def count_and_report(args: argparse.Namespace, run_dir: Path) -> int:
             return callgrind.launcher(counts_dir / name) if name in counted.values() else []
 
         say(f"starting both paths, the {' and the '.join(counted.values())} under callgrind ...")
-        with hash_seed_fixed(), both_paths(args, run_dir / f"run-{turn}", launcher,
-                                           ready_s=COUNT_READY_S) as (system, relay, pids):
+        with both_paths(args, run_dir / f"run-{turn}", launcher, ready_s=COUNT_READY_S) as (system, relay, pids):
             for path in (system, relay):
                 for _ in range(args.warmup):
                     path.once()
@@ -246,21 +244,6 @@ def _count(path: RoundTrip, pid: int, counts: Path, requests: int) -> float:
     # A process's dumps are numbered in order: its busy stretch .1, its idle one .2.
     return (callgrind.read_total(counts.with_name(f"{counts.name}.1"))
             - callgrind.read_total(counts.with_name(f"{counts.name}.2"))) / requests
-
-
-@contextlib.contextmanager
-def hash_seed_fixed() -> Iterator[None]:
-    """Processes started in the block hash strings alike in every run, so that their dicts and
-    sets probe alike and their instructions repeat (as bench/sim/instructions.py does)."""
-    before = os.environ.get("PYTHONHASHSEED")
-    os.environ["PYTHONHASHSEED"] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["PYTHONHASHSEED"]
-        else:
-            os.environ["PYTHONHASHSEED"] = before
 
 
 def report_instructions(args: argparse.Namespace, per_request: dict[str, dict[str, float]]) -> int:
