@@ -14,7 +14,8 @@ with the same seeded schedules, one target at a time (the other idles), in one r
 - Poisson (or bursty) arrivals at each rate of `--rates`, by default fractions of the plain
   server's nominal capacity (1 / the direct exec time) up to 2x; then `--refine` more rates
   halve the interval where each target stops meeting its SLO, so that the rates two targets
-  sustain are compared at a finer step than the list's.
+  sustain are compared at a finer step than the list's. Each rate goes to both targets in
+  turn before the next, so that a drift of the host's speed falls on both alike.
 
 For each target and rate: offered, answered within the SLO, refused, latency percentiles of
 the answered requests (from each request's scheduled send time, so no coordinated omission),
@@ -103,14 +104,21 @@ def tightest_slo_ms(rows: Sequence[dict]) -> float | None:
     return min(met) if met else None
 
 
-def rates_for(target: str, client: Client, inputs: dict, rates: Sequence[float], args: argparse.Namespace,
-              lone: Point) -> list[Point]:
-    """Every rate of `rates` against one running target, then `--refine` rates at its knee;
-    `lone` (its lone run) heads the list."""
-    points = [lone]
+def sweep(clients: dict[str, Client], inputs: dict, rates: Sequence[float], args: argparse.Namespace,
+          lones: Sequence[Point]) -> list[Point]:
+    """Every rate of `rates` played to each target in turn, then `--refine` rates at each
+    target's knee, in turn again; the points grouped by target, its lone run (`lones`) first.
+    Rate by rate and not one target's whole sweep after the other's: on these VMs the host's
+    phase moved the same model's time 2x within minutes, and a sweep of minutes taken in a
+    quiet phase against one in a noisy phase said more about the host than about the targets.
+    The order turns at each rate, so neither always runs first."""
+    points = list(lones)
+    names = list(clients)
 
-    def at(rate: float, seed: int) -> Point:
-        settle(client, inputs)
+    def at(target: str, rate: float, seed: int) -> Point:
+        for client in clients.values():  # neither works off an earlier rate's backlog while the other runs
+            settle(client, inputs)
+        client = clients[target]
         schedule = schedule_for(args.workload, rate, args.duration_s, seed)
         label = f"{target} {rate:g}/s"
         before, host_before = client.status(), host_jiffies()
@@ -126,13 +134,20 @@ def rates_for(target: str, client: Client, inputs: dict, rates: Sequence[float],
             + why_text(p.reasons, p.allowances))
         return p
 
-    points += [at(rate, args.seed + i) for i, rate in enumerate(rates)]
+    for i, rate in enumerate(rates):
+        points += [at(target, rate, args.seed + i) for target in in_turn(names, i)]
     for step in range(args.refine):
-        bounds = refine_between(points, target)
-        if bounds is None:
-            break
-        points.append(at(round(sum(bounds) / 2), args.seed + len(rates) + step))
-    return points
+        for target in in_turn(names, len(rates) + step):
+            bounds = refine_between(points, target)
+            if bounds is not None:
+                points.append(at(target, round(sum(bounds) / 2), args.seed + len(rates) + step))
+    return sorted(points, key=lambda p: (names.index(p.target), p.rate))
+
+
+def in_turn(names: Sequence[str], turn: int) -> list[str]:
+    """`names` starting with the one whose turn `turn` is."""
+    first = turn % len(names)
+    return [*names[first:], *names[:first]]
 
 
 def settle(client: Client, inputs: dict) -> None:
@@ -177,8 +192,8 @@ def plain_server(model_path: Path, args: argparse.Namespace) -> Iterator[str]:
 
 def compare(run_dir: Path, direct: Callable[[], object], model: bytes, model_path: Path, shapes: dict, inputs: dict,
             rates: Sequence[float], args: argparse.Namespace) -> tuple[Latencies, list[Point], dict[str, float]]:
-    """Both targets running at once: the lone requests in turn with the direct call, then each
-    target's rates while the other idles. The floor, the points, and what the worker measured:
+    """Both targets running at once: the lone requests in turn with the direct call, then the
+    rates, each played to one target while the other idles, in turn (`sweep`). The floor, the points, and what the worker measured:
     a lone request's exec (median, lane start to end) and how far the controller's typical exec
     prediction was off at batch 1 (p99 share)."""
     with plain_server(model_path, args) as endpoint, \
@@ -192,8 +207,8 @@ def compare(run_dir: Path, direct: Callable[[], object], model: bytes, model_pat
                                                        Lone("clockwork", system, inputs, args.slo_ms)])
             plain_lone = lone["plain"].point(took["plain"])
             tight = tight_slos(system, inputs, [round(f * plain_lone.p99_ms, 2) for f in TIGHT_FACTORS])
-            points = rates_for("plain", plain, inputs, rates, args, plain_lone)
-            points += rates_for("clockwork", system, inputs, rates, args, lone["clockwork"].point(took["clockwork"]))
+            points = sweep({"plain": plain, "clockwork": system}, inputs, rates, args,
+                           [plain_lone, lone["clockwork"].point(took["clockwork"])])
             counters = system.status().get("counters", {})
     worker = {"lone_exec_ms": lone["clockwork"].hops().get("exec", math.nan),
               "typical_error_share_p99_batch1": counters.get("exec_typical_error_share_p99_batch1", math.nan),

@@ -174,12 +174,16 @@ def test_a_target_that_answers_nothing_ends_the_run_instead_of_being_measured(mo
         silent.close(linger=0)
 
 
-def test_versus_runs_end_to_end_and_writes_its_report(tmp_path):
+def test_versus_runs_end_to_end_and_writes_its_report(tmp_path, capfd):
     out = tmp_path / "out"
-    assert versus.main(["--duration-s", "1", "--rates", "50", "--out", str(out)]) == 0
+    assert versus.main(["--duration-s", "1", "--rates", "50,60", "--refine", "0", "--out", str(out)]) == 0
+    # each rate goes to both targets before the next, the first turn passing from one to the other
+    played = [line.split(":")[0] for line in capfd.readouterr().err.splitlines() if "/s: " in line]
+    assert played == ["plain 50/s", "clockwork 50/s", "clockwork 60/s", "plain 60/s"]
     report = json.loads((out / "versus.json").read_text())
-    runs = {(p["target"], p["rate"]) for p in report["points"]}
-    assert runs == {("plain", 0.0), ("plain", 50.0), ("clockwork", 0.0), ("clockwork", 50.0)}
+    runs = [(p["target"], p["rate"]) for p in report["points"]]  # grouped by target, its lone run first
+    assert runs == [("plain", 0.0), ("plain", 50.0), ("plain", 60.0),
+                    ("clockwork", 0.0), ("clockwork", 50.0), ("clockwork", 60.0)]
     assert all(p["offered"] > 0 and p["within_slo"] + p["refused"] + p["unanswered"] <= p["offered"]
                for p in report["points"])
     assert report["direct_ms"]["p50"] > 0 and (out / "versus.png").stat().st_size > 0
