@@ -4,7 +4,8 @@ The controller's counters say how many were refused for what (behind the queue, 
 device, stale, shed, queue full) and how many were given up once queued; its scheduler section
 holds the allowances admission priced them with. `versus` prints both for each rate, `capacity`
 for each step: on a noisy host the reply allowance alone reached 13 ms against a 15 ms SLO, and
-that, not the devices, was why.
+that, not the devices, was why. In a dry run of admission the counters also say how many it
+would have refused, and how many of those were answered in time all the same.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def why(before: dict, after: dict) -> tuple[dict[str, int], dict[str, float]]:
         "shed at the input": change("rejected_shed"),
         "queue full": change("rejected_queue_full"),
         "given up once queued": change("answered_deadline_missed"),
+        # a dry run of admission (SchedulerConfig.admission_dry_run) refuses nothing: what it would have
+        "dry run: would have refused": change("dry_run_refused"),
+        "dry run: of those, answered in SLO": change("dry_run_refused_met_slo"),
     }
     scheduler = after.get("scheduler") or {}
     return ({k: v for k, v in reasons.items() if v > 0},

@@ -75,6 +75,12 @@ class SchedulerConfig:
     admission_headroom: float = 0.05
     max_admission_headroom: float = 0.3
     admission_miss_target: float = 0.0001
+    # Admission's dry run: a request admission would refuse as too late (WOULD_MISS_DEADLINE) is
+    # queued and served instead, and counted (`dry_run_*` in STATUS's counters): how many it would
+    # have refused, and how many of those were answered in time all the same. Lets an operator
+    # see what admission would cost a workload before it refuses anything, and a benchmark see
+    # whether its refusals are ones the device would have finished in time.
+    admission_dry_run: bool = False
     # A model gets another replica when draining its queue on the replicas it has would take
     # more than this share of its most urgent request's remaining budget: early enough that the
     # LOAD (milliseconds) finishes before the queue outgrows the replicas.

@@ -2,7 +2,8 @@
 
 A request is refused at once (WOULD_MISS_DEADLINE) when not even an idle device could finish
 it within its SLO (`best_case_ns`), or when the work queued ahead of it where it would run
-makes it late (`finish_behind_queue_ns`), with a headroom kept unplanned (`Headroom`).
+makes it late (`finish_behind_queue_ns`), with a headroom kept unplanned (`Headroom`). In a
+dry run (`SchedulerConfig.admission_dry_run`) both are admitted instead, and counted (`dry_run`).
 
 Pricing. Admission is O(1) per replica looked at: every device keeps its backlog per priority
 class, the typical EXEC time of its models' queued samples (the core's `reshare`); a request is
@@ -147,6 +148,9 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
     if best is None:
         return Status.UNAVAILABLE, f"no live device can serve {model.name!r}", None
     if best > budget:
+        if cfg.admission_dry_run:
+            return dry_run(core, False, Request(request_id, client, model.name, samples, priority, received, deadline,
+                                                tensors, cold=not loaded))
         refused_on_estimates(core, model)
         waited = (f", {ms_text(waited_ns)} ms of which it spent in queues ({ms_text(max(0, slo_ns - waited_ns))} "
                   "ms left)") if waited_ns > cfg.dispatch_ns else ""
@@ -163,6 +167,10 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
     unplanned = int(headroom.share * budget)
     if backlog is not None and backlog > deadline - unplanned:
         headroom.refused.add(model.name)
+        if cfg.admission_dry_run:
+            return dry_run(core, not replicas_idle(model, now_ns),
+                           Request(request_id, client, model.name, samples, priority, received, deadline, tensors,
+                                   cold=not loaded))
         if replicas_idle(model, now_ns):
             # Nothing ahead: its own estimates and the headroom refused it, not a backlog.
             refused_on_estimates(core, model)
@@ -177,6 +185,18 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
                 f"{ms_text(budget)} ms of its SLO are left", None)
     return OK, "", Request(request_id, client, model.name, samples, priority, received, deadline,
                                   tensors, cold=not loaded)
+
+
+def dry_run(core: Core, for_backlog: bool, req: Request) -> tuple[Status, str, Request | None]:
+    """A request admission refuses as too late, admitted all the same in a dry run
+    (SchedulerConfig.admission_dry_run) and counted: `dry_run_refused`, `..._for_backlog` as
+    `rejected_for_backlog` would have counted it, and, once answered in time,
+    `dry_run_refused_met_slo` (Core._send_answer)."""
+    core.count("dry_run_refused")
+    if for_backlog:
+        core.count("dry_run_refused_for_backlog")
+    req.dry_run_refused = True
+    return OK, "", req
 
 
 def any_replica_idle(core: Core, models: set[str], now_ns: int) -> bool:

@@ -588,6 +588,8 @@ class Core:
                 self._met_slo += 1
                 if model is not None:
                     model.met_slo += 1
+                if req.dry_run_refused:
+                    self.count("dry_run_refused_met_slo")
             else:
                 self.count("answered_late")
         self._emit(ToClient(req.client, req.request_id, body))

@@ -16,7 +16,7 @@ from clockwork.common import schema
 from clockwork.common.status import Status
 from clockwork.controller import admission, heap_entry, placement
 from clockwork.controller.batching import Batch, grow, padded_size
-from clockwork.controller.core import OK, Core, Policy
+from clockwork.controller.core import Core, Policy
 from clockwork.controller.heap_entry import Entry
 from clockwork.controller.lifecycle import Residency
 from clockwork.controller.queues import QueueBase, RequestQueue
@@ -54,7 +54,9 @@ class ClockworkPolicy(Policy):
         headroom = self.headroom
         assert headroom is not None, "start() comes before any event"
         status, detail, req = admission.admit(core, headroom, self.pace, client, request_id, msg, now_ns, waited_ns)
-        if status is OK:
+        # The headroom follows what admission admits: in a dry run, the requests it would have
+        # refused count for it neither as admitted nor, once given up, as misses.
+        if req is not None and not req.dry_run_refused:
             headroom.admitted += 1
         return status, detail, req
 
@@ -103,7 +105,8 @@ class ClockworkPolicy(Policy):
             cutoff = (now_ns if soonest is None else soonest) - core.give_up_slack_ns
             if head is not None and head < cutoff:
                 for req in model.queue.pop_expired(cutoff):
-                    headroom.missed += 1
+                    if not req.dry_run_refused:
+                        headroom.missed += 1
                     late = (cutoff - req.deadline_ns) / 1e6
                     core.answer(req, Status.DEADLINE_MISSED,
                                 f"can no longer finish in time (at best {late:.2f} ms after its deadline)", now_ns)

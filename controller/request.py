@@ -24,6 +24,7 @@ class Request:
     tensors: tuple[Tensor, ...]
     state: RequestState
     cold: bool  # no device held the model when it arrived
+    dry_run_refused: bool  # admitted only because admission runs dry (admission.dry_run)
     dispatched_ns: int
     queue_token: int  # set by RequestQueue.push
 
@@ -39,6 +40,7 @@ class Request:
         self.tensors = tensors
         self.state = RequestState.QUEUED
         self.cold = cold
+        self.dry_run_refused = False
         self.dispatched_ns = 0
         self.queue_token = -1
 

@@ -593,6 +593,46 @@ def test_admission_keeps_its_headroom_free():
     assert outcomes[0.05] and outcomes[0.05][0].body.status is Status.WOULD_MISS_DEADLINE
 
 
+def serve_all(core, now, limit_ms=1000):
+    """Tick every millisecond, each EXEC's result coming back its expected duration after its
+    earliest start, until no request is left; the replies on the way."""
+    answers, running = [], []
+    for _ in range(limit_ms):
+        effects = step(core, core.tick(now), now)
+        running += [(max(now, ex.body.earliest_ns) + ex.body.expected_ns, ex) for ex in sent(effects, schema.Exec)]
+        for done in [r for r in running if r[0] <= now]:
+            running.remove(done)
+            effects += result_for(core, done[1], now)
+        answers += replies(effects)
+        if not core.requests and not running:
+            return answers
+        now += MS
+    raise AssertionError(f"{len(core.requests)} requests still unanswered")
+
+
+def test_a_dry_run_serves_what_admission_would_refuse_and_counts_those_in_time_all_the_same():
+    core = ready_core(admission_dry_run=True)
+    t = warm(core)
+    for i in range(96):  # 60 ms of queued work, as in test_admission_keeps_its_headroom_free
+        infer(core, i, now=t, slo_ms=500)
+    # Refused behind the queue if not a dry run: priced as if served after it, but the earliest
+    # deadline, so served first, and in time.
+    assert not replies(infer(core, 1000, now=t, slo_ms=66))
+    assert not replies(infer(core, 1001, now=t, slo_ms=3))  # too short even on an idle device
+    counters = core.counters
+    assert (counters["dry_run_refused"], counters["dry_run_refused_for_backlog"]) == (2, 1)
+    assert "rejected_would_miss_deadline" not in counters and "rejected_for_backlog" not in counters
+    answers = {a.request_id: a.body for a in serve_all(core, t)}
+    assert len(answers) == 98 and answers[1000].status is Status.OK
+    assert answers[1001].status is Status.DEADLINE_MISSED  # given up once queued: it cannot make it
+    assert core.counters["dry_run_refused_met_slo"] == 1
+    assert core.counters["met_slo"] == 96 + 1 + 1  # the queue, warm()'s request and request 1000
+    # The headroom follows what admission admits: request 1001's give-up, which an enforcing
+    # admission would not have had, does not widen it.
+    step(core, core.tick(t + 200 * MS), t + 200 * MS)
+    assert core.policy.headroom.share == core.cfg.admission_headroom
+
+
 def test_a_request_is_priced_riding_in_the_batch_its_model_queue_makes_not_in_one_of_its_own():
     """Its model's queue ahead (20 samples: a batch of 16, then 4 with it in a batch of 8) takes
     10 + 6 ms; priced as the queue (10 + 4 ms) and then a full batch of its own, it took 24."""

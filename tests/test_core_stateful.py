@@ -180,6 +180,14 @@ class CoreMachine(RuleBasedStateMachine):
         assert all(self.replies[i] == 1 for i in self.sent), "a request was not answered exactly once"
 
 
+class DryRunMachine(CoreMachine):
+    """Clockwork's policy with admission in a dry run: requests it would refuse as too late are
+    served instead. Same rules and checks."""
+
+    def make(self):
+        return make_core(worker_timeout_ns=300 * MS, admission_dry_run=True)
+
+
 class FifoMachine(CoreMachine):
     """Baseline (a): FIFO, dynamic batching, no admission. Same rules and checks, except that its
     EXECs carry no deadline windows (it runs late work by design)."""
@@ -200,6 +208,7 @@ class FifoTimeoutMachine(FifoMachine):
 SETTINGS = settings(max_examples=int(os.environ.get("CLOCKWORK_STATEFUL_EXAMPLES", "60")), stateful_step_count=60,
                     deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 TestCore = CoreMachine.TestCase
+TestDryRun = DryRunMachine.TestCase
 TestFifo = FifoMachine.TestCase
 TestFifoTimeout = FifoTimeoutMachine.TestCase
-TestCore.settings = TestFifo.settings = TestFifoTimeout.settings = SETTINGS
+TestCore.settings = TestDryRun.settings = TestFifo.settings = TestFifoTimeout.settings = SETTINGS

@@ -13,5 +13,7 @@ def test_refusals_are_told_by_reason_with_the_allowances_the_stretch_ended_with(
     assert allowances == {"dispatch_ms": 4.4, "finish_tail_ms": 0.0, "reply_ms": 13.2, "admission_headroom": 0.05}
     assert why_text(reasons, {"reply_ms": 13.2}) == ("; 5 behind the queue; 10 even on an idle device; "
                                                      "2 waited too long to be read; reply_ms 13.2")
+    dry_run = {"counters": {"dry_run_refused": 40, "dry_run_refused_for_backlog": 38, "dry_run_refused_met_slo": 31}}
+    assert why({}, dry_run)[0] == {"dry run: would have refused": 40, "dry run: of those, answered in SLO": 31}
     assert why({}, {"workers": []}) == ({}, {})  # a target without a controller (STATUS {}) has neither
     assert why_text({}, {}) == ""
