@@ -160,6 +160,27 @@ def test_an_infeasible_deadline_is_refused_at_admission_never_queued(system, cli
     assert after.get("requests_admitted", 0) == before.get("requests_admitted", 0)
 
 
+def test_admission_in_a_dry_run_serves_what_it_would_refuse_and_counts_it(tmp_path):
+    """`scheduler.admission_dry_run`, set as an operator sets it: requests whose SLO not even an
+    idle device meets are served instead of refused (answered late, or given up once queued),
+    and STATUS counts them as admission would have refused them."""
+    with cluster(tmp_path, [WorkerSpec("emu", "emulated")],
+                 controller_settings=["scheduler.admission_dry_run=true"]) as c, c.client() as admin:
+        admin.upload(profile_json(), "resnet", format="profile")  # 2.7 ms at batch 1, plus the hops
+        outcomes = []
+        for _ in range(5):
+            try:
+                admin.infer("resnet", {"data": np.zeros((1, 16), np.float32)}, slo_ms=3)
+                outcomes.append(Status.OK)  # late
+            except ClockworkError as exc:
+                outcomes.append(exc.status)
+        counters = admin.status()["counters"]
+    stale = counters.get("rejected_stale", 0)  # a busy host may hold one on the way: refused from its header
+    assert outcomes.count(Status.WOULD_MISS_DEADLINE) == stale
+    assert set(outcomes) <= {Status.OK, Status.DEADLINE_MISSED, Status.WOULD_MISS_DEADLINE}
+    assert counters["dry_run_refused"] == 5 - stale and "rejected_would_miss_deadline" not in counters
+
+
 def test_a_request_that_waited_half_its_slo_before_the_controller_is_refused_from_its_header(system):
     from clockwork.client.protocol import build_infer
     from clockwork.common.codec import decode
