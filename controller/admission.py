@@ -147,10 +147,7 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
     best = best_case_ns(core, model, samples, loaded, own)
     if best is None:
         return Status.UNAVAILABLE, f"no live device can serve {model.name!r}", None
-    if best > budget:
-        if cfg.admission_dry_run:
-            return dry_run(core, False, Request(request_id, client, model.name, samples, priority, received, deadline,
-                                                tensors, cold=not loaded))
+    if best > budget and not cfg.admission_dry_run:
         refused_on_estimates(core, model)
         waited = (f", {ms_text(waited_ns)} ms of which it spent in queues ({ms_text(max(0, slo_ns - waited_ns))} "
                   "ms left)") if waited_ns > cfg.dispatch_ns else ""
@@ -165,38 +162,38 @@ def admit(core: Core, headroom: Headroom, pace: DrainPace, client: bytes, reques
                 None)
     backlog = finish_behind_queue_ns(core, model, samples, priority, now_ns, own, pace)
     unplanned = int(headroom.share * budget)
-    if backlog is not None and backlog > deadline - unplanned:
+    behind = False  # its finish behind the queue, with the headroom kept free, past its deadline
+    if best <= budget and backlog is not None and backlog > deadline - unplanned:
+        behind = True
         headroom.refused.add(model.name)
-        if cfg.admission_dry_run:
-            return dry_run(core, not replicas_idle(model, now_ns),
-                           Request(request_id, client, model.name, samples, priority, received, deadline, tensors,
-                                   cold=not loaded))
-        if replicas_idle(model, now_ns):
-            # Nothing ahead: its own estimates and the headroom refused it, not a backlog.
-            refused_on_estimates(core, model)
+        if not cfg.admission_dry_run:
+            if replicas_idle(model, now_ns):
+                # Nothing ahead: its own estimates and the headroom refused it, not a backlog.
+                refused_on_estimates(core, model)
+                return (Status.WOULD_MISS_DEADLINE,
+                        f"needs {ms_text(backlog - now_ns + reply_ns)} ms on an idle device (its execution and the "
+                        f"hops to the worker and back to you), and admission keeps {ms_text(unplanned)} ms "
+                        f"({headroom.share:.0%} of its budget) unplanned for estimates that run long; its SLO is "
+                        f"{ms_text(slo_ns)} ms", None)
+            core.count("rejected_for_backlog")
             return (Status.WOULD_MISS_DEADLINE,
-                    f"needs {ms_text(backlog - now_ns + reply_ns)} ms on an idle device (its execution and the "
-                    f"hops to the worker and back to you), and admission keeps {ms_text(unplanned)} ms "
-                    f"({headroom.share:.0%} of its budget) unplanned for estimates that run long; its SLO is "
-                    f"{ms_text(slo_ns)} ms", None)
-        core.count("rejected_for_backlog")
-        return (Status.WOULD_MISS_DEADLINE,
-                f"the work queued ahead finishes {ms_text(backlog - now_ns)} ms from now at the earliest; "
-                f"{ms_text(budget)} ms of its SLO are left", None)
-    return OK, "", Request(request_id, client, model.name, samples, priority, received, deadline,
-                                  tensors, cold=not loaded)
+                    f"the work queued ahead finishes {ms_text(backlog - now_ns)} ms from now at the earliest; "
+                    f"{ms_text(budget)} ms of its SLO are left", None)
+    req = Request(request_id, client, model.name, samples, priority, received, deadline, tensors, cold=not loaded)
+    if best > budget or behind:  # refused as too late, were admission not running dry
+        dry_run(core, behind and not replicas_idle(model, now_ns), req)
+    return OK, "", req
 
 
-def dry_run(core: Core, for_backlog: bool, req: Request) -> tuple[Status, str, Request | None]:
-    """A request admission refuses as too late, admitted all the same in a dry run
-    (SchedulerConfig.admission_dry_run) and counted: `dry_run_refused`, `..._for_backlog` as
+def dry_run(core: Core, for_backlog: bool, req: Request) -> None:
+    """Mark and count a request admission refuses as too late, admitted all the same in a dry
+    run (SchedulerConfig.admission_dry_run): `dry_run_refused`, `..._for_backlog` as
     `rejected_for_backlog` would have counted it, and, once answered in time,
     `dry_run_refused_met_slo` (Core._send_answer)."""
     core.count("dry_run_refused")
     if for_backlog:
         core.count("dry_run_refused_for_backlog")
     req.dry_run_refused = True
-    return OK, "", req
 
 
 def any_replica_idle(core: Core, models: set[str], now_ns: int) -> bool:
