@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+from collections import Counter
 import subprocess
 import sys
 from dataclasses import asdict, replace
@@ -243,7 +244,12 @@ def verdicts(points: Sequence[Point], floor: Latencies, worker: dict[str, float]
         rows.append(("rate sustained (>= 99.9% in SLO), clockwork / plain", f"{cw:g} / {plain:g} = {cw / plain:.2f}",
                      ">= 1.0"))
         refused_below = [p for p in points if p.target == "clockwork" and 0 < p.rate <= 0.7 * plain and p.refused]
-        rows.append(("refusals at rates <= 70% of plain's", str(sum(p.refused for p in refused_below)), "0"))
+        why_below: Counter[str] = Counter()
+        for p in refused_below:
+            why_below.update(p.reasons)
+        rows.append(("refusals at rates <= 70% of plain's", str(sum(p.refused for p in refused_below))
+                     + (f" ({', '.join(f'{n} {reason}' for reason, n in why_below.most_common())})" if why_below else ""),
+                     "0"))
         top_rate = max(p.rate for p in points)
         for p in [q for q in points if q.rate == top_rate]:
             goodput = p.within_slo / (p.offered / p.rate) if p.offered else 0

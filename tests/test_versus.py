@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import onnxruntime as ort
@@ -96,6 +97,10 @@ def test_verdicts_compare_targets_within_the_run():
         "12.5% (the direct call's own p99 is 0.0% over its p50)")
     assert rows["refusals at rates <= 70% of plain's"] == "0"
     assert "goodput 190/s" in rows["clockwork at 400/s = 2.0 x plain's"]
+    # refusals below 70% say why, so that a host's stall is told from admission's pricing
+    points[5] = replace(point("clockwork", 100, 1000, 997, 3), reasons={"behind the queue": 1, "even on an idle device": 2})
+    rows = {what: measured for what, measured, _ in versus.verdicts(points, _floor(0.5), worker)}
+    assert rows["refusals at rates <= 70% of plain's"] == "3 (2 even on an idle device, 1 behind the queue)"
 
 
 def test_requests_given_up_after_admission_count_as_admitted_misses_not_refusals():
