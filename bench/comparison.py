@@ -25,6 +25,7 @@ GAP_S = 0.05  # between lone requests: the system idles, as it does between real
 LONE_REQUESTS = 100
 LONE_BLOCK = 10  # lone requests in a row to one target before the next one's (interleaved)
 IN_SLO = 0.999  # a rate is sustained when this share of offered requests is answered within the SLO
+SETTLE_SLO_MS = 120_000.0  # the probe that waits out a target's backlog before each rate
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,7 @@ def interleaved(calls: Mapping[str, Callable[[], object]], requests: int = LONE_
     took = {name: np.empty(requests, dtype=np.int64) for name in names}
     done = dict.fromkeys(names, 0)
     for turn in range(-(-requests // block)):
-        for k in range(len(names)):
-            name = names[(turn + k) % len(names)]
+        for name in in_turn(names, turn):
             for _ in range(min(block, requests - done[name])):
                 time.sleep(gap_s)
                 start = time.monotonic_ns()
@@ -98,6 +98,13 @@ def interleaved(calls: Mapping[str, Callable[[], object]], requests: int = LONE_
                 took[name][done[name]] = time.monotonic_ns() - start
                 done[name] += 1
     return took
+
+
+def in_turn(names: Sequence[str], turn: int) -> list[str]:
+    """`names` starting with the one whose turn `turn` is: targets taken in turn, the first
+    place passing from one to the next each turn, so that none always runs first."""
+    first = turn % len(names)
+    return [*names[first:], *names[:first]]
 
 
 def schedule_for(kind: str, rate: float, duration_s: float, seed: int) -> workload.Schedule:

@@ -46,8 +46,8 @@ from typing import Callable, Iterator, Sequence
 
 
 from clockwork.bench import models as bench_models
-from clockwork.bench.comparison import (MODEL, Lone, Point, direct_call, interleaved, latencies, plot, schedule_for,
-                                        sustained, worker_spec)
+from clockwork.bench.comparison import (MODEL, SETTLE_SLO_MS, Lone, Point, direct_call, in_turn, interleaved,
+                                        latencies, plot, schedule_for, sustained, worker_spec)
 from clockwork.bench.cpu import host_busy_share, host_jiffies
 from clockwork.bench.loadgen import SEND_FAILED, run_open_loop
 from clockwork.bench.procs import cluster, free_port, kept_off_lanes, run_in_temp_dir
@@ -58,7 +58,6 @@ from clockwork.client import Client, ClockworkError, DeadlineExceeded
 from clockwork.client.cli import parse_shape
 
 FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.85, 1.0, 1.25, 1.5, 2.0)  # of the plain server's nominal capacity
-SETTLE_SLO_MS = 120_000.0  # the probe that waits out a backlog before each rate
 TIGHT_FACTORS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)  # tight SLOs: multiples of the plain server's lone p99
 TIGHT_REQUESTS = 40  # lone requests at each
 
@@ -143,12 +142,6 @@ def sweep(clients: dict[str, Client], inputs: dict, rates: Sequence[float], args
             if bounds is not None:
                 points.append(at(target, round(sum(bounds) / 2), args.seed + len(rates) + step))
     return sorted(points, key=lambda p: (names.index(p.target), p.rate))
-
-
-def in_turn(names: Sequence[str], turn: int) -> list[str]:
-    """`names` starting with the one whose turn `turn` is."""
-    first = turn % len(names)
-    return [*names[first:], *names[:first]]
 
 
 def settle(client: Client, inputs: dict) -> None:

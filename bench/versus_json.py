@@ -12,9 +12,10 @@ open-loop schedules by one HTTP load generator (bench/http_load.py):
 Both running at once, lone requests (50 ms apart, to each in turn, over a kept-alive
 connection), in turn with this system's native client and the model called directly: the
 gateway's extra over the plain HTTP server, set beside the native path's over the direct call,
-says how much of it is the gateway's own. Then per target, while the other idles, each rate
-of `--rates`, then the gateway's test of refusing well: 3x the highest rate it sustained
-(>= 99.9% of requests within the SLO), played to both. Reported per rate: offered, answered within the SLO, 429s, 504s,
+says how much of it is the gateway's own. Then each rate of `--rates`, played to one target
+while the other idles, both in turn before the next rate; then the gateway's test of refusing
+well: 3x the highest rate it sustained (>= 99.9% of requests within the SLO), played to both.
+Reported per rate: offered, answered within the SLO, 429s, 504s,
 p50/p99 of the answered, how fast the 429s came back, and how late the
 load generator itself sent (its own lag, which every latency includes: when it is large, the
 machine, not the target, set the figures).
@@ -30,6 +31,7 @@ import math
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import asdict
@@ -40,8 +42,8 @@ import numpy as np
 import orjson
 
 from clockwork.bench import http_load
-from clockwork.bench.comparison import (GAP_S, IN_SLO, LONE_REQUESTS, MODEL, Lone, Point, interleaved, latencies, plot,
-                                        schedule_for, sustained, worker_spec)
+from clockwork.bench.comparison import (GAP_S, IN_SLO, LONE_REQUESTS, MODEL, SETTLE_SLO_MS, Lone, Point, in_turn,
+                                        interleaved, latencies, plot, schedule_for, sustained, worker_spec)
 from clockwork.bench.procs import cluster, free_port, start_gateway
 from clockwork.bench.progress import say
 from clockwork.bench.report import Latencies, format_table, write_json
@@ -134,22 +136,60 @@ def lone_requests(urls: dict[str, str], body: bytes, args: argparse.Namespace, n
     return [*points, native.point(took[native.target])], direct_ms
 
 
-def measure(target: str, url: str, body: bytes, rates: Sequence[float], args: argparse.Namespace,
-            shed: Callable[[], int] = lambda: 0) -> list[Point]:
-    """Every rate, against one running target; `shed` counts the requests its door refused so far."""
-    timeout_s = max(1.0, 10 * args.slo_ms / 1000)
-    points = []
-    for rate in rates:
-        schedule = schedule_for(args.workload, rate, args.duration_s, args.seed + round(rate))
-        before = shed()
-        results = asyncio.run(http_load.play(url, body, schedule, timeout_s))
-        points.append(http_point(target, rate, results, args.slo_ms, shed() - before))
-        time.sleep(0.5)  # what was given up drains before the next rate
-    for p in points:
-        say(f"{target} {p.rate:g}/s: {p.within_slo}/{p.offered} within {args.slo_ms:g} ms, "
-            f"{p.too_many} x 429 ({p.shed_at_door} at the door), {p.timed_out} x 504, {p.unanswered} unanswered, p50 {p.p50_ms:.2f} ms, "
-            f"p99 {p.p99_ms:.2f} ms, sent late by {p.sender_late_p99_ms:.2f} ms at p99")
-    return points
+def measure(target: str, url: str, body: bytes, rate: float, args: argparse.Namespace,
+            shed: Callable[[], int] = lambda: 0) -> Point:
+    """One rate against one running target; `shed` counts the requests its door refused so far."""
+    schedule = schedule_for(args.workload, rate, args.duration_s, args.seed + round(rate))
+    before = shed()
+    results = asyncio.run(http_load.play(url, body, schedule, max(1.0, 10 * args.slo_ms / 1000)))
+    p = http_point(target, rate, results, args.slo_ms, shed() - before)
+    say(f"{target} {p.rate:g}/s: {p.within_slo}/{p.offered} within {args.slo_ms:g} ms, "
+        f"{p.too_many} x 429 ({p.shed_at_door} at the door), {p.timed_out} x 504, {p.unanswered} unanswered, p50 {p.p50_ms:.2f} ms, "
+        f"p99 {p.p99_ms:.2f} ms, sent late by {p.sender_late_p99_ms:.2f} ms at p99")
+    return p
+
+
+def settle(urls: Sequence[str], inputs: dict) -> None:
+    """Wait until every target has worked off what an earlier rate left: one request each with a
+    two-minute SLO, answered after everything queued before it (the plain server is FIFO; the
+    gateway's controller serves it by its deadline, the latest). Both idle while either is
+    measured, as `versus` has it (versus.settle)."""
+    probe = json_body(inputs, SETTLE_SLO_MS)
+    for url in urls:
+        give_up = time.monotonic() + SETTLE_SLO_MS / 1000
+        while True:
+            request = urllib.request.Request(url, data=probe, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=SETTLE_SLO_MS / 1000) as reply:
+                    reply.read()
+                break
+            except urllib.error.HTTPError as exc:  # a 429 from a door still shedding what the rate left
+                if time.monotonic() > give_up:
+                    raise RuntimeError(f"the target at {url} answered {exc.code} for two minutes") from None
+                time.sleep(0.1)
+
+
+def sweep(urls: dict[str, str], body: bytes, inputs: dict, rates: Sequence[float], args: argparse.Namespace,
+          shed: Callable[[], int]) -> tuple[list[Point], float]:
+    """Each rate played to both targets in turn before the next (the first place passing between
+    them), then 3x the highest rate the gateway sustained, to both, as `versus` plays its rates
+    (versus.sweep): minutes between one target's sweep and the other's were a change of the
+    host's phase as often as not. The points, and that overload rate (0: none was played)."""
+    sheds = {GATEWAY: shed, PLAIN: lambda: 0}
+
+    def at(rates: Sequence[float], first_turn: int) -> list[Point]:
+        points = []
+        for i, rate in enumerate(rates):
+            for target in in_turn(list(urls), first_turn + i):
+                settle(list(urls.values()), inputs)
+                points.append(measure(target, urls[target], body, rate, args, sheds[target]))
+        return points
+
+    points = at(rates, 0)
+    overload = OVERLOAD * sustained(points, GATEWAY)
+    if overload and overload not in rates:
+        points += at([overload], len(rates))
+    return points, overload
 
 
 @contextlib.contextmanager
@@ -210,11 +250,8 @@ def run(args: argparse.Namespace, model: bytes, shapes: dict, inputs: dict, mode
             door = (lambda: shed_at_door(address)) if args.gateway_processes == 1 else (lambda: 0)
             (gateway_lone, plain_lone, native_lone), direct_ms = lone_requests(
                 {GATEWAY: url, PLAIN: plain_url}, body, args, Lone(NATIVE, client, inputs, args.slo_ms), direct)
-        points = [gateway_lone, *measure(GATEWAY, url, body, rates, args, shed=door)]
-        overload = OVERLOAD * sustained(points, GATEWAY)
-        extra = [overload] if overload and overload not in rates else []
-        points += measure(GATEWAY, url, body, extra, args, shed=door)
-        points += [plain_lone, *measure(PLAIN, plain_url, body, rates + extra, args)]
+        played, overload = sweep({GATEWAY: url, PLAIN: plain_url}, body, inputs, rates, args, door)
+        points = sorted([gateway_lone, plain_lone, *played], key=lambda p: (p.target != GATEWAY, p.rate))
     header = ["target", "rate/s", "offered", "in SLO", "429", "of them door's", "504", "other refusals", "unanswered", "p50 ms",
               "p99 ms", "429 p99 ms", "sent late p99 ms"]
     print(format_table([[p.target, p.rate or "lone", p.offered, f"{100 * p.share_within_slo:.2f}%", p.too_many,

@@ -267,7 +267,7 @@ def test_gateway_json_verdicts_judge_the_overload_rate_against_the_sweep():
     assert rows["  over plain HTTP / native client over the direct call"] == "+0.00 / +0.50 ms"
 
 
-def test_versus_gateway_json_runs_end_to_end_and_writes_its_report(tmp_path):
+def test_versus_gateway_json_runs_end_to_end_and_writes_its_report(tmp_path, capfd):
     out = tmp_path / "out"
     assert versus.main(["--gateway-json", "--duration-s", "0.5", "--rates", "40", "--out", str(out)]) == 0
     report = json.loads((out / "versus-json.json").read_text())
@@ -276,6 +276,9 @@ def test_versus_gateway_json_runs_end_to_end_and_writes_its_report(tmp_path):
     overload = report["overload_rate"]
     assert {("gateway", 0.0), ("gateway", 40.0), ("plain-http", 0.0), ("plain-http", 40.0)} <= runs
     assert overload in (0, 120) and (overload == 0 or {("gateway", 120.0), ("plain-http", 120.0)} <= runs)
+    # each rate to both targets in turn, the first place passing from one to the other
+    played = [line.split(":")[0] for line in capfd.readouterr().err.splitlines() if "/s: " in line]
+    assert played == ["gateway 40/s", "plain-http 40/s"] + (["plain-http 120/s", "gateway 120/s"] if overload else [])
     assert all(p["offered"] > 0 and p["within_slo"] + p["refused"] + p["unanswered"] <= p["offered"]
                and p["too_many"] + p["timed_out"] <= p["refused"] for p in report["points"])
     assert (out / "versus-json.png").stat().st_size > 0
