@@ -11,6 +11,8 @@ would have refused, and how many of those were answered in time all the same.
 from __future__ import annotations
 
 ALLOWANCES = ("dispatch_ms", "finish_tail_ms", "reply_ms", "reply_hop_ms_max", "admission_headroom")
+# The reasons a dry run of admission (SchedulerConfig.admission_dry_run) adds: it refuses nothing.
+DRY_RUN_REFUSED, DRY_RUN_MET_SLO = "dry run: would have refused", "dry run: of those, answered in SLO"
 
 
 def why(before: dict, after: dict) -> tuple[dict[str, int], dict[str, float]]:
@@ -31,9 +33,8 @@ def why(before: dict, after: dict) -> tuple[dict[str, int], dict[str, float]]:
         "shed at the input": change("rejected_shed"),
         "queue full": change("rejected_queue_full"),
         "given up once queued": change("answered_deadline_missed"),
-        # a dry run of admission (SchedulerConfig.admission_dry_run) refuses nothing: what it would have
-        "dry run: would have refused": change("dry_run_refused"),
-        "dry run: of those, answered in SLO": change("dry_run_refused_met_slo"),
+        DRY_RUN_REFUSED: change("dry_run_refused"),
+        DRY_RUN_MET_SLO: change("dry_run_refused_met_slo"),
     }
     scheduler = after.get("scheduler") or {}
     return ({k: v for k, v in reasons.items() if v > 0},

@@ -52,7 +52,7 @@ from clockwork.bench.cpu import host_busy_share, host_jiffies
 from clockwork.bench.loadgen import SEND_FAILED, run_open_loop
 from clockwork.bench.procs import cluster, free_port, kept_off_lanes, run_in_temp_dir
 from clockwork.bench.progress import Progress, command_main, say
-from clockwork.bench.refusals import why, why_text
+from clockwork.bench.refusals import DRY_RUN_MET_SLO, DRY_RUN_REFUSED, why, why_text
 from clockwork.bench.report import Latencies, LoadResults, answered_after_admission, format_table, write_json
 from clockwork.client import Client, ClockworkError, DeadlineExceeded
 from clockwork.client.cli import parse_shape
@@ -243,6 +243,11 @@ def verdicts(points: Sequence[Point], floor: Latencies, worker: dict[str, float]
         rows.append(("refusals at rates <= 70% of plain's", str(sum(p.refused for p in refused_below))
                      + (f" ({', '.join(f'{n} {reason}' for reason, n in why_below.most_common())})" if why_below else ""),
                      "0"))
+        would = sum(p.reasons.get(DRY_RUN_REFUSED, 0) for p in points if p.target == "clockwork")
+        if would:  # admission ran dry (--set scheduler.admission_dry_run=true)
+            made_it = sum(p.reasons.get(DRY_RUN_MET_SLO, 0) for p in points if p.target == "clockwork")
+            rows.append(("admission's dry run: what it would have refused, answered in SLO all the same",
+                         f"{made_it} of {would} ({100 * made_it / would:.0f}%)", "(no goal)"))
         top_rate = max(p.rate for p in points)
         for p in [q for q in points if q.rate == top_rate]:
             goodput = p.within_slo / (p.offered / p.rate) if p.offered else 0
