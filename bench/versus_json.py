@@ -167,6 +167,8 @@ def settle(urls: Sequence[str], inputs: dict) -> None:
                 if time.monotonic() > give_up:
                     raise RuntimeError(f"the target at {url} answered {exc.code} for two minutes") from None
                 time.sleep(0.1)
+            except OSError as exc:  # no answer at all: the target failed, the run ends here (logs kept)
+                raise RuntimeError(f"the target at {url} answered nothing: {exc}") from None
 
 
 def sweep(urls: dict[str, str], body: bytes, inputs: dict, rates: Sequence[float], args: argparse.Namespace,

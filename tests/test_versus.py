@@ -273,6 +273,14 @@ def test_gateway_json_verdicts_judge_the_overload_rate_against_the_sweep():
     assert rows["  over plain HTTP / native client over the direct call"] == "+0.00 / +0.50 ms"
 
 
+def test_an_http_target_that_answers_nothing_ends_the_run_instead_of_being_measured():
+    """versus_json.settle() before a rate, as versus.settle: no answer at all (nothing listens
+    there) is the target failing; the run stops with the reason and keeps the daemons' logs."""
+    with pytest.raises(RuntimeError, match="answered nothing"):
+        versus_json.settle([f"http://127.0.0.1:{free_port()}/v2/models/cnn/infer"],
+                           {"input": np.zeros((1, 3, 64, 64), np.float32)})
+
+
 def test_versus_gateway_json_runs_end_to_end_and_writes_its_report(tmp_path, capfd):
     out = tmp_path / "out"
     assert versus.main(["--gateway-json", "--duration-s", "0.5", "--rates", "40", "--out", str(out)]) == 0
