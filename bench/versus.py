@@ -232,6 +232,11 @@ def verdicts(points: Sequence[Point], floor: Latencies, worker: dict[str, float]
         rows.append(("tightest SLO admitted and met for every lone request / plain's lone p99",
                      f"none up to {max(row['slo_ms'] for row in worker['tight_slo']):.2f} ms" if tightest is None
                      else f"{tightest:.2f} / {plain_p99:.2f} ms = {tightest / plain_p99:.2f}", "(no goal)"))
+    would = sum(p.reasons.get(DRY_RUN_REFUSED, 0) for p in points if p.target == "clockwork")
+    if would:  # admission ran dry (--set scheduler.admission_dry_run=true)
+        made_it = sum(p.reasons.get(DRY_RUN_MET_SLO, 0) for p in points if p.target == "clockwork")
+        rows.append(("admission's dry run: what it would have refused, answered in SLO all the same",
+                     f"{made_it} of {would} ({100 * made_it / would:.0f}%)", "(no goal)"))
     cw, plain = sustained(points, "clockwork"), sustained(points, "plain")
     if plain:
         rows.append(("rate sustained (>= 99.9% in SLO), clockwork / plain", f"{cw:g} / {plain:g} = {cw / plain:.2f}",
@@ -243,11 +248,6 @@ def verdicts(points: Sequence[Point], floor: Latencies, worker: dict[str, float]
         rows.append(("refusals at rates <= 70% of plain's", str(sum(p.refused for p in refused_below))
                      + (f" ({', '.join(f'{n} {reason}' for reason, n in why_below.most_common())})" if why_below else ""),
                      "0"))
-        would = sum(p.reasons.get(DRY_RUN_REFUSED, 0) for p in points if p.target == "clockwork")
-        if would:  # admission ran dry (--set scheduler.admission_dry_run=true)
-            made_it = sum(p.reasons.get(DRY_RUN_MET_SLO, 0) for p in points if p.target == "clockwork")
-            rows.append(("admission's dry run: what it would have refused, answered in SLO all the same",
-                         f"{made_it} of {would} ({100 * made_it / would:.0f}%)", "(no goal)"))
         top_rate = max(p.rate for p in points)
         for p in [q for q in points if q.rate == top_rate]:
             goodput = p.within_slo / (p.offered / p.rate) if p.offered else 0
