@@ -137,7 +137,7 @@ def lone_requests(urls: dict[str, str], body: bytes, args: argparse.Namespace, n
 
 
 def measure(target: str, url: str, body: bytes, rate: float, args: argparse.Namespace,
-            shed: Callable[[], int] = lambda: 0) -> Point:
+            shed: Callable[[], int]) -> Point:
     """One rate against one running target; `shed` counts the requests its door refused so far."""
     schedule = schedule_for(args.workload, rate, args.duration_s, args.seed + round(rate))
     before = shed()

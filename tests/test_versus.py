@@ -103,10 +103,14 @@ def test_verdicts_compare_targets_within_the_run():
     assert rows["refusals at rates <= 70% of plain's"] == "3 (2 even on an idle device, 1 behind the queue)"
     assert not any(what.startswith("admission's dry run") for what in rows)
     # admission in a dry run: how many of what it would have refused made it, over the rates
-    points[6] = replace(points[6], reasons={"dry run: would have refused": 40, "dry run: of those, answered in SLO": 26})
+    points[5] = replace(points[5], reasons={**points[5].reasons, "dry run: would have refused": 4,
+                                            "dry run: of those, answered in SLO": 3})
+    points[6] = replace(points[6], reasons={"dry run: would have refused": 36, "dry run: of those, answered in SLO": 23})
     points[7] = replace(points[7], reasons={"dry run: would have refused": 60, "dry run: of those, answered in SLO": 35})
     rows = {what: measured for what, measured, _ in versus.verdicts(points, _floor(0.5), worker)}
     assert rows["admission's dry run: what it would have refused, answered in SLO all the same"] == "61 of 100 (61%)"
+    # what a dry run would have refused was served: not among the refusals' reasons
+    assert rows["refusals at rates <= 70% of plain's"] == "3 (2 even on an idle device, 1 behind the queue)"
     # whether or not the plain server sustained any rate (in a noisy phase it may not)
     rows = {what: measured for what, measured, _ in versus.verdicts(points[5:], _floor(0.5), worker)}
     assert rows["admission's dry run: what it would have refused, answered in SLO all the same"] == "61 of 100 (61%)"
