@@ -38,6 +38,7 @@ from clockwork.controller.policy import ClockworkPolicy
 from clockwork.controller.effects import ActionRecord, PrepareOn, ToClient, ToWorker, UploadFinished, WorkerLost
 from clockwork.controller.intake import Checked, Intake
 from clockwork.controller.metrics import ControllerTelemetry
+from clockwork.controller.prepare_queue import PrepareQueue
 from clockwork.controller.registry import ModelRecord, Registry
 from clockwork.common.shedding import InputShedder
 
@@ -48,6 +49,7 @@ BURST = 512  # messages taken from one socket before looking at the other and ti
 # requests/s most runs collapsed to 18-55% within the SLO, with ~250 LOADs of new replicas).
 # 4 ms keeps planning (5 ms ahead) fed and input flowing.
 DRAIN_BUDGET_NS = 4_000_000
+PREPARE_BUDGET_NS = 2_000_000  # of queued PREPAREs a loop turn sends (at least one)
 INTAKE_POLL_MS = 10  # how soon a large upload's finished check is picked up
 MIN_POLL_MS = 1  # floor on the sleep, so a wake-up that changes nothing cannot spin hot
 MAX_POLL_MS = 100.0  # ceiling, so a stop request is noticed promptly
@@ -84,6 +86,7 @@ class ControllerDaemon:
         # Replies and actions leave in bundles: one ZeroMQ message per peer and unit of work.
         self.to_clients = Outgoing(self.clients)
         self.to_workers = Outgoing(self.workers)
+        self.prepares = PrepareQueue()
         self.queue_delay = QueueDelay()  # time each client's requests spent in queues before us
         self.lane_cores = LaneCores() if config.avoid_lane_cores else None  # workers' lanes on this host
         self.shedder = InputShedder(config.shed_lag_ns, config.shed_interval_ns)
@@ -100,7 +103,7 @@ class ControllerDaemon:
             schema.Hello: self._on_hello, schema.Error: self._on_worker_error,
         }
         self._effect_handlers = {
-            ToWorker: self._send_action, ToClient: self._send_reply, PrepareOn: self._prepare,
+            ToWorker: self._send_action, ToClient: self._send_reply, PrepareOn: self.prepares.add,
             UploadFinished: self._upload_finished, ActionRecord: self.telemetry.on_action_record,
             WorkerLost: self._worker_lost,
         }
@@ -123,6 +126,8 @@ class ControllerDaemon:
             wait_ms = min(MAX_POLL_MS, max(MIN_POLL_MS, math.ceil((self.core.next_wakeup_ns(now) - now) / 1e6)))
             if self.intake.checking:
                 wait_ms = min(wait_ms, INTAKE_POLL_MS)
+            if self.prepares:
+                wait_ms = 0
             ready = dict(poller.poll(wait_ms))
             for checked in self.intake.finished():
                 self._checked(checked)
@@ -138,6 +143,8 @@ class ControllerDaemon:
                     self._drain(self.workers, self._on_worker)
             self._perform(self.core.tick(monotonic_ns()))
             self._flush()
+            if self.prepares:
+                self._send_prepares()
             self._housekeeping(monotonic_ns())
 
     def _housekeeping(self, now: int) -> None:
@@ -410,6 +417,7 @@ class ControllerDaemon:
 
     def _worker_lost(self, lost: WorkerLost) -> None:
         self.log.warning("worker lost", worker=lost.worker, why=lost.why)
+        self.prepares.forget_worker(lost.worker)
         if self.lane_cores is not None:
             self._cores_changed(self.lane_cores.left(lost.worker))
 
@@ -439,12 +447,22 @@ class ControllerDaemon:
             self.telemetry.on_reply(effect.client, effect.request_id, effect.body, monotonic_ns())
         self._to_client(effect.client, effect.request_id, effect.body)
 
+    def _send_prepares(self) -> None:
+        """Queued PREPAREs for up to PREPARE_BUDGET_NS (at least one), then back to the loop, so
+        that a worker joining with thousands of models holds up no heartbeat or client."""
+        until_ns = monotonic_ns() + PREPARE_BUDGET_NS
+        while (prepare := self.prepares.next()) is not None:
+            self._prepare(prepare)
+            if monotonic_ns() > until_ns:
+                break
+        self._flush()
+
     def _prepare(self, effect: PrepareOn) -> None:
         record = self.registry.get(effect.model)
         if record is None:
             return
         try:
-            blob = self.registry.blob(record.name)
+            blob = self.registry.blob(record.sha256)
         except OSError as exc:  # the file is gone: this model cannot be prepared, the others can
             self.log.error("model file unreadable", model=record.name, detail=str(exc))
             self._perform(self.core.on_prepared(effect.worker, schema.Prepared(

@@ -194,13 +194,11 @@ class Registry:
         """How many names start with `prefix`."""
         return self._db.execute(self._COUNT, (prefix, len(prefix), prefix)).fetchone()[0]
 
-    def blob(self, name: str) -> memoryview:
-        """The model's bytes, mapped from its file rather than read: sending a large model to a
-        worker then costs no copy in this process, and no time in the serving loop."""
-        record = self.get(name)
-        if record is None:
-            raise KeyError(name)
-        with open(self.files / record.sha256, "rb") as fh:
+    def blob(self, digest: str) -> memoryview:
+        """The bytes stored under `digest` (a record's sha256), mapped from their file rather
+        than read: sending a large model to a worker then costs no copy in this process, and no
+        time in the serving loop."""
+        with open(self.files / digest, "rb") as fh:
             return memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
 
     # ------------------------------------------------------------------ internals

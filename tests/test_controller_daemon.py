@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 
 import pytest
@@ -13,6 +15,7 @@ from clockwork.common import schema
 from clockwork.common.codec import bundle, decode, encode, split
 from clockwork.common.config import ControllerConfig
 from clockwork.common.logsetup import configure
+from clockwork.common.models import signature_of
 from clockwork.common.net import bulk_identity, dealer, recv_frames, send_frames
 from clockwork.common.status import Status
 from clockwork.controller import daemon as daemon_module
@@ -131,6 +134,7 @@ def test_a_prepare_goes_on_the_workers_bulk_connection_and_with_the_actions_wher
         while len(ctl.core.workers) < 2 and time.monotonic() < deadline:
             if ctl.workers.poll(100):
                 ctl._drain(ctl.workers, ctl._on_worker)
+        ctl._send_prepares()
         assert [type(m) for m in _messages(plain)] == [schema.Welcome, schema.Prepare]
         assert [type(m) for m in _messages(main)] == [schema.Welcome]
         [prepare] = _messages(bulk)
@@ -140,12 +144,45 @@ def test_a_prepare_goes_on_the_workers_bulk_connection_and_with_the_actions_wher
             s.close(0)
 
 
+@contextlib.contextmanager
+def serving_a_worker(ctl, on_message=lambda msg: None):
+    """`ctl.run` on a thread, and worker "w" joined: a thread of its own heartbeats every 50 ms
+    and hands what it receives to `on_message` (one thread, as a socket wants)."""
+    worker = dealer(zmq.Context.instance(), ctl.cfg.worker_endpoint, b"w")
+    done = threading.Event()
+
+    def the_worker():
+        msg_id, next_beat = 100, 0.0
+        while not done.is_set():
+            if time.monotonic() >= next_beat:
+                msg_id, next_beat = msg_id + 1, time.monotonic() + 0.05
+                send_frames(worker, encode(schema.Heartbeat(lanes_alive=True, unheard_ns=0), msg_id))
+            if worker.poll(10):
+                for head, part in split(recv_frames(worker)):
+                    on_message(decode(part, head).body)
+
+    hello = schema.Hello(worker="w", runtime="emulated", formats=("profile",),
+                         devices=({"device_id": 0, "kind": "emu", "memory_bytes": 1 << 30, "page_bytes": 1 << 20},))
+    loop, beats = threading.Thread(target=ctl.run, daemon=True), threading.Thread(target=the_worker, daemon=True)
+    loop.start()
+    try:
+        send_frames(worker, encode(hello, 1))
+        wait_until_true(lambda: "w" in ctl.core.workers, what="the worker to join")
+        beats.start()
+        yield
+    finally:
+        done.set()
+        ctl.stopping = True
+        loop.join(timeout=5)
+        if beats.is_alive():
+            beats.join(timeout=5)
+        worker.close(0)
+
+
 def test_a_handler_that_holds_the_loop_does_not_lose_the_workers_whose_heartbeats_wait(controller):
     """An upload on a busy disk (or onnx's first import, on a fresh install) once held the loop
     past the worker timeout; the tick that followed found both workers silent, though their
     heartbeats sat unread in the socket, and dropped them with the upload they were preparing."""
-    import threading
-
     ctl, sock = controller
     timeout_ns = ctl.cfg.scheduler.worker_timeout_ns
     slow = ctl._client_handlers[schema.ListModels]
@@ -155,31 +192,36 @@ def test_a_handler_that_holds_the_loop_does_not_lose_the_workers_whose_heartbeat
         slow(*args)
 
     ctl._client_handlers[schema.ListModels] = held
-    worker = dealer(zmq.Context.instance(), ctl.cfg.worker_endpoint, b"w")
-    done = threading.Event()
-
-    def heartbeats():
-        msg_id = 100
-        while not done.wait(0.05):
-            msg_id += 1
-            send_frames(worker, encode(schema.Heartbeat(lanes_alive=True, unheard_ns=0), msg_id))
-
-    hello = schema.Hello(worker="w", runtime="emulated", formats=("profile",),
-                         devices=({"device_id": 0, "kind": "emu", "memory_bytes": 1 << 30, "page_bytes": 1 << 20},))
-    loop, beats = threading.Thread(target=ctl.run, daemon=True), threading.Thread(target=heartbeats, daemon=True)
-    loop.start()
-    try:
-        send_frames(worker, encode(hello, 1))
-        wait_until_true(lambda: "w" in ctl.core.workers, what="the worker to join")
-        beats.start()
+    with serving_a_worker(ctl):
         send_frames(sock, encode(schema.ListModels(), 7))
         assert replies(sock, 1, timeout_s=5)[7].status is Status.OK  # answered once the handler let go
         time.sleep(0.3)
         assert "w" in ctl.core.workers and ctl.core.counters.get("workers_lost", 0) == 0
-    finally:
-        done.set()
-        ctl.stopping = True
-        loop.join(timeout=5)
-        if beats.is_alive():
-            beats.join(timeout=5)
-        worker.close(0)
+
+
+def test_a_worker_joining_with_many_models_is_sent_them_between_the_loops_other_work(controller, monkeypatch):
+    """A join's PREPARE of every model once held the loop for seconds (4,026 models on a busy
+    host): the worker's heartbeats sat unread, so it was dropped, joined again and was sent
+    everything again, over and over, while clients timed out. Here each PREPARE takes 5 ms (a
+    slow disk): sent in one go, 300 would hold the loop 1.5 s, past the worker timeout."""
+    ctl, sock = controller
+    models, blob = 300, profile_blob()
+    signature = signature_of("profile", blob, {}, 0)
+    for i in range(models):
+        record = ctl.registry.add(f"m-{i:03}", "profile", blob, {}, 0, signature)
+        ctl.core.add_model(record.name, record.format, record.signature)
+    read = ctl.registry.blob
+
+    def slow_blob(digest):
+        time.sleep(0.005)
+        return read(digest)
+
+    monkeypatch.setattr(ctl.registry, "blob", slow_blob)
+    prepared: list[str] = []
+    with serving_a_worker(ctl, lambda msg: isinstance(msg, schema.Prepare) and prepared.append(msg.model_id)):
+        send_frames(sock, encode(schema.ListModels(limit=1), 7))
+        assert replies(sock, 1, timeout_s=5)[7].status is Status.OK
+        assert len(ctl.prepares) > 0  # answered while the join's PREPAREs were still leaving
+        wait_until_true(lambda: len(prepared) >= models, timeout_s=30, what="every PREPARE to arrive")
+        assert sorted(prepared) == [f"m-{i:03}" for i in range(models)]
+        assert ctl.core.counters.get("workers_lost", 0) == 0 and ctl.core.counters["workers_joined"] == 1

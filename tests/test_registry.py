@@ -20,7 +20,7 @@ def test_models_survive_reopening(tmp_path):
     reg.close()
     again = Registry(tmp_path)
     rec = again.get("a")
-    assert rec.signature == SIG and again.blob("a") == PROFILE
+    assert rec.signature == SIG and again.blob(again.get("a").sha256) == PROFILE
     assert [r.name for r in again.all()] == ["a"]
 
 
@@ -43,7 +43,7 @@ def test_existing_name_needs_replace(tmp_path):
         reg.add("a", "profile", PROFILE, {}, 0, SIG)
     other = PROFILE.replace(b"1000", b"2000")
     reg.add("a", "profile", other, {}, 0, SIG, replace=True)
-    assert reg.blob("a") == other
+    assert reg.blob(reg.get("a").sha256) == other
     assert len(list((tmp_path / "models").iterdir())) == 1  # the replaced bytes are gone
 
 
@@ -55,7 +55,7 @@ def test_a_crash_mid_write_leaves_the_old_state(tmp_path):
     (tmp_path / "models" / ".deadbeef.123.tmp").write_bytes(b"partial")
     (tmp_path / "models" / "deadbeef").write_bytes(b"renamed but never committed")
     reg = Registry(tmp_path)
-    assert [r.name for r in reg.all()] == ["a"] and reg.blob("a") == PROFILE
+    assert [r.name for r in reg.all()] == ["a"] and reg.blob(reg.get("a").sha256) == PROFILE
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [reg.get("a").sha256]
 
 
@@ -134,7 +134,7 @@ def test_a_process_killed_while_uploading_leaves_no_partial_model_visible(tmp_pa
         records = reg.all()
         assert records  # some uploads finished
         for record in records:
-            assert hashlib.sha256(reg.blob(record.name)).hexdigest() == record.sha256
+            assert hashlib.sha256(reg.blob(record.sha256)).hexdigest() == record.sha256
         assert {p.name for p in models.iterdir()} == {r.sha256 for r in records}
 
 
@@ -153,7 +153,7 @@ def test_a_registry_of_schema_version_1_opens_and_serves_its_models(tmp_path, re
     with closing(Registry(tmp_path / "state")) as reg:
         assert [(r.name, r.format) for r in reg.all()] == [("emulated", "profile"), ("tiny", "onnx")]
         assert reg.get("tiny").signature.inputs[0].name == "x"
-        assert bytes(reg.blob("emulated")).startswith(b'{"weights_bytes"')
+        assert bytes(reg.blob(reg.get("emulated").sha256)).startswith(b'{"weights_bytes"')
 
 
 def test_a_registry_of_a_later_schema_version_is_refused_with_a_reason(tmp_path):
