@@ -100,6 +100,7 @@ class StubController:
         self.ids = IdSource()
         self.worker: bytes | None = None  # identity of the last worker that said HELLO
         self.hellos: list[Hello] = []
+        self.last_hello_id = 0
         self.heartbeats: list[Heartbeat] = []
         self.welcome = True  # set False to leave HELLOs unanswered
         self.answer_heartbeats = True  # set False to leave heartbeats unanswered (a one-way cut)
@@ -127,6 +128,7 @@ class StubController:
     def _keep(self, identity: bytes, env: Envelope) -> None:
         if isinstance(env.body, Hello):
             self.worker = identity
+            self.last_hello_id = env.msg_id
             self.hellos.append(env.body)
             if self.welcome:
                 self.send(Welcome(heartbeat_interval_ns=self.heartbeat_interval_ns), env.msg_id)

@@ -316,6 +316,21 @@ def test_worker_lost_makes_it_release_what_it_holds_and_hello_again(emulated_wor
     assert ctl.load(2, "kept").body.status is Status.OK  # not ALREADY_LOADED, and still prepared
 
 
+def test_worker_lost_answering_what_it_sent_before_its_latest_hello_is_stale(emulated_worker):
+    """A restarted controller answers every heartbeat queued while it was down with WORKER_LOST;
+    the first makes the worker join again, the rest answer messages older than that HELLO."""
+    ctl = emulated_worker.ctl
+    assert ctl.prepare("held", profile_blob(), fmt="profile").body.status is Status.OK
+    ctl.send(Error(status=Status.WORKER_LOST, detail="controller restarted"))
+    ctl.wait_hello(10)
+    assert ctl.load(1, "held").body.status is Status.OK
+    hellos = len(ctl.hellos)
+    ctl.send(Error(status=Status.WORKER_LOST, detail="unknown worker; say HELLO"), parent_id=ctl.last_hello_id - 1)
+    ctl.pump_for(0.5)
+    assert len(ctl.hellos) == hellos  # no HELLO again
+    assert ctl.load(1, "held").body.status is Status.ALREADY_LOADED  # nothing released
+
+
 def test_drop_unloads_everywhere_and_forgets(emulated_worker):
     ctl = emulated_worker.ctl
     assert ctl.prepare("gone", profile_blob(), fmt="profile").body.status is Status.OK

@@ -84,6 +84,7 @@ class Daemon:
         self._heard_ns = 0  # when the controller was last heard from (0: never)
         self._next_timer_ns = 0  # next HELLO retry or heartbeat
         self._hellos: dict[int, int] = {}  # HELLO msg_id -> sent_ns, for a skew sample from WELCOME
+        self._last_hello_id = 0  # a WORKER_LOST answering an older message is stale (see on_error)
         self._lane_end_ns: dict[tuple[int, bool], int] = {}  # (device, is exec lane) -> last end, remote
         self._newest: dict[str, int] = {}  # model_id -> msg_id of the newest PREPARE or DROP of it
         self._stopping = False
@@ -171,6 +172,7 @@ class Daemon:
 
     def _send_hello(self) -> None:
         msg_id, sent_ns = self._send(self.hello())
+        self._last_hello_id = msg_id
         self._hellos = {k: v for k, v in self._hellos.items() if sent_ns - v < 10 * HELLO_RETRY_NS}
         self._hellos[msg_id] = sent_ns
 
@@ -239,6 +241,12 @@ class Daemon:
     def on_error(self, env: Envelope) -> None:
         body: Error = env.body
         if body.status is Status.WORKER_LOST:
+            if 0 < env.parent_id < self._last_hello_id:
+                # It answers what we sent before our latest HELLO (heartbeats queued while a
+                # controller restarted): that HELLO already joins us again. Taken as news, each
+                # such answer made another HELLO, and the controller dropped and re-prepared us
+                # for each one.
+                return
             self.log.warning("controller lost us; joining again", detail=body.detail)
             self._welcomed = False
             self._next_timer_ns = 0
