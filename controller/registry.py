@@ -3,7 +3,9 @@
 Writes are atomic in the order that makes a crash harmless: the bytes are written to a
 temporary file, fsynced and renamed into place (named by their sha256, so identical uploads
 share one file) before the record is committed; a crash leaves either the old state or the new
-one. Start-up removes leftover temporary files and files no record points to.
+one. Start-up removes leftover temporary files and files no record points to; after that, only
+the bytes a change may have orphaned are looked at (a replaced or removed record's, stored bytes
+given up), each by an index, so an upload costs the same with 40,000 models as with 10.
 
 A large upload's bytes are stored from another thread (`store`, while its model is checked) and
 named by a record later (`add_stored`); until then garbage collection leaves them alone.
@@ -42,6 +44,7 @@ CREATE TABLE IF NOT EXISTS models (
     created_unix_s REAL NOT NULL
 )
 """
+_INDEX = "CREATE INDEX IF NOT EXISTS models_by_sha256 ON models (sha256)"
 
 
 @dataclass(frozen=True)
@@ -76,9 +79,11 @@ class Registry:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        self._db.execute(_INDEX)  # an index only: registries without it read the same
         self._check_version()
         self._lock = threading.Lock()  # guards _pending against garbage collection
         self._pending: Counter[str] = Counter()  # digests stored for records not written yet
+        self._unsure: set[str] = set()  # digests whose bytes no record may name any more
         self._collect_garbage()
 
     def close(self) -> None:
@@ -137,13 +142,15 @@ class Registry:
             self._pending[digest] -= 1
             if self._pending[digest] <= 0:
                 del self._pending[digest]
+                self._unsure.add(digest)
 
     def add_stored(self, name: str, fmt: str, digest: str, size_bytes: int, input_shapes: dict, max_batch: int,
                    signature: Signature, replace: bool = False) -> ModelRecord:
         """The record for bytes `store` wrote. Raises KeyError if the name exists and `replace`
         is false."""
         try:
-            if not replace and self.get(name) is not None:
+            old = self.get(name)
+            if old is not None and not replace:
                 raise KeyError(name)
             record = ModelRecord(name, fmt, digest, size_bytes, dict(input_shapes), max_batch, signature, time.time())
             with self._transaction():
@@ -153,18 +160,23 @@ class Registry:
                      json.dumps(signature.header()), record.created_unix_s))
         finally:
             self.release(digest)
-        self._collect_garbage()  # a replaced model's old bytes
+        if old is not None:
+            self._unsure.add(old.sha256)  # a replaced model's old bytes
+        self._collect_unsure()
         return record
 
     def path(self, digest: str) -> Path:
         return self.files / digest
 
     def remove(self, name: str) -> bool:
+        old = self.get(name)
+        if old is None:
+            return False
         with self._transaction():
-            removed = self._db.execute("DELETE FROM models WHERE name = ?", (name,)).rowcount > 0
-        if removed:
-            self._collect_garbage()
-        return removed
+            self._db.execute("DELETE FROM models WHERE name = ?", (name,))
+        self._unsure.add(old.sha256)
+        self._collect_unsure()
+        return True
 
     def get(self, name: str) -> ModelRecord | None:
         row = self._db.execute("SELECT * FROM models WHERE name = ?", (name,)).fetchone()
@@ -220,11 +232,15 @@ class Registry:
         if final.exists():
             return
         tmp = self.files / f".{digest}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(blob)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException:  # a full disk: no half-written file is left for start-up to find
+            tmp.unlink(missing_ok=True)
+            raise
         self._sync_dir()
 
     def _sync_dir(self) -> None:
@@ -233,6 +249,14 @@ class Registry:
             os.fsync(dir_fd)  # make the rename itself durable
         finally:
             os.close(dir_fd)
+
+    def _collect_unsure(self) -> None:
+        """Remove the files of the digests in doubt that no record names and none is stored for."""
+        with self._lock:
+            unsure, self._unsure = self._unsure - self._pending.keys(), set()
+            for digest in unsure:
+                if self._db.execute("SELECT 1 FROM models WHERE sha256 = ? LIMIT 1", (digest,)).fetchone() is None:
+                    (self.files / digest).unlink(missing_ok=True)
 
     def _collect_garbage(self) -> None:
         wanted = {row[0] for row in self._db.execute("SELECT sha256 FROM models")}
