@@ -405,7 +405,12 @@ class ControllerDaemon:
 
     def _on_prepared(self, name: str, env: schema.Envelope, now: int) -> None:
         body = env.body
-        self.log.info("model prepared", worker=name, model=body.model_id, status=body.status.name, detail=body.detail)
+        # Every model is prepared again on each join: with thousands registered, a line each at
+        # info buried the rest. Those a client's upload waits for, and failures, stay in view.
+        log = self.log.info if body.model_id in self.core.uploads else self.log.debug
+        if body.status is not Status.OK:
+            log = self.log.warning
+        log("model prepared", worker=name, model=body.model_id, status=body.status.name, detail=body.detail)
         self._perform(self.core.on_prepared(name, body, now))
 
     def _on_hello(self, name: str, env: schema.Envelope, now: int) -> None:
