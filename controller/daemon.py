@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import OrderedDict
 from contextlib import closing
 from pathlib import Path
 
@@ -53,6 +54,8 @@ PREPARE_BUDGET_NS = 2_000_000  # of queued PREPAREs a loop turn sends (at least 
 INTAKE_POLL_MS = 10  # how soon a large upload's finished check is picked up
 MIN_POLL_MS = 1  # floor on the sleep, so a wake-up that changes nothing cannot spin hot
 MAX_POLL_MS = 100.0  # ceiling, so a stop request is noticed promptly
+# The look-ups a client resends while no reply has come (client/protocol.py `_admin`).
+RESENT_LOOKUPS = (schema.ListModels, schema.GetModel, schema.GetStatus)
 
 
 def _frames_no_user(sock: zmq.Socket, flags: int) -> tuple[list, None]:
@@ -87,6 +90,7 @@ class ControllerDaemon:
         self.to_clients = Outgoing(self.clients)
         self.to_workers = Outgoing(self.workers)
         self.prepares = PrepareQueue()
+        self._lookups: OrderedDict[tuple[bytes, int], int] = OrderedDict()  # (client, msg_id) -> answered at
         self.queue_delay = QueueDelay()  # time each client's requests spent in queues before us
         self.lane_cores = LaneCores() if config.avoid_lane_cores else None  # workers' lanes on this host
         self.shedder = InputShedder(config.shed_lag_ns, config.shed_interval_ns)
@@ -212,12 +216,27 @@ class ControllerDaemon:
         except BadMessage as exc:
             self._to_client(client, peek_id(head, "msg_id"), schema.Error(status=exc.status, detail=exc.detail))
             return
+        if isinstance(env.body, RESENT_LOOKUPS) and self._answered_lately(client, env.msg_id, now):
+            return
         handler = self._client_handlers.get(type(env.body))
         if handler is None:
             self._to_client(client, env.msg_id, schema.Error(
                 status=Status.UNKNOWN_TYPE, detail=f"{env.body.TYPE.value!r} is not a client request"))
         else:
             handler(client, env, user, now, waited)
+
+    def _answered_lately(self, client: bytes, msg_id: int, now: int) -> bool:
+        """Whether this look-up was answered in the last `answered_memory_ns`. A client resends
+        one every 250 ms while no reply has come, so behind a busy loop the copies pile up in
+        the socket; answering each (a LIST page of thousands of models takes ~15 ms) made the
+        loop busier still, and slower replies brought more copies."""
+        lookups, key = self._lookups, (client, msg_id)
+        while lookups and next(iter(lookups.values())) <= now - self.cfg.scheduler.answered_memory_ns:
+            lookups.popitem(last=False)
+        if key in lookups:
+            return True
+        lookups[key] = now
+        return False
 
     def _on_infer(self, client: bytes, env: schema.Envelope, _user, now: int, waited: int) -> None:
         body = env.body

@@ -145,6 +145,28 @@ def test_a_prepare_goes_on_the_workers_bulk_connection_and_with_the_actions_wher
             s.close(0)
 
 
+def test_copies_of_a_look_up_that_waited_in_the_socket_are_answered_once(controller):
+    """A client resends a LIST, model look-up or STATUS every 250 ms while no reply has come:
+    behind a busy loop the copies queue up, and each answered is more work for a busy loop."""
+    ctl, sock = controller
+    for _ in range(3):
+        send_frames(sock, encode(schema.ListModels(), 7))
+    send_frames(sock, encode(schema.GetStatus(), 8))
+    send_frames(sock, encode(schema.GetStatus(), 8))
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        if ctl.clients.poll(50):
+            ctl._drain(ctl.clients, ctl._on_client)
+    got = []
+    while sock.poll(200):
+        got += [i.parent_id for i in read_incoming(recv_frames(sock))]
+    assert sorted(got) == [7, 8]
+    send_frames(sock, encode(schema.ListModels(), 9))  # a new call is answered as ever
+    assert ctl.clients.poll(2000)
+    ctl._drain(ctl.clients, ctl._on_client)
+    assert replies(sock, 1)[9].status is Status.OK
+
+
 @contextlib.contextmanager
 def serving_a_worker(ctl, on_message=lambda msg: None):
     """`ctl.run` on a thread, and worker "w" joined: a thread of its own heartbeats every 50 ms
