@@ -135,16 +135,16 @@ class ControllerDaemon:
             ready = dict(poller.poll(wait_ms))
             for checked in self.intake.finished():
                 self._checked(checked)
+            started = monotonic_ns()
             if self.workers in ready:
                 self._drain(self.workers, self._on_worker)
             if self.clients in ready:
-                started = monotonic_ns()
                 self._drain(self.clients, self._on_client, roles=self.keys is not None)
-                if monotonic_ns() - started > self.cfg.scheduler.heartbeat_interval_ns:
-                    # A handler held the loop (an upload's check and store on a busy disk): read
-                    # the heartbeats that came meanwhile, so that the tick does not find workers
-                    # silent whose heartbeats wait unread in the socket, and drop them.
-                    self._drain(self.workers, self._on_worker)
+            if monotonic_ns() - started > self.cfg.scheduler.heartbeat_interval_ns:
+                # A handler held the loop (an upload's check and store on a busy disk): read the
+                # heartbeats that came meanwhile, so that the tick does not find workers silent
+                # whose heartbeats wait unread in the socket, and drop them.
+                self._drain(self.workers, self._on_worker)
             self._perform(self.core.tick(monotonic_ns()))
             self._flush()
             if self.prepares:

@@ -202,22 +202,32 @@ def serving_a_worker(ctl, on_message=lambda msg: None):
         worker.close(0)
 
 
-def test_a_handler_that_holds_the_loop_does_not_lose_the_workers_whose_heartbeats_wait(controller):
+@pytest.mark.parametrize("held_by", ["client", "worker"])
+def test_a_handler_that_holds_the_loop_does_not_lose_the_workers_whose_heartbeats_wait(controller, held_by):
     """An upload on a busy disk (or onnx's first import, on a fresh install) once held the loop
     past the worker timeout; the tick that followed found both workers silent, though their
-    heartbeats sat unread in the socket, and dropped them with the upload they were preparing."""
+    heartbeats sat unread in the socket, and dropped them with the upload they were preparing.
+    A worker's message handled slowly must not do it either."""
     ctl, sock = controller
     timeout_ns = ctl.cfg.scheduler.worker_timeout_ns
-    slow = ctl._client_handlers[schema.ListModels]
+    handlers, kind = ((ctl._client_handlers, schema.ListModels) if held_by == "client"
+                      else (ctl._worker_handlers, schema.Prepared))
+    slow = handlers[kind]
 
     def held(*args):
         time.sleep(1.5 * timeout_ns / 1e9)
         slow(*args)
 
-    ctl._client_handlers[schema.ListModels] = held
+    handlers[kind] = held
     with serving_a_worker(ctl):
-        send_frames(sock, encode(schema.ListModels(), 7))
-        assert replies(sock, 1, timeout_s=5)[7].status is Status.OK  # answered once the handler let go
+        if held_by == "client":
+            send_frames(sock, encode(schema.ListModels(), 7))
+            assert replies(sock, 1, timeout_s=5)[7].status is Status.OK  # answered once the handler let go
+        else:
+            other = dealer(zmq.Context.instance(), ctl.cfg.worker_endpoint, b"other")
+            send_frames(other, encode(schema.Prepared(model_id="m", status=Status.OK), 3))
+            time.sleep(1.5 * timeout_ns / 1e9)
+            other.close(0)
         time.sleep(0.3)
         assert "w" in ctl.core.workers and ctl.core.counters.get("workers_lost", 0) == 0
 
