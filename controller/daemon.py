@@ -241,6 +241,8 @@ class ControllerDaemon:
     def _on_infer(self, client: bytes, env: schema.Envelope, _user, now: int, waited: int) -> None:
         body = env.body
         self.telemetry.on_request(client, env.msg_id, body, body.model in self.core.models)
+        if self.prepares and (model := self.core.models.get(body.model)) is not None and not model.sizes:
+            self.prepares.hurry(body.model, self.core.workers)  # waited for: prepared first
         seen = self.queue_delay.local_ns(client, body.last_reply_received_ns) if body.last_reply_id else None
         self._perform(self.core.on_request(client, env.msg_id, body, now, waited, seen))
 

@@ -10,7 +10,8 @@ import pytest
 import zmq
 
 from clockwork.bench.procs import free_port
-from clockwork.client.protocol import read_incoming
+from clockwork.bench.models import sample_inputs
+from clockwork.client.protocol import build_infer, read_incoming
 from clockwork.common import schema
 from clockwork.common.codec import bundle, decode, encode, split
 from clockwork.common.config import ControllerConfig
@@ -255,6 +256,11 @@ def test_a_worker_joining_with_many_models_is_sent_them_between_the_loops_other_
         send_frames(sock, encode(schema.ListModels(limit=1), 7))
         assert replies(sock, 1, timeout_s=5)[7].status is Status.OK
         assert len(ctl.prepares) > 0  # answered while the join's PREPAREs were still leaving
+        # A request for the last model in name order: its PREPARE goes next, not last.
+        infer = build_infer("m-299", sample_inputs("profile", blob), 5 * 10**9)
+        send_frames(sock, encode(infer, 8))
+        wait_until_true(lambda: "m-299" in prepared, timeout_s=30, what="m-299's PREPARE")
+        assert prepared.index("m-299") < models // 4
         wait_until_true(lambda: len(prepared) >= models, timeout_s=30, what="every PREPARE to arrive")
         assert sorted(prepared) == [f"m-{i:03}" for i in range(models)]
         assert ctl.core.counters.get("workers_lost", 0) == 0 and ctl.core.counters["workers_joined"] == 1

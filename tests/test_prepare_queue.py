@@ -31,3 +31,12 @@ def test_a_lost_workers_prepares_are_forgotten_and_sent_anew_when_it_joins_again
     assert not queue and queue.next() is None
     queue.add(PrepareOn("w1", 4, "a"))  # joined again
     assert [p.msg_id for p in drain(queue)] == [4]
+
+
+def test_a_hurried_model_goes_first_and_is_sent_once():
+    queue = PrepareQueue()
+    for msg_id, (worker, model) in enumerate([("w1", "a"), ("w1", "b"), ("w2", "b"), ("w1", "c")]):
+        queue.add(PrepareOn(worker, msg_id, model))
+    queue.hurry("b", ["w1", "w2", "w3"])
+    queue.hurry("gone", ["w1"])  # nothing waits for it: no change
+    assert [(p.worker, p.model) for p in drain(queue)] == [("w2", "b"), ("w1", "b"), ("w1", "a"), ("w1", "c")]
