@@ -18,7 +18,7 @@ from clockwork.bench.procs import WorkerSpec
 from clockwork.bench.predictability import direct_session
 from clockwork.bench.progress import say
 from clockwork.bench.report import Latencies, answered_after_admission, saved_figure
-from clockwork.client import Client, ClockworkError
+from clockwork.client import Client, ClockworkError, DeadlineExceeded
 
 MODEL = "model"
 GAP_S = 0.05  # between lone requests: the system idles, as it does between real clients' calls
@@ -98,6 +98,21 @@ def interleaved(calls: Mapping[str, Callable[[], object]], requests: int = LONE_
                 took[name][done[name]] = time.monotonic_ns() - start
                 done[name] += 1
     return took
+
+
+def settle(client: Client, model: str, inputs: dict, before: str = "the next rate") -> None:
+    """Wait until the target has worked off what it was sent so far: past its capacity it
+    still works (a plain server) or reads and refuses (this system) for seconds after the load
+    generator gave up on its requests, and what comes next would start behind that. A request
+    to `model` with an SLO this long is served after everything queued before it (FIFO, and
+    EDF alike). No answer at all in that time is the target failing, not an outcome: the run
+    ends there and keeps the daemons' logs (bench/procs.run_in_temp_dir)."""
+    try:
+        client.infer(model, inputs, slo_ms=SETTLE_SLO_MS)
+    except DeadlineExceeded as exc:
+        raise RuntimeError(f"the target at {client.endpoint} answered nothing: {exc}") from None
+    except ClockworkError as exc:  # not expected; what follows shows what is wrong
+        say(f"settling before {before}: {exc}")
 
 
 def in_turn(names: Sequence[str], turn: int) -> list[str]:

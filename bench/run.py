@@ -40,6 +40,7 @@ import zmq
 
 from clockwork.bench import models as bench_models
 from clockwork.bench import workload
+from clockwork.bench.comparison import settle
 from clockwork.bench.cpu import cpu_seconds, cpu_usage, format_cpu
 from clockwork.bench.loadgen import rates_summary, run_closed_loop, run_open_loop, serve_echo
 from clockwork.bench.procs import NotReady, ProcessDied, WorkerSpec, cluster, free_port, run_in_temp_dir
@@ -47,6 +48,7 @@ from clockwork.bench.progress import NullProgress, Progress, command_main, say a
 from clockwork.bench.relay import RoundTrip, relay_main, wait_relay
 from clockwork.bench.report import LoadResults, format_table, prediction_counters
 from clockwork.bench.runlog import RunLog, format_run_summary, write_run
+from clockwork.client import Client
 from clockwork.client.protocol import build_infer
 from clockwork.common.config import ControllerConfig
 from clockwork.common.net import dealer
@@ -56,6 +58,9 @@ WORKLOADS = ("poisson", "bursty", "azure")
 ECHO_PEERS = ("direct", "relay")  # --echo: the echo server where the generator sends, or behind a bare relay
 ACTION_LOG_SETTING = "action_log_path"  # the controller's TSV action log, when it has one
 WARMUP_RATE_PER_MODEL = 20.0  # requests/s per model during warm-up: enough to load each one
+# ... and at most this many in all: at 20/s each, 4,000 models made the warm-up an 80,000/s
+# overload whose backlog the controller was still refusing a second into the measured part.
+WARMUP_MAX_PER_S = 2000.0
 
 
 def parse_args(argv: Sequence[str] | None, prog: str = "clockwork-bench run") -> argparse.Namespace:
@@ -223,14 +228,19 @@ def make_schedule(kind: str, rate: float, num_models: int, duration_s: float, se
 
 
 def warm_up(system: System, args: argparse.Namespace, say: Callable[[str], None]) -> LoadResults | None:
-    """A light uniform load so every model is resident before the measured part."""
+    """A light uniform load so that the models are resident (as many as fit) before the
+    measured part, which starts once the system has worked it off (`settle`)."""
     if args.warmup_s <= 0 or args.echo:
         return None
-    rates = np.full(len(system.models), WARMUP_RATE_PER_MODEL)
-    schedule = workload.constant_schedule(rates, args.warmup_s)
+    total = min(WARMUP_RATE_PER_MODEL * len(system.models), WARMUP_MAX_PER_S)
+    schedule = workload.poisson_schedule(workload.uniform_rates(total, len(system.models)), args.warmup_s, args.seed)
     say(f"warm-up: {rates_summary(schedule)}")
-    return run_open_loop(system.endpoint, schedule, system.models, args.slo_ms, system.inputs,
-                         on_tick=system.check, drain_timeout_s=args.slo_ms / 1000 + 2)
+    results = run_open_loop(system.endpoint, schedule, system.models, args.slo_ms, system.inputs,
+                            on_tick=system.check, drain_timeout_s=args.slo_ms / 1000 + 2)
+    with Client(system.endpoint) as client:
+        model = system.models[0]
+        settle(client, model, system.inputs[model], "the measured part")
+    return results
 
 
 def drive(system: System, schedule: workload.Schedule, args: argparse.Namespace, label: str,

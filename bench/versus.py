@@ -46,15 +46,15 @@ from typing import Callable, Iterator, Sequence
 
 
 from clockwork.bench import models as bench_models
-from clockwork.bench.comparison import (MODEL, SETTLE_SLO_MS, Lone, Point, direct_call, in_turn, interleaved,
-                                        latencies, plot, schedule_for, sustained, worker_spec)
+from clockwork.bench.comparison import (MODEL, Lone, Point, direct_call, in_turn, interleaved,
+                                        latencies, plot, schedule_for, settle, sustained, worker_spec)
 from clockwork.bench.cpu import host_busy_share, host_jiffies
 from clockwork.bench.loadgen import SEND_FAILED, run_open_loop
 from clockwork.bench.procs import cluster, free_port, kept_off_lanes, run_in_temp_dir
 from clockwork.bench.progress import Progress, command_main, say
 from clockwork.bench.refusals import DRY_RUN_MET_SLO, DRY_RUN_REFUSED, why, why_text
 from clockwork.bench.report import Latencies, LoadResults, answered_after_admission, format_table, write_json
-from clockwork.client import Client, ClockworkError, DeadlineExceeded
+from clockwork.client import Client
 from clockwork.client.cli import parse_shape
 
 FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.85, 1.0, 1.25, 1.5, 2.0)  # of the plain server's nominal capacity
@@ -117,7 +117,7 @@ def sweep(clients: dict[str, Client], inputs: dict, rates: Sequence[float], args
 
     def at(target: str, rate: float, seed: int) -> Point:
         for client in clients.values():  # neither works off an earlier rate's backlog while the other runs
-            settle(client, inputs)
+            settle(client, MODEL, inputs)
         client = clients[target]
         schedule = schedule_for(args.workload, rate, args.duration_s, seed)
         label = f"{target} {rate:g}/s"
@@ -142,21 +142,6 @@ def sweep(clients: dict[str, Client], inputs: dict, rates: Sequence[float], args
             if bounds is not None:
                 points.append(at(target, round(sum(bounds) / 2), args.seed + len(rates) + step))
     return sorted(points, key=lambda p: (names.index(p.target), p.rate))
-
-
-def settle(client: Client, inputs: dict) -> None:
-    """Wait until the target has worked off what an earlier rate left queued: the plain server
-    keeps every request it is sent, so past its capacity it still works for seconds after the
-    load generator gave up on them, and the next rate would start behind that. A request with
-    an SLO this long is served after everything queued before it (FIFO, and EDF alike). No
-    answer at all in that time is the target failing, not an outcome: the run ends there and
-    keeps the daemons' logs (bench/procs.run_in_temp_dir)."""
-    try:
-        client.infer(MODEL, inputs, slo_ms=SETTLE_SLO_MS)
-    except DeadlineExceeded as exc:
-        raise RuntimeError(f"the target at {client.endpoint} answered nothing: {exc}") from None
-    except ClockworkError as exc:  # not expected; the rate that follows shows what is wrong
-        say(f"settling before the next rate: {exc}")
 
 
 def refine_between(points: Sequence[Point], target: str) -> tuple[float, float] | None:

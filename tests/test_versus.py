@@ -179,15 +179,16 @@ def test_warm_up_calls_go_first_untimed_and_a_call_that_can_clear_forgets_them()
 
 
 def test_a_target_that_answers_nothing_ends_the_run_instead_of_being_measured(monkeypatch):
-    """settle() before a rate: no reply at all (here a socket that reads and never answers) is
-    the target failing; versus then stops, and run_in_temp_dir keeps the daemons' logs."""
-    monkeypatch.setattr(versus, "SETTLE_SLO_MS", 300.0)
+    """settle() before a rate (or a run's measured part): no reply at all (here a socket that
+    reads and never answers) is the target failing; versus then stops, and run_in_temp_dir
+    keeps the daemons' logs."""
+    monkeypatch.setattr(comparison, "SETTLE_SLO_MS", 300.0)
     silent = zmq.Context.instance().socket(zmq.ROUTER)
     port = silent.bind_to_random_port("tcp://127.0.0.1")
     try:
         with Client(f"tcp://127.0.0.1:{port}", timeout_s=5) as client:
             with pytest.raises(RuntimeError, match="answered nothing"):
-                versus.settle(client, {"input": np.zeros((1, 3, 64, 64), np.float32)})
+                comparison.settle(client, "model", {"input": np.zeros((1, 3, 64, 64), np.float32)})
     finally:
         silent.close(linger=0)
 
