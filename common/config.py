@@ -54,7 +54,12 @@ class SchedulerConfig:
     max_reply_ns: int = 20 * MS
     # Requests waiting per model before new ones get QUEUE_FULL: bounds memory under overload.
     max_queue_per_model: int = 4096
-    # LOADs in flight per device (one copy lane; a second queued one hides no latency).
+    # LOADs in flight per device (one copy lane). With one, the lane idles from each LOAD's end
+    # until the controller has its result and sends the next: 4,000 models at 2,000/s on 8
+    # emulated devices made 570 LOADs/s and 71.5% in SLO, where the simulator (short hops) made
+    # 828/s and 100%. Two close that gap in real time (824/s, 87-90%), but in the simulator at
+    # 4,000/s admitted requests in SLO fell from 99.98% to 90.44%: placement and admission do
+    # not yet plan a LOAD queued behind another (docs/benchmarks.md, "4,000 models").
     max_loads_per_device: int = 1
     # A worker silent for this long is declared lost and its devices leave the plan: ten missed
     # heartbeats, so a GC pause or a busy core does not evict a healthy worker, while a dead or

@@ -347,9 +347,11 @@ def _full_batch_ns(core: Core, model: Model, kind: str) -> int:
 
 def _finish_after_load_ns(core: Core, model: Model, size: int, priority: int, spill_ns: int,
                           now_ns: int) -> int | None:
-    # Models waiting for a LOAD get one in turn, as LOAD slots free up on any device. What a
-    # device's kind decides is worked out once per kind: a cold model may have a hundred devices.
-    slots = max(1, core.device_count * core.max_loads_per_device)
+    # Models waiting for a LOAD get one in turn, as each device's copy lane frees up (a second
+    # LOAD in flight waits behind the first on the worker: it closes the gap between them, and
+    # adds no lane). What a device's kind decides is worked out once per kind: a cold model
+    # may have a hundred devices.
+    lanes = max(1, core.device_count)
     hop_ns, waiting = now_ns + core.cfg.dispatch_ns, len(core.unplaced)
     by_kind: dict[str, tuple[int, int, int, int] | None] = {}  # kind -> (load + turn, typical, a full batch's, own)
     best = None
@@ -361,7 +363,7 @@ def _finish_after_load_ns(core: Core, model: Model, size: int, priority: int, sp
             load_ns = core.latency.load_ns(model.name, kind)
             own_ns = own_exec_ns(core, model, size, kind)
             by_kind[kind] = None if typical_ns is None or load_ns is None or own_ns is None else (
-                waiting * load_ns // slots + load_ns, typical_ns, _full_batch_ns(core, model, kind), own_ns)
+                waiting * load_ns // lanes + load_ns, typical_ns, _full_batch_ns(core, model, kind), own_ns)
         costs = by_kind[kind]
         if costs is None:
             continue
