@@ -54,13 +54,12 @@ class SchedulerConfig:
     max_reply_ns: int = 20 * MS
     # Requests waiting per model before new ones get QUEUE_FULL: bounds memory under overload.
     max_queue_per_model: int = 4096
-    # LOADs in flight per device (one copy lane). With one, the lane idles from each LOAD's end
-    # until the controller has its result and sends the next: 4,000 models at 2,000/s on 8
-    # emulated devices made 570 LOADs/s and 71.5% in SLO, where the simulator (short hops) made
-    # 828/s and 100%. Two close that gap in real time (824/s, 87-90%), but in the simulator at
-    # 4,000/s admitted requests in SLO fell from 99.98% to 90.44%: placement and admission do
-    # not yet plan a LOAD queued behind another (docs/benchmarks.md, "4,000 models").
-    max_loads_per_device: int = 1
+    # LOADs in flight per device (one copy lane), a later one sent only once the last booked
+    # ends within the time EXECs are sent ahead (Core.load_slot_free). With one, the lane idled
+    # from each LOAD's end until the controller had read its result and sent the next: 4,000
+    # models at 2,000/s on 8 emulated devices made 570 LOADs/s and 71.5% in SLO where the
+    # simulator, whose hops are short, made 828/s and 100% (docs/benchmarks.md, "4,000 models").
+    max_loads_per_device: int = 2
     # A worker silent for this long is declared lost and its devices leave the plan: ten missed
     # heartbeats, so a GC pause or a busy core does not evict a healthy worker, while a dead or
     # frozen one is out of the plan within about a second.

@@ -968,18 +968,29 @@ class Core:
         tick costs O(devices), not O(unplaced models x devices)."""
         if not self.unplaced:
             return
-        slots = self.free_load_slots()
+        slots = self.free_load_slots(now_ns)
         if not slots:
             return
         for name in list(itertools.islice(self.unplaced, 2 * len(slots) + 8)):
             if self.load_somewhere(self.models[name], now_ns, slots):
-                slots = [d for d in slots if d.loads_in_flight < self.max_loads_per_device]
+                slots = [d for d in slots if self.load_slot_free(d, now_ns)]
                 if not slots:
                     return
 
-    def free_load_slots(self) -> list[Device]:
+    def free_load_slots(self, now_ns: int) -> list[Device]:
         return [d for w in self.workers.values() if not w.suspect for d in w.devices.values()
-                if d.loads_in_flight < self.max_loads_per_device]
+                if self.load_slot_free(d, now_ns)]
+
+    def load_slot_free(self, dev: Device, now_ns: int) -> bool:
+        """Whether a LOAD may be sent to `dev` now: none is in flight, or fewer than
+        `max_loads_per_device` and the last one booked ends within the time an EXEC is sent
+        ahead (`ahead_ns`). The next then reaches the worker as its copy lane frees, instead of
+        the lane idling until we have read the last one's result and sent another (2-4 ms of
+        every 8 ms LOAD on a busy host), and nothing is placed behind a LOAD far from its end."""
+        in_flight = dev.loads_in_flight
+        if in_flight == 0:
+            return True
+        return in_flight < self.max_loads_per_device and dev.load_lane.free_at(now_ns) - now_ns <= self.ahead_ns(dev)
 
     def warm_up(self, model: Model, now_ns: int) -> bool:
         """LOAD `model`, which no request waits for: whether a LOAD was sent. Its requests are
@@ -987,7 +998,7 @@ class Core:
         demand, it would stay cold, and refused, for good."""
         if model.replicas or model.name in self.unplaced:
             return False
-        slots = self.free_load_slots()
+        slots = self.free_load_slots(now_ns)
         if not slots or not self.load_somewhere(model, now_ns, slots):
             return False
         self.count("warm_up_loads")
@@ -995,7 +1006,7 @@ class Core:
 
     def load_somewhere(self, model: Model, now_ns: int, slots: list[Device]) -> bool:
         devices = [d for d in slots if d.worker in model.profiles]
-        choice = placement.load_target(model, model.weights_bytes, devices, now_ns, self.max_loads_per_device)
+        choice = placement.load_target(model, model.weights_bytes, devices, now_ns)
         if choice is None:
             return False
         self._send_load(model, *choice, now_ns)

@@ -34,8 +34,8 @@ def victims(dev: Device, short_pages: int) -> list[str] | None:
     return None
 
 
-def load_target(model: Model, weights_bytes: int, devices: list[Device], now_ns: int,
-                max_loads: int) -> tuple[Device, int, list[str]] | None:
+def load_target(model: Model, weights_bytes: int, devices: list[Device], now_ns: int
+                ) -> tuple[Device, int, list[str]] | None:
     """The device to load `model` onto, the pages it takes there and the models to evict.
 
     Devices are ranked by (evicts, busy until, models held, load lane free at, key): no
@@ -50,7 +50,7 @@ def load_target(model: Model, weights_bytes: int, devices: list[Device], now_ns:
     best_evicts = False
     best_busy = best_held = best_load = 0
     for dev in devices:
-        if dev.loads_in_flight >= max_loads or model.name in dev.resident:
+        if model.name in dev.resident:
             continue
         pages = _pages_on(dev, weights_bytes, pages_by_size)
         if pages > dev.capacity_pages:
@@ -82,7 +82,7 @@ def load_target(model: Model, weights_bytes: int, devices: list[Device], now_ns:
         return dev, pages, chosen
     # The cheapest device could not make room; fall back to any that can (rare: all in use).
     for other in devices:
-        if other is dev or other.loads_in_flight >= max_loads or model.name in other.resident:
+        if other is dev or model.name in other.resident:
             continue
         pages = _pages_on(other, weights_bytes, pages_by_size)
         chosen = victims(other, pages - other.free_pages())

@@ -166,7 +166,7 @@ class HotModelReplicas:
             return
         cfg = core.cfg
         self._next_ns = now_ns + cfg.replication_check_ns
-        slots = core.free_load_slots()
+        slots = core.free_load_slots(now_ns)
         # Read once per check, not per pending model (the config is interpreted: read by name).
         workers, latency, fraction = core.workers, core.latency, cfg.replicate_backlog_fraction
         for name in list(core.pending):
@@ -175,7 +175,7 @@ class HotModelReplicas:
             model = core.models[name]
             if model.replicas and placement.wants_replica(model, now_ns, workers, latency, fraction):
                 if core.load_somewhere(model, now_ns, slots):
-                    slots = [d for d in slots if d.loads_in_flight < core.max_loads_per_device]
+                    slots = [d for d in slots if core.load_slot_free(d, now_ns)]
                     core.count("replicas_added")
 
 

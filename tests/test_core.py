@@ -59,6 +59,28 @@ def test_unknown_model_bad_input_and_impossible_slo_are_refused_at_once():
     assert not core.requests
 
 
+def test_the_next_load_is_sent_as_the_last_nears_its_end_not_after_its_result():
+    """A device has one copy lane. With one LOAD in flight it idled from each LOAD's end until
+    the controller had read the result and sent the next (2-4 ms of every 8 ms on a busy host).
+    The next goes once the running one ends within the time EXECs are sent ahead, not sooner:
+    nothing is placed behind a LOAD far from its end."""
+    core = ready_core(models=("a", "b"))
+    t = 2000 * MS  # past the start-up grace
+    core.on_heartbeat("w1", 1, t, True, t)
+    infer(core, 1, model="a", now=t)
+    first = sent(step(core, core.tick(t), t), schema.Load)
+    assert [load.body.model_id for load in first] == ["a"]
+    infer(core, 2, model="b", now=t)
+    assert not sent(step(core, core.tick(t), t), schema.Load)  # the lane is 8 ms busy
+    dev = core.workers["w1"].devices[0]
+    near = t + LOAD_NS - core.ahead_ns(dev)
+    assert not sent(step(core, core.tick(near - MS), near - MS), schema.Load)
+    second = sent(step(core, core.tick(near), near), schema.Load)
+    assert [load.body.model_id for load in second] == ["b"] and dev.loads_in_flight == 2
+    assert dev.load_lane.free_at(near) == t + 2 * LOAD_NS  # booked behind the first on the lane
+    assert not core.load_slot_free(dev, near)  # never a third
+
+
 def test_a_cold_model_whose_slo_cannot_cover_a_load_is_loaded_for_the_requests_that_follow():
     """A LOAD (8 ms), the hop (1 ms) and an EXEC (2 ms) do not fit a 7 ms budget; the EXEC alone
     does. Loaded only on demand, the model would stay cold and every request be refused."""
