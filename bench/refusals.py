@@ -10,7 +10,7 @@ would have refused, and how many of those were answered in time all the same.
 
 from __future__ import annotations
 
-ALLOWANCES = ("dispatch_ms", "finish_tail_ms", "reply_ms", "reply_hop_ms_max", "admission_headroom")
+ALLOWANCES = ("dispatch_ms", "turnaround_ms", "finish_tail_ms", "reply_ms", "reply_hop_ms_max", "admission_headroom")
 # The reasons a dry run of admission (SchedulerConfig.admission_dry_run) adds: it refuses nothing.
 DRY_RUN_REFUSED, DRY_RUN_MET_SLO = "dry run: would have refused", "dry run: of those, answered in SLO"
 

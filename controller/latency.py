@@ -215,6 +215,9 @@ class LatencyModel:
         # Per worker, lane end -> result read by the controller: the part of the way back to the
         # client that the controller can time (what the reply allowance adds to its floor).
         self._returns: dict[str, RecentSamples] = {}
+        # Per worker, its lanes' turnaround: an EXEC's end to the next one's start, the next
+        # having been there already (Core._exec_result): lane time that no run measures.
+        self._turnarounds: dict[str, RecentSamples] = {}
         # How much later than its typical end each EXEC's result arrived: the one tail allowance.
         self.finish_errors = RecentSamples()
         self.disturbed_execs = 0  # measurements left out: taken while a build shared the GPU
@@ -301,7 +304,7 @@ class LatencyModel:
     def refresh(self) -> None:
         """Before the allowances are read again: what an earlier load measured goes (RecentSamples)."""
         self.finish_errors.refresh()
-        for samples in (*self._lateness.values(), *self._returns.values()):
+        for samples in (*self._lateness.values(), *self._returns.values(), *self._turnarounds.values()):
             samples.refresh()
 
     def start_lateness_ns(self, worker: str, percentile: float) -> int:
@@ -315,10 +318,24 @@ class LatencyModel:
         returns = self._returns.get(worker)
         return percentiles_of(returns.values, percentiles) if returns is not None else [0 for _ in percentiles]
 
+    def observe_turnaround(self, worker: str, gap_ns: int) -> None:
+        """One of `worker`'s lanes started an EXEC `gap_ns` after the previous one ended, the
+        EXEC having been ready before that end."""
+        samples = self._turnarounds.get(worker)
+        if samples is None:
+            samples = self._turnarounds[worker] = RecentSamples()
+        samples.append(max(0, gap_ns))
+
+    def turnaround_ns(self, worker: str) -> int:
+        """`worker`'s lanes' typical turnaround between back-to-back EXECs (0 until measured)."""
+        samples = self._turnarounds.get(worker)
+        return percentile_of(samples.values, 50) if samples is not None else 0
+
     def forget_worker(self, worker: str) -> None:
         """A worker that rejoins may be somewhere else: its hops are measured afresh."""
         self._lateness.pop(worker, None)
         self._returns.pop(worker, None)
+        self._turnarounds.pop(worker, None)
 
     def observe_finish(self, predicted_end_ns: int, received_ns: int, disturbed: bool = False) -> None:
         """An EXEC's result reached the controller at `received_ns`; at dispatch its typical

@@ -106,6 +106,7 @@ class Device:
     backlog_total: int = 0
     sm_clock_mhz: int = 0  # last reported by the worker (GPUs); shows throttling in STATUS
     exec_busy_ns: int = 0  # measured EXEC time so far: utilisation is its rate of change
+    exec_end_ns: int = 0  # when its last EXEC that ran ended, as measured (the lane's turnaround)
 
     key: str = field(init=False)  # "worker/device_id": names it in models' replica maps (made once: read per request)
 
@@ -139,6 +140,10 @@ class Worker:
     # The allowance from sending it an EXEC to its lane starting it: the configured floor plus
     # how late its lanes have recently started (p99), refreshed every `refresh_ns`.
     dispatch_ns: int = 0
+    # The lane time between one EXEC's end and the next one's start when the next was already
+    # there (p50; `LatencyModel.turnaround_ns`): what a lane spends on each action besides the
+    # run, refreshed with the dispatch allowance.
+    turnaround_ns: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -156,10 +161,11 @@ class Action:
     batch_size: int
     planned_start_ns: int  # EXEC: when the timeline expected the lane to start it
     typical_end_ns: int  # EXEC: when admission's typical prediction expected it to end
+    ready_ns: int  # EXEC: from when the lane could start it (at the worker and inside its window)
 
     def __init__(self, action_id: int, kind: ActionKind, device: Device, model: str, expected_ns: int, sent_ns: int,
                  give_up_ns: int, requests: list[Request] | None = None, batch_size: int = 0,
-                 planned_start_ns: int = 0, typical_end_ns: int = 0) -> None:
+                 planned_start_ns: int = 0, typical_end_ns: int = 0, ready_ns: int = 0) -> None:
         self.action_id = action_id
         self.kind = kind
         self.device = device
@@ -171,6 +177,7 @@ class Action:
         self.batch_size = batch_size
         self.planned_start_ns = planned_start_ns
         self.typical_end_ns = typical_end_ns
+        self.ready_ns = ready_ns
 
 
 @dataclass(eq=False, slots=True)
