@@ -78,7 +78,8 @@ def point(target, rate, offered, within, refused=0, p99=5.0):
 
 
 def test_verdicts_compare_targets_within_the_run():
-    points = [point("plain", 0, 100, 100), point("clockwork", 0, 100, 100),
+    plain_lone = comparison.Point("plain", 0, 100, 100, 0, 0, 0.8, 5.0, 5.0, 0.5)
+    points = [plain_lone, point("clockwork", 0, 100, 100),
               point("plain", 100, 1000, 1000), point("plain", 200, 2000, 1999), point("plain", 400, 4000, 40),
               point("clockwork", 100, 1000, 1000), point("clockwork", 200, 2000, 1997, 3),
               point("clockwork", 400, 4000, 1900, 2000)]
@@ -91,7 +92,7 @@ def test_verdicts_compare_targets_within_the_run():
     rows = {what: measured for what, measured, _ in versus.verdicts(points, _floor(0.5), worker)}
     assert rows["tightest SLO admitted and met for every lone request / plain's lone p99"] == (
         f"3.00 / {points[0].p99_ms:.2f} ms = {3.0 / points[0].p99_ms:.2f}")
-    assert rows["lone request p50 - direct p50"] == "0.50 ms"
+    assert rows["lone request p50 - direct p50"] == "0.50 ms (plain's own 0.30 ms)"
     assert rows["worker's exec p50 / direct p50 (lone)"] == "1.10"
     assert rows["exec prediction error p99 at batch 1, share of the typical prediction"] == (
         "12.5% (the direct call's own p99 is 0.0% over its p50)")
