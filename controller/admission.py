@@ -75,16 +75,17 @@ class DrainPace:
     batches sent in the last refresh: the lane time they were booked for (their runs and the
     lane's turnaround after each, Core.send_exec) over what their samples cost in the batches
     their queue would make (`Core.drain_ns`, which backlogs are priced with). It is 1 while
-    batching runs as priced and the lane turns around at once. Under overload, when requests reach the head of their queue
-    with little slack left, batches are cut to what their most urgent member allows: on a GPU a
-    batch of 4 costs far more per sample than one of 16, queues drain slower than priced, the
-    requests behind become urgent in turn, and admission, pricing full batches, kept the queue
-    long enough for that to last (at 3x, seconds of batches a quarter full). Queues are then
-    priced at the pace the device keeps. On a CPU a sample costs the same in any batch, and the
-    pace is the lane's turnaround alone: ~1.04 for a 0.8 ms CNN on a 2-core host."""
+    batching runs as priced and the lane turns around at once. Under overload, when requests
+    reach the head of their queue with little slack left, batches are cut to what their most
+    urgent member allows: on a GPU a batch of 4 costs far more per sample than one of 16,
+    queues drain slower than priced, the requests behind become urgent in turn, and admission,
+    pricing full batches, kept the queue long enough for that to last (at 3x, seconds of
+    batches a quarter full). Queues are then priced at the pace the device keeps. On a CPU a
+    sample costs the same in any batch, and the pace is the lane's turnaround alone: ~1.04 for
+    a 0.8 ms CNN on a 2-core host."""
 
     def __init__(self) -> None:
-        self._sent: dict[str, list[int]] = {}  # device key -> [device time of its batches, the same priced]
+        self._sent: dict[str, list[int]] = {}  # device key -> [lane time of its batches, the same priced]
         self._pace: dict[str, float] = {}
 
     def sent(self, dev_key: str, batch_ns: int, priced_ns: int) -> None:

@@ -965,8 +965,11 @@ class Core:
         latest = max(batch.latest_start_ns,
                      batch.latest_start_ns + batch.exec_ns + self.give_up_slack_ns - typical_ns)
         ready = max(earliest, now_ns + self.dispatch_floor_ns)
-        lane_ns = typical_ns + self.workers[dev.worker].turnaround_ns
-        dev.exec_lane.reserve(action_id, start_ns, batch.exec_ns, ready, lane_ns)
+        turnaround = self.workers[dev.worker].turnaround_ns
+        lane_ns = typical_ns + turnaround
+        # The turnaround at the tail too: the lane's one tail allowance is the run's tail over
+        # its typical time (Timeline.free_at), not that less the turnaround.
+        dev.exec_lane.reserve(action_id, start_ns, batch.exec_ns + turnaround, ready, lane_ns)
         tensors = tuple(t for req in batch.requests for t in req.tensors)  # chunks, forwarded as-is
         self._track(Action(action_id, _EXEC, dev, batch.model, batch.exec_ns, now_ns,
                            latest + batch.exec_ns + self.dispatch_of(dev) + self.cfg.result_grace_ns,
