@@ -143,6 +143,11 @@ class ControllerConfig:
     # which; common/affinity.py): on a CPU host the controller running there slows the lane's
     # EXECs past their predictions.
     avoid_lane_cores: bool = True
+    # While the daemon runs, keep idle cores on this host within cpu_wake_latency_us of waking (a
+    # CPU latency request, common/cpu_latency.py; 0: they poll): every hop of a request wakes a
+    # core that idled since the last. False leaves the host's setting alone.
+    keep_cores_awake: bool = True
+    cpu_wake_latency_us: int = 0
     # An INFER that waited this share of its SLO in queues before the controller read it is
     # refused from its header alone (WOULD_MISS_DEADLINE), without a full decode. When the
     # controller falls behind, this keeps the queue in front of it short and its CPU for
@@ -272,6 +277,9 @@ class WorkerConfig:
     # a core left over; the controller and other processes are kept off it by the operator
     # (systemd CPUAffinity=, taskset).
     pin_lanes: bool = True
+    # As [controller]'s: an EXEC and its result do not wait for a core to leave a deep idle state.
+    keep_cores_awake: bool = True
+    cpu_wake_latency_us: int = 0
     # Where workers on this host claim their lanes' cores (a lock file per core), so that two
     # workers' lanes never share one. Every worker of a host must name the same folder; "":
     # /dev/shm/clockwork-lane-cores (the system's temporary folder where there is no /dev/shm).

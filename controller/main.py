@@ -8,6 +8,7 @@ import signal
 import sys
 
 from clockwork.common import config as cfg
+from clockwork.common import cpu_latency
 from clockwork.common import version
 from clockwork.common.logsetup import configure
 
@@ -57,10 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     tune_for_serving()
+    wake = cpu_latency.hold(config.cpu_wake_latency_us, log) if config.keep_cores_awake else None
     try:
         daemon.run()
     finally:
         daemon.close()
+        if wake is not None:
+            wake.close()
         log.info("controller stopped")
     return 0
 

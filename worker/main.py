@@ -21,7 +21,7 @@ import sys
 import zmq
 
 from clockwork.common import config as cfg
-from clockwork.common import logsetup, version
+from clockwork.common import cpu_latency, logsetup, version
 from clockwork.common.config import MIB, WorkerConfig
 from clockwork.common.security import SecurityError
 
@@ -102,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     log.info("worker starting", worker=daemon.name, runtime=runtime.name, controller=config.controller,
              devices=[d.kind for d in runtime.devices()])
     tune_for_serving()
-    daemon.run()
+    wake = cpu_latency.hold(config.cpu_wake_latency_us, log) if config.keep_cores_awake else None
+    try:
+        daemon.run()
+    finally:
+        if wake is not None:
+            wake.close()
     return 0
 
 
