@@ -51,7 +51,7 @@ except ImportError as exc:  # the daemons do not need it: it comes with the gate
     raise SystemExit(f"clockwork-gateway needs the gateway extra: pip install 'clockwork-serving[gateway]' "
                      f"({exc})") from None
 
-from clockwork.common import logsetup, schema, version
+from clockwork.common import cpu_latency, logsetup, schema, version
 from clockwork.common.affinity import LaneCores
 from clockwork.common.checks import BadMessage
 from clockwork.common.metrics import LATENCY_BUCKETS_S, UNKNOWN, BoundedLabels, ChildCache, new_registry, outcome
@@ -129,6 +129,9 @@ class GatewayConfig:
     # the JSON infers at 300/s, where the plain HTTP server (on both cores) answered all: sharing
     # the lane's core, 0-8%, better in five pairs of runs of five (docs/benchmarks.md).
     min_cores_left: int = 2
+    # Hold a CPU latency request while serving, as the controller and the worker do
+    # (common/cpu_latency.py): idle cores poll, so a request arriving after a lull finds one awake.
+    keep_cores_awake: bool = True
     # Gateway processes sharing the port: one parses JSON on one core, so a core's worth of
     # requests needs another process. 1 until measured otherwise.
     processes: int = 1
@@ -590,6 +593,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[GatewayConfig, str]:
                    help="answer an infer 429 at once when it waited this long in the gateway (0: no ceiling)")
     p.add_argument("--avoid-lane-cores", action=argparse.BooleanOptionalAction, default=d.avoid_lane_cores,
                    help="keep off the CPU cores the EXEC lanes of workers on this host hold")
+    p.add_argument("--keep-cores-awake", action=argparse.BooleanOptionalAction, default=d.keep_cores_awake,
+                   help="keep this host's idle cores polling while serving (a CPU latency request)")
     p.add_argument("--min-cores-left", type=_positive(int), default=d.min_cores_left,
                    help="keep off the lanes' cores only where at least this many cores are left")
     p.add_argument("--processes", type=_positive(int), default=1,
@@ -609,7 +614,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[GatewayConfig, str]:
                            retry_after_s=a.retry_after_s, shutdown_timeout_s=max(0.0, a.shutdown_timeout_s),
                            shed_lag_ms=a.shed_lag_ms, shed_ceiling_ms=a.shed_ceiling_ms, processes=a.processes,
                            process_index=a.process_index,
-                           avoid_lane_cores=a.avoid_lane_cores, min_cores_left=a.min_cores_left)
+                           avoid_lane_cores=a.avoid_lane_cores, min_cores_left=a.min_cores_left,
+                           keep_cores_awake=a.keep_cores_awake)
     return config, a.log_level
 
 
@@ -624,6 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from clockwork.common.gc_tuning import tune_for_serving
 
     tune_for_serving()  # as the controller and the worker do: its imports frozen, fewer collections
+    wake = cpu_latency.hold(0, log) if config.keep_cores_awake else None
     try:
         asyncio.run(serve(config))
     except OSError as exc:  # e.g. the port is taken
@@ -631,6 +638,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        if wake is not None:
+            wake.close()
     return 0
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from clockwork.bench.procs import WorkerSpec, cluster, start_gateway
 from clockwork.common import cpu_latency
-from tests.worker_helpers import WorkerProcess
+from tests.worker_helpers import WorkerProcess, wait_until_true
 
 WRITABLE = os.access(cpu_latency.DEVICE, os.W_OK)
 
@@ -84,3 +85,14 @@ def test_a_worker_holds_the_request_while_it_serves_unless_told_not_to(tmp_path,
             assert not holds_the_device(worker.proc.pid) and "idle cores may wake slowly" in log
     finally:
         worker.close()
+
+
+@pytest.mark.timeout(180)
+def test_the_controller_and_the_gateway_hold_it_too(tmp_path):
+    with cluster(tmp_path, [WorkerSpec("w0", "emulated")], log_level="info") as c:
+        start_gateway(c.group, c.client_endpoint, extra=["--log-level", "info"])
+        for name in ("controller", "gateway"):
+            proc = c.group.get(name)
+            wait_until_true(lambda: "idle cores" in proc.log_path.read_text(errors="replace"),
+                            what=f"the {name} saying whether it holds the request")
+            assert holds_the_device(proc.pid) == WRITABLE, name
