@@ -14,6 +14,8 @@ import sys
 import time
 from typing import TextIO
 
+from clockwork.common import cpu_latency
+
 BAR_WIDTH = 28
 
 
@@ -98,16 +100,34 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+class _Said:
+    """common/cpu_latency's log lines, said."""
+
+    def info(self, event: str, **fields: object) -> None:
+        details = ", ".join(f"{key}={value}" for key, value in fields.items())
+        say(event + (f" ({details})" if details else ""))
+
+    warning = info
+
+
 def command_main(parse_args, run, what: str):
     """The `main(argv)` of a command that starts processes: Ctrl-C ends it with status 130 once
-    every process it started has been stopped (bench.procs does the stopping)."""
+    every process it started has been stopped (bench.procs does the stopping).
+
+    It runs with idle cores kept polling, as the daemons keep them (common/cpu_latency.py), so
+    that a reference measured while no daemon runs (capacity's echo and relay searches) meets
+    the same idle cores the system met."""
 
     def main(argv=None) -> int:
         args = parse_args(argv)
+        wake = cpu_latency.hold(0, _Said())
         try:
             return run(args)
         except KeyboardInterrupt:
             say(f"interrupted; every process the {what} started has been stopped")
             return 130
+        finally:
+            if wake is not None:
+                wake.close()
 
     return main

@@ -1,8 +1,13 @@
 """The progress bar: in place on a terminal, plain lines otherwise."""
 
 import io
+import os
 
-from clockwork.bench.progress import NullProgress, Progress
+import pytest
+
+from clockwork.bench.progress import NullProgress, Progress, command_main
+from clockwork.common import cpu_latency
+from tests.worker_helpers import holds_the_device
 
 
 def test_plain_lines_when_not_a_tty():
@@ -33,3 +38,13 @@ def test_render_clamps_and_null_is_silent():
     assert "[" + "." * 28 + "]" in bar.render(-1, 0, 0, 0)
     assert "[" + "#" * 28 + "]" in bar.render(99, 0, 0, 0)
     NullProgress().update(1, 2, 3, 4)
+
+
+@pytest.mark.skipif(not os.access(cpu_latency.DEVICE, os.W_OK), reason=f"{cpu_latency.DEVICE} is not writable")
+def test_a_command_runs_with_idle_cores_kept_polling_and_withdraws_the_request_after():
+    """capacity measures its echo and relay references with no daemon running: the command itself
+    keeps idle cores polling, as the daemons would have."""
+    seen = []
+    main = command_main(lambda argv: argv, lambda args: seen.append(holds_the_device(os.getpid())) or 0, "test")
+    assert main([]) == 0
+    assert seen == [True] and not holds_the_device(os.getpid())

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import struct
-from pathlib import Path
 
 import pytest
 
 from clockwork.bench.procs import WorkerSpec, cluster, start_gateway
 from clockwork.common import cpu_latency
-from tests.worker_helpers import WorkerProcess, wait_until_true
+from tests.worker_helpers import WorkerProcess, holds_the_device, wait_until_true
 
 WRITABLE = os.access(cpu_latency.DEVICE, os.W_OK)
 
@@ -62,11 +61,6 @@ def test_the_real_device_takes_the_request_while_it_is_held():
         assert effective_us() <= 3  # the lowest request wins; another holder may ask for less
     finally:
         request.close()
-
-
-def holds_the_device(pid: int) -> bool:
-    fds = Path(f"/proc/{pid}/fd")
-    return any(os.readlink(fd) == cpu_latency.DEVICE for fd in fds.iterdir() if fd.is_symlink())
 
 
 @pytest.mark.timeout(120)

@@ -8,6 +8,7 @@ named subclass that counts calls), and worker processes are real, driven by `Stu
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
 import time
@@ -162,3 +163,9 @@ def cores_of_threads(pid: int) -> list[set[int]]:
             cores.update(range(int(low), int(high or low) + 1))
         out.append(cores)
     return out
+
+
+def holds_the_device(pid: int, device: str = "/dev/cpu_dma_latency") -> bool:
+    """Whether process `pid` has `device` open (common/cpu_latency.py holds its request so)."""
+    fds = Path(f"/proc/{pid}/fd")
+    return any(os.readlink(fd) == device for fd in fds.iterdir() if fd.is_symlink())
