@@ -13,6 +13,10 @@ from __future__ import annotations
 ALLOWANCES = ("dispatch_ms", "turnaround_ms", "finish_tail_ms", "reply_ms", "reply_hop_ms_max", "admission_headroom")
 # The reasons a dry run of admission (SchedulerConfig.admission_dry_run) adds: it refuses nothing.
 DRY_RUN_REFUSED, DRY_RUN_MET_SLO = "dry run: would have refused", "dry run: of those, answered in SLO"
+# Not a refusal either: the EXECs that ran over twice their planned time (the core's
+# `exec_overran`), which the requests given up once queued often follow.
+OVERRUNS = "EXECs over twice their planned time"
+NOT_REFUSALS = frozenset({DRY_RUN_REFUSED, DRY_RUN_MET_SLO, OVERRUNS})
 
 
 def why(before: dict, after: dict) -> tuple[dict[str, int], dict[str, float]]:
@@ -33,6 +37,7 @@ def why(before: dict, after: dict) -> tuple[dict[str, int], dict[str, float]]:
         "shed at the input": change("rejected_shed"),
         "queue full": change("rejected_queue_full"),
         "given up once queued": change("answered_deadline_missed"),
+        OVERRUNS: change("exec_overran"),
         DRY_RUN_REFUSED: change("dry_run_refused"),
         DRY_RUN_MET_SLO: change("dry_run_refused_met_slo"),
     }

@@ -52,7 +52,7 @@ from clockwork.bench.cpu import host_busy_share, host_jiffies
 from clockwork.bench.loadgen import SEND_FAILED, run_open_loop
 from clockwork.bench.procs import cluster, free_port, kept_off_lanes, run_in_temp_dir
 from clockwork.bench.progress import Progress, command_main, say
-from clockwork.bench.refusals import DRY_RUN_MET_SLO, DRY_RUN_REFUSED, why, why_text
+from clockwork.bench.refusals import DRY_RUN_MET_SLO, DRY_RUN_REFUSED, NOT_REFUSALS, why, why_text
 from clockwork.bench.report import Latencies, LoadResults, answered_after_admission, format_table, write_json
 from clockwork.client import Client
 from clockwork.client.cli import parse_shape
@@ -231,7 +231,7 @@ def verdicts(points: Sequence[Point], floor: Latencies, worker: dict[str, float]
         refused_below = [p for p in points if p.target == "clockwork" and 0 < p.rate <= 0.7 * plain and p.refused]
         why_below: Counter[str] = Counter()
         for p in refused_below:  # a dry run's counts are what it served, not refusals
-            why_below.update({k: n for k, n in p.reasons.items() if k not in (DRY_RUN_REFUSED, DRY_RUN_MET_SLO)})
+            why_below.update({k: n for k, n in p.reasons.items() if k not in NOT_REFUSALS})
         rows.append(("refusals at rates <= 70% of plain's", str(sum(p.refused for p in refused_below))
                      + (f" ({', '.join(f'{n} {reason}' for reason, n in why_below.most_common())})" if why_below else ""),
                      "0"))

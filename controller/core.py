@@ -67,6 +67,9 @@ T = TypeVar("T")
 # it runs), and one refused BUSY (the model was executing) is retried after a typical EXEC.
 UNLOAD_WINDOW_NS: Final = 60 * 1_000_000_000
 UNLOAD_RETRY_NS: Final = 5_000_000
+# An EXEC that ran more than this many times its planned duration (the tail) is counted as an
+# overrun (`exec_overran`): its time was not the model's.
+OVERRUN_FACTOR: Final = 2
 
 
 # Enum members read once a request or a batch: Status and ActionKind are defined in interpreted
@@ -782,6 +785,11 @@ class Core:
             disturbed: bool = result["disturbed"]
             self.latency.observe_exec(action.model, action.batch_size, action.device.kind, duration_ns,
                                       action.expected_ns, disturbed)
+            if duration_ns > OVERRUN_FACTOR * action.expected_ns:
+                # A stall (on a CPU host, the lane's core or its GIL taken for milliseconds):
+                # rare enough to vanish from the error percentiles, yet the requests queued
+                # behind it at the edge of their budget miss.
+                self.count("exec_overran")
             self.latency.observe_hops(action.device.worker, action.sent_ns, action.planned_start_ns,
                                       result["begin_ns"], result["end_ns"], now_ns)
             self._lane_turnaround(action, result["begin_ns"], result["end_ns"], disturbed)

@@ -16,4 +16,6 @@ def test_refusals_are_told_by_reason_with_the_allowances_the_stretch_ended_with(
     dry_run = {"counters": {"dry_run_refused": 40, "dry_run_refused_for_backlog": 38, "dry_run_refused_met_slo": 31}}
     assert why({}, dry_run)[0] == {"dry run: would have refused": 40, "dry run: of those, answered in SLO": 31}
     assert why({}, {"workers": []}) == ({}, {})  # a target without a controller (STATUS {}) has neither
+    # The EXECs that ran over twice their planned time: told beside the give-ups they cause.
+    assert why({}, {"counters": {"exec_overran": 3}})[0] == {"EXECs over twice their planned time": 3}
     assert why_text({}, {}) == ""
