@@ -4,17 +4,17 @@ An idle core sleeps in an idle state, and the message that wakes it waits out th
 Below capacity every hop of a request finds its core idle: the client's reply, the controller's
 read, the worker's loop, the EXEC lane, and the way back. On the project's 2-core VM (cpuidle
 driver haltpoll) a ZeroMQ round trip 10 ms after the last took 0.44 ms at p50 with the cores
-free to halt and 0.15 ms with them kept polling, and a lone request through this system 0.5 ms
-less (`clockwork-bench versus`, docs/benchmarks.md): time that is neither the model's nor the
-plan's, and varies with how deep each core slept.
+free to halt and 0.15 ms with them kept polling, and a lone request through this system up to
+0.5 ms less (`clockwork-bench versus`, docs/benchmarks.md): time that is neither the model's nor
+the plan's, and varies with how deep each core slept.
 
 Linux's interface for it is the CPU latency QoS request: write the most microseconds a wake-up
 may take to /dev/cpu_dma_latency and keep the file open; the kernel keeps idle cores in states
 that wake within it until the file is closed, which the process's exit does too. 0 keeps them
 polling: more power drawn while idle, and on a VM busy vCPUs (`keep_cores_awake = false` where
-they are billed by use). It is one request for the whole host, so one daemon holding it serves every process there.
-The device belongs to root; for a service user, systemd/60-clockwork-cpu-latency.rules lets
-the clockwork group open it (docs/operations.md).
+they are billed by use). It is one request for the whole host, so one daemon holding it serves
+every process there. The device belongs to root; for a service user,
+systemd/60-clockwork-cpu-latency.rules lets the clockwork group open it (docs/operations.md).
 """
 
 from __future__ import annotations

@@ -785,7 +785,7 @@ class Core:
             disturbed: bool = result["disturbed"]
             self.latency.observe_exec(action.model, action.batch_size, action.device.kind, duration_ns,
                                       action.expected_ns, disturbed)
-            if duration_ns > OVERRUN_FACTOR * action.expected_ns:
+            if 0 < OVERRUN_FACTOR * action.expected_ns < duration_ns:
                 # A stall (on a CPU host, the lane's core or its GIL taken for milliseconds):
                 # rare enough to vanish from the error percentiles, yet the requests queued
                 # behind it at the edge of their budget miss.
