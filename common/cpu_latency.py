@@ -19,6 +19,7 @@ systemd/60-clockwork-cpu-latency.rules lets the clockwork group open it (docs/op
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from typing import Any
@@ -29,8 +30,8 @@ DEVICE = "/dev/cpu_dma_latency"
 class CpuLatencyRequest:
     """The open request; `close` (or the process's exit) withdraws it."""
 
-    def __init__(self, fd: int, max_us: int):
-        self.fd, self.max_us = fd, max_us
+    def __init__(self, fd: int):
+        self.fd = fd
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -44,9 +45,12 @@ def hold(max_us: int, log: Any, device: str = DEVICE) -> CpuLatencyRequest | Non
     try:
         fd = os.open(device, os.O_WRONLY | os.O_CLOEXEC)
     except OSError as exc:
+        if exc.errno == errno.ENOENT:  # a container, or systemd's PrivateDevices=yes
+            fix = "the device is not visible to this process; another daemon on the host may hold the request"
+        else:
+            fix = "run as root, or install systemd/60-clockwork-cpu-latency.rules (docs/operations.md)"
         log.info("idle cores may wake slowly: no CPU latency request", device=device, reason=exc.strerror,
-                 fix="run as root, or install systemd/60-clockwork-cpu-latency.rules (docs/operations.md); "
-                     "keep_cores_awake = false silences this")
+                 fix=fix + "; keep_cores_awake = false silences this")
         return None
     try:
         os.write(fd, struct.pack("i", max_us))
@@ -55,4 +59,4 @@ def hold(max_us: int, log: Any, device: str = DEVICE) -> CpuLatencyRequest | Non
         log.warning("CPU latency request refused", device=device, max_us=max_us, reason=exc.strerror)
         return None
     log.info("idle cores kept quick to wake", max_us=max_us)
-    return CpuLatencyRequest(fd, max_us)
+    return CpuLatencyRequest(fd)
