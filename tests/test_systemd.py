@@ -56,6 +56,14 @@ def test_example_configuration_loads():
     assert worker.secret_key_file and worker.controller_public_key_file and worker.runtime == "tensorrt"
     assert worker.engine_cache_dir.startswith("/var/cache/clockwork-worker/")  # CacheDirectory= of the unit
     assert worker.metrics_address != controller.metrics_address
+    assert worker.keep_cores_awake and controller.keep_cores_awake
+
+
+def test_the_udev_rule_lets_the_service_group_hold_a_cpu_latency_request():
+    rule = (UNITS / "60-clockwork-cpu-latency.rules").read_text()
+    [line] = [l for l in rule.splitlines() if l and not l.startswith("#")]
+    assert 'KERNEL=="cpu_dma_latency"' in line and 'GROUP="clockwork"' in line and 'MODE="0660"' in line
+    assert unit("clockwork-worker@.service")["Service"]["Group"] == "clockwork"  # the group the rule names
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,
