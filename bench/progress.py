@@ -120,14 +120,11 @@ def command_main(parse_args, run, what: str):
 
     def main(argv=None) -> int:
         args = parse_args(argv)
-        wake = cpu_latency.hold(0, _Said())
         try:
-            return run(args)
+            with cpu_latency.held(0, _Said()):
+                return run(args)
         except KeyboardInterrupt:
             say(f"interrupted; every process the {what} started has been stopped")
             return 130
-        finally:
-            if wake is not None:
-                wake.close()
 
     return main

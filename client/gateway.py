@@ -630,17 +630,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from clockwork.common.gc_tuning import tune_for_serving
 
     tune_for_serving()  # as the controller and the worker do: its imports frozen, fewer collections
-    wake = cpu_latency.hold(0, log) if config.keep_cores_awake else None
     try:
-        asyncio.run(serve(config))
+        with cpu_latency.held(0, log, config.keep_cores_awake):
+            asyncio.run(serve(config))
     except OSError as exc:  # e.g. the port is taken
         log.error("cannot_listen", host=config.host, port=config.port, error=str(exc))
         return 1
     except KeyboardInterrupt:
         return 130
-    finally:
-        if wake is not None:
-            wake.close()
     return 0
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 DEVICE = "/dev/cpu_dma_latency"
@@ -60,3 +62,15 @@ def hold(max_us: int, log: Any, device: str = DEVICE) -> CpuLatencyRequest | Non
         return None
     log.info("idle cores kept quick to wake", max_us=max_us)
     return CpuLatencyRequest(fd)
+
+
+@contextmanager
+def held(max_us: int, log: Any, enabled: bool = True) -> Iterator[None]:
+    """The request (`hold`) for the length of a `with` block, where `enabled` (a daemon's
+    `keep_cores_awake`) asks for it; withdrawn when the block ends, however it ends."""
+    request = hold(max_us, log) if enabled else None
+    try:
+        yield
+    finally:
+        if request is not None:
+            request.close()

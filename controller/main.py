@@ -58,13 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     tune_for_serving()
-    wake = cpu_latency.hold(config.cpu_wake_latency_us, log) if config.keep_cores_awake else None
     try:
-        daemon.run()
+        with cpu_latency.held(config.cpu_wake_latency_us, log, config.keep_cores_awake):
+            daemon.run()
     finally:
         daemon.close()
-        if wake is not None:
-            wake.close()
         log.info("controller stopped")
     return 0
 

@@ -19,6 +19,7 @@ import numpy as np
 import structlog
 
 from clockwork.bench.predictability import StubController, mlp_model, spawn_worker, stop_worker
+from clockwork.common import cpu_latency
 from clockwork.common.clock import monotonic_ns
 from clockwork.common.config import MIB, WorkerConfig
 from clockwork.worker.device import Device, Done, Ran
@@ -165,7 +166,7 @@ def cores_of_threads(pid: int) -> list[set[int]]:
     return out
 
 
-def holds_the_device(pid: int, device: str = "/dev/cpu_dma_latency") -> bool:
+def holds_the_device(pid: int, device: str = cpu_latency.DEVICE) -> bool:
     """Whether process `pid` has `device` open (common/cpu_latency.py holds its request so)."""
     fds = Path(f"/proc/{pid}/fd")
     return any(os.readlink(fd) == device for fd in fds.iterdir() if fd.is_symlink())

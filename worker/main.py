@@ -102,12 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("worker starting", worker=daemon.name, runtime=runtime.name, controller=config.controller,
              devices=[d.kind for d in runtime.devices()])
     tune_for_serving()
-    wake = cpu_latency.hold(config.cpu_wake_latency_us, log) if config.keep_cores_awake else None
-    try:
+    with cpu_latency.held(config.cpu_wake_latency_us, log, config.keep_cores_awake):
         daemon.run()
-    finally:
-        if wake is not None:
-            wake.close()
     return 0
 
 
