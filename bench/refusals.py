@@ -5,7 +5,8 @@ device, stale, shed, queue full) and how many were given up once queued; its sch
 holds the allowances admission priced them with. `versus` prints both for each rate, `capacity`
 for each step: on a noisy host the reply allowance alone reached 13 ms against a 15 ms SLO, and
 that, not the devices, was why. In a dry run of admission the counters also say how many it
-would have refused, and how many of those were answered in time all the same.
+would have refused, and how many of those were answered in time all the same. The devices say
+how long their lanes idled while work for them waited, and where it waited.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ DRY_RUN_REFUSED, DRY_RUN_MET_SLO = "dry run: would have refused", "dry run: of t
 # Not a refusal either: the EXECs that ran over twice their planned time (the core's
 # `exec_overran`), which the requests given up once queued often follow.
 OVERRUNS = "EXECs over twice their planned time"
-NOT_REFUSALS = frozenset({DRY_RUN_REFUSED, DRY_RUN_MET_SLO, OVERRUNS})
+# Nor where the lanes idled between runs while work for them waited (milliseconds, all devices):
+# for the controller to plan and send it, or at the worker (the core's `lane_idle_*_ns`).
+IDLE_ON_CONTROLLER = "ms lanes idled, the work not yet at the worker"
+IDLE_ON_WORKER = "ms lanes idled, the EXEC at the worker"
+NOT_REFUSALS = frozenset({DRY_RUN_REFUSED, DRY_RUN_MET_SLO, OVERRUNS, IDLE_ON_CONTROLLER, IDLE_ON_WORKER})
 
 
 def why(before: dict, after: dict) -> tuple[dict[str, int], dict[str, float]]:
@@ -40,10 +45,18 @@ def why(before: dict, after: dict) -> tuple[dict[str, int], dict[str, float]]:
         OVERRUNS: change("exec_overran"),
         DRY_RUN_REFUSED: change("dry_run_refused"),
         DRY_RUN_MET_SLO: change("dry_run_refused_met_slo"),
+        IDLE_ON_CONTROLLER: (lanes_idle_ns(after, "controller") - lanes_idle_ns(before, "controller")) // 1_000_000,
+        IDLE_ON_WORKER: (lanes_idle_ns(after, "worker") - lanes_idle_ns(before, "worker")) // 1_000_000,
     }
     scheduler = after.get("scheduler") or {}
     return ({k: v for k, v in reasons.items() if v > 0},
             {k: float(scheduler[k]) for k in ALLOWANCES if scheduler.get(k) is not None})
+
+
+def lanes_idle_ns(status: dict, waiting_on: str) -> int:
+    """The idle time of every lane a STATUS lists, with work waiting on "controller" or "worker"."""
+    return sum(int(d.get(f"lane_idle_{waiting_on}_ns") or 0)
+               for w in status.get("workers") or [] for d in w.get("devices") or [])
 
 
 def why_text(reasons: dict[str, int], allowances: dict[str, float]) -> str:

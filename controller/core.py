@@ -792,7 +792,7 @@ class Core:
                 self.count("exec_overran")
             self.latency.observe_hops(action.device.worker, action.sent_ns, action.planned_start_ns,
                                       result["begin_ns"], result["end_ns"], now_ns)
-            self._lane_turnaround(action, result["begin_ns"], result["end_ns"], disturbed)
+            self._lane_gap(action, result["begin_ns"], result["end_ns"], disturbed)
             self.latency.observe_finish(action.typical_end_ns, now_ns, disturbed)
             action.device.exec_busy_ns += duration_ns
             sm_clock_mhz: int = result["sm_clock_mhz"]
@@ -807,16 +807,32 @@ class Core:
             for req in action.requests:
                 self.answer(req, status, result["detail"] or "the worker failed to execute the batch", now_ns)
 
-    def _lane_turnaround(self, action: Action, begin_ns: int, end_ns: int, disturbed: bool) -> None:
-        """Measure the lane's turnaround where the EXEC that ran had been ready before the
-        previous one on its lane ended: the gap between them is then lane time no run measured
-        (on a 2-core host ~35 us an action, 4% of a 0.8 ms CNN's run), which a backlog priced
-        at run times alone leaves out."""
+    def _lane_gap(self, action: Action, begin_ns: int, end_ns: int, disturbed: bool) -> None:
+        """The EXEC lane's gap before this run, where work for it was waiting. Ready at the
+        worker before the previous run ended, the EXEC waited on the worker: the lane's
+        turnaround, measured here (on a 2-core host ~35 us an action, 4% of a 0.8 ms CNN's run,
+        which a backlog priced at run times alone leaves out), or a stall of its host. Not
+        ready by then though its requests were here, it waited on the controller (planning,
+        sending, the hop) from when both the lane and its first request were there. A lane with
+        nothing to do counts in neither."""
         dev = action.device
         previous = dev.exec_end_ns
         dev.exec_end_ns = end_ns
-        if previous and action.ready_ns <= previous and not disturbed:
-            self.latency.observe_turnaround(dev.worker, begin_ns - previous)
+        if not previous:
+            return
+        if action.ready_ns <= previous:
+            if begin_ns > previous:
+                dev.lane_idle_worker_ns += begin_ns - previous
+            if not disturbed:
+                self.latency.observe_turnaround(dev.worker, begin_ns - previous)
+            return
+        first = begin_ns
+        for req in action.requests:
+            if req.received_ns < first:
+                first = req.received_ns
+        waiting_from = first if first > previous else previous
+        if begin_ns > waiting_from:
+            dev.lane_idle_controller_ns += begin_ns - waiting_from
 
     def _answer_batch(self, action: Action, result: dict[str, Any], now_ns: int) -> None:
         """Answer each request of an EXEC that ran with its rows of the outputs and where its
@@ -1150,6 +1166,8 @@ class Core:
                     "busy_ms": max(0, d.exec_lane.free_at(now_ns) - now_ns) / 1e6,
                     "sm_clock_mhz": d.sm_clock_mhz or None,
                     "exec_busy_ns": d.exec_busy_ns,
+                    "lane_idle_controller_ns": d.lane_idle_controller_ns,
+                    "lane_idle_worker_ns": d.lane_idle_worker_ns,
                 })
             workers.append({"name": w.name, "runtime": w.runtime, "alive": True, "dispatch_ms": w.dispatch_ns / 1e6,
                             "turnaround_ms": w.turnaround_ns / 1e6,

@@ -216,7 +216,7 @@ class LatencyModel:
         # client that the controller can time (what the reply allowance adds to its floor).
         self._returns: dict[str, RecentSamples] = {}
         # Per worker, its lanes' turnaround: an EXEC's end to the next one's start, the next
-        # having been there already (Core._lane_turnaround): lane time that no run measures.
+        # having been there already (Core._lane_gap): lane time that no run measures.
         self._turnarounds: dict[str, RecentSamples] = {}
         # How much later than its typical end each EXEC's result arrived: the one tail allowance.
         self.finish_errors = RecentSamples()

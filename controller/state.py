@@ -107,6 +107,10 @@ class Device:
     sm_clock_mhz: int = 0  # last reported by the worker (GPUs); shows throttling in STATUS
     exec_busy_ns: int = 0  # measured EXEC time so far: utilisation is its rate of change
     exec_end_ns: int = 0  # when its last EXEC that ran ended, as measured (the lane's turnaround)
+    # Its EXEC lane's idle time between runs while the next run's work was waiting (Core._lane_gap):
+    # for the controller to send it, or at the worker (turnarounds, stalls of the worker's host).
+    lane_idle_controller_ns: int = 0
+    lane_idle_worker_ns: int = 0
 
     key: str = field(init=False)  # "worker/device_id": names it in models' replica maps (made once: read per request)
 

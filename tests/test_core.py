@@ -760,6 +760,43 @@ def test_a_lanes_turnaround_between_back_to_back_execs_is_measured_booked_and_pr
     assert core.policy.pace.of(dev.key) == pytest.approx((EXEC_NS[1] + gap) / EXEC_NS[1])
 
 
+def test_a_lanes_idle_time_with_work_waiting_is_told_apart_by_where_the_work_waited():
+    """Between two runs the lane idles on the worker (the next EXEC was there: its turnaround,
+    a stall of its host) or on the controller (the next run's request was here, its EXEC not yet
+    at the worker: planning, sending, the hop). Idle time with nothing to run counts in neither."""
+    core = ready_core()
+    t = warm(core)  # the lane's last run ended at t
+    dev, floor, run = core.workers["w1"].devices[0], core.dispatch_floor_ns, EXEC_NS[1]
+
+    def idle():
+        return dev.lane_idle_worker_ns, dev.lane_idle_controller_ns
+
+    infer(core, 1, now=t)  # to an idle lane: it waits for the EXEC's dispatch
+    first = sent(core.tick(t), schema.Exec)[0]
+    infer(core, 2, now=t)
+    second = sent(core.tick(t), schema.Exec)[0]  # sent ahead: at the worker before the first ends
+    first_end = t + floor + run
+    step(core, result_for(core, first, first_end, duration_ns=run), first_end)
+    assert idle() == (0, floor)
+    late = first_end + run  # the third's request comes while the second runs; planned 2 ms late
+    infer(core, 3, now=late)
+    second_end = first_end + MS // 2 + run  # the worker started the second 0.5 ms late
+    step(core, result_for(core, second, second_end, duration_ns=run), second_end)
+    assert idle() == (MS // 2, floor)
+    planned = second_end + 2 * MS
+    third = sent(core.tick(planned), schema.Exec)[0]
+    third_end = planned + floor + run
+    step(core, result_for(core, third, third_end, duration_ns=run), third_end)
+    assert idle() == (MS // 2, floor + 2 * MS + floor)  # from the second's end, when the lane was free
+    quiet = third_end + 20 * MS  # nothing to run for 20 ms: not counted
+    infer(core, 4, now=quiet)
+    fourth = sent(core.tick(quiet), schema.Exec)[0]
+    step(core, result_for(core, fourth, quiet + floor + run, duration_ns=run), quiet + floor + run)
+    assert idle() == (MS // 2, 3 * floor + 2 * MS)
+    [device] = core.status(quiet)["workers"][0]["devices"]
+    assert (device["lane_idle_worker_ns"], device["lane_idle_controller_ns"]) == idle()
+
+
 def test_met_slo_counts_an_answer_past_the_planning_deadline_until_the_client_would_see_it_late():
     """The planning deadline keeps the whole reply allowance free, the way back from the
     worker's tail (3 ms here) as well as the hop to the client (the floor). Once the result is
