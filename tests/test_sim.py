@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -74,6 +75,11 @@ def test_clockwork_beats_fifo_under_overload():
     assert cw["offered"] == fifo["offered"]
     assert cw["goodput_per_s"] > fifo["goodput_per_s"]
     assert cw["latency_ok_ms"]["p99"] <= 100 < fifo["latency_ok_ms"]["p99"]
+    # Clockwork sends each EXEC ahead of the lane freeing; FIFO dispatches once a device is idle,
+    # so its lanes wait on the controller (here the simulated network) between batches.
+    assert cw["gpu_idle_with_work"]["controller"] < fifo["gpu_idle_with_work"]["controller"] / 10
+    assert fifo["gpu_idle_with_work"]["controller"] > 0.01
+    assert cw["gpu_idle_with_work"]["worker"] == fifo["gpu_idle_with_work"]["worker"] == 0  # lanes turn around at once
 
 
 def test_closed_loop_keeps_one_request_per_client():
@@ -128,14 +134,14 @@ class Recorder:
         self.results = []
         self.requests = {}
         self.counters = Counter()
-        self.workers = []
+        self.workers: dict[str, SimpleNamespace] = {}  # as a core keeps them: the devices' lanes idle nowhere
 
     def on_result(self, worker, action_id, msg, now):
         self.results.append((now, action_id, msg))
         return []
 
     def on_hello(self, worker, hello, now):
-        self.workers.append(worker)
+        self.workers[worker] = SimpleNamespace(devices={})
         return []
 
     def on_upload(self, name, fmt, signature, client, request_id, now):

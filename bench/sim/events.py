@@ -121,6 +121,7 @@ class Simulation:
         self._measure_ns = cfg.warmup_ns + cfg.measure_from_ns
         self._measuring = False
         self._busy_at_measure: list[int] = []
+        self._idle_at_measure = (0, 0)
         self._traffic_end_ns = 0
         self._uploads_left = 0
         self._hb_interval = core.cfg.heartbeat_interval_ns
@@ -161,6 +162,7 @@ class Simulation:
                     instructions.start_counting()
                 self.counters_at_measure = Counter(self.core.counters)
                 self._busy_at_measure = self.cluster.busy_ns()
+                self._idle_at_measure = self._lanes_idle_ns()
             return self.out
         return self.warm if self.now >= self.cfg.warmup_ns else None
 
@@ -457,6 +459,17 @@ class Simulation:
         before = self._busy_at_measure or [0] * self.cfg.gpus
         busy = self.cluster.busy_ns()
         return [min(1.0, (b - a) / span) for a, b in zip(before, busy)]
+
+    def idle_with_work(self) -> tuple[float, float]:
+        """Share of the measured window the mean device's lane idled while the next run's work
+        waited, on the controller and on the worker (Core._lane_gap): planning left unused."""
+        span = max(1, self._traffic_end_ns - self._measure_ns) * self.cfg.gpus
+        before, after = self._idle_at_measure, self._lanes_idle_ns()
+        return (after[0] - before[0]) / span, (after[1] - before[1]) / span
+
+    def _lanes_idle_ns(self) -> tuple[int, int]:
+        devices = [d for w in self.core.workers.values() for d in w.devices.values()]
+        return sum(d.lane_idle_controller_ns for d in devices), sum(d.lane_idle_worker_ns for d in devices)
 
 
 _clock = time.process_time_ns

@@ -61,6 +61,7 @@ def summarize(spec: RunSpec, sim: Simulation, duration_ns: int, wall_s: float) -
         "evictions": counters.get("evictions", 0),
         "batch_sizes": {str(k): v for k, v in sorted(out.batch_sizes.items())},
         "gpu_utilisation": {"mean": float(np.mean(util)), "min": float(np.min(util)), "max": float(np.max(util))},
+        "gpu_idle_with_work": dict(zip(("controller", "worker"), sim.idle_with_work())),
         "core_cpu_s": out.core_cpu_ns / 1e9,
         "core_cpu_us_per_request": out.core_cpu_ns / 1e3 / max(out.offered, 1),
         "core_setup_cpu_s": sim.setup_cpu_ns / 1e9,
@@ -99,6 +100,8 @@ def format_result(s: dict) -> str:
         ("cold starts / loads / evictions", f"{s['cold_starts']} / {s['loads']} / {s['evictions']}"),
         ("batch sizes", "  ".join(f"{k}:{v}" for k, v in s["batch_sizes"].items())),
         ("GPU busy", "mean {mean:.2f}  min {min:.2f}  max {max:.2f}".format(**s["gpu_utilisation"])),
+        ("GPU idle, work waiting", "on the controller {controller:.4f}  on the worker {worker:.4f}"
+                                   .format(**s["gpu_idle_with_work"])),
         ("core CPU", f"{s['core_cpu_s']:.2f} s = {s['core_cpu_us_per_request']:.1f} us/request "
                      f"({s['core_calls']} calls, {s['ticks']} ticks)"),
         ("unanswered / duplicates", f"{s['unanswered']} / {s['duplicates']}"),
