@@ -18,7 +18,7 @@ DRY_RUN_REFUSED, DRY_RUN_MET_SLO = "dry run: would have refused", "dry run: of t
 # `exec_overran`), which the requests given up once queued often follow.
 OVERRUNS = "EXECs over twice their planned time"
 # Nor where the lanes idled between runs while work for them waited (milliseconds, all devices):
-# for the controller to plan and send it, or at the worker (the core's `lane_idle_*_ns`).
+# for the controller to plan and send it, or at the worker (STATUS's `lane_idle_*_ms`).
 IDLE_ON_CONTROLLER = "ms lanes idled, the work not yet at the worker"
 IDLE_ON_WORKER = "ms lanes idled, the EXEC at the worker"
 NOT_REFUSALS = frozenset({DRY_RUN_REFUSED, DRY_RUN_MET_SLO, OVERRUNS, IDLE_ON_CONTROLLER, IDLE_ON_WORKER})
@@ -45,18 +45,18 @@ def why(before: dict, after: dict) -> tuple[dict[str, int], dict[str, float]]:
         OVERRUNS: change("exec_overran"),
         DRY_RUN_REFUSED: change("dry_run_refused"),
         DRY_RUN_MET_SLO: change("dry_run_refused_met_slo"),
-        IDLE_ON_CONTROLLER: (lanes_idle_ns(after, "controller") - lanes_idle_ns(before, "controller")) // 1_000_000,
-        IDLE_ON_WORKER: (lanes_idle_ns(after, "worker") - lanes_idle_ns(before, "worker")) // 1_000_000,
+        IDLE_ON_CONTROLLER: round(lanes_idle_ms(after, "controller") - lanes_idle_ms(before, "controller")),
+        IDLE_ON_WORKER: round(lanes_idle_ms(after, "worker") - lanes_idle_ms(before, "worker")),
     }
     scheduler = after.get("scheduler") or {}
     return ({k: v for k, v in reasons.items() if v > 0},
             {k: float(scheduler[k]) for k in ALLOWANCES if scheduler.get(k) is not None})
 
 
-def lanes_idle_ns(status: dict, waiting_on: str) -> int:
-    """The idle time of every lane a STATUS lists, with work waiting on "controller" or "worker"."""
-    return sum(int(d.get(f"lane_idle_{waiting_on}_ns") or 0)
-               for w in status.get("workers") or [] for d in w.get("devices") or [])
+def lanes_idle_ms(status: dict, waiting_on: str) -> float:
+    """The idle time of every worker's lanes a STATUS lists, with work waiting on "controller"
+    or "worker"."""
+    return sum(float(w.get(f"lane_idle_{waiting_on}_ms") or 0) for w in status.get("workers") or [])
 
 
 def why_text(reasons: dict[str, int], allowances: dict[str, float]) -> str:

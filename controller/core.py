@@ -1166,11 +1166,15 @@ class Core:
                     "busy_ms": max(0, d.exec_lane.free_at(now_ns) - now_ns) / 1e6,
                     "sm_clock_mhz": d.sm_clock_mhz or None,
                     "exec_busy_ns": d.exec_busy_ns,
-                    "lane_idle_controller_ns": d.lane_idle_controller_ns,
-                    "lane_idle_worker_ns": d.lane_idle_worker_ns,
                 })
+            # Over the worker's devices: a hundred devices' STATUS must leave room in one reply.
+            idle_controller = idle_worker = 0
+            for d in w.devices.values():
+                idle_controller += d.lane_idle_controller_ns
+                idle_worker += d.lane_idle_worker_ns
             workers.append({"name": w.name, "runtime": w.runtime, "alive": True, "dispatch_ms": w.dispatch_ns / 1e6,
-                            "turnaround_ms": w.turnaround_ns / 1e6,
+                            "turnaround_ms": w.turnaround_ns / 1e6, "lane_idle_controller_ms": idle_controller / 1e6,
+                            "lane_idle_worker_ms": idle_worker / 1e6,
                             "last_seen_ms_ago": (now_ns - w.last_seen_ns) / 1e6, "devices": devices})
         chosen = self.models.values() if models_limit is None else heapq.nsmallest(
             models_limit, self.models.values(), key=lambda m: (-len(m.queue) - m.in_flight, -m.answered, m.name))

@@ -55,7 +55,7 @@ MAX_TRACKED = 1 << 20  # requests/actions remembered awaiting their answer; beyo
 MAX_DEVICE_SERIES = 1024  # (worker, device) pairs with their own series
 REFRESH_NS = 1_000_000_000
 S = 1e-9  # seconds per nanosecond
-IDLE_WAITING_ON = ("controller", "worker")  # where a lane's next run waited (STATUS: lane_idle_*_ns)
+IDLE_WAITING_ON = ("controller", "worker")  # where a lane's next run waited (STATUS: lane_idle_*_ms)
 
 
 class ControllerTelemetry:
@@ -76,7 +76,7 @@ class ControllerTelemetry:
         self._model_children: dict[str, tuple] = {}  # model label -> what an OK reply touches
         self._counters_seen: dict[str, int] = {}
         self._device_series: set[tuple[str, str]] = set()
-        self._idle_seen: dict[tuple[str, str, str], int] = {}  # (worker, device, waiting on) -> STATUS's ns
+        self._idle_seen: dict[tuple[str, str], float] = {}  # (worker, waiting on) -> STATUS's ms
         self._model_series: set[str] = set()
         self._started_ns = 0
         self._next_refresh_ns = 0
@@ -109,9 +109,9 @@ class ControllerTelemetry:
         self.device_busy = Counter("clockwork_device_busy_seconds", "Worker-measured EXEC time", dev, registry=r)
         self.utilization = Gauge("clockwork_device_utilization_ratio", "EXEC busy share, last window", dev,
                                  registry=r)
-        self.lane_idle = Counter("clockwork_device_lane_idle_seconds", "EXEC lane idle between runs while the "
-                                 "next run's work waited, on the controller (not yet at the worker) or the worker",
-                                 [*dev, "waiting_on"], registry=r)
+        self.lane_idle = Counter("clockwork_worker_lane_idle_seconds", "A worker's EXEC lanes idle between runs "
+                                 "while the next run's work waited, on the controller (not yet at the worker) or "
+                                 "the worker", ["worker", "waiting_on"], registry=r)
         self.memory = Gauge("clockwork_device_memory_bytes", "Model memory of a device", dev, registry=r)
         self.memory_used = Gauge("clockwork_device_memory_used_bytes", "Model memory in use", dev, registry=r)
         self.loaded = Gauge("clockwork_device_loaded_models", "Models loaded on a device", dev, registry=r)
@@ -242,6 +242,8 @@ class ControllerTelemetry:
     def _refresh_devices(self, status: dict, now_ns: int, span_s: float) -> None:
         present = set()
         for w in status.get("workers", []):
+            for waiting_on in IDLE_WAITING_ON:
+                self._lane_idle(w["name"], waiting_on, float(w.get(f"lane_idle_{waiting_on}_ms") or 0))
             for d in w.get("devices", []):
                 key = (w["name"], str(d["device_id"]))
                 if key not in self._device_series and len(self._device_series) >= MAX_DEVICE_SERIES:
@@ -252,30 +254,31 @@ class ControllerTelemetry:
                 self.memory_used.labels(*key).set(d.get("used_bytes", 0))
                 self.loaded.labels(*key).set(d.get("loaded_count", 0))
                 self.utilization.labels(*key).set(min(1.0, self.busy.sums(key, now_ns)[0] / span_s))
-                for waiting_on in IDLE_WAITING_ON:
-                    self._lane_idle(key, waiting_on, int(d.get(f"lane_idle_{waiting_on}_ns") or 0))
         for key in self._device_series - present:  # a worker left: its devices' series go too
-            for metric, labels in ((self.memory, key), (self.memory_used, key), (self.loaded, key),
-                                   (self.utilization, key), (self.device_busy, key),
-                                   *((self.lane_idle, (*key, on)) for on in IDLE_WAITING_ON)):
+            for metric in (self.memory, self.memory_used, self.loaded, self.utilization, self.device_busy):
                 try:
-                    metric.remove(*labels)
+                    metric.remove(*key)
                 except KeyError:
                     pass
-            for waiting_on in IDLE_WAITING_ON:
-                self._idle_seen.pop((*key, waiting_on), None)
             self._child.forget(self.device_busy, *key)
             self.busy.forget(key)
         self._device_series = present
+        names = {w["name"] for w in status.get("workers", [])}
+        for name, waiting_on in [key for key in self._idle_seen if key[0] not in names]:  # a worker left
+            del self._idle_seen[name, waiting_on]
+            try:
+                self.lane_idle.remove(name, waiting_on)
+            except KeyError:
+                pass
         self.workers.set(len(status.get("workers", [])))
 
-    def _lane_idle(self, key: tuple[str, str], waiting_on: str, idle_ns: int) -> None:
-        """The counter follows the device's total in STATUS (which starts again at 0 when its
+    def _lane_idle(self, worker: str, waiting_on: str, idle_ms: float) -> None:
+        """The counter follows the worker's total in STATUS (which starts again at 0 when the
         worker joins again)."""
-        seen = self._idle_seen.get((*key, waiting_on), 0)
-        if idle_ns > seen:
-            self.lane_idle.labels(*key, waiting_on).inc((idle_ns - seen) * S)
-        self._idle_seen[(*key, waiting_on)] = idle_ns
+        seen = self._idle_seen.get((worker, waiting_on), 0.0)
+        if idle_ms > seen:
+            self.lane_idle.labels(worker, waiting_on).inc((idle_ms - seen) / 1e3)
+        self._idle_seen[worker, waiting_on] = idle_ms
 
     def _refresh_models(self, status: dict) -> None:
         queued: dict[str, int] = {}

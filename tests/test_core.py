@@ -793,8 +793,8 @@ def test_a_lanes_idle_time_with_work_waiting_is_told_apart_by_where_the_work_wai
     fourth = sent(core.tick(quiet), schema.Exec)[0]
     step(core, result_for(core, fourth, quiet + floor + run, duration_ns=run), quiet + floor + run)
     assert idle() == (MS // 2, 3 * floor + 2 * MS)
-    [device] = core.status(quiet)["workers"][0]["devices"]
-    assert (device["lane_idle_worker_ns"], device["lane_idle_controller_ns"]) == idle()
+    [worker] = core.status(quiet)["workers"]  # summed over the worker's devices (one here)
+    assert (worker["lane_idle_worker_ms"], worker["lane_idle_controller_ms"]) == tuple(ns / MS for ns in idle())
 
 
 def test_met_slo_counts_an_answer_past_the_planning_deadline_until_the_client_would_see_it_late():

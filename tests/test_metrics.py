@@ -97,9 +97,9 @@ def test_telemetry_from_events(tmp_path):
                                                expected_ns=100 * MS)))
     t.on_result("w0", 78, schema.Result(action="load", status=Status.OK, device_id=0, model_id="resnet",
                                   duration_ns=90 * MS), now)
-    status = {"workers": [{"name": "w0", "devices": [{"device_id": 0, "memory_bytes": 1024, "used_bytes": 512,
-                                                      "loaded": ["resnet"], "loaded_count": 1,
-                                                      "lane_idle_controller_ns": 2 * MS, "lane_idle_worker_ns": 0}]}],
+    status = {"workers": [{"name": "w0", "lane_idle_controller_ms": 2.0, "lane_idle_worker_ms": 0.0,
+                           "devices": [{"device_id": 0, "memory_bytes": 1024, "used_bytes": 512,
+                                        "loaded": ["resnet"], "loaded_count": 1}]}],
               "models": [{"name": "resnet", "queued": 4, "in_flight": 2}, {"name": "bert", "queued": 1}],
               "models_total": 2,
               "counters": {"evictions": 3, "requests_offered": 4, "exec_prediction_error_ms_p50": 0.5},
@@ -124,20 +124,20 @@ def test_telemetry_from_events(tmp_path):
     assert value(p, "clockwork_device_busy_seconds_total", worker="w0", device="0") == pytest.approx(0.003)
     assert value(p, "clockwork_device_utilization_ratio", worker="w0", device="0") == pytest.approx(0.003)
     assert value(p, "clockwork_device_memory_used_bytes", worker="w0", device="0") == 512
-    assert value(p, "clockwork_device_lane_idle_seconds_total", worker="w0", device="0",
-                 waiting_on="controller") == pytest.approx(0.002)
-    assert value(p, "clockwork_device_lane_idle_seconds_total", worker="w0", device="0", waiting_on="worker") == 0
+    assert value(p, "clockwork_worker_lane_idle_seconds_total", worker="w0", waiting_on="controller") == \
+        pytest.approx(0.002)
+    assert value(p, "clockwork_worker_lane_idle_seconds_total", worker="w0", waiting_on="worker") == 0
     assert value(p, "clockwork_queued_requests", model="resnet") == 4
     assert value(p, "clockwork_queued_requests", model=OTHER) == 1
     assert value(p, "clockwork_evictions_total") == 3
     assert value(p, "clockwork_scheduler_events_total", event="requests_offered") == 4
     assert value(p, "clockwork_workers") == 1
     assert value(p, "clockwork_admission_headroom_ratio") == pytest.approx(0.07)
-    status["workers"][0]["devices"][0]["lane_idle_controller_ns"] = 5 * MS  # STATUS's total grew: so does the counter
+    status["workers"][0]["lane_idle_controller_ms"] = 5.0  # STATUS's total grew: so does the counter
     t.refresh(status, now + S)
     p = samples(generate_latest(t.registry).decode())
-    assert value(p, "clockwork_device_lane_idle_seconds_total", worker="w0", device="0",
-                 waiting_on="controller") == pytest.approx(0.005)
+    assert value(p, "clockwork_worker_lane_idle_seconds_total", worker="w0", waiting_on="controller") == \
+        pytest.approx(0.005)
 
     status["workers"] = []  # the worker left: its device series go, nothing else
     t.refresh(status, now + S)

@@ -19,9 +19,8 @@ def test_refusals_are_told_by_reason_with_the_allowances_the_stretch_ended_with(
     # The EXECs that ran over twice their planned time: told beside the give-ups they cause.
     assert why({}, {"counters": {"exec_overran": 3}})[0] == {"EXECs over twice their planned time": 3}
     # Where the lanes idled while work waited, over every device, in milliseconds.
-    def lanes(*idle_ns):
-        return {"workers": [{"devices": [{"lane_idle_controller_ns": c, "lane_idle_worker_ns": w}
-                                         for c, w in idle_ns]}]}
-    assert why(lanes((1_000_000, 0), (0, 500_000)), lanes((41_000_000, 2_500_000), (9_000_000, 700_000)))[0] == {
-        "ms lanes idled, the work not yet at the worker": 49, "ms lanes idled, the EXEC at the worker": 2}
+    def lanes(*idle_ms):
+        return {"workers": [{"lane_idle_controller_ms": c, "lane_idle_worker_ms": w} for c, w in idle_ms]}
+    assert why(lanes((1.0, 0.0), (0.0, 0.5)), lanes((41.0, 2.5), (9.0, 0.7)))[0] == {
+        "ms lanes idled, the work not yet at the worker": 49, "ms lanes idled, the EXEC at the worker": 3}
     assert why_text({}, {}) == ""
