@@ -809,7 +809,8 @@ class Core:
 
     def _lane_gap(self, action: Action, begin_ns: int, end_ns: int, disturbed: bool) -> None:
         """The EXEC lane's gap before this run, where work for it was waiting. Ready at the
-        worker before the previous run ended, the EXEC waited on the worker: the lane's
+        worker (by the controller's reckoning: its earliest start, or its send plus the dispatch
+        floor) before the previous run ended, the EXEC waited on the worker: the lane's
         turnaround, measured here (on a 2-core host ~35 us an action, 4% of a 0.8 ms CNN's run,
         which a backlog priced at run times alone leaves out), or a stall of its host. Not
         ready by then though its requests were here, it waited on the controller (planning,
