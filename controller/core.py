@@ -1157,7 +1157,11 @@ class Core:
         workers = []
         for w in self.workers.values():
             devices = []
+            # The lanes' idle time over the worker's devices: a hundred devices' STATUS must leave room in one reply.
+            idle_controller = idle_worker = 0
             for d in w.devices.values():
+                idle_controller += d.lane_idle_controller_ns
+                idle_worker += d.lane_idle_worker_ns
                 loaded, loading = held(d, Residency.LOADED), held(d, Residency.LOADING)
                 devices.append({
                     "device_id": d.device_id, "kind": d.kind, "memory_bytes": d.capacity_pages * d.page_bytes,
@@ -1168,11 +1172,6 @@ class Core:
                     "sm_clock_mhz": d.sm_clock_mhz or None,
                     "exec_busy_ns": d.exec_busy_ns,
                 })
-            # Over the worker's devices: a hundred devices' STATUS must leave room in one reply.
-            idle_controller = idle_worker = 0
-            for d in w.devices.values():
-                idle_controller += d.lane_idle_controller_ns
-                idle_worker += d.lane_idle_worker_ns
             workers.append({"name": w.name, "runtime": w.runtime, "alive": True, "dispatch_ms": w.dispatch_ns / 1e6,
                             "turnaround_ms": w.turnaround_ns / 1e6, "lane_idle_controller_ms": idle_controller / 1e6,
                             "lane_idle_worker_ms": idle_worker / 1e6,
