@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Hashable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -56,6 +57,14 @@ MAX_DEVICE_SERIES = 1024  # (worker, device) pairs with their own series
 REFRESH_NS = 1_000_000_000
 S = 1e-9  # seconds per nanosecond
 IDLE_WAITING_ON = ("controller", "worker")  # where a lane's next run waited (STATUS: lane_idle_*_ms)
+
+
+def _grown(seen: dict, key: Hashable, total: float) -> float:
+    """How much a total that STATUS reports grew since the last refresh, for a counter to follow
+    it (0 where it fell: the core's count starts again at 0 when a worker joins again)."""
+    delta = total - seen.get(key, 0)
+    seen[key] = total
+    return delta if delta > 0 else 0
 
 
 class ControllerTelemetry:
@@ -273,12 +282,9 @@ class ControllerTelemetry:
         self.workers.set(len(status.get("workers", [])))
 
     def _lane_idle(self, worker: str, waiting_on: str, idle_ms: float) -> None:
-        """The counter follows the worker's total in STATUS (which starts again at 0 when the
-        worker joins again)."""
-        seen = self._idle_seen.get((worker, waiting_on), 0.0)
-        if idle_ms > seen:
-            self.lane_idle.labels(worker, waiting_on).inc((idle_ms - seen) / 1e3)
-        self._idle_seen[worker, waiting_on] = idle_ms
+        grown_ms = _grown(self._idle_seen, (worker, waiting_on), idle_ms)
+        if grown_ms:
+            self.lane_idle.labels(worker, waiting_on).inc(grown_ms / 1e3)
 
     def _refresh_models(self, status: dict) -> None:
         queued: dict[str, int] = {}
@@ -300,12 +306,11 @@ class ControllerTelemetry:
         for name, value in counters.items():
             if type(value) is not int:
                 continue  # the latency model's error percentiles: floats, not counts
-            delta = value - self._counters_seen.get(name, 0)
-            if delta > 0:
+            delta = _grown(self._counters_seen, name, value)
+            if delta:
                 self._child(self.events, name).inc(delta)
                 if name == "evictions":
                     self.evictions.inc(delta)
-            self._counters_seen[name] = value
 
     def close(self) -> None:
         self.request_log.close()
