@@ -23,6 +23,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -270,11 +271,36 @@ def http_ok(url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
+def _listen_ports() -> range:
+    """Ports outside the kernel's ephemeral range: a port the OS handed out as free (bind to 0)
+    comes from that range, and any connection made before a daemon binds it (a worker's, a
+    client's) may take it as its local port, so the daemon fails with 'Address already in use'
+    (CI, stop 46). Outside the range only a listener can hold a port, and the check sees it."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(10000, low) if low > 12000 else range(high + 1, 65536)
+
+
+_PORTS = _listen_ports()
+_next_port = random.randrange(len(_PORTS))  # processes that pick at once start apart
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free right now (the OS picks it); good enough on a loopback test host."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port nobody holds now, outside the ephemeral range; successive calls in a process
+    never repeat one until the range wraps, so the two ports a cluster asks for differ."""
+    global _next_port
+    for _ in range(len(_PORTS)):
+        port = _PORTS[_next_port % len(_PORTS)]
+        _next_port += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on {host} in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 @dataclass(frozen=True)

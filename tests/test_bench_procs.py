@@ -3,11 +3,13 @@
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 
 import pytest
 
+from clockwork.bench import procs
 from clockwork.bench.procs import NotReady, ProcessDied, ProcessGroup, free_port, run_in_temp_dir, tail_file, workers_alive
 
 SLEEPER = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
@@ -94,8 +96,20 @@ def test_expected_exit_is_not_a_crash_and_names_are_unique(tmp_path):
             group.start("oneshot", [sys.executable, "-c", "pass"])
 
 
+def test_free_ports_lie_outside_the_ephemeral_range_and_skip_a_held_one(monkeypatch):
+    """A daemon binds the port after other processes connected somewhere: a port the kernel could
+    give such a connection as its local port makes it fail with 'Address already in use'."""
+    low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50 and not any(low <= port <= high for port in ports)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", ports[0]))
+        held.listen()
+        monkeypatch.setattr(procs, "_next_port", procs._PORTS.index(ports[0]))
+        assert free_port() != ports[0]
+
+
 def test_helpers(tmp_path):
-    assert 0 < free_port() < 65536
     assert tail_file(tmp_path / "missing.log") == "(no log)"
     log = tmp_path / "x.log"
     log.write_text("\n".join(str(i) for i in range(100)))

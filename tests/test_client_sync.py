@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
 import numpy as np
 import pytest
 
+from clockwork.bench.procs import free_port
 from clockwork.client import CapacityError, Client, ClientClosed, DeadlineExceeded, RequestError, ServerError
 from tests.client_peer import ScriptedPeer
 from clockwork.common import schema
@@ -31,10 +31,8 @@ def cw(peer):
 
 
 def free_endpoint() -> str:
-    """A loopback port nobody listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    """A loopback endpoint nobody listens on."""
+    return f"tcp://127.0.0.1:{free_port()}"
 
 
 def x(samples: int = 1, value: float = 1.0) -> np.ndarray:
