@@ -82,6 +82,9 @@ class Step:
     not_ok: dict[str, int] = field(default_factory=dict)  # status -> count, statuses other than OK
     wall_s: float = 0.0
     controller_cpu: float = math.nan  # share of one core the controller used during the step
+    # Every process's share of one core during the step (the generator as "loadgen"): what the
+    # host's cores went to, when the controller alone does not explain a ceiling.
+    process_cpu: dict[str, float] = field(default_factory=dict)
     host_cpu: float = math.nan  # share of all the host's cores busy during the step (anything on it)
     # The system's refusals and give-ups by reason over the step, ramp included, and the
     # allowances it ended with (bench.refusals.why; empty for the echo server and the relay).
@@ -195,10 +198,12 @@ def real_judge(args: argparse.Namespace, out_dir: Path, run_dir: Path, say: Call
             summary = summarize_run(log, describe(args, rate), args.slo_ms)
         step = replace(step_from_summary(rate, summary, results.send_lag.percentile_ms(99), args.target, wall_s,
                                          cpu.get("controller", {}).get("core_share", math.nan)),
-                       reasons=reasons, allowances=allowances, host_cpu=host_cpu)
+                       reasons=reasons, allowances=allowances, host_cpu=host_cpu,
+                       process_cpu={name: use["core_share"] for name, use in cpu.items()})
         say(f"{name} step {n}: {rate:.0f}/s -> attainment {100 * step.attainment:.3f}% "
             f"({'pass' if step.passed else 'FAIL'}), p99 {step.p99_ms:.1f} ms, goodput {step.goodput_per_s:.0f}/s"
-            + (f", not OK {step.not_ok}" if step.not_ok else "") + why_text(reasons, allowances))
+            + (f", not OK {step.not_ok}" if step.not_ok else "") + why_text(reasons, allowances)
+            + f"; CPU {cpu_text(step.process_cpu)}")
         time.sleep(args.pause_s)
         return step
 
@@ -256,6 +261,12 @@ def format_steps(steps: Sequence[Step]) -> str:
     header = ("step", "rate/s", "offered/s", "goodput/s", "attainment", "p50 ms", "p99 ms", "p99.9 ms",
               "send lag p99", "ctl CPU", "host CPU", "verdict", "not OK (top)")
     return format_table(rows, header=header)
+
+
+def cpu_text(process_cpu: Mapping[str, float]) -> str:
+    """ "controller 55%, worker-w0 20%, ...": the busiest processes first, in shares of one core."""
+    return ", ".join(f"{name} {100 * share:.0f}%" for name, share in
+                     sorted(process_cpu.items(), key=lambda kv: -kv[1])) or "-"
 
 
 def top_counts(counts: Mapping[str, int], n: int = 2) -> str:

@@ -131,7 +131,9 @@ def test_one_run_reports_three_ceilings_and_their_ratios(tmp_path, capsys):
         step = data["searches"][name]["steps"][0]
         assert step["passed"] and step["attainment"] >= 0.999 and data["ceilings_per_s"][name] == 100
         assert (tmp_path / "steps" / name / "01-100" / "requests.tsv").exists()
-    assert data["searches"]["system"]["steps"][0]["controller_cpu"] is not None
+    system_step = data["searches"]["system"]["steps"][0]
+    assert system_step["controller_cpu"] is not None
+    assert {"controller", "worker-emu0", "loadgen"} <= set(system_step["process_cpu"])
     # The system's steps carry the allowances it priced with; the references have no controller.
     assert "reply_ms" in data["searches"]["system"]["steps"][0]["allowances"]
     assert all(data["searches"][ref]["steps"][0]["allowances"] == {} for ref in ("echo", "relay"))
