@@ -16,10 +16,12 @@ from collections import deque
 monotonic_ns = time.monotonic_ns  # the clock itself, not a wrapper: read a few times per message
 
 
-# Sleeping is only accurate to ~0.1 ms, so the last stretch before a deadline is spun. A spin
-# holds the GIL from the worker's other threads: measured here, 200 us spins hit targets within
-# 3 us at p99 but cost the worker ~28% more CPU under load than 20 us spins (which overshoot
-# 109 us at p99); 50 us overshoots 75 us at p99, inside the emulated device's +-100 us goal.
+# Sleeping is only accurate to a wake-up (~20-50 us here), so the last stretch before a deadline
+# is spun. A spin holds the GIL from the worker's other threads: measured here, 200 us spins hit
+# targets within 3 us at p99 but cost the worker ~28% more CPU under load than 20 us spins (which
+# overshoot 109 us at p99); 50 us overshoots 75 us at p99, inside the emulated device's +-100 us
+# goal. The sleep must end when asked for the spin to land: a lane's thread sets its timer slack
+# to 1 ns (worker/lanes.precise_sleeps), else Linux lets it run 50 us long.
 SPIN_NS = 50_000
 
 

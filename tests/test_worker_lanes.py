@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
+import sys
 import threading
 import time
 
@@ -168,3 +170,19 @@ def test_a_lanes_thread_carries_its_name_in_the_os(lane):
                     lambda _t: None))
     wait_until_true(lambda: seen, what="the job to run")
     assert seen == ["test-lane"]
+
+
+def timer_slack_ns() -> int:
+    """The calling thread's timer slack (prctl PR_GET_TIMERSLACK)."""
+    return ctypes.CDLL(None).prctl(30, 0, 0, 0, 0)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="timer slack is Linux's")
+def test_a_lanes_thread_sleeps_no_longer_than_asked(lane):
+    """Its timer slack is 1 ns, not Linux's 50 us: the sleep before a job's earliest would
+    otherwise overrun the spin meant to land the start on time. Other threads keep theirs."""
+    seen = []
+    lane.submit(Job(monotonic_ns(), NEVER_NS, lambda _t: seen.append(timer_slack_ns()), lambda _t: None))
+    wait_until_true(lambda: seen, what="the job to run")
+    assert seen == [1]
+    assert timer_slack_ns() > 1

@@ -25,7 +25,7 @@ from clockwork.common import cpu_latency, logsetup, version
 from clockwork.common.config import MIB, WorkerConfig
 from clockwork.common.security import SecurityError
 
-# Lanes spin the last ~0.2 ms before a start time while holding the GIL; a short switch interval
+# Lanes spin the last stretch before a start time while holding the GIL; a short switch interval
 # lets the other lanes and the socket loop in within ~0.1 ms instead of CPython's default 5 ms.
 SWITCH_INTERVAL_S = 0.0001
 
