@@ -179,6 +179,32 @@ def test_an_unload_meeting_the_model_executing_is_refused_busy_and_the_exec_comp
         assert emit.for_parent(4).status is Status.OK  # once it is done, it goes
 
 
+def test_an_exec_result_leaves_once_the_lane_lets_go_of_the_interpreter():
+    """Handed over at once, a result woke the daemon's loop while the lane was still between
+    EXECs, and the loop took the GIL from it. Back to back, an EXEC's result leaves as the next
+    EXEC's device call starts (that EXEC then executing); with nothing queued, as the lane waits."""
+    with executing_device() as (device, emit, submit_exec):
+        executing_when_emitted = {}
+        emit_now = device._emit
+
+        def recording(item) -> None:
+            executing_when_emitted[item.parent_id] = device._executing
+            emit_now(item)
+
+        device._emit = recording
+        submit_exec(3)  # queued behind EXEC 2, which runs for 300 ms
+        assert emit.for_parent(2).status is Status.OK
+        assert emit.for_parent(3).status is Status.OK
+    assert executing_when_emitted == {2: "emu", 3: None}
+
+
+def test_an_exec_result_leaves_before_the_worker_runs_its_own_job_on_the_lane():
+    """A profile (run_exclusive) takes seconds: the EXEC before it must not wait for it."""
+    with executing_device() as (device, emit, _):
+        profile = device.run_exclusive(lambda: emit.for_parent(2, timeout_s=5).status)  # runs after EXEC 2
+        assert profile.result(timeout=10) is Status.OK
+
+
 def test_a_release_waiting_for_an_exec_gives_way_to_a_load_that_comes_after_it():
     """A worker joining again releases what it holds, but a model still executing is released
     only once its EXEC ends; if the new controller LOADs it meanwhile (answered ALREADY_LOADED),

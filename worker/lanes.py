@@ -50,12 +50,16 @@ class Lane:
     """One thread running jobs one at a time, in earliest order, inside their windows."""
 
     def __init__(self, name: str, log: Any, on_start: Callable[[], None] = lambda: None,
-                 on_stop: Callable[[], None] = lambda: None, stuck_min_ns: int = STUCK_MIN_NS):
+                 on_stop: Callable[[], None] = lambda: None, stuck_min_ns: int = STUCK_MIN_NS,
+                 flush: Callable[[], None] = lambda: None):
         self.name = name
         self._stuck_min_ns = stuck_min_ns
         self._log = log
         self._on_start = on_start
         self._on_stop = on_stop
+        # On the lane's thread whenever it turns to something other than running a job (waiting,
+        # answering one TOO_LATE, stopping): what its last job held back leaves then, in order.
+        self._flush = flush
         self._cond = threading.Condition()
         self._heap: list[tuple[int, int, Job]] = []
         self._seq = itertools.count()
@@ -106,9 +110,11 @@ class Lane:
         while (job := self._next()) is not None:
             now = wait_until(job.earliest_ns)
             if now > job.latest_ns:
+                self._flush()
                 self._answer_too_late(job, now)
             else:
                 self._run(job, now)
+        self._flush()
         for job in self._drain():
             self._answer_too_late(job, monotonic_ns())
         try:
@@ -121,10 +127,12 @@ class Lane:
         with self._cond:
             while not self._stopping:
                 if not self._heap:
+                    self._flush()
                     self._cond.wait()
                     continue
                 delay_ns = self._heap[0][0] - monotonic_ns() - SPIN_NS
                 if delay_ns > 0:
+                    self._flush()
                     self._cond.wait(delay_ns / 1e9)  # a newly submitted, earlier job wakes us
                     continue
                 return heapq.heappop(self._heap)[2]
