@@ -172,9 +172,12 @@ def test_a_lanes_thread_carries_its_name_in_the_os(lane):
     assert seen == ["test-lane"]
 
 
+PR_GET_TIMERSLACK = 30  # prctl(2)
+
+
 def timer_slack_ns() -> int:
-    """The calling thread's timer slack (prctl PR_GET_TIMERSLACK)."""
-    return ctypes.CDLL(None).prctl(30, 0, 0, 0, 0)
+    """The calling thread's timer slack."""
+    return ctypes.CDLL(None).prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="timer slack is Linux's")

@@ -21,7 +21,7 @@ the runtime returned them: the daemon's loop makes its `Done` while the lane run
 The lane hands it over only when it next lets go of the interpreter (GIL): right before its next
 device call, or before it waits for work. Handed over at once, the loop woke while the lane was
 still between EXECs and took the interpreter from it: the lane's gap between back-to-back EXECs
-was 30-79 us at p90 and 118-162 us at p99, against 13-20 and 24-35 us so.
+was 30-87 us at p90 and 118-162 us at p99, against 11-25 and 24-40 us so (docs/benchmarks.md).
 Likewise an EXEC's inputs are staged (checked, joined and padded into the batch) when it is
 submitted, on the daemon's loop, so that between two EXECs the lane does as little as it can.
 """
