@@ -196,10 +196,10 @@ def real_judge(args: argparse.Namespace, out_dir: Path, run_dir: Path, say: Call
                                 args.slo_ms)
         else:
             summary = summarize_run(log, describe(args, rate), args.slo_ms)
+        process_cpu = {name: use["core_share"] for name, use in cpu.items()}
         step = replace(step_from_summary(rate, summary, results.send_lag.percentile_ms(99), args.target, wall_s,
-                                         cpu.get("controller", {}).get("core_share", math.nan)),
-                       reasons=reasons, allowances=allowances, host_cpu=host_cpu,
-                       process_cpu={name: use["core_share"] for name, use in cpu.items()})
+                                         process_cpu.get("controller", math.nan)),
+                       reasons=reasons, allowances=allowances, host_cpu=host_cpu, process_cpu=process_cpu)
         say(f"{name} step {n}: {rate:.0f}/s -> attainment {100 * step.attainment:.3f}% "
             f"({'pass' if step.passed else 'FAIL'}), p99 {step.p99_ms:.1f} ms, goodput {step.goodput_per_s:.0f}/s"
             + (f", not OK {step.not_ok}" if step.not_ok else "") + why_text(reasons, allowances)
