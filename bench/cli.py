@@ -21,6 +21,7 @@ from clockwork.common import version
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("clockwork.bench.demo", "controller + onnxruntime and emulated workers under an open-loop load"),
     "overhead": ("clockwork.bench.overhead", "end-to-end latency minus exec, beside a bare ZeroMQ relay"),
+    "transport": ("clockwork.bench.transport", "one round trip between two processes: ZeroMQ against raw TCP, by size"),
     "predictability": ("clockwork.bench.predictability", "exec percentiles through the worker vs onnxruntime called directly"),
     "gpu-check": ("clockwork.bench.gpu_check", "on a lent GPU: install what was carried, build PyCUDA, GPU tests, measure"),
     "gateway": ("clockwork.bench.gateway_bench", "KServe v2 gateway overhead vs the native client, and its request rate"),
