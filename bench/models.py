@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -22,8 +23,6 @@ import numpy as np
 
 from clockwork.common.models import signature_of
 
-# Real exports inside wheels on the index: (requirement, member path in the wheel).
-PPOCR_CLS = ("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx")
 INDEX_CACHE = Path(os.environ.get("CLOCKWORK_MODEL_CACHE", Path.home() / ".cache" / "clockwork" / "index-models"))
 
 # ONNX IR version and opset: old enough for any onnxruntime >= 1.16 to load.
@@ -167,6 +166,44 @@ def sample_inputs(fmt: str, blob: bytes, batch: int = 1, seed: int = 0,
             array = rng.integers(0, 10, size=shape).astype(spec.dtype)
         arrays[spec.name] = array
     return arrays
+
+
+@dataclass(frozen=True)
+class IndexModel:
+    """A real export that ships inside a wheel on the package index, and the shapes its dynamic
+    dimensions are served at (what its user passes to `clockwork upload --input-shape`)."""
+
+    requirement: str  # name==version
+    member: str  # the .onnx file's path inside the wheel
+    input_shapes: dict[str, list[int]]
+    about: str
+
+    def fetch(self) -> bytes:
+        return index_model(self.requirement, self.member)
+
+
+# Models as users bring them, by the names the benchmarks' --model takes.
+INDEX_MODELS: dict[str, IndexModel] = {
+    "ppocr-cls": IndexModel("rapidocr-onnxruntime==1.4.4",
+                            "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", {"x": [3, 48, 192]},
+                            "PaddleOCR's text direction classifier (rapidocr-onnxruntime 1.4.4), 48x192 crops"),
+    "yolov8n-320": IndexModel("nudenet==3.4.2", "nudenet/320n.onnx", {"images": [3, 320, 320]},
+                              "an Ultralytics YOLOv8n detector at 320x320 (nudenet 3.4.2)"),
+}
+
+
+def model_for(spec: str) -> tuple[bytes, dict[str, list[int]]]:
+    """A benchmark's `--model`: one of INDEX_MODELS by name (fetched from the index once, with
+    the shapes it is served at), else an ONNX file's bytes and no shapes. ValueError when it is
+    neither; OSError when the index cannot be reached."""
+    named = INDEX_MODELS.get(spec)
+    if named is not None:
+        return named.fetch(), {name: list(dims) for name, dims in named.input_shapes.items()}
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"{spec!r} is neither an ONNX file nor a model the index ships "
+                         f"({', '.join(sorted(INDEX_MODELS))})")
+    return path.read_bytes(), {}
 
 
 def index_model(requirement: str, member: str, cache: Path = INDEX_CACHE) -> bytes:

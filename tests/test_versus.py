@@ -306,3 +306,10 @@ def test_versus_gateway_json_runs_end_to_end_and_writes_its_report(tmp_path, cap
                and p["too_many"] + p["timed_out"] <= p["refused"] for p in report["points"])
     assert (out / "versus-json.png").stat().st_size > 0
     assert report["direct_p50_ms"] > 0 and report["native_lone"]["offered"] > 0  # the lone block's references
+
+
+def test_a_model_that_is_neither_a_file_nor_a_known_name_is_refused_with_the_names(tmp_path, capfd):
+    assert versus.main(["--model", str(tmp_path / "none.onnx"), "--out", str(tmp_path / "out")]) == 2
+    said = capfd.readouterr()
+    assert "neither an ONNX file nor a model the index ships" in said.out + said.err
+    assert "yolov8n-320" in said.out + said.err
