@@ -22,6 +22,7 @@ raw TCP's at p50: what the mandated transport costs on this host beside the kern
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import struct
@@ -29,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import zmq
 
@@ -141,8 +142,17 @@ class ZmqPath:
             raise RuntimeError("the ZeroMQ echo answered something else")
         return took
 
-    def close(self) -> None:
-        self.sock.close(linger=0)
+
+@contextlib.contextmanager
+def zeromq_echo(group: ProcessGroup, endpoint: str, name: str = "zeromq-echo") -> Iterator[ZmqPath]:
+    """An echo process on `endpoint`, started in `group`, and a path to it (on a ZeroMQ context
+    of its own, ended with the block)."""
+    ctx = zmq.Context()
+    try:
+        group.start(name, echo_argv("zmq", endpoint))
+        yield ZmqPath(ctx, endpoint)
+    finally:
+        ctx.destroy(linger=0)
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -202,16 +212,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def echo_argv(kind: str, where: str) -> list[str]:
+    """The command of an echo process: kind "raw" (`where`: a TCP port) or "zmq" (an endpoint)."""
+    return [sys.executable, "-m", "clockwork.bench.transport", "--serve", kind, where]
+
+
 def run(args: argparse.Namespace, run_dir: Path) -> int:
-    me = [sys.executable, "-m", "clockwork.bench.transport", "--serve"]
     port = free_port()
     tcp, ipc = f"tcp://127.0.0.1:{free_port()}", f"ipc://{run_dir / 'echo.ipc'}"
-    ctx = zmq.Context()
-    with ProcessGroup(run_dir / "logs") as group:
-        group.start("raw-echo", [*me, "raw", str(port)])
-        group.start("zmq-tcp-echo", [*me, "zmq", tcp])
-        group.start("zmq-ipc-echo", [*me, "zmq", ipc])
-        clients = {"raw tcp": RawPath(port), "zeromq tcp": ZmqPath(ctx, tcp), "zeromq ipc": ZmqPath(ctx, ipc)}
+    with ProcessGroup(run_dir / "logs") as group, zeromq_echo(group, tcp, "zmq-tcp-echo") as over_tcp, \
+            zeromq_echo(group, ipc, "zmq-ipc-echo") as over_ipc:
+        group.start("raw-echo", echo_argv("raw", str(port)))
+        raw = RawPath(port)
+        clients = {"raw tcp": raw, "zeromq tcp": over_tcp, "zeromq ipc": over_ipc}
         try:
             results = []
             modes = [("back to back", 0.0)] + ([(f"{args.gap_ms:g} ms gaps", args.gap_ms / 1000)] if args.gap_ms else [])
@@ -225,9 +238,7 @@ def run(args: argparse.Namespace, run_dir: Path) -> int:
                                 for name, s in series.items()]
                     group.check()
         finally:
-            for client in clients.values():
-                client.close()
-            ctx.destroy(linger=0)
+            raw.close()
     return report(args, results)
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import subprocess
 import sys
@@ -44,8 +45,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 
 from clockwork.bench import models as bench_models
+from clockwork.bench import transport
 from clockwork.bench.comparison import (MODEL, Lone, Point, direct_call, in_turn, interleaved,
                                         latencies, plot, schedule_for, settle, sustained, worker_spec)
 from clockwork.bench.cpu import host_busy_share, host_jiffies
@@ -76,10 +79,15 @@ def busy_ns(status: dict) -> int:
     return sum(int(d.get("exec_busy_ns") or 0) for w in status.get("workers") or [] for d in w.get("devices") or [])
 
 
-def lone_requests(direct: Callable[[], object], targets: Sequence[Lone]) -> tuple[Latencies, dict[str, Lone], dict]:
+HOP = "zeromq round trip"  # lone_requests' name for the transport's floor
+
+
+def lone_requests(direct: Callable[[], object], targets: Sequence[Lone],
+                  hop: Callable[[], object] | None = None) -> tuple[Latencies, dict[str, Lone], dict]:
     """The floor (the model called directly) and every target's lone requests, taken in turn
-    (comparison.interleaved) after ten warm-up calls each that are not counted."""
-    took = interleaved({"direct": direct, **{t.target: t for t in targets}}, warmup=10)
+    (comparison.interleaved) after ten warm-up calls each that are not counted; with `hop`, one
+    bare ZeroMQ round trip of the input's bytes taken in turn with them too (its times under HOP)."""
+    took = interleaved({"direct": direct, **{t.target: t for t in targets}, **({HOP: hop} if hop else {})}, warmup=10)
     return latencies(took["direct"]), {t.target: t for t in targets}, took
 
 
@@ -170,20 +178,25 @@ def plain_server(model_path: Path, args: argparse.Namespace) -> Iterator[str]:
 
 
 def compare(run_dir: Path, direct: Callable[[], object], model: bytes, model_path: Path, shapes: dict, inputs: dict,
-            rates: Sequence[float], args: argparse.Namespace) -> tuple[Latencies, list[Point], dict[str, float]]:
-    """Both targets running at once: the lone requests in turn with the direct call, then the
-    rates, each played to one target while the other idles, in turn (`sweep`). The floor, the
-    points, and what the worker measured: a lone request's exec (median, lane start to end) and
-    how far the controller's typical exec prediction was off at batch 1 (p99 share)."""
+            rates: Sequence[float], args: argparse.Namespace
+            ) -> tuple[Latencies, list[Point], dict[str, float], Latencies]:
+    """Both targets running at once: the lone requests in turn with the direct call and a bare
+    ZeroMQ round trip (bench/transport.py), then the rates, each played to one target while the
+    other idles, in turn (`sweep`). The floor, the points, what the worker measured (a lone
+    request's exec, median, lane start to end, and how far the controller's typical exec
+    prediction was off at batch 1, p99 share), and the round trip's latencies."""
     with plain_server(model_path, args) as endpoint, \
-            cluster(run_dir / "clockwork", [worker_spec(args)], controller_settings=args.set) as c:
+            cluster(run_dir / "clockwork", [worker_spec(args)], controller_settings=args.set) as c, \
+            transport.zeromq_echo(c.group, f"tcp://127.0.0.1:{free_port()}") as hop:
         with Client(endpoint, timeout_s=5) as plain, Client(c.client_endpoint, timeout_s=60) as system, \
                 kept_off_lanes(system) as cores:
             if cores is not None:
                 say(f"the load generator runs on cores {sorted(cores)}, off the EXEC lane's")
             system.upload(model, MODEL, input_shapes=shapes)
+            payload = b"".join(np.ascontiguousarray(x).tobytes() for x in inputs.values())
             floor, lone, took = lone_requests(direct, [Lone("plain", plain, inputs, args.slo_ms),
-                                                       Lone("clockwork", system, inputs, args.slo_ms)])
+                                                       Lone("clockwork", system, inputs, args.slo_ms)],
+                                              functools.partial(hop.once, payload))
             plain_lone = lone["plain"].point(took["plain"])
             tight = tight_slos(system, inputs, [round(f * plain_lone.p99_ms, 2) for f in TIGHT_FACTORS])
             points = sweep({"plain": plain, "clockwork": system}, inputs, rates, args,
@@ -192,17 +205,21 @@ def compare(run_dir: Path, direct: Callable[[], object], model: bytes, model_pat
     worker = {"lone_exec_ms": lone["clockwork"].hops().get("exec", math.nan),
               "typical_error_share_p99_batch1": counters.get("exec_typical_error_share_p99_batch1", math.nan),
               "tight_slo": tight}
-    return floor, points, worker
+    return floor, points, worker, latencies(took[HOP])
 
 
-def verdicts(points: Sequence[Point], floor: Latencies, worker: dict[str, float] | None = None) -> list[tuple[str, str, str]]:
-    """(what, measured, goal) rows, every figure a ratio or difference within this run."""
+def verdicts(points: Sequence[Point], floor: Latencies, worker: dict[str, float] | None = None,
+             hop: Latencies | None = None) -> list[tuple[str, str, str]]:
+    """(what, measured, goal) rows, every figure a ratio or difference within this run; `hop`,
+    a bare ZeroMQ round trip of the input's bytes, is what each of the path's two hops costs."""
     lone = {p.target: p for p in points if p.rate == 0}
     rows = []
     if "clockwork" in lone:
         extra = lone["clockwork"].p50_ms - floor.percentile_ms(50)
         # Beside it the plain server's own: one process a hop away, the floor of any server here.
         own = f" (plain's own {lone['plain'].p50_ms - floor.percentile_ms(50):.2f} ms)" if "plain" in lone else ""
+        if hop is not None and hop.count:  # the client's round trip and the worker's: the design's floor
+            own += f"; a bare ZeroMQ round trip {hop.percentile_ms(50):.2f} ms, this path makes two"
         rows.append(("lone request p50 - direct p50", f"{extra:.2f} ms{own}", "<= 0.5 ms"))
     if worker:
         rows.append(("worker's exec p50 / direct p50 (lone)",
@@ -272,16 +289,17 @@ def run(args: argparse.Namespace) -> int:
             from clockwork.bench import versus_json
 
             return versus_json.run(args, model, shapes, inputs, model_path, rates, run_dir, out, direct)
-        floor, points, worker = compare(run_dir, direct, model, model_path, shapes, inputs, rates, args)
+        floor, points, worker, hop = compare(run_dir, direct, model, model_path, shapes, inputs, rates, args)
         header = ["target", "rate/s", "offered", "in SLO", "refused", "unanswered", "p50 ms", "p99 ms",
                   "p99.9 ms", "busy", "host CPU"]
         print(format_table([[p.target, p.rate or "lone", p.offered, f"{100 * p.share_within_slo:.2f}%", p.refused,
                              p.unanswered, p.p50_ms, p.p99_ms, p.p999_ms, f"{100 * p.busy_share:.0f}%",
                              f"{100 * p.host_cpu:.0f}%"] for p in points], header))
         print(f"\ndirect onnxruntime p50 {floor.percentile_ms(50):.3f} ms, p99 {floor.percentile_ms(99):.3f} ms")
-        print(format_table(verdicts(points, floor, worker), ["verdict", "measured", "goal"]))
+        print(format_table(verdicts(points, floor, worker, hop), ["verdict", "measured", "goal"]))
         write_json(out / "versus.json", {"slo_ms": args.slo_ms, "workload": args.workload,
                                          "direct_ms": floor.summary_ms(), "worker": worker,
+                                         "zeromq_round_trip_ms": hop.summary_ms(),
                                          "points": [asdict(p) for p in points]})
         plot(out / "versus.png", points, args.slo_ms)
         say(f"wrote {out / 'versus.json'} and {out / 'versus.png'}")

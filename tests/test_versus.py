@@ -93,6 +93,9 @@ def test_verdicts_compare_targets_within_the_run():
     assert rows["tightest SLO admitted and met for every lone request / plain's lone p99"] == (
         f"3.00 / {points[0].p99_ms:.2f} ms = {3.0 / points[0].p99_ms:.2f}")
     assert rows["lone request p50 - direct p50"] == "0.50 ms (plain's own 0.30 ms)"
+    with_hop = {what: measured for what, measured, _ in versus.verdicts(points, _floor(0.5), worker, _floor(0.2))}
+    assert with_hop["lone request p50 - direct p50"] == (
+        "0.50 ms (plain's own 0.30 ms); a bare ZeroMQ round trip 0.20 ms, this path makes two")
     assert rows["worker's exec p50 / direct p50 (lone)"] == "1.10"
     assert rows["exec prediction error p99 at batch 1, share of the typical prediction"] == (
         "12.5% (the direct call's own p99 is 0.0% over its p50)")
@@ -207,6 +210,7 @@ def test_versus_runs_end_to_end_and_writes_its_report(tmp_path, capfd):
     assert all(p["offered"] > 0 and p["within_slo"] + p["refused"] + p["unanswered"] <= p["offered"]
                for p in report["points"])
     assert report["direct_ms"]["p50"] > 0 and (out / "versus.png").stat().st_size > 0
+    assert 0 < report["zeromq_round_trip_ms"]["p50"] <= report["zeromq_round_trip_ms"]["max"]
     assert report["worker"]["lone_exec_ms"] > 0 and 0 <= report["worker"]["typical_error_share_p99_batch1"] < 100
     tight = report["worker"]["tight_slo"]
     assert len(tight) == len(versus.TIGHT_FACTORS) and all(
