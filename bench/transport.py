@@ -28,7 +28,6 @@ import socket
 import struct
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -62,7 +61,7 @@ def echo_raw(port: int) -> None:
         body = buf.read(conn, size, HEADER.size)
         if body is None:
             return
-        conn.sendall(buf.view[:HEADER.size + size])
+        send_message(conn, buf.view[:HEADER.size + size])
 
 
 def echo_zmq(endpoint: str) -> None:
@@ -71,6 +70,19 @@ def echo_zmq(endpoint: str) -> None:
     while True:
         frames = recv_frames(sock)
         send_frames(sock, frames[1:], frames[0])
+
+
+def send_message(conn: socket.socket, *parts: bytes | memoryview) -> None:
+    """All of `parts` in as few system calls as the kernel takes them (one, mostly): a length
+    sent apart from its bytes would wake the reader twice."""
+    views = [memoryview(part).cast("B") for part in parts]
+    while views:
+        sent = conn.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if views:
+            views[0] = views[0][sent:]
 
 
 class Buffer:
@@ -114,8 +126,7 @@ class RawPath:
 
     def once(self, payload: bytes) -> int:
         start = time.perf_counter_ns()
-        self.conn.sendall(HEADER.pack(len(payload)))
-        self.conn.sendall(payload)
+        send_message(self.conn, HEADER.pack(len(payload)), payload)
         head = self.buf.read(self.conn, HEADER.size)
         body = self.buf.read(self.conn, len(payload), HEADER.size) if head is not None else None
         took = time.perf_counter_ns() - start
@@ -158,20 +169,10 @@ def zeromq_echo(group: ProcessGroup, endpoint: str, name: str = "zeromq-echo") -
 # ----------------------------------------------------------------------------- measuring
 
 
-@dataclass
-class Series:
-    """Round trips of one transport, one size, one mode."""
-
-    latencies: Latencies = field(default_factory=Latencies)
-
-    def p(self, percentile: float) -> float:
-        return self.latencies.percentile_ms(percentile)
-
-
 def measure(paths: dict[str, Callable[[bytes], int]], payload: bytes, round_trips: int, warmup: int, block: int,
-            gap_s: float) -> dict[str, Series]:
+            gap_s: float) -> dict[str, Latencies]:
     """`round_trips` each, the transports taking turns in blocks of `block`."""
-    out = {name: Series() for name in paths}
+    out = {name: Latencies() for name in paths}
     for once in paths.values():
         for _ in range(warmup):
             once(payload)
@@ -182,7 +183,7 @@ def measure(paths: dict[str, Callable[[bytes], int]], payload: bytes, round_trip
             for _ in range(n):
                 if gap_s:
                     time.sleep(gap_s)
-                out[name].latencies.record_ns(once(payload))
+                out[name].record_ns(once(payload))
         done += n
     return out
 
@@ -224,7 +225,7 @@ def run(args: argparse.Namespace, run_dir: Path) -> int:
             zeromq_echo(group, ipc, "zmq-ipc-echo") as over_ipc:
         group.start("raw-echo", echo_argv("raw", str(port)))
         raw = RawPath(port)
-        clients = {"raw tcp": raw, "zeromq tcp": over_tcp, "zeromq ipc": over_ipc}
+        clients = dict(zip(TRANSPORTS, (raw, over_tcp, over_ipc)))
         try:
             results = []
             modes = [("back to back", 0.0)] + ([(f"{args.gap_ms:g} ms gaps", args.gap_ms / 1000)] if args.gap_ms else [])
@@ -234,8 +235,8 @@ def run(args: argparse.Namespace, run_dir: Path) -> int:
                     say(f"{size} B, {mode}: {args.round_trips} round trips per transport ...")
                     series = measure({n: c.once for n, c in clients.items()}, payload, args.round_trips,
                                      args.warmup, args.block, gap_s)
-                    results += [{"size_bytes": size, "mode": mode, "transport": name, **s.latencies.summary_ms()}
-                                for name, s in series.items()]
+                    results += [{"size_bytes": size, "mode": mode, "transport": name, **lat.summary_ms()}
+                                for name, lat in series.items()]
                     group.check()
         finally:
             raw.close()
