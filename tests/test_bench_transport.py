@@ -36,3 +36,29 @@ def test_bad_arguments_are_refused(argv, capsys):
         transport.parse_args(argv)
     assert exc.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_a_message_larger_than_the_socket_buffer_arrives_whole_and_in_order():
+    import socket
+    import threading
+
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.settimeout(10)  # as RawPath's connection: a timed sendmsg takes what the buffer holds, in pieces
+    body = bytes(range(256)) * 4096  # 1 MiB
+    got = {}
+
+    def read() -> None:
+        buf = transport.Buffer()
+        head = buf.read(theirs, transport.HEADER.size)
+        got["body"] = bytes(buf.read(theirs, transport.HEADER.unpack(head)[0], transport.HEADER.size))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        transport.send_message(ours, transport.HEADER.pack(len(body)), memoryview(body)[:10], memoryview(body)[10:])
+        reader.join(10)
+    finally:
+        ours.close()
+        theirs.close()
+    assert got["body"] == body
