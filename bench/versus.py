@@ -25,7 +25,7 @@ figures of this one run, so a slower or busier machine does not change what it s
 
     clockwork-bench versus                                    # the generated CNN, SLO 15 ms
     clockwork-bench versus --model yolov8n-320 --slo-ms 100 --rates 10,20,30,40,60,80   # a real detector
-    clockwork-bench versus --model my.onnx --input-shape images=3,640,640   # a file; dynamic dims fixed
+    clockwork-bench versus --model my.onnx --input-shape images=3,640,640   # a file; its SLO 4x its run
     clockwork-bench versus --gateway-json --rates 100,200,300   # JSON over HTTP, SLO 50 ms
 
 With `--gateway-json` it compares the v2 gateway with a plain HTTP server instead, JSON tensors
@@ -63,6 +63,14 @@ from clockwork.client.cli import parse_shape
 FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.85, 1.0, 1.25, 1.5, 2.0)  # of the plain server's nominal capacity
 TIGHT_FACTORS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)  # tight SLOs: multiples of the plain server's lone p99
 TIGHT_REQUESTS = 40  # lone requests at each
+# Without --slo-ms: 15 ms (50 with --gateway-json), or this many times the model's direct call
+# where that is longer, rounded up to 5 ms: a 25 ms detector gets 105 ms, room for a few queued.
+SLO_OF_DIRECT = 4
+
+
+def default_slo_ms(direct_ms: float, gateway_json: bool) -> float:
+    """The SLO a run plays when none is given, for a model whose direct call takes `direct_ms`."""
+    return max(50.0 if gateway_json else 15.0, 5.0 * math.ceil(SLO_OF_DIRECT * direct_ms / 5.0))
 
 
 
@@ -280,8 +288,16 @@ def run(args: argparse.Namespace) -> int:
 
     direct = direct_call(model, inputs)
     direct()  # its first run is not typical
-    nominal = 1000.0 / latencies(interleaved({"direct": direct}, requests=20)["direct"]).percentile_ms(50)
+    direct_ms = latencies(interleaved({"direct": direct}, requests=20)["direct"]).percentile_ms(50)
+    nominal = 1000.0 / direct_ms
     say(f"direct onnxruntime: nominal capacity {nominal:.0f}/s")
+    if args.slo_ms is None:
+        args.slo_ms = default_slo_ms(direct_ms, args.gateway_json)
+        say(f"SLO {args.slo_ms:g} ms (--slo-ms to choose)")
+    elif args.slo_ms <= direct_ms:  # every request refused, for minutes: say so now
+        say(f"versus: an SLO of {args.slo_ms:g} ms is shorter than the model's own run ({direct_ms:.1f} ms at p50 "
+            f"here): no target could answer in time; try --slo-ms {default_slo_ms(direct_ms, args.gateway_json):g}")
+        return 2
     rates = [float(r) for r in args.rates.split(",")] if args.rates else [round(f * nominal) for f in FRACTIONS]
 
     def body(run_dir: Path) -> int:
@@ -316,7 +332,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         + " (default: a generated 3-conv CNN, ~0.5 ms per image)")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
                         help="fix dynamic non-batch dimensions (repeatable)")
-    parser.add_argument("--slo-ms", type=float, default=None, help="default: 15, or 50 with --gateway-json")
+    parser.add_argument("--slo-ms", type=float, default=None,
+                        help=f"default: 15, or 50 with --gateway-json, or {SLO_OF_DIRECT}x the model's direct call "
+                             "where longer (rounded up to 5 ms)")
     parser.add_argument("--rates", help="comma-separated requests/s (default: fractions of nominal capacity)")
     parser.add_argument("--workload", choices=("poisson", "bursty"), default="poisson")
     parser.add_argument("--duration-s", type=float, default=10.0, help="seconds per rate")
@@ -335,9 +353,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="out/versus")
     parser.add_argument("--keep", action="store_true", help="keep the daemons' logs")
     args = parser.parse_args(argv)
-    if args.slo_ms is None:
-        args.slo_ms = 50.0 if args.gateway_json else 15.0
-    if args.slo_ms <= 0 or args.duration_s <= 0 or args.plain_batch < 1 or args.refine < 0:
+    if (args.slo_ms is not None and args.slo_ms <= 0) or args.duration_s <= 0 or args.plain_batch < 1 \
+            or args.refine < 0:
         parser.error("--slo-ms and --duration-s must be > 0, --plain-batch >= 1 and --refine >= 0")
     return args
 

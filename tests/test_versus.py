@@ -317,3 +317,16 @@ def test_a_model_that_is_neither_a_file_nor_a_known_name_is_refused_with_the_nam
     said = capfd.readouterr()
     assert "neither an ONNX file nor a model the index ships" in said.out + said.err
     assert "yolov8n-320" in said.out + said.err
+
+
+def test_without_an_slo_a_slow_model_gets_room_for_a_queue_and_a_fast_one_the_usual():
+    assert versus.default_slo_ms(1.15, gateway_json=False) == 15.0
+    assert versus.default_slo_ms(1.15, gateway_json=True) == 50.0
+    assert versus.default_slo_ms(25.3, gateway_json=False) == 105.0  # the detector: 4 x 25.3, rounded up to 5 ms
+    assert versus.default_slo_ms(25.3, gateway_json=True) == 105.0
+
+
+def test_an_slo_shorter_than_the_model_itself_is_refused_before_the_run(tmp_path, capfd):
+    assert versus.main(["--slo-ms", "0.01", "--out", str(tmp_path / "out")]) == 2
+    said = capfd.readouterr()
+    assert "shorter than the model's own run" in said.out + said.err and "try --slo-ms 15" in said.out + said.err
