@@ -110,17 +110,17 @@ class Buffer:
 # ----------------------------------------------------------------------------- the client side
 
 
+def connect_raw(port: int) -> socket.socket | None:
+    """A connection to the raw TCP echo on `port`; None while it does not listen yet."""
+    try:
+        return socket.create_connection(("127.0.0.1", port), timeout=REPLY_TIMEOUT_S)
+    except ConnectionRefusedError:
+        return None
+
+
 class RawPath:
-    def __init__(self, port: int):
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            try:
-                self.conn = socket.create_connection(("127.0.0.1", port), timeout=REPLY_TIMEOUT_S)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the raw TCP echo on port {port} did not listen") from None
-                time.sleep(0.05)
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
         self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = Buffer()
 
@@ -224,7 +224,8 @@ def run(args: argparse.Namespace, run_dir: Path) -> int:
     with ProcessGroup(run_dir / "logs") as group, zeromq_echo(group, tcp, "zmq-tcp-echo") as over_tcp, \
             zeromq_echo(group, ipc, "zmq-ipc-echo") as over_ipc:
         group.start("raw-echo", echo_argv("raw", str(port)))
-        raw = RawPath(port)
+        raw = RawPath(group.wait_until(lambda: connect_raw(port), READY_TIMEOUT_S, "the raw TCP echo to listen",
+                                       interval_s=0.05))
         clients = dict(zip(TRANSPORTS, (raw, over_tcp, over_ipc)))
         try:
             results = []

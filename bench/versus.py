@@ -73,7 +73,6 @@ def default_slo_ms(direct_ms: float, gateway_json: bool) -> float:
     return max(50.0 if gateway_json else 15.0, 5.0 * math.ceil(SLO_OF_DIRECT * direct_ms / 5.0))
 
 
-
 def point(target: str, rate: float, results: LoadResults, busy_ns: int) -> Point:
     lat = results.latency
     seconds = max(results.duration_ns, 1) / 1e9
