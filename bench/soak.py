@@ -44,7 +44,7 @@ SLOS_MS = {"m-100": 100.0, "m-50": 50.0, "m-200": 200.0, "m-20": 20.0, "m-tight"
 SLOW = {"weights_bytes": 10_000_000, "load_ms": 2, "exec_ms": {"1": 40}}  # what the canceller asks for
 SLACK_RSS_KIB = 4 * 1024
 SLACK_FDS = 2
-TABLES = ("requests_live", "actions_in_flight", "answered_remembered", "give_up_heap", "expiry_heap",
+TABLES = ("requests_live", "actions_in_flight", "answered_remembered", "give_up_heap", "expiry_looks",
           "planning_heap")
 
 
