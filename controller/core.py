@@ -367,8 +367,11 @@ class Core:
         if samples <= 0 or not model.sizes:
             return 0
         memo = self.split_memo(model, kind)
-        full, rest = float_divmod(samples, model.sizes[-1])
-        ns = full * memo.full_ns
+        # Native float arithmetic compiled (divmod() and a float times an int are generic calls),
+        # to divmod's digits: mypyc's // and % are CPython's float_divmod.
+        largest = float(model.sizes[-1])
+        full, rest = samples // largest, samples % largest
+        ns = full * float(memo.full_ns)
         if rest:
             count = max(1, math.ceil(rest))
             split = memo.typical.get(count)
@@ -376,7 +379,7 @@ class Core:
                 # The latency model, not its bound method: compiled, a method called on it is a native call.
                 name, latency = model.name, self.latency
                 split = split_ns(count, model.sizes, lambda size: latency.typical_exec_ns(name, size, kind), memo.typical)
-            ns += min(rest, 1.0) * (0 if split == math.inf else split)
+            ns += min(rest, 1.0) * (0.0 if split == math.inf else split)
         return int(ns)
 
     def split_memo(self, model: Model, kind: str) -> SplitMemo:
@@ -1222,21 +1225,6 @@ def ms_text(ns: int) -> str:
     hundredths = (abs(ns) + 5_000) // 10_000
     whole, cents = divmod(hundredths, 100)
     return f"{'-' if ns < 0 else ''}{whole}.{cents // 10}{cents % 10}"
-
-
-def float_divmod(x: float, y: float) -> tuple[float, float]:
-    """divmod(x, y) for finite x >= 0 and y > 0, worked out as CPython's float_divmod does (so
-    to the same digits) in native floats: compiled, divmod() is a generic call that boxes
-    three floats, and drain_ns asks a few times a request."""
-    mod = math.fmod(x, y)
-    div = (x - mod) / y
-    if div:
-        floordiv = float(math.floor(div))
-        if div - floordiv > 0.5:
-            floordiv += 1.0
-    else:
-        floordiv = 0.0
-    return floordiv, mod
 
 
 def made(cls: type[T], fields: dict[str, Any]) -> T:

@@ -15,7 +15,7 @@ from clockwork.common.tensors import Tensor
 from clockwork.controller import heap_entry, placement
 from clockwork.controller.batching import grow, padded_size, split_ns
 from clockwork.controller.heap_entry import Entry
-from clockwork.controller.core import float_divmod, ms_text, samples_in_order
+from clockwork.controller.core import ms_text, samples_in_order
 from clockwork.controller.latency import LatencyModel, percentile_of, percentiles_of
 from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency
 from clockwork.controller.policy import _take_least
@@ -75,12 +75,6 @@ def test_a_queue_serves_by_priority_then_deadline_then_arrival_and_expires_by_de
     assert queue.earliest_deadline() == min((r.deadline_ns for r in live), default=None)
     expired = sorted((r for r in live if r.deadline_ns < cutoff), key=lambda r: (r.deadline_ns, r.request_id))
     assert queue.pop_expired(cutoff) == expired
-
-
-@given(st.one_of(st.floats(0, 1e6), st.integers(0, 10**6).map(float), st.integers(0, 64).map(lambda n: n / 3)),
-       st.one_of(st.integers(1, 64).map(float), st.floats(1e-3, 1e3)))
-def test_float_divmod_gives_divmods_digits(x, y):
-    assert float_divmod(x, y) == divmod(x, y)
 
 
 @settings(max_examples=200, deadline=None)
