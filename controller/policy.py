@@ -15,9 +15,10 @@ from typing import Final
 from clockwork.common import schema
 from clockwork.common.status import Status
 from clockwork.controller import admission, placement
-from clockwork.controller.batching import Batch, grow, padded_size
+from clockwork.controller.batching import Batch, RankMemo, grow, padded_size
 from clockwork.controller.core import Core, Policy
 from clockwork.controller.heap_entry import Entry
+from clockwork.controller.latency import LatencyModel
 from clockwork.controller.lifecycle import Residency
 from clockwork.controller.queues import QueueBase, RequestQueue
 from clockwork.controller.request import Request
@@ -202,32 +203,32 @@ def _choose_batch(core: Core, dev: Device, start_ns: int) -> Batch | None:
     """The batch to run next on `dev` from `start_ns` (the rule is controller/batching.py's).
 
     Models are ranked by when their batch must start, estimated from the most urgent
-    request and the batch size its queue makes (no queue is scanned for that), and only
-    the winners are grown. One step of lookahead, since an EXEC cannot be preempted: if
-    running the first batch would make a shorter one late, and the first still fits after
-    it, the shorter one runs first.
+    request and the batch size its queue makes (no queue is scanned for that; RankMemo keeps
+    each model's rank while its queue and figures stand), and only the winners are grown.
+    One step of lookahead, since an EXEC cannot be preempted: if running the first batch
+    would make a shorter one late, and the first still fits after it, the shorter one runs
+    first.
     """
-    ranked: list[tuple[int, int, str]] = []
+    ranked: list[RankMemo] = []
     # The latency model, not its bound methods: compiled, a method called on it is a native call.
     models, resident, kind, latency = core.models, dev.resident, dev.kind, core.latency
     for name in dev.pending:  # every pending model on the device, each planning: kept lean
         if resident[name].state is not Residency.LOADED:
             continue
         model = models[name]
-        queue = model.queue
-        head = queue.first()
-        if head is None:
-            continue
-        sizes = model.sizes
-        size = padded_size(min(queue.samples, sizes[-1]), sizes)
-        exec_ns = latency.exec_ns(name, size, kind) if size else None
-        if exec_ns is not None:
-            ranked.append((-head.priority, head.deadline_ns - exec_ns, name))
+        memo = model.rank_memo
+        generation = latency.generation(name)
+        if (memo is None or memo.version != model.queue.version or memo.generation != generation
+                or memo.kind != kind or memo.sizes is not model.sizes):
+            memo = model.rank_memo = _rank_memo(model, kind, latency, generation)
+        if memo.ranked:
+            ranked.append(memo)
     first = None
     while ranked:
-        priority, latest_start_ns, name = _take_least(ranked)
-        if first is not None and (priority != -first.requests[0].priority
-                                  or latest_start_ns >= start_ns + first.exec_ns):
+        least = _take_least(ranked)
+        name = least.name
+        if first is not None and (least.order != -first.requests[0].priority
+                                  or least.latest_start_ns >= start_ns + first.exec_ns):
             break  # running `first` makes nobody else late
         model = core.models[name]
         batch = grow(name, model.queue.head(model.sizes[-1] + HOPELESS_SCAN), start_ns, model.sizes,
@@ -244,16 +245,32 @@ def _choose_batch(core: Core, dev: Device, start_ns: int) -> Batch | None:
     return first
 
 
-def _take_least(ranked: list[tuple[int, int, str]]) -> tuple[int, int, str]:
-    """Remove and return the least of `ranked` (the order sorting gives, names unique): batch
-    choice seldom looks past the first one or two, so a native scan for each beats sorting
-    them all with generic tuple comparisons (the rest's order is left as it comes)."""
+def _rank_memo(model: Model, kind: str, latency: LatencyModel, generation: int) -> RankMemo:
+    """`model`'s rank on a device of `kind` (RankMemo), estimated from its most urgent request
+    and the batch size its queue makes: no queue is scanned for it."""
+    queue = model.queue
+    head = queue.first()
+    if head is not None:
+        sizes = model.sizes
+        size = padded_size(min(queue.samples, sizes[-1]), sizes)
+        exec_ns = latency.exec_ns(model.name, size, kind) if size else None
+        if exec_ns is not None:
+            return RankMemo(queue.version, generation, kind, sizes, True, -head.priority, head.deadline_ns - exec_ns,
+                            model.name)
+    return RankMemo(queue.version, generation, kind, model.sizes, False, 0, 0, model.name)
+
+
+def _take_least(ranked: list[RankMemo]) -> RankMemo:
+    """Remove and return the least of `ranked` by (order, latest start, name), the order sorting
+    gives (names unique): batch choice seldom looks past the first one or two, so a native scan
+    for each beats sorting them all (the rest's order is left as it comes)."""
     at = 0
     least = ranked[0]
     for i in range(1, len(ranked)):
         other = ranked[i]
-        if other[0] < least[0] or (other[0] == least[0] and (
-                other[1] < least[1] or (other[1] == least[1] and other[2] < least[2]))):
+        if other.order < least.order or (other.order == least.order and (
+                other.latest_start_ns < least.latest_start_ns or (
+                    other.latest_start_ns == least.latest_start_ns and other.name < least.name))):
             at, least = i, other
     last = ranked.pop()
     if at < len(ranked):

@@ -48,6 +48,7 @@ class QueueBase:
         self._live = 0
         self.samples = 0  # live requests' samples: the work waiting, for replica decisions
         self.samples_by_class = [0] * CLASSES  # the same per priority class, for admission
+        self.version = 0  # moves whenever a request joins or leaves: its head and samples may have changed
 
     def __len__(self) -> int:
         return self._live
@@ -62,6 +63,7 @@ class QueueBase:
         self._pushes += 1
         heap_entry.push(self._expire, Entry(req.deadline_ns, token, req))
         self._live += 1
+        self.version += 1
         self.samples += req.samples
         self.samples_by_class[req.priority] = self.samples_by_class[req.priority] + req.samples
         return token
@@ -72,6 +74,7 @@ class QueueBase:
         an old entry must not pass for the new one (it did, and hid the request from expiry)."""
         req.queue_token = -1
         self._live -= 1
+        self.version += 1
         self.samples -= req.samples
         self.samples_by_class[req.priority] = self.samples_by_class[req.priority] - req.samples
 

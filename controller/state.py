@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from clockwork.common.models import Signature
 from clockwork.common.schema import ActionKind
-from clockwork.controller.batching import SplitMemo
+from clockwork.controller.batching import RankMemo, SplitMemo
 from clockwork.controller.lifecycle import RESIDENCY_MOVES, Residency, check_move
 from clockwork.controller.queues import CLASSES, QueueBase, RequestQueue, from_class
 from clockwork.controller.request import Request
@@ -47,8 +47,9 @@ class Model:
     backlog_shares: dict[str, list[int]] = field(default_factory=dict)
     # With no replica: its queue's EXEC time per class, part of the work waiting for LOADs.
     unplaced_ns: list[int] = field(default_factory=lambda: [0] * CLASSES)
-    expiry_token: int = 0  # its live entry in the core's expiry heap
+    expiry_token: int = 0  # its live look in the policy's expiry looks
     split_memos: dict[str, SplitMemo] = field(default_factory=dict)  # device kind -> (Core.split_memo)
+    rank_memo: RankMemo | None = None  # its rank in batch choice as last worked out (policy._choose_batch)
     # Requests refused on its estimates alone (nothing of it queued or running) since its last
     # EXEC result: past DOUBT_AFTER the core asks the latency model to doubt its worst samples.
     refused_unseen: int = 0

@@ -1045,6 +1045,42 @@ def test_a_short_batch_goes_first_when_the_urgent_long_one_would_make_it_late():
     assert [e.body.batch_size for e in execs] == [1, 16]
 
 
+def test_batch_choice_ranks_a_model_anew_once_its_queue_changed():
+    """A model's rank is kept between choices (policy.RankMemo) only while its queue stands: a
+    request of a higher priority joining "b" while the lane runs "a" puts "b" first at the next
+    choice."""
+    core = ready_core(models=("a", "b"))
+    t = warm(core, "a")
+    t = warm(core, "b", now=t)
+    infer(core, 1, model="a", now=t, slo_ms=200, samples=16)  # runs first: 10 ms, the lane busy
+    infer(core, 2, model="b", now=t, slo_ms=300, samples=16)  # ranked behind "a" at this choice
+    [first] = sent(step(core, core.tick(t), t), schema.Exec)
+    assert first.body.model_id == "a"
+    infer(core, 3, model="a", now=t + MS, slo_ms=200, samples=16)
+    assert not replies(infer(core, 4, model="b", now=t + MS, slo_ms=40, priority=5))
+    effects = result_for(core, first, t + 10 * MS) + core.tick(t + 10 * MS)
+    second = sent(step(core, effects, t + 10 * MS), schema.Exec)[0]
+    assert (second.body.model_id, second.body.tensors[0].array()[0, 0]) == ("b", 4)
+
+
+def test_batch_choice_ranks_a_model_anew_once_its_figures_changed():
+    """The same when the latency model's figures for a queued model move (its generation):
+    "b", measured far slower than profiled, must start before "a" to finish in time."""
+    core = ready_core(models=("a", "b"))
+    t = warm(core, "a")
+    t = warm(core, "b", now=t)
+    infer(core, 1, model="a", now=t, slo_ms=90, samples=16)
+    infer(core, 2, model="a", now=t, slo_ms=100, samples=16)  # must start by ~t+89 ms
+    infer(core, 3, model="b", now=t, slo_ms=120, samples=16)  # a 10 ms batch: by ~t+109 ms, after "a"'s
+    [first] = sent(step(core, core.tick(t), t), schema.Exec)
+    assert first.body.model_id == "a"
+    for _ in range(50):  # "b" is seen to take 60 ms a batch of 16: it must start by ~t+59 ms
+        core.latency.observe_exec("b", 16, "emulated", 60 * MS, 10 * MS)
+    effects = result_for(core, first, t + 10 * MS) + core.tick(t + 10 * MS)
+    second = sent(step(core, effects, t + 10 * MS), schema.Exec)[0]
+    assert second.body.model_id == "b"
+
+
 def test_eviction_spares_a_model_with_queued_requests():
     core = make_core()
     hello(core, memory_bytes=3 * 112 * MIB)  # three 100 MB models fit, not four

@@ -13,7 +13,7 @@ from clockwork.common.checks import BadMessage
 from clockwork.common.models import Signature, TensorSpec, check_inputs
 from clockwork.common.tensors import Tensor
 from clockwork.controller import heap_entry, placement
-from clockwork.controller.batching import grow, padded_size, split_ns
+from clockwork.controller.batching import RankMemo, grow, padded_size, split_ns
 from clockwork.controller.heap_entry import Entry
 from clockwork.controller.core import ms_text, samples_in_order
 from clockwork.controller.latency import LatencyModel, percentile_of, percentiles_of
@@ -101,9 +101,11 @@ def test_the_core_heaps_pop_in_rank_key_token_order_through_pushes_pops_and_repl
 @given(st.lists(st.tuples(st.integers(-2, 0), st.integers(0, 4), st.text("abc", max_size=2)), unique_by=lambda r: r[2]))
 def test_batch_choice_takes_pending_models_in_the_order_sorting_gives(ranked):
     """policy._take_least, taken until none is left: the sorted order (names unique, as on a device)."""
-    left, taken = list(ranked), []
+    left = [RankMemo(0, 0, "gpu", [1], True, order, start, name) for order, start, name in ranked]
+    taken = []
     while left:
-        taken.append(_take_least(left))
+        least = _take_least(left)
+        taken.append((least.order, least.latest_start_ns, least.name))
     assert taken == sorted(ranked)
 
 
