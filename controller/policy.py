@@ -101,10 +101,14 @@ class ClockworkPolicy(Policy):
             self._looked_slot = now_ns // self._slot_ns
             return
         current = now_ns // self._slot_ns
-        slot = self._looked_slot
-        while slot <= current:
+        if current - self._looked_slot > len(self._looks):
+            # A long gap (the first housekeeping after a start at hours of uptime, a shell that
+            # ticked seldom): the booked slots, not every one in between.
+            slots = sorted([slot for slot in self._looks if slot <= current])
+        else:
+            slots = list(range(self._looked_slot, current + 1))
+        for slot in slots:
             looks = self._looks.pop(slot, None)
-            slot += 1
             if looks is None:
                 continue
             for entry in looks:
@@ -170,7 +174,8 @@ class ClockworkPolicy(Policy):
 
     def describe(self) -> dict:
         headroom = self.headroom
-        return {"admission_headroom": round(headroom.share, 4) if headroom else None, "expiry_looks": sum(len(looks) for looks in self._looks.values())}
+        return {"admission_headroom": round(headroom.share, 4) if headroom else None,
+                "expiry_looks": sum(len(looks) for looks in self._looks.values())}
 
 
 class HotModelReplicas:

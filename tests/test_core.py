@@ -1045,6 +1045,20 @@ def test_a_short_batch_goes_first_when_the_urgent_long_one_would_make_it_late():
     assert [e.body.batch_size for e in execs] == [1, 16]
 
 
+@pytest.mark.timeout(30)
+def test_a_first_request_after_a_year_of_uptime_is_looked_at_without_walking_every_slot_since_zero():
+    """Expiry's looks are booked by housekeeping slot (1 ms): a controller whose clock reads
+    a year of uptime, and whose first request comes before its first housekeeping, must not
+    walk the slots before it (minutes to hours of work, the core stalled)."""
+    days = 365 * 24 * 3600 * 1000 * MS  # a host up a year: 3e10 slots
+    core = ready_core()
+    core.on_heartbeat("w1", 1, days, True, days)
+    infer(core, 1, now=days, slo_ms=100)
+    effects = core.tick(days)  # its first housekeeping
+    assert sent(effects, schema.Load)  # and it goes on serving
+    assert core.policy.describe()["expiry_looks"] == 1
+
+
 def test_batch_choice_ranks_a_model_anew_once_its_queue_changed():
     """A model's rank is kept between choices (policy.RankMemo) only while its queue stands: a
     request of a higher priority joining "b" while the lane runs "a" puts "b" first at the next
