@@ -3,7 +3,8 @@
 Memory pages add up on every device; EXEC windows on a lane never overlap; every device's
 backlog is the sum of its models' shares, and the work waiting for LOADs the sum of the
 unplaced models'; the pending and unplaced sets match the queues; an EXEC in flight is of a
-loaded model; a replica is resident where it is listed; every queued request is counted once.
+loaded model; a replica is resident where it is listed; every queued request is counted once;
+a rank that batch choice keeps for a model (policy.RankMemo) is the one it would work out now.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from clockwork.common.schema import ActionKind
 from clockwork.controller.core import Core
 from clockwork.controller.lifecycle import Residency, RequestState
+from clockwork.controller.policy import _rank_memo
 from clockwork.controller.queues import CLASSES
 
 
@@ -64,6 +66,14 @@ def check_invariants(core: Core, now_ns: int) -> None:
             raise InvariantViolation(f"{model.name}: counted as waiting for a LOAD but it has replicas")
         if (model.name in core.unplaced) != (model.name in core.pending and not model.replicas):
             raise InvariantViolation(f"{model.name}: unplaced set out of date")
+        kept = model.rank_memo
+        generation = core.latency.generation(model.name)
+        if (kept is not None and kept.version == model.queue.version and kept.generation == generation
+                and kept.sizes is model.sizes):
+            fresh = _rank_memo(model, kept.kind, core.latency, generation)
+            if (kept.ranked, kept.order, kept.latest_start_ns) != (fresh.ranked, fresh.order, fresh.latest_start_ns):
+                raise InvariantViolation(f"{model.name}: batch choice keeps the rank {kept.order, kept.latest_start_ns} "
+                                         f"but would work out {fresh.order, fresh.latest_start_ns}")
 
 
 def _all_devices(core: Core):
