@@ -12,7 +12,7 @@ from __future__ import annotations
 from clockwork.common.schema import ActionKind
 from clockwork.controller.core import Core
 from clockwork.controller.lifecycle import Residency, RequestState
-from clockwork.controller.policy import _rank_memo
+from clockwork.controller.policy import ranked_now
 from clockwork.controller.queues import CLASSES
 
 
@@ -70,7 +70,7 @@ def check_invariants(core: Core, now_ns: int) -> None:
         generation = core.latency.generation(model.name)
         if (kept is not None and kept.version == model.queue.version and kept.generation == generation
                 and kept.sizes is model.sizes):
-            fresh = _rank_memo(model, kept.kind, core.latency, generation)
+            fresh = ranked_now(model, kept.kind, core.latency, generation)
             if (kept.ranked, kept.order, kept.latest_start_ns) != (fresh.ranked, fresh.order, fresh.latest_start_ns):
                 raise InvariantViolation(f"{model.name}: batch choice keeps the rank {kept.order, kept.latest_start_ns} "
                                          f"but would work out {fresh.order, fresh.latest_start_ns}")

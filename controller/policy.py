@@ -225,7 +225,7 @@ def _choose_batch(core: Core, dev: Device, start_ns: int) -> Batch | None:
         generation = latency.generation(name)
         if (memo is None or memo.version != model.queue.version or memo.generation != generation
                 or memo.kind != kind or memo.sizes is not model.sizes):
-            memo = model.rank_memo = _rank_memo(model, kind, latency, generation)
+            memo = model.rank_memo = ranked_now(model, kind, latency, generation)
         if memo.ranked:
             ranked.append(memo)
     first = None
@@ -250,7 +250,7 @@ def _choose_batch(core: Core, dev: Device, start_ns: int) -> Batch | None:
     return first
 
 
-def _rank_memo(model: Model, kind: str, latency: LatencyModel, generation: int) -> RankMemo:
+def ranked_now(model: Model, kind: str, latency: LatencyModel, generation: int) -> RankMemo:
     """`model`'s rank on a device of `kind` (RankMemo), estimated from its most urgent request
     and the batch size its queue makes: no queue is scanned for it."""
     queue = model.queue

@@ -1050,11 +1050,11 @@ def test_a_first_request_after_a_year_of_uptime_is_looked_at_without_walking_eve
     """Expiry's looks are booked by housekeeping slot (1 ms): a controller whose clock reads
     a year of uptime, and whose first request comes before its first housekeeping, must not
     walk the slots before it (minutes to hours of work, the core stalled)."""
-    days = 365 * 24 * 3600 * 1000 * MS  # a host up a year: 3e10 slots
+    year = 365 * 24 * 3600 * 1000 * MS  # a host up a year: 3e10 slots
     core = ready_core()
-    core.on_heartbeat("w1", 1, days, True, days)
-    infer(core, 1, now=days, slo_ms=100)
-    effects = core.tick(days)  # its first housekeeping
+    core.on_heartbeat("w1", 1, year, True, year)
+    infer(core, 1, now=year, slo_ms=100)
+    effects = core.tick(year)  # its first housekeeping
     assert sent(effects, schema.Load)  # and it goes on serving
     assert core.policy.describe()["expiry_looks"] == 1
 
