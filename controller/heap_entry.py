@@ -2,13 +2,12 @@
 
 heapq orders tuples item by item through generic comparisons (an equality test for each item
 that decides nothing, then the order), and the core's heaps (every queue's service and expiry
-order, the policy's expiry looks, the actions' give-up times) pop a few entries per request
+order, the actions' give-up times) pop a few entries per request
 from heaps of hundreds. Entries are ordered by (rank, key, token) as machine integers: rank
 first (a queue's service order puts the higher priority first), then key (a time), then token,
 unique within a heap, so that entries never tie and the item is never compared.
 
-`push`, `pop` and `replace_top` are heapq's heappush, heappop and heapreplace (the same
-sifts, so the same layouts), compiled, with the comparison written out in the sifts: heapq, a
+`push` and `pop` are heapq's heappush and heappop (the same sifts, so the same layouts), compiled, with the comparison written out in the sifts: heapq, a
 C function, compared two entries through Python's rich comparison, a generic call into a
 `__lt__`, and its sifts were 7% of the core's instructions. An Entry has no `__lt__`, so that
 heapq on these heaps fails at once instead of running slowly.
@@ -47,12 +46,6 @@ def pop(heap: list[Entry[T]]) -> Entry[T]:
     heap[0] = last
     _sift_up(heap, 0)
     return top
-
-
-def replace_top(heap: list[Entry[T]], entry: Entry[T]) -> None:
-    """heapq.heapreplace, the old top dropped: one sift where a pop and a push take two."""
-    heap[0] = entry
-    _sift_up(heap, 0)
 
 
 def _sift_down(heap: list[Entry[T]], start: int, pos: int) -> None:
