@@ -165,6 +165,11 @@ class RankMemo:
         self.latest_start_ns = latest_start_ns
         self.name = name
 
+    def holds(self, version: int, generation: int, kind: str, sizes: list[int]) -> bool:
+        """Whether this rank is still the model's: worked out from these."""
+        return (self.version == version and self.generation == generation and self.kind == kind
+                and self.sizes is sizes)
+
 
 def _least_padded(grown: list[tuple[int, int, int, int, int]], total: int, sizes: list[int],
                   exec_ns: Callable[[int], int | None], known: dict[int, float]) -> tuple[int, int, int, int]:

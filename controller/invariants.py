@@ -68,8 +68,7 @@ def check_invariants(core: Core, now_ns: int) -> None:
             raise InvariantViolation(f"{model.name}: unplaced set out of date")
         kept = model.rank_memo
         generation = core.latency.generation(model.name)
-        if (kept is not None and kept.version == model.queue.version and kept.generation == generation
-                and kept.sizes is model.sizes):
+        if kept is not None and kept.holds(model.queue.version, generation, kept.kind, model.sizes):
             fresh = ranked_now(model, kept.kind, core.latency, generation)
             if (kept.ranked, kept.order, kept.latest_start_ns) != (fresh.ranked, fresh.order, fresh.latest_start_ns):
                 raise InvariantViolation(f"{model.name}: batch choice keeps the rank {kept.order, kept.latest_start_ns} "

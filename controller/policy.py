@@ -97,9 +97,6 @@ class ClockworkPolicy(Policy):
             self._next_refresh_ns = now_ns + core.cfg.refresh_ns
             headroom.refresh(spare=headroom.widened() and admission.any_replica_idle(core, headroom.refused, now_ns))
             self.pace.refresh()
-        if not self._looks:
-            self._looked_slot = now_ns // self._slot_ns
-            return
         current = now_ns // self._slot_ns
         if current - self._looked_slot > len(self._looks):
             # A long gap (the first housekeeping after a start at hours of uptime, a shell that
@@ -223,8 +220,7 @@ def _choose_batch(core: Core, dev: Device, start_ns: int) -> Batch | None:
         model = models[name]
         memo = model.rank_memo
         generation = latency.generation(name)
-        if (memo is None or memo.version != model.queue.version or memo.generation != generation
-                or memo.kind != kind or memo.sizes is not model.sizes):
+        if memo is None or not memo.holds(model.queue.version, generation, kind, model.sizes):
             memo = model.rank_memo = ranked_now(model, kind, latency, generation)
         if memo.ranked:
             ranked.append(memo)
