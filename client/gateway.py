@@ -102,8 +102,9 @@ class GatewayConfig:
     # On SIGTERM, requests in flight get this long to be answered before the sockets close.
     shutdown_timeout_s: float = 5.0
     # The door (client/door.py): once the event loop has run more than shed_lag_ms late for a
-    # whole shed_interval_ms with shed_min_requests infers read, infers read that late are
-    # answered 429 unread until an interval passes with none late. 10 ms, a fifth of a 50 ms
+    # whole shed_interval_ms with shed_min_requests infers read, while the lag hurts (an infer
+    # answered near its deadline or one read past the ceiling, lately), infers read that late
+    # are answered 429 unread until an interval passes with none late. 10 ms, a fifth of a 50 ms
     # SLO, leaves the rest for the controller, the device and the reply; with CoDel's 5 ms, on
     # a host busy with other work, a gateway descheduled for a few ms refused requests at a
     # third of its capacity (44 of 1,489 at 300/s) that would have made their SLOs. The
@@ -316,6 +317,7 @@ class Gateway:
         statistics and the metrics; V2Error on refusal. The controller gets what is left of the
         SLO: what the gateway spent is spent, and the reply will wait about the loop's present
         lag on its way back through it."""
+        slo_ns = int(req.slo_ms * 1e6)
         try:
             now_ns = time.monotonic_ns()
             left_ms = req.slo_ms - (now_ns - start_ns + self.door.lag_ns(now_ns)) / 1e6
@@ -324,13 +326,18 @@ class Gateway:
                                     "waiting in the gateway")
             result = await self.pool.next().infer(name, req.inputs, slo_ms=left_ms, priority=req.priority)
         except ClockworkError as exc:
-            took_ns = time.monotonic_ns() - start_ns
+            end_ns = time.monotonic_ns()
+            took_ns = end_ns - start_ns
             err = v2.error_from(exc, self.config.retry_after_s)
             status = err.status if isinstance(err.status, Status) else exc.status
+            if status in (Status.WOULD_MISS_DEADLINE, Status.DEADLINE_MISSED):
+                self.door.answered(slo_ns, slo_ns, end_ns)
             self.stats.failure(name, status, took_ns)
             self.metrics.answered(name, protocol, status, took_ns / 1e9)
             raise err from None
-        took_ns = time.monotonic_ns() - start_ns
+        end_ns = time.monotonic_ns()
+        took_ns = end_ns - start_ns
+        self.door.answered(took_ns, slo_ns, end_ns)
         samples = next(iter(req.inputs.values())).shape[0]
         self.stats.success(name, result, samples, took_ns, time.time_ns() // 1_000_000)
         self.metrics.answered(name, protocol, Status.OK, took_ns / 1e9)

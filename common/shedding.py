@@ -56,8 +56,10 @@ class InputShedder:
         self._last_read_ns: int | None = None
         self._last_late_ns = 0  # when the last request read late while shedding was read
 
-    def shed(self, waited_ns: int, now_ns: int) -> bool:
-        """Whether to refuse a request that waited `waited_ns` before being read at `now_ns`."""
+    def shed(self, waited_ns: int, now_ns: int, may_start: bool = True) -> bool:
+        """Whether to refuse a request that waited `waited_ns` before being read at `now_ns`.
+        `may_start` False: a standing queue does not start shedding (the gateway's door while
+        its answers leave with time to spare); the ceiling and shedding already begun apply."""
         if not self.target_ns:
             return False
         if self._last_read_ns is not None and now_ns - waited_ns >= self._last_read_ns + self.interval_ns:
@@ -70,7 +72,7 @@ class InputShedder:
                 self._above_since_ns = now_ns
                 self._above_reads.clear()
             self._above_reads.append(now_ns)
-            if not self.shedding and self._standing(now_ns):
+            if not self.shedding and may_start and self._standing(now_ns):
                 self.shedding, self._last_late_ns = True, now_ns
         else:
             self._above_since_ns = None

@@ -22,6 +22,7 @@ from clockwork.client.gateway import Gateway, GatewayConfig
 from clockwork.common.status import Status
 
 pytestmark = pytest.mark.timeout(120)
+MS = 1_000_000
 
 
 def admit(gateway: Gateway) -> v2.V2Error | int:
@@ -65,6 +66,7 @@ def test_the_door_sheds_with_429_while_the_loop_stands_behind_and_stops_after_a_
                                         shed_ceiling_ms=0))
         gateway.door.start()
         try:
+            gateway.door.answered(46 * MS, 50 * MS, time.monotonic_ns())  # near its deadline: the lag hurts
             standing = await behind(gateway, 0.5)
             fresh = [await caught_up(gateway)]  # on time: served even while shedding
             again = await behind(gateway, 0.001)  # late again within the interval: still shed
@@ -83,6 +85,35 @@ def test_the_door_sheds_with_429_while_the_loop_stands_behind_and_stops_after_a_
     assert isinstance(fresh[0], int)
     assert all(isinstance(o, v2.V2Error) for o in again)
     assert all(isinstance(o, int) for o in burst)
+
+
+def test_a_standing_lag_is_served_while_answers_leave_in_time_and_shed_once_one_comes_near_its_deadline():
+    """A gateway short of CPU at half its capacity: its loop stands 20 ms behind, but the infers
+    it lets in are answered with time to spare, so nothing is shed; an answer with less than a
+    tenth of its SLO left shows that the lag now hurts, and the door sheds."""
+    async def behind(gateway: Gateway, seconds: float, used_ms: float) -> list[v2.V2Error | int]:
+        """Keep the loop 20 ms late for `seconds`, admitting two requests per turn and answering
+        one that used `used_ms` of a 50 ms SLO."""
+        outcomes = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(0.02)
+            await asyncio.sleep(0)
+            outcomes += [admit(gateway), admit(gateway)]
+            gateway.door.answered(int(used_ms * MS), 50 * MS, time.monotonic_ns())
+        return outcomes
+
+    async def scenario() -> tuple[list, list]:
+        gateway = Gateway(GatewayConfig(shed_lag_ms=10, shed_interval_ms=50, shed_min_requests=4, shed_ceiling_ms=0))
+        gateway.door.start()
+        try:
+            return await behind(gateway, 0.4, used_ms=35), await behind(gateway, 0.2, used_ms=46)
+        finally:
+            await gateway.door.stop()
+
+    in_time, near = asyncio.run(scenario())
+    assert all(isinstance(o, int) for o in in_time)
+    assert any(isinstance(o, v2.V2Error) and o.http_status == 429 for o in near)
 
 
 def test_the_door_is_open_when_shedding_is_off():
@@ -145,18 +176,20 @@ def test_a_request_that_spent_its_slo_in_the_gateway_is_refused_429_unsent():
                                                          "data": [0, 1]}], "parameters": {"timeout": 50_000}}).encode(),
                                  None, 1000.0)
 
-    async def scenario() -> v2.V2Error:
+    async def scenario() -> tuple[v2.V2Error, bool, bool]:
         gateway = Gateway(GatewayConfig(shed_lag_ms=10, retry_after_s=3))
         gateway.door.start()
         try:
             now = time.monotonic_ns()
+            calm = gateway.door.pressed(now)
             with pytest.raises(v2.V2Error) as refused:
                 await gateway.run_infer("m", req, "http", now - 55_000_000)  # arrived 55 ms ago
-            return refused.value
+            return refused.value, calm, gateway.door.pressed(time.monotonic_ns())
         finally:
             await gateway.door.stop()
 
-    err = asyncio.run(scenario())
+    err, calm, pressed = asyncio.run(scenario())
+    assert not calm and pressed  # a deadline spent in the gateway lets a standing lag be shed
     assert err.http_status == 429 and err.headers() == {"Retry-After": "3"}
     assert err.status is Status.WOULD_MISS_DEADLINE and "spent its whole 50 ms SLO" in err.message
 

@@ -29,6 +29,15 @@ def test_a_standing_lag_is_shed_until_a_request_is_read_within_the_target():
     assert not any(feed(shedder, 261, 280, 25))
 
 
+def test_a_standing_lag_that_may_not_start_shedding_is_served_until_it_may():
+    """The gateway's door while its answers leave with time to spare: the queue stands, but is
+    served; the first request read once it may start is refused at once (it stood all along)."""
+    shedder = InputShedder(10 * MS, 100 * MS)
+    assert not any(shedder.shed(25 * MS, t * MS, may_start=False) for t in range(0, 300))
+    assert shedder.shed(25 * MS, 300 * MS)
+    assert shedder.shed(25 * MS, 301 * MS, may_start=False)  # once begun, shedding goes on
+
+
 def test_shedding_off():
     shedder = InputShedder(0, 100 * MS)
     assert not any(feed(shedder, 0, 500, 1000))
