@@ -23,7 +23,6 @@ from clockwork.common.status import Status
 from clockwork.common.tensors import Tensor
 from clockwork.controller.batching import padded_size
 from clockwork.controller.core import OK, Core, ms_text, stale_detail
-from clockwork.controller.queues import from_class
 from clockwork.controller.request import Request
 from clockwork.controller.state import Device, Model
 
@@ -107,7 +106,7 @@ class DrainPace:
 def priced_batch_ns(core: Core, model: Model, samples: int, kind: str) -> int:
     """What `samples` of `model` cost in the batches its queue makes (as backlogs price them),
     for DrainPace: their share of the largest batch the queue fills."""
-    depth = min(model.queue.samples, model.sizes[-1]) if model.sizes else 0
+    depth = min(model.queue.samples.total, model.sizes[-1]) if model.sizes else 0
     if depth <= samples:
         return core.drain_ns(model, samples, kind)
     return core.drain_ns(model, depth, kind) * samples // depth
@@ -208,7 +207,7 @@ def any_replica_idle(core: Core, models: set[str], now_ns: int) -> bool:
 
 
 def _idle(dev: Device, now_ns: int) -> bool:
-    return not dev.backlog_ns() and dev.exec_lane.typical_free_at(now_ns) <= now_ns
+    return not dev.backlog.total and dev.exec_lane.typical_free_at(now_ns) <= now_ns
 
 
 def replicas_idle(model: Model, now_ns: int) -> bool:
@@ -291,7 +290,7 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
     `admission_replicas` replicas are looked at: bounded work per request even for a model
     replicated on a hundred GPUs (their backlogs differ only by the other models they hold)."""
     size = padded_size(samples, model.sizes) or model.sizes[-1]  # admit checked that the samples fit
-    spill_ns = from_class(core.unplaced_by_class, priority) // max(1, core.device_count)
+    spill_ns = core.unplaced_work.from_class(priority) // max(1, core.device_count)
     if not model.replicas:
         return _finish_after_load_ns(core, model, size, priority, spill_ns, now_ns)
     own = {} if own is None else own
@@ -299,7 +298,7 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
     best, found = 0, False  # a native int and a flag: an int | None is boxed at each step
     # This model's queue on one replica, the new request last in it: it rides in the batch its
     # queue's tail makes, not in a batch of its own behind the queue.
-    mine_samples = model.queue.samples_from(priority) / len(model.replicas) + samples
+    mine_samples = model.queue.samples.from_class(priority) / len(model.replicas) + samples
     # What a replica's kind decides, worked out again only when the kind changes (replicas share kinds).
     cost_kind: str | None = None
     typical: int | None = None
@@ -319,11 +318,11 @@ def finish_behind_queue_ns(core: Core, model: Model, samples: int, priority: int
             full_ns = _full_batch_ns(core, model, kind)
             mine_ns = core.drain_ns(model, mine_samples, kind)
             share = shares.get(kind)  # what this model's queue already adds to each replica of the kind
-            share_ns = from_class(share, priority) if share else 0
+            share_ns = share.from_class(priority) if share is not None else 0
         if typical is None:
             continue
         start = core.replica_start_ns(dev, name, now_ns)
-        others_ns = dev.backlog_ns(priority) - share_ns + spill_ns
+        others_ns = dev.backlog.from_class(priority) - share_ns + spill_ns
         queued_ns = others_ns + mine_ns
         if pace is not None:
             queued_ns = int(queued_ns * pace.of(dev.key))
@@ -371,7 +370,7 @@ def _finish_after_load_ns(core: Core, model: Model, size: int, priority: int, sp
             continue
         load_ns, typical_ns, full_ns, own_ns = costs
         loaded = max(hop_ns, dev.load_lane.free_at(now_ns)) + load_ns
-        ahead_ns = dev.backlog_ns(priority) + spill_ns
+        ahead_ns = dev.backlog.from_class(priority) + spill_ns
         behind = core.typical_start_ns(dev, now_ns) + ahead_ns + overtaken_ns(full_ns, typical_ns, ahead_ns)
         finish = max(loaded, behind) + own_ns
         best = finish if best is None else min(best, finish)

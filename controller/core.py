@@ -22,7 +22,7 @@ Theory of operation
   queued samples (each model's queue split over its replicas, priced at the batch sizes it
   would run in), updated on every queue and replica change (`_reshare`), so that admission
   reads a device's backlog in O(1). Work of models waiting for a LOAD is kept apart
-  (`unplaced_by_class`).
+  (`unplaced_work`).
 - `tick` runs the phases in order: housekeeping (every `housekeeping_ns`: drop lost workers,
   lost results and overdue uploads, then the policy's expiry and replication, then release
   idle extra replicas), the policy's EXEC planning on the lanes about to free up, LOADs for
@@ -56,7 +56,7 @@ from clockwork.controller.effects import ActionRecord, Effect, PrepareOn, ToClie
 from clockwork.controller.heap_entry import Entry
 from clockwork.controller.latency import ClientHops, LatencyModel
 from clockwork.controller.lifecycle import Residency, RequestState
-from clockwork.controller.queues import CLASSES, QueueBase
+from clockwork.controller.queues import CLASSES, ByClass, QueueBase
 from clockwork.controller.request import Request
 from clockwork.controller.state import Action, Device, Model, PendingUpload, Profile, Resident, Worker
 
@@ -161,7 +161,7 @@ class Core:
         self.unplaced: dict[str, None] = {}  # pending models with no replica: LOAD candidates
         self.replicated: dict[str, None] = {}  # models on more than one device
         self.uploads: dict[str, PendingUpload] = {}
-        self.unplaced_by_class = [0] * CLASSES  # EXEC time queued for models waiting for a LOAD (admission)
+        self.unplaced_work = ByClass()  # EXEC time queued for models waiting for a LOAD (admission)
         self.device_count = 0  # devices of connected workers
         # Event counts by name (`counters`; STATUS lists them): a plain dict, since a Counter's
         # += took three times as long (a dict subclass goes through generic item access). The
@@ -324,24 +324,28 @@ class Core:
         """Keep every replica's backlog holding the time its share of the model's queue takes,
         per priority class (after the queue changed in `classes`, or for every class with queued
         work after a replica was `added` or `removed`); a model with no replica counts in
-        `unplaced_by_class` instead. A class with nothing queued has no share anywhere. Replicas
+        `unplaced_work` instead. A class with nothing queued has no share anywhere. Replicas
         of one kind hold the same share (Model.backlog_shares), so a change moves each of their
         backlogs by one difference, worked out once per kind."""
         shares = model.backlog_shares
         if added is not None:  # it starts with its kind's share as it stands; the update below moves it with the rest
-            for c, ns in enumerate(shares.get(added.kind, ())):
-                added.add_backlog(c, ns)
+            kept = shares.get(added.kind)
+            if kept is not None:
+                for c, ns in enumerate(kept.values):
+                    added.backlog.add(c, ns)
         if removed is not None:
-            for c, ns in enumerate(shares.get(removed.kind, ())):
-                removed.add_backlog(c, -ns)
+            kept = shares.get(removed.kind)
+            if kept is not None:
+                for c, ns in enumerate(kept.values):
+                    removed.backlog.add(c, -ns)
             if removed.kind not in model.replicas_by_kind:
                 shares.pop(removed.kind, None)
-        waiting = model.queue.samples_by_class
+        waiting = model.queue.samples.values
         if classes is None:
             classes = [c for c in range(CLASSES) if waiting[c] or model.unplaced_ns[c]]
         for c in classes:
             cost = self.drain_ns(model, waiting[c], model.kinds[0]) if not model.replicas and model.kinds else 0
-            self.unplaced_by_class[c] = self.unplaced_by_class[c] + cost - model.unplaced_ns[c]
+            self.unplaced_work.add(c, cost - model.unplaced_ns[c])
             model.unplaced_ns[c] = cost
         if not model.replicas:
             return
@@ -350,13 +354,12 @@ class Core:
             for kind, devs in model.replicas_by_kind.items():
                 share = shares.get(kind)
                 if share is None:
-                    share = shares[kind] = [0] * CLASSES
-                cost = self.drain_ns(model, samples, kind)
-                delta = cost - share[c]
+                    share = shares[kind] = ByClass()
+                delta = self.drain_ns(model, samples, kind) - share.values[c]
                 if delta:
-                    share[c] = cost
+                    share.add(c, delta)
                     for dev in devs:
-                        dev.add_backlog(c, delta)
+                        dev.backlog.add(c, delta)
 
     def drain_ns(self, model: Model, samples: float, kind: str) -> int:
         """Predicted EXEC time of `samples` queued samples of `model` on a device of `kind`,

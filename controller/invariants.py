@@ -13,7 +13,7 @@ from clockwork.common.schema import ActionKind
 from clockwork.controller.core import Core
 from clockwork.controller.lifecycle import Residency, RequestState
 from clockwork.controller.policy import ranked_now
-from clockwork.controller.queues import CLASSES
+from clockwork.controller.queues import CLASSES, ByClass
 
 
 class InvariantViolation(AssertionError):
@@ -32,16 +32,18 @@ def check_invariants(core: Core, now_ns: int) -> None:
                 raise InvariantViolation(f"{dev.key}: overlapping EXEC windows")
             prev_end = end
         held = [core.models[n] for n in dev.resident if n in core.models and dev.key in core.models[n].replicas]
-        shares = [sum(col) for col in zip([0] * CLASSES, *(m.backlog_shares.get(dev.kind, [0] * CLASSES) for m in held))]
-        if shares != dev.backlog_by_class or dev.backlog_total != sum(shares):
-            raise InvariantViolation(f"{dev.key}: backlog {dev.backlog_by_class} ns (total {dev.backlog_total}) but "
-                                     f"its models' shares add to {shares}")
+        kept = [m.backlog_shares[dev.kind] for m in held if dev.kind in m.backlog_shares]
+        _check_total(f"{dev.key}: backlog", dev.backlog)
+        shares = [sum(col) for col in zip([0] * CLASSES, *(share.values for share in kept))]
+        if shares != dev.backlog.values:
+            raise InvariantViolation(f"{dev.key}: backlog {dev.backlog.values} ns but its models' shares add to {shares}")
         want = [n for n in dev.resident if n in core.pending]
         if sorted(want) != sorted(dev.pending):
             raise InvariantViolation(f"{dev.key}: pending {sorted(dev.pending)} but queued residents {want}")
     unplaced = [sum(col) for col in zip([0] * CLASSES, *(m.unplaced_ns for m in core.models.values()))]
-    if unplaced != core.unplaced_by_class:
-        raise InvariantViolation(f"work waiting for LOADs {core.unplaced_by_class} ns is not its models' sum")
+    _check_total("work waiting for LOADs", core.unplaced_work)
+    if unplaced != core.unplaced_work.values:
+        raise InvariantViolation(f"work waiting for LOADs {core.unplaced_work.values} ns is not its models' sum")
     for action in core.actions.values():
         if action.kind is ActionKind.EXEC:
             res = action.device.resident.get(action.model)
@@ -59,9 +61,16 @@ def check_invariants(core: Core, now_ns: int) -> None:
         live = sum(1 for r in core.requests.values() if r.model == model.name and r.state is RequestState.QUEUED)
         if live != len(model.queue) or (live > 0) != (model.name in core.pending):
             raise InvariantViolation(f"{model.name}: queue length {len(model.queue)} but {live} queued")
-        if model.queue.samples != sum(model.queue.samples_by_class):
-            raise InvariantViolation(f"{model.name}: {model.queue.samples} samples queued but "
-                                     f"{model.queue.samples_by_class} by class")
+        _check_total(f"{model.name}: samples queued", model.queue.samples)
+        queued = [0] * CLASSES
+        for r in core.requests.values():
+            if r.model == model.name and r.state is RequestState.QUEUED:
+                queued[r.priority] += r.samples
+        if queued != model.queue.samples.values:
+            raise InvariantViolation(f"{model.name}: {model.queue.samples.values} samples queued by class, "
+                                     f"its queued requests hold {queued}")
+        for kind, share in model.backlog_shares.items():
+            _check_total(f"{model.name}: backlog share on {kind}", share)
         if any(model.unplaced_ns) and model.replicas:
             raise InvariantViolation(f"{model.name}: counted as waiting for a LOAD but it has replicas")
         if (model.name in core.unplaced) != (model.name in core.pending and not model.replicas):
@@ -73,6 +82,11 @@ def check_invariants(core: Core, now_ns: int) -> None:
             if (kept.ranked, kept.order, kept.latest_start_ns) != (fresh.ranked, fresh.order, fresh.latest_start_ns):
                 raise InvariantViolation(f"{model.name}: batch choice keeps the rank {kept.order, kept.latest_start_ns} "
                                          f"but would work out {fresh.order, fresh.latest_start_ns}")
+
+
+def _check_total(what: str, figures: ByClass) -> None:
+    if figures.total != sum(figures.values):
+        raise InvariantViolation(f"{what}: total {figures.total} but {figures.values} by class")
 
 
 def _all_devices(core: Core):

@@ -56,7 +56,7 @@ def load_target(model: Model, weights_bytes: int, devices: list[Device], now_ns:
         if pages > dev.capacity_pages:
             continue
         evicts = pages > dev.free_pages()
-        busy = dev.exec_lane.free_at(now_ns) + dev.backlog_ns()
+        busy = dev.exec_lane.free_at(now_ns) + dev.backlog.total
         held = len(dev.resident)
         load = dev.load_lane.free_at(now_ns)
         if best is None:
@@ -125,5 +125,5 @@ def wants_replica(model: Model, now_ns: int, workers: dict[str, Worker], latency
             start, found = free, True
     if not found:
         return False
-    drain_ns = model.queue.samples / rate
+    drain_ns = model.queue.samples.total / rate
     return start + drain_ns - now_ns > fraction * (head - now_ns)

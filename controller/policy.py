@@ -253,7 +253,7 @@ def ranked_now(model: Model, kind: str, latency: LatencyModel, generation: int) 
     head = queue.first()
     if head is not None:
         sizes = model.sizes
-        size = padded_size(min(queue.samples, sizes[-1]), sizes)
+        size = padded_size(min(queue.samples.total, sizes[-1]), sizes)
         exec_ns = latency.exec_ns(model.name, size, kind) if size else None
         if exec_ns is not None:
             return RankMemo(queue.version, generation, kind, sizes, True, -head.priority, head.deadline_ns - exec_ns,

@@ -15,7 +15,7 @@ itself, not a protocol: the compiled core then reads those fields natively, not 
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, final
 
 from clockwork.common.schema import MAX_PRIORITY
 from clockwork.controller import heap_entry
@@ -38,6 +38,25 @@ def from_class(values: list[int], priority: int) -> int:
     return total
 
 
+@final
+class ByClass:
+    """A figure per priority class (queued samples, EXEC time) with its total over the
+    classes beside it, kept together: a request of class c waits behind the classes at and
+    above c, and one of the lowest class, the usual one, reads the total, not a sum of ten."""
+
+    def __init__(self) -> None:
+        self.values = [0] * CLASSES
+        self.total = 0
+
+    def add(self, priority: int, delta: int) -> None:
+        self.values[priority] = self.values[priority] + delta
+        self.total += delta
+
+    def from_class(self, priority: int) -> int:
+        """The total over class `priority` and the classes above it."""
+        return self.total if priority == 0 else from_class(self.values, priority)
+
+
 class QueueBase:
     """The expiry heap and the counts of a per-model queue; subclasses add the service order
     (push, head, first, drain)."""
@@ -46,16 +65,11 @@ class QueueBase:
         self._expire: list[Entry[Request]] = []  # by (deadline, token)
         self._pushes = 0  # the next push's token
         self._live = 0
-        self.samples = 0  # live requests' samples: the work waiting, for replica decisions
-        self.samples_by_class = [0] * CLASSES  # the same per priority class, for admission
+        self.samples = ByClass()  # live requests' samples per priority class: the work waiting
         self.version = 0  # moves whenever a request joins or leaves: its head and samples may have changed
 
     def __len__(self) -> int:
         return self._live
-
-    def samples_from(self, priority: int) -> int:
-        """The live samples in class `priority` and above."""
-        return self.samples if priority == 0 else from_class(self.samples_by_class, priority)
 
     def _added(self, req: Request) -> int:
         """Count a request in and file it for expiry; returns the token of this push."""
@@ -64,8 +78,7 @@ class QueueBase:
         heap_entry.push(self._expire, Entry(req.deadline_ns, token, req))
         self._live += 1
         self.version += 1
-        self.samples += req.samples
-        self.samples_by_class[req.priority] = self.samples_by_class[req.priority] + req.samples
+        self.samples.add(req.priority, req.samples)
         return token
 
     def removed(self, req: Request) -> None:
@@ -75,8 +88,7 @@ class QueueBase:
         req.queue_token = -1
         self._live -= 1
         self.version += 1
-        self.samples -= req.samples
-        self.samples_by_class[req.priority] = self.samples_by_class[req.priority] - req.samples
+        self.samples.add(req.priority, -req.samples)
 
     def earliest_deadline(self) -> int | None:
         expire = self._expire

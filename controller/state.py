@@ -8,7 +8,7 @@ from clockwork.common.models import Signature
 from clockwork.common.schema import ActionKind
 from clockwork.controller.batching import RankMemo, SplitMemo
 from clockwork.controller.lifecycle import RESIDENCY_MOVES, Residency, check_move
-from clockwork.controller.queues import CLASSES, QueueBase, RequestQueue, from_class
+from clockwork.controller.queues import CLASSES, ByClass, QueueBase, RequestQueue
 from clockwork.controller.request import Request
 from clockwork.controller.timeline import Timeline
 
@@ -44,7 +44,7 @@ class Model:
     # Device kind -> the time this model's queue adds to the backlog of each of its replicas of
     # that kind, per priority class (an even share of the queued samples, batched): kept so the
     # devices' sums can be updated exactly.
-    backlog_shares: dict[str, list[int]] = field(default_factory=dict)
+    backlog_shares: dict[str, ByClass] = field(default_factory=dict)
     # With no replica: its queue's EXEC time per class, part of the work waiting for LOADs.
     unplaced_ns: list[int] = field(default_factory=lambda: [0] * CLASSES)
     expiry_token: int = 0  # its live look in the policy's expiry looks
@@ -101,10 +101,8 @@ class Device:
     # Predicted EXEC time of the work queued for it, per priority class: each held model's
     # queued samples, split evenly over that model's replicas, at the batch sizes they would run
     # in. Admission puts the classes at and above a new request's ahead of it (kept up to date
-    # on every queue and replica change through add_backlog, with the total over the classes
-    # beside it: a request of the lowest class, the usual one, reads that, not a sum of ten).
-    backlog_by_class: list[int] = field(default_factory=lambda: [0] * CLASSES)
-    backlog_total: int = 0
+    # on every queue and replica change).
+    backlog: ByClass = field(default_factory=ByClass)
     sm_clock_mhz: int = 0  # last reported by the worker (GPUs); shows throttling in STATUS
     exec_busy_ns: int = 0  # measured EXEC time so far: utilisation is its rate of change
     exec_end_ns: int = 0  # when its last EXEC that ran ended, as measured (the lane's turnaround)
@@ -120,15 +118,6 @@ class Device:
 
     def free_pages(self) -> int:
         return self.capacity_pages - self.used_pages
-
-    def backlog_ns(self, min_priority: int = 0) -> int:
-        """Predicted EXEC time queued here in priority classes `min_priority` and above."""
-        return self.backlog_total if min_priority == 0 else from_class(self.backlog_by_class, min_priority)
-
-    def add_backlog(self, priority: int, ns: int) -> None:
-        """The work queued here in class `priority` grew by `ns` (or shrank, negative)."""
-        self.backlog_by_class[priority] = self.backlog_by_class[priority] + ns
-        self.backlog_total += ns
 
 
 @dataclass(eq=False, slots=True)

@@ -666,7 +666,7 @@ def test_a_request_is_priced_riding_in_the_batch_its_model_queue_makes_not_in_on
     model = core.models["m"]
     finish = admission.finish_behind_queue_ns(core, model, 1, 0, t)
     assert finish - t == core.cfg.dispatch_ns + EXEC_NS[16] + EXEC_NS[8]
-    assert dev.backlog_ns() == EXEC_NS[16] + EXEC_NS[4]  # what the device's backlog holds for it
+    assert dev.backlog.total == EXEC_NS[16] + EXEC_NS[4]  # what the device's backlog holds for it
 
 
 def cut_batch_core():
@@ -1008,9 +1008,9 @@ def test_the_backlog_follows_the_queue():
     dev = core.workers["w1"].devices[0]
     for i in range(19):
         infer(core, i, now=t, slo_ms=500)
-    assert dev.backlog_ns() == EXEC_NS[16] + EXEC_NS[4]  # 16 + 3 padded to 4
+    assert dev.backlog.total == EXEC_NS[16] + EXEC_NS[4]  # 16 + 3 padded to 4
     effects = step(core, core.tick(t), t)  # a batch of 16 is dispatched: 3 stay queued
-    assert sent(effects, schema.Exec) and dev.backlog_ns() == EXEC_NS[4]
+    assert sent(effects, schema.Exec) and dev.backlog.total == EXEC_NS[4]
 
 
 def test_a_higher_class_is_not_refused_for_work_queued_in_lower_ones():
@@ -1020,7 +1020,7 @@ def test_a_higher_class_is_not_refused_for_work_queued_in_lower_ones():
         infer(core, i, now=t, slo_ms=500)
     for i in range(16):  # 10 ms of class-5 work
         infer(core, 200 + i, now=t, slo_ms=500, priority=5)
-    assert core.workers["w1"].devices[0].backlog_ns(5) == EXEC_NS[16]
+    assert core.workers["w1"].devices[0].backlog.from_class(5) == EXEC_NS[16]
     refused = replies(infer(core, 1000, now=t, slo_ms=40))  # class 0: behind all 70 ms
     assert refused and refused[0].body.status is Status.WOULD_MISS_DEADLINE
     assert not replies(infer(core, 1001, now=t, slo_ms=40, priority=5))  # class 5: behind 10 ms only
