@@ -168,7 +168,11 @@ class Core:
         # four that every request moves are native ints: a dict's update cost ~550 instructions.
         self._counts: dict[str, int] = {}
         self._offered = self._admitted = self._answered_ok = self._met_slo = 0
-        self._due: list[tuple[int, int, str, Device]] = []  # (plan at, version, key, device)
+        # The planning heap: each device booked at most once live (Device.plan_version is the
+        # token of its latest booking; the bookings' count makes tokens unique, and ties in time
+        # are served in booking order).
+        self._due: list[Entry[Device]] = []
+        self._bookings = 0
         self._give_ups: list[Entry[None]] = []  # by (give up at, action id), lazily cleaned
         self._next_housekeeping_ns = 0
         # The configured floors of the dispatch and reply allowances, read several times a
@@ -486,19 +490,21 @@ class Core:
         for a model on many devices does not push a heap entry per device per request."""
         if dev.booked_ns is not None and dev.booked_ns <= at_ns:
             return
-        dev.plan_version += 1
+        self._bookings += 1
+        dev.plan_version = self._bookings
         dev.booked_ns = at_ns
-        heapq.heappush(self._due, (at_ns, dev.plan_version, dev.key, dev))
+        heap_entry.push(self._due, Entry(at_ns, self._bookings, dev))
 
     def planning_due(self, now_ns: int) -> bool:
         """Some device's booking may have come due (most ticks find none: checked first, cheaply)."""
-        return bool(self._due) and self._due[0][0] <= now_ns
+        return bool(self._due) and self._due[0].key <= now_ns
 
     def due_devices(self, now_ns: int):
         """The live devices whose booking has come due, each unbooked as it is handed out."""
-        while self._due and self._due[0][0] <= now_ns:
-            _, version, _, dev = heapq.heappop(self._due)
-            if version == dev.plan_version:  # else a newer booking replaced this one
+        while self._due and self._due[0].key <= now_ns:
+            entry = heap_entry.pop(self._due)
+            dev = entry.item
+            if entry.token == dev.plan_version:  # else a newer booking replaced this one
                 dev.booked_ns = None
                 if self._live(dev):
                     yield dev
@@ -1150,7 +1156,7 @@ class Core:
 
     def next_wakeup_ns(self, now_ns: int) -> int:
         """When `tick` next has something to do (the shell sleeps until then or a message)."""
-        wakeup = self._due[0][0] if self._due else now_ns + self.cfg.heartbeat_interval_ns
+        wakeup = self._due[0].key if self._due else now_ns + self.cfg.heartbeat_interval_ns
         while self._give_ups and self._give_ups[0].token not in self.actions:
             heap_entry.pop(self._give_ups)
         if self._give_ups:  # a lost result must be noticed on time, not at the next heartbeat

@@ -2,7 +2,7 @@
 
 heapq orders tuples item by item through generic comparisons (an equality test for each item
 that decides nothing, then the order), and the core's heaps (every queue's service and expiry
-order, the actions' give-up times) pop a few entries per request
+order, the actions' give-up times, the devices' planning times) pop a few entries per request
 from heaps of hundreds. Entries are ordered by (rank, key, token) as machine integers: rank
 first (a queue's service order puts the higher priority first), then key (a time), then token,
 unique within a heap, so that entries never tie and the item is never compared.

@@ -96,7 +96,7 @@ class Device:
     loads_in_flight: int = 0
     # Resident models with queued requests: what the EXEC planner looks at on this device.
     pending: dict[str, None] = field(default_factory=dict)
-    plan_version: int = 0  # bumps invalidate this device's older entries in the planning heap
+    plan_version: int = 0  # the token of its live planning-heap entry (Core.book): older ones are dead
     booked_ns: int | None = None  # when its live planning-heap entry is due (None: not booked)
     # Predicted EXEC time of the work queued for it, per priority class: each held model's
     # queued samples, split evenly over that model's replicas, at the batch sizes they would run
