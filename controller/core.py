@@ -312,7 +312,7 @@ class Core:
                 if dev.booked_ns is None:  # a booked device plans all it has pending when due
                     self.plan_device_soon(dev, now_ns)
 
-    def _dequeued(self, model: Model, requests) -> None:
+    def _dequeued(self, model: Model, requests: tuple[Request, ...]) -> None:
         """`requests` left the queue (dispatched or answered)."""
         for req in requests:
             model.queue.removed(req)
