@@ -49,6 +49,12 @@ def check_invariants(core: Core, now_ns: int) -> None:
             res = action.device.resident.get(action.model)
             if res is None or res.state is not Residency.LOADED or res.in_flight <= 0:
                 raise InvariantViolation(f"EXEC {action.action_id} of {action.model} on a non-resident model")
+    queued: dict[str, list[int]] = {}  # model -> its queued requests, then their samples by class
+    for r in core.requests.values():
+        if r.state is RequestState.QUEUED:
+            counts = queued.setdefault(r.model, [0] * (CLASSES + 1))
+            counts[0] += 1
+            counts[1 + r.priority] += r.samples
     for model in core.models.values():
         if not set(model.backlog_shares) <= {dev.kind for dev in model.replicas.values()}:
             raise InvariantViolation(f"{model.name}: backlog shares for a kind of device that holds no replica")
@@ -58,17 +64,13 @@ def check_invariants(core: Core, now_ns: int) -> None:
         by_kind = sorted((kind, dev.key) for kind, devs in model.replicas_by_kind.items() for dev in devs)
         if by_kind != sorted((dev.kind, key) for key, dev in model.replicas.items()) or not all(model.replicas_by_kind.values()):
             raise InvariantViolation(f"{model.name}: replicas by kind {by_kind} are not its replicas")
-        live = sum(1 for r in core.requests.values() if r.model == model.name and r.state is RequestState.QUEUED)
+        live, *samples = queued.get(model.name, [0] * (CLASSES + 1))
         if live != len(model.queue) or (live > 0) != (model.name in core.pending):
             raise InvariantViolation(f"{model.name}: queue length {len(model.queue)} but {live} queued")
         _check_total(f"{model.name}: samples queued", model.queue.samples)
-        queued = [0] * CLASSES
-        for r in core.requests.values():
-            if r.model == model.name and r.state is RequestState.QUEUED:
-                queued[r.priority] += r.samples
-        if queued != model.queue.samples.values:
+        if samples != model.queue.samples.values:
             raise InvariantViolation(f"{model.name}: {model.queue.samples.values} samples queued by class, "
-                                     f"its queued requests hold {queued}")
+                                     f"its queued requests hold {samples}")
         for kind, share in model.backlog_shares.items():
             _check_total(f"{model.name}: backlog share on {kind}", share)
         if any(model.unplaced_ns) and model.replicas:
