@@ -284,7 +284,7 @@ class WorkerConfig:
     # workers' lanes never share one. Every worker of a host must name the same folder; "":
     # /dev/shm/clockwork-lane-cores (the system's temporary folder where there is no /dev/shm).
     lane_claims_dir: str = ""
-    profile_runs: int = 10  # timed runs per batch size at PREPARE (after one warm-up)
+    profile_runs: int = 10  # timed runs per batch size at PREPARE (after warm-up calls: worker/runtimes/base.py)
     engine_cache_dir: str = "~/.cache/clockwork/engines"  # TensorRT plans, per GPU kind
     log_level: str = "info"
     # Security (common/security.py): this worker's key pair (NAME.key_secret) and the

@@ -74,15 +74,31 @@ def sample_inputs(signature: Signature, batch_size: int) -> dict[str, np.ndarray
     return {s.name: np.zeros((batch_size, *s.shape), dtype=s.dtype) for s in signature.inputs}
 
 
-def timed_runs(execute: Callable[[dict[str, np.ndarray]], Any], inputs: dict[str, np.ndarray], runs: int) -> list[int]:
-    """What profile() measures per batch size: one warm-up call (first runs allocate), then `runs`
-    timed calls of `execute(inputs)`, in ns."""
-    execute(inputs)
+# Warm-up calls before each batch size's timed runs: up to WARMUP_RUNS, within WARMUP_NS (at
+# least one). A session's first few dozen runs are slower than the rest, whatever their batch
+# size: with one warm-up call, the size timed first came out slowest (a tiny MLP on onnxruntime,
+# p90 of 10 runs, three fresh processes: batch 1 16.9-31.1 us against batch 2 11.9-12.6; timed in
+# reverse order, batch 16 40-49 us against 34), and the controller priced it so. Twenty calls
+# first: batch 1 11.9-12.6 us (uploaded to a fresh onnxruntime worker, as `clockwork show` lists
+# it: 16.4-16.6 -> 11.8-12.1 us). A model whose run takes longer than the budget gets one.
+WARMUP_RUNS = 20
+WARMUP_NS = 50_000_000
+
+
+def timed_runs(execute: Callable[[dict[str, np.ndarray]], Any], inputs: dict[str, np.ndarray], runs: int,
+               clock: Callable[[], int] = time.perf_counter_ns) -> list[int]:
+    """What profile() measures per batch size: the warm-up calls above, then `runs` timed calls
+    of `execute(inputs)`, in ns."""
+    started = clock()
+    for _ in range(WARMUP_RUNS):
+        execute(inputs)
+        if clock() - started >= WARMUP_NS:
+            break
     times = []
     for _ in range(max(1, runs)):
-        t0 = time.perf_counter_ns()
+        t0 = clock()
         execute(inputs)
-        times.append(time.perf_counter_ns() - t0)
+        times.append(clock() - t0)
     return times
 
 

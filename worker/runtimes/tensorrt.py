@@ -451,7 +451,7 @@ class TensorRTRuntime(Runtime):
         return outputs, timing.total_ns
 
     def profile(self, device_id: int, model: PreparedModel, batch_sizes: list[int], runs: int) -> Profile:
-        """LOAD once (timed), then per batch size one warm-up and `runs` timed EXECs of zeros."""
+        """LOAD once (timed), then per batch size the warm-up and `runs` timed EXECs of zeros (base.timed_runs)."""
         self._cuda.lane(device_id)
         started = time.perf_counter_ns()
         handle = self.load(device_id, model)
