@@ -332,16 +332,11 @@ class Core:
         of one kind hold the same share (Model.backlog_shares), so a change moves each of their
         backlogs by one difference, worked out once per kind."""
         shares = model.backlog_shares
-        if added is not None:  # it starts with its kind's share as it stands; the update below moves it with the rest
-            kept = shares.get(added.kind)
-            if kept is not None:
-                for c, ns in enumerate(kept.values):
-                    added.backlog.add(c, ns)
+        if added is not None and added.kind in shares:  # its kind's share as it stands; the update below moves it with the rest
+            added.backlog.add_each(shares[added.kind], 1)
         if removed is not None:
-            kept = shares.get(removed.kind)
-            if kept is not None:
-                for c, ns in enumerate(kept.values):
-                    removed.backlog.add(c, -ns)
+            if removed.kind in shares:
+                removed.backlog.add_each(shares[removed.kind], -1)
             if removed.kind not in model.replicas_by_kind:
                 shares.pop(removed.kind, None)
         waiting = model.queue.samples.values

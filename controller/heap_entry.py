@@ -7,10 +7,11 @@ from heaps of hundreds. Entries are ordered by (rank, key, token) as machine int
 first (a queue's service order puts the higher priority first), then key (a time), then token,
 unique within a heap, so that entries never tie and the item is never compared.
 
-`push` and `pop` are heapq's heappush and heappop (the same sifts, so the same layouts), compiled, with the comparison written out in the sifts: heapq, a
-C function, compared two entries through Python's rich comparison, a generic call into a
-`__lt__`, and its sifts were 7% of the core's instructions. An Entry has no `__lt__`, so that
-heapq on these heaps fails at once instead of running slowly.
+`push` and `pop` are heapq's heappush and heappop (the same sifts, so the same layouts),
+compiled, with the comparison written out in the sifts: heapq, a C function, compared two
+entries through Python's rich comparison, a generic call into a `__lt__`, and its sifts were
+7% of the core's instructions. An Entry has no `__lt__`, so that heapq on these heaps fails at
+once instead of running slowly.
 """
 
 from __future__ import annotations

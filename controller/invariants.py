@@ -32,9 +32,9 @@ def check_invariants(core: Core, now_ns: int) -> None:
                 raise InvariantViolation(f"{dev.key}: overlapping EXEC windows")
             prev_end = end
         held = [core.models[n] for n in dev.resident if n in core.models and dev.key in core.models[n].replicas]
-        kept = [m.backlog_shares[dev.kind] for m in held if dev.kind in m.backlog_shares]
+        held_shares = [m.backlog_shares[dev.kind] for m in held if dev.kind in m.backlog_shares]
         _check_total(f"{dev.key}: backlog", dev.backlog)
-        shares = [sum(col) for col in zip([0] * CLASSES, *(share.values for share in kept))]
+        shares = [sum(col) for col in zip([0] * CLASSES, *(share.values for share in held_shares))]
         if shares != dev.backlog.values:
             raise InvariantViolation(f"{dev.key}: backlog {dev.backlog.values} ns but its models' shares add to {shares}")
         want = [n for n in dev.resident if n in core.pending]
@@ -49,12 +49,12 @@ def check_invariants(core: Core, now_ns: int) -> None:
             res = action.device.resident.get(action.model)
             if res is None or res.state is not Residency.LOADED or res.in_flight <= 0:
                 raise InvariantViolation(f"EXEC {action.action_id} of {action.model} on a non-resident model")
-    queued: dict[str, list[int]] = {}  # model -> its queued requests, then their samples by class
+    queued: dict[str, int] = {}  # model -> its queued requests
+    queued_samples: dict[str, list[int]] = {}  # model -> their samples by class
     for r in core.requests.values():
         if r.state is RequestState.QUEUED:
-            counts = queued.setdefault(r.model, [0] * (CLASSES + 1))
-            counts[0] += 1
-            counts[1 + r.priority] += r.samples
+            queued[r.model] = queued.get(r.model, 0) + 1
+            queued_samples.setdefault(r.model, [0] * CLASSES)[r.priority] += r.samples
     for model in core.models.values():
         if not set(model.backlog_shares) <= {dev.kind for dev in model.replicas.values()}:
             raise InvariantViolation(f"{model.name}: backlog shares for a kind of device that holds no replica")
@@ -64,7 +64,7 @@ def check_invariants(core: Core, now_ns: int) -> None:
         by_kind = sorted((kind, dev.key) for kind, devs in model.replicas_by_kind.items() for dev in devs)
         if by_kind != sorted((dev.kind, key) for key, dev in model.replicas.items()) or not all(model.replicas_by_kind.values()):
             raise InvariantViolation(f"{model.name}: replicas by kind {by_kind} are not its replicas")
-        live, *samples = queued.get(model.name, [0] * (CLASSES + 1))
+        live, samples = queued.get(model.name, 0), queued_samples.get(model.name, [0] * CLASSES)
         if live != len(model.queue) or (live > 0) != (model.name in core.pending):
             raise InvariantViolation(f"{model.name}: queue length {len(model.queue)} but {live} queued")
         _check_total(f"{model.name}: samples queued", model.queue.samples)

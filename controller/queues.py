@@ -28,16 +28,6 @@ CLASSES: Final = MAX_PRIORITY + 1  # priority classes 0 .. MAX_PRIORITY
 _QUEUED: Final = RequestState.QUEUED
 
 
-def from_class(values: list[int], priority: int) -> int:
-    """The total of a per-class list over `priority` and the classes above it (what a request
-    of that class waits behind): a loop the compiled core runs natively, where sum() over a
-    slice is a generic call on a new list."""
-    total = 0
-    for i in range(priority, len(values)):
-        total += values[i]
-    return total
-
-
 @final
 class ByClass:
     """A figure per priority class (queued samples, EXEC time) with its total over the
@@ -52,9 +42,21 @@ class ByClass:
         self.values[priority] = self.values[priority] + delta
         self.total += delta
 
+    def add_each(self, other: ByClass, sign: int) -> None:
+        """Add `other`'s figures (sign 1) or take them away (sign -1), class by class."""
+        for priority, delta in enumerate(other.values):
+            self.add(priority, sign * delta)
+
     def from_class(self, priority: int) -> int:
-        """The total over class `priority` and the classes above it."""
-        return self.total if priority == 0 else from_class(self.values, priority)
+        """The total over class `priority` and the classes above it: a loop the compiled core
+        runs natively, where sum() over a slice is a generic call on a new list."""
+        if priority == 0:
+            return self.total
+        values = self.values
+        total = 0
+        for i in range(priority, len(values)):
+            total += values[i]
+        return total
 
 
 class QueueBase:

@@ -19,7 +19,7 @@ from clockwork.controller.core import ms_text, samples_in_order
 from clockwork.controller.latency import LatencyModel, percentile_of, percentiles_of
 from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency
 from clockwork.controller.policy import _take_least
-from clockwork.controller.queues import CLASSES, ByClass, RequestQueue, from_class
+from clockwork.controller.queues import CLASSES, ByClass, RequestQueue
 from clockwork.controller.request import Request
 from clockwork.controller.state import Device, Resident, input_specs
 
@@ -51,12 +51,16 @@ def test_legal_moves_go_through_and_an_illegal_one_raises_and_changes_nothing():
 
 
 def test_a_class_waits_behind_its_own_and_the_higher_classes_totals():
-    assert [from_class([5, 0, 7, 2], p) for p in range(5)] == [14, 9, 9, 2, 0]
     figures = ByClass()
     for priority, delta in ((0, 5), (2, 7), (3, 2), (2, 3), (2, -3)):
         figures.add(priority, delta)
     assert [figures.from_class(p) for p in range(5)] == [14, 9, 9, 2, 0]
     assert figures.values == [5, 0, 7, 2] + [0] * (CLASSES - 4) and figures.total == 14
+    held = ByClass()
+    held.add_each(figures, 1)
+    held.add_each(figures, 1)
+    held.add_each(figures, -1)
+    assert held.values == figures.values and held.total == 14
 
 
 # ----------------------------------------------------------------------------- batching
