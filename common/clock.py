@@ -103,8 +103,9 @@ class QueueDelay:
     route, which move it slowly. A controller that stays behind its input inflates every value
     by its lag and never shows the true floor again; rising freely (as it did, to the minimum of
     the last 2-4 s), the floor took the lag in within seconds and the requests stuck behind it
-    looked fresh. A peer whose stamps stop increasing (a restart, a clock that is not monotonic)
-    starts over.
+    looked fresh. A peer whose stamps go backwards (a restart, a clock that is not monotonic)
+    starts over; equal stamps do not (the load generator stamps each request with its scheduled
+    time, and two models' schedules may share one).
     """
 
     def __init__(self, window_ns: int = 2_000_000_000, max_rise_ns: int = 1_000_000, max_peers: int = 4096):
@@ -116,7 +117,7 @@ class QueueDelay:
     def waited_ns(self, peer: bytes, sent_ns: int, recv_ns: int) -> int:
         delta = recv_ns - sent_ns
         state = self._peers.get(peer)
-        if state is None or sent_ns <= state[0]:
+        if state is None or sent_ns < state[0]:
             if state is None and len(self._peers) >= self._max_peers:
                 self._peers.pop(next(iter(self._peers)))  # forget the oldest peer
             self._peers[peer] = [sent_ns, recv_ns, delta, delta]

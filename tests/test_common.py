@@ -158,6 +158,7 @@ def test_queue_delay_sees_waiting_across_an_unknown_clock_offset():
     assert q.waited_ns(b"a", 2_000, 2_000 + offset + 50) == 0
     assert q.waited_ns(b"a", 3_000, 3_000 + offset + 50 + 30_000) == 30_000  # sat 30 us in a queue
     assert q.waited_ns(b"b", 3_000, 3_000 + 10) == 0  # peers are independent
+    assert q.waited_ns(b"a", 3_000, 3_000 + offset + 50 + 20_000) == 20_000  # the same stamp: a queue still
     assert q.waited_ns(b"a", 2_500, 2_500 + offset + 900) == 0  # stamps went backwards: start over
 
 
