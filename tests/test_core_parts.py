@@ -4,6 +4,7 @@ model. test_core drives them together through the core."""
 from __future__ import annotations
 
 import heapq
+from collections import deque
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from clockwork.controller import heap_entry, placement
 from clockwork.controller.batching import RankMemo, grow, padded_size, split_ns
 from clockwork.controller.heap_entry import Entry
 from clockwork.controller.core import ms_text, samples_in_order
-from clockwork.controller.latency import LatencyModel, percentile_of, percentiles_of
+from clockwork.controller.latency import LatencyModel, RecentSamples, percentile_of, percentiles_of
 from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency
 from clockwork.controller.policy import _take_least
 from clockwork.controller.queues import CLASSES, ByClass, RequestQueue
@@ -351,6 +352,36 @@ def test_the_typical_error_is_each_measurement_against_the_median_before_it_as_a
     summary = model.error_summary()
     assert summary["exec_typical_error_share_p99_batch1"] == pytest.approx(0.1, rel=0.02)
     assert summary["exec_typical_error_share_p99"] == pytest.approx(0.5, rel=0.05)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["append", "append", "append", "refresh", "drop_worst"]),
+                                st.integers(-5, 5)), min_size=60, max_size=400))
+def test_recent_samples_keep_what_a_deque_of_limit_trimmed_at_each_refresh_keeps(steps):
+    """The samples sit in one array behind a start index; what they keep, and the percentiles
+    read from them, are those of the deque they replaced (maxlen `limit`, the oldest popped at a
+    refresh down to the last `span` refreshes' samples or `floor`, the first largest removed)."""
+    limit, span, floor = 20, 3, 5
+    samples = RecentSamples(limit, span, floor)
+    kept: deque[int] = deque(maxlen=limit)
+    marks: deque[int] = deque([0], maxlen=span + 1)
+    added = 0
+    for op, value in steps:
+        if op == "append":
+            samples.append(value)
+            kept.append(value)
+            added += 1
+        elif op == "refresh":
+            samples.refresh()
+            marks.append(added)
+            while len(kept) > max(floor, added - marks[0]):
+                kept.popleft()
+        else:
+            samples.drop_worst()
+            if kept:
+                kept.remove(max(kept))
+        assert samples.values == list(kept) and len(samples) == len(kept)
+        assert samples.percentiles((50.0, 99.0)) == percentiles_of(list(kept), (50.0, 99.0))
 
 
 @settings(max_examples=300, deadline=None)
