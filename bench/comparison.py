@@ -45,7 +45,7 @@ class Point:
     too_many: int = 0  # of the refused, answered HTTP 429 (--gateway-json)
     timed_out: int = 0  # of the refused, answered HTTP 504: after the deadline (--gateway-json)
     refusal_p99_ms: float = math.nan  # how fast the 429s came back (--gateway-json)
-    sender_late_p99_ms: float = math.nan  # how late the load generator sent (--gateway-json): its own lag
+    sender_late_p99_ms: float = math.nan  # how late the load generator sent: its own lag
     shed_at_door: int = 0  # of the 429s, the gateway's door's (--gateway-json, one gateway process)
     # Of the refused, those answered after admission (given up once queued: DEADLINE_MISSED or a
     # 504; a worker lost): misses of admitted requests, not refusals.

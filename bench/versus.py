@@ -78,7 +78,8 @@ def point(target: str, rate: float, results: LoadResults, busy_ns: int) -> Point
     seconds = max(results.duration_ns, 1) / 1e9
     return Point(target, rate, results.scheduled, results.met_slo, results.rejected, results.unanswered,
                  lat.percentile_ms(50), lat.percentile_ms(99), lat.percentile_ms(99.9), busy_ns / 1e9 / seconds,
-                 after_admission=answered_after_admission(results.by_status, SEND_FAILED))
+                 after_admission=answered_after_admission(results.by_status, SEND_FAILED),
+                 sender_late_p99_ms=results.send_lag.percentile_ms(99))
 
 
 def busy_ns(status: dict) -> int:
@@ -145,7 +146,7 @@ def sweep(clients: dict[str, Client], inputs: dict, rates: Sequence[float], args
                     allowances=allowances, host_cpu=host_cpu)
         say(f"{label}: {p.within_slo}/{p.offered} within {args.slo_ms:g} ms, {p.refused} refused, "
             f"p50 {p.p50_ms:.2f} ms, p99 {p.p99_ms:.2f} ms, busy {100 * p.busy_share:.0f}%, "
-            f"host CPU {100 * host_cpu:.0f}%"
+            f"host CPU {100 * host_cpu:.0f}%, sent late by {p.sender_late_p99_ms:.2f} ms at p99"
             + why_text(p.reasons, p.allowances))
         return p
 

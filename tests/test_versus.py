@@ -218,6 +218,7 @@ def test_versus_runs_end_to_end_and_writes_its_report(tmp_path, capfd):
     ours = next(p for p in report["points"] if p["target"] == "clockwork" and p["rate"] == 50.0)
     assert ours["allowances"]["reply_ms"] > 0 and sum(ours["reasons"].values()) >= ours["refused"]
     assert all(0 < p["host_cpu"] <= 1 for p in report["points"] if p["rate"])  # each rate's host share
+    assert all(p["sender_late_p99_ms"] >= 0 for p in report["points"] if p["rate"])  # the generator's own lag
 
 
 # ----------------------------------------------------------------------------- --gateway-json
