@@ -468,11 +468,6 @@ class LatencyModel:
         return out
 
 
-def percentile_of(values: Collection[int], percentile: float) -> int:
-    """np.percentile's default (linear) reading, truncated to an int (percentiles_of)."""
-    return percentiles_of(values, (percentile,))[0]
-
-
 def percentiles_of(values: Collection[int], percentiles: tuple[float, ...]) -> list[int]:
     """np.percentile's default (linear) readings, truncated to ints, from one partition around
     the ranks they interpolate between: the same figures in a third of the time (~40 against

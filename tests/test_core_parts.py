@@ -17,7 +17,7 @@ from clockwork.controller import heap_entry, placement
 from clockwork.controller.batching import RankMemo, grow, padded_size, split_ns
 from clockwork.controller.heap_entry import Entry
 from clockwork.controller.core import ms_text, samples_in_order
-from clockwork.controller.latency import LatencyModel, RecentSamples, percentile_of, percentiles_of
+from clockwork.controller.latency import LatencyModel, RecentSamples, percentiles_of
 from clockwork.controller.lifecycle import IllegalTransition, RequestState, Residency
 from clockwork.controller.policy import _take_least
 from clockwork.controller.queues import CLASSES, ByClass, RequestQueue
@@ -393,4 +393,5 @@ def test_percentiles_are_numpys_linear_percentiles(values, percentiles):
     read one at a time or several from one partition."""
     expected = [int(np.percentile(np.array(values, dtype=np.int64), p)) if values else 0 for p in percentiles]
     assert percentiles_of(values, tuple(percentiles)) == expected
-    assert [percentile_of(values, p) for p in percentiles] == expected
+    assert [percentiles_of(values, (p,))[0] for p in percentiles] == expected
+    assert percentiles_of(np.array(values, dtype=np.int64), tuple(percentiles)) == expected  # read in place
