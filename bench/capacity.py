@@ -286,12 +286,19 @@ def ratios(results: Mapping[str, SearchResult]) -> dict[str, float]:
 
 
 def goal_met(results: Mapping[str, SearchResult]) -> bool | None:
-    """system/echo >= GOAL_OF_ECHO; None when not judged: no such ratio, or the echo search
-    never failed (its ceiling is then only a lower bound, and the ratio flatters)."""
+    """system/echo >= GOAL_OF_ECHO; None when the searches cannot say. A search that never
+    failed found only a lower bound of its ceiling: an echo ceiling that is one makes the ratio
+    an upper bound (already short of the goal: missed), a system ceiling that is one makes it a
+    lower bound (already past it: met). On this project's machines the generator's echo passed
+    the default --max-rate of 100,000/s while the system gave out near 10,000/s."""
     ratio = ratios(results).get("system/echo", math.nan)
-    if math.isnan(ratio) or not math.isfinite(results["echo"].bracket[1]):
+    if math.isnan(ratio):
         return None
-    return ratio >= GOAL_OF_ECHO
+    system_exact, echo_exact = (math.isfinite(results[name].bracket[1]) for name in ("system", "echo"))
+    met = ratio >= GOAL_OF_ECHO
+    if (system_exact or met) and (echo_exact or not met):
+        return met
+    return None
 
 
 def ceiling_text(result: SearchResult) -> str:
@@ -310,7 +317,7 @@ def format_verdict(results: Mapping[str, SearchResult], args: argparse.Namespace
     lines = [f"ceilings with >= {100 * args.target:g}% of offered requests OK within {args.slo_ms:g} ms:",
              format_table(rows, header=("search", "ceiling", "lowest failure", "steps", "what it drives"))]
     met = goal_met(results)
-    verdict = "not judged, the echo search found no failing rate; raise --max-steps" if met is None \
+    verdict = "not judged: a search found no failing rate; raise --max-rate or --max-steps" if met is None \
         else "met" if met else "MISSED"
     for key, value in ratios(results).items():
         goal = f" (goal >= {GOAL_OF_ECHO:g}: {verdict})" if key == "system/echo" else ""

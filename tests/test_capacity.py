@@ -85,8 +85,15 @@ def test_ratios_and_the_goal():
     assert capacity.goal_met(results) is (found["system/echo"] >= capacity.GOAL_OF_ECHO)
     assert capacity.goal_met(three_searches(1000, 8000, 8000)) is False
     assert capacity.goal_met(three_searches(8000, 8000, 8000)) is True
-    # An echo search that never failed gives only a lower bound: the goal is not judged.
+    # A search that never failed gives only a lower bound of its ceiling: judged only where
+    # the bound decides (an echo bound makes the ratio an upper bound, a system bound a lower one).
     assert capacity.goal_met(three_searches(8000, 8000, 8000, max_steps=2)) is None
+    exact_low, exact_high, bound = three_searches(1000, 1000, 1000), three_searches(9000, 9000, 9000), \
+        three_searches(8000, 8000, 8000, max_steps=3)
+    assert capacity.goal_met({**bound, "system": exact_low["system"]}) is False  # <= 1,000 / 4,000
+    assert capacity.goal_met({**exact_high, "echo": bound["echo"]}) is None  # <= 8,724 / 4,000: either
+    assert capacity.goal_met({**exact_low, "system": bound["system"]}) is True  # >= 4,000 / 1,000
+    assert capacity.goal_met({**exact_high, "system": bound["system"]}) is None  # >= 4,000 / 8,724: either
     assert capacity.ratios({"echo": results["echo"]}) == {} and capacity.goal_met({"echo": results["echo"]}) is None
 
 
