@@ -1222,13 +1222,16 @@ def stale_detail(waited_ns: int, slo_ns: int) -> str:
     return f"it waited {ms_text(waited_ns)} ms in queues before reaching the controller; SLO is {ms_text(slo_ns)} ms"
 
 
+_HUNDREDTHS: Final = tuple(f"{n:02d}" for n in range(100))  # ms_text's decimals, each made once
+
+
 def ms_text(ns: int) -> str:
     """`ns` in milliseconds with two decimals ("12.34"), as f"{ns / 1e6:.2f}" writes it but in
     integer arithmetic: formatting a float took ~2,500 instructions, and past capacity, where
     every request's cost counts, each refusal's reason carries two such figures."""
     hundredths = (abs(ns) + 5_000) // 10_000
-    whole, cents = divmod(hundredths, 100)
-    return f"{'-' if ns < 0 else ''}{whole}.{cents // 10}{cents % 10}"
+    text = f"{hundredths // 100}.{_HUNDREDTHS[hundredths % 100]}"
+    return "-" + text if ns < 0 else text
 
 
 def made(cls: type[T], fields: dict[str, Any]) -> T:
