@@ -18,6 +18,7 @@ from clockwork.common.tensors import Tensor
 from clockwork.common.clock import wait_until
 from clockwork.worker.device import Ran, drop_model, pad_inputs, trim_outputs
 from clockwork.worker.runtimes.emulated import EmulatedRuntime, exec_ns_for
+from clockwork.worker.runtimes.base import RuntimeFailure
 from clockwork.worker.runtimes.onnxrt import OnnxRuntime
 from tests.worker_helpers import (Collector, MS, direct_run, make_device, make_preparer, profile_blob, small_mlp,
                                   wait_until_true, window)
@@ -79,6 +80,29 @@ def onnx_device():
     assert emit.for_parent(1).status is Status.OK
     yield device, emit, model
     device.stop()
+
+
+def test_an_onnx_load_runs_its_session_once_on_zeros_and_a_model_failing_on_them_still_loads(monkeypatch):
+    # A session's first run is slow (its buffers are allocated then): the LOAD takes it, not
+    # the first EXEC.
+    runtime = OnnxRuntime(WorkerConfig(devices=1, pin_lanes=False))
+    model = small_mlp(width=16, layers=2, seed=5)
+    prepared = runtime.prepare("mlp", "d", "onnx", model, onnx_signature(model, {}, 8))
+    runs, run = [], runtime.execute
+
+    def recorded(device_id, handle, inputs):
+        runs.append({name: (array.shape, bool(array.any())) for name, array in inputs.items()})
+        return run(device_id, handle, inputs)
+
+    monkeypatch.setattr(runtime, "execute", recorded)
+    handle = runtime.load(0, prepared)
+    assert runs == [{"x": ((1, 16), False)}]  # once, at batch 1, on zeros, before the handle is out
+
+    def failing(device_id, handle, inputs):
+        raise RuntimeFailure(Status.RUNTIME_ERROR, "not on zeros")
+
+    monkeypatch.setattr(runtime, "execute", failing)
+    assert runtime.load(0, prepared).output_names == handle.output_names == ("y",)
 
 
 @pytest.mark.parametrize("samples, batch_size", [(1, 1), (3, 4), (5, 8), (8, 8)])

@@ -4,7 +4,8 @@ Predictability on a CPU comes from not sharing: one EXEC lane runs one `session.
 with `threads_per_lane` intra-op threads (1 by default: measured, 2 intra-op threads on 2 shared
 cores put p99 at 9-22x the median; 1 thread keeps it at 1.1-1.4x), one inter-op thread and
 sequential execution. PREPARE validates the model by building a session once, off the lanes,
-and keeps the bytes in host memory; LOAD builds the device's session from those bytes.
+and keeps the bytes in host memory; LOAD builds the device's session from those bytes and runs
+it once, so that no EXEC pays for its first run.
 
 A large model stays in the file it was spooled to, and its sessions read its weights from there
 as external data (onnx_mapping): onnxruntime then maps each weight and lets it go once packed,
@@ -177,8 +178,20 @@ class OnnxRuntime(Runtime):
         return Profile(load_ns, exec_ns)
 
     def load(self, device_id: int, model: PreparedModel) -> _Loaded:
+        """A session from the model's bytes, run once on zeros at batch 1 before it is handed
+        over: a session's first run takes up to twice its later ones (its buffers are allocated
+        then), and an EXEC that met it after each cold LOAD ran late and put an outlier into the
+        latency window. On the LOAD lane, eight LOADs each of the generated CNN and the OCR
+        classifier: their first EXEC at most 0.91-1.02 ms against 1.59-1.65 ms without (the
+        later ones 0.77-0.90; a throwaway script). The profile's LOAD time includes the run. A
+        model that fails on zeros is loaded all the same: its inputs, not the LOAD, decide."""
         session = self._session(model.host)
-        return _Loaded(session, tuple(o.name for o in session.get_outputs()))
+        loaded = _Loaded(session, tuple(o.name for o in session.get_outputs()))
+        try:
+            self.execute(device_id, loaded, sample_inputs(model.signature, 1))
+        except RuntimeFailure:
+            pass
+        return loaded
 
     def unload(self, device_id: int, handle) -> None:
         pass  # dropping the last reference frees the session
