@@ -104,8 +104,8 @@ class QueueDelay:
     by its lag and never shows the true floor again; rising freely (as it did, to the minimum of
     the last 2-4 s), the floor took the lag in within seconds and the requests stuck behind it
     looked fresh. A peer whose stamps go backwards (a restart, a clock that is not monotonic)
-    starts over; equal stamps do not (the load generator stamps each request with its scheduled
-    time, and two models' schedules may share one).
+    starts over; equal stamps do not (a client that stamps its requests with their scheduled
+    times, as a load generator may, can give two of them one).
     """
 
     def __init__(self, window_ns: int = 2_000_000_000, max_rise_ns: int = 1_000_000, max_peers: int = 4096):
